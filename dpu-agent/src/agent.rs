@@ -1,0 +1,283 @@
+//! The agent loop: the one place that owns intent, allocations and the reconciler.
+//! Updates from the controller session and port changes from OVSDB come in here;
+//! each becomes at most one compile and one bundle. An update is ACKed only after
+//! the bundle was committed, and NACKed (with nothing changed) otherwise.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dpu_model::Intent;
+use dpu_proto::v1 as pb;
+use tokio::sync::{mpsc, watch};
+
+use crate::alloc::Allocations;
+use crate::compile::{compile, NodeFacts};
+use crate::config::Config;
+use crate::openflow::{OfctlBackend, OpenFlowBackend};
+use crate::ovsdb::{BridgeSpec, OvsdbSession, OvsdbState};
+use crate::reconcile::Reconciler;
+use crate::session::{self, SessionEvent};
+use crate::store::{Persisted, Store, StoreError};
+use crate::update::{next_intent, snapshot_of, Refusal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The persisted intent no longer passes validation.
+    #[error("persisted intent is invalid: {0}")]
+    PersistedInvalid(String),
+}
+
+/// The applied state, changed only after a bundle landed.
+struct Applied {
+    intent: Intent,
+    version: u64,
+    alloc: Allocations,
+    /// Whether any intent has been applied by this incarnation or restored.
+    have_intent: bool,
+}
+
+pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let store = Store::open(&cfg.state_dir)?;
+    let persisted = store.load()?;
+
+    let ovsdb = OvsdbSession::spawn(
+        cfg.ovs.db_socket.clone(),
+        BridgeSpec {
+            name: cfg.ovs.bridge.clone(),
+            datapath_type: cfg.ovs.datapath_type.clone(),
+            hw_offload: cfg.ovs.hw_offload,
+        },
+    );
+    let mut ovs_rx = ovsdb.state();
+    let facts = wait_bridge(&cfg, &mut ovs_rx, &mut shutdown).await;
+    let Some(mut facts) = facts else { return Ok(()) };
+
+    let backend = OfctlBackend::new(cfg.ofctl_target(), cfg.ovs.ofctl_path.clone());
+    let Some(mut reconciler) = start_reconciler(backend, &mut shutdown).await else {
+        return Ok(());
+    };
+
+    let mut applied = Applied {
+        intent: Intent::default(),
+        version: 0,
+        alloc: Allocations::default(),
+        have_intent: false,
+    };
+    if let Some(p) = persisted {
+        let intent = next_intent(&Intent::default(), 0, &p.snapshot, &cfg.node_name)
+            .map_err(|r| AgentError::PersistedInvalid(r.to_string()))?;
+        applied.intent = intent;
+        applied.version = p.snapshot.version;
+        applied.alloc = p.alloc;
+        applied.have_intent = true;
+        tracing::info!(version = applied.version, "restored the last applied intent");
+    }
+
+    let (applied_tx, applied_rx) = watch::channel(applied.version);
+    let (status_tx, status_rx) = watch::channel(pb::Status::default());
+    let (ev_tx, mut ev_rx) = mpsc::channel(4);
+    let session = tokio::spawn(session::run(
+        cfg.controller.clone(),
+        cfg.node_name.clone(),
+        applied_rx,
+        status_rx,
+        ev_tx,
+    ));
+
+    // Restoring is a reconcile like any other: nothing is flushed first.
+    let mut dirty = applied.have_intent;
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if dirty {
+            dirty = !resync(&mut reconciler, &mut applied, &facts, &status_tx).await;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            ev = ev_rx.recv() => match ev {
+                None => break,
+                Some(SessionEvent::Connected(up)) => tracing::debug!(up, "controller session"),
+                Some(SessionEvent::Update(update, reply)) => {
+                    let msg = handle_update(&cfg, &store, &mut reconciler, &mut applied, &facts, &update).await;
+                    if matches!(msg, pb::agent_message::Msg::Ack(_)) {
+                        let _ = applied_tx.send(applied.version);
+                        publish_status(&reconciler, &applied, &facts, &status_tx);
+                    }
+                    let _ = reply.send(msg);
+                }
+            },
+            changed = ovs_rx.changed() => {
+                if changed.is_err() { break; }
+                let state = ovs_rx.borrow_and_update().clone();
+                let ports = ports_of(&state);
+                if state.connected && state.bridge_ready && ports != facts.ports {
+                    facts.ports = ports;
+                    dirty = applied.have_intent;
+                }
+            }
+            _ = retry.tick(), if dirty => {}
+        }
+    }
+    session.abort();
+    tracing::info!("agent stopped; the switch keeps forwarding");
+    Ok(())
+}
+
+fn ports_of(state: &OvsdbState) -> BTreeMap<String, u32> {
+    state
+        .ports
+        .iter()
+        .map(|(id, p)| (id.clone(), p.ofport))
+        .collect()
+}
+
+async fn wait_bridge(
+    cfg: &Config,
+    rx: &mut watch::Receiver<OvsdbState>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<NodeFacts> {
+    loop {
+        {
+            let s = rx.borrow_and_update();
+            if s.connected && s.bridge_ready {
+                return Some(NodeFacts {
+                    node: cfg.node_name.clone(),
+                    ports: ports_of(&s),
+                });
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            r = rx.changed() => if r.is_err() { return None },
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                let s = rx.borrow();
+                tracing::warn!(db = %cfg.ovs.db_socket.display(), error = ?s.last_error, "waiting for OVSDB and the bridge");
+            }
+        }
+    }
+}
+
+async fn start_reconciler<B: OpenFlowBackend>(
+    backend: B,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Reconciler<B>> {
+    let mut backend = Some(backend);
+    loop {
+        // The management socket appears a moment after the bridge.
+        match Reconciler::start(backend.take()?).await {
+            Ok(r) => return Some(r),
+            Err((b, e)) => {
+                tracing::warn!(error = %e, "cannot read the switch yet");
+                backend = Some(b);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Recompiles the applied intent against current facts and installs it.
+async fn resync<B: OpenFlowBackend>(
+    reconciler: &mut Reconciler<B>,
+    applied: &mut Applied,
+    facts: &NodeFacts,
+    status: &watch::Sender<pb::Status>,
+) -> bool {
+    let compiled = compile(&applied.intent, &applied.alloc, facts);
+    match reconciler.apply(&compiled.desired).await {
+        Ok(stats) => {
+            tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports, "reconciled");
+            publish_status(reconciler, applied, facts, status);
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reconcile failed; will retry");
+            false
+        }
+    }
+}
+
+async fn handle_update<B: OpenFlowBackend>(
+    cfg: &Config,
+    store: &Store,
+    reconciler: &mut Reconciler<B>,
+    applied: &mut Applied,
+    facts: &NodeFacts,
+    update: &pb::Update,
+) -> pb::agent_message::Msg {
+    use pb::agent_message::Msg;
+    let nack = |r: Refusal| {
+        tracing::warn!(version = update.version, reasons = %r, "update refused");
+        Msg::Nack(pb::Nack {
+            version: update.version,
+            nonce: update.nonce.clone(),
+            errors: r.errors,
+        })
+    };
+    let next = match next_intent(&applied.intent, applied.version, update, &cfg.node_name) {
+        Ok(n) => n,
+        Err(r) => return nack(r),
+    };
+    let alloc = match applied.alloc.update(&next) {
+        Ok(a) => a,
+        Err(e) => return nack(Refusal::general("update", e.to_string())),
+    };
+    let compiled = compile(&next, &alloc, facts);
+    let stats = match reconciler.apply(&compiled.desired).await {
+        Ok(s) => s,
+        Err(e) => return nack(Refusal::general("switch", e.to_string())),
+    };
+    let persisted = Persisted {
+        snapshot: snapshot_of(&next, update.version),
+        alloc: alloc.clone(),
+    };
+    if let Err(e) = store.save(&persisted) {
+        // The switch has it; losing the file only costs a resync after a reboot.
+        tracing::error!(error = %e, "could not persist the applied intent");
+    }
+    applied.intent = next;
+    applied.alloc = alloc;
+    applied.version = update.version;
+    applied.have_intent = true;
+    tracing::info!(
+        version = update.version,
+        snapshot = update.snapshot,
+        flows_added = stats.flows_added,
+        flows_deleted = stats.flows_deleted,
+        groups_put = stats.groups_put,
+        groups_deleted = stats.groups_deleted,
+        pending = ?compiled.pending_ports,
+        "update applied"
+    );
+    Msg::Ack(pb::Ack {
+        version: update.version,
+        nonce: update.nonce.clone(),
+    })
+}
+
+fn publish_status<B: OpenFlowBackend>(
+    reconciler: &Reconciler<B>,
+    applied: &Applied,
+    facts: &NodeFacts,
+    tx: &watch::Sender<pb::Status>,
+) {
+    let installed = reconciler.installed();
+    let pending_ports = applied
+        .intent
+        .workloads
+        .values()
+        .filter(|w| w.node == facts.node && !facts.ports.contains_key(&w.port))
+        .map(|w| w.name.clone())
+        .collect();
+    let _ = tx.send(pb::Status {
+        applied_version: applied.version,
+        flows: installed.map_or(0, |d| d.flows.len() as u32),
+        groups: installed.map_or(0, |d| d.groups.len() as u32),
+        pending_ports,
+    });
+}

@@ -1,0 +1,329 @@
+//! The compiler: `(intent, allocations, node facts) → desired flows and groups`.
+//! Pure: no I/O, no clock, no tokio. The same input always gives the same output,
+//! which the golden files under `tests/golden/` pin down.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use dpu_model::{AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, Service};
+
+use crate::alloc::Allocations;
+use crate::flows::{Actions, DesiredState, Group, Match};
+use crate::pipeline::cookie::{Category, Cookie};
+use crate::pipeline::{reg, *};
+
+/// What the agent knows about its own switch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub node: String,
+    /// `external_ids:iface-id` → OpenFlow port number, for ports on our bridge.
+    pub ports: BTreeMap<String, u32>,
+}
+
+/// The compiler's result: the desired state and what could not be bound yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    pub desired: DesiredState,
+    /// Local workloads whose port is not on the bridge yet (by workload name).
+    pub pending_ports: Vec<String>,
+}
+
+/// Rules this agent release adds on top of `dpu_model::validate`: features the
+/// model can express but this data plane does not implement yet are refused whole
+/// rather than half applied.
+pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
+    let mut errs = Vec::new();
+    for s in intent.services.values() {
+        if s.scenario != AccessScenario::ClusterIp {
+            errs.push(ObjectError::new(
+                ObjectKey::new(Kind::Service, &s.name),
+                "spec.scenario",
+                format!(
+                    "{:?} is not implemented by this agent release (ClusterIP only)",
+                    s.scenario
+                ),
+            ));
+        }
+    }
+    for w in intent.workloads.values() {
+        if w.node == node && w.mac.is_none() {
+            errs.push(ObjectError::new(
+                ObjectKey::new(Kind::Workload, &w.name),
+                "spec.mac",
+                "a workload on this node needs a MAC address for its port binding",
+            ));
+        }
+    }
+    errs
+}
+
+/// Compiles validated intent. Callers run `dpu_model::validate`, `check_supported`
+/// and `Allocations::update` first; objects without an allocation are skipped.
+pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compiled {
+    let mut out = Compiled::default();
+    let d = &mut out.desired;
+    pipeline_misses(d);
+
+    for vpc in intent.vpcs.values() {
+        let Some(zone) = alloc.zone(&vpc.name) else { continue };
+        let z = u32::from(zone);
+        let c = Cookie::new(Category::Vpc, &vpc.name);
+        d.add(
+            CONNTRACK,
+            100,
+            Match::new().reg(reg::VPC, z).kw("ip"),
+            Actions::new().raw(format!(
+                "ct(table={},zone={}[0..15],nat)",
+                SERVICE_LB.id,
+                reg::VPC_NXM
+            )),
+            c,
+        );
+        let vm = || Match::new().reg(reg::VPC, z);
+        d.add(SERVICE_LB, 200, vm().kw("ct_state=+inv+trk"), Actions::drop(), c);
+        d.add(SERVICE_LB, 190, vm().kw("ct_state=-new+trk"), Actions::new().goto(L3_FORWARD), c);
+        d.add(SERVICE_LB, 10, vm().kw("ip"), Actions::new().goto(L3_FORWARD), c);
+    }
+
+    for s in intent.subnets.values() {
+        let Some(zone) = alloc.zone(&s.vpc) else { continue };
+        let c = Cookie::new(Category::Subnet, &s.name);
+        arp_answer(d, zone, s.gateway, c);
+    }
+
+    for w in intent.workloads.values() {
+        let Some(zone) = alloc.zone(&w.vpc) else { continue };
+        let z = u32::from(zone);
+        let c = Cookie::new(Category::Workload, &w.name);
+        arp_answer(d, zone, w.ip, c);
+        if w.node != facts.node {
+            continue; // Remote workloads are reached through tunnels (later release).
+        }
+        let Some(mac) = w.mac else { continue };
+        let Some(&ofport) = facts.ports.get(&w.port) else {
+            out.pending_ports.push(w.name.clone());
+            continue;
+        };
+        d.add(
+            CLASSIFY,
+            100,
+            Match::new().in_port(ofport),
+            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
+            c,
+        );
+        let port = || Match::new().reg(reg::VPC, z).in_port(ofport).field("dl_src", mac);
+        d.add(
+            SPOOF_GUARD,
+            100,
+            port().kw("arp").ip_field("arp_spa", w.ip).field("arp_sha", mac),
+            Actions::new().goto(ARP_RESPONDER),
+            c,
+        );
+        d.add(
+            SPOOF_GUARD,
+            100,
+            port().kw("ip").ip_field("nw_src", w.ip),
+            Actions::new().goto(CONNTRACK),
+            c,
+        );
+        // Never answer a workload's ARP for its own address (it would look taken).
+        d.add(
+            ARP_RESPONDER,
+            110,
+            Match::new().reg(reg::VPC, z).in_port(ofport).kw("arp").ip_field("arp_tpa", w.ip),
+            Actions::drop(),
+            c,
+        );
+        d.add(
+            L3_FORWARD,
+            100,
+            Match::new().reg(reg::VPC, z).kw("ip").ip_field("nw_dst", w.ip),
+            Actions::new()
+                .set_field(ROUTER_MAC, "eth_src")
+                .set_field(mac, "eth_dst")
+                .raw("dec_ttl")
+                .output(ofport),
+            c,
+        );
+    }
+
+    for s in intent.services.values() {
+        compile_service(d, s, alloc);
+    }
+    out
+}
+
+fn pipeline_misses(d: &mut DesiredState) {
+    let c = Cookie::new(Category::Pipeline, "pipeline");
+    for t in TABLES {
+        if t.miss == Miss::Drop {
+            d.add(t, 0, Match::new(), Actions::drop(), c);
+        }
+    }
+}
+
+/// Answers ARP requests for `ip` in the VPC with the router MAC: every address in a
+/// VPC is reached through the distributed router, so there is no flooding.
+fn arp_answer(d: &mut DesiredState, zone: u16, ip: Ipv4Addr, c: Cookie) {
+    d.add(
+        ARP_RESPONDER,
+        100,
+        Match::new()
+            .reg(reg::VPC, u32::from(zone))
+            .kw("arp")
+            .field("arp_op", 1)
+            .ip_field("arp_tpa", ip),
+        Actions::new()
+            .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
+            .set_field(ROUTER_MAC, "eth_src")
+            .set_field(2, "arp_op")
+            .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
+            .set_field(ROUTER_MAC, "arp_sha")
+            .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
+            .set_field(ip, "arp_spa")
+            .raw("in_port"),
+        c,
+    );
+}
+
+fn l4_fields(p: Protocol) -> (&'static str, &'static str, &'static str) {
+    match p {
+        Protocol::Tcp => ("tcp_src", "tcp_dst", "NXM_OF_TCP_DST[]"),
+        Protocol::Udp => ("udp_src", "udp_dst", "NXM_OF_UDP_DST[]"),
+        Protocol::Sctp => ("sctp_src", "sctp_dst", "OXM_OF_SCTP_DST[]"),
+    }
+}
+
+fn ip_proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn compile_service(d: &mut DesiredState, s: &Service, alloc: &Allocations) {
+    let Some(zone) = alloc.zone(&s.vpc) else { return };
+    let z = u32::from(zone);
+    let key = ObjectKey::new(Kind::Service, &s.name).to_string();
+    let c = Cookie::new(Category::Service, &key);
+    let learned = Cookie::new(Category::AffinityLearned, &key);
+
+    for vip in &s.cluster_ips {
+        arp_answer(d, zone, *vip, c);
+    }
+    if s.affinity_timeout.is_some() {
+        d.add(
+            SERVICE_SELECT,
+            200,
+            Match::new().reg(reg::VPC, z).reg_masked(
+                reg::FLAGS,
+                reg::FLAG_AFFINITY_HIT,
+                reg::FLAG_AFFINITY_HIT,
+            ),
+            Actions::new().goto(ENDPOINT_DNAT),
+            Cookie::new(Category::Vpc, &s.vpc),
+        );
+    }
+
+    for port in &s.ports {
+        let Some(gid) = alloc.group(s, port) else { continue };
+        let proto = port.protocol.as_str();
+        let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
+        let mut buckets = Vec::new();
+        for b in s.backends.iter().filter(|b| b.weight > 0) {
+            let ip = u32::from(b.ip);
+            let mut a = Actions::new()
+                .set_reg(reg::EP_IP, ip)
+                .set_reg(reg::EP_PORT, u32::from(port.target_port));
+            if let Some(timeout) = s.affinity_timeout {
+                a = a.raw(format!(
+                    "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[],load:{hit:#x}->{flags}[0])",
+                    SESSION_AFFINITY.id,
+                    learned.value(0),
+                    ip_proto_number(port.protocol),
+                    vpc = reg::VPC_NXM,
+                    ep = reg::EP_IP_NXM,
+                    epp = reg::EP_PORT_NXM,
+                    hit = reg::FLAG_AFFINITY_HIT,
+                    flags = reg::FLAGS_NXM,
+                ));
+            }
+            let a = a.resubmit(ENDPOINT_DNAT).render();
+            // One bucket per unit of weight: OVS's hash selection scores buckets
+            // with highest-random-weight, so equal buckets give a proportional split.
+            for _ in 0..b.weight {
+                buckets.push(a.clone());
+            }
+            d.add(
+                ENDPOINT_DNAT,
+                100,
+                Match::new()
+                    .reg(reg::VPC, z)
+                    .kw(proto)
+                    .reg(reg::EP_IP, ip)
+                    .reg(reg::EP_PORT, u32::from(port.target_port)),
+                Actions::new().raw(format!(
+                    "ct(commit,table={},zone={}[0..15],nat(dst={}:{}))",
+                    L3_FORWARD.id,
+                    reg::VPC_NXM,
+                    b.ip,
+                    port.target_port
+                )),
+                Cookie::new(
+                    Category::Endpoint,
+                    &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
+                ),
+            );
+        }
+        let hash_fields = if s.affinity_timeout.is_some() {
+            vec!["ip_src"]
+        } else {
+            vec!["ip_src", "ip_dst", src_field, dst_field]
+        };
+        let has_buckets = !buckets.is_empty();
+        if has_buckets {
+            d.groups.insert(
+                gid,
+                Group {
+                    id: gid,
+                    hash_fields,
+                    buckets,
+                    cookie: learned,
+                    learns: s.affinity_timeout.is_some(),
+                },
+            );
+        }
+        for vip in &s.cluster_ips {
+            let vip_match = || {
+                Match::new()
+                    .reg(reg::VPC, z)
+                    .kw(proto)
+                    .ip_field("nw_dst", *vip)
+                    .field("tp_dst", port.port)
+            };
+            let lb = Match::new()
+                .reg(reg::VPC, z)
+                .kw("ct_state=+new+trk")
+                .kw(proto)
+                .ip_field("nw_dst", *vip)
+                .field("tp_dst", port.port);
+            let actions = match (has_buckets, s.affinity_timeout) {
+                // No backend takes new connections: drop rather than fall through.
+                (false, _) => Actions::drop(),
+                (true, None) => Actions::new().group(gid),
+                (true, Some(_)) => {
+                    d.add(
+                        SERVICE_SELECT,
+                        100,
+                        vip_match().reg_masked(reg::FLAGS, 0, reg::FLAG_AFFINITY_HIT),
+                        Actions::new().group(gid),
+                        c,
+                    );
+                    Actions::new().resubmit(SESSION_AFFINITY).resubmit(SERVICE_SELECT)
+                }
+            };
+            d.add(SERVICE_LB, 100, lb, actions, c);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `dpu-agent`: a thin binary over the library. Exit codes (used by systemd's
+//! `RestartPreventExitStatus=`): 0 clean stop, 1 runtime failure, 2 bad config or
+//! usage, 3 unusable state directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dpu_agent::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "dpu-agent", version, about = "DPU agent: Services and VPCs on the DPU's OVS")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the agent.
+    Run {
+        #[arg(long, default_value = "/etc/dpu-agent/config.toml")]
+        config: PathBuf,
+    },
+    /// Load and check a config file, then exit.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/dpu-agent/config.toml")]
+        config: PathBuf,
+    },
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+const EXIT_STATE: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok (node {}, bridge {})", config.display(), c.node_name, c.ovs.bridge);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dpu-agent: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("dpu-agent: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            run(cfg)
+        }
+    }
+}
+
+fn run(cfg: Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dpu-agent: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            let _ = tx.send(true);
+        });
+        tracing::info!(node = %cfg.node_name, bridge = %cfg.ovs.bridge, "dpu-agent starting");
+        match dpu_agent::agent::run(cfg, rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ dpu_agent::agent::AgentError::Store(_)) => {
+                tracing::error!(error = %e, "state directory unusable");
+                ExitCode::from(EXIT_STATE)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "agent failed");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}

@@ -1,0 +1,175 @@
+//! The pipeline registry: every table, register, zone rule and cookie field the
+//! compiler uses is named here and nowhere else. `docs/pipeline.md` describes the
+//! same registry and is kept in step with it (a unit test checks the table list).
+
+use std::fmt;
+
+/// One OpenFlow table of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Table {
+    pub id: u8,
+    pub name: &'static str,
+    pub stage: &'static str,
+    /// What happens to a packet no flow in the table matches.
+    pub miss: Miss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Miss {
+    Drop,
+    /// Used by tables reached only through `resubmit`: a miss returns to the caller.
+    Return,
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+pub const CLASSIFY: Table = Table { id: 0, name: "Classify", stage: "classify", miss: Miss::Drop };
+pub const SPOOF_GUARD: Table = Table { id: 10, name: "SpoofGuard", stage: "spoof guard", miss: Miss::Drop };
+pub const ARP_RESPONDER: Table = Table { id: 20, name: "ArpResponder", stage: "ARP responder", miss: Miss::Drop };
+pub const CONNTRACK: Table = Table { id: 30, name: "Conntrack", stage: "conntrack", miss: Miss::Drop };
+pub const SERVICE_LB: Table = Table { id: 40, name: "ServiceLb", stage: "service LB", miss: Miss::Drop };
+pub const SESSION_AFFINITY: Table = Table { id: 41, name: "SessionAffinity", stage: "service LB", miss: Miss::Return };
+pub const SERVICE_SELECT: Table = Table { id: 42, name: "ServiceSelect", stage: "service LB", miss: Miss::Return };
+pub const ENDPOINT_DNAT: Table = Table { id: 45, name: "EndpointDnat", stage: "service LB", miss: Miss::Drop };
+pub const L3_FORWARD: Table = Table { id: 50, name: "L3Forward", stage: "L3 forward", miss: Miss::Drop };
+
+/// All tables in pipeline order.
+pub const TABLES: [Table; 9] = [
+    CLASSIFY,
+    SPOOF_GUARD,
+    ARP_RESPONDER,
+    CONNTRACK,
+    SERVICE_LB,
+    SESSION_AFFINITY,
+    SERVICE_SELECT,
+    ENDPOINT_DNAT,
+    L3_FORWARD,
+];
+
+pub fn table_by_id(id: u8) -> Option<Table> {
+    TABLES.iter().copied().find(|t| t.id == id)
+}
+
+/// Registers. The VPC id doubles as the conntrack zone, so it is 16 bits wide.
+pub mod reg {
+    /// VPC id (= conntrack zone) of the packet, set by Classify.
+    pub const VPC: &str = "reg0";
+    pub const VPC_NXM: &str = "NXM_NX_REG0";
+    /// Flags. Bit 0: a session-affinity entry chose the endpoint.
+    pub const FLAGS: &str = "reg2";
+    pub const FLAGS_NXM: &str = "NXM_NX_REG2";
+    pub const FLAG_AFFINITY_HIT: u32 = 0x1;
+    /// The chosen endpoint's IPv4 address and port, set by a group bucket or an
+    /// affinity entry and consumed by EndpointDnat.
+    pub const EP_IP: &str = "reg3";
+    pub const EP_IP_NXM: &str = "NXM_NX_REG3";
+    pub const EP_PORT: &str = "reg4";
+    pub const EP_PORT_NXM: &str = "NXM_NX_REG4";
+}
+
+/// The MAC address the agent's distributed router answers with.
+pub const ROUTER_MAC: &str = "02:d9:00:00:00:01";
+
+/// Cookie layout: `round:16 | category:8 | object:40`.
+///
+/// The round (Antrea's term) changes at every agent start, so flows of an older
+/// incarnation can be deleted by mask after the new one is installed. The object is
+/// a stable hash of the owning object's key, so everything a Service installed can
+/// be found by `cookie=…/mask`.
+pub mod cookie {
+    pub const ROUND_SHIFT: u32 = 48;
+    pub const ROUND_MASK: u64 = 0xffff << ROUND_SHIFT;
+    pub const CATEGORY_SHIFT: u32 = 40;
+    pub const CATEGORY_MASK: u64 = 0xff << CATEGORY_SHIFT;
+    pub const OBJECT_MASK: u64 = (1 << CATEGORY_SHIFT) - 1;
+
+    /// What kind of object a flow belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[repr(u8)]
+    pub enum Category {
+        Pipeline = 1,
+        Vpc = 2,
+        Subnet = 3,
+        Workload = 4,
+        Service = 5,
+        Endpoint = 6,
+        /// Flows learned by the switch for session affinity. They carry round 0 so a
+        /// restart keeps them; they are removed by category+object.
+        AffinityLearned = 7,
+    }
+
+    /// A cookie without its round; the reconciler stamps the round.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Cookie {
+        pub category: Category,
+        pub object: u64,
+    }
+
+    impl Cookie {
+        pub fn new(category: Category, object_key: &str) -> Self {
+            Cookie { category, object: object_hash(object_key) }
+        }
+
+        pub fn value(self, round: u16) -> u64 {
+            (u64::from(round) << ROUND_SHIFT)
+                | ((self.category as u64) << CATEGORY_SHIFT)
+                | (self.object & OBJECT_MASK)
+        }
+
+        /// Mask that selects this category and object in any round.
+        pub const SELECT_MASK: u64 = CATEGORY_MASK | OBJECT_MASK;
+    }
+
+    pub fn round_of(cookie: u64) -> u16 {
+        (cookie >> ROUND_SHIFT) as u16
+    }
+
+    /// FNV-1a, truncated to 40 bits: stable across releases and platforms, which a
+    /// std hasher is not.
+    pub fn object_hash(key: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h & OBJECT_MASK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_ids_are_unique_and_ordered() {
+        for w in TABLES.windows(2) {
+            assert!(w[0].id < w[1].id, "{} and {}", w[0].name, w[1].name);
+        }
+    }
+
+    #[test]
+    fn docs_list_every_table() {
+        let doc = include_str!("../../docs/pipeline.md");
+        for t in TABLES {
+            assert!(
+                doc.contains(&format!("| {} | {} |", t.id, t.name)),
+                "docs/pipeline.md lacks the row for table {} {}",
+                t.id,
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn cookie_fields_do_not_overlap() {
+        let c = cookie::Cookie::new(cookie::Category::Service, "YusurService/web");
+        let v = c.value(0xabcd);
+        assert_eq!(cookie::round_of(v), 0xabcd);
+        assert_eq!(v & cookie::Cookie::SELECT_MASK, c.value(0));
+        assert_eq!((v & cookie::CATEGORY_MASK) >> cookie::CATEGORY_SHIFT, 5);
+    }
+}

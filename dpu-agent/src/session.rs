@@ -1,0 +1,183 @@
+//! The controller session: one mTLS gRPC stream, re-established forever with
+//! exponential backoff and jitter. It only carries messages: updates go to the
+//! agent loop, which answers each with an Ack or a Nack; it never touches OVS.
+//!
+//! States: `Backoff → Connecting → Streaming → Backoff`. The agent's applied
+//! version is read at every connect, so a reconnect resumes from it.
+
+use std::time::Duration;
+
+use dpu_proto::v1 as pb;
+use dpu_proto::v1::agent_control_client::AgentControlClient;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::ControllerConfig;
+
+/// What the session hands to the agent loop.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// An update to apply; the loop sends the Ack or Nack back on `reply`.
+    Update(pb::Update, oneshot::Sender<pb::agent_message::Msg>),
+    Connected(bool),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A TLS file could not be read.
+    #[error("reading {path}: {source}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connection or TLS handshake failed (includes certificate checks).
+    #[error("connecting to {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+    /// The controller ended the stream with an error.
+    #[error("controller: {0}")]
+    Status(#[from] tonic::Status),
+    /// The agent loop is gone.
+    #[error("agent loop stopped")]
+    AgentGone,
+}
+
+/// Incoming messages are bounded; a larger one ends the session.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub async fn run(
+    cfg: ControllerConfig,
+    node: String,
+    applied: watch::Receiver<u64>,
+    mut status: watch::Receiver<pb::Status>,
+    events: mpsc::Sender<SessionEvent>,
+) {
+    let min = Duration::from_millis(cfg.backoff_min_ms);
+    let max = Duration::from_millis(cfg.backoff_max_ms);
+    let mut backoff = min;
+    loop {
+        let started = tokio::time::Instant::now();
+        match stream_once(&cfg, &node, &applied, &mut status, &events).await {
+            Ok(()) => tracing::warn!(endpoint = %cfg.endpoint, "controller closed the session"),
+            Err(SessionError::AgentGone) => return,
+            Err(e) => tracing::warn!(endpoint = %cfg.endpoint, error = %e, "controller session failed"),
+        }
+        if events.send(SessionEvent::Connected(false)).await.is_err() {
+            return;
+        }
+        // A session that lasted a while resets the backoff.
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = min;
+        }
+        let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, SessionError> {
+    std::fs::read(path).map_err(|source| SessionError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Builds the channel. Files are read at every connect, so renewed certificates
+/// are picked up without a restart.
+pub async fn connect(cfg: &ControllerConfig) -> Result<tonic::transport::Channel, SessionError> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
+        .identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?))
+        .domain_name(cfg.server_name.clone());
+    let err = |detail: String| SessionError::Connect {
+        endpoint: cfg.endpoint.clone(),
+        detail,
+    };
+    Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(|e| err(e.to_string()))?
+        .tls_config(tls)
+        .map_err(|e| err(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| err(error_chain(&e)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn stream_once(
+    cfg: &ControllerConfig,
+    node: &str,
+    applied: &watch::Receiver<u64>,
+    status: &mut watch::Receiver<pb::Status>,
+    events: &mpsc::Sender<SessionEvent>,
+) -> Result<(), SessionError> {
+    use pb::agent_message::Msg;
+    let channel = connect(cfg).await?;
+    let mut client = AgentControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
+    let send = |m: Msg| {
+        let tx = tx.clone();
+        async move { tx.send(pb::AgentMessage { msg: Some(m) }).await.is_ok() }
+    };
+    let version = { *applied.borrow() };
+    send(Msg::Hello(pb::Hello {
+        node: node.to_string(),
+        last_applied_version: version,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }))
+    .await;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| SessionError::Connect {
+            endpoint: cfg.endpoint.clone(),
+            detail: format!("{}: {}", s.code(), s.message()),
+        })?
+        .into_inner();
+    tracing::info!(endpoint = %cfg.endpoint, version, "controller session established");
+    events
+        .send(SessionEvent::Connected(true))
+        .await
+        .map_err(|_| SessionError::AgentGone)?;
+    let initial = status.borrow_and_update().clone();
+    send(Msg::Status(initial)).await;
+    loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let Some(msg) = msg? else { return Ok(()) };
+                let Some(pb::controller_message::Msg::Update(update)) = msg.msg else { continue };
+                let (reply_tx, reply_rx) = oneshot::channel();
+                events
+                    .send(SessionEvent::Update(update, reply_tx))
+                    .await
+                    .map_err(|_| SessionError::AgentGone)?;
+                let reply = reply_rx.await.map_err(|_| SessionError::AgentGone)?;
+                if !send(reply).await {
+                    return Ok(());
+                }
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return Err(SessionError::AgentGone);
+                }
+                let s = status.borrow_and_update().clone();
+                if !send(Msg::Status(s)).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

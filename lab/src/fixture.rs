@@ -1,0 +1,324 @@
+//! One emulated DPU with its controller: a private OVS, a PKI made by the real
+//! `dpu-controller ca init`/`issue`, an intent directory, the real controller and
+//! agent binaries, and workloads as namespaces whose veth representor sits on the
+//! bridge. Tests and the demo build on this; everything is torn down by `Drop`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::netns::{self, Netns};
+use crate::ovs::OvsInstance;
+use crate::process::{run_checked, spawn_logged, wait_until, Child};
+use crate::traffic::{self, TrafficResult};
+
+pub const NODE: &str = "dpu-1";
+
+/// A workload host: its namespace and the echo server running in it.
+#[derive(Debug)]
+pub struct Host {
+    pub ns: Netns,
+    pub ip: String,
+    pub echo: Option<Child>,
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub bridge: String,
+    pub work: TempDir,
+    pub controller_addr: String,
+    // Field order is drop order: processes first, then hosts, then OVS.
+    pub agent: Option<Child>,
+    pub controller: Option<Child>,
+    pub hosts: BTreeMap<String, Host>,
+    pub ovs: OvsInstance,
+}
+
+fn bin(name: &str) -> Result<PathBuf> {
+    traffic::lab_bin(name)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Lab {
+    /// Starts OVS, creates the bridge and a PKI. Neither controller nor agent runs yet.
+    pub fn new(tag: &str) -> Result<Lab> {
+        require_root()?;
+        let prefix = netns::unique_prefix(tag);
+        let bridge = format!("br{prefix}");
+        let ovs = OvsInstance::start()?;
+        ovs.vsctl(&[
+            "add-br",
+            &bridge,
+            "--",
+            "set",
+            "bridge",
+            &bridge,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "protocols=OpenFlow15",
+        ])?;
+        let work = tempfile::Builder::new().prefix("dpulab-").tempdir()?;
+        for d in ["intent", "pki", "logs"] {
+            fs::create_dir_all(work.path().join(d))?;
+        }
+        let lab = Lab {
+            prefix,
+            bridge,
+            controller_addr: format!("127.0.0.1:{}", free_port()?),
+            work,
+            agent: None,
+            controller: None,
+            hosts: BTreeMap::new(),
+            ovs,
+        };
+        lab.controller_cmd(&["ca", "init", "--state-dir", &lab.ctl_state().display().to_string()])?;
+        lab.issue(NODE, &lab.pki())?;
+        Ok(lab)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+    pub fn ctl_state(&self) -> PathBuf {
+        self.path("controller-state")
+    }
+    pub fn intent_dir(&self) -> PathBuf {
+        self.path("intent")
+    }
+    pub fn pki(&self) -> PathBuf {
+        self.path("pki")
+    }
+    fn log(&self, name: &str) -> PathBuf {
+        self.path(&format!("logs/{name}.log"))
+    }
+
+    /// Runs `dpu-controller ARGS` to completion.
+    pub fn controller_cmd(&self, args: &[&str]) -> Result<String> {
+        let mut c = Command::new(bin("dpu-controller")?);
+        c.args(args);
+        run_checked(c, Duration::from_secs(30))
+    }
+
+    /// Issues a node certificate into `out` (NAME.pem, NAME.key, ca.pem).
+    pub fn issue(&self, node: &str, out: &Path) -> Result<()> {
+        self.controller_cmd(&[
+            "issue",
+            "--state-dir",
+            &self.ctl_state().display().to_string(),
+            "--node",
+            node,
+            "--out",
+            &out.display().to_string(),
+        ])?;
+        Ok(())
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        // Write then rename, so the controller never reads half a file.
+        let tmp = self.path(&format!("{file}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, self.intent_dir().join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        fs::remove_file(self.intent_dir().join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        let mut c = Command::new(bin("dpu-controller")?);
+        c.args(["serve", "--state-dir"])
+            .arg(self.ctl_state())
+            .arg("--intent-dir")
+            .arg(self.intent_dir())
+            .args(["--listen", &self.controller_addr]);
+        self.controller = Some(spawn_logged(c, &self.log("controller"))?);
+        let addr = self.controller_addr.clone();
+        wait_until("the controller to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        })
+    }
+
+    /// Writes the agent's config; `ca`/`cert` let tests point it at other files.
+    pub fn agent_config(&self, ca: &Path) -> Result<PathBuf> {
+        let cfg = format!(
+            r#"node_name = "{NODE}"
+state_dir = "{state}"
+
+[controller]
+endpoint = "https://{addr}"
+server_name = "dpu-controller"
+ca_file = "{ca}"
+cert_file = "{pki}/{NODE}.pem"
+key_file = "{pki}/{NODE}.key"
+backoff_min_ms = 100
+backoff_max_ms = 1000
+
+[ovs]
+db_socket = "{db}"
+run_dir = "{run}"
+bridge = "{br}"
+datapath_type = "netdev"
+"#,
+            state = self.path("agent-state").display(),
+            addr = self.controller_addr,
+            ca = ca.display(),
+            pki = self.pki().display(),
+            db = self.ovs.db_sock().display(),
+            run = self.ovs.dir().display(),
+            br = self.bridge,
+        );
+        let p = self.path("agent.toml");
+        fs::write(&p, cfg)?;
+        Ok(p)
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        let ca = self.pki().join("ca.pem");
+        self.start_agent_with_ca(&ca)
+    }
+
+    pub fn start_agent_with_ca(&mut self, ca: &Path) -> Result<()> {
+        let cfg = self.agent_config(ca)?;
+        let mut c = Command::new(bin("dpu-agent")?);
+        c.args(["run", "--config"]).arg(cfg).env("RUST_LOG", "info,dpu_agent=debug");
+        self.agent = Some(spawn_logged(c, &self.log("agent"))?);
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.log("agent")).unwrap_or_default()
+    }
+    pub fn controller_log(&self) -> String {
+        fs::read_to_string(self.log("controller")).unwrap_or_default()
+    }
+
+    /// `dpu-controller status --json`.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.controller_cmd(&[
+            "status",
+            "--state-dir",
+            &self.ctl_state().display().to_string(),
+            "--json",
+        ])?;
+        serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
+    }
+
+    /// The node's entry in the status.
+    pub fn node_status(&self) -> Result<serde_json::Value> {
+        let s = self.status()?;
+        let nodes = &s["nodes"];
+        let n = match nodes {
+            serde_json::Value::Array(a) => a.iter().find(|n| n["node"] == NODE).cloned(),
+            serde_json::Value::Object(m) => m.get(NODE).cloned(),
+            _ => None,
+        };
+        n.ok_or_else(|| anyhow!("no status for {NODE} yet: {s}"))
+    }
+
+    pub fn intent_version(&self) -> Result<u64> {
+        self.status()?["intent_version"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("status has no intent_version"))
+    }
+
+    /// Waits until the agent ACKed the controller's current intent version.
+    pub fn wait_converged(&self) -> Result<u64> {
+        let mut last = String::new();
+        let r = wait_until("the agent to ACK the current intent", Duration::from_secs(30), || {
+            let (Ok(v), Ok(n)) = (self.intent_version(), self.node_status()) else {
+                return false;
+            };
+            last = n.to_string();
+            v > 0 && n["applied_version"].as_u64() == Some(v)
+        });
+        r.map_err(|e| anyhow!("{e}; last node status: {last}\nagent log:\n{}", tail(&self.agent_log())))?;
+        self.intent_version()
+    }
+
+    /// Adds a workload host: namespace, veth, representor on the bridge with
+    /// `external_ids:iface-id=<name>`.
+    pub fn add_host(&mut self, name: &str, ip_cidr: &str, mac: &str, gw: &str) -> Result<()> {
+        let suffix = format!("{}", self.hosts.len());
+        let (ns, rep) = netns::attach_host(&self.prefix, &suffix, ip_cidr, mac, Some(gw))?;
+        let ovs_ns = self.ovs.netns().ok_or_else(|| anyhow!("OVS has no namespace"))?;
+        netns::ip(&["link", "set", &rep, "netns", ovs_ns])?;
+        run_checked(
+            {
+                let mut c = Command::new("ip");
+                c.args(["-n", ovs_ns, "link", "set", &rep, "up"]);
+                c
+            },
+            Duration::from_secs(10),
+        )?;
+        run_checked(
+            {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ovs_ns, "ethtool", "-K", &rep, "tx", "off"]);
+                c
+            },
+            Duration::from_secs(10),
+        )?;
+        self.ovs.vsctl(&[
+            "add-port",
+            &self.bridge,
+            &rep,
+            "--",
+            "set",
+            "Interface",
+            &rep,
+            &format!("external_ids:iface-id={name}"),
+        ])?;
+        let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
+        self.hosts.insert(name.to_string(), Host { ns, ip, echo: None });
+        Ok(())
+    }
+
+    /// Starts `lab-echo --name <host>` on the given ports inside the host.
+    pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
+        let log = self.log(&format!("echo-{name}"));
+        let h = self.hosts.get_mut(name).ok_or_else(|| anyhow!("no host {name}"))?;
+        h.echo = Some(traffic::start_echo(&h.ns, name, tcp, udp, &log)?);
+        Ok(())
+    }
+
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.hosts.get(name).ok_or_else(|| anyhow!("no host {name}"))
+    }
+
+    /// Runs `lab-client` in host `from`.
+    pub fn client(&self, from: &str, target: &str, proto: &str, count: u32) -> Result<TrafficResult> {
+        traffic::run_client(&self.host(from)?.ns, target, proto, count, &["--timeout-ms", "1500"])
+    }
+
+    pub fn flows(&self) -> Result<Vec<String>> {
+        self.ovs.dump_flows(&self.bridge)
+    }
+    pub fn groups(&self) -> Result<Vec<String>> {
+        self.ovs.dump_groups(&self.bridge)
+    }
+}
+
+fn require_root() -> Result<()> {
+    let out = Command::new("id").arg("-u").output().context("running id -u")?;
+    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
+        bail!("the lab needs root (network namespaces, veth, OVS); run the tests as root");
+    }
+    Ok(())
+}
+
+/// The last 60 lines of a log, for error messages.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}

@@ -1,0 +1,316 @@
+//! The domain types. Every value here has passed field validation (see `convert`);
+//! cross-object rules are checked by `Intent::validate`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// The kinds of intent object, named as in the manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Vpc,
+    Subnet,
+    Workload,
+    Service,
+    NetworkProbe,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Vpc,
+        Kind::Subnet,
+        Kind::Workload,
+        Kind::Service,
+        Kind::NetworkProbe,
+    ];
+
+    /// The manifest `kind:` for this object kind.
+    pub fn manifest_kind(self) -> &'static str {
+        match self {
+            Kind::Vpc => "Vpc",
+            Kind::Subnet => "Subnet",
+            Kind::Workload => "Workload",
+            Kind::Service => "YusurService",
+            Kind::NetworkProbe => "NetworkProbe",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.manifest_kind())
+    }
+}
+
+/// Identifies one object: its kind and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        ObjectKey {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vpc {
+    pub name: String,
+    /// Geneve VNI, 1..=0xffffff.
+    pub vni: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBlock {
+    pub node: String,
+    pub cidr: Ipv4Net,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub name: String,
+    pub vpc: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub node_blocks: Vec<NodeBlock>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkloadKind {
+    Pod,
+    Vm,
+    BareMetal,
+    VnicIp,
+}
+
+/// A unicast Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+        }
+        let mut out = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+            }
+            out[i] = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("{s:?} is not a MAC address (bad hex {p:?})"))?;
+        }
+        if out[0] & 1 == 1 {
+            return Err(format!("{s} is a multicast MAC address; a unicast one is needed"));
+        }
+        if out == [0; 6] {
+            return Err("00:00:00:00:00:00 is not a usable MAC address".into());
+        }
+        Ok(Mac(out))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub kind: WorkloadKind,
+    pub vpc: String,
+    pub ip: Ipv4Addr,
+    pub mac: Option<Mac>,
+    pub labels: BTreeMap<String, String>,
+    pub node: String,
+    /// The `external_ids:iface-id` of the OVS interface this workload sits behind.
+    pub port: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub weight: u32,
+    pub workload: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessScenario {
+    ClusterIp,
+    NodeClusterIp,
+    EipLoadBalancer,
+    EipServiceGateway,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vpc: String,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    pub backends: Vec<Backend>,
+    /// ClientIP affinity timeout in seconds; `None` means no affinity.
+    pub affinity_timeout: Option<u32>,
+    pub eip: Option<Ipv4Addr>,
+    pub scenario: AccessScenario,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeType {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkProbe {
+    pub name: String,
+    pub service: String,
+    pub probe_type: ProbeType,
+    pub port: u16,
+    pub http_path: String,
+    pub period_ms: u32,
+    pub timeout_ms: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+/// One intent object of any kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Vpc(Vpc),
+    Subnet(Subnet),
+    Workload(Workload),
+    Service(Service),
+    NetworkProbe(NetworkProbe),
+}
+
+impl Object {
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Object::Vpc(o) => ObjectKey::new(Kind::Vpc, &o.name),
+            Object::Subnet(o) => ObjectKey::new(Kind::Subnet, &o.name),
+            Object::Workload(o) => ObjectKey::new(Kind::Workload, &o.name),
+            Object::Service(o) => ObjectKey::new(Kind::Service, &o.name),
+            Object::NetworkProbe(o) => ObjectKey::new(Kind::NetworkProbe, &o.name),
+        }
+    }
+
+    /// The VPC an object belongs to (a Vpc belongs to itself; a probe to none).
+    pub fn vpc(&self) -> Option<&str> {
+        match self {
+            Object::Vpc(o) => Some(&o.name),
+            Object::Subnet(o) => Some(&o.vpc),
+            Object::Workload(o) => Some(&o.vpc),
+            Object::Service(o) => Some(&o.vpc),
+            Object::NetworkProbe(_) => None,
+        }
+    }
+}
+
+/// A full set of intent, keyed by name per kind. Ordered maps keep compile output
+/// deterministic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Intent {
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub subnets: BTreeMap<String, Subnet>,
+    pub workloads: BTreeMap<String, Workload>,
+    pub services: BTreeMap<String, Service>,
+    pub probes: BTreeMap<String, NetworkProbe>,
+}
+
+impl Intent {
+    pub fn upsert(&mut self, object: Object) {
+        match object {
+            Object::Vpc(o) => drop(self.vpcs.insert(o.name.clone(), o)),
+            Object::Subnet(o) => drop(self.subnets.insert(o.name.clone(), o)),
+            Object::Workload(o) => drop(self.workloads.insert(o.name.clone(), o)),
+            Object::Service(o) => drop(self.services.insert(o.name.clone(), o)),
+            Object::NetworkProbe(o) => drop(self.probes.insert(o.name.clone(), o)),
+        }
+    }
+
+    /// Removes an object; returns whether it was there.
+    pub fn remove(&mut self, key: &ObjectKey) -> bool {
+        match key.kind {
+            Kind::Vpc => self.vpcs.remove(&key.name).is_some(),
+            Kind::Subnet => self.subnets.remove(&key.name).is_some(),
+            Kind::Workload => self.workloads.remove(&key.name).is_some(),
+            Kind::Service => self.services.remove(&key.name).is_some(),
+            Kind::NetworkProbe => self.probes.remove(&key.name).is_some(),
+        }
+    }
+
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        self.vpcs
+            .values()
+            .cloned()
+            .map(Object::Vpc)
+            .chain(self.subnets.values().cloned().map(Object::Subnet))
+            .chain(self.workloads.values().cloned().map(Object::Workload))
+            .chain(self.services.values().cloned().map(Object::Service))
+            .chain(self.probes.values().cloned().map(Object::NetworkProbe))
+    }
+
+    pub fn keys(&self) -> BTreeSet<ObjectKey> {
+        self.objects().map(|o| o.key()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.vpcs.len()
+            + self.subnets.len()
+            + self.workloads.len()
+            + self.services.len()
+            + self.probes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
