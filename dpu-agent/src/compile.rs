@@ -82,7 +82,19 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         let vm = || Match::new().reg(reg::VPC, z);
         d.add(SERVICE_LB, 200, vm().kw("ct_state=+inv+trk"), Actions::drop(), c);
         d.add(SERVICE_LB, 190, vm().kw("ct_state=-new+trk"), Actions::new().goto(L3_FORWARD), c);
-        d.add(SERVICE_LB, 10, vm().kw("ip"), Actions::new().goto(L3_FORWARD), c);
+        // Other new connections are committed too, so their replies are +est and not
+        // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack).
+        d.add(
+            SERVICE_LB,
+            10,
+            vm().kw("ct_state=+new+trk").kw("ip"),
+            Actions::new().raw(format!(
+                "ct(commit,table={},zone={}[0..15])",
+                L3_FORWARD.id,
+                reg::VPC_NXM
+            )),
+            c,
+        );
     }
 
     for s in intent.subnets.values() {

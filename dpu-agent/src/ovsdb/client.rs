@@ -476,3 +476,7 @@ async fn write_loop(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
