@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dpu_model::{Intent, Protocol, Service, ServicePort};
+use dpu_model::{Intent, Service, ServicePort};
 use serde::{Deserialize, Serialize};
 
 /// Zone 0 is the default zone of untracked traffic; VPCs start at 1.
@@ -81,18 +81,14 @@ fn reallocate<V: Copy + Into<u32>>(
     let used: BTreeSet<u32> = out.values().copied().collect();
     let mut free = (first..=last).filter(|id| !used.contains(id));
     for k in wanted {
-        if !out.contains_key(&k) {
-            let id = free.next().ok_or_else(|| k.clone())?;
-            out.insert(k, id);
+        if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(k) {
+            let id = free.next().ok_or_else(|| slot.key().clone())?;
+            slot.insert(id);
         }
     }
     Ok(out)
 }
 
-/// Protocol keyword used in matches.
-pub fn proto_kw(p: Protocol) -> &'static str {
-    p.as_str()
-}
 
 #[cfg(test)]
 mod tests {

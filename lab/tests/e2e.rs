@@ -119,7 +119,7 @@ fn removed_backend_keeps_its_established_connection_but_gets_no_new_ones() -> Re
         service_yaml("web", "vpc-a", VIP, &format!("  backends:\n{}", list.join("\n")), "")
     };
     let all = ["10.0.1.11", "10.0.1.12", "10.0.1.13"];
-    let mut lab = lab_with_backends("rm", 3, &explicit(&all))?;
+    let lab = lab_with_backends("rm", 3, &explicit(&all))?;
     let out = lab.path("hold.json");
     let mut hold = traffic::start_hold(
         &lab.host("client")?.ns,
