@@ -89,6 +89,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
 
     // Restoring is a reconcile like any other: nothing is flushed first.
     let mut dirty = applied.have_intent;
+    let mut bridge_lost = false;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -112,8 +113,26 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
             changed = ovs_rx.changed() => {
                 if changed.is_err() { break; }
                 let state = ovs_rx.borrow_and_update().clone();
+                if !state.bridge_ready {
+                    bridge_lost = true;
+                    continue;
+                }
+                if !state.connected {
+                    continue;
+                }
+                if bridge_lost {
+                    // The bridge came back (recreated, or vswitchd restarted): its
+                    // tables may be empty or old. Read it again and reinstall.
+                    match reconciler.forget_installed().await {
+                        Ok(()) => {
+                            bridge_lost = false;
+                            dirty = applied.have_intent;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot read the switch"),
+                    }
+                }
                 let ports = ports_of(&state);
-                if state.connected && state.bridge_ready && ports != facts.ports {
+                if ports != facts.ports {
                     facts.ports = ports;
                     dirty = applied.have_intent;
                 }

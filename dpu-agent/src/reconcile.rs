@@ -38,31 +38,45 @@ pub struct Reconciler<B> {
 impl<B: OpenFlowBackend> Reconciler<B> {
     /// Reads what the switch holds and picks a round no installed flow uses.
     /// On error the backend is handed back so the caller can retry.
-    pub async fn start(mut backend: B) -> Result<Self, (B, OpenFlowError)> {
-        let summary = match backend.installed().await {
-            Ok(s) => s,
-            Err(e) => return Err((backend, e)),
+    pub async fn start(backend: B) -> Result<Self, (B, OpenFlowError)> {
+        let mut r = Reconciler {
+            backend,
+            round: 0,
+            installed: None,
+            stale_rounds: BTreeSet::new(),
+            stale_groups: BTreeSet::new(),
         };
-        let stale_rounds: BTreeSet<u16> = summary
+        match r.forget_installed().await {
+            Ok(()) => Ok(r),
+            Err(e) => Err((r.backend, e)),
+        }
+    }
+
+    /// Forgets the installed view and reads the switch again, under a new round:
+    /// for a start, or after the switch may have lost or changed its tables (the
+    /// bridge was recreated, `ovs-vswitchd` restarted). The next apply reinstalls
+    /// everything and removes whatever is stale. Nothing is flushed.
+    pub async fn forget_installed(&mut self) -> Result<(), OpenFlowError> {
+        let summary = self.backend.installed().await?;
+        let mut rounds: BTreeSet<u16> = summary
             .cookies
             .iter()
             .map(|c| round_of(*c))
             .filter(|r| *r != 0)
             .collect();
-        let round = next_round(&stale_rounds);
+        rounds.insert(self.round);
+        self.round = next_round(&rounds);
+        rounds.remove(&0);
         tracing::info!(
-            round,
+            round = self.round,
             installed_flows = summary.flows,
             installed_groups = summary.group_ids.len(),
-            "reconciler started; nothing flushed"
+            "read the switch; nothing flushed"
         );
-        Ok(Reconciler {
-            backend,
-            round,
-            installed: None,
-            stale_rounds,
-            stale_groups: summary.group_ids,
-        })
+        self.stale_rounds = rounds;
+        self.stale_groups = summary.group_ids;
+        self.installed = None;
+        Ok(())
     }
 
     pub fn round(&self) -> u16 {

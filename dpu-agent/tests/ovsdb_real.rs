@@ -383,6 +383,20 @@ async fn session_ensures_bridge_and_tracks_ports() {
     vsctl(&ovs, "del-port br-t p1");
     let gone = wait_state(&mut state, "port web-1 gone", |s| s.ports.is_empty()).await;
     assert!(gone.connected && gone.bridge_ready);
+
+    // a bridge deleted behind the agent's back is recreated with the spec's settings
+    vsctl(&ovs, "del-br br-t");
+    let deadline = std::time::Instant::now() + STATE_BOUND;
+    while ovs.vsctl(&["br-exists", "br-t"]).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "br-t was not recreated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(get("_uuid"), bridge_uuid);
+    assert_eq!(get("fail_mode"), "secure");
+    wait_state(&mut state, "recreated bridge ready", |s| s.bridge_ready).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

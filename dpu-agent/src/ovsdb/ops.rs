@@ -210,7 +210,8 @@ impl Op {
         }
     }
 
-    /// Names an `insert` so later ops can refer to it with [`named_uuid`].
+    /// Names an `insert` so later ops can refer to it with
+    /// [`named_uuid`](super::atom::named_uuid).
     /// Has no effect on other operations.
     pub fn with_uuid_name(mut self, name: &str) -> Self {
         if let Op::Insert { uuid_name, .. } = &mut self {

@@ -48,7 +48,8 @@ pub struct OvsdbState {
     /// Connections established after the first one.
     pub reconnects: u64,
     /// `external_ids:iface-id` → interface, for interfaces of ports of our bridge with an
-    /// ofport > 0.
+    /// ofport > 0. While disconnected this is the last known set (the switch keeps
+    /// forwarding); it is refreshed as soon as the session is back.
     pub ports: BTreeMap<String, PortFact>,
     /// The latest failure (connect, ensure, bridge interface error); cleared once the
     /// session is connected with the bridge ready.
@@ -182,9 +183,11 @@ impl Runner {
         }
         self.backoff.reset();
         self.client.send_replace(Some(client.clone()));
+        let view = BridgeView::derive(&cache, &self.spec);
         self.publish(|s| {
             s.connected = true;
             s.reconnects = reconnects;
+            view.write_into(s);
         });
 
         let mut last_ensure = Instant::now();
