@@ -46,7 +46,10 @@ impl Ctx {
             ));
         }
         if net.prefix_len() > 30 {
-            return Err(self.err(field, format!("{s} is too small: the prefix must be /30 or shorter")));
+            return Err(self.err(
+                field,
+                format!("{s} is too small: the prefix must be /30 or shorter"),
+            ));
         }
         Ok(net)
     }
@@ -76,7 +79,10 @@ pub fn check_name(s: &str) -> Result<(), String> {
         return Err("name is empty".into());
     }
     if s.len() > MAX_NAME_LEN {
-        return Err(format!("name is {} bytes long; at most {MAX_NAME_LEN}", s.len()));
+        return Err(format!(
+            "name is {} bytes long; at most {MAX_NAME_LEN}",
+            s.len()
+        ));
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
@@ -92,7 +98,8 @@ pub fn check_name(s: &str) -> Result<(), String> {
 }
 
 fn ctx(kind: Kind, name: &str) -> Result<Ctx, ObjectError> {
-    let key = ObjectKey::new(kind, name);
+    let shown = if name.is_empty() { "<unnamed>" } else { name };
+    let key = ObjectKey::new(kind, shown);
     check_name(name).map_err(|m| ObjectError::new(key.clone(), "metadata.name", m))?;
     Ok(Ctx { key })
 }
@@ -100,7 +107,10 @@ fn ctx(kind: Kind, name: &str) -> Result<Ctx, ObjectError> {
 pub fn vpc_from_proto(m: &pb::Vpc) -> Result<Vpc, ObjectError> {
     let c = ctx(Kind::Vpc, &m.name)?;
     if m.vni == 0 || m.vni > 0x00ff_ffff {
-        return Err(c.err("spec.vni", format!("VNI {} is out of range (1..=16777215)", m.vni)));
+        return Err(c.err(
+            "spec.vni",
+            format!("VNI {} is out of range (1..=16777215)", m.vni),
+        ));
     }
     Ok(Vpc {
         name: m.name.clone(),
@@ -177,7 +187,11 @@ pub fn workload_from_proto(m: &pb::Workload) -> Result<Workload, ObjectError> {
         vpc,
         ip,
         mac,
-        labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: m
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         node,
         port: m.port.clone(),
     })
@@ -213,7 +227,10 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
         };
         let port = c.port(&format!("spec.ports[{i}].port"), p.port)?;
         let target_port = c.port(&format!("spec.ports[{i}].targetPort"), p.target_port)?;
-        if ports.iter().any(|q| q.protocol == protocol && q.port == port) {
+        if ports
+            .iter()
+            .any(|q| q.protocol == protocol && q.port == port)
+        {
             return Err(c.err(
                 format!("spec.ports[{i}]"),
                 format!("{}/{port} is listed twice", protocol.as_str()),
@@ -294,7 +311,10 @@ pub fn probe_from_proto(m: &pb::NetworkProbe) -> Result<NetworkProbe, ObjectErro
     };
     let port = c.port("spec.port", m.port)?;
     if probe_type == ProbeType::Http && !m.http_path.starts_with('/') {
-        return Err(c.err("spec.httpPath", "an HTTP probe needs a path starting with '/'"));
+        return Err(c.err(
+            "spec.httpPath",
+            "an HTTP probe needs a path starting with '/'",
+        ));
     }
     if !(100..=3_600_000).contains(&m.period_ms) {
         return Err(c.err("spec.periodMs", "period must be 100..=3600000 ms"));
@@ -418,7 +438,11 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
             vpc: w.vpc.clone(),
             ip: w.ip.to_string(),
             mac: w.mac.map(|m| m.to_string()).unwrap_or_default(),
-            labels: w.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: w
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             node: w.node.clone(),
             port: w.port.clone(),
         }),

@@ -116,18 +116,24 @@ impl std::str::FromStr for Mac {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+            ));
         }
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
             if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"));
+                return Err(format!(
+                    "{s:?} is not a MAC address (want xx:xx:xx:xx:xx:xx)"
+                ));
             }
             out[i] = u8::from_str_radix(p, 16)
                 .map_err(|_| format!("{s:?} is not a MAC address (bad hex {p:?})"))?;
         }
         if out[0] & 1 == 1 {
-            return Err(format!("{s} is a multicast MAC address; a unicast one is needed"));
+            return Err(format!(
+                "{s} is a multicast MAC address; a unicast one is needed"
+            ));
         }
         if out == [0; 6] {
             return Err("00:00:00:00:00:00 is not a usable MAC address".into());

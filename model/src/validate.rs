@@ -22,72 +22,121 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
     let mut vnis: HashMap<u32, &str> = HashMap::new();
     for v in intent.vpcs.values() {
         if let Some(other) = vnis.insert(v.vni, &v.name) {
-            errs.push(err(Kind::Vpc, &v.name, "spec.vni", format!(
-                "VNI {} is already used by Vpc/{other}", v.vni
-            )));
+            errs.push(err(
+                Kind::Vpc,
+                &v.name,
+                "spec.vni",
+                format!("VNI {} is already used by Vpc/{other}", v.vni),
+            ));
         }
     }
 
     let mut subnets_by_vpc: BTreeMap<&str, Vec<&Subnet>> = BTreeMap::new();
     for s in intent.subnets.values() {
         if !intent.vpcs.contains_key(&s.vpc) {
-            errs.push(err(Kind::Subnet, &s.name, "spec.vpc", format!("Vpc/{} does not exist", s.vpc)));
+            errs.push(err(
+                Kind::Subnet,
+                &s.name,
+                "spec.vpc",
+                format!("Vpc/{} does not exist", s.vpc),
+            ));
             continue;
         }
         let peers = subnets_by_vpc.entry(&s.vpc).or_default();
-        if let Some(o) = peers.iter().find(|o| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network())) {
-            errs.push(err(Kind::Subnet, &s.name, "spec.cidr", format!(
-                "{} overlaps Subnet/{} ({}) in Vpc/{}", s.cidr, o.name, o.cidr, s.vpc
-            )));
+        if let Some(o) = peers
+            .iter()
+            .find(|o| o.cidr.contains(&s.cidr.network()) || s.cidr.contains(&o.cidr.network()))
+        {
+            errs.push(err(
+                Kind::Subnet,
+                &s.name,
+                "spec.cidr",
+                format!(
+                    "{} overlaps Subnet/{} ({}) in Vpc/{}",
+                    s.cidr, o.name, o.cidr, s.vpc
+                ),
+            ));
             continue;
         }
         for (i, a) in s.node_blocks.iter().enumerate() {
-            if let Some(b) = s.node_blocks[..i].iter().find(|b| b.cidr.contains(&a.cidr.network()) || a.cidr.contains(&b.cidr.network())) {
-                errs.push(err(Kind::Subnet, &s.name, format!("spec.nodeBlocks[{i}].cidr"), format!(
-                    "{} overlaps the block of node {}", a.cidr, b.node
-                )));
+            if let Some(b) = s.node_blocks[..i]
+                .iter()
+                .find(|b| b.cidr.contains(&a.cidr.network()) || a.cidr.contains(&b.cidr.network()))
+            {
+                errs.push(err(
+                    Kind::Subnet,
+                    &s.name,
+                    format!("spec.nodeBlocks[{i}].cidr"),
+                    format!("{} overlaps the block of node {}", a.cidr, b.node),
+                ));
             }
         }
         peers.push(s);
     }
     let in_vpc = |vpc: &str, ip: Ipv4Addr| -> Option<&Subnet> {
-        subnets_by_vpc.get(vpc).and_then(|ss| ss.iter().find(|s| s.cidr.contains(&ip)).copied())
+        subnets_by_vpc
+            .get(vpc)
+            .and_then(|ss| ss.iter().find(|s| s.cidr.contains(&ip)).copied())
     };
 
     // Addresses taken in each VPC: gateways, then workloads.
     let mut taken: HashMap<(&str, Ipv4Addr), String> = HashMap::new();
     for s in subnets_by_vpc.values().flatten() {
-        taken.insert((&s.vpc, s.gateway), format!("the gateway of Subnet/{}", s.name));
+        taken.insert(
+            (&s.vpc, s.gateway),
+            format!("the gateway of Subnet/{}", s.name),
+        );
     }
     let mut ports: HashMap<(&str, &str), &str> = HashMap::new();
     for w in intent.workloads.values() {
         if !intent.vpcs.contains_key(&w.vpc) {
-            errs.push(err(Kind::Workload, &w.name, "spec.vpc", format!("Vpc/{} does not exist", w.vpc)));
+            errs.push(err(
+                Kind::Workload,
+                &w.name,
+                "spec.vpc",
+                format!("Vpc/{} does not exist", w.vpc),
+            ));
             continue;
         }
         match in_vpc(&w.vpc, w.ip) {
-            None => errs.push(err(Kind::Workload, &w.name, "spec.ip", format!(
-                "{} is not inside any Subnet of Vpc/{}", w.ip, w.vpc
-            ))),
-            Some(s) if w.ip == s.cidr.network() || w.ip == s.cidr.broadcast() => {
-                errs.push(err(Kind::Workload, &w.name, "spec.ip", format!(
-                    "{} is not a host address of Subnet/{} ({})", w.ip, s.name, s.cidr
-                )))
-            }
+            None => errs.push(err(
+                Kind::Workload,
+                &w.name,
+                "spec.ip",
+                format!("{} is not inside any Subnet of Vpc/{}", w.ip, w.vpc),
+            )),
+            Some(s) if w.ip == s.cidr.network() || w.ip == s.cidr.broadcast() => errs.push(err(
+                Kind::Workload,
+                &w.name,
+                "spec.ip",
+                format!(
+                    "{} is not a host address of Subnet/{} ({})",
+                    w.ip, s.name, s.cidr
+                ),
+            )),
             Some(_) => {
                 if let Some(owner) = taken.get(&(w.vpc.as_str(), w.ip)) {
-                    errs.push(err(Kind::Workload, &w.name, "spec.ip", format!(
-                        "{} in Vpc/{} is already {owner}", w.ip, w.vpc
-                    )));
+                    errs.push(err(
+                        Kind::Workload,
+                        &w.name,
+                        "spec.ip",
+                        format!("{} in Vpc/{} is already {owner}", w.ip, w.vpc),
+                    ));
                 } else {
                     taken.insert((&w.vpc, w.ip), format!("Workload/{}", w.name));
                 }
             }
         }
         if let Some(other) = ports.insert((&w.node, &w.port), &w.name) {
-            errs.push(err(Kind::Workload, &w.name, "spec.port", format!(
-                "port {} on node {} is already bound to Workload/{other}", w.port, w.node
-            )));
+            errs.push(err(
+                Kind::Workload,
+                &w.name,
+                "spec.port",
+                format!(
+                    "port {} on node {} is already bound to Workload/{other}",
+                    w.port, w.node
+                ),
+            ));
         }
     }
 
@@ -95,43 +144,73 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
     for s in intent.services.values() {
         let e = |field: String, msg: String| err(Kind::Service, &s.name, field, msg);
         if !intent.vpcs.contains_key(&s.vpc) {
-            errs.push(e("spec.vpc".into(), format!("Vpc/{} does not exist", s.vpc)));
+            errs.push(e(
+                "spec.vpc".into(),
+                format!("Vpc/{} does not exist", s.vpc),
+            ));
             continue;
         }
         if s.cluster_ips.len() > MAX_CLUSTER_IPS {
-            errs.push(e("spec.clusterIPs".into(), format!("{} cluster IPs; at most {MAX_CLUSTER_IPS}", s.cluster_ips.len())));
+            errs.push(e(
+                "spec.clusterIPs".into(),
+                format!(
+                    "{} cluster IPs; at most {MAX_CLUSTER_IPS}",
+                    s.cluster_ips.len()
+                ),
+            ));
         }
         if s.ports.len() > MAX_PORTS {
-            errs.push(e("spec.ports".into(), format!("{} ports; at most {MAX_PORTS}", s.ports.len())));
+            errs.push(e(
+                "spec.ports".into(),
+                format!("{} ports; at most {MAX_PORTS}", s.ports.len()),
+            ));
         }
         for (i, ip) in s.cluster_ips.iter().enumerate() {
             if let Some(owner) = taken.get(&(s.vpc.as_str(), *ip)) {
-                errs.push(e(format!("spec.clusterIPs[{i}]"), format!("{ip} in Vpc/{} is already {owner}", s.vpc)));
+                errs.push(e(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{ip} in Vpc/{} is already {owner}", s.vpc),
+                ));
             }
             for p in &s.ports {
                 if let Some(other) = vips.insert((&s.vpc, *ip, p.protocol, p.port), &s.name) {
                     if other != s.name {
-                        errs.push(e(format!("spec.clusterIPs[{i}]"), format!(
-                            "{ip}:{}/{} in Vpc/{} is already served by YusurService/{other}",
-                            p.port, p.protocol.as_str(), s.vpc
-                        )));
+                        errs.push(e(
+                            format!("spec.clusterIPs[{i}]"),
+                            format!(
+                                "{ip}:{}/{} in Vpc/{} is already served by YusurService/{other}",
+                                p.port,
+                                p.protocol.as_str(),
+                                s.vpc
+                            ),
+                        ));
                     }
                 }
             }
         }
         if s.backends.len() > MAX_BACKENDS {
-            errs.push(e("spec.backends".into(), format!("{} backends; at most {MAX_BACKENDS}", s.backends.len())));
+            errs.push(e(
+                "spec.backends".into(),
+                format!("{} backends; at most {MAX_BACKENDS}", s.backends.len()),
+            ));
         }
         let mut total = 0u32;
         for (i, b) in s.backends.iter().enumerate() {
             if b.weight > MAX_WEIGHT {
-                errs.push(e(format!("spec.backends[{i}].weight"), format!("weight {} is above {MAX_WEIGHT}", b.weight)));
+                errs.push(e(
+                    format!("spec.backends[{i}].weight"),
+                    format!("weight {} is above {MAX_WEIGHT}", b.weight),
+                ));
             }
             total = total.saturating_add(b.weight);
             if in_vpc(&s.vpc, b.ip).is_none() {
-                errs.push(e(format!("spec.backends[{i}].ip"), format!(
-                    "backend {} is outside Vpc/{} (in none of its Subnets)", b.ip, s.vpc
-                )));
+                errs.push(e(
+                    format!("spec.backends[{i}].ip"),
+                    format!(
+                        "backend {} is outside Vpc/{} (in none of its Subnets)",
+                        b.ip, s.vpc
+                    ),
+                ));
             }
         }
         if total > MAX_BUCKETS {
@@ -143,7 +222,12 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
 
     for p in intent.probes.values() {
         if !intent.services.contains_key(&p.service) {
-            errs.push(err(Kind::NetworkProbe, &p.name, "spec.service", format!("YusurService/{} does not exist", p.service)));
+            errs.push(err(
+                Kind::NetworkProbe,
+                &p.name,
+                "spec.service",
+                format!("YusurService/{} does not exist", p.service),
+            ));
         }
     }
     errs
