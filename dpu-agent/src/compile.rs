@@ -2,7 +2,7 @@
 //! Pure: no I/O, no clock, no tokio. The same input always gives the same output,
 //! which the golden files under `tests/golden/` pin down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use dpu_model::{AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, Service};
@@ -159,8 +159,16 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         );
     }
 
+    // A local workload whose port is not plugged yet cannot serve: it gets no
+    // bucket until its port shows up (the port change recompiles).
+    let unready: BTreeSet<(&str, Ipv4Addr)> = intent
+        .workloads
+        .values()
+        .filter(|w| w.node == facts.node && !facts.ports.contains_key(&w.port))
+        .map(|w| (w.vpc.as_str(), w.ip))
+        .collect();
     for s in intent.services.values() {
-        compile_service(d, s, alloc);
+        compile_service(d, s, alloc, &unready);
     }
     out
 }
@@ -214,7 +222,12 @@ fn ip_proto_number(p: Protocol) -> u8 {
     }
 }
 
-fn compile_service(d: &mut DesiredState, s: &Service, alloc: &Allocations) {
+fn compile_service(
+    d: &mut DesiredState,
+    s: &Service,
+    alloc: &Allocations,
+    unready: &BTreeSet<(&str, Ipv4Addr)>,
+) {
     let Some(zone) = alloc.zone(&s.vpc) else { return };
     let z = u32::from(zone);
     let key = ObjectKey::new(Kind::Service, &s.name).to_string();
@@ -243,7 +256,8 @@ fn compile_service(d: &mut DesiredState, s: &Service, alloc: &Allocations) {
         let proto = port.protocol.as_str();
         let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
         let mut buckets = Vec::new();
-        for b in s.backends.iter().filter(|b| b.weight > 0) {
+        let ready = |b: &&dpu_model::Backend| !unready.contains(&(s.vpc.as_str(), b.ip));
+        for b in s.backends.iter().filter(|b| b.weight > 0).filter(ready) {
             let ip = u32::from(b.ip);
             let mut a = Actions::new()
                 .set_reg(reg::EP_IP, ip)

@@ -1,0 +1,408 @@
+//! Manifest documents into one validated `Intent`.
+//!
+//! Each document becomes a proto object, and the model's own edge
+//! (`object_from_proto`) applies the field rules, so the controller and the agent
+//! accept exactly the same values. Services get their backends here: selectors
+//! are evaluated over Workloads and merged with explicit backends. Once every
+//! object passes its field rules, `dpu_model::validate` runs the cross-object rules
+//! over the whole set. Every error is mapped back to the file, document, object
+//! and manifest field it came from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dpu_model::{object_from_proto, validate, Intent, Kind, ObjectError, ObjectKey, Workload};
+use dpu_proto::v1 as pb;
+
+use crate::diag::{IntentError, Source};
+use crate::manifest::*;
+
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+const DEFAULT_PERIOD_SECONDS: u32 = 10;
+const DEFAULT_TIMEOUT_SECONDS: u32 = 1;
+const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
+const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+
+/// Where each backend of a resolved Service came from, by its index in the
+/// resolved (sorted) list: `spec.backends[j]` or the selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Explicit(usize),
+    Selector(String),
+}
+
+struct Located<'a> {
+    doc: &'a Doc,
+    origins: Vec<Origin>,
+}
+
+/// Resolves and validates a whole set of documents (all files of the intent dir).
+pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
+    let mut errors = Vec::new();
+    let mut located: BTreeMap<ObjectKey, Located<'_>> = BTreeMap::new();
+    for doc in docs {
+        let key = ObjectKey::new(doc.kind, &doc.name);
+        if let Some(first) = located.get(&key) {
+            errors.push(IntentError::at(
+                &doc.source,
+                Some(doc.object()),
+                Some("metadata.name".into()),
+                format!(
+                    "{} is defined twice: here and in {} (document {})",
+                    doc.object(),
+                    first.doc.source.file,
+                    first.doc.source.document
+                ),
+            ));
+            continue;
+        }
+        located.insert(
+            key,
+            Located {
+                doc,
+                origins: Vec::new(),
+            },
+        );
+    }
+
+    // Field rules for everything but Services, which need the Workloads first.
+    let mut intent = Intent::default();
+    let declared_workloads: BTreeSet<String> = located
+        .keys()
+        .filter(|k| k.kind == Kind::Workload)
+        .map(|k| k.name.clone())
+        .collect();
+    for loc in located.values().filter(|l| l.doc.kind != Kind::Service) {
+        match object_from_proto(&plain_object(loc.doc)) {
+            Ok(o) => intent.upsert(o),
+            Err(e) => errors.push(map_error(&e, loc)),
+        }
+    }
+    let mut service_origins = BTreeMap::new();
+    for loc in located.values().filter(|l| l.doc.kind == Kind::Service) {
+        let Spec::Service(spec) = &loc.doc.spec else {
+            continue;
+        };
+        let backends =
+            match resolve_backends(spec, &intent.workloads, &declared_workloads, &loc.doc.source) {
+                Ok(b) => b,
+                Err(mut es) => {
+                    for e in &mut es {
+                        e.object = Some(loc.doc.object());
+                    }
+                    errors.extend(es);
+                    continue;
+                }
+            };
+        let (pb_backends, origins): (Vec<_>, Vec<_>) = backends.into_iter().unzip();
+        let proto = pb::Object {
+            object: Some(pb::object::Object::Service(service_proto(
+                &loc.doc.name,
+                spec,
+                pb_backends,
+            ))),
+        };
+        let with_origins = Located {
+            doc: loc.doc,
+            origins,
+        };
+        match object_from_proto(&proto) {
+            Ok(o) => intent.upsert(o),
+            Err(e) => errors.push(map_error(&e, &with_origins)),
+        }
+        service_origins.insert(ObjectKey::new(Kind::Service, &loc.doc.name), with_origins);
+    }
+    for (k, v) in service_origins {
+        located.insert(k, v);
+    }
+
+    // Cross-object rules only make sense once every object is well-formed.
+    if errors.is_empty() {
+        for e in validate(&intent) {
+            match located.get(&e.key) {
+                Some(loc) => errors.push(map_error(&e, loc)),
+                None => errors.push(IntentError {
+                    file: None,
+                    document: None,
+                    line: None,
+                    object: Some(e.key.to_string()),
+                    field: Some(e.field.clone()),
+                    message: e.message.clone(),
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(intent)
+    } else {
+        errors.sort();
+        Err(errors)
+    }
+}
+
+/// Attaches the source to a model error and rewrites the field into manifest
+/// terms: backend indexes point at the manifest entry or the selector, and probe
+/// times are named as the manifest spells them (seconds).
+fn map_error(e: &ObjectError, loc: &Located<'_>) -> IntentError {
+    let mut field = e.field.clone();
+    let mut message = e.message.clone();
+    if let Some(rest) = field.strip_prefix("spec.backends[") {
+        if let Some((idx, tail)) = rest.split_once(']') {
+            match idx.parse::<usize>().ok().and_then(|i| loc.origins.get(i)) {
+                Some(Origin::Explicit(j)) => field = format!("spec.backends[{j}]{tail}"),
+                Some(Origin::Selector(w)) => {
+                    field = "spec.selector".into();
+                    message = format!("selected Workload/{w}: {message}");
+                }
+                None => {}
+            }
+        }
+    }
+    if loc.doc.kind == Kind::NetworkProbe {
+        let renamed = match field.as_str() {
+            "spec.periodMs" => Some("spec.periodSeconds"),
+            "spec.timeoutMs" => Some("spec.timeoutSeconds"),
+            _ => None,
+        };
+        if let Some(r) = renamed {
+            field = r.into();
+            message = format!("{message} (the manifest gives seconds)");
+        }
+    }
+    IntentError::at(
+        &loc.doc.source,
+        Some(loc.doc.object()),
+        Some(field),
+        message,
+    )
+}
+
+/// The proto object of a non-Service document.
+fn plain_object(doc: &Doc) -> pb::Object {
+    use pb::object::Object as O;
+    let name = doc.name.clone();
+    let inner = match &doc.spec {
+        Spec::Vpc(s) => O::Vpc(pb::Vpc { name, vni: s.vni }),
+        Spec::Subnet(s) => O::Subnet(pb::Subnet {
+            name,
+            vpc: s.vpc.clone(),
+            cidr: s.cidr.clone(),
+            gateway: s.gateway.clone(),
+            node_blocks: s
+                .node_blocks
+                .iter()
+                .map(|b| pb::NodeBlock {
+                    node: b.node.clone(),
+                    cidr: b.cidr.clone(),
+                })
+                .collect(),
+        }),
+        Spec::Workload(s) => O::Workload(pb::Workload {
+            name,
+            kind: match s.kind {
+                WorkloadKindSpec::Pod => pb::WorkloadKind::Pod,
+                WorkloadKindSpec::Vm => pb::WorkloadKind::Vm,
+                WorkloadKindSpec::BareMetal => pb::WorkloadKind::BareMetal,
+                WorkloadKindSpec::VnicIp => pb::WorkloadKind::VnicIp,
+            } as i32,
+            vpc: s.vpc.clone(),
+            ip: s.ip.clone(),
+            mac: s.mac.clone().unwrap_or_default(),
+            labels: doc
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            node: s.node.clone(),
+            port: s.port.clone(),
+        }),
+        Spec::Probe(s) => O::NetworkProbe(pb::NetworkProbe {
+            name,
+            service: s.service.clone(),
+            r#type: match s.probe_type {
+                ProbeTypeSpec::Tcp => pb::ProbeType::Tcp,
+                ProbeTypeSpec::Http => pb::ProbeType::Http,
+            } as i32,
+            port: s.port,
+            http_path: s.http_path.clone().unwrap_or_default(),
+            period_ms: s
+                .period_seconds
+                .unwrap_or(DEFAULT_PERIOD_SECONDS)
+                .saturating_mul(1000),
+            timeout_ms: s
+                .timeout_seconds
+                .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+                .saturating_mul(1000),
+            success_threshold: s.success_threshold.unwrap_or(DEFAULT_SUCCESS_THRESHOLD),
+            failure_threshold: s.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD),
+        }),
+        // Services are built by `service_proto` once backends are resolved.
+        Spec::Service(_) => return pb::Object { object: None },
+    };
+    pb::Object {
+        object: Some(inner),
+    }
+}
+
+fn service_proto(name: &str, s: &ServiceSpec, backends: Vec<pb::Backend>) -> pb::Service {
+    pb::Service {
+        name: name.to_string(),
+        vpc: s.vpc.clone(),
+        cluster_ips: s.cluster_ips.clone(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| pb::ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: match p.protocol.unwrap_or(ProtocolSpec::Tcp) {
+                    ProtocolSpec::Tcp => pb::Protocol::Tcp,
+                    ProtocolSpec::Udp => pb::Protocol::Udp,
+                    ProtocolSpec::Sctp => pb::Protocol::Sctp,
+                } as i32,
+                port: p.port,
+                target_port: p.target_port.unwrap_or(p.port),
+            })
+            .collect(),
+        backends,
+        session_affinity: match &s.session_affinity {
+            Some(a) if a.affinity == AffinityType::ClientIp => Some(pb::SessionAffinity {
+                timeout_seconds: a.timeout_seconds.unwrap_or(DEFAULT_AFFINITY_TIMEOUT),
+            }),
+            _ => None,
+        },
+        eip: s.eip.clone().unwrap_or_default(),
+        scenario: match s.scenario.unwrap_or(ScenarioSpec::ClusterIp) {
+            ScenarioSpec::ClusterIp => pb::AccessScenario::ClusterIp,
+            ScenarioSpec::NodeClusterIp => pb::AccessScenario::NodeClusterIp,
+            ScenarioSpec::EipLoadBalancer => pb::AccessScenario::EipLoadBalancer,
+            ScenarioSpec::EipServiceGateway => pb::AccessScenario::EipServiceGateway,
+        } as i32,
+    }
+}
+
+/// A backend on its way into the resolved list.
+struct Pending {
+    ip: String,
+    weight: u32,
+    workload: Option<String>,
+    origin: Origin,
+}
+
+/// Evaluates the selector over `workloads` (which passed their field rules) and
+/// merges in the explicit backends. An explicit `workload` sets the weight of
+/// that workload's backend (adding it if the selector missed it); an explicit
+/// `ip` adds a backend, or sets the weight of the selected workload with that IP.
+/// The result is sorted by IP so that the same intent always gives the same list.
+fn resolve_backends(
+    spec: &ServiceSpec,
+    workloads: &BTreeMap<String, Workload>,
+    declared: &BTreeSet<String>,
+    source: &Source,
+) -> Result<Vec<(pb::Backend, Origin)>, Vec<IntentError>> {
+    let mut errors = Vec::new();
+    let err = |field: String, msg: String| IntentError::at(source, None, Some(field), msg);
+    let mut pending: Vec<Pending> = Vec::new();
+    if !spec.selector.is_empty() {
+        for w in workloads.values().filter(|w| {
+            w.vpc == spec.vpc && spec.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        }) {
+            pending.push(Pending {
+                ip: w.ip.to_string(),
+                weight: 1,
+                workload: Some(w.name.clone()),
+                origin: Origin::Selector(w.name.clone()),
+            });
+        }
+    }
+    for (j, b) in spec.backends.iter().enumerate() {
+        let at = format!("spec.backends[{j}]");
+        let weight = b.weight.unwrap_or(1);
+        let (ip, workload) = match (&b.ip, &b.workload) {
+            (None, None) => {
+                errors.push(err(at, "a backend needs an ip or a workload".into()));
+                continue;
+            }
+            (ip, Some(name)) => {
+                let Some(w) = workloads.get(name) else {
+                    if !declared.contains(name) {
+                        errors.push(err(
+                            format!("{at}.workload"),
+                            format!("Workload/{name} does not exist"),
+                        ));
+                    }
+                    // A declared but invalid workload has its own error.
+                    continue;
+                };
+                if w.vpc != spec.vpc {
+                    errors.push(err(
+                        format!("{at}.workload"),
+                        format!(
+                            "Workload/{name} is in Vpc/{}, not in the service's Vpc/{}",
+                            w.vpc, spec.vpc
+                        ),
+                    ));
+                    continue;
+                }
+                if let Some(ip) = ip.as_deref().filter(|ip| *ip != w.ip.to_string()) {
+                    errors.push(err(
+                        format!("{at}.ip"),
+                        format!("{ip} is not the address of Workload/{name} ({})", w.ip),
+                    ));
+                    continue;
+                }
+                (w.ip.to_string(), Some(name.clone()))
+            }
+            (Some(ip), None) => (ip.clone(), None),
+        };
+        let same = |p: &Pending| match &workload {
+            Some(name) => p.workload.as_ref() == Some(name),
+            None => p.ip == ip,
+        };
+        match pending.iter_mut().find(|p| same(p)) {
+            Some(Pending {
+                origin: Origin::Explicit(first),
+                ..
+            }) => {
+                errors.push(err(
+                    at,
+                    format!("the same backend as spec.backends[{first}]"),
+                ));
+            }
+            Some(p) => {
+                p.weight = weight;
+                p.origin = Origin::Explicit(j);
+            }
+            None => pending.push(Pending {
+                ip,
+                weight,
+                workload,
+                origin: Origin::Explicit(j),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    // Unparseable IPs sort last; the model reports them with their field.
+    pending.sort_by_cached_key(|p| {
+        let parsed = p.ip.parse::<IpAddr>().ok();
+        (parsed.is_none(), parsed, p.ip.clone())
+    });
+    Ok(pending
+        .into_iter()
+        .map(|p| {
+            (
+                pb::Backend {
+                    ip: p.ip,
+                    weight: p.weight,
+                    workload: p.workload.unwrap_or_default(),
+                },
+                p.origin,
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;

@@ -1,0 +1,64 @@
+//! Golden files for the compiler: `tests/golden/<case>/intent.yaml` (manifests, read
+//! by the controller's own parser and resolver) and `ports.txt` (iface-id → ofport on
+//! node dpu-1) go in; `expected.txt`, a readable dump of flows and groups, comes
+//! out. A pipeline change shows up as a diff in these files.
+//! `UPDATE_GOLDEN=1 cargo test -p dpu-agent --test golden` rewrites them.
+
+use std::fs;
+use std::path::Path;
+
+use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::{check_supported, compile, NodeFacts};
+
+fn run_case(dir: &Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let text = fs::read_to_string(dir.join("intent.yaml")).unwrap();
+    let docs = dpu_controller::manifest::parse_file("intent.yaml", &text)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let intent = dpu_controller::resolve::resolve(&docs).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    assert_eq!(dpu_model::validate(&intent), vec![], "{name}");
+    assert_eq!(check_supported(&intent, "dpu-1"), vec![], "{name}");
+    let ports = fs::read_to_string(dir.join("ports.txt")).unwrap();
+    let facts = NodeFacts {
+        node: "dpu-1".into(),
+        ports: ports
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
+            .collect(),
+    };
+    let alloc = Allocations::default().update(&intent).unwrap();
+    let c = compile(&intent, &alloc, &facts);
+    let mut out = c.desired.dump();
+    out.push_str(&format!("# pending ports: {:?}\n", c.pending_ports));
+    out
+}
+
+#[test]
+fn golden_files_match() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut cases: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    cases.sort();
+    assert!(cases.len() >= 4, "golden cases missing in {}", root.display());
+    let mut failed = Vec::new();
+    for dir in cases {
+        let got = run_case(&dir);
+        let want_path = dir.join("expected.txt");
+        if update {
+            fs::write(&want_path, &got).unwrap();
+            continue;
+        }
+        let want = fs::read_to_string(&want_path).unwrap_or_default();
+        if got != want {
+            failed.push(format!("{}:\n--- expected\n{want}\n--- got\n{got}", dir.display()));
+        }
+    }
+    assert!(failed.is_empty(), "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}", failed.join("\n"));
+}
+
+#[test]
+fn compile_is_deterministic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/basic");
+    assert_eq!(run_case(&root), run_case(&root));
+}
