@@ -117,6 +117,9 @@ mod tests {
             "examples/bad.yaml: document 2: YusurService/web: spec.ports[0].port: port 0 is not allowed (1..=65535)"
         );
         let y = IntentError::file("a.yaml", Some(7), "did not find expected node content");
-        assert_eq!(y.to_string(), "a.yaml: line 7: did not find expected node content");
+        assert_eq!(
+            y.to_string(),
+            "a.yaml: line 7: did not find expected node content"
+        );
     }
 }

@@ -34,7 +34,12 @@ pub struct Doc {
 impl Doc {
     /// `Kind/name` as errors show it.
     pub fn object(&self) -> String {
-        format!("{}/{}", self.kind, self.name)
+        let name = if self.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.name
+        };
+        format!("{}/{name}", self.kind)
     }
 }
 
@@ -279,7 +284,12 @@ fn typed_doc(
     let kind = kind_str.and_then(|k| Kind::ALL.into_iter().find(|x| x.manifest_kind() == k));
     let object = |kind: &str| format!("{kind}/{}", name.as_deref().unwrap_or("<unnamed>"));
     let fail = |object: Option<String>, field: &str, msg: String| {
-        Box::new(IntentError::at(source, object, Some(field.to_string()), msg))
+        Box::new(IntentError::at(
+            source,
+            object,
+            Some(field.to_string()),
+            msg,
+        ))
     };
     let Some(kind) = kind else {
         let _ = IgnoredAny::deserialize(doc);
@@ -353,14 +363,13 @@ fn serde_error(source: &Source, object: &str, e: &serde_yaml_ng::Error) -> Inten
     IntentError::at(source, Some(object.to_string()), Some(field), msg).with_line(line)
 }
 
-/// The message without the trailing " at line L column C", and the line.
+/// The message without its " at line L column C", and the line.
 fn split_location(e: &serde_yaml_ng::Error) -> (Option<usize>, String) {
     let text = e.to_string();
     match e.location() {
         Some(loc) => {
-            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let msg = text.strip_suffix(&suffix).unwrap_or(&text).to_string();
-            (Some(loc.line()), msg)
+            let at = format!(" at line {} column {}", loc.line(), loc.column());
+            (Some(loc.line()), text.replacen(&at, "", 1))
         }
         None => (None, text),
     }

@@ -83,17 +83,21 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
         let Spec::Service(spec) = &loc.doc.spec else {
             continue;
         };
-        let backends =
-            match resolve_backends(spec, &intent.workloads, &declared_workloads, &loc.doc.source) {
-                Ok(b) => b,
-                Err(mut es) => {
-                    for e in &mut es {
-                        e.object = Some(loc.doc.object());
-                    }
-                    errors.extend(es);
-                    continue;
+        let backends = match resolve_backends(
+            spec,
+            &intent.workloads,
+            &declared_workloads,
+            &loc.doc.source,
+        ) {
+            Ok(b) => b,
+            Err(mut es) => {
+                for e in &mut es {
+                    e.object = Some(loc.doc.object());
                 }
-            };
+                errors.extend(es);
+                continue;
+            }
+        };
         let (pb_backends, origins): (Vec<_>, Vec<_>) = backends.into_iter().unzip();
         let proto = pb::Object {
             object: Some(pb::object::Object::Service(service_proto(
@@ -304,7 +308,11 @@ fn resolve_backends(
     let mut pending: Vec<Pending> = Vec::new();
     if !spec.selector.is_empty() {
         for w in workloads.values().filter(|w| {
-            w.vpc == spec.vpc && spec.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            w.vpc == spec.vpc
+                && spec
+                    .selector
+                    .iter()
+                    .all(|(k, v)| w.labels.get(k) == Some(v))
         }) {
             pending.push(Pending {
                 ip: w.ip.to_string(),

@@ -53,7 +53,9 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     );
     let mut ovs_rx = ovsdb.state();
     let facts = wait_bridge(&cfg, &mut ovs_rx, &mut shutdown).await;
-    let Some(mut facts) = facts else { return Ok(()) };
+    let Some(mut facts) = facts else {
+        return Ok(());
+    };
 
     let backend = OfctlBackend::new(cfg.ofctl_target(), cfg.ovs.ofctl_path.clone());
     let Some(mut reconciler) = start_reconciler(backend, &mut shutdown).await else {
@@ -73,7 +75,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         applied.version = p.snapshot.version;
         applied.alloc = p.alloc;
         applied.have_intent = true;
-        tracing::info!(version = applied.version, "restored the last applied intent");
+        tracing::info!(
+            version = applied.version,
+            "restored the last applied intent"
+        );
     }
 
     let (applied_tx, applied_rx) = watch::channel(applied.version);

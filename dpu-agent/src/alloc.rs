@@ -89,7 +89,6 @@ fn reallocate<V: Copy + Into<u32>>(
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +110,9 @@ mod tests {
 
     #[test]
     fn ids_survive_unrelated_changes() {
-        let a = Allocations::default().update(&intent(&["a", "b", "c"])).unwrap();
+        let a = Allocations::default()
+            .update(&intent(&["a", "b", "c"]))
+            .unwrap();
         assert_eq!(a.zone("b"), Some(2));
         // Removing "a" frees zone 1 but "b" and "c" keep theirs.
         let b = a.update(&intent(&["b", "c"])).unwrap();

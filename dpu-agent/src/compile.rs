@@ -65,7 +65,9 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     pipeline_misses(d);
 
     for vpc in intent.vpcs.values() {
-        let Some(zone) = alloc.zone(&vpc.name) else { continue };
+        let Some(zone) = alloc.zone(&vpc.name) else {
+            continue;
+        };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Vpc, &vpc.name);
         d.add(
@@ -80,8 +82,20 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             c,
         );
         let vm = || Match::new().reg(reg::VPC, z);
-        d.add(SERVICE_LB, 200, vm().kw("ct_state=+inv+trk"), Actions::drop(), c);
-        d.add(SERVICE_LB, 190, vm().kw("ct_state=-new+trk"), Actions::new().goto(L3_FORWARD), c);
+        d.add(
+            SERVICE_LB,
+            200,
+            vm().kw("ct_state=+inv+trk"),
+            Actions::drop(),
+            c,
+        );
+        d.add(
+            SERVICE_LB,
+            190,
+            vm().kw("ct_state=-new+trk"),
+            Actions::new().goto(L3_FORWARD),
+            c,
+        );
         // Other new connections are committed too, so their replies are +est and not
         // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack).
         d.add(
@@ -98,13 +112,17 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     }
 
     for s in intent.subnets.values() {
-        let Some(zone) = alloc.zone(&s.vpc) else { continue };
+        let Some(zone) = alloc.zone(&s.vpc) else {
+            continue;
+        };
         let c = Cookie::new(Category::Subnet, &s.name);
         arp_answer(d, zone, s.gateway, c);
     }
 
     for w in intent.workloads.values() {
-        let Some(zone) = alloc.zone(&w.vpc) else { continue };
+        let Some(zone) = alloc.zone(&w.vpc) else {
+            continue;
+        };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Workload, &w.name);
         arp_answer(d, zone, w.ip, c);
@@ -123,11 +141,19 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
             c,
         );
-        let port = || Match::new().reg(reg::VPC, z).in_port(ofport).field("dl_src", mac);
+        let port = || {
+            Match::new()
+                .reg(reg::VPC, z)
+                .in_port(ofport)
+                .field("dl_src", mac)
+        };
         d.add(
             SPOOF_GUARD,
             100,
-            port().kw("arp").ip_field("arp_spa", w.ip).field("arp_sha", mac),
+            port()
+                .kw("arp")
+                .ip_field("arp_spa", w.ip)
+                .field("arp_sha", mac),
             Actions::new().goto(ARP_RESPONDER),
             c,
         );
@@ -142,14 +168,21 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         d.add(
             ARP_RESPONDER,
             110,
-            Match::new().reg(reg::VPC, z).in_port(ofport).kw("arp").ip_field("arp_tpa", w.ip),
+            Match::new()
+                .reg(reg::VPC, z)
+                .in_port(ofport)
+                .kw("arp")
+                .ip_field("arp_tpa", w.ip),
             Actions::drop(),
             c,
         );
         d.add(
             L3_FORWARD,
             100,
-            Match::new().reg(reg::VPC, z).kw("ip").ip_field("nw_dst", w.ip),
+            Match::new()
+                .reg(reg::VPC, z)
+                .kw("ip")
+                .ip_field("nw_dst", w.ip),
             Actions::new()
                 .set_field(ROUTER_MAC, "eth_src")
                 .set_field(mac, "eth_dst")
@@ -228,7 +261,9 @@ fn compile_service(
     alloc: &Allocations,
     unready: &BTreeSet<(&str, Ipv4Addr)>,
 ) {
-    let Some(zone) = alloc.zone(&s.vpc) else { return };
+    let Some(zone) = alloc.zone(&s.vpc) else {
+        return;
+    };
     let z = u32::from(zone);
     let key = ObjectKey::new(Kind::Service, &s.name).to_string();
     let c = Cookie::new(Category::Service, &key);
@@ -252,7 +287,9 @@ fn compile_service(
     }
 
     for port in &s.ports {
-        let Some(gid) = alloc.group(s, port) else { continue };
+        let Some(gid) = alloc.group(s, port) else {
+            continue;
+        };
         let proto = port.protocol.as_str();
         let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
         let mut buckets = Vec::new();
@@ -346,7 +383,9 @@ fn compile_service(
                         Actions::new().group(gid),
                         c,
                     );
-                    Actions::new().resubmit(SESSION_AFFINITY).resubmit(SERVICE_SELECT)
+                    Actions::new()
+                        .resubmit(SESSION_AFFINITY)
+                        .resubmit(SERVICE_SELECT)
                 }
             };
             d.add(SERVICE_LB, 100, lb, actions, c);

@@ -128,13 +128,19 @@ impl Config {
         if !matches!(self.ovs.datapath_type.as_str(), "netdev" | "system") {
             return bad(
                 "ovs.datapath_type",
-                format!("{:?}: want \"netdev\" or \"system\"", self.ovs.datapath_type),
+                format!(
+                    "{:?}: want \"netdev\" or \"system\"",
+                    self.ovs.datapath_type
+                ),
             );
         }
         if self.ovs.openflow_backend != "ovs-ofctl" {
             return bad(
                 "ovs.openflow_backend",
-                format!("{:?}: this release has only \"ovs-ofctl\"", self.ovs.openflow_backend),
+                format!(
+                    "{:?}: this release has only \"ovs-ofctl\"",
+                    self.ovs.openflow_backend
+                ),
             );
         }
         if self.ovs.bridge.is_empty() || self.ovs.bridge.len() > 15 {
@@ -143,7 +149,10 @@ impl Config {
         if !self.controller.endpoint.starts_with("https://") {
             return bad(
                 "controller.endpoint",
-                format!("{:?}: must be an https:// URL (mTLS only)", self.controller.endpoint),
+                format!(
+                    "{:?}: must be an https:// URL (mTLS only)",
+                    self.controller.endpoint
+                ),
             );
         }
         if self.controller.backoff_min_ms == 0
@@ -159,7 +168,11 @@ impl Config {
 
     /// `unix:<run_dir>/<bridge>.mgmt`
     pub fn ofctl_target(&self) -> String {
-        format!("unix:{}/{}.mgmt", self.ovs.run_dir.display(), self.ovs.bridge)
+        format!(
+            "unix:{}/{}.mgmt",
+            self.ovs.run_dir.display(),
+            self.ovs.bridge
+        )
     }
 }
 

@@ -90,7 +90,11 @@ impl DesiredState {
                 out,
                 "priority={} {} actions={}  [{:?}]",
                 k.priority,
-                if k.matches.is_empty() { "*" } else { &k.matches },
+                if k.matches.is_empty() {
+                    "*"
+                } else {
+                    &k.matches
+                },
                 v.actions,
                 v.cookie.category
             );
@@ -191,7 +195,10 @@ mod tests {
 
     #[test]
     fn match_builder_keeps_order_and_formats_registers_in_hex() {
-        let m = Match::new().reg("reg0", 3).kw("ip").ip_field("nw_dst", Ipv4Addr::new(10, 0, 0, 1));
+        let m = Match::new()
+            .reg("reg0", 3)
+            .kw("ip")
+            .ip_field("nw_dst", Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(m.0, "reg0=0x3,ip,nw_dst=10.0.0.1");
     }
 

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use dpu_agent::config::Config;
 
 #[derive(Parser, Debug)]
-#[command(name = "dpu-agent", version, about = "DPU agent: Services and VPCs on the DPU's OVS")]
+#[command(
+    name = "dpu-agent",
+    version,
+    about = "DPU agent: Services and VPCs on the DPU's OVS"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -38,7 +42,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
@@ -51,7 +59,12 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
-                println!("{}: ok (node {}, bridge {})", config.display(), c.node_name, c.ovs.bridge);
+                println!(
+                    "{}: ok (node {}, bridge {})",
+                    config.display(),
+                    c.node_name,
+                    c.ovs.bridge
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -87,13 +100,14 @@ fn run(cfg: Config) -> ExitCode {
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

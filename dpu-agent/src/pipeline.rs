@@ -27,15 +27,60 @@ impl fmt::Display for Table {
     }
 }
 
-pub const CLASSIFY: Table = Table { id: 0, name: "Classify", stage: "classify", miss: Miss::Drop };
-pub const SPOOF_GUARD: Table = Table { id: 10, name: "SpoofGuard", stage: "spoof guard", miss: Miss::Drop };
-pub const ARP_RESPONDER: Table = Table { id: 20, name: "ArpResponder", stage: "ARP responder", miss: Miss::Drop };
-pub const CONNTRACK: Table = Table { id: 30, name: "Conntrack", stage: "conntrack", miss: Miss::Drop };
-pub const SERVICE_LB: Table = Table { id: 40, name: "ServiceLb", stage: "service LB", miss: Miss::Drop };
-pub const SESSION_AFFINITY: Table = Table { id: 41, name: "SessionAffinity", stage: "service LB", miss: Miss::Return };
-pub const SERVICE_SELECT: Table = Table { id: 42, name: "ServiceSelect", stage: "service LB", miss: Miss::Return };
-pub const ENDPOINT_DNAT: Table = Table { id: 45, name: "EndpointDnat", stage: "service LB", miss: Miss::Drop };
-pub const L3_FORWARD: Table = Table { id: 50, name: "L3Forward", stage: "L3 forward", miss: Miss::Drop };
+pub const CLASSIFY: Table = Table {
+    id: 0,
+    name: "Classify",
+    stage: "classify",
+    miss: Miss::Drop,
+};
+pub const SPOOF_GUARD: Table = Table {
+    id: 10,
+    name: "SpoofGuard",
+    stage: "spoof guard",
+    miss: Miss::Drop,
+};
+pub const ARP_RESPONDER: Table = Table {
+    id: 20,
+    name: "ArpResponder",
+    stage: "ARP responder",
+    miss: Miss::Drop,
+};
+pub const CONNTRACK: Table = Table {
+    id: 30,
+    name: "Conntrack",
+    stage: "conntrack",
+    miss: Miss::Drop,
+};
+pub const SERVICE_LB: Table = Table {
+    id: 40,
+    name: "ServiceLb",
+    stage: "service LB",
+    miss: Miss::Drop,
+};
+pub const SESSION_AFFINITY: Table = Table {
+    id: 41,
+    name: "SessionAffinity",
+    stage: "service LB",
+    miss: Miss::Return,
+};
+pub const SERVICE_SELECT: Table = Table {
+    id: 42,
+    name: "ServiceSelect",
+    stage: "service LB",
+    miss: Miss::Return,
+};
+pub const ENDPOINT_DNAT: Table = Table {
+    id: 45,
+    name: "EndpointDnat",
+    stage: "service LB",
+    miss: Miss::Drop,
+};
+pub const L3_FORWARD: Table = Table {
+    id: 50,
+    name: "L3Forward",
+    stage: "L3 forward",
+    miss: Miss::Drop,
+};
 
 /// All tables in pipeline order.
 pub const TABLES: [Table; 9] = [
@@ -111,7 +156,10 @@ pub mod cookie {
 
     impl Cookie {
         pub fn new(category: Category, object_key: &str) -> Self {
-            Cookie { category, object: object_hash(object_key) }
+            Cookie {
+                category,
+                object: object_hash(object_key),
+            }
         }
 
         pub fn value(self, round: u16) -> u64 {

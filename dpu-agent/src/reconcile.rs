@@ -106,7 +106,11 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                     mask: ROUND_MASK,
                 });
             }
-            for id in self.stale_groups.iter().filter(|id| !desired.groups.contains_key(id)) {
+            for id in self
+                .stale_groups
+                .iter()
+                .filter(|id| !desired.groups.contains_key(id))
+            {
                 ops.push(BundleOp::DeleteGroup(*id));
             }
             return ops;
@@ -130,7 +134,11 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                 ops.push(add(k, b));
             }
         }
-        for k in installed.flows.keys().filter(|k| !desired.flows.contains_key(*k)) {
+        for k in installed
+            .flows
+            .keys()
+            .filter(|k| !desired.flows.contains_key(*k))
+        {
             ops.push(BundleOp::DeleteFlow(k.clone()));
         }
         for (id, old) in &installed.groups {
@@ -147,7 +155,11 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                 mask: Cookie::SELECT_MASK | ROUND_MASK,
             });
         }
-        for id in installed.groups.keys().filter(|id| !desired.groups.contains_key(*id)) {
+        for id in installed
+            .groups
+            .keys()
+            .filter(|id| !desired.groups.contains_key(*id))
+        {
             ops.push(BundleOp::DeleteGroup(*id));
         }
         ops
@@ -181,7 +193,12 @@ impl<B: OpenFlowBackend> Reconciler<B> {
 
 /// The round after the highest one in use, skipping 0 (reserved for learned flows).
 fn next_round(in_use: &BTreeSet<u16>) -> u16 {
-    let mut r = in_use.iter().next_back().copied().unwrap_or(0).wrapping_add(1);
+    let mut r = in_use
+        .iter()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .wrapping_add(1);
     while r == 0 || in_use.contains(&r) {
         r = r.wrapping_add(1);
     }
@@ -244,7 +261,11 @@ mod tests {
         assert!(matches!(&b[0], BundleOp::AddFlow { cookie, .. } if round_of(*cookie) == 4));
         assert_eq!(
             b[2],
-            BundleOp::DeleteFlowsByCookie { table: None, cookie: 3 << ROUND_SHIFT, mask: ROUND_MASK }
+            BundleOp::DeleteFlowsByCookie {
+                table: None,
+                cookie: 3 << ROUND_SHIFT,
+                mask: ROUND_MASK
+            }
         );
         assert_eq!(b[3], BundleOp::DeleteGroup(9));
     }

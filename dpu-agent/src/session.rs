@@ -61,7 +61,9 @@ pub async fn run(
         match stream_once(&cfg, &node, &applied, &mut status, &events).await {
             Ok(()) => tracing::warn!(endpoint = %cfg.endpoint, "controller closed the session"),
             Err(SessionError::AgentGone) => return,
-            Err(e) => tracing::warn!(endpoint = %cfg.endpoint, error = %e, "controller session failed"),
+            Err(e) => {
+                tracing::warn!(endpoint = %cfg.endpoint, error = %e, "controller session failed")
+            }
         }
         if events.send(SessionEvent::Connected(false)).await.is_err() {
             return;
@@ -88,7 +90,10 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, SessionError> {
 pub async fn connect(cfg: &ControllerConfig) -> Result<tonic::transport::Channel, SessionError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
-        .identity(Identity::from_pem(read(&cfg.cert_file)?, read(&cfg.key_file)?))
+        .identity(Identity::from_pem(
+            read(&cfg.cert_file)?,
+            read(&cfg.key_file)?,
+        ))
         .domain_name(cfg.server_name.clone());
     let err = |detail: String| SessionError::Connect {
         endpoint: cfg.endpoint.clone(),

@@ -62,7 +62,12 @@ impl Store {
         let bytes = match fs::read(&ipath) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { path: ipath, source }),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: ipath,
+                    source,
+                })
+            }
         };
         let snapshot = pb::Update::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt {
             path: ipath.clone(),
@@ -74,7 +79,12 @@ impl Store {
                 message: e.to_string(),
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Allocations::default(),
-            Err(source) => return Err(StoreError::Io { path: apath, source }),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: apath,
+                    source,
+                })
+            }
         };
         Ok(Some(Persisted { snapshot, alloc }))
     }
@@ -138,7 +148,11 @@ mod tests {
         assert_eq!(s.load().unwrap(), Some(p));
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let fmode = fs::metadata(dir.join(INTENT_FILE)).unwrap().permissions().mode() & 0o777;
+        let fmode = fs::metadata(dir.join(INTENT_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(fmode, 0o600);
     }
 

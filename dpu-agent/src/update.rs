@@ -122,7 +122,10 @@ pub fn snapshot_of(intent: &Intent, version: u64) -> pb::Update {
         nonce: String::new(),
         snapshot: true,
         base_version: 0,
-        upserts: intent.objects().map(|o| model::object_to_proto(&o)).collect(),
+        upserts: intent
+            .objects()
+            .map(|o| model::object_to_proto(&o))
+            .collect(),
         deletes: Vec::new(),
     }
 }
@@ -153,7 +156,13 @@ mod tests {
 
     #[test]
     fn snapshot_replaces_and_increments_apply_on_top() {
-        let i = next_intent(&Intent::default(), 0, &update(1, 0, true, vec![vpc("a", 1)]), "n1").unwrap();
+        let i = next_intent(
+            &Intent::default(),
+            0,
+            &update(1, 0, true, vec![vpc("a", 1)]),
+            "n1",
+        )
+        .unwrap();
         let i = next_intent(&i, 1, &update(2, 1, false, vec![vpc("b", 2)]), "n1").unwrap();
         assert_eq!(i.vpcs.len(), 2);
         let i = next_intent(&i, 2, &update(3, 0, true, vec![vpc("c", 3)]), "n1").unwrap();
@@ -168,8 +177,20 @@ mod tests {
 
     #[test]
     fn one_bad_object_refuses_the_whole_update() {
-        let cur = next_intent(&Intent::default(), 0, &update(1, 0, true, vec![vpc("a", 1)]), "n1").unwrap();
-        let e = next_intent(&cur, 1, &update(2, 1, false, vec![vpc("b", 2), vpc("c", 0)]), "n1").unwrap_err();
+        let cur = next_intent(
+            &Intent::default(),
+            0,
+            &update(1, 0, true, vec![vpc("a", 1)]),
+            "n1",
+        )
+        .unwrap();
+        let e = next_intent(
+            &cur,
+            1,
+            &update(2, 1, false, vec![vpc("b", 2), vpc("c", 0)]),
+            "n1",
+        )
+        .unwrap_err();
         assert_eq!(e.errors.len(), 1);
         assert_eq!(e.errors[0].field, "spec.vni");
         assert_eq!(e.errors[0].key.as_ref().map(|k| k.name.as_str()), Some("c"));

@@ -15,7 +15,8 @@ fn run_case(dir: &Path) -> String {
     let text = fs::read_to_string(dir.join("intent.yaml")).unwrap();
     let docs = dpu_controller::manifest::parse_file("intent.yaml", &text)
         .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-    let intent = dpu_controller::resolve::resolve(&docs).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let intent =
+        dpu_controller::resolve::resolve(&docs).unwrap_or_else(|e| panic!("{name}: {e:?}"));
     assert_eq!(dpu_model::validate(&intent), vec![], "{name}");
     assert_eq!(check_supported(&intent, "dpu-1"), vec![], "{name}");
     let ports = fs::read_to_string(dir.join("ports.txt")).unwrap();
@@ -38,9 +39,16 @@ fn run_case(dir: &Path) -> String {
 fn golden_files_match() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut cases: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     cases.sort();
-    assert!(cases.len() >= 4, "golden cases missing in {}", root.display());
+    assert!(
+        cases.len() >= 4,
+        "golden cases missing in {}",
+        root.display()
+    );
     let mut failed = Vec::new();
     for dir in cases {
         let got = run_case(&dir);
@@ -51,10 +59,17 @@ fn golden_files_match() {
         }
         let want = fs::read_to_string(&want_path).unwrap_or_default();
         if got != want {
-            failed.push(format!("{}:\n--- expected\n{want}\n--- got\n{got}", dir.display()));
+            failed.push(format!(
+                "{}:\n--- expected\n{want}\n--- got\n{got}",
+                dir.display()
+            ));
         }
     }
-    assert!(failed.is_empty(), "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]

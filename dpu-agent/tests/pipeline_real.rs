@@ -35,21 +35,49 @@ fn topo(tag: &str, backends: u8) -> anyhow::Result<Topo> {
     let prefix = netns::unique_prefix(tag);
     let ovs = OvsInstance::start()?;
     let bridge = format!("br{prefix}");
-    ovs.vsctl(&["add-br", &bridge, "--", "set", "bridge", &bridge, "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow15"])?;
+    ovs.vsctl(&[
+        "add-br",
+        &bridge,
+        "--",
+        "set",
+        "bridge",
+        &bridge,
+        "datapath_type=netdev",
+        "fail_mode=secure",
+        "protocols=OpenFlow15",
+    ])?;
     let ovs_ns = ovs.netns().expect("vswitchd netns").to_string();
     let mut hosts = BTreeMap::new();
     let mut echo = Vec::new();
     let mut names = vec![("client".to_string(), 2u8)];
     names.extend((1..=backends).map(|i| (format!("web-{i}"), 10 + i)));
     for (idx, (name, last)) in names.iter().enumerate() {
-        let (ns, rep) = netns::attach_host(&prefix, &idx.to_string(), &format!("10.0.1.{last}/24"), &host_mac(*last).to_string(), Some("10.0.1.1"))?;
+        let (ns, rep) = netns::attach_host(
+            &prefix,
+            &idx.to_string(),
+            &format!("10.0.1.{last}/24"),
+            &host_mac(*last).to_string(),
+            Some("10.0.1.1"),
+        )?;
         netns::ip(&["link", "set", &rep, "netns", &ovs_ns])?;
-        for args in [vec!["-n", &ovs_ns, "link", "set", &rep, "up"], vec!["netns", "exec", &ovs_ns, "ethtool", "-K", &rep, "tx", "off"]] {
+        for args in [
+            vec!["-n", &ovs_ns, "link", "set", &rep, "up"],
+            vec!["netns", "exec", &ovs_ns, "ethtool", "-K", &rep, "tx", "off"],
+        ] {
             let mut c = Command::new("ip");
             c.args(args);
             run_checked(c, Duration::from_secs(10))?;
         }
-        ovs.vsctl(&["add-port", &bridge, &rep, "--", "set", "Interface", &rep, &format!("external_ids:iface-id={name}")])?;
+        ovs.vsctl(&[
+            "add-port",
+            &bridge,
+            &rep,
+            "--",
+            "set",
+            "Interface",
+            &rep,
+            &format!("external_ids:iface-id={name}"),
+        ])?;
         if name != "client" {
             let log = ovs.dir().join(format!("echo-{name}.log"));
             echo.push(traffic::start_echo(&ns, name, &[8080], &[5353], &log)?);
@@ -58,15 +86,30 @@ fn topo(tag: &str, backends: u8) -> anyhow::Result<Topo> {
     }
     let mut ports = BTreeMap::new();
     for name in hosts.keys() {
-        let out = ovs.vsctl(&["--bare", "--columns=ofport", "find", "Interface", &format!("external_ids:iface-id={name}")])?;
+        let out = ovs.vsctl(&[
+            "--bare",
+            "--columns=ofport",
+            "find",
+            "Interface",
+            &format!("external_ids:iface-id={name}"),
+        ])?;
         ports.insert(name.clone(), out.trim().parse()?);
     }
-    Ok(Topo { _echo: echo, hosts, ovs, bridge, ports })
+    Ok(Topo {
+        _echo: echo,
+        hosts,
+        ovs,
+        bridge,
+        ports,
+    })
 }
 
 fn intent(backends: u8, weights: &[u32]) -> Intent {
     let mut i = Intent::default();
-    i.upsert(Object::Vpc(Vpc { name: "vpc-a".into(), vni: 100 }));
+    i.upsert(Object::Vpc(Vpc {
+        name: "vpc-a".into(),
+        vni: 100,
+    }));
     i.upsert(Object::Subnet(Subnet {
         name: "net".into(),
         vpc: "vpc-a".into(),
@@ -93,11 +136,25 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
         vpc: "vpc-a".into(),
         cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
         ports: vec![
-            ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, target_port: 8080 },
-            ServicePort { name: "dns".into(), protocol: Protocol::Udp, port: 53, target_port: 5353 },
+            ServicePort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                target_port: 8080,
+            },
+            ServicePort {
+                name: "dns".into(),
+                protocol: Protocol::Udp,
+                port: 53,
+                target_port: 5353,
+            },
         ],
         backends: (1..=backends)
-            .map(|n| Backend { ip: Ipv4Addr::new(10, 0, 1, 10 + n), weight: weights.get(n as usize - 1).copied().unwrap_or(1), workload: None })
+            .map(|n| Backend {
+                ip: Ipv4Addr::new(10, 0, 1, 10 + n),
+                weight: weights.get(n as usize - 1).copied().unwrap_or(1),
+                workload: None,
+            })
             .collect(),
         affinity_timeout: None,
         eip: None,
@@ -110,7 +167,10 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_pipeline_balances_real_tcp_and_udp_and_diffs_cleanly() -> anyhow::Result<()> {
     let t = topo("pl", 2)?;
-    let facts = NodeFacts { node: "dpu-1".into(), ports: t.ports.clone() };
+    let facts = NodeFacts {
+        node: "dpu-1".into(),
+        ports: t.ports.clone(),
+    };
     let backend = OfctlBackend::new(t.ovs.mgmt(&t.bridge), "ovs-ofctl");
     let mut rec = Reconciler::start(backend).await.map_err(|(_, e)| e)?;
     let want = intent(2, &[]);
@@ -122,14 +182,20 @@ async fn compiled_pipeline_balances_real_tcp_and_udp_and_diffs_cleanly() -> anyh
     // What the switch holds equals what we compiled: same number of flows and groups.
     let flows = t.ovs.dump_flows(&t.bridge)?;
     assert_eq!(flows.len(), compiled.desired.flows.len(), "{flows:#?}");
-    assert_eq!(t.ovs.dump_groups(&t.bridge)?.len(), compiled.desired.groups.len());
+    assert_eq!(
+        t.ovs.dump_groups(&t.bridge)?.len(),
+        compiled.desired.groups.len()
+    );
 
     let client = &t.hosts["client"];
     let tcp = traffic::run_client(client, "10.96.0.10:80", "tcp", 40, &[])?;
     let udp = traffic::run_client(client, "10.96.0.10:53", "udp", 40, &[])?;
     assert_eq!((tcp.failed, udp.failed), (0, 0), "{tcp:?} {udp:?}");
     for b in ["web-1", "web-2"] {
-        assert!(tcp.count_for(b) > 0 && udp.count_for(b) > 0, "{b}: {tcp:?} {udp:?}");
+        assert!(
+            tcp.count_for(b) > 0 && udp.count_for(b) > 0,
+            "{b}: {tcp:?} {udp:?}"
+        );
     }
     // Direct routing inside the VPC works too.
     let direct = traffic::run_client(client, "10.0.1.12:8080", "tcp", 3, &[])?;
@@ -140,10 +206,18 @@ async fn compiled_pipeline_balances_real_tcp_and_udp_and_diffs_cleanly() -> anyh
     let alloc2 = alloc.update(&want2)?;
     let compiled2 = compile(&want2, &alloc2, &facts);
     let plan = rec.plan(&compiled2.desired);
-    assert!(plan.len() <= 6, "weight change planned {} ops: {plan:#?}", plan.len());
+    assert!(
+        plan.len() <= 6,
+        "weight change planned {} ops: {plan:#?}",
+        plan.len()
+    );
     rec.apply(&compiled2.desired).await?;
     let tcp = traffic::run_client(client, "10.96.0.10:80", "tcp", 20, &[])?;
-    assert_eq!(tcp.count_for("web-2"), 20, "weight 0 must take no new connections: {tcp:?}");
+    assert_eq!(
+        tcp.count_for("web-2"),
+        20,
+        "weight 0 must take no new connections: {tcp:?}"
+    );
     // Nothing left to do.
     assert!(rec.plan(&compiled2.desired).is_empty());
     Ok(())

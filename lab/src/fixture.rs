@@ -81,7 +81,12 @@ impl Lab {
             hosts: BTreeMap::new(),
             ovs,
         };
-        lab.controller_cmd(&["ca", "init", "--state-dir", &lab.ctl_state().display().to_string()])?;
+        lab.controller_cmd(&[
+            "ca",
+            "init",
+            "--state-dir",
+            &lab.ctl_state().display().to_string(),
+        ])?;
         lab.issue(NODE, &lab.pki())?;
         Ok(lab)
     }
@@ -191,7 +196,9 @@ datapath_type = "netdev"
     pub fn start_agent_with_ca(&mut self, ca: &Path) -> Result<()> {
         let cfg = self.agent_config(ca)?;
         let mut c = Command::new(bin("dpu-agent")?);
-        c.args(["run", "--config"]).arg(cfg).env("RUST_LOG", "info,dpu_agent=debug");
+        c.args(["run", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "info,dpu_agent=debug");
         self.agent = Some(spawn_logged(c, &self.log("agent"))?);
         Ok(())
     }
@@ -235,14 +242,23 @@ datapath_type = "netdev"
     /// Waits until the agent ACKed the controller's current intent version.
     pub fn wait_converged(&self) -> Result<u64> {
         let mut last = String::new();
-        let r = wait_until("the agent to ACK the current intent", Duration::from_secs(30), || {
-            let (Ok(v), Ok(n)) = (self.intent_version(), self.node_status()) else {
-                return false;
-            };
-            last = n.to_string();
-            v > 0 && n["applied_version"].as_u64() == Some(v)
-        });
-        r.map_err(|e| anyhow!("{e}; last node status: {last}\nagent log:\n{}", tail(&self.agent_log())))?;
+        let r = wait_until(
+            "the agent to ACK the current intent",
+            Duration::from_secs(30),
+            || {
+                let (Ok(v), Ok(n)) = (self.intent_version(), self.node_status()) else {
+                    return false;
+                };
+                last = n.to_string();
+                v > 0 && n["applied_version"].as_u64() == Some(v)
+            },
+        );
+        r.map_err(|e| {
+            anyhow!(
+                "{e}; last node status: {last}\nagent log:\n{}",
+                tail(&self.agent_log())
+            )
+        })?;
         self.intent_version()
     }
 
@@ -251,7 +267,10 @@ datapath_type = "netdev"
     pub fn add_host(&mut self, name: &str, ip_cidr: &str, mac: &str, gw: &str) -> Result<()> {
         let suffix = format!("{}", self.hosts.len());
         let (ns, rep) = netns::attach_host(&self.prefix, &suffix, ip_cidr, mac, Some(gw))?;
-        let ovs_ns = self.ovs.netns().ok_or_else(|| anyhow!("OVS has no namespace"))?;
+        let ovs_ns = self
+            .ovs
+            .netns()
+            .ok_or_else(|| anyhow!("OVS has no namespace"))?;
         netns::ip(&["link", "set", &rep, "netns", ovs_ns])?;
         run_checked(
             {
@@ -280,25 +299,43 @@ datapath_type = "netdev"
             &format!("external_ids:iface-id={name}"),
         ])?;
         let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
-        self.hosts.insert(name.to_string(), Host { ns, ip, echo: None });
+        self.hosts
+            .insert(name.to_string(), Host { ns, ip, echo: None });
         Ok(())
     }
 
     /// Starts `lab-echo --name <host>` on the given ports inside the host.
     pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let log = self.log(&format!("echo-{name}"));
-        let h = self.hosts.get_mut(name).ok_or_else(|| anyhow!("no host {name}"))?;
+        let h = self
+            .hosts
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no host {name}"))?;
         h.echo = Some(traffic::start_echo(&h.ns, name, tcp, udp, &log)?);
         Ok(())
     }
 
     pub fn host(&self, name: &str) -> Result<&Host> {
-        self.hosts.get(name).ok_or_else(|| anyhow!("no host {name}"))
+        self.hosts
+            .get(name)
+            .ok_or_else(|| anyhow!("no host {name}"))
     }
 
     /// Runs `lab-client` in host `from`.
-    pub fn client(&self, from: &str, target: &str, proto: &str, count: u32) -> Result<TrafficResult> {
-        traffic::run_client(&self.host(from)?.ns, target, proto, count, &["--timeout-ms", "1500"])
+    pub fn client(
+        &self,
+        from: &str,
+        target: &str,
+        proto: &str,
+        count: u32,
+    ) -> Result<TrafficResult> {
+        traffic::run_client(
+            &self.host(from)?.ns,
+            target,
+            proto,
+            count,
+            &["--timeout-ms", "1500"],
+        )
     }
 
     pub fn flows(&self) -> Result<Vec<String>> {
@@ -310,7 +347,10 @@ datapath_type = "netdev"
 }
 
 fn require_root() -> Result<()> {
-    let out = Command::new("id").arg("-u").output().context("running id -u")?;
+    let out = Command::new("id")
+        .arg("-u")
+        .output()
+        .context("running id -u")?;
     if String::from_utf8_lossy(&out.stdout).trim() != "0" {
         bail!("the lab needs root (network namespaces, veth, OVS); run the tests as root");
     }

@@ -4,8 +4,8 @@
 //! pid from a `Drop` guard, even when a test fails. Names are prefixed per test so
 //! tests can run in parallel.
 
+pub mod fixture;
 pub mod netns;
 pub mod ovs;
 pub mod process;
 pub mod traffic;
-pub mod fixture;

@@ -17,7 +17,10 @@ use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
-type Session = (Streaming<pb::AgentMessage>, mpsc::Sender<Result<pb::ControllerMessage, Status>>);
+type Session = (
+    Streaming<pb::AgentMessage>,
+    mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+);
 
 struct Fake {
     sessions: mpsc::Sender<Session>,
@@ -58,8 +61,20 @@ fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
         name: name.into(),
         vpc: "vpc-a".into(),
         cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip)],
-        ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, target_port: 8080 }],
-        backends: backends.iter().map(|ip| Backend { ip: *ip, weight: 1, workload: None }).collect(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 8080,
+        }],
+        backends: backends
+            .iter()
+            .map(|ip| Backend {
+                ip: *ip,
+                weight: 1,
+                workload: None,
+            })
+            .collect(),
         affinity_timeout: None,
         eip: None,
         scenario: AccessScenario::ClusterIp,
@@ -87,7 +102,9 @@ async fn reply(inbound: &mut Streaming<pb::AgentMessage>) -> Result<pb::agent_me
             .map_err(|_| anyhow!("no reply from the agent within 20 s"))??
             .ok_or_else(|| anyhow!("agent closed the stream"))?;
         match m.msg {
-            Some(r @ (pb::agent_message::Msg::Ack(_) | pb::agent_message::Msg::Nack(_))) => return Ok(r),
+            Some(r @ (pb::agent_message::Msg::Ack(_) | pb::agent_message::Msg::Nack(_))) => {
+                return Ok(r)
+            }
             _ => continue,
         }
     }
@@ -98,7 +115,14 @@ fn nack_text(r: &pb::agent_message::Msg) -> Result<String> {
         pb::agent_message::Msg::Nack(n) => Ok(n
             .errors
             .iter()
-            .map(|e| format!("{:?}|{}|{}", e.key.as_ref().map(|k| k.name.clone()), e.field, e.message))
+            .map(|e| {
+                format!(
+                    "{:?}|{}|{}",
+                    e.key.as_ref().map(|k| k.name.clone()),
+                    e.field,
+                    e.message
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")),
         other => bail!("expected a NACK, got {other:?}"),
@@ -113,14 +137,25 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
     lab.echo("web-1", &[8080], &[])?;
     let srv_dir = lab.path("fake-controller");
     lab.controller_cmd(&[
-        "issue", "--state-dir", &lab.ctl_state().display().to_string(), "--server", "--name", "dpu-controller",
-        "--san", "127.0.0.1", "--out", &srv_dir.display().to_string(),
+        "issue",
+        "--state-dir",
+        &lab.ctl_state().display().to_string(),
+        "--server",
+        "--name",
+        "dpu-controller",
+        "--san",
+        "127.0.0.1",
+        "--out",
+        &srv_dir.display().to_string(),
     ])?;
     let cert = std::fs::read(srv_dir.join("dpu-controller.pem"))?;
     let key = std::fs::read(srv_dir.join("dpu-controller.key"))?;
     let ca = std::fs::read(lab.pki().join("ca.pem"))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let (stx, mut srx) = mpsc::channel(4);
     let addr: std::net::SocketAddr = lab.controller_addr.parse()?;
     rt.spawn(async move {
@@ -138,7 +173,10 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
     lab.start_agent()?;
 
     let base = vec![
-        Object::Vpc(Vpc { name: "vpc-a".into(), vni: 100 }),
+        Object::Vpc(Vpc {
+            name: "vpc-a".into(),
+            vni: 100,
+        }),
         Object::Subnet(Subnet {
             name: "net".into(),
             vpc: "vpc-a".into(),
@@ -155,7 +193,10 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
             .await
             .map_err(|_| anyhow!("the agent never connected:\n{}", lab.agent_log()))?
             .ok_or_else(|| anyhow!("server gone"))?;
-        let hello = inbound.message().await?.ok_or_else(|| anyhow!("no hello"))?;
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| anyhow!("no hello"))?;
         match hello.msg {
             Some(pb::agent_message::Msg::Hello(h)) => {
                 assert_eq!((h.node.as_str(), h.last_applied_version), (NODE, 0));
@@ -173,10 +214,20 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
         assert_eq!(ok.count_for("web-1"), 10, "{ok:?}");
 
         // A backend outside the VPC.
-        out.send(Ok(update(2, 1, false, vec![service("bad", 20, &[Ipv4Addr::new(192, 168, 9, 9)])]))).await?;
+        out.send(Ok(update(
+            2,
+            1,
+            false,
+            vec![service("bad", 20, &[Ipv4Addr::new(192, 168, 9, 9)])],
+        )))
+        .await?;
         let r = reply(&mut inbound).await?;
         let text = nack_text(&r)?;
-        assert!(text.contains("Some(\"bad\")|spec.backends[0].ip|") && text.contains("outside Vpc/vpc-a"), "{text}");
+        assert!(
+            text.contains("Some(\"bad\")|spec.backends[0].ip|")
+                && text.contains("outside Vpc/vpc-a"),
+            "{text}"
+        );
 
         // An increment on a base the agent does not have.
         out.send(Ok(update(3, 2, false, vec![]))).await?;
@@ -197,7 +248,10 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
         let mut broken = update(5, 1, false, vec![]);
         if let Some(pb::controller_message::Msg::Update(u)) = &mut broken.msg {
             u.upserts.push(pb::Object {
-                object: Some(pb::object::Object::Vpc(pb::Vpc { name: "Not A Name".into(), vni: 0 })),
+                object: Some(pb::object::Object::Vpc(pb::Vpc {
+                    name: "Not A Name".into(),
+                    vni: 0,
+                })),
             });
         }
         out.send(Ok(broken)).await?;
@@ -210,7 +264,13 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
         assert_eq!(ok.count_for("web-1"), 10, "{ok:?}");
 
         // The agent is still at version 1: a good increment on it applies.
-        out.send(Ok(update(6, 1, false, vec![service("web2", 11, &[Ipv4Addr::new(10, 0, 1, 11)])]))).await?;
+        out.send(Ok(update(
+            6,
+            1,
+            false,
+            vec![service("web2", 11, &[Ipv4Addr::new(10, 0, 1, 11)])],
+        )))
+        .await?;
         match reply(&mut inbound).await? {
             pb::agent_message::Msg::Ack(a) => assert_eq!(a.version, 6),
             other => bail!("v6 not acked: {other:?}"),

@@ -115,8 +115,17 @@ fn tcp_and_udp_reach_every_backend() -> Result<()> {
 #[test]
 fn removed_backend_keeps_its_established_connection_but_gets_no_new_ones() -> Result<()> {
     let explicit = |ips: &[&str]| {
-        let list: Vec<String> = ips.iter().map(|ip| format!("    - {{ip: \"{ip}\"}}")).collect();
-        service_yaml("web", "vpc-a", VIP, &format!("  backends:\n{}", list.join("\n")), "")
+        let list: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("    - {{ip: \"{ip}\"}}"))
+            .collect();
+        service_yaml(
+            "web",
+            "vpc-a",
+            VIP,
+            &format!("  backends:\n{}", list.join("\n")),
+            "",
+        )
     };
     let all = ["10.0.1.11", "10.0.1.12", "10.0.1.13"];
     let lab = lab_with_backends("rm", 3, &explicit(&all))?;
@@ -136,9 +145,17 @@ fn removed_backend_keeps_its_established_connection_but_gets_no_new_ones() -> Re
     assert!(v >= 2);
     let fresh = lab.client("client", &format!("{VIP}:80"), "tcp", 40)?;
     assert_all_ok(&fresh, "new connections after removal");
-    assert_eq!(fresh.count_for(&pinned), 0, "removed {pinned} still got new connections: {fresh:?}");
+    assert_eq!(
+        fresh.count_for(&pinned),
+        0,
+        "removed {pinned} still got new connections: {fresh:?}"
+    );
     let held = hold.finish(Duration::from_secs(20))?;
-    assert_eq!((held.ok, held.failed), (40, 0), "established connection to {pinned} broke: {held:?}");
+    assert_eq!(
+        (held.ok, held.failed),
+        (40, 0),
+        "established connection to {pinned} broke: {held:?}"
+    );
     Ok(())
 }
 
@@ -152,10 +169,16 @@ fn weights_zero_and_one_to_three_shape_the_split() -> Result<()> {
     assert_eq!(r.count_for("web-3"), 0, "weight 0 got traffic: {r:?}");
     let share = r.count_for("web-2") as f64 / n as f64;
     // Expected 0.75; with 200 draws one standard deviation is about 0.03.
-    assert!((0.63..=0.87).contains(&share), "web-2 share {share:.2}, want 0.75±0.12: {r:?}");
+    assert!(
+        (0.63..=0.87).contains(&share),
+        "web-2 share {share:.2}, want 0.75±0.12: {r:?}"
+    );
     // One bucket per unit of weight: 1 + 3 buckets per group.
     let groups = lab.groups()?;
-    let tcp_group = groups.iter().find(|g| g.contains("tcp_src")).expect("a tcp group");
+    let tcp_group = groups
+        .iter()
+        .find(|g| g.contains("tcp_src"))
+        .expect("a tcp group");
     assert_eq!(tcp_group.matches("bucket=").count(), 4, "{tcp_group}");
     Ok(())
 }
@@ -166,9 +189,21 @@ fn session_affinity_keeps_a_client_on_one_backend() -> Result<()> {
     let lab = lab_with_backends("aff", 3, &svc)?;
     let r = lab.client("client", &format!("{VIP}:80"), "tcp", 30)?;
     assert_all_ok(&r, "affinity");
-    assert_eq!(r.by_backend.len(), 1, "client moved between backends: {r:?}");
-    let flows = lab.ovs.ofctl(&["--no-stats", "dump-flows", &lab.ovs.mgmt(&lab.bridge), "table=41"])?;
-    assert!(flows.contains("nw_src=10.0.1.2"), "no learned affinity entry: {flows}");
+    assert_eq!(
+        r.by_backend.len(),
+        1,
+        "client moved between backends: {r:?}"
+    );
+    let flows = lab.ovs.ofctl(&[
+        "--no-stats",
+        "dump-flows",
+        &lab.ovs.mgmt(&lab.bridge),
+        "table=41",
+    ])?;
+    assert!(
+        flows.contains("nw_src=10.0.1.2"),
+        "no learned affinity entry: {flows}"
+    );
     Ok(())
 }
 
@@ -176,18 +211,33 @@ fn session_affinity_keeps_a_client_on_one_backend() -> Result<()> {
 fn deleting_a_service_removes_every_flow_and_group_it_had() -> Result<()> {
     let svc = web_service("  sessionAffinity: {type: ClientIP, timeoutSeconds: 60}");
     let lab = lab_with_backends("del", 2, &svc)?;
-    assert_all_ok(&lab.client("client", &format!("{VIP}:80"), "tcp", 5)?, "before delete");
+    assert_all_ok(
+        &lab.client("client", &format!("{VIP}:80"), "tcp", 5)?,
+        "before delete",
+    );
     let before = lab.flows()?.join("\n");
-    assert!(before.contains(VIP) && before.contains("table=41"), "{before}");
+    assert!(
+        before.contains(VIP) && before.contains("table=41"),
+        "{before}"
+    );
     lab.remove_manifest("10-svc.yaml")?;
     lab.wait_converged()?;
     let flows = lab.flows()?;
     let left: Vec<&String> = flows
         .iter()
-        .filter(|f| f.contains(VIP) || f.contains("group:") || f.contains("table=41") || f.contains("table=45"))
+        .filter(|f| {
+            f.contains(VIP)
+                || f.contains("group:")
+                || f.contains("table=41")
+                || f.contains("table=45")
+        })
         .collect();
     assert!(left.is_empty(), "flows left behind: {left:#?}");
-    assert!(lab.groups()?.is_empty(), "groups left behind: {:?}", lab.groups()?);
+    assert!(
+        lab.groups()?.is_empty(),
+        "groups left behind: {:?}",
+        lab.groups()?
+    );
     // Workload forwarding is untouched.
     assert!(flows.iter().any(|f| f.contains("nw_dst=10.0.1.11")));
     Ok(())
@@ -220,14 +270,25 @@ fn overlapping_vpcs_stay_isolated_even_on_the_same_vip() -> Result<()> {
         for (target, proto) in [(format!("{VIP}:80"), "tcp"), (format!("{VIP}:53"), "udp")] {
             let r = lab.client(client, &target, proto, 20)?;
             assert_all_ok(&r, client);
-            assert_eq!(r.by_backend.keys().collect::<Vec<_>>(), [want], "{client} {proto}: {r:?}");
+            assert_eq!(
+                r.by_backend.keys().collect::<Vec<_>>(),
+                [want],
+                "{client} {proto}: {r:?}"
+            );
         }
         let direct = lab.client(client, "10.0.1.11:8080", "tcp", 5)?;
-        assert_eq!(direct.by_backend.keys().collect::<Vec<_>>(), [want], "{client} direct: {direct:?}");
+        assert_eq!(
+            direct.by_backend.keys().collect::<Vec<_>>(),
+            [want],
+            "{client} direct: {direct:?}"
+        );
     }
     // Each VPC got its own conntrack zone (reg0) in the switch.
     let flows = lab.flows()?.join("\n");
-    assert!(flows.contains("reg0=0x1") && flows.contains("reg0=0x2"), "{flows}");
+    assert!(
+        flows.contains("reg0=0x1") && flows.contains("reg0=0x2"),
+        "{flows}"
+    );
     Ok(())
 }
 
@@ -262,15 +323,25 @@ fn invalid_manifests_are_refused_and_the_data_plane_stays_as_it_was() -> Result<
     for (what, yaml, field) in cases {
         lab.write_manifest("20-bad.yaml", &yaml)?;
         let mut seen = String::new();
-        wait_until(&format!("the controller to refuse: {what}"), Duration::from_secs(15), || {
-            seen = lab.status().map(|s| s["intent_errors"].to_string()).unwrap_or_default();
-            seen.contains(field) && seen.contains("20-bad.yaml")
-        })
+        wait_until(
+            &format!("the controller to refuse: {what}"),
+            Duration::from_secs(15),
+            || {
+                seen = lab
+                    .status()
+                    .map(|s| s["intent_errors"].to_string())
+                    .unwrap_or_default();
+                seen.contains(field) && seen.contains("20-bad.yaml")
+            },
+        )
         .map_err(|e| anyhow::anyhow!("{e}: status intent_errors = {seen}"))?;
         assert_eq!(lab.intent_version()?, version, "{what}: version moved");
         assert_eq!(lab.flows()?, flows_before, "{what}: flows changed");
         assert_eq!(lab.groups()?, groups_before, "{what}: groups changed");
-        assert_all_ok(&lab.client("client", &format!("{VIP}:80"), "tcp", 10)?, what);
+        assert_all_ok(
+            &lab.client("client", &format!("{VIP}:80"), "tcp", 10)?,
+            what,
+        );
         lab.remove_manifest("20-bad.yaml")?;
     }
     Ok(())
@@ -285,12 +356,20 @@ fn agent_refuses_a_controller_whose_certificate_fails_verification() -> Result<(
     let other = lab.path("other-ca");
     lab.controller_cmd(&["ca", "init", "--state-dir", &other.display().to_string()])?;
     lab.start_agent_with_ca(&other.join("pki/ca.pem"))?;
-    wait_until("the agent to log a failed TLS connect", Duration::from_secs(20), || {
-        let log = lab.agent_log();
-        log.contains("controller session failed") && log.to_lowercase().contains("certificate")
-    })
+    wait_until(
+        "the agent to log a failed TLS connect",
+        Duration::from_secs(20),
+        || {
+            let log = lab.agent_log();
+            log.contains("controller session failed") && log.to_lowercase().contains("certificate")
+        },
+    )
     .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&lab.agent_log())))?;
-    let applied = lab.node_status().ok().and_then(|n| n["applied_version"].as_u64()).unwrap_or(0);
+    let applied = lab
+        .node_status()
+        .ok()
+        .and_then(|n| n["applied_version"].as_u64())
+        .unwrap_or(0);
     assert_eq!(applied, 0, "an untrusted controller's intent was applied");
     Ok(())
 }
@@ -302,14 +381,24 @@ fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<
     let strip = |flows: Vec<String>| -> Vec<String> {
         let mut v: Vec<String> = flows
             .into_iter()
-            .map(|f| f.trim().split_once(", ").map_or(f.clone(), |(_, r)| r.to_string()))
+            .map(|f| {
+                f.trim()
+                    .split_once(", ")
+                    .map_or(f.clone(), |(_, r)| r.to_string())
+            })
             .collect();
         v.sort();
         v
     };
     let before = strip(lab.flows()?);
     let out = lab.path("hold.json");
-    let hold = traffic::start_hold(&lab.host("client")?.ns, &format!("{VIP}:80"), 60, Duration::from_millis(100), &out)?;
+    let hold = traffic::start_hold(
+        &lab.host("client")?.ns,
+        &format!("{VIP}:80"),
+        60,
+        Duration::from_millis(100),
+        &out,
+    )?;
     let client_ns = lab.host("client")?.ns.name().to_string();
     let client_bin = traffic::lab_bin("lab-client")?;
     // 150 new connections, one every 30 ms (about 5 s), each bounded by 2 s.
@@ -317,25 +406,47 @@ fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &client_ns])
             .arg(client_bin)
-            .args(["--target", &format!("{VIP}:80"), "--proto", "tcp", "--count", "150"])
+            .args([
+                "--target",
+                &format!("{VIP}:80"),
+                "--proto",
+                "tcp",
+                "--count",
+                "150",
+            ])
             .args(["--interval-ms", "30", "--timeout-ms", "2000", "--json"])
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        traffic::last_result(&stdout).ok_or_else(|| anyhow::anyhow!("no result from lab-client: {stdout}"))
+        traffic::last_result(&stdout)
+            .ok_or_else(|| anyhow::anyhow!("no result from lab-client: {stdout}"))
     });
     std::thread::sleep(Duration::from_millis(800));
     lab.agent.as_mut().expect("agent").kill9()?;
     std::thread::sleep(Duration::from_millis(500));
     lab.start_agent()?;
-    wait_until("the restarted agent to reconcile", Duration::from_secs(30), || {
-        lab.agent_log().matches("reconciled").count() + lab.agent_log().matches("update applied").count() >= 2
-    })?;
+    wait_until(
+        "the restarted agent to reconcile",
+        Duration::from_secs(30),
+        || {
+            lab.agent_log().matches("reconciled").count()
+                + lab.agent_log().matches("update applied").count()
+                >= 2
+        },
+    )?;
     let r = looper.join().expect("client thread")?;
-    assert_eq!((r.ok, r.failed), (150, 0), "requests lost across the restart: {r:?}");
+    assert_eq!(
+        (r.ok, r.failed),
+        (150, 0),
+        "requests lost across the restart: {r:?}"
+    );
     let held = hold.finish(Duration::from_secs(30))?;
     assert_eq!(held.failed, 0, "held connection broke: {held:?}");
     lab.wait_converged()?;
-    assert_eq!(strip(lab.flows()?), before, "flows differ after restart (beyond cookies)");
+    assert_eq!(
+        strip(lab.flows()?),
+        before,
+        "flows differ after restart (beyond cookies)"
+    );
     assert!(lab.agent_log().contains("nothing flushed"));
     Ok(())
 }

@@ -15,11 +15,19 @@ pub enum BundleOp {
     /// Create or replace a group.
     PutGroup(Group),
     /// Add a flow, replacing one with the same table, priority and match.
-    AddFlow { key: FlowKey, body: FlowBody, cookie: u64 },
+    AddFlow {
+        key: FlowKey,
+        body: FlowBody,
+        cookie: u64,
+    },
     /// Delete exactly one flow.
     DeleteFlow(FlowKey),
     /// Delete every flow whose cookie matches under the mask, in one table or all.
-    DeleteFlowsByCookie { table: Option<u8>, cookie: u64, mask: u64 },
+    DeleteFlowsByCookie {
+        table: Option<u8>,
+        cookie: u64,
+        mask: u64,
+    },
     DeleteGroup(u32),
 }
 

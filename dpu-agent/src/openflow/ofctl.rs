@@ -38,7 +38,11 @@ impl OfctlBackend {
         let mut cmd = Command::new(&self.program);
         cmd.args(["-O", "OpenFlow15"])
             .args(args)
-            .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -53,7 +57,12 @@ impl OfctlBackend {
         }
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
-            .map_err(|_| unreachable(format!("{} timed out after {:?}", self.program, self.timeout)))?
+            .map_err(|_| {
+                unreachable(format!(
+                    "{} timed out after {:?}",
+                    self.program, self.timeout
+                ))
+            })?
             .map_err(|e| unreachable(e.to_string()))?;
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if out.status.success() {
@@ -89,7 +98,11 @@ pub fn render_bundle(ops: &[BundleOp]) -> String {
                 if key.matches.is_empty() { "" } else { "," },
                 key.matches
             ),
-            BundleOp::DeleteFlowsByCookie { table, cookie, mask } => match table {
+            BundleOp::DeleteFlowsByCookie {
+                table,
+                cookie,
+                mask,
+            } => match table {
                 Some(t) => writeln!(s, "flow delete table={t},cookie={cookie:#x}/{mask:#x}"),
                 None => writeln!(s, "flow delete cookie={cookie:#x}/{mask:#x}"),
             },
@@ -103,7 +116,11 @@ pub fn render_bundle(ops: &[BundleOp]) -> String {
 /// `dump-groups`.
 pub fn parse_summary(flows: &str, groups: &str) -> Result<InstalledSummary, OpenFlowError> {
     let mut sum = InstalledSummary::default();
-    for line in flows.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_")) {
+    for line in flows
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("OFPST_") && !l.starts_with("NXST_"))
+    {
         sum.flows += 1;
         // A zero cookie is not printed at all.
         let cookie = match line.strip_prefix("cookie=") {
@@ -134,13 +151,16 @@ impl OpenFlowBackend for OfctlBackend {
             return Ok(());
         }
         let file = render_bundle(ops);
-        self.run(&["bundle", &self.target.clone(), "-"], Some(&file)).await?;
+        self.run(&["bundle", &self.target.clone(), "-"], Some(&file))
+            .await?;
         Ok(())
     }
 
     async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
         let target = self.target.clone();
-        let flows = self.run(&["--no-stats", "dump-flows", &target], None).await?;
+        let flows = self
+            .run(&["--no-stats", "dump-flows", &target], None)
+            .await?;
         let groups = self.run(&["dump-groups", &target], None).await?;
         parse_summary(&flows, &groups)
     }

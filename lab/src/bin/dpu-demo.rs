@@ -47,7 +47,13 @@ fn docs(args: &Args) -> Result<Vec<(String, Value)>> {
         let text = fs::read_to_string(&f)?;
         for d in serde_yaml_ng::Deserializer::from_str(&text) {
             let v = <Value as serde::Deserialize>::deserialize(d)?;
-            out.push((f.file_name().unwrap_or_default().to_string_lossy().into_owned(), v));
+            out.push((
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                v,
+            ));
         }
     }
     Ok(out)
@@ -65,23 +71,38 @@ fn run(args: &Args) -> Result<()> {
     let docs = docs(args)?;
     println!("== starting an emulated DPU ({NODE}): private OVS, controller, agent");
     let mut lab = Lab::new("demo")?;
-    for f in docs.iter().map(|(f, _)| f).collect::<std::collections::BTreeSet<_>>() {
+    for f in docs
+        .iter()
+        .map(|(f, _)| f)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         fs::copy(args.examples.join(f), lab.intent_dir().join(f))?;
     }
     // Subnets give each workload its prefix length and gateway.
     let subnets: Vec<(ipnet::Ipv4Net, String)> = docs
         .iter()
         .filter(|(_, d)| s(d, &["kind"]) == Some("Subnet"))
-        .filter_map(|(_, d)| Some((s(d, &["spec", "cidr"])?.parse().ok()?, s(d, &["spec", "gateway"])?.to_string())))
+        .filter_map(|(_, d)| {
+            Some((
+                s(d, &["spec", "cidr"])?.parse().ok()?,
+                s(d, &["spec", "gateway"])?.to_string(),
+            ))
+        })
         .collect();
     let mut services = Vec::new();
     for (_, d) in &docs {
         match s(d, &["kind"]) {
             Some("Workload") if s(d, &["spec", "node"]) == Some(NODE) => {
-                let name = s(d, &["metadata", "name"]).ok_or_else(|| anyhow!("workload without a name"))?;
-                let ip: std::net::Ipv4Addr = s(d, &["spec", "ip"]).ok_or_else(|| anyhow!("{name}: no ip"))?.parse()?;
+                let name = s(d, &["metadata", "name"])
+                    .ok_or_else(|| anyhow!("workload without a name"))?;
+                let ip: std::net::Ipv4Addr = s(d, &["spec", "ip"])
+                    .ok_or_else(|| anyhow!("{name}: no ip"))?
+                    .parse()?;
                 let mac = s(d, &["spec", "mac"]).ok_or_else(|| anyhow!("{name}: no mac"))?;
-                let (net, gw) = subnets.iter().find(|(n, _)| n.contains(&ip)).ok_or_else(|| anyhow!("{name}: no subnet"))?;
+                let (net, gw) = subnets
+                    .iter()
+                    .find(|(n, _)| n.contains(&ip))
+                    .ok_or_else(|| anyhow!("{name}: no subnet"))?;
                 lab.add_host(name, &format!("{ip}/{}", net.prefix_len()), mac, gw)?;
                 if name != "client" {
                     lab.echo(name, &[8080], &[5353])?;
@@ -100,7 +121,10 @@ fn run(args: &Args) -> Result<()> {
     for svc in &services {
         let name = s(svc, &["metadata", "name"]).unwrap_or("?");
         let vip = svc["spec"]["clusterIPs"][0].as_str().unwrap_or("?");
-        let ports = svc["spec"]["ports"].as_sequence().cloned().unwrap_or_default();
+        let ports = svc["spec"]["ports"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
         let mut table: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let mut headers = Vec::new();
         for p in &ports {
@@ -113,11 +137,17 @@ fn run(args: &Args) -> Result<()> {
                 table.entry(b.clone()).or_default().insert(col.clone(), *n);
             }
             if r.failed > 0 {
-                table.entry("(failed)".into()).or_default().insert(col.clone(), r.failed);
+                table
+                    .entry("(failed)".into())
+                    .or_default()
+                    .insert(col.clone(), r.failed);
             }
             headers.push(col);
         }
-        println!("\n== Service {name}: {} requests per port from 'client' to {vip}", args.count);
+        println!(
+            "\n== Service {name}: {} requests per port from 'client' to {vip}",
+            args.count
+        );
         print!("   {:<10}", "backend");
         for h in &headers {
             print!(" {h:>9}");
@@ -137,7 +167,10 @@ fn run(args: &Args) -> Result<()> {
         let short: String = g.chars().take(140).collect();
         println!("   {short}…");
     }
-    println!("   {} flows in total (ovs-ofctl dump-flows)", lab.flows()?.len());
+    println!(
+        "   {} flows in total (ovs-ofctl dump-flows)",
+        lab.flows()?.len()
+    );
     println!("\n== tearing down (agent, controller, namespaces, OVS)");
     drop(lab);
     println!("done");

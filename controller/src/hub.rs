@@ -1,0 +1,395 @@
+//! The `AgentControl` gRPC service: one task per agent session.
+//!
+//! A session authenticates the node by its client certificate, then runs the
+//! `SessionCore` state machine against the published intent and the agent's
+//! replies, and records what happens in the status. The hub keeps one session per
+//! node: a new one replaces (ends) the old.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dpu_model::error_from_proto;
+use dpu_proto::v1 as pb;
+use dpu_proto::v1::agent_control_server::AgentControl;
+use dpu_proto::v1::agent_message::Msg;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pki::dns_sans;
+use crate::server::shutdown_requested;
+use crate::session::{Published, SessionCore};
+use crate::status::{now_rfc3339, AgentStatus, NackRecord, StatusHandle};
+
+/// The agent must say Hello within this time.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// An agent that does not take an update within this time is disconnected.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+const OUTBOUND_QUEUE: usize = 4;
+
+type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+/// Shared by all sessions.
+#[derive(Debug)]
+pub struct Hub {
+    intent: watch::Receiver<Arc<Published>>,
+    status: StatusHandle,
+    shutdown: watch::Receiver<bool>,
+    /// node → (session id, signal that ends it).
+    sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    next_id: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(
+        intent: watch::Receiver<Arc<Published>>,
+        status: StatusHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Hub {
+            intent,
+            status,
+            shutdown,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Makes this the node's session, ending any earlier one.
+    fn register(&self, node: &str) -> (u64, watch::Receiver<bool>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((old, end_old)) = sessions.insert(node.to_string(), (id, tx)) {
+            tracing::info!(
+                node,
+                old_session = old,
+                session = id,
+                "a new session replaces the old one"
+            );
+            let _ = end_old.send(true);
+        }
+        (id, rx)
+    }
+
+    /// Forgets the session; true if it was still the node's current one.
+    fn unregister(&self, node: &str, id: u64) -> bool {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(node)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            sessions.remove(node);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    hub: Arc<Hub>,
+}
+
+impl ControlService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        ControlService { hub }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentControl for ControlService {
+    type SessionStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let certs = request
+            .peer_certs()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let names = dns_sans(&certs[0]).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tokio::spawn(run_session(
+            self.hub.clone(),
+            names,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Why a session ended, as the agent is told.
+fn end_with(tx: &Outbound, status: Status) {
+    // The stream may already be gone; there is nobody left to tell then.
+    let _ = tx.try_send(Err(status));
+}
+
+async fn run_session(
+    hub: Arc<Hub>,
+    cert_names: Vec<String>,
+    peer: Option<SocketAddr>,
+    mut inbound: Streaming<pb::AgentMessage>,
+    tx: Outbound,
+) {
+    let hello = match await_hello(&mut inbound).await {
+        Ok(h) => h,
+        Err(status) => {
+            tracing::warn!(?peer, ?cert_names, "session refused: {}", status.message());
+            return end_with(&tx, status);
+        }
+    };
+    if !cert_names.contains(&hello.node) {
+        let msg = format!(
+            "Hello names node {:?} but the client certificate is for {:?}",
+            hello.node,
+            cert_names.join(", ")
+        );
+        tracing::warn!(?peer, "session refused: {msg}");
+        return end_with(&tx, Status::permission_denied(msg));
+    }
+    let node = hello.node.clone();
+    let (id, replaced) = hub.register(&node);
+    tracing::info!(node, session = id, ?peer, hello_version = hello.last_applied_version, agent = %hello.agent_version, "agent connected");
+    hub.status.update_node(&node, |n| {
+        n.connected = true;
+        n.connected_since = Some(now_rfc3339());
+        n.disconnected_at = None;
+        n.peer = peer.map(|p| p.to_string());
+        n.agent_version = hello.agent_version.clone();
+        n.hello_version = hello.last_applied_version;
+    });
+
+    let result = drive(&hub, &node, &hello, replaced, &mut inbound, &tx).await;
+    if let Err(status) = &result {
+        if !matches!(
+            status.code(),
+            tonic::Code::Aborted | tonic::Code::Unavailable
+        ) {
+            hub.status
+                .update_node(&node, |n| n.last_error = Some(status.message().to_string()));
+        }
+        tracing::info!(node, session = id, "session ended: {}", status.message());
+    } else {
+        tracing::info!(node, session = id, "agent disconnected");
+    }
+    if let Err(status) = result {
+        end_with(&tx, status);
+    }
+    if hub.unregister(&node, id) {
+        hub.status.update_node(&node, |n| {
+            n.connected = false;
+            n.disconnected_at = Some(now_rfc3339());
+        });
+    }
+}
+
+/// Waits for the first message, which must be Hello.
+async fn await_hello<S>(inbound: &mut S) -> Result<pb::Hello, Status>
+where
+    S: Stream<Item = Result<pb::AgentMessage, Status>> + Unpin,
+{
+    match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no Hello within {} s",
+            HELLO_TIMEOUT.as_secs()
+        ))),
+        Ok(None) => Err(Status::cancelled("the stream ended before Hello")),
+        Ok(Some(Err(status))) => Err(status),
+        Ok(Some(Ok(pb::AgentMessage {
+            msg: Some(Msg::Hello(h)),
+        }))) => Ok(h),
+        Ok(Some(Ok(_))) => Err(Status::invalid_argument("the first message must be Hello")),
+    }
+}
+
+/// The session after Hello: updates out, replies in, until one side ends it.
+async fn drive(
+    hub: &Hub,
+    node: &str,
+    hello: &pb::Hello,
+    mut replaced: watch::Receiver<bool>,
+    inbound: &mut Streaming<pb::AgentMessage>,
+    tx: &Outbound,
+) -> Result<(), Status> {
+    let mut intent = hub.intent.clone();
+    let mut shutdown = hub.shutdown.clone();
+    let mut core = SessionCore::new(node);
+    let current = intent.borrow_and_update().clone();
+    if hello.last_applied_version > current.version {
+        tracing::warn!(
+            node,
+            agent = hello.last_applied_version,
+            controller = current.version,
+            "the agent is ahead of this controller (was the state dir replaced?); sending a snapshot"
+        );
+    }
+    let nack_pending = hub.status.nack_pending(node);
+    match core.start(hello.last_applied_version, nack_pending, &current) {
+        Some(update) => send(hub, node, tx, update).await?,
+        None => {
+            tracing::info!(node, version = current.version, "agent is up to date");
+            hub.status.update_node(node, |n| {
+                n.sent_version = current.version;
+                n.applied_version = n.applied_version.max(hello.last_applied_version);
+            });
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = replaced.changed() => {
+                return Err(Status::aborted(format!("replaced by a newer session for node {node}")));
+            }
+            _ = shutdown_requested(&mut shutdown) => {
+                return Err(Status::unavailable("the controller is shutting down"));
+            }
+            changed = intent.changed() => {
+                if changed.is_err() {
+                    return Err(Status::unavailable("the controller is shutting down"));
+                }
+                let current = intent.borrow_and_update().clone();
+                if let Some(update) = core.on_version(&current) {
+                    send(hub, node, tx, update).await?;
+                }
+            }
+            msg = inbound.message() => match msg? {
+                None => return Ok(()),
+                Some(pb::AgentMessage { msg: Some(m) }) => on_message(hub, node, &mut core, m)?,
+                Some(_) => return Err(Status::invalid_argument("empty AgentMessage")),
+            },
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+async fn send(hub: &Hub, node: &str, tx: &Outbound, update: pb::Update) -> Result<(), Status> {
+    let (version, base, snapshot) = (update.version, update.base_version, update.snapshot);
+    let (upserts, deletes) = (update.upserts.len(), update.deletes.len());
+    let msg = pb::ControllerMessage {
+        msg: Some(pb::controller_message::Msg::Update(update)),
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
+        Err(_) => {
+            return Err(Status::deadline_exceeded(format!(
+                "the agent took no update for {} s",
+                SEND_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Err(_)) => return Err(Status::cancelled("the agent went away")),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!(
+        node,
+        version,
+        base,
+        snapshot,
+        upserts,
+        deletes,
+        "sent update"
+    );
+    hub.status.update_node(node, |n| n.sent_version = version);
+    Ok(())
+}
+
+fn on_message(hub: &Hub, node: &str, core: &mut SessionCore, msg: Msg) -> Result<(), Status> {
+    match msg {
+        Msg::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once")),
+        Msg::Ack(ack) => {
+            if core.on_ack(ack.version, &ack.nonce) {
+                tracing::info!(node, version = ack.version, "agent applied");
+                hub.status.update_node(node, |n| {
+                    n.applied_version = n.applied_version.max(ack.version);
+                    n.nack_pending = false;
+                    n.last_error = None;
+                });
+            } else {
+                tracing::warn!(node, version = ack.version, nonce = %ack.nonce, "ignoring an Ack that matches no update sent");
+            }
+        }
+        Msg::Nack(nack) => {
+            if core.on_nack(nack.version, &nack.nonce) {
+                let errors: Vec<String> = nack
+                    .errors
+                    .iter()
+                    .map(|e| error_from_proto(e).to_string())
+                    .collect();
+                tracing::warn!(
+                    node,
+                    version = nack.version,
+                    ?errors,
+                    "agent refused update"
+                );
+                hub.status.update_node(node, |n| {
+                    n.nack_pending = true;
+                    n.last_error = Some(format!(
+                        "NACK of version {}: {}",
+                        nack.version,
+                        errors.join("; ")
+                    ));
+                    n.last_nack = Some(NackRecord {
+                        version: nack.version,
+                        at: now_rfc3339(),
+                        errors,
+                    });
+                });
+            } else {
+                tracing::warn!(node, version = nack.version, nonce = %nack.nonce, "ignoring a Nack that matches no update sent");
+            }
+        }
+        Msg::Status(s) => hub.status.update_node(node, |n| {
+            n.agent_status = Some(AgentStatus {
+                applied_version: s.applied_version,
+                flows: s.flows,
+                groups: s.groups,
+                pending_ports: s.pending_ports,
+                at: now_rfc3339(),
+            })
+        }),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn msg(m: Msg) -> Result<pb::AgentMessage, Status> {
+        Ok(pb::AgentMessage { msg: Some(m) })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hello_must_come_first_and_within_the_timeout() {
+        let started = tokio::time::Instant::now();
+        let mut silent = tokio_stream::pending::<Result<pb::AgentMessage, Status>>();
+        let e = await_hello(&mut silent).await.unwrap_err();
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        assert!(started.elapsed() >= HELLO_TIMEOUT);
+
+        let ack = msg(Msg::Ack(pb::Ack::default()));
+        let e = await_hello(&mut tokio_stream::iter([ack]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+
+        let e = await_hello(&mut tokio_stream::empty()).await.unwrap_err();
+        assert_eq!(e.code(), Code::Cancelled);
+
+        let hello = msg(Msg::Hello(pb::Hello {
+            node: "dpu-1".into(),
+            ..Default::default()
+        }));
+        let h = await_hello(&mut tokio_stream::iter([hello])).await.unwrap();
+        assert_eq!(h.node, "dpu-1");
+    }
+}

@@ -1,0 +1,434 @@
+//! The cluster CA and the certificates it issues.
+//!
+//! The CA lives in `<state-dir>/pki/` (`ca.pem`, `ca.key`). Node certificates name
+//! the node as CN and as their only DNS SAN; the controller serves a node only the
+//! intent of the node its certificate names. All keys are ECDSA P-256 and are
+//! written mode 0600.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+use x509_parser::extensions::GeneralName;
+
+use crate::fsutil::{ensure_private_dir, write_atomic, PUBLIC_MODE, SECRET_MODE};
+
+pub const CA_DAYS: i64 = 3650;
+pub const DEFAULT_CERT_DAYS: u32 = 365;
+/// Tolerated clock skew between the issuer and whoever checks the certificate.
+const BACKDATE: Duration = Duration::minutes(5);
+/// An existing server certificate this close to expiry is replaced at start.
+const RENEW_BEFORE: Duration = Duration::days(7);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// `ca init` would overwrite a CA.
+    #[error("a CA already exists at {0}; pass --force to replace it (every certificate it issued stops working)")]
+    CaExists(PathBuf),
+    /// There is no CA to sign with.
+    #[error("no CA in {0}; run `dpu-controller ca init --state-dir <dir>` first")]
+    NoCa(PathBuf),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The name to put in a certificate is not acceptable.
+    #[error("invalid name {name:?}: {message}")]
+    BadName { name: String, message: String },
+    /// Certificate generation or parsing failed.
+    #[error("{context}: {source}")]
+    Rcgen {
+        context: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A certificate could not be parsed.
+    #[error("cannot parse certificate: {0}")]
+    Parse(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn rcgen_err(context: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Rcgen {
+        context: context.to_string(),
+        source,
+    }
+}
+
+/// Paths of the PKI files under a state directory.
+#[derive(Debug, Clone)]
+pub struct PkiPaths {
+    pub dir: PathBuf,
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl PkiPaths {
+    pub fn new(state_dir: &Path) -> Self {
+        let dir = state_dir.join("pki");
+        PkiPaths {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            dir,
+        }
+    }
+}
+
+/// PEM text of an issued certificate and its key.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A loaded CA, ready to sign.
+#[derive(Debug)]
+pub struct Ca {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes[0] &= 0x7f; // a positive INTEGER
+    SerialNumber::from(bytes.to_vec())
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(days);
+}
+
+/// Creates the CA under `state_dir`. Refuses to replace one unless `force`; a
+/// forced replacement also removes the server certificate the old CA signed.
+pub fn init_ca(state_dir: &Path, force: bool) -> Result<PkiPaths, PkiError> {
+    let paths = PkiPaths::new(state_dir);
+    ensure_private_dir(state_dir).map_err(io_err(state_dir))?;
+    ensure_private_dir(&paths.dir).map_err(io_err(&paths.dir))?;
+    if !force && (paths.ca_cert.exists() || paths.ca_key.exists()) {
+        return Err(PkiError::CaExists(paths.dir));
+    }
+    let key = KeyPair::generate().map_err(rcgen_err("generating the CA key"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "dpu-controller CA");
+    dn.push(DnType::OrganizationName, "dpu");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    validity(&mut params, CA_DAYS);
+    let cert = params
+        .self_signed(&key)
+        .map_err(rcgen_err("signing the CA certificate"))?;
+    write_atomic(&paths.ca_key, key.serialize_pem().as_bytes(), SECRET_MODE)
+        .map_err(io_err(&paths.ca_key))?;
+    write_atomic(&paths.ca_cert, cert.pem().as_bytes(), PUBLIC_MODE)
+        .map_err(io_err(&paths.ca_cert))?;
+    for stale in [&paths.server_cert, &paths.server_key] {
+        match fs::remove_file(stale) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(stale)(e)),
+        }
+    }
+    Ok(paths)
+}
+
+pub fn load_ca(state_dir: &Path) -> Result<Ca, PkiError> {
+    let paths = PkiPaths::new(state_dir);
+    if !paths.ca_cert.exists() || !paths.ca_key.exists() {
+        return Err(PkiError::NoCa(paths.dir));
+    }
+    let cert_pem = fs::read_to_string(&paths.ca_cert).map_err(io_err(&paths.ca_cert))?;
+    let key_pem = fs::read_to_string(&paths.ca_key).map_err(io_err(&paths.ca_key))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(rcgen_err("reading the CA key"))?;
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+        .map_err(rcgen_err("reading the CA certificate"))?;
+    Ok(Ca { cert_pem, issuer })
+}
+
+impl Ca {
+    /// A node certificate: CN and DNS SAN = `node`, for client and server auth.
+    pub fn issue_node(&self, node: &str, days: u32) -> Result<Issued, PkiError> {
+        dpu_model::check_name(node).map_err(|message| PkiError::BadName {
+            name: node.to_string(),
+            message,
+        })?;
+        let san =
+            SanType::DnsName(
+                node.try_into()
+                    .map_err(|e: rcgen::Error| PkiError::BadName {
+                        name: node.to_string(),
+                        message: e.to_string(),
+                    })?,
+            );
+        self.issue(
+            node,
+            vec![san],
+            vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            days,
+        )
+    }
+
+    /// A server certificate: CN = `name`, SANs = `name` and `sans` (each an IP
+    /// address or a DNS name), for server auth.
+    pub fn issue_server(&self, name: &str, sans: &[String], days: u32) -> Result<Issued, PkiError> {
+        let mut all = vec![name.to_string()];
+        for s in sans {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        let mut out = Vec::new();
+        for s in &all {
+            out.push(match s.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(s.as_str().try_into().map_err(|e: rcgen::Error| {
+                    PkiError::BadName {
+                        name: s.clone(),
+                        message: e.to_string(),
+                    }
+                })?),
+            });
+        }
+        self.issue(name, out, vec![ExtendedKeyUsagePurpose::ServerAuth], days)
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        sans: Vec<SanType>,
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+        days: u32,
+    ) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate().map_err(rcgen_err("generating a key"))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        validity(&mut params, i64::from(days));
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(rcgen_err("signing the certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Writes `<out>/<name>.pem`, `<out>/<name>.key` (0600) and `<out>/ca.pem`.
+/// Returns the paths written.
+pub fn write_issued(
+    out: &Path,
+    name: &str,
+    issued: &Issued,
+    ca: &Ca,
+) -> Result<Vec<PathBuf>, PkiError> {
+    if !out.exists() {
+        ensure_private_dir(out).map_err(io_err(out))?;
+    }
+    let files = [
+        (
+            out.join(format!("{name}.pem")),
+            &issued.cert_pem,
+            PUBLIC_MODE,
+        ),
+        (
+            out.join(format!("{name}.key")),
+            &issued.key_pem,
+            SECRET_MODE,
+        ),
+        (out.join("ca.pem"), &ca.cert_pem, PUBLIC_MODE),
+    ];
+    for (path, text, mode) in &files {
+        write_atomic(path, text.as_bytes(), *mode).map_err(io_err(path))?;
+    }
+    Ok(files.into_iter().map(|(p, _, _)| p).collect())
+}
+
+/// The controller's serving identity: the CA and the server certificate, issued
+/// now if there is none (or it is about to expire).
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub fn ensure_server_cert(
+    state_dir: &Path,
+    server_name: &str,
+    listen: SocketAddr,
+) -> Result<ServerIdentity, PkiError> {
+    let ca = load_ca(state_dir)?;
+    let paths = PkiPaths::new(state_dir);
+    if paths.server_cert.exists() && paths.server_key.exists() {
+        let cert_pem =
+            fs::read_to_string(&paths.server_cert).map_err(io_err(&paths.server_cert))?;
+        let key_pem = fs::read_to_string(&paths.server_key).map_err(io_err(&paths.server_key))?;
+        if not_after(&cert_pem)? > OffsetDateTime::now_utc() + RENEW_BEFORE {
+            return Ok(ServerIdentity {
+                ca_pem: ca.cert_pem,
+                cert_pem,
+                key_pem,
+            });
+        }
+        tracing::info!(
+            "{} expires soon; issuing a new one",
+            paths.server_cert.display()
+        );
+    }
+    let mut sans = vec!["localhost".to_string()];
+    if !listen.ip().is_unspecified() {
+        sans.push(listen.ip().to_string());
+    }
+    let issued = ca.issue_server(server_name, &sans, DEFAULT_CERT_DAYS)?;
+    write_atomic(&paths.server_key, issued.key_pem.as_bytes(), SECRET_MODE)
+        .map_err(io_err(&paths.server_key))?;
+    write_atomic(&paths.server_cert, issued.cert_pem.as_bytes(), PUBLIC_MODE)
+        .map_err(io_err(&paths.server_cert))?;
+    tracing::info!(
+        server_name,
+        ?sans,
+        "issued server certificate {}",
+        paths.server_cert.display()
+    );
+    Ok(ServerIdentity {
+        ca_pem: ca.cert_pem,
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
+}
+
+fn not_after(cert_pem: &str) -> Result<OffsetDateTime, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+/// The DNS names in the SubjectAltName of a DER certificate.
+pub fn dns_sans(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn der(pem: &str) -> Vec<u8> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        p.contents
+    }
+
+    #[test]
+    fn ca_init_refuses_to_overwrite_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let paths = init_ca(&state, false).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&paths.ca_key), 0o600);
+        let first = fs::read(&paths.ca_cert).unwrap();
+        assert!(matches!(init_ca(&state, false), Err(PkiError::CaExists(_))));
+        assert_eq!(fs::read(&paths.ca_cert).unwrap(), first);
+        init_ca(&state, true).unwrap();
+        assert_ne!(fs::read(&paths.ca_cert).unwrap(), first);
+    }
+
+    #[test]
+    fn node_cert_names_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), false).unwrap();
+        let ca = load_ca(dir.path()).unwrap();
+        let issued = ca.issue_node("dpu-1", 30).unwrap();
+        let d = der(&issued.cert_pem);
+        assert_eq!(dns_sans(&d).unwrap(), ["dpu-1"]);
+        let (_, cert) = x509_parser::parse_x509_certificate(&d).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), "dpu-1");
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && eku.server_auth);
+        assert!(matches!(
+            ca.issue_node("Not_A_Name", 30),
+            Err(PkiError::BadName { .. })
+        ));
+    }
+
+    #[test]
+    fn server_cert_is_issued_once_with_listen_ip() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), false).unwrap();
+        let listen: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let a = ensure_server_cert(dir.path(), "dpu-controller", listen).unwrap();
+        let d = der(&a.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&d).unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap().value;
+        let names: Vec<String> = san.general_names.iter().map(|n| n.to_string()).collect();
+        assert!(
+            names.iter().any(|n| n.contains("dpu-controller")),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.contains("localhost")), "{names:?}");
+        let loopback = GeneralName::IPAddress(&[127, 0, 0, 1]);
+        assert!(san.general_names.contains(&loopback), "{names:?}");
+        let b = ensure_server_cert(dir.path(), "dpu-controller", listen).unwrap();
+        assert_eq!(a.cert_pem, b.cert_pem, "an existing certificate is reused");
+    }
+}

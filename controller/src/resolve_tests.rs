@@ -1,0 +1,220 @@
+//! Unit tests for resolution: selectors and explicit backends, defaults, and
+//! field and cross-object errors mapped back to file, object and manifest field.
+
+use std::net::Ipv4Addr;
+
+use dpu_model::{AccessScenario, Backend};
+
+use super::*;
+use crate::manifest::parse_file;
+
+const VPCS: &str = include_str!("../tests/data/good/10-vpcs.yaml");
+const WORKLOADS: &str = include_str!("../tests/data/good/20-workloads.yaml");
+const SERVICES: &str = include_str!("../tests/data/good/30-services.yaml");
+
+fn load(files: &[(&str, &str)]) -> Result<Intent, Vec<IntentError>> {
+    let mut docs = Vec::new();
+    for (name, text) in files {
+        docs.extend(parse_file(name, text)?);
+    }
+    resolve(&docs)
+}
+
+fn good_plus(extra: &str) -> Result<Intent, Vec<IntentError>> {
+    load(&[
+        ("i/10-vpcs.yaml", VPCS),
+        ("i/20-workloads.yaml", WORKLOADS),
+        ("i/bad.yaml", extra),
+    ])
+}
+
+fn one_error(r: Result<Intent, Vec<IntentError>>) -> IntentError {
+    let errs = r.expect_err("the intent is invalid");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    errs.into_iter().next().unwrap()
+}
+
+fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
+    Backend {
+        ip: Ipv4Addr::from(ip),
+        weight,
+        workload: workload.map(str::to_string),
+    }
+}
+
+const SVC_HEAD: &str = "apiVersion: dpu.yusur.io/v1alpha1\nkind: YusurService\n";
+
+#[test]
+fn good_set_resolves_with_defaults() {
+    let intent = load(&[
+        ("i/10-vpcs.yaml", VPCS),
+        ("i/20-workloads.yaml", WORKLOADS),
+        ("i/30-services.yaml", SERVICES),
+    ])
+    .unwrap();
+    assert_eq!(intent.vpcs.len(), 2);
+    assert_eq!(intent.subnets.len(), 2);
+    assert_eq!(intent.workloads.len(), 4);
+    let web = &intent.services["web"];
+    // Selector app=web in blue finds web-1 and web-2 (not red-1 in red); the
+    // explicit entry sets web-2's weight; the explicit IP adds one. Sorted by IP.
+    assert_eq!(
+        web.backends,
+        [
+            backend([10, 1, 1, 10], 1, Some("web-1")),
+            backend([10, 1, 1, 99], 1, None),
+            backend([10, 1, 2, 10], 3, Some("web-2")),
+        ]
+    );
+    assert_eq!(web.ports[0].target_port, 8080);
+    assert_eq!(web.ports[1].target_port, 53, "targetPort defaults to port");
+    assert_eq!(web.affinity_timeout, Some(10_800));
+    let red = &intent.services["red-web"];
+    assert_eq!(red.backends, [backend([10, 1, 3, 10], 1, Some("red-1"))]);
+    assert_eq!(red.scenario, AccessScenario::EipLoadBalancer);
+    let probe = &intent.probes["web-http"];
+    assert_eq!((probe.period_ms, probe.timeout_ms), (5_000, 1_000));
+    assert_eq!((probe.success_threshold, probe.failure_threshold), (1, 3));
+}
+
+#[test]
+fn selector_resolution() {
+    let svc = |selector: &str, backends: &str| {
+        format!(
+            "{SVC_HEAD}metadata: {{name: s}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.20]\n  ports: [{{port: 80}}]\n{selector}{backends}"
+        )
+    };
+    let backends_of = |text: String| good_plus(&text).unwrap().services["s"].backends.clone();
+    // No selector, or an empty one, selects nothing.
+    assert!(backends_of(svc("", "")).is_empty());
+    assert!(backends_of(svc("  selector: {}\n", "")).is_empty());
+    // Every pair must match.
+    assert_eq!(
+        backends_of(svc("  selector: {app: web, tier: front}\n", "")),
+        [backend([10, 1, 2, 10], 1, Some("web-2"))]
+    );
+    // An explicit workload the selector missed is added with its weight; an
+    // explicit IP equal to a selected workload's sets that backend's weight.
+    assert_eq!(
+        backends_of(svc(
+            "  selector: {app: web}\n",
+            "  backends:\n    - {workload: db-1, weight: 2}\n    - {ip: 10.1.1.10, weight: 0}\n"
+        )),
+        [
+            backend([10, 1, 1, 10], 0, Some("web-1")),
+            backend([10, 1, 1, 20], 2, Some("db-1")),
+            backend([10, 1, 2, 10], 1, Some("web-2")),
+        ]
+    );
+}
+
+#[test]
+fn port_zero_names_file_document_object_field() {
+    let text = format!(
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {{name: green}}\nspec: {{vni: 300}}\n---\n{SVC_HEAD}metadata: {{name: web}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.10]\n  ports: [{{port: 0}}]\n"
+    );
+    let e = one_error(good_plus(&text));
+    assert_eq!(
+        e.to_string(),
+        "i/bad.yaml: document 2: YusurService/web: spec.ports[0].port: port 0 is not allowed (1..=65535)"
+    );
+}
+
+#[test]
+fn empty_name_is_named() {
+    let text =
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: \"\"}\nspec: {vni: 5}\n";
+    let e = one_error(good_plus(text));
+    assert_eq!(e.object.as_deref(), Some("Vpc/<unnamed>"));
+    assert_eq!(e.field.as_deref(), Some("metadata.name"));
+}
+
+#[test]
+fn bad_cidr_is_named() {
+    let text = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.2.0.0/33, gateway: 10.2.0.1}\n";
+    let e = one_error(good_plus(text));
+    assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
+    assert_eq!(e.object.as_deref(), Some("Subnet/blue-b"));
+    assert_eq!(e.field.as_deref(), Some("spec.cidr"));
+    assert!(e.message.contains("not an IPv4 CIDR"), "{e}");
+}
+
+#[test]
+fn backend_outside_its_vpc_is_named_by_manifest_index() {
+    let text = format!(
+        "{SVC_HEAD}metadata: {{name: s}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.20]\n  ports: [{{port: 80}}]\n  selector: {{app: web}}\n  backends:\n    - ip: 10.1.1.99\n    - ip: 192.168.7.7\n"
+    );
+    let e = one_error(good_plus(&text));
+    assert_eq!(e.object.as_deref(), Some("YusurService/s"));
+    assert_eq!(e.field.as_deref(), Some("spec.backends[1].ip"));
+    assert!(e.message.contains("outside Vpc/blue"), "{e}");
+}
+
+#[test]
+fn duplicate_vip_port_in_one_vpc() {
+    let text = format!(
+        "{SVC_HEAD}metadata: {{name: a}}\nspec: {{vpc: blue, clusterIPs: [10.96.0.20], ports: [{{port: 80}}]}}\n---\n{SVC_HEAD}metadata: {{name: b}}\nspec: {{vpc: blue, clusterIPs: [10.96.0.20], ports: [{{port: 80}}]}}\n"
+    );
+    let e = one_error(good_plus(&text));
+    assert_eq!(e.document, Some(2));
+    assert_eq!(e.object.as_deref(), Some("YusurService/b"));
+    assert_eq!(e.field.as_deref(), Some("spec.clusterIPs[0]"));
+    assert!(
+        e.message.contains("already served by YusurService/a"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_or_foreign_workload_in_backends() {
+    let svc = |backends: &str| {
+        format!(
+            "{SVC_HEAD}metadata: {{name: s}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.20]\n  ports: [{{port: 80}}]\n  backends:\n{backends}"
+        )
+    };
+    let e = one_error(good_plus(&svc(
+        "    - ip: 10.1.1.99\n    - workload: ghost\n",
+    )));
+    assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
+    assert_eq!(e.object.as_deref(), Some("YusurService/s"));
+    assert_eq!(e.field.as_deref(), Some("spec.backends[1].workload"));
+    assert_eq!(e.message, "Workload/ghost does not exist");
+    let e = one_error(good_plus(&svc("    - workload: red-1\n")));
+    assert_eq!(e.field.as_deref(), Some("spec.backends[0].workload"));
+    assert!(e.message.contains("is in Vpc/red"), "{e}");
+    let e = one_error(good_plus(&svc("    - weight: 2\n")));
+    assert_eq!(e.field.as_deref(), Some("spec.backends[0]"));
+    let e = one_error(good_plus(&svc(
+        "    - ip: 10.1.1.99\n    - ip: 10.1.1.99\n",
+    )));
+    assert_eq!(e.field.as_deref(), Some("spec.backends[1]"));
+}
+
+#[test]
+fn duplicate_names_across_files_name_both() {
+    let dup =
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: blue}\nspec: {vni: 999}\n";
+    let e = one_error(good_plus(dup));
+    assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
+    assert_eq!(e.object.as_deref(), Some("Vpc/blue"));
+    assert!(e.message.contains("i/10-vpcs.yaml (document 1)"), "{e}");
+}
+
+#[test]
+fn probe_fields_are_named_in_seconds() {
+    let text = format!(
+        "{SVC_HEAD}metadata: {{name: s}}\nspec: {{vpc: blue, clusterIPs: [10.96.0.20], ports: [{{port: 80}}]}}\n---\napiVersion: dpu.yusur.io/v1alpha1\nkind: NetworkProbe\nmetadata: {{name: p}}\nspec: {{service: s, type: TCP, port: 80, periodSeconds: 0}}\n"
+    );
+    let e = one_error(good_plus(&text));
+    assert_eq!(e.object.as_deref(), Some("NetworkProbe/p"));
+    assert_eq!(e.field.as_deref(), Some("spec.periodSeconds"));
+}
+
+#[test]
+fn cross_object_errors_map_to_their_file() {
+    let text = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: lost}\nspec: {kind: Pod, vpc: nowhere, ip: 10.9.9.9, node: dpu-1, port: p}\n";
+    let e = one_error(good_plus(text));
+    assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
+    assert_eq!(e.object.as_deref(), Some("Workload/lost"));
+    assert_eq!(e.field.as_deref(), Some("spec.vpc"));
+}

@@ -1,0 +1,293 @@
+//! `dpu-controller serve`: wires PKI, the intent reloader, the status writer and
+//! the mTLS gRPC server together, and shuts them down on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dpu_proto::v1::agent_control_server::AgentControlServer;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::diag::IntentError;
+use crate::fsutil::ensure_private_dir;
+use crate::hub::{ControlService, Hub};
+use crate::pki::{ensure_server_cert, PkiError};
+use crate::reload::{Outcome, ReloadError, Reloader};
+use crate::session::Published;
+use crate::status::StatusHandle;
+use crate::store::{StoreError, VersionStore};
+
+/// How often the intent directory is checked for changes.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// The largest message an agent may send.
+pub const MAX_DECODING_MESSAGE: usize = 4 << 20;
+/// The largest message the controller sends (a big snapshot).
+pub const MAX_ENCODING_MESSAGE: usize = 64 << 20;
+/// How long shutdown waits for connections to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub state_dir: PathBuf,
+    pub intent_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub server_name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The command line or the environment is wrong (paths, listen address).
+    #[error("{0}")]
+    Config(String),
+    /// The intent directory does not hold a valid intent at start.
+    #[error("the intent in {dir} is invalid:\n  {}", lines(.errors))]
+    InvalidIntent {
+        dir: PathBuf,
+        errors: Vec<IntentError>,
+    },
+    /// The CA or server certificate is missing or unusable.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The TLS configuration was refused.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The version counter could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(String),
+}
+
+/// Resolves once shutdown has been requested (or nobody can request it any more).
+pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn lines(errors: &[IntentError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+impl ServeError {
+    /// The process exit code for this failure class.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Config(_) | ServeError::Pki(PkiError::BadName { .. }) => 2,
+            ServeError::InvalidIntent { .. } => 3,
+            ServeError::Pki(_) | ServeError::Tls(_) => 4,
+            ServeError::Store(_) | ServeError::Transport(_) => 1,
+        }
+    }
+}
+
+pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shutdown_tx = Arc::new(shutdown_tx);
+    let signals = spawn_signal_handler(shutdown_tx.clone())?;
+
+    let state = &opts.state_dir;
+    ensure_private_dir(state)
+        .map_err(|e| ServeError::Config(format!("state dir {}: {e}", state.display())))?;
+    if !opts.intent_dir.is_dir() {
+        return Err(ServeError::Config(format!(
+            "intent dir {} is not a directory",
+            opts.intent_dir.display()
+        )));
+    }
+    let identity = ensure_server_cert(state, &opts.server_name, opts.listen)?;
+    let status = StatusHandle::new(state);
+
+    let mut reloader = Reloader::new(&opts.intent_dir, VersionStore::open(state)?);
+    let published = match reloader.load_initial() {
+        Ok(p) => p,
+        Err(ReloadError::Invalid(errors)) => {
+            status.record_reload(reloader.version(), &errors);
+            if let Err(e) = status.write_now() {
+                tracing::warn!(error = %e, "cannot write the status file");
+            }
+            return Err(ServeError::InvalidIntent {
+                dir: opts.intent_dir.clone(),
+                errors,
+            });
+        }
+        Err(ReloadError::Load(e)) => return Err(ServeError::Config(e.to_string())),
+        Err(ReloadError::Store(e)) => return Err(e.into()),
+    };
+    tracing::info!(
+        version = published.version,
+        objects = published.intent.len(),
+        dir = %opts.intent_dir.display(),
+        "intent loaded"
+    );
+    status.record_reload(published.version, &[]);
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| ServeError::Config(format!("cannot listen on {}: {e}", opts.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+
+    let (intent_tx, intent_rx) = watch::channel(Arc::new(published));
+    let hub = Arc::new(Hub::new(intent_rx, status.clone(), shutdown_rx.clone()));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+        .client_ca_root(Certificate::from_pem(&identity.ca_pem));
+    let service = AgentControlServer::new(ControlService::new(hub))
+        .max_decoding_message_size(MAX_DECODING_MESSAGE)
+        .max_encoding_message_size(MAX_ENCODING_MESSAGE);
+    let router = Server::builder()
+        .tls_config(tls)
+        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(service);
+
+    let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
+    let reload = tokio::spawn(reload_loop(
+        reloader,
+        intent_tx,
+        status.clone(),
+        shutdown_rx.clone(),
+    ));
+    let mut server_shutdown = shutdown_rx.clone();
+    let mut server = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown_requested(&mut server_shutdown).await
+        }),
+    );
+    tracing::info!(listen = %local, pid = std::process::id(), "serving agents over mTLS");
+
+    let mut stop = shutdown_rx.clone();
+    let result = tokio::select! {
+        r = &mut server => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Transport(e.to_string())),
+            Err(e) => Err(ServeError::Transport(e.to_string())),
+        },
+        _ = shutdown_requested(&mut stop) => {
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+                tracing::warn!("connections did not close within {SHUTDOWN_GRACE:?}; stopping anyway");
+                server.abort();
+            }
+            Ok(())
+        }
+    };
+    signals.abort();
+    stop_all(&status);
+    // Also stops the writer (after a last write) and the reloader when the
+    // server failed on its own.
+    shutdown_tx.send_replace(true);
+    let _ = reload.await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
+        let _ = status.write_now();
+    }
+    tracing::info!("stopped");
+    result
+}
+
+/// Marks every node disconnected; the controller is going away.
+fn stop_all(status: &StatusHandle) {
+    let now = crate::status::now_rfc3339();
+    status.update(|d| {
+        for node in d.nodes.values_mut().filter(|n| n.connected) {
+            node.connected = false;
+            node.disconnected_at = Some(now.clone());
+        }
+    })
+}
+
+fn spawn_signal_handler(
+    shutdown: Arc<watch::Sender<bool>>,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let setup = |kind: SignalKind| {
+        signal(kind)
+            .map_err(|e| ServeError::Config(format!("cannot install a signal handler: {e}")))
+    };
+    let mut term = setup(SignalKind::terminate())?;
+    let mut int = setup(SignalKind::interrupt())?;
+    Ok(tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!("{name}: shutting down");
+        shutdown.send_replace(true);
+    }))
+}
+
+async fn reload_loop(
+    mut reloader: Reloader,
+    intent: watch::Sender<Arc<Published>>,
+    status: StatusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_problem = String::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = shutdown_requested(&mut shutdown) => return,
+        }
+        let polled = tokio::task::spawn_blocking(move || {
+            let outcome = reloader.poll();
+            (reloader, outcome)
+        })
+        .await;
+        let outcome;
+        (reloader, outcome) = match polled {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the intent reloader failed; reloads stop");
+                return;
+            }
+        };
+        let version = reloader.version();
+        match outcome {
+            Outcome::Unchanged => {}
+            Outcome::Same => {
+                tracing::info!(version, "intent files changed; the intent did not");
+                status.record_reload(version, &[]);
+                last_problem.clear();
+            }
+            Outcome::Reloaded(p) => {
+                tracing::info!(
+                    version = p.version,
+                    objects = p.intent.len(),
+                    "intent reloaded"
+                );
+                status.record_reload(p.version, &[]);
+                intent.send_replace(Arc::new(p));
+                last_problem.clear();
+            }
+            Outcome::Refused(ReloadError::Invalid(errors)) => {
+                for e in &errors {
+                    tracing::warn!("{e}");
+                }
+                tracing::warn!(
+                    version,
+                    errors = errors.len(),
+                    "reload of {} refused; version {version} stays in force",
+                    reloader.dir().display()
+                );
+                status.record_reload(version, &errors);
+                last_problem.clear();
+            }
+            Outcome::Refused(e) => {
+                let text = e.to_string();
+                if text != last_problem {
+                    tracing::warn!("cannot reload the intent: {text}; retrying");
+                    last_problem = text;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The controller's status: per node and global, kept in memory and persisted as
+//! `status.json` in the state directory.
+//!
+//! Writers (sessions, the reloader) change the in-memory document through
+//! `StatusHandle::update`, which wakes the writer task. The writer waits a short
+//! debounce, so a burst of changes becomes one atomic write.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::diag::IntentError;
+use crate::fsutil::{write_atomic, PUBLIC_MODE};
+
+pub const STATUS_FILE: &str = "status.json";
+/// How long the writer waits after a change before it writes, collecting the
+/// changes that follow.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The pid of the controller that wrote this file.
+    pub controller_pid: u32,
+    /// The intent version in force.
+    pub intent_version: u64,
+    /// When the intent directory was last loaded (RFC 3339), good or not.
+    pub last_reload: Option<String>,
+    /// Whether that load was accepted.
+    pub last_reload_ok: bool,
+    /// Why the last load was refused; empty when it was accepted.
+    pub intent_errors: Vec<IntentError>,
+    /// The same errors as one line each.
+    pub intent_error_lines: Vec<String>,
+    pub nodes: BTreeMap<String, NodeStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub connected: bool,
+    pub connected_since: Option<String>,
+    pub disconnected_at: Option<String>,
+    pub peer: Option<String>,
+    pub agent_version: String,
+    /// `last_applied_version` from the agent's Hello.
+    pub hello_version: u64,
+    /// The version of the last Update sent (or the agent's, when none was needed).
+    pub sent_version: u64,
+    /// The last version the agent ACKed.
+    pub applied_version: u64,
+    /// A NACK that no later ACK has cleared: the next update will be a snapshot.
+    pub nack_pending: bool,
+    pub last_nack: Option<NackRecord>,
+    /// The last thing that went wrong with this node's session.
+    pub last_error: Option<String>,
+    /// The agent's last Status message.
+    pub agent_status: Option<AgentStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NackRecord {
+    pub version: u64,
+    pub at: String,
+    /// `Kind/name: field: message` for each error.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub applied_version: u64,
+    pub flows: u32,
+    pub groups: u32,
+    pub pending_ports: Vec<String>,
+    pub at: String,
+}
+
+/// The current time in RFC 3339, for status fields.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Shared, mutable status with change notification.
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    doc: Mutex<StatusDoc>,
+    changed: Notify,
+    path: PathBuf,
+}
+
+impl StatusHandle {
+    pub fn new(state_dir: &Path) -> Self {
+        let doc = StatusDoc {
+            controller_pid: std::process::id(),
+            ..StatusDoc::default()
+        };
+        StatusHandle {
+            inner: Arc::new(Shared {
+                doc: Mutex::new(doc),
+                changed: Notify::new(),
+                path: state_dir.join(STATUS_FILE),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StatusDoc> {
+        // A panic while holding the lock leaves a usable document.
+        self.inner.doc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn update<R>(&self, f: impl FnOnce(&mut StatusDoc) -> R) -> R {
+        let r = f(&mut self.lock());
+        self.inner.changed.notify_one();
+        r
+    }
+
+    pub fn update_node<R>(&self, node: &str, f: impl FnOnce(&mut NodeStatus) -> R) -> R {
+        self.update(|d| f(d.nodes.entry(node.to_string()).or_default()))
+    }
+
+    pub fn snapshot(&self) -> StatusDoc {
+        self.lock().clone()
+    }
+
+    pub fn nack_pending(&self, node: &str) -> bool {
+        self.lock().nodes.get(node).is_some_and(|n| n.nack_pending)
+    }
+
+    /// Records the outcome of a load of the intent directory.
+    pub fn record_reload(&self, version: u64, errors: &[IntentError]) {
+        self.update(|d| {
+            d.intent_version = version;
+            d.last_reload = Some(now_rfc3339());
+            d.last_reload_ok = errors.is_empty();
+            d.intent_errors = errors.to_vec();
+            d.intent_error_lines = errors.iter().map(|e| e.to_string()).collect();
+        });
+    }
+
+    /// Writes the document now.
+    pub fn write_now(&self) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(&self.snapshot()).expect("status serializes");
+        bytes.push(b'\n');
+        write_atomic(&self.inner.path, &bytes, PUBLIC_MODE)
+    }
+
+    /// Writes the document after each burst of changes until `shutdown`, then
+    /// once more.
+    pub async fn run_writer(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = self.inner.changed.notified() => {}
+                _ = crate::server::shutdown_requested(&mut shutdown) => break,
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.write_now()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot write {}", self.inner.path.display())
+                }
+                Err(e) => tracing::warn!(error = %e, "status writer task failed"),
+            }
+        }
+        if let Err(e) = self.write_now() {
+            tracing::warn!(error = %e, "cannot write {}", self.inner.path.display());
+        }
+    }
+}
+
+/// Reads a status file written by a controller.
+pub fn read_status(state_dir: &Path) -> std::io::Result<StatusDoc> {
+    let bytes = std::fs::read(state_dir.join(STATUS_FILE))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn writer_persists_changes_and_flushes_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = StatusHandle::new(dir.path());
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(h.clone().run_writer(rx));
+        h.update_node("dpu-1", |n| n.applied_version = 7);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(d) = read_status(dir.path()) {
+                if d.nodes.get("dpu-1").map(|n| n.applied_version) == Some(7) {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status was not written"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        h.record_reload(3, &[]);
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        let d = read_status(dir.path()).unwrap();
+        assert_eq!(d.intent_version, 3);
+        assert!(d.last_reload_ok);
+        assert_eq!(d.controller_pid, std::process::id());
+    }
+}

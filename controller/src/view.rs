@@ -1,0 +1,162 @@
+//! What one node needs to know, and what changed for it between two versions.
+//!
+//! Both are pure functions of the intent. A node needs every VPC it takes part in
+//! (it hosts a Workload of it, or holds a Subnet block of it) and everything in
+//! those VPCs: Subnets, Workloads (remote ones too, for tunnels), Services, and the
+//! probes of those Services.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dpu_model::{Intent, Object, ObjectKey};
+
+/// The objects of one node, keyed so that iteration follows `Kind` order (VPCs
+/// before the things in them).
+pub type View = BTreeMap<ObjectKey, Object>;
+
+/// The node's share of the intent.
+pub fn node_view(intent: &Intent, node: &str) -> View {
+    let vpcs: BTreeSet<&str> = intent
+        .workloads
+        .values()
+        .filter(|w| w.node == node)
+        .map(|w| w.vpc.as_str())
+        .chain(
+            intent
+                .subnets
+                .values()
+                .filter(|s| s.node_blocks.iter().any(|b| b.node == node))
+                .map(|s| s.vpc.as_str()),
+        )
+        .collect();
+    let services: BTreeSet<&str> = intent
+        .services
+        .values()
+        .filter(|s| vpcs.contains(s.vpc.as_str()))
+        .map(|s| s.name.as_str())
+        .collect();
+    intent
+        .objects()
+        .filter(|o| match o {
+            Object::NetworkProbe(p) => services.contains(p.service.as_str()),
+            other => other.vpc().is_some_and(|v| vpcs.contains(v)),
+        })
+        .map(|o| (o.key(), o))
+        .collect()
+}
+
+/// What turns `old` into `new`: objects to add or replace, and keys to remove.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// Added or changed objects, containers first (VPCs before Subnets ...).
+    pub upserts: Vec<Object>,
+    /// Removed objects, contents first (probes before Services ... before VPCs).
+    pub deletes: Vec<ObjectKey>,
+}
+
+pub fn diff(old: &View, new: &View) -> Delta {
+    let upserts = new
+        .iter()
+        .filter(|(k, o)| old.get(*k) != Some(*o))
+        .map(|(_, o)| o.clone())
+        .collect();
+    let deletes = old
+        .keys()
+        .rev()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect();
+    Delta { upserts, deletes }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse_file;
+    use crate::resolve::resolve;
+    use dpu_model::Kind;
+
+    fn intent() -> Intent {
+        let mut docs = Vec::new();
+        for (n, t) in [
+            ("10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
+            (
+                "20.yaml",
+                include_str!("../tests/data/good/20-workloads.yaml"),
+            ),
+            (
+                "30.yaml",
+                include_str!("../tests/data/good/30-services.yaml"),
+            ),
+        ] {
+            docs.extend(parse_file(n, t).unwrap());
+        }
+        resolve(&docs).unwrap()
+    }
+
+    fn names(v: &View) -> Vec<String> {
+        v.keys().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn node_sees_its_vpcs_and_everything_in_them() {
+        let i = intent();
+        let blue = [
+            "Vpc/blue",
+            "Subnet/blue-a",
+            "Workload/db-1",
+            "Workload/web-1",
+            "Workload/web-2",
+            "YusurService/web",
+            "NetworkProbe/web-http",
+        ];
+        // dpu-1 hosts workloads in blue; dpu-2 hosts web-2 and a block.
+        assert_eq!(names(&node_view(&i, "dpu-1")), blue);
+        assert_eq!(names(&node_view(&i, "dpu-2")), blue);
+        assert_eq!(
+            names(&node_view(&i, "dpu-3")),
+            [
+                "Vpc/red",
+                "Subnet/red-a",
+                "Workload/red-1",
+                "YusurService/red-web"
+            ]
+        );
+        assert!(node_view(&i, "dpu-9").is_empty());
+    }
+
+    #[test]
+    fn a_subnet_block_alone_brings_the_vpc() {
+        let mut i = intent();
+        i.workloads.retain(|_, w| w.node != "dpu-2");
+        let v = node_view(&i, "dpu-2");
+        assert!(v.contains_key(&ObjectKey::new(Kind::Vpc, "blue")));
+        assert!(!v.contains_key(&ObjectKey::new(Kind::Workload, "web-2")));
+    }
+
+    #[test]
+    fn diff_has_upserts_of_changes_and_deletes_of_removals() {
+        let i = intent();
+        let old = node_view(&i, "dpu-1");
+        assert_eq!(diff(&old, &old), Delta::default());
+
+        let mut j = i.clone();
+        j.workloads.get_mut("web-1").unwrap().port = "moved".into();
+        j.probes.clear();
+        let mut extra = j.workloads["db-1"].clone();
+        extra.name = "db-2".into();
+        extra.ip = "10.1.1.21".parse().unwrap();
+        extra.port = "db-2-eth0".into();
+        j.upsert(Object::Workload(extra));
+        let d = diff(&old, &node_view(&j, "dpu-1"));
+        let up: Vec<_> = d.upserts.iter().map(|o| o.key().to_string()).collect();
+        assert_eq!(up, ["Workload/db-2", "Workload/web-1"]);
+        assert_eq!(d.deletes, [ObjectKey::new(Kind::NetworkProbe, "web-http")]);
+
+        // Leaving the VPC deletes everything in it, contents before the VPC.
+        let d = diff(&old, &View::new());
+        assert!(d.upserts.is_empty());
+        assert_eq!(d.deletes.first().unwrap().kind, Kind::NetworkProbe);
+        assert_eq!(d.deletes.last().unwrap().kind, Kind::Vpc);
+        assert_eq!(d.deletes.len(), old.len());
+    }
+}
