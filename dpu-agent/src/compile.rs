@@ -296,23 +296,14 @@ fn compile_service(
         let ready = |b: &&dpu_model::Backend| !unready.contains(&(s.vpc.as_str(), b.ip));
         for b in s.backends.iter().filter(|b| b.weight > 0).filter(ready) {
             let ip = u32::from(b.ip);
-            let mut a = Actions::new()
+            // Buckets only choose the endpoint. With affinity, AffinityLearn (a plain
+            // flow: OVS does not run `learn` inside a group bucket) records the choice.
+            let next = if s.affinity_timeout.is_some() { AFFINITY_LEARN } else { ENDPOINT_DNAT };
+            let a = Actions::new()
                 .set_reg(reg::EP_IP, ip)
-                .set_reg(reg::EP_PORT, u32::from(port.target_port));
-            if let Some(timeout) = s.affinity_timeout {
-                a = a.raw(format!(
-                    "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[],load:{hit:#x}->{flags}[0])",
-                    SESSION_AFFINITY.id,
-                    learned.value(0),
-                    ip_proto_number(port.protocol),
-                    vpc = reg::VPC_NXM,
-                    ep = reg::EP_IP_NXM,
-                    epp = reg::EP_PORT_NXM,
-                    hit = reg::FLAG_AFFINITY_HIT,
-                    flags = reg::FLAGS_NXM,
-                ));
-            }
-            let a = a.resubmit(ENDPOINT_DNAT).render();
+                .set_reg(reg::EP_PORT, u32::from(port.target_port))
+                .resubmit(next)
+                .render();
             // One bucket per unit of weight: OVS's hash selection scores buckets
             // with highest-random-weight, so equal buckets give a proportional split.
             for _ in 0..b.weight {
@@ -375,7 +366,26 @@ fn compile_service(
                 // No backend takes new connections: drop rather than fall through.
                 (false, _) => Actions::drop(),
                 (true, None) => Actions::new().group(gid),
-                (true, Some(_)) => {
+                (true, Some(timeout)) => {
+                    d.add(
+                        AFFINITY_LEARN,
+                        100,
+                        vip_match(),
+                        Actions::new()
+                            .raw(format!(
+                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[],load:{hit:#x}->{flags}[0])",
+                                SESSION_AFFINITY.id,
+                                learned.value(0),
+                                ip_proto_number(port.protocol),
+                                vpc = reg::VPC_NXM,
+                                ep = reg::EP_IP_NXM,
+                                epp = reg::EP_PORT_NXM,
+                                hit = reg::FLAG_AFFINITY_HIT,
+                                flags = reg::FLAGS_NXM,
+                            ))
+                            .resubmit(ENDPOINT_DNAT),
+                        c,
+                    );
                     d.add(
                         SERVICE_SELECT,
                         100,

@@ -69,6 +69,12 @@ pub const SERVICE_SELECT: Table = Table {
     stage: "service LB",
     miss: Miss::Return,
 };
+pub const AFFINITY_LEARN: Table = Table {
+    id: 43,
+    name: "AffinityLearn",
+    stage: "service LB",
+    miss: Miss::Return,
+};
 pub const ENDPOINT_DNAT: Table = Table {
     id: 45,
     name: "EndpointDnat",
@@ -83,7 +89,7 @@ pub const L3_FORWARD: Table = Table {
 };
 
 /// All tables in pipeline order.
-pub const TABLES: [Table; 9] = [
+pub const TABLES: [Table; 10] = [
     CLASSIFY,
     SPOOF_GUARD,
     ARP_RESPONDER,
@@ -91,6 +97,7 @@ pub const TABLES: [Table; 9] = [
     SERVICE_LB,
     SESSION_AFFINITY,
     SERVICE_SELECT,
+    AFFINITY_LEARN,
     ENDPOINT_DNAT,
     L3_FORWARD,
 ];

@@ -149,9 +149,20 @@ impl Lab {
             .args(["--listen", &self.controller_addr]);
         self.controller = Some(spawn_logged(c, &self.log("controller"))?);
         let addr = self.controller_addr.clone();
-        wait_until("the controller to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        })
+        let mut exited = false;
+        let r = wait_until("the controller to listen", Duration::from_secs(20), || {
+            if let Some(c) = self.controller.as_mut() {
+                exited = !c.is_running();
+            }
+            exited || std::net::TcpStream::connect(&addr).is_ok()
+        });
+        if exited || r.is_err() {
+            bail!(
+                "the controller did not come up on {addr} (exited: {exited}):\n{}",
+                tail(&self.controller_log())
+            );
+        }
+        Ok(())
     }
 
     /// Writes the agent's config; `ca`/`cert` let tests point it at other files.
@@ -241,6 +252,12 @@ datapath_type = "netdev"
 
     /// Waits until the agent ACKed the controller's current intent version.
     pub fn wait_converged(&self) -> Result<u64> {
+        self.wait_converged_after(0)
+    }
+
+    /// Waits until the controller's intent version is above `previous` (a manifest
+    /// change was picked up) and the agent ACKed it.
+    pub fn wait_converged_after(&self, previous: u64) -> Result<u64> {
         let mut last = String::new();
         let r = wait_until(
             "the agent to ACK the current intent",
@@ -250,7 +267,7 @@ datapath_type = "netdev"
                     return false;
                 };
                 last = n.to_string();
-                v > 0 && n["applied_version"].as_u64() == Some(v)
+                v > previous && n["applied_version"].as_u64() == Some(v)
             },
         );
         r.map_err(|e| {
