@@ -4,22 +4,7 @@
 //! Exit codes: 0 ok, 1 other failure, 2 usage or configuration, 3 invalid intent
 //! at start, 4 TLS/PKI.
 
-mod cli;
-mod diag;
-mod fsutil;
-mod hub;
-mod load;
-mod manifest;
-mod pki;
-mod reload;
-mod resolve;
-mod server;
-mod session;
-mod status;
-mod statuscmd;
-mod store;
-mod view;
-
+use dpu_controller::{cli, pki, server, statuscmd};
 use std::process::ExitCode;
 
 use anyhow::Context;

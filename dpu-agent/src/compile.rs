@@ -267,7 +267,7 @@ fn compile_service(
     let z = u32::from(zone);
     let key = ObjectKey::new(Kind::Service, &s.name).to_string();
     let c = Cookie::new(Category::Service, &key);
-    let learned = Cookie::new(Category::AffinityLearned, &key);
+    let learned = c.learned();
 
     for vip in &s.cluster_ips {
         arp_answer(d, zone, *vip, c);
@@ -298,7 +298,11 @@ fn compile_service(
             let ip = u32::from(b.ip);
             // Buckets only choose the endpoint. With affinity, AffinityLearn (a plain
             // flow: OVS does not run `learn` inside a group bucket) records the choice.
-            let next = if s.affinity_timeout.is_some() { AFFINITY_LEARN } else { ENDPOINT_DNAT };
+            let next = if s.affinity_timeout.is_some() {
+                AFFINITY_LEARN
+            } else {
+                ENDPOINT_DNAT
+            };
             let a = Actions::new()
                 .set_reg(reg::EP_IP, ip)
                 .set_reg(reg::EP_PORT, u32::from(port.target_port))
@@ -343,7 +347,7 @@ fn compile_service(
                     id: gid,
                     hash_fields,
                     buckets,
-                    cookie: learned,
+                    owner: c,
                     learns: s.affinity_timeout.is_some(),
                 },
             );

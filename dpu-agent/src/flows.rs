@@ -32,8 +32,9 @@ pub struct Group {
     /// Fields the hash selection method hashes on.
     pub hash_fields: Vec<&'static str>,
     pub buckets: Vec<String>,
-    /// The owner's cookie, so learned affinity flows can be cleaned with the group.
-    pub cookie: Cookie,
+    /// The owning Service's cookie; learned affinity flows carry
+    /// `owner.learned()` so they can be cleaned with the group.
+    pub owner: Cookie,
     /// Set when buckets learn affinity entries; those are flushed when the group
     /// changes or goes.
     pub learns: bool,
@@ -103,7 +104,16 @@ impl DesiredState {
             let _ = writeln!(out, "# groups");
         }
         for g in self.groups.values() {
-            let _ = writeln!(out, "{}", g.spec());
+            let _ = writeln!(
+                out,
+                "group_id={} type=select selection_method=hash fields({})  [{:?}]",
+                g.id,
+                g.hash_fields.join(","),
+                g.owner.category
+            );
+            for (i, b) in g.buckets.iter().enumerate() {
+                let _ = writeln!(out, "  bucket {i}: {b}");
+            }
         }
         out
     }
@@ -219,7 +229,7 @@ mod tests {
             id: 7,
             hash_fields: vec!["ip_src"],
             buckets: vec!["resubmit(,45)".into(), "resubmit(,45)".into()],
-            cookie: Cookie::new(Category::Service, "s"),
+            owner: Cookie::new(Category::Service, "s"),
             learns: false,
         };
         assert_eq!(

@@ -175,6 +175,14 @@ pub mod cookie {
                 | (self.object & OBJECT_MASK)
         }
 
+        /// The cookie of the affinity entries learned for this owner.
+        pub fn learned(self) -> Cookie {
+            Cookie {
+                category: Category::AffinityLearned,
+                object: self.object,
+            }
+        }
+
         /// Mask that selects this category and object in any round.
         pub const SELECT_MASK: u64 = CATEGORY_MASK | OBJECT_MASK;
     }

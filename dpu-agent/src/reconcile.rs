@@ -122,7 +122,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                 Some(old) if old == g => {}
                 Some(old) => {
                     if old.learns {
-                        flush_learned.insert(old.cookie);
+                        flush_learned.insert(old.owner.learned());
                     }
                     ops.push(BundleOp::PutGroup(g.clone()));
                 }
@@ -143,7 +143,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         }
         for (id, old) in &installed.groups {
             if !desired.groups.contains_key(id) && old.learns {
-                flush_learned.insert(old.cookie);
+                flush_learned.insert(old.owner.learned());
             }
         }
         // Affinity entries may point at a backend that just left; they are

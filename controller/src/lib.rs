@@ -1,0 +1,19 @@
+//! The reference controller as a library: the binary (`main.rs`) is a thin CLI
+//! over it, and the agent's golden tests use its manifest parser and resolver so
+//! that manifests mean the same thing everywhere.
+
+pub mod cli;
+pub mod diag;
+pub mod fsutil;
+pub mod hub;
+pub mod load;
+pub mod manifest;
+pub mod pki;
+pub mod reload;
+pub mod resolve;
+pub mod server;
+pub mod session;
+pub mod status;
+pub mod statuscmd;
+pub mod store;
+pub mod view;
