@@ -22,9 +22,10 @@ pub const NODE: &str = "dpu-1";
 /// A workload host: its namespace and the echo server running in it.
 #[derive(Debug)]
 pub struct Host {
+    // Drop order: the echo server before its namespace.
+    pub echo: Option<Child>,
     pub ns: Netns,
     pub ip: String,
-    pub echo: Option<Child>,
 }
 
 #[derive(Debug)]
@@ -317,7 +318,7 @@ datapath_type = "netdev"
         ])?;
         let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
         self.hosts
-            .insert(name.to_string(), Host { ns, ip, echo: None });
+            .insert(name.to_string(), Host { echo: None, ns, ip });
         Ok(())
     }
 
