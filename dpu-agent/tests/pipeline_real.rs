@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
-use std::time::Duration;
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
@@ -13,7 +11,7 @@ use dpu_agent::openflow::OfctlBackend;
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::netns::{self, Netns};
 use dpu_lab::ovs::OvsInstance;
-use dpu_lab::process::{run_checked, Child};
+use dpu_lab::process::Child;
 use dpu_lab::traffic;
 use dpu_model::*;
 
@@ -35,19 +33,9 @@ fn topo(tag: &str, backends: u8) -> anyhow::Result<Topo> {
     let prefix = netns::unique_prefix(tag);
     let ovs = OvsInstance::start()?;
     let bridge = format!("br{prefix}");
-    ovs.vsctl(&[
-        "add-br",
-        &bridge,
-        "--",
-        "set",
-        "bridge",
-        &bridge,
-        "datapath_type=netdev",
-        "fail_mode=secure",
-        "protocols=OpenFlow15",
-    ])?;
-    let ovs_ns = ovs.netns().expect("vswitchd netns").to_string();
+    ovs.add_bridge(&bridge)?;
     let mut hosts = BTreeMap::new();
+    let mut ports = BTreeMap::new();
     let mut echo = Vec::new();
     let mut names = vec![("client".to_string(), 2u8)];
     names.extend((1..=backends).map(|i| (format!("web-{i}"), 10 + i)));
@@ -59,41 +47,13 @@ fn topo(tag: &str, backends: u8) -> anyhow::Result<Topo> {
             &host_mac(*last).to_string(),
             Some("10.0.1.1"),
         )?;
-        netns::ip(&["link", "set", &rep, "netns", &ovs_ns])?;
-        for args in [
-            vec!["-n", &ovs_ns, "link", "set", &rep, "up"],
-            vec!["netns", "exec", &ovs_ns, "ethtool", "-K", &rep, "tx", "off"],
-        ] {
-            let mut c = Command::new("ip");
-            c.args(args);
-            run_checked(c, Duration::from_secs(10))?;
-        }
-        ovs.vsctl(&[
-            "add-port",
-            &bridge,
-            &rep,
-            "--",
-            "set",
-            "Interface",
-            &rep,
-            &format!("external_ids:iface-id={name}"),
-        ])?;
+        let ofport = ovs.plug(&bridge, &rep, name)?;
+        ports.insert(name.clone(), ofport);
         if name != "client" {
             let log = ovs.dir().join(format!("echo-{name}.log"));
             echo.push(traffic::start_echo(&ns, name, &[8080], &[5353], &log)?);
         }
         hosts.insert(name.clone(), ns);
-    }
-    let mut ports = BTreeMap::new();
-    for name in hosts.keys() {
-        let out = ovs.vsctl(&[
-            "--bare",
-            "--columns=ofport",
-            "find",
-            "Interface",
-            &format!("external_ids:iface-id={name}"),
-        ])?;
-        ports.insert(name.clone(), out.trim().parse()?);
     }
     Ok(Topo {
         _echo: echo,

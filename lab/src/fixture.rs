@@ -57,17 +57,7 @@ impl Lab {
         let prefix = netns::unique_prefix(tag);
         let bridge = format!("br{prefix}");
         let ovs = OvsInstance::start()?;
-        ovs.vsctl(&[
-            "add-br",
-            &bridge,
-            "--",
-            "set",
-            "bridge",
-            &bridge,
-            "datapath_type=netdev",
-            "fail_mode=secure",
-            "protocols=OpenFlow15",
-        ])?;
+        ovs.add_bridge(&bridge)?;
         let work = tempfile::Builder::new().prefix("dpulab-").tempdir()?;
         for d in ["intent", "pki", "logs"] {
             fs::create_dir_all(work.path().join(d))?;
@@ -285,37 +275,7 @@ datapath_type = "netdev"
     pub fn add_host(&mut self, name: &str, ip_cidr: &str, mac: &str, gw: &str) -> Result<()> {
         let suffix = format!("{}", self.hosts.len());
         let (ns, rep) = netns::attach_host(&self.prefix, &suffix, ip_cidr, mac, Some(gw))?;
-        let ovs_ns = self
-            .ovs
-            .netns()
-            .ok_or_else(|| anyhow!("OVS has no namespace"))?;
-        netns::ip(&["link", "set", &rep, "netns", ovs_ns])?;
-        run_checked(
-            {
-                let mut c = Command::new("ip");
-                c.args(["-n", ovs_ns, "link", "set", &rep, "up"]);
-                c
-            },
-            Duration::from_secs(10),
-        )?;
-        run_checked(
-            {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ovs_ns, "ethtool", "-K", &rep, "tx", "off"]);
-                c
-            },
-            Duration::from_secs(10),
-        )?;
-        self.ovs.vsctl(&[
-            "add-port",
-            &self.bridge,
-            &rep,
-            "--",
-            "set",
-            "Interface",
-            &rep,
-            &format!("external_ids:iface-id={name}"),
-        ])?;
+        self.ovs.plug(&self.bridge, &rep, name)?;
         let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
         self.hosts
             .insert(name.to_string(), Host { echo: None, ns, ip });

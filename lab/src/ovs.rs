@@ -164,6 +164,52 @@ impl OvsInstance {
         )
     }
 
+    /// Creates `bridge` the way the agent keeps it: userspace datapath,
+    /// `fail_mode=secure`, OpenFlow 1.5. The agent's own ensure is idempotent.
+    pub fn add_bridge(&self, bridge: &str) -> Result<()> {
+        self.vsctl(&[
+            "add-br",
+            bridge,
+            "--",
+            "set",
+            "bridge",
+            bridge,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "protocols=OpenFlow15",
+        ])?;
+        Ok(())
+    }
+
+    /// Plugs a representor (a veth end in the root namespace) into `bridge`: moves it
+    /// into the switch's namespace, brings it up with TX checksum offload off (TCP
+    /// over veth fails on the userspace datapath otherwise) and adds it as a port
+    /// with `external_ids:iface-id=<iface_id>`. Returns its OpenFlow port number.
+    pub fn plug(&self, bridge: &str, rep: &str, iface_id: &str) -> Result<u32> {
+        let ns = self
+            .netns()
+            .ok_or_else(|| anyhow!("a db-only OVS has no switch to plug {rep} into"))?;
+        let ip = program("ip")?;
+        run(Command::new(&ip).args(["link", "set", rep, "netns", ns]))?;
+        run(Command::new(&ip).args(["-n", ns, "link", "set", rep, "up"]))?;
+        run(Command::new(&ip).args(["netns", "exec", ns, "ethtool", "-K", rep, "tx", "off"]))?;
+        self.vsctl(&[
+            "add-port",
+            bridge,
+            rep,
+            "--",
+            "set",
+            "Interface",
+            rep,
+            &format!("external_ids:iface-id={iface_id}"),
+        ])?;
+        let ofport = self.vsctl(&["get", "Interface", rep, "ofport"])?;
+        ofport
+            .trim()
+            .parse()
+            .with_context(|| format!("ofport of {rep}: {ofport:?}"))
+    }
+
     /// Starts `ovsdb-server` on the existing db file (also used to restart it).
     pub fn start_ovsdb_server(&self) -> Result<()> {
         let mut cmd = Command::new(program("ovsdb-server")?);
