@@ -1,6 +1,10 @@
 //! Compiles the .proto files with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/dpu/v1/intent.proto", "proto/dpu/v1/control.proto"];
+    let files = [
+        "proto/dpu/v1/intent.proto",
+        "proto/dpu/v1/control.proto",
+        "proto/dpu/v1/attach.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -304,6 +304,16 @@ async fn send(hub: &Hub, node: &str, tx: &Outbound, update: pb::Update) -> Resul
 fn on_message(hub: &Hub, node: &str, core: &mut SessionCore, msg: Msg) -> Result<(), Status> {
     match msg {
         Msg::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once")),
+        Msg::LocalWorkloads(lw) => {
+            // Agent-reported pods are merged into the intent by a later release;
+            // until then they are only recorded.
+            tracing::info!(
+                node,
+                revision = lw.revision,
+                workloads = lw.workloads.len(),
+                "agent reported local workloads"
+            );
+        }
         Msg::Ack(ack) => {
             if core.on_ack(ack.version, &ack.nonce) {
                 tracing::info!(node, version = ack.version, "agent applied");
