@@ -70,6 +70,23 @@ impl IntentError {
         }
     }
 
+    /// An error about an object that no manifest document holds (an
+    /// agent-reported workload, or a rule over the whole set).
+    pub fn unsourced(
+        object: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        IntentError {
+            file: None,
+            document: None,
+            line: None,
+            object: Some(object.into()),
+            field: Some(field.into()).filter(|f: &String| !f.is_empty()),
+            message: message.into(),
+        }
+    }
+
     pub fn with_line(mut self, line: Option<usize>) -> Self {
         self.line = line;
         self

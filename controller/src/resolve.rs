@@ -7,11 +7,18 @@
 //! object passes its field rules, `dpu_model::validate` runs the cross-object rules
 //! over the whole set. Every error is mapped back to the file, document, object
 //! and manifest field it came from.
+//!
+//! `resolve_with` also takes workloads that did not come from a manifest (the pods
+//! agents report, see `merge`): they join the Workloads before any selector is
+//! evaluated, so Services select them exactly like declared ones, and the
+//! cross-object rules run over the union.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use dpu_model::{object_from_proto, validate, Intent, Kind, ObjectError, ObjectKey, Workload};
+use dpu_model::{
+    object_from_proto, validate, Intent, Kind, Object, ObjectError, ObjectKey, Workload,
+};
 use dpu_proto::v1 as pb;
 
 use crate::diag::{IntentError, Source};
@@ -38,6 +45,16 @@ struct Located<'a> {
 
 /// Resolves and validates a whole set of documents (all files of the intent dir).
 pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
+    resolve_with(docs, &[])
+}
+
+/// Resolves the documents together with `extra` Workloads that come from
+/// elsewhere and already passed their field rules. Selectors see them like any
+/// declared Workload, and the cross-object rules run over the union. Errors about
+/// an extra workload name it (`Workload/name`) without a file. An extra workload
+/// may not take the name of a declared one; explicit `backends[].workload`
+/// references still name declared Workloads only.
+pub fn resolve_with(docs: &[Doc], extra: &[Workload]) -> Result<Intent, Vec<IntentError>> {
     let mut errors = Vec::new();
     let mut located: BTreeMap<ObjectKey, Located<'_>> = BTreeMap::new();
     for doc in docs {
@@ -77,6 +94,17 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
             Ok(o) => intent.upsert(o),
             Err(e) => errors.push(map_error(&e, loc)),
         }
+    }
+    for w in extra {
+        if declared_workloads.contains(&w.name) || intent.workloads.contains_key(&w.name) {
+            errors.push(IntentError::unsourced(
+                format!("Workload/{}", w.name),
+                "metadata.name",
+                "another Workload has this name",
+            ));
+            continue;
+        }
+        intent.upsert(Object::Workload(w.clone()));
     }
     let mut service_origins = BTreeMap::new();
     for loc in located.values().filter(|l| l.doc.kind == Kind::Service) {
@@ -125,14 +153,11 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
         for e in validate(&intent) {
             match located.get(&e.key) {
                 Some(loc) => errors.push(map_error(&e, loc)),
-                None => errors.push(IntentError {
-                    file: None,
-                    document: None,
-                    line: None,
-                    object: Some(e.key.to_string()),
-                    field: Some(e.field.clone()),
-                    message: e.message.clone(),
-                }),
+                None => errors.push(IntentError::unsourced(
+                    e.key.to_string(),
+                    &e.field,
+                    &e.message,
+                )),
             }
         }
     }
@@ -284,6 +309,17 @@ fn service_proto(name: &str, s: &ServiceSpec, backends: Vec<pb::Backend>) -> pb:
     }
 }
 
+/// Whether the Service's selector picks `w`: same VPC and every selector pair
+/// among its labels. An absent or empty selector selects nothing.
+pub fn selects(spec: &ServiceSpec, w: &Workload) -> bool {
+    !spec.selector.is_empty()
+        && w.vpc == spec.vpc
+        && spec
+            .selector
+            .iter()
+            .all(|(k, v)| w.labels.get(k) == Some(v))
+}
+
 /// A backend on its way into the resolved list.
 struct Pending {
     ip: String,
@@ -306,21 +342,13 @@ fn resolve_backends(
     let mut errors = Vec::new();
     let err = |field: String, msg: String| IntentError::at(source, None, Some(field), msg);
     let mut pending: Vec<Pending> = Vec::new();
-    if !spec.selector.is_empty() {
-        for w in workloads.values().filter(|w| {
-            w.vpc == spec.vpc
-                && spec
-                    .selector
-                    .iter()
-                    .all(|(k, v)| w.labels.get(k) == Some(v))
-        }) {
-            pending.push(Pending {
-                ip: w.ip.to_string(),
-                weight: 1,
-                workload: Some(w.name.clone()),
-                origin: Origin::Selector(w.name.clone()),
-            });
-        }
+    for w in workloads.values().filter(|w| selects(spec, w)) {
+        pending.push(Pending {
+            ip: w.ip.to_string(),
+            weight: 1,
+            workload: Some(w.name.clone()),
+            origin: Origin::Selector(w.name.clone()),
+        });
     }
     for (j, b) in spec.backends.iter().enumerate() {
         let at = format!("spec.backends[{j}]");

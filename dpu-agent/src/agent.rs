@@ -11,6 +11,8 @@ use dpu_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::alloc::Allocations;
+use crate::attach::{self, pool::Pool, AttachCmd};
+use crate::pods::Pods;
 use crate::compile::{compile, NodeFacts};
 use crate::config::Config;
 use crate::openflow::{OfctlBackend, OpenFlowBackend};
@@ -81,7 +83,21 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         );
     }
 
+    let mut pods = Pods::load(&cfg, &store)?;
+    pods.replug_missing(&cfg, &ovsdb, &facts).await;
+
     let (applied_tx, applied_rx) = watch::channel(applied.version);
+    let (local_tx, local_rx) = watch::channel(pods.report(&cfg.node_name));
+    let (attach_tx, mut attach_rx) = mpsc::channel::<AttachCmd>(16);
+    let shim = {
+        let cfg = cfg.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = attach::serve(&cfg, attach_tx, shutdown).await {
+                tracing::error!(error = %e, "shim service stopped");
+            }
+        })
+    };
     let (status_tx, status_rx) = watch::channel(pb::Status::default());
     let (ev_tx, mut ev_rx) = mpsc::channel(4);
     let session = tokio::spawn(session::run(
@@ -89,6 +105,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         cfg.node_name.clone(),
         applied_rx,
         status_rx,
+        local_rx,
         ev_tx,
     ));
 
@@ -99,15 +116,19 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if dirty {
-            dirty = !resync(&mut reconciler, &mut applied, &facts, &status_tx).await;
+            dirty = !resync(&mut reconciler, &mut applied, &pods.pool, &facts, &status_tx).await;
+            if !dirty {
+                pods.settle(&facts);
+            }
         }
+        pods.expire();
         tokio::select! {
             _ = shutdown.changed() => break,
             ev = ev_rx.recv() => match ev {
                 None => break,
                 Some(SessionEvent::Connected(up)) => tracing::debug!(up, "controller session"),
                 Some(SessionEvent::Update(update, reply)) => {
-                    let msg = handle_update(&cfg, &store, &mut reconciler, &mut applied, &facts, &update).await;
+                    let msg = handle_update(&cfg, &store, &mut reconciler, &mut applied, &pods.pool, &facts, &update).await;
                     if matches!(msg, pb::agent_message::Msg::Ack(_)) {
                         let _ = applied_tx.send(applied.version);
                         publish_status(&reconciler, &applied, &facts, &status_tx);
@@ -142,10 +163,18 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
                     dirty = applied.have_intent;
                 }
             }
-            _ = retry.tick(), if dirty => {}
+            cmd = attach_rx.recv() => {
+                let Some(cmd) = cmd else { continue };
+                if pods.handle(cmd, &cfg, &store, &ovsdb, applied.have_intent.then_some(&applied.intent), &facts).await {
+                    let _ = local_tx.send(pods.report(&cfg.node_name));
+                    dirty = true;
+                }
+            }
+            _ = retry.tick(), if dirty || pods.waiting() => {}
         }
     }
     session.abort();
+    shim.abort();
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
 }
@@ -209,10 +238,11 @@ async fn start_reconciler<B: OpenFlowBackend>(
 async fn resync<B: OpenFlowBackend>(
     reconciler: &mut Reconciler<B>,
     applied: &mut Applied,
+    pool: &Pool,
     facts: &NodeFacts,
     status: &watch::Sender<pb::Status>,
 ) -> bool {
-    let compiled = compile(&applied.intent, &applied.alloc, facts);
+    let compiled = compile(&with_pods(&applied.intent, pool, &facts.node), &applied.alloc, facts);
     match reconciler.apply(&compiled.desired).await {
         Ok(stats) => {
             tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports, "reconciled");
@@ -231,6 +261,7 @@ async fn handle_update<B: OpenFlowBackend>(
     store: &Store,
     reconciler: &mut Reconciler<B>,
     applied: &mut Applied,
+    pool: &Pool,
     facts: &NodeFacts,
     update: &pb::Update,
 ) -> pb::agent_message::Msg {
@@ -251,7 +282,7 @@ async fn handle_update<B: OpenFlowBackend>(
         Ok(a) => a,
         Err(e) => return nack(Refusal::general("update", e.to_string())),
     };
-    let compiled = compile(&next, &alloc, facts);
+    let compiled = compile(&with_pods(&next, pool, &facts.node), &alloc, facts);
     let stats = match reconciler.apply(&compiled.desired).await {
         Ok(s) => s,
         Err(e) => return nack(Refusal::general("switch", e.to_string())),
@@ -304,4 +335,17 @@ fn publish_status<B: OpenFlowBackend>(
         groups: installed.map_or(0, |d| d.groups.len() as u32),
         pending_ports,
     });
+}
+
+/// The intent plus this node's attached pods: pods are forwarded to from the moment
+/// they attach, whether or not the controller has echoed them back yet.
+fn with_pods(intent: &Intent, pool: &Pool, node: &str) -> Intent {
+    if pool.records.is_empty() {
+        return intent.clone();
+    }
+    let mut i = intent.clone();
+    for w in pool.workloads(node) {
+        i.upsert(dpu_model::Object::Workload(w));
+    }
+    i
 }

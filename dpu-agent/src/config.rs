@@ -14,6 +14,36 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub controller: ControllerConfig,
     pub ovs: OvsConfig,
+    /// The attachment service for the host shim; absent means no pods attach here.
+    #[serde(default)]
+    pub shim: Option<ShimConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShimConfig {
+    /// Address on the host<->DPU link, e.g. `169.254.0.1:50052`. mTLS with the
+    /// node certificate; the shim's certificate must chain to the same CA.
+    pub listen: std::net::SocketAddr,
+    /// The DNS SAN the shim's client certificate must carry.
+    pub client_name: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// The VF pool: each VF's host netdev and its representor on the DPU. On
+    /// hardware these come from sysfs; in the lab from here.
+    #[serde(default)]
+    pub vfs: Vec<VfConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfConfig {
+    pub vf: String,
+    pub representor: String,
+}
+
+fn default_mtu() -> u32 {
+    1500
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +184,25 @@ impl Config {
                     self.controller.endpoint
                 ),
             );
+        }
+        if let Some(shim) = &self.shim {
+            if let Err(m) = dpu_model::check_name(&shim.client_name) {
+                return bad("shim.client_name", m);
+            }
+            if !(576..=9216).contains(&shim.mtu) {
+                return bad("shim.mtu", format!("{} is out of range (576..=9216)", shim.mtu));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, v) in shim.vfs.iter().enumerate() {
+                for name in [&v.vf, &v.representor] {
+                    if name.is_empty() || name.len() > 15 || !seen.insert(name.clone()) {
+                        return bad(
+                            "shim.vfs",
+                            format!("entry {i}: {name:?} is empty, longer than 15 bytes, or listed twice"),
+                        );
+                    }
+                }
+            }
         }
         if self.controller.backoff_min_ms == 0
             || self.controller.backoff_min_ms > self.controller.backoff_max_ms

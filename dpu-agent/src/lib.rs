@@ -8,12 +8,14 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod attach;
 pub mod compile;
 pub mod config;
 pub mod flows;
 pub mod openflow;
 pub mod ovsdb;
 pub mod pipeline;
+pub mod pods;
 pub mod reconcile;
 pub mod session;
 pub mod store;

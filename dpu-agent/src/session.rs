@@ -51,6 +51,7 @@ pub async fn run(
     node: String,
     applied: watch::Receiver<u64>,
     mut status: watch::Receiver<pb::Status>,
+    mut local: watch::Receiver<pb::LocalWorkloads>,
     events: mpsc::Sender<SessionEvent>,
 ) {
     let min = Duration::from_millis(cfg.backoff_min_ms);
@@ -58,7 +59,7 @@ pub async fn run(
     let mut backoff = min;
     loop {
         let started = tokio::time::Instant::now();
-        match stream_once(&cfg, &node, &applied, &mut status, &events).await {
+        match stream_once(&cfg, &node, &applied, &mut status, &mut local, &events).await {
             Ok(()) => tracing::warn!(endpoint = %cfg.endpoint, "controller closed the session"),
             Err(SessionError::AgentGone) => return,
             Err(e) => {
@@ -127,6 +128,7 @@ async fn stream_once(
     node: &str,
     applied: &watch::Receiver<u64>,
     status: &mut watch::Receiver<pb::Status>,
+    local: &mut watch::Receiver<pb::LocalWorkloads>,
     events: &mpsc::Sender<SessionEvent>,
 ) -> Result<(), SessionError> {
     use pb::agent_message::Msg;
@@ -159,6 +161,9 @@ async fn stream_once(
         .map_err(|_| SessionError::AgentGone)?;
     let initial = status.borrow_and_update().clone();
     send(Msg::Status(initial)).await;
+    // The full set of local pods after every Hello; the controller merges it.
+    let pods = local.borrow_and_update().clone();
+    send(Msg::LocalWorkloads(pods)).await;
     loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -171,6 +176,15 @@ async fn stream_once(
                     .map_err(|_| SessionError::AgentGone)?;
                 let reply = reply_rx.await.map_err(|_| SessionError::AgentGone)?;
                 if !send(reply).await {
+                    return Ok(());
+                }
+            }
+            changed = local.changed() => {
+                if changed.is_err() {
+                    return Err(SessionError::AgentGone);
+                }
+                let pods = local.borrow_and_update().clone();
+                if !send(Msg::LocalWorkloads(pods)).await {
                     return Ok(());
                 }
             }

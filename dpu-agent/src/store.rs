@@ -15,6 +15,7 @@ use crate::alloc::Allocations;
 
 const INTENT_FILE: &str = "applied-intent.pb";
 const ALLOC_FILE: &str = "allocations.json";
+const POOL_FILE: &str = "attachments.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +98,30 @@ impl Store {
         // Allocations first: an intent must never be read back with older ids.
         atomic_write(&self.dir.join(ALLOC_FILE), &alloc)?;
         atomic_write(&self.dir.join(INTENT_FILE), &p.snapshot.encode_to_vec())
+    }
+}
+
+impl Store {
+    /// The pod attachments (VFs and addresses held), empty if none were saved.
+    pub fn load_pool(&self) -> Result<crate::attach::pool::Pool, StoreError> {
+        let path = self.dir.join(POOL_FILE);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::Corrupt {
+                path,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    pub fn save_pool(&self, pool: &crate::attach::pool::Pool) -> Result<(), StoreError> {
+        let path = self.dir.join(POOL_FILE);
+        let data = serde_json::to_vec_pretty(pool).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        atomic_write(&path, &data)
     }
 }
 

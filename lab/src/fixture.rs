@@ -38,8 +38,26 @@ pub struct Lab {
     pub agent: Option<Child>,
     pub controller: Option<Child>,
     pub hosts: BTreeMap<String, Host>,
+    /// The emulated host of the shim tests (see `enable_shim`).
+    pub shim: Option<ShimHost>,
     pub ovs: OvsInstance,
 }
+
+/// The host side of a DPU for the shim tests: a "host" namespace holding the VF ends
+/// of veth pairs (their representors sit in the switch's namespace, for the agent to
+/// plug), joined to the root namespace (where the agent runs) by a host<->DPU link.
+#[derive(Debug)]
+pub struct ShimHost {
+    pub ns: Netns,
+    /// Where the agent's attachment service listens (root side of the link).
+    pub agent_addr: String,
+    pub vfs: Vec<(String, String)>,
+    /// Pod namespaces made by `pod_netns`, removed on drop.
+    pub pods: Vec<Netns>,
+}
+
+/// The certificate name of the host shim.
+pub const SHIM_NAME: &str = "host-dpu-1";
 
 fn bin(name: &str) -> Result<PathBuf> {
     traffic::lab_bin(name)
@@ -70,6 +88,7 @@ impl Lab {
             agent: None,
             controller: None,
             hosts: BTreeMap::new(),
+            shim: None,
             ovs,
         };
         lab.controller_cmd(&[
@@ -185,6 +204,16 @@ datapath_type = "netdev"
             run = self.ovs.dir().display(),
             br = self.bridge,
         );
+        let mut cfg = cfg;
+        if let Some(sh) = &self.shim {
+            cfg.push_str(&format!(
+                "\n[shim]\nlisten = \"{}\"\nclient_name = \"{SHIM_NAME}\"\nmtu = 1500\n",
+                sh.agent_addr
+            ));
+            for (vf, rep) in &sh.vfs {
+                cfg.push_str(&format!("[[shim.vfs]]\nvf = \"{vf}\"\nrepresentor = \"{rep}\"\n"));
+            }
+        }
         let p = self.path("agent.toml");
         fs::write(&p, cfg)?;
         Ok(p)
@@ -314,6 +343,135 @@ datapath_type = "netdev"
             count,
             &["--timeout-ms", "1500"],
         )
+    }
+
+    /// Builds the host side for the shim: the host namespace with `vfs` VF ends,
+    /// their representors in the switch's namespace, the host<->DPU link, and the
+    /// shim's certificate. Call before `start_agent`.
+    pub fn enable_shim(&mut self, vfs: usize) -> Result<()> {
+        let ns = Netns::new(&format!("{}-host", self.prefix))?;
+        // A /30 on 169.254.0.0/16 per lab, from the prefix, for the link.
+        let h = self.prefix.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b))) % 16_000;
+        let (a, b) = (h / 64, (h % 64) * 4);
+        let (root_ip, host_ip) = (format!("169.254.{a}.{}", b + 1), format!("169.254.{a}.{}", b + 2));
+        let link = format!("{}l", self.prefix);
+        let peer = format!("{}L", self.prefix);
+        let mut veth = netns::Veth::create(&link, &peer)?;
+        veth.move_b_to(&ns)?;
+        netns::ip(&["addr", "add", &format!("{root_ip}/30"), "dev", &link])?;
+        netns::link_up(&link)?;
+        ns.add_addr(&peer, &format!("{host_ip}/30"))?;
+        ns.set_up(&peer)?;
+        ns.set_lo_up()?;
+        veth.keep();
+        let ovs_ns = self.ovs.netns().ok_or_else(|| anyhow!("OVS has no namespace"))?.to_string();
+        let mut pairs = Vec::new();
+        for i in 0..vfs {
+            let (vf, rep) = (format!("{}v{i}", self.prefix), format!("{}r{i}", self.prefix));
+            let mut v = netns::Veth::create(&vf, &rep)?;
+            v.move_a_to(&ns)?;
+            ns.set_up(&vf)?;
+            netns::tx_off(&vf, Some(&ns))?;
+            netns::ip(&["link", "set", &rep, "netns", &ovs_ns])?;
+            for args in [
+                vec!["-n", ovs_ns.as_str(), "link", "set", rep.as_str(), "up"],
+                vec!["netns", "exec", ovs_ns.as_str(), "ethtool", "-K", rep.as_str(), "tx", "off"],
+            ] {
+                let mut c = Command::new("ip");
+                c.args(args);
+                run_checked(c, Duration::from_secs(10))?;
+            }
+            v.keep();
+            pairs.push((vf, rep));
+        }
+        self.issue(SHIM_NAME, &self.pki())?;
+        self.shim = Some(ShimHost {
+            ns,
+            agent_addr: format!("{root_ip}:{}", free_port()?),
+            vfs: pairs,
+            pods: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Makes a pod network namespace; returns its path for CNI_NETNS.
+    pub fn pod_netns(&mut self, name: &str) -> Result<String> {
+        let sh = self.shim.as_mut().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
+        ns.set_lo_up()?;
+        let path = format!("/var/run/netns/{}", ns.name());
+        sh.pods.push(ns);
+        Ok(path)
+    }
+
+    /// The pod namespace made by `pod_netns(name)`.
+    pub fn pod(&self, name: &str) -> Result<&Netns> {
+        let want = format!("{}-{name}", self.prefix);
+        self.shim
+            .as_ref()
+            .and_then(|sh| sh.pods.iter().find(|p| p.name() == want))
+            .ok_or_else(|| anyhow!("no pod namespace {name}"))
+    }
+
+    /// The CNI network config the tests hand the shim.
+    pub fn cni_config(&self, subnet: &str, labels: &[(&str, &str)]) -> Result<serde_json::Value> {
+        let sh = self.shim.as_ref().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let pki = self.pki();
+        let labels: Vec<serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        Ok(serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "dpu",
+            "type": "host-shim",
+            "agent": format!("https://{}", sh.agent_addr),
+            "agentName": NODE,
+            "tls": {
+                "ca": pki.join("ca.pem"),
+                "cert": pki.join(format!("{SHIM_NAME}.pem")),
+                "key": pki.join(format!("{SHIM_NAME}.key")),
+            },
+            "subnet": subnet,
+            "timeoutMs": 20000,
+            "args": {"cni": {"labels": labels}},
+        }))
+    }
+
+    /// Runs the real plugin in the host namespace exactly as a runtime does:
+    /// environment, config on stdin, result on stdout. Returns (exit code, stdout).
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        config: &serde_json::Value,
+    ) -> Result<(i32, serde_json::Value)> {
+        let sh = self.shim.as_ref().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let mut c = sh.ns.command([bin("host-shim")?.into_os_string()]);
+        c.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().context("running host-shim")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(config.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = if stdout.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&stdout).with_context(|| format!("host-shim stdout is not JSON: {stdout}"))?
+        };
+        Ok((out.status.code().unwrap_or(-1), json))
     }
 
     pub fn flows(&self) -> Result<Vec<String>> {

@@ -22,6 +22,7 @@ mod error;
 mod framing;
 mod monitor;
 mod ops;
+mod ports;
 mod session;
 
 pub use atom::Row;
@@ -32,4 +33,5 @@ pub use framing::FrameDecoder;
 pub use monitor::{apply_diff, parse_table_updates2, ColumnKind, RowUpdate, Schema};
 pub use monitor::{TableCache, TableUpdates};
 pub use ops::{Condition, Function, Mutation, Mutator, Op, WaitUntil};
+pub use ports::{plug_port, unplug_port};
 pub use session::{Backoff, OvsdbSession, OvsdbState, PortFact};

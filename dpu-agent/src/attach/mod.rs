@@ -1,0 +1,274 @@
+//! The attachment service for the host shim (CNI plugin): gRPC over mTLS on the
+//! host<->DPU link. It only carries requests: the agent loop owns the pool, plugs
+//! representors and reconciles, so the reconciler stays the only writer to the
+//! switch. See docs/host-shim.md.
+
+pub mod pool;
+
+use std::time::Duration;
+
+use dpu_proto::v1 as pb;
+use dpu_proto::v1::attachments_server::{Attachments, AttachmentsServer};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use pool::{AttachInput, Record};
+
+/// A request from the service to the agent loop.
+#[derive(Debug)]
+pub enum AttachCmd {
+    Attach(AttachInput, oneshot::Sender<Result<Record, Status>>),
+    Detach {
+        container_id: String,
+        ifname: String,
+        reply: oneshot::Sender<Result<Option<Record>, Status>>,
+    },
+    Get {
+        container_id: String,
+        ifname: String,
+        reply: oneshot::Sender<Option<Record>>,
+    },
+    List(oneshot::Sender<Vec<Record>>),
+    Ready(oneshot::Sender<(bool, String)>),
+}
+
+/// How long one request may wait for the agent loop (an Attach waits for its
+/// representor to show up on the bridge and its flows to be installed).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct AttachService {
+    tx: mpsc::Sender<AttachCmd>,
+    client_name: String,
+    mtu: u32,
+}
+
+/// The attachment as the shim sees it.
+pub fn to_proto(r: &Record, mtu: u32) -> pb::Attachment {
+    pb::Attachment {
+        key: Some(pb::AttachmentKey {
+            container_id: r.container_id.clone(),
+            ifname: r.ifname.clone(),
+        }),
+        pod_namespace: r.pod_namespace.clone(),
+        pod_name: r.pod_name.clone(),
+        vf: r.vf.clone(),
+        representor: r.representor.clone(),
+        mac: r.mac.clone(),
+        ip_cidr: format!("{}/{}", r.ip, r.prefix_len),
+        gateway: r.gateway.to_string(),
+        routes: vec![pb::Route {
+            dst: "0.0.0.0/0".into(),
+            gw: r.gateway.to_string(),
+        }],
+        mtu,
+        workload: r.workload.clone(),
+        subnet: r.subnet.clone(),
+    }
+}
+
+impl AttachService {
+    /// Only the host shim's certificate (DNS SAN = `shim.client_name`) may call.
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let der = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.iter().any(|n| n == &self.client_name) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "client certificate names {names:?}; only {} may attach pods",
+                self.client_name
+            )))
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> AttachCmd) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(make(tx))
+            .await
+            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        tokio::time::timeout(REQUEST_TIMEOUT, rx)
+            .await
+            .map_err(|_| Status::deadline_exceeded("the agent did not answer in time"))?
+            .map_err(|_| Status::unavailable("the agent dropped the request"))
+    }
+}
+
+fn key_of(k: Option<pb::AttachmentKey>) -> Result<(String, String), Status> {
+    let k = k.ok_or_else(|| Status::invalid_argument("key: is required"))?;
+    if k.container_id.is_empty() || k.ifname.is_empty() {
+        return Err(Status::invalid_argument(
+            "key: container_id and ifname are required",
+        ));
+    }
+    Ok((k.container_id, k.ifname))
+}
+
+#[tonic::async_trait]
+impl Attachments for AttachService {
+    async fn attach(
+        &self,
+        req: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::Attachment>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        let (container_id, ifname) = key_of(r.key)?;
+        let input = AttachInput {
+            container_id,
+            ifname,
+            pod_namespace: r.pod_namespace,
+            pod_name: r.pod_name,
+            network: r.network,
+            subnet: r.subnet,
+            labels: r.labels.into_iter().map(|l| (l.key, l.value)).collect(),
+        };
+        let rec = self.ask(|tx| AttachCmd::Attach(input, tx)).await??;
+        Ok(Response::new(to_proto(&rec, self.mtu)))
+    }
+
+    async fn detach(
+        &self,
+        req: Request<pb::DetachRequest>,
+    ) -> Result<Response<pb::DetachResponse>, Status> {
+        self.authorize(&req)?;
+        let (container_id, ifname) = key_of(req.into_inner().key)?;
+        let rec = self
+            .ask(|reply| AttachCmd::Detach {
+                container_id,
+                ifname,
+                reply,
+            })
+            .await??;
+        Ok(Response::new(pb::DetachResponse {
+            existed: rec.is_some(),
+            vf: rec.map(|r| r.vf).unwrap_or_default(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::AttachmentKey>,
+    ) -> Result<Response<pb::Attachment>, Status> {
+        self.authorize(&req)?;
+        let (container_id, ifname) = key_of(Some(req.into_inner()))?;
+        let what = format!("{container_id}/{ifname}");
+        match self
+            .ask(|reply| AttachCmd::Get {
+                container_id,
+                ifname,
+                reply,
+            })
+            .await?
+        {
+            Some(r) => Ok(Response::new(to_proto(&r, self.mtu))),
+            None => Err(Status::not_found(format!("no attachment {what}"))),
+        }
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.authorize(&req)?;
+        let all = self.ask(AttachCmd::List).await?;
+        Ok(Response::new(pb::ListResponse {
+            attachments: all.iter().map(|r| to_proto(r, self.mtu)).collect(),
+        }))
+    }
+
+    async fn ready(
+        &self,
+        req: Request<pb::ReadyRequest>,
+    ) -> Result<Response<pb::ReadyResponse>, Status> {
+        self.authorize(&req)?;
+        let (ready, reason) = self.ask(AttachCmd::Ready).await?;
+        Ok(Response::new(pb::ReadyResponse { ready, reason }))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS file could not be read.
+    #[error("shim service: reading {path}: {source}")]
+    Tls {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listener failed.
+    #[error("shim service on {addr}: {source}")]
+    Serve {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves the attachment API until `shutdown` fires. Uses the node certificate.
+pub async fn serve(
+    cfg: &Config,
+    tx: mpsc::Sender<AttachCmd>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let Some(shim) = cfg.shim.clone() else {
+        return Ok(());
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| ServeError::Tls {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read(&cfg.controller.cert_file)?,
+            read(&cfg.controller.key_file)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read(&cfg.controller.ca_file)?));
+    let svc = AttachService {
+        tx,
+        client_name: shim.client_name.clone(),
+        mtu: shim.mtu,
+    };
+    tracing::info!(listen = %shim.listen, client = %shim.client_name, vfs = shim.vfs.len(), "shim service listening");
+    Server::builder()
+        .tls_config(tls)
+        .map_err(|source| ServeError::Serve {
+            addr: shim.listen,
+            source,
+        })?
+        .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
+        .add_service(AttachmentsServer::new(svc).max_decoding_message_size(1 << 20))
+        .serve_with_shutdown(shim.listen, async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .map_err(|source| ServeError::Serve {
+            addr: shim.listen,
+            source,
+        })
+}
