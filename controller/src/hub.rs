@@ -3,7 +3,9 @@
 //! A session authenticates the node by its client certificate, then runs the
 //! `SessionCore` state machine against the published intent and the agent's
 //! replies, and records what happens in the status. The hub keeps one session per
-//! node: a new one replaces (ends) the old.
+//! node: a new one replaces (ends) the old. The pods an agent reports
+//! (`LocalWorkloads`) are checked here and handed to the intent task through the
+//! report inbox; they come back as a new intent version like a manifest reload.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pki::dns_sans;
+use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::server::shutdown_requested;
 use crate::session::{Published, SessionCore};
 use crate::status::{now_rfc3339, AgentStatus, NackRecord, StatusHandle};
@@ -39,6 +42,8 @@ pub struct Hub {
     intent: watch::Receiver<Arc<Published>>,
     status: StatusHandle,
     shutdown: watch::Receiver<bool>,
+    /// Reported sets on their way to the intent task.
+    reports: Arc<ReportInbox>,
     /// node → (session id, signal that ends it).
     sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
     next_id: AtomicU64,
@@ -49,13 +54,30 @@ impl Hub {
         intent: watch::Receiver<Arc<Published>>,
         status: StatusHandle,
         shutdown: watch::Receiver<bool>,
+        reports: Arc<ReportInbox>,
     ) -> Self {
         Hub {
             intent,
             status,
             shutdown,
+            reports,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Hands a reported set to the intent task, unless a newer session of the
+    /// node has taken over (its agent reports for itself). True if handed on.
+    fn submit_report(&self, node: &str, id: u64, set: ReportedSet) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions
+            .get(node)
+            .is_some_and(|(current, _)| *current == id)
+        {
+            self.reports.submit(node, set);
+            true
+        } else {
+            false
         }
     }
 
@@ -170,7 +192,7 @@ async fn run_session(
         n.hello_version = hello.last_applied_version;
     });
 
-    let result = drive(&hub, &node, &hello, replaced, &mut inbound, &tx).await;
+    let result = drive(&hub, &node, id, &hello, replaced, &mut inbound, &tx).await;
     if let Err(status) = &result {
         if !matches!(
             status.code(),
@@ -217,6 +239,7 @@ where
 async fn drive(
     hub: &Hub,
     node: &str,
+    id: u64,
     hello: &pb::Hello,
     mut replaced: watch::Receiver<bool>,
     inbound: &mut Streaming<pb::AgentMessage>,
@@ -225,6 +248,8 @@ async fn drive(
     let mut intent = hub.intent.clone();
     let mut shutdown = hub.shutdown.clone();
     let mut core = SessionCore::new(node);
+    // Revisions count per agent process; a new session starts over.
+    let mut gate = RevisionGate::default();
     let current = intent.borrow_and_update().clone();
     if hello.last_applied_version > current.version {
         tracing::warn!(
@@ -264,7 +289,9 @@ async fn drive(
             }
             msg = inbound.message() => match msg? {
                 None => return Ok(()),
-                Some(pb::AgentMessage { msg: Some(m) }) => on_message(hub, node, &mut core, m)?,
+                Some(pb::AgentMessage { msg: Some(m) }) => {
+                    on_message(hub, node, id, &mut core, &mut gate, m)?
+                }
                 Some(_) => return Err(Status::invalid_argument("empty AgentMessage")),
             },
             _ = tx.closed() => return Ok(()),
@@ -301,19 +328,17 @@ async fn send(hub: &Hub, node: &str, tx: &Outbound, update: pb::Update) -> Resul
     Ok(())
 }
 
-fn on_message(hub: &Hub, node: &str, core: &mut SessionCore, msg: Msg) -> Result<(), Status> {
+fn on_message(
+    hub: &Hub,
+    node: &str,
+    id: u64,
+    core: &mut SessionCore,
+    gate: &mut RevisionGate,
+    msg: Msg,
+) -> Result<(), Status> {
     match msg {
         Msg::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once")),
-        Msg::LocalWorkloads(lw) => {
-            // Agent-reported pods are merged into the intent by a later release;
-            // until then they are only recorded.
-            tracing::info!(
-                node,
-                revision = lw.revision,
-                workloads = lw.workloads.len(),
-                "agent reported local workloads"
-            );
-        }
+        Msg::LocalWorkloads(lw) => on_local_workloads(hub, node, id, gate, lw),
         Msg::Ack(ack) => {
             if core.on_ack(ack.version, &ack.nonce) {
                 tracing::info!(node, version = ack.version, "agent applied");
@@ -367,6 +392,48 @@ fn on_message(hub: &Hub, node: &str, core: &mut SessionCore, msg: Msg) -> Result
         }),
     }
     Ok(())
+}
+
+/// A node's full set of attached pods: checked entry by entry (the good ones are
+/// kept), then merged by the intent task. A set older than the last one this
+/// session accepted is ignored.
+fn on_local_workloads(
+    hub: &Hub,
+    node: &str,
+    id: u64,
+    gate: &mut RevisionGate,
+    lw: pb::LocalWorkloads,
+) {
+    if !gate.admit(lw.revision) {
+        tracing::warn!(
+            node,
+            revision = lw.revision,
+            "ignoring a stale set of local workloads (an older revision than the last)"
+        );
+        return;
+    }
+    let set = check_report(node, &lw.workloads);
+    for e in &set.errors {
+        tracing::warn!(
+            node,
+            revision = lw.revision,
+            "dropping a reported workload: {e}"
+        );
+    }
+    tracing::info!(
+        node,
+        revision = lw.revision,
+        reported = lw.workloads.len(),
+        valid = set.workloads.len(),
+        "agent reported local workloads"
+    );
+    if !hub.submit_report(node, id, set) {
+        tracing::info!(
+            node,
+            session = id,
+            "ignoring local workloads from a replaced session"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,15 @@
 
 pub mod cli;
 pub mod diag;
+pub mod effective;
 pub mod fsutil;
 pub mod hub;
 pub mod load;
 pub mod manifest;
+pub mod merge;
 pub mod pki;
 pub mod reload;
+pub mod reported;
 pub mod resolve;
 pub mod server;
 pub mod session;

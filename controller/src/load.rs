@@ -14,7 +14,7 @@ use dpu_model::Intent;
 use sha2::{Digest, Sha256};
 
 use crate::diag::IntentError;
-use crate::manifest::parse_file;
+use crate::manifest::{parse_file, Doc};
 use crate::resolve::resolve;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +99,11 @@ impl Contents {
     /// Parses every file and resolves the whole set. Errors from all files are
     /// collected, so one reload reports everything that is wrong.
     pub fn resolve(&self) -> Result<Intent, Vec<IntentError>> {
+        resolve(&self.docs()?)
+    }
+
+    /// Parses every file into documents, collecting the errors of all files.
+    pub fn docs(&self) -> Result<Vec<Doc>, Vec<IntentError>> {
         let mut docs = Vec::new();
         let mut errors = Vec::new();
         for (path, bytes) in &self.files {
@@ -115,7 +120,7 @@ impl Contents {
         if !errors.is_empty() {
             return Err(errors);
         }
-        resolve(&docs)
+        Ok(docs)
     }
 }
 

@@ -1,16 +1,19 @@
 //! Loading the intent directory at start and whenever it changes.
 //!
 //! A reload is all or nothing: if any file fails, the whole reload is refused and
-//! the last good intent stays in force. A good reload whose intent differs from
-//! the current one gets the next version (persisted first, then published).
+//! the last good manifests stay in force. Good manifests are handed on as
+//! documents plus what they resolve to on their own; `effective` merges them with
+//! the reported workloads and decides the version.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dpu_model::Intent;
+
 use crate::diag::IntentError;
 use crate::load::{fingerprint, Contents, Fingerprint, LoadError};
-use crate::session::Published;
-use crate::store::{intent_digest, StoreError, VersionStore};
+use crate::manifest::Doc;
+use crate::resolve::resolve;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -20,9 +23,26 @@ pub enum ReloadError {
     /// The intent is invalid.
     #[error("{} error(s) in the intent", .0.len())]
     Invalid(Vec<IntentError>),
-    /// The version could not be persisted.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+}
+
+/// A valid set of manifests.
+#[derive(Debug, Clone)]
+pub struct Manifests {
+    /// The documents, for resolving again together with reported workloads.
+    pub docs: Arc<Vec<Doc>>,
+    /// What the documents resolve to on their own.
+    pub intent: Arc<Intent>,
+}
+
+impl Manifests {
+    /// Resolves `docs`; the manifests are valid only on their own.
+    pub fn resolve(docs: Vec<Doc>) -> Result<Self, Vec<IntentError>> {
+        let intent = resolve(&docs)?;
+        Ok(Manifests {
+            docs: Arc::new(docs),
+            intent: Arc::new(intent),
+        })
+    }
 }
 
 /// What one poll found.
@@ -30,27 +50,23 @@ pub enum ReloadError {
 pub enum Outcome {
     /// Nothing changed on disk.
     Unchanged,
-    /// Files changed but resolve to the intent already in force.
-    Same,
-    /// A new intent version.
-    Reloaded(Published),
-    /// Files changed and something failed; the last good intent stays.
+    /// New, valid manifests (they may still mean the same intent).
+    Changed(Manifests),
+    /// Files changed and something failed; the last good manifests stay.
     Refused(ReloadError),
 }
 
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
-    versions: VersionStore,
     fingerprint: Option<Fingerprint>,
     content_hash: Option<[u8; 32]>,
 }
 
 impl Reloader {
-    pub fn new(dir: &Path, versions: VersionStore) -> Self {
+    pub fn new(dir: &Path) -> Self {
         Reloader {
             dir: dir.to_path_buf(),
-            versions,
             fingerprint: None,
             content_hash: None,
         }
@@ -60,22 +76,13 @@ impl Reloader {
         &self.dir
     }
 
-    /// The version in force (0 before the first good load).
-    pub fn version(&self) -> u64 {
-        self.versions.current().map_or(0, |c| c.version)
-    }
-
     /// The first load. Any failure here stops the controller.
-    pub fn load_initial(&mut self) -> Result<Published, ReloadError> {
+    pub fn load_initial(&mut self) -> Result<Manifests, ReloadError> {
         self.fingerprint = Some(fingerprint(&self.dir)?);
         let contents = Contents::read(&self.dir)?;
         self.content_hash = Some(contents.hash());
-        let intent = contents.resolve().map_err(ReloadError::Invalid)?;
-        let version = self.versions.commit(&intent_digest(&intent))?;
-        Ok(Published {
-            version,
-            intent: Arc::new(intent),
-        })
+        let docs = contents.docs().map_err(ReloadError::Invalid)?;
+        Manifests::resolve(docs).map_err(ReloadError::Invalid)
     }
 
     /// Looks for changes and loads them. Blocking (file I/O).
@@ -97,22 +104,9 @@ impl Reloader {
             return Outcome::Unchanged;
         }
         self.content_hash = Some(hash);
-        let intent = match contents.resolve() {
-            Ok(i) => i,
-            Err(errors) => return Outcome::Refused(ReloadError::Invalid(errors)),
-        };
-        let before = self.version();
-        match self.versions.commit(&intent_digest(&intent)) {
-            Ok(v) if v == before => Outcome::Same,
-            Ok(version) => Outcome::Reloaded(Published {
-                version,
-                intent: Arc::new(intent),
-            }),
-            Err(e) => {
-                // Try again at the next poll.
-                self.content_hash = None;
-                Outcome::Refused(e.into())
-            }
+        match contents.docs().and_then(Manifests::resolve) {
+            Ok(m) => Outcome::Changed(m),
+            Err(errors) => Outcome::Refused(ReloadError::Invalid(errors)),
         }
     }
 }
@@ -126,13 +120,12 @@ mod tests {
         "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
 
     #[test]
-    fn refused_reload_keeps_version_and_good_one_bumps_it() {
-        let state = tempfile::tempdir().unwrap();
+    fn refused_reload_keeps_the_manifests_and_a_good_one_replaces_them() {
         let intent = tempfile::tempdir().unwrap();
         fs::write(intent.path().join("a.yaml"), VPC).unwrap();
-        let mut r = Reloader::new(intent.path(), VersionStore::open(state.path()).unwrap());
-        let p = r.load_initial().unwrap();
-        assert_eq!(p.version, 1);
+        let mut r = Reloader::new(intent.path());
+        let m = r.load_initial().unwrap();
+        assert_eq!((m.docs.len(), m.intent.vpcs.len()), (1, 1));
         assert!(matches!(r.poll(), Outcome::Unchanged));
 
         fs::write(intent.path().join("b.yaml"), "kind: Vpc\n").unwrap();
@@ -142,10 +135,14 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
-        assert_eq!(r.version(), 1);
+        // The same bad files again are not reported twice.
+        assert!(matches!(r.poll(), Outcome::Unchanged));
 
         fs::write(intent.path().join("b.yaml"), "# only a comment\n").unwrap();
-        assert!(matches!(r.poll(), Outcome::Same));
+        match r.poll() {
+            Outcome::Changed(m) => assert_eq!(m.intent.vpcs.len(), 1),
+            other => panic!("expected new manifests, got {other:?}"),
+        }
         fs::write(
             intent.path().join("b.yaml"),
             VPC.replace("{name: a}", "{name: b}")
@@ -153,12 +150,8 @@ mod tests {
         )
         .unwrap();
         match r.poll() {
-            Outcome::Reloaded(p) => assert_eq!((p.version, p.intent.vpcs.len()), (2, 2)),
-            other => panic!("expected a reload, got {other:?}"),
+            Outcome::Changed(m) => assert_eq!(m.intent.vpcs.len(), 2),
+            other => panic!("expected new manifests, got {other:?}"),
         }
-
-        // A restart with the same files keeps the version.
-        let mut r = Reloader::new(intent.path(), VersionStore::open(state.path()).unwrap());
-        assert_eq!(r.load_initial().unwrap().version, 2);
     }
 }

@@ -58,8 +58,7 @@ pub fn check_report(node: &str, reported: &[pb::Workload]) -> ReportedSet {
         let w = match object_from_proto(&object) {
             Ok(Object::Workload(w)) => w,
             Ok(other) => {
-                set.errors
-                    .push(format!("{}: not a Workload", other.key()));
+                set.errors.push(format!("{}: not a Workload", other.key()));
                 continue;
             }
             Err(e) => {
@@ -159,7 +158,6 @@ struct StoredSet {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StoredWorkload {
     name: String,
     vpc: String,
@@ -309,7 +307,11 @@ mod tests {
             set.errors[0],
             "Workload/elsewhere: spec.node: node dpu-2 is not the reporting node dpu-1"
         );
-        assert!(set.errors[1].starts_with("Workload/bad-ip: spec.ip: "), "{:?}", set.errors);
+        assert!(
+            set.errors[1].starts_with("Workload/bad-ip: spec.ip: "),
+            "{:?}",
+            set.errors
+        );
         assert!(set.errors[2].contains("Pods only"), "{:?}", set.errors);
         assert!(set.errors[3].contains("reported twice"), "{:?}", set.errors);
         assert!(set.errors[4].contains("metadata.name"), "{:?}", set.errors);
@@ -335,10 +337,7 @@ mod tests {
         assert!(s.sets().is_empty());
         let mut p = pod("a", "dpu-1", "10.1.1.30", "web");
         p.mac = "02:00:00:00:01:1e".into();
-        let set = check_report(
-            "dpu-1",
-            &[p, pod("x", "dpu-2", "10.1.1.31", "web")],
-        );
+        let set = check_report("dpu-1", &[p, pod("x", "dpu-2", "10.1.1.31", "web")]);
         assert!(s.replace("dpu-1", set.clone()));
         assert!(!s.replace("dpu-1", set.clone()), "unchanged");
         assert!(!s.replace("dpu-9", ReportedSet::default()));

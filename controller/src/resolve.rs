@@ -30,6 +30,10 @@ const DEFAULT_TIMEOUT_SECONDS: u32 = 1;
 const DEFAULT_SUCCESS_THRESHOLD: u32 = 1;
 const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 
+/// How an error about a backend that a selector added begins its message (then
+/// the workload's name, a colon, the model's message). `merge` reads it back.
+pub const SELECTED: &str = "selected Workload/";
+
 /// Where each backend of a resolved Service came from, by its index in the
 /// resolved (sorted) list: `spec.backends[j]` or the selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +185,7 @@ fn map_error(e: &ObjectError, loc: &Located<'_>) -> IntentError {
                 Some(Origin::Explicit(j)) => field = format!("spec.backends[{j}]{tail}"),
                 Some(Origin::Selector(w)) => {
                     field = "spec.selector".into();
-                    message = format!("selected Workload/{w}: {message}");
+                    message = format!("{SELECTED}{w}: {message}");
                 }
                 None => {}
             }

@@ -1,6 +1,8 @@
-//! `dpu-controller serve`: wires PKI, the intent reloader, the status writer and
-//! the mTLS gRPC server together, and shuts them down on SIGTERM/SIGINT.
+//! `dpu-controller serve`: wires PKI, the intent task (manifest reloads and
+//! agent-reported workloads), the status writer and the mTLS gRPC server
+//! together, and shuts them down on SIGTERM/SIGINT.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,10 +16,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::diag::IntentError;
+use crate::effective::{Commit, Effective};
 use crate::fsutil::ensure_private_dir;
 use crate::hub::{ControlService, Hub};
 use crate::pki::{ensure_server_cert, PkiError};
 use crate::reload::{Outcome, ReloadError, Reloader};
+use crate::reported::{ReportInbox, ReportedSet};
 use crate::session::Published;
 use crate::status::StatusHandle;
 use crate::store::{StoreError, VersionStore};
@@ -106,11 +110,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let identity = ensure_server_cert(state, &opts.server_name, opts.listen)?;
     let status = StatusHandle::new(state);
 
-    let mut reloader = Reloader::new(&opts.intent_dir, VersionStore::open(state)?);
-    let published = match reloader.load_initial() {
-        Ok(p) => p,
+    let versions = VersionStore::open(state)?;
+    let mut reloader = Reloader::new(&opts.intent_dir);
+    let manifests = match reloader.load_initial() {
+        Ok(m) => m,
         Err(ReloadError::Invalid(errors)) => {
-            status.record_reload(reloader.version(), &errors);
+            status.record_reload(versions.current().map_or(0, |c| c.version), &errors);
             if let Err(e) = status.write_now() {
                 tracing::warn!(error = %e, "cannot write the status file");
             }
@@ -120,15 +125,18 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             });
         }
         Err(ReloadError::Load(e)) => return Err(ServeError::Config(e.to_string())),
-        Err(ReloadError::Store(e)) => return Err(e.into()),
     };
+    let (effective, published, dropped) = Effective::open(state, manifests, versions)?;
+    log_dropped(&dropped);
     tracing::info!(
         version = published.version,
         objects = published.intent.len(),
+        reported_nodes = effective.summaries().len(),
         dir = %opts.intent_dir.display(),
         "intent loaded"
     );
     status.record_reload(published.version, &[]);
+    status.record_reported(effective.summaries());
 
     let listener = TcpListener::bind(opts.listen)
         .await
@@ -138,7 +146,13 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Config(e.to_string()))?;
 
     let (intent_tx, intent_rx) = watch::channel(Arc::new(published));
-    let hub = Arc::new(Hub::new(intent_rx, status.clone(), shutdown_rx.clone()));
+    let reports = Arc::new(ReportInbox::default());
+    let hub = Arc::new(Hub::new(
+        intent_rx,
+        status.clone(),
+        shutdown_rx.clone(),
+        reports.clone(),
+    ));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
         .client_ca_root(Certificate::from_pem(&identity.ca_pem));
@@ -153,8 +167,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .add_service(service);
 
     let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
-    let reload = tokio::spawn(reload_loop(
-        reloader,
+    let reload = tokio::spawn(intent_loop(
+        Sources { reloader, reports },
+        effective,
         intent_tx,
         status.clone(),
         shutdown_rx.clone(),
@@ -184,7 +199,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     signals.abort();
     stop_all(&status);
-    // Also stops the writer (after a last write) and the reloader when the
+    // Also stops the writer (after a last write) and the intent task when the
     // server failed on its own.
     shutdown_tx.send_replace(true);
     let _ = reload.await;
@@ -225,67 +240,162 @@ fn spawn_signal_handler(
     }))
 }
 
-async fn reload_loop(
-    mut reloader: Reloader,
+/// Where intent changes come from.
+struct Sources {
+    reloader: Reloader,
+    reports: Arc<ReportInbox>,
+}
+
+/// What one round of the intent task found and did (the blocking part).
+struct Round {
+    /// The poll of the intent directory, if one was due.
+    polled: Option<Polled>,
+    /// Reported sets that changed something.
+    reported_changes: usize,
+    commit: Option<Result<Commit, StoreError>>,
+}
+
+enum Polled {
+    Unchanged,
+    Changed,
+    Refused(ReloadError),
+}
+
+/// The blocking half of a round: poll the manifests (when due), apply the
+/// reported sets, and commit if anything changed.
+fn run_round(
+    reloader: &mut Reloader,
+    effective: &mut Effective,
+    poll: bool,
+    reports: BTreeMap<String, ReportedSet>,
+) -> Round {
+    let polled = poll.then(|| match reloader.poll() {
+        Outcome::Unchanged => Polled::Unchanged,
+        Outcome::Changed(m) => {
+            effective.set_manifests(m);
+            Polled::Changed
+        }
+        Outcome::Refused(e) => Polled::Refused(e),
+    });
+    let mut reported_changes = 0;
+    for (node, set) in reports {
+        if effective.set_reported(&node, set) {
+            reported_changes += 1;
+        }
+    }
+    let commit = effective.needs_commit().then(|| effective.commit());
+    Round {
+        polled,
+        reported_changes,
+        commit,
+    }
+}
+
+fn log_dropped(dropped: &[(String, String)]) {
+    for (node, reason) in dropped {
+        tracing::warn!(node, "reported workload left out of the intent: {reason}");
+    }
+}
+
+/// The one task that changes the intent: it polls the intent directory, takes
+/// the sets agents report, merges, commits the version and publishes it to the
+/// sessions, in that order.
+async fn intent_loop(
+    sources: Sources,
+    mut effective: Effective,
     intent: watch::Sender<Arc<Published>>,
     status: StatusHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Sources {
+        mut reloader,
+        reports,
+    } = sources;
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the directory was just loaded.
+    ticker.tick().await;
     let mut last_problem = String::new();
+    // A reload was accepted but its version is not committed yet.
+    let mut reload_pending = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        let poll = tokio::select! {
+            _ = ticker.tick() => true,
+            _ = reports.arrived() => false,
             _ = shutdown_requested(&mut shutdown) => return,
-        }
-        let polled = tokio::task::spawn_blocking(move || {
-            let outcome = reloader.poll();
-            (reloader, outcome)
+        };
+        let pending = reports.take();
+        let ran = tokio::task::spawn_blocking(move || {
+            let round = run_round(&mut reloader, &mut effective, poll, pending);
+            (reloader, effective, round)
         })
         .await;
-        let outcome;
-        (reloader, outcome) = match polled {
+        let round;
+        (reloader, effective, round) = match ran {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "the intent reloader failed; reloads stop");
+                tracing::error!(error = %e, "the intent task failed; intent changes stop");
                 return;
             }
         };
-        let version = reloader.version();
-        match outcome {
-            Outcome::Unchanged => {}
-            Outcome::Same => {
-                tracing::info!(version, "intent files changed; the intent did not");
-                status.record_reload(version, &[]);
-                last_problem.clear();
-            }
-            Outcome::Reloaded(p) => {
-                tracing::info!(
-                    version = p.version,
-                    objects = p.intent.len(),
-                    "intent reloaded"
-                );
-                status.record_reload(p.version, &[]);
-                intent.send_replace(Arc::new(p));
-                last_problem.clear();
-            }
-            Outcome::Refused(ReloadError::Invalid(errors)) => {
+        let version = effective.version();
+        match round.polled {
+            None | Some(Polled::Unchanged) => {}
+            Some(Polled::Changed) => reload_pending = true,
+            Some(Polled::Refused(ReloadError::Invalid(errors))) => {
                 for e in &errors {
                     tracing::warn!("{e}");
                 }
                 tracing::warn!(
                     version,
                     errors = errors.len(),
-                    "reload of {} refused; version {version} stays in force",
+                    "reload of {} refused; the last good manifests stay in force",
                     reloader.dir().display()
                 );
                 status.record_reload(version, &errors);
                 last_problem.clear();
             }
-            Outcome::Refused(e) => {
+            Some(Polled::Refused(e)) => {
                 let text = e.to_string();
                 if text != last_problem {
                     tracing::warn!("cannot reload the intent: {text}; retrying");
                     last_problem = text;
+                }
+            }
+        }
+        match round.commit {
+            None => {}
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text != last_problem {
+                    tracing::warn!("cannot commit the intent version: {text}; retrying");
+                    last_problem = text;
+                }
+            }
+            Some(Ok(c)) => {
+                log_dropped(&c.newly_dropped);
+                status.record_reported(effective.summaries());
+                match c.published {
+                    Some(p) => {
+                        tracing::info!(
+                            version = p.version,
+                            objects = p.intent.len(),
+                            reload = reload_pending,
+                            reported_changes = round.reported_changes,
+                            "new intent version"
+                        );
+                        status.set_intent_version(p.version);
+                        intent.send_replace(Arc::new(p));
+                    }
+                    None if reload_pending => {
+                        tracing::info!(version, "intent files changed; the intent did not")
+                    }
+                    None => {}
+                }
+                if reload_pending {
+                    status.record_reload(c.version, &[]);
+                    reload_pending = false;
+                    last_problem.clear();
                 }
             }
         }

@@ -58,6 +58,20 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
     /// The agent's last Status message.
     pub agent_status: Option<AgentStatus>,
+    /// How many workloads this node reported are in the intent in force. They
+    /// stay when the node disconnects (its pods still exist).
+    #[serde(default)]
+    pub reported_workloads: usize,
+    /// Why the other reported workloads are not (`Workload/x: field: message`).
+    #[serde(default)]
+    pub reported_errors: Vec<String>,
+}
+
+/// What became of one node's reported workloads (see `effective`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportedSummary {
+    pub workloads: usize,
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -143,6 +157,29 @@ impl StatusHandle {
             d.last_reload_ok = errors.is_empty();
             d.intent_errors = errors.to_vec();
             d.intent_error_lines = errors.iter().map(|e| e.to_string()).collect();
+        });
+    }
+
+    /// The intent version in force, after a change that was not a reload.
+    pub fn set_intent_version(&self, version: u64) {
+        self.update(|d| d.intent_version = version);
+    }
+
+    /// Records what became of every node's reported workloads; nodes not in
+    /// `nodes` have none.
+    pub fn record_reported(&self, nodes: &BTreeMap<String, ReportedSummary>) {
+        self.update(|d| {
+            for (name, n) in d.nodes.iter_mut() {
+                if !nodes.contains_key(name) {
+                    n.reported_workloads = 0;
+                    n.reported_errors.clear();
+                }
+            }
+            for (name, r) in nodes {
+                let n = d.nodes.entry(name.clone()).or_default();
+                n.reported_workloads = r.workloads;
+                n.reported_errors = r.errors.clone();
+            }
         });
     }
 

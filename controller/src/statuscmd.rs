@@ -73,6 +73,7 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
         "CONNECTED".to_string(),
         "APPLIED".to_string(),
         "SENT".to_string(),
+        "PODS".to_string(),
         "LAST ERROR".to_string(),
     ]];
     for (name, n) in &doc.nodes {
@@ -88,11 +89,17 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
             ),
             _ => n.last_error.clone().unwrap_or_else(|| "-".to_string()),
         };
+        // Reported pods in force, and how many were dropped.
+        let pods = match n.reported_errors.len() {
+            0 => n.reported_workloads.to_string(),
+            e => format!("{} ({e} dropped)", n.reported_workloads),
+        };
         rows.push([
             name.clone(),
             connected,
             n.applied_version.to_string(),
             n.sent_version.to_string(),
+            pods,
             last_error,
         ]);
     }
@@ -100,7 +107,8 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
         out += "no node has connected\n";
         return out;
     }
-    let widths: Vec<usize> = (0..4)
+    let last = rows[0].len() - 1;
+    let widths: Vec<usize> = (0..last)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for r in rows {
@@ -108,9 +116,20 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
         for (i, w) in widths.iter().enumerate() {
             line += &format!("{:<w$}  ", r[i], w = w);
         }
-        line += &r[4];
+        line += &r[last];
         out += line.trim_end();
         out.push('\n');
+    }
+    let dropped: Vec<_> = doc
+        .nodes
+        .iter()
+        .flat_map(|(name, n)| n.reported_errors.iter().map(move |e| (name, e)))
+        .collect();
+    if !dropped.is_empty() {
+        out += "reported workloads dropped:\n";
+        for (name, e) in dropped {
+            out += &format!("  {name}: {e}\n");
+        }
     }
     out
 }
@@ -141,13 +160,23 @@ mod tests {
                     at: "T".into(),
                     errors: vec!["Vpc/a: spec.vni: bad".into()],
                 }),
+                reported_workloads: 2,
+                reported_errors: vec!["Workload/p: spec.node: not here".into()],
                 ..NodeStatus::default()
             },
         );
         let t = render_table(&doc, false);
         assert!(t.starts_with("controller not running"), "{t}");
         assert!(t.contains("intent version: 4"), "{t}");
-        assert!(t.contains("dpu-1  yes (since T)  3"), "{t}");
+        assert!(t.contains("PODS"), "{t}");
+        assert!(
+            t.contains("dpu-1  yes (since T)  3        4     2 (1 dropped)  NACK v4"),
+            "{t}"
+        );
+        assert!(
+            t.contains("reported workloads dropped:\n  dpu-1: Workload/p: spec.node: not here"),
+            "{t}"
+        );
         assert!(t.contains("NACK v4: Vpc/a: spec.vni: bad"), "{t}");
     }
 

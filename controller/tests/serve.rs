@@ -216,6 +216,149 @@ async fn serves_snapshots_and_increments_over_mtls() {
     assert!(table.contains("controller not running"), "{table}");
 }
 
+/// A pod labelled app=web in VPC blue, as an agent reports it.
+fn pod(name: &str, node: &str, ip: &str) -> pb::Workload {
+    pb::Workload {
+        name: name.into(),
+        kind: pb::WorkloadKind::Pod as i32,
+        vpc: "blue".into(),
+        ip: ip.into(),
+        mac: "02:00:00:00:01:1e".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        node: node.into(),
+        port: format!("{name}-eth0"),
+    }
+}
+
+async fn report(agent: &Agent, revision: u64, workloads: Vec<pb::Workload>) {
+    let msg = Msg::LocalWorkloads(pb::LocalWorkloads {
+        revision,
+        workloads,
+    });
+    agent
+        .tx
+        .send(pb::AgentMessage { msg: Some(msg) })
+        .await
+        .unwrap();
+}
+
+fn workload<'a>(u: &'a pb::Update, name: &str) -> &'a pb::Workload {
+    u.upserts
+        .iter()
+        .find_map(|o| match &o.object {
+            Some(pb::object::Object::Workload(w)) if w.name == name => Some(w),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Workload/{name} in {:?}", keys(u)))
+}
+
+fn backend_ips(u: &pb::Update, service: &str) -> Vec<String> {
+    u.upserts
+        .iter()
+        .find_map(|o| match &o.object {
+            Some(pb::object::Object::Service(s)) if s.name == service => {
+                Some(s.backends.iter().map(|b| b.ip.clone()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no YusurService/{service} in {:?}", keys(u)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_pods_join_the_intent_and_survive_a_restart() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+
+    let ch = channel(server.port, &ca, id.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    assert!(snap.snapshot);
+    let v1 = snap.version;
+    assert!(!backend_ips(&snap, "web").contains(&"10.1.1.30".to_string()));
+    agent.ack(v1, &snap.nonce).await;
+    lab.wait_status("dpu-1 applied v1", |st| {
+        node(st, "dpu-1")["applied_version"] == v1
+    });
+
+    // The agent reports its pods: one good, one that claims another node.
+    report(
+        &agent,
+        7,
+        vec![
+            pod("pod-a", "dpu-1", "10.1.1.30"),
+            pod("pod-x", "dpu-2", "10.1.2.30"),
+        ],
+    )
+    .await;
+    let u = agent.update().await;
+    assert!(!u.snapshot);
+    assert_eq!((u.version, u.base_version), (v1 + 1, v1));
+    assert_eq!(keys(&u), ["Workload/pod-a", "YusurService/web"]);
+    assert!(u.deletes.is_empty());
+    let w = workload(&u, "pod-a");
+    assert_eq!((w.node.as_str(), w.ip.as_str()), ("dpu-1", "10.1.1.30"));
+    assert_eq!(w.kind, pb::WorkloadKind::Pod as i32);
+    assert_eq!(
+        backend_ips(&u, "web"),
+        ["10.1.1.10", "10.1.1.30", "10.1.1.99", "10.1.2.10"]
+    );
+    agent.ack(u.version, &u.nonce).await;
+    let st = lab.wait_status("the reported pod", |st| {
+        node(st, "dpu-1")["reported_workloads"] == 1
+            && node(st, "dpu-1")["applied_version"] == v1 + 1
+    });
+    assert_eq!(st["intent_version"], v1 + 1);
+    let errors = node(&st, "dpu-1")["reported_errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{st:#}");
+    assert_eq!(
+        errors[0],
+        "Workload/pod-x: spec.node: node dpu-2 is not the reporting node dpu-1"
+    );
+    let table = cli_ok(&["status", "--state-dir", s(&lab.state)]);
+    assert!(table.contains("PODS"), "{table}");
+    assert!(table.contains("1 (1 dropped)"), "{table}");
+    assert!(
+        table.contains("dpu-1: Workload/pod-x: spec.node"),
+        "{table}"
+    );
+
+    // An older revision from the same agent process is ignored.
+    report(&agent, 6, vec![]).await;
+    agent.nothing_for(Duration::from_millis(1500)).await;
+    let st = lab.status_json();
+    assert_eq!(st["intent_version"], v1 + 1);
+    assert_eq!(node(&st, "dpu-1")["reported_workloads"], 1);
+
+    // Disconnecting keeps the pods (they still exist).
+    drop(agent);
+    let st = lab.wait_status("dpu-1 disconnected", |st| {
+        node(st, "dpu-1")["connected"] == false
+    });
+    assert_eq!(node(&st, "dpu-1")["reported_workloads"], 1);
+    assert_eq!(st["intent_version"], v1 + 1);
+
+    // A restart (even a kill) keeps the pod and the version.
+    drop(server);
+    let server = Server::start(&lab);
+    let pid = server.child.id();
+    let st = lab.wait_status("the new controller", |st| st["controller_pid"] == pid);
+    assert_eq!(st["intent_version"], v1 + 1, "{st:#}");
+    assert_eq!(node(&st, "dpu-1")["reported_workloads"], 1);
+    let ch = channel(server.port, &ca, id.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-1", v1 + 1).await.unwrap();
+    agent.nothing_for(Duration::from_millis(1000)).await;
+    let ch = channel(server.port, &ca, id).await.unwrap();
+    let mut fresh = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = fresh.update().await;
+    assert!(snap.snapshot);
+    assert_eq!(snap.version, v1 + 1);
+    assert_eq!(workload(&snap, "pod-a").node, "dpu-1");
+    assert!(backend_ips(&snap, "web").contains(&"10.1.1.30".to_string()));
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_clients_that_are_not_the_node_they_claim() {
     let lab = Lab::new();

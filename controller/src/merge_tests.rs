@@ -1,0 +1,229 @@
+//! Unit tests for merging reported workloads: selectors pick them up, the
+//! manifests win every collision, and each drop names its reason.
+
+use std::net::Ipv4Addr;
+
+use dpu_model::{validate, Backend, Kind, ObjectKey};
+use dpu_proto::v1 as pb;
+
+use super::*;
+use crate::manifest::parse_file;
+use crate::reported::check_report;
+use crate::resolve::resolve;
+use crate::view::node_view;
+
+fn docs() -> Vec<Doc> {
+    let mut docs = Vec::new();
+    for (n, t) in [
+        ("i/10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
+        (
+            "i/20.yaml",
+            include_str!("../tests/data/good/20-workloads.yaml"),
+        ),
+        (
+            "i/30.yaml",
+            include_str!("../tests/data/good/30-services.yaml"),
+        ),
+    ] {
+        docs.extend(parse_file(n, t).unwrap());
+    }
+    docs
+}
+
+fn pod(name: &str, node: &str, ip: &str, app: &str) -> pb::Workload {
+    pb::Workload {
+        name: name.into(),
+        kind: pb::WorkloadKind::Pod as i32,
+        vpc: "blue".into(),
+        ip: ip.into(),
+        mac: String::new(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        node: node.into(),
+        port: format!("{name}-eth0"),
+    }
+}
+
+fn run(reports: &[(&str, Vec<pb::Workload>)]) -> Merged {
+    let docs = docs();
+    let base = resolve(&docs).unwrap();
+    let sets: BTreeMap<String, ReportedSet> = reports
+        .iter()
+        .map(|(node, ws)| {
+            let set = check_report(node, ws);
+            assert!(set.errors.is_empty(), "{:?}", set.errors);
+            (node.to_string(), set)
+        })
+        .collect();
+    let m = merge(&docs, &base, &sets);
+    assert!(validate(&m.intent).is_empty(), "the merge is valid");
+    // The manifests are all there, untouched.
+    for (name, w) in &base.workloads {
+        assert_eq!(m.intent.workloads.get(name), Some(w));
+    }
+    assert_eq!(m.intent.vpcs, base.vpcs);
+    assert_eq!(m.intent.subnets, base.subnets);
+    m
+}
+
+fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
+    Backend {
+        ip: Ipv4Addr::from(ip),
+        weight,
+        workload: workload.map(str::to_string),
+    }
+}
+
+#[test]
+fn no_reports_is_the_manifest_intent() {
+    let m = run(&[]);
+    assert_eq!(m.intent, resolve(&docs()).unwrap());
+    assert!(m.nodes.is_empty());
+}
+
+#[test]
+fn a_selector_picks_up_a_reported_pod() {
+    let m = run(&[
+        ("dpu-1", vec![pod("pod-a", "dpu-1", "10.1.1.30", "web")]),
+        ("dpu-2", vec![pod("pod-b", "dpu-2", "10.1.2.30", "db")]),
+    ]);
+    assert_eq!(
+        m.nodes["dpu-1"],
+        NodeMerge {
+            accepted: 1,
+            dropped: vec![]
+        }
+    );
+    assert_eq!(m.nodes["dpu-2"].accepted, 1);
+    let w = &m.intent.workloads["pod-a"];
+    assert_eq!(
+        (w.node.as_str(), w.kind),
+        ("dpu-1", dpu_model::WorkloadKind::Pod)
+    );
+    // app=web in blue: the pod joins web-1 and web-2 (sorted by IP); the explicit
+    // entries keep their weights. red-web (app=web in red) does not get it, and
+    // pod-b (app=db) is nobody's backend.
+    assert_eq!(
+        m.intent.services["web"].backends,
+        [
+            backend([10, 1, 1, 10], 1, Some("web-1")),
+            backend([10, 1, 1, 30], 1, Some("pod-a")),
+            backend([10, 1, 1, 99], 1, None),
+            backend([10, 1, 2, 10], 3, Some("web-2")),
+        ]
+    );
+    assert_eq!(m.intent.services["red-web"].backends.len(), 1);
+    // Its node and the other nodes of the VPC see it.
+    let key = ObjectKey::new(Kind::Workload, "pod-a");
+    assert!(node_view(&m.intent, "dpu-1").contains_key(&key));
+    assert!(node_view(&m.intent, "dpu-2").contains_key(&key));
+    assert!(!node_view(&m.intent, "dpu-3").contains_key(&key));
+}
+
+#[test]
+fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
+    let mut foreign = pod("pod-red", "dpu-1", "10.1.1.31", "web");
+    foreign.vpc = "nowhere".into();
+    let mut same_port = pod("pod-port", "dpu-1", "10.1.1.32", "web");
+    same_port.port = "web-1-eth0".into();
+    let m = run(&[
+        (
+            "dpu-1",
+            vec![
+                pod("web-1", "dpu-1", "10.1.1.40", "web"),
+                pod("pod-ip", "dpu-1", "10.1.1.10", "web"),
+                pod("pod-gw", "dpu-1", "10.1.0.1", "web"),
+                same_port,
+                pod("pod-out", "dpu-1", "10.2.0.5", "web"),
+                foreign,
+                pod("pod-ok", "dpu-1", "10.1.1.33", "web"),
+                pod("shared", "dpu-1", "10.1.1.34", "web"),
+            ],
+        ),
+        (
+            "dpu-2",
+            vec![
+                pod("shared", "dpu-2", "10.1.2.34", "web"),
+                pod("pod-dup-ip", "dpu-2", "10.1.1.33", "web"),
+            ],
+        ),
+    ]);
+    let d1 = &m.nodes["dpu-1"];
+    assert_eq!(d1.accepted, 2, "pod-ok and shared: {d1:#?}");
+    let reason = |name: &str| {
+        let prefix = format!("Workload/{name}: ");
+        d1.dropped
+            .iter()
+            .chain(&m.nodes["dpu-2"].dropped)
+            .find(|r| r.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no reason for {name}: {:#?}", m.nodes))
+            .clone()
+    };
+    assert_eq!(
+        reason("web-1"),
+        "Workload/web-1: metadata.name: a manifest Workload has this name (the manifest wins)"
+    );
+    assert_eq!(
+        reason("pod-ip"),
+        "Workload/pod-ip: spec.ip: 10.1.1.10 in Vpc/blue is already Workload/web-1"
+    );
+    assert!(
+        reason("pod-gw").ends_with("is already the gateway of Subnet/blue-a"),
+        "{}",
+        reason("pod-gw")
+    );
+    assert_eq!(
+        reason("pod-port"),
+        "Workload/pod-port: spec.port: port web-1-eth0 on node dpu-1 is already bound to Workload/web-1"
+    );
+    // These two come from the model's rules over the merged intent.
+    assert_eq!(
+        reason("pod-out"),
+        "Workload/pod-out: spec.ip: 10.2.0.5 is not inside any Subnet of Vpc/blue"
+    );
+    assert_eq!(
+        reason("pod-red"),
+        "Workload/pod-red: spec.vpc: Vpc/nowhere does not exist"
+    );
+    // Between nodes: the first node in name order keeps the name and the IP.
+    let d2 = &m.nodes["dpu-2"];
+    assert_eq!(d2.accepted, 0);
+    assert_eq!(
+        d2.dropped,
+        [
+            "Workload/pod-dup-ip: spec.ip: 10.1.1.33 in Vpc/blue is already Workload/pod-ok (reported by dpu-1)",
+            "Workload/shared: metadata.name: node dpu-1 already reports a Workload with this name",
+        ]
+    );
+    assert_eq!(m.intent.workloads["shared"].node, "dpu-1");
+    assert_eq!(m.intent.workloads["web-1"].ip.to_string(), "10.1.1.10");
+    let web: Vec<_> = m.intent.services["web"]
+        .backends
+        .iter()
+        .filter_map(|b| b.workload.clone())
+        .collect();
+    assert_eq!(web, ["web-1", "pod-ok", "shared", "web-2"]);
+}
+
+#[test]
+fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
+    // 513 selected pods push YusurService/web past 512 backends.
+    let mut pods: Vec<pb::Workload> = (0..513)
+        .map(|i| {
+            let ip = format!("10.1.{}.{}", 10 + i / 200, 1 + i % 200);
+            pod(&format!("p-{i}"), "dpu-1", &ip, "web")
+        })
+        .collect();
+    pods.push(pod("db-pod", "dpu-1", "10.1.9.9", "db"));
+    let m = run(&[("dpu-1", pods)]);
+    let n = &m.nodes["dpu-1"];
+    assert_eq!(n.accepted, 1, "only the pod web does not select");
+    assert_eq!(n.dropped.len(), 513);
+    assert!(
+        n.dropped[0].contains("YusurService/web selects it")
+            && n.dropped[0].contains("spec.backends"),
+        "{}",
+        n.dropped[0]
+    );
+    assert!(m.intent.workloads.contains_key("db-pod"));
+    assert_eq!(m.intent.services["web"].backends.len(), 3);
+}
