@@ -12,11 +12,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::alloc::Allocations;
 use crate::attach::{self, pool::Pool, AttachCmd};
-use crate::pods::Pods;
 use crate::compile::{compile, NodeFacts};
 use crate::config::Config;
 use crate::openflow::{OfctlBackend, OpenFlowBackend};
 use crate::ovsdb::{BridgeSpec, OvsdbSession, OvsdbState};
+use crate::pods::Pods;
 use crate::reconcile::Reconciler;
 use crate::session::{self, SessionEvent};
 use crate::store::{Persisted, Store, StoreError};
@@ -116,7 +116,14 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if dirty {
-            dirty = !resync(&mut reconciler, &mut applied, &pods.pool, &facts, &status_tx).await;
+            dirty = !resync(
+                &mut reconciler,
+                &mut applied,
+                &pods.pool,
+                &facts,
+                &status_tx,
+            )
+            .await;
             if !dirty {
                 pods.settle(&facts);
             }
@@ -242,7 +249,11 @@ async fn resync<B: OpenFlowBackend>(
     facts: &NodeFacts,
     status: &watch::Sender<pb::Status>,
 ) -> bool {
-    let compiled = compile(&with_pods(&applied.intent, pool, &facts.node), &applied.alloc, facts);
+    let compiled = compile(
+        &with_pods(&applied.intent, pool, &facts.node),
+        &applied.alloc,
+        facts,
+    );
     match reconciler.apply(&compiled.desired).await {
         Ok(stats) => {
             tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports, "reconciled");

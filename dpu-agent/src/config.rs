@@ -190,7 +190,10 @@ impl Config {
                 return bad("shim.client_name", m);
             }
             if !(576..=9216).contains(&shim.mtu) {
-                return bad("shim.mtu", format!("{} is out of range (576..=9216)", shim.mtu));
+                return bad(
+                    "shim.mtu",
+                    format!("{} is out of range (576..=9216)", shim.mtu),
+                );
             }
             let mut seen = std::collections::BTreeSet::new();
             for (i, v) in shim.vfs.iter().enumerate() {

@@ -36,9 +36,9 @@ pub struct Pods {
 
 fn status_of(e: &AttachError) -> Status {
     match e {
-        AttachError::Invalid { .. } | AttachError::UnknownSubnet(_) | AttachError::NoBlock { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
+        AttachError::Invalid { .. }
+        | AttachError::UnknownSubnet(_)
+        | AttachError::NoBlock { .. } => Status::invalid_argument(e.to_string()),
         AttachError::NoIntent => Status::unavailable(e.to_string()),
         AttachError::AddressesExhausted { .. } | AttachError::VfsExhausted(_) => {
             Status::resource_exhausted(e.to_string())
@@ -49,7 +49,10 @@ fn status_of(e: &AttachError) -> Status {
 fn external_ids(r: &Record) -> BTreeMap<String, String> {
     [
         ("iface-id".to_string(), r.iface_id.clone()),
-        ("dpu-attachment".to_string(), key(&r.container_id, &r.ifname)),
+        (
+            "dpu-attachment".to_string(),
+            key(&r.container_id, &r.ifname),
+        ),
         ("dpu-workload".to_string(), r.workload.clone()),
     ]
     .into()
@@ -74,7 +77,9 @@ impl Pods {
         let Some(client) = ovsdb.client() else { return };
         for r in self.pool.records.values() {
             if !facts.ports.contains_key(&r.iface_id) {
-                if let Err(e) = plug_port(&client, &cfg.ovs.bridge, &r.representor, &external_ids(r)).await {
+                if let Err(e) =
+                    plug_port(&client, &cfg.ovs.bridge, &r.representor, &external_ids(r)).await
+                {
                     tracing::warn!(representor = %r.representor, error = %e, "cannot re-plug a restored attachment");
                 }
             }
@@ -89,10 +94,12 @@ impl Pods {
                 .pool
                 .workloads(node)
                 .into_iter()
-                .map(|w| match dpu_model::object_to_proto(&dpu_model::Object::Workload(w)).object {
-                    Some(pb::object::Object::Workload(w)) => w,
-                    _ => pb::Workload::default(),
-                })
+                .map(
+                    |w| match dpu_model::object_to_proto(&dpu_model::Object::Workload(w)).object {
+                        Some(pb::object::Object::Workload(w)) => w,
+                        _ => pb::Workload::default(),
+                    },
+                )
                 .collect(),
         }
     }
@@ -145,9 +152,17 @@ impl Pods {
         intent: Option<&Intent>,
         facts: &NodeFacts,
     ) -> bool {
-        let vfs = cfg.shim.as_ref().map(|s| s.vfs.as_slice()).unwrap_or_default();
+        let vfs = cfg
+            .shim
+            .as_ref()
+            .map(|s| s.vfs.as_slice())
+            .unwrap_or_default();
         match cmd {
-            AttachCmd::Get { container_id, ifname, reply } => {
+            AttachCmd::Get {
+                container_id,
+                ifname,
+                reply,
+            } => {
                 let _ = reply.send(self.pool.get(&container_id, &ifname).cloned());
                 false
             }
@@ -158,7 +173,10 @@ impl Pods {
             AttachCmd::Ready(reply) => {
                 let state = ovsdb.state().borrow().clone();
                 let answer = if intent.is_none() {
-                    (false, "no intent yet: the controller has not been reached".to_string())
+                    (
+                        false,
+                        "no intent yet: the controller has not been reached".to_string(),
+                    )
                 } else if !(state.connected && state.bridge_ready) {
                     (false, format!("bridge {} not ready", cfg.ovs.bridge))
                 } else if self.pool.free_vfs(vfs) == 0 {
@@ -195,7 +213,14 @@ impl Pods {
                     let _ = reply.send(Err(Status::unavailable("OVSDB is not connected")));
                     return false;
                 };
-                if let Err(e) = plug_port(&client, &cfg.ovs.bridge, &record.representor, &external_ids(&record)).await {
+                if let Err(e) = plug_port(
+                    &client,
+                    &cfg.ovs.bridge,
+                    &record.representor,
+                    &external_ids(&record),
+                )
+                .await
+                {
                     rollback(self);
                     let _ = self.save(store);
                     let _ = reply.send(Err(Status::internal(format!(
@@ -217,18 +242,25 @@ impl Pods {
                 let _ = facts;
                 true
             }
-            AttachCmd::Detach { container_id, ifname, reply } => {
+            AttachCmd::Detach {
+                container_id,
+                ifname,
+                reply,
+            } => {
                 let Some(record) = self.pool.detach(&container_id, &ifname) else {
                     let _ = reply.send(Ok(None));
                     return false;
                 };
                 if let Err(s) = self.save(store) {
-                    self.pool.records.insert(key(&container_id, &ifname), record);
+                    self.pool
+                        .records
+                        .insert(key(&container_id, &ifname), record);
                     let _ = reply.send(Err(s));
                     return false;
                 }
                 if let Some(client) = ovsdb.client() {
-                    if let Err(e) = unplug_port(&client, &cfg.ovs.bridge, &record.representor).await {
+                    if let Err(e) = unplug_port(&client, &cfg.ovs.bridge, &record.representor).await
+                    {
                         tracing::warn!(representor = %record.representor, error = %e, "cannot unplug; it is re-used on the next attach");
                     }
                 }

@@ -211,7 +211,9 @@ datapath_type = "netdev"
                 sh.agent_addr
             ));
             for (vf, rep) in &sh.vfs {
-                cfg.push_str(&format!("[[shim.vfs]]\nvf = \"{vf}\"\nrepresentor = \"{rep}\"\n"));
+                cfg.push_str(&format!(
+                    "[[shim.vfs]]\nvf = \"{vf}\"\nrepresentor = \"{rep}\"\n"
+                ));
             }
         }
         let p = self.path("agent.toml");
@@ -351,9 +353,16 @@ datapath_type = "netdev"
     pub fn enable_shim(&mut self, vfs: usize) -> Result<()> {
         let ns = Netns::new(&format!("{}-host", self.prefix))?;
         // A /30 on 169.254.0.0/16 per lab, from the prefix, for the link.
-        let h = self.prefix.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b))) % 16_000;
+        let h = self
+            .prefix
+            .bytes()
+            .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)))
+            % 16_000;
         let (a, b) = (h / 64, (h % 64) * 4);
-        let (root_ip, host_ip) = (format!("169.254.{a}.{}", b + 1), format!("169.254.{a}.{}", b + 2));
+        let (root_ip, host_ip) = (
+            format!("169.254.{a}.{}", b + 1),
+            format!("169.254.{a}.{}", b + 2),
+        );
         let link = format!("{}l", self.prefix);
         let peer = format!("{}L", self.prefix);
         let mut veth = netns::Veth::create(&link, &peer)?;
@@ -364,10 +373,17 @@ datapath_type = "netdev"
         ns.set_up(&peer)?;
         ns.set_lo_up()?;
         veth.keep();
-        let ovs_ns = self.ovs.netns().ok_or_else(|| anyhow!("OVS has no namespace"))?.to_string();
+        let ovs_ns = self
+            .ovs
+            .netns()
+            .ok_or_else(|| anyhow!("OVS has no namespace"))?
+            .to_string();
         let mut pairs = Vec::new();
         for i in 0..vfs {
-            let (vf, rep) = (format!("{}v{i}", self.prefix), format!("{}r{i}", self.prefix));
+            let (vf, rep) = (
+                format!("{}v{i}", self.prefix),
+                format!("{}r{i}", self.prefix),
+            );
             let mut v = netns::Veth::create(&vf, &rep)?;
             v.move_a_to(&ns)?;
             ns.set_up(&vf)?;
@@ -375,7 +391,16 @@ datapath_type = "netdev"
             netns::ip(&["link", "set", &rep, "netns", &ovs_ns])?;
             for args in [
                 vec!["-n", ovs_ns.as_str(), "link", "set", rep.as_str(), "up"],
-                vec!["netns", "exec", ovs_ns.as_str(), "ethtool", "-K", rep.as_str(), "tx", "off"],
+                vec![
+                    "netns",
+                    "exec",
+                    ovs_ns.as_str(),
+                    "ethtool",
+                    "-K",
+                    rep.as_str(),
+                    "tx",
+                    "off",
+                ],
             ] {
                 let mut c = Command::new("ip");
                 c.args(args);
@@ -396,7 +421,10 @@ datapath_type = "netdev"
 
     /// Makes a pod network namespace; returns its path for CNI_NETNS.
     pub fn pod_netns(&mut self, name: &str) -> Result<String> {
-        let sh = self.shim.as_mut().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let sh = self
+            .shim
+            .as_mut()
+            .ok_or_else(|| anyhow!("enable_shim first"))?;
         let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
         ns.set_lo_up()?;
         let path = format!("/var/run/netns/{}", ns.name());
@@ -415,7 +443,10 @@ datapath_type = "netdev"
 
     /// The CNI network config the tests hand the shim.
     pub fn cni_config(&self, subnet: &str, labels: &[(&str, &str)]) -> Result<serde_json::Value> {
-        let sh = self.shim.as_ref().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let sh = self
+            .shim
+            .as_ref()
+            .ok_or_else(|| anyhow!("enable_shim first"))?;
         let pki = self.pki();
         let labels: Vec<serde_json::Value> = labels
             .iter()
@@ -448,14 +479,20 @@ datapath_type = "netdev"
         ifname: &str,
         config: &serde_json::Value,
     ) -> Result<(i32, serde_json::Value)> {
-        let sh = self.shim.as_ref().ok_or_else(|| anyhow!("enable_shim first"))?;
+        let sh = self
+            .shim
+            .as_ref()
+            .ok_or_else(|| anyhow!("enable_shim first"))?;
         let mut c = sh.ns.command([bin("host-shim")?.into_os_string()]);
         c.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}"))
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={container_id}"),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -469,7 +506,8 @@ datapath_type = "netdev"
         let json = if stdout.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_str(&stdout).with_context(|| format!("host-shim stdout is not JSON: {stdout}"))?
+            serde_json::from_str(&stdout)
+                .with_context(|| format!("host-shim stdout is not JSON: {stdout}"))?
         };
         Ok((out.status.code().unwrap_or(-1), json))
     }

@@ -53,16 +53,35 @@ fn lab(tag: &str, vfs: usize) -> Result<Lab> {
 
 /// ADD for pod `name` in its own namespace; returns the pod's address.
 fn add(lab: &mut Lab, name: &str, subnet: &str, app: &str) -> Result<String> {
+    Ok(add_result(lab, name, subnet, app)?.0)
+}
+
+/// ADD, returning the address and the CNI Result.
+fn add_result(
+    lab: &mut Lab,
+    name: &str,
+    subnet: &str,
+    app: &str,
+) -> Result<(String, serde_json::Value)> {
     let netns = lab.pod_netns(name)?;
     let cfg = lab.cni_config(subnet, &[("app", app)])?;
     let (code, out) = lab.cni("ADD", name, &netns, "eth0", &cfg)?;
-    anyhow::ensure!(code == 0, "ADD {name} failed ({code}): {out}\nagent:\n{}", dpu_lab::fixture::tail(&lab.agent_log()));
-    let ip = out["ips"][0]["address"].as_str().unwrap_or_default().to_string();
-    Ok(ip.split('/').next().unwrap_or_default().to_string())
+    anyhow::ensure!(
+        code == 0,
+        "ADD {name} failed ({code}): {out}\nagent:\n{}",
+        dpu_lab::fixture::tail(&lab.agent_log())
+    );
+    let ip = out["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((ip.split('/').next().unwrap_or_default().to_string(), out))
 }
 
 fn link_json(lab: &Lab, pod: &str) -> Result<serde_json::Value> {
-    let out = lab.pod(pod)?.exec(["ip", "-j", "addr", "show", "dev", "eth0"])?;
+    let out = lab
+        .pod(pod)?
+        .exec(["ip", "-j", "addr", "show", "dev", "eth0"])?;
     Ok(serde_json::from_str(&out)?)
 }
 
@@ -83,7 +102,13 @@ fn pods_added_through_the_shim_reach_a_service_of_pods() -> Result<()> {
     let mut echoes = Vec::new();
     for name in ["web-a", "web-b"] {
         let log = lab.path(&format!("logs/echo-{name}.log"));
-        echoes.push(traffic::start_echo(lab.pod(name)?, name, &[8080], &[5353], &log)?);
+        echoes.push(traffic::start_echo(
+            lab.pod(name)?,
+            name,
+            &[8080],
+            &[5353],
+            &log,
+        )?);
     }
     // The controller merged the reported pods (no manifest change) and the agent ACKed.
     lab.wait_converged_after(v0)?;
@@ -94,7 +119,10 @@ fn pods_added_through_the_shim_reach_a_service_of_pods() -> Result<()> {
     let udp = traffic::run_client(client, &format!("{VIP}:53"), "udp", 40, &[])?;
     for (r, what) in [(&tcp, "tcp"), (&udp, "udp")] {
         assert_eq!(r.failed, 0, "{what}: {r:?}");
-        assert!(r.count_for("web-a") > 0 && r.count_for("web-b") > 0, "{what}: {r:?}");
+        assert!(
+            r.count_for("web-a") > 0 && r.count_for("web-b") > 0,
+            "{what}: {r:?}"
+        );
     }
     Ok(())
 }
@@ -102,19 +130,22 @@ fn pods_added_through_the_shim_reach_a_service_of_pods() -> Result<()> {
 #[test]
 fn del_is_idempotent_and_check_catches_drift() -> Result<()> {
     let mut lab = lab("del", 2)?;
-    let ip = add(&mut lab, "p1", "pods", "web")?;
+    let (ip, prev) = add_result(&mut lab, "p1", "pods", "web")?;
     let netns = format!("/var/run/netns/{}", lab.pod("p1")?.name());
     let cfg = lab.cni_config("pods", &[("app", "web")])?;
     // CHECK needs prevResult: what ADD returned.
-    let (_, prev) = lab.cni("ADD", "p1", &netns, "eth0", &cfg)?;
     let mut with_prev = cfg.clone();
     with_prev["prevResult"] = prev;
     let (code, out) = lab.cni("CHECK", "p1", &netns, "eth0", &with_prev)?;
     assert_eq!(code, 0, "CHECK of a healthy pod: {out}");
-    lab.pod("p1")?.exec(["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"])?;
+    lab.pod("p1")?
+        .exec(["ip", "addr", "del", &format!("{ip}/24"), "dev", "eth0"])?;
     let (code, out) = lab.cni("CHECK", "p1", &netns, "eth0", &with_prev)?;
     assert_ne!(code, 0, "CHECK missed a removed address: {out}");
-    assert!(out["msg"].as_str().unwrap_or_default().contains(&ip) || out.to_string().contains(&ip), "{out}");
+    assert!(
+        out["msg"].as_str().unwrap_or_default().contains(&ip) || out.to_string().contains(&ip),
+        "{out}"
+    );
     // DEL twice, and DEL without prevResult.
     for round in 0..2 {
         let (code, out) = lab.cni("DEL", "p1", &netns, "eth0", &cfg)?;
@@ -123,7 +154,10 @@ fn del_is_idempotent_and_check_catches_drift() -> Result<()> {
     // The VF is back in the host namespace under its own name.
     let sh = lab.shim.as_ref().expect("shim");
     let vf = &sh.vfs[0].0;
-    assert!(sh.ns.link_exists(vf), "VF {vf} not back in the host namespace");
+    assert!(
+        sh.ns.link_exists(vf),
+        "VF {vf} not back in the host namespace"
+    );
     assert!(!lab.pod("p1")?.link_exists("eth0"));
     Ok(())
 }
@@ -139,7 +173,11 @@ fn add_fails_cleanly_when_the_agent_is_down_and_pods_attach_without_the_controll
     let log = lab.path("logs/echo-p1.log");
     let _echo = traffic::start_echo(lab.pod("p1")?, "p1", &[8080], &[], &log)?;
     let r = traffic::run_client(lab.pod("p2")?, &format!("{ip}:8080"), "tcp", 5, &[])?;
-    assert_eq!(r.count_for("p1"), 5, "pod-to-pod without the controller ({peer} -> {ip}): {r:?}");
+    assert_eq!(
+        r.count_for("p1"),
+        5,
+        "pod-to-pod without the controller ({peer} -> {ip}): {r:?}"
+    );
 
     // Agent down: ADD fails with a CNI error and leaves the VF where it was.
     lab.agent.as_mut().expect("agent").terminate()?;
@@ -147,7 +185,10 @@ fn add_fails_cleanly_when_the_agent_is_down_and_pods_attach_without_the_controll
     let cfg = lab.cni_config("pods", &[])?;
     let (code, out) = lab.cni("ADD", "p3", &netns, "eth0", &cfg)?;
     assert_ne!(code, 0, "{out}");
-    assert!(out["code"].as_u64().is_some() && out["msg"].is_string(), "not a CNI error: {out}");
+    assert!(
+        out["code"].as_u64().is_some() && out["msg"].is_string(),
+        "not a CNI error: {out}"
+    );
     let sh = lab.shim.as_ref().expect("shim");
     assert!(sh.ns.link_exists(&sh.vfs[2].0), "the free VF moved");
     assert!(!lab.pod("p3")?.link_exists("eth0"));
@@ -165,7 +206,10 @@ fn address_exhaustion_and_bad_config_are_clear_errors() -> Result<()> {
     assert_ne!(code, 0, "{out}");
     assert!(out.to_string().contains("no free address"), "{out}");
     let sh = lab.shim.as_ref().expect("shim");
-    assert!(sh.ns.link_exists(&sh.vfs[1].0), "a VF was taken by a failed ADD");
+    assert!(
+        sh.ns.link_exists(&sh.vfs[1].0),
+        "a VF was taken by a failed ADD"
+    );
     // A config without the agent address is a spec error (7: invalid network config).
     let mut bad = cfg.clone();
     bad.as_object_mut().expect("object").remove("agent");

@@ -105,7 +105,10 @@ impl AttachService {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> AttachCmd) -> Result<T, Status> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> AttachCmd,
+    ) -> Result<T, Status> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(make(tx))

@@ -52,7 +52,10 @@ pub struct AttachInput {
 pub enum AttachError {
     /// A request field is missing or malformed.
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     /// The agent has no intent yet (never reached the controller, nothing persisted).
     #[error("no intent applied yet: the agent has not heard from the controller")]
     NoIntent,
@@ -118,8 +121,17 @@ impl Pool {
             .filter(|w| w.vpc == subnet.vpc)
             .map(|w| w.ip)
             .collect();
-        used.extend(self.records.values().filter(|r| r.vpc == subnet.vpc).map(|r| r.ip));
-        used.extend([subnet.gateway, subnet.cidr.network(), subnet.cidr.broadcast()]);
+        used.extend(
+            self.records
+                .values()
+                .filter(|r| r.vpc == subnet.vpc)
+                .map(|r| r.ip),
+        );
+        used.extend([
+            subnet.gateway,
+            subnet.cidr.network(),
+            subnet.cidr.broadcast(),
+        ]);
         let ip = block
             .cidr
             .hosts()
@@ -197,7 +209,10 @@ fn check(req: &AttachInput) -> Result<(), AttachError> {
         return bad("key.container_id", "is required (1..=256 bytes)");
     }
     if req.ifname.is_empty() || req.ifname.len() > 15 || req.ifname.contains('/') {
-        return bad("key.ifname", "must be a Linux interface name (1..=15 bytes)");
+        return bad(
+            "key.ifname",
+            "must be a Linux interface name (1..=15 bytes)",
+        );
     }
     if req.subnet.is_empty() {
         return bad("subnet", "is required");
@@ -214,12 +229,22 @@ fn workload_name(ns: &str, pod: &str, ifname: &str) -> Result<String, AttachErro
     let clean = |s: &str| -> String {
         s.to_ascii_lowercase()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect::<String>()
             .trim_matches('-')
             .to_string()
     };
-    let ns = if ns.is_empty() { "default".to_string() } else { clean(ns) };
+    let ns = if ns.is_empty() {
+        "default".to_string()
+    } else {
+        clean(ns)
+    };
     let mut name = format!("pod.{ns}.{}", clean(pod));
     if ifname != "eth0" {
         name = format!("{name}.{}", clean(ifname));
@@ -238,7 +263,13 @@ mod tests {
 
     fn intent() -> Intent {
         let mut i = Intent::default();
-        i.vpcs.insert("a".into(), Vpc { name: "a".into(), vni: 1 });
+        i.vpcs.insert(
+            "a".into(),
+            Vpc {
+                name: "a".into(),
+                vni: 1,
+            },
+        );
         i.subnets.insert(
             "pods".into(),
             Subnet {
@@ -288,7 +319,9 @@ mod tests {
         assert_eq!((r.prefix_len, r.vf.as_str()), (24, "vf0"));
         // Same request, same answer.
         assert_eq!(p.attach(&req("c1"), Some(&i), "dpu-1", &vfs(4)).unwrap(), r);
-        let e = p.attach(&req("c2"), Some(&i), "dpu-1", &vfs(4)).unwrap_err();
+        let e = p
+            .attach(&req("c2"), Some(&i), "dpu-1", &vfs(4))
+            .unwrap_err();
         assert!(matches!(e, AttachError::AddressesExhausted { .. }), "{e}");
         assert!(e.to_string().contains("10.0.1.0/30"), "{e}");
         // Detach frees the address and the VF.
@@ -301,7 +334,10 @@ mod tests {
     fn clear_errors_for_what_cannot_be_served() {
         let mut p = Pool::default();
         let i = intent();
-        assert_eq!(p.attach(&req("c"), None, "dpu-1", &vfs(1)), Err(AttachError::NoIntent));
+        assert_eq!(
+            p.attach(&req("c"), None, "dpu-1", &vfs(1)),
+            Err(AttachError::NoIntent)
+        );
         assert!(matches!(
             p.attach(&req("c"), Some(&i), "dpu-2", &vfs(1)),
             Err(AttachError::NoBlock { .. })
@@ -312,19 +348,29 @@ mod tests {
             p.attach(&r, Some(&i), "dpu-1", &vfs(1)),
             Err(AttachError::UnknownSubnet("nope".into()))
         );
-        assert_eq!(p.attach(&req("c"), Some(&i), "dpu-1", &[]), Err(AttachError::VfsExhausted(0)));
+        assert_eq!(
+            p.attach(&req("c"), Some(&i), "dpu-1", &[]),
+            Err(AttachError::VfsExhausted(0))
+        );
         let mut r = req("c");
         r.ifname = "a-very-long-interface".into();
-        assert!(matches!(p.attach(&r, Some(&i), "dpu-1", &vfs(1)), Err(AttachError::Invalid { .. })));
+        assert!(matches!(
+            p.attach(&r, Some(&i), "dpu-1", &vfs(1)),
+            Err(AttachError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn pods_become_workloads_of_this_node() {
         let mut p = Pool::default();
-        p.attach(&req("c1"), Some(&intent()), "dpu-1", &vfs(1)).unwrap();
+        p.attach(&req("c1"), Some(&intent()), "dpu-1", &vfs(1))
+            .unwrap();
         let w = p.workloads("dpu-1");
         assert_eq!(w.len(), 1);
-        assert_eq!((w[0].kind, w[0].node.as_str()), (WorkloadKind::Pod, "dpu-1"));
+        assert_eq!(
+            (w[0].kind, w[0].node.as_str()),
+            (WorkloadKind::Pod, "dpu-1")
+        );
         assert_eq!(w[0].labels.get("app").map(String::as_str), Some("web"));
         assert!(w[0].port.starts_with("cni-c1-eth0"));
     }

@@ -32,7 +32,11 @@ async fn find_port(
     let Some(found) = r.first().map(rows).and_then(|v| v.into_iter().next()) else {
         return Ok(None);
     };
-    let id = found.get("_uuid").and_then(as_uuid).unwrap_or_default().to_string();
+    let id = found
+        .get("_uuid")
+        .and_then(as_uuid)
+        .unwrap_or_default()
+        .to_string();
     let ifaces = found
         .get("interfaces")
         .map(|v| {
@@ -76,7 +80,10 @@ pub async fn plug_port(
         .with_uuid_name("iface"),
         Op::insert(
             "Port",
-            row([("name", json!(port)), ("interfaces", set([named_uuid("iface")]))]),
+            row([
+                ("name", json!(port)),
+                ("interfaces", set([named_uuid("iface")])),
+            ]),
         )
         .with_uuid_name("port"),
         Op::mutate(
@@ -86,14 +93,22 @@ pub async fn plug_port(
         ),
     ];
     let r = client.transact(VSWITCH_DB, &ops).await?;
-    if r.get(2).and_then(|m| m.get("count")).and_then(Value::as_u64) == Some(0) {
+    if r.get(2)
+        .and_then(|m| m.get("count"))
+        .and_then(Value::as_u64)
+        == Some(0)
+    {
         return Err(OvsdbError::State(format!("bridge {bridge} does not exist")));
     }
     Ok(())
 }
 
 /// Removes `port` from `bridge`; returns whether it was there.
-pub async fn unplug_port(client: &OvsdbClient, bridge: &str, port: &str) -> Result<bool, OvsdbError> {
+pub async fn unplug_port(
+    client: &OvsdbClient,
+    bridge: &str,
+    port: &str,
+) -> Result<bool, OvsdbError> {
     let Some((id, _)) = find_port(client, port).await? else {
         return Ok(false);
     };
