@@ -113,6 +113,7 @@ fn run(args: &Args) -> Result<()> {
             _ => {}
         }
     }
+    lab.enable_shim(2)?;
     lab.start_controller()?;
     lab.start_agent()?;
     let v = lab.wait_converged()?;
@@ -162,6 +163,47 @@ fn run(args: &Args) -> Result<()> {
             println!();
         }
     }
+    // Pods through the host shim: the CNI plugin, run as a runtime runs it, asks the
+    // agent for an attachment and moves a VF into each pod.
+    println!("\n== attaching two pods through the host shim (CNI ADD; a VF moved into each pod)");
+    let before = lab.intent_version()?;
+    let mut pod_ips = Vec::new();
+    for (pod, app) in [("web-pod", "web"), ("client-pod", "client")] {
+        let netns = lab.pod_netns(pod)?;
+        let cfg = lab.cni_config("vpc-a-pods", &[("app", app)])?;
+        let (code, out) = lab.cni("ADD", pod, &netns, "eth0", &cfg)?;
+        if code != 0 {
+            return Err(anyhow!("CNI ADD {pod} failed: {out}"));
+        }
+        let ip = out["ips"][0]["address"].as_str().unwrap_or("?").to_string();
+        println!("   {pod:<10} app={app:<6} {ip:<15} mac {}", out["interfaces"][0]["mac"].as_str().unwrap_or("?"));
+        pod_ips.push((pod, netns));
+    }
+    let log = lab.path("logs/echo-web-pod.log");
+    let echo = dpu_lab::traffic::start_echo(lab.pod("web-pod")?, "web-pod", &[8080], &[5353], &log)?;
+    let v = lab.wait_converged_after(before)?;
+    println!("   the controller merged the reported pods; the agent applied version {v}");
+    for svc in &services {
+        let name = s(svc, &["metadata", "name"]).unwrap_or("?");
+        let vip = svc["spec"]["clusterIPs"][0].as_str().unwrap_or("?");
+        let r = dpu_lab::traffic::run_client(lab.pod("client-pod")?, &format!("{vip}:80"), "tcp", args.count, &[])?;
+        println!("\n== Service {name}: {} TCP requests from client-pod to {vip}:80 (web-pod joined by its label)", args.count);
+        for (b, n) in &r.by_backend {
+            println!("   {b:<10} {n:>5} {:>3}%", n * 100 / u64::from(args.count.max(1)));
+        }
+        if r.failed > 0 {
+            println!("   (failed)   {:>5}", r.failed);
+        }
+    }
+    for (pod, netns) in &pod_ips {
+        let cfg = lab.cni_config("vpc-a-pods", &[])?;
+        let (code, out) = lab.cni("DEL", pod, netns, "eth0", &cfg)?;
+        if code != 0 {
+            return Err(anyhow!("CNI DEL {pod} failed: {out}"));
+        }
+    }
+    println!("   CNI DEL of both pods: VFs back on the host, addresses released");
+
     println!("\n== installed in OVS (ovs-ofctl -O OpenFlow15 dump-groups):");
     for g in lab.groups()? {
         let short: String = g.chars().take(140).collect();
@@ -172,6 +214,7 @@ fn run(args: &Args) -> Result<()> {
         lab.flows()?.len()
     );
     println!("\n== tearing down (agent, controller, namespaces, OVS)");
+    drop(echo);
     drop(lab);
     println!("done");
     Ok(())
