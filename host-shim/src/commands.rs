@@ -50,6 +50,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
     let pod_fd = netns::open(path)?.ok_or_else(|| ShimError::UnknownContainer {
         netns: label.clone(),
     })?;
+    netns::ensure_distinct(&host_fd, &pod_fd, path)?;
     let host = netns::links_here("host netns")?;
     let pod = netns::links_in(&pod_fd, &label)?;
     if pod.find(&env.ifname).await?.is_some() {
@@ -114,6 +115,27 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
 
 async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
     let host_fd = netns::open_host()?;
+    // A netns that is gone (or unreadable) leaves nothing to move: DEL goes on.
+    let pod_fd = match env.netns.as_deref() {
+        Some(path) => match netns::open(path) {
+            Ok(Some(fd)) => {
+                netns::ensure_distinct(&host_fd, &fd, path)?;
+                Some(fd)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                debug(format_args!("{e}; treating the netns as gone"));
+                None
+            }
+        },
+        None => None,
+    };
+    let label = env
+        .netns
+        .as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+
     let agent = Agent::connect(&conf.agent).await?;
     let Some(attachment) = agent.get(key(env)).await? else {
         debug(format_args!(
@@ -128,18 +150,6 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
     })?;
 
     let host = netns::links_here("host netns")?;
-    let pod_fd = match env.netns.as_deref() {
-        Some(path) => netns::open(path).unwrap_or_else(|e| {
-            debug(format_args!("{e}; treating the netns as gone"));
-            None
-        }),
-        None => None,
-    };
-    let label = env
-        .netns
-        .as_deref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
     let pod = match &pod_fd {
         Some(fd) => Some(netns::links_in(fd, &label)?),
         None => None,
@@ -175,6 +185,7 @@ async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
     let pod_fd = netns::open(path)?.ok_or_else(|| ShimError::UnknownContainer {
         netns: label.clone(),
     })?;
+    netns::ensure_distinct(&netns::open_host()?, &pod_fd, path)?;
     let agent = Agent::connect(&conf.agent).await?;
     let Some(reply) = agent.get(key(env)).await? else {
         return Err(ShimError::Drift {

@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::sched::{setns, CloneFlags};
@@ -23,6 +24,24 @@ pub fn open(path: &Path) -> Result<Option<File>, ShimError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ShimError::io(
             format!("opening netns {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Refuses a container netns that is the plugin's own: moving the VF "into" it would
+/// rename host interfaces, and DEL would move host interfaces around.
+pub fn ensure_distinct(host: &File, container: &File, path: &Path) -> Result<(), ShimError> {
+    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino()));
+    let (h, c) = (id(host), id(container));
+    match (h, c) {
+        (Ok(h), Ok(c)) if h == c => Err(ShimError::InvalidEnv {
+            vars: vec!["CNI_NETNS"],
+            reason: format!("{} is the plugin's own netns", path.display()),
+        }),
+        (Ok(_), Ok(_)) => Ok(()),
+        (Err(e), _) | (_, Err(e)) => Err(ShimError::io(
+            format!("inspecting netns {}", path.display()),
             e,
         )),
     }

@@ -60,7 +60,13 @@ pub async fn move_in(
         up: vf.up,
     };
     match plumb(sides, vf, att, ifname, temp).await {
-        Ok(link) => Ok(link),
+        Ok(link) => {
+            debug(format_args!(
+                "VF {} is {ifname} in {}",
+                att.vf, sides.pod.ns
+            ));
+            Ok(link)
+        }
         Err(error) => {
             debug(format_args!("ADD failed, undoing: {error}"));
             let undo = restore(sides, ifname, temp, &original).await;

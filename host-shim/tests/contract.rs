@@ -13,6 +13,7 @@ fn add_env() -> Invocation<'static> {
         ifname: "eth0",
         netns: Some("/run/netns/does-not-matter"),
         run_in: None,
+        timed: false,
     }
 }
 
@@ -74,6 +75,14 @@ fn missing_variables_are_error_4_naming_them() {
                 ..add_env()
             },
             "CNI_IFNAME",
+        ),
+        (
+            // The plugin's own netns is not a container's.
+            Invocation {
+                netns: Some("/proc/self/ns/net"),
+                ..add_env()
+            },
+            "CNI_NETNS",
         ),
     ] {
         let out = shim(&inv, &cfg);

@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status};
 
 pub const SHIM: &str = env!("CARGO_BIN_EXE_host-shim");
 pub const AGENT_NAME: &str = "dpu-1";
+/// GNU time (Debian's `time` package), for CPU time and peak RSS.
+pub const TIME: &str = "/usr/bin/time";
 /// The bound of one `ip` command.
 pub const IP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bound of one plugin run (its own agent timeout is shorter).
@@ -281,6 +283,8 @@ pub struct Invocation<'a> {
     pub netns: Option<&'a str>,
     /// Run the plugin inside this netns (`ip netns exec`), as on a host.
     pub run_in: Option<&'a str>,
+    /// Run it under `/usr/bin/time -v` (its report goes to stderr).
+    pub timed: bool,
 }
 
 /// What the plugin printed, parsed.
@@ -314,14 +318,16 @@ pub fn shim(inv: &Invocation<'_>, config: &Value) -> ShimRun {
 
 /// Like [`shim`], with raw stdin and extra/overridden environment variables.
 pub fn shim_raw(inv: &Invocation<'_>, stdin: &[u8], extra_env: &[(&str, &str)]) -> ShimRun {
-    let mut cmd = match inv.run_in {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, SHIM]);
-            c
-        }
-        None => Command::new(SHIM),
-    };
+    let mut argv: Vec<&str> = Vec::new();
+    if let Some(ns) = inv.run_in {
+        argv.extend(["ip", "netns", "exec", ns]);
+    }
+    if inv.timed {
+        argv.extend([TIME, "-v"]);
+    }
+    argv.push(SHIM);
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DPU_SHIM_DEBUG", "1")
@@ -505,7 +511,16 @@ impl FakeAgent {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // Like a real server: no Nagle, or each reply waits on a delayed ACK.
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |conn| {
+                        if let Ok(c) = &conn {
+                            let _ = c.set_nodelay(true);
+                        }
+                        conn
+                    },
+                );
                 Server::builder()
                     .tls_config(tls)
                     .unwrap()
