@@ -96,8 +96,14 @@ fn pods_added_through_the_shim_reach_a_service_of_pods() -> Result<()> {
     // Between pod events nothing of ours runs on the host: the host namespace has no
     // process at all (the plugin exited after each call).
     let host_ns = lab.shim.as_ref().expect("shim").ns.name().to_string();
-    let pids = std::process::Command::new("ip").args(["netns", "pids", &host_ns]).output()?;
-    assert!(pids.stdout.is_empty(), "processes left on the host: {}", String::from_utf8_lossy(&pids.stdout));
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &host_ns])
+        .output()?;
+    assert!(
+        pids.stdout.is_empty(),
+        "processes left on the host: {}",
+        String::from_utf8_lossy(&pids.stdout)
+    );
     // The result JSON and the pod agree: address, MAC, state.
     let link = link_json(&lab, "client")?;
     let addr = &link[0];

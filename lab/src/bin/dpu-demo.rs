@@ -176,20 +176,33 @@ fn run(args: &Args) -> Result<()> {
             return Err(anyhow!("CNI ADD {pod} failed: {out}"));
         }
         let ip = out["ips"][0]["address"].as_str().unwrap_or("?").to_string();
-        println!("   {pod:<10} app={app:<6} {ip:<15} mac {}", out["interfaces"][0]["mac"].as_str().unwrap_or("?"));
+        println!(
+            "   {pod:<10} app={app:<6} {ip:<15} mac {}",
+            out["interfaces"][0]["mac"].as_str().unwrap_or("?")
+        );
         pod_ips.push((pod, netns));
     }
     let log = lab.path("logs/echo-web-pod.log");
-    let echo = dpu_lab::traffic::start_echo(lab.pod("web-pod")?, "web-pod", &[8080], &[5353], &log)?;
+    let echo =
+        dpu_lab::traffic::start_echo(lab.pod("web-pod")?, "web-pod", &[8080], &[5353], &log)?;
     let v = lab.wait_converged_after(before)?;
     println!("   the controller merged the reported pods; the agent applied version {v}");
     for svc in &services {
         let name = s(svc, &["metadata", "name"]).unwrap_or("?");
         let vip = svc["spec"]["clusterIPs"][0].as_str().unwrap_or("?");
-        let r = dpu_lab::traffic::run_client(lab.pod("client-pod")?, &format!("{vip}:80"), "tcp", args.count, &[])?;
+        let r = dpu_lab::traffic::run_client(
+            lab.pod("client-pod")?,
+            &format!("{vip}:80"),
+            "tcp",
+            args.count,
+            &[],
+        )?;
         println!("\n== Service {name}: {} TCP requests from client-pod to {vip}:80 (web-pod joined by its label)", args.count);
         for (b, n) in &r.by_backend {
-            println!("   {b:<10} {n:>5} {:>3}%", n * 100 / u64::from(args.count.max(1)));
+            println!(
+                "   {b:<10} {n:>5} {:>3}%",
+                n * 100 / u64::from(args.count.max(1))
+            );
         }
         if r.failed > 0 {
             println!("   (failed)   {:>5}", r.failed);
