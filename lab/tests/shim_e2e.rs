@@ -229,3 +229,95 @@ fn address_exhaustion_and_bad_config_are_clear_errors() -> Result<()> {
     assert_eq!(out["code"], 7, "{out}");
     Ok(())
 }
+
+/// Builds `lab/cnitool` (a cnitool over Debian's libcni, the library containerd,
+/// CRI-O and podman use to run plugins) into the lab's directory.
+fn build_cnitool(lab: &Lab) -> Result<std::path::PathBuf> {
+    let out = lab.path("cnitool-lab");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cnitool");
+    let status = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(".")
+        .current_dir(&src)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", lab.path("gocache"))
+        .env("GOFLAGS", "")
+        .output()
+        .map_err(|e| anyhow::anyhow!("running go (Debian's golang-go is needed): {e}"))?;
+    anyhow::ensure!(
+        status.status.success(),
+        "building cnitool-lab failed (needs golang-go and golang-github-appc-cni-dev): {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Ok(out)
+}
+
+#[test]
+fn libcni_drives_the_plugin_like_a_runtime() -> Result<()> {
+    let mut lab = lab("lcni", 2)?;
+    let tool = build_cnitool(&lab)?;
+    // A conflist as a runtime reads it; libcni 1.1 speaks spec 1.0.0.
+    let mut plugin = lab.cni_config("pods", &[("app", "web")])?;
+    let obj = plugin.as_object_mut().expect("object");
+    obj.remove("cniVersion");
+    obj.remove("name");
+    let list = serde_json::json!({"cniVersion": "1.0.0", "name": "dpu", "plugins": [plugin]});
+    let conf = lab.path("10-dpu.conflist");
+    std::fs::write(&conf, list.to_string())?;
+    let netns = lab.pod_netns("lc1")?;
+    let plugin_dir = traffic::lab_bin("host-shim")?
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let host_ns = lab.shim.as_ref().expect("shim").ns.name().to_string();
+    let run = |cmd: &str| -> Result<std::process::Output> {
+        Ok(std::process::Command::new("ip")
+            .args(["netns", "exec", &host_ns])
+            .arg(&tool)
+            .arg(cmd)
+            .arg(&conf)
+            .args([netns.as_str(), "lc1", "eth0"])
+            .env("CNI_PATH", &plugin_dir)
+            .env("CNI_CACHE_DIR", lab.path("cni-cache"))
+            .output()?)
+    };
+    let out = run("add")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "libcni ADD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(ip.starts_with("10.0.1."), "{result}");
+    let addr = lab
+        .pod("lc1")?
+        .exec(["ip", "-j", "addr", "show", "dev", "eth0"])?;
+    assert!(addr.contains(ip.split('/').next().unwrap_or("?")), "{addr}");
+    // CHECK gets prevResult from libcni's cache, as under a real runtime.
+    let out = run("check")?;
+    assert!(
+        out.status.success(),
+        "libcni CHECK: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for round in 0..2 {
+        let out = run("del")?;
+        assert!(
+            out.status.success(),
+            "libcni DEL {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sh = lab.shim.as_ref().expect("shim");
+    assert!(
+        sh.ns.link_exists(&sh.vfs[0].0),
+        "VF not returned to the host"
+    );
+    Ok(())
+}
