@@ -27,6 +27,9 @@ pub enum AgentError {
     /// The state directory could not be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// VF discovery from sysfs failed.
+    #[error("shim.vfs_from_sysfs: {0}")]
+    Discovery(String),
     /// The persisted intent no longer passes validation.
     #[error("persisted intent is invalid: {0}")]
     PersistedInvalid(String),
@@ -41,7 +44,14 @@ struct Applied {
     have_intent: bool,
 }
 
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(mut cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    if let Some(shim) = cfg.shim.as_mut() {
+        if let Some(sys) = &shim.vfs_from_sysfs {
+            let found = attach::sysfs::discover(sys).map_err(AgentError::Discovery)?;
+            tracing::info!(uplink = %sys.uplink, pf = sys.pf, vfs = found.len(), "VF representors found in sysfs");
+            shim.vfs.extend(found);
+        }
+    }
     let store = Store::open(&cfg.state_dir)?;
     let persisted = store.load()?;
 

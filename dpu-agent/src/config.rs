@@ -29,17 +29,43 @@ pub struct ShimConfig {
     pub client_name: String,
     #[serde(default = "default_mtu")]
     pub mtu: u32,
-    /// The VF pool: each VF's host netdev and its representor on the DPU. On
-    /// hardware these come from sysfs; in the lab from here.
+    /// The VF pool: each VF's host netdev and its representor on the DPU. In the
+    /// lab the pairs are listed here; on hardware `vfs_from_sysfs` finds them.
     #[serde(default)]
     pub vfs: Vec<VfConfig>,
+    /// Discover the representors of one host PF's VFs from the DPU's sysfs.
+    #[serde(default)]
+    pub vfs_from_sysfs: Option<SysfsVfs>,
+}
+
+/// Representors are the netdevs on the uplink's eswitch (same `phys_switch_id`)
+/// whose `phys_port_name` is `pf<pf>vf<N>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysfsVfs {
+    /// The uplink netdev on the DPU, e.g. `p0`.
+    pub uplink: String,
+    /// Which host PF's VFs, e.g. 0 for `pf0vf*`.
+    #[serde(default)]
+    pub pf: u32,
+    #[serde(default = "default_sysfs")]
+    pub root: PathBuf,
+}
+
+fn default_sysfs() -> PathBuf {
+    PathBuf::from("/sys")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VfConfig {
+    /// The VF's netdev on the host; empty when only its index is known.
+    #[serde(default)]
     pub vf: String,
     pub representor: String,
+    /// The VF number on the host PF (`virtfn<N>`).
+    #[serde(default)]
+    pub index: Option<u32>,
 }
 
 fn default_mtu() -> u32 {
@@ -197,7 +223,13 @@ impl Config {
             }
             let mut seen = std::collections::BTreeSet::new();
             for (i, v) in shim.vfs.iter().enumerate() {
-                for name in [&v.vf, &v.representor] {
+                if v.vf.is_empty() && v.index.is_none() {
+                    return bad("shim.vfs", format!("entry {i}: needs vf or index"));
+                }
+                let names = [&v.representor]
+                    .into_iter()
+                    .chain((!v.vf.is_empty()).then_some(&v.vf));
+                for name in names {
                     if name.is_empty() || name.len() > 15 || !seen.insert(name.clone()) {
                         return bad(
                             "shim.vfs",

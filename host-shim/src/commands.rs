@@ -61,7 +61,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
     }
 
     let agent = Agent::connect(&conf.agent).await?;
-    let reply = agent
+    let mut reply = agent
         .attach(pb::AttachRequest {
             key: Some(key(env)),
             pod_namespace: env.args.pod_namespace.clone(),
@@ -79,6 +79,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
         })
         .await?;
     debug(format_args!("agent attached {reply:?}"));
+    let resolved = crate::sysfs::resolve_vf(&mut reply, conf);
 
     let sides = Sides {
         host: &host,
@@ -88,6 +89,7 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
     };
     let temp = vf::temp_name(&env.container_id, &env.ifname);
     let plumbed = async {
+        resolved?;
         let att = Attachment::try_from(reply)?;
         vf::move_in(sides, &att, &env.ifname, &temp).await?;
         Ok::<_, ShimError>(att)
@@ -137,13 +139,14 @@ async fn del(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
         .unwrap_or_default();
 
     let agent = Agent::connect(&conf.agent).await?;
-    let Some(attachment) = agent.get(key(env)).await? else {
+    let Some(mut attachment) = agent.get(key(env)).await? else {
         debug(format_args!(
             "the agent has no attachment for {}/{}",
             env.container_id, env.ifname
         ));
         return Ok(());
     };
+    crate::sysfs::resolve_vf(&mut attachment, conf)?;
     check_ifname(&attachment.vf).map_err(|reason| ShimError::BadAttachment {
         field: "vf",
         reason,
@@ -187,7 +190,7 @@ async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
     })?;
     netns::ensure_distinct(&netns::open_host()?, &pod_fd, path)?;
     let agent = Agent::connect(&conf.agent).await?;
-    let Some(reply) = agent.get(key(env)).await? else {
+    let Some(mut reply) = agent.get(key(env)).await? else {
         return Err(ShimError::Drift {
             drifts: vec![format!(
                 "the agent has no attachment for {}/{}",
@@ -195,6 +198,7 @@ async fn check(env: &CniEnv, conf: &NetConf) -> Result<(), ShimError> {
             )],
         });
     };
+    crate::sysfs::resolve_vf(&mut reply, conf)?;
     let att = Attachment::try_from(reply)?;
     let pod = netns::links_in(&pod_fd, &label)?;
     let link = pod.find(&env.ifname).await?;

@@ -56,6 +56,7 @@ struct RawConf {
     agent_name: Option<String>,
     tls: Option<RawTls>,
     subnet: Option<String>,
+    pf: Option<String>,
     timeout_ms: Option<u64>,
     args: Option<RawArgs>,
     ipam: Option<serde_json::Value>,
@@ -120,6 +121,9 @@ pub struct NetConf {
     pub agent: AgentConf,
     /// Empty unless the command needs it (ADD) or the config has it.
     pub subnet: String,
+    /// The host PF whose VFs the agent names by index (hardware); `None` in the lab,
+    /// where the agent names VF netdevs directly.
+    pub pf: Option<String>,
     pub labels: Vec<Label>,
     pub prev_result: Option<serde_json::Value>,
     pub valid_attachments: HashSet<ValidAttachment>,
@@ -193,6 +197,7 @@ pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, ShimError> {
         name,
         agent,
         subnet,
+        pf: raw.pf.filter(|p| !p.is_empty()),
         labels,
         prev_result,
         valid_attachments,

@@ -14,6 +14,7 @@ mod links;
 mod log;
 mod netns;
 mod result;
+mod sysfs;
 mod vf;
 
 use std::io::{IsTerminal, Read};

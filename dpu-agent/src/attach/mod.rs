@@ -4,6 +4,7 @@
 //! switch. See docs/host-shim.md.
 
 pub mod pool;
+pub mod sysfs;
 
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ pub fn to_proto(r: &Record, mtu: u32) -> pb::Attachment {
         mtu,
         workload: r.workload.clone(),
         subnet: r.subnet.clone(),
+        vf_index: r.vf_index,
     }
 }
 

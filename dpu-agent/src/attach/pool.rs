@@ -20,7 +20,10 @@ pub struct Record {
     pub pod_namespace: String,
     pub pod_name: String,
     pub network: String,
+    /// The VF's host netdev; empty when only `vf_index` is known.
     pub vf: String,
+    #[serde(default)]
+    pub vf_index: Option<u32>,
     pub representor: String,
     /// `xx:xx:xx:xx:xx:xx`
     pub mac: String,
@@ -110,10 +113,15 @@ impl Pool {
                 subnet: subnet.name.clone(),
                 node: node.to_string(),
             })?;
-        let used_vfs: BTreeSet<&str> = self.records.values().map(|r| r.vf.as_str()).collect();
+        // The representor identifies a VF: a VF found in sysfs has no host name.
+        let used_vfs: BTreeSet<&str> = self
+            .records
+            .values()
+            .map(|r| r.representor.as_str())
+            .collect();
         let vf = vfs
             .iter()
-            .find(|v| !used_vfs.contains(v.vf.as_str()))
+            .find(|v| !used_vfs.contains(v.representor.as_str()))
             .ok_or(AttachError::VfsExhausted(vfs.len()))?;
         let mut used: BTreeSet<Ipv4Addr> = intent
             .workloads
@@ -149,6 +157,7 @@ impl Pool {
             pod_name: req.pod_name.clone(),
             network: req.network.clone(),
             vf: vf.vf.clone(),
+            vf_index: vf.index,
             representor: vf.representor.clone(),
             // The Kubernetes convention: 0a:58 followed by the IPv4 address.
             mac: Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]]).to_string(),
@@ -193,7 +202,12 @@ impl Pool {
 
     pub fn free_vfs(&self, vfs: &[VfConfig]) -> usize {
         vfs.iter()
-            .filter(|v| !self.records.values().any(|r| r.vf == v.vf))
+            .filter(|v| {
+                !self
+                    .records
+                    .values()
+                    .any(|r| r.representor == v.representor)
+            })
             .count()
     }
 }
@@ -291,6 +305,7 @@ mod tests {
             .map(|i| VfConfig {
                 vf: format!("vf{i}"),
                 representor: format!("rep{i}"),
+                index: None,
             })
             .collect()
     }
