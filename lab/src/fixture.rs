@@ -373,11 +373,6 @@ datapath_type = "netdev"
         ns.set_up(&peer)?;
         ns.set_lo_up()?;
         veth.keep();
-        let ovs_ns = self
-            .ovs
-            .netns()
-            .ok_or_else(|| anyhow!("OVS has no namespace"))?
-            .to_string();
         let mut pairs = Vec::new();
         for i in 0..vfs {
             let (vf, rep) = (
@@ -388,24 +383,7 @@ datapath_type = "netdev"
             v.move_a_to(&ns)?;
             ns.set_up(&vf)?;
             netns::tx_off(&vf, Some(&ns))?;
-            netns::ip(&["link", "set", &rep, "netns", &ovs_ns])?;
-            for args in [
-                vec!["-n", ovs_ns.as_str(), "link", "set", rep.as_str(), "up"],
-                vec![
-                    "netns",
-                    "exec",
-                    ovs_ns.as_str(),
-                    "ethtool",
-                    "-K",
-                    rep.as_str(),
-                    "tx",
-                    "off",
-                ],
-            ] {
-                let mut c = Command::new("ip");
-                c.args(args);
-                run_checked(c, Duration::from_secs(10))?;
-            }
+            self.ovs.adopt(&rep)?;
             v.keep();
             pairs.push((vf, rep));
         }

@@ -181,18 +181,24 @@ impl OvsInstance {
         Ok(())
     }
 
-    /// Plugs a representor (a veth end in the root namespace) into `bridge`: moves it
-    /// into the switch's namespace, brings it up with TX checksum offload off (TCP
-    /// over veth fails on the userspace datapath otherwise) and adds it as a port
-    /// with `external_ids:iface-id=<iface_id>`. Returns its OpenFlow port number.
-    pub fn plug(&self, bridge: &str, rep: &str, iface_id: &str) -> Result<u32> {
+    /// Moves a representor (a veth end in the root namespace) into the switch's
+    /// namespace and brings it up with TX checksum offload off (TCP over veth fails
+    /// on the userspace datapath otherwise). It is not added to any bridge.
+    pub fn adopt(&self, rep: &str) -> Result<()> {
         let ns = self
             .netns()
-            .ok_or_else(|| anyhow!("a db-only OVS has no switch to plug {rep} into"))?;
+            .ok_or_else(|| anyhow!("a db-only OVS has no switch namespace for {rep}"))?;
         let ip = program("ip")?;
         run(Command::new(&ip).args(["link", "set", rep, "netns", ns]))?;
         run(Command::new(&ip).args(["-n", ns, "link", "set", rep, "up"]))?;
         run(Command::new(&ip).args(["netns", "exec", ns, "ethtool", "-K", rep, "tx", "off"]))?;
+        Ok(())
+    }
+
+    /// Adopts a representor (see `adopt`) and adds it to `bridge` as a port with
+    /// `external_ids:iface-id=<iface_id>`. Returns its OpenFlow port number.
+    pub fn plug(&self, bridge: &str, rep: &str, iface_id: &str) -> Result<u32> {
+        self.adopt(rep)?;
         self.vsctl(&[
             "add-port",
             bridge,
