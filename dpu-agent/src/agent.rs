@@ -14,6 +14,7 @@ use crate::alloc::Allocations;
 use crate::attach::{self, pool::Pool, AttachCmd};
 use crate::compile::{compile, NodeFacts};
 use crate::config::Config;
+use crate::notify::{AgentStatus, Systemd};
 use crate::openflow::{OfctlBackend, OpenFlowBackend};
 use crate::ovsdb::{BridgeSpec, OvsdbSession, OvsdbState};
 use crate::pods::Pods;
@@ -44,7 +45,14 @@ struct Applied {
     have_intent: bool,
 }
 
-pub async fn run(mut cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+/// Runs the agent. `systemd` gets `READY=1` once the bridge and the reconciler are
+/// up and the persisted intent (if any) is back on the switch, `STATUS=` lines as
+/// things change, and a heartbeat on every loop iteration for its watchdog.
+pub async fn run(
+    mut cfg: Config,
+    mut shutdown: watch::Receiver<bool>,
+    systemd: Systemd,
+) -> Result<(), AgentError> {
     if let Some(shim) = cfg.shim.as_mut() {
         if let Some(sys) = &shim.vfs_from_sysfs {
             let found = attach::sysfs::discover(sys).map_err(AgentError::Discovery)?;
@@ -124,7 +132,12 @@ pub async fn run(mut cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result
     let mut bridge_lost = false;
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Keeps the heartbeat fresh while the loop is idle; without a watchdog it is moot.
+    let mut beat = tokio::time::interval(systemd.beat_period().unwrap_or(Duration::from_secs(60)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut controller_up = false;
     loop {
+        systemd.heartbeat().beat();
         if dirty {
             dirty = !resync(
                 &mut reconciler,
@@ -139,11 +152,26 @@ pub async fn run(mut cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result
             }
         }
         pods.expire();
+        let status = AgentStatus {
+            controller_connected: controller_up,
+            applied_version: applied.have_intent.then_some(applied.version),
+            pods: pods.pool.records.len(),
+        };
+        if dirty {
+            // Not ready while the restored intent is not on the switch yet.
+            systemd.status(&status);
+        } else {
+            systemd.ready(&status);
+            systemd.status(&status);
+        }
         tokio::select! {
             _ = shutdown.changed() => break,
             ev = ev_rx.recv() => match ev {
                 None => break,
-                Some(SessionEvent::Connected(up)) => tracing::debug!(up, "controller session"),
+                Some(SessionEvent::Connected(up)) => {
+                    tracing::debug!(up, "controller session");
+                    controller_up = up;
+                }
                 Some(SessionEvent::Update(update, reply)) => {
                     let msg = handle_update(&cfg, &store, &mut reconciler, &mut applied, &pods.pool, &facts, &update).await;
                     if matches!(msg, pb::agent_message::Msg::Ack(_)) {
@@ -188,6 +216,7 @@ pub async fn run(mut cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result
                 }
             }
             _ = retry.tick(), if dirty || pods.waiting() => {}
+            _ = beat.tick() => {}
         }
     }
     session.abort();

@@ -12,6 +12,7 @@ pub mod attach;
 pub mod compile;
 pub mod config;
 pub mod flows;
+pub mod notify;
 pub mod openflow;
 pub mod ovsdb;
 pub mod pipeline;

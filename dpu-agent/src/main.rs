@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use dpu_agent::config::Config;
+use dpu_agent::notify::Systemd;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,8 +98,12 @@ fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
+    // `$NOTIFY_SOCKET` and `$WATCHDOG_USEC` when run by systemd (`Type=notify`).
+    let systemd = Systemd::from_env();
     rt.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        let watchdog = tokio::spawn(systemd.clone().watchdog());
+        let on_signal = systemd.clone();
         tokio::spawn(async move {
             let mut term =
                 match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -112,10 +117,13 @@ fn run(cfg: Config) -> ExitCode {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
+            on_signal.stopping();
             let _ = tx.send(true);
         });
         tracing::info!(node = %cfg.node_name, bridge = %cfg.ovs.bridge, "dpu-agent starting");
-        match dpu_agent::agent::run(cfg, rx).await {
+        let result = dpu_agent::agent::run(cfg, rx, systemd).await;
+        watchdog.abort();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ dpu_agent::agent::AgentError::Store(_)) => {
                 tracing::error!(error = %e, "state directory unusable");
