@@ -101,7 +101,7 @@ pub async fn run(
         );
     }
 
-    let mut pods = Pods::load(&cfg, &store)?;
+    let mut pods = Pods::load(&store)?;
     pods.replug_missing(&cfg, &ovsdb, &facts).await;
 
     let (applied_tx, applied_rx) = watch::channel(applied.version);
@@ -210,7 +210,7 @@ pub async fn run(
             }
             cmd = attach_rx.recv() => {
                 let Some(cmd) = cmd else { continue };
-                if pods.handle(cmd, &cfg, &store, &ovsdb, applied.have_intent.then_some(&applied.intent), &facts).await {
+                if pods.handle(cmd, &cfg, &store, &ovsdb, applied.have_intent.then_some(&applied.intent)).await {
                     let _ = local_tx.send(pods.report(&cfg.node_name));
                     dirty = true;
                 }

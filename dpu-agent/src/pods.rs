@@ -59,7 +59,7 @@ fn external_ids(r: &Record) -> BTreeMap<String, String> {
 }
 
 impl Pods {
-    pub fn load(_cfg: &Config, store: &Store) -> Result<Pods, StoreError> {
+    pub fn load(store: &Store) -> Result<Pods, StoreError> {
         let pool = store.load_pool()?;
         if !pool.records.is_empty() {
             tracing::info!(attachments = pool.records.len(), "restored pod attachments");
@@ -150,7 +150,6 @@ impl Pods {
         store: &Store,
         ovsdb: &OvsdbSession,
         intent: Option<&Intent>,
-        facts: &NodeFacts,
     ) -> bool {
         let vfs = cfg
             .shim
@@ -237,9 +236,8 @@ impl Pods {
                 if !existed {
                     self.revision += 1;
                 }
-                // A re-attach whose port is already there settles on the next
-                // reconcile, which the caller triggers.
-                let _ = facts;
+                // Settles on the next reconcile, which the caller triggers (also for
+                // a re-attach whose port is already there).
                 true
             }
             AttachCmd::Detach {
