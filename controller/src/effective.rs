@@ -186,21 +186,8 @@ mod tests {
     use dpu_proto::v1 as pb;
 
     fn manifests(extra: &str) -> Manifests {
-        let mut docs = Vec::new();
-        for (n, t) in [
-            ("10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
-            (
-                "20.yaml",
-                include_str!("../tests/data/good/20-workloads.yaml"),
-            ),
-            (
-                "30.yaml",
-                include_str!("../tests/data/good/30-services.yaml"),
-            ),
-            ("40.yaml", extra),
-        ] {
-            docs.extend(parse_file(n, t).unwrap());
-        }
+        let mut docs = crate::manifest::good_sample_docs("");
+        docs.extend(parse_file("40.yaml", extra).unwrap());
         Manifests::resolve(docs).unwrap()
     }
 

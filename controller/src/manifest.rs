@@ -381,6 +381,26 @@ fn is_path(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']' | '_' | '-'))
 }
 
+/// The good sample manifests (`tests/data/good`), parsed as `<prefix>10.yaml` etc.,
+/// for the unit tests of the modules that build on them.
+#[cfg(test)]
+pub(crate) fn good_sample_docs(prefix: &str) -> Vec<Doc> {
+    [
+        ("10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
+        (
+            "20.yaml",
+            include_str!("../tests/data/good/20-workloads.yaml"),
+        ),
+        (
+            "30.yaml",
+            include_str!("../tests/data/good/30-services.yaml"),
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(n, t)| parse_file(&format!("{prefix}{n}"), t).expect("good sample"))
+    .collect()
+}
+
 #[cfg(test)]
 #[path = "manifest_tests.rs"]
 mod tests;

@@ -7,27 +7,12 @@ use dpu_model::{validate, Backend, Kind, ObjectKey};
 use dpu_proto::v1 as pb;
 
 use super::*;
-use crate::manifest::parse_file;
 use crate::reported::check_report;
 use crate::resolve::resolve;
 use crate::view::node_view;
 
 fn docs() -> Vec<Doc> {
-    let mut docs = Vec::new();
-    for (n, t) in [
-        ("i/10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
-        (
-            "i/20.yaml",
-            include_str!("../tests/data/good/20-workloads.yaml"),
-        ),
-        (
-            "i/30.yaml",
-            include_str!("../tests/data/good/30-services.yaml"),
-        ),
-    ] {
-        docs.extend(parse_file(n, t).unwrap());
-    }
-    docs
+    crate::manifest::good_sample_docs("i/")
 }
 
 fn pod(name: &str, node: &str, ip: &str, app: &str) -> pb::Workload {

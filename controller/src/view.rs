@@ -71,26 +71,11 @@ pub fn diff(old: &View, new: &View) -> Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::parse_file;
     use crate::resolve::resolve;
     use dpu_model::Kind;
 
     fn intent() -> Intent {
-        let mut docs = Vec::new();
-        for (n, t) in [
-            ("10.yaml", include_str!("../tests/data/good/10-vpcs.yaml")),
-            (
-                "20.yaml",
-                include_str!("../tests/data/good/20-workloads.yaml"),
-            ),
-            (
-                "30.yaml",
-                include_str!("../tests/data/good/30-services.yaml"),
-            ),
-        ] {
-            docs.extend(parse_file(n, t).unwrap());
-        }
-        resolve(&docs).unwrap()
+        resolve(&crate::manifest::good_sample_docs("")).unwrap()
     }
 
     fn names(v: &View) -> Vec<String> {
