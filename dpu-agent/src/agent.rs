@@ -389,13 +389,15 @@ fn publish_status<B: OpenFlowBackend>(
 
 /// The intent plus this node's attached pods: pods are forwarded to from the moment
 /// they attach, whether or not the controller has echoed them back yet.
-fn with_pods(intent: &Intent, pool: &Pool, node: &str) -> Intent {
+/// Borrows the intent when there are no pods, so a node without pods never copies
+/// its (possibly 30k-Service) intent per compile.
+fn with_pods<'a>(intent: &'a Intent, pool: &Pool, node: &str) -> std::borrow::Cow<'a, Intent> {
     if pool.records.is_empty() {
-        return intent.clone();
+        return std::borrow::Cow::Borrowed(intent);
     }
     let mut i = intent.clone();
     for w in pool.workloads(node) {
         i.upsert(dpu_model::Object::Workload(w));
     }
-    i
+    std::borrow::Cow::Owned(i)
 }

@@ -119,6 +119,9 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         arp_answer(d, zone, s.gateway, c);
     }
 
+    // A local workload whose port is not plugged yet cannot serve: it gets no
+    // bucket until its port shows up (the port change recompiles).
+    let mut unready: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
     for w in intent.workloads.values() {
         let Some(zone) = alloc.zone(&w.vpc) else {
             continue;
@@ -132,6 +135,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         let Some(mac) = w.mac else { continue };
         let Some(&ofport) = facts.ports.get(&w.port) else {
             out.pending_ports.push(w.name.clone());
+            unready.insert((w.vpc.as_str(), w.ip));
             continue;
         };
         d.add(
@@ -192,14 +196,6 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         );
     }
 
-    // A local workload whose port is not plugged yet cannot serve: it gets no
-    // bucket until its port shows up (the port change recompiles).
-    let unready: BTreeSet<(&str, Ipv4Addr)> = intent
-        .workloads
-        .values()
-        .filter(|w| w.node == facts.node && !facts.ports.contains_key(&w.port))
-        .map(|w| (w.vpc.as_str(), w.ip))
-        .collect();
     for s in intent.services.values() {
         compile_service(d, s, alloc, &unready);
     }
