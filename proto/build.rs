@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dpu/v1/intent.proto",
         "proto/dpu/v1/control.proto",
         "proto/dpu/v1/attach.proto",
+        "proto/dpu/v1/enroll.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
