@@ -2,10 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+use crate::enroll::{MAX_CERT_TTL, MIN_CERT_TTL};
 use crate::pki::DEFAULT_CERT_DAYS;
+use crate::timeutil::parse_bounded;
+use crate::tokens;
 
 /// The reference controller: manifests in, per-node intent out over mTLS gRPC.
 #[derive(Debug, Parser)]
@@ -28,6 +32,72 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show what the controller last recorded in --state-dir.
     Status(StatusArgs),
+    /// Bootstrap tokens: how a DPU enrolls (gets its node certificate).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Node records: list the enrolled nodes, revoke one.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time token that lets a DPU enroll as --node. Prints only the
+    /// token; the controller keeps only its hash.
+    Create {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        node: String,
+        /// How long the token can be used: 30s, 15m, 1h, 7d (at most 30d).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = token_ttl)]
+        ttl: Duration,
+    },
+    /// List tokens: id, node, state (unused, used, expired), times. Never secrets.
+    List {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a token, used or not.
+    Delete {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List node records: state, current certificate, enrollment, connection.
+    List {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node: its certificates are refused from now on and a running
+    /// controller ends its session. Re-admit it with a new token.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+}
+
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    parse_bounded(text, tokens::MIN_TTL, tokens::MAX_TTL)
+}
+
+fn enroll_cert_ttl(text: &str) -> Result<Duration, String> {
+    parse_bounded(text, MIN_CERT_TTL, MAX_CERT_TTL)
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +150,9 @@ pub struct ServeArgs {
     /// The DNS name agents verify the controller by.
     #[arg(long, value_name = "NAME", default_value = "dpu-controller")]
     pub server_name: String,
+    /// Lifetime of certificates issued by Enroll and Renew: 30s..=365d.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enroll_cert_ttl)]
+    pub enroll_cert_ttl: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +172,51 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let create = |ttl: &str| {
+            parse(&[
+                "c",
+                "token",
+                "create",
+                "--state-dir",
+                "d",
+                "--node",
+                "a",
+                "--ttl",
+                ttl,
+            ])
+        };
+        assert!(create("30d").is_ok());
+        assert!(create("31d").is_err());
+        assert!(create("0s").is_err());
+        assert!(create("1x").is_err());
+        let serve = |ttl: &str| {
+            parse(&[
+                "c",
+                "serve",
+                "--state-dir",
+                "d",
+                "--intent-dir",
+                "i",
+                "--enroll-cert-ttl",
+                ttl,
+            ])
+        };
+        assert!(serve("29s").is_err());
+        assert!(serve("366d").is_err());
+        match serve("30s").unwrap().command {
+            Command::Serve(a) => assert_eq!(a.enroll_cert_ttl, Duration::from_secs(30)),
+            other => panic!("{other:?}"),
+        }
+        let default = parse(&["c", "serve", "--state-dir", "d", "--intent-dir", "i"]).unwrap();
+        match default.command {
+            Command::Serve(a) => assert_eq!(a.enroll_cert_ttl, Duration::from_secs(86_400)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

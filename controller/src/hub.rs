@@ -2,8 +2,10 @@
 //!
 //! A session authenticates the node by its client certificate, then runs the
 //! `SessionCore` state machine against the published intent and the agent's
-//! replies, and records what happens in the status. The hub keeps one session per
-//! node: a new one replaces (ends) the old. The pods an agent reports
+//! replies, and records what happens in the status. A certificate of a revoked
+//! node (or a revoked serial) is refused before the session starts, and a live
+//! session ends when its node is revoked (see `revocation`). The hub keeps one
+//! session per node: a new one replaces (ends) the old. The pods an agent reports
 //! (`LocalWorkloads`) are checked here and handed to the intent task through the
 //! report inbox; they come back as a new intent version like a manifest reload.
 
@@ -22,7 +24,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::pki::dns_sans;
+use crate::nodes::NodeStore;
+use crate::pki::{peer_identity, PeerIdentity};
 use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::server::shutdown_requested;
 use crate::session::{Published, SessionCore};
@@ -36,6 +39,24 @@ const OUTBOUND_QUEUE: usize = 4;
 
 type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
+/// A registered session: who it is and how to end it (with the status the
+/// agent is told).
+#[derive(Debug)]
+struct Registered {
+    id: u64,
+    serial: String,
+    end: watch::Sender<Option<Status>>,
+}
+
+/// A live session as the revocation watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveSession {
+    pub node: String,
+    pub id: u64,
+    /// The serial of the client certificate it authenticated with.
+    pub serial: String,
+}
+
 /// Shared by all sessions.
 #[derive(Debug)]
 pub struct Hub {
@@ -44,8 +65,10 @@ pub struct Hub {
     shutdown: watch::Receiver<bool>,
     /// Reported sets on their way to the intent task.
     reports: Arc<ReportInbox>,
-    /// node → (session id, signal that ends it).
-    sessions: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    /// Revocation records.
+    nodes: NodeStore,
+    /// node → its current session.
+    sessions: Mutex<HashMap<String, Registered>>,
     next_id: AtomicU64,
 }
 
@@ -55,12 +78,14 @@ impl Hub {
         status: StatusHandle,
         shutdown: watch::Receiver<bool>,
         reports: Arc<ReportInbox>,
+        nodes: NodeStore,
     ) -> Self {
         Hub {
             intent,
             status,
             shutdown,
             reports,
+            nodes,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         }
@@ -70,10 +95,7 @@ impl Hub {
     /// node has taken over (its agent reports for itself). True if handed on.
     fn submit_report(&self, node: &str, id: u64, set: ReportedSet) -> bool {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions
-            .get(node)
-            .is_some_and(|(current, _)| *current == id)
-        {
+        if sessions.get(node).is_some_and(|r| r.id == id) {
             self.reports.submit(node, set);
             true
         } else {
@@ -81,19 +103,27 @@ impl Hub {
         }
     }
 
-    /// Makes this the node's session, ending any earlier one.
-    fn register(&self, node: &str) -> (u64, watch::Receiver<bool>) {
+    /// Makes this the node's session, ending any earlier one. The receiver
+    /// gets the status to end this session with.
+    fn register(&self, node: &str, serial: &str) -> (u64, watch::Receiver<Option<Status>>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
+        let (end, rx) = watch::channel(None);
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((old, end_old)) = sessions.insert(node.to_string(), (id, tx)) {
+        let new = Registered {
+            id,
+            serial: serial.to_string(),
+            end,
+        };
+        if let Some(old) = sessions.insert(node.to_string(), new) {
             tracing::info!(
                 node,
-                old_session = old,
+                old_session = old.id,
                 session = id,
                 "a new session replaces the old one"
             );
-            let _ = end_old.send(true);
+            let _ = old.end.send(Some(Status::aborted(format!(
+                "replaced by a newer session for node {node}"
+            ))));
         }
         (id, rx)
     }
@@ -101,15 +131,60 @@ impl Hub {
     /// Forgets the session; true if it was still the node's current one.
     fn unregister(&self, node: &str, id: u64) -> bool {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions
-            .get(node)
-            .is_some_and(|(current, _)| *current == id)
-        {
+        if sessions.get(node).is_some_and(|r| r.id == id) {
             sessions.remove(node);
             true
         } else {
             false
         }
+    }
+
+    /// The sessions now running.
+    pub fn live_sessions(&self) -> Vec<LiveSession> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .iter()
+            .map(|(node, r)| LiveSession {
+                node: node.clone(),
+                id: r.id,
+                serial: r.serial.clone(),
+            })
+            .collect()
+    }
+
+    /// Ends session `id` of `node` (if it still runs) with `status`.
+    pub fn end_session(&self, node: &str, id: u64, status: Status) {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = sessions.get(node).filter(|r| r.id == id) {
+            let _ = r.end.send(Some(status));
+        }
+    }
+
+    pub fn nodes(&self) -> &NodeStore {
+        &self.nodes
+    }
+
+    /// Refuses a certificate whose node is revoked, or whose serial is. A
+    /// record that cannot be read refuses too: revocation fails closed.
+    fn check_admitted(&self, peer: &PeerIdentity) -> Result<(), Status> {
+        for name in &peer.names {
+            if dpu_model::check_name(name).is_err() {
+                continue; // never a node; Hello cannot name it
+            }
+            match self.nodes.load(name) {
+                Ok(None) => {}
+                Ok(Some(record)) => record
+                    .admits(&peer.serial)
+                    .map_err(|e| Status::permission_denied(e.to_string()))?,
+                Err(e) => {
+                    tracing::error!(node = %name, "cannot check revocation: {e}");
+                    return Err(Status::unavailable(format!(
+                        "cannot check whether node {name} is revoked; try again"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -137,12 +212,17 @@ impl AgentControl for ControlService {
             .peer_certs()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let names = dns_sans(&certs[0]).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        let identity =
+            peer_identity(&certs[0]).map_err(|e| Status::unauthenticated(e.to_string()))?;
         let peer = request.remote_addr();
+        if let Err(status) = self.hub.check_admitted(&identity) {
+            tracing::warn!(?peer, names = ?identity.names, serial = %identity.serial, "session refused: {}", status.message());
+            return Err(status);
+        }
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         tokio::spawn(run_session(
             self.hub.clone(),
-            names,
+            identity,
             peer,
             request.into_inner(),
             tx,
@@ -159,11 +239,12 @@ fn end_with(tx: &Outbound, status: Status) {
 
 async fn run_session(
     hub: Arc<Hub>,
-    cert_names: Vec<String>,
+    identity: PeerIdentity,
     peer: Option<SocketAddr>,
     mut inbound: Streaming<pb::AgentMessage>,
     tx: Outbound,
 ) {
+    let cert_names = identity.names;
     let hello = match await_hello(&mut inbound).await {
         Ok(h) => h,
         Err(status) => {
@@ -181,7 +262,7 @@ async fn run_session(
         return end_with(&tx, Status::permission_denied(msg));
     }
     let node = hello.node.clone();
-    let (id, replaced) = hub.register(&node);
+    let (id, ended) = hub.register(&node, &identity.serial);
     tracing::info!(node, session = id, ?peer, hello_version = hello.last_applied_version, agent = %hello.agent_version, "agent connected");
     hub.status.update_node(&node, |n| {
         n.connected = true;
@@ -192,7 +273,7 @@ async fn run_session(
         n.hello_version = hello.last_applied_version;
     });
 
-    let result = drive(&hub, &node, id, &hello, replaced, &mut inbound, &tx).await;
+    let result = drive(&hub, &node, id, &hello, ended, &mut inbound, &tx).await;
     if let Err(status) = &result {
         if !matches!(
             status.code(),
@@ -241,7 +322,7 @@ async fn drive(
     node: &str,
     id: u64,
     hello: &pb::Hello,
-    mut replaced: watch::Receiver<bool>,
+    mut ended: watch::Receiver<Option<Status>>,
     inbound: &mut Streaming<pb::AgentMessage>,
     tx: &Outbound,
 ) -> Result<(), Status> {
@@ -272,8 +353,9 @@ async fn drive(
     }
     loop {
         tokio::select! {
-            _ = replaced.changed() => {
-                return Err(Status::aborted(format!("replaced by a newer session for node {node}")));
+            _ = ended.changed() => {
+                let why = ended.borrow().clone();
+                return Err(why.unwrap_or_else(|| Status::aborted("ended by the controller")));
             }
             _ = shutdown_requested(&mut shutdown) => {
                 return Err(Status::unavailable("the controller is shutting down"));

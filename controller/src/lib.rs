@@ -3,20 +3,27 @@
 //! that manifests mean the same thing everywhere.
 
 pub mod cli;
+pub mod csr;
 pub mod diag;
 pub mod effective;
+pub mod enroll;
+pub mod enrollcmd;
 pub mod fsutil;
 pub mod hub;
 pub mod load;
 pub mod manifest;
 pub mod merge;
+pub mod nodes;
 pub mod pki;
 pub mod reload;
 pub mod reported;
 pub mod resolve;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod status;
 pub mod statuscmd;
 pub mod store;
+pub mod timeutil;
+pub mod tokens;
 pub mod view;

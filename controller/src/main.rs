@@ -4,13 +4,13 @@
 //! Exit codes: 0 ok, 1 other failure, 2 usage or configuration, 3 invalid intent
 //! at start, 4 TLS/PKI.
 
-use dpu_controller::{cli, pki, server, statuscmd};
+use dpu_controller::{cli, enrollcmd, pki, server, statuscmd};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 
-use cli::{CaCommand, Cli, Command};
+use cli::{CaCommand, Cli, Command, NodeCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -47,13 +47,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Issue(a) => {
-            let ca = pki::load_ca(&a.state_dir)?;
-            let (name, issued) = match (&a.node, &a.name) {
-                (Some(node), _) => (node.clone(), ca.issue_node(node, a.days)?),
-                (None, Some(name)) => (name.clone(), ca.issue_server(name, &a.sans, a.days)?),
+            let written = match (&a.node, &a.name) {
+                (Some(node), _) => enrollcmd::issue_node(&a.state_dir, node, a.days, &a.out)?,
+                (None, Some(name)) => {
+                    let ca = pki::load_ca(&a.state_dir)?;
+                    let issued = ca.issue_server(name, &a.sans, a.days)?;
+                    pki::write_issued(&a.out, name, &issued, &ca)?
+                }
                 (None, None) => unreachable!("clap requires --node or --server --name"),
             };
-            for path in pki::write_issued(&a.out, &name, &issued, &ca)? {
+            for path in written {
                 println!("wrote {}", path.display());
             }
         }
@@ -67,9 +70,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 intent_dir: a.intent_dir,
                 listen: a.listen,
                 server_name: a.server_name,
+                enroll_cert_ttl: a.enroll_cert_ttl,
             }))?;
         }
         Command::Status(a) => print!("{}", statuscmd::run(&a.state_dir, a.json)?),
+        Command::Token { command } => print!(
+            "{}",
+            match command {
+                TokenCommand::Create {
+                    state_dir,
+                    node,
+                    ttl,
+                } => enrollcmd::token_create(&state_dir, &node, ttl)?,
+                TokenCommand::List { state_dir, json } => enrollcmd::token_list(&state_dir, json)?,
+                TokenCommand::Delete { state_dir, id } => enrollcmd::token_delete(&state_dir, &id)?,
+            }
+        ),
+        Command::Node { command } => print!(
+            "{}",
+            match command {
+                NodeCommand::List { state_dir, json } => enrollcmd::node_list(&state_dir, json)?,
+                NodeCommand::Revoke { state_dir, node } => {
+                    enrollcmd::node_revoke(&state_dir, &node)?
+                }
+            }
+        ),
     }
     Ok(())
 }
@@ -79,6 +104,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<server::ServeError>() {
             return s.exit_code();
+        }
+        if let Some(c) = cause.downcast_ref::<enrollcmd::CmdError>() {
+            return c.exit_code();
         }
         if let Some(p) = cause.downcast_ref::<pki::PkiError>() {
             return match p {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
@@ -94,11 +94,28 @@ impl PkiPaths {
     }
 }
 
-/// PEM text of an issued certificate and its key.
+/// What the node records and the Enrollment answers say about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Lowercase hex of the DER serial number's bytes.
+    pub serial: String,
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+}
+
+/// A certificate this CA signed.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub cert_pem: String,
+    pub info: CertInfo,
+}
+
+/// PEM text of an issued certificate and the key generated for it.
 #[derive(Debug, Clone)]
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
+    pub info: CertInfo,
 }
 
 /// A loaded CA, ready to sign.
@@ -115,10 +132,18 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from(bytes.to_vec())
 }
 
-fn validity(params: &mut CertificateParams, days: i64) {
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
     params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(days);
+    params.not_after = now + lifetime;
+}
+
+fn duration_of_days(days: u32) -> Duration {
+    Duration::days(i64::from(days))
+}
+
+fn to_time_duration(d: std::time::Duration) -> Result<Duration, PkiError> {
+    Duration::try_from(d).map_err(|e| PkiError::Parse(format!("certificate lifetime {d:?}: {e}")))
 }
 
 /// Creates the CA under `state_dir`. Refuses to replace one unless `force`; a
@@ -143,7 +168,7 @@ pub fn init_ca(state_dir: &Path, force: bool) -> Result<PkiPaths, PkiError> {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.serial_number = Some(random_serial());
-    validity(&mut params, CA_DAYS);
+    validity(&mut params, Duration::days(CA_DAYS));
     let cert = params
         .self_signed(&key)
         .map_err(rcgen_err("signing the CA certificate"))?;
@@ -175,29 +200,24 @@ pub fn load_ca(state_dir: &Path) -> Result<Ca, PkiError> {
 }
 
 impl Ca {
-    /// A node certificate: CN and DNS SAN = `node`, for client and server auth.
+    /// A node certificate and a new key: CN and DNS SAN = `node`, for client and
+    /// server auth.
     pub fn issue_node(&self, node: &str, days: u32) -> Result<Issued, PkiError> {
-        dpu_model::check_name(node).map_err(|message| PkiError::BadName {
-            name: node.to_string(),
-            message,
-        })?;
-        let san =
-            SanType::DnsName(
-                node.try_into()
-                    .map_err(|e: rcgen::Error| PkiError::BadName {
-                        name: node.to_string(),
-                        message: e.to_string(),
-                    })?,
-            );
-        self.issue(
-            node,
-            vec![san],
-            vec![
-                ExtendedKeyUsagePurpose::ClientAuth,
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ],
-            days,
-        )
+        let params = node_params(node, duration_of_days(days))?;
+        self.issue(params)
+    }
+
+    /// A node certificate for a key the node generated (the public key of a
+    /// checked CSR), valid for `lifetime` from now. Only the key is taken from
+    /// the request; names and usages are the same as `issue_node`'s.
+    pub fn sign_node_key(
+        &self,
+        node: &str,
+        public_key: &impl PublicKeyData,
+        lifetime: std::time::Duration,
+    ) -> Result<Signed, PkiError> {
+        let params = node_params(node, to_time_duration(lifetime)?)?;
+        self.sign(&params, public_key)
     }
 
     /// A server certificate: CN = `name`, SANs = `name` and `sans` (each an IP
@@ -221,36 +241,84 @@ impl Ca {
                 })?),
             });
         }
-        self.issue(name, out, vec![ExtendedKeyUsagePurpose::ServerAuth], days)
+        let params = leaf_params(
+            name,
+            out,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+            duration_of_days(days),
+        );
+        self.issue(params)
     }
 
-    fn issue(
-        &self,
-        cn: &str,
-        sans: Vec<SanType>,
-        ekus: Vec<ExtendedKeyUsagePurpose>,
-        days: u32,
-    ) -> Result<Issued, PkiError> {
+    /// Signs `params` for a new key.
+    fn issue(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_err("generating a key"))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        params.distinguished_name = dn;
-        params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = ekus;
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        validity(&mut params, i64::from(days));
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(rcgen_err("signing the certificate"))?;
+        let signed = self.sign(&params, &key)?;
         Ok(Issued {
-            cert_pem: cert.pem(),
+            cert_pem: signed.cert_pem,
             key_pem: key.serialize_pem(),
+            info: signed.info,
         })
     }
+
+    fn sign(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl PublicKeyData,
+    ) -> Result<Signed, PkiError> {
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(rcgen_err("signing the certificate"))?;
+        Ok(Signed {
+            info: cert_info(cert.der())?,
+            cert_pem: cert.pem(),
+        })
+    }
+}
+
+/// The shape of every node certificate: CN and the only DNS SAN are `node`
+/// (a `dpu_model::check_name` name), EKU client and server auth.
+fn node_params(node: &str, lifetime: Duration) -> Result<CertificateParams, PkiError> {
+    dpu_model::check_name(node).map_err(|message| PkiError::BadName {
+        name: node.to_string(),
+        message,
+    })?;
+    let san = SanType::DnsName(
+        node.try_into()
+            .map_err(|e: rcgen::Error| PkiError::BadName {
+                name: node.to_string(),
+                message: e.to_string(),
+            })?,
+    );
+    Ok(leaf_params(
+        node,
+        vec![san],
+        vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ],
+        lifetime,
+    ))
+}
+
+fn leaf_params(
+    cn: &str,
+    sans: Vec<SanType>,
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    lifetime: Duration,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = ekus;
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    validity(&mut params, lifetime);
+    params
 }
 
 /// Writes `<out>/<name>.pem`, `<out>/<name>.key` (0600) and `<out>/ca.pem`.
@@ -344,6 +412,31 @@ fn not_after(cert_pem: &str) -> Result<OffsetDateTime, PkiError> {
         .parse_x509()
         .map_err(|e| PkiError::Parse(e.to_string()))?;
     Ok(cert.validity().not_after.to_datetime())
+}
+
+/// Serial and validity of a DER certificate.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(CertInfo {
+        serial: hex::encode(cert.raw_serial()),
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+    })
+}
+
+/// Who a peer certificate (DER) says it is: its DNS SANs and its serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub names: Vec<String>,
+    pub serial: String,
+}
+
+pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
+    Ok(PeerIdentity {
+        names: dns_sans(der)?,
+        serial: cert_info(der)?.serial,
+    })
 }
 
 /// The DNS names in the SubjectAltName of a DER certificate.

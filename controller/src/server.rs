@@ -1,6 +1,10 @@
 //! `dpu-controller serve`: wires PKI, the intent task (manifest reloads and
-//! agent-reported workloads), the status writer and the mTLS gRPC server
-//! together, and shuts them down on SIGTERM/SIGINT.
+//! agent-reported workloads), the status writer, the revocation watcher and the
+//! gRPC server (`AgentControl` and `Enrollment` on one TLS listener) together,
+//! and shuts them down on SIGTERM/SIGINT.
+//!
+//! The listener asks for a client certificate but does not require one, so that
+//! a DPU without one can call `Enroll`; every other RPC checks for it itself.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -9,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dpu_proto::v1::agent_control_server::AgentControlServer;
+use dpu_proto::v1::enrollment_server::EnrollmentServer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -17,9 +22,11 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::diag::IntentError;
 use crate::effective::{Commit, Effective};
+use crate::enroll::{EnrollService, Enroller, MAX_REQUEST_BYTES};
 use crate::fsutil::ensure_private_dir;
 use crate::hub::{ControlService, Hub};
-use crate::pki::{ensure_server_cert, PkiError};
+use crate::nodes::NodeStore;
+use crate::pki::{ensure_server_cert, load_ca, PkiError};
 use crate::reload::{Outcome, ReloadError, Reloader};
 use crate::reported::{ReportInbox, ReportedSet};
 use crate::session::Published;
@@ -41,6 +48,8 @@ pub struct ServeOptions {
     pub intent_dir: PathBuf,
     pub listen: SocketAddr,
     pub server_name: String,
+    /// Lifetime of the certificates `Enroll` and `Renew` issue.
+    pub enroll_cert_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +117,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         )));
     }
     let identity = ensure_server_cert(state, &opts.server_name, opts.listen)?;
+    let enroller = Arc::new(Enroller::new(state, load_ca(state)?, opts.enroll_cert_ttl));
     let status = StatusHandle::new(state);
 
     let versions = VersionStore::open(state)?;
@@ -152,21 +162,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         status.clone(),
         shutdown_rx.clone(),
         reports.clone(),
+        NodeStore::new(state),
     ));
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
-        .client_ca_root(Certificate::from_pem(&identity.ca_pem));
-    let service = AgentControlServer::new(ControlService::new(hub))
+        .client_ca_root(Certificate::from_pem(&identity.ca_pem))
+        .client_auth_optional(true);
+    let service = AgentControlServer::new(ControlService::new(hub.clone()))
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE);
+    let enrollment = EnrollmentServer::new(EnrollService::new(enroller))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| ServeError::Tls(e.to_string()))?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service);
+        .add_service(service)
+        .add_service(enrollment);
 
     let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
+    let revocations = tokio::spawn(crate::revocation::watch_revocations(
+        hub,
+        shutdown_rx.clone(),
+    ));
     let reload = tokio::spawn(intent_loop(
         Sources { reloader, reports },
         effective,
@@ -180,7 +199,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
             shutdown_requested(&mut server_shutdown).await
         }),
     );
-    tracing::info!(listen = %local, pid = std::process::id(), "serving agents over mTLS");
+    tracing::info!(
+        listen = %local,
+        pid = std::process::id(),
+        enroll_cert_ttl = %crate::timeutil::format_duration(opts.enroll_cert_ttl),
+        "serving agents over mTLS"
+    );
 
     let mut stop = shutdown_rx.clone();
     let result = tokio::select! {
@@ -203,6 +227,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     // server failed on its own.
     shutdown_tx.send_replace(true);
     let _ = reload.await;
+    let _ = revocations.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
         let _ = status.write_now();
     }

@@ -118,9 +118,11 @@ pub async fn run(
     };
     let (status_tx, status_rx) = watch::channel(pb::Status::default());
     let (ev_tx, mut ev_rx) = mpsc::channel(4);
+    let identity = crate::enroll::NodeIdentity::from_config(&cfg);
     let session = tokio::spawn(session::run(
         cfg.controller.clone(),
         cfg.node_name.clone(),
+        identity,
         applied_rx,
         status_rx,
         local_rx,

@@ -1,11 +1,29 @@
-//! Agent configuration: a TOML file plus `DPU_AGENT_*` environment overrides
-//! (`DPU_AGENT_OVS__BRIDGE=br1` sets `ovs.bridge`). Unknown keys are an error.
+//! Agent configuration, in layers, later wins: the defaults below, the file
+//! (`/etc/dpu-agent/agent.toml`), its drop-ins (`agent.toml.d/*.toml`, in
+//! lexical order), then `DPU_AGENT_*` environment variables
+//! (`DPU_AGENT_OVS__BRIDGE=br1` sets `ovs.bridge`). Unknown keys are an error, and
+//! every error names the key and the file or variable that set it (`layers`).
 
+mod layers;
+
+use std::ffi::OsString;
+use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+pub use layers::drop_in_dir;
+
+/// Where `dpu-agent run` and `check-config` look without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/dpu-agent/agent.toml";
+/// `DPU_AGENT_<KEY>` overrides `<key>`; nested keys are joined by `__`.
+pub const ENV_PREFIX: &str = "DPU_AGENT_";
+/// What `check-config` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// The agent's configuration. `Serialize` is for `check-config`: it writes
+/// [`REDACTED`] instead of secrets, so its output is not a copy of the input.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This DPU's node name; must match the DNS SAN of its certificate.
@@ -15,11 +33,71 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub ovs: OvsConfig,
     /// The attachment service for the host shim; absent means no pods attach here.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shim: Option<ShimConfig>,
+    /// First-boot enrollment with a bootstrap token. With it, the agent obtains and
+    /// renews its own certificate and writes it to `controller.cert_file` and
+    /// `key_file`; without it those files are the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll: Option<EnrollConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[enroll]`: exactly one of `token` and `token_file`.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// The bootstrap token itself. A secret: never printed or logged.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
+    pub token: Option<String>,
+    /// A file holding the token (surrounding whitespace is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+fn redact<S: serde::Serializer>(_: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(REDACTED)
+}
+
+impl std::fmt::Debug for EnrollConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollConfig")
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl EnrollConfig {
+    /// The token: inline, or read from `token_file` now (so a token dropped in
+    /// place later is seen by the next call), trimmed.
+    pub fn token(&self) -> io::Result<String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?,
+            (None, None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "[enroll] has neither token nor token_file",
+                ))
+            }
+        };
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the bootstrap token is empty",
+            ));
+        }
+        Ok(token.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShimConfig {
     /// Address on the host<->DPU link, e.g. `169.254.0.1:50052`. mTLS with the
@@ -34,13 +112,13 @@ pub struct ShimConfig {
     #[serde(default)]
     pub vfs: Vec<VfConfig>,
     /// Discover the representors of one host PF's VFs from the DPU's sysfs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vfs_from_sysfs: Option<SysfsVfs>,
 }
 
 /// Representors are the netdevs on the uplink's eswitch (same `phys_switch_id`)
 /// whose `phys_port_name` is `pf<pf>vf<N>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SysfsVfs {
     /// The uplink netdev on the DPU, e.g. `p0`.
@@ -56,7 +134,7 @@ fn default_sysfs() -> PathBuf {
     PathBuf::from("/sys")
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VfConfig {
     /// The VF's netdev on the host; empty when only its index is known.
@@ -64,7 +142,7 @@ pub struct VfConfig {
     pub vf: String,
     pub representor: String,
     /// The VF number on the host PF (`virtfn<N>`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<u32>,
 }
 
@@ -72,7 +150,7 @@ fn default_mtu() -> u32 {
     1500
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     /// e.g. `https://127.0.0.1:50051`
@@ -90,7 +168,7 @@ pub struct ControllerConfig {
     pub backoff_max_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OvsConfig {
     pub db_socket: PathBuf,
@@ -109,6 +187,9 @@ pub struct OvsConfig {
     #[serde(default = "default_ofctl")]
     pub ofctl_path: String,
 }
+
+/// `backoff_max_ms` above an hour is a typo, and TOML integers are i64.
+const MAX_BACKOFF_MS: u64 = 3_600_000;
 
 fn default_server_name() -> String {
     "dpu-controller".into()
@@ -132,52 +213,75 @@ fn default_ofctl() -> String {
     "ovs-ofctl".into()
 }
 
+/// Why a config was refused (exit code 2). Each names the file or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file or an override could not be read or does not fit the schema.
-    #[error("config {path}: {source}")]
-    Load {
+    /// A config file or the drop-in directory could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
         path: String,
         #[source]
-        source: config::ConfigError,
+        source: io::Error,
     },
-    /// A value is present but not acceptable.
-    #[error("config {path}: {field}: {message}")]
-    Invalid {
-        path: String,
-        field: &'static str,
+    /// A file is not TOML.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// A key is unknown, missing, of the wrong type or not acceptable. `origin` is
+    /// the file or `DPU_AGENT_*` variable that set it (or its table).
+    #[error("{origin}: {key}: {message}")]
+    Key {
+        origin: String,
+        key: String,
         message: String,
     },
 }
 
+/// A merged config and the layers it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// The files and variables applied, in order (later wins); the defaults come
+    /// before all of them.
+    pub sources: Vec<String>,
+}
+
 impl Config {
+    /// `path`, its drop-ins and this process's `DPU_AGENT_*` variables.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let p = path.display().to_string();
-        let cfg: Config = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix("DPU_AGENT")
-                    .prefix_separator("_")
-                    .separator("__"),
-            )
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|source| ConfigError::Load {
-                path: p.clone(),
-                source,
-            })?;
-        cfg.check(&p)?;
-        Ok(cfg)
+        Self::load_layers(path, std::env::vars_os()).map(|l| l.config)
     }
 
-    fn check(&self, path: &str) -> Result<(), ConfigError> {
-        let bad = |field, message: String| {
-            Err(ConfigError::Invalid {
-                path: path.to_string(),
-                field,
-                message,
-            })
-        };
+    /// `path`, its drop-ins (`<path>.d/*.toml`) and the `DPU_AGENT_*` variables
+    /// among `env`, merged and checked.
+    pub fn load_layers<I, K, V>(path: &Path, env: I) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let layers = layers::read(path, env)?;
+        let origins = layers::Origins::of(&layers);
+        let config: Config = layers::merge(&layers)
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| origins.explain(e))?;
+        config
+            .check()
+            .map_err(|(key, message)| origins.invalid(key, message))?;
+        Ok(Loaded {
+            config,
+            sources: layers.into_iter().map(|l| l.origin).collect(),
+        })
+    }
+
+    /// The effective config as TOML, defaults filled in, secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// The rules serde cannot express: the key at fault and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let bad = |key, message: String| Err((key, message));
         if let Err(m) = dpu_model::check_name(&self.node_name) {
             return bad("node_name", m);
         }
@@ -247,6 +351,36 @@ impl Config {
                 "must be > 0 and <= backoff_max_ms".into(),
             );
         }
+        if self.controller.backoff_max_ms > MAX_BACKOFF_MS {
+            return bad(
+                "controller.backoff_max_ms",
+                format!("must be <= {MAX_BACKOFF_MS} (one hour)"),
+            );
+        }
+        if let Some(enroll) = &self.enroll {
+            match (&enroll.token, &enroll.token_file) {
+                (Some(_), Some(_)) => {
+                    return bad(
+                        "enroll.token",
+                        "set exactly one of enroll.token and enroll.token_file, not both".into(),
+                    )
+                }
+                (None, None) => {
+                    return bad(
+                        "enroll.token",
+                        "[enroll] needs enroll.token or enroll.token_file".into(),
+                    )
+                }
+                // Never echo the token.
+                (Some(t), None) if t.is_empty() || t.contains(char::is_whitespace) => {
+                    return bad("enroll.token", "is empty or contains whitespace".into())
+                }
+                (None, Some(p)) if p.as_os_str().is_empty() => {
+                    return bad("enroll.token_file", "is empty".into())
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -284,26 +418,194 @@ run_dir = "/run/openvswitch"
         f
     }
 
+    /// Loads `text` with no environment (the test process's own is not ours).
+    fn load(text: &str) -> Result<Config, String> {
+        let f = write(text);
+        Config::load_layers(f.path(), Vec::<(OsString, OsString)>::new())
+            .map(|l| l.config)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn defaults_fill_in() {
-        let f = write(GOOD);
-        let c = Config::load(f.path()).unwrap();
+        let c = load(GOOD).unwrap();
         assert_eq!(c.ovs.bridge, "br-dpu");
         assert_eq!(c.ovs.datapath_type, "netdev");
         assert_eq!(c.ofctl_target(), "unix:/run/openvswitch/br-dpu.mgmt");
+        assert!(c.shim.is_none() && c.enroll.is_none());
     }
 
     #[test]
     fn unknown_keys_are_refused() {
-        let f = write(&format!("{GOOD}\nbridge_typo = 1\n"));
-        let e = Config::load(f.path()).unwrap_err().to_string();
-        assert!(e.contains("bridge_typo"), "{e}");
+        let e = load(&format!("{GOOD}\nbridge_typo = 1\n")).unwrap_err();
+        assert!(e.contains("ovs.bridge_typo: unknown key"), "{e}");
+        let e = load(&format!(
+            "{GOOD}[enroll]\ntoken = \"t\"\ntokn_file = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("enroll.tokn_file: unknown key"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_field() {
-        let f = write(&GOOD.replace("dpu-1\"", "DPU 1\""));
-        let e = Config::load(f.path()).unwrap_err().to_string();
-        assert!(e.contains("node_name"), "{e}");
+        let e = load(&GOOD.replace("dpu-1\"", "DPU 1\"")).unwrap_err();
+        assert!(e.contains(": node_name: "), "{e}");
+        let e = load(&GOOD.replace(
+            "key_file = \"dpu-1.key\"",
+            "key_file = \"dpu-1.key\"\nbackoff_max_ms = 3600001",
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains(": controller.backoff_max_ms: must be <= 3600000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn enroll_needs_exactly_one_token_source() {
+        let both = format!("{GOOD}[enroll]\ntoken = \"dpub.abc\"\ntoken_file = \"/t\"\n");
+        let e = load(&both).unwrap_err();
+        assert!(
+            e.contains(": enroll.token: set exactly one of enroll.token and enroll.token_file"),
+            "{e}"
+        );
+        assert!(!e.contains("dpub.abc"), "{e}");
+        let e = load(&format!("{GOOD}[enroll]\n")).unwrap_err();
+        assert!(e.contains(": enroll.token: [enroll] needs"), "{e}");
+        let e = load(&format!("{GOOD}[enroll]\ntoken = \"dpub abc\"\n")).unwrap_err();
+        assert!(
+            e.contains(": enroll.token: is empty or contains whitespace"),
+            "{e}"
+        );
+        assert!(!e.contains("dpub abc"), "{e}");
+
+        let c = load(&format!("{GOOD}[enroll]\ntoken = \"dpub.abc\"\n")).unwrap();
+        assert_eq!(c.enroll.unwrap().token().unwrap(), "dpub.abc");
+        let token = write("  dpub.fromfile\n");
+        let c = load(&format!(
+            "{GOOD}[enroll]\ntoken_file = \"{}\"\n",
+            token.path().display()
+        ))
+        .unwrap();
+        assert_eq!(c.enroll.unwrap().token().unwrap(), "dpub.fromfile");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = load(&format!("{GOOD}[enroll]\ntoken = \"dpub.s3cret\"\n")).unwrap();
+        let out = c.to_redacted_toml().unwrap();
+        assert!(out.contains("[enroll]\ntoken = \"<redacted>\"\n"), "{out}");
+        let debug = format!("{c:?}");
+        for text in [&out, &debug] {
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        // token_file is a path, not a secret.
+        let c = load(&format!("{GOOD}[enroll]\ntoken_file = \"/etc/t\"\n")).unwrap();
+        let out = c.to_redacted_toml().unwrap();
+        assert!(out.contains("[enroll]\ntoken_file = \"/etc/t\"\n"), "{out}");
+    }
+
+    /// Every key, set, for the round trip and the docs check.
+    const FULL: &str = r#"
+node_name = "dpu-1"
+state_dir = "/var/lib/dpu-agent"
+[controller]
+endpoint = "https://127.0.0.1:50051"
+server_name = "ctl"
+ca_file = "ca.pem"
+cert_file = "dpu-1.pem"
+key_file = "dpu-1.key"
+backoff_min_ms = 100
+backoff_max_ms = 1000
+[ovs]
+db_socket = "/run/openvswitch/db.sock"
+run_dir = "/run/openvswitch"
+bridge = "br-x"
+datapath_type = "system"
+hw_offload = true
+openflow_backend = "ovs-ofctl"
+ofctl_path = "/usr/bin/ovs-ofctl"
+[shim]
+listen = "169.254.0.1:50052"
+client_name = "shim"
+mtu = 9000
+[shim.vfs_from_sysfs]
+uplink = "p0"
+pf = 1
+root = "/sys"
+[[shim.vfs]]
+vf = "eth1"
+representor = "pf0vf0"
+index = 0
+[enroll]
+token_file = "/etc/dpu-agent/bootstrap-token"
+"#;
+
+    #[test]
+    fn the_printed_config_loads_back_the_same() {
+        let first = load(FULL).unwrap().to_redacted_toml().unwrap();
+        let second = load(&first).unwrap().to_redacted_toml().unwrap();
+        assert_eq!(first, second);
+    }
+
+    /// The dotted keys of a TOML table; array-of-tables entries as `a.b[].c`.
+    fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (k, v) in table {
+            let key = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => keys(&format!("{key}."), t, out),
+                toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                    for t in a.iter().filter_map(toml::Value::as_table) {
+                        keys(&format!("{key}[]."), t, out);
+                    }
+                }
+                _ => out.push(key),
+            }
+        }
+    }
+
+    #[test]
+    fn docs_list_every_key() {
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/agent.md"))
+                .unwrap();
+        let mut full: toml::Table = toml::from_str(FULL).unwrap();
+        // One of the pair is allowed at a time; the docs list both.
+        full["enroll"]
+            .as_table_mut()
+            .unwrap()
+            .insert("token".into(), "x".into());
+        let mut all = Vec::new();
+        keys("", &full, &mut all);
+        // FULL itself must be complete: every key the schema prints is in it.
+        let mut printed = Vec::new();
+        let c = load(FULL).unwrap();
+        keys(
+            "",
+            &toml::from_str(&c.to_redacted_toml().unwrap()).unwrap(),
+            &mut printed,
+        );
+        for k in &printed {
+            assert!(all.contains(k), "FULL lacks {k}");
+        }
+        for k in all {
+            assert!(
+                docs.contains(&format!("| `{k}` |")),
+                "docs/agent.md has no row for `{k}`"
+            );
+        }
+    }
+
+    #[test]
+    fn the_image_default_config_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../image/agent.toml"));
+        let c = Config::load_layers(path, Vec::<(OsString, OsString)>::new())
+            .unwrap()
+            .config;
+        assert!(
+            c.controller.cert_file.starts_with(&c.state_dir),
+            "the enrolled identity must be writable"
+        );
+        assert!(c.controller.key_file.starts_with(&c.state_dir));
     }
 }

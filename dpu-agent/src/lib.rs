@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod attach;
 pub mod compile;
 pub mod config;
+pub mod enroll;
 pub mod flows;
 pub mod notify;
 pub mod openflow;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dpu_agent::config::Config;
+use dpu_agent::config::{self, Config};
 use dpu_agent::notify::Systemd;
 
 #[derive(Parser, Debug)]
@@ -24,12 +24,15 @@ struct Cli {
 enum Cmd {
     /// Run the agent.
     Run {
-        #[arg(long, default_value = "/etc/dpu-agent/config.toml")]
+        /// The config file; drop-ins are read from `<PATH>.d/*.toml`.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Load and check a config file, then exit.
+    /// Check the config (file, drop-ins, DPU_AGENT_* variables) and print the
+    /// merged result, secrets redacted.
     CheckConfig {
-        #[arg(long, default_value = "/etc/dpu-agent/config.toml")]
+        /// The config file; drop-ins are read from `<PATH>.d/*.toml`.
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
 }
@@ -72,21 +75,7 @@ fn main() -> ExitCode {
     };
     init_logging();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: ok (node {}, bridge {})",
-                    config.display(),
-                    c.node_name,
-                    c.ovs.bridge
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("dpu-agent: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Cmd::CheckConfig { config } => check_config(&config),
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(c) => c,
@@ -98,6 +87,38 @@ fn main() -> ExitCode {
             run(cfg)
         }
     }
+}
+
+/// Prints the merged config as TOML: an "ok" comment line, the keys (defaults
+/// filled in, secrets redacted), then the layers as comments.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let loaded = match Config::load_layers(path, std::env::vars_os()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("dpu-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let c = &loaded.config;
+    let body = match c.to_redacted_toml() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("dpu-agent: cannot print the config: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    println!(
+        "# {}: ok (node {}, bridge {})\n",
+        path.display(),
+        c.node_name,
+        c.ovs.bridge
+    );
+    print!("{body}");
+    println!("\n# Layers, later wins (built-in defaults under all of them):");
+    for s in &loaded.sources {
+        println!("#   {s}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(cfg: Config) -> ExitCode {

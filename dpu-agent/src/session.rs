@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use std::time::SystemTime;
+
 use crate::config::ControllerConfig;
+use crate::enroll::{CertInfo, NodeIdentity};
 
 /// What the session hands to the agent loop.
 #[derive(Debug)]
@@ -46,9 +49,19 @@ pub enum SessionError {
 /// Incoming messages are bounded; a larger one ends the session.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// How a stream ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The controller closed it.
+    Closed,
+    /// The certificate was renewed; reconnect with it now.
+    Renewed,
+}
+
 pub async fn run(
     cfg: ControllerConfig,
     node: String,
+    identity: Option<NodeIdentity>,
     applied: watch::Receiver<u64>,
     mut status: watch::Receiver<pb::Status>,
     mut local: watch::Receiver<pb::LocalWorkloads>,
@@ -59,8 +72,48 @@ pub async fn run(
     let mut backoff = min;
     loop {
         let started = tokio::time::Instant::now();
-        match stream_once(&cfg, &node, &applied, &mut status, &mut local, &events).await {
-            Ok(()) => tracing::warn!(endpoint = %cfg.endpoint, "controller closed the session"),
+        let renewal = match &identity {
+            None => Ok(None),
+            Some(id) => match id.ensure().await {
+                // Due while no stream is up (refused, unreachable): renew before
+                // connecting; on failure the still-valid certificate is used.
+                Ok(info) if SystemTime::now() >= info.renew_at() => match id.renew().await {
+                    Ok(renewed) => Ok(Some((id, renewed))),
+                    Err(e) => {
+                        tracing::warn!(node = %node, error = %e, "certificate renewal failed");
+                        Ok(Some((id, info)))
+                    }
+                },
+                other => other.map(|info| Some((id, info))),
+            },
+        };
+        let result = match renewal {
+            Ok(renewal) => {
+                stream_once(
+                    &cfg,
+                    &node,
+                    renewal,
+                    &applied,
+                    &mut status,
+                    &mut local,
+                    &events,
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "no usable node certificate");
+                Ok(Ended::Closed)
+            }
+        };
+        match result {
+            Ok(Ended::Renewed) => {
+                tracing::info!(endpoint = %cfg.endpoint, "reconnecting with the renewed certificate");
+                backoff = min;
+                continue;
+            }
+            Ok(Ended::Closed) => {
+                tracing::warn!(endpoint = %cfg.endpoint, "controller session ended")
+            }
             Err(SessionError::AgentGone) => return,
             Err(e) => {
                 tracing::warn!(endpoint = %cfg.endpoint, error = %e, "controller session failed")
@@ -79,6 +132,20 @@ pub async fn run(
     }
 }
 
+/// The monotonic instant of a wall-clock time (now, if it has passed).
+fn instant_of(t: SystemTime) -> tokio::time::Instant {
+    tokio::time::Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// After a failed renewal: a tenth of the remaining life, within 1 s..60 s.
+fn renew_retry(info: &CertInfo) -> Duration {
+    let left = info
+        .not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 fn read(path: &std::path::Path) -> Result<Vec<u8>, SessionError> {
     std::fs::read(path).map_err(|source| SessionError::TlsFile {
         path: path.display().to_string(),
@@ -86,16 +153,27 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, SessionError> {
     })
 }
 
-/// Builds the channel. Files are read at every connect, so renewed certificates
-/// are picked up without a restart.
+/// Builds the mTLS channel. Files are read at every connect, so renewed
+/// certificates are picked up without a restart.
 pub async fn connect(cfg: &ControllerConfig) -> Result<tonic::transport::Channel, SessionError> {
-    let tls = ClientTlsConfig::new()
+    connect_with(cfg, true).await
+}
+
+/// Builds the channel; without `client_identity` only the controller is
+/// authenticated (enrollment, before the node has a certificate).
+pub async fn connect_with(
+    cfg: &ControllerConfig,
+    client_identity: bool,
+) -> Result<tonic::transport::Channel, SessionError> {
+    let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&cfg.ca_file)?))
-        .identity(Identity::from_pem(
+        .domain_name(cfg.server_name.clone());
+    if client_identity {
+        tls = tls.identity(Identity::from_pem(
             read(&cfg.cert_file)?,
             read(&cfg.key_file)?,
-        ))
-        .domain_name(cfg.server_name.clone());
+        ));
+    }
     let err = |detail: String| SessionError::Connect {
         endpoint: cfg.endpoint.clone(),
         detail,
@@ -126,12 +204,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn stream_once(
     cfg: &ControllerConfig,
     node: &str,
+    renewal: Option<(&NodeIdentity, CertInfo)>,
     applied: &watch::Receiver<u64>,
     status: &mut watch::Receiver<pb::Status>,
     local: &mut watch::Receiver<pb::LocalWorkloads>,
     events: &mpsc::Sender<SessionEvent>,
-) -> Result<(), SessionError> {
+) -> Result<Ended, SessionError> {
     use pb::agent_message::Msg;
+    let mut renew_at = renewal
+        .as_ref()
+        .map(|(_, info)| instant_of(info.renew_at()));
     let channel = connect(cfg).await?;
     let mut client = AgentControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
@@ -167,7 +249,7 @@ async fn stream_once(
     loop {
         tokio::select! {
             msg = inbound.message() => {
-                let Some(msg) = msg? else { return Ok(()) };
+                let Some(msg) = msg? else { return Ok(Ended::Closed) };
                 let Some(pb::controller_message::Msg::Update(update)) = msg.msg else { continue };
                 let (reply_tx, reply_rx) = oneshot::channel();
                 events
@@ -176,7 +258,7 @@ async fn stream_once(
                     .map_err(|_| SessionError::AgentGone)?;
                 let reply = reply_rx.await.map_err(|_| SessionError::AgentGone)?;
                 if !send(reply).await {
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
             }
             changed = local.changed() => {
@@ -185,7 +267,7 @@ async fn stream_once(
                 }
                 let pods = local.borrow_and_update().clone();
                 if !send(Msg::LocalWorkloads(pods)).await {
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
             }
             changed = status.changed() => {
@@ -194,7 +276,24 @@ async fn stream_once(
                 }
                 let s = status.borrow_and_update().clone();
                 if !send(Msg::Status(s)).await {
-                    return Ok(());
+                    return Ok(Ended::Closed);
+                }
+            }
+            // Renewal runs beside the stream: updates wait for it (milliseconds),
+            // and a failed attempt leaves the stream up on the still-valid
+            // certificate.
+            _ = tokio::time::sleep_until(renew_at.unwrap_or_else(tokio::time::Instant::now)),
+                if renew_at.is_some() =>
+            {
+                let Some((id, info)) = &renewal else { continue };
+                match id.renew().await {
+                    Ok(_) => return Ok(Ended::Renewed),
+                    Err(e) => {
+                        let retry = renew_retry(info);
+                        tracing::warn!(node = %node, error = %e, retry_s = retry.as_secs(),
+                            "certificate renewal failed");
+                        renew_at = Some(tokio::time::Instant::now() + retry);
+                    }
                 }
             }
         }

@@ -34,6 +34,11 @@ pub struct Lab {
     pub bridge: String,
     pub work: TempDir,
     pub controller_addr: String,
+    /// More arguments for `dpu-controller serve`.
+    pub serve_args: Vec<String>,
+    /// When set, the agent has no issued certificate: it enrolls with the token
+    /// in this file and keeps its identity under `agent-identity/`.
+    pub enroll_token_file: Option<PathBuf>,
     // Field order is drop order: processes first, then hosts, then OVS.
     pub agent: Option<Child>,
     pub controller: Option<Child>,
@@ -84,6 +89,8 @@ impl Lab {
             prefix,
             bridge,
             controller_addr: format!("127.0.0.1:{}", free_port()?),
+            serve_args: Vec::new(),
+            enroll_token_file: None,
             work,
             agent: None,
             controller: None,
@@ -156,7 +163,8 @@ impl Lab {
             .arg(self.ctl_state())
             .arg("--intent-dir")
             .arg(self.intent_dir())
-            .args(["--listen", &self.controller_addr]);
+            .args(["--listen", &self.controller_addr])
+            .args(&self.serve_args);
         self.controller = Some(spawn_logged(c, &self.log("controller"))?);
         let addr = self.controller_addr.clone();
         let mut exited = false;
@@ -175,8 +183,47 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes the agent's config; `ca`/`cert` let tests point it at other files.
+    /// Creates a bootstrap token for `node` (`dpu-controller token create`).
+    pub fn token_create(&self, node: &str, ttl: &str) -> Result<String> {
+        let out = self.controller_cmd(&[
+            "token",
+            "create",
+            "--state-dir",
+            &self.ctl_state().display().to_string(),
+            "--node",
+            node,
+            "--ttl",
+            ttl,
+        ])?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Makes the agent enroll with `token` (written to a file, as `bf.cfg`
+    /// provisioning does) instead of using an issued certificate.
+    pub fn enroll_with(&mut self, token: &str) -> Result<PathBuf> {
+        let p = self.path("bootstrap-token");
+        fs::write(&p, format!("{token}\n"))?;
+        self.enroll_token_file = Some(p.clone());
+        Ok(p)
+    }
+
+    /// The agent's certificate and key files.
+    pub fn agent_identity(&self) -> (PathBuf, PathBuf) {
+        match self.enroll_token_file {
+            Some(_) => (
+                self.path("agent-identity/node.pem"),
+                self.path("agent-identity/node.key"),
+            ),
+            None => (
+                self.pki().join(format!("{NODE}.pem")),
+                self.pki().join(format!("{NODE}.key")),
+            ),
+        }
+    }
+
+    /// Writes the agent's config; `ca` lets tests point it at another CA.
     pub fn agent_config(&self, ca: &Path) -> Result<PathBuf> {
+        let (cert, key) = self.agent_identity();
         let cfg = format!(
             r#"node_name = "{NODE}"
 state_dir = "{state}"
@@ -185,8 +232,8 @@ state_dir = "{state}"
 endpoint = "https://{addr}"
 server_name = "dpu-controller"
 ca_file = "{ca}"
-cert_file = "{pki}/{NODE}.pem"
-key_file = "{pki}/{NODE}.key"
+cert_file = "{cert}"
+key_file = "{key}"
 backoff_min_ms = 100
 backoff_max_ms = 1000
 
@@ -199,12 +246,16 @@ datapath_type = "netdev"
             state = self.path("agent-state").display(),
             addr = self.controller_addr,
             ca = ca.display(),
-            pki = self.pki().display(),
+            cert = cert.display(),
+            key = key.display(),
             db = self.ovs.db_sock().display(),
             run = self.ovs.dir().display(),
             br = self.bridge,
         );
         let mut cfg = cfg;
+        if let Some(t) = &self.enroll_token_file {
+            cfg.push_str(&format!("\n[enroll]\ntoken_file = \"{}\"\n", t.display()));
+        }
         if let Some(sh) = &self.shim {
             cfg.push_str(&format!(
                 "\n[shim]\nlisten = \"{}\"\nclient_name = \"{SHIM_NAME}\"\nmtu = 1500\n",

@@ -8,4 +8,5 @@ pub mod fixture;
 pub mod netns;
 pub mod ovs;
 pub mod process;
+pub mod scenario;
 pub mod traffic;

@@ -150,6 +150,11 @@ pub struct Server {
 
 impl Server {
     pub fn start(lab: &Lab) -> Self {
+        Self::start_with(lab, &[])
+    }
+
+    /// Starts `serve` with more arguments.
+    pub fn start_with(lab: &Lab, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -165,6 +170,7 @@ impl Server {
                 s(&lab.intent),
             ])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())

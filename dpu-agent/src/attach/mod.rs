@@ -217,14 +217,14 @@ impl Attachments for AttachService {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A TLS file could not be read.
-    #[error("shim service: reading {path}: {source}")]
-    Tls {
-        path: String,
+    /// The listening socket could not be opened.
+    #[error("shim service on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    /// The listener failed.
+    /// A server generation failed.
     #[error("shim service on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -233,7 +233,43 @@ pub enum ServeError {
     },
 }
 
-/// Serves the attachment API until `shutdown` fires. Uses the node certificate.
+/// How often the node certificate is checked for a change.
+const IDENTITY_POLL: Duration = Duration::from_secs(2);
+
+/// The node certificate, key and CA as last read, to notice a renewal.
+#[derive(Debug, PartialEq, Eq)]
+struct TlsFiles {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl TlsFiles {
+    fn read(cfg: &Config) -> std::io::Result<TlsFiles> {
+        let c = &cfg.controller;
+        Ok(TlsFiles {
+            cert: std::fs::read(&c.cert_file)?,
+            key: std::fs::read(&c.key_file)?,
+            ca: std::fs::read(&c.ca_file)?,
+        })
+    }
+
+    fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+}
+
+type Incoming = mpsc::Sender<std::io::Result<tokio::net::TcpStream>>;
+
+/// Serves the attachment API until `shutdown` fires, with the node certificate.
+///
+/// The socket is bound once. Each version of the certificate gets its own
+/// server generation: when the certificate changes (renewal), new connections
+/// go to a new generation and the old one finishes its in-flight requests and
+/// stops, so a renewal needs no restart and refuses no connection. Until the
+/// node has a certificate (first boot, enrolling) nothing is accepted.
 pub async fn serve(
     cfg: &Config,
     tx: mpsc::Sender<AttachCmd>,
@@ -242,38 +278,88 @@ pub async fn serve(
     let Some(shim) = cfg.shim.clone() else {
         return Ok(());
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| ServeError::Tls {
-            path: p.display().to_string(),
-            source,
-        })
-    };
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&cfg.controller.cert_file)?,
-            read(&cfg.controller.key_file)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read(&cfg.controller.ca_file)?));
+    let addr = shim.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
     let svc = AttachService {
         tx,
         client_name: shim.client_name.clone(),
         mtu: shim.mtu,
     };
-    tracing::info!(listen = %shim.listen, client = %shim.client_name, vfs = shim.vfs.len(), "shim service listening");
-    Server::builder()
-        .tls_config(tls)
-        .map_err(|source| ServeError::Serve {
-            addr: shim.listen,
-            source,
-        })?
-        .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
-        .add_service(AttachmentsServer::new(svc).max_decoding_message_size(1 << 20))
-        .serve_with_shutdown(shim.listen, async move {
-            let _ = shutdown.changed().await;
+    let current: std::sync::Arc<std::sync::Mutex<Option<Incoming>>> = Default::default();
+    let acceptor = {
+        let current = current.clone();
+        tokio::spawn(async move {
+            loop {
+                let conn = listener.accept().await.map(|(s, _)| s);
+                let target = current.lock().map(|c| c.clone()).ok().flatten();
+                match target {
+                    Some(t) => {
+                        let _ = t.send(conn).await;
+                    }
+                    // No certificate yet: the connection is closed unanswered.
+                    None => drop(conn),
+                }
+            }
         })
-        .await
-        .map_err(|source| ServeError::Serve {
-            addr: shim.listen,
-            source,
-        })
+    };
+    let mut loaded: Option<TlsFiles> = None;
+    let mut generation: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
+    let mut poll = tokio::time::interval(IDENTITY_POLL);
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            _ = poll.tick() => {}
+        }
+        let files = match TlsFiles::read(cfg) {
+            Ok(f) => f,
+            Err(e) => {
+                if loaded.is_none() {
+                    tracing::debug!(error = %e, "shim service waits for the node certificate");
+                }
+                continue;
+            }
+        };
+        if loaded.as_ref() == Some(&files) {
+            continue;
+        }
+        let server = match Server::builder().tls_config(files.server_config()) {
+            Ok(b) => b,
+            Err(source) => break Err(ServeError::Serve { addr, source }),
+        };
+        let (conn_tx, conn_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = server
+            .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
+            .add_service(AttachmentsServer::new(svc.clone()).max_decoding_message_size(1 << 20));
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+            {
+                tracing::error!(error = %e, "shim service generation failed");
+            }
+        });
+        if let Ok(mut c) = current.lock() {
+            *c = Some(conn_tx);
+        }
+        if let Some((stop, _old)) = generation.replace((stop_tx, task)) {
+            // In-flight requests of the old generation finish; it then ends.
+            let _ = stop.send(());
+            tracing::info!(listen = %addr, "shim service now uses the renewed node certificate");
+        } else {
+            tracing::info!(listen = %addr, client = %shim.client_name, vfs = shim.vfs.len(), "shim service listening");
+        }
+        loaded = Some(files);
+    };
+    acceptor.abort();
+    if let Some((stop, task)) = generation {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    result
 }

@@ -1,0 +1,657 @@
+//! End to end: enrollment with a bootstrap token, renewal, revocation and
+//! re-admission against the real binary over TLS. Every refusal is checked to
+//! have changed nothing under `tokens/` and `nodes/`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use dpu_controller::tokens::{Token, TokenStore};
+use dpu_proto::v1 as pb;
+use dpu_proto::v1::enrollment_client::EnrollmentClient;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use tonic::{Code, Status};
+use x509_parser::extensions::GeneralName;
+
+/// A fresh key and a CSR with `cn` and DNS `sans`.
+fn csr(cn: &str, sans: &[&str]) -> (KeyPair, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, pem)
+}
+
+fn node_csr(node: &str) -> (KeyPair, String) {
+    csr(node, &[node])
+}
+
+async fn enroll(
+    port: u16,
+    ca: &str,
+    node: &str,
+    token: &str,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, Status> {
+    let ch = channel(port, ca, None).await.unwrap();
+    let req = pb::EnrollRequest {
+        node: node.into(),
+        token: token.into(),
+        csr_pem: csr_pem.into(),
+    };
+    Ok(EnrollmentClient::new(ch).enroll(req).await?.into_inner())
+}
+
+async fn renew(
+    port: u16,
+    ca: &str,
+    identity: Option<(String, String)>,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, Status> {
+    let ch = channel(port, ca, identity).await.unwrap();
+    let req = pb::RenewRequest {
+        csr_pem: csr_pem.into(),
+    };
+    Ok(EnrollmentClient::new(ch).renew(req).await?.into_inner())
+}
+
+/// The certificate an answer carries, with the key it was requested for.
+fn identity(answer: &pb::EnrollResponse, key: &KeyPair) -> Option<(String, String)> {
+    Some((answer.cert_pem.clone(), key.serialize_pem()))
+}
+
+fn token_create(lab: &Lab, node: &str) -> String {
+    let out = cli_ok(&[
+        "token",
+        "create",
+        "--state-dir",
+        s(&lab.state),
+        "--node",
+        node,
+    ]);
+    out.trim().to_string()
+}
+
+fn token_id(token: &str) -> &str {
+    &token[5..21]
+}
+
+/// Every file under `tokens/` and `nodes/` (but the lock) with its contents.
+fn snapshot(state: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().unwrap() != ".lock" {
+                out.insert(p.clone(), fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&state.join("tokens"), &mut out);
+    walk(&state.join("nodes"), &mut out);
+    out
+}
+
+fn node_record(lab: &Lab, node: &str) -> serde_json::Value {
+    let text = fs::read_to_string(lab.state.join(format!("nodes/{node}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn serials(record: &serde_json::Value, field: &str) -> Vec<String> {
+    record[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Asserts `result` is refused with `code` and a message containing `want`,
+/// and that nothing under tokens/ and nodes/ changed.
+#[track_caller]
+fn assert_refused<T: std::fmt::Debug>(
+    lab: &Lab,
+    before: &BTreeMap<PathBuf, Vec<u8>>,
+    result: Result<T, Status>,
+    code: Code,
+    want: &str,
+) {
+    let status = result.expect_err("expected a refusal");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(want),
+        "{:?} does not contain {want:?}",
+        status.message()
+    );
+    assert!(
+        snapshot(&lab.state) == *before,
+        "a refusal ({want}) changed the state dir"
+    );
+}
+
+/// Checks that `cert_pem` is for `node`, signed by `ca_pem`, for `key`.
+fn check_cert(cert_pem: &str, ca_pem: &str, node: &str, key: &KeyPair) -> (i64, i64, String) {
+    let (_, ca) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).unwrap();
+    let ca = ca.parse_x509().unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    cert.verify_signature(Some(ca.public_key()))
+        .expect("the certificate chains to the CA");
+    assert_eq!(cert.issuer(), ca.subject());
+    let cn: Vec<_> = cert
+        .subject()
+        .iter_common_name()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(cn, [node]);
+    let san = cert.subject_alternative_name().unwrap().unwrap().value;
+    assert_eq!(san.general_names, [GeneralName::DNSName(node)]);
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && eku.server_auth);
+    assert_eq!(cert.public_key().raw, key.subject_public_key_info());
+    (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+        hex::encode(cert.raw_serial()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_renews_and_serves_the_enrolled_node() {
+    let lab = Lab::new();
+    let server = Server::start_with(&lab, &["--enroll-cert-ttl", "2h"]);
+    let ca = lab.read("ca.pem");
+    let token = token_create(&lab, "dpu-2");
+    let id = token_id(&token);
+
+    let (key, request) = node_csr("dpu-2");
+    let answer = enroll(server.port, &ca, "dpu-2", &token, &request)
+        .await
+        .unwrap();
+    assert_eq!(answer.ca_pem, ca);
+    let (not_before, not_after, serial) = check_cert(&answer.cert_pem, &ca, "dpu-2", &key);
+    assert_eq!(
+        (answer.not_before_unix, answer.not_after_unix),
+        (not_before, not_after)
+    );
+    assert_eq!(answer.serial, serial);
+    // The lifetime is --enroll-cert-ttl, plus the 5 minutes not_before is backdated.
+    assert_eq!(not_after - not_before, 2 * 3600 + 300);
+
+    // The token is consumed; the node is recorded.
+    assert!(!lab.state.join(format!("tokens/{id}.json")).exists());
+    assert!(lab.state.join(format!("tokens/used/{id}.json")).exists());
+    let record = node_record(&lab, "dpu-2");
+    assert_eq!(record["token_id"], id);
+    assert_eq!(record["revoked"], false);
+    assert_eq!(serials(&record, "certs"), [serial.as_str()]);
+    let tokens = cli_ok(&["token", "list", "--state-dir", s(&lab.state)]);
+    assert!(tokens.contains(id) && tokens.contains("used"), "{tokens}");
+
+    // The certificate opens a session.
+    let ch = channel(server.port, &ca, identity(&answer, &key))
+        .await
+        .unwrap();
+    let mut agent = open(ch, "dpu-2", 0).await.unwrap();
+    assert!(agent.update().await.snapshot);
+
+    // Renewal over mTLS with it: a new certificate for a new key.
+    let (key2, request2) = node_csr("dpu-2");
+    let renewed = renew(server.port, &ca, identity(&answer, &key), &request2)
+        .await
+        .unwrap();
+    let (_, _, serial2) = check_cert(&renewed.cert_pem, &ca, "dpu-2", &key2);
+    assert_ne!(serial2, serial);
+    assert_eq!(renewed.serial, serial2);
+    assert_eq!(
+        renewed.not_after_unix - renewed.not_before_unix,
+        2 * 3600 + 300
+    );
+    assert_eq!(
+        serials(&node_record(&lab, "dpu-2"), "certs"),
+        [serial.clone(), serial2.clone()]
+    );
+    let ch = channel(server.port, &ca, identity(&renewed, &key2))
+        .await
+        .unwrap();
+    let mut renewed_agent = open(ch, "dpu-2", 0).await.unwrap();
+    assert!(renewed_agent.update().await.snapshot);
+
+    // `node list` shows it, with its newest certificate, connected.
+    let deadline = Instant::now() + WAIT;
+    let list = loop {
+        let out = cli_ok(&["node", "list", "--state-dir", s(&lab.state), "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let dpu2 = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "dpu-2")
+            .cloned()
+            .unwrap();
+        if dpu2["connected"] == true || Instant::now() > deadline {
+            break dpu2;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list["connected"], true, "{list:#}");
+    assert_eq!(list["state"], "enrolled");
+    let table = cli_ok(&["node", "list", "--state-dir", s(&lab.state)]);
+    let line = table.lines().find(|l| l.starts_with("dpu-2 ")).unwrap();
+    assert!(
+        line.contains("enrolled") && line.contains(&serial2),
+        "{table}"
+    );
+    assert!(line.ends_with("yes"), "{table}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_enrollments_change_nothing() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let token = token_create(&lab, "dpu-2");
+    let id = token_id(&token).to_string();
+    // An expired token, written through the module as if created two hours ago.
+    let two_hours_ago = dpu_controller::timeutil::unix_now() - 7200;
+    let (expired, _) = TokenStore::new(&lab.state)
+        .create("dpu-2", Duration::from_secs(3600), two_hours_ago)
+        .unwrap();
+    let expired = expired.to_string();
+    let (_, good) = node_csr("dpu-2");
+    let before = snapshot(&lab.state);
+    assert!(before.keys().any(|p| p.ends_with(format!("{id}.json"))));
+
+    let r = enroll(port, &ca, "dpu-2", "dpub.1234.abcd", &good).await;
+    assert_refused(&lab, &before, r, Code::InvalidArgument, "malformed token");
+
+    let unknown = Token::generate().to_string();
+    let r = enroll(port, &ca, "dpu-2", &unknown, &good).await;
+    let want = format!("unknown token {}", token_id(&unknown));
+    assert_refused(&lab, &before, r, Code::Unauthenticated, &want);
+
+    let last = token.chars().last().unwrap();
+    let wrong = format!(
+        "{}{}",
+        &token[..token.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    );
+    let r = enroll(port, &ca, "dpu-2", &wrong, &good).await;
+    let want = format!("wrong secret for token {id}");
+    assert_refused(&lab, &before, r, Code::Unauthenticated, &want);
+
+    let r = enroll(port, &ca, "dpu-2", &expired, &good).await;
+    let want = format!("token {} expired at", token_id(&expired));
+    assert_refused(&lab, &before, r, Code::PermissionDenied, &want);
+
+    // A token for dpu-2 presented by dpu-1 (with a CSR for dpu-1).
+    let (_, dpu1) = node_csr("dpu-1");
+    let r = enroll(port, &ca, "dpu-1", &token, &dpu1).await;
+    let want = format!("token {id} is for node \"dpu-2\", not \"dpu-1\"");
+    assert_refused(&lab, &before, r, Code::PermissionDenied, &want);
+
+    // The right token and node, but a CSR with a different name.
+    let r = enroll(port, &ca, "dpu-2", &token, &dpu1).await;
+    let want = "the CSR names [\"dpu-1\"], not node \"dpu-2\"";
+    assert_refused(&lab, &before, r, Code::PermissionDenied, want);
+    let (_, extra) = csr("dpu-2", &["dpu-2", "dpu-1"]);
+    let r = enroll(port, &ca, "dpu-2", &token, &extra).await;
+    assert_refused(&lab, &before, r, Code::PermissionDenied, want);
+    let (_, no_san) = csr("dpu-2", &[]);
+    let r = enroll(port, &ca, "dpu-2", &token, &no_san).await;
+    let want = "the CSR must have CN \"dpu-2\" and DNS SAN \"dpu-2\"";
+    assert_refused(&lab, &before, r, Code::InvalidArgument, want);
+
+    let r = enroll(port, &ca, "dpu-2", &token, &tamper(&good)).await;
+    let want = "the CSR signature does not verify";
+    assert_refused(&lab, &before, r, Code::InvalidArgument, want);
+    let r = enroll(port, &ca, "dpu-2", &token, "not a csr").await;
+    let want = "the CSR is not a PEM \"CERTIFICATE REQUEST\"";
+    assert_refused(&lab, &before, r, Code::InvalidArgument, want);
+    let huge = format!("{good}{}", "x".repeat(16 << 10));
+    let r = enroll(port, &ca, "dpu-2", &token, &huge).await;
+    assert_refused(
+        &lab,
+        &before,
+        r,
+        Code::InvalidArgument,
+        "bytes; at most 16384",
+    );
+
+    let (_, bad_name) = node_csr("dpu-2");
+    let r = enroll(port, &ca, "DPU_2", &token, &bad_name).await;
+    assert_refused(
+        &lab,
+        &before,
+        r,
+        Code::InvalidArgument,
+        "invalid node name \"DPU_2\"",
+    );
+
+    // Renew and Session need a client certificate.
+    let r = renew(port, &ca, None, &good).await;
+    let want = "a client certificate is required";
+    assert_refused(&lab, &before, r, Code::Unauthenticated, want);
+    let e = refused(port, &ca, None, "dpu-2").await;
+    assert_eq!(e, format!("Unauthenticated: {want}"));
+    assert!(snapshot(&lab.state) == before);
+
+    // Now the token works, once.
+    enroll(port, &ca, "dpu-2", &token, &good).await.unwrap();
+    let after = snapshot(&lab.state);
+    assert_ne!(after, before);
+    let (_, again) = node_csr("dpu-2");
+    let r = enroll(port, &ca, "dpu-2", &token, &again).await;
+    let want = format!("token {id} was already used");
+    assert_refused(&lab, &after, r, Code::PermissionDenied, &want);
+
+    // Two enrollments racing for one token: one wins.
+    let race = token_create(&lab, "dpu-3");
+    let (_, a) = node_csr("dpu-3");
+    let (_, b) = node_csr("dpu-3");
+    let (ra, rb) = tokio::join!(
+        enroll(port, &ca, "dpu-3", &race, &a),
+        enroll(port, &ca, "dpu-3", &race, &b)
+    );
+    let (won, lost) = match (ra, rb) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("expected one winner: {other:?}"),
+    };
+    assert_eq!(lost.code(), Code::PermissionDenied);
+    assert!(lost.message().ends_with("was already used"), "{lost:?}");
+    let record = node_record(&lab, "dpu-3");
+    assert_eq!(serials(&record, "certs"), [won.serial]);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_refused_until_readmitted() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let (key, request) = node_csr("dpu-2");
+    let first = enroll(port, &ca, "dpu-2", &token_create(&lab, "dpu-2"), &request)
+        .await
+        .unwrap();
+    let old = identity(&first, &key);
+    let ch = channel(port, &ca, old.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-2", 0).await.unwrap();
+    assert!(agent.update().await.snapshot);
+
+    // Revoking ends the live session.
+    let revoked_at = Instant::now();
+    let out = cli_ok(&[
+        "node",
+        "revoke",
+        "--state-dir",
+        s(&lab.state),
+        "--node",
+        "dpu-2",
+    ]);
+    assert!(
+        out.contains("node dpu-2 revoked (1 unexpired certificate(s))"),
+        "{out}"
+    );
+    let ended = agent.next().await;
+    let elapsed = revoked_at.elapsed();
+    match ended {
+        Err(s) => {
+            assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+            assert!(s.message().starts_with("node dpu-2 is revoked"), "{s:?}");
+        }
+        other => panic!("expected the session to end: {other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(2), "ended after {elapsed:?}");
+    let record = node_record(&lab, "dpu-2");
+    assert_eq!(record["revoked"], true);
+    assert_eq!(serials(&record, "revoked_serials"), [first.serial.as_str()]);
+    assert!(serials(&record, "certs").is_empty());
+
+    // Renewal after revocation: refused, nothing changes; so is a new session.
+    let before = snapshot(&lab.state);
+    let (_, request) = node_csr("dpu-2");
+    let r = renew(port, &ca, old.clone(), &request).await;
+    assert_refused(
+        &lab,
+        &before,
+        r,
+        Code::PermissionDenied,
+        "node dpu-2 is revoked",
+    );
+    let e = refused(port, &ca, old.clone(), "dpu-2").await;
+    assert!(
+        e.starts_with("PermissionDenied: node dpu-2 is revoked;"),
+        "{e}"
+    );
+    let table = cli_ok(&["node", "list", "--state-dir", s(&lab.state)]);
+    let line = table.lines().find(|l| l.starts_with("dpu-2 ")).unwrap();
+    assert!(line.contains("revoked"), "{table}");
+    // `issue --node` does not re-admit it either.
+    let out = cli(&[
+        "issue",
+        "--state-dir",
+        s(&lab.state),
+        "--node",
+        "dpu-2",
+        "--out",
+        s(&lab.certs),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node dpu-2 is revoked"));
+    assert!(snapshot(&lab.state) == before);
+
+    // Re-admission: a new token, a new key. The old certificate stays refused.
+    let (key2, request2) = node_csr("dpu-2");
+    let second = enroll(port, &ca, "dpu-2", &token_create(&lab, "dpu-2"), &request2)
+        .await
+        .unwrap();
+    let record = node_record(&lab, "dpu-2");
+    assert_eq!(record["revoked"], false);
+    assert_eq!(serials(&record, "certs"), [second.serial.as_str()]);
+    assert_eq!(serials(&record, "revoked_serials"), [first.serial.as_str()]);
+    let ch = channel(port, &ca, identity(&second, &key2)).await.unwrap();
+    let mut agent = open(ch, "dpu-2", 0).await.unwrap();
+    assert!(agent.update().await.snapshot);
+    let e = refused(port, &ca, old.clone(), "dpu-2").await;
+    let want = format!(
+        "PermissionDenied: node dpu-2 is revoked for certificate {}",
+        first.serial
+    );
+    assert!(e.starts_with(&want), "{e}");
+    let before = snapshot(&lab.state);
+    let (_, request) = node_csr("dpu-2");
+    let r = renew(port, &ca, old, &request).await;
+    let want = format!("node dpu-2 is revoked for certificate {}", first.serial);
+    assert_refused(&lab, &before, r, Code::PermissionDenied, &want);
+    // The old session was not disturbed by that.
+    agent.nothing_for(Duration::from_millis(700)).await;
+
+    // A renewal naming another node is refused too.
+    let (_, other) = node_csr("dpu-1");
+    let r = renew(port, &ca, identity(&second, &key2), &other).await;
+    assert_refused(
+        &lab,
+        &before,
+        r,
+        Code::PermissionDenied,
+        "not node \"dpu-2\"",
+    );
+    drop(server);
+}
+
+#[test]
+fn token_and_node_commands() {
+    let lab = Lab::new();
+    let state = s(&lab.state);
+    let token = cli_ok(&[
+        "token",
+        "create",
+        "--state-dir",
+        state,
+        "--node",
+        "dpu-2",
+        "--ttl",
+        "15m",
+    ]);
+    let token = token.strip_suffix('\n').unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts[0], "dpub");
+    assert_eq!(
+        (parts.len(), parts[1].len(), parts[2].len()),
+        (3, 16, 64),
+        "{token}"
+    );
+    let id = parts[1];
+    let secret = parts[2];
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let file = lab.state.join(format!("tokens/{id}.json"));
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&lab.state.join("tokens")), 0o700);
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(record["node"], "dpu-2");
+    assert_eq!(record["id"], id);
+    let ttl = record["expires_unix"].as_i64().unwrap() - record["created_unix"].as_i64().unwrap();
+    assert_eq!(ttl, 900);
+    assert_eq!(record["secret_sha256"].as_str().unwrap().len(), 64);
+    assert!(!fs::read_to_string(&file).unwrap().contains(secret));
+
+    for json in [false, true] {
+        let mut args = vec!["token", "list", "--state-dir", state];
+        if json {
+            args.push("--json");
+        }
+        let list = cli_ok(&args);
+        assert!(list.contains(id) && list.contains("unused"), "{list}");
+        assert!(
+            !list.contains(secret) && !list.contains(record["secret_sha256"].as_str().unwrap())
+        );
+    }
+
+    // Bad input is a usage error (exit 2) and writes nothing.
+    for args in [
+        vec![
+            "token",
+            "create",
+            "--state-dir",
+            state,
+            "--node",
+            "dpu-2",
+            "--ttl",
+            "31d",
+        ],
+        vec![
+            "token",
+            "create",
+            "--state-dir",
+            state,
+            "--node",
+            "dpu-2",
+            "--ttl",
+            "0s",
+        ],
+        vec!["token", "create", "--state-dir", state, "--node", "DPU_2"],
+        vec![
+            "token",
+            "delete",
+            "--state-dir",
+            state,
+            "--id",
+            "0123456789abcdef",
+        ],
+        vec!["node", "revoke", "--state-dir", state, "--node", "dpu-9"],
+        vec![
+            "serve",
+            "--state-dir",
+            state,
+            "--intent-dir",
+            "i",
+            "--enroll-cert-ttl",
+            "10s",
+        ],
+    ] {
+        let out = cli(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        fs::read_dir(lab.state.join("tokens")).unwrap().count(),
+        2,
+        "the token and used/"
+    );
+    let nowhere = lab.state.with_file_name("no-state");
+    let out = cli(&[
+        "token",
+        "create",
+        "--state-dir",
+        s(&nowhere),
+        "--node",
+        "dpu-2",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "no CA");
+
+    cli_ok(&["token", "delete", "--state-dir", state, "--id", id]);
+    assert!(!file.exists());
+    assert_eq!(
+        cli_ok(&["token", "list", "--state-dir", state]),
+        "no tokens\n"
+    );
+
+    // `issue --node` records the node (Lab::new issued dpu-1).
+    let nodes: serde_json::Value =
+        serde_json::from_str(&cli_ok(&["node", "list", "--state-dir", state, "--json"])).unwrap();
+    let dpu1 = &nodes[0];
+    assert_eq!(dpu1["node"], "dpu-1");
+    assert_eq!(dpu1["state"], "enrolled");
+    assert_eq!(dpu1["token_id"], serde_json::Value::Null);
+    assert_eq!(dpu1["certs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        dpu1["connected"],
+        serde_json::Value::Null,
+        "no controller running"
+    );
+    assert_eq!(mode(&lab.state.join("nodes/dpu-1.json")), 0o600);
+    let out = cli_ok(&["node", "revoke", "--state-dir", state, "--node", "dpu-1"]);
+    assert!(out.contains("token create"), "{out}");
+    let out = cli_ok(&["node", "revoke", "--state-dir", state, "--node", "dpu-1"]);
+    assert_eq!(out, "node dpu-1 was already revoked\n");
+}
+
+/// Changes one base64 character near the end of a PEM (inside the signature).
+fn tamper(pem: &str) -> String {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut body = body.into_bytes();
+    let at = body.len() - 20;
+    body[at] = if body[at] == b'A' { b'B' } else { b'A' };
+    let body = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        lines.join("\n")
+    )
+}
