@@ -152,8 +152,11 @@ pub fn node_list(state_dir: &Path, json: bool) -> Result<String, CmdError> {
 fn state(r: &NodeRecord) -> &'static str {
     if r.revoked {
         "revoked"
-    } else {
+    } else if r.token_id.is_some() {
         "enrolled"
+    } else {
+        // Only `issue --node` certificates so far.
+        "issued"
     }
 }
 

@@ -623,7 +623,7 @@ fn token_and_node_commands() {
         serde_json::from_str(&cli_ok(&["node", "list", "--state-dir", state, "--json"])).unwrap();
     let dpu1 = &nodes[0];
     assert_eq!(dpu1["node"], "dpu-1");
-    assert_eq!(dpu1["state"], "enrolled");
+    assert_eq!(dpu1["state"], "issued");
     assert_eq!(dpu1["token_id"], serde_json::Value::Null);
     assert_eq!(dpu1["certs"].as_array().unwrap().len(), 1);
     assert_eq!(

@@ -395,11 +395,12 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    const GOOD: &str = r#"
+    /// The smallest valid config; the layering tests start from it too.
+    pub(crate) const GOOD: &str = r#"
 node_name = "dpu-1"
 state_dir = "/tmp/x"
 [controller]

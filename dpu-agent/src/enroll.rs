@@ -320,27 +320,33 @@ fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
         .map(|(_, p)| p.contents)
 }
 
-/// Serial (hex), expiry and SubjectPublicKeyInfo of a PEM certificate that must
-/// name `node` as its DNS SAN.
-fn parse_cert(pem: &[u8], node: &str) -> Result<(String, SystemTime, Vec<u8>), String> {
+/// The DNS names in a certificate's SubjectAltName (none if it has no or an
+/// unreadable extension).
+pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
-    let cert = p.parse_x509().map_err(|e| format!("not X.509: {e}"))?;
-    let names: Vec<&str> = cert
-        .subject_alternative_name()
-        .map_err(|e| e.to_string())?
-        .map(|ext| {
-            ext.value
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(*d),
+                    GeneralName::DNSName(d) => Some(d.to_string()),
                     _ => None,
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    if !names.contains(&node) {
+        .unwrap_or_default()
+}
+
+/// Serial (hex), expiry and SubjectPublicKeyInfo of a PEM certificate that must
+/// name `node` as its DNS SAN.
+fn parse_cert(pem: &[u8], node: &str) -> Result<(String, SystemTime, Vec<u8>), String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    let cert = p.parse_x509().map_err(|e| format!("not X.509: {e}"))?;
+    let names = dns_names(&cert);
+    if !names.iter().any(|n| n == node) {
         return Err(format!("names {names:?}, not node {node:?}"));
     }
     let ts = cert.validity().not_after.timestamp();

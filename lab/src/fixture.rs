@@ -104,7 +104,9 @@ impl Lab {
             "--state-dir",
             &lab.ctl_state().display().to_string(),
         ])?;
-        lab.issue(NODE, &lab.pki())?;
+        // The node certificate is issued when the agent starts without
+        // enrollment (see `agent_config`); the CA is what everyone trusts.
+        fs::copy(lab.ctl_state().join("pki/ca.pem"), lab.pki().join("ca.pem"))?;
         Ok(lab)
     }
 
@@ -224,6 +226,9 @@ impl Lab {
     /// Writes the agent's config; `ca` lets tests point it at another CA.
     pub fn agent_config(&self, ca: &Path) -> Result<PathBuf> {
         let (cert, key) = self.agent_identity();
+        if self.enroll_token_file.is_none() && !cert.exists() {
+            self.issue(NODE, &self.pki())?;
+        }
         let cfg = format!(
             r#"node_name = "{NODE}"
 state_dir = "{state}"

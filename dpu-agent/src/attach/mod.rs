@@ -82,21 +82,7 @@ impl AttachService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
             .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-        let names: Vec<String> = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let names = crate::enroll::dns_names(&cert);
         if names.iter().any(|n| n == &self.client_name) {
             Ok(())
         } else {
@@ -233,8 +219,12 @@ pub enum ServeError {
     },
 }
 
-/// How often the node certificate is checked for a change.
+/// How often the node certificate is checked for a change; more often while
+/// there is none yet.
 const IDENTITY_POLL: Duration = Duration::from_secs(2);
+const FIRST_IDENTITY_POLL: Duration = Duration::from_millis(200);
+/// How long a connection made before the first certificate waits for it.
+const FIRST_IDENTITY_WAIT: Duration = Duration::from_secs(10);
 
 /// The node certificate, key and CA as last read, to notice a renewal.
 #[derive(Debug, PartialEq, Eq)]
@@ -269,7 +259,7 @@ type Incoming = mpsc::Sender<std::io::Result<tokio::net::TcpStream>>;
 /// server generation: when the certificate changes (renewal), new connections
 /// go to a new generation and the old one finishes its in-flight requests and
 /// stops, so a renewal needs no restart and refuses no connection. Until the
-/// node has a certificate (first boot, enrolling) nothing is accepted.
+/// node has a certificate (first boot, enrolling) a connection waits for it (up to 10 s).
 pub async fn serve(
     cfg: &Config,
     tx: mpsc::Sender<AttachCmd>,
@@ -293,25 +283,38 @@ pub async fn serve(
         tokio::spawn(async move {
             loop {
                 let conn = listener.accept().await.map(|(s, _)| s);
-                let target = current.lock().map(|c| c.clone()).ok().flatten();
-                match target {
-                    Some(t) => {
-                        let _ = t.send(conn).await;
+                // Before the first certificate (enrolling) a connection waits
+                // for it, up to the shim's own patience; then it is closed.
+                let deadline = tokio::time::Instant::now() + FIRST_IDENTITY_WAIT;
+                let target = loop {
+                    let t = current.lock().map(|c| c.clone()).ok().flatten();
+                    if t.is_some() || tokio::time::Instant::now() >= deadline {
+                        break t;
                     }
-                    // No certificate yet: the connection is closed unanswered.
-                    None => drop(conn),
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                if let Some(t) = target {
+                    let _ = t.send(conn).await;
                 }
             }
         })
     };
     let mut loaded: Option<TlsFiles> = None;
     let mut generation: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
-    let mut poll = tokio::time::interval(IDENTITY_POLL);
+    let mut first = true;
     let result = loop {
-        tokio::select! {
-            _ = shutdown.changed() => break Ok(()),
-            _ = poll.tick() => {}
+        let period = if loaded.is_some() {
+            IDENTITY_POLL
+        } else {
+            FIRST_IDENTITY_POLL
+        };
+        if !first {
+            tokio::select! {
+                _ = shutdown.changed() => break Ok(()),
+                _ = tokio::time::sleep(period) => {}
+            }
         }
+        first = false;
         let files = match TlsFiles::read(cfg) {
             Ok(f) => f,
             Err(e) => {

@@ -268,18 +268,7 @@ mod tests {
     use super::super::Config;
     use super::*;
 
-    const GOOD: &str = r#"
-node_name = "dpu-1"
-state_dir = "/tmp/x"
-[controller]
-endpoint = "https://127.0.0.1:50051"
-ca_file = "ca.pem"
-cert_file = "dpu-1.pem"
-key_file = "dpu-1.key"
-[ovs]
-db_socket = "/run/openvswitch/db.sock"
-run_dir = "/run/openvswitch"
-"#;
+    use super::super::tests::GOOD;
 
     /// A main file `agent.toml` with `drop_ins` (name, text) in `agent.toml.d/`.
     fn setup(main: &str, drop_ins: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {

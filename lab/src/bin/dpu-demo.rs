@@ -115,8 +115,20 @@ fn run(args: &Args) -> Result<()> {
     }
     lab.enable_shim(2)?;
     lab.start_controller()?;
+    // Provisioned as in the field: the DPU gets only the CA, the controller's
+    // address and a one-time token; it makes its key and enrolls at first boot.
+    let token = lab.token_create(NODE, "1h")?;
+    lab.enroll_with(&token)?;
+    println!("== provisioning: `dpu-controller token create --node {NODE} --ttl 1h`; the agent enrolls with it");
     lab.start_agent()?;
     let v = lab.wait_converged()?;
+    let state = lab.ctl_state().display().to_string();
+    for line in lab
+        .controller_cmd(&["node", "list", "--state-dir", &state])?
+        .lines()
+    {
+        println!("   {line}");
+    }
     println!("== the agent applied intent version {v} (ACKed after the OVS bundle committed)");
 
     for svc in &services {
