@@ -50,6 +50,7 @@ pub enum Spec {
     Workload(WorkloadSpec),
     Service(ServiceSpec),
     Probe(ProbeSpec),
+    Node(NodeSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -75,6 +76,14 @@ struct Metadata {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VpcSpec {
     pub vni: u32,
+}
+
+/// `kind: DpuNode`: a DPU and the underlay address its Geneve tunnels end on.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    #[serde(rename = "tunnelIP")]
+    pub tunnel_ip: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -324,6 +333,7 @@ fn typed_doc(
         Kind::Workload => parse_as(doc, Spec::Workload).map_err(typed)?,
         Kind::Service => parse_as(doc, Spec::Service).map_err(typed)?,
         Kind::NetworkProbe => parse_as(doc, Spec::Probe).map_err(typed)?,
+        Kind::Node => parse_as(doc, Spec::Node).map_err(typed)?,
     };
     Ok(Doc {
         source: source.clone(),

@@ -270,6 +270,10 @@ fn plain_object(doc: &Doc) -> pb::Object {
             failure_threshold: s.failure_threshold.unwrap_or(DEFAULT_FAILURE_THRESHOLD),
         }),
         // Services are built by `service_proto` once backends are resolved.
+        Spec::Node(s) => O::Node(pb::Node {
+            name,
+            tunnel_ip: s.tunnel_ip.clone(),
+        }),
         Spec::Service(_) => return pb::Object { object: None },
     };
     pb::Object {

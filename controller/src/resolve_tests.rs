@@ -218,3 +218,38 @@ fn cross_object_errors_map_to_their_file() {
     assert_eq!(e.object.as_deref(), Some("Workload/lost"));
     assert_eq!(e.field.as_deref(), Some("spec.vpc"));
 }
+
+#[test]
+fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
+    const NODE: &str = "apiVersion: dpu.yusur.io/v1alpha1\nkind: DpuNode\n";
+    let two = format!(
+        "{NODE}metadata: {{name: dpu-1}}\nspec: {{tunnelIP: 192.168.50.1}}\n---\n{NODE}metadata: {{name: dpu-2}}\nspec: {{tunnelIP: 192.168.50.2}}\n"
+    );
+    let intent = good_plus(&two).unwrap();
+    assert_eq!(
+        intent.nodes["dpu-2"].tunnel_ip,
+        "192.168.50.2".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+
+    for (spec, want) in [
+        ("{tunnelIP: 127.0.0.1}", "not a unicast underlay address"),
+        ("{tunnelIP: nope}", "is not an IP address"),
+        ("{tunnelIP: \"fd00::1\"}", "IPv6"),
+    ] {
+        let e = one_error(good_plus(&format!(
+            "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
+        )));
+        assert_eq!(e.object.as_deref(), Some("DpuNode/dpu-3"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
+        assert!(e.message.contains(want), "{spec}: {e}");
+    }
+    let e = one_error(good_plus(&format!(
+        "{two}---\n{NODE}metadata: {{name: dpu-3}}\nspec: {{tunnelIP: 192.168.50.2}}\n"
+    )));
+    assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
+    assert!(e.message.contains("also DpuNode/"), "{e}");
+    let e = one_error(good_plus(&format!(
+        "{NODE}metadata: {{name: dpu-3}}\nspec: {{tunnelIP: 10.0.0.1, vni: 3}}\n"
+    )));
+    assert!(e.message.contains("vni"), "unknown fields are refused: {e}");
+}

@@ -38,6 +38,9 @@ pub fn node_view(intent: &Intent, node: &str) -> View {
         .objects()
         .filter(|o| match o {
             Object::NetworkProbe(p) => services.contains(p.service.as_str()),
+            // Every agent knows every DPU: where to tunnel to, and that a
+            // tunnel must go when its node does.
+            Object::Node(_) => true,
             other => other.vpc().is_some_and(|v| vpcs.contains(v)),
         })
         .map(|o| (o.key(), o))

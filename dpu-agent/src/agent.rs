@@ -16,7 +16,7 @@ use crate::compile::{compile, NodeFacts};
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
 use crate::openflow::{OfctlBackend, OpenFlowBackend};
-use crate::ovsdb::{BridgeSpec, OvsdbSession, OvsdbState};
+use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState, TUNNEL_IFACE_ID};
 use crate::pods::Pods;
 use crate::reconcile::Reconciler;
 use crate::session::{self, SessionEvent};
@@ -76,6 +76,8 @@ pub async fn run(
     let Some(mut facts) = facts else {
         return Ok(());
     };
+    let mut tunnel = TunnelPort::new(&cfg.ovs.bridge);
+    tunnel.ensure(&ovsdb, &facts).await;
 
     let backend = OfctlBackend::new(cfg.ofctl_target(), cfg.ovs.ofctl_path.clone());
     let Some(mut reconciler) = start_reconciler(backend, &mut shutdown).await else {
@@ -209,6 +211,7 @@ pub async fn run(
                     facts.ports = ports;
                     dirty = applied.have_intent;
                 }
+                tunnel.ensure(&ovsdb, &facts).await;
             }
             cmd = attach_rx.recv() => {
                 let Some(cmd) = cmd else { continue };
@@ -225,6 +228,40 @@ pub async fn run(
     shim.abort();
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
+}
+
+/// The bridge's Geneve port, put back whenever it is missing (the bridge was
+/// recreated, someone deleted it), at most every 2 s.
+struct TunnelPort {
+    bridge: String,
+    name: String,
+    last_try: Option<tokio::time::Instant>,
+}
+
+impl TunnelPort {
+    fn new(bridge: &str) -> Self {
+        TunnelPort {
+            bridge: bridge.to_string(),
+            name: format!("{bridge}-gnv"),
+            last_try: None,
+        }
+    }
+
+    async fn ensure(&mut self, ovsdb: &OvsdbSession, facts: &NodeFacts) {
+        if facts.ports.contains_key(TUNNEL_IFACE_ID)
+            || self
+                .last_try
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last_try = Some(tokio::time::Instant::now());
+        let Some(client) = ovsdb.client() else { return };
+        match ensure_tunnel_port(&client, &self.bridge, &self.name).await {
+            Ok(()) => tracing::info!(port = %self.name, "Geneve tunnel port on the bridge"),
+            Err(e) => tracing::warn!(port = %self.name, error = %e, "cannot add the tunnel port"),
+        }
+    }
 }
 
 fn ports_of(state: &OvsdbState) -> BTreeMap<String, u32> {
@@ -297,7 +334,8 @@ async fn resync<B: OpenFlowBackend>(
     );
     match reconciler.apply(&compiled.desired).await {
         Ok(stats) => {
-            tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports, "reconciled");
+            tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports,
+                unreachable = ?compiled.unreachable, "reconciled");
             publish_status(reconciler, applied, facts, status);
             true
         }

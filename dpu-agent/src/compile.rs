@@ -9,6 +9,7 @@ use dpu_model::{AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, 
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, DesiredState, Group, Match};
+use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::{Category, Cookie};
 use crate::pipeline::{reg, *};
 
@@ -26,6 +27,9 @@ pub struct Compiled {
     pub desired: DesiredState,
     /// Local workloads whose port is not on the bridge yet (by workload name).
     pub pending_ports: Vec<String>,
+    /// Remote workloads that cannot be reached: their node has no `DpuNode`, or
+    /// the tunnel port is not on the bridge yet (by workload name).
+    pub unreachable: Vec<String>,
 }
 
 /// Rules this agent release adds on top of `dpu_model::validate`: features the
@@ -63,6 +67,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     let mut out = Compiled::default();
     let d = &mut out.desired;
     pipeline_misses(d);
+    let tunnel = facts.ports.get(TUNNEL_IFACE_ID).copied();
 
     for vpc in intent.vpcs.values() {
         let Some(zone) = alloc.zone(&vpc.name) else {
@@ -81,6 +86,18 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             )),
             c,
         );
+        if let Some(t) = tunnel {
+            // From another DPU: the VNI names the VPC. Only IP crosses (ARP is
+            // answered locally on every DPU); the sender already enforced the
+            // spoof guard and chose the backend, so this goes to conntrack.
+            d.add(
+                CLASSIFY,
+                100,
+                Match::new().in_port(t).field("tun_id", vpc.vni).kw("ip"),
+                Actions::new().set_reg(reg::VPC, z).goto(CONNTRACK),
+                c,
+            );
+        }
         let vm = || Match::new().reg(reg::VPC, z);
         d.add(
             SERVICE_LB,
@@ -120,7 +137,8 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     }
 
     // A local workload whose port is not plugged yet cannot serve: it gets no
-    // bucket until its port shows up (the port change recompiles).
+    // bucket until its port shows up (the port change recompiles). Nor can a
+    // remote one that no tunnel reaches.
     let mut unready: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
     for w in intent.workloads.values() {
         let Some(zone) = alloc.zone(&w.vpc) else {
@@ -130,7 +148,35 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         let c = Cookie::new(Category::Workload, &w.name);
         arp_answer(d, zone, w.ip, c);
         if w.node != facts.node {
-            continue; // Remote workloads are reached through tunnels (later release).
+            let route = tunnel
+                .zip(intent.nodes.get(&w.node))
+                .zip(intent.vpcs.get(&w.vpc));
+            let Some(((t, node), vpc)) = route else {
+                out.unreachable.push(w.name.clone());
+                unready.insert((w.vpc.as_str(), w.ip));
+                continue;
+            };
+            // Into the tunnel to the DPU that hosts it; that DPU delivers it.
+            d.add(
+                L3_FORWARD,
+                100,
+                Match::new()
+                    .reg(reg::VPC, z)
+                    .kw("ip")
+                    .ip_field("nw_dst", w.ip),
+                Actions::new()
+                    .set_field(ROUTER_MAC, "eth_src")
+                    .set_field(
+                        w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()),
+                        "eth_dst",
+                    )
+                    .raw("dec_ttl")
+                    .set_field(vpc.vni, "tun_id")
+                    .set_field(node.tunnel_ip, "tun_dst")
+                    .output(t),
+                c,
+            );
+            continue;
         }
         let Some(mac) = w.mac else { continue };
         let Some(&ofport) = facts.ports.get(&w.port) else {

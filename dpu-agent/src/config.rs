@@ -568,8 +568,7 @@ token_file = "/etc/dpu-agent/bootstrap-token"
     #[test]
     fn the_readme_lists_every_key() {
         let docs =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-                .unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
         let mut full: toml::Table = toml::from_str(FULL).unwrap();
         // One of the pair is allowed at a time; the docs list both.
         full["enroll"]

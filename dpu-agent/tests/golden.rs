@@ -32,6 +32,7 @@ fn run_case(dir: &Path) -> String {
     let c = compile(&intent, &alloc, &facts);
     let mut out = c.desired.dump();
     out.push_str(&format!("# pending ports: {:?}\n", c.pending_ports));
+    out.push_str(&format!("# unreachable: {:?}\n", c.unreachable));
     out
 }
 

@@ -343,6 +343,25 @@ pub fn probe_from_proto(m: &pb::NetworkProbe) -> Result<NetworkProbe, ObjectErro
     })
 }
 
+pub fn node_from_proto(m: &pb::Node) -> Result<Node, ObjectError> {
+    let c = ctx(Kind::Node, &m.name)?;
+    let tunnel_ip = c.ipv4("spec.tunnelIP", &m.tunnel_ip)?;
+    if tunnel_ip.is_unspecified()
+        || tunnel_ip.is_loopback()
+        || tunnel_ip.is_multicast()
+        || tunnel_ip.is_broadcast()
+    {
+        return Err(c.err(
+            "spec.tunnelIP",
+            format!("{tunnel_ip} is not a unicast underlay address"),
+        ));
+    }
+    Ok(Node {
+        name: m.name.clone(),
+        tunnel_ip,
+    })
+}
+
 /// Converts one wire object. An empty oneof is an error of its own.
 pub fn object_from_proto(m: &pb::Object) -> Result<Object, ObjectError> {
     use pb::object::Object as O;
@@ -352,6 +371,7 @@ pub fn object_from_proto(m: &pb::Object) -> Result<Object, ObjectError> {
         Some(O::Workload(v)) => workload_from_proto(v).map(Object::Workload),
         Some(O::Service(v)) => service_from_proto(v).map(Object::Service),
         Some(O::NetworkProbe(v)) => probe_from_proto(v).map(Object::NetworkProbe),
+        Some(O::Node(v)) => node_from_proto(v).map(Object::Node),
         None => Err(ObjectError::new(
             ObjectKey::new(Kind::Vpc, "<unknown>"),
             "object",
@@ -367,6 +387,7 @@ pub fn kind_from_proto(k: i32) -> Option<Kind> {
         pb::Kind::Workload => Some(Kind::Workload),
         pb::Kind::Service => Some(Kind::Service),
         pb::Kind::NetworkProbe => Some(Kind::NetworkProbe),
+        pb::Kind::Node => Some(Kind::Node),
         pb::Kind::Unspecified => None,
     }
 }
@@ -378,6 +399,7 @@ pub fn kind_to_proto(k: Kind) -> pb::Kind {
         Kind::Workload => pb::Kind::Workload,
         Kind::Service => pb::Kind::Service,
         Kind::NetworkProbe => pb::Kind::NetworkProbe,
+        Kind::Node => pb::Kind::Node,
     }
 }
 
@@ -497,6 +519,10 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
             timeout_ms: p.timeout_ms,
             success_threshold: p.success_threshold,
             failure_threshold: p.failure_threshold,
+        }),
+        Object::Node(n) => O::Node(pb::Node {
+            name: n.name.clone(),
+            tunnel_ip: n.tunnel_ip.to_string(),
         }),
     };
     pb::Object {

@@ -15,15 +15,17 @@ pub enum Kind {
     Workload,
     Service,
     NetworkProbe,
+    Node,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Vpc,
         Kind::Subnet,
         Kind::Workload,
         Kind::Service,
         Kind::NetworkProbe,
+        Kind::Node,
     ];
 
     /// The manifest `kind:` for this object kind.
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::Service => "YusurService",
             Kind::NetworkProbe => "NetworkProbe",
+            Kind::Node => "DpuNode",
         }
     }
 }
@@ -227,6 +230,13 @@ pub struct NetworkProbe {
     pub failure_threshold: u32,
 }
 
+/// A DPU and the underlay address its tunnels end on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub tunnel_ip: Ipv4Addr,
+}
+
 /// One intent object of any kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
@@ -235,6 +245,7 @@ pub enum Object {
     Workload(Workload),
     Service(Service),
     NetworkProbe(NetworkProbe),
+    Node(Node),
 }
 
 impl Object {
@@ -245,17 +256,19 @@ impl Object {
             Object::Workload(o) => ObjectKey::new(Kind::Workload, &o.name),
             Object::Service(o) => ObjectKey::new(Kind::Service, &o.name),
             Object::NetworkProbe(o) => ObjectKey::new(Kind::NetworkProbe, &o.name),
+            Object::Node(o) => ObjectKey::new(Kind::Node, &o.name),
         }
     }
 
-    /// The VPC an object belongs to (a Vpc belongs to itself; a probe to none).
+    /// The VPC an object belongs to (a Vpc belongs to itself; a probe or a node
+    /// to none).
     pub fn vpc(&self) -> Option<&str> {
         match self {
             Object::Vpc(o) => Some(&o.name),
             Object::Subnet(o) => Some(&o.vpc),
             Object::Workload(o) => Some(&o.vpc),
             Object::Service(o) => Some(&o.vpc),
-            Object::NetworkProbe(_) => None,
+            Object::NetworkProbe(_) | Object::Node(_) => None,
         }
     }
 }
@@ -269,6 +282,7 @@ pub struct Intent {
     pub workloads: BTreeMap<String, Workload>,
     pub services: BTreeMap<String, Service>,
     pub probes: BTreeMap<String, NetworkProbe>,
+    pub nodes: BTreeMap<String, Node>,
 }
 
 impl Intent {
@@ -279,6 +293,7 @@ impl Intent {
             Object::Workload(o) => drop(self.workloads.insert(o.name.clone(), o)),
             Object::Service(o) => drop(self.services.insert(o.name.clone(), o)),
             Object::NetworkProbe(o) => drop(self.probes.insert(o.name.clone(), o)),
+            Object::Node(o) => drop(self.nodes.insert(o.name.clone(), o)),
         }
     }
 
@@ -290,6 +305,7 @@ impl Intent {
             Kind::Workload => self.workloads.remove(&key.name).is_some(),
             Kind::Service => self.services.remove(&key.name).is_some(),
             Kind::NetworkProbe => self.probes.remove(&key.name).is_some(),
+            Kind::Node => self.nodes.remove(&key.name).is_some(),
         }
     }
 
@@ -302,6 +318,7 @@ impl Intent {
             .chain(self.workloads.values().cloned().map(Object::Workload))
             .chain(self.services.values().cloned().map(Object::Service))
             .chain(self.probes.values().cloned().map(Object::NetworkProbe))
+            .chain(self.nodes.values().cloned().map(Object::Node))
     }
 
     pub fn keys(&self) -> BTreeSet<ObjectKey> {
@@ -314,6 +331,7 @@ impl Intent {
             + self.workloads.len()
             + self.services.len()
             + self.probes.len()
+            + self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {

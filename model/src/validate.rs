@@ -220,6 +220,18 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         }
     }
 
+    let mut tunnel_ips: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
+    for n in intent.nodes.values() {
+        if let Some(other) = tunnel_ips.insert(n.tunnel_ip, &n.name) {
+            errs.push(err(
+                Kind::Node,
+                &n.name,
+                "spec.tunnelIP",
+                format!("{} is also DpuNode/{other}'s tunnel address", n.tunnel_ip),
+            ));
+        }
+    }
+
     for p in intent.probes.values() {
         if !intent.services.contains_key(&p.service) {
             errs.push(err(

@@ -303,6 +303,7 @@ pub fn keys(u: &pb::Update) -> Vec<String> {
                 O::Workload(x) => format!("Workload/{}", x.name),
                 O::Service(x) => format!("YusurService/{}", x.name),
                 O::NetworkProbe(x) => format!("NetworkProbe/{}", x.name),
+                O::Node(x) => format!("DpuNode/{}", x.name),
             }
         })
         .collect()

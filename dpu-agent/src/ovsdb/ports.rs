@@ -58,6 +58,36 @@ pub async fn plug_port(
     external_ids: &BTreeMap<String, String>,
 ) -> Result<(), OvsdbError> {
     let ids = map(external_ids.iter().map(|(k, v)| (k.clone(), v.clone())));
+    plug_interface(client, bridge, port, row([("external_ids", ids)])).await
+}
+
+/// The `external_ids:iface-id` of the agent's Geneve port.
+pub const TUNNEL_IFACE_ID: &str = "dpu:tunnel";
+
+/// Adds (or refreshes) the bridge's flow-based Geneve port: `remote_ip=flow` and
+/// `key=flow`, so one port reaches every other DPU, each flow setting `tun_dst`
+/// and the VNI in `tun_id`.
+pub async fn ensure_tunnel_port(
+    client: &OvsdbClient,
+    bridge: &str,
+    port: &str,
+) -> Result<(), OvsdbError> {
+    let iface = row([
+        ("type", json!("geneve")),
+        ("options", map([("remote_ip", "flow"), ("key", "flow")])),
+        ("external_ids", map([("iface-id", TUNNEL_IFACE_ID)])),
+    ]);
+    plug_interface(client, bridge, port, iface).await
+}
+
+/// One transaction: the port and its interface (with `settings`) on `bridge`,
+/// or, when the port exists, `settings` applied to its interfaces in place.
+async fn plug_interface(
+    client: &OvsdbClient,
+    bridge: &str,
+    port: &str,
+    settings: super::atom::Row,
+) -> Result<(), OvsdbError> {
     if let Some((_, ifaces)) = find_port(client, port).await? {
         let ops: Vec<Op> = ifaces
             .iter()
@@ -65,19 +95,17 @@ pub async fn plug_port(
                 Op::update(
                     "Interface",
                     vec![Condition::eq("_uuid", uuid(i))],
-                    row([("external_ids", ids.clone())]),
+                    settings.clone(),
                 )
             })
             .collect();
         client.transact(VSWITCH_DB, &ops).await?;
         return Ok(());
     }
+    let mut iface = settings;
+    iface.insert("name".into(), json!(port));
     let ops = [
-        Op::insert(
-            "Interface",
-            row([("name", json!(port)), ("external_ids", ids)]),
-        )
-        .with_uuid_name("iface"),
+        Op::insert("Interface", iface).with_uuid_name("iface"),
         Op::insert(
             "Port",
             row([
