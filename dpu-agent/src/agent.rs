@@ -397,6 +397,7 @@ async fn handle_update<B: OpenFlowBackend>(
         groups_put = stats.groups_put,
         groups_deleted = stats.groups_deleted,
         pending = ?compiled.pending_ports,
+        unreachable = ?compiled.unreachable,
         "update applied"
     );
     Msg::Ack(pb::Ack {

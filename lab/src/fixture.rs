@@ -160,28 +160,14 @@ impl Lab {
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
-        let mut c = Command::new(bin("dpu-controller")?);
-        c.args(["serve", "--state-dir"])
-            .arg(self.ctl_state())
-            .arg("--intent-dir")
-            .arg(self.intent_dir())
-            .args(["--listen", &self.controller_addr])
-            .args(&self.serve_args);
-        self.controller = Some(spawn_logged(c, &self.log("controller"))?);
-        let addr = self.controller_addr.clone();
-        let mut exited = false;
-        let r = wait_until("the controller to listen", Duration::from_secs(20), || {
-            if let Some(c) = self.controller.as_mut() {
-                exited = !c.is_running();
-            }
-            exited || std::net::TcpStream::connect(&addr).is_ok()
-        });
-        if exited || r.is_err() {
-            bail!(
-                "the controller did not come up on {addr} (exited: {exited}):\n{}",
-                tail(&self.controller_log())
-            );
-        }
+        let c = start_controller_process(
+            &self.ctl_state(),
+            &self.intent_dir(),
+            &self.controller_addr,
+            &self.serve_args,
+            &self.log("controller"),
+        )?;
+        self.controller = Some(c);
         Ok(())
     }
 
@@ -229,34 +215,16 @@ impl Lab {
         if self.enroll_token_file.is_none() && !cert.exists() {
             self.issue(NODE, &self.pki())?;
         }
-        let cfg = format!(
-            r#"node_name = "{NODE}"
-state_dir = "{state}"
-
-[controller]
-endpoint = "https://{addr}"
-server_name = "dpu-controller"
-ca_file = "{ca}"
-cert_file = "{cert}"
-key_file = "{key}"
-backoff_min_ms = 100
-backoff_max_ms = 1000
-
-[ovs]
-db_socket = "{db}"
-run_dir = "{run}"
-bridge = "{br}"
-datapath_type = "netdev"
-"#,
-            state = self.path("agent-state").display(),
-            addr = self.controller_addr,
-            ca = ca.display(),
-            cert = cert.display(),
-            key = key.display(),
-            db = self.ovs.db_sock().display(),
-            run = self.ovs.dir().display(),
-            br = self.bridge,
-        );
+        let cfg = agent_config_text(&AgentFiles {
+            node: NODE,
+            state: &self.path("agent-state"),
+            controller_addr: &self.controller_addr,
+            ca,
+            cert: &cert,
+            key: &key,
+            ovs: &self.ovs,
+            bridge: &self.bridge,
+        });
         let mut cfg = cfg;
         if let Some(t) = &self.enroll_token_file {
             cfg.push_str(&format!("\n[enroll]\ntoken_file = \"{}\"\n", t.display()));
@@ -312,14 +280,7 @@ datapath_type = "netdev"
 
     /// The node's entry in the status.
     pub fn node_status(&self) -> Result<serde_json::Value> {
-        let s = self.status()?;
-        let nodes = &s["nodes"];
-        let n = match nodes {
-            serde_json::Value::Array(a) => a.iter().find(|n| n["node"] == NODE).cloned(),
-            serde_json::Value::Object(m) => m.get(NODE).cloned(),
-            _ => None,
-        };
-        n.ok_or_else(|| anyhow!("no status for {NODE} yet: {s}"))
+        node_status_of(&self.status()?, NODE)
     }
 
     pub fn intent_version(&self) -> Result<u64> {
@@ -566,6 +527,92 @@ fn require_root() -> Result<()> {
 }
 
 /// The last 60 lines of a log, for error messages.
+/// What an agent's config file names.
+#[derive(Debug)]
+pub struct AgentFiles<'a> {
+    pub node: &'a str,
+    pub state: &'a Path,
+    pub controller_addr: &'a str,
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ovs: &'a OvsInstance,
+    pub bridge: &'a str,
+}
+
+/// The agent's config for the lab: userspace datapath, fast reconnects.
+pub fn agent_config_text(f: &AgentFiles) -> String {
+    format!(
+        r#"node_name = "{node}"
+state_dir = "{state}"
+
+[controller]
+endpoint = "https://{addr}"
+server_name = "dpu-controller"
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+backoff_min_ms = 100
+backoff_max_ms = 1000
+
+[ovs]
+db_socket = "{db}"
+run_dir = "{run}"
+bridge = "{br}"
+datapath_type = "netdev"
+"#,
+        node = f.node,
+        state = f.state.display(),
+        addr = f.controller_addr,
+        ca = f.ca.display(),
+        cert = f.cert.display(),
+        key = f.key.display(),
+        db = f.ovs.db_sock().display(),
+        run = f.ovs.dir().display(),
+        br = f.bridge,
+    )
+}
+
+/// Starts `dpu-controller serve` and waits until it listens on `addr`.
+pub fn start_controller_process(
+    state: &Path,
+    intent: &Path,
+    addr: &str,
+    extra: &[String],
+    log: &Path,
+) -> Result<Child> {
+    let mut c = Command::new(bin("dpu-controller")?);
+    c.args(["serve", "--state-dir"])
+        .arg(state)
+        .arg("--intent-dir")
+        .arg(intent)
+        .args(["--listen", addr])
+        .args(extra);
+    let mut child = spawn_logged(c, log)?;
+    let mut exited = false;
+    let r = wait_until("the controller to listen", Duration::from_secs(20), || {
+        exited = !child.is_running();
+        exited || std::net::TcpStream::connect(addr).is_ok()
+    });
+    if exited || r.is_err() {
+        bail!(
+            "the controller did not come up on {addr} (exited: {exited}):\n{}",
+            tail(&fs::read_to_string(log).unwrap_or_default())
+        );
+    }
+    Ok(child)
+}
+
+/// The entry of `node` in `dpu-controller status --json`.
+pub fn node_status_of(status: &serde_json::Value, node: &str) -> Result<serde_json::Value> {
+    let n = match &status["nodes"] {
+        serde_json::Value::Array(a) => a.iter().find(|n| n["node"] == node).cloned(),
+        serde_json::Value::Object(m) => m.get(node).cloned(),
+        _ => None,
+    };
+    n.ok_or_else(|| anyhow!("no status for {node} yet: {status}"))
+}
+
 pub fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")

@@ -4,7 +4,9 @@
 //! pid from a `Drop` guard, even when a test fails. Names are prefixed per test so
 //! tests can run in parallel.
 
+pub mod fabric;
 pub mod fixture;
+pub mod multi;
 pub mod netns;
 pub mod ovs;
 pub mod process;

@@ -142,6 +142,15 @@ impl OvsInstance {
         Ok(body_lines(&out))
     }
 
+    /// The packets counted by the flows of `bridge` whose cookie is exactly `cookie`
+    /// (the sum of their `n_packets`). The userspace datapath folds its counters into
+    /// the flows every half second or so, so poll rather than read once.
+    pub fn packets_by_cookie(&self, bridge: &str, cookie: u64) -> Result<u64> {
+        let filter = format!("cookie={cookie:#x}/-1");
+        let out = self.ofctl(&["dump-flows", &self.mgmt(bridge), &filter])?;
+        sum_n_packets(&out).with_context(|| format!("flows of {bridge} with {filter}"))
+    }
+
     /// Runs `ovs-appctl -t <dir>/ovsdb-server.ctl <args>`.
     pub fn db_appctl(&self, args: &[&str]) -> Result<String> {
         let target = self.path("ovsdb-server.ctl");
@@ -332,6 +341,22 @@ fn body_lines(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sum of the `n_packets=` fields of a `dump-flows` reply.
+fn sum_n_packets(out: &str) -> Result<u64> {
+    body_lines(out)
+        .iter()
+        .map(|line| {
+            let field = line
+                .split([',', ' '])
+                .find_map(|f| f.strip_prefix("n_packets="))
+                .ok_or_else(|| anyhow!("flow without n_packets: {line}"))?;
+            field
+                .parse::<u64>()
+                .with_context(|| format!("n_packets in {line}"))
+        })
+        .sum()
+}
+
 /// Finds `name` in `PATH` or the sbin directories.
 fn program(name: &str) -> Result<PathBuf> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
@@ -486,6 +511,19 @@ mod tests {
     fn body_lines_drop_reply_headers() {
         let out = "OFPST_GROUP_DESC reply (OF1.5) (xid=0x2):\n group_id=1,type=select\n\n";
         assert_eq!(body_lines(out), vec!["group_id=1,type=select".to_string()]);
+    }
+
+    #[test]
+    fn n_packets_are_summed_over_the_reply() {
+        let out = "OFPST_FLOW reply (OF1.5) (xid=0x2):\n \
+            cookie=0x10, duration=1.2s, table=0, n_packets=2, n_bytes=84, priority=100,arp actions=drop\n \
+            cookie=0x10, duration=1.2s, table=0, n_packets=30, n_bytes=2035, priority=100,ip actions=drop\n";
+        assert_eq!(sum_n_packets(out).unwrap(), 32);
+        assert_eq!(
+            sum_n_packets("OFPST_FLOW reply (OF1.5) (xid=0x2):\n").unwrap(),
+            0
+        );
+        assert!(sum_n_packets(" cookie=0x1, priority=1 actions=drop\n").is_err());
     }
 
     #[test]

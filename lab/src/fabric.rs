@@ -1,0 +1,568 @@
+//! The multi-DPU underlay: several emulated DPUs on one machine, joined by an underlay
+//! network, so Geneve can run between them. Each DPU is one [`OvsInstance`] (its own
+//! `ovsdb-server`, and `ovs-vswitchd` in its own namespace) with two bridges:
+//!
+//! - the integration bridge, named by the caller, made like [`OvsInstance::add_bridge`]
+//!   (netdev, `fail_mode=secure`, OpenFlow 1.5): the agent's bridge;
+//! - the underlay bridge `ul<prefix><i>` (netdev, standalone, so `NORMAL`), whose
+//!   internal port carries the DPU's underlay address in `ovs-vswitchd`'s namespace. OVS
+//!   userspace tunnelling wants exactly that: it looks the remote up in the routes it
+//!   learns from its namespace over netlink, resolves the next hop itself (`tnl/neigh`)
+//!   and sends the encapsulated packet through the bridge that owns the route.
+//!
+//! The underlay bridge's uplink is a veth whose other end sits on a Linux bridge in a
+//! namespace of its own, the "underlay switch". Cutting a DPU off sets its switch-side
+//! end down. Everything is named from one [`unique_prefix`] and removed by `Drop`: the
+//! links, then the OVS daemons by pid, then the switch's namespace.
+//!
+//! See docs/testing.md, "Multi-DPU fabric", for the picture and the pitfalls.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netns::{self, check_ifname, unique_prefix, Netns, Veth};
+use crate::ovs::OvsInstance;
+use crate::process::{self, wait_until};
+
+/// The underlay network: DPU `i` is `192.168.100.<i+1>/24`. Every fabric has its own
+/// switch and every DPU its own namespace, so parallel fabrics can reuse it.
+pub const UNDERLAY_NET: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 0);
+/// The underlay's prefix length.
+pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The underlay MTU: room for a 1500-byte inner packet plus Geneve's overhead. The
+/// workloads keep 1500; with 1500 here their full-size packets are dropped at the
+/// uplink ("Message too long" in `ovs-vswitchd.log`).
+pub const UNDERLAY_MTU: u32 = 1600;
+/// What Geneve without options adds to an inner Ethernet frame: outer Ethernet (14),
+/// IPv4 (20), UDP (8) and the Geneve header (8).
+pub const GENEVE_OVERHEAD: u32 = 50;
+/// The most DPUs one fabric holds (addresses .1 to .254).
+pub const MAX_DPUS: usize = 254;
+/// The Linux bridge inside the switch's namespace.
+const SWITCH_BRIDGE: &str = "ulsw";
+/// Bound on OVS picking up an address, a route or a link change.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one underlay reachability probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The underlay address of DPU `index`.
+pub fn underlay_ip(index: usize) -> Result<Ipv4Addr> {
+    if index >= MAX_DPUS {
+        bail!("DPU index {index} is out of range: a fabric holds at most {MAX_DPUS} DPUs");
+    }
+    let [a, b, c, _] = UNDERLAY_NET.octets();
+    let host = u8::try_from(index + 1).expect("index < MAX_DPUS fits a u8");
+    Ok(Ipv4Addr::new(a, b, c, host))
+}
+
+/// The underlay network in CIDR notation, as `ovs/route/show` prints it.
+pub fn underlay_cidr() -> String {
+    format!("{UNDERLAY_NET}/{UNDERLAY_PREFIX_LEN}")
+}
+
+/// The interface names of DPU `index` in the fabric `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DpuNames {
+    underlay_bridge: String,
+    uplink: String,
+    switch_port: String,
+}
+
+fn dpu_names(prefix: &str, index: usize) -> Result<DpuNames> {
+    let names = DpuNames {
+        underlay_bridge: format!("ul{prefix}{index}"),
+        uplink: format!("{prefix}u{index}"),
+        switch_port: format!("{prefix}s{index}"),
+    };
+    for name in [&names.underlay_bridge, &names.uplink, &names.switch_port] {
+        check_ifname(name).with_context(|| format!("a name for DPU {index}"))?;
+    }
+    Ok(names)
+}
+
+/// One emulated DPU of a [`Fabric`].
+#[derive(Debug)]
+pub struct Dpu {
+    index: usize,
+    bridge: String,
+    underlay_bridge: String,
+    underlay_ip: Ipv4Addr,
+    /// `a` is the uplink on the underlay bridge, `b` the port on the switch.
+    // Drop order: the link (deleted in the switch's namespace) before the OVS whose
+    // namespace holds its other end.
+    link: Veth,
+    ovs: OvsInstance,
+}
+
+impl Dpu {
+    /// Its index in the fabric.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Its OVS.
+    pub fn ovs(&self) -> &OvsInstance {
+        &self.ovs
+    }
+
+    /// The integration bridge (the agent's).
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The OpenFlow target of the integration bridge (`unix:<dir>/<bridge>.mgmt`).
+    pub fn mgmt(&self) -> String {
+        self.ovs.mgmt(&self.bridge)
+    }
+
+    /// The underlay bridge; its internal port holds [`Dpu::underlay_ip`].
+    pub fn underlay_bridge(&self) -> &str {
+        &self.underlay_bridge
+    }
+
+    /// Its underlay address (the Geneve `tun_dst` others use to reach it).
+    pub fn underlay_ip(&self) -> Ipv4Addr {
+        self.underlay_ip
+    }
+
+    /// The namespace `ovs-vswitchd` runs in, which holds the underlay address.
+    pub fn netns(&self) -> &str {
+        self.ovs
+            .netns()
+            .expect("a fabric DPU's OVS always runs ovs-vswitchd in a namespace")
+    }
+
+    /// The veth end on the underlay bridge.
+    pub fn uplink(&self) -> &str {
+        self.link.a()
+    }
+
+    /// The veth end on the underlay switch (what [`Fabric::cut`] sets down).
+    pub fn switch_port(&self) -> &str {
+        self.link.b()
+    }
+
+    /// OVS's routing table (`ovs-appctl ovs/route/show`).
+    pub fn routes(&self) -> Result<String> {
+        self.ovs.vswitchd_appctl(&["ovs/route/show"])
+    }
+
+    /// OVS's tunnel neighbour cache (`ovs-appctl tnl/neigh/show`).
+    pub fn neighbors(&self) -> Result<String> {
+        self.ovs.vswitchd_appctl(&["tnl/neigh/show"])
+    }
+
+    /// Whether OVS has resolved `ip` on the underlay bridge.
+    pub fn has_neighbor(&self, ip: Ipv4Addr) -> Result<bool> {
+        Ok(neighbor_listed(
+            &self.neighbors()?,
+            ip,
+            &self.underlay_bridge,
+        ))
+    }
+
+    /// Empties the tunnel neighbour cache and then the datapath flow cache, so the next
+    /// packet to each remote goes up to `ovs-vswitchd`, which ARPs for it (and drops
+    /// that packet). Without the purge, revalidation turns the cached tunnel flows into
+    /// drops, and since only an upcall sends ARP, traffic that keeps those flows from
+    /// idling out (10 s) never brings the neighbour back.
+    pub fn flush_neighbors(&self) -> Result<()> {
+        self.ovs.vswitchd_appctl(&["tnl/neigh/flush"])?;
+        self.ovs.vswitchd_appctl(&["revalidator/purge"]).map(drop)
+    }
+
+    /// OVS's view of the uplink (`Interface.link_state`: `up` or `down`).
+    pub fn uplink_state(&self) -> Result<String> {
+        self.ovs
+            .vsctl(&["get", "Interface", self.uplink(), "link_state"])
+            .map(|s| s.trim().trim_matches('"').to_owned())
+    }
+
+    /// A command running `args` in `ovs-vswitchd`'s namespace (where the underlay address is).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.netns()]).args(args);
+        cmd
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", self.netns()];
+        full.extend_from_slice(args);
+        netns::ip(&full)
+    }
+}
+
+/// Several emulated DPUs and the underlay switch between them. Dropping it removes
+/// every DPU (links, then daemons by pid, then their namespaces) and then the switch.
+#[derive(Debug)]
+pub struct Fabric {
+    prefix: String,
+    /// Indexed by DPU; `None` once removed. Dropped before the switch.
+    dpus: Vec<Option<Dpu>>,
+    hosts_attached: usize,
+    switch: Netns,
+}
+
+impl Fabric {
+    /// Creates the underlay switch (namespace `<prefix>-ul` holding a Linux bridge);
+    /// no DPU yet. Fails, naming what is missing, without root, `ip` or `ethtool`.
+    pub fn new(tag: &str) -> Result<Fabric> {
+        require_prerequisites()?;
+        let prefix = unique_prefix(tag);
+        let switch = Netns::new(&format!("{prefix}-ul"))?;
+        let mtu = UNDERLAY_MTU.to_string();
+        switch
+            .ip(&[
+                "link",
+                "add",
+                SWITCH_BRIDGE,
+                "mtu",
+                &mtu,
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+            ])
+            .with_context(|| format!("create the underlay switch in {}", switch.name()))?;
+        switch.set_up(SWITCH_BRIDGE)?;
+        switch.set_lo_up()?;
+        Ok(Fabric {
+            prefix,
+            dpus: Vec::new(),
+            hosts_attached: 0,
+            switch,
+        })
+    }
+
+    /// [`Fabric::new`] plus `count` DPUs whose integration bridges are `br<prefix>d<i>`.
+    pub fn with_dpus(tag: &str, count: usize) -> Result<Fabric> {
+        let mut fabric = Fabric::new(tag)?;
+        for i in 0..count {
+            let bridge = format!("br{}d{i}", fabric.prefix);
+            fabric.add_dpu(&bridge)?;
+        }
+        Ok(fabric)
+    }
+
+    /// The per-fabric name prefix (six characters, see [`unique_prefix`]).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The underlay switch's namespace.
+    pub fn switch_netns(&self) -> &Netns {
+        &self.switch
+    }
+
+    /// Adds a DPU with integration bridge `bridge` and returns its index: a private
+    /// OVS, the two bridges, the underlay address and the link to the switch. Returns
+    /// once OVS has learned the underlay route.
+    pub fn add_dpu(&mut self, bridge: &str) -> Result<usize> {
+        let index = self.dpus.len();
+        let dpu = self
+            .build_dpu(index, bridge)
+            .with_context(|| format!("add DPU {index} to fabric {}", self.prefix))?;
+        self.dpus.push(Some(dpu));
+        Ok(index)
+    }
+
+    fn build_dpu(&self, index: usize, bridge: &str) -> Result<Dpu> {
+        let underlay_ip = underlay_ip(index)?;
+        let names = dpu_names(&self.prefix, index)?;
+        let mtu = UNDERLAY_MTU.to_string();
+
+        let ovs = OvsInstance::start()?;
+        ovs.add_bridge(bridge)?;
+        // Standalone, not secure: with no flows of ours the bridge does NORMAL, which
+        // is what userspace tunnelling expects of the bridge owning the route.
+        let ul = names.underlay_bridge.as_str();
+        ovs.vsctl(&[
+            "add-br",
+            ul,
+            "--",
+            "set",
+            "Bridge",
+            ul,
+            "datapath_type=netdev",
+            "--",
+            "set",
+            "Interface",
+            ul,
+            &format!("mtu_request={mtu}"),
+        ])?;
+
+        let mut link = Veth::create(&names.uplink, &names.switch_port)?;
+        for end in [&names.uplink, &names.switch_port] {
+            netns::ip(&["link", "set", "dev", end, "mtu", &mtu])?;
+        }
+        link.move_b_to(&self.switch)?;
+        self.switch.ip(&[
+            "link",
+            "set",
+            "dev",
+            &names.switch_port,
+            "master",
+            SWITCH_BRIDGE,
+        ])?;
+        netns::tx_off(&names.switch_port, Some(&self.switch))?;
+        self.switch.set_up(&names.switch_port)?;
+        // Into ovs-vswitchd's namespace, up, TX checksum offload off.
+        ovs.adopt(&names.uplink)?;
+        ovs.vsctl(&["add-port", ul, &names.uplink])?;
+
+        let dpu = Dpu {
+            index,
+            bridge: bridge.to_owned(),
+            underlay_bridge: names.underlay_bridge.clone(),
+            underlay_ip,
+            link,
+            ovs,
+        };
+        // `ovs-vsctl` returned after ovs-vswitchd made the bridge's tap device.
+        let cidr = format!("{underlay_ip}/{UNDERLAY_PREFIX_LEN}");
+        dpu.ip(&["addr", "add", &cidr, "dev", ul])
+            .with_context(|| format!("put the underlay address {cidr} on {ul}"))?;
+        dpu.ip(&["link", "set", "dev", ul, "up"])?;
+        let net = underlay_cidr();
+        let mut routes = String::new();
+        wait_until(
+            &format!("ovs-vswitchd to learn the route to {net} via {ul}"),
+            SETTLE_TIMEOUT,
+            || {
+                routes = dpu.routes().unwrap_or_default();
+                route_listed(&routes, &net, ul)
+            },
+        )
+        .with_context(|| format!("ovs/route/show:\n{routes}"))?;
+        Ok(dpu)
+    }
+
+    /// DPU `index`; an error if there never was one or it was removed.
+    pub fn dpu(&self, index: usize) -> Result<&Dpu> {
+        match self.dpus.get(index) {
+            Some(Some(dpu)) => Ok(dpu),
+            Some(None) => Err(anyhow!("DPU {index} of fabric {} was removed", self.prefix)),
+            None => Err(anyhow!(
+                "fabric {} has no DPU {index} (it has {})",
+                self.prefix,
+                self.dpus.len()
+            )),
+        }
+    }
+
+    /// The DPUs still present, in index order.
+    pub fn dpus(&self) -> impl Iterator<Item = &Dpu> {
+        self.dpus.iter().flatten()
+    }
+
+    /// Removes DPU `index`: its link, its OVS (by pid) and its namespace. The other
+    /// DPUs keep their indices and addresses.
+    pub fn remove(&mut self, index: usize) -> Result<()> {
+        self.dpu(index)?;
+        drop(self.dpus[index].take());
+        Ok(())
+    }
+
+    /// Cuts DPU `index` off the underlay: its switch-side veth end goes down, so its
+    /// uplink loses carrier. Returns once OVS reports the uplink down.
+    pub fn cut(&self, index: usize) -> Result<()> {
+        self.set_link(index, "down")
+    }
+
+    /// Undoes [`Fabric::cut`]; returns once OVS reports the uplink up. OVS's neighbour
+    /// entries survive a cut, so traffic resumes as soon as the switch forwards again.
+    pub fn restore(&self, index: usize) -> Result<()> {
+        self.set_link(index, "up")
+    }
+
+    fn set_link(&self, index: usize, state: &str) -> Result<()> {
+        let dpu = self.dpu(index)?;
+        self.switch
+            .ip(&["link", "set", "dev", dpu.switch_port(), state])
+            .with_context(|| format!("set DPU {index}'s underlay link {state}"))?;
+        let mut seen = String::new();
+        wait_until(
+            &format!("OVS of DPU {index} to see its uplink {state}"),
+            SETTLE_TIMEOUT,
+            || {
+                seen = dpu.uplink_state().unwrap_or_else(|e| format!("{e:#}"));
+                seen == state
+            },
+        )
+        .with_context(|| format!("last link_state of {}: {seen}", dpu.uplink()))
+    }
+
+    /// Adds a Geneve port `name` to `bridge` of DPU `index` with the remote and the VNI
+    /// taken from the flow (`options:remote_ip=flow options:key=flow`), so flows set
+    /// `tun_dst` and `tun_id`. Returns its OpenFlow port number.
+    pub fn add_geneve_port(&self, index: usize, bridge: &str, name: &str) -> Result<u32> {
+        let dpu = self.dpu(index)?;
+        check_ifname(name)?;
+        let ovs = &dpu.ovs;
+        ovs.vsctl(&[
+            "add-port",
+            bridge,
+            name,
+            "--",
+            "set",
+            "Interface",
+            name,
+            "type=geneve",
+            "options:remote_ip=flow",
+            "options:key=flow",
+        ])
+        .with_context(|| format!("add Geneve port {name} to {bridge} of DPU {index}"))?;
+        let ofport = ovs.vsctl(&["get", "Interface", name, "ofport"])?;
+        match ofport.trim().parse::<i64>() {
+            Ok(port) if port > 0 => Ok(u32::try_from(port)?),
+            _ => {
+                let error = ovs
+                    .vsctl(&["get", "Interface", name, "error"])
+                    .unwrap_or_default();
+                bail!("Geneve port {name} on DPU {index} has ofport {ofport:?}; error: {error}")
+            }
+        }
+    }
+
+    /// Attaches a workload host to DPU `index`'s integration bridge, as
+    /// [`crate::fixture::Lab::add_host`] does: a namespace whose `eth0` has `ip_cidr`
+    /// and `mac`, and its veth peer as a port with `external_ids:iface-id=<iface_id>`.
+    /// TX checksum offload is off on both ends. Returns the namespace and the port's
+    /// OpenFlow number; the pair goes with whichever namespace goes first.
+    pub fn attach_host(
+        &mut self,
+        index: usize,
+        iface_id: &str,
+        ip_cidr: &str,
+        mac: &str,
+    ) -> Result<(Netns, u32)> {
+        let suffix = format!("h{}", self.hosts_attached);
+        let dpu = self.dpu(index)?;
+        let (ns, rep) = netns::attach_host(&self.prefix, &suffix, ip_cidr, mac, None)?;
+        let ofport = dpu
+            .ovs
+            .plug(&dpu.bridge, &rep, iface_id)
+            .with_context(|| format!("plug host {iface_id} into DPU {index}"))?;
+        self.hosts_attached += 1;
+        Ok((ns, ofport))
+    }
+
+    /// Whether DPU `from`'s kernel reaches DPU `to`'s underlay address: a TCP connect to
+    /// port 9, where nothing listens, is refused only if the reset came back. This goes
+    /// through both underlay bridges and the switch, not through any tunnel.
+    pub fn underlay_reachable(&self, from: usize, to: usize) -> Result<bool> {
+        let target = self.dpu(to)?.underlay_ip;
+        let script = format!("exec 3<>/dev/tcp/{target}/9");
+        let secs = PROBE_TIMEOUT.as_secs().to_string();
+        let cmd = self
+            .dpu(from)?
+            .command(&["timeout", &secs, "bash", "-c", &script]);
+        let out = process::run_bounded(cmd, PROBE_TIMEOUT + Duration::from_secs(3))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Connection refused") {
+            return Ok(true);
+        }
+        if out.status.code() == Some(124) || stderr.contains("No route") {
+            return Ok(false);
+        }
+        bail!(
+            "probe of {target} from DPU {from} ended unexpectedly ({}): {}",
+            out.status,
+            stderr.trim()
+        )
+    }
+}
+
+/// Fails, naming what is missing, unless we are root with `ip` and `ethtool`.
+pub fn require_prerequisites() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1));
+    if euid != Some("0") {
+        bail!("the fabric needs root (namespaces, veth, OVS); euid is {euid:?}");
+    }
+    for (tool, arg) in [
+        ("ip", "-V"),
+        ("ethtool", "--version"),
+        ("bash", "--version"),
+    ] {
+        let mut cmd = Command::new(tool);
+        cmd.arg(arg);
+        process::run_checked(cmd, netns::CMD_TIMEOUT)
+            .with_context(|| format!("the fabric needs `{tool}` on PATH"))?;
+    }
+    Ok(())
+}
+
+/// Whether `ovs/route/show` output has a route to `net` on `dev`.
+fn route_listed(routes: &str, net: &str, dev: &str) -> bool {
+    routes.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words
+            .windows(3)
+            .any(|w| w[0] == net && w[1] == "dev" && w[2] == dev)
+    })
+}
+
+/// Whether `tnl/neigh/show` output has `ip` resolved on `bridge`.
+fn neighbor_listed(out: &str, ip: Ipv4Addr, bridge: &str) -> bool {
+    let ip = ip.to_string();
+    out.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.first() == Some(&ip.as_str()) && words.last() == Some(&bridge)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underlay_addresses_start_at_one_and_stop_at_254() {
+        assert_eq!(underlay_ip(0).unwrap(), Ipv4Addr::new(192, 168, 100, 1));
+        assert_eq!(underlay_ip(253).unwrap(), Ipv4Addr::new(192, 168, 100, 254));
+        assert!(underlay_ip(MAX_DPUS).is_err());
+        assert_eq!(underlay_cidr(), "192.168.100.0/24");
+    }
+
+    #[test]
+    fn names_fit_an_interface_name_for_every_index() {
+        let names = dpu_names("fab1x2", 0).unwrap();
+        assert_eq!(
+            names,
+            DpuNames {
+                underlay_bridge: "ulfab1x20".into(),
+                uplink: "fab1x2u0".into(),
+                switch_port: "fab1x2s0".into(),
+            }
+        );
+        assert!(dpu_names("fab1x2", MAX_DPUS - 1).is_ok());
+    }
+
+    #[test]
+    fn routes_and_neighbors_are_read_from_appctl_output() {
+        let routes = "Route Table:\n\
+            Cached: 192.168.100.1/32 dev ulp0 SRC 192.168.100.1 local\n\
+            Cached: 192.168.100.0/24 dev ulp0 SRC 192.168.100.1\n";
+        assert!(route_listed(routes, "192.168.100.0/24", "ulp0"));
+        assert!(!route_listed(routes, "192.168.100.0/24", "ulp1"));
+        assert!(!route_listed("Route Table:\n", "192.168.100.0/24", "ulp0"));
+
+        let neigh = "IP                                            MAC                 Bridge\n\
+            ==========================================================================\n\
+            192.168.100.2                                 5e:b9:e7:42:be:44   ulp0\n";
+        let two = Ipv4Addr::new(192, 168, 100, 2);
+        assert!(neighbor_listed(neigh, two, "ulp0"));
+        assert!(!neighbor_listed(neigh, two, "ulp1"));
+        assert!(!neighbor_listed(
+            neigh,
+            Ipv4Addr::new(192, 168, 100, 3),
+            "ulp0"
+        ));
+    }
+}

@@ -1,0 +1,260 @@
+//! Several emulated DPUs and one controller: a [`Fabric`] (one OVS per DPU, an
+//! underlay between them), the real `dpu-controller` with a PKI, and one real
+//! `dpu-agent` per DPU, named `dpu-1`, `dpu-2`, ... Workload hosts are namespaces
+//! on a DPU's bridge. Everything is torn down by `Drop`, processes first.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use tempfile::TempDir;
+
+use crate::fabric::Fabric;
+use crate::fixture::{
+    agent_config_text, node_status_of, start_controller_process, tail, AgentFiles, Host,
+};
+use crate::process::{run_checked, spawn_logged, wait_until, Child};
+use crate::traffic::{self, TrafficResult};
+
+/// A workload host and the DPU it is attached to.
+#[derive(Debug)]
+pub struct SiteHost {
+    pub dpu: usize,
+    pub host: Host,
+}
+
+#[derive(Debug)]
+pub struct MultiLab {
+    // Field order is drop order: processes, then hosts, then the fabric.
+    pub agents: Vec<Option<Child>>,
+    pub controller: Option<Child>,
+    pub hosts: BTreeMap<String, SiteHost>,
+    pub work: TempDir,
+    pub controller_addr: String,
+    pub fabric: Fabric,
+}
+
+/// The node name of DPU `index`.
+pub fn node_name(index: usize) -> String {
+    format!("dpu-{}", index + 1)
+}
+
+impl MultiLab {
+    /// `count` DPUs on one underlay, a CA and a node certificate per DPU. Neither
+    /// the controller nor any agent runs yet.
+    pub fn new(tag: &str, count: usize) -> Result<MultiLab> {
+        let fabric = Fabric::with_dpus(tag, count)?;
+        let work = tempfile::Builder::new().prefix("dpumulti-").tempdir()?;
+        for d in ["intent", "pki", "logs"] {
+            fs::create_dir_all(work.path().join(d))?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let lab = MultiLab {
+            agents: (0..count).map(|_| None).collect(),
+            controller: None,
+            hosts: BTreeMap::new(),
+            work,
+            controller_addr: format!("127.0.0.1:{port}"),
+            fabric,
+        };
+        let state = lab.path("controller-state");
+        lab.controller_cmd(&["ca", "init", "--state-dir", &state.display().to_string()])?;
+        for i in 0..count {
+            lab.controller_cmd(&[
+                "issue",
+                "--state-dir",
+                &state.display().to_string(),
+                "--node",
+                &node_name(i),
+                "--out",
+                &lab.path("pki").display().to_string(),
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.path(&format!("logs/{name}.log"))
+    }
+
+    pub fn controller_cmd(&self, args: &[&str]) -> Result<String> {
+        let mut c = Command::new(traffic::lab_bin("dpu-controller")?);
+        c.args(args);
+        run_checked(c, Duration::from_secs(30))
+    }
+
+    /// The `DpuNode` manifests of every DPU in the fabric (its underlay address).
+    pub fn dpu_nodes_yaml(&self) -> String {
+        self.fabric
+            .dpus()
+            .map(|d| {
+                format!(
+                    "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: DpuNode\nmetadata: {{name: {}}}\nspec: {{tunnelIP: {}}}\n",
+                    node_name(d.index()),
+                    d.underlay_ip()
+                )
+            })
+            .collect()
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        let tmp = self.path(&format!("{file}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, self.path("intent").join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        fs::remove_file(self.path("intent").join(file)).with_context(|| format!("removing {file}"))
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        let c = start_controller_process(
+            &self.path("controller-state"),
+            &self.path("intent"),
+            &self.controller_addr,
+            &[],
+            &self.log("controller"),
+        )?;
+        self.controller = Some(c);
+        Ok(())
+    }
+
+    /// Starts the agent of DPU `index` on its bridge.
+    pub fn start_agent(&mut self, index: usize) -> Result<()> {
+        let node = node_name(index);
+        let pki = self.path("pki");
+        let dpu = self.fabric.dpu(index)?;
+        let cfg = agent_config_text(&AgentFiles {
+            node: &node,
+            state: &self.path(&format!("agent-state-{node}")),
+            controller_addr: &self.controller_addr,
+            ca: &pki.join("ca.pem"),
+            cert: &pki.join(format!("{node}.pem")),
+            key: &pki.join(format!("{node}.key")),
+            ovs: dpu.ovs(),
+            bridge: dpu.bridge(),
+        });
+        let path = self.path(&format!("agent-{node}.toml"));
+        fs::write(&path, cfg)?;
+        let mut c = Command::new(traffic::lab_bin("dpu-agent")?);
+        c.args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,dpu_agent=debug");
+        let child = spawn_logged(c, &self.log(&format!("agent-{node}")))?;
+        *self
+            .agents
+            .get_mut(index)
+            .ok_or_else(|| anyhow!("no DPU {index}"))? = Some(child);
+        Ok(())
+    }
+
+    pub fn agent_log(&self, index: usize) -> String {
+        fs::read_to_string(self.log(&format!("agent-{}", node_name(index)))).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.controller_cmd(&[
+            "status",
+            "--state-dir",
+            &self.path("controller-state").display().to_string(),
+            "--json",
+        ])?;
+        serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
+    }
+
+    /// Waits until every running agent ACKed an intent version above `previous`.
+    pub fn wait_converged_after(&self, previous: u64) -> Result<u64> {
+        let mut last = String::new();
+        let running: Vec<usize> = (0..self.agents.len())
+            .filter(|i| self.agents[*i].is_some())
+            .collect();
+        let r = wait_until(
+            "every agent to ACK the current intent",
+            Duration::from_secs(30),
+            || {
+                let Ok(s) = self.status() else { return false };
+                let Some(v) = s["intent_version"].as_u64() else {
+                    return false;
+                };
+                last = s["nodes"].to_string();
+                v > previous
+                    && running.iter().all(|i| {
+                        node_status_of(&s, &node_name(*i))
+                            .is_ok_and(|n| n["applied_version"].as_u64() == Some(v))
+                    })
+            },
+        );
+        r.map_err(|e| {
+            let logs: String = running
+                .iter()
+                .map(|i| format!("\n{}:\n{}", node_name(*i), tail(&self.agent_log(*i))))
+                .collect();
+            anyhow!("{e}; node status: {last}{logs}")
+        })?;
+        self.status()?["intent_version"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("status has no intent_version"))
+    }
+
+    pub fn wait_converged(&self) -> Result<u64> {
+        self.wait_converged_after(0)
+    }
+
+    /// A workload host on DPU `dpu`: namespace, veth, representor on its bridge with
+    /// `external_ids:iface-id=<name>`, default route via `gw`.
+    pub fn add_host(
+        &mut self,
+        dpu: usize,
+        name: &str,
+        ip_cidr: &str,
+        mac: &str,
+        gw: &str,
+    ) -> Result<()> {
+        let (ns, _) = self.fabric.attach_host(dpu, name, ip_cidr, mac)?;
+        ns.add_default_route(gw, "eth0")?;
+        let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
+        self.hosts.insert(
+            name.to_string(),
+            SiteHost {
+                dpu,
+                host: Host { echo: None, ns, ip },
+            },
+        );
+        Ok(())
+    }
+
+    pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
+        let log = self.log(&format!("echo-{name}"));
+        let h = self
+            .hosts
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("no host {name}"))?;
+        h.host.echo = Some(traffic::start_echo(&h.host.ns, name, tcp, udp, &log)?);
+        Ok(())
+    }
+
+    /// Runs `lab-client` in host `from`: `count` requests, 1.5 s timeout each.
+    pub fn client(
+        &self,
+        from: &str,
+        target: &str,
+        proto: &str,
+        count: u32,
+    ) -> Result<TrafficResult> {
+        let h = self
+            .hosts
+            .get(from)
+            .ok_or_else(|| anyhow!("no host {from}"))?;
+        traffic::run_client(&h.host.ns, target, proto, count, &["--timeout-ms", "1500"])
+    }
+}
