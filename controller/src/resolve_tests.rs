@@ -253,3 +253,26 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
     )));
     assert!(e.message.contains("vni"), "unknown fields are refused: {e}");
 }
+
+#[test]
+fn a_vnic_ip_must_sit_on_an_owned_port_of_its_vpc_with_its_mac() {
+    const W: &str = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: v}\n";
+    let ok = good_plus(&format!(
+        "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, node: dpu-1, port: web-1-eth0}}\n"
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+    // On a port no other workload has, a VNicIP binds it itself.
+    let own = good_plus(&format!(
+        "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, node: dpu-1, port: v-eth0}}\n"
+    ));
+    assert!(own.is_ok(), "{own:?}");
+    for (spec, field, want) in [
+        ("{kind: VNicIP, vpc: red, ip: 10.1.1.99, node: dpu-1, port: web-1-eth0}", "spec.vpc", "same VPC"),
+        ("{kind: VNicIP, vpc: blue, ip: 10.1.1.99, mac: \"02:00:00:00:09:09\", node: dpu-1, port: web-1-eth0}", "spec.mac", "02:00:00:00:01:0a"),
+    ] {
+        let e = one_error(good_plus(&format!("{W}spec: {spec}\n")));
+        assert_eq!(e.object.as_deref(), Some("Workload/v"), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert!(e.message.contains(want), "{spec}: {e}");
+    }
+}

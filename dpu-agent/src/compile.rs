@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use dpu_model::{AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, Service};
+use dpu_model::{
+    AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
+};
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, DesiredState, Group, Match};
@@ -50,7 +52,10 @@ pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
         }
     }
     for w in intent.workloads.values() {
-        if w.node == node && w.mac.is_none() {
+        // A VNicIP may take the MAC of the workload whose port it shares.
+        let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
+        let vnic_mac = w.kind == WorkloadKind::VnicIp && owner_mac().is_some();
+        if w.node == node && w.mac.is_none() && !vnic_mac {
             errs.push(ObjectError::new(
                 ObjectKey::new(Kind::Workload, &w.name),
                 "spec.mac",
@@ -178,7 +183,10 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             );
             continue;
         }
-        let Some(mac) = w.mac else { continue };
+        let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
+        let Some(mac) = w.mac.or_else(owner_mac) else {
+            continue;
+        };
         let Some(&ofport) = facts.ports.get(&w.port) else {
             out.pending_ports.push(w.name.clone());
             unready.insert((w.vpc.as_str(), w.ip));

@@ -389,3 +389,57 @@ fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<
     assert!(lab.agent_log().contains("nothing flushed"));
     Ok(())
 }
+
+#[test]
+fn a_vnic_ip_is_reached_through_its_ports_workload_and_may_answer_from_it() -> Result<()> {
+    // web-1 (a Pod) owns the port; `web-1-vnic` is a secondary address on it. The
+    // Service `vnic` selects only the VNicIP, so every answer must come through
+    // web-1's port, with replies sourced from the secondary address passing the
+    // spoof guard.
+    let mut lab = backends_lab("vnic", 2, &web_service(""))?;
+    let vnic = "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: web-1-vnic, labels: {app: vnic}}\nspec: {kind: VNicIP, vpc: vpc-a, ip: \"10.0.1.21\", node: dpu-1, port: web-1}\n";
+    lab.write_manifest("20-vnic.yaml", vnic)?;
+    let svc = service_yaml("vnic", "vpc-a", "10.96.0.11", "  selector: {app: vnic}", "");
+    lab.write_manifest("30-vnic-svc.yaml", &svc)?;
+    lab.host("web-1")?.ns.add_addr("eth0", "10.0.1.21/24")?;
+    lab.start_controller()?;
+    lab.start_agent()?;
+    lab.wait_converged()?;
+
+    // TCP only: lab-echo's UDP socket is bound to 0.0.0.0, so the kernel sources
+    // its replies from web-1's primary address, which conntrack rightly does not
+    // match to the VNicIP's connection (any UDP server that is not
+    // multihoming-aware behaves so).
+    let tcp = lab.client("client", "10.96.0.11:80", "tcp", 30)?;
+    assert_all_ok(&tcp, "tcp");
+    assert_eq!(tcp.count_for("web-1"), 30, "{tcp:?}");
+    // Directly, too: the secondary address is routed to web-1's port.
+    let direct = lab.client("client", "10.0.1.21:8080", "tcp", 10)?;
+    assert_all_ok(&direct, "direct");
+    // And one Service can mix kinds: Pods, a VM-style port and the VNicIP.
+    let flows = lab.flows()?;
+    assert!(
+        flows.iter().any(|f| f.contains("nw_src=10.0.1.21")),
+        "spoof guard admits the secondary address on web-1's port"
+    );
+
+    // A VNicIP claiming another MAC than its port's is refused whole, naming the
+    // field.
+    let v = lab.intent_version()?;
+    lab.write_manifest(
+        "21-bad.yaml",
+        "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: stray}\nspec: {kind: VNicIP, vpc: vpc-a, ip: \"10.0.1.22\", mac: \"0a:00:00:00:09:09\", node: dpu-1, port: web-1}\n",
+    )?;
+    wait_until(
+        "the controller to refuse it",
+        Duration::from_secs(10),
+        || {
+            lab.status()
+                .is_ok_and(|s| s["intent_errors"].to_string().contains("Workload/stray"))
+        },
+    )?;
+    let errors = lab.status()?["intent_errors"].to_string();
+    assert!(errors.contains("spec.mac"), "{errors}");
+    assert_eq!(lab.intent_version()?, v, "nothing applied");
+    Ok(())
+}

@@ -11,7 +11,7 @@ mod validate;
 
 pub use convert::*;
 pub use types::*;
-pub use validate::validate;
+pub use validate::{validate, vnic_owner};
 
 use std::fmt;
 

@@ -127,6 +127,11 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                 }
             }
         }
+        // A VNicIP is a secondary address on another workload's port; it binds
+        // no port of its own (checked below, once every port owner is known).
+        if w.kind == WorkloadKind::VnicIp {
+            continue;
+        }
         if let Some(other) = ports.insert((&w.node, &w.port), &w.name) {
             errs.push(err(
                 Kind::Workload,
@@ -137,6 +142,32 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                     w.port, w.node
                 ),
             ));
+        }
+    }
+    for w in intent.workloads.values() {
+        if w.kind != WorkloadKind::VnicIp || !intent.vpcs.contains_key(&w.vpc) {
+            continue;
+        }
+        let e = |field: &str, msg: String| err(Kind::Workload, &w.name, field, msg);
+        // Without another workload on its port, a VNicIP binds the port itself.
+        match vnic_owner(intent, w) {
+            Some(o) if o.vpc != w.vpc => errs.push(e(
+                "spec.vpc",
+                format!(
+                    "port {} belongs to Workload/{} in Vpc/{}; a VNicIP on it must be in the same VPC",
+                    w.port, o.name, o.vpc
+                ),
+            )),
+            Some(o) if w.mac.is_some() && o.mac.is_some() && w.mac != o.mac => errs.push(e(
+                "spec.mac",
+                format!(
+                    "port {} has MAC {} (Workload/{}); a VNicIP on it uses that MAC (leave spec.mac out)",
+                    w.port,
+                    o.mac.map_or(String::new(), |m| m.to_string()),
+                    o.name
+                ),
+            )),
+            _ => {}
         }
     }
 
@@ -243,6 +274,18 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         }
     }
     errs
+}
+
+/// The workload whose port a VNicIP is a secondary address on: the non-VNicIP
+/// workload with the same node and port, else the VNicIP on that port whose name
+/// sorts first (it binds the port). `None`: `w` binds its port itself.
+pub fn vnic_owner<'a>(intent: &'a Intent, w: &Workload) -> Option<&'a Workload> {
+    let same_port = |o: &&Workload| o.node == w.node && o.port == w.port && o.name != w.name;
+    let mut on_port = intent.workloads.values().filter(same_port);
+    on_port
+        .clone()
+        .find(|o| o.kind != WorkloadKind::VnicIp)
+        .or_else(|| on_port.find(|o| o.name < w.name))
 }
 
 fn err(kind: Kind, name: &str, field: impl Into<String>, msg: impl Into<String>) -> ObjectError {
