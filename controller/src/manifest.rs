@@ -84,6 +84,11 @@ pub struct VpcSpec {
 pub struct NodeSpec {
     #[serde(rename = "tunnelIP")]
     pub tunnel_ip: String,
+    /// The host's address and MAC on its PF, for node ClusterIP Services.
+    #[serde(rename = "hostIP", default)]
+    pub host_ip: Option<String>,
+    #[serde(rename = "hostMAC", default)]
+    pub host_mac: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -273,6 +273,8 @@ fn plain_object(doc: &Doc) -> pb::Object {
         Spec::Node(s) => O::Node(pb::Node {
             name,
             tunnel_ip: s.tunnel_ip.clone(),
+            host_ip: s.host_ip.clone().unwrap_or_default(),
+            host_mac: s.host_mac.clone().unwrap_or_default(),
         }),
         Spec::Service(_) => return pb::Object { object: None },
     };

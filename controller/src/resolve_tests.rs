@@ -243,6 +243,32 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
         assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
         assert!(e.message.contains(want), "{spec}: {e}");
     }
+    for (spec, field, want) in [
+        (
+            "{tunnelIP: 192.168.50.9, hostIP: 172.16.0.1}",
+            "spec.hostMAC",
+            "required with spec.hostIP",
+        ),
+        (
+            "{tunnelIP: 192.168.50.9, hostIP: 10.1.1.200, hostMAC: \"0a:00:00:00:ff:01\"}",
+            "spec.hostIP",
+            "inside Subnet/",
+        ),
+    ] {
+        let e = one_error(good_plus(&format!(
+            "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
+        )));
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert!(e.message.contains(want), "{spec}: {e}");
+    }
+    for (spec, want) in [("{tunnelIP: 127.0.0.2}", "not a unicast underlay address")] {
+        let e = one_error(good_plus(&format!(
+            "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
+        )));
+        assert_eq!(e.object.as_deref(), Some("DpuNode/dpu-3"), "{e}");
+        assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
+        assert!(e.message.contains(want), "{spec}: {e}");
+    }
     let e = one_error(good_plus(&format!(
         "{two}---\n{NODE}metadata: {{name: dpu-3}}\nspec: {{tunnelIP: 192.168.50.2}}\n"
     )));

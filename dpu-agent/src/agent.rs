@@ -284,6 +284,7 @@ async fn wait_bridge(
                 return Some(NodeFacts {
                     node: cfg.node_name.clone(),
                     ports: ports_of(&s),
+                    host_port: cfg.host.as_ref().map(|h| h.port.clone()),
                 });
             }
         }

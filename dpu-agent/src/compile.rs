@@ -21,6 +21,8 @@ pub struct NodeFacts {
     pub node: String,
     /// `external_ids:iface-id` → OpenFlow port number, for ports on our bridge.
     pub ports: BTreeMap<String, u32>,
+    /// The iface-id of the host's PF representor (`[host] port`), if configured.
+    pub host_port: Option<String>,
 }
 
 /// The compiler's result: the desired state and what could not be bound yet.
@@ -40,12 +42,15 @@ pub struct Compiled {
 pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
     let mut errs = Vec::new();
     for s in intent.services.values() {
-        if s.scenario != AccessScenario::ClusterIp {
+        if !matches!(
+            s.scenario,
+            AccessScenario::ClusterIp | AccessScenario::NodeClusterIp
+        ) {
             errs.push(ObjectError::new(
                 ObjectKey::new(Kind::Service, &s.name),
                 "spec.scenario",
                 format!(
-                    "{:?} is not implemented by this agent release (ClusterIP only)",
+                    "{:?} is not implemented by this agent release (ClusterIP and NodeClusterIP only)",
                     s.scenario
                 ),
             ));
@@ -253,7 +258,126 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     for s in intent.services.values() {
         compile_service(d, s, alloc, &unready);
     }
+    compile_hosts(d, intent, alloc, facts, tunnel);
     out
+}
+
+/// Node ClusterIP: the host (not a pod) reaches the cluster IPs of `NodeClusterIP`
+/// Services through its PF representor. The host needs only a route: every ARP
+/// from it is answered with the router MAC. Its packets to such a VIP:port enter
+/// that Service's VPC (and conntrack zone) and are load-balanced like a pod's;
+/// anything else from the host is dropped. In each VPC with such a Service, the
+/// hosts' addresses are routed: to this host's port, or through the tunnel to the
+/// DPU of the host they belong to, where its conntrack un-DNATs the reply.
+fn compile_hosts(
+    d: &mut DesiredState,
+    intent: &Intent,
+    alloc: &Allocations,
+    facts: &NodeFacts,
+    tunnel: Option<u32>,
+) {
+    let node_services: Vec<&Service> = intent
+        .services
+        .values()
+        .filter(|s| s.scenario == AccessScenario::NodeClusterIp)
+        .collect();
+    let local = facts
+        .host_port
+        .as_ref()
+        .and_then(|p| facts.ports.get(p))
+        .zip(intent.nodes.get(&facts.node).and_then(|n| n.host));
+    if let Some((&hport, (hip, _))) = local {
+        let c = Cookie::new(Category::Node, &facts.node);
+        d.add(
+            CLASSIFY,
+            100,
+            Match::new().in_port(hport).kw("arp"),
+            Actions::new()
+                .set_reg(reg::VPC, reg::HOST_CONTEXT)
+                .goto(ARP_RESPONDER),
+            c,
+        );
+        d.add(
+            ARP_RESPONDER,
+            90,
+            Match::new()
+                .reg(reg::VPC, reg::HOST_CONTEXT)
+                .kw("arp")
+                .field("arp_op", 1),
+            Actions::new()
+                .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
+                .set_field(ROUTER_MAC, "eth_src")
+                .set_field(2, "arp_op")
+                .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
+                .set_field(ROUTER_MAC, "arp_sha")
+                .raw("push:NXM_OF_ARP_TPA[]")
+                .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
+                .raw("pop:NXM_OF_ARP_SPA[]")
+                .raw("in_port"),
+            c,
+        );
+        for s in &node_services {
+            let Some(zone) = alloc.zone(&s.vpc) else {
+                continue;
+            };
+            let sc = Cookie::new(
+                Category::Service,
+                &ObjectKey::new(Kind::Service, &s.name).to_string(),
+            );
+            for vip in &s.cluster_ips {
+                for p in &s.ports {
+                    d.add(
+                        CLASSIFY,
+                        110,
+                        Match::new()
+                            .in_port(hport)
+                            .kw(p.protocol.as_str())
+                            .ip_field("nw_src", hip)
+                            .ip_field("nw_dst", *vip)
+                            .field("tp_dst", p.port),
+                        Actions::new()
+                            .set_reg(reg::VPC, u32::from(zone))
+                            .goto(CONNTRACK),
+                        sc,
+                    );
+                }
+            }
+        }
+    }
+    let vpcs: BTreeSet<&str> = node_services.iter().map(|s| s.vpc.as_str()).collect();
+    for vpc in vpcs {
+        let (Some(zone), Some(v)) = (alloc.zone(vpc), intent.vpcs.get(vpc)) else {
+            continue;
+        };
+        for n in intent.nodes.values() {
+            let Some((hip, hmac)) = n.host else { continue };
+            let c = Cookie::new(Category::Node, &n.name);
+            let to_host = Match::new()
+                .reg(reg::VPC, u32::from(zone))
+                .kw("ip")
+                .ip_field("nw_dst", hip);
+            let rewrite = Actions::new()
+                .set_field(ROUTER_MAC, "eth_src")
+                .set_field(hmac, "eth_dst")
+                .raw("dec_ttl");
+            if n.name == facts.node {
+                if let Some((&hport, _)) = local {
+                    d.add(L3_FORWARD, 100, to_host, rewrite.output(hport), c);
+                }
+            } else if let Some(t) = tunnel {
+                d.add(
+                    L3_FORWARD,
+                    100,
+                    to_host,
+                    rewrite
+                        .set_field(v.vni, "tun_id")
+                        .set_field(n.tunnel_ip, "tun_dst")
+                        .output(t),
+                    c,
+                );
+            }
+        }
+    }
 }
 
 fn pipeline_misses(d: &mut DesiredState) {

@@ -40,6 +40,18 @@ pub struct Config {
     /// `key_file`; without it those files are the operator's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll: Option<EnrollConfig>,
+    /// The host's PF representor, for node ClusterIP Services; absent means the
+    /// host does not reach Services through this DPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostConfig>,
+}
+
+/// `[host]`: where the host itself (not a pod) meets the DPU's bridge.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The `external_ids:iface-id` of the PF representor's interface.
+    pub port: String,
 }
 
 /// `[enroll]`: exactly one of `token` and `token_file`.
@@ -284,6 +296,9 @@ impl Config {
         let bad = |key, message: String| Err((key, message));
         if let Err(m) = dpu_model::check_name(&self.node_name) {
             return bad("node_name", m);
+        }
+        if self.host.as_ref().is_some_and(|h| h.port.is_empty()) {
+            return bad("host.port", "must not be empty".into());
         }
         if !matches!(self.ovs.datapath_type.as_str(), "netdev" | "system") {
             return bad(
@@ -540,6 +555,8 @@ representor = "pf0vf0"
 index = 0
 [enroll]
 token_file = "/etc/dpu-agent/bootstrap-token"
+[host]
+port = "pf0hpf"
 "#;
 
     #[test]

@@ -121,6 +121,9 @@ pub mod reg {
     pub const EP_IP_NXM: &str = "NXM_NX_REG3";
     pub const EP_PORT: &str = "reg4";
     pub const EP_PORT_NXM: &str = "NXM_NX_REG4";
+    /// `reg0` of traffic from the host's PF representor before it enters a VPC:
+    /// above 16 bits, so it is never a VPC id (zones are 16 bits).
+    pub const HOST_CONTEXT: u32 = 0x1_0000;
 }
 
 /// The MAC address the agent's distributed router answers with.
@@ -152,6 +155,8 @@ pub mod cookie {
         /// Flows learned by the switch for session affinity. They carry round 0 so a
         /// restart keeps them; they are removed by category+object.
         AffinityLearned = 7,
+        /// A DPU node: its host's PF flows and the routes to its host.
+        Node = 8,
     }
 
     /// A cookie without its round; the reconciler stamps the round.

@@ -22,6 +22,9 @@ fn run_case(dir: &Path) -> String {
     let ports = fs::read_to_string(dir.join("ports.txt")).unwrap();
     let facts = NodeFacts {
         node: "dpu-1".into(),
+        // The golden cases name the host's PF representor `pf0hpf` in ports.txt
+        // when they have one.
+        host_port: Some("pf0hpf".into()),
         ports: ports
             .lines()
             .filter_map(|l| l.split_once(' '))

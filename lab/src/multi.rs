@@ -34,7 +34,21 @@ pub struct MultiLab {
     pub hosts: BTreeMap<String, SiteHost>,
     pub work: TempDir,
     pub controller_addr: String,
+    /// DPUs whose host (the node itself) is attached through a PF representor.
+    pub node_hosts: std::collections::BTreeSet<usize>,
     pub fabric: Fabric,
+}
+
+/// The iface-id of a DPU's PF representor in the lab (`[host] port`).
+pub const HOST_PORT: &str = "pf0hpf";
+
+/// The host of DPU `index`: its name among the hosts, address and MAC.
+pub fn node_host(index: usize) -> (String, String, String) {
+    (
+        format!("host-{}", index + 1),
+        format!("172.16.0.{}", index + 1),
+        format!("0a:00:00:00:ff:{:02x}", index + 1),
+    )
 }
 
 /// The node name of DPU `index`.
@@ -60,6 +74,7 @@ impl MultiLab {
             hosts: BTreeMap::new(),
             work,
             controller_addr: format!("127.0.0.1:{port}"),
+            node_hosts: Default::default(),
             fabric,
         };
         let state = lab.path("controller-state");
@@ -92,18 +107,45 @@ impl MultiLab {
         run_checked(c, Duration::from_secs(30))
     }
 
-    /// The `DpuNode` manifests of every DPU in the fabric (its underlay address).
+    /// The `DpuNode` manifests of every DPU in the fabric: its underlay address,
+    /// and its host's address and MAC where [`MultiLab::add_node_host`] made one.
     pub fn dpu_nodes_yaml(&self) -> String {
         self.fabric
             .dpus()
             .map(|d| {
+                let host = if self.node_hosts.contains(&d.index()) {
+                    let (_, ip, mac) = node_host(d.index());
+                    format!(", hostIP: {ip}, hostMAC: \"{mac}\"")
+                } else {
+                    String::new()
+                };
                 format!(
-                    "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: DpuNode\nmetadata: {{name: {}}}\nspec: {{tunnelIP: {}}}\n",
+                    "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: DpuNode\nmetadata: {{name: {}}}\nspec: {{tunnelIP: {}{host}}}\n",
                     node_name(d.index()),
                     d.underlay_ip()
                 )
             })
             .collect()
+    }
+
+    /// The node itself on DPU `dpu`: a namespace behind the PF representor
+    /// (iface-id [`HOST_PORT`]) with only a route to the cluster IPs, on-link (the
+    /// DPU answers its ARP). Call before `start_agent`.
+    pub fn add_node_host(&mut self, dpu: usize) -> Result<()> {
+        let (name, ip, mac) = node_host(dpu);
+        let (ns, _) = self
+            .fabric
+            .attach_host(dpu, HOST_PORT, &format!("{ip}/24"), &mac)?;
+        ns.ip(&["route", "add", "10.96.0.0/16", "dev", "eth0"])?;
+        self.hosts.insert(
+            name,
+            SiteHost {
+                dpu,
+                host: Host { echo: None, ns, ip },
+            },
+        );
+        self.node_hosts.insert(dpu);
+        Ok(())
     }
 
     pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
@@ -144,6 +186,10 @@ impl MultiLab {
             ovs: dpu.ovs(),
             bridge: dpu.bridge(),
         });
+        let mut cfg = cfg;
+        if self.node_hosts.contains(&index) {
+            cfg.push_str(&format!("\n[host]\nport = \"{HOST_PORT}\"\n"));
+        }
         let path = self.path(&format!("agent-{node}.toml"));
         fs::write(&path, cfg)?;
         let mut c = Command::new(traffic::lab_bin("dpu-agent")?);

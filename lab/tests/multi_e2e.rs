@@ -20,7 +20,17 @@ fn placed(name: &str, ip: &str, mac: &str, app: &str, dpu: usize, kind: &str) ->
 /// `web-2` (10.0.1.12, a VM) and `client-2` (10.0.1.3) on dpu-2; Service `web` on
 /// the VIP over both backends. Converged.
 fn two_dpus(tag: &str) -> Result<MultiLab> {
+    two_dpus_with(tag, "", false)
+}
+
+/// [`two_dpus`], with `extra` in the Service's spec and, with `hosts`, each
+/// DPU's node host attached through its PF representor.
+fn two_dpus_with(tag: &str, extra: &str, hosts: bool) -> Result<MultiLab> {
     let mut lab = MultiLab::new(tag, 2)?;
+    if hosts {
+        lab.add_node_host(0)?;
+        lab.add_node_host(1)?;
+    }
     let mut yaml = vpc_yaml("vpc-a", 100, "10.0.1.0/24", GW);
     yaml += &placed("client", "10.0.1.2", &mac(2), "client", 0, "Pod");
     yaml += &placed("client-2", "10.0.1.3", &mac(3), "client", 1, "Pod");
@@ -36,7 +46,7 @@ fn two_dpus(tag: &str) -> Result<MultiLab> {
     lab.write_manifest("05-nodes.yaml", &lab.dpu_nodes_yaml())?;
     lab.write_manifest(
         "10-svc.yaml",
-        &service_yaml("web", "vpc-a", VIP, "  selector: {app: web}", ""),
+        &service_yaml("web", "vpc-a", VIP, "  selector: {app: web}", extra),
     )?;
     lab.start_controller()?;
     lab.start_agent(0)?;
@@ -191,5 +201,44 @@ fn a_removed_node_or_a_cut_tunnel_affects_only_its_own_backends() -> Result<()> 
                 .is_ok_and(|r| r.failed == 0)
         },
     )?;
+    Ok(())
+}
+
+#[test]
+fn node_cluster_ip_serves_the_hosts_through_their_pf_and_nothing_else() -> Result<()> {
+    // Scenario 2: each DPU's host (a namespace behind the PF representor, with
+    // only a route to 10.96.0.0/16 and no NAT) reaches the NodeClusterIP Service;
+    // backends sit on both DPUs.
+    let lab = two_dpus_with("mnode", "  scenario: NodeClusterIP", true)?;
+    let db = service_yaml("db", "vpc-a", "10.96.0.20", "  selector: {app: web}", "");
+    let v = lab.wait_converged()?;
+    lab.write_manifest("20-db.yaml", &db)?;
+    lab.wait_converged_after(v)?;
+    for host in ["host-1", "host-2"] {
+        let tcp = lab.client(host, &format!("{VIP}:80"), "tcp", 40)?;
+        let udp = lab.client(host, &format!("{VIP}:53"), "udp", 40)?;
+        for (what, r) in [("tcp", &tcp), ("udp", &udp)] {
+            assert_eq!(r.failed, 0, "{host} {what}: {r:?}");
+            assert!(r.count_for("web-1") > 0, "{host} {what}: {r:?}");
+            assert!(r.count_for("web-2") > 0, "{host} {what}: {r:?}");
+        }
+    }
+    // The backends saw the hosts' own addresses.
+    let peers: Vec<String> = ["web-1", "web-2"]
+        .iter()
+        .flat_map(|h| tcp_peers(&lab, h))
+        .collect();
+    assert!(peers.iter().any(|p| p == "172.16.0.1"), "{peers:?}");
+    assert!(peers.iter().any(|p| p == "172.16.0.2"), "{peers:?}");
+    // Pods keep using it as a ClusterIP.
+    let pod = lab.client("client", &format!("{VIP}:80"), "tcp", 10)?;
+    assert_eq!(pod.failed, 0, "{pod:?}");
+
+    // The host reaches nothing else of the VPC: not a plain ClusterIP Service,
+    // not a workload's address.
+    let plain = lab.client("host-1", "10.96.0.20:80", "tcp", 3)?;
+    assert_eq!(plain.ok, 0, "a ClusterIP-only Service: {plain:?}");
+    let direct = lab.client("host-1", "10.0.1.11:8080", "tcp", 3)?;
+    assert_eq!(direct.ok, 0, "a workload address: {direct:?}");
     Ok(())
 }

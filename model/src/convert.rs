@@ -356,9 +356,21 @@ pub fn node_from_proto(m: &pb::Node) -> Result<Node, ObjectError> {
             format!("{tunnel_ip} is not a unicast underlay address"),
         ));
     }
+    let host = match (m.host_ip.is_empty(), m.host_mac.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some((
+            c.ipv4("spec.hostIP", &m.host_ip)?,
+            m.host_mac
+                .parse::<Mac>()
+                .map_err(|e| c.err("spec.hostMAC", e))?,
+        )),
+        (true, false) => return Err(c.err("spec.hostIP", "is required with spec.hostMAC")),
+        (false, true) => return Err(c.err("spec.hostMAC", "is required with spec.hostIP")),
+    };
     Ok(Node {
         name: m.name.clone(),
         tunnel_ip,
+        host,
     })
 }
 
@@ -523,6 +535,8 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
         Object::Node(n) => O::Node(pb::Node {
             name: n.name.clone(),
             tunnel_ip: n.tunnel_ip.to_string(),
+            host_ip: n.host.map(|h| h.0.to_string()).unwrap_or_default(),
+            host_mac: n.host.map(|h| h.1.to_string()).unwrap_or_default(),
         }),
     };
     pb::Object {

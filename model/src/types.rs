@@ -235,6 +235,8 @@ pub struct NetworkProbe {
 pub struct Node {
     pub name: String,
     pub tunnel_ip: Ipv4Addr,
+    /// The host's address and MAC on its PF (node ClusterIP).
+    pub host: Option<(Ipv4Addr, Mac)>,
 }
 
 /// One intent object of any kind.

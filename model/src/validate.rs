@@ -252,7 +252,30 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
     }
 
     let mut tunnel_ips: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
+    let mut host_ips: BTreeMap<std::net::Ipv4Addr, &str> = BTreeMap::new();
     for n in intent.nodes.values() {
+        if let Some((ip, _)) = n.host {
+            if let Some(other) = host_ips.insert(ip, &n.name) {
+                errs.push(err(
+                    Kind::Node,
+                    &n.name,
+                    "spec.hostIP",
+                    format!("{ip} is also DpuNode/{other}'s host address"),
+                ));
+            }
+            // Inside a VPC, the host's address must mean the host.
+            if let Some(s) = intent.subnets.values().find(|s| s.cidr.contains(&ip)) {
+                errs.push(err(
+                    Kind::Node,
+                    &n.name,
+                    "spec.hostIP",
+                    format!(
+                        "{ip} is inside Subnet/{} ({}) of Vpc/{}",
+                        s.name, s.cidr, s.vpc
+                    ),
+                ));
+            }
+        }
         if let Some(other) = tunnel_ips.insert(n.tunnel_ip, &n.name) {
             errs.push(err(
                 Kind::Node,
