@@ -198,6 +198,14 @@ pub struct ServiceSpec {
     pub session_affinity: Option<SessionAffinitySpec>,
     pub eip: Option<String>,
     pub scenario: Option<ScenarioSpec>,
+    pub external_traffic_policy: Option<TrafficPolicySpec>,
+}
+
+/// `externalTrafficPolicy`, as in Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TrafficPolicySpec {
+    Cluster,
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -316,6 +316,7 @@ fn service_proto(name: &str, s: &ServiceSpec, backends: Vec<pb::Backend>) -> pb:
             ScenarioSpec::EipLoadBalancer => pb::AccessScenario::EipLoadBalancer,
             ScenarioSpec::EipServiceGateway => pb::AccessScenario::EipServiceGateway,
         } as i32,
+        external_traffic_local: s.external_traffic_policy == Some(TrafficPolicySpec::Local),
     }
 }
 

@@ -150,6 +150,8 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     // bucket until its port shows up (the port change recompiles). Nor can a
     // remote one that no tunnel reaches.
     let mut unready: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
+    // Backends on this DPU, for `externalTrafficPolicy: Local`.
+    let mut local: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
     for w in intent.workloads.values() {
         let Some(zone) = alloc.zone(&w.vpc) else {
             continue;
@@ -197,6 +199,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             unready.insert((w.vpc.as_str(), w.ip));
             continue;
         };
+        local.insert((w.vpc.as_str(), w.ip));
         d.add(
             CLASSIFY,
             100,
@@ -256,7 +259,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     }
 
     for s in intent.services.values() {
-        compile_service(d, s, alloc, &unready);
+        compile_service(d, s, alloc, &unready, &local);
     }
     compile_hosts(d, intent, alloc, facts, tunnel);
     out
@@ -337,6 +340,7 @@ fn compile_hosts(
                             .field("tp_dst", p.port),
                         Actions::new()
                             .set_reg(reg::VPC, u32::from(zone))
+                            .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
                             .goto(CONNTRACK),
                         sc,
                     );
@@ -434,6 +438,7 @@ fn compile_service(
     s: &Service,
     alloc: &Allocations,
     unready: &BTreeSet<(&str, Ipv4Addr)>,
+    local: &BTreeSet<(&str, Ipv4Addr)>,
 ) {
     let Some(zone) = alloc.zone(&s.vpc) else {
         return;
@@ -467,6 +472,7 @@ fn compile_service(
         let proto = port.protocol.as_str();
         let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
         let mut buckets = Vec::new();
+        let mut local_buckets = Vec::new();
         let ready = |b: &&dpu_model::Backend| !unready.contains(&(s.vpc.as_str(), b.ip));
         for b in s.backends.iter().filter(|b| b.weight > 0).filter(ready) {
             let ip = u32::from(b.ip);
@@ -486,6 +492,11 @@ fn compile_service(
             // with highest-random-weight, so equal buckets give a proportional split.
             for _ in 0..b.weight {
                 buckets.push(a.clone());
+            }
+            if local.contains(&(s.vpc.as_str(), b.ip)) {
+                for _ in 0..b.weight {
+                    local_buckets.push(a.clone());
+                }
             }
             d.add(
                 ENDPOINT_DNAT,
@@ -514,6 +525,21 @@ fn compile_service(
             vec!["ip_src", "ip_dst", src_field, dst_field]
         };
         let has_buckets = !buckets.is_empty();
+        let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;
+        let local_gid = gid | LOCAL_GROUP_BIT;
+        let has_local = external_local && !local_buckets.is_empty();
+        if has_local {
+            d.groups.insert(
+                local_gid,
+                Group {
+                    id: local_gid,
+                    hash_fields: hash_fields.clone(),
+                    buckets: local_buckets,
+                    owner: c,
+                    learns: s.affinity_timeout.is_some(),
+                },
+            );
+        }
         if has_buckets {
             d.groups.insert(
                 gid,
@@ -577,6 +603,22 @@ fn compile_service(
                 }
             };
             d.add(SERVICE_LB, 100, lb, actions, c);
+            if external_local {
+                // From outside the VPC (flagged by Classify): local backends only.
+                let ext = Match::new()
+                    .reg(reg::VPC, z)
+                    .reg_masked(reg::FLAGS, reg::FLAG_EXTERNAL, reg::FLAG_EXTERNAL)
+                    .kw("ct_state=+new+trk")
+                    .kw(proto)
+                    .ip_field("nw_dst", *vip)
+                    .field("tp_dst", port.port);
+                let act = if has_local {
+                    Actions::new().group(local_gid)
+                } else {
+                    Actions::drop()
+                };
+                d.add(SERVICE_LB, 105, ext, act, c);
+            }
         }
     }
 }

@@ -115,6 +115,9 @@ pub mod reg {
     pub const FLAGS: &str = "reg2";
     pub const FLAGS_NXM: &str = "NXM_NX_REG2";
     pub const FLAG_AFFINITY_HIT: u32 = 0x1;
+    /// Bit 1: the packet came from outside the VPC (the host's PF), for
+    /// `externalTrafficPolicy: Local`.
+    pub const FLAG_EXTERNAL: u32 = 0x2;
     /// The chosen endpoint's IPv4 address and port, set by a group bucket or an
     /// affinity entry and consumed by EndpointDnat.
     pub const EP_IP: &str = "reg3";
@@ -125,6 +128,11 @@ pub mod reg {
     /// above 16 bits, so it is never a VPC id (zones are 16 bits).
     pub const HOST_CONTEXT: u32 = 0x1_0000;
 }
+
+/// Set in the id of a Service port's second group, the one holding only the
+/// backends on this DPU (`externalTrafficPolicy: Local`). Allocated ids stay far
+/// below it, and OpenFlow group ids go up to 0xffffff00.
+pub const LOCAL_GROUP_BIT: u32 = 0x8000_0000;
 
 /// The MAC address the agent's distributed router answers with.
 pub const ROUTER_MAC: &str = "02:d9:00:00:00:01";

@@ -242,3 +242,30 @@ fn node_cluster_ip_serves_the_hosts_through_their_pf_and_nothing_else() -> Resul
     assert_eq!(direct.ok, 0, "a workload address: {direct:?}");
     Ok(())
 }
+
+#[test]
+fn external_traffic_policy_local_keeps_host_traffic_on_its_own_dpu() -> Result<()> {
+    let lab = two_dpus_with(
+        "mlocal",
+        "  scenario: NodeClusterIP\n  externalTrafficPolicy: Local",
+        true,
+    )?;
+    // Each host is served only by the backend on its own DPU ...
+    for (host, own, other) in [("host-1", "web-1", "web-2"), ("host-2", "web-2", "web-1")] {
+        let tcp = lab.client(host, &format!("{VIP}:80"), "tcp", 30)?;
+        let udp = lab.client(host, &format!("{VIP}:53"), "udp", 30)?;
+        for (what, r) in [("tcp", &tcp), ("udp", &udp)] {
+            assert_eq!(r.failed, 0, "{host} {what}: {r:?}");
+            assert_eq!(r.count_for(own), 30, "{host} {what}: {r:?}");
+            assert_eq!(r.count_for(other), 0, "{host} {what}: {r:?}");
+        }
+    }
+    // ... while pods in the VPC still use every backend.
+    let pod = lab.client("client", &format!("{VIP}:80"), "tcp", 60)?;
+    assert_eq!(pod.failed, 0, "{pod:?}");
+    assert!(
+        pod.count_for("web-1") > 0 && pod.count_for("web-2") > 0,
+        "{pod:?}"
+    );
+    Ok(())
+}

@@ -298,6 +298,7 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
         affinity_timeout,
         eip,
         scenario,
+        external_traffic_local: m.external_traffic_local,
     })
 }
 
@@ -517,6 +518,7 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
                 AccessScenario::EipLoadBalancer => pb::AccessScenario::EipLoadBalancer,
                 AccessScenario::EipServiceGateway => pb::AccessScenario::EipServiceGateway,
             } as i32,
+            external_traffic_local: s.external_traffic_local,
         }),
         Object::NetworkProbe(p) => O::NetworkProbe(pb::NetworkProbe {
             name: p.name.clone(),

@@ -209,6 +209,9 @@ pub struct Service {
     pub affinity_timeout: Option<u32>,
     pub eip: Option<Ipv4Addr>,
     pub scenario: AccessScenario,
+    /// `externalTrafficPolicy: Local`: traffic from outside the VPC goes only to
+    /// backends on the DPU it arrived at.
+    pub external_traffic_local: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
