@@ -235,6 +235,7 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
         ("{tunnelIP: 127.0.0.1}", "not a unicast underlay address"),
         ("{tunnelIP: nope}", "is not an IP address"),
         ("{tunnelIP: \"fd00::1\"}", "IPv6"),
+        ("{tunnelIP: 224.0.0.9}", "not a unicast underlay address"),
     ] {
         let e = one_error(good_plus(&format!(
             "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
@@ -259,14 +260,6 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
             "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
         )));
         assert_eq!(e.field.as_deref(), Some(field), "{e}");
-        assert!(e.message.contains(want), "{spec}: {e}");
-    }
-    for (spec, want) in [("{tunnelIP: 127.0.0.2}", "not a unicast underlay address")] {
-        let e = one_error(good_plus(&format!(
-            "{NODE}metadata: {{name: dpu-3}}\nspec: {spec}\n"
-        )));
-        assert_eq!(e.object.as_deref(), Some("DpuNode/dpu-3"), "{e}");
-        assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
         assert!(e.message.contains(want), "{spec}: {e}");
     }
     let e = one_error(good_plus(&format!(

@@ -119,6 +119,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
         affinity_timeout: None,
         eip: None,
         scenario: AccessScenario::ClusterIp,
+        external_traffic_local: false,
     }));
     assert_eq!(validate(&i), vec![]);
     i

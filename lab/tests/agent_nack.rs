@@ -78,6 +78,7 @@ fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
         affinity_timeout: None,
         eip: None,
         scenario: AccessScenario::ClusterIp,
+        external_traffic_local: false,
     })
 }
 

@@ -61,6 +61,7 @@ fn valid_objects() -> Vec<pb::Object> {
                 }),
                 eip: String::new(),
                 scenario: 1,
+                external_traffic_local: false,
             })),
         },
         pb::Object {
