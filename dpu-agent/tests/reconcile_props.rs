@@ -1,0 +1,796 @@
+//! Property tests of the reconciler against an in-memory switch.
+//!
+//! `MemorySwitch` implements `OpenFlowBackend` by applying each bundle, op by op
+//! in bundle order, to a copy of its tables and committing the copy only if every
+//! op was accepted (bundles are atomic). It refuses what OVS refuses, and one
+//! thing more strictly:
+//!
+//! * a flow whose actions name a group that does not exist (OVS:
+//!   `OFPBAC_BAD_OUT_GROUP`);
+//! * a flow in table 255;
+//! * deleting a group that a flow still names (OVS deletes those flows with it,
+//!   silently; refusing instead turns that ordering bug into a failed bundle).
+//!
+//! The properties: for random sequences of desired states (generated directly, or
+//! compiled from random intents), with agent restarts, refused bundles, leftovers
+//! of older incarnations and learned affinity entries in between,
+//!
+//! * every bundle is accepted, and afterwards the switch holds exactly the
+//!   desired flows (under the current round) and groups, nothing stale;
+//! * the reconciler's view equals what it applied, and planning the same state
+//!   again gives an empty bundle;
+//! * a refused bundle changes nothing, and the next apply converges;
+//! * no learned affinity entry survives a change to, or the removal of, the group
+//!   it was learned from, and entries of untouched services survive;
+//! * replaying the last state from nothing (a new switch), or after a restart on
+//!   the same switch, ends in the same tables.
+//!
+//! `PROPTEST_CASES=N` raises the number of cases (see docs/testing.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::{check_supported, compile, NodeFacts};
+use dpu_agent::flows::{DesiredState, FlowBody, FlowKey, Group};
+use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::pipeline::cookie::{
+    round_of, Category, Cookie, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT,
+};
+use dpu_agent::pipeline::{SESSION_AFFINITY, TABLES};
+use dpu_agent::reconcile::Reconciler;
+use dpu_model::*;
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+/// `cases` unless `PROPTEST_CASES` says otherwise. No regression files: a failure
+/// prints its minimal input, which belongs in a unit test. Shrinking is bounded
+/// so that a failure is reported within a minute.
+fn config(cases: u32) -> Config {
+    let mut c = Config {
+        failure_persistence: None,
+        max_shrink_time: 30_000,
+        ..Config::default()
+    };
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        c.cases = cases;
+    }
+    c
+}
+
+// ---- the in-memory switch -----------------------------------------------------------
+
+/// One installed flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Installed {
+    actions: String,
+    cookie: u64,
+}
+
+/// The switch's tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Tables {
+    flows: BTreeMap<FlowKey, Installed>,
+    groups: BTreeMap<u32, Group>,
+}
+
+/// The group ids an action list names (`group:N`).
+fn groups_named(actions: &str) -> Vec<u32> {
+    actions
+        .match_indices("group:")
+        .filter_map(|(at, _)| {
+            let digits: String = actions[at + 6..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+impl Tables {
+    fn apply(&mut self, op: &BundleOp) -> Result<(), String> {
+        match op {
+            BundleOp::PutGroup(g) => {
+                for b in &g.buckets {
+                    if let Some(id) = groups_named(b)
+                        .into_iter()
+                        .find(|id| !self.groups.contains_key(id))
+                    {
+                        return Err(format!("group {} bucket names missing group {id}", g.id));
+                    }
+                }
+                self.groups.insert(g.id, g.clone());
+            }
+            BundleOp::AddFlow { key, body, cookie } => {
+                if key.table == 255 {
+                    return Err("table 255 is not a flow table".into());
+                }
+                if let Some(id) = groups_named(&body.actions)
+                    .into_iter()
+                    .find(|id| !self.groups.contains_key(id))
+                {
+                    return Err(format!(
+                        "OFPBAC_BAD_OUT_GROUP: flow {key:?} names group {id}"
+                    ));
+                }
+                let installed = Installed {
+                    actions: body.actions.clone(),
+                    cookie: *cookie,
+                };
+                self.flows.insert(key.clone(), installed);
+            }
+            BundleOp::DeleteFlow(key) => {
+                self.flows.remove(key);
+            }
+            BundleOp::DeleteFlowsByCookie {
+                table,
+                cookie,
+                mask,
+            } => {
+                self.flows.retain(|k, f| {
+                    let hit =
+                        table.is_none_or(|t| t == k.table) && f.cookie & mask == cookie & mask;
+                    !hit
+                });
+            }
+            BundleOp::DeleteGroup(id) => {
+                if let Some((k, _)) = self
+                    .flows
+                    .iter()
+                    .find(|(_, f)| groups_named(&f.actions).contains(id))
+                {
+                    return Err(format!("group {id} is still named by flow {k:?}"));
+                }
+                self.groups.remove(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A switch shared between the test and the reconciler's backend handle.
+#[derive(Debug, Clone, Default)]
+struct MemorySwitch {
+    tables: Arc<Mutex<Tables>>,
+    refuse_next: Arc<Mutex<bool>>,
+}
+
+impl MemorySwitch {
+    fn snapshot(&self) -> Tables {
+        self.tables.lock().unwrap().clone()
+    }
+
+    /// Traffic through every learning group leaves an affinity entry, as the
+    /// `learn` action would: round 0, the owner's learned cookie.
+    fn learn(&self, serial: u32) {
+        let mut t = self.tables.lock().unwrap();
+        let learning: Vec<Group> = t.groups.values().filter(|g| g.learns).cloned().collect();
+        for g in learning {
+            let key = FlowKey {
+                table: SESSION_AFFINITY.id,
+                priority: 100,
+                matches: format!("learned,group={},n={serial}", g.id),
+            };
+            let entry = Installed {
+                actions: "load:0x1->NXM_NX_REG2[0]".into(),
+                cookie: g.owner.learned().value(0),
+            };
+            t.flows.insert(key, entry);
+        }
+    }
+}
+
+impl OpenFlowBackend for MemorySwitch {
+    async fn apply(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
+        if std::mem::take(&mut *self.refuse_next.lock().unwrap()) {
+            return Err(OpenFlowError::Rejected("refused by the test".into()));
+        }
+        let mut tables = self.tables.lock().unwrap();
+        let mut next = tables.clone();
+        for (i, op) in ops.iter().enumerate() {
+            next.apply(op)
+                .map_err(|e| OpenFlowError::Rejected(format!("op #{i}: {e}")))?;
+        }
+        *tables = next;
+        Ok(())
+    }
+
+    async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
+        let t = self.tables.lock().unwrap();
+        Ok(InstalledSummary {
+            cookies: t.flows.values().map(|f| f.cookie).collect(),
+            group_ids: t.groups.keys().copied().collect(),
+            flows: t.flows.len(),
+        })
+    }
+}
+
+fn is_learned(f: &Installed) -> bool {
+    (f.cookie & CATEGORY_MASK) >> CATEGORY_SHIFT == Category::AffinityLearned as u64
+        && round_of(f.cookie) == 0
+}
+
+/// The switch holds exactly `desired` under `round`, besides learned entries.
+fn assert_holds(t: &Tables, desired: &DesiredState, round: u16) -> Result<(), TestCaseError> {
+    let flows: BTreeMap<&FlowKey, &Installed> =
+        t.flows.iter().filter(|(_, f)| !is_learned(f)).collect();
+    let want: BTreeMap<&FlowKey, Installed> = desired
+        .flows
+        .iter()
+        .map(|(k, b)| {
+            let installed = Installed {
+                actions: b.actions.clone(),
+                cookie: b.cookie.value(round),
+            };
+            (k, installed)
+        })
+        .collect();
+    let want: BTreeMap<&FlowKey, &Installed> = want.iter().map(|(k, f)| (*k, f)).collect();
+    prop_assert_eq!(flows, want, "flows differ from the desired state");
+    prop_assert_eq!(
+        &t.groups,
+        &desired.groups,
+        "groups differ from the desired state"
+    );
+    Ok(())
+}
+
+/// Tables with rounds taken out of cookies, to compare incarnations.
+fn without_rounds(t: &Tables) -> Tables {
+    let mut t = t.clone();
+    t.flows.retain(|_, f| !is_learned(f));
+    for f in t.flows.values_mut() {
+        f.cookie &= !ROUND_MASK;
+    }
+    t
+}
+
+// ---- what a run does ------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// Apply this desired state.
+    Apply(DesiredState),
+    /// The switch refuses the next bundle.
+    RefuseNext,
+    /// Traffic leaves affinity entries for every learning group.
+    Learn,
+    /// A new agent incarnation on the same switch.
+    Restart,
+    /// The reconciler is told the switch may have changed under it.
+    Forget,
+}
+
+/// Runs `events` against a switch that starts with `leftovers`, checking every
+/// property after every step.
+fn run(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseError> {
+    futures_block_on(run_async(leftovers, events))
+}
+
+fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+async fn run_async(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseError> {
+    let sw = MemorySwitch::default();
+    *sw.tables.lock().unwrap() = leftovers;
+    let mut r = Reconciler::start(sw.clone()).await.unwrap();
+    let mut fresh = true; // no bundle landed since the last (re)start
+    let mut last: Option<DesiredState> = None;
+    let mut learned_from: BTreeMap<FlowKey, Group> = BTreeMap::new();
+    let mut serial = 0;
+    for (step, event) in events.iter().enumerate() {
+        match event {
+            Event::Apply(desired) => {
+                let before = sw.snapshot();
+                let view_before = r.installed().cloned();
+                let refused = *sw.refuse_next.lock().unwrap();
+                match r.apply(desired).await {
+                    Ok(stats) => {
+                        prop_assert!(!refused);
+                        let after = sw.snapshot();
+                        assert_holds(&after, desired, r.round())?;
+                        prop_assert_eq!(r.installed(), Some(desired));
+                        prop_assert!(r.plan(desired).is_empty(), "a second plan is not empty");
+                        prop_assert!(
+                            stats.ops > 0 || view_before.as_ref() == Some(desired) || fresh
+                        );
+                        check_affinity(
+                            &before,
+                            &after,
+                            &mut learned_from,
+                            view_before.as_ref(),
+                            desired,
+                            fresh,
+                        )?;
+                        learned_from.retain(|k, _| after.flows.contains_key(k));
+                        last = Some(desired.clone());
+                        fresh = false;
+                    }
+                    Err(e) => {
+                        prop_assert!(
+                            refused,
+                            "step {}: the switch rejected a bundle: {}",
+                            step,
+                            e
+                        );
+                        prop_assert_eq!(
+                            sw.snapshot(),
+                            before,
+                            "a refused bundle changed the switch"
+                        );
+                        prop_assert_eq!(r.installed().cloned(), view_before);
+                    }
+                }
+            }
+            Event::RefuseNext => *sw.refuse_next.lock().unwrap() = true,
+            Event::Learn => {
+                serial += 1;
+                sw.learn(serial);
+                let t = sw.snapshot();
+                for (k, f) in &t.flows {
+                    if is_learned(f) && k.matches.ends_with(&format!("n={serial}")) {
+                        let id: u32 = k.matches["learned,group=".len()..]
+                            .split(',')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        learned_from.insert(k.clone(), t.groups[&id].clone());
+                    }
+                }
+            }
+            Event::Restart => {
+                *sw.refuse_next.lock().unwrap() = false;
+                r = Reconciler::start(sw.clone()).await.unwrap();
+                fresh = true;
+            }
+            Event::Forget => {
+                r.forget_installed().await.unwrap();
+                fresh = true;
+            }
+        }
+    }
+
+    let Some(last) = last else { return Ok(()) };
+    *sw.refuse_next.lock().unwrap() = false;
+    // A new incarnation on the same switch converges and leaves nothing stale.
+    let mut again = Reconciler::start(sw.clone()).await.unwrap();
+    again
+        .apply(&last)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    assert_holds(&sw.snapshot(), &last, again.round())?;
+    // From nothing: the same tables, rounds aside.
+    let empty = MemorySwitch::default();
+    let mut replay = Reconciler::start(empty.clone()).await.unwrap();
+    replay
+        .apply(&last)
+        .await
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(
+        without_rounds(&empty.snapshot()),
+        without_rounds(&sw.snapshot())
+    );
+    Ok(())
+}
+
+/// Learned entries: none may outlive a change to the group it was learned from;
+/// while the reconciler knows what it installed, entries whose owner's learning
+/// groups all stayed the same are kept.
+fn check_affinity(
+    before: &Tables,
+    after: &Tables,
+    learned_from: &mut BTreeMap<FlowKey, Group>,
+    view_before: Option<&DesiredState>,
+    desired: &DesiredState,
+    fresh: bool,
+) -> Result<(), TestCaseError> {
+    let mut stale_by_gap = Vec::new();
+    for (k, origin) in learned_from.iter() {
+        if !before.flows.contains_key(k) {
+            continue;
+        }
+        let kept = after.flows.contains_key(k);
+        let unchanged = desired.groups.get(&origin.id) == Some(origin);
+        if kept && !unchanged && fresh {
+            // Known gap: the first bundle after a (re)start does not flush affinity
+            // entries; see `restart_flushes_affinity_of_changed_groups` below. Such
+            // an entry is stale from here on, so it is not checked again.
+            stale_by_gap.push(k.clone());
+            continue;
+        }
+        prop_assert!(
+            !kept || unchanged,
+            "affinity entry {:?} survived a change to group {}",
+            k,
+            origin.id
+        );
+        if let (Some(view), false) = (view_before, fresh) {
+            let owner_untouched = view
+                .groups
+                .values()
+                .filter(|g| g.learns && g.owner == origin.owner)
+                .all(|g| desired.groups.get(&g.id) == Some(g));
+            prop_assert!(
+                kept || !owner_untouched,
+                "affinity entry {:?} of an untouched service was flushed",
+                k
+            );
+        }
+    }
+    for k in stale_by_gap {
+        learned_from.remove(&k);
+    }
+    Ok(())
+}
+
+// ---- random desired states --------------------------------------------------------------
+
+const OWNERS: [&str; 3] = ["svc-a", "svc-b", "svc-c"];
+
+fn group(id: u32) -> impl Strategy<Value = Group> {
+    (
+        any::<bool>(),
+        proptest::collection::vec(
+            prop::sample::select(vec![
+                "set_field:0xa000001->reg3,resubmit(,45)",
+                "set_field:0xa000002->reg3,resubmit(,45)",
+                "set_field:0xa000003->reg3,resubmit(,43)",
+            ]),
+            0..4,
+        ),
+        0..OWNERS.len(),
+        any::<bool>(),
+    )
+        .prop_map(move |(affinity, buckets, owner, learns)| Group {
+            id,
+            hash_fields: if affinity {
+                vec!["ip_src"]
+            } else {
+                vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
+            },
+            buckets: buckets.into_iter().map(str::to_string).collect(),
+            owner: Cookie::new(Category::Service, OWNERS[owner]),
+            learns,
+        })
+}
+
+fn desired_state() -> impl Strategy<Value = DesiredState> {
+    let groups = proptest::collection::btree_set(1..=6u32, 0..4).prop_flat_map(|ids| {
+        ids.into_iter()
+            .map(group)
+            .collect::<Vec<_>>()
+            .prop_map(|gs| {
+                gs.into_iter()
+                    .map(|g| (g.id, g))
+                    .collect::<BTreeMap<_, _>>()
+            })
+    });
+    groups.prop_flat_map(|groups| {
+        let ids: Vec<u32> = groups.keys().copied().collect();
+        let mut actions = vec![
+            "drop".to_string(),
+            "output:1".to_string(),
+            "resubmit(,45)".to_string(),
+        ];
+        actions.extend(ids.iter().map(|id| format!("group:{id}")));
+        actions.extend(ids.iter().map(|id| format!("resubmit(,41),group:{id}")));
+        let key = (
+            prop::sample::select(TABLES.iter().map(|t| t.id).collect::<Vec<_>>()),
+            prop::sample::select(vec![0u16, 100, 200]),
+            prop::sample::select(vec!["", "ip", "arp", "reg0=0x1,ip", "tcp,tp_dst=80"]),
+        )
+            .prop_map(|(table, priority, matches)| FlowKey {
+                table,
+                priority,
+                matches: matches.to_string(),
+            });
+        let category = prop::sample::select(vec![
+            Category::Pipeline,
+            Category::Vpc,
+            Category::Workload,
+            Category::Service,
+            Category::Endpoint,
+        ]);
+        let body = (prop::sample::select(actions), category, 0..OWNERS.len()).prop_map(
+            |(actions, category, owner)| FlowBody {
+                actions,
+                cookie: Cookie::new(category, OWNERS[owner]),
+            },
+        );
+        proptest::collection::btree_map(key, body, 0..12).prop_map(move |flows| DesiredState {
+            flows,
+            groups: groups.clone(),
+        })
+    })
+}
+
+fn event(state: BoxedStrategy<DesiredState>) -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => state.prop_map(Event::Apply),
+        1 => Just(Event::RefuseNext),
+        2 => Just(Event::Learn),
+        1 => Just(Event::Restart),
+        1 => Just(Event::Forget),
+    ]
+}
+
+/// What older incarnations left: flows under other rounds (some naming groups),
+/// groups, and learned entries, which carry round 0.
+fn leftovers() -> impl Strategy<Value = Tables> {
+    let stale_round = prop::sample::select(vec![1u16, 2, 7, 0xfffe, 0xffff]);
+    let flow = (
+        stale_round,
+        prop::sample::select(vec![0u8, 30, 40, 41]),
+        prop::sample::select(vec!["", "ip", "arp", "old"]),
+        proptest::option::of(1..=8u32),
+        any::<bool>(),
+    );
+    (
+        proptest::collection::btree_set(1..=8u32, 0..3),
+        proptest::collection::vec(flow, 0..6),
+    )
+        .prop_map(|(group_ids, flows)| {
+            let mut t = Tables::default();
+            for id in group_ids {
+                let g = Group {
+                    id,
+                    hash_fields: vec!["ip_src"],
+                    buckets: vec!["resubmit(,45)".into()],
+                    owner: Cookie::new(Category::Service, "old"),
+                    learns: false,
+                };
+                t.groups.insert(id, g);
+            }
+            for (round, table, matches, group, learned) in flows {
+                let key = FlowKey {
+                    table,
+                    priority: 50,
+                    matches: matches.into(),
+                };
+                let (actions, cookie) = if learned {
+                    let c = Cookie::new(Category::Service, "old").learned();
+                    ("load:0x1->NXM_NX_REG2[0]".to_string(), c.value(0))
+                } else {
+                    let actions = match group.filter(|g| t.groups.contains_key(g)) {
+                        Some(g) => format!("group:{g}"),
+                        None => "drop".into(),
+                    };
+                    let c = Cookie::new(Category::Vpc, "old").value(0)
+                        | (u64::from(round) << ROUND_SHIFT);
+                    (actions, c)
+                };
+                t.flows.insert(key, Installed { actions, cookie });
+            }
+            t
+        })
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    /// Random desired flow/group sets with restarts, refusals, leftovers and
+    /// learned entries in between.
+    #[test]
+    fn random_desired_states_converge(
+        leftovers in leftovers(),
+        events in proptest::collection::vec(event(desired_state().boxed()), 1..14),
+    ) {
+        run(leftovers, &events)?;
+    }
+}
+
+// ---- random intents through the real compiler ------------------------------------
+
+/// A consistent intent on node `dpu-1`, and the ports its switch has.
+fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> {
+    let workload = (0..2usize, any::<bool>(), any::<bool>());
+    let service = (
+        0..2usize,
+        proptest::collection::btree_set(
+            (0..2usize, prop::sample::select(vec![53u16, 80, 443])),
+            1..3,
+        ),
+        proptest::collection::vec((0..8usize, 0..4u32), 0..5),
+        any::<bool>(),
+    );
+    (
+        1..=2usize,
+        proptest::collection::vec(workload, 0..6),
+        proptest::collection::vec(service, 0..4),
+    )
+        .prop_map(|(vpcs, workloads, services)| {
+            let mut intent = Intent::default();
+            let mut ports = BTreeMap::new();
+            for v in 0..vpcs {
+                let vpc = format!("vpc-{v}");
+                intent.upsert(Object::Vpc(Vpc {
+                    name: vpc.clone(),
+                    vni: v as u32 + 100,
+                }));
+                intent.upsert(Object::Subnet(Subnet {
+                    name: format!("net-{v}"),
+                    vpc,
+                    cidr: format!("10.{v}.0.0/24").parse().unwrap(),
+                    gateway: Ipv4Addr::new(10, v as u8, 0, 1),
+                    node_blocks: Vec::new(),
+                }));
+            }
+            for (i, (v, local, plugged)) in workloads.into_iter().enumerate() {
+                let v = v % vpcs;
+                let name = format!("w-{i}");
+                let port = format!("port-{i}");
+                if local && plugged {
+                    ports.insert(port.clone(), i as u32 + 1);
+                }
+                intent.upsert(Object::Workload(Workload {
+                    name,
+                    kind: WorkloadKind::Pod,
+                    vpc: format!("vpc-{v}"),
+                    ip: Ipv4Addr::new(10, v as u8, 0, 10 + i as u8),
+                    mac: Some(Mac([2, 0, 0, 0, v as u8, i as u8])),
+                    labels: BTreeMap::new(),
+                    node: if local { "dpu-1" } else { "dpu-2" }.into(),
+                    port,
+                }));
+            }
+            for (s, (v, svc_ports, backends, affinity)) in services.into_iter().enumerate() {
+                let v = v % vpcs;
+                let mut seen = BTreeSet::new();
+                let backends = backends
+                    .into_iter()
+                    .filter(|(host, _)| seen.insert(*host))
+                    .map(|(host, weight)| Backend {
+                        // Hosts 10..15 are workloads (when they exist), 16.. are not.
+                        ip: Ipv4Addr::new(10, v as u8, 0, 10 + host as u8),
+                        weight,
+                        workload: None,
+                    })
+                    .collect();
+                let protocols = [Protocol::Tcp, Protocol::Udp];
+                intent.upsert(Object::Service(Service {
+                    name: format!("svc-{s}"),
+                    vpc: format!("vpc-{v}"),
+                    cluster_ips: vec![Ipv4Addr::new(10, 96, v as u8, s as u8 + 1)],
+                    ports: svc_ports
+                        .into_iter()
+                        .map(|(p, port)| ServicePort {
+                            name: String::new(),
+                            protocol: protocols[p],
+                            port,
+                            target_port: port + 8000,
+                        })
+                        .collect(),
+                    backends,
+                    affinity_timeout: affinity.then_some(60),
+                    eip: None,
+                    scenario: AccessScenario::ClusterIp,
+                    external_traffic_local: false,
+                }));
+            }
+            (intent, ports)
+        })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Random sequences of intents, compiled as the agent does (ids kept by
+    /// `Allocations::update`), converge the same way.
+    #[test]
+    fn compiled_intents_converge(
+        leftovers in leftovers(),
+        steps in proptest::collection::vec(
+            prop_oneof![
+                6 => intent_and_ports().prop_map(Some),
+                1 => Just(None),
+            ],
+            1..8,
+        ),
+        extras in proptest::collection::vec(
+            prop::sample::select(vec![Event::RefuseNext, Event::Learn, Event::Restart, Event::Forget]),
+            8,
+        ),
+    ) {
+        let mut alloc = Allocations::default();
+        let mut events = Vec::new();
+        for (step, extra) in steps.into_iter().zip(extras) {
+            match step {
+                Some((intent, ports)) => {
+                    prop_assert_eq!(validate(&intent), vec![], "the generator must be consistent");
+                    prop_assert_eq!(check_supported(&intent, "dpu-1"), vec![]);
+                    alloc = alloc.update(&intent).unwrap();
+                    let facts = NodeFacts { node: "dpu-1".into(), ports, host_port: None };
+                    events.push(Event::Apply(compile(&intent, &alloc, &facts).desired));
+                    events.push(Event::Learn);
+                }
+                None => events.push(extra),
+            }
+        }
+        run(leftovers, &events)?;
+    }
+}
+
+/// The gap the properties step around: after a restart, the first bundle keeps
+/// affinity entries learned from a group whose buckets it changes, so clients
+/// stay pinned to a backend that may be gone (until the entry idles out, which
+/// their retries prevent).
+#[test]
+#[ignore = "known gap: the first bundle after a restart does not flush affinity entries"]
+fn restart_flushes_affinity_of_changed_groups() {
+    let owner = Cookie::new(Category::Service, "YusurService/web");
+    let group = |bucket: &str| Group {
+        id: 1,
+        hash_fields: vec!["ip_src"],
+        buckets: vec![bucket.to_string()],
+        owner,
+        learns: true,
+    };
+    let state = |bucket: &str| DesiredState {
+        flows: BTreeMap::new(),
+        groups: [(1, group(bucket))].into(),
+    };
+    futures_block_on(async {
+        let sw = MemorySwitch::default();
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&state("set_field:0xa000001->reg3,resubmit(,43)"))
+            .await
+            .unwrap();
+        sw.learn(1);
+        // The agent restarts while the backend 10.0.0.1 is replaced by 10.0.0.2.
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&state("set_field:0xa000002->reg3,resubmit(,43)"))
+            .await
+            .unwrap();
+        let stale: Vec<_> = sw
+            .snapshot()
+            .flows
+            .into_iter()
+            .filter(|(_, f)| is_learned(f))
+            .collect();
+        assert_eq!(stale, vec![], "affinity to the old backend survived");
+    });
+}
+
+/// The fake switch itself refuses what it must, so the properties can fail.
+#[test]
+fn memory_switch_refuses_ordering_mistakes() {
+    let g = Group {
+        id: 3,
+        hash_fields: vec!["ip_src"],
+        buckets: vec!["resubmit(,45)".into()],
+        owner: Cookie::new(Category::Service, "s"),
+        learns: false,
+    };
+    let key = FlowKey {
+        table: 40,
+        priority: 100,
+        matches: "ip".into(),
+    };
+    let add = BundleOp::AddFlow {
+        key: key.clone(),
+        body: FlowBody {
+            actions: "resubmit(,41),group:3".into(),
+            cookie: g.owner,
+        },
+        cookie: 1,
+    };
+    let mut t = Tables::default();
+    assert!(t.apply(&add).is_err(), "a flow naming a missing group");
+    t.apply(&BundleOp::PutGroup(g)).unwrap();
+    t.apply(&add).unwrap();
+    assert!(
+        t.apply(&BundleOp::DeleteGroup(3)).is_err(),
+        "a group still named"
+    );
+    t.apply(&BundleOp::DeleteFlow(key)).unwrap();
+    t.apply(&BundleOp::DeleteGroup(3)).unwrap();
+    assert_eq!(t, Tables::default());
+    assert_eq!(groups_named("group:12,resubmit(,41),group:3"), vec![12, 3]);
+}
