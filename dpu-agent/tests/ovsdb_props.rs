@@ -209,7 +209,6 @@ proptest! {
     /// The bound is exact: a message longer than `max_message_bytes` is refused,
     /// one of that length or shorter is returned.
     #[test]
-    #[ignore = "FrameDecoder accepts a message of max_message_bytes + 1 (framing.rs checks the size after the closing byte)"]
     fn the_size_bound_is_exact(msg in message(), slack in 0..3usize) {
         let text = msg.to_string();
         let max = (text.len() + slack).saturating_sub(1).max(1);

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use dpu_proto::v1 as pb;
 use ipnet::Ipv4Net;
 
-use crate::limits::{MAX_LABELS, MAX_NAME_LEN};
+use crate::limits::{MAX_BACKENDS, MAX_LABELS, MAX_NAME_LEN, MAX_PORTS};
 use crate::types::*;
 use crate::ObjectError;
 
@@ -211,6 +211,20 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
         .collect::<Result<Vec<_>, _>>()?;
     if m.ports.is_empty() {
         return Err(c.err("spec.ports", "at least one port is required"));
+    }
+    // Counts first: the duplicate checks below are quadratic, so an absurd list
+    // is refused before they run.
+    if m.ports.len() > MAX_PORTS {
+        return Err(c.err(
+            "spec.ports",
+            format!("{} ports; at most {MAX_PORTS}", m.ports.len()),
+        ));
+    }
+    if m.backends.len() > MAX_BACKENDS {
+        return Err(c.err(
+            "spec.backends",
+            format!("{} backends; at most {MAX_BACKENDS}", m.backends.len()),
+        ));
     }
     let mut ports: Vec<ServicePort> = Vec::with_capacity(m.ports.len());
     for (i, p) in m.ports.iter().enumerate() {

@@ -147,3 +147,34 @@ fn mutated_valid_messages_never_panic_and_errors_name_a_field() {
         "the mutations should be rejected often; got {rejected}"
     );
 }
+
+/// An absurd backend list (100,000 entries) is refused by its count, before the
+/// per-entry duplicate check (quadratic) runs: the error is the count's, not a
+/// per-entry one.
+#[test]
+fn an_absurd_backend_count_is_refused_by_the_count_first() {
+    let backends = (0..100_000u32)
+        .map(|i| pb::Backend {
+            ip: std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(),
+            weight: 1,
+            workload: String::new(),
+        })
+        .collect();
+    let svc = pb::Service {
+        name: "big".into(),
+        vpc: "vpc-a".into(),
+        cluster_ips: vec!["10.96.0.10".into()],
+        ports: vec![pb::ServicePort {
+            name: "http".into(),
+            protocol: 1,
+            port: 80,
+            target_port: 8080,
+        }],
+        backends,
+        scenario: 1,
+        ..Default::default()
+    };
+    let e = dpu_model::service_from_proto(&svc).unwrap_err();
+    assert_eq!(e.field, "spec.backends", "{e}");
+    assert!(e.message.contains("100000 backends; at most"), "{e}");
+}

@@ -76,6 +76,12 @@ impl FrameDecoder {
                     }
                 },
                 Some(start) => {
+                    // Every byte of the message counts, the closing one too.
+                    if self.scan + 1 - start > self.max_message_bytes {
+                        return Err(OvsdbError::MessageTooLarge {
+                            limit: self.max_message_bytes,
+                        });
+                    }
                     if self.in_string {
                         if self.escaped {
                             self.escaped = false;
@@ -98,11 +104,6 @@ impl FrameDecoder {
                             self.consumed = end;
                             return self.parse(start, end).map(Some);
                         }
-                    }
-                    if self.scan + 1 - start > self.max_message_bytes {
-                        return Err(OvsdbError::MessageTooLarge {
-                            limit: self.max_message_bytes,
-                        });
                     }
                 }
             }
