@@ -172,17 +172,8 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             d.add(
                 L3_FORWARD,
                 100,
-                Match::new()
-                    .reg(reg::VPC, z)
-                    .kw("ip")
-                    .ip_field("nw_dst", w.ip),
-                Actions::new()
-                    .set_field(ROUTER_MAC, "eth_src")
-                    .set_field(
-                        w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()),
-                        "eth_dst",
-                    )
-                    .raw("dec_ttl")
+                to_address(z, w.ip),
+                routed_to(w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()))
                     .set_field(vpc.vni, "tun_id")
                     .set_field(node.tunnel_ip, "tun_dst")
                     .output(t),
@@ -245,15 +236,8 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         d.add(
             L3_FORWARD,
             100,
-            Match::new()
-                .reg(reg::VPC, z)
-                .kw("ip")
-                .ip_field("nw_dst", w.ip),
-            Actions::new()
-                .set_field(ROUTER_MAC, "eth_src")
-                .set_field(mac, "eth_dst")
-                .raw("dec_ttl")
-                .output(ofport),
+            to_address(z, w.ip),
+            routed_to(mac).output(ofport),
             c,
         );
     }
@@ -356,14 +340,8 @@ fn compile_hosts(
         for n in intent.nodes.values() {
             let Some((hip, hmac)) = n.host else { continue };
             let c = Cookie::new(Category::Node, &n.name);
-            let to_host = Match::new()
-                .reg(reg::VPC, u32::from(zone))
-                .kw("ip")
-                .ip_field("nw_dst", hip);
-            let rewrite = Actions::new()
-                .set_field(ROUTER_MAC, "eth_src")
-                .set_field(hmac, "eth_dst")
-                .raw("dec_ttl");
+            let to_host = to_address(u32::from(zone), hip);
+            let rewrite = routed_to(hmac);
             if n.name == facts.node {
                 if let Some((&hport, _)) = local {
                     d.add(L3_FORWARD, 100, to_host, rewrite.output(hport), c);
@@ -382,6 +360,23 @@ fn compile_hosts(
             }
         }
     }
+}
+
+/// L3Forward's match for one destination address in a VPC.
+fn to_address(vpc: u32, ip: Ipv4Addr) -> Match {
+    Match::new()
+        .reg(reg::VPC, vpc)
+        .kw("ip")
+        .ip_field("nw_dst", ip)
+}
+
+/// The distributed router's rewrite toward `mac`: the router MAC as source,
+/// `dec_ttl`. The caller adds where it goes.
+fn routed_to(mac: impl std::fmt::Display) -> Actions {
+    Actions::new()
+        .set_field(ROUTER_MAC, "eth_src")
+        .set_field(mac, "eth_dst")
+        .raw("dec_ttl")
 }
 
 fn pipeline_misses(d: &mut DesiredState) {

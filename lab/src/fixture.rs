@@ -333,12 +333,10 @@ impl Lab {
     /// Starts `lab-echo --name <host>` on the given ports inside the host.
     pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let log = self.log(&format!("echo-{name}"));
-        let h = self
-            .hosts
+        self.hosts
             .get_mut(name)
-            .ok_or_else(|| anyhow!("no host {name}"))?;
-        h.echo = Some(traffic::start_echo(&h.ns, name, tcp, udp, &log)?);
-        Ok(())
+            .ok_or_else(|| anyhow!("no host {name}"))?
+            .start_echo(name, tcp, udp, &log)
     }
 
     pub fn host(&self, name: &str) -> Result<&Host> {
@@ -527,6 +525,14 @@ fn require_root() -> Result<()> {
 }
 
 /// The last 60 lines of a log, for error messages.
+impl Host {
+    /// Starts `lab-echo --name <name>` on the given ports inside the host.
+    pub fn start_echo(&mut self, name: &str, tcp: &[u16], udp: &[u16], log: &Path) -> Result<()> {
+        self.echo = Some(traffic::start_echo(&self.ns, name, tcp, udp, log)?);
+        Ok(())
+    }
+}
+
 /// What an agent's config file names.
 #[derive(Debug)]
 pub struct AgentFiles<'a> {

@@ -281,12 +281,11 @@ impl MultiLab {
 
     pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let log = self.log(&format!("echo-{name}"));
-        let h = self
-            .hosts
+        self.hosts
             .get_mut(name)
-            .ok_or_else(|| anyhow!("no host {name}"))?;
-        h.host.echo = Some(traffic::start_echo(&h.host.ns, name, tcp, udp, &log)?);
-        Ok(())
+            .ok_or_else(|| anyhow!("no host {name}"))?
+            .host
+            .start_echo(name, tcp, udp, &log)
     }
 
     /// Runs `lab-client` in host `from`: `count` requests, 1.5 s timeout each.
