@@ -282,7 +282,16 @@ pub async fn serve(
         let current = current.clone();
         tokio::spawn(async move {
             loop {
-                let conn = listener.accept().await.map(|(s, _)| s);
+                let conn = match listener.accept().await {
+                    Ok((s, _)) => Ok(s),
+                    Err(e) => {
+                        // Out of descriptors and the like: not this connection's
+                        // fault, and retrying at once would spin.
+                        tracing::warn!(error = %e, "shim service: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 // Before the first certificate (enrolling) a connection waits
                 // for it, up to the shim's own patience; then it is closed.
                 let deadline = tokio::time::Instant::now() + FIRST_IDENTITY_WAIT;
