@@ -249,7 +249,40 @@ impl Header {
 
 /// Parses one manifest file. `file` is the name used in errors. Returns every
 /// document that parsed, or every error found; a YAML syntax error ends the file.
+/// Flow collections (`{`, `[`) nested deeper than this are refused before the YAML
+/// parser sees them: its scanner takes time quadratic in the nesting depth
+/// (yaml/yaml-serde#1), and the typed parse refuses more than 128 levels anyway.
+/// Brackets are counted everywhere, in quoted strings and comments too, so the
+/// bound is conservative; no manifest comes near it.
+pub const MAX_FLOW_NESTING: usize = 256;
+
+/// The line where flow nesting first exceeds [`MAX_FLOW_NESTING`], if it does.
+fn flow_nesting_too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    for b in text.bytes() {
+        match b {
+            b'\n' => line += 1,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_FLOW_NESTING {
+                    return Some(line);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 pub fn parse_file(file: &str, text: &str) -> Result<Vec<Doc>, Vec<IntentError>> {
+    if let Some(line) = flow_nesting_too_deep(text) {
+        return Err(vec![IntentError::file(
+            file,
+            Some(line),
+            format!("flow collections ({{ or [) nested more than {MAX_FLOW_NESTING} deep; refused before parsing"),
+        )]);
+    }
     // Pass 1: find the documents and their kind and name, and catch syntax errors
     // before any typed parse. (After a syntax error the YAML parser keeps
     // returning the same error, so stop at the first.)
