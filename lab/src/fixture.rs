@@ -128,9 +128,7 @@ impl Lab {
 
     /// Runs `dpu-controller ARGS` to completion.
     pub fn controller_cmd(&self, args: &[&str]) -> Result<String> {
-        let mut c = Command::new(bin("dpu-controller")?);
-        c.args(args);
-        run_checked(c, Duration::from_secs(30))
+        controller_cmd(args)
     }
 
     /// Issues a node certificate into `out` (NAME.pem, NAME.key, ca.pem).
@@ -148,11 +146,7 @@ impl Lab {
     }
 
     pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
-        // Write then rename, so the controller never reads half a file.
-        let tmp = self.path(&format!("{file}.tmp"));
-        fs::write(&tmp, yaml)?;
-        fs::rename(&tmp, self.intent_dir().join(file))?;
-        Ok(())
+        write_manifest_into(&self.intent_dir(), file, yaml)
     }
 
     pub fn remove_manifest(&self, file: &str) -> Result<()> {
@@ -269,13 +263,7 @@ impl Lab {
 
     /// `dpu-controller status --json`.
     pub fn status(&self) -> Result<serde_json::Value> {
-        let out = self.controller_cmd(&[
-            "status",
-            "--state-dir",
-            &self.ctl_state().display().to_string(),
-            "--json",
-        ])?;
-        serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
+        controller_status(&self.ctl_state())
     }
 
     /// The node's entry in the status.
@@ -607,6 +595,34 @@ pub fn start_controller_process(
         );
     }
     Ok(child)
+}
+
+/// Runs `dpu-controller ARGS` to completion.
+pub fn controller_cmd(args: &[&str]) -> Result<String> {
+    let mut c = Command::new(bin("dpu-controller")?);
+    c.args(args);
+    run_checked(c, Duration::from_secs(30))
+}
+
+/// `dpu-controller status --state-dir STATE --json`.
+pub fn controller_status(state: &Path) -> Result<serde_json::Value> {
+    let out = controller_cmd(&[
+        "status",
+        "--state-dir",
+        &state.display().to_string(),
+        "--json",
+    ])?;
+    serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
+}
+
+/// Writes a manifest into the intent directory: a temporary file (ignored by
+/// the controller, which reads `*.yaml`) renamed into place, so the controller
+/// never reads half a file.
+pub fn write_manifest_into(intent: &Path, file: &str, yaml: &str) -> Result<()> {
+    let tmp = intent.join(format!(".{file}.tmp"));
+    fs::write(&tmp, yaml)?;
+    fs::rename(&tmp, intent.join(file))?;
+    Ok(())
 }
 
 /// The entry of `node` in `dpu-controller status --json`.

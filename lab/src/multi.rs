@@ -14,9 +14,10 @@ use tempfile::TempDir;
 
 use crate::fabric::Fabric;
 use crate::fixture::{
-    agent_config_text, node_status_of, start_controller_process, tail, AgentFiles, Host,
+    agent_config_text, controller_cmd, controller_status, node_status_of, start_controller_process,
+    tail, write_manifest_into, AgentFiles, Host,
 };
-use crate::process::{run_checked, spawn_logged, wait_until, Child};
+use crate::process::{spawn_logged, wait_until, Child};
 use crate::traffic::{self, TrafficResult};
 
 /// A workload host and the DPU it is attached to.
@@ -102,9 +103,7 @@ impl MultiLab {
     }
 
     pub fn controller_cmd(&self, args: &[&str]) -> Result<String> {
-        let mut c = Command::new(traffic::lab_bin("dpu-controller")?);
-        c.args(args);
-        run_checked(c, Duration::from_secs(30))
+        controller_cmd(args)
     }
 
     /// The `DpuNode` manifests of every DPU in the fabric: its underlay address,
@@ -149,10 +148,7 @@ impl MultiLab {
     }
 
     pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
-        let tmp = self.path(&format!("{file}.tmp"));
-        fs::write(&tmp, yaml)?;
-        fs::rename(&tmp, self.path("intent").join(file))?;
-        Ok(())
+        write_manifest_into(&self.path("intent"), file, yaml)
     }
 
     pub fn remove_manifest(&self, file: &str) -> Result<()> {
@@ -209,13 +205,7 @@ impl MultiLab {
     }
 
     pub fn status(&self) -> Result<serde_json::Value> {
-        let out = self.controller_cmd(&[
-            "status",
-            "--state-dir",
-            &self.path("controller-state").display().to_string(),
-            "--json",
-        ])?;
-        serde_json::from_str(&out).with_context(|| format!("status is not JSON: {out}"))
+        controller_status(&self.path("controller-state"))
     }
 
     /// Waits until every running agent ACKed an intent version above `previous`.
