@@ -154,6 +154,9 @@ pub struct BackendSpec {
     pub ip: Option<String>,
     pub workload: Option<String>,
     pub weight: Option<u32>,
+    /// The backend's VPC when given by `ip`; the Service's when absent. Only a
+    /// service-gateway Service (`EIPServiceGateway`) has backends in other VPCs.
+    pub vpc: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -197,6 +200,8 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     pub session_affinity: Option<SessionAffinitySpec>,
     pub eip: Option<String>,
+    /// The DPU node that owns the EIP: it answers ARP for it on its uplink.
+    pub eip_node: Option<String>,
     pub scenario: Option<ScenarioSpec>,
     pub external_traffic_policy: Option<TrafficPolicySpec>,
 }

@@ -55,6 +55,7 @@ fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
         ip: Ipv4Addr::from(ip),
         weight,
         workload: workload.map(str::to_string),
+        vpc: "blue".into(),
     }
 }
 

@@ -310,6 +310,7 @@ fn service_proto(name: &str, s: &ServiceSpec, backends: Vec<pb::Backend>) -> pb:
             _ => None,
         },
         eip: s.eip.clone().unwrap_or_default(),
+        eip_node: s.eip_node.clone().unwrap_or_default(),
         scenario: match s.scenario.unwrap_or(ScenarioSpec::ClusterIp) {
             ScenarioSpec::ClusterIp => pb::AccessScenario::ClusterIp,
             ScenarioSpec::NodeClusterIp => pb::AccessScenario::NodeClusterIp,
@@ -320,20 +321,26 @@ fn service_proto(name: &str, s: &ServiceSpec, backends: Vec<pb::Backend>) -> pb:
     }
 }
 
-/// Whether the Service's selector picks `w`: same VPC and every selector pair
-/// among its labels. An absent or empty selector selects nothing.
+/// Whether the Service's selector picks `w`: every selector pair among its labels,
+/// and the same VPC, except for a service gateway (`EIPServiceGateway`), whose
+/// selector spans every VPC. An absent or empty selector selects nothing.
 pub fn selects(spec: &ServiceSpec, w: &Workload) -> bool {
     !spec.selector.is_empty()
-        && w.vpc == spec.vpc
+        && (w.vpc == spec.vpc || is_gateway(spec))
         && spec
             .selector
             .iter()
             .all(|(k, v)| w.labels.get(k) == Some(v))
 }
 
+fn is_gateway(spec: &ServiceSpec) -> bool {
+    spec.scenario == Some(ScenarioSpec::EipServiceGateway)
+}
+
 /// A backend on its way into the resolved list.
 struct Pending {
     ip: String,
+    vpc: String,
     weight: u32,
     workload: Option<String>,
     origin: Origin,
@@ -356,6 +363,7 @@ fn resolve_backends(
     for w in workloads.values().filter(|w| selects(spec, w)) {
         pending.push(Pending {
             ip: w.ip.to_string(),
+            vpc: w.vpc.clone(),
             weight: 1,
             workload: Some(w.name.clone()),
             origin: Origin::Selector(w.name.clone()),
@@ -364,7 +372,7 @@ fn resolve_backends(
     for (j, b) in spec.backends.iter().enumerate() {
         let at = format!("spec.backends[{j}]");
         let weight = b.weight.unwrap_or(1);
-        let (ip, workload) = match (&b.ip, &b.workload) {
+        let (ip, vpc, workload) = match (&b.ip, &b.workload) {
             (None, None) => {
                 errors.push(err(at, "a backend needs an ip or a workload".into()));
                 continue;
@@ -380,7 +388,7 @@ fn resolve_backends(
                     // A declared but invalid workload has its own error.
                     continue;
                 };
-                if w.vpc != spec.vpc {
+                if w.vpc != spec.vpc && !is_gateway(spec) {
                     errors.push(err(
                         format!("{at}.workload"),
                         format!(
@@ -397,13 +405,24 @@ fn resolve_backends(
                     ));
                     continue;
                 }
-                (w.ip.to_string(), Some(name.clone()))
+                if let Some(v) = b.vpc.as_deref().filter(|v| *v != w.vpc) {
+                    errors.push(err(
+                        format!("{at}.vpc"),
+                        format!("Workload/{name} is in Vpc/{}, not in Vpc/{v}", w.vpc),
+                    ));
+                    continue;
+                }
+                (w.ip.to_string(), w.vpc.clone(), Some(name.clone()))
             }
-            (Some(ip), None) => (ip.clone(), None),
+            (Some(ip), None) => (
+                ip.clone(),
+                b.vpc.clone().unwrap_or_else(|| spec.vpc.clone()),
+                None,
+            ),
         };
         let same = |p: &Pending| match &workload {
             Some(name) => p.workload.as_ref() == Some(name),
-            None => p.ip == ip,
+            None => p.ip == ip && p.vpc == vpc,
         };
         match pending.iter_mut().find(|p| same(p)) {
             Some(Pending {
@@ -421,6 +440,7 @@ fn resolve_backends(
             }
             None => pending.push(Pending {
                 ip,
+                vpc,
                 weight,
                 workload,
                 origin: Origin::Explicit(j),
@@ -433,7 +453,7 @@ fn resolve_backends(
     // Unparseable IPs sort last; the model reports them with their field.
     pending.sort_by_cached_key(|p| {
         let parsed = p.ip.parse::<IpAddr>().ok();
-        (parsed.is_none(), parsed, p.ip.clone())
+        (parsed.is_none(), parsed, p.ip.clone(), p.vpc.clone())
     });
     Ok(pending
         .into_iter()
@@ -443,6 +463,7 @@ fn resolve_backends(
                     ip: p.ip,
                     weight: p.weight,
                     workload: p.workload.unwrap_or_default(),
+                    vpc: if p.vpc == spec.vpc { String::new() } else { p.vpc },
                 },
                 p.origin,
             )

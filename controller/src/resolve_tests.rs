@@ -39,6 +39,7 @@ fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
         ip: Ipv4Addr::from(ip),
         weight,
         workload: workload.map(str::to_string),
+        vpc: "blue".into(),
     }
 }
 
@@ -70,8 +71,13 @@ fn good_set_resolves_with_defaults() {
     assert_eq!(web.ports[1].target_port, 53, "targetPort defaults to port");
     assert_eq!(web.affinity_timeout, Some(10_800));
     let red = &intent.services["red-web"];
-    assert_eq!(red.backends, [backend([10, 1, 3, 10], 1, Some("red-1"))]);
+    let red_1 = Backend {
+        vpc: "red".into(),
+        ..backend([10, 1, 3, 10], 1, Some("red-1"))
+    };
+    assert_eq!(red.backends, [red_1]);
     assert_eq!(red.scenario, AccessScenario::EipLoadBalancer);
+    assert_eq!(red.eip_node.as_deref(), Some("node-a"));
     let probe = &intent.probes["web-http"];
     assert_eq!((probe.period_ms, probe.timeout_ms), (5_000, 1_000));
     assert_eq!((probe.success_threshold, probe.failure_threshold), (1, 3));

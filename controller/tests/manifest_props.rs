@@ -209,6 +209,7 @@ fn any_doc() -> impl Strategy<Value = AnyDoc> {
                     ip,
                     workload,
                     weight,
+                    vpc: None,
                 },
             )
         });
@@ -267,6 +268,7 @@ fn any_doc() -> impl Strategy<Value = AnyDoc> {
                     backends: backends.into_iter().map(|b| b.1).collect(),
                     session_affinity: affinity.map(|a| a.1),
                     eip,
+                    eip_node: None,
                     scenario: scenario.map(|s| s.1),
                     external_traffic_policy: None,
                 };
@@ -782,12 +784,17 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
             .selector
             .map(|a| [("app".to_string(), APPS[a].to_string())].into())
             .unwrap_or_default();
-        // Selected workloads first (weight 1), then explicit entries, by address.
-        let mut backends: BTreeMap<Ipv4Addr, (u32, Option<String>)> = BTreeMap::new();
+        let scenario = ps.scenario.map(|i| scenarios[i]);
+        let gateway = scenario.map(|s| s.1) == Some(model::AccessScenario::EipServiceGateway);
+        // Selected workloads first (weight 1), then explicit entries, by address
+        // and VPC. A service gateway's selector spans every VPC.
+        let mut backends: BTreeMap<(Ipv4Addr, String), (u32, Option<String>)> = BTreeMap::new();
         if !selector.is_empty() {
             for w in &workloads {
-                if &w.vpc == vpc && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)) {
-                    backends.insert(w.ip, (1, Some(w.name.clone())));
+                if (&w.vpc == vpc || gateway)
+                    && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                {
+                    backends.insert((w.ip, w.vpc.clone()), (1, Some(w.name.clone())));
                 }
             }
         }
@@ -811,18 +818,19 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
             backend_docs.push(entry);
             let named =
                 by_workload.then(|| in_vpc.iter().find(|w| w.ip == ip).map(|w| w.name.clone()));
-            let slot = backends.entry(ip).or_insert((1, named.flatten()));
+            let slot = backends
+                .entry((ip, vpc.clone()))
+                .or_insert((1, named.flatten()));
             slot.0 = weight.unwrap_or(1);
         }
-        let scenario = ps.scenario.map(|i| scenarios[i]);
         let needs_eip = matches!(
             scenario.map(|s| s.1),
             Some(model::AccessScenario::EipLoadBalancer | model::AccessScenario::EipServiceGateway)
         );
-        let eip = ps
-            .eip
-            .or(needs_eip.then_some(0xcb00_7101))
-            .map(Ipv4Addr::from);
+        // EIPs are outside every VPC and one per Service.
+        let eip = (ps.eip.is_some() || needs_eip).then(|| Ipv4Addr::new(203, 0, 113, s as u8 + 1));
+        let eip_node = eip.map(|_| "dpu-1".to_string());
+        let cluster_ips = if gateway { Vec::new() } else { cluster_ips };
 
         let mut spec = json!({
             "vpc": vpc,
@@ -845,6 +853,7 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
             }
         }
         put(&mut spec, "eip", &eip.map(|e| e.to_string()));
+        put(&mut spec, "eipNode", &eip_node);
         put(&mut spec, "scenario", &scenario.map(|s| s.0));
         docs.push(manifest(Kind::Service, &name, &no_labels, spec));
         let svc = model::Service {
@@ -854,14 +863,16 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
             ports,
             backends: backends
                 .into_iter()
-                .map(|(ip, (weight, workload))| model::Backend {
+                .map(|((ip, vpc), (weight, workload))| model::Backend {
                     ip,
                     weight,
                     workload,
+                    vpc,
                 })
                 .collect(),
             affinity_timeout,
             eip,
+            eip_node,
             scenario: scenario.map_or(model::AccessScenario::ClusterIp, |s| s.1),
             external_traffic_local: false,
         };

@@ -114,12 +114,14 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
                 ip: Ipv4Addr::new(10, 0, 1, 10 + n),
                 weight: weights.get(n as usize - 1).copied().unwrap_or(1),
                 workload: None,
+                vpc: "vpc-a".into(),
             })
             .collect(),
         affinity_timeout: None,
         eip: None,
         scenario: AccessScenario::ClusterIp,
         external_traffic_local: false,
+        eip_node: None,
     }));
     assert_eq!(validate(&i), vec![]);
     i

@@ -651,6 +651,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                         ip: Ipv4Addr::new(10, v as u8, 0, 10 + host as u8),
                         weight,
                         workload: None,
+                        vpc: format!("vpc-{v}"),
                     })
                     .collect();
                 let protocols = [Protocol::Tcp, Protocol::Udp];
@@ -672,6 +673,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                     eip: None,
                     scenario: AccessScenario::ClusterIp,
                     external_traffic_local: false,
+                    eip_node: None,
                 }));
             }
             (intent, ports)

@@ -73,12 +73,14 @@ fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
                 ip: *ip,
                 weight: 1,
                 workload: None,
+                vpc: "vpc-a".into(),
             })
             .collect(),
         affinity_timeout: None,
         eip: None,
         scenario: AccessScenario::ClusterIp,
         external_traffic_local: false,
+        eip_node: None,
     })
 }
 

@@ -200,7 +200,23 @@ pub fn workload_from_proto(m: &pb::Workload) -> Result<Workload, ObjectError> {
 pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
     let c = ctx(Kind::Service, &m.name)?;
     let vpc = c.name_ref("spec.vpc", &m.vpc)?;
-    if m.cluster_ips.is_empty() {
+    let scenario = match pb::AccessScenario::try_from(m.scenario) {
+        Ok(pb::AccessScenario::Unspecified) | Ok(pb::AccessScenario::ClusterIp) => {
+            AccessScenario::ClusterIp
+        }
+        Ok(pb::AccessScenario::NodeClusterIp) => AccessScenario::NodeClusterIp,
+        Ok(pb::AccessScenario::EipLoadBalancer) => AccessScenario::EipLoadBalancer,
+        Ok(pb::AccessScenario::EipServiceGateway) => AccessScenario::EipServiceGateway,
+        Err(_) => return Err(c.err("spec.scenario", format!("unknown scenario {}", m.scenario))),
+    };
+    let gateway = scenario == AccessScenario::EipServiceGateway;
+    if gateway && !m.cluster_ips.is_empty() {
+        return Err(c.err(
+            "spec.clusterIPs",
+            "a service-gateway Service has no cluster IP (its backends are in several VPCs); clients reach it at spec.eip",
+        ));
+    }
+    if m.cluster_ips.is_empty() && !gateway {
         return Err(c.err("spec.clusterIPs", "at least one cluster IP is required"));
     }
     let cluster_ips = m
@@ -260,16 +276,22 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
     let mut backends: Vec<Backend> = Vec::with_capacity(m.backends.len());
     for (i, b) in m.backends.iter().enumerate() {
         let ip = c.ipv4(&format!("spec.backends[{i}].ip"), &b.ip)?;
-        if backends.iter().any(|x| x.ip == ip) {
+        let bvpc = if b.vpc.is_empty() {
+            vpc.clone()
+        } else {
+            c.name_ref(&format!("spec.backends[{i}].vpc"), &b.vpc)?
+        };
+        if backends.iter().any(|x| x.ip == ip && x.vpc == bvpc) {
             return Err(c.err(
                 format!("spec.backends[{i}].ip"),
-                format!("backend {ip} is listed twice"),
+                format!("backend {ip} in Vpc/{bvpc} is listed twice"),
             ));
         }
         backends.push(Backend {
             ip,
             weight: b.weight,
             workload: (!b.workload.is_empty()).then(|| b.workload.clone()),
+            vpc: bvpc,
         });
     }
     let affinity_timeout = match &m.session_affinity {
@@ -287,21 +309,23 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
     } else {
         Some(c.ipv4("spec.eip", &m.eip)?)
     };
-    let scenario = match pb::AccessScenario::try_from(m.scenario) {
-        Ok(pb::AccessScenario::Unspecified) | Ok(pb::AccessScenario::ClusterIp) => {
-            AccessScenario::ClusterIp
-        }
-        Ok(pb::AccessScenario::NodeClusterIp) => AccessScenario::NodeClusterIp,
-        Ok(pb::AccessScenario::EipLoadBalancer) => AccessScenario::EipLoadBalancer,
-        Ok(pb::AccessScenario::EipServiceGateway) => AccessScenario::EipServiceGateway,
-        Err(_) => return Err(c.err("spec.scenario", format!("unknown scenario {}", m.scenario))),
-    };
     if matches!(
         scenario,
         AccessScenario::EipLoadBalancer | AccessScenario::EipServiceGateway
     ) && eip.is_none()
     {
         return Err(c.err("spec.eip", "an EIP scenario needs spec.eip"));
+    }
+    let eip_node = if m.eip_node.is_empty() {
+        None
+    } else {
+        Some(c.name_ref("spec.eipNode", &m.eip_node)?)
+    };
+    if eip.is_some() != eip_node.is_some() {
+        return Err(c.err(
+            "spec.eipNode",
+            "spec.eip and spec.eipNode go together: the EIP needs the DPU node that owns it",
+        ));
     }
     Ok(Service {
         name: m.name.clone(),
@@ -313,6 +337,7 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
         eip,
         scenario,
         external_traffic_local: m.external_traffic_local,
+        eip_node,
     })
 }
 
@@ -520,6 +545,11 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
                     ip: b.ip.to_string(),
                     weight: b.weight,
                     workload: b.workload.clone().unwrap_or_default(),
+                    vpc: if b.vpc == s.vpc {
+                        String::new()
+                    } else {
+                        b.vpc.clone()
+                    },
                 })
                 .collect(),
             session_affinity: s
@@ -533,6 +563,7 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
                 AccessScenario::EipServiceGateway => pb::AccessScenario::EipServiceGateway,
             } as i32,
             external_traffic_local: s.external_traffic_local,
+            eip_node: s.eip_node.clone().unwrap_or_default(),
         }),
         Object::NetworkProbe(p) => O::NetworkProbe(pb::NetworkProbe {
             name: p.name.clone(),

@@ -188,6 +188,9 @@ pub struct Backend {
     pub ip: Ipv4Addr,
     pub weight: u32,
     pub workload: Option<String>,
+    /// The backend's VPC: the Service's own, except behind a service gateway
+    /// (`EipServiceGateway`), whose backends may sit in any VPC.
+    pub vpc: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +215,8 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`: traffic from outside the VPC goes only to
     /// backends on the DPU it arrived at.
     pub external_traffic_local: bool,
+    /// The DPU node that owns the EIP (answers ARP for it on its uplink).
+    pub eip_node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

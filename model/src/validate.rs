@@ -172,6 +172,7 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
     }
 
     let mut vips: HashMap<(&str, Ipv4Addr, Protocol, u16), &str> = HashMap::new();
+    let mut eips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
     for s in intent.services.values() {
         let e = |field: String, msg: String| err(Kind::Service, &s.name, field, msg);
         if !intent.vpcs.contains_key(&s.vpc) {
@@ -234,13 +235,55 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                 ));
             }
             total = total.saturating_add(b.weight);
-            if in_vpc(&s.vpc, b.ip).is_none() {
+            if b.vpc != s.vpc && s.scenario != AccessScenario::EipServiceGateway {
+                errs.push(e(
+                    format!("spec.backends[{i}].vpc"),
+                    format!(
+                        "backend {} is in Vpc/{}; only a service-gateway Service (EIPServiceGateway) reaches backends outside its Vpc/{}",
+                        b.ip, b.vpc, s.vpc
+                    ),
+                ));
+            } else if !intent.vpcs.contains_key(&b.vpc) {
+                errs.push(e(
+                    format!("spec.backends[{i}].vpc"),
+                    format!("Vpc/{} does not exist", b.vpc),
+                ));
+            } else if in_vpc(&b.vpc, b.ip).is_none() {
                 errs.push(e(
                     format!("spec.backends[{i}].ip"),
                     format!(
                         "backend {} is outside Vpc/{} (in none of its Subnets)",
-                        b.ip, s.vpc
+                        b.ip, b.vpc
                     ),
+                ));
+            }
+        }
+        if let Some(eip) = s.eip {
+            // An EIP is an outside address: it must not mean anything inside a VPC
+            // or on the node network, and it belongs to one Service.
+            if let Some(sub) = intent.subnets.values().find(|x| x.cidr.contains(&eip)) {
+                errs.push(e(
+                    "spec.eip".into(),
+                    format!(
+                        "{eip} is inside Subnet/{} ({}) of Vpc/{}; an EIP is an address outside every VPC",
+                        sub.name, sub.cidr, sub.vpc
+                    ),
+                ));
+            }
+            if let Some(n) = intent
+                .nodes
+                .values()
+                .find(|n| n.tunnel_ip == eip || n.host.is_some_and(|h| h.0 == eip))
+            {
+                errs.push(e(
+                    "spec.eip".into(),
+                    format!("{eip} is an address of DpuNode/{}", n.name),
+                ));
+            }
+            if let Some(other) = eips.insert(eip, &s.name) {
+                errs.push(e(
+                    "spec.eip".into(),
+                    format!("{eip} is already the EIP of YusurService/{other}"),
                 ));
             }
         }

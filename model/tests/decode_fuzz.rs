@@ -55,11 +55,13 @@ fn valid_objects() -> Vec<pb::Object> {
                     ip: "10.0.1.11".into(),
                     weight: 1,
                     workload: "web-1".into(),
+                    vpc: String::new(),
                 }],
                 session_affinity: Some(pb::SessionAffinity {
                     timeout_seconds: 60,
                 }),
                 eip: String::new(),
+                eip_node: String::new(),
                 scenario: 1,
                 external_traffic_local: false,
             })),
@@ -158,6 +160,7 @@ fn an_absurd_backend_count_is_refused_by_the_count_first() {
             ip: std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(),
             weight: 1,
             workload: String::new(),
+            vpc: String::new(),
         })
         .collect();
     let svc = pb::Service {

@@ -151,13 +151,19 @@ fn service() -> impl Strategy<Value = Service> {
             target_port,
         },
     );
-    let backend = (ip(), any::<u32>(), proptest::option::of(name_ref())).prop_map(
-        |(ip, weight, workload)| Backend {
+    // The VPC is filled in below: the Service's, or another one (gateway only).
+    let backend = (
+        ip(),
+        any::<u32>(),
+        proptest::option::of(name_ref()),
+        proptest::option::of(name_ref()),
+    )
+        .prop_map(|(ip, weight, workload, vpc)| Backend {
             ip,
             weight,
             workload,
-        },
-    );
+            vpc: vpc.unwrap_or_default(),
+        });
     let scenario = prop_oneof![
         Just(AccessScenario::ClusterIp),
         Just(AccessScenario::NodeClusterIp),
@@ -182,24 +188,32 @@ fn service() -> impl Strategy<Value = Service> {
                     seen.push((p.protocol, p.port));
                     fresh
                 });
+                let gateway = scenario == AccessScenario::EipServiceGateway;
+                for b in &mut backends {
+                    if !gateway || b.vpc.is_empty() {
+                        b.vpc = vpc.clone();
+                    }
+                }
                 let mut ips = Vec::new();
                 backends.retain(|b| {
-                    let fresh = !ips.contains(&b.ip);
-                    ips.push(b.ip);
+                    let fresh = !ips.contains(&(b.ip, b.vpc.clone()));
+                    ips.push((b.ip, b.vpc.clone()));
                     fresh
                 });
                 let eip_needed = matches!(
                     scenario,
                     AccessScenario::EipLoadBalancer | AccessScenario::EipServiceGateway
                 );
+                let eip = eip.or(eip_needed.then_some(Ipv4Addr::new(203, 0, 113, 1)));
                 Service {
                     name,
+                    eip_node: eip.map(|_| vpc.clone()),
                     vpc,
-                    cluster_ips,
+                    cluster_ips: if gateway { Vec::new() } else { cluster_ips },
                     ports,
                     backends,
                     affinity_timeout: affinity,
-                    eip: eip.or(eip_needed.then_some(Ipv4Addr::new(203, 0, 113, 1))),
+                    eip,
                     external_traffic_local: scenario != AccessScenario::ClusterIp
                         && affinity.is_some(),
                     scenario,
@@ -386,10 +400,11 @@ fn any_proto_object() -> impl Strategy<Value = pb::Object> {
             port,
             target_port,
         });
-    let backend = (t(), n(), t()).prop_map(|(ip, weight, workload)| pb::Backend {
+    let backend = (t(), n(), t(), t()).prop_map(|(ip, weight, workload, vpc)| pb::Backend {
         ip,
         weight,
         workload,
+        vpc,
     });
     let service = (
         (t(), t(), texts(3)),
@@ -407,6 +422,7 @@ fn any_proto_object() -> impl Strategy<Value = pb::Object> {
                     backends,
                     session_affinity: affinity
                         .map(|timeout_seconds| pb::SessionAffinity { timeout_seconds }),
+                    eip_node: eip.clone(),
                     eip,
                     scenario: scenario as i32,
                     external_traffic_local: affinity.is_some(),
@@ -504,7 +520,8 @@ fn check_invariants(o: &Object) -> Result<(), String> {
         Object::Service(s) => {
             ensure(name_ok(&s.vpc), "vpc")?;
             ensure(
-                !s.cluster_ips.is_empty() && !s.ports.is_empty(),
+                (s.cluster_ips.is_empty() == (s.scenario == AccessScenario::EipServiceGateway))
+                    && !s.ports.is_empty(),
                 "ips/ports",
             )?;
             for (i, p) in s.ports.iter().enumerate() {
@@ -729,6 +746,11 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
         O::Service(m) => {
             let ports = m.ports.len();
             match which % 7 {
+                1 if m.scenario == pb::AccessScenario::EipServiceGateway as i32 => {
+                    // A service gateway has no cluster IP.
+                    m.cluster_ips.push("10.96.0.1".into());
+                    "spec.clusterIPs".into()
+                }
                 1 => {
                     let i = at % (m.cluster_ips.len() + 1);
                     if i == m.cluster_ips.len() && (at / 4).is_multiple_of(3) {
@@ -773,6 +795,7 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                         ip: "10.0.0".into(),
                         weight: 1,
                         workload: String::new(),
+                        vpc: String::new(),
                     };
                     m.backends.insert(i, bad);
                     format!("spec.backends[{i}].ip")
@@ -783,7 +806,7 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                     });
                     "spec.sessionAffinity.timeoutSeconds".into()
                 }
-                _ => match at % 3 {
+                _ => match at % 5 {
                     0 => {
                         m.eip = "eip".into();
                         "spec.eip".into()
@@ -792,10 +815,32 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                         m.scenario = 99;
                         "spec.scenario".into()
                     }
-                    _ => {
+                    2 => {
                         m.scenario = pb::AccessScenario::EipLoadBalancer as i32;
+                        if m.cluster_ips.is_empty() {
+                            m.cluster_ips.push("10.96.0.1".into());
+                        }
                         m.eip = String::new();
                         "spec.eip".into()
+                    }
+                    3 => {
+                        // An EIP without the node that owns it.
+                        if m.eip.is_empty() {
+                            m.eip = "203.0.113.9".into();
+                        }
+                        m.eip_node = ["", "Bad_Node"][at / 5 % 2].into();
+                        "spec.eipNode".into()
+                    }
+                    _ => {
+                        let i = at % (m.backends.len() + 1);
+                        let bad = pb::Backend {
+                            ip: "10.0.0.1".into(),
+                            weight: 1,
+                            workload: String::new(),
+                            vpc: "Not_A_Name".into(),
+                        };
+                        m.backends.insert(i, bad);
+                        format!("spec.backends[{i}].vpc")
                     }
                 },
             }
