@@ -285,6 +285,10 @@ async fn wait_bridge(
                     node: cfg.node_name.clone(),
                     ports: ports_of(&s),
                     host_port: cfg.host.as_ref().map(|h| h.port.clone()),
+                    uplink: cfg
+                        .uplink
+                        .as_ref()
+                        .map(|u| (u.port.clone(), u.mac_for(&cfg.node_name))),
                 });
             }
         }

@@ -23,7 +23,7 @@ pub struct Allocations {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
     /// More VPCs than conntrack zones.
-    #[error("no free conntrack zone for Vpc/{0}: all 65535 are taken")]
+    #[error("no free conntrack zone for Vpc/{0}: all 65534 are taken")]
     ZonesExhausted(String),
     /// More Service ports than group ids.
     #[error("no free group id for {0}")]
@@ -42,7 +42,8 @@ impl Allocations {
             &self.zones,
             intent.vpcs.keys().cloned(),
             u32::from(FIRST_ZONE),
-            u32::from(u16::MAX),
+            // The top zone is the service gateway's.
+            u32::from(crate::pipeline::GATEWAY_ZONE - 1),
         )
         .map_err(AllocError::ZonesExhausted)?
         .into_iter()

@@ -6,14 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use dpu_model::{
-    AccessScenario, Intent, Kind, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
+    AccessScenario, Intent, Kind, Mac, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
 };
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, DesiredState, Group, Match};
 use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::{Category, Cookie};
-use crate::pipeline::{reg, *};
+use crate::pipeline::{label, reg, *};
 
 /// What the agent knows about its own switch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct NodeFacts {
     pub ports: BTreeMap<String, u32>,
     /// The iface-id of the host's PF representor (`[host] port`), if configured.
     pub host_port: Option<String>,
+    /// The uplink's iface-id and the MAC this DPU uses there (`[uplink]`).
+    pub uplink: Option<(String, Mac)>,
 }
 
 /// The compiler's result: the desired state and what could not be bound yet.
@@ -36,26 +38,11 @@ pub struct Compiled {
     pub unreachable: Vec<String>,
 }
 
-/// Rules this agent release adds on top of `dpu_model::validate`: features the
-/// model can express but this data plane does not implement yet are refused whole
-/// rather than half applied.
+/// Rules this agent release adds on top of `dpu_model::validate`: what the model
+/// can express but this data plane cannot apply is refused whole rather than half
+/// applied. Today that is a workload on this node without a MAC.
 pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
     let mut errs = Vec::new();
-    for s in intent.services.values() {
-        if !matches!(
-            s.scenario,
-            AccessScenario::ClusterIp | AccessScenario::NodeClusterIp
-        ) {
-            errs.push(ObjectError::new(
-                ObjectKey::new(Kind::Service, &s.name),
-                "spec.scenario",
-                format!(
-                    "{:?} is not implemented by this agent release (ClusterIP and NodeClusterIP only)",
-                    s.scenario
-                ),
-            ));
-        }
-    }
     for w in intent.workloads.values() {
         // A VNicIP may take the MAC of the workload whose port it shares.
         let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
@@ -78,6 +65,13 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     let d = &mut out.desired;
     pipeline_misses(d);
     let tunnel = facts.ports.get(TUNNEL_IFACE_ID).copied();
+    let uplink = facts.uplink.as_ref().and_then(|(iface, mac)| {
+        facts.ports.get(iface).map(|&ofport| Uplink {
+            iface,
+            ofport,
+            mac: *mac,
+        })
+    });
 
     for vpc in intent.vpcs.values() {
         let Some(zone) = alloc.zone(&vpc.name) else {
@@ -104,7 +98,26 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
                 CLASSIFY,
                 100,
                 Match::new().in_port(t).field("tun_id", vpc.vni).kw("ip"),
-                Actions::new().set_reg(reg::VPC, z).goto(CONNTRACK),
+                Actions::new()
+                    .set_reg(reg::VPC, z)
+                    .set_reg(reg::ORIGIN, reg::ORIGIN_TUNNEL)
+                    .goto(CONNTRACK),
+                c,
+            );
+            // A reply to a connection that came through a tunnel goes back to the
+            // DPU that sent it, which holds its NAT state.
+            d.add(
+                RETURN_PATH,
+                100,
+                Match::new()
+                    .reg(reg::VPC, z)
+                    .kw("ip")
+                    .kw("ct_state=+rpl+trk")
+                    .field("ct_label", label::origin_is(reg::ORIGIN_TUNNEL)),
+                Actions::new()
+                    .raw(format!("move:{}->NXM_NX_TUN_IPV4_DST[]", label::TUNNEL_SRC))
+                    .set_field(vpc.vni, "tun_id")
+                    .output(t),
                 c,
             );
         }
@@ -120,19 +133,21 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             SERVICE_LB,
             190,
             vm().kw("ct_state=-new+trk"),
-            Actions::new().goto(L3_FORWARD),
+            Actions::new().goto(RETURN_PATH),
             c,
         );
         // Other new connections are committed too, so their replies are +est and not
-        // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack).
+        // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack), with the
+        // way they came in, for ReturnPath.
         d.add(
             SERVICE_LB,
             10,
             vm().kw("ct_state=+new+trk").kw("ip"),
             Actions::new().raw(format!(
-                "ct(commit,table={},zone={}[0..15])",
+                "ct(commit,table={},zone={}[0..15],exec({}))",
                 L3_FORWARD.id,
-                reg::VPC_NXM
+                reg::VPC_NXM,
+                label::record()
             )),
             c,
         );
@@ -191,13 +206,54 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             continue;
         };
         local.insert((w.vpc.as_str(), w.ip));
+        // A bare-metal server has no port of its own: it shares one (the uplink,
+        // usually) with others, and its MAC tells it apart.
+        let on_uplink = uplink.filter(|u| u.iface == w.port);
+        let from_port = if w.kind == WorkloadKind::BareMetal {
+            Match::new().in_port(ofport).field("dl_src", mac)
+        } else {
+            Match::new().in_port(ofport)
+        };
         d.add(
             CLASSIFY,
-            100,
-            Match::new().in_port(ofport),
+            if w.kind == WorkloadKind::BareMetal { 105 } else { 100 },
+            from_port,
             Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
             c,
         );
+        if let Some(u) = on_uplink.filter(|_| w.kind == WorkloadKind::BareMetal) {
+            // On the uplink this DPU answers with its uplink MAC, as the host's
+            // router would: every ARP the server sends, except for itself.
+            d.add(
+                CLASSIFY,
+                106,
+                Match::new()
+                    .in_port(ofport)
+                    .field("dl_src", mac)
+                    .kw("arp")
+                    .ip_field("arp_spa", w.ip)
+                    .field("arp_sha", mac),
+                Actions::new()
+                    .set_reg(reg::VPC, reg::UPLINK_CONTEXT)
+                    .goto(ARP_RESPONDER),
+                c,
+            );
+            let asks = || {
+                Match::new()
+                    .reg(reg::VPC, reg::UPLINK_CONTEXT)
+                    .kw("arp")
+                    .field("arp_op", 1)
+                    .ip_field("arp_spa", w.ip)
+            };
+            d.add(
+                ARP_RESPONDER,
+                96,
+                asks().ip_field("arp_tpa", w.ip),
+                Actions::drop(),
+                c,
+            );
+            d.add(ARP_RESPONDER, 95, asks(), proxy_arp(u.mac), c);
+        }
         let port = || {
             Match::new()
                 .reg(reg::VPC, z)
@@ -233,11 +289,15 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             Actions::drop(),
             c,
         );
+        let rewrite = match on_uplink {
+            Some(u) => routed_from_to(u.mac, mac),
+            None => routed_to(mac),
+        };
         d.add(
             L3_FORWARD,
             100,
             to_address(z, w.ip),
-            routed_to(mac).output(ofport),
+            rewrite.output(ofport),
             c,
         );
     }
@@ -246,7 +306,223 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         compile_service(d, s, alloc, &unready, &local);
     }
     compile_hosts(d, intent, alloc, facts, tunnel);
+    if let Some(u) = uplink {
+        compile_uplink(d, intent, alloc, facts, u);
+    }
+    compile_gateway(d, intent, alloc);
     out
+}
+
+/// The uplink port on the bridge, and this DPU's MAC there.
+#[derive(Debug, Clone, Copy)]
+struct Uplink<'a> {
+    iface: &'a str,
+    ofport: u32,
+    mac: Mac,
+}
+
+/// The uplink: ARP from it is answered in its own context (for the EIPs this DPU
+/// owns, and for bare-metal servers); traffic to an owned EIP's ports enters the
+/// Service's VPC zone (scenario 3) or the gateway zone (scenario 4), flagged as
+/// external and as from the uplink; replies to connections that came from the
+/// uplink go back out of it, to the MAC the connection came from.
+fn compile_uplink(
+    d: &mut DesiredState,
+    intent: &Intent,
+    alloc: &Allocations,
+    facts: &NodeFacts,
+    u: Uplink<'_>,
+) {
+    let c = Cookie::new(Category::Uplink, &facts.node);
+    d.add(
+        CLASSIFY,
+        100,
+        Match::new().in_port(u.ofport).kw("arp"),
+        Actions::new()
+            .set_reg(reg::VPC, reg::UPLINK_CONTEXT)
+            .goto(ARP_RESPONDER),
+        c,
+    );
+    d.add(
+        RETURN_PATH,
+        100,
+        Match::new()
+            .kw("ip")
+            .kw("ct_state=+rpl+trk")
+            .field("ct_label", label::origin_is(reg::ORIGIN_UPLINK)),
+        Actions::new()
+            .raw(format!("move:{}->NXM_OF_ETH_DST[]", label::MAC))
+            .set_field(u.mac, "eth_src")
+            .raw("dec_ttl")
+            .output(u.ofport),
+        c,
+    );
+    let owned = intent
+        .services
+        .values()
+        .filter(|s| s.eip_node.as_deref() == Some(facts.node.as_str()));
+    for s in owned {
+        let (Some(eip), Some(zone)) = (s.eip, lb_zone(s, alloc)) else {
+            continue;
+        };
+        let sc = service_cookie(s);
+        arp_answer_with(d, reg::UPLINK_CONTEXT, eip, u.mac, sc);
+        for p in &s.ports {
+            d.add(
+                CLASSIFY,
+                110,
+                Match::new()
+                    .in_port(u.ofport)
+                    .kw(p.protocol.as_str())
+                    .ip_field("nw_dst", eip)
+                    .field("tp_dst", p.port),
+                Actions::new()
+                    .set_reg(reg::VPC, zone)
+                    .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
+                    .set_reg(reg::ORIGIN, reg::ORIGIN_UPLINK)
+                    .goto(CONNTRACK),
+                sc,
+            );
+        }
+    }
+}
+
+/// The service gateway (scenario 4). An EIP connection is load-balanced and
+/// DNATed in the gateway zone, whose entry keeps the backend's VPC zone in
+/// `ct_mark`; GatewaySnat then moves the packet into that VPC's zone and SNATs it
+/// to the gateway's address there (the gateway of the VPC's first Subnet by name),
+/// so the backend answers the gateway. In that zone the connection is labelled
+/// `ORIGIN_GATEWAY`: ReturnPath takes its replies back through the gateway zone,
+/// whose entry sends them out of the uplink.
+fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
+    let services: Vec<&Service> = intent
+        .services
+        .values()
+        .filter(|s| s.scenario == AccessScenario::EipServiceGateway)
+        .collect();
+    if services.is_empty() {
+        return;
+    }
+    let g = u32::from(GATEWAY_ZONE);
+    let c = Cookie::new(Category::Gateway, "gateway");
+    let gm = || Match::new().reg(reg::VPC, g);
+    d.add(
+        CONNTRACK,
+        100,
+        gm().kw("ip"),
+        Actions::new().raw(format!(
+            "ct(table={},zone={}[0..15],nat)",
+            SERVICE_LB.id,
+            reg::VPC_NXM
+        )),
+        c,
+    );
+    d.add(
+        SERVICE_LB,
+        200,
+        gm().kw("ct_state=+inv+trk"),
+        Actions::drop(),
+        c,
+    );
+    d.add(
+        SERVICE_LB,
+        190,
+        gm().kw("ct_state=-new+trk"),
+        Actions::new()
+            .raw(format!(
+                "move:NXM_NX_CT_MARK[0..15]->{}[0..15]",
+                reg::TARGET_ZONE_NXM
+            ))
+            .goto(GATEWAY_SNAT),
+        c,
+    );
+    let vpcs: BTreeSet<&str> = services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.vpc.as_str()))
+        .collect();
+    for vpc in vpcs {
+        let Some(zone) = alloc.zone(vpc) else { continue };
+        let Some(snat) = intent
+            .subnets
+            .values()
+            .find(|s| s.vpc == vpc)
+            .map(|s| s.gateway)
+        else {
+            continue;
+        };
+        let z = u32::from(zone);
+        let c = Cookie::new(Category::Gateway, vpc);
+        d.add(
+            GATEWAY_SNAT,
+            100,
+            gm().reg(reg::TARGET_ZONE, z).kw("ip"),
+            Actions::new().set_reg(reg::VPC, z).raw(format!(
+                "ct(table={},zone={}[0..15],nat)",
+                GATEWAY_SNAT.id,
+                reg::VPC_NXM
+            )),
+            c,
+        );
+        let vm = || Match::new().reg(reg::VPC, z).reg(reg::TARGET_ZONE, z).kw("ip");
+        d.add(
+            GATEWAY_SNAT,
+            100,
+            vm().kw("ct_state=+new+trk"),
+            Actions::new().raw(format!(
+                "ct(commit,table={},zone={}[0..15],nat(src={snat}),exec(load:{:#x}->{}))",
+                L3_FORWARD.id,
+                reg::VPC_NXM,
+                reg::ORIGIN_GATEWAY,
+                label::ORIGIN
+            )),
+            c,
+        );
+        d.add(
+            GATEWAY_SNAT,
+            95,
+            vm().kw("ct_state=+inv+trk"),
+            Actions::drop(),
+            c,
+        );
+        d.add(
+            GATEWAY_SNAT,
+            90,
+            vm().kw("ct_state=-new+trk"),
+            Actions::new().goto(L3_FORWARD),
+            c,
+        );
+        d.add(
+            RETURN_PATH,
+            110,
+            Match::new()
+                .reg(reg::VPC, z)
+                .kw("ip")
+                .kw("ct_state=+rpl+trk")
+                .field("ct_label", label::origin_is(reg::ORIGIN_GATEWAY)),
+            Actions::new().set_reg(reg::VPC, g).raw(format!(
+                "ct(table={},zone={}[0..15],nat)",
+                RETURN_PATH.id,
+                reg::VPC_NXM
+            )),
+            c,
+        );
+    }
+}
+
+/// The zone a Service load-balances in: its VPC's, or the gateway's.
+fn lb_zone(s: &Service, alloc: &Allocations) -> Option<u32> {
+    if s.scenario == AccessScenario::EipServiceGateway {
+        Some(u32::from(GATEWAY_ZONE))
+    } else {
+        alloc.zone(&s.vpc).map(u32::from)
+    }
+}
+
+fn service_cookie(s: &Service) -> Cookie {
+    Cookie::new(
+        Category::Service,
+        &ObjectKey::new(Kind::Service, &s.name).to_string(),
+    )
 }
 
 /// Node ClusterIP: the host (not a pod) reaches the cluster IPs of `NodeClusterIP`
@@ -291,16 +567,7 @@ fn compile_hosts(
                 .reg(reg::VPC, reg::HOST_CONTEXT)
                 .kw("arp")
                 .field("arp_op", 1),
-            Actions::new()
-                .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
-                .set_field(ROUTER_MAC, "eth_src")
-                .set_field(2, "arp_op")
-                .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
-                .set_field(ROUTER_MAC, "arp_sha")
-                .raw("push:NXM_OF_ARP_TPA[]")
-                .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
-                .raw("pop:NXM_OF_ARP_SPA[]")
-                .raw("in_port"),
+            proxy_arp(ROUTER_MAC),
             c,
         );
         for s in &node_services {
@@ -362,6 +629,20 @@ fn compile_hosts(
     }
 }
 
+/// Answers an ARP request for whatever address it asks about with `mac`.
+fn proxy_arp(mac: impl std::fmt::Display + Copy) -> Actions {
+    Actions::new()
+        .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
+        .set_field(mac, "eth_src")
+        .set_field(2, "arp_op")
+        .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
+        .set_field(mac, "arp_sha")
+        .raw("push:NXM_OF_ARP_TPA[]")
+        .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
+        .raw("pop:NXM_OF_ARP_SPA[]")
+        .raw("in_port")
+}
+
 /// L3Forward's match for one destination address in a VPC.
 fn to_address(vpc: u32, ip: Ipv4Addr) -> Match {
     Match::new()
@@ -373,8 +654,13 @@ fn to_address(vpc: u32, ip: Ipv4Addr) -> Match {
 /// The distributed router's rewrite toward `mac`: the router MAC as source,
 /// `dec_ttl`. The caller adds where it goes.
 fn routed_to(mac: impl std::fmt::Display) -> Actions {
+    routed_from_to(ROUTER_MAC, mac)
+}
+
+/// [`routed_to`] with another router MAC (the uplink's).
+fn routed_from_to(router: impl std::fmt::Display, mac: impl std::fmt::Display) -> Actions {
     Actions::new()
-        .set_field(ROUTER_MAC, "eth_src")
+        .set_field(router, "eth_src")
         .set_field(mac, "eth_dst")
         .raw("dec_ttl")
 }
@@ -382,8 +668,13 @@ fn routed_to(mac: impl std::fmt::Display) -> Actions {
 fn pipeline_misses(d: &mut DesiredState) {
     let c = Cookie::new(Category::Pipeline, "pipeline");
     for t in TABLES {
-        if t.miss == Miss::Drop {
-            d.add(t, 0, Match::new(), Actions::drop(), c);
+        match t.miss {
+            Miss::Drop => d.add(t, 0, Match::new(), Actions::drop(), c),
+            Miss::Goto(next) => {
+                let next = table_by_id(next).expect("a miss goes to a registered table");
+                d.add(t, 0, Match::new(), Actions::new().goto(next), c);
+            }
+            Miss::Return => {}
         }
     }
 }
@@ -391,20 +682,31 @@ fn pipeline_misses(d: &mut DesiredState) {
 /// Answers ARP requests for `ip` in the VPC with the router MAC: every address in a
 /// VPC is reached through the distributed router, so there is no flooding.
 fn arp_answer(d: &mut DesiredState, zone: u16, ip: Ipv4Addr, c: Cookie) {
+    arp_answer_with(d, u32::from(zone), ip, ROUTER_MAC, c);
+}
+
+/// Answers ARP requests for `ip` in the `reg0` context `ctx` with `mac`.
+fn arp_answer_with(
+    d: &mut DesiredState,
+    ctx: u32,
+    ip: Ipv4Addr,
+    mac: impl std::fmt::Display + Copy,
+    c: Cookie,
+) {
     d.add(
         ARP_RESPONDER,
         100,
         Match::new()
-            .reg(reg::VPC, u32::from(zone))
+            .reg(reg::VPC, ctx)
             .kw("arp")
             .field("arp_op", 1)
             .ip_field("arp_tpa", ip),
         Actions::new()
             .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
-            .set_field(ROUTER_MAC, "eth_src")
+            .set_field(mac, "eth_src")
             .set_field(2, "arp_op")
             .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
-            .set_field(ROUTER_MAC, "arp_sha")
+            .set_field(mac, "arp_sha")
             .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
             .set_field(ip, "arp_spa")
             .raw("in_port"),
@@ -435,16 +737,29 @@ fn compile_service(
     unready: &BTreeSet<(&str, Ipv4Addr)>,
     local: &BTreeSet<(&str, Ipv4Addr)>,
 ) {
-    let Some(zone) = alloc.zone(&s.vpc) else {
+    let gateway = s.scenario == AccessScenario::EipServiceGateway;
+    // Where the VIPs are load-balanced: the VPC's zone, or the gateway's.
+    let Some(z) = lb_zone(s, alloc) else {
         return;
     };
-    let z = u32::from(zone);
-    let key = ObjectKey::new(Kind::Service, &s.name).to_string();
-    let c = Cookie::new(Category::Service, &key);
+    let c = service_cookie(s);
     let learned = c.learned();
 
-    for vip in &s.cluster_ips {
-        arp_answer(d, zone, *vip, c);
+    if !gateway {
+        if let Some(zone) = alloc.zone(&s.vpc) {
+            for vip in &s.cluster_ips {
+                arp_answer(d, zone, *vip, c);
+            }
+        }
+    }
+    // The addresses clients use: the cluster IPs, and the EIP (reached from the
+    // uplink of the DPU that owns it; pods in the VPC may use it too).
+    let mut vips = s.cluster_ips.clone();
+    if matches!(
+        s.scenario,
+        AccessScenario::EipLoadBalancer | AccessScenario::EipServiceGateway
+    ) {
+        vips.extend(s.eip);
     }
     if s.affinity_timeout.is_some() {
         d.add(
@@ -456,7 +771,11 @@ fn compile_service(
                 reg::FLAG_AFFINITY_HIT,
             ),
             Actions::new().goto(ENDPOINT_DNAT),
-            Cookie::new(Category::Vpc, &s.vpc),
+            if gateway {
+                Cookie::new(Category::Gateway, "gateway")
+            } else {
+                Cookie::new(Category::Vpc, &s.vpc)
+            },
         );
     }
 
@@ -468,8 +787,11 @@ fn compile_service(
         let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
         let mut buckets = Vec::new();
         let mut local_buckets = Vec::new();
-        let ready = |b: &&dpu_model::Backend| !unready.contains(&(s.vpc.as_str(), b.ip));
+        let ready = |b: &&dpu_model::Backend| !unready.contains(&(b.vpc.as_str(), b.ip));
         for b in s.backends.iter().filter(|b| b.weight > 0).filter(ready) {
+            let Some(bzone) = alloc.zone(&b.vpc) else {
+                continue;
+            };
             let ip = u32::from(b.ip);
             // Buckets only choose the endpoint. With affinity, AffinityLearn (a plain
             // flow: OVS does not run `learn` inside a group bucket) records the choice.
@@ -478,41 +800,68 @@ fn compile_service(
             } else {
                 ENDPOINT_DNAT
             };
-            let a = Actions::new()
+            let mut a = Actions::new()
                 .set_reg(reg::EP_IP, ip)
-                .set_reg(reg::EP_PORT, u32::from(port.target_port))
-                .resubmit(next)
-                .render();
+                .set_reg(reg::EP_PORT, u32::from(port.target_port));
+            if gateway {
+                a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
+            }
+            let a = a.resubmit(next).render();
             // One bucket per unit of weight: OVS's hash selection scores buckets
             // with highest-random-weight, so equal buckets give a proportional split.
             for _ in 0..b.weight {
                 buckets.push(a.clone());
             }
-            if local.contains(&(s.vpc.as_str(), b.ip)) {
+            if local.contains(&(b.vpc.as_str(), b.ip)) {
                 for _ in 0..b.weight {
                     local_buckets.push(a.clone());
                 }
             }
-            d.add(
-                ENDPOINT_DNAT,
-                100,
-                Match::new()
-                    .reg(reg::VPC, z)
-                    .kw(proto)
-                    .reg(reg::EP_IP, ip)
-                    .reg(reg::EP_PORT, u32::from(port.target_port)),
-                Actions::new().raw(format!(
-                    "ct(commit,table={},zone={}[0..15],nat(dst={}:{}))",
-                    L3_FORWARD.id,
-                    reg::VPC_NXM,
-                    b.ip,
-                    port.target_port
-                )),
-                Cookie::new(
-                    Category::Endpoint,
-                    &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
-                ),
-            );
+            let endpoint = Match::new()
+                .reg(reg::VPC, z)
+                .kw(proto)
+                .reg(reg::EP_IP, ip)
+                .reg(reg::EP_PORT, u32::from(port.target_port));
+            if gateway {
+                // DNAT in the gateway zone, remembering the backend's VPC zone
+                // for the connection's later packets; GatewaySnat goes on.
+                d.add(
+                    ENDPOINT_DNAT,
+                    100,
+                    endpoint.reg(reg::TARGET_ZONE, u32::from(bzone)),
+                    Actions::new().raw(format!(
+                        "ct(commit,table={},zone={}[0..15],nat(dst={}:{}),exec({},move:{}[0..15]->NXM_NX_CT_MARK[0..15]))",
+                        GATEWAY_SNAT.id,
+                        reg::VPC_NXM,
+                        b.ip,
+                        port.target_port,
+                        label::record(),
+                        reg::TARGET_ZONE_NXM,
+                    )),
+                    Cookie::new(
+                        Category::Endpoint,
+                        &format!("gateway/{}/{}/{}:{}", b.vpc, proto, b.ip, port.target_port),
+                    ),
+                );
+            } else {
+                d.add(
+                    ENDPOINT_DNAT,
+                    100,
+                    endpoint,
+                    Actions::new().raw(format!(
+                        "ct(commit,table={},zone={}[0..15],nat(dst={}:{}),exec({}))",
+                        L3_FORWARD.id,
+                        reg::VPC_NXM,
+                        b.ip,
+                        port.target_port,
+                        label::record(),
+                    )),
+                    Cookie::new(
+                        Category::Endpoint,
+                        &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
+                    ),
+                );
+            }
         }
         let hash_fields = if s.affinity_timeout.is_some() {
             vec!["ip_src"]
@@ -547,7 +896,17 @@ fn compile_service(
                 },
             );
         }
-        for vip in &s.cluster_ips {
+        // A service gateway's affinity entry also keeps the backend's VPC: the
+        // same address may be a backend in two VPCs.
+        let learn_zone = if gateway {
+            format!(
+                ",load:{zone}[]->{zone}[]",
+                zone = reg::TARGET_ZONE_NXM
+            )
+        } else {
+            String::new()
+        };
+        for vip in &vips {
             let vip_match = || {
                 Match::new()
                     .reg(reg::VPC, z)
@@ -572,7 +931,7 @@ fn compile_service(
                         vip_match(),
                         Actions::new()
                             .raw(format!(
-                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[],load:{hit:#x}->{flags}[0])",
+                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
                                 SESSION_AFFINITY.id,
                                 learned.value(0),
                                 ip_proto_number(port.protocol),

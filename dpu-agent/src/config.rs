@@ -44,6 +44,41 @@ pub struct Config {
     /// host does not reach Services through this DPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostConfig>,
+    /// The uplink toward the outside network (EIPs, bare-metal servers); absent
+    /// means this DPU owns no EIP and reaches no bare-metal server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkConfig>,
+}
+
+/// `[uplink]`: the port toward the outside network.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// The `external_ids:iface-id` of the uplink's interface on the bridge.
+    pub port: String,
+    /// The MAC this DPU uses on the uplink: it answers ARP for its EIPs with it,
+    /// and sends from it. Default: one derived from the node name (locally
+    /// administered, `02:d9:…`), so DPUs sharing a segment never clash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl UplinkConfig {
+    /// The uplink MAC: the configured one, or the one derived from `node`.
+    pub fn mac_for(&self, node: &str) -> dpu_model::Mac {
+        match self.mac.as_deref().map(str::parse) {
+            Some(Ok(m)) => m,
+            // `check` refused a bad one; derive as for an absent one.
+            _ => derived_uplink_mac(node),
+        }
+    }
+}
+
+/// `02:d9:` and 32 bits of a stable hash of the node name.
+pub fn derived_uplink_mac(node: &str) -> dpu_model::Mac {
+    let h = crate::pipeline::cookie::object_hash(&format!("uplink/{node}"));
+    let b = h.to_be_bytes();
+    dpu_model::Mac([0x02, 0xd9, b[4], b[5], b[6], b[7]])
 }
 
 /// `[host]`: where the host itself (not a pod) meets the DPU's bridge.
@@ -299,6 +334,20 @@ impl Config {
         }
         if self.host.as_ref().is_some_and(|h| h.port.is_empty()) {
             return bad("host.port", "must not be empty".into());
+        }
+        if let Some(u) = &self.uplink {
+            if u.port.is_empty() {
+                return bad("uplink.port", "must not be empty".into());
+            }
+            if self.host.as_ref().is_some_and(|h| h.port == u.port) {
+                return bad(
+                    "uplink.port",
+                    format!("{:?} is also host.port; they are different ports", u.port),
+                );
+            }
+            if let Some(Err(m)) = u.mac.as_deref().map(str::parse::<dpu_model::Mac>) {
+                return bad("uplink.mac", m);
+            }
         }
         if !matches!(self.ovs.datapath_type.as_str(), "netdev" | "system") {
             return bad(
@@ -557,6 +606,9 @@ index = 0
 token_file = "/etc/dpu-agent/bootstrap-token"
 [host]
 port = "pf0hpf"
+[uplink]
+port = "p0"
+mac = "02:d9:00:00:01:01"
 "#;
 
     #[test]

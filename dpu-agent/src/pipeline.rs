@@ -19,6 +19,8 @@ pub enum Miss {
     Drop,
     /// Used by tables reached only through `resubmit`: a miss returns to the caller.
     Return,
+    /// A miss goes on to the table with this id.
+    Goto(u8),
 }
 
 impl fmt::Display for Table {
@@ -81,6 +83,18 @@ pub const ENDPOINT_DNAT: Table = Table {
     stage: "service LB",
     miss: Miss::Drop,
 };
+pub const GATEWAY_SNAT: Table = Table {
+    id: 46,
+    name: "GatewaySnat",
+    stage: "service gateway",
+    miss: Miss::Drop,
+};
+pub const RETURN_PATH: Table = Table {
+    id: 48,
+    name: "ReturnPath",
+    stage: "return path",
+    miss: Miss::Goto(L3_FORWARD.id),
+};
 pub const L3_FORWARD: Table = Table {
     id: 50,
     name: "L3Forward",
@@ -89,7 +103,7 @@ pub const L3_FORWARD: Table = Table {
 };
 
 /// All tables in pipeline order.
-pub const TABLES: [Table; 10] = [
+pub const TABLES: [Table; 12] = [
     CLASSIFY,
     SPOOF_GUARD,
     ARP_RESPONDER,
@@ -99,6 +113,8 @@ pub const TABLES: [Table; 10] = [
     SERVICE_SELECT,
     AFFINITY_LEARN,
     ENDPOINT_DNAT,
+    GATEWAY_SNAT,
+    RETURN_PATH,
     L3_FORWARD,
 ];
 
@@ -127,6 +143,53 @@ pub mod reg {
     /// `reg0` of traffic from the host's PF representor before it enters a VPC:
     /// above 16 bits, so it is never a VPC id (zones are 16 bits).
     pub const HOST_CONTEXT: u32 = 0x1_0000;
+    /// `reg0` of ARP from the uplink (EIPs, bare-metal servers), likewise never a
+    /// VPC id.
+    pub const UPLINK_CONTEXT: u32 = 0x2_0000;
+    /// Where the packet came in from, set by Classify and recorded in the
+    /// connection's label when conntrack commits it (see [`super::label`]).
+    pub const ORIGIN: &str = "reg5";
+    pub const ORIGIN_NXM: &str = "NXM_NX_REG5";
+    /// Origins: a workload or the host (0, routed back), another DPU's tunnel, the
+    /// uplink, and the service gateway (set in the backend VPC's zone).
+    pub const ORIGIN_TUNNEL: u32 = 1;
+    pub const ORIGIN_UPLINK: u32 = 2;
+    pub const ORIGIN_GATEWAY: u32 = 3;
+    /// The conntrack zone (VPC id) of the backend a service gateway chose, set by
+    /// its bucket and kept in the gateway zone's `ct_mark`.
+    pub const TARGET_ZONE: &str = "reg6";
+    pub const TARGET_ZONE_NXM: &str = "NXM_NX_REG6";
+}
+
+/// The conntrack zone (and `reg0`) of the service gateway: EIP connections to
+/// Services of scenario `EipServiceGateway` are DNATed here, then SNATed in the
+/// chosen backend's VPC zone. VPC zones stop below it.
+pub const GATEWAY_ZONE: u16 = 0xffff;
+
+/// The connection label (`ct_label`, 128 bits) records how a connection came in,
+/// so its replies go back the same way (ReturnPath): a reply is un-NATed on the
+/// DPU that NATed it, and leaves by the port and next hop its request came from.
+pub mod label {
+    /// The Ethernet source of the connection's first packet (the uplink next hop).
+    pub const MAC: &str = "NXM_NX_CT_LABEL[0..47]";
+    /// The outer source address when it came through a tunnel (the sending DPU).
+    pub const TUNNEL_SRC: &str = "NXM_NX_CT_LABEL[64..95]";
+    /// The origin (`reg::ORIGIN_*`).
+    pub const ORIGIN: &str = "NXM_NX_CT_LABEL[96..103]";
+
+    /// `ct_label` match value/mask for one origin.
+    pub fn origin_is(origin: u32) -> String {
+        format!("{:#x}/{:#x}", u128::from(origin) << 96, 0xffu128 << 96)
+    }
+
+    /// `ct(commit, exec(...))` actions recording the packet's origin, its
+    /// Ethernet source and its tunnel source.
+    pub fn record() -> String {
+        format!(
+            "move:NXM_OF_ETH_SRC[]->{MAC},move:NXM_NX_TUN_IPV4_SRC[]->{TUNNEL_SRC},move:{}[0..7]->{ORIGIN}",
+            super::reg::ORIGIN_NXM
+        )
+    }
 }
 
 /// Set in the id of a Service port's second group, the one holding only the
@@ -165,6 +228,10 @@ pub mod cookie {
         AffinityLearned = 7,
         /// A DPU node: its host's PF flows and the routes to its host.
         Node = 8,
+        /// The service gateway's zone and its way into each backend VPC.
+        Gateway = 9,
+        /// The uplink: its ARP context, EIP entry and return path.
+        Uplink = 10,
     }
 
     /// A cookie without its round; the reconciler stamps the round.

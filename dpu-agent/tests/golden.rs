@@ -25,6 +25,8 @@ fn run_case(dir: &Path) -> String {
         // The golden cases name the host's PF representor `pf0hpf` in ports.txt
         // when they have one.
         host_port: Some("pf0hpf".into()),
+        // and the uplink `p0`.
+        uplink: Some(("p0".into(), "02:d9:00:00:01:01".parse().unwrap())),
         ports: ports
             .lines()
             .filter_map(|l| l.split_once(' '))

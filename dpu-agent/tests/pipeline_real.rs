@@ -133,7 +133,7 @@ async fn compiled_pipeline_balances_real_tcp_and_udp_and_diffs_cleanly() -> anyh
     let facts = NodeFacts {
         node: "dpu-1".into(),
         ports: t.ports.clone(),
-        host_port: None,
+        ..Default::default()
     };
     let backend = OfctlBackend::new(t.ovs.mgmt(&t.bridge), "ovs-ofctl");
     let mut rec = Reconciler::start(backend).await.map_err(|(_, e)| e)?;

@@ -708,7 +708,7 @@ proptest! {
                     prop_assert_eq!(validate(&intent), vec![], "the generator must be consistent");
                     prop_assert_eq!(check_supported(&intent, "dpu-1"), vec![]);
                     alloc = alloc.update(&intent).unwrap();
-                    let facts = NodeFacts { node: "dpu-1".into(), ports, host_port: None };
+                    let facts = NodeFacts { node: "dpu-1".into(), ports, ..Default::default() };
                     events.push(Event::Apply(compile(&intent, &alloc, &facts).desired));
                     events.push(Event::Learn);
                 }

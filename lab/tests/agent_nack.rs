@@ -237,16 +237,21 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
         let text = nack_text(&reply(&mut inbound).await?)?;
         assert!(text.contains("update.base_version"), "{text}");
 
-        // A scenario this release does not implement, and a malformed object in the
-        // same update: both reported, nothing applied.
-        let mut eip = service("eip", 30, &[Ipv4Addr::new(10, 0, 1, 11)]);
-        if let Object::Service(s) = &mut eip {
-            s.scenario = AccessScenario::EipLoadBalancer;
-            s.eip = Some(Ipv4Addr::new(203, 0, 113, 5));
+        // What the model allows but this agent cannot apply: a workload on its
+        // own node without a MAC to bind its port with.
+        let mut no_mac = workload("vm-9", 29);
+        if let Object::Workload(w) = &mut no_mac {
+            w.kind = WorkloadKind::Vm;
+            w.mac = None;
         }
-        out.send(Ok(update(4, 1, false, vec![eip]))).await?;
+        out.send(Ok(update(4, 1, false, vec![no_mac]))).await?;
         let text = nack_text(&reply(&mut inbound).await?)?;
-        assert!(text.contains("spec.scenario"), "{text}");
+        assert!(
+            text.contains("\"vm-9\"") && text.contains("spec.mac"),
+            "{text}"
+        );
+
+        // A malformed object: reported, nothing applied.
 
         let mut broken = update(5, 1, false, vec![]);
         if let Some(pb::controller_message::Msg::Update(u)) = &mut broken.msg {

@@ -132,6 +132,11 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         if w.kind == WorkloadKind::VnicIp {
             continue;
         }
+        // Bare-metal servers share the port they are reached through (the
+        // uplink, usually), each by its own MAC; checked below.
+        if w.kind == WorkloadKind::BareMetal {
+            continue;
+        }
         if let Some(other) = ports.insert((&w.node, &w.port), &w.name) {
             errs.push(err(
                 Kind::Workload,
@@ -142,6 +147,35 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                     w.port, w.node
                 ),
             ));
+        }
+    }
+    let mut shared: HashMap<(&str, &str, Mac), &str> = HashMap::new();
+    for w in intent.workloads.values() {
+        if w.kind != WorkloadKind::BareMetal {
+            continue;
+        }
+        let e = |field: &str, msg: String| err(Kind::Workload, &w.name, field, msg);
+        if let Some(owner) = ports.get(&(w.node.as_str(), w.port.as_str())) {
+            errs.push(e(
+                "spec.port",
+                format!(
+                    "port {} on node {} is Workload/{owner}'s own; a bare-metal server is reached through a shared port such as the uplink",
+                    w.port, w.node
+                ),
+            ));
+        }
+        // The MAC tells the server apart on the shared port (the agent of its
+        // node requires one, as for any workload it binds).
+        if let Some(mac) = w.mac {
+            if let Some(other) = shared.insert((&w.node, &w.port, mac), &w.name) {
+                errs.push(e(
+                    "spec.mac",
+                    format!(
+                        "{mac} on port {} of node {} is already Workload/{other}",
+                        w.port, w.node
+                    ),
+                ));
+            }
         }
     }
     for w in intent.workloads.values() {
