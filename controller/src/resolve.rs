@@ -463,7 +463,11 @@ fn resolve_backends(
                     ip: p.ip,
                     weight: p.weight,
                     workload: p.workload.unwrap_or_default(),
-                    vpc: if p.vpc == spec.vpc { String::new() } else { p.vpc },
+                    vpc: if p.vpc == spec.vpc {
+                        String::new()
+                    } else {
+                        p.vpc
+                    },
                 },
                 p.origin,
             )

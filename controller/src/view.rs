@@ -1,8 +1,9 @@
 //! What one node needs to know, and what changed for it between two versions.
 //!
 //! Both are pure functions of the intent. A node needs every VPC it takes part in
-//! (it hosts a Workload of it, or holds a Subnet block of it) and everything in
-//! those VPCs: Subnets, Workloads (remote ones too, for tunnels), Services, and the
+//! (it hosts a Workload of it, holds a Subnet block of it, owns the EIP of a
+//! Service in it, or has a Service with backends in it) and everything in those
+//! VPCs: Subnets, Workloads (remote ones too, for tunnels), Services, and the
 //! probes of those Services.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ pub type View = BTreeMap<ObjectKey, Object>;
 
 /// The node's share of the intent.
 pub fn node_view(intent: &Intent, node: &str) -> View {
-    let vpcs: BTreeSet<&str> = intent
+    let mut vpcs: BTreeSet<&str> = intent
         .workloads
         .values()
         .filter(|w| w.node == node)
@@ -28,12 +29,24 @@ pub fn node_view(intent: &Intent, node: &str) -> View {
                 .map(|s| s.vpc.as_str()),
         )
         .collect();
-    let services: BTreeSet<&str> = intent
-        .services
-        .values()
-        .filter(|s| vpcs.contains(s.vpc.as_str()))
-        .map(|s| s.name.as_str())
-        .collect();
+    // The node that owns an EIP takes part in its Service's VPC, and a node
+    // that has a service gateway (scenario 4) in every VPC of its backends: it
+    // validates and routes into them. Those VPCs bring their own Services, so
+    // this runs until nothing is added.
+    let mut services: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let before = (vpcs.len(), services.len());
+        for s in intent.services.values() {
+            if vpcs.contains(s.vpc.as_str()) || s.eip_node.as_deref() == Some(node) {
+                services.insert(s.name.as_str());
+                vpcs.insert(s.vpc.as_str());
+                vpcs.extend(s.backends.iter().map(|b| b.vpc.as_str()));
+            }
+        }
+        if (vpcs.len(), services.len()) == before {
+            break;
+        }
+    }
     intent
         .objects()
         .filter(|o| match o {
@@ -110,6 +123,43 @@ mod tests {
             ]
         );
         assert!(node_view(&i, "dpu-9").is_empty());
+    }
+
+    #[test]
+    fn an_eip_owner_sees_its_service_and_a_gateway_every_backend_vpc() {
+        let mut i = intent();
+        let red_web = ObjectKey::new(Kind::Service, "red-web");
+        // dpu-9 hosts nothing but owns red-web's EIP.
+        i.services.get_mut("red-web").unwrap().eip_node = Some("dpu-9".into());
+        let v = node_view(&i, "dpu-9");
+        assert!(v.contains_key(&red_web), "{:?}", names(&v));
+        assert!(v.contains_key(&ObjectKey::new(Kind::Vpc, "red")));
+        assert!(!v.contains_key(&ObjectKey::new(Kind::Vpc, "blue")));
+
+        // As a service gateway with a backend in blue, red-web brings blue (and
+        // what is in it) to every node that has red-web; nodes of blue alone do
+        // not get red-web.
+        let s = i.services.get_mut("red-web").unwrap();
+        s.scenario = dpu_model::AccessScenario::EipServiceGateway;
+        let web_1 = &i.workloads["web-1"];
+        s.backends.push(dpu_model::Backend {
+            ip: web_1.ip,
+            weight: 1,
+            workload: Some("web-1".into()),
+            vpc: "blue".into(),
+        });
+        for node in ["dpu-9", "dpu-3"] {
+            let v = node_view(&i, node);
+            for k in [
+                red_web.clone(),
+                ObjectKey::new(Kind::Vpc, "blue"),
+                ObjectKey::new(Kind::Subnet, "blue-a"),
+                ObjectKey::new(Kind::Workload, "web-1"),
+            ] {
+                assert!(v.contains_key(&k), "{node} lacks {k}: {:?}", names(&v));
+            }
+        }
+        assert!(!node_view(&i, "dpu-1").contains_key(&red_web));
     }
 
     #[test]

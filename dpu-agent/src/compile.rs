@@ -79,17 +79,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Vpc, &vpc.name);
-        d.add(
-            CONNTRACK,
-            100,
-            Match::new().reg(reg::VPC, z).kw("ip"),
-            Actions::new().raw(format!(
-                "ct(table={},zone={}[0..15],nat)",
-                SERVICE_LB.id,
-                reg::VPC_NXM
-            )),
-            c,
-        );
+        tracked_zone(d, z, Actions::new().goto(RETURN_PATH), c);
         if let Some(t) = tunnel {
             // From another DPU: the VNI names the VPC. Only IP crosses (ARP is
             // answered locally on every DPU); the sender already enforced the
@@ -121,28 +111,16 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
                 c,
             );
         }
-        let vm = || Match::new().reg(reg::VPC, z);
-        d.add(
-            SERVICE_LB,
-            200,
-            vm().kw("ct_state=+inv+trk"),
-            Actions::drop(),
-            c,
-        );
-        d.add(
-            SERVICE_LB,
-            190,
-            vm().kw("ct_state=-new+trk"),
-            Actions::new().goto(RETURN_PATH),
-            c,
-        );
         // Other new connections are committed too, so their replies are +est and not
         // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack), with the
         // way they came in, for ReturnPath.
         d.add(
             SERVICE_LB,
             10,
-            vm().kw("ct_state=+new+trk").kw("ip"),
+            Match::new()
+                .reg(reg::VPC, z)
+                .kw("ct_state=+new+trk")
+                .kw("ip"),
             Actions::new().raw(format!(
                 "ct(commit,table={},zone={}[0..15],exec({}))",
                 L3_FORWARD.id,
@@ -216,7 +194,11 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         };
         d.add(
             CLASSIFY,
-            if w.kind == WorkloadKind::BareMetal { 105 } else { 100 },
+            if w.kind == WorkloadKind::BareMetal {
+                105
+            } else {
+                100
+            },
             from_port,
             Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
             c,
@@ -293,6 +275,14 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             Some(u) => routed_from_to(u.mac, mac),
             None => routed_to(mac),
         };
+        // A shared port is often also where the packet came from (an EIP client
+        // or another server on the uplink): OpenFlow drops an output to the
+        // in_port unless the in_port is cleared first.
+        let rewrite = if w.kind == WorkloadKind::BareMetal {
+            rewrite.raw(CLEAR_IN_PORT)
+        } else {
+            rewrite
+        };
         d.add(
             L3_FORWARD,
             100,
@@ -312,6 +302,9 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     compile_gateway(d, intent, alloc);
     out
 }
+
+/// Lets a following `output` send back out of the port the packet came in on.
+const CLEAR_IN_PORT: &str = "load:0->NXM_OF_IN_PORT[]";
 
 /// The uplink port on the bridge, and this DPU's MAC there.
 #[derive(Debug, Clone, Copy)]
@@ -354,6 +347,7 @@ fn compile_uplink(
             .raw(format!("move:{}->NXM_OF_ETH_DST[]", label::MAC))
             .set_field(u.mac, "eth_src")
             .raw("dec_ttl")
+            .raw(CLEAR_IN_PORT)
             .output(u.ofport),
         c,
     );
@@ -406,28 +400,9 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
     let g = u32::from(GATEWAY_ZONE);
     let c = Cookie::new(Category::Gateway, "gateway");
     let gm = || Match::new().reg(reg::VPC, g);
-    d.add(
-        CONNTRACK,
-        100,
-        gm().kw("ip"),
-        Actions::new().raw(format!(
-            "ct(table={},zone={}[0..15],nat)",
-            SERVICE_LB.id,
-            reg::VPC_NXM
-        )),
-        c,
-    );
-    d.add(
-        SERVICE_LB,
-        200,
-        gm().kw("ct_state=+inv+trk"),
-        Actions::drop(),
-        c,
-    );
-    d.add(
-        SERVICE_LB,
-        190,
-        gm().kw("ct_state=-new+trk"),
+    tracked_zone(
+        d,
+        g,
         Actions::new()
             .raw(format!(
                 "move:NXM_NX_CT_MARK[0..15]->{}[0..15]",
@@ -441,7 +416,9 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
         .flat_map(|s| s.backends.iter().map(|b| b.vpc.as_str()))
         .collect();
     for vpc in vpcs {
-        let Some(zone) = alloc.zone(vpc) else { continue };
+        let Some(zone) = alloc.zone(vpc) else {
+            continue;
+        };
         let Some(snat) = intent
             .subnets
             .values()
@@ -463,7 +440,12 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
             )),
             c,
         );
-        let vm = || Match::new().reg(reg::VPC, z).reg(reg::TARGET_ZONE, z).kw("ip");
+        let vm = || {
+            Match::new()
+                .reg(reg::VPC, z)
+                .reg(reg::TARGET_ZONE, z)
+                .kw("ip")
+        };
         d.add(
             GATEWAY_SNAT,
             100,
@@ -507,6 +489,37 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
             c,
         );
     }
+}
+
+/// A conntrack zone's entry: Conntrack runs `ct(zone, nat)` for IP with `reg0 =
+/// zone`; then ServiceLb drops `+inv` and sends what is not new to `established`.
+fn tracked_zone(d: &mut DesiredState, zone: u32, established: Actions, c: Cookie) {
+    let zm = || Match::new().reg(reg::VPC, zone);
+    d.add(
+        CONNTRACK,
+        100,
+        zm().kw("ip"),
+        Actions::new().raw(format!(
+            "ct(table={},zone={}[0..15],nat)",
+            SERVICE_LB.id,
+            reg::VPC_NXM
+        )),
+        c,
+    );
+    d.add(
+        SERVICE_LB,
+        200,
+        zm().kw("ct_state=+inv+trk"),
+        Actions::drop(),
+        c,
+    );
+    d.add(
+        SERVICE_LB,
+        190,
+        zm().kw("ct_state=-new+trk"),
+        established,
+        c,
+    );
 }
 
 /// The zone a Service load-balances in: its VPC's, or the gateway's.
@@ -899,10 +912,7 @@ fn compile_service(
         // A service gateway's affinity entry also keeps the backend's VPC: the
         // same address may be a backend in two VPCs.
         let learn_zone = if gateway {
-            format!(
-                ",load:{zone}[]->{zone}[]",
-                zone = reg::TARGET_ZONE_NXM
-            )
+            format!(",load:{zone}[]->{zone}[]", zone = reg::TARGET_ZONE_NXM)
         } else {
             String::new()
         };

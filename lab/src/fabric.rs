@@ -12,8 +12,17 @@
 //!
 //! The underlay bridge's uplink is a veth whose other end sits on a Linux bridge in a
 //! namespace of its own, the "underlay switch". Cutting a DPU off sets its switch-side
-//! end down. Everything is named from one [`unique_prefix`] and removed by `Drop`: the
-//! links, then the OVS daemons by pid, then the switch's namespace.
+//! end down.
+//!
+//! Apart from the underlay there is an "external" L2 segment, the outside network
+//! (external clients, bare-metal servers): a second Linux bridge in a namespace of its
+//! own, `<prefix>-ex`, made by the first call that needs it. [`Fabric::attach_uplink`]
+//! plugs a veth from it into a DPU's *integration* bridge (the agent's uplink port);
+//! [`Fabric::attach_external`] puts a namespace on it. Nothing routes between the
+//! external segment and the underlay.
+//!
+//! Everything is named from one [`unique_prefix`] and removed by `Drop`: the links,
+//! then the OVS daemons by pid, then the switches' namespaces.
 //!
 //! See docs/testing.md, "Multi-DPU fabric", for the picture and the pitfalls.
 
@@ -43,6 +52,10 @@ pub const GENEVE_OVERHEAD: u32 = 50;
 pub const MAX_DPUS: usize = 254;
 /// The Linux bridge inside the switch's namespace.
 const SWITCH_BRIDGE: &str = "ulsw";
+/// The Linux bridge inside the external switch's namespace.
+const EXTERNAL_BRIDGE: &str = "exsw";
+/// The external segment's MTU: an ordinary Ethernet, like the workloads'.
+pub const EXTERNAL_MTU: u32 = 1500;
 /// Bound on OVS picking up an address, a route or a link change.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on one underlay reachability probe.
@@ -69,6 +82,10 @@ struct DpuNames {
     underlay_bridge: String,
     uplink: String,
     switch_port: String,
+    /// The external uplink's end on the integration bridge.
+    external_uplink: String,
+    /// Its end on the external switch.
+    external_port: String,
 }
 
 fn dpu_names(prefix: &str, index: usize) -> Result<DpuNames> {
@@ -76,8 +93,16 @@ fn dpu_names(prefix: &str, index: usize) -> Result<DpuNames> {
         underlay_bridge: format!("ul{prefix}{index}"),
         uplink: format!("{prefix}u{index}"),
         switch_port: format!("{prefix}s{index}"),
+        external_uplink: format!("{prefix}x{index}"),
+        external_port: format!("{prefix}y{index}"),
     };
-    for name in [&names.underlay_bridge, &names.uplink, &names.switch_port] {
+    for name in [
+        &names.underlay_bridge,
+        &names.uplink,
+        &names.switch_port,
+        &names.external_uplink,
+        &names.external_port,
+    ] {
         check_ifname(name).with_context(|| format!("a name for DPU {index}"))?;
     }
     Ok(names)
@@ -91,9 +116,12 @@ pub struct Dpu {
     underlay_bridge: String,
     underlay_ip: Ipv4Addr,
     /// `a` is the uplink on the underlay bridge, `b` the port on the switch.
-    // Drop order: the link (deleted in the switch's namespace) before the OVS whose
-    // namespace holds its other end.
+    // Drop order: the links (deleted in the switches' namespaces) before the OVS whose
+    // namespace holds their other ends.
     link: Veth,
+    /// Once attached ([`Fabric::attach_uplink`]): `a` is the port on the integration
+    /// bridge, `b` the port on the external switch.
+    external: Option<Veth>,
     ovs: OvsInstance,
 }
 
@@ -143,6 +171,17 @@ impl Dpu {
     /// The veth end on the underlay switch (what [`Fabric::cut`] sets down).
     pub fn switch_port(&self) -> &str {
         self.link.b()
+    }
+
+    /// The external uplink's end on the integration bridge (in `ovs-vswitchd`'s
+    /// namespace), once [`Fabric::attach_uplink`] made it.
+    pub fn external_uplink(&self) -> Option<&str> {
+        self.external.as_ref().map(Veth::a)
+    }
+
+    /// The external uplink's end on the external switch.
+    pub fn external_port(&self) -> Option<&str> {
+        self.external.as_ref().map(Veth::b)
     }
 
     /// OVS's routing table (`ovs-appctl ovs/route/show`).
@@ -195,15 +234,19 @@ impl Dpu {
     }
 }
 
-/// Several emulated DPUs and the underlay switch between them. Dropping it removes
-/// every DPU (links, then daemons by pid, then their namespaces) and then the switch.
+/// Several emulated DPUs, the underlay switch between them and, once something is
+/// attached to it, the external switch. Dropping it removes every DPU (links, then
+/// daemons by pid, then their namespaces) and then the switches.
 #[derive(Debug)]
 pub struct Fabric {
     prefix: String,
-    /// Indexed by DPU; `None` once removed. Dropped before the switch.
+    /// Indexed by DPU; `None` once removed. Dropped before the switches.
     dpus: Vec<Option<Dpu>>,
     hosts_attached: usize,
+    externals_attached: usize,
     switch: Netns,
+    /// The external switch (namespace `<prefix>-ex`), made on first use.
+    external: Option<Netns>,
 }
 
 impl Fabric {
@@ -212,28 +255,15 @@ impl Fabric {
     pub fn new(tag: &str) -> Result<Fabric> {
         require_prerequisites()?;
         let prefix = unique_prefix(tag);
-        let switch = Netns::new(&format!("{prefix}-ul"))?;
-        let mtu = UNDERLAY_MTU.to_string();
-        switch
-            .ip(&[
-                "link",
-                "add",
-                SWITCH_BRIDGE,
-                "mtu",
-                &mtu,
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-            ])
-            .with_context(|| format!("create the underlay switch in {}", switch.name()))?;
-        switch.set_up(SWITCH_BRIDGE)?;
-        switch.set_lo_up()?;
+        let switch = linux_switch(&format!("{prefix}-ul"), SWITCH_BRIDGE, UNDERLAY_MTU)
+            .context("create the underlay switch")?;
         Ok(Fabric {
             prefix,
             dpus: Vec::new(),
             hosts_attached: 0,
+            externals_attached: 0,
             switch,
+            external: None,
         })
     }
 
@@ -255,6 +285,12 @@ impl Fabric {
     /// The underlay switch's namespace.
     pub fn switch_netns(&self) -> &Netns {
         &self.switch
+    }
+
+    /// The external switch's namespace (`<prefix>-ex`), once
+    /// [`Fabric::attach_uplink`] or [`Fabric::attach_external`] made it.
+    pub fn external_netns(&self) -> Option<&Netns> {
+        self.external.as_ref()
     }
 
     /// Adds a DPU with integration bridge `bridge` and returns its index: a private
@@ -319,6 +355,7 @@ impl Fabric {
             underlay_bridge: names.underlay_bridge.clone(),
             underlay_ip,
             link,
+            external: None,
             ovs,
         };
         // `ovs-vsctl` returned after ovs-vswitchd made the bridge's tap device.
@@ -450,6 +487,127 @@ impl Fabric {
         Ok((ns, ofport))
     }
 
+    /// Creates the external switch unless it exists: namespace `<prefix>-ex` holding a
+    /// Linux bridge (MTU [`EXTERNAL_MTU`], STP off, up).
+    fn ensure_external_switch(&mut self) -> Result<&Netns> {
+        if self.external.is_none() {
+            let ns = linux_switch(
+                &format!("{}-ex", self.prefix),
+                EXTERNAL_BRIDGE,
+                EXTERNAL_MTU,
+            )
+            .context("create the external switch")?;
+            self.external = Some(ns);
+        }
+        Ok(self.external.as_ref().expect("made above"))
+    }
+
+    /// Joins DPU `index` to the external segment: a veth whose one end is a port of
+    /// its integration bridge with `external_ids:iface-id=<iface_id>` (the agent's
+    /// `[uplink] port`), named `<prefix>x<index>`, and whose other end,
+    /// `<prefix>y<index>`, is on the external switch. TX checksum offload is off on
+    /// both ends. Returns the port's OpenFlow number. One uplink per DPU; it goes
+    /// with the DPU.
+    pub fn attach_uplink(&mut self, index: usize, iface_id: &str) -> Result<u32> {
+        let context = || format!("attach DPU {index}'s uplink to the external segment");
+        if self.dpu(index)?.external.is_some() {
+            bail!(
+                "DPU {index} of fabric {} already has an uplink",
+                self.prefix
+            );
+        }
+        self.ensure_external_switch().with_context(context)?;
+        let (link, ofport) = self.build_uplink(index, iface_id).with_context(context)?;
+        self.dpus[index].as_mut().expect("checked above").external = Some(link);
+        Ok(ofport)
+    }
+
+    fn build_uplink(&self, index: usize, iface_id: &str) -> Result<(Veth, u32)> {
+        let dpu = self.dpu(index)?;
+        let ex = self
+            .external
+            .as_ref()
+            .expect("the caller made the external switch");
+        let names = dpu_names(&self.prefix, index)?;
+        let (uplink, port) = (&names.external_uplink, &names.external_port);
+        // If anything below fails, dropping `link` deletes the pair again.
+        let mut link = Veth::create(uplink, port)?;
+        link.move_b_to(ex)?;
+        ex.ip(&["link", "set", "dev", port, "master", EXTERNAL_BRIDGE])
+            .with_context(|| format!("put {port} on the external switch"))?;
+        netns::tx_off(port, Some(ex))?;
+        ex.set_up(port)?;
+        // Into ovs-vswitchd's namespace, up, TX checksum offload off, then the port.
+        let ofport = dpu
+            .ovs
+            .plug(&dpu.bridge, uplink, iface_id)
+            .with_context(|| format!("plug {uplink} into {} as {iface_id}", dpu.bridge))?;
+        Ok((link, ofport))
+    }
+
+    /// Puts a namespace `<prefix>-e-<suffix>` on the external segment (an external
+    /// client or a bare-metal server): its `eth0` has `ip_cidr` and `mac` and is up,
+    /// as is `lo`; its veth peer `<prefix>e<n>` is on the external switch. TX checksum
+    /// offload is off on both ends. No route is added: that is the caller's. The pair
+    /// goes with whichever namespace goes first.
+    pub fn attach_external(&mut self, suffix: &str, ip_cidr: &str, mac: &str) -> Result<Netns> {
+        let n = self.externals_attached;
+        self.externals_attached += 1;
+        let name = format!("{}-e-{suffix}", self.prefix);
+        let context = || format!("attach external host {name} ({ip_cidr}, {mac})");
+        let port = format!("{}e{n}", self.prefix);
+        let peer = format!("{}f{n}", self.prefix);
+        check_ifname(&port).with_context(context)?;
+        check_ifname(&peer).with_context(context)?;
+        let ex = self.ensure_external_switch().with_context(context)?;
+        let build = || -> Result<Netns> {
+            let ns = Netns::new(&name)?;
+            let mut veth = Veth::create(&port, &peer)?;
+            veth.move_a_to(ex)?;
+            veth.move_b_to(&ns)?;
+            ns.rename(&peer, "eth0")?;
+            ns.set_mac("eth0", mac)?;
+            ns.add_addr("eth0", ip_cidr)?;
+            netns::tx_off("eth0", Some(&ns))?;
+            ns.set_up("eth0")?;
+            ns.set_lo_up()?;
+            ex.ip(&["link", "set", "dev", &port, "master", EXTERNAL_BRIDGE])?;
+            netns::tx_off(&port, Some(ex))?;
+            ex.set_up(&port)?;
+            veth.keep();
+            Ok(ns)
+        };
+        build().with_context(context)
+    }
+
+    /// Makes every DPU's OVS resolve every other DPU's underlay address, as a
+    /// real underlay keeps them resolved. OVS drops the packet that makes it ARP
+    /// for a tunnel's next hop, so without this the first connection across a new
+    /// pair of DPUs loses its first packet in each direction, and the retransmits
+    /// take about two seconds. The probe is [`Fabric::underlay_reachable`]: its
+    /// ARP reply passes the underlay bridge, where OVS snoops it.
+    pub fn resolve_underlay(&self) -> Result<()> {
+        let dpus: Vec<&Dpu> = self.dpus().collect();
+        for a in &dpus {
+            for b in dpus.iter().filter(|b| b.index != a.index) {
+                wait_until(
+                    &format!(
+                        "DPU {}'s OVS to resolve DPU {}'s underlay address",
+                        a.index, b.index
+                    ),
+                    SETTLE_TIMEOUT,
+                    || {
+                        a.has_neighbor(b.underlay_ip).unwrap_or(false)
+                            || (self.underlay_reachable(a.index, b.index).unwrap_or(false)
+                                && a.has_neighbor(b.underlay_ip).unwrap_or(false))
+                    },
+                )
+                .with_context(|| a.neighbors().unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether DPU `from`'s kernel reaches DPU `to`'s underlay address: a TCP connect to
     /// port 9, where nothing listens, is refused only if the reset came back. This goes
     /// through both underlay bridges and the switch, not through any tunnel.
@@ -476,6 +634,27 @@ impl Fabric {
     }
 }
 
+/// A namespace `ns_name` holding Linux bridge `bridge` (`mtu`, STP off), both up.
+fn linux_switch(ns_name: &str, bridge: &str, mtu: u32) -> Result<Netns> {
+    let ns = Netns::new(ns_name)?;
+    let mtu = mtu.to_string();
+    ns.ip(&[
+        "link",
+        "add",
+        bridge,
+        "mtu",
+        &mtu,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+    ])
+    .with_context(|| format!("create bridge {bridge} in {ns_name}"))?;
+    ns.set_up(bridge)?;
+    ns.set_lo_up()?;
+    Ok(ns)
+}
+
 /// Fails, naming what is missing, unless we are root with `ip` and `ethtool`.
 pub fn require_prerequisites() -> Result<()> {
     let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
@@ -497,6 +676,29 @@ pub fn require_prerequisites() -> Result<()> {
             .with_context(|| format!("the fabric needs `{tool}` on PATH"))?;
     }
     Ok(())
+}
+
+/// The link-layer address namespace `ns` has for `ip` (`ip neigh show to <ip>`);
+/// `None` if it has no entry or only a `FAILED` or `INCOMPLETE` one.
+pub fn neighbor_mac(ns: &Netns, ip: &str) -> Result<Option<String>> {
+    let out = ns
+        .ip(&["neigh", "show", "to", ip])
+        .with_context(|| format!("read the neighbour {ip} in {}", ns.name()))?;
+    Ok(neighbor_lladdr(&out, ip))
+}
+
+/// The `lladdr` of `ip` in `ip neigh show` output, unless the entry failed or is
+/// still being resolved.
+fn neighbor_lladdr(out: &str, ip: &str) -> Option<String> {
+    out.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&ip) || words.iter().any(|w| matches!(*w, "FAILED" | "INCOMPLETE"))
+        {
+            return None;
+        }
+        let at = words.iter().position(|w| *w == "lladdr")?;
+        words.get(at + 1).map(|mac| (*mac).to_owned())
+    })
 }
 
 /// Whether `ovs/route/show` output has a route to `net` on `dev`.
@@ -539,6 +741,8 @@ mod tests {
                 underlay_bridge: "ulfab1x20".into(),
                 uplink: "fab1x2u0".into(),
                 switch_port: "fab1x2s0".into(),
+                external_uplink: "fab1x2x0".into(),
+                external_port: "fab1x2y0".into(),
             }
         );
         assert!(dpu_names("fab1x2", MAX_DPUS - 1).is_ok());
@@ -564,5 +768,27 @@ mod tests {
             Ipv4Addr::new(192, 168, 100, 3),
             "ulp0"
         ));
+    }
+
+    #[test]
+    fn neighbor_macs_are_read_from_ip_neigh_output() {
+        let ip = "198.51.100.11";
+        let reachable = "198.51.100.11 dev eth0 lladdr 02:d9:00:00:01:01 REACHABLE\n";
+        assert_eq!(
+            neighbor_lladdr(reachable, ip).as_deref(),
+            Some("02:d9:00:00:01:01")
+        );
+        let stale = "198.51.100.11 dev eth0 lladdr 02:d9:00:00:01:01 STALE\n";
+        assert!(neighbor_lladdr(stale, ip).is_some());
+        assert_eq!(neighbor_lladdr(reachable, "198.51.100.1"), None);
+        assert_eq!(neighbor_lladdr("", ip), None);
+        for state in [
+            "198.51.100.11 dev eth0 FAILED",
+            "198.51.100.11 dev eth0 INCOMPLETE",
+        ] {
+            assert_eq!(neighbor_lladdr(state, ip), None, "{state}");
+        }
+        let failed_with_old_mac = "198.51.100.11 dev eth0 lladdr 02:d9:00:00:01:01 FAILED";
+        assert_eq!(neighbor_lladdr(failed_with_old_mac, ip), None);
     }
 }

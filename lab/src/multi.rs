@@ -1,29 +1,33 @@
 //! Several emulated DPUs and one controller: a [`Fabric`] (one OVS per DPU, an
 //! underlay between them), the real `dpu-controller` with a PKI, and one real
 //! `dpu-agent` per DPU, named `dpu-1`, `dpu-2`, ... Workload hosts are namespaces
-//! on a DPU's bridge. Everything is torn down by `Drop`, processes first.
+//! on a DPU's bridge; external hosts are namespaces on the fabric's external segment,
+//! which DPUs join through their uplink port ([`MultiLab::add_uplink`]). Everything is
+//! torn down by `Drop`, processes first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 
-use crate::fabric::Fabric;
+use crate::fabric::{self, Fabric};
 use crate::fixture::{
     agent_config_text, controller_cmd, controller_status, node_status_of, start_controller_process,
     tail, write_manifest_into, AgentFiles, Host,
 };
+use crate::netns::Netns;
 use crate::process::{spawn_logged, wait_until, Child};
 use crate::traffic::{self, TrafficResult};
 
-/// A workload host and the DPU it is attached to.
+/// A host and the DPU it is attached to; `None` for a host on the external segment
+/// ([`MultiLab::add_external`]).
 #[derive(Debug)]
 pub struct SiteHost {
-    pub dpu: usize,
+    pub dpu: Option<usize>,
     pub host: Host,
 }
 
@@ -36,12 +40,22 @@ pub struct MultiLab {
     pub work: TempDir,
     pub controller_addr: String,
     /// DPUs whose host (the node itself) is attached through a PF representor.
-    pub node_hosts: std::collections::BTreeSet<usize>,
+    pub node_hosts: BTreeSet<usize>,
+    /// DPUs whose uplink port ([`UPLINK_PORT`]) is on the external segment.
+    pub uplinks: BTreeSet<usize>,
     pub fabric: Fabric,
 }
 
 /// The iface-id of a DPU's PF representor in the lab (`[host] port`).
 pub const HOST_PORT: &str = "pf0hpf";
+
+/// The iface-id of a DPU's uplink port in the lab (`[uplink] port`).
+pub const UPLINK_PORT: &str = "uplink";
+
+/// The MAC DPU `index` uses on the external segment (`[uplink] mac`).
+pub fn uplink_mac(index: usize) -> String {
+    format!("02:d9:00:00:01:{:02x}", index + 1)
+}
 
 /// The host of DPU `index`: its name among the hosts, address and MAC.
 pub fn node_host(index: usize) -> (String, String, String) {
@@ -76,6 +90,7 @@ impl MultiLab {
             work,
             controller_addr: format!("127.0.0.1:{port}"),
             node_hosts: Default::default(),
+            uplinks: Default::default(),
             fabric,
         };
         let state = lab.path("controller-state");
@@ -139,12 +154,57 @@ impl MultiLab {
         self.hosts.insert(
             name,
             SiteHost {
-                dpu,
+                dpu: Some(dpu),
                 host: Host { echo: None, ns, ip },
             },
         );
         self.node_hosts.insert(dpu);
         Ok(())
+    }
+
+    /// Joins DPU `dpu` to the external segment through its uplink port (iface-id
+    /// [`UPLINK_PORT`]); its agent's config then gets an `[uplink]` section. Call
+    /// before `start_agent`.
+    pub fn add_uplink(&mut self, dpu: usize) -> Result<()> {
+        self.fabric
+            .attach_uplink(dpu, UPLINK_PORT)
+            .with_context(|| format!("add the uplink of {}", node_name(dpu)))?;
+        self.uplinks.insert(dpu);
+        Ok(())
+    }
+
+    /// An external host `name` on the external segment (no DPU): a namespace whose
+    /// `eth0` has `ip_cidr` and `mac`, and no route beyond the connected one; add
+    /// routes with [`MultiLab::host_ns`]. [`MultiLab::client`] and
+    /// [`MultiLab::echo`] work on it like on a workload host.
+    pub fn add_external(&mut self, name: &str, ip_cidr: &str, mac: &str) -> Result<()> {
+        if self.hosts.contains_key(name) {
+            bail!("there is a host {name} already");
+        }
+        let ns = self.fabric.attach_external(name, ip_cidr, mac)?;
+        let ip = ip_cidr.split('/').next().unwrap_or_default().to_string();
+        self.hosts.insert(
+            name.to_string(),
+            SiteHost {
+                dpu: None,
+                host: Host { echo: None, ns, ip },
+            },
+        );
+        Ok(())
+    }
+
+    /// The namespace of host `name` (a workload, node or external host).
+    pub fn host_ns(&self, name: &str) -> Result<&Netns> {
+        self.hosts
+            .get(name)
+            .map(|h| &h.host.ns)
+            .ok_or_else(|| anyhow!("no host {name}"))
+    }
+
+    /// The MAC host `name` has resolved `ip` to (`ip neigh show`); `None` if it has
+    /// no entry or only a failed or incomplete one.
+    pub fn neighbor_mac(&self, host: &str, ip: &str) -> Result<Option<String>> {
+        fabric::neighbor_mac(self.host_ns(host)?, ip)
     }
 
     pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
@@ -185,6 +245,12 @@ impl MultiLab {
         let mut cfg = cfg;
         if self.node_hosts.contains(&index) {
             cfg.push_str(&format!("\n[host]\nport = \"{HOST_PORT}\"\n"));
+        }
+        if self.uplinks.contains(&index) {
+            cfg.push_str(&format!(
+                "\n[uplink]\nport = \"{UPLINK_PORT}\"\nmac = \"{}\"\n",
+                uplink_mac(index)
+            ));
         }
         let path = self.path(&format!("agent-{node}.toml"));
         fs::write(&path, cfg)?;
@@ -237,6 +303,7 @@ impl MultiLab {
                 .collect();
             anyhow!("{e}; node status: {last}{logs}")
         })?;
+        self.fabric.resolve_underlay()?;
         self.status()?["intent_version"]
             .as_u64()
             .ok_or_else(|| anyhow!("status has no intent_version"))
@@ -262,7 +329,7 @@ impl MultiLab {
         self.hosts.insert(
             name.to_string(),
             SiteHost {
-                dpu,
+                dpu: Some(dpu),
                 host: Host { echo: None, ns, ip },
             },
         );
@@ -276,6 +343,36 @@ impl MultiLab {
             .ok_or_else(|| anyhow!("no host {name}"))?
             .host
             .start_echo(name, tcp, udp, &log)
+    }
+
+    /// Packets counted by DPU `dpu`'s flows whose text contains every one of
+    /// `parts` (`ovs-ofctl dump-flows` with statistics, which the userspace
+    /// datapath folds in about every 0.5 s).
+    pub fn flow_packets(&self, dpu: usize, parts: &[&str]) -> Result<u64> {
+        let d = self.fabric.dpu(dpu)?;
+        let flows = d.ovs().ofctl(&["dump-flows", &d.mgmt()])?;
+        Ok(flows
+            .lines()
+            .filter(|f| parts.iter().all(|p| f.contains(p)))
+            .filter_map(|f| {
+                f.split("n_packets=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum())
+    }
+
+    /// The peer addresses `lab-echo` of `host` logged TCP connections from, in
+    /// order.
+    pub fn tcp_peers(&self, host: &str) -> Vec<String> {
+        let log = fs::read_to_string(self.log(&format!("echo-{host}"))).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| l.strip_prefix("lab-echo: tcp connection from "))
+            .map(|p| p.split(':').next().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Runs `lab-client` in host `from`: `count` requests, 1.5 s timeout each.

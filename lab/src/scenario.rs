@@ -39,6 +39,25 @@ spec: {{kind: Pod, vpc: {vpc}, ip: "{ip}", mac: "{mac}", node: dpu-1, port: {nam
     )
 }
 
+/// [`workload_yaml`] of `kind` (Pod, VM, BareMetal, VNicIP) on DPU `dpu` of a
+/// multi-DPU lab (node `dpu-<dpu+1>`).
+pub fn placed_workload(
+    name: &str,
+    vpc: &str,
+    ip: &str,
+    mac: &str,
+    app: &str,
+    dpu: usize,
+    kind: &str,
+) -> String {
+    workload_yaml(name, vpc, ip, mac, app)
+        .replace(
+            "node: dpu-1",
+            &format!("node: {}", crate::multi::node_name(dpu)),
+        )
+        .replace("kind: Pod", &format!("kind: {kind}"))
+}
+
 /// A Service on VIP:80/tcp→8080 and VIP:53/udp→5353. `backends` is the YAML of the
 /// selection (a selector line or a backends list).
 pub fn service_yaml(name: &str, vpc: &str, vip: &str, selection: &str, extra: &str) -> String {

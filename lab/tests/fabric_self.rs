@@ -1,9 +1,10 @@
 //! Self-test of the multi-DPU fabric (`lab/src/fabric.rs`): emulated DPUs joined by
 //! the underlay, a host on each, hand-written OpenFlow 1.5 flows that carry the hosts'
 //! traffic through Geneve, and real TCP and UDP between the hosts. The flows' counters
-//! are the independent check that the traffic went through the tunnel. Needs root, OVS,
-//! `ip`, `ethtool`, `bash` and the workspace binaries; without them these tests fail
-//! rather than skip.
+//! are the independent check that the traffic went through the tunnel. The external
+//! segment is checked on its own: external hosts, and frames from them reaching every
+//! DPU's uplink port. Needs root, OVS, `ip`, `ethtool`, `bash` and the workspace
+//! binaries; without them these tests fail rather than skip.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -458,4 +459,240 @@ fn three_dpus_mesh_and_teardown_removes_everything() {
     for pid in pids {
         assert!(!alive(pid), "pid {pid} outlived the fabric");
     }
+}
+
+const EXTERNAL_IPS: [&str; 2] = ["198.51.100.10", "198.51.100.11"];
+const EXTERNAL_MACS: [&str; 2] = ["02:00:c6:33:64:0a", "02:00:c6:33:64:0b"];
+/// An address on the external segment that nobody holds: sending to it makes the
+/// sender broadcast ARP requests.
+const ABSENT_IP: &str = "198.51.100.1";
+const UPLINK_ID: &str = "uplink";
+/// Cookie of the test's table-0 drop flow for the ARP requests external host 0 sends
+/// for [`ABSENT_IP`] through the uplink port. It matches only those: the segment also
+/// carries IPv6 link-local chatter (from the hosts and the switch's own ports).
+const COOKIE_UPLINK_DROP: u64 = 0x40;
+/// OVS copies interface statistics into its database every 5 s.
+const STATS_TIMEOUT: Duration = Duration::from_secs(12);
+
+fn ethtool_k(ns: &str, ifname: &str) -> String {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "ethtool", "-k", ifname]);
+    run_checked(cmd, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn uplink_rx_packets(dpu: &fabric::Dpu) -> u64 {
+    let uplink = dpu.external_uplink().expect("the uplink is attached");
+    let out = dpu
+        .ovs()
+        .vsctl(&["get", "Interface", uplink, "statistics:rx_packets"])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{out:?}: {e}"))
+}
+
+/// Sends one UDP datagram from `from` to port 9 of `to`; the kernel resolves `to`
+/// first (ARP), which a datagram to an absent address never finishes.
+fn send_udp(from: &Netns, to: &str) {
+    let script = format!("echo probe > /dev/udp/{to}/9");
+    from.exec_timeout(
+        ["timeout", "2", "bash", "-c", &script],
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// `count` TCP and `count` UDP requests from `from` to the echo server on `to`; all
+/// answered by `to_name`.
+fn echoed(from: &Netns, to: &str, to_name: &str, count: u32) {
+    for (proto, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
+        let result = run_client(
+            from,
+            &format!("{to}:{port}"),
+            proto,
+            count,
+            &["--timeout-ms", "1000"],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            (result.ok, result.failed),
+            (u64::from(count), 0),
+            "{proto} to {to}: {result:?}"
+        );
+        assert_eq!(
+            result.count_for(to_name),
+            u64::from(count),
+            "{proto} to {to}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn external_hosts_share_a_segment_that_reaches_every_uplink() {
+    require_lab();
+    let logs = tempfile::tempdir().unwrap();
+    let (prefix, namespaces, pids) = {
+        let mut fabric = Fabric::with_dpus("ext", 2).unwrap();
+        assert!(fabric.external_netns().is_none(), "made before first use");
+        let mut uplink_ports = Vec::new();
+        for i in 0..2 {
+            uplink_ports.push(fabric.attach_uplink(i, UPLINK_ID).unwrap());
+        }
+        let again = fabric.attach_uplink(0, UPLINK_ID).unwrap_err();
+        assert!(
+            format!("{again:#}").contains("already has an uplink"),
+            "{again:#}"
+        );
+        let hosts: Vec<Netns> = (0..2)
+            .map(|i| {
+                fabric
+                    .attach_external(
+                        &format!("c{i}"),
+                        &format!("{}/24", EXTERNAL_IPS[i]),
+                        EXTERNAL_MACS[i],
+                    )
+                    .unwrap()
+            })
+            .collect();
+        let ex = fabric.external_netns().expect("made by the first uplink");
+
+        // Each uplink is a port of the integration bridge with the agent's iface-id,
+        // and both ends of its veth have TX checksum offload off.
+        for (i, &ofport) in uplink_ports.iter().enumerate() {
+            let dpu = fabric.dpu(i).unwrap();
+            let ovs = dpu.ovs();
+            let uplink = dpu.external_uplink().unwrap();
+            let vsctl = |args: &[&str]| {
+                let out = ovs.vsctl(args).unwrap_or_else(|e| panic!("{e:#}"));
+                out.trim().trim_matches('"').to_owned()
+            };
+            assert_eq!(vsctl(&["port-to-br", uplink]), dpu.bridge());
+            assert_eq!(
+                vsctl(&["get", "Interface", uplink, "external_ids:iface-id"]),
+                UPLINK_ID
+            );
+            assert_eq!(
+                vsctl(&["get", "Interface", uplink, "ofport"]),
+                ofport.to_string()
+            );
+            assert_eq!(vsctl(&["get", "Interface", uplink, "link_state"]), "up");
+            let port = dpu.external_port().unwrap();
+            assert!(ex.link_exists(port), "{port} on the external switch");
+            for offload in [ethtool_k(dpu.netns(), uplink), ethtool_k(ex.name(), port)] {
+                assert!(offload.contains("tx-checksumming: off"), "{offload}");
+            }
+            ovs.ofctl(&[
+                "add-flow",
+                &dpu.mgmt(),
+                &format!(
+                    "cookie={COOKIE_UPLINK_DROP:#x},table=0,priority=1,in_port={ofport},\
+                     arp,dl_src={},arp_op=1,arp_spa={},arp_tpa={ABSENT_IP},actions=drop",
+                    EXTERNAL_MACS[0], EXTERNAL_IPS[0]
+                ),
+            ])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+        for (i, host) in hosts.iter().enumerate() {
+            let offload = host.exec(["ethtool", "-k", "eth0"]).unwrap();
+            assert!(offload.contains("tx-checksumming: off"), "{offload}");
+            let link = host.ip(&["link", "show", "dev", "eth0"]).unwrap();
+            assert!(
+                link.contains(EXTERNAL_MACS[i]) && link.contains("mtu 1500 "),
+                "{link}"
+            );
+        }
+
+        // The external hosts reach each other over the segment.
+        let echoes: Vec<Child> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let log = logs.path().join(format!("ext{i}.log"));
+                start_echo(host, &format!("ext{i}"), &[TCP_PORT], &[UDP_PORT], &log)
+                    .unwrap_or_else(|e| panic!("{e:#}"))
+            })
+            .collect();
+        for from in 0..2 {
+            let to = EXTERNAL_IPS[1 - from];
+            echoed(&hosts[from], to, &format!("ext{}", 1 - from), 3);
+            assert_eq!(
+                fabric::neighbor_mac(&hosts[from], to).unwrap().as_deref(),
+                Some(EXTERNAL_MACS[1 - from])
+            );
+        }
+
+        // An ARP request from the segment reaches both DPUs' uplink ports, where the
+        // drop flow counts it and the interface counts it received. Other than that
+        // flow the integration bridges (fail_mode=secure) have none and drop
+        // everything, so nothing answers.
+        let dropped_before: Vec<u64> = fabric
+            .dpus()
+            .map(|d| {
+                d.ovs()
+                    .packets_by_cookie(d.bridge(), COOKIE_UPLINK_DROP)
+                    .unwrap()
+            })
+            .collect();
+        let rx_before: Vec<u64> = fabric.dpus().map(uplink_rx_packets).collect();
+        send_udp(&hosts[0], ABSENT_IP);
+        assert_eq!(fabric::neighbor_mac(&hosts[0], ABSENT_IP).unwrap(), None);
+        for (i, dpu) in fabric.dpus().enumerate() {
+            let mut dropped = 0;
+            wait_until(
+                &format!("DPU {i}'s uplink drop flow to count the ARP request"),
+                Duration::from_secs(5),
+                || {
+                    dropped = dpu
+                        .ovs()
+                        .packets_by_cookie(dpu.bridge(), COOKIE_UPLINK_DROP)
+                        .unwrap_or(0);
+                    dropped > dropped_before[i]
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:#}; before {}, now {dropped}", dropped_before[i]));
+            let mut rx = 0;
+            wait_until(
+                &format!("DPU {i}'s uplink to count received packets"),
+                STATS_TIMEOUT,
+                || {
+                    rx = uplink_rx_packets(dpu);
+                    rx > rx_before[i]
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:#}; before {}, now {rx}", rx_before[i]));
+        }
+
+        // Removing a DPU takes its uplink off the external switch; the rest stays.
+        let gone = fabric.dpu(1).unwrap();
+        let (gone_ns, gone_port) = (
+            gone.netns().to_owned(),
+            gone.external_port().unwrap().to_owned(),
+        );
+        fabric.remove(1).unwrap();
+        assert!(!netns::list_netns().unwrap().contains(&gone_ns));
+        let ex = fabric.external_netns().unwrap();
+        assert!(!ex.link_exists(&gone_port), "{gone_port} outlived DPU 1");
+        echoed(&hosts[1], EXTERNAL_IPS[0], "ext0", 1);
+        drop(echoes);
+
+        let mut namespaces: Vec<String> = hosts.iter().map(|h| h.name().to_owned()).collect();
+        namespaces.push(ex.name().to_owned());
+        namespaces.push(fabric.switch_netns().name().to_owned());
+        namespaces.extend(fabric.dpus().map(|d| d.netns().to_owned()));
+        let pids: Vec<u32> = fabric.dpus().flat_map(daemon_pids).collect();
+        (fabric.prefix().to_owned(), namespaces, pids)
+    };
+    let listed = netns::list_netns().unwrap();
+    for ns in &namespaces {
+        assert!(!listed.contains(ns), "{ns} still in {listed:?}");
+    }
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} outlived the fabric");
+    }
+    // Every veth end was moved out of the root namespace as it was made.
+    let links = netns::ip(&["-brief", "link"]).unwrap();
+    assert!(
+        !links.lines().any(|l| l.starts_with(&prefix)),
+        "links of {prefix} left in the root namespace:\n{links}"
+    );
 }

@@ -5,15 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use dpu_lab::multi::{node_name, MultiLab};
+use dpu_lab::multi::MultiLab;
 use dpu_lab::process::wait_until;
-use dpu_lab::scenario::{mac, service_yaml, vpc_yaml, workload_yaml, GW, VIP};
+use dpu_lab::scenario::{mac, placed_workload, service_yaml, vpc_yaml, GW, VIP};
 
-/// A workload on DPU `dpu` (its node name), of `kind`.
+/// A workload in vpc-a on DPU `dpu`, of `kind`.
 fn placed(name: &str, ip: &str, mac: &str, app: &str, dpu: usize, kind: &str) -> String {
-    workload_yaml(name, "vpc-a", ip, mac, app)
-        .replace("node: dpu-1", &format!("node: {}", node_name(dpu)))
-        .replace("kind: Pod", &format!("kind: {kind}"))
+    placed_workload(name, "vpc-a", ip, mac, app, dpu, kind)
 }
 
 /// Two DPUs: `client` (10.0.1.2) and `web-1` (10.0.1.11, a Pod) on dpu-1,
@@ -55,30 +53,11 @@ fn two_dpus_with(tag: &str, extra: &str, hosts: bool) -> Result<MultiLab> {
     Ok(lab)
 }
 
-/// Packets counted by DPU `dpu`'s flows whose text contains every one of `parts`
-/// (from `ovs-ofctl dump-flows` with statistics).
-fn packets(lab: &MultiLab, dpu: usize, parts: &[&str]) -> Result<u64> {
-    let d = lab.fabric.dpu(dpu)?;
-    let flows = d.ovs().ofctl(&["dump-flows", &d.mgmt()])?;
-    Ok(flows
-        .lines()
-        .filter(|f| parts.iter().all(|p| f.contains(p)))
-        .filter_map(|f| {
-            f.split("n_packets=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum())
-}
-
 /// Waits (the userspace datapath folds counters in about every 0.5 s) until those
 /// flows counted a packet.
 fn counted(lab: &MultiLab, dpu: usize, parts: &[&str]) -> Result<()> {
     wait_until("the flows to count packets", Duration::from_secs(5), || {
-        packets(lab, dpu, parts).is_ok_and(|n| n > 0)
+        lab.flow_packets(dpu, parts).is_ok_and(|n| n > 0)
     })
     .map_err(|e| {
         let d = lab.fabric.dpu(dpu).ok();
@@ -87,16 +66,6 @@ fn counted(lab: &MultiLab, dpu: usize, parts: &[&str]) -> Result<()> {
             .unwrap_or_default();
         anyhow::anyhow!("{e}: no flow with {parts:?} counted:\n{dump}")
     })
-}
-
-/// The peers `lab-echo` of `host` logged TCP connections from.
-fn tcp_peers(lab: &MultiLab, host: &str) -> Vec<String> {
-    let log =
-        std::fs::read_to_string(lab.path(&format!("logs/echo-{host}.log"))).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| l.strip_prefix("lab-echo: tcp connection from "))
-        .map(|p| p.split(':').next().unwrap_or_default().to_string())
-        .collect()
 }
 
 #[test]
@@ -115,7 +84,7 @@ fn a_cluster_ip_reaches_backends_on_both_dpus_with_the_client_address_kept() -> 
         }
     }
     // The backend behind the tunnel saw the clients' own addresses (no SNAT).
-    let peers = tcp_peers(&lab, "web-2");
+    let peers = lab.tcp_peers("web-2");
     assert!(!peers.is_empty());
     assert!(
         peers.iter().all(|p| p == "10.0.1.2" || p == "10.0.1.3"),
@@ -226,7 +195,7 @@ fn node_cluster_ip_serves_the_hosts_through_their_pf_and_nothing_else() -> Resul
     // The backends saw the hosts' own addresses.
     let peers: Vec<String> = ["web-1", "web-2"]
         .iter()
-        .flat_map(|h| tcp_peers(&lab, h))
+        .flat_map(|h| lab.tcp_peers(h))
         .collect();
     assert!(peers.iter().any(|p| p == "172.16.0.1"), "{peers:?}");
     assert!(peers.iter().any(|p| p == "172.16.0.2"), "{peers:?}");
