@@ -197,6 +197,7 @@ mod tests {
             kind: pb::WorkloadKind::Pod as i32,
             vpc: "blue".into(),
             ip: ip.into(),
+            ipv6: String::new(),
             mac: String::new(),
             labels: [("app".to_string(), "web".to_string())].into(),
             node: "dpu-1".into(),

@@ -124,6 +124,8 @@ pub struct WorkloadSpec {
     pub kind: WorkloadKindSpec,
     pub vpc: String,
     pub ip: String,
+    /// A second, IPv6 address (dual stack).
+    pub ipv6: Option<String>,
     pub mac: Option<String>,
     pub node: String,
     pub port: String,

@@ -16,7 +16,7 @@
 //! workloads always ends in a valid intent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use dpu_model::limits::MAX_OBJECTS;
 use dpu_model::{Intent, Workload};
@@ -151,7 +151,7 @@ fn precheck<'a>(
             (n.as_str(), owner)
         })
         .collect();
-    let mut ips: HashMap<(&str, Ipv4Addr), String> = HashMap::new();
+    let mut ips: HashMap<(&str, IpAddr), String> = HashMap::new();
     for s in base.subnets.values() {
         ips.insert(
             (&s.vpc, s.gateway),
@@ -167,7 +167,10 @@ fn precheck<'a>(
         }
     }
     for w in base.workloads.values() {
-        ips.insert((&w.vpc, w.ip), format!("Workload/{}", w.name));
+        ips.insert((&w.vpc, IpAddr::V4(w.ip)), format!("Workload/{}", w.name));
+        if let Some(v6) = w.ipv6 {
+            ips.insert((&w.vpc, IpAddr::V6(v6)), format!("Workload/{}", w.name));
+        }
     }
     let mut ports: HashMap<(&str, &str), String> = base
         .workloads
@@ -186,7 +189,7 @@ fn precheck<'a>(
         for w in &set.workloads {
             let why = if let Some(owner) = names.get(w.name.as_str()) {
                 Some(format!("Workload/{}: metadata.name: {owner}", w.name))
-            } else if let Some(owner) = ips.get(&(w.vpc.as_str(), w.ip)) {
+            } else if let Some(owner) = ips.get(&(w.vpc.as_str(), IpAddr::V4(w.ip))) {
                 Some(format!(
                     "Workload/{}: spec.ip: {} in Vpc/{} is already {owner}",
                     w.name, w.ip, w.vpc
@@ -215,7 +218,7 @@ fn precheck<'a>(
                 format!("node {node} already reports a Workload with this name"),
             );
             ips.insert(
-                (&w.vpc, w.ip),
+                (&w.vpc, IpAddr::V4(w.ip)),
                 format!("Workload/{} (reported by {node})", w.name),
             );
             ports.insert((&w.node, &w.port), format!("Workload/{}", w.name));

@@ -21,6 +21,7 @@ fn pod(name: &str, node: &str, ip: &str, app: &str) -> pb::Workload {
         kind: pb::WorkloadKind::Pod as i32,
         vpc: "blue".into(),
         ip: ip.into(),
+        ipv6: String::new(),
         mac: String::new(),
         labels: [("app".to_string(), app.to_string())].into(),
         node: node.into(),
@@ -52,7 +53,7 @@ fn run(reports: &[(&str, Vec<pb::Workload>)]) -> Merged {
 
 fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
     Backend {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         weight,
         workload: workload.map(str::to_string),
         vpc: "blue".into(),

@@ -240,6 +240,7 @@ fn plain_object(doc: &Doc) -> pb::Object {
             } as i32,
             vpc: s.vpc.clone(),
             ip: s.ip.clone(),
+            ipv6: s.ipv6.clone().unwrap_or_default(),
             mac: s.mac.clone().unwrap_or_default(),
             labels: doc
                 .labels
@@ -398,7 +399,10 @@ fn resolve_backends(
                     ));
                     continue;
                 }
-                if let Some(ip) = ip.as_deref().filter(|ip| *ip != w.ip.to_string()) {
+                let own = |ip: &str| {
+                    ip == w.ip.to_string() || w.ipv6.is_some_and(|a| ip == a.to_string())
+                };
+                if let Some(ip) = ip.as_deref().filter(|ip| !own(ip)) {
                     errors.push(err(
                         format!("{at}.ip"),
                         format!("{ip} is not the address of Workload/{name} ({})", w.ip),
@@ -449,6 +453,33 @@ fn resolve_backends(
     }
     if !errors.is_empty() {
         return Err(errors);
+    }
+    // A Service with an IPv6 cluster IP also gets the IPv6 address of each
+    // dual-stack workload it has (same weight): one backend per family.
+    let wants_v6 = spec
+        .cluster_ips
+        .iter()
+        .any(|ip| ip.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()));
+    if wants_v6 {
+        let v6: Vec<Pending> = pending
+            .iter()
+            .filter_map(|p| {
+                let w = workloads.get(p.workload.as_ref()?)?;
+                (p.ip == w.ip.to_string()).then_some(())?;
+                Some(Pending {
+                    ip: w.ipv6?.to_string(),
+                    vpc: p.vpc.clone(),
+                    weight: p.weight,
+                    workload: p.workload.clone(),
+                    origin: p.origin.clone(),
+                })
+            })
+            .collect();
+        for b in v6 {
+            if !pending.iter().any(|q| q.ip == b.ip && q.vpc == b.vpc) {
+                pending.push(b);
+            }
+        }
     }
     // Unparseable IPs sort last; the model reports them with their field.
     pending.sort_by_cached_key(|p| {

@@ -36,7 +36,7 @@ fn one_error(r: Result<Intent, Vec<IntentError>>) -> IntentError {
 
 fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
     Backend {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         weight,
         workload: workload.map(str::to_string),
         vpc: "blue".into(),
@@ -142,7 +142,7 @@ fn bad_cidr_is_named() {
     assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
     assert_eq!(e.object.as_deref(), Some("Subnet/blue-b"));
     assert_eq!(e.field.as_deref(), Some("spec.cidr"));
-    assert!(e.message.contains("not an IPv4 CIDR"), "{e}");
+    assert!(e.message.contains("is not a CIDR"), "{e}");
 }
 
 #[test]
@@ -240,7 +240,7 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
     for (spec, want) in [
         ("{tunnelIP: 127.0.0.1}", "not a unicast underlay address"),
         ("{tunnelIP: nope}", "is not an IP address"),
-        ("{tunnelIP: \"fd00::1\"}", "IPv6"),
+        ("{tunnelIP: \"fd00::1\"}", "an IPv4 address is needed"),
         ("{tunnelIP: 224.0.0.9}", "not a unicast underlay address"),
     ] {
         let e = one_error(good_plus(&format!(
@@ -300,4 +300,94 @@ fn a_vnic_ip_must_sit_on_an_owned_port_of_its_vpc_with_its_mac() {
         assert_eq!(e.field.as_deref(), Some(field), "{e}");
         assert!(e.message.contains(want), "{spec}: {e}");
     }
+}
+
+/// EIPs, service gateways, IPv6 and bare metal: each bad case is refused with its
+/// object and field named.
+#[test]
+fn eip_gateway_ipv6_and_bare_metal_rules_name_the_field() {
+    let svc = |name: &str, spec: &str| {
+        format!("---\n{SVC_HEAD}metadata: {{name: {name}}}\nspec:\n  vpc: blue\n  ports: [{{port: 80}}]\n{spec}")
+    };
+    let cases = [
+        (
+            svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPLoadBalancer\n  eip: 10.1.5.5\n  eipNode: dpu-1\n"),
+            "YusurService/s",
+            "spec.eip",
+            "inside Subnet/",
+        ),
+        (
+            svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPLoadBalancer\n  eip: 203.0.113.7\n  eipNode: dpu-1\n"),
+            "YusurService/s",
+            "spec.eip",
+            "already the EIP of YusurService/red-web",
+        ),
+        (
+            svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPLoadBalancer\n  eip: 203.0.113.8\n"),
+            "YusurService/s",
+            "spec.eipNode",
+            "go together",
+        ),
+        (
+            svc("s", "  clusterIPs: [10.96.0.30]\n  backends: [{ip: 10.1.3.10, vpc: red}]\n"),
+            "YusurService/s",
+            "spec.backends[0].vpc",
+            "only a service-gateway Service",
+        ),
+        (
+            svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPServiceGateway\n  eip: 203.0.113.8\n  eipNode: dpu-1\n"),
+            "YusurService/s",
+            "spec.clusterIPs",
+            "no cluster IP",
+        ),
+        (
+            svc("s", "  clusterIPs: []\n  scenario: EIPServiceGateway\n  eip: 203.0.113.8\n  eipNode: dpu-1\n  backends: [{ip: \"fd00:1::5\"}]\n"),
+            "YusurService/s",
+            "spec.backends[0].ip",
+            "IPv6",
+        ),
+        (
+            "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: v6}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.77, ipv6: \"fd00:9::7\", node: dpu-1, port: v6-eth0}\n".to_string(),
+            "Workload/v6",
+            "spec.ipv6",
+            "not inside any Subnet",
+        ),
+        (
+            "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: bm}\nspec: {kind: BareMetal, vpc: blue, ip: 10.1.1.78, mac: \"02:00:00:00:01:4e\", node: dpu-1, port: web-1-eth0}\n".to_string(),
+            "Workload/bm",
+            "spec.port",
+            "shared port",
+        ),
+        (
+            "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: v6-blocks}\nspec: {vpc: blue, cidr: \"fd00:1::/64\", gateway: \"fd00:1::1\", nodeBlocks: [{node: dpu-1, cidr: 10.9.0.0/24}]}\n".to_string(),
+            "Subnet/v6-blocks",
+            "spec.nodeBlocks",
+            "IPv4 only",
+        ),
+    ];
+    for (text, object, field, want) in cases {
+        let e = one_error(load(&[
+            ("i/10-vpcs.yaml", VPCS),
+            ("i/20-workloads.yaml", WORKLOADS),
+            ("i/30-services.yaml", SERVICES),
+            ("i/bad.yaml", &text),
+        ]));
+        assert_eq!(e.object.as_deref(), Some(object), "{text}: {e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{text}: {e}");
+        assert!(e.message.contains(want), "{text}: {e}");
+    }
+}
+
+/// A dual-stack workload behind a Service with an IPv6 cluster IP is two
+/// backends, one per family; a v4-only Service keeps one.
+#[test]
+fn an_ipv6_cluster_ip_brings_the_ipv6_address_of_each_workload() {
+    let v6 = "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-6}\nspec: {vpc: blue, cidr: \"fd00:1::/64\", gateway: \"fd00:1::1\"}\n---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: ds, labels: {app: ds}}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.90, ipv6: \"fd00:1::90\", node: dpu-1, port: ds-eth0}\n";
+    let both = format!("{v6}---\n{SVC_HEAD}metadata: {{name: ds}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.90, \"fd00:96::90\"]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n---\n{SVC_HEAD}metadata: {{name: ds4}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.91]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n");
+    let i = good_plus(&both).unwrap();
+    let ips = |s: &str| -> Vec<String> {
+        i.services[s].backends.iter().map(|b| b.ip.to_string()).collect()
+    };
+    assert_eq!(ips("ds"), ["10.1.1.90", "fd00:1::90"]);
+    assert_eq!(ips("ds4"), ["10.1.1.90"]);
 }

@@ -185,6 +185,7 @@ mod tests {
             kind: WorkloadKind::Pod,
             vpc: "blue".into(),
             ip: "10.0.0.2".parse().unwrap(),
+            ipv6: None,
             mac: None,
             labels: Default::default(),
             node: "dpu-1".into(),

@@ -143,7 +143,7 @@ mod tests {
         s.scenario = dpu_model::AccessScenario::EipServiceGateway;
         let web_1 = &i.workloads["web-1"];
         s.backends.push(dpu_model::Backend {
-            ip: web_1.ip,
+            ip: web_1.ip.into(),
             weight: 1,
             workload: Some("web-1".into()),
             vpc: "blue".into(),

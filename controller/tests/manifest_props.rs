@@ -170,6 +170,7 @@ fn any_doc() -> impl Strategy<Value = AnyDoc> {
                 kind,
                 vpc,
                 ip,
+                ipv6: None,
                 mac,
                 node,
                 port,
@@ -681,8 +682,8 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
         intent.upsert(Object::Subnet(model::Subnet {
             name: subnet,
             vpc: vpc.clone(),
-            cidr: *net,
-            gateway,
+            cidr: (*net).into(),
+            gateway: gateway.into(),
             node_blocks,
         }));
         vpcs.push((vpc, *net));
@@ -718,6 +719,7 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
             kind: kinds[w.kind].1,
             vpc: vpc.clone(),
             ip: host(*net, w.offset),
+            ipv6: None,
             mac,
             labels,
             node: format!("dpu-{}", w.node),
@@ -859,12 +861,12 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
         let svc = model::Service {
             name: name.clone(),
             vpc: vpc.clone(),
-            cluster_ips,
+            cluster_ips: cluster_ips.into_iter().map(Into::into).collect(),
             ports,
             backends: backends
                 .into_iter()
                 .map(|((ip, vpc), (weight, workload))| model::Backend {
-                    ip,
+                    ip: ip.into(),
                     weight,
                     workload,
                     vpc,

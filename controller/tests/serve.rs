@@ -227,6 +227,7 @@ fn pod(name: &str, node: &str, ip: &str) -> pb::Workload {
         labels: [("app".to_string(), "web".to_string())].into(),
         node: node.into(),
         port: format!("{name}-eth0"),
+        ipv6: String::new(),
     }
 }
 

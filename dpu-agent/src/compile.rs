@@ -3,7 +3,7 @@
 //! which the golden files under `tests/golden/` pin down.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dpu_model::{
     AccessScenario, Intent, Kind, Mac, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
@@ -43,6 +43,17 @@ pub struct Compiled {
 /// applied. Today that is a workload on this node without a MAC.
 pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
     let mut errs = Vec::new();
+    for s in intent.services.values() {
+        let v6 = s.cluster_ips.iter().any(IpAddr::is_ipv6)
+            || s.backends.iter().any(|b| b.ip.is_ipv6());
+        if v6 && s.affinity_timeout.is_some() {
+            errs.push(ObjectError::new(
+                ObjectKey::new(Kind::Service, &s.name),
+                "spec.sessionAffinity",
+                "ClientIP affinity is IPv4 only in this release, and this Service has IPv6 addresses",
+            ));
+        }
+    }
     for w in intent.workloads.values() {
         // A VNicIP may take the MAC of the workload whose port it shares.
         let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
@@ -79,15 +90,16 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Vpc, &vpc.name);
-        tracked_zone(d, z, Actions::new().goto(RETURN_PATH), c);
-        if let Some(t) = tunnel {
-            // From another DPU: the VNI names the VPC. Only IP crosses (ARP is
-            // answered locally on every DPU); the sender already enforced the
+        tracked_zone(d, z, &FAMILIES, Actions::new().goto(RETURN_PATH), c);
+        for fam in FAMILIES {
+            let Some(t) = tunnel else { break };
+            // From another DPU: the VNI names the VPC. Only IP crosses (ARP and ND
+            // are answered locally on every DPU); the sender already enforced the
             // spoof guard and chose the backend, so this goes to conntrack.
             d.add(
                 CLASSIFY,
                 100,
-                Match::new().in_port(t).field("tun_id", vpc.vni).kw("ip"),
+                Match::new().in_port(t).field("tun_id", vpc.vni).kw(fam),
                 Actions::new()
                     .set_reg(reg::VPC, z)
                     .set_reg(reg::ORIGIN, reg::ORIGIN_TUNNEL)
@@ -101,7 +113,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
                 100,
                 Match::new()
                     .reg(reg::VPC, z)
-                    .kw("ip")
+                    .kw(fam)
                     .kw("ct_state=+rpl+trk")
                     .field("ct_label", label::origin_is(reg::ORIGIN_TUNNEL)),
                 Actions::new()
@@ -114,21 +126,23 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         // Other new connections are committed too, so their replies are +est and not
         // +inv (a SYN-ACK without a tracked SYN is invalid to conntrack), with the
         // way they came in, for ReturnPath.
-        d.add(
-            SERVICE_LB,
-            10,
-            Match::new()
-                .reg(reg::VPC, z)
-                .kw("ct_state=+new+trk")
-                .kw("ip"),
-            Actions::new().raw(format!(
-                "ct(commit,table={},zone={}[0..15],exec({}))",
-                L3_FORWARD.id,
-                reg::VPC_NXM,
-                label::record()
-            )),
-            c,
-        );
+        for fam in FAMILIES {
+            d.add(
+                SERVICE_LB,
+                10,
+                Match::new()
+                    .reg(reg::VPC, z)
+                    .kw("ct_state=+new+trk")
+                    .kw(fam),
+                Actions::new().raw(format!(
+                    "ct(commit,table={},zone={}[0..15],exec({}))",
+                    L3_FORWARD.id,
+                    reg::VPC_NXM,
+                    label::record()
+                )),
+                c,
+            );
+        }
     }
 
     for s in intent.subnets.values() {
@@ -136,42 +150,49 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             continue;
         };
         let c = Cookie::new(Category::Subnet, &s.name);
-        arp_answer(d, zone, s.gateway, c);
+        answer_for(d, zone, s.gateway, c);
     }
 
     // A local workload whose port is not plugged yet cannot serve: it gets no
     // bucket until its port shows up (the port change recompiles). Nor can a
     // remote one that no tunnel reaches.
-    let mut unready: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
+    let mut unready: BTreeSet<(&str, IpAddr)> = BTreeSet::new();
     // Backends on this DPU, for `externalTrafficPolicy: Local`.
-    let mut local: BTreeSet<(&str, Ipv4Addr)> = BTreeSet::new();
+    let mut local: BTreeSet<(&str, IpAddr)> = BTreeSet::new();
     for w in intent.workloads.values() {
         let Some(zone) = alloc.zone(&w.vpc) else {
             continue;
         };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Workload, &w.name);
-        arp_answer(d, zone, w.ip, c);
+        let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(w.ip))
+            .chain(w.ipv6.map(IpAddr::V6))
+            .collect();
+        for a in &addrs {
+            answer_for(d, zone, *a, c);
+        }
         if w.node != facts.node {
             let route = tunnel
                 .zip(intent.nodes.get(&w.node))
                 .zip(intent.vpcs.get(&w.vpc));
             let Some(((t, node), vpc)) = route else {
                 out.unreachable.push(w.name.clone());
-                unready.insert((w.vpc.as_str(), w.ip));
+                unready.extend(addrs.iter().map(|a| (w.vpc.as_str(), *a)));
                 continue;
             };
             // Into the tunnel to the DPU that hosts it; that DPU delivers it.
-            d.add(
-                L3_FORWARD,
-                100,
-                to_address(z, w.ip),
-                routed_to(w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()))
-                    .set_field(vpc.vni, "tun_id")
-                    .set_field(node.tunnel_ip, "tun_dst")
-                    .output(t),
-                c,
-            );
+            for a in &addrs {
+                d.add(
+                    L3_FORWARD,
+                    100,
+                    to_address(z, *a),
+                    routed_to(w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()))
+                        .set_field(vpc.vni, "tun_id")
+                        .set_field(node.tunnel_ip, "tun_dst")
+                        .output(t),
+                    c,
+                );
+            }
             continue;
         }
         let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
@@ -180,10 +201,10 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         };
         let Some(&ofport) = facts.ports.get(&w.port) else {
             out.pending_ports.push(w.name.clone());
-            unready.insert((w.vpc.as_str(), w.ip));
+            unready.extend(addrs.iter().map(|a| (w.vpc.as_str(), *a)));
             continue;
         };
-        local.insert((w.vpc.as_str(), w.ip));
+        local.extend(addrs.iter().map(|a| (w.vpc.as_str(), *a)));
         // A bare-metal server has no port of its own: it shares one (the uplink,
         // usually) with others, and its MAC tells it apart.
         let on_uplink = uplink.filter(|u| u.iface == w.port);
@@ -271,6 +292,39 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
             Actions::drop(),
             c,
         );
+        if let Some(v6) = w.ipv6 {
+            d.add(
+                SPOOF_GUARD,
+                100,
+                port().kw("ipv6").field("ipv6_src", v6),
+                Actions::new().goto(CONNTRACK),
+                c,
+            );
+            // Neighbour solicitations, from its address or its link-local one
+            // (the kernel's usual source), go to the responder (as ARP does).
+            for src in [v6.to_string(), "fe80::/10".to_string()] {
+                d.add(
+                    SPOOF_GUARD,
+                    100,
+                    port()
+                        .kw("icmp6")
+                        .field("ipv6_src", &src)
+                        .field("icmp_type", 135)
+                        .field("icmp_code", 0),
+                    Actions::new().goto(ARP_RESPONDER),
+                    c,
+                );
+            }
+            // Nor its duplicate address detection (or any solicitation) for its
+            // own address.
+            d.add(
+                ARP_RESPONDER,
+                110,
+                nd_solicitation(z, v6).in_port(ofport),
+                Actions::drop(),
+                c,
+            );
+        }
         let rewrite = match on_uplink {
             Some(u) => routed_from_to(u.mac, mac),
             None => routed_to(mac),
@@ -283,13 +337,15 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         } else {
             rewrite
         };
-        d.add(
-            L3_FORWARD,
-            100,
-            to_address(z, w.ip),
-            rewrite.output(ofport),
-            c,
-        );
+        for a in &addrs {
+            d.add(
+                L3_FORWARD,
+                100,
+                to_address(z, *a),
+                rewrite.clone().output(ofport),
+                c,
+            );
+        }
     }
 
     for s in intent.services.values() {
@@ -403,6 +459,7 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
     tracked_zone(
         d,
         g,
+        &["ip"],
         Actions::new()
             .raw(format!(
                 "move:NXM_NX_CT_MARK[0..15]->{}[0..15]",
@@ -491,21 +548,29 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
     }
 }
 
-/// A conntrack zone's entry: Conntrack runs `ct(zone, nat)` for IP with `reg0 =
-/// zone`; then ServiceLb drops `+inv` and sends what is not new to `established`.
-fn tracked_zone(d: &mut DesiredState, zone: u32, established: Actions, c: Cookie) {
+/// A conntrack zone's entry: Conntrack runs `ct(zone, nat)` for each IP family
+/// (`ip`, `ipv6`) with `reg0 = zone`; then ServiceLb drops `+inv` and sends what is not new to `established`.
+fn tracked_zone(
+    d: &mut DesiredState,
+    zone: u32,
+    families: &[&str],
+    established: Actions,
+    c: Cookie,
+) {
     let zm = || Match::new().reg(reg::VPC, zone);
-    d.add(
-        CONNTRACK,
-        100,
-        zm().kw("ip"),
-        Actions::new().raw(format!(
-            "ct(table={},zone={}[0..15],nat)",
-            SERVICE_LB.id,
-            reg::VPC_NXM
-        )),
-        c,
-    );
+    for fam in families {
+        d.add(
+            CONNTRACK,
+            100,
+            zm().kw(fam),
+            Actions::new().raw(format!(
+                "ct(table={},zone={}[0..15],nat)",
+                SERVICE_LB.id,
+                reg::VPC_NXM
+            )),
+            c,
+        );
+    }
     d.add(
         SERVICE_LB,
         200,
@@ -591,7 +656,12 @@ fn compile_hosts(
                 Category::Service,
                 &ObjectKey::new(Kind::Service, &s.name).to_string(),
             );
-            for vip in &s.cluster_ips {
+            // The host network is IPv4.
+            let v4 = s.cluster_ips.iter().filter_map(|ip| match ip {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            });
+            for vip in v4 {
                 for p in &s.ports {
                     d.add(
                         CLASSIFY,
@@ -620,7 +690,7 @@ fn compile_hosts(
         for n in intent.nodes.values() {
             let Some((hip, hmac)) = n.host else { continue };
             let c = Cookie::new(Category::Node, &n.name);
-            let to_host = to_address(u32::from(zone), hip);
+            let to_host = to_address(u32::from(zone), IpAddr::V4(hip));
             let rewrite = routed_to(hmac);
             if n.name == facts.node {
                 if let Some((&hport, _)) = local {
@@ -657,11 +727,57 @@ fn proxy_arp(mac: impl std::fmt::Display + Copy) -> Actions {
 }
 
 /// L3Forward's match for one destination address in a VPC.
-fn to_address(vpc: u32, ip: Ipv4Addr) -> Match {
+fn to_address(vpc: u32, ip: IpAddr) -> Match {
+    let m = Match::new().reg(reg::VPC, vpc);
+    match ip {
+        IpAddr::V4(a) => m.kw("ip").ip_field("nw_dst", a),
+        IpAddr::V6(a) => m.kw("ipv6").field("ipv6_dst", a),
+    }
+}
+
+/// The IP families a VPC carries, as match keywords.
+const FAMILIES: [&str; 2] = ["ip", "ipv6"];
+
+/// A neighbour solicitation for `target` in the VPC.
+fn nd_solicitation(zone: u32, target: Ipv6Addr) -> Match {
     Match::new()
-        .reg(reg::VPC, vpc)
-        .kw("ip")
-        .ip_field("nw_dst", ip)
+        .reg(reg::VPC, zone)
+        .kw("icmp6")
+        .field("icmp_type", 135)
+        .field("icmp_code", 0)
+        .field("nd_target", target)
+}
+
+/// Answers ARP (IPv4) or neighbour solicitations (IPv6) for `ip` in the VPC with
+/// the router MAC.
+fn answer_for(d: &mut DesiredState, zone: u16, ip: IpAddr, c: Cookie) {
+    match ip {
+        IpAddr::V4(a) => arp_answer(d, zone, a, c),
+        IpAddr::V6(a) => nd_answer(d, zone, a, c),
+    }
+}
+
+/// The neighbour advertisement for `target`, from the router MAC, made from the
+/// solicitation in place: solicited, override and router flags, the target
+/// link-layer option. The SLL option is rewritten before the type changes (its
+/// prerequisite is a solicitation) and then retyped to TLL.
+fn nd_answer(d: &mut DesiredState, zone: u16, target: Ipv6Addr, c: Cookie) {
+    d.add(
+        ARP_RESPONDER,
+        100,
+        nd_solicitation(u32::from(zone), target),
+        Actions::new()
+            .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
+            .set_field(ROUTER_MAC, "eth_src")
+            .raw("move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[]")
+            .set_field(target, "ipv6_src")
+            .set_field(ROUTER_MAC, "nd_sll")
+            .set_field(136, "icmpv6_type")
+            .set_field(2, "nd_options_type")
+            .set_field("0xe0000000", "nd_reserved")
+            .raw("in_port"),
+        c,
+    );
 }
 
 /// The distributed router's rewrite toward `mac`: the router MAC as source,
@@ -743,12 +859,69 @@ fn ip_proto_number(p: Protocol) -> u8 {
     }
 }
 
+/// An address family's words for one Service port: the match keyword of the
+/// protocol, the destination field, and the fields the group hashes on.
+struct Family {
+    v6: bool,
+}
+
+impl Family {
+    fn of(ip: &IpAddr) -> Family {
+        Family { v6: ip.is_ipv6() }
+    }
+    fn proto(&self, p: Protocol) -> String {
+        if self.v6 {
+            format!("{}6", p.as_str())
+        } else {
+            p.as_str().to_string()
+        }
+    }
+    fn dst(&self) -> &'static str {
+        if self.v6 {
+            "ipv6_dst"
+        } else {
+            "nw_dst"
+        }
+    }
+    fn src_dst(&self) -> [&'static str; 2] {
+        if self.v6 {
+            ["ipv6_src", "ipv6_dst"]
+        } else {
+            ["ip_src", "ip_dst"]
+        }
+    }
+    /// Group ids: the port's id, with [`V6_GROUP_BIT`] for the IPv6 one.
+    fn group(&self, gid: u32) -> u32 {
+        if self.v6 {
+            gid | V6_GROUP_BIT
+        } else {
+            gid
+        }
+    }
+}
+
+/// How a bucket names the endpoint address: `reg3` for IPv4, `xxreg2` for IPv6.
+fn endpoint_reg(ip: IpAddr) -> (&'static str, String) {
+    match ip {
+        IpAddr::V4(a) => (reg::EP_IP, format!("{:#x}", u32::from(a))),
+        IpAddr::V6(a) => (reg::EP_IP6, format!("{:#x}", u128::from(a))),
+    }
+}
+
+/// `nat(dst=…)` of an endpoint: IPv6 addresses go in brackets.
+fn nat_dst(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
 fn compile_service(
     d: &mut DesiredState,
     s: &Service,
     alloc: &Allocations,
-    unready: &BTreeSet<(&str, Ipv4Addr)>,
-    local: &BTreeSet<(&str, Ipv4Addr)>,
+    unready: &BTreeSet<(&str, IpAddr)>,
+    local: &BTreeSet<(&str, IpAddr)>,
 ) {
     let gateway = s.scenario == AccessScenario::EipServiceGateway;
     // Where the VIPs are load-balanced: the VPC's zone, or the gateway's.
@@ -761,7 +934,7 @@ fn compile_service(
     if !gateway {
         if let Some(zone) = alloc.zone(&s.vpc) {
             for vip in &s.cluster_ips {
-                arp_answer(d, zone, *vip, c);
+                answer_for(d, zone, *vip, c);
             }
         }
     }
@@ -772,7 +945,7 @@ fn compile_service(
         s.scenario,
         AccessScenario::EipLoadBalancer | AccessScenario::EipServiceGateway
     ) {
-        vips.extend(s.eip);
+        vips.extend(s.eip.map(IpAddr::V4));
     }
     if s.affinity_timeout.is_some() {
         d.add(
@@ -792,197 +965,261 @@ fn compile_service(
         );
     }
 
+    // Each port has a group per address family its VIPs use; a family's VIPs
+    // go to that family's backends.
+    let families: Vec<Family> = [false, true]
+        .into_iter()
+        .filter(|v6| vips.iter().any(|ip| ip.is_ipv6() == *v6))
+        .map(|v6| Family { v6 })
+        .collect();
     for port in &s.ports {
-        let Some(gid) = alloc.group(s, port) else {
+        let Some(port_gid) = alloc.group(s, port) else {
             continue;
         };
-        let proto = port.protocol.as_str();
-        let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
-        let mut buckets = Vec::new();
-        let mut local_buckets = Vec::new();
-        let ready = |b: &&dpu_model::Backend| !unready.contains(&(b.vpc.as_str(), b.ip));
-        for b in s.backends.iter().filter(|b| b.weight > 0).filter(ready) {
-            let Some(bzone) = alloc.zone(&b.vpc) else {
-                continue;
-            };
-            let ip = u32::from(b.ip);
-            // Buckets only choose the endpoint. With affinity, AffinityLearn (a plain
-            // flow: OVS does not run `learn` inside a group bucket) records the choice.
-            let next = if s.affinity_timeout.is_some() {
-                AFFINITY_LEARN
-            } else {
-                ENDPOINT_DNAT
-            };
-            let mut a = Actions::new()
-                .set_reg(reg::EP_IP, ip)
-                .set_reg(reg::EP_PORT, u32::from(port.target_port));
-            if gateway {
-                a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
-            }
-            let a = a.resubmit(next).render();
-            // One bucket per unit of weight: OVS's hash selection scores buckets
-            // with highest-random-weight, so equal buckets give a proportional split.
+        for fam in &families {
+            let fam_vips: Vec<IpAddr> = vips
+                .iter()
+                .copied()
+                .filter(|ip| ip.is_ipv6() == fam.v6)
+                .collect();
+            let backends: Vec<&dpu_model::Backend> = s
+                .backends
+                .iter()
+                .filter(|b| Family::of(&b.ip).v6 == fam.v6)
+                .collect();
+            compile_service_port(
+                d,
+                s,
+                port,
+                fam,
+                fam.group(port_gid),
+                &fam_vips,
+                &backends,
+                ServiceCtx {
+                    alloc,
+                    unready,
+                    local,
+                    zone: z,
+                    cookie: c,
+                    learned,
+                },
+            );
+        }
+    }
+}
+
+/// What every port of a Service shares.
+struct ServiceCtx<'a> {
+    alloc: &'a Allocations,
+    unready: &'a BTreeSet<(&'a str, IpAddr)>,
+    local: &'a BTreeSet<(&'a str, IpAddr)>,
+    /// The zone it load-balances in.
+    zone: u32,
+    cookie: Cookie,
+    learned: Cookie,
+}
+
+/// One port of a Service in one address family: its group(s), endpoint DNAT
+/// flows and VIP flows.
+#[allow(clippy::too_many_arguments)]
+fn compile_service_port(
+    d: &mut DesiredState,
+    s: &Service,
+    port: &dpu_model::ServicePort,
+    fam: &Family,
+    gid: u32,
+    vips: &[IpAddr],
+    backends: &[&dpu_model::Backend],
+    x: ServiceCtx<'_>,
+) {
+    let gateway = s.scenario == AccessScenario::EipServiceGateway;
+    let (z, c, learned) = (x.zone, x.cookie, x.learned);
+    let proto = fam.proto(port.protocol);
+    let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
+    let mut buckets = Vec::new();
+    let mut local_buckets = Vec::new();
+    let ready = |b: &&&dpu_model::Backend| !x.unready.contains(&(b.vpc.as_str(), b.ip));
+    for b in backends.iter().filter(|b| b.weight > 0).filter(ready) {
+        let Some(bzone) = x.alloc.zone(&b.vpc) else {
+            continue;
+        };
+        let (ep_reg, ep_val) = endpoint_reg(b.ip);
+        // Buckets only choose the endpoint. With affinity, AffinityLearn (a plain
+        // flow: OVS does not run `learn` inside a group bucket) records the choice.
+        let next = if s.affinity_timeout.is_some() {
+            AFFINITY_LEARN
+        } else {
+            ENDPOINT_DNAT
+        };
+        let mut a = Actions::new()
+            .set_field(&ep_val, ep_reg)
+            .set_reg(reg::EP_PORT, u32::from(port.target_port));
+        if gateway {
+            a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
+        }
+        let a = a.resubmit(next).render();
+        // One bucket per unit of weight: OVS's hash selection scores buckets
+        // with highest-random-weight, so equal buckets give a proportional split.
+        for _ in 0..b.weight {
+            buckets.push(a.clone());
+        }
+        if x.local.contains(&(b.vpc.as_str(), b.ip)) {
             for _ in 0..b.weight {
-                buckets.push(a.clone());
-            }
-            if local.contains(&(b.vpc.as_str(), b.ip)) {
-                for _ in 0..b.weight {
-                    local_buckets.push(a.clone());
-                }
-            }
-            let endpoint = Match::new()
-                .reg(reg::VPC, z)
-                .kw(proto)
-                .reg(reg::EP_IP, ip)
-                .reg(reg::EP_PORT, u32::from(port.target_port));
-            if gateway {
-                // DNAT in the gateway zone, remembering the backend's VPC zone
-                // for the connection's later packets; GatewaySnat goes on.
-                d.add(
-                    ENDPOINT_DNAT,
-                    100,
-                    endpoint.reg(reg::TARGET_ZONE, u32::from(bzone)),
-                    Actions::new().raw(format!(
-                        "ct(commit,table={},zone={}[0..15],nat(dst={}:{}),exec({},move:{}[0..15]->NXM_NX_CT_MARK[0..15]))",
-                        GATEWAY_SNAT.id,
-                        reg::VPC_NXM,
-                        b.ip,
-                        port.target_port,
-                        label::record(),
-                        reg::TARGET_ZONE_NXM,
-                    )),
-                    Cookie::new(
-                        Category::Endpoint,
-                        &format!("gateway/{}/{}/{}:{}", b.vpc, proto, b.ip, port.target_port),
-                    ),
-                );
-            } else {
-                d.add(
-                    ENDPOINT_DNAT,
-                    100,
-                    endpoint,
-                    Actions::new().raw(format!(
-                        "ct(commit,table={},zone={}[0..15],nat(dst={}:{}),exec({}))",
-                        L3_FORWARD.id,
-                        reg::VPC_NXM,
-                        b.ip,
-                        port.target_port,
-                        label::record(),
-                    )),
-                    Cookie::new(
-                        Category::Endpoint,
-                        &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
-                    ),
-                );
+                local_buckets.push(a.clone());
             }
         }
-        let hash_fields = if s.affinity_timeout.is_some() {
-            vec!["ip_src"]
+        let endpoint = Match::new()
+            .reg(reg::VPC, z)
+            .kw(&proto)
+            .field(ep_reg, &ep_val)
+            .reg(reg::EP_PORT, u32::from(port.target_port));
+        if gateway {
+            // DNAT in the gateway zone, remembering the backend's VPC zone
+            // for the connection's later packets; GatewaySnat goes on.
+            d.add(
+                ENDPOINT_DNAT,
+                100,
+                endpoint.reg(reg::TARGET_ZONE, u32::from(bzone)),
+                Actions::new().raw(format!(
+                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({},move:{}[0..15]->NXM_NX_CT_MARK[0..15]))",
+                    GATEWAY_SNAT.id,
+                    reg::VPC_NXM,
+                    nat_dst(b.ip, port.target_port),
+                    label::record(),
+                    reg::TARGET_ZONE_NXM,
+                )),
+                Cookie::new(
+                    Category::Endpoint,
+                    &format!("gateway/{}/{}/{}:{}", b.vpc, proto, b.ip, port.target_port),
+                ),
+            );
         } else {
-            vec!["ip_src", "ip_dst", src_field, dst_field]
-        };
-        let has_buckets = !buckets.is_empty();
-        let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;
-        let local_gid = gid | LOCAL_GROUP_BIT;
-        let has_local = external_local && !local_buckets.is_empty();
-        if has_local {
-            d.groups.insert(
-                local_gid,
-                Group {
-                    id: local_gid,
-                    hash_fields: hash_fields.clone(),
-                    buckets: local_buckets,
-                    owner: c,
-                    learns: s.affinity_timeout.is_some(),
-                },
+            d.add(
+                ENDPOINT_DNAT,
+                100,
+                endpoint,
+                Actions::new().raw(format!(
+                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({}))",
+                    L3_FORWARD.id,
+                    reg::VPC_NXM,
+                    nat_dst(b.ip, port.target_port),
+                    label::record(),
+                )),
+                Cookie::new(
+                    Category::Endpoint,
+                    &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
+                ),
             );
         }
-        if has_buckets {
-            d.groups.insert(
-                gid,
-                Group {
-                    id: gid,
-                    hash_fields,
-                    buckets,
-                    owner: c,
-                    learns: s.affinity_timeout.is_some(),
-                },
-            );
-        }
-        // A service gateway's affinity entry also keeps the backend's VPC: the
-        // same address may be a backend in two VPCs.
-        let learn_zone = if gateway {
-            format!(",load:{zone}[]->{zone}[]", zone = reg::TARGET_ZONE_NXM)
-        } else {
-            String::new()
-        };
-        for vip in &vips {
-            let vip_match = || {
-                Match::new()
-                    .reg(reg::VPC, z)
-                    .kw(proto)
-                    .ip_field("nw_dst", *vip)
-                    .field("tp_dst", port.port)
-            };
-            let lb = Match::new()
+    }
+    let [ip_src, ip_dst] = fam.src_dst();
+    let hash_fields = if s.affinity_timeout.is_some() {
+        vec![ip_src]
+    } else {
+        vec![ip_src, ip_dst, src_field, dst_field]
+    };
+    let has_buckets = !buckets.is_empty();
+    let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;
+    let local_gid = gid | LOCAL_GROUP_BIT;
+    let has_local = external_local && !local_buckets.is_empty();
+    if has_local {
+        d.groups.insert(
+            local_gid,
+            Group {
+                id: local_gid,
+                hash_fields: hash_fields.clone(),
+                buckets: local_buckets,
+                owner: c,
+                learns: s.affinity_timeout.is_some(),
+            },
+        );
+    }
+    if has_buckets {
+        d.groups.insert(
+            gid,
+            Group {
+                id: gid,
+                hash_fields,
+                buckets,
+                owner: c,
+                learns: s.affinity_timeout.is_some(),
+            },
+        );
+    }
+    // A service gateway's affinity entry also keeps the backend's VPC: the
+    // same address may be a backend in two VPCs.
+    let learn_zone = if gateway {
+        format!(",load:{zone}[]->{zone}[]", zone = reg::TARGET_ZONE_NXM)
+    } else {
+        String::new()
+    };
+    for vip in vips {
+        let vip_match = || {
+            Match::new()
                 .reg(reg::VPC, z)
-                .kw("ct_state=+new+trk")
-                .kw(proto)
-                .ip_field("nw_dst", *vip)
-                .field("tp_dst", port.port);
-            let actions = match (has_buckets, s.affinity_timeout) {
-                // No backend takes new connections: drop rather than fall through.
-                (false, _) => Actions::drop(),
-                (true, None) => Actions::new().group(gid),
-                (true, Some(timeout)) => {
-                    d.add(
-                        AFFINITY_LEARN,
-                        100,
-                        vip_match(),
-                        Actions::new()
-                            .raw(format!(
-                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
-                                SESSION_AFFINITY.id,
-                                learned.value(0),
-                                ip_proto_number(port.protocol),
-                                vpc = reg::VPC_NXM,
-                                ep = reg::EP_IP_NXM,
-                                epp = reg::EP_PORT_NXM,
-                                hit = reg::FLAG_AFFINITY_HIT,
-                                flags = reg::FLAGS_NXM,
-                            ))
-                            .resubmit(ENDPOINT_DNAT),
-                        c,
-                    );
-                    d.add(
-                        SERVICE_SELECT,
-                        100,
-                        vip_match().reg_masked(reg::FLAGS, 0, reg::FLAG_AFFINITY_HIT),
-                        Actions::new().group(gid),
-                        c,
-                    );
+                .kw(&proto)
+                .field(fam.dst(), vip)
+                .field("tp_dst", port.port)
+        };
+        let lb = Match::new()
+            .reg(reg::VPC, z)
+            .kw("ct_state=+new+trk")
+            .kw(&proto)
+            .field(fam.dst(), vip)
+            .field("tp_dst", port.port);
+        let actions = match (has_buckets, s.affinity_timeout) {
+            // No backend takes new connections: drop rather than fall through.
+            (false, _) => Actions::drop(),
+            (true, None) => Actions::new().group(gid),
+            (true, Some(timeout)) => {
+                // IPv4 only (check_supported refuses affinity with IPv6).
+                d.add(
+                    AFFINITY_LEARN,
+                    100,
+                    vip_match(),
                     Actions::new()
-                        .resubmit(SESSION_AFFINITY)
-                        .resubmit(SERVICE_SELECT)
-                }
-            };
-            d.add(SERVICE_LB, 100, lb, actions, c);
-            if external_local {
-                // From outside the VPC (flagged by Classify): local backends only.
-                let ext = Match::new()
-                    .reg(reg::VPC, z)
-                    .reg_masked(reg::FLAGS, reg::FLAG_EXTERNAL, reg::FLAG_EXTERNAL)
-                    .kw("ct_state=+new+trk")
-                    .kw(proto)
-                    .ip_field("nw_dst", *vip)
-                    .field("tp_dst", port.port);
-                let act = if has_local {
-                    Actions::new().group(local_gid)
-                } else {
-                    Actions::drop()
-                };
-                d.add(SERVICE_LB, 105, ext, act, c);
+                        .raw(format!(
+                            "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
+                            SESSION_AFFINITY.id,
+                            learned.value(0),
+                            ip_proto_number(port.protocol),
+                            vpc = reg::VPC_NXM,
+                            ep = reg::EP_IP_NXM,
+                            epp = reg::EP_PORT_NXM,
+                            hit = reg::FLAG_AFFINITY_HIT,
+                            flags = reg::FLAGS_NXM,
+                        ))
+                        .resubmit(ENDPOINT_DNAT),
+                    c,
+                );
+                d.add(
+                    SERVICE_SELECT,
+                    100,
+                    vip_match().reg_masked(reg::FLAGS, 0, reg::FLAG_AFFINITY_HIT),
+                    Actions::new().group(gid),
+                    c,
+                );
+                Actions::new()
+                    .resubmit(SESSION_AFFINITY)
+                    .resubmit(SERVICE_SELECT)
             }
+        };
+        d.add(SERVICE_LB, 100, lb, actions, c);
+        if external_local {
+            // From outside the VPC (flagged by Classify): local backends only.
+            let ext = Match::new()
+                .reg(reg::VPC, z)
+                .reg_masked(reg::FLAGS, reg::FLAG_EXTERNAL, reg::FLAG_EXTERNAL)
+                .kw("ct_state=+new+trk")
+                .kw(&proto)
+                .field(fam.dst(), vip)
+                .field("tp_dst", port.port);
+            let act = if has_local {
+                Actions::new().group(local_gid)
+            } else {
+                Actions::drop()
+            };
+            d.add(SERVICE_LB, 105, ext, act, c);
         }
     }
 }

@@ -139,6 +139,8 @@ pub mod reg {
     pub const EP_IP: &str = "reg3";
     pub const EP_IP_NXM: &str = "NXM_NX_REG3";
     pub const EP_PORT: &str = "reg4";
+    /// The chosen endpoint's IPv6 address (128 bits: reg8..reg11).
+    pub const EP_IP6: &str = "xxreg2";
     pub const EP_PORT_NXM: &str = "NXM_NX_REG4";
     /// `reg0` of traffic from the host's PF representor before it enters a VPC:
     /// above 16 bits, so it is never a VPC id (zones are 16 bits).
@@ -196,6 +198,10 @@ pub mod label {
 /// backends on this DPU (`externalTrafficPolicy: Local`). Allocated ids stay far
 /// below it, and OpenFlow group ids go up to 0xffffff00.
 pub const LOCAL_GROUP_BIT: u32 = 0x8000_0000;
+
+/// Set in the id of a Service port's IPv6 group (a dual-stack port has one
+/// group per family). Combines with [`LOCAL_GROUP_BIT`].
+pub const V6_GROUP_BIT: u32 = 0x4000_0000;
 
 /// The MAC address the agent's distributed router answers with.
 pub const ROUTER_MAC: &str = "02:d9:00:00:00:01";

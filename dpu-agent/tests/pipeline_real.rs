@@ -74,7 +74,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
         name: "net".into(),
         vpc: "vpc-a".into(),
         cidr: "10.0.1.0/24".parse().unwrap(),
-        gateway: Ipv4Addr::new(10, 0, 1, 1),
+        gateway: Ipv4Addr::new(10, 0, 1, 1).into(),
         node_blocks: vec![],
     }));
     let mut names = vec![("client".to_string(), 2u8)];
@@ -85,6 +85,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
             kind: WorkloadKind::Pod,
             vpc: "vpc-a".into(),
             ip: Ipv4Addr::new(10, 0, 1, *last),
+            ipv6: None,
             mac: Some(host_mac(*last)),
             labels: BTreeMap::new(),
             node: "dpu-1".into(),
@@ -94,7 +95,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
     i.upsert(Object::Service(Service {
         name: "web".into(),
         vpc: "vpc-a".into(),
-        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10).into()],
         ports: vec![
             ServicePort {
                 name: "http".into(),
@@ -111,7 +112,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
         ],
         backends: (1..=backends)
             .map(|n| Backend {
-                ip: Ipv4Addr::new(10, 0, 1, 10 + n),
+                ip: Ipv4Addr::new(10, 0, 1, 10 + n).into(),
                 weight: weights.get(n as usize - 1).copied().unwrap_or(1),
                 workload: None,
                 vpc: "vpc-a".into(),

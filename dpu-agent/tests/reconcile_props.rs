@@ -618,7 +618,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                     name: format!("net-{v}"),
                     vpc,
                     cidr: format!("10.{v}.0.0/24").parse().unwrap(),
-                    gateway: Ipv4Addr::new(10, v as u8, 0, 1),
+                    gateway: Ipv4Addr::new(10, v as u8, 0, 1).into(),
                     node_blocks: Vec::new(),
                 }));
             }
@@ -634,6 +634,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                     kind: WorkloadKind::Pod,
                     vpc: format!("vpc-{v}"),
                     ip: Ipv4Addr::new(10, v as u8, 0, 10 + i as u8),
+                    ipv6: None,
                     mac: Some(Mac([2, 0, 0, 0, v as u8, i as u8])),
                     labels: BTreeMap::new(),
                     node: if local { "dpu-1" } else { "dpu-2" }.into(),
@@ -648,7 +649,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                     .filter(|(host, _)| seen.insert(*host))
                     .map(|(host, weight)| Backend {
                         // Hosts 10..15 are workloads (when they exist), 16.. are not.
-                        ip: Ipv4Addr::new(10, v as u8, 0, 10 + host as u8),
+                        ip: Ipv4Addr::new(10, v as u8, 0, 10 + host as u8).into(),
                         weight,
                         workload: None,
                         vpc: format!("vpc-{v}"),
@@ -658,7 +659,7 @@ fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> 
                 intent.upsert(Object::Service(Service {
                     name: format!("svc-{s}"),
                     vpc: format!("vpc-{v}"),
-                    cluster_ips: vec![Ipv4Addr::new(10, 96, v as u8, s as u8 + 1)],
+                    cluster_ips: vec![Ipv4Addr::new(10, 96, v as u8, s as u8 + 1).into()],
                     ports: svc_ports
                         .into_iter()
                         .map(|(p, port)| ServicePort {

@@ -49,6 +49,7 @@ fn workload(name: &str, last: u8) -> Object {
         kind: WorkloadKind::Pod,
         vpc: "vpc-a".into(),
         ip: Ipv4Addr::new(10, 0, 1, last),
+        ipv6: None,
         mac: Some(Mac([0x0a, 0, 0, 0, 1, last])),
         labels: Default::default(),
         node: NODE.into(),
@@ -60,7 +61,7 @@ fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
     Object::Service(Service {
         name: name.into(),
         vpc: "vpc-a".into(),
-        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip)],
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip).into()],
         ports: vec![ServicePort {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -70,7 +71,7 @@ fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
         backends: backends
             .iter()
             .map(|ip| Backend {
-                ip: *ip,
+                ip: (*ip).into(),
                 weight: 1,
                 workload: None,
                 vpc: "vpc-a".into(),
@@ -184,7 +185,7 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
             name: "net".into(),
             vpc: "vpc-a".into(),
             cidr: "10.0.1.0/24".parse()?,
-            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            gateway: Ipv4Addr::new(10, 0, 1, 1).into(),
             node_blocks: vec![],
         }),
         workload("client", 2),

@@ -1,10 +1,10 @@
 //! The proto edge: wire messages become domain values here and nowhere else.
 //! Every rejection names the object and the field, in manifest terms (`spec.…`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dpu_proto::v1 as pb;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::limits::{MAX_BACKENDS, MAX_LABELS, MAX_NAME_LEN, MAX_PORTS};
 use crate::types::*;
@@ -19,39 +19,68 @@ impl Ctx {
         ObjectError::new(self.key.clone(), field, message)
     }
 
+    fn ip(&self, field: &str, s: &str) -> Result<IpAddr, ObjectError> {
+        if s.is_empty() {
+            return Err(self.err(field, "is required"));
+        }
+        s.parse()
+            .map_err(|_| self.err(field, format!("{s:?} is not an IP address")))
+    }
+
     fn ipv4(&self, field: &str, s: &str) -> Result<Ipv4Addr, ObjectError> {
         if s.is_empty() {
             return Err(self.err(field, "is required"));
         }
-        match s.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(a)) => Ok(a),
-            Ok(std::net::IpAddr::V6(_)) => {
-                Err(self.err(field, format!("{s}: IPv6 is not supported by this release")))
-            }
+        match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Ok(a),
+            Ok(IpAddr::V6(_)) => Err(self.err(field, format!("{s}: an IPv4 address is needed here"))),
             Err(_) => Err(self.err(field, format!("{s:?} is not an IP address"))),
         }
     }
 
-    fn cidr(&self, field: &str, s: &str) -> Result<Ipv4Net, ObjectError> {
+    fn ipv6(&self, field: &str, s: &str) -> Result<Ipv6Addr, ObjectError> {
+        match self.ip(field, s)? {
+            IpAddr::V6(a) if !a.is_unicast_link_local() && !a.is_multicast() => Ok(a),
+            IpAddr::V6(a) => Err(self.err(
+                field,
+                format!("{a} is link-local or multicast; a global or unique-local address is needed"),
+            )),
+            IpAddr::V4(a) => Err(self.err(field, format!("{a}: an IPv6 address is needed here"))),
+        }
+    }
+
+    /// A subnet CIDR: IPv4 up to /30, IPv6 up to /126, no host bits.
+    fn net(&self, field: &str, s: &str) -> Result<IpNet, ObjectError> {
         if s.is_empty() {
             return Err(self.err(field, "is required"));
         }
-        let net: Ipv4Net = s
-            .parse()
-            .map_err(|_| self.err(field, format!("{s:?} is not an IPv4 CIDR (a.b.c.d/len)")))?;
+        let net: IpNet = s.parse().map_err(|_| {
+            self.err(
+                field,
+                format!("{s:?} is not a CIDR (a.b.c.d/len or an IPv6 prefix/len)"),
+            )
+        })?;
         if net.trunc() != net {
             return Err(self.err(
                 field,
                 format!("{s} has host bits set; did you mean {}?", net.trunc()),
             ));
         }
-        if net.prefix_len() > 30 {
+        let most = if matches!(net, IpNet::V4(_)) { 30 } else { 126 };
+        if net.prefix_len() > most {
             return Err(self.err(
                 field,
-                format!("{s} is too small: the prefix must be /30 or shorter"),
+                format!("{s} is too small: the prefix must be /{most} or shorter"),
             ));
         }
         Ok(net)
+    }
+
+    fn cidr(&self, field: &str, s: &str) -> Result<Ipv4Net, ObjectError> {
+        match self.net(field, s)? {
+            IpNet::V4(n) => Ok(n),
+            IpNet::V6(_) => Err(self.err(field, format!("{s}: an IPv4 CIDR is needed here"))),
+        }
     }
 
     fn port(&self, field: &str, p: u32) -> Result<u16, ObjectError> {
@@ -121,8 +150,8 @@ pub fn vpc_from_proto(m: &pb::Vpc) -> Result<Vpc, ObjectError> {
 pub fn subnet_from_proto(m: &pb::Subnet) -> Result<Subnet, ObjectError> {
     let c = ctx(Kind::Subnet, &m.name)?;
     let vpc = c.name_ref("spec.vpc", &m.vpc)?;
-    let cidr = c.cidr("spec.cidr", &m.cidr)?;
-    let gateway = c.ipv4("spec.gateway", &m.gateway)?;
+    let cidr = c.net("spec.cidr", &m.cidr)?;
+    let gateway = c.ip("spec.gateway", &m.gateway)?;
     if !cidr.contains(&gateway) || gateway == cidr.network() || gateway == cidr.broadcast() {
         return Err(c.err(
             "spec.gateway",
@@ -130,10 +159,16 @@ pub fn subnet_from_proto(m: &pb::Subnet) -> Result<Subnet, ObjectError> {
         ));
     }
     let mut node_blocks = Vec::with_capacity(m.node_blocks.len());
+    if matches!(cidr, IpNet::V6(_)) && !m.node_blocks.is_empty() {
+        return Err(c.err(
+            "spec.nodeBlocks",
+            "node blocks are IPv4 only (the shim hands out IPv4 addresses); an IPv6 Subnet has none",
+        ));
+    }
     for (i, b) in m.node_blocks.iter().enumerate() {
         let node = c.name_ref(&format!("spec.nodeBlocks[{i}].node"), &b.node)?;
         let block = c.cidr(&format!("spec.nodeBlocks[{i}].cidr"), &b.cidr)?;
-        if !cidr.contains(&block) {
+        if !cidr.contains(&IpNet::V4(block)) {
             return Err(c.err(
                 format!("spec.nodeBlocks[{i}].cidr"),
                 format!("{block} is not inside the subnet {cidr}"),
@@ -166,6 +201,11 @@ pub fn workload_from_proto(m: &pb::Workload) -> Result<Workload, ObjectError> {
     };
     let vpc = c.name_ref("spec.vpc", &m.vpc)?;
     let ip = c.ipv4("spec.ip", &m.ip)?;
+    let ipv6 = if m.ipv6.is_empty() {
+        None
+    } else {
+        Some(c.ipv6("spec.ipv6", &m.ipv6)?)
+    };
     let mac = if m.mac.is_empty() {
         None
     } else {
@@ -186,6 +226,7 @@ pub fn workload_from_proto(m: &pb::Workload) -> Result<Workload, ObjectError> {
         kind,
         vpc,
         ip,
+        ipv6,
         mac,
         labels: m
             .labels
@@ -223,7 +264,7 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
         .cluster_ips
         .iter()
         .enumerate()
-        .map(|(i, s)| c.ipv4(&format!("spec.clusterIPs[{i}]"), s))
+        .map(|(i, s)| c.ip(&format!("spec.clusterIPs[{i}]"), s))
         .collect::<Result<Vec<_>, _>>()?;
     if m.ports.is_empty() {
         return Err(c.err("spec.ports", "at least one port is required"));
@@ -275,7 +316,7 @@ pub fn service_from_proto(m: &pb::Service) -> Result<Service, ObjectError> {
     }
     let mut backends: Vec<Backend> = Vec::with_capacity(m.backends.len());
     for (i, b) in m.backends.iter().enumerate() {
-        let ip = c.ipv4(&format!("spec.backends[{i}].ip"), &b.ip)?;
+        let ip = c.ip(&format!("spec.backends[{i}].ip"), &b.ip)?;
         let bvpc = if b.vpc.is_empty() {
             vpc.clone()
         } else {
@@ -511,6 +552,7 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
             } as i32,
             vpc: w.vpc.clone(),
             ip: w.ip.to_string(),
+            ipv6: w.ipv6.map(|a| a.to_string()).unwrap_or_default(),
             mac: w.mac.map(|m| m.to_string()).unwrap_or_default(),
             labels: w
                 .labels

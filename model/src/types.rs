@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 /// The kinds of intent object, named as in the manifests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,6 +79,7 @@ pub struct Vpc {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeBlock {
     pub node: String,
+    /// IPv4 only: the shim hands out IPv4 addresses.
     pub cidr: Ipv4Net,
 }
 
@@ -86,8 +87,9 @@ pub struct NodeBlock {
 pub struct Subnet {
     pub name: String,
     pub vpc: String,
-    pub cidr: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    /// IPv4 or IPv6; the gateway is of the same family.
+    pub cidr: IpNet,
+    pub gateway: IpAddr,
     pub node_blocks: Vec<NodeBlock>,
 }
 
@@ -151,6 +153,8 @@ pub struct Workload {
     pub kind: WorkloadKind,
     pub vpc: String,
     pub ip: Ipv4Addr,
+    /// A second address, IPv6, for dual-stack workloads.
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<Mac>,
     pub labels: BTreeMap<String, String>,
     pub node: String,
@@ -185,7 +189,8 @@ pub struct ServicePort {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
-    pub ip: Ipv4Addr,
+    /// IPv4 or IPv6: a dual-stack workload is two backends, one per family.
+    pub ip: IpAddr,
     pub weight: u32,
     pub workload: Option<String>,
     /// The backend's VPC: the Service's own, except behind a service gateway
@@ -205,7 +210,8 @@ pub enum AccessScenario {
 pub struct Service {
     pub name: String,
     pub vpc: String,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// IPv4 and/or IPv6 (dual-stack).
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub backends: Vec<Backend>,
     /// ClientIP affinity timeout in seconds; `None` means no affinity.

@@ -2,7 +2,7 @@
 //! collides. Field-level rules live in `convert`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::limits::*;
 use crate::types::*;
@@ -73,14 +73,14 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         }
         peers.push(s);
     }
-    let in_vpc = |vpc: &str, ip: Ipv4Addr| -> Option<&Subnet> {
+    let in_vpc = |vpc: &str, ip: IpAddr| -> Option<&Subnet> {
         subnets_by_vpc
             .get(vpc)
             .and_then(|ss| ss.iter().find(|s| s.cidr.contains(&ip)).copied())
     };
 
     // Addresses taken in each VPC: gateways, then workloads.
-    let mut taken: HashMap<(&str, Ipv4Addr), String> = HashMap::new();
+    let mut taken: HashMap<(&str, IpAddr), String> = HashMap::new();
     for s in subnets_by_vpc.values().flatten() {
         taken.insert(
             (&s.vpc, s.gateway),
@@ -98,32 +98,38 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
             ));
             continue;
         }
-        match in_vpc(&w.vpc, w.ip) {
-            None => errs.push(err(
-                Kind::Workload,
-                &w.name,
-                "spec.ip",
-                format!("{} is not inside any Subnet of Vpc/{}", w.ip, w.vpc),
-            )),
-            Some(s) if w.ip == s.cidr.network() || w.ip == s.cidr.broadcast() => errs.push(err(
-                Kind::Workload,
-                &w.name,
-                "spec.ip",
-                format!(
-                    "{} is not a host address of Subnet/{} ({})",
-                    w.ip, s.name, s.cidr
-                ),
-            )),
-            Some(_) => {
-                if let Some(owner) = taken.get(&(w.vpc.as_str(), w.ip)) {
+        let addrs = std::iter::once(("spec.ip", IpAddr::V4(w.ip)))
+            .chain(w.ipv6.map(|a| ("spec.ipv6", IpAddr::V6(a))));
+        for (field, ip) in addrs {
+            match in_vpc(&w.vpc, ip) {
+                None => errs.push(err(
+                    Kind::Workload,
+                    &w.name,
+                    field,
+                    format!("{ip} is not inside any Subnet of Vpc/{}", w.vpc),
+                )),
+                Some(s) if ip == s.cidr.network() || ip == s.cidr.broadcast() => {
                     errs.push(err(
                         Kind::Workload,
                         &w.name,
-                        "spec.ip",
-                        format!("{} in Vpc/{} is already {owner}", w.ip, w.vpc),
-                    ));
-                } else {
-                    taken.insert((&w.vpc, w.ip), format!("Workload/{}", w.name));
+                        field,
+                        format!(
+                            "{ip} is not a host address of Subnet/{} ({})",
+                            s.name, s.cidr
+                        ),
+                    ))
+                }
+                Some(_) => {
+                    if let Some(owner) = taken.get(&(w.vpc.as_str(), ip)) {
+                        errs.push(err(
+                            Kind::Workload,
+                            &w.name,
+                            field,
+                            format!("{ip} in Vpc/{} is already {owner}", w.vpc),
+                        ));
+                    } else {
+                        taken.insert((&w.vpc, ip), format!("Workload/{}", w.name));
+                    }
                 }
             }
         }
@@ -205,7 +211,7 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         }
     }
 
-    let mut vips: HashMap<(&str, Ipv4Addr, Protocol, u16), &str> = HashMap::new();
+    let mut vips: HashMap<(&str, IpAddr, Protocol, u16), &str> = HashMap::new();
     let mut eips: BTreeMap<Ipv4Addr, &str> = BTreeMap::new();
     for s in intent.services.values() {
         let e = |field: String, msg: String| err(Kind::Service, &s.name, field, msg);
@@ -282,6 +288,14 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                     format!("spec.backends[{i}].vpc"),
                     format!("Vpc/{} does not exist", b.vpc),
                 ));
+            } else if s.scenario == AccessScenario::EipServiceGateway && b.ip.is_ipv6() {
+                errs.push(e(
+                    format!("spec.backends[{i}].ip"),
+                    format!(
+                        "backend {} is IPv6; a service gateway's EIP is IPv4, and so are its backends",
+                        b.ip
+                    ),
+                ));
             } else if in_vpc(&b.vpc, b.ip).is_none() {
                 errs.push(e(
                     format!("spec.backends[{i}].ip"),
@@ -295,7 +309,11 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
         if let Some(eip) = s.eip {
             // An EIP is an outside address: it must not mean anything inside a VPC
             // or on the node network, and it belongs to one Service.
-            if let Some(sub) = intent.subnets.values().find(|x| x.cidr.contains(&eip)) {
+            if let Some(sub) = intent
+                .subnets
+                .values()
+                .find(|x| x.cidr.contains(&IpAddr::V4(eip)))
+            {
                 errs.push(e(
                     "spec.eip".into(),
                     format!(
@@ -341,7 +359,11 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                 ));
             }
             // Inside a VPC, the host's address must mean the host.
-            if let Some(s) = intent.subnets.values().find(|s| s.cidr.contains(&ip)) {
+            if let Some(s) = intent
+                .subnets
+                .values()
+                .find(|s| s.cidr.contains(&IpAddr::V4(ip)))
+            {
                 errs.push(err(
                     Kind::Node,
                     &n.name,

@@ -29,11 +29,21 @@ fn valid_objects() -> Vec<pb::Object> {
             })),
         },
         pb::Object {
+            object: Some(O::Subnet(pb::Subnet {
+                name: "net6".into(),
+                vpc: "vpc-a".into(),
+                cidr: "fd00:1::/64".into(),
+                gateway: "fd00:1::1".into(),
+                node_blocks: vec![],
+            })),
+        },
+        pb::Object {
             object: Some(O::Workload(pb::Workload {
                 name: "web-1".into(),
                 kind: pb::WorkloadKind::Pod as i32,
                 vpc: "vpc-a".into(),
                 ip: "10.0.1.11".into(),
+                ipv6: "fd00:1::11".into(),
                 mac: "0a:00:00:00:01:0b".into(),
                 labels: [("app".to_string(), "web".to_string())].into(),
                 node: "dpu-1".into(),

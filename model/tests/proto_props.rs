@@ -11,12 +11,12 @@
 //! `PROPTEST_CASES=N` raises the number of cases (see docs/testing.md).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dpu_model::limits::{MAX_LABELS, MAX_NAME_LEN};
 use dpu_model::*;
 use dpu_proto::v1 as pb;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use prost::Message;
@@ -61,11 +61,40 @@ fn host_in(net: Ipv4Net, pick: u32) -> Ipv4Addr {
     Ipv4Addr::from(first + pick % count)
 }
 
+/// A unique-local IPv6 address (fc00::/7, never link-local or multicast).
+fn ip6() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u128>().prop_map(|a| Ipv6Addr::from((a & !(0x7fu128 << 121)) | (0x7eu128 << 121)))
+}
+
+/// An IPv4 or IPv6 address (IPv6 unique-local).
+fn any_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![ip().prop_map(IpAddr::V4), ip6().prop_map(IpAddr::V6)]
+}
+
 fn vpc() -> impl Strategy<Value = Vpc> {
     (name(), 1..=0x00ff_ffffu32).prop_map(|(name, vni)| Vpc { name, vni })
 }
 
 fn subnet() -> impl Strategy<Value = Subnet> {
+    prop_oneof![subnet_v4(), subnet_v6()]
+}
+
+/// An IPv6 subnet (/48../126, no node blocks) with a host as its gateway.
+fn subnet_v6() -> impl Strategy<Value = Subnet> {
+    (name(), name(), ip6(), 48..=126u8, any::<u16>()).prop_map(|(name, vpc, a, len, pick)| {
+        let net = Ipv6Net::new(a, len).unwrap().trunc();
+        let gateway = Ipv6Addr::from(u128::from(net.network()) + 1 + u128::from(pick % 2));
+        Subnet {
+            name,
+            vpc,
+            cidr: IpNet::V6(net),
+            gateway: IpAddr::V6(gateway),
+            node_blocks: Vec::new(),
+        }
+    })
+}
+
+fn subnet_v4() -> impl Strategy<Value = Subnet> {
     (name(), name(), cidr(0), any::<u32>()).prop_flat_map(|(name, vpc, cidr, pick)| {
         let block = (name_ref(), cidr.prefix_len()..=30u8, any::<u32>()).prop_map(
             move |(node, prefix, at)| {
@@ -81,8 +110,8 @@ fn subnet() -> impl Strategy<Value = Subnet> {
         proptest::collection::vec(block, 0..4).prop_map(move |node_blocks| Subnet {
             name: name.clone(),
             vpc: vpc.clone(),
-            cidr,
-            gateway: host_in(cidr, pick),
+            cidr: cidr.into(),
+            gateway: host_in(cidr, pick).into(),
             node_blocks,
         })
     })
@@ -116,17 +145,18 @@ fn workload() -> impl Strategy<Value = Workload> {
         name(),
         workload_kind(),
         name_ref(),
-        ip(),
+        (ip(), proptest::option::of(ip6())),
         proptest::option::of(mac()),
         proptest::collection::btree_map(".{0,12}", ".{0,12}", 0..=6),
         name_ref(),
         "[^\u{0}]{1,40}",
     )
-        .prop_map(|(name, kind, vpc, ip, mac, labels, node, port)| Workload {
+        .prop_map(|(name, kind, vpc, (ip, ipv6), mac, labels, node, port)| Workload {
             name,
             kind,
             vpc,
             ip,
+            ipv6,
             mac,
             labels,
             node,
@@ -153,7 +183,7 @@ fn service() -> impl Strategy<Value = Service> {
     );
     // The VPC is filled in below: the Service's, or another one (gateway only).
     let backend = (
-        ip(),
+        any_ip(),
         any::<u32>(),
         proptest::option::of(name_ref()),
         proptest::option::of(name_ref()),
@@ -173,7 +203,7 @@ fn service() -> impl Strategy<Value = Service> {
     (
         name(),
         name_ref(),
-        proptest::collection::vec(ip(), 1..4),
+        proptest::collection::vec(any_ip(), 1..4),
         proptest::collection::vec(port, 1..5),
         proptest::collection::vec(backend, 0..6),
         proptest::option::of(1..=86_400u32),
@@ -379,14 +409,15 @@ fn any_proto_object() -> impl Strategy<Value = pb::Object> {
     let workload = (
         (t(), n(), t(), t(), t()),
         proptest::collection::hash_map(t(), t(), 0..4),
-        (t(), t()),
+        (t(), t(), t()),
     )
-        .prop_map(|((name, kind, vpc, ip, mac), labels, (node, port))| {
+        .prop_map(|((name, kind, vpc, ip, mac), labels, (node, port, ipv6))| {
             O::Workload(pb::Workload {
                 name,
                 kind: kind as i32,
                 vpc,
                 ip,
+                ipv6,
                 mac,
                 labels,
                 node,
@@ -480,7 +511,9 @@ fn proto_kind(o: &pb::Object) -> Option<Kind> {
 /// What the edge promises about every value it lets through.
 fn check_invariants(o: &Object) -> Result<(), String> {
     let name_ok = |s: &str| check_name(s).is_ok();
-    let net_ok = |n: &Ipv4Net| n.trunc() == *n && n.prefix_len() <= 30;
+    let net_ok = |n: &IpNet| {
+        n.trunc() == *n && n.prefix_len() <= if matches!(n, IpNet::V4(_)) { 30 } else { 126 }
+    };
     let ensure = |ok: bool, what: &str| {
         if ok {
             Ok(())
@@ -502,7 +535,9 @@ fn check_invariants(o: &Object) -> Result<(), String> {
             )?;
             for b in &s.node_blocks {
                 ensure(
-                    name_ok(&b.node) && net_ok(&b.cidr) && s.cidr.contains(&b.cidr),
+                    name_ok(&b.node)
+                        && net_ok(&IpNet::V4(b.cidr))
+                        && s.cidr.contains(&IpNet::V4(b.cidr)),
                     "node block",
                 )?;
             }
@@ -662,6 +697,39 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
             m.vni = [0, 0x0100_0000, u32::MAX][at % 3];
             "spec.vni".into()
         }
+        O::Subnet(m) if m.cidr.contains(':') => {
+            let net: Ipv6Net = m.cidr.parse().unwrap();
+            match which % 4 {
+                0 => {
+                    m.vpc = ["", "Blue"][at % 2].into();
+                    "spec.vpc".into()
+                }
+                1 => {
+                    // Host bits set, or too small.
+                    let host = Ipv6Addr::from(u128::from(net.network()) + 1);
+                    m.cidr = if at.is_multiple_of(2) && net.prefix_len() < 128 {
+                        format!("{host}/{}", net.prefix_len())
+                    } else {
+                        format!("{}/127", net.network())
+                    };
+                    "spec.cidr".into()
+                }
+                2 => {
+                    m.gateway = [net.network().to_string(), "10.0.0.1".into(), "gw".into()]
+                        [at % 3]
+                        .clone();
+                    "spec.gateway".into()
+                }
+                _ => {
+                    // Node blocks are IPv4 only.
+                    m.node_blocks.push(pb::NodeBlock {
+                        node: "n".into(),
+                        cidr: "10.0.0.0/24".into(),
+                    });
+                    "spec.nodeBlocks".into()
+                }
+            }
+        }
         O::Subnet(m) => match which % 7 {
             0 | 1 => {
                 m.vpc = ["", "Blue"][at % 2].into();
@@ -757,7 +825,7 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                         m.cluster_ips.clear();
                         return "spec.clusterIPs".into();
                     }
-                    m.cluster_ips.insert(i, "::1".into());
+                    m.cluster_ips.insert(i, ["10.96.0.256", "fd00::g", "vip"][at % 3].into());
                     format!("spec.clusterIPs[{i}]")
                 }
                 2 => {
@@ -938,6 +1006,7 @@ fn labels_are_bounded_and_ordered() {
         kind: pb::WorkloadKind::Pod as i32,
         vpc: "v".into(),
         ip: "10.0.0.2".into(),
+        ipv6: String::new(),
         mac: String::new(),
         labels: (0..MAX_LABELS)
             .map(|i| (format!("k{i:02}"), i.to_string()))

@@ -113,6 +113,14 @@ impl Pool {
                 subnet: subnet.name.clone(),
                 node: node.to_string(),
             })?;
+        // Node blocks exist only in IPv4 subnets (validated).
+        let (ipnet::IpNet::V4(cidr), std::net::IpAddr::V4(gateway)) = (subnet.cidr, subnet.gateway)
+        else {
+            return Err(AttachError::NoBlock {
+                subnet: subnet.name.clone(),
+                node: node.to_string(),
+            });
+        };
         // The representor identifies a VF: a VF found in sysfs has no host name.
         let used_vfs: BTreeSet<&str> = self
             .records
@@ -135,11 +143,7 @@ impl Pool {
                 .filter(|r| r.vpc == subnet.vpc)
                 .map(|r| r.ip),
         );
-        used.extend([
-            subnet.gateway,
-            subnet.cidr.network(),
-            subnet.cidr.broadcast(),
-        ]);
+        used.extend([gateway, cidr.network(), cidr.broadcast()]);
         let ip = block
             .cidr
             .hosts()
@@ -162,8 +166,8 @@ impl Pool {
             // The Kubernetes convention: 0a:58 followed by the IPv4 address.
             mac: Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]]).to_string(),
             ip,
-            prefix_len: subnet.cidr.prefix_len(),
-            gateway: subnet.gateway,
+            prefix_len: cidr.prefix_len(),
+            gateway,
             subnet: subnet.name.clone(),
             vpc: subnet.vpc.clone(),
             workload: workload_name(&req.pod_namespace, &req.pod_name, &req.ifname)?,
@@ -192,6 +196,7 @@ impl Pool {
                 kind: WorkloadKind::Pod,
                 vpc: r.vpc.clone(),
                 ip: r.ip,
+                ipv6: None,
                 mac: r.mac.parse().ok(),
                 labels: r.labels.clone(),
                 node: node.to_string(),
