@@ -386,7 +386,11 @@ fn an_ipv6_cluster_ip_brings_the_ipv6_address_of_each_workload() {
     let both = format!("{v6}---\n{SVC_HEAD}metadata: {{name: ds}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.90, \"fd00:96::90\"]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n---\n{SVC_HEAD}metadata: {{name: ds4}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.91]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n");
     let i = good_plus(&both).unwrap();
     let ips = |s: &str| -> Vec<String> {
-        i.services[s].backends.iter().map(|b| b.ip.to_string()).collect()
+        i.services[s]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
     };
     assert_eq!(ips("ds"), ["10.1.1.90", "fd00:1::90"]);
     assert_eq!(ips("ds4"), ["10.1.1.90"]);
