@@ -44,8 +44,8 @@ pub struct Compiled {
 pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
     let mut errs = Vec::new();
     for s in intent.services.values() {
-        let v6 = s.cluster_ips.iter().any(IpAddr::is_ipv6)
-            || s.backends.iter().any(|b| b.ip.is_ipv6());
+        let v6 =
+            s.cluster_ips.iter().any(IpAddr::is_ipv6) || s.backends.iter().any(|b| b.ip.is_ipv6());
         if v6 && s.affinity_timeout.is_some() {
             errs.push(ObjectError::new(
                 ObjectKey::new(Kind::Service, &s.name),

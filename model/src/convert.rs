@@ -33,7 +33,9 @@ impl Ctx {
         }
         match s.parse::<IpAddr>() {
             Ok(IpAddr::V4(a)) => Ok(a),
-            Ok(IpAddr::V6(_)) => Err(self.err(field, format!("{s}: an IPv4 address is needed here"))),
+            Ok(IpAddr::V6(_)) => {
+                Err(self.err(field, format!("{s}: an IPv4 address is needed here")))
+            }
             Err(_) => Err(self.err(field, format!("{s:?} is not an IP address"))),
         }
     }
@@ -43,7 +45,9 @@ impl Ctx {
             IpAddr::V6(a) if !a.is_unicast_link_local() && !a.is_multicast() => Ok(a),
             IpAddr::V6(a) => Err(self.err(
                 field,
-                format!("{a} is link-local or multicast; a global or unique-local address is needed"),
+                format!(
+                    "{a} is link-local or multicast; a global or unique-local address is needed"
+                ),
             )),
             IpAddr::V4(a) => Err(self.err(field, format!("{a}: an IPv6 address is needed here"))),
         }

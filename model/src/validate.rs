@@ -108,17 +108,15 @@ pub fn validate(intent: &Intent) -> Vec<ObjectError> {
                     field,
                     format!("{ip} is not inside any Subnet of Vpc/{}", w.vpc),
                 )),
-                Some(s) if ip == s.cidr.network() || ip == s.cidr.broadcast() => {
-                    errs.push(err(
-                        Kind::Workload,
-                        &w.name,
-                        field,
-                        format!(
-                            "{ip} is not a host address of Subnet/{} ({})",
-                            s.name, s.cidr
-                        ),
-                    ))
-                }
+                Some(s) if ip == s.cidr.network() || ip == s.cidr.broadcast() => errs.push(err(
+                    Kind::Workload,
+                    &w.name,
+                    field,
+                    format!(
+                        "{ip} is not a host address of Subnet/{} ({})",
+                        s.name, s.cidr
+                    ),
+                )),
                 Some(_) => {
                     if let Some(owner) = taken.get(&(w.vpc.as_str(), ip)) {
                         errs.push(err(

@@ -151,17 +151,19 @@ fn workload() -> impl Strategy<Value = Workload> {
         name_ref(),
         "[^\u{0}]{1,40}",
     )
-        .prop_map(|(name, kind, vpc, (ip, ipv6), mac, labels, node, port)| Workload {
-            name,
-            kind,
-            vpc,
-            ip,
-            ipv6,
-            mac,
-            labels,
-            node,
-            port,
-        })
+        .prop_map(
+            |(name, kind, vpc, (ip, ipv6), mac, labels, node, port)| Workload {
+                name,
+                kind,
+                vpc,
+                ip,
+                ipv6,
+                mac,
+                labels,
+                node,
+                port,
+            },
+        )
 }
 
 fn protocol() -> impl Strategy<Value = Protocol> {
@@ -715,9 +717,8 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                     "spec.cidr".into()
                 }
                 2 => {
-                    m.gateway = [net.network().to_string(), "10.0.0.1".into(), "gw".into()]
-                        [at % 3]
-                        .clone();
+                    m.gateway =
+                        [net.network().to_string(), "10.0.0.1".into(), "gw".into()][at % 3].clone();
                     "spec.gateway".into()
                 }
                 _ => {
@@ -825,7 +826,8 @@ fn corrupt(o: &mut pb::Object, which: usize, at: usize) -> String {
                         m.cluster_ips.clear();
                         return "spec.clusterIPs".into();
                     }
-                    m.cluster_ips.insert(i, ["10.96.0.256", "fd00::g", "vip"][at % 3].into());
+                    m.cluster_ips
+                        .insert(i, ["10.96.0.256", "fd00::g", "vip"][at % 3].into());
                     format!("spec.clusterIPs[{i}]")
                 }
                 2 => {
