@@ -75,6 +75,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     let mut out = Compiled::default();
     let d = &mut out.desired;
     pipeline_misses(d);
+    nd_advertise(d);
     let tunnel = facts.ports.get(TUNNEL_IFACE_ID).copied();
     let uplink = facts.uplink.as_ref().and_then(|(iface, mac)| {
         facts.ports.get(iface).map(|&ofport| Uplink {
@@ -759,8 +760,10 @@ fn answer_for(d: &mut DesiredState, zone: u16, ip: IpAddr, c: Cookie) {
 
 /// The neighbour advertisement for `target`, from the router MAC, made from the
 /// solicitation in place: solicited, override and router flags, the target
-/// link-layer option. The SLL option is rewritten before the type changes (its
-/// prerequisite is a solicitation) and then retyped to TLL.
+/// link-layer option. The option's MAC is written both as `nd_sll` here (its
+/// prerequisite is a solicitation) and as `nd_tll` in NdAdvertise (whose is an
+/// advertisement), so it is the router MAC whichever way the datapath applies
+/// the retyping of the option from source to target link-layer address.
 fn nd_answer(d: &mut DesiredState, zone: u16, target: Ipv6Addr, c: Cookie) {
     d.add(
         ARP_RESPONDER,
@@ -775,8 +778,26 @@ fn nd_answer(d: &mut DesiredState, zone: u16, target: Ipv6Addr, c: Cookie) {
             .set_field(136, "icmpv6_type")
             .set_field(2, "nd_options_type")
             .set_field("0xe0000000", "nd_reserved")
-            .raw("in_port"),
+            .goto(ND_ADVERTISE),
         c,
+    );
+}
+
+/// NdAdvertise: the advertisement ArpResponder made gets its target link-layer
+/// address (a field OVS lets a flow set only when its match is an
+/// advertisement), and leaves by the port it came in on.
+fn nd_advertise(d: &mut DesiredState) {
+    d.add(
+        ND_ADVERTISE,
+        100,
+        Match::new()
+            .kw("icmp6")
+            .field("icmp_type", 136)
+            .field("icmp_code", 0),
+        Actions::new()
+            .set_field(ROUTER_MAC, "nd_tll")
+            .raw("in_port"),
+        Cookie::new(Category::Pipeline, "pipeline"),
     );
 }
 

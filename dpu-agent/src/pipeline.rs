@@ -47,6 +47,12 @@ pub const ARP_RESPONDER: Table = Table {
     stage: "ARP responder",
     miss: Miss::Drop,
 };
+pub const ND_ADVERTISE: Table = Table {
+    id: 21,
+    name: "NdAdvertise",
+    stage: "ARP responder",
+    miss: Miss::Drop,
+};
 pub const CONNTRACK: Table = Table {
     id: 30,
     name: "Conntrack",
@@ -103,10 +109,11 @@ pub const L3_FORWARD: Table = Table {
 };
 
 /// All tables in pipeline order.
-pub const TABLES: [Table; 12] = [
+pub const TABLES: [Table; 13] = [
     CLASSIFY,
     SPOOF_GUARD,
     ARP_RESPONDER,
+    ND_ADVERTISE,
     CONNTRACK,
     SERVICE_LB,
     SESSION_AFFINITY,

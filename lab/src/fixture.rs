@@ -318,6 +318,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Gives host `name`'s `eth0` the IPv6 address `cidr` too, and a default route
+    /// via `gw` if given ([`netns::add_ipv6`]: no DAD). `lab-echo` serves IPv6 as well.
+    pub fn add_ipv6(&self, name: &str, cidr: &str, gw: Option<&str>) -> Result<()> {
+        let host = self
+            .hosts
+            .get(name)
+            .ok_or_else(|| anyhow!("add IPv6 {cidr} to host {name}: there is no host {name}"))?;
+        netns::add_ipv6(&host.ns, "eth0", cidr, gw)
+            .with_context(|| format!("add IPv6 {cidr} to host {name}"))
+    }
+
     /// Starts `lab-echo --name <host>` on the given ports inside the host.
     pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let log = self.log(&format!("echo-{name}"));

@@ -19,7 +19,7 @@ use crate::fixture::{
     agent_config_text, controller_cmd, controller_status, node_status_of, start_controller_process,
     tail, write_manifest_into, AgentFiles, Host,
 };
-use crate::netns::Netns;
+use crate::netns::{self, Netns};
 use crate::process::{spawn_logged, wait_until, Child};
 use crate::traffic::{self, TrafficResult};
 
@@ -336,6 +336,18 @@ impl MultiLab {
         Ok(())
     }
 
+    /// Gives host `name`'s `eth0` (a workload, node or external host) the IPv6
+    /// address `cidr` too, and a default route via `gw` if given
+    /// ([`netns::add_ipv6`]: no DAD). `lab-echo` serves IPv6 as well.
+    pub fn add_ipv6(&self, name: &str, cidr: &str, gw: Option<&str>) -> Result<()> {
+        let host = self
+            .hosts
+            .get(name)
+            .ok_or_else(|| anyhow!("add IPv6 {cidr} to host {name}: there is no host {name}"))?;
+        netns::add_ipv6(&host.host.ns, "eth0", cidr, gw)
+            .with_context(|| format!("add IPv6 {cidr} to host {name}"))
+    }
+
     pub fn echo(&mut self, name: &str, tcp: &[u16], udp: &[u16]) -> Result<()> {
         let log = self.log(&format!("echo-{name}"));
         self.hosts
@@ -365,14 +377,11 @@ impl MultiLab {
             .sum())
     }
 
-    /// The peer addresses `lab-echo` of `host` logged TCP connections from, in
-    /// order.
+    /// The peer addresses (IPv4 or IPv6, without port) `lab-echo` of `host` logged
+    /// TCP connections from, in order ([`traffic::peers_in_log`]).
     pub fn tcp_peers(&self, host: &str) -> Vec<String> {
         let log = fs::read_to_string(self.log(&format!("echo-{host}"))).unwrap_or_default();
-        log.lines()
-            .filter_map(|l| l.strip_prefix("lab-echo: tcp connection from "))
-            .map(|p| p.split(':').next().unwrap_or_default().to_string())
-            .collect()
+        traffic::peers_in_log(&log)
     }
 
     /// Runs `lab-client` in host `from`: `count` requests, 1.5 s timeout each.

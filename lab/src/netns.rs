@@ -110,6 +110,46 @@ pub fn tx_off(ifname: &str, ns: Option<&Netns>) -> Result<()> {
     .with_context(|| format!("turn TX checksum offload off on {ifname}"))
 }
 
+/// Gives `ifname` in `ns` the IPv6 address `cidr` (such as `fd00:1::2/64`), and a
+/// default route via `gateway` on it if given (the interface must be up then).
+/// First it turns IPv6 on in the namespace and on the interface (`disable_ipv6=0`)
+/// and duplicate address detection off on the interface (`accept_dad=0`); the
+/// address is added with `nodad`. DAD would keep the address tentative, unusable,
+/// for a second or more, and its probes would go through whatever the interface is
+/// plugged into (an emulated DPU), which would have to answer or drop them.
+pub fn add_ipv6(ns: &Netns, ifname: &str, cidr: &str, gateway: Option<&str>) -> Result<()> {
+    check_ifname(ifname)?;
+    let configure = || -> Result<()> {
+        cidr.parse::<ipnet::Ipv6Net>()
+            .with_context(|| format!("{cidr:?} is not an IPv6 address with a prefix length"))?;
+        if let Some(gw) = gateway {
+            gw.parse::<std::net::Ipv6Addr>()
+                .with_context(|| format!("gateway {gw:?} is not an IPv6 address"))?;
+        }
+        // sysctl separates with '.', so a '.' in an interface name is written '/'.
+        let conf = format!("net.ipv6.conf.{}", ifname.replace('.', "/"));
+        ns.exec([
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=0",
+            &format!("{conf}.disable_ipv6=0"),
+            &format!("{conf}.accept_dad=0"),
+        ])
+        .context("turn IPv6 on and DAD off (does this kernel have IPv6?)")?;
+        ns.ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])?;
+        if let Some(gw) = gateway {
+            ns.ip(&["-6", "route", "add", "default", "via", gw, "dev", ifname])
+                .with_context(|| format!("add the default route (is {ifname} up?)"))?;
+        }
+        Ok(())
+    };
+    configure().with_context(|| {
+        let via = gateway.map_or(String::new(), |gw| format!(" via {gw}"));
+        format!("add IPv6 {cidr}{via} to {ifname} in netns {}", ns.name())
+    })
+}
+
 /// A network namespace, deleted when dropped.
 #[derive(Debug)]
 pub struct Netns {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,22 @@ pub const MAX_ERRORS: usize = 10;
 
 /// The line `lab-echo` writes to stderr once all its sockets are bound.
 pub const ECHO_READY: &str = "lab-echo: ready";
+
+/// What `lab-echo` writes to stderr before the peer (`10.0.1.2:12345`,
+/// `[fd00:1::2]:12345`) of every TCP connection it accepts.
+pub const ECHO_TCP_PEER: &str = "lab-echo: tcp connection from ";
+
+/// The peer addresses (without port) of the TCP connections a `lab-echo` log
+/// records, in order: `10.0.1.2`, `fd00:1::2`. Lines that are not exactly
+/// [`ECHO_TCP_PEER`] and a socket address (such as a connection's error line) are
+/// skipped.
+pub fn peers_in_log(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(ECHO_TCP_PEER))
+        .filter_map(|peer| peer.trim_end().parse::<SocketAddr>().ok())
+        .map(|peer| peer.ip().to_string())
+        .collect()
+}
 
 /// What a run of `lab-client` saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +317,21 @@ mod tests {
         assert_eq!(result.ok, 3);
         assert_eq!(result.count_for("web-1"), 3);
         assert!(last_result("{\"first\":\"web-1\"}\n").is_none());
+    }
+
+    #[test]
+    fn peers_of_both_families_and_nothing_else() {
+        let log = format!(
+            "{ECHO_READY} name=web-1 tcp 80\n\
+             {ECHO_TCP_PEER}10.0.1.2:12345\n\
+             {ECHO_TCP_PEER}[fd00:1::2]:12346\n\
+             {ECHO_TCP_PEER}[fd00:1::2]:12346: Connection reset by peer (os error 104)\n\
+             {ECHO_TCP_PEER}?\n\
+             {ECHO_TCP_PEER}[fe80::1%3]:40000\n\
+             lab-echo: closing a connection idle for 600s\n"
+        );
+        assert_eq!(peers_in_log(&log), ["10.0.1.2", "fd00:1::2", "fe80::1"]);
+        assert!(peers_in_log("").is_empty());
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use dpu_lab::netns::{self, attach_host, tx_off, unique_prefix, Netns, Veth};
 use dpu_lab::process::wait_until;
-use dpu_lab::traffic::{lab_bin, run_client, start_echo, start_hold};
+use dpu_lab::traffic::{lab_bin, peers_in_log, run_client, start_echo, start_hold};
 
 const CLIENT_IP: &str = "10.250.0.1";
 const SERVER_IP: &str = "10.250.0.2";
+const CLIENT_IP6: &str = "fd00:250::1";
+const SERVER_IP6: &str = "fd00:250::2";
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 
@@ -106,6 +108,112 @@ fn tcp_and_udp_reach_the_echo_across_a_veth_pair() {
     )
     .unwrap();
     assert_eq!(pinned.ok, 5, "udp from fixed source ports: {pinned:?}");
+}
+
+#[test]
+fn ipv6_and_ipv4_reach_the_echo_across_a_dual_stack_pair() {
+    let lab = pair("dual");
+    for (ns, dev, ip) in [
+        (&lab.client, lab.veth.a(), CLIENT_IP6),
+        (&lab.server, lab.veth.b(), SERVER_IP6),
+    ] {
+        netns::add_ipv6(ns, dev, &format!("{ip}/64"), None).unwrap();
+    }
+    let echo_log = lab.logs.path().join("echo.log");
+    let _echo = start_echo(&lab.server, "web-6", &[TCP_PORT], &[UDP_PORT], &echo_log).unwrap();
+    let ready = std::fs::read_to_string(&echo_log).unwrap();
+    assert!(!ready.contains("IPv4 only"), "{ready}");
+
+    let (tcp6, udp6) = (
+        format!("[{SERVER_IP6}]:{TCP_PORT}"),
+        format!("[{SERVER_IP6}]:{UDP_PORT}"),
+    );
+    for (target, proto) in [(&tcp6, "tcp"), (&udp6, "udp")] {
+        let r = run_client(&lab.client, target, proto, 5, &[]).unwrap();
+        assert_eq!((r.ok, r.failed), (5, 0), "{proto} to {target}: {r:?}");
+        assert_eq!(r.count_for("web-6"), 5, "{proto} to {target}: {r:?}");
+    }
+    let tcp4 = run_client(
+        &lab.client,
+        &format!("{SERVER_IP}:{TCP_PORT}"),
+        "tcp",
+        5,
+        &[],
+    )
+    .unwrap();
+    assert_eq!((tcp4.ok, tcp4.failed), (5, 0), "tcp over IPv4: {tcp4:?}");
+    assert_eq!(tcp4.count_for("web-6"), 5, "tcp over IPv4: {tcp4:?}");
+
+    // One held IPv6 connection, three rounds.
+    let mut hold = start_hold(
+        &lab.client,
+        &tcp6,
+        3,
+        Duration::from_millis(100),
+        &lab.logs.path().join("hold.out"),
+    )
+    .unwrap();
+    assert_eq!(hold.wait_first(Duration::from_secs(5)).unwrap(), "web-6");
+    let held = hold.finish(Duration::from_secs(10)).unwrap();
+    assert_eq!((held.ok, held.failed), (3, 0), "held over IPv6: {held:?}");
+
+    // The echo saw the client's own address of each family, as tcp_peers reads it.
+    let log = std::fs::read_to_string(&echo_log).unwrap();
+    assert!(
+        log.contains(&format!("tcp connection from [{CLIENT_IP6}]:")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("tcp connection from {CLIENT_IP}:")),
+        "{log}"
+    );
+    let peers = peers_in_log(&log);
+    let count = |ip: &str| peers.iter().filter(|p| *p == ip).count();
+    assert_eq!(count(CLIENT_IP6), 5 + 1, "{peers:?}\n{log}");
+    assert_eq!(count(CLIENT_IP), 5, "{peers:?}\n{log}");
+    assert_eq!(peers.len(), 11, "{peers:?}\n{log}");
+}
+
+#[test]
+fn add_ipv6_skips_dad_and_adds_the_default_route() {
+    let lab = pair("v6gw");
+    let (ns, dev) = (&lab.client, lab.veth.a());
+    netns::add_ipv6(ns, dev, "fd00:251::1/64", Some("fd00:251::ff")).unwrap();
+    let addr = ns.ip(&["-6", "addr", "show", "dev", dev]).unwrap();
+    // Usable at once. (The link-local address made when the pair came up, before
+    // accept_dad=0, may still be tentative: that is the kernel's DAD, left alone.)
+    let line = addr
+        .lines()
+        .find(|l| l.contains("inet6 fd00:251::1/64"))
+        .unwrap_or_else(|| panic!("no fd00:251::1/64 in {addr}"));
+    assert!(line.contains("nodad"), "{addr}");
+    assert!(!line.contains("tentative"), "{addr}");
+    for key in ["disable_ipv6", "accept_dad"] {
+        let value = ns
+            .exec(["sysctl", "-n", &format!("net.ipv6.conf.{dev}.{key}")])
+            .unwrap();
+        assert_eq!(value.trim(), "0", "{key} on {dev}");
+    }
+    let routes = ns.ip(&["-6", "route"]).unwrap();
+    assert!(
+        routes.contains(&format!("default via fd00:251::ff dev {dev}")),
+        "{routes}"
+    );
+    // Refusals name the address, the interface and the namespace.
+    for (cidr, gw) in [
+        ("10.250.9.1/24", None),
+        ("fd00:251::2/64", Some("10.250.0.9")),
+    ] {
+        let err = format!("{:#}", netns::add_ipv6(ns, dev, cidr, gw).unwrap_err());
+        for part in [cidr, dev, ns.name()] {
+            assert!(err.contains(part), "{part} missing from {err}");
+        }
+    }
+    let err = format!(
+        "{:#}",
+        netns::add_ipv6(ns, "nosuchdev0", "fd00:251::3/64", None).unwrap_err()
+    );
+    assert!(err.contains("nosuchdev0"), "{err}");
 }
 
 #[test]

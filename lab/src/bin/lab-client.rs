@@ -2,7 +2,8 @@
 //! requests (a new TCP connection or a new UDP socket, so a new source port, each) to
 //! one target and reports which backends answered as JSON. With `--hold` it keeps one
 //! TCP connection open across rounds instead, to show an established connection keeps
-//! working. Failures are part of the result (exit 0); bad arguments exit 2.
+//! working. Failures are part of the result (exit 0); bad arguments exit 2. The target
+//! may be IPv4 or IPv6; sockets are of the target's family.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ enum Proto {
 #[derive(Debug, Parser)]
 #[command(name = "lab-client")]
 struct Args {
-    /// Where to send, as IP:PORT.
+    /// Where to send, as IP:PORT (IPv6 in brackets: [fd00:96::10]:80).
     #[arg(long)]
     target: SocketAddr,
     /// Transport.
@@ -127,6 +128,8 @@ fn per_request(args: &Args) -> Duration {
     Duration::from_millis(args.timeout_ms)
 }
 
+/// The local address for a request to `target`: the unspecified address of the
+/// target's family (`0.0.0.0` or `[::]`) and `port` (0 for an ephemeral one).
 fn source(target: SocketAddr, port: u16) -> SocketAddr {
     let ip = match target.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -322,5 +325,36 @@ fn print_first(args: &Args, first: HoldFirst) {
             (Some(backend), _) => println!("first answer: {backend}"),
             (None, error) => println!("no first answer: {}", error.as_deref().unwrap_or("?")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_targets_parse_and_bind_to_the_ipv6_any_address() {
+        let args = Args::try_parse_from([
+            "lab-client",
+            "--target",
+            "[fd00:96::10]:80",
+            "--proto",
+            "udp",
+        ])
+        .unwrap();
+        assert_eq!(args.target, "[fd00:96::10]:80".parse().unwrap());
+        assert_eq!(source(args.target, 0), "[::]:0".parse().unwrap());
+        assert_eq!(
+            source("10.96.0.10:80".parse().unwrap(), 4000),
+            "0.0.0.0:4000".parse().unwrap()
+        );
+        assert!(Args::try_parse_from([
+            "lab-client",
+            "--target",
+            "fd00:96::10:80",
+            "--proto",
+            "tcp"
+        ])
+        .is_err());
     }
 }
