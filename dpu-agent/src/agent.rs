@@ -15,6 +15,7 @@ use crate::attach::{self, pool::Pool, AttachCmd};
 use crate::compile::{compile, NodeFacts};
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
+use crate::openflow::liveness::{self, SwitchLink};
 use crate::openflow::{OfctlBackend, OpenFlowBackend};
 use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState, TUNNEL_IFACE_ID};
 use crate::pods::Pods;
@@ -134,6 +135,8 @@ pub async fn run(
     // Restoring is a reconcile like any other: nothing is flushed first.
     let mut dirty = applied.have_intent;
     let mut bridge_lost = false;
+    let mut switch_rx = liveness::watch_switch(cfg.mgmt_path());
+    let mut restart = SwitchRestart::default();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Keeps the heartbeat fresh while the loop is idle; without a watchdog it is moot.
@@ -154,6 +157,9 @@ pub async fn run(
             if !dirty {
                 pods.settle(&facts);
             }
+        }
+        if !dirty && restart.reinstalling {
+            restart.finish(&ovsdb).await;
         }
         pods.expire();
         let status = AgentStatus {
@@ -220,7 +226,27 @@ pub async fn run(
                     dirty = true;
                 }
             }
-            _ = retry.tick(), if dirty || pods.waiting() => {}
+            changed = switch_rx.changed() => {
+                if changed.is_err() { break; }
+                let link = *switch_rx.borrow_and_update();
+                match link {
+                    SwitchLink::Down => restart.gone(&ovsdb).await,
+                    SwitchLink::Up { generation } if generation > 1 || restart.since.is_some() => {
+                        // A new ovs-vswitchd (the userspace datapath starts with
+                        // empty tables): read the switch again and reinstall.
+                        match reconciler.forget_installed().await {
+                            Ok(()) => {
+                                dirty = applied.have_intent;
+                                restart.reinstalling = true;
+                                tracing::info!(generation, "ovs-vswitchd is back; reinstalling everything");
+                            }
+                            Err(e) => tracing::warn!(error = %e, "cannot read the switch after its restart"),
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = retry.tick(), if dirty || pods.waiting() || restart.reinstalling => {}
             _ = beat.tick() => {}
         }
     }
@@ -228,6 +254,60 @@ pub async fn run(
     shim.abort();
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
+}
+
+/// What the agent does when `ovs-vswitchd` goes away and comes back: set
+/// `flow-restore-wait` so the new one does not forward with half-filled tables,
+/// reinstall everything once it is back, then clear the key and read it back.
+#[derive(Debug, Default)]
+struct SwitchRestart {
+    /// When the switch was seen gone (the start of the forwarding gap).
+    since: Option<tokio::time::Instant>,
+    /// The key is set (or may be) and the next successful apply clears it.
+    reinstalling: bool,
+}
+
+impl SwitchRestart {
+    async fn gone(&mut self, ovsdb: &OvsdbSession) {
+        if self.since.is_some() {
+            return;
+        }
+        self.since = Some(tokio::time::Instant::now());
+        let set = match ovsdb.client() {
+            Some(c) => crate::ovsdb::set_flow_restore_wait(&c, true)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("OVSDB is not connected".into()),
+        };
+        match set {
+            Ok(()) => tracing::warn!(
+                "ovs-vswitchd is gone; set flow-restore-wait until everything is back"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "ovs-vswitchd is gone; could not set flow-restore-wait")
+            }
+        }
+    }
+
+    /// After a successful apply: clear the key and check that it is cleared.
+    async fn finish(&mut self, ovsdb: &OvsdbSession) {
+        let Some(c) = ovsdb.client() else { return };
+        let cleared = async {
+            crate::ovsdb::set_flow_restore_wait(&c, false).await?;
+            crate::ovsdb::flow_restore_wait(&c).await
+        };
+        match cleared.await {
+            Ok(false) => {
+                let gap_ms = self.since.map(|t| t.elapsed().as_millis());
+                tracing::info!(?gap_ms, "reinstalled after the ovs-vswitchd restart; flow-restore-wait cleared and verified");
+                *self = SwitchRestart::default();
+            }
+            Ok(true) => {
+                tracing::warn!("flow-restore-wait is still set after clearing it; retrying")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot clear flow-restore-wait; retrying"),
+        }
+    }
 }
 
 /// The bridge's Geneve port, put back whenever it is missing (the bridge was

@@ -448,6 +448,11 @@ impl Config {
         Ok(())
     }
 
+    /// `<run_dir>/<bridge>.mgmt`, the bridge's OpenFlow management socket.
+    pub fn mgmt_path(&self) -> PathBuf {
+        self.ovs.run_dir.join(format!("{}.mgmt", self.ovs.bridge))
+    }
+
     /// `unix:<run_dir>/<bridge>.mgmt`
     pub fn ofctl_target(&self) -> String {
         format!(

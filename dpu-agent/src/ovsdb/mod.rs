@@ -11,6 +11,7 @@
 //! | `monitor.rs` | schema column kinds, update2 parsing and diffs, [`TableCache`] |
 //! | `bridge.rs` | [`BridgeSpec`] and [`ensure_bridge`] |
 //! | `session.rs` | [`OvsdbSession`]: reconnecting, monitoring, publishing [`OvsdbState`] |
+//! | `restore_wait.rs` | `other_config:flow-restore-wait`: set, clear, read back |
 //!
 //! Only the session (through `ensure_bridge`) writes bridge configuration. Flows are
 //! not this module's business: they go through OpenFlow on the bridge's `.mgmt` socket.
@@ -23,6 +24,7 @@ mod framing;
 mod monitor;
 mod ops;
 mod ports;
+mod restore_wait;
 mod session;
 
 pub use atom::Row;
@@ -34,4 +36,5 @@ pub use monitor::{apply_diff, parse_table_updates2, ColumnKind, RowUpdate, Schem
 pub use monitor::{TableCache, TableUpdates};
 pub use ops::{Condition, Function, Mutation, Mutator, Op, WaitUntil};
 pub use ports::{ensure_tunnel_port, plug_port, unplug_port, TUNNEL_IFACE_ID};
+pub use restore_wait::{flow_restore_wait, set_flow_restore_wait};
 pub use session::{Backoff, OvsdbSession, OvsdbState, PortFact};

@@ -1,0 +1,134 @@
+//! `ovs-vswitchd` restarting under traffic: the real controller and agent, a
+//! private OVS (userspace datapath, so a restart loses every flow), real TCP.
+//! Needs root; a missing prerequisite fails the test.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use dpu_lab::process::wait_until;
+use dpu_lab::scenario::{backends_lab, web_service, VIP};
+use dpu_lab::traffic;
+
+/// Flows without their cookie (the agent's round does not change here, but the
+/// comparison is about the match and actions), sorted.
+fn strip(flows: Vec<String>) -> Vec<String> {
+    let mut v: Vec<String> = flows
+        .into_iter()
+        .map(|f| {
+            f.trim()
+                .split_once(", ")
+                .map_or(f.clone(), |(_, r)| r.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_ovs_vswitchd_restart_is_detected_everything_is_reinstalled_and_flow_restore_wait_cleared(
+) -> Result<()> {
+    let mut lab = backends_lab("vsr", 2, &web_service(""))?;
+    lab.start_controller()?;
+    lab.start_agent()?;
+    lab.wait_converged()?;
+    let flows_before = strip(lab.flows()?);
+    let groups_before = lab.groups()?;
+    let version = lab.intent_version()?;
+
+    // Background load through the VIP for the whole fault: 240 new connections,
+    // one every 50 ms (about 12 s), each bounded by 1 s.
+    let client_ns = lab.host("client")?.ns.name().to_string();
+    let client_bin = traffic::lab_bin("lab-client")?;
+    let load = std::thread::spawn(move || -> Result<traffic::TrafficResult> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &client_ns])
+            .arg(client_bin)
+            .args(["--target", &format!("{VIP}:80"), "--proto", "tcp"])
+            .args([
+                "--count",
+                "240",
+                "--interval-ms",
+                "50",
+                "--timeout-ms",
+                "1000",
+            ])
+            .arg("--json")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        traffic::last_result(&stdout).ok_or_else(|| anyhow!("no result from lab-client: {stdout}"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The fault: ovs-vswitchd stops (by its pid) and comes back 1 s later.
+    lab.ovs.stop_vswitchd()?;
+    let stopped = Instant::now();
+    // The agent notices on its own OpenFlow connection and sets the key while the
+    // switch is away (ovsdb-server is still up).
+    let other_config = |lab: &dpu_lab::fixture::Lab| {
+        lab.ovs
+            .vsctl(&["get", "Open_vSwitch", ".", "other_config"])
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the agent to set flow-restore-wait",
+        Duration::from_secs(5),
+        || other_config(&lab).contains("flow-restore-wait=\"true\""),
+    )?;
+    let noticed = stopped.elapsed();
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(noticed));
+    lab.ovs.start_vswitchd()?;
+    let started = Instant::now();
+
+    // Forwarding is back when a fresh connection through the VIP succeeds.
+    let mut probe = None;
+    wait_until(
+        "a request through the VIP to succeed again",
+        Duration::from_secs(20),
+        || {
+            let r = lab.client("client", &format!("{VIP}:80"), "tcp", 1);
+            let ok = r.as_ref().is_ok_and(|r| r.ok == 1);
+            probe = r.ok();
+            ok
+        },
+    )?;
+    let gap = stopped.elapsed();
+    let after_start = started.elapsed();
+    wait_until(
+        "the agent to clear flow-restore-wait and verify it",
+        Duration::from_secs(10),
+        || {
+            lab.agent_log()
+                .contains("flow-restore-wait cleared and verified")
+        },
+    )?;
+    assert!(
+        !other_config(&lab).contains("flow-restore-wait"),
+        "the key is gone from OVSDB: {}",
+        other_config(&lab)
+    );
+
+    // Independently of the agent: the switch holds exactly what it held before,
+    // and no new intent version was needed for it.
+    assert_eq!(strip(lab.flows()?), flows_before, "flows after the restart");
+    assert_eq!(lab.groups()?, groups_before, "groups after the restart");
+    assert_eq!(lab.intent_version()?, version);
+
+    let r = load.join().expect("load thread")?;
+    eprintln!(
+        "ovs-vswitchd restart: noticed after {noticed:?}; forwarding gap {gap:?} \
+         (1 s down, back {after_start:?} after the start); background load: \
+         {} ok, {} failed of 240 at 20/s",
+        r.ok, r.failed
+    );
+    assert_eq!(r.ok + r.failed, 240, "{r:?}");
+    // Only requests started during the gap may fail: at 20/s, with each bounded
+    // by 1 s, that is at most the gap's worth plus the one in flight.
+    let allowed = (gap.as_millis() / 50) as u64 + 21;
+    assert!(
+        r.failed <= allowed,
+        "{} failed, more than the gap allows ({allowed}): {r:?}",
+        r.failed
+    );
+    assert!(r.ok >= 240 - allowed, "{r:?}");
+    Ok(())
+}
