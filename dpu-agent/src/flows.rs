@@ -33,10 +33,13 @@ pub struct Group {
     pub hash_fields: Vec<&'static str>,
     pub buckets: Vec<String>,
     /// The owning Service's cookie; learned affinity flows carry
-    /// `owner.learned()` so they can be cleaned with the group.
+    /// `owner.learned()` so they can be cleaned with the group. The flows that
+    /// send to the group (`group:N`) carry this cookie too: the switch keeps no
+    /// owner with a group, so after a restart that is how the reconciler tells
+    /// whose a group on the switch was.
     pub owner: Cookie,
     /// Set when buckets learn affinity entries; those are flushed when the group
-    /// changes or goes.
+    /// changes or goes. Not kept by the switch either.
     pub learns: bool,
 }
 

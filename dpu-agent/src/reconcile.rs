@@ -6,12 +6,18 @@
 //! everything under it (an `add` of an identical flow replaces it in place, so
 //! forwarding never stops), and in the same bundle deletes by mask whatever older
 //! rounds left behind.
+//!
+//! Learned session-affinity entries (round 0) outlive incarnations. Whenever a
+//! group their Service owns changes or goes, the same bundle deletes them, so no
+//! client stays pinned to a backend that left: in normal operation by comparing
+//! with what this incarnation installed, after a start by comparing with the
+//! groups the switch reports (see [`Reconciler::forget_installed`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::flows::DesiredState;
-use crate::openflow::{BundleOp, OpenFlowBackend, OpenFlowError};
-use crate::pipeline::cookie::{round_of, Cookie, ROUND_MASK, ROUND_SHIFT};
+use crate::openflow::{BundleOp, InstalledGroup, OpenFlowBackend, OpenFlowError};
+use crate::pipeline::cookie::{round_of, Category, Cookie, OBJECT_MASK, ROUND_MASK, ROUND_SHIFT};
 use crate::pipeline::SESSION_AFFINITY;
 
 /// Counts of one applied change.
@@ -32,7 +38,9 @@ pub struct Reconciler<B> {
     installed: Option<DesiredState>,
     /// Rounds and groups found on the switch at start, left by older incarnations.
     stale_rounds: BTreeSet<u16>,
-    stale_groups: BTreeSet<u32>,
+    stale_groups: BTreeMap<u32, InstalledGroup>,
+    /// For each of those groups, the cookies of the flows found naming it.
+    stale_group_users: BTreeMap<u32, BTreeSet<u64>>,
 }
 
 impl<B: OpenFlowBackend> Reconciler<B> {
@@ -44,7 +52,8 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             round: 0,
             installed: None,
             stale_rounds: BTreeSet::new(),
-            stale_groups: BTreeSet::new(),
+            stale_groups: BTreeMap::new(),
+            stale_group_users: BTreeMap::new(),
         };
         match r.forget_installed().await {
             Ok(()) => Ok(r),
@@ -55,7 +64,9 @@ impl<B: OpenFlowBackend> Reconciler<B> {
     /// Forgets the installed view and reads the switch again, under a new round:
     /// for a start, or after the switch may have lost or changed its tables (the
     /// bridge was recreated, `ovs-vswitchd` restarted). The next apply reinstalls
-    /// everything and removes whatever is stale. Nothing is flushed.
+    /// everything and removes whatever is stale. Nothing is flushed but the
+    /// affinity entries of groups that changed meanwhile: the groups read here
+    /// stand in for the installed view the next apply compares with.
     pub async fn forget_installed(&mut self) -> Result<(), OpenFlowError> {
         let summary = self.backend.installed().await?;
         let mut rounds: BTreeSet<u16> = summary
@@ -70,11 +81,12 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         tracing::info!(
             round = self.round,
             installed_flows = summary.flows,
-            installed_groups = summary.group_ids.len(),
+            installed_groups = summary.groups.len(),
             "read the switch; nothing flushed"
         );
         self.stale_rounds = rounds;
-        self.stale_groups = summary.group_ids;
+        self.stale_groups = summary.groups;
+        self.stale_group_users = summary.group_users;
         self.installed = None;
         Ok(())
     }
@@ -106,9 +118,14 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                     mask: ROUND_MASK,
                 });
             }
+            ops.extend(
+                self.learned_changed_since_start(desired)
+                    .into_iter()
+                    .map(flush),
+            );
             for id in self
                 .stale_groups
-                .iter()
+                .keys()
                 .filter(|id| !desired.groups.contains_key(id))
             {
                 ops.push(BundleOp::DeleteGroup(*id));
@@ -148,13 +165,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         }
         // Affinity entries may point at a backend that just left; they are
         // re-learned on the next new connection.
-        for c in flush_learned {
-            ops.push(BundleOp::DeleteFlowsByCookie {
-                table: Some(SESSION_AFFINITY.id),
-                cookie: c.value(0),
-                mask: Cookie::SELECT_MASK | ROUND_MASK,
-            });
-        }
+        ops.extend(flush_learned.into_iter().map(flush));
         for id in installed
             .groups
             .keys()
@@ -163,6 +174,48 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             ops.push(BundleOp::DeleteGroup(*id));
         }
         ops
+    }
+
+    /// Before the first bundle since the start: the learned-entry cookies of the
+    /// owners whose groups, as the switch holds them, `desired` changes or drops,
+    /// as normal operation would have flushed them.
+    ///
+    /// The switch keeps no owner and no `learns` flag with a group. The owner is
+    /// read from the flows that send to the group: the compiler gives them the
+    /// group's owner cookie (see [`crate::flows::Group::owner`]); a group no flow
+    /// names is taken to belong to the desired group of its id, if that learns.
+    /// A change of owner counts as a change. Whether the old group learned does
+    /// not show either, so its owner's entries are flushed whether or not it did
+    /// (the compiler makes every group of a Service learn, or none). Entries of
+    /// owners whose groups are all as they were are kept: clients stay pinned
+    /// across an agent restart.
+    fn learned_changed_since_start(&self, desired: &DesiredState) -> BTreeSet<Cookie> {
+        let mut flush = BTreeSet::new();
+        for (id, old) in &self.stale_groups {
+            let owners: BTreeSet<u64> = self
+                .stale_group_users
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter(|c| **c != 0)
+                .map(|c| c & OBJECT_MASK)
+                .collect();
+            let new = desired.groups.get(id);
+            let unchanged = new.is_some_and(|g| {
+                old.is(g) && owners.iter().all(|o| *o == g.owner.object & OBJECT_MASK)
+            });
+            if unchanged {
+                continue;
+            }
+            if owners.is_empty() {
+                flush.extend(new.filter(|g| g.learns).map(|g| g.owner.learned()));
+            }
+            flush.extend(owners.into_iter().map(|object| Cookie {
+                category: Category::AffinityLearned,
+                object,
+            }));
+        }
+        flush
     }
 
     /// Applies `desired`. On error nothing changed on the switch (bundles are
@@ -184,10 +237,36 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             }
         }
         self.backend.apply(&ops).await?;
+        if self.installed.is_none() {
+            let flushed = ops
+                .iter()
+                .filter(|op| {
+                    matches!(op, BundleOp::DeleteFlowsByCookie { table: Some(t), .. } if *t == SESSION_AFFINITY.id)
+                })
+                .count();
+            if flushed > 0 {
+                tracing::info!(
+                    owners = flushed,
+                    "first bundle since reading the switch: flushed the affinity entries of groups that changed meanwhile"
+                );
+            }
+        }
         self.installed = Some(desired.clone());
         self.stale_rounds.clear();
         self.stale_groups.clear();
+        self.stale_group_users.clear();
         Ok(stats)
+    }
+}
+
+/// Deletes the affinity entries learned for one owner (`learned` is its
+/// `Cookie::learned()`): SessionAffinity flows of round 0 with its category and
+/// object.
+fn flush(learned: Cookie) -> BundleOp {
+    BundleOp::DeleteFlowsByCookie {
+        table: Some(SESSION_AFFINITY.id),
+        cookie: learned.value(0),
+        mask: Cookie::SELECT_MASK | ROUND_MASK,
     }
 }
 
@@ -208,7 +287,7 @@ fn next_round(in_use: &BTreeSet<u16>) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::{Actions, Match};
+    use crate::flows::{Actions, Group, Match};
     use crate::openflow::InstalledSummary;
     use crate::pipeline::cookie::Category;
     use crate::pipeline::CONNTRACK;
@@ -253,7 +332,7 @@ mod tests {
     async fn first_bundle_adds_under_a_new_round_and_deletes_old_rounds() {
         let mut sw = FakeSwitch::default();
         sw.summary.cookies = [0, 3u64 << ROUND_SHIFT].into();
-        sw.summary.group_ids = [9].into();
+        sw.summary.groups = [(9, InstalledGroup::of(&group(9, "a", "resubmit(,45)")))].into();
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
         assert_eq!(r.round(), 4);
         r.apply(&state(2)).await.unwrap();
@@ -268,6 +347,134 @@ mod tests {
             }
         );
         assert_eq!(b[3], BundleOp::DeleteGroup(9));
+    }
+
+    fn group(id: u32, owner: &str, bucket: &str) -> Group {
+        Group {
+            id,
+            hash_fields: vec!["ip_src"],
+            buckets: vec![bucket.into()],
+            owner: Cookie::new(Category::Service, owner),
+            learns: true,
+        }
+    }
+
+    fn with_groups<const N: usize>(groups: [Group; N]) -> DesiredState {
+        let mut d = state(1);
+        d.groups = groups.into_iter().map(|g| (g.id, g)).collect();
+        d
+    }
+
+    fn flushes(ops: &[BundleOp]) -> BTreeSet<u64> {
+        ops.iter()
+            .filter_map(|op| match op {
+                BundleOp::DeleteFlowsByCookie {
+                    table: Some(41),
+                    cookie,
+                    ..
+                } => Some(*cookie),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A switch holding `groups`, each named by a flow of its owner (round 3).
+    fn switch_with<const N: usize>(groups: [Group; N]) -> FakeSwitch {
+        let mut sw = FakeSwitch::default();
+        for g in &groups {
+            sw.summary.groups.insert(g.id, InstalledGroup::of(g));
+            let cookie = g.owner.value(3);
+            sw.summary.cookies.insert(cookie);
+            sw.summary.group_users.insert(g.id, [cookie].into());
+        }
+        sw
+    }
+
+    #[tokio::test]
+    async fn the_first_bundle_flushes_affinity_of_groups_changed_while_down() {
+        let a = group(1, "a", "set_field:0xa000001->reg3,resubmit(,43)");
+        let b = group(2, "b", "set_field:0xa000002->reg3,resubmit(,43)");
+        let c = group(3, "c", "set_field:0xa000003->reg3,resubmit(,43)");
+        let sw = switch_with([a.clone(), b.clone(), c.clone()]);
+        let r = Reconciler::start(sw).await.unwrap();
+        // Unchanged: nothing flushed.
+        assert!(flushes(&r.plan(&with_groups([a.clone(), b.clone(), c.clone()]))).is_empty());
+        // a's buckets changed, b is gone, c stays: a and b are flushed, once each.
+        let a2 = group(1, "a", "set_field:0xa000009->reg3,resubmit(,43)");
+        let plan = r.plan(&with_groups([a2.clone(), c.clone()]));
+        assert_eq!(
+            flushes(&plan),
+            [a.owner.learned().value(0), b.owner.learned().value(0)].into()
+        );
+        // The flushes come before the stale group goes.
+        let at = |f: &dyn Fn(&BundleOp) -> bool| plan.iter().position(f).unwrap();
+        assert!(
+            at(&|op| matches!(
+                op,
+                BundleOp::DeleteFlowsByCookie {
+                    table: Some(41),
+                    ..
+                }
+            )) < at(&|op| *op == BundleOp::DeleteGroup(2))
+        );
+        // The same id, buckets and fields, but another owner: the old owner's
+        // entries go.
+        let c_by_a = Group {
+            owner: a.owner,
+            ..c.clone()
+        };
+        assert_eq!(
+            flushes(&r.plan(&with_groups([a.clone(), b.clone(), c_by_a]))),
+            [c.owner.learned().value(0)].into()
+        );
+        // Other hash fields are a change too.
+        let a3 = Group {
+            hash_fields: vec!["ip_src", "ip_dst"],
+            ..a.clone()
+        };
+        assert_eq!(
+            flushes(&r.plan(&with_groups([a3, b.clone(), c.clone()]))),
+            [a.owner.learned().value(0)].into()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_no_flow_names_is_taken_for_the_desired_owners() {
+        let a = group(1, "a", "resubmit(,43)");
+        let mut sw = switch_with([a.clone()]);
+        sw.summary.group_users.clear();
+        let r = Reconciler::start(sw).await.unwrap();
+        assert!(flushes(&r.plan(&with_groups([a.clone()]))).is_empty());
+        let a2 = Group {
+            buckets: vec!["resubmit(,45)".into()],
+            ..a.clone()
+        };
+        assert_eq!(
+            flushes(&r.plan(&with_groups([a2.clone()]))),
+            [a.owner.learned().value(0)].into()
+        );
+        let quiet = Group {
+            learns: false,
+            ..a2
+        };
+        assert!(flushes(&r.plan(&with_groups([quiet]))).is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_the_first_bundle_the_installed_view_decides() {
+        let a = group(1, "a", "resubmit(,43)");
+        let sw = switch_with([a.clone()]);
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&with_groups([a.clone()])).await.unwrap();
+        let a2 = Group {
+            buckets: vec!["resubmit(,45)".into()],
+            ..a.clone()
+        };
+        assert_eq!(
+            flushes(&r.plan(&with_groups([a2]))),
+            [a.owner.learned().value(0)].into()
+        );
+        assert!(r.plan(&with_groups([a])).is_empty());
     }
 
     #[tokio::test]

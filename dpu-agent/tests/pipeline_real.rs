@@ -2,16 +2,19 @@
 //! controller: intent built in code → compile → bundle through `ovs-ofctl` → TCP
 //! and UDP from a client namespace. Needs root; missing prerequisites fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::openflow::OfctlBackend;
+use dpu_agent::flows::{DesiredState, Group};
+use dpu_agent::openflow::{InstalledGroup, OfctlBackend, OpenFlowBackend};
+use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::netns::{self, Netns};
 use dpu_lab::ovs::OvsInstance;
-use dpu_lab::process::Child;
+use dpu_lab::process::{self, Child};
 use dpu_lab::traffic;
 use dpu_model::*;
 
@@ -65,6 +68,10 @@ fn topo(tag: &str, backends: u8) -> anyhow::Result<Topo> {
 }
 
 fn intent(backends: u8, weights: &[u32]) -> Intent {
+    intent_with_affinity(backends, weights, None)
+}
+
+fn intent_with_affinity(backends: u8, weights: &[u32], affinity: Option<u32>) -> Intent {
     let mut i = Intent::default();
     i.upsert(Object::Vpc(Vpc {
         name: "vpc-a".into(),
@@ -118,7 +125,7 @@ fn intent(backends: u8, weights: &[u32]) -> Intent {
                 vpc: "vpc-a".into(),
             })
             .collect(),
-        affinity_timeout: None,
+        affinity_timeout: affinity,
         eip: None,
         scenario: AccessScenario::ClusterIp,
         external_traffic_local: false,
@@ -185,5 +192,162 @@ async fn compiled_pipeline_balances_real_tcp_and_udp_and_diffs_cleanly() -> anyh
     );
     // Nothing left to do.
     assert!(rec.plan(&compiled2.desired).is_empty());
+    Ok(())
+}
+
+/// The groups as `ovs-ofctl dump-groups` shows them read back exactly as the
+/// compiler wrote them (every bucket form it emits: IPv4 and IPv6 endpoints,
+/// affinity and plain, the gateway's zone register, a zero value, repeated
+/// buckets, a local group's id), and each group's users are the flows that
+/// send to it. The reconciler relies on this after a restart: a group that
+/// reads back different flushes its Service's affinity entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
+    let ovs = OvsInstance::start()?;
+    let bridge = format!("br{}", netns::unique_prefix("rg"));
+    ovs.add_bridge(&bridge)?;
+    let owner = Cookie::new(Category::Service, "YusurService/web");
+    let group = |id: u32, hash_fields: Vec<&'static str>, buckets: &[&str]| Group {
+        id,
+        hash_fields,
+        buckets: buckets.iter().map(|b| b.to_string()).collect(),
+        owner,
+        learns: false,
+    };
+    let aff = "set_field:0xa000111->reg3,set_field:0x1f90->reg4,resubmit(,43)";
+    let mut d = DesiredState::default();
+    for g in [
+        group(
+            1,
+            vec!["ip_src"],
+            &[aff, aff, "set_field:0xa000112->reg3,set_field:0x1f90->reg4,resubmit(,43)"],
+        ),
+        group(
+            2,
+            vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"],
+            &["set_field:0xa000111->reg3,set_field:0x1f90->reg4,set_field:0x3->reg6,resubmit(,45)"],
+        ),
+        group(
+            2 | 0x8000_0000,
+            vec!["ip_src", "ip_dst", "udp_src", "udp_dst"],
+            &["set_field:0xa000111->reg3,set_field:0x0->reg4,resubmit(,45)"],
+        ),
+        group(
+            3 | 0x4000_0000,
+            vec!["ipv6_src", "ipv6_dst", "sctp_src", "sctp_dst"],
+            &[
+                "set_field:0xfd000001000000000000000000000011->xxreg2,set_field:0x1f90->reg4,resubmit(,45)",
+                "set_field:0x1->xxreg2,set_field:0x14e9->reg4,resubmit(,45)",
+            ],
+        ),
+        group(4, vec!["ipv6_src"], &["set_field:0x0->xxreg2,set_field:0x50->reg4,resubmit(,43)"]),
+    ] {
+        d.groups.insert(g.id, g);
+    }
+    // A flow that sends to group 1, as ServiceSelect does.
+    d.add(
+        dpu_agent::pipeline::SERVICE_SELECT,
+        100,
+        dpu_agent::flows::Match::new().kw("tcp").field("tp_dst", 80),
+        dpu_agent::flows::Actions::new().group(1),
+        owner,
+    );
+    let mut backend = OfctlBackend::new(ovs.mgmt(&bridge), "ovs-ofctl");
+    let mut rec = Reconciler::start(backend.clone())
+        .await
+        .map_err(|(_, e)| e)?;
+    rec.apply(&d).await?;
+
+    let summary = backend.installed().await?;
+    let dump = ovs.dump_groups(&bridge)?;
+    assert_eq!(
+        summary.groups.keys().collect::<Vec<_>>(),
+        d.groups.keys().collect::<Vec<_>>(),
+        "{dump:#?}"
+    );
+    for g in d.groups.values() {
+        assert_eq!(summary.groups[&g.id], InstalledGroup::of(g), "{dump:#?}");
+    }
+    let users: BTreeMap<u32, BTreeSet<u64>> = [(1, [owner.value(rec.round())].into())].into();
+    assert_eq!(summary.group_users, users);
+    Ok(())
+}
+
+/// The SessionAffinity entries learned for `owner`.
+fn learned_entries(t: &Topo, owner: Cookie) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("cookie={:#x},", owner.learned().value(0));
+    Ok(t.ovs
+        .dump_flows(&t.bridge)?
+        .into_iter()
+        .filter(|f| f.trim_start().starts_with(&prefix) && f.contains("table=41"))
+        .collect())
+}
+
+/// Agent restarts under affinity traffic: with the Service unchanged, its learned
+/// entries survive (clients stay pinned); when its backends changed while the agent
+/// was down, the first bundle of the new incarnation deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::Result<()> {
+    let t = topo("ra", 2)?;
+    let facts = NodeFacts {
+        node: "dpu-1".into(),
+        ports: t.ports.clone(),
+        ..Default::default()
+    };
+    let owner = Cookie::new(Category::Service, "YusurService/web");
+    let start = || async {
+        Reconciler::start(OfctlBackend::new(t.ovs.mgmt(&t.bridge), "ovs-ofctl"))
+            .await
+            .map_err(|(_, e)| e)
+    };
+    let want = intent_with_affinity(2, &[], Some(300));
+    let alloc = Allocations::default().update(&want)?;
+    let compiled = compile(&want, &alloc, &facts).desired;
+    assert!(compiled
+        .groups
+        .values()
+        .all(|g| g.learns && g.owner == owner));
+    start().await?.apply(&compiled).await?;
+
+    let client = &t.hosts["client"];
+    let r = traffic::run_client(client, "10.96.0.10:80", "tcp", 5, &[])?;
+    assert_eq!(r.failed, 0, "{r:?}");
+    let mut entries = Vec::new();
+    process::wait_until("a learned affinity entry", Duration::from_secs(5), || {
+        entries = learned_entries(&t, owner).unwrap_or_default();
+        !entries.is_empty()
+    })?;
+    // Traffic pauses: the datapath flows go, with their statistics. A datapath
+    // flow of a new connection whose statistics are not pushed yet runs its
+    // `learn` again when they are, re-adding an entry just deleted: that would
+    // hide a wrong flush below, or learn a fresh entry after a right one.
+    t.ovs.vswitchd_appctl(&["revalidator/purge"])?;
+    entries = learned_entries(&t, owner)?;
+    assert!(!entries.is_empty());
+
+    // The agent restarts; nothing changed.
+    let mut rec = start().await?;
+    rec.apply(&compiled).await?;
+    assert_eq!(
+        learned_entries(&t, owner)?,
+        entries,
+        "a restart lost affinity"
+    );
+    assert!(rec.plan(&compiled).is_empty());
+
+    // The agent restarts after web-1 was drained (weight 0) while it was down.
+    let drained = intent_with_affinity(2, &[0, 1], Some(300));
+    let alloc2 = alloc.update(&drained)?;
+    let compiled2 = compile(&drained, &alloc2, &facts).desired;
+    assert_ne!(compiled2.groups, compiled.groups);
+    let mut rec = start().await?;
+    rec.apply(&compiled2).await?;
+    assert_eq!(
+        learned_entries(&t, owner)?,
+        Vec::<String>::new(),
+        "affinity to the drained backend survived the restart"
+    );
+    let r = traffic::run_client(client, "10.96.0.10:80", "tcp", 10, &[])?;
+    assert_eq!(r.count_for("web-2"), 10, "{r:?}");
     Ok(())
 }

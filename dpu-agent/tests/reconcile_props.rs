@@ -11,6 +11,12 @@
 //! * deleting a group that a flow still names (OVS deletes those flows with it,
 //!   silently; refusing instead turns that ordering bug into a failed bundle).
 //!
+//! It reports what it holds as `ovs-ofctl` lets the agent read it: flow cookies,
+//! the groups each flow's actions name, and groups by type, hash fields and
+//! buckets (`dump-groups`, parsed), with no owner and no `learns` flag, which
+//! the switch does not keep. Traffic learns affinity entries only through groups
+//! that some flow sends to.
+//!
 //! The properties: for random sequences of desired states (generated directly, or
 //! compiled from random intents), with agent restarts, refused bundles, leftovers
 //! of older incarnations and learned affinity entries in between,
@@ -21,7 +27,9 @@
 //!   again gives an empty bundle;
 //! * a refused bundle changes nothing, and the next apply converges;
 //! * no learned affinity entry survives a change to, or the removal of, the group
-//!   it was learned from, and entries of untouched services survive;
+//!   it was learned from, also when that happened while no agent ran (the first
+//!   bundle after a restart), and entries of untouched services survive, also
+//!   across a restart;
 //! * replaying the last state from nothing (a new switch), or after a restart on
 //!   the same switch, ends in the same tables.
 //!
@@ -34,11 +42,13 @@ use std::sync::{Arc, Mutex};
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{check_supported, compile, NodeFacts};
 use dpu_agent::flows::{DesiredState, FlowBody, FlowKey, Group};
-use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::openflow::{
+    BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
+};
 use dpu_agent::pipeline::cookie::{
     round_of, Category, Cookie, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT,
 };
-use dpu_agent::pipeline::{SESSION_AFFINITY, TABLES};
+use dpu_agent::pipeline::{SERVICE_SELECT, SESSION_AFFINITY, TABLES};
 use dpu_agent::reconcile::Reconciler;
 use dpu_model::*;
 use proptest::prelude::*;
@@ -162,11 +172,21 @@ impl MemorySwitch {
         self.tables.lock().unwrap().clone()
     }
 
-    /// Traffic through every learning group leaves an affinity entry, as the
-    /// `learn` action would: round 0, the owner's learned cookie.
+    /// Traffic through every learning group some flow sends to leaves an affinity
+    /// entry, as the `learn` action would: round 0, the owner's learned cookie.
     fn learn(&self, serial: u32) {
         let mut t = self.tables.lock().unwrap();
-        let learning: Vec<Group> = t.groups.values().filter(|g| g.learns).cloned().collect();
+        let named: BTreeSet<u32> = t
+            .flows
+            .values()
+            .flat_map(|f| groups_named(&f.actions))
+            .collect();
+        let learning: Vec<Group> = t
+            .groups
+            .values()
+            .filter(|g| g.learns && named.contains(&g.id))
+            .cloned()
+            .collect();
         for g in learning {
             let key = FlowKey {
                 table: SESSION_AFFINITY.id,
@@ -197,11 +217,23 @@ impl OpenFlowBackend for MemorySwitch {
         Ok(())
     }
 
+    /// What `dump-flows` and `dump-groups` tell: no owner, no `learns`.
     async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
         let t = self.tables.lock().unwrap();
+        let mut group_users: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for f in t.flows.values() {
+            for id in groups_named(&f.actions) {
+                group_users.entry(id).or_default().insert(f.cookie);
+            }
+        }
         Ok(InstalledSummary {
             cookies: t.flows.values().map(|f| f.cookie).collect(),
-            group_ids: t.groups.keys().copied().collect(),
+            groups: t
+                .groups
+                .iter()
+                .map(|(id, g)| (*id, InstalledGroup::of(g)))
+                .collect(),
+            group_users,
             flows: t.flows.len(),
         })
     }
@@ -382,7 +414,9 @@ async fn run_async(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseEr
 
 /// Learned entries: none may outlive a change to the group it was learned from;
 /// while the reconciler knows what it installed, entries whose owner's learning
-/// groups all stayed the same are kept.
+/// groups all stayed the same are kept; in the first bundle after a (re)start,
+/// entries whose owner's groups on the switch all stay the same are kept (the
+/// switch does not tell which of them learn).
 fn check_affinity(
     before: &Tables,
     after: &Tables,
@@ -391,20 +425,12 @@ fn check_affinity(
     desired: &DesiredState,
     fresh: bool,
 ) -> Result<(), TestCaseError> {
-    let mut stale_by_gap = Vec::new();
     for (k, origin) in learned_from.iter() {
         if !before.flows.contains_key(k) {
             continue;
         }
         let kept = after.flows.contains_key(k);
         let unchanged = desired.groups.get(&origin.id) == Some(origin);
-        if kept && !unchanged && fresh {
-            // Known gap: the first bundle after a (re)start does not flush affinity
-            // entries; see `restart_flushes_affinity_of_changed_groups` below. Such
-            // an entry is stale from here on, so it is not checked again.
-            stale_by_gap.push(k.clone());
-            continue;
-        }
         prop_assert!(
             !kept || unchanged,
             "affinity entry {:?} survived a change to group {}",
@@ -423,9 +449,18 @@ fn check_affinity(
                 k
             );
         }
-    }
-    for k in stale_by_gap {
-        learned_from.remove(&k);
+        if fresh {
+            let owner_untouched = before
+                .groups
+                .values()
+                .filter(|g| g.owner == origin.owner)
+                .all(|g| desired.groups.get(&g.id) == Some(g));
+            prop_assert!(
+                kept || !owner_untouched,
+                "affinity entry {:?} of a service untouched while the agent was down was flushed",
+                k
+            );
+        }
     }
     Ok(())
 }
@@ -436,7 +471,6 @@ const OWNERS: [&str; 3] = ["svc-a", "svc-b", "svc-c"];
 
 fn group(id: u32) -> impl Strategy<Value = Group> {
     (
-        any::<bool>(),
         proptest::collection::vec(
             prop::sample::select(vec![
                 "set_field:0xa000001->reg3,resubmit(,45)",
@@ -448,9 +482,11 @@ fn group(id: u32) -> impl Strategy<Value = Group> {
         0..OWNERS.len(),
         any::<bool>(),
     )
-        .prop_map(move |(affinity, buckets, owner, learns)| Group {
+        // As compiled: a group learns exactly when its Service has affinity,
+        // which also makes it hash on the client address alone.
+        .prop_map(move |(buckets, owner, learns)| Group {
             id,
-            hash_fields: if affinity {
+            hash_fields: if learns {
                 vec!["ip_src"]
             } else {
                 vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
@@ -504,9 +540,30 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                 cookie: Cookie::new(category, OWNERS[owner]),
             },
         );
-        proptest::collection::btree_map(key, body, 0..12).prop_map(move |flows| DesiredState {
-            flows,
-            groups: groups.clone(),
+        proptest::collection::btree_map(key, body, 0..12).prop_map(move |mut flows| {
+            // As compiled: every group has a flow sending to it, and a flow that
+            // sends to a group carries the group's owner cookie.
+            for g in groups.values() {
+                let key = FlowKey {
+                    table: SERVICE_SELECT.id,
+                    priority: 100,
+                    matches: format!("reg0={:#x},udp", g.id),
+                };
+                let body = FlowBody {
+                    actions: format!("group:{}", g.id),
+                    cookie: g.owner,
+                };
+                flows.insert(key, body);
+            }
+            for f in flows.values_mut() {
+                if let Some(g) = groups_named(&f.actions).first() {
+                    f.cookie = groups[g].owner;
+                }
+            }
+            DesiredState {
+                flows,
+                groups: groups.clone(),
+            }
         })
     })
 }
@@ -587,6 +644,35 @@ proptest! {
 }
 
 // ---- random intents through the real compiler ------------------------------------
+
+/// What the reconciler relies on to tell, from the switch alone, whose a group
+/// was: every group has a flow that sends to it, and every such flow carries the
+/// group's owner cookie.
+fn check_group_owners(d: &DesiredState) -> Result<(), TestCaseError> {
+    let mut named = BTreeSet::new();
+    for (k, f) in &d.flows {
+        for id in groups_named(&f.actions) {
+            prop_assert!(
+                d.groups.contains_key(&id),
+                "{:?} names missing group {}",
+                k,
+                id
+            );
+            prop_assert_eq!(
+                f.cookie,
+                d.groups[&id].owner,
+                "{:?} sends to group {} but carries another cookie",
+                k,
+                id
+            );
+            named.insert(id);
+        }
+    }
+    for id in d.groups.keys() {
+        prop_assert!(named.contains(id), "no flow sends to group {}", id);
+    }
+    Ok(())
+}
 
 /// A consistent intent on node `dpu-1`, and the ports its switch has.
 fn intent_and_ports() -> impl Strategy<Value = (Intent, BTreeMap<String, u32>)> {
@@ -710,7 +796,9 @@ proptest! {
                     prop_assert_eq!(check_supported(&intent, "dpu-1"), vec![]);
                     alloc = alloc.update(&intent).unwrap();
                     let facts = NodeFacts { node: "dpu-1".into(), ports, ..Default::default() };
-                    events.push(Event::Apply(compile(&intent, &alloc, &facts).desired));
+                    let desired = compile(&intent, &alloc, &facts).desired;
+                    check_group_owners(&desired)?;
+                    events.push(Event::Apply(desired));
                     events.push(Event::Learn);
                 }
                 None => events.push(extra),
@@ -720,24 +808,51 @@ proptest! {
     }
 }
 
-/// The gap the properties step around: after a restart, the first bundle keeps
-/// affinity entries learned from a group whose buckets it changes, so clients
-/// stay pinned to a backend that may be gone (until the entry idles out, which
-/// their retries prevent).
+/// An agent restart while a Service's backend was replaced: the first bundle of
+/// the new incarnation deletes the affinity entries learned from the old group,
+/// so clients are not pinned to the backend that left (until the entry idled
+/// out, which their retries would prevent). A Service whose group stayed the
+/// same keeps its entries: its clients stay pinned across the restart.
 #[test]
-#[ignore = "known gap: the first bundle after a restart does not flush affinity entries"]
 fn restart_flushes_affinity_of_changed_groups() {
-    let owner = Cookie::new(Category::Service, "YusurService/web");
-    let group = |bucket: &str| Group {
-        id: 1,
-        hash_fields: vec!["ip_src"],
-        buckets: vec![bucket.to_string()],
-        owner,
-        learns: true,
+    let web = Cookie::new(Category::Service, "YusurService/web");
+    let db = Cookie::new(Category::Service, "YusurService/db");
+    // As compiled: a ServiceSelect flow with the owner's cookie sends to the group.
+    let service = |d: &mut DesiredState, id: u32, owner: Cookie, bucket: &str| {
+        d.groups.insert(
+            id,
+            Group {
+                id,
+                hash_fields: vec!["ip_src"],
+                buckets: vec![bucket.to_string()],
+                owner,
+                learns: true,
+            },
+        );
+        let key = FlowKey {
+            table: SERVICE_SELECT.id,
+            priority: 100,
+            matches: format!("reg0=0x1,tcp,nw_dst=10.96.0.{id},tp_dst=80"),
+        };
+        let body = FlowBody {
+            actions: format!("group:{id}"),
+            cookie: owner,
+        };
+        d.flows.insert(key, body);
     };
-    let state = |bucket: &str| DesiredState {
-        flows: BTreeMap::new(),
-        groups: [(1, group(bucket))].into(),
+    let state = |web_bucket: &str| {
+        let mut d = DesiredState::default();
+        service(&mut d, 1, web, web_bucket);
+        service(&mut d, 2, db, "set_field:0xa000005->reg3,resubmit(,43)");
+        d
+    };
+    let learned = |sw: &MemorySwitch, owner: Cookie| -> Vec<FlowKey> {
+        sw.snapshot()
+            .flows
+            .into_iter()
+            .filter(|(_, f)| is_learned(f) && f.cookie == owner.learned().value(0))
+            .map(|(k, _)| k)
+            .collect()
     };
     futures_block_on(async {
         let sw = MemorySwitch::default();
@@ -746,18 +861,43 @@ fn restart_flushes_affinity_of_changed_groups() {
             .await
             .unwrap();
         sw.learn(1);
-        // The agent restarts while the backend 10.0.0.1 is replaced by 10.0.0.2.
+        assert_eq!(learned(&sw, web).len(), 1);
+        assert_eq!(learned(&sw, db).len(), 1);
+
+        // A restart with nothing changed keeps every entry.
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&state("set_field:0xa000001->reg3,resubmit(,43)"))
+            .await
+            .unwrap();
+        assert_eq!(learned(&sw, web).len(), 1, "a restart lost affinity");
+        assert_eq!(learned(&sw, db).len(), 1, "a restart lost affinity");
+
+        // The agent restarts while web's backend 10.0.0.1 is replaced by 10.0.0.2.
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
         r.apply(&state("set_field:0xa000002->reg3,resubmit(,43)"))
             .await
             .unwrap();
-        let stale: Vec<_> = sw
-            .snapshot()
-            .flows
-            .into_iter()
-            .filter(|(_, f)| is_learned(f))
-            .collect();
-        assert_eq!(stale, vec![], "affinity to the old backend survived");
+        assert_eq!(
+            learned(&sw, web),
+            vec![],
+            "affinity to the old backend survived"
+        );
+        assert_eq!(learned(&sw, db).len(), 1, "db's group did not change");
+
+        // The agent restarts while web is deleted.
+        sw.learn(2);
+        assert_eq!(learned(&sw, web).len(), 1);
+        let mut gone = state("set_field:0xa000002->reg3,resubmit(,43)");
+        gone.groups.remove(&1);
+        gone.flows.retain(|_, f| f.cookie != web);
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&gone).await.unwrap();
+        assert_eq!(
+            learned(&sw, web),
+            vec![],
+            "affinity of a deleted Service survived"
+        );
+        assert_eq!(learned(&sw, db).len(), 2, "db's group did not change");
     });
 }
 

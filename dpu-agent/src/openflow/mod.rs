@@ -6,7 +6,7 @@ mod ofctl;
 
 pub use ofctl::OfctlBackend;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::flows::{FlowBody, FlowKey, Group};
 
@@ -36,8 +36,51 @@ pub enum BundleOp {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InstalledSummary {
     pub cookies: BTreeSet<u64>,
-    pub group_ids: BTreeSet<u32>,
+    /// Every group, as the switch describes it.
+    pub groups: BTreeMap<u32, InstalledGroup>,
+    /// For each group id, the cookies of the flows whose actions name it
+    /// (`group:N`). The switch keeps no owner with a group; the flows that send
+    /// to it carry it (see [`Group::owner`]).
+    pub group_users: BTreeMap<u32, BTreeSet<u64>>,
     pub flows: usize,
+}
+
+/// A group as the switch describes it, in the canonical form of [`Group`]: hash
+/// fields and bucket actions in the syntax the compiler writes, buckets in
+/// bucket-id order. The switch keeps neither an owner nor a `learns` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledGroup {
+    /// `select` for every group the agent installs.
+    pub kind: String,
+    /// `hash` for every group the agent installs; `None` when not shown.
+    pub selection_method: Option<String>,
+    pub hash_fields: Vec<String>,
+    /// Anything else the switch shows about the group (`selection_method_param=…`);
+    /// none for the agent's groups.
+    pub properties: Vec<String>,
+    /// Bucket actions. A bucket property other than its id and the default
+    /// weight is kept in front (`weight:50,actions=…`), so such a bucket never
+    /// equals one the compiler wrote.
+    pub buckets: Vec<String>,
+}
+
+impl InstalledGroup {
+    /// What the switch reports once `g` is installed.
+    pub fn of(g: &Group) -> Self {
+        InstalledGroup {
+            kind: "select".into(),
+            selection_method: Some("hash".into()),
+            hash_fields: g.hash_fields.iter().map(|f| f.to_string()).collect(),
+            properties: Vec::new(),
+            buckets: g.buckets.clone(),
+        }
+    }
+
+    /// Whether the switch holds `g` as it is: same type, selection, hash fields
+    /// and buckets.
+    pub fn is(&self, g: &Group) -> bool {
+        *self == Self::of(g)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +105,8 @@ pub trait OpenFlowBackend: Send {
         ops: &[BundleOp],
     ) -> impl std::future::Future<Output = Result<(), OpenFlowError>> + Send;
 
-    /// Reads cookies and group ids of what is installed now.
+    /// Reads what is installed now: flow cookies, groups, and which flows name
+    /// which group.
     fn installed(
         &mut self,
     ) -> impl std::future::Future<Output = Result<InstalledSummary, OpenFlowError>> + Send;
