@@ -137,6 +137,7 @@ pub async fn run(
     let mut bridge_lost = false;
     let mut switch_rx = liveness::watch_switch(cfg.mgmt_path());
     let mut restart = SwitchRestart::default();
+    let mut probes = Probes::start(&cfg);
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Keeps the heartbeat fresh while the loop is idle; without a watchdog it is moot.
@@ -160,6 +161,22 @@ pub async fn run(
         }
         if !dirty && restart.reinstalling {
             restart.finish(&ovsdb).await;
+        }
+        if applied.have_intent {
+            let intent = with_pods(&applied.intent, &pods.pool, &cfg.node_name);
+            probes.update(&intent, &applied.alloc, &cfg, &ovsdb).await;
+            // A backend no longer probed here has no health of ours.
+            let before = facts.unhealthy.len();
+            facts.unhealthy.retain(|(vpc, ip)| {
+                probes
+                    .plan
+                    .targets
+                    .iter()
+                    .any(|t| &t.vpc == vpc && t.ip == *ip)
+            });
+            if facts.unhealthy.len() != before {
+                dirty = true;
+            }
         }
         pods.expire();
         let status = AgentStatus {
@@ -226,6 +243,19 @@ pub async fn run(
                     dirty = true;
                 }
             }
+            Some(t) = probes.next_transition() => {
+                let key = (t.vpc.clone(), t.ip);
+                let changed = if t.healthy {
+                    facts.unhealthy.remove(&key)
+                } else {
+                    facts.unhealthy.insert(key)
+                };
+                tracing::info!(vpc = %t.vpc, ip = %t.ip, healthy = t.healthy, detail = %t.detail,
+                    "backend health changed");
+                if changed {
+                    dirty = applied.have_intent;
+                }
+            }
             changed = switch_rx.changed() => {
                 if changed.is_err() { break; }
                 let link = *switch_rx.borrow_and_update();
@@ -254,6 +284,101 @@ pub async fn run(
     shim.abort();
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
+}
+
+/// The health probes: the probe thread, and the OVS ports of the probe links it
+/// needs. Without a probe thread (it could not start) nothing is probed and every
+/// backend counts as healthy.
+struct Probes {
+    service: Option<crate::probe::ProbeService>,
+    /// The last plan handed to the thread.
+    plan: crate::probe::Plan,
+    /// Zones whose probe port is on the bridge.
+    ports: BTreeMap<u16, String>,
+}
+
+impl Probes {
+    fn start(cfg: &Config) -> Probes {
+        let service = match crate::probe::ProbeService::spawn(cfg.ovs.netns.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the probe thread; backends are not probed");
+                None
+            }
+        };
+        Probes {
+            service,
+            plan: crate::probe::Plan::default(),
+            ports: BTreeMap::new(),
+        }
+    }
+
+    async fn next_transition(&mut self) -> Option<crate::probe::engine::Transition> {
+        match &mut self.service {
+            Some(s) => s.transitions.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Recomputes what to probe; adds and removes probe ports to match.
+    async fn update(
+        &mut self,
+        intent: &Intent,
+        alloc: &Allocations,
+        cfg: &Config,
+        ovsdb: &OvsdbSession,
+    ) {
+        let Some(service) = &self.service else { return };
+        let plan = crate::probe::plan(intent, alloc, &cfg.node_name);
+        let want: BTreeMap<u16, String> = plan.links.iter().map(|(v, z)| (*z, v.clone())).collect();
+        if want != self.ports {
+            let Some(client) = ovsdb.client() else { return };
+            for (zone, vpc) in &want {
+                if self.ports.get(zone) == Some(vpc) {
+                    continue;
+                }
+                let port = crate::probe::link::port_name(*zone);
+                let r = crate::ovsdb::ensure_internal_port(
+                    &client,
+                    &cfg.ovs.bridge,
+                    &port,
+                    &crate::probe::link::iface_id(vpc),
+                    &crate::probe::link::mac(*zone).to_string(),
+                )
+                .await;
+                match r {
+                    Ok(()) => {
+                        self.ports.insert(*zone, vpc.clone());
+                    }
+                    Err(e) => tracing::warn!(%port, error = %e, "cannot add the probe port"),
+                }
+            }
+            let gone: Vec<u16> = self
+                .ports
+                .keys()
+                .filter(|z| !want.contains_key(z))
+                .copied()
+                .collect();
+            for zone in gone {
+                let port = crate::probe::link::port_name(zone);
+                match crate::ovsdb::unplug_port(&client, &cfg.ovs.bridge, &port).await {
+                    Ok(_) => {
+                        self.ports.remove(&zone);
+                    }
+                    Err(e) => tracing::warn!(%port, error = %e, "cannot remove the probe port"),
+                }
+            }
+        }
+        if plan != self.plan {
+            tracing::info!(
+                targets = plan.targets.len(),
+                links = plan.links.len(),
+                "probe plan"
+            );
+            service.set_plan(plan.clone());
+            self.plan = plan;
+        }
+    }
 }
 
 /// What the agent does when `ovs-vswitchd` goes away and comes back: set
@@ -369,6 +494,7 @@ async fn wait_bridge(
                         .uplink
                         .as_ref()
                         .map(|u| (u.port.clone(), u.mac_for(&cfg.node_name))),
+                    unhealthy: Default::default(),
                 });
             }
         }

@@ -25,6 +25,9 @@ pub struct NodeFacts {
     pub host_port: Option<String>,
     /// The uplink's iface-id and the MAC this DPU uses there (`[uplink]`).
     pub uplink: Option<(String, Mac)>,
+    /// Backends this DPU's health probes found unhealthy, by (VPC, address): they
+    /// get no bucket.
+    pub unhealthy: BTreeSet<(String, IpAddr)>,
 }
 
 /// The compiler's result: the desired state and what could not be bound yet.
@@ -349,6 +352,9 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
         }
     }
 
+    // An unhealthy backend takes no new connections, as an unready one.
+    unready.extend(facts.unhealthy.iter().map(|(v, ip)| (v.as_str(), *ip)));
+    compile_probe_links(d, alloc, facts);
     for s in intent.services.values() {
         compile_service(d, s, alloc, &unready, &local);
     }
@@ -358,6 +364,62 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     }
     compile_gateway(d, intent, alloc);
     out
+}
+
+/// The health-probe links (`crate::probe::link`): each is an internal port in
+/// one VPC that may send only as the probe source with its own MAC, and receive
+/// only replies of the connections it opened (`ct_state=+est+rpl`), so nothing in
+/// the VPC can open a connection to the DPU's own stack through it.
+fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFacts) {
+    use crate::probe::link::{mac, PROBE_IFACE_PREFIX, PROBE_SOURCE};
+    for (iface, &ofport) in &facts.ports {
+        let Some(vpc) = iface.strip_prefix(PROBE_IFACE_PREFIX) else {
+            continue;
+        };
+        let Some(zone) = alloc.zone(vpc) else {
+            continue;
+        };
+        let z = u32::from(zone);
+        let m = mac(zone);
+        let c = Cookie::new(Category::Probe, vpc);
+        d.add(
+            CLASSIFY,
+            100,
+            Match::new().in_port(ofport),
+            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
+            c,
+        );
+        let port = || {
+            Match::new()
+                .reg(reg::VPC, z)
+                .in_port(ofport)
+                .field("dl_src", m)
+        };
+        d.add(
+            SPOOF_GUARD,
+            100,
+            port()
+                .kw("arp")
+                .ip_field("arp_spa", PROBE_SOURCE)
+                .field("arp_sha", m),
+            Actions::new().goto(ARP_RESPONDER),
+            c,
+        );
+        d.add(
+            SPOOF_GUARD,
+            100,
+            port().kw("ip").ip_field("nw_src", PROBE_SOURCE),
+            Actions::new().goto(CONNTRACK),
+            c,
+        );
+        d.add(
+            L3_FORWARD,
+            110,
+            to_address(z, IpAddr::V4(PROBE_SOURCE)).kw("ct_state=+est+rpl+trk"),
+            routed_to(m).output(ofport),
+            c,
+        );
+    }
 }
 
 /// Lets a following `output` send back out of the port the packet came in on.

@@ -233,6 +233,11 @@ pub struct OvsConfig {
     pub openflow_backend: String,
     #[serde(default = "default_ofctl")]
     pub ofctl_path: String,
+    /// The network namespace `ovs-vswitchd` runs in, by path (e.g.
+    /// `/run/netns/dpu0`), when it is not the agent's own: the devices it makes
+    /// (the health-probe links) are there. Absent on a DPU; the lab sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// `backoff_max_ms` above an hour is a typo, and TOML integers are i64.
@@ -595,6 +600,7 @@ datapath_type = "system"
 hw_offload = true
 openflow_backend = "ovs-ofctl"
 ofctl_path = "/usr/bin/ovs-ofctl"
+netns = "/run/netns/dpu0"
 [shim]
 listen = "169.254.0.1:50052"
 client_name = "shim"

@@ -18,6 +18,7 @@ pub mod openflow;
 pub mod ovsdb;
 pub mod pipeline;
 pub mod pods;
+pub mod probe;
 pub mod reconcile;
 pub mod session;
 pub mod store;

@@ -245,6 +245,8 @@ pub mod cookie {
         Gateway = 9,
         /// The uplink: its ARP context, EIP entry and return path.
         Uplink = 10,
+        /// A VPC's health-probe link.
+        Probe = 11,
     }
 
     /// A cookie without its round; the reconciler stamps the round.

@@ -27,6 +27,7 @@ fn run_case(dir: &Path) -> String {
         host_port: Some("pf0hpf".into()),
         // and the uplink `p0`.
         uplink: Some(("p0".into(), "02:d9:00:00:01:01".parse().unwrap())),
+        unhealthy: Default::default(),
         ports: ports
             .lines()
             .filter_map(|l| l.split_once(' '))

@@ -338,6 +338,12 @@ impl Lab {
             .start_echo(name, tcp, udp, &log)
     }
 
+    /// The peer addresses host `name`'s `lab-echo` logged TCP connections from.
+    pub fn tcp_peers_of(&self, name: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.log(&format!("echo-{name}"))).unwrap_or_default();
+        traffic::peers_in_log(&log)
+    }
+
     pub fn host(&self, name: &str) -> Result<&Host> {
         self.hosts
             .get(name)
@@ -565,7 +571,7 @@ db_socket = "{db}"
 run_dir = "{run}"
 bridge = "{br}"
 datapath_type = "netdev"
-"#,
+{netns}"#,
         node = f.node,
         state = f.state.display(),
         addr = f.controller_addr,
@@ -575,6 +581,12 @@ datapath_type = "netdev"
         db = f.ovs.db_sock().display(),
         run = f.ovs.dir().display(),
         br = f.bridge,
+        // ovs-vswitchd runs in a namespace of its own: the probe links are there.
+        netns = f
+            .ovs
+            .netns()
+            .map(|ns| format!("netns = \"/run/netns/{ns}\"\n"))
+            .unwrap_or_default(),
     )
 }
 

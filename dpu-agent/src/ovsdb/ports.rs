@@ -80,6 +80,24 @@ pub async fn ensure_tunnel_port(
     plug_interface(client, bridge, port, iface).await
 }
 
+/// Adds (or refreshes) an internal port `port` on `bridge` with `mac` and
+/// `external_ids:iface-id=<iface_id>`: `ovs-vswitchd` makes a network device of
+/// that name, which the agent then configures (the health-probe links).
+pub async fn ensure_internal_port(
+    client: &OvsdbClient,
+    bridge: &str,
+    port: &str,
+    iface_id: &str,
+    mac: &str,
+) -> Result<(), OvsdbError> {
+    let iface = row([
+        ("type", json!("internal")),
+        ("mac", json!(mac)),
+        ("external_ids", map([("iface-id", iface_id)])),
+    ]);
+    plug_interface(client, bridge, port, iface).await
+}
+
 /// One transaction: the port and its interface (with `settings`) on `bridge`,
 /// or, when the port exists, `settings` applied to its interfaces in place.
 async fn plug_interface(
