@@ -9,7 +9,7 @@
 //! (`LocalWorkloads`) are checked here and handed to the intent task through the
 //! report inbox; they come back as a new intent version like a manifest reload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,7 +70,14 @@ pub struct Hub {
     /// node → its current session.
     sessions: Mutex<HashMap<String, Registered>>,
     next_id: AtomicU64,
+    /// node → the backends its probes find unhealthy (its last report; kept when
+    /// its session ends: the data plane goes on without the controller).
+    health: watch::Sender<BTreeMap<String, BTreeSet<(String, String)>>>,
 }
+
+/// At most this many unhealthy backends in one Health report (a node cannot
+/// have more backends than Services × backends allow; this bounds memory).
+pub const MAX_HEALTH_ENTRIES: usize = 100_000;
 
 impl Hub {
     pub fn new(
@@ -87,6 +94,7 @@ impl Hub {
             reports,
             nodes,
             sessions: Mutex::new(HashMap::new()),
+            health: watch::channel(BTreeMap::new()).0,
             next_id: AtomicU64::new(1),
         }
     }
@@ -340,6 +348,7 @@ async fn drive(
             "the agent is ahead of this controller (was the state dir replaced?); sending a snapshot"
         );
     }
+    let mut health = hub.health.subscribe();
     let nack_pending = hub.status.nack_pending(node);
     match core.start(hello.last_applied_version, nack_pending, &current) {
         Some(update) => send(hub, node, tx, update).await?,
@@ -351,11 +360,20 @@ async fn drive(
             });
         }
     }
+    let all = health.borrow_and_update().clone();
+    send_health(node, tx, &all).await?;
     loop {
         tokio::select! {
             _ = ended.changed() => {
                 let why = ended.borrow().clone();
                 return Err(why.unwrap_or_else(|| Status::aborted("ended by the controller")));
+            }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return Err(Status::unavailable("the controller is shutting down"));
+                }
+                let all = health.borrow_and_update().clone();
+                send_health(node, tx, &all).await?;
             }
             _ = shutdown_requested(&mut shutdown) => {
                 return Err(Status::unavailable("the controller is shutting down"));
@@ -377,6 +395,37 @@ async fn drive(
                 Some(_) => return Err(Status::invalid_argument("empty AgentMessage")),
             },
             _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Sends the union of every node's unhealthy backends.
+async fn send_health(
+    node: &str,
+    tx: &Outbound,
+    all: &BTreeMap<String, BTreeSet<(String, String)>>,
+) -> Result<(), Status> {
+    let union: BTreeSet<&(String, String)> = all.values().flatten().collect();
+    let msg = pb::ControllerMessage {
+        msg: Some(pb::controller_message::Msg::Health(pb::Health {
+            unhealthy: union
+                .iter()
+                .map(|(vpc, ip)| pb::BackendRef {
+                    vpc: vpc.clone(),
+                    ip: ip.clone(),
+                })
+                .collect(),
+        })),
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(msg))).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the agent took no health update for {} s",
+            SEND_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(_)) => Err(Status::cancelled("the agent went away")),
+        Ok(Ok(())) => {
+            tracing::debug!(node, unhealthy = union.len(), "sent health");
+            Ok(())
         }
     }
 }
@@ -421,6 +470,7 @@ fn on_message(
     match msg {
         Msg::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once")),
         Msg::LocalWorkloads(lw) => on_local_workloads(hub, node, id, gate, lw),
+        Msg::Health(h) => on_health(hub, node, h)?,
         Msg::Ack(ack) => {
             if core.on_ack(ack.version, &ack.nonce) {
                 tracing::info!(node, version = ack.version, "agent applied");
@@ -472,6 +522,41 @@ fn on_message(
                 at: now_rfc3339(),
             })
         }),
+    }
+    Ok(())
+}
+
+/// A node's unhealthy backends, replacing its previous report. A malformed or
+/// oversized report ends the session with the reason; nothing of it is kept.
+fn on_health(hub: &Hub, node: &str, h: pb::Health) -> Result<(), Status> {
+    if h.unhealthy.len() > MAX_HEALTH_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "Health: {} entries; at most {MAX_HEALTH_ENTRIES}",
+            h.unhealthy.len()
+        )));
+    }
+    let mut set = BTreeSet::new();
+    for (i, b) in h.unhealthy.iter().enumerate() {
+        dpu_model::check_name(&b.vpc)
+            .map_err(|m| Status::invalid_argument(format!("Health: unhealthy[{i}].vpc: {m}")))?;
+        let ip: std::net::IpAddr = b.ip.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "Health: unhealthy[{i}].ip: {:?} is not an IP address",
+                b.ip
+            ))
+        })?;
+        set.insert((b.vpc.clone(), ip.to_string()));
+    }
+    let changed = hub.health.send_if_modified(|all| {
+        let before = all.get(node);
+        if before == Some(&set) || (before.is_none() && set.is_empty()) {
+            return false;
+        }
+        all.insert(node.to_string(), set.clone());
+        true
+    });
+    if changed {
+        tracing::info!(node, unhealthy = set.len(), "node reported backend health");
     }
     Ok(())
 }

@@ -223,6 +223,21 @@ impl Ca {
     /// A server certificate: CN = `name`, SANs = `name` and `sans` (each an IP
     /// address or a DNS name), for server auth.
     pub fn issue_server(&self, name: &str, sans: &[String], days: u32) -> Result<Issued, PkiError> {
+        self.issue_server_for(
+            name,
+            sans,
+            std::time::Duration::from_secs(u64::from(days) * 86_400),
+        )
+    }
+
+    /// A server certificate as `issue_server` makes it, valid for `lifetime`
+    /// from now (for short-lived certificates and tests).
+    pub fn issue_server_for(
+        &self,
+        name: &str,
+        sans: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<Issued, PkiError> {
         let mut all = vec![name.to_string()];
         for s in sans {
             if !all.contains(s) {
@@ -245,7 +260,7 @@ impl Ca {
             name,
             out,
             vec![ExtendedKeyUsagePurpose::ServerAuth],
-            duration_of_days(days),
+            to_time_duration(lifetime)?,
         );
         self.issue(params)
     }

@@ -3,7 +3,8 @@
 //! each becomes at most one compile and one bundle. An update is ACKed only after
 //! the bundle was committed, and NACKed (with nothing changed) otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use dpu_model::Intent;
@@ -120,15 +121,20 @@ pub async fn run(
         })
     };
     let (status_tx, status_rx) = watch::channel(pb::Status::default());
+    // This node's probe verdicts, for the controller.
+    let (health_tx, health_rx) = watch::channel(pb::Health::default());
     let (ev_tx, mut ev_rx) = mpsc::channel(4);
     let identity = crate::enroll::NodeIdentity::from_config(&cfg);
     let session = tokio::spawn(session::run(
         cfg.controller.clone(),
         cfg.node_name.clone(),
         identity,
-        applied_rx,
-        status_rx,
-        local_rx,
+        session::Feeds {
+            applied: applied_rx,
+            status: status_rx,
+            local: local_rx,
+            health: health_rx,
+        },
         ev_tx,
     ));
 
@@ -166,15 +172,15 @@ pub async fn run(
             let intent = with_pods(&applied.intent, &pods.pool, &cfg.node_name);
             probes.update(&intent, &applied.alloc, &cfg, &ovsdb).await;
             // A backend no longer probed here has no health of ours.
-            let before = facts.unhealthy.len();
-            facts.unhealthy.retain(|(vpc, ip)| {
-                probes
-                    .plan
-                    .targets
-                    .iter()
-                    .any(|t| &t.vpc == vpc && t.ip == *ip)
-            });
-            if facts.unhealthy.len() != before {
+            let before = probes.local_unhealthy.len();
+            let targets = probes.plan.targets.clone();
+            probes
+                .local_unhealthy
+                .retain(|(vpc, ip)| targets.iter().any(|t| &t.vpc == vpc && t.ip == *ip));
+            if probes.local_unhealthy.len() != before {
+                let _ = health_tx.send(probes.report());
+            }
+            if probes.merge_into(&mut facts) {
                 dirty = true;
             }
         }
@@ -195,6 +201,17 @@ pub async fn run(
             _ = shutdown.changed() => break,
             ev = ev_rx.recv() => match ev {
                 None => break,
+                Some(SessionEvent::Health(h)) => {
+                    probes.remote_unhealthy = h
+                        .unhealthy
+                        .iter()
+                        .filter_map(|b| Some((b.vpc.clone(), b.ip.parse().ok()?)))
+                        .collect();
+                    if probes.merge_into(&mut facts) {
+                        tracing::info!(unhealthy = facts.unhealthy.len(), "backend health from the controller");
+                        dirty = applied.have_intent;
+                    }
+                }
                 Some(SessionEvent::Connected(up)) => {
                     tracing::debug!(up, "controller session");
                     controller_up = up;
@@ -245,14 +262,15 @@ pub async fn run(
             }
             Some(t) = probes.next_transition() => {
                 let key = (t.vpc.clone(), t.ip);
-                let changed = if t.healthy {
-                    facts.unhealthy.remove(&key)
+                if t.healthy {
+                    probes.local_unhealthy.remove(&key);
                 } else {
-                    facts.unhealthy.insert(key)
-                };
+                    probes.local_unhealthy.insert(key);
+                }
                 tracing::info!(vpc = %t.vpc, ip = %t.ip, healthy = t.healthy, detail = %t.detail,
                     "backend health changed");
-                if changed {
+                let _ = health_tx.send(probes.report());
+                if probes.merge_into(&mut facts) {
                     dirty = applied.have_intent;
                 }
             }
@@ -295,6 +313,10 @@ struct Probes {
     plan: crate::probe::Plan,
     /// Zones whose probe port is on the bridge.
     ports: BTreeMap<u16, String>,
+    /// What this node's probes find unhealthy.
+    local_unhealthy: BTreeSet<(String, IpAddr)>,
+    /// What the controller says is unhealthy, over all nodes.
+    remote_unhealthy: BTreeSet<(String, IpAddr)>,
 }
 
 impl Probes {
@@ -310,7 +332,49 @@ impl Probes {
             service,
             plan: crate::probe::Plan::default(),
             ports: BTreeMap::new(),
+            local_unhealthy: BTreeSet::new(),
+            remote_unhealthy: BTreeSet::new(),
         }
+    }
+
+    /// This node's verdicts, for the controller.
+    fn report(&self) -> pb::Health {
+        pb::Health {
+            unhealthy: self
+                .local_unhealthy
+                .iter()
+                .map(|(vpc, ip)| pb::BackendRef {
+                    vpc: vpc.clone(),
+                    ip: ip.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `facts.unhealthy` = this node's verdicts, plus the controller's for the
+    /// backends this node does not probe itself (its own verdicts are newer).
+    /// True if it changed.
+    fn merge_into(&self, facts: &mut NodeFacts) -> bool {
+        let probed_here = |k: &(String, IpAddr)| {
+            self.plan
+                .targets
+                .iter()
+                .any(|t| t.vpc == k.0 && t.ip == k.1)
+        };
+        let merged: BTreeSet<(String, IpAddr)> = self
+            .local_unhealthy
+            .iter()
+            .cloned()
+            .chain(
+                self.remote_unhealthy
+                    .iter()
+                    .filter(|k| !probed_here(k))
+                    .cloned(),
+            )
+            .collect();
+        let changed = merged != facts.unhealthy;
+        facts.unhealthy = merged;
+        changed
     }
 
     async fn next_transition(&mut self) -> Option<crate::probe::engine::Transition> {
@@ -370,8 +434,13 @@ impl Probes {
             }
         }
         if plan != self.plan {
+            let targets: Vec<String> = plan
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}:{}", t.vpc, t.ip, t.spec.port))
+                .collect();
             tracing::info!(
-                targets = plan.targets.len(),
+                targets = %targets.join(" "),
                 links = plan.links.len(),
                 "probe plan"
             );

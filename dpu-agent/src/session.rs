@@ -24,6 +24,8 @@ pub enum SessionEvent {
     /// An update to apply; the loop sends the Ack or Nack back on `reply`.
     Update(pb::Update, oneshot::Sender<pb::agent_message::Msg>),
     Connected(bool),
+    /// The controller's view of unhealthy backends, over all nodes.
+    Health(pb::Health),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +60,24 @@ enum Ended {
     Renewed,
 }
 
+/// What the agent loop publishes for the controller; each is sent after Hello
+/// and again whenever it changes.
+#[derive(Debug)]
+pub struct Feeds {
+    /// The last applied version (said in Hello).
+    pub applied: watch::Receiver<u64>,
+    pub status: watch::Receiver<pb::Status>,
+    /// The pods attached on this node.
+    pub local: watch::Receiver<pb::LocalWorkloads>,
+    /// This node's probe verdicts.
+    pub health: watch::Receiver<pb::Health>,
+}
+
 pub async fn run(
     cfg: ControllerConfig,
     node: String,
     identity: Option<NodeIdentity>,
-    applied: watch::Receiver<u64>,
-    mut status: watch::Receiver<pb::Status>,
-    mut local: watch::Receiver<pb::LocalWorkloads>,
+    mut feeds: Feeds,
     events: mpsc::Sender<SessionEvent>,
 ) {
     let min = Duration::from_millis(cfg.backoff_min_ms);
@@ -89,16 +102,7 @@ pub async fn run(
         };
         let result = match renewal {
             Ok(renewal) => {
-                stream_once(
-                    &cfg,
-                    &node,
-                    renewal,
-                    &applied,
-                    &mut status,
-                    &mut local,
-                    &events,
-                )
-                .await
+                stream_once(&cfg, &node, renewal, &mut feeds, &events).await
             }
             Err(e) => {
                 tracing::warn!(node = %node, error = %e, "no usable node certificate");
@@ -205,12 +209,16 @@ async fn stream_once(
     cfg: &ControllerConfig,
     node: &str,
     renewal: Option<(&NodeIdentity, CertInfo)>,
-    applied: &watch::Receiver<u64>,
-    status: &mut watch::Receiver<pb::Status>,
-    local: &mut watch::Receiver<pb::LocalWorkloads>,
+    feeds: &mut Feeds,
     events: &mpsc::Sender<SessionEvent>,
 ) -> Result<Ended, SessionError> {
     use pb::agent_message::Msg;
+    let Feeds {
+        applied,
+        status,
+        local,
+        health,
+    } = feeds;
     let mut renew_at = renewal
         .as_ref()
         .map(|(_, info)| instant_of(info.renew_at()));
@@ -246,11 +254,24 @@ async fn stream_once(
     // The full set of local pods after every Hello; the controller merges it.
     let pods = local.borrow_and_update().clone();
     send(Msg::LocalWorkloads(pods)).await;
+    // And this node's probe verdicts.
+    let verdicts = health.borrow_and_update().clone();
+    send(Msg::Health(verdicts)).await;
     loop {
         tokio::select! {
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(Ended::Closed) };
-                let Some(pb::controller_message::Msg::Update(update)) = msg.msg else { continue };
+                let update = match msg.msg {
+                    Some(pb::controller_message::Msg::Update(u)) => u,
+                    Some(pb::controller_message::Msg::Health(h)) => {
+                        events
+                            .send(SessionEvent::Health(h))
+                            .await
+                            .map_err(|_| SessionError::AgentGone)?;
+                        continue;
+                    }
+                    None => continue,
+                };
                 let (reply_tx, reply_rx) = oneshot::channel();
                 events
                     .send(SessionEvent::Update(update, reply_tx))
@@ -267,6 +288,15 @@ async fn stream_once(
                 }
                 let pods = local.borrow_and_update().clone();
                 if !send(Msg::LocalWorkloads(pods)).await {
+                    return Ok(Ended::Closed);
+                }
+            }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return Err(SessionError::AgentGone);
+                }
+                let h = health.borrow_and_update().clone();
+                if !send(Msg::Health(h)).await {
                     return Ok(Ended::Closed);
                 }
             }

@@ -114,3 +114,78 @@ fn an_unhealthy_backend_leaves_the_group_others_keep_their_connections_and_it_co
     );
     Ok(())
 }
+
+/// Two DPUs: web-1 on dpu-1, web-2 on dpu-2, the client on dpu-1. Each DPU probes
+/// only its own backend (N probes, not N×M); dpu-2 finds web-2 dead, tells the
+/// controller, and the controller tells dpu-1, whose group drops web-2.
+#[test]
+fn a_backend_found_dead_by_its_own_dpu_leaves_the_groups_of_every_dpu() -> Result<()> {
+    use dpu_lab::multi::MultiLab;
+    use dpu_lab::scenario::{mac, placed_workload, service_yaml, vpc_yaml, GW};
+    let mut lab = MultiLab::new("prbm", 2)?;
+    let mut yaml = vpc_yaml("vpc-a", 100, "10.0.1.0/24", GW);
+    yaml += &placed_workload("client", "vpc-a", "10.0.1.2", &mac(2), "client", 0, "Pod");
+    yaml += &placed_workload("web-1", "vpc-a", "10.0.1.11", &mac(11), "web", 0, "Pod");
+    yaml += &placed_workload("web-2", "vpc-a", "10.0.1.12", &mac(12), "web", 1, "VM");
+    lab.add_host(0, "client", "10.0.1.2/24", &mac(2), GW)?;
+    lab.add_host(0, "web-1", "10.0.1.11/24", &mac(11), GW)?;
+    lab.add_host(1, "web-2", "10.0.1.12/24", &mac(12), GW)?;
+    lab.echo("web-1", &[8080], &[5353])?;
+    lab.echo("web-2", &[8080], &[5353])?;
+    lab.write_manifest("00-vpc.yaml", &yaml)?;
+    lab.write_manifest("05-nodes.yaml", &lab.dpu_nodes_yaml())?;
+    let svc = service_yaml("web", "vpc-a", VIP, "  selector: {app: web}", "");
+    lab.write_manifest("10-svc.yaml", &format!("{svc}{PROBE}"))?;
+    lab.start_controller()?;
+    lab.start_agent(0)?;
+    lab.start_agent(1)?;
+    lab.wait_converged()?;
+    for (dpu, own) in [(0, "vpc-a/10.0.1.11:8080"), (1, "vpc-a/10.0.1.12:8080")] {
+        wait_until("each DPU to plan its own probe", Duration::from_secs(15), || {
+            lab.agent_log(dpu).lines().any(|l| {
+                l.contains("probe plan") && l.contains(&format!("targets={own} "))
+            }) && lab.agent_log(dpu).contains("probe link ready")
+        })?;
+    }
+    let web2_bucket = |lab: &MultiLab| {
+        let d = lab.fabric.dpu(0).expect("dpu-1");
+        d.ovs()
+            .dump_groups(d.bridge())
+            .is_ok_and(|g| g.iter().any(|l| l.contains(WEB2_BUCKET)))
+    };
+    assert!(web2_bucket(&lab), "dpu-1 balances to web-2 at first");
+    let both = lab.client("client", &format!("{VIP}:80"), "tcp", 40)?;
+    assert!(both.failed == 0 && both.count_for("web-2") > 0, "{both:?}");
+
+    lab.hosts
+        .get_mut("web-2")
+        .and_then(|h| h.host.echo.as_mut())
+        .expect("web-2 runs an echo server")
+        .kill9()?;
+    let died = Instant::now();
+    wait_until(
+        "dpu-1 to drop web-2's bucket on dpu-2's word",
+        Duration::from_secs(10),
+        || !web2_bucket(&lab),
+    )?;
+    let failover = died.elapsed();
+    let after = lab.client("client", &format!("{VIP}:80"), "tcp", 40)?;
+    assert_eq!((after.failed, after.count_for("web-1")), (0, 40), "{after:?}");
+    // dpu-1 never probed web-2 itself.
+    assert!(!lab
+        .agent_log(0)
+        .lines()
+        .any(|l| l.contains("backend health changed") && l.contains("10.0.1.12")));
+
+    lab.echo("web-2", &[8080], &[5353])?;
+    let revived = Instant::now();
+    wait_until("dpu-1 to take web-2 back", Duration::from_secs(10), || {
+        web2_bucket(&lab)
+    })?;
+    let recovery = revived.elapsed();
+    eprintln!(
+        "probe across DPUs: failover {failover:?} on the other DPU, recovery {recovery:?}"
+    );
+    assert!(failover < Duration::from_secs(4), "failover took {failover:?}");
+    Ok(())
+}

@@ -256,14 +256,20 @@ pub async fn open(channel: Channel, node: &str, last_applied: u64) -> Result<Age
 }
 
 impl Agent {
+    /// The next Update; Health messages (sent after Hello and on every change of
+    /// backend health) are skipped.
     pub async fn next(&mut self) -> Result<Option<pb::Update>, Status> {
-        let msg = tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("test: no message"))??;
-        Ok(msg.map(|m| match m.msg {
-            Some(pb::controller_message::Msg::Update(u)) => u,
-            None => panic!("empty ControllerMessage"),
-        }))
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.rx.message())
+                .await
+                .map_err(|_| Status::deadline_exceeded("test: no message"))??;
+            match msg.map(|m| m.msg) {
+                None => return Ok(None),
+                Some(Some(pb::controller_message::Msg::Update(u))) => return Ok(Some(u)),
+                Some(Some(pb::controller_message::Msg::Health(_))) => continue,
+                Some(None) => panic!("empty ControllerMessage"),
+            }
+        }
     }
 
     pub async fn update(&mut self) -> pb::Update {
@@ -275,8 +281,15 @@ impl Agent {
 
     /// Asserts that nothing arrives for `quiet`.
     pub async fn nothing_for(&mut self, quiet: Duration) {
-        if let Ok(m) = tokio::time::timeout(quiet, self.rx.message()).await {
-            panic!("expected no message, got {m:?}");
+        let deadline = tokio::time::Instant::now() + quiet;
+        while let Ok(m) = tokio::time::timeout_at(deadline, self.rx.message()).await {
+            if let Ok(Some(pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::Health(_)),
+            })) = m
+            {
+                continue;
+            }
+            panic!("expected no update, got {m:?}");
         }
     }
 
