@@ -101,9 +101,7 @@ pub async fn run(
             },
         };
         let result = match renewal {
-            Ok(renewal) => {
-                stream_once(&cfg, &node, renewal, &mut feeds, &events).await
-            }
+            Ok(renewal) => stream_once(&cfg, &node, renewal, &mut feeds, &events).await,
             Err(e) => {
                 tracing::warn!(node = %node, error = %e, "no usable node certificate");
                 Ok(Ended::Closed)
