@@ -362,8 +362,19 @@ async fn drive(
     }
     let all = health.borrow_and_update().clone();
     send_health(node, tx, &all).await?;
+    // A version only the switch refused is sent again, with backoff: the switch
+    // may take it later. A refusal of the intent itself is not retried.
+    let mut retry = SwitchRetry::default();
     loop {
         tokio::select! {
+            _ = sleep_until_or_never(retry.at), if retry.at.is_some() => {
+                retry.at = None;
+                let current = intent.borrow().clone();
+                if let Some(update) = core.retry(&current) {
+                    tracing::info!(node, version = current.version, "sending again the version the switch refused");
+                    send(hub, node, tx, update).await?;
+                }
+            }
             _ = ended.changed() => {
                 let why = ended.borrow().clone();
                 return Err(why.unwrap_or_else(|| Status::aborted("ended by the controller")));
@@ -390,7 +401,11 @@ async fn drive(
             msg = inbound.message() => match msg? {
                 None => return Ok(()),
                 Some(pb::AgentMessage { msg: Some(m) }) => {
-                    on_message(hub, node, id, &mut core, &mut gate, m)?
+                    match on_message(hub, node, id, &mut core, &mut gate, m)? {
+                        Reply::SwitchRefused => retry.schedule(),
+                        Reply::Applied => retry = SwitchRetry::default(),
+                        Reply::Other => {}
+                    }
                 }
                 Some(_) => return Err(Status::invalid_argument("empty AgentMessage")),
             },
@@ -459,6 +474,41 @@ async fn send(hub: &Hub, node: &str, tx: &Outbound, update: pb::Update) -> Resul
     Ok(())
 }
 
+/// What an agent message meant for retrying.
+enum Reply {
+    /// An Ack: the agent has the version.
+    Applied,
+    /// A Nack whose every error is the switch's (field `switch`).
+    SwitchRefused,
+    Other,
+}
+
+/// Backoff for sending a switch-refused version again: 2 s, doubling to 60 s,
+/// reset by an Ack.
+#[derive(Debug, Default)]
+struct SwitchRetry {
+    at: Option<tokio::time::Instant>,
+    delay: Option<std::time::Duration>,
+}
+
+impl SwitchRetry {
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn schedule(&mut self) {
+        let d = self.delay.map_or(Self::FIRST, |d| (d * 2).min(Self::MAX));
+        self.delay = Some(d);
+        self.at = Some(tokio::time::Instant::now() + d);
+    }
+}
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn on_message(
     hub: &Hub,
     node: &str,
@@ -466,13 +516,15 @@ fn on_message(
     core: &mut SessionCore,
     gate: &mut RevisionGate,
     msg: Msg,
-) -> Result<(), Status> {
+) -> Result<Reply, Status> {
+    let mut reply = Reply::Other;
     match msg {
         Msg::Hello(_) => return Err(Status::invalid_argument("Hello may only be sent once")),
         Msg::LocalWorkloads(lw) => on_local_workloads(hub, node, id, gate, lw),
         Msg::Health(h) => on_health(hub, node, h)?,
         Msg::Ack(ack) => {
             if core.on_ack(ack.version, &ack.nonce) {
+                reply = Reply::Applied;
                 tracing::info!(node, version = ack.version, "agent applied");
                 hub.status.update_node(node, |n| {
                     n.applied_version = n.applied_version.max(ack.version);
@@ -485,6 +537,14 @@ fn on_message(
         }
         Msg::Nack(nack) => {
             if core.on_nack(nack.version, &nack.nonce) {
+                if !nack.errors.is_empty()
+                    && nack
+                        .errors
+                        .iter()
+                        .all(|e| e.key.is_none() && e.field == "switch")
+                {
+                    reply = Reply::SwitchRefused;
+                }
                 let errors: Vec<String> = nack
                     .errors
                     .iter()
@@ -523,7 +583,7 @@ fn on_message(
             })
         }),
     }
-    Ok(())
+    Ok(reply)
 }
 
 /// A node's unhealthy backends, replacing its previous report. A malformed or

@@ -157,6 +157,13 @@ impl SessionCore {
         matched
     }
 
+    /// After a NACK of `current`'s version that only the switch caused (it may
+    /// take the same update later: a table had no room, a resource was short), the
+    /// snapshot to try again. Nothing if no snapshot is owed.
+    pub fn retry(&mut self, current: &Published) -> Option<pb::Update> {
+        self.need_snapshot.then(|| self.snapshot(current))
+    }
+
     #[cfg(test)]
     pub fn sent_version(&self) -> Option<u64> {
         self.sent.as_ref().map(|s| s.version)

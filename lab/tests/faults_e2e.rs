@@ -264,13 +264,10 @@ fn a_bundle_the_switch_refuses_is_nacked_with_its_reason_and_the_last_good_state
     Ok(())
 }
 
-/// Known problem: a version the switch refused is never tried again on its own.
-/// The agent retries only the intent it applied (resync), and the controller
-/// sends again only at its next version, so once the switch could take it the
-/// node stays on the old version, NACK pending, until the intent changes again or
-/// the agent reconnects. Passes once either side retries.
+/// A version only the switch refused is sent again by the controller (2 s,
+/// doubling to 60 s, until an Ack), so once the switch can take it the node gets
+/// there without an intent change or a reconnect.
 #[test]
-#[ignore = "known problem: a NACKed version is not retried once the switch could take it"]
 fn a_version_the_switch_refused_is_applied_once_the_switch_can_take_it() -> Result<()> {
     let (lab, _v1, v2) = nack_from_a_capped_table("fullr")?;
     lab.ovs
