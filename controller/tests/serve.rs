@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dpu_proto::v1 as pb;
 use pb::agent_message::Msg;
-use tonic::Code;
+use tonic::{Code, Status};
 
 const BLUE: [&str; 7] = [
     "Vpc/blue",
@@ -408,4 +408,437 @@ async fn refuses_clients_that_are_not_the_node_they_claim() {
     let mut agent = open(ch, "dpu-1", 0).await.unwrap();
     assert!(agent.update().await.snapshot);
     drop(server);
+}
+
+/// Waits (at most 3 s) until the wall clock is past `not_after_unix`: rustls
+/// compares whole seconds and a certificate is still valid in its last second.
+fn wait_until_expired(not_after_unix: i64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        if i64::try_from(now).unwrap() > not_after_unix {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a 1 s certificate did not expire within 3 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `serve` with tonic's debug log on, where a failed TLS handshake is reported
+/// ("tls accept error"); `Server` runs it at `info`. Killed by pid when dropped.
+struct TlsLoggingServer {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl TlsLoggingServer {
+    fn start(lab: &Lab) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = lab.state.with_file_name("serve-tls.log");
+        let child = Command::new(bin())
+            .args(["serve", "--state-dir", s(&lab.state)])
+            .args(["--intent-dir", s(&lab.intent)])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,tonic::transport=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = TlsLoggingServer { child, port, log };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("serve exited with {status}: {}", server.log());
+            }
+            assert!(Instant::now() < deadline, "no listen: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has a line containing every one of `parts`.
+    fn wait_log_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_string();
+            }
+            assert!(Instant::now() < deadline, "no line with {parts:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TlsLoggingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A session attempt whose TLS handshake the server aborts. In TLS 1.3 the
+/// client is done once it has sent its certificate and Finished, before the
+/// server's verdict arrives, so the connect succeeds and the call fails under it with a transport error,
+/// never a status the service sent. Which one depends on timing: `Cancelled`
+/// ("connection closed": the alert was read before the request was sent),
+/// `Unknown` "transport error" carrying the server's alert (`received fatal
+/// alert: CertificateExpired`), or a broken pipe. Returns what the client saw.
+async fn refused_in_handshake(
+    port: u16,
+    ca: &str,
+    identity: Option<(String, String)>,
+    node: &str,
+) -> String {
+    let ch = match channel(port, ca, identity).await {
+        Ok(ch) => ch,
+        Err(e) => return e,
+    };
+    let status = match open(ch, node, 0).await {
+        Ok(_) => panic!("a session opened"),
+        Err(status) => status,
+    };
+    let transport = std::error::Error::source(&status)
+        .and_then(|e| e.downcast_ref::<tonic::transport::Error>());
+    assert!(
+        transport.is_some() && matches!(status.code(), Code::Cancelled | Code::Unknown),
+        "not a transport failure: {status:?}"
+    );
+    let mut seen = format!("{:?}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(&status);
+    while let Some(c) = cause {
+        seen.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    seen
+}
+
+/// A node certificate from the right CA, naming the right node, but expired, is
+/// refused in the TLS handshake: the controller's verifier rejects it as expired
+/// and aborts the connection, so no RPC reaches the service (not Unauthenticated
+/// or PermissionDenied), and the node never shows up in the status. The same key
+/// with a certificate issued the same way that has not expired opens a session,
+/// so expiry is the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_an_expired_client_certificate_in_the_handshake() {
+    let lab = Lab::new();
+    let server = TlsLoggingServer::start(&lab);
+    let ca_pem = lab.read("ca.pem");
+    let ca = dpu_controller::pki::load_ca(&lab.state).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+
+    // Issued as enrollment issues (sign_node_key) for 1 s: not_before is
+    // backdated, so it was valid, and a moment later it is past its not_after.
+    let short = ca
+        .sign_node_key("dpu-1", &key, Duration::from_secs(1))
+        .unwrap();
+    wait_until_expired(short.info.not_after_unix);
+    let expired = Some((short.cert_pem, key.serialize_pem()));
+    let seen = refused_in_handshake(server.port, &ca_pem, expired, "dpu-1").await;
+    eprintln!("the client with an expired certificate: {seen}");
+    let line = server.wait_log_line(&["tls accept error", "certificate expired"]);
+    eprintln!("the controller: {line}");
+    assert!(
+        line.contains(&format!(
+            "certificate is not valid after {}",
+            short.info.not_after_unix
+        )),
+        "{line}"
+    );
+
+    // Nothing about dpu-1 reached the status (written 100 ms after a change).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = lab.status_json();
+    assert!(st["nodes"].as_object().unwrap().is_empty(), "{st:#}");
+    assert!(
+        !server.log().contains("agent connected"),
+        "{}",
+        server.log()
+    );
+
+    // The same key, issued the same way, not expired: a session.
+    let valid = ca
+        .sign_node_key("dpu-1", &key, Duration::from_secs(600))
+        .unwrap();
+    let id = Some((valid.cert_pem, key.serialize_pem()));
+    let ch = channel(server.port, &ca_pem, id).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    assert!(agent.update().await.snapshot);
+    lab.wait_status("dpu-1 connected", |st| {
+        node(st, "dpu-1")["connected"] == true
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Agent messages over the controller's size limit.
+
+/// Bytes of `v` as a protobuf varint.
+fn varint_len(mut v: u64) -> u64 {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// A length-delimited field with a one-byte tag (every field number here is
+/// below 16) holding `n` bytes.
+fn len_field(n: u64) -> u64 {
+    1 + varint_len(n) + n
+}
+
+/// A proto3 string field: absent when empty.
+fn str_field(s: &str) -> u64 {
+    if s.is_empty() {
+        0
+    } else {
+        len_field(s.len() as u64)
+    }
+}
+
+/// A proto3 varint field: absent when zero.
+fn uint_field(v: u64) -> u64 {
+    if v == 0 {
+        0
+    } else {
+        1 + varint_len(v)
+    }
+}
+
+/// The encoded size of `m`: what the controller's gRPC decoder reads in the
+/// message's length prefix. Covers the two messages these tests send over the limit.
+fn agent_message_len(m: &pb::AgentMessage) -> u64 {
+    let workload = |w: &pb::Workload| {
+        str_field(&w.name)
+            + uint_field(w.kind as u64)
+            + str_field(&w.vpc)
+            + str_field(&w.ip)
+            + str_field(&w.mac)
+            + w.labels
+                .iter()
+                .map(|(k, v)| len_field(str_field(k) + str_field(v)))
+                .sum::<u64>()
+            + str_field(&w.node)
+            + str_field(&w.port)
+            + str_field(&w.ipv6)
+    };
+    let error = |e: &pb::ObjectError| {
+        e.key.as_ref().map_or(0, |k| {
+            len_field(uint_field(k.kind as u64) + str_field(&k.name))
+        }) + str_field(&e.field)
+            + str_field(&e.message)
+    };
+    len_field(match &m.msg {
+        Some(Msg::LocalWorkloads(lw)) => {
+            uint_field(lw.revision)
+                + lw.workloads
+                    .iter()
+                    .map(|w| len_field(workload(w)))
+                    .sum::<u64>()
+        }
+        Some(Msg::Nack(n)) => {
+            uint_field(n.version)
+                + str_field(&n.nonce)
+                + n.errors.iter().map(|e| len_field(error(e))).sum::<u64>()
+        }
+        other => panic!("agent_message_len does not count {other:?}"),
+    })
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the peak resident memory of `pid` (`VmHWM`, our own child) to what it
+/// holds now (`clear_refs` 5, Linux ≥ 4.0) and returns that, in KiB.
+fn reset_peak_rss(pid: u32) -> u64 {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    proc_kib(pid, "VmHWM")
+}
+
+/// Sends `msg` (over the limit) on `agent`'s stream and returns how the
+/// controller ended the session, and its peak memory growth meanwhile in KiB.
+async fn send_oversized(agent: &mut Agent, pid: u32, msg: pb::AgentMessage) -> (Status, u64) {
+    let before = reset_peak_rss(pid);
+    agent.tx.send(msg).await.unwrap();
+    let ended = match agent.next().await {
+        Ok(Some(u)) => panic!("an update after an oversized message: {u:?}"),
+        Ok(None) => panic!("the stream ended without a status"),
+        Err(status) => status,
+    };
+    (ended, proc_kib(pid, "VmHWM") - before)
+}
+
+/// An agent message over the controller's 4 MiB limit (`MAX_DECODING_MESSAGE`) is
+/// refused by its gRPC decoder from the message's length prefix, before the body
+/// is read: the session ends with `OutOfRange` `Error, decoded message length too
+/// large: found N bytes, the limit is: 4194304 bytes` (N exact), which is also the
+/// node's `last_error`, and the controller's peak memory grows by less than 16 MiB.
+/// Two such messages, each in its own session: a report of 50,000 pods (4.7 MB)
+/// and a NACK of the snapshot with 100,000 errors (what the agent sends for
+/// 100,000 refused Services, 6.8 MB). Nothing of either reaches the status or
+/// the intent: no reported workload, no pod name, the version unchanged, no
+/// `last_nack` and no `nack_pending`; so the next session of a node whose NACK
+/// was too big is sent the same snapshot again. The controller stays up and
+/// serves a well-behaved session: snapshot ACKed, a small pod report merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_agent_messages_over_its_size_limit_and_keeps_serving() {
+    let limit = dpu_controller::server::MAX_DECODING_MESSAGE as u64;
+    let lab = Lab::new();
+    let mut server = Server::start(&lab);
+    let pid = server.child.id();
+    let ca = lab.read("ca.pem");
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+
+    let ch = channel(server.port, &ca, id.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    let v1 = snap.version;
+    agent.ack(v1, &snap.nonce).await;
+    lab.wait_status("dpu-1 applied v1", |st| {
+        node(st, "dpu-1")["applied_version"] == v1
+    });
+
+    // A pod report over the limit.
+    let flood = pb::AgentMessage {
+        msg: Some(Msg::LocalWorkloads(pb::LocalWorkloads {
+            revision: 1,
+            workloads: (0..50_000u32)
+                .map(|i| {
+                    let ip = std::net::Ipv4Addr::from(0x0a01_0000 + i).to_string();
+                    pod(&format!("flood-{i}"), "dpu-1", &ip)
+                })
+                .collect(),
+        })),
+    };
+    let size = agent_message_len(&flood);
+    assert!(size > limit, "{size}");
+    let (ended, grown) = send_oversized(&mut agent, pid, flood).await;
+    eprintln!("a {size}-byte pod report: {ended:?}; controller peak RSS +{grown} KiB");
+    let expected = format!(
+        "Error, decoded message length too large: found {size} bytes, the limit is: {limit} bytes"
+    );
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (Code::OutOfRange, expected.as_str())
+    );
+    assert!(
+        grown < 16 * 1024,
+        "the controller's peak RSS grew by {grown} KiB"
+    );
+    let st = lab.wait_status("dpu-1 disconnected", |st| {
+        node(st, "dpu-1")["connected"] == false
+    });
+    assert_eq!(
+        node(&st, "dpu-1")["last_error"],
+        expected.as_str(),
+        "{st:#}"
+    );
+    assert_eq!(node(&st, "dpu-1")["reported_workloads"], 0, "{st:#}");
+    assert_eq!(st["intent_version"], v1, "{st:#}");
+    assert!(!st.to_string().contains("flood-"), "{st:#}");
+    assert!(
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("session ended") && l.contains(&expected)),
+        "{}",
+        server.log()
+    );
+
+    // A NACK over the limit: the snapshot refused with one error per object.
+    let ch = channel(server.port, &ca, id.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    assert_eq!((snap.snapshot, snap.version), (true, v1));
+    let nack = pb::AgentMessage {
+        msg: Some(Msg::Nack(pb::Nack {
+            version: snap.version,
+            nonce: snap.nonce.clone(),
+            errors: (0..100_000)
+                .map(|i| pb::ObjectError {
+                    key: Some(pb::ObjectKey {
+                        kind: pb::Kind::Service as i32,
+                        name: format!("s{i}"),
+                    }),
+                    field: "spec.clusterIPs".into(),
+                    message: "at least one cluster IP is required".into(),
+                })
+                .collect(),
+        })),
+    };
+    let size = agent_message_len(&nack);
+    assert!(size > limit, "{size}");
+    let (ended, grown) = send_oversized(&mut agent, pid, nack).await;
+    eprintln!("a {size}-byte NACK: {ended:?}; controller peak RSS +{grown} KiB");
+    let expected = format!(
+        "Error, decoded message length too large: found {size} bytes, the limit is: {limit} bytes"
+    );
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (Code::OutOfRange, expected.as_str())
+    );
+    assert!(
+        grown < 16 * 1024,
+        "the controller's peak RSS grew by {grown} KiB"
+    );
+    let st = lab.wait_status("dpu-1 disconnected", |st| {
+        node(st, "dpu-1")["connected"] == false
+            && node(st, "dpu-1")["last_error"] == expected.as_str()
+    });
+    let n = node(&st, "dpu-1");
+    assert_eq!(
+        (&n["nack_pending"], &n["last_nack"], &n["applied_version"]),
+        (&false.into(), &serde_json::Value::Null, &v1.into()),
+        "{st:#}"
+    );
+    assert!(!st.to_string().contains("cluster IP"), "{st:#}");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the controller exited"
+    );
+
+    // A well-behaved session: the same snapshot again (no NACK was recorded),
+    // ACKed; a small pod report is merged into the next version.
+    let ch = channel(server.port, &ca, id).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    assert_eq!((snap.snapshot, snap.version), (true, v1));
+    agent.ack(v1, &snap.nonce).await;
+    report(&agent, 2, vec![pod("pod-a", "dpu-1", "10.1.1.30")]).await;
+    let u = agent.update().await;
+    assert_eq!((u.version, u.base_version), (v1 + 1, v1));
+    assert_eq!(keys(&u), ["Workload/pod-a", "YusurService/web"]);
+    agent.ack(u.version, &u.nonce).await;
+    let st = lab.wait_status("the small report applied", |st| {
+        node(st, "dpu-1")["applied_version"] == v1 + 1
+    });
+    let n = node(&st, "dpu-1");
+    assert_eq!(
+        (&n["reported_workloads"], &n["last_error"], &n["connected"]),
+        (&1.into(), &serde_json::Value::Null, &true.into()),
+        "{st:#}"
+    );
 }

@@ -637,6 +637,7 @@ async fn handle_update<B: OpenFlowBackend>(
 ) -> pb::agent_message::Msg {
     use pb::agent_message::Msg;
     let nack = |r: Refusal| {
+        let r = r.capped();
         tracing::warn!(version = update.version, reasons = %r, "update refused");
         Msg::Nack(pb::Nack {
             version: update.version,

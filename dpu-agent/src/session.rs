@@ -48,8 +48,10 @@ pub enum SessionError {
     AgentGone,
 }
 
-/// Incoming messages are bounded; a larger one ends the session.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Incoming messages are bounded; a larger one ends the session. The controller
+/// never sends more than 64 MiB (its encoding limit), and decoding needs a
+/// multiple of the message in memory, so the agent accepts no more than that.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a stream ended without an error.
 #[derive(Debug, PartialEq, Eq)]

@@ -45,6 +45,28 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+/// At most this many errors go into one NACK (and its log line); the rest are
+/// counted in one more. The controller reads at most 4 MiB from an agent, and a
+/// refusal that does not arrive helps nobody.
+pub const MAX_NACK_ERRORS: usize = 1000;
+
+impl Refusal {
+    /// The errors as sent: the first [`MAX_NACK_ERRORS`], then one that counts
+    /// the others.
+    pub fn capped(mut self) -> Refusal {
+        if self.errors.len() > MAX_NACK_ERRORS {
+            let more = self.errors.len() - MAX_NACK_ERRORS;
+            self.errors.truncate(MAX_NACK_ERRORS);
+            self.errors.push(pb::ObjectError {
+                key: None,
+                field: "update".into(),
+                message: format!("and {more} more errors (the first {MAX_NACK_ERRORS} are listed)"),
+            });
+        }
+        self
+    }
+}
+
 /// Largest number of objects one update may carry.
 pub const MAX_OBJECTS_PER_UPDATE: usize = 200_000;
 
@@ -133,6 +155,27 @@ pub fn snapshot_of(intent: &Intent, version: u64) -> pb::Update {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nack_carries_at_most_a_thousand_errors_and_counts_the_rest() {
+        let many = Refusal {
+            errors: (0..5000)
+                .map(|i| pb::ObjectError {
+                    key: None,
+                    field: format!("f{i}"),
+                    message: "bad".into(),
+                })
+                .collect(),
+        }
+        .capped();
+        assert_eq!(many.errors.len(), MAX_NACK_ERRORS + 1);
+        assert_eq!(many.errors[999].field, "f999");
+        assert!(many.errors[1000]
+            .message
+            .starts_with("and 4000 more errors"));
+        let few = Refusal::general("switch", "x").capped();
+        assert_eq!(few.errors.len(), 1);
+    }
 
     fn vpc(name: &str, vni: u32) -> pb::Object {
         pb::Object {
