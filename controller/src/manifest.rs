@@ -231,6 +231,9 @@ pub struct ProbeSpec {
     pub probe_type: ProbeTypeSpec,
     pub port: u32,
     pub http_path: Option<String>,
+    /// The HTTP statuses that mean healthy, inclusive (default 200..=399).
+    pub http_status_min: Option<u32>,
+    pub http_status_max: Option<u32>,
     pub period_seconds: Option<u32>,
     pub timeout_seconds: Option<u32>,
     pub success_threshold: Option<u32>,

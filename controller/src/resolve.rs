@@ -259,6 +259,8 @@ fn plain_object(doc: &Doc) -> pb::Object {
             } as i32,
             port: s.port,
             http_path: s.http_path.clone().unwrap_or_default(),
+            http_status_min: s.http_status_min.unwrap_or_default(),
+            http_status_max: s.http_status_max.unwrap_or_default(),
             period_ms: s
                 .period_seconds
                 .unwrap_or(DEFAULT_PERIOD_SECONDS)

@@ -299,6 +299,8 @@ fn any_doc() -> impl Strategy<Value = AnyDoc> {
                     probe_type,
                     port,
                     http_path: path,
+                    http_status_min: None,
+                    http_status_max: None,
                     period_seconds: period,
                     timeout_seconds: timeout,
                     success_threshold: ok,
@@ -911,6 +913,7 @@ fn build(p: &Plan) -> (Intent, Vec<Value>) {
                 model::ProbeType::Tcp
             },
             port: pp.port,
+            http_statuses: 200..=399,
             http_path: if pp.http {
                 "/healthz".into()
             } else {

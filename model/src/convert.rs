@@ -401,6 +401,19 @@ pub fn probe_from_proto(m: &pb::NetworkProbe) -> Result<NetworkProbe, ObjectErro
             "an HTTP probe needs a path starting with '/'",
         ));
     }
+    let status = |v: u32, default: u16, field: &str| match v {
+        0 => Ok(default),
+        100..=599 => Ok(v as u16),
+        _ => Err(c.err(field, format!("{v} is not an HTTP status (100..=599)"))),
+    };
+    let lo = status(m.http_status_min, 200, "spec.httpStatusMin")?;
+    let hi = status(m.http_status_max, 399, "spec.httpStatusMax")?;
+    if lo > hi {
+        return Err(c.err(
+            "spec.httpStatusMax",
+            format!("{hi} is below spec.httpStatusMin ({lo})"),
+        ));
+    }
     if !(100..=3_600_000).contains(&m.period_ms) {
         return Err(c.err("spec.periodMs", "period must be 100..=3600000 ms"));
     }
@@ -421,6 +434,7 @@ pub fn probe_from_proto(m: &pb::NetworkProbe) -> Result<NetworkProbe, ObjectErro
         probe_type,
         port,
         http_path: m.http_path.clone(),
+        http_statuses: lo..=hi,
         period_ms: m.period_ms,
         timeout_ms: m.timeout_ms,
         success_threshold: m.success_threshold,
@@ -620,6 +634,8 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
             } as i32,
             port: p.port.into(),
             http_path: p.http_path.clone(),
+            http_status_min: u32::from(*p.http_statuses.start()),
+            http_status_max: u32::from(*p.http_statuses.end()),
             period_ms: p.period_ms,
             timeout_ms: p.timeout_ms,
             success_threshold: p.success_threshold,

@@ -238,6 +238,8 @@ pub struct NetworkProbe {
     pub probe_type: ProbeType,
     pub port: u16,
     pub http_path: String,
+    /// HTTP statuses that mean healthy (default 200..=399).
+    pub http_statuses: std::ops::RangeInclusive<u16>,
     pub period_ms: u32,
     pub timeout_ms: u32,
     pub success_threshold: u32,

@@ -87,6 +87,8 @@ fn valid_objects() -> Vec<pb::Object> {
                 timeout_ms: 500,
                 success_threshold: 1,
                 failure_threshold: 3,
+                http_status_min: 200,
+                http_status_max: 299,
             })),
         },
     ]

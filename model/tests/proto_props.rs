@@ -264,23 +264,26 @@ fn probe() -> impl Strategy<Value = NetworkProbe> {
         100..=3_600_000u32,
         any::<u32>(),
         1..=100u32,
-        1..=100u32,
+        (1..=100u32, 100..=599u16, 0..=499u16),
     )
         .prop_map(
-            |(name, service, http, port, path, period_ms, t, success, failure)| NetworkProbe {
-                name,
-                service,
-                probe_type: if http {
-                    ProbeType::Http
-                } else {
-                    ProbeType::Tcp
-                },
-                port,
-                http_path: if http { path } else { String::new() },
-                period_ms,
-                timeout_ms: 1 + t % period_ms,
-                success_threshold: success,
-                failure_threshold: failure,
+            |(name, service, http, port, path, period_ms, t, success, (failure, lo, span))| {
+                NetworkProbe {
+                    name,
+                    service,
+                    probe_type: if http {
+                        ProbeType::Http
+                    } else {
+                        ProbeType::Tcp
+                    },
+                    port,
+                    http_path: if http { path } else { String::new() },
+                    http_statuses: lo..=(lo + span).min(599),
+                    period_ms,
+                    timeout_ms: 1 + t % period_ms,
+                    success_threshold: success,
+                    failure_threshold: failure,
+                }
             },
         )
 }
@@ -474,6 +477,8 @@ fn any_proto_object() -> impl Strategy<Value = pb::Object> {
                 timeout_ms,
                 success_threshold: s,
                 failure_threshold: f,
+                http_status_min: s.wrapping_mul(7),
+                http_status_max: f.wrapping_mul(5),
             })
         },
     );

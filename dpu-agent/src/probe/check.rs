@@ -30,10 +30,12 @@ const ECONNREFUSED: i32 = 111;
 pub enum ProbeKind {
     /// The connect alone decides.
     Tcp,
-    /// `GET path`; a status of 200..=399 is healthy (Kubernetes' rule).
+    /// `GET path`; a status in `statuses` is healthy (by default 200..=399,
+    /// Kubernetes' rule).
     Http {
         /// The request target, starting with `/` (validated by the model).
         path: String,
+        statuses: std::ops::RangeInclusive<u16>,
     },
 }
 
@@ -87,7 +89,7 @@ pub enum CheckError {
     /// The response did not start with `HTTP/x.y NNN` (quoted, cut to 100 chars).
     #[error("malformed HTTP status line {0:?}")]
     Malformed(String),
-    /// The backend answered with a status outside 200..=399.
+    /// The backend answered with a status outside the probe's range.
     #[error("HTTP status {0}")]
     Status(u16),
     /// The HTTP path cannot be sent as is (whitespace or control characters).
@@ -106,7 +108,7 @@ pub async fn check(
 ) -> Result<(), CheckError> {
     let request = match kind {
         ProbeKind::Tcp => None,
-        ProbeKind::Http { path } => Some(http_request(path, target)?),
+        ProbeKind::Http { path, .. } => Some(http_request(path, target)?),
     };
     let deadline = Instant::now() + timeout;
     let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
@@ -131,7 +133,14 @@ pub async fn check(
             waiting_for: "the HTTP status line",
         }),
         Ok(Err(e)) => Err(e),
-        Ok(Ok(status)) if (200..=399).contains(&status) => Ok(()),
+        Ok(Ok(status))
+            if match kind {
+                ProbeKind::Http { statuses, .. } => statuses.contains(&status),
+                ProbeKind::Tcp => true,
+            } =>
+        {
+            Ok(())
+        }
         Ok(Ok(status)) => Err(CheckError::Status(status)),
     }
 }
@@ -287,6 +296,7 @@ mod tests {
     fn http(path: &str) -> ProbeKind {
         ProbeKind::Http {
             path: path.to_string(),
+            statuses: 200..=399,
         }
     }
 
@@ -410,6 +420,19 @@ mod tests {
         let e = check(&http("/"), None, None, addr, T).await.unwrap_err();
         assert_eq!(e, CheckError::Status(503));
         assert_eq!(e.to_string(), "HTTP status 503");
+    }
+
+    #[tokio::test]
+    async fn the_status_range_is_the_probes() {
+        let only_204 = ProbeKind::Http {
+            path: "/".into(),
+            statuses: 204..=204,
+        };
+        let (addr, _server) = serve(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        check(&only_204, None, None, addr, T).await.unwrap();
+        let (addr, _server) = serve(b"HTTP/1.1 200 OK\r\n\r\n").await;
+        let e = check(&only_204, None, None, addr, T).await.unwrap_err();
+        assert_eq!(e, CheckError::Status(200));
     }
 
     #[tokio::test]

@@ -64,6 +64,7 @@ impl ProbeSpec {
                 ProbeType::Tcp => ProbeKind::Tcp,
                 ProbeType::Http => ProbeKind::Http {
                     path: p.http_path.clone(),
+                    statuses: p.http_statuses.clone(),
                 },
             },
             port: p.port,
@@ -547,6 +548,7 @@ mod tests {
             probe_type: ProbeType::Http,
             port: 8080,
             http_path: "/healthz".into(),
+            http_statuses: 200..=299,
             period_ms: 2000,
             timeout_ms: 500,
             success_threshold: 2,
@@ -556,7 +558,8 @@ mod tests {
             ProbeSpec::from_model(&p),
             ProbeSpec {
                 kind: ProbeKind::Http {
-                    path: "/healthz".into()
+                    path: "/healthz".into(),
+                    statuses: 200..=299,
                 },
                 port: 8080,
                 period: Duration::from_secs(2),
