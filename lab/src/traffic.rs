@@ -292,6 +292,49 @@ impl Hold {
     }
 }
 
+/// A `lab-client` load running in the background: `count` new TCP connections to
+/// `target`, one every `interval`, each bounded by `timeout`. Join it for the
+/// result.
+pub fn spawn_tcp_load(
+    ns: &Netns,
+    target: &str,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<std::thread::JoinHandle<Result<TrafficResult>>> {
+    let ns = ns.name().to_string();
+    let bin = lab_bin("lab-client")?;
+    let target = target.to_string();
+    Ok(std::thread::spawn(move || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(bin)
+            .args(["--target", &target, "--proto", "tcp"])
+            .args(["--count", &count.to_string()])
+            .args(["--interval-ms", &interval.as_millis().to_string()])
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .arg("--json")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        last_result(&stdout).with_context(|| format!("no result from lab-client: {stdout}"))
+    }))
+}
+
+/// `ovs-ofctl dump-flows` lines without their cookie (an agent restart starts a
+/// new cookie round), sorted: what to compare across restarts.
+pub fn flows_without_cookies(flows: Vec<String>) -> Vec<String> {
+    let mut v: Vec<String> = flows
+        .into_iter()
+        .map(|f| {
+            f.trim()
+                .split_once(", ")
+                .map_or(f.clone(), |(_, r)| r.to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,24 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{backends_lab, web_service, VIP};
 use dpu_lab::traffic;
-
-/// Flows without their cookie (an agent restart starts a new round), sorted.
-fn strip(flows: Vec<String>) -> Vec<String> {
-    let mut v: Vec<String> = flows
-        .into_iter()
-        .map(|f| {
-            f.trim()
-                .split_once(", ")
-                .map_or(f.clone(), |(_, r)| r.to_string())
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// The `update applied` lines of the agent's log after byte `from`, without the
 /// terminal colour codes tracing puts around field names.
@@ -68,7 +54,7 @@ fn with_the_controller_down_forwarding_goes_on_a_restarted_agent_restores_and_re
     lab.start_agent()?;
     lab.wait_converged()?;
     let version = lab.intent_version()?;
-    let flows_before = strip(lab.flows()?);
+    let flows_before = traffic::flows_without_cookies(lab.flows()?);
     // dump-groups lists groups in the order they were made: compare as sets.
     let sorted = |mut g: Vec<String>| {
         g.sort();
@@ -78,26 +64,13 @@ fn with_the_controller_down_forwarding_goes_on_a_restarted_agent_restores_and_re
 
     // Load for the whole fault: 300 new connections, one every 50 ms (about
     // 15 s), each bounded by 2 s.
-    let client_ns = lab.host("client")?.ns.name().to_string();
-    let client_bin = traffic::lab_bin("lab-client")?;
-    let load = std::thread::spawn(move || -> Result<traffic::TrafficResult> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &client_ns])
-            .arg(client_bin)
-            .args(["--target", &format!("{VIP}:80"), "--proto", "tcp"])
-            .args([
-                "--count",
-                "300",
-                "--interval-ms",
-                "50",
-                "--timeout-ms",
-                "2000",
-            ])
-            .arg("--json")
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        traffic::last_result(&stdout).ok_or_else(|| anyhow!("no result from lab-client: {stdout}"))
-    });
+    let load = traffic::spawn_tcp_load(
+        &lab.host("client")?.ns,
+        &format!("{VIP}:80"),
+        300,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )?;
     std::thread::sleep(Duration::from_secs(1));
 
     // The controller dies.
@@ -118,7 +91,11 @@ fn with_the_controller_down_forwarding_goes_on_a_restarted_agent_restores_and_re
             new.contains("restored the last applied intent") && new.contains("reconciled")
         },
     )?;
-    assert_eq!(strip(lab.flows()?), flows_before, "flows after the restore");
+    assert_eq!(
+        traffic::flows_without_cookies(lab.flows()?),
+        flows_before,
+        "flows after the restore"
+    );
     assert_eq!(
         sorted(lab.groups()?),
         groups_before,
@@ -170,7 +147,7 @@ fn with_the_controller_down_forwarding_goes_on_a_restarted_agent_restores_and_re
         &log[reconnect_mark..]
     );
     assert_eq!(
-        strip(lab.flows()?),
+        traffic::flows_without_cookies(lab.flows()?),
         flows_before,
         "flows after the reconnect"
     );

@@ -317,19 +317,7 @@ fn agent_refuses_a_controller_whose_certificate_fails_verification() -> Result<(
 fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<()> {
     let mut lab = lab_with_backends("rst", 2, &web_service(""))?;
     // Every flow of ours carries a cookie; compare without it (the round changes).
-    let strip = |flows: Vec<String>| -> Vec<String> {
-        let mut v: Vec<String> = flows
-            .into_iter()
-            .map(|f| {
-                f.trim()
-                    .split_once(", ")
-                    .map_or(f.clone(), |(_, r)| r.to_string())
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let before = strip(lab.flows()?);
+    let before = traffic::flows_without_cookies(lab.flows()?);
     let out = lab.path("hold.json");
     let hold = traffic::start_hold(
         &lab.host("client")?.ns,
@@ -338,27 +326,14 @@ fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<
         Duration::from_millis(100),
         &out,
     )?;
-    let client_ns = lab.host("client")?.ns.name().to_string();
-    let client_bin = traffic::lab_bin("lab-client")?;
     // 150 new connections, one every 30 ms (about 5 s), each bounded by 2 s.
-    let looper = std::thread::spawn(move || -> Result<traffic::TrafficResult> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &client_ns])
-            .arg(client_bin)
-            .args([
-                "--target",
-                &format!("{VIP}:80"),
-                "--proto",
-                "tcp",
-                "--count",
-                "150",
-            ])
-            .args(["--interval-ms", "30", "--timeout-ms", "2000", "--json"])
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        traffic::last_result(&stdout)
-            .ok_or_else(|| anyhow::anyhow!("no result from lab-client: {stdout}"))
-    });
+    let looper = traffic::spawn_tcp_load(
+        &lab.host("client")?.ns,
+        &format!("{VIP}:80"),
+        150,
+        Duration::from_millis(30),
+        Duration::from_secs(2),
+    )?;
     std::thread::sleep(Duration::from_millis(800));
     lab.agent.as_mut().expect("agent").kill9()?;
     std::thread::sleep(Duration::from_millis(500));
@@ -382,7 +357,7 @@ fn agent_restart_under_traffic_loses_no_request_and_flushes_nothing() -> Result<
     assert_eq!(held.failed, 0, "held connection broke: {held:?}");
     lab.wait_converged()?;
     assert_eq!(
-        strip(lab.flows()?),
+        traffic::flows_without_cookies(lab.flows()?),
         before,
         "flows differ after restart (beyond cookies)"
     );

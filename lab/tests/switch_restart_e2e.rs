@@ -4,25 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{backends_lab, web_service, VIP};
 use dpu_lab::traffic;
-
-/// Flows without their cookie (the agent's round does not change here, but the
-/// comparison is about the match and actions), sorted.
-fn strip(flows: Vec<String>) -> Vec<String> {
-    let mut v: Vec<String> = flows
-        .into_iter()
-        .map(|f| {
-            f.trim()
-                .split_once(", ")
-                .map_or(f.clone(), |(_, r)| r.to_string())
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 #[test]
 fn an_ovs_vswitchd_restart_is_detected_everything_is_reinstalled_and_flow_restore_wait_cleared(
@@ -31,7 +16,7 @@ fn an_ovs_vswitchd_restart_is_detected_everything_is_reinstalled_and_flow_restor
     lab.start_controller()?;
     lab.start_agent()?;
     lab.wait_converged()?;
-    let flows_before = strip(lab.flows()?);
+    let flows_before = traffic::flows_without_cookies(lab.flows()?);
     // dump-groups lists groups in the order they were made: compare as sets.
     let sorted = |mut g: Vec<String>| {
         g.sort();
@@ -42,26 +27,13 @@ fn an_ovs_vswitchd_restart_is_detected_everything_is_reinstalled_and_flow_restor
 
     // Background load through the VIP for the whole fault: 240 new connections,
     // one every 50 ms (about 12 s), each bounded by 1 s.
-    let client_ns = lab.host("client")?.ns.name().to_string();
-    let client_bin = traffic::lab_bin("lab-client")?;
-    let load = std::thread::spawn(move || -> Result<traffic::TrafficResult> {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &client_ns])
-            .arg(client_bin)
-            .args(["--target", &format!("{VIP}:80"), "--proto", "tcp"])
-            .args([
-                "--count",
-                "240",
-                "--interval-ms",
-                "50",
-                "--timeout-ms",
-                "1000",
-            ])
-            .arg("--json")
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        traffic::last_result(&stdout).ok_or_else(|| anyhow!("no result from lab-client: {stdout}"))
-    });
+    let load = traffic::spawn_tcp_load(
+        &lab.host("client")?.ns,
+        &format!("{VIP}:80"),
+        240,
+        Duration::from_millis(50),
+        Duration::from_secs(1),
+    )?;
     std::thread::sleep(Duration::from_secs(2));
 
     // The fault: ovs-vswitchd stops (by its pid) and comes back 1 s later.
@@ -114,7 +86,11 @@ fn an_ovs_vswitchd_restart_is_detected_everything_is_reinstalled_and_flow_restor
 
     // Independently of the agent: the switch holds exactly what it held before,
     // and no new intent version was needed for it.
-    assert_eq!(strip(lab.flows()?), flows_before, "flows after the restart");
+    assert_eq!(
+        traffic::flows_without_cookies(lab.flows()?),
+        flows_before,
+        "flows after the restart"
+    );
     assert_eq!(
         sorted(lab.groups()?),
         groups_before,
