@@ -169,8 +169,16 @@ pub async fn run(
             restart.finish(&ovsdb).await;
         }
         if applied.have_intent {
-            let intent = with_pods(&applied.intent, &pods.pool, &cfg.node_name);
-            probes.update(&intent, &applied.alloc, &cfg, &ovsdb).await;
+            let key = (applied.version, pods.revision());
+            probes
+                .update(
+                    key,
+                    || with_pods(&applied.intent, &pods.pool, &cfg.node_name),
+                    &applied.alloc,
+                    &cfg,
+                    &ovsdb,
+                )
+                .await;
             // A backend no longer probed here has no health of ours.
             let before = probes.local_unhealthy.len();
             let targets = probes.plan.targets.clone();
@@ -317,6 +325,8 @@ struct Probes {
     local_unhealthy: BTreeSet<(String, IpAddr)>,
     /// What the controller says is unhealthy, over all nodes.
     remote_unhealthy: BTreeSet<(String, IpAddr)>,
+    /// The (applied version, pods revision) the plan was computed for.
+    planned_for: Option<(u64, u64)>,
 }
 
 impl Probes {
@@ -334,6 +344,7 @@ impl Probes {
             ports: BTreeMap::new(),
             local_unhealthy: BTreeSet::new(),
             remote_unhealthy: BTreeSet::new(),
+            planned_for: None,
         }
     }
 
@@ -384,16 +395,32 @@ impl Probes {
         }
     }
 
-    /// Recomputes what to probe; adds and removes probe ports to match.
-    async fn update(
+    /// Recomputes what to probe when the intent or the pods changed (`key`: the
+    /// applied version and the pods' revision); adds and removes probe ports to
+    /// match, retrying what failed.
+    async fn update<'a>(
         &mut self,
-        intent: &Intent,
+        key: (u64, u64),
+        intent: impl FnOnce() -> std::borrow::Cow<'a, Intent>,
         alloc: &Allocations,
         cfg: &Config,
         ovsdb: &OvsdbSession,
     ) {
         let Some(service) = &self.service else { return };
-        let plan = crate::probe::plan(intent, alloc, &cfg.node_name);
+        let plan = if self.planned_for == Some(key) {
+            let settled = self
+                .plan
+                .links
+                .iter()
+                .all(|(v, z)| self.ports.get(z) == Some(v))
+                && self.ports.len() == self.plan.links.len();
+            if settled {
+                return;
+            }
+            self.plan.clone()
+        } else {
+            crate::probe::plan(&intent(), alloc, &cfg.node_name)
+        };
         let want: BTreeMap<u16, String> = plan.links.iter().map(|(v, z)| (*z, v.clone())).collect();
         if want != self.ports {
             let Some(client) = ovsdb.client() else { return };
@@ -447,6 +474,7 @@ impl Probes {
             service.set_plan(plan.clone());
             self.plan = plan;
         }
+        self.planned_for = Some(key);
     }
 }
 

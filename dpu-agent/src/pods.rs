@@ -86,6 +86,11 @@ impl Pods {
         }
     }
 
+    /// Counts changes to the attached pods.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
     /// The pods as the controller hears about them.
     pub fn report(&self, node: &str) -> pb::LocalWorkloads {
         pb::LocalWorkloads {
