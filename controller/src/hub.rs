@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dpu_model::error_from_proto;
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::agent_control_server::AgentControl;
 use dpu_proto::v1::agent_message::Msg;
@@ -545,11 +544,7 @@ fn on_message(
                 {
                     reply = Reply::SwitchRefused;
                 }
-                let errors: Vec<String> = nack
-                    .errors
-                    .iter()
-                    .map(|e| error_from_proto(e).to_string())
-                    .collect();
+                let errors: Vec<String> = nack.errors.iter().map(dpu_model::error_text).collect();
                 tracing::warn!(
                     node,
                     version = nack.version,

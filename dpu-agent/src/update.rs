@@ -33,14 +33,7 @@ impl Refusal {
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self
-            .errors
-            .iter()
-            .map(|e| match &e.key {
-                Some(_) => model::error_from_proto(e).to_string(),
-                None => format!("{}: {}", e.field, e.message),
-            })
-            .collect();
+        let parts: Vec<String> = self.errors.iter().map(model::error_text).collect();
         f.write_str(&parts.join("; "))
     }
 }

@@ -538,6 +538,22 @@ pub fn error_from_proto(e: &pb::ObjectError) -> ObjectError {
     ObjectError::new(key, &e.field, &e.message)
 }
 
+/// An error as an operator reads it: `Kind/name: field: message`, or, for an
+/// error about no object in particular (the whole update, the switch),
+/// `field: message`.
+pub fn error_text(e: &pb::ObjectError) -> String {
+    match e
+        .key
+        .as_ref()
+        .and_then(|k| kind_from_proto(k.kind).map(|kind| (kind, k)))
+    {
+        Some((kind, k)) => {
+            ObjectError::new(ObjectKey::new(kind, &k.name), &e.field, &e.message).to_string()
+        }
+        None => format!("{}: {}", e.field, e.message),
+    }
+}
+
 /// Domain → wire, used by the controller.
 pub fn object_to_proto(o: &Object) -> pb::Object {
     use pb::object::Object as O;
@@ -650,5 +666,26 @@ pub fn object_to_proto(o: &Object) -> pb::Object {
     };
     pb::Object {
         object: Some(inner),
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::*;
+
+    #[test]
+    fn keyless_errors_name_no_object() {
+        let e = pb::ObjectError {
+            key: None,
+            field: "switch".into(),
+            message: "the switch rejected the bundle".into(),
+        };
+        assert_eq!(error_text(&e), "switch: the switch rejected the bundle");
+        let keyed = pb::ObjectError {
+            key: Some(key_to_proto(&ObjectKey::new(Kind::Service, "web"))),
+            field: "spec.ports".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(error_text(&keyed), "YusurService/web: spec.ports: bad");
     }
 }
