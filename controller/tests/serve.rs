@@ -678,6 +678,34 @@ fn reset_peak_rss(pid: u32) -> u64 {
     proc_kib(pid, "VmHWM")
 }
 
+/// Sends `msg` (over `limit`) and checks the session ends with the decoder's
+/// `OutOfRange` naming its size and the limit, the controller's peak RSS
+/// growing by less than 16 MiB. Returns that error text.
+async fn refused_as_oversized(
+    agent: &mut Agent,
+    pid: u32,
+    msg: pb::AgentMessage,
+    limit: u64,
+    what: &str,
+) -> String {
+    let size = agent_message_len(&msg);
+    assert!(size > limit, "{size}");
+    let (ended, grown) = send_oversized(agent, pid, msg).await;
+    eprintln!("a {size}-byte {what}: {ended:?}; controller peak RSS +{grown} KiB");
+    let expected = format!(
+        "Error, decoded message length too large: found {size} bytes, the limit is: {limit} bytes"
+    );
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (Code::OutOfRange, expected.as_str())
+    );
+    assert!(
+        grown < 16 * 1024,
+        "the controller's peak RSS grew by {grown} KiB"
+    );
+    expected
+}
+
 /// Sends `msg` (over the limit) on `agent`'s stream and returns how the
 /// controller ended the session, and its peak memory growth meanwhile in KiB.
 async fn send_oversized(agent: &mut Agent, pid: u32, msg: pb::AgentMessage) -> (Status, u64) {
@@ -733,21 +761,7 @@ async fn refuses_agent_messages_over_its_size_limit_and_keeps_serving() {
                 .collect(),
         })),
     };
-    let size = agent_message_len(&flood);
-    assert!(size > limit, "{size}");
-    let (ended, grown) = send_oversized(&mut agent, pid, flood).await;
-    eprintln!("a {size}-byte pod report: {ended:?}; controller peak RSS +{grown} KiB");
-    let expected = format!(
-        "Error, decoded message length too large: found {size} bytes, the limit is: {limit} bytes"
-    );
-    assert_eq!(
-        (ended.code(), ended.message()),
-        (Code::OutOfRange, expected.as_str())
-    );
-    assert!(
-        grown < 16 * 1024,
-        "the controller's peak RSS grew by {grown} KiB"
-    );
+    let expected = refused_as_oversized(&mut agent, pid, flood, limit, "pod report").await;
     let st = lab.wait_status("dpu-1 disconnected", |st| {
         node(st, "dpu-1")["connected"] == false
     });
@@ -789,21 +803,7 @@ async fn refuses_agent_messages_over_its_size_limit_and_keeps_serving() {
                 .collect(),
         })),
     };
-    let size = agent_message_len(&nack);
-    assert!(size > limit, "{size}");
-    let (ended, grown) = send_oversized(&mut agent, pid, nack).await;
-    eprintln!("a {size}-byte NACK: {ended:?}; controller peak RSS +{grown} KiB");
-    let expected = format!(
-        "Error, decoded message length too large: found {size} bytes, the limit is: {limit} bytes"
-    );
-    assert_eq!(
-        (ended.code(), ended.message()),
-        (Code::OutOfRange, expected.as_str())
-    );
-    assert!(
-        grown < 16 * 1024,
-        "the controller's peak RSS grew by {grown} KiB"
-    );
+    let expected = refused_as_oversized(&mut agent, pid, nack, limit, "NACK").await;
     let st = lab.wait_status("dpu-1 disconnected", |st| {
         node(st, "dpu-1")["connected"] == false
             && node(st, "dpu-1")["last_error"] == expected.as_str()
