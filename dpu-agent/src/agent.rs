@@ -7,23 +7,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use dpu_model::Intent;
+use dpu_model::{Intent, Kind, ObjectKey};
 use dpu_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 
 use crate::alloc::Allocations;
+use crate::applied::{Applied, Facts};
 use crate::attach::{self, pool::Pool, AttachCmd};
-use crate::compile::{compile, NodeFacts};
+use crate::compile::NodeFacts;
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
 use crate::openflow::liveness::{self, SwitchLink};
-use crate::openflow::{OfctlBackend, OpenFlowBackend};
+use crate::openflow::{Backend, OpenFlowBackend};
 use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState, TUNNEL_IFACE_ID};
 use crate::pods::Pods;
 use crate::reconcile::Reconciler;
 use crate::session::{self, SessionEvent};
-use crate::store::{Persisted, Store, StoreError};
-use crate::update::{next_intent, snapshot_of, Refusal};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -36,15 +36,9 @@ pub enum AgentError {
     /// The persisted intent no longer passes validation.
     #[error("persisted intent is invalid: {0}")]
     PersistedInvalid(String),
-}
-
-/// The applied state, changed only after a bundle landed.
-struct Applied {
-    intent: Intent,
-    version: u64,
-    alloc: Allocations,
-    /// Whether any intent has been applied by this incarnation or restored.
-    have_intent: bool,
+    /// The configured OpenFlow backend cannot be used.
+    #[error("ovs.openflow_backend: {0}")]
+    OpenFlow(String),
 }
 
 /// Runs the agent. `systemd` gets `READY=1` once the bridge and the reconciler are
@@ -64,6 +58,10 @@ pub async fn run(
     }
     let store = Store::open(&cfg.state_dir)?;
     let persisted = store.load()?;
+    let journal = match persisted {
+        Some(_) => store.load_journal()?,
+        None => Vec::new(),
+    };
 
     let ovsdb = OvsdbSession::spawn(
         cfg.ovs.db_socket.clone(),
@@ -75,30 +73,30 @@ pub async fn run(
     );
     let mut ovs_rx = ovsdb.state();
     let facts = wait_bridge(&cfg, &mut ovs_rx, &mut shutdown).await;
-    let Some(mut facts) = facts else {
+    let Some(facts) = facts else {
         return Ok(());
     };
+    // Every change of the facts goes through `Facts::edit`, which counts it: the
+    // compiler compares facts only when they may have changed.
+    let mut facts = Facts::new(facts);
     let mut tunnel = TunnelPort::new(&cfg.ovs.bridge);
     tunnel.ensure(&ovsdb, &facts).await;
 
-    let backend = OfctlBackend::new(cfg.ofctl_target(), cfg.ovs.ofctl_path.clone());
+    let backend = Backend::new(
+        &cfg.ovs.openflow_backend,
+        cfg.ofctl_target(),
+        &cfg.ovs.ofctl_path,
+    )
+    .map_err(|e| AgentError::OpenFlow(e.to_string()))?;
+    tracing::info!(backend = backend.name(), target = %cfg.ofctl_target(), "OpenFlow backend");
     let Some(mut reconciler) = start_reconciler(backend, &mut shutdown).await else {
         return Ok(());
     };
 
-    let mut applied = Applied {
-        intent: Intent::default(),
-        version: 0,
-        alloc: Allocations::default(),
-        have_intent: false,
-    };
+    let mut applied = Applied::default();
     if let Some(p) = persisted {
-        let intent = next_intent(&Intent::default(), 0, &p.snapshot, &cfg.node_name)
+        applied = Applied::restore(p, journal, &cfg.node_name)
             .map_err(|r| AgentError::PersistedInvalid(r.to_string()))?;
-        applied.intent = intent;
-        applied.version = p.snapshot.version;
-        applied.alloc = p.alloc;
-        applied.have_intent = true;
         tracing::info!(
             version = applied.version,
             "restored the last applied intent"
@@ -111,6 +109,7 @@ pub async fn run(
     let (applied_tx, applied_rx) = watch::channel(applied.version);
     let (local_tx, local_rx) = watch::channel(pods.report(&cfg.node_name));
     let (attach_tx, mut attach_rx) = mpsc::channel::<AttachCmd>(16);
+    let mut attach_open = true;
     let shim = {
         let cfg = cfg.clone();
         let shutdown = shutdown.clone();
@@ -170,7 +169,7 @@ pub async fn run(
         }
         if applied.have_intent {
             let key = (applied.version, pods.revision());
-            probes
+            let replanned = probes
                 .update(
                     key,
                     || with_pods(&applied.intent, &pods.pool, &cfg.node_name),
@@ -179,17 +178,17 @@ pub async fn run(
                     &ovsdb,
                 )
                 .await;
-            // A backend no longer probed here has no health of ours.
-            let before = probes.local_unhealthy.len();
-            let targets = probes.plan.targets.clone();
-            probes
-                .local_unhealthy
-                .retain(|(vpc, ip)| targets.iter().any(|t| &t.vpc == vpc && t.ip == *ip));
-            if probes.local_unhealthy.len() != before {
-                let _ = health_tx.send(probes.report());
-            }
-            if probes.merge_into(&mut facts) {
-                dirty = true;
+            if replanned {
+                // A backend no longer probed here has no health of ours.
+                let before = probes.local_unhealthy.len();
+                let targets = &probes.targets;
+                probes.local_unhealthy.retain(|k| targets.contains(k));
+                if probes.local_unhealthy.len() != before {
+                    let _ = health_tx.send(probes.report());
+                }
+                if probes.merge_into(facts.edit()) {
+                    dirty = true;
+                }
             }
         }
         pods.expire();
@@ -215,7 +214,7 @@ pub async fn run(
                         .iter()
                         .filter_map(|b| Some((b.vpc.clone(), b.ip.parse().ok()?)))
                         .collect();
-                    if probes.merge_into(&mut facts) {
+                    if probes.merge_into(facts.edit()) {
                         tracing::info!(unhealthy = facts.unhealthy.len(), "backend health from the controller");
                         dirty = applied.have_intent;
                     }
@@ -225,12 +224,21 @@ pub async fn run(
                     controller_up = up;
                 }
                 Some(SessionEvent::Update(update, reply)) => {
-                    let msg = handle_update(&cfg, &store, &mut reconciler, &mut applied, &pods.pool, &facts, &update).await;
-                    if matches!(msg, pb::agent_message::Msg::Ack(_)) {
+                    let before = (applied.version, pods.revision());
+                    let pod_workloads = pods.pool.workloads(&cfg.node_name);
+                    let handled = applied
+                        .handle_update(&cfg.node_name, &store, &mut reconciler, &pod_workloads, &facts, &update)
+                        .await;
+                    if let Some(changed) = &handled.changed {
                         let _ = applied_tx.send(applied.version);
-                        publish_status(&reconciler, &applied, &facts, &status_tx);
+                        publish_status(&reconciler, &mut applied, &facts, &status_tx);
+                        probes.carry_plan(before, (applied.version, pods.revision()), changed);
                     }
-                    let _ = reply.send(msg);
+                    let _ = reply.send(handled.msg);
+                    // Off the update's path: the Ack is out.
+                    if applied.compaction_due() {
+                        applied.compact(&store);
+                    }
                 }
             },
             changed = ovs_rx.changed() => {
@@ -256,13 +264,18 @@ pub async fn run(
                 }
                 let ports = ports_of(&state);
                 if ports != facts.ports {
-                    facts.ports = ports;
+                    facts.edit().ports = ports;
                     dirty = applied.have_intent;
                 }
                 tunnel.ensure(&ovsdb, &facts).await;
             }
-            cmd = attach_rx.recv() => {
-                let Some(cmd) = cmd else { continue };
+            // Without `[shim]` the attachment service returns at once and the
+            // channel closes; a closed channel is ready forever, so stop polling it.
+            cmd = attach_rx.recv(), if attach_open => {
+                let Some(cmd) = cmd else {
+                    attach_open = false;
+                    continue;
+                };
                 if pods.handle(cmd, &cfg, &store, &ovsdb, applied.have_intent.then_some(&applied.intent)).await {
                     let _ = local_tx.send(pods.report(&cfg.node_name));
                     dirty = true;
@@ -278,7 +291,7 @@ pub async fn run(
                 tracing::info!(vpc = %t.vpc, ip = %t.ip, healthy = t.healthy, detail = %t.detail,
                     "backend health changed");
                 let _ = health_tx.send(probes.report());
-                if probes.merge_into(&mut facts) {
+                if probes.merge_into(facts.edit()) {
                     dirty = applied.have_intent;
                 }
             }
@@ -327,6 +340,10 @@ struct Probes {
     remote_unhealthy: BTreeSet<(String, IpAddr)>,
     /// The (applied version, pods revision) the plan was computed for.
     planned_for: Option<(u64, u64)>,
+    /// The plan's targets, by (VPC, address).
+    targets: BTreeSet<(String, IpAddr)>,
+    /// The Services some NetworkProbe names, when the plan was computed.
+    probed: BTreeSet<String>,
 }
 
 impl Probes {
@@ -345,6 +362,8 @@ impl Probes {
             local_unhealthy: BTreeSet::new(),
             remote_unhealthy: BTreeSet::new(),
             planned_for: None,
+            targets: BTreeSet::new(),
+            probed: BTreeSet::new(),
         }
     }
 
@@ -366,12 +385,7 @@ impl Probes {
     /// backends this node does not probe itself (its own verdicts are newer).
     /// True if it changed.
     fn merge_into(&self, facts: &mut NodeFacts) -> bool {
-        let probed_here = |k: &(String, IpAddr)| {
-            self.plan
-                .targets
-                .iter()
-                .any(|t| t.vpc == k.0 && t.ip == k.1)
-        };
+        let probed_here = |k: &(String, IpAddr)| self.targets.contains(k);
         let merged: BTreeSet<(String, IpAddr)> = self
             .local_unhealthy
             .iter()
@@ -395,9 +409,27 @@ impl Probes {
         }
     }
 
+    /// After an update took the applied state from `before` to `after`
+    /// ((version, pods revision)): if the plan was current and nothing it reads
+    /// changed (probes, the Services they name, workloads, VPCs), it stays
+    /// current without being recomputed.
+    fn carry_plan(&mut self, before: (u64, u64), after: (u64, u64), changed: &BTreeSet<ObjectKey>) {
+        if self.planned_for != Some(before) {
+            return;
+        }
+        let reads = |k: &ObjectKey| match k.kind {
+            Kind::Service => self.probed.contains(&k.name),
+            Kind::NetworkProbe | Kind::Workload | Kind::Vpc => true,
+            Kind::Subnet | Kind::Node => false,
+        };
+        if !changed.iter().any(reads) {
+            self.planned_for = Some(after);
+        }
+    }
+
     /// Recomputes what to probe when the intent or the pods changed (`key`: the
     /// applied version and the pods' revision); adds and removes probe ports to
-    /// match, retrying what failed.
+    /// match, retrying what failed. True if the plan changed.
     async fn update<'a>(
         &mut self,
         key: (u64, u64),
@@ -405,8 +437,10 @@ impl Probes {
         alloc: &Allocations,
         cfg: &Config,
         ovsdb: &OvsdbSession,
-    ) {
-        let Some(service) = &self.service else { return };
+    ) -> bool {
+        let Some(service) = &self.service else {
+            return false;
+        };
         let plan = if self.planned_for == Some(key) {
             let settled = self
                 .plan
@@ -415,15 +449,19 @@ impl Probes {
                 .all(|(v, z)| self.ports.get(z) == Some(v))
                 && self.ports.len() == self.plan.links.len();
             if settled {
-                return;
+                return false;
             }
             self.plan.clone()
         } else {
-            crate::probe::plan(&intent(), alloc, &cfg.node_name)
+            let intent = intent();
+            self.probed = intent.probes.values().map(|p| p.service.clone()).collect();
+            crate::probe::plan(&intent, alloc, &cfg.node_name)
         };
         let want: BTreeMap<u16, String> = plan.links.iter().map(|(v, z)| (*z, v.clone())).collect();
         if want != self.ports {
-            let Some(client) = ovsdb.client() else { return };
+            let Some(client) = ovsdb.client() else {
+                return false;
+            };
             for (zone, vpc) in &want {
                 if self.ports.get(zone) == Some(vpc) {
                     continue;
@@ -460,7 +498,9 @@ impl Probes {
                 }
             }
         }
-        if plan != self.plan {
+        let changed = plan != self.plan;
+        if changed {
+            self.targets = plan.targets.iter().map(|t| (t.vpc.clone(), t.ip)).collect();
             let targets: Vec<String> = plan
                 .targets
                 .iter()
@@ -475,6 +515,7 @@ impl Probes {
             self.plan = plan;
         }
         self.planned_for = Some(key);
+        changed
     }
 }
 
@@ -632,16 +673,13 @@ async fn resync<B: OpenFlowBackend>(
     reconciler: &mut Reconciler<B>,
     applied: &mut Applied,
     pool: &Pool,
-    facts: &NodeFacts,
+    facts: &Facts,
     status: &watch::Sender<pb::Status>,
 ) -> bool {
-    let compiled = compile(
-        &with_pods(&applied.intent, pool, &facts.node),
-        &applied.alloc,
-        facts,
-    );
-    match reconciler.apply(&compiled.desired).await {
+    let pods = pool.workloads(&facts.node);
+    match applied.resync(reconciler, &pods, facts).await {
         Ok(stats) => {
+            let compiled = applied.compiler.compiled();
             tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports,
                 unreachable = ?compiled.unreachable, "reconciled");
             publish_status(reconciler, applied, facts, status);
@@ -654,86 +692,18 @@ async fn resync<B: OpenFlowBackend>(
     }
 }
 
-async fn handle_update<B: OpenFlowBackend>(
-    cfg: &Config,
-    store: &Store,
-    reconciler: &mut Reconciler<B>,
-    applied: &mut Applied,
-    pool: &Pool,
-    facts: &NodeFacts,
-    update: &pb::Update,
-) -> pb::agent_message::Msg {
-    use pb::agent_message::Msg;
-    let nack = |r: Refusal| {
-        let r = r.capped();
-        tracing::warn!(version = update.version, reasons = %r, "update refused");
-        Msg::Nack(pb::Nack {
-            version: update.version,
-            nonce: update.nonce.clone(),
-            errors: r.errors,
-        })
-    };
-    let next = match next_intent(&applied.intent, applied.version, update, &cfg.node_name) {
-        Ok(n) => n,
-        Err(r) => return nack(r),
-    };
-    let alloc = match applied.alloc.update(&next) {
-        Ok(a) => a,
-        Err(e) => return nack(Refusal::general("update", e.to_string())),
-    };
-    let compiled = compile(&with_pods(&next, pool, &facts.node), &alloc, facts);
-    let stats = match reconciler.apply(&compiled.desired).await {
-        Ok(s) => s,
-        Err(e) => return nack(Refusal::general("switch", e.to_string())),
-    };
-    let persisted = Persisted {
-        snapshot: snapshot_of(&next, update.version),
-        alloc: alloc.clone(),
-    };
-    if let Err(e) = store.save(&persisted) {
-        // The switch has it; losing the file only costs a resync after a reboot.
-        tracing::error!(error = %e, "could not persist the applied intent");
-    }
-    applied.intent = next;
-    applied.alloc = alloc;
-    applied.version = update.version;
-    applied.have_intent = true;
-    tracing::info!(
-        version = update.version,
-        snapshot = update.snapshot,
-        flows_added = stats.flows_added,
-        flows_deleted = stats.flows_deleted,
-        groups_put = stats.groups_put,
-        groups_deleted = stats.groups_deleted,
-        pending = ?compiled.pending_ports,
-        unreachable = ?compiled.unreachable,
-        "update applied"
-    );
-    Msg::Ack(pb::Ack {
-        version: update.version,
-        nonce: update.nonce.clone(),
-    })
-}
-
 fn publish_status<B: OpenFlowBackend>(
     reconciler: &Reconciler<B>,
-    applied: &Applied,
+    applied: &mut Applied,
     facts: &NodeFacts,
     tx: &watch::Sender<pb::Status>,
 ) {
     let installed = reconciler.installed();
-    let pending_ports = applied
-        .intent
-        .workloads
-        .values()
-        .filter(|w| w.node == facts.node && !facts.ports.contains_key(&w.port))
-        .map(|w| w.name.clone())
-        .collect();
     let _ = tx.send(pb::Status {
         applied_version: applied.version,
         flows: installed.map_or(0, |d| d.flows.len() as u32),
         groups: installed.map_or(0, |d| d.groups.len() as u32),
-        pending_ports,
+        pending_ports: applied.pending_ports(facts),
     });
 }
 

@@ -4,16 +4,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use dpu_model::{
     AccessScenario, Intent, Kind, Mac, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
 };
 
 use crate::alloc::Allocations;
-use crate::flows::{Actions, DesiredState, Group, Match};
+use crate::flows::{Actions, Bucket, DesiredState, Group, Match};
 use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::{Category, Cookie};
 use crate::pipeline::{label, reg, *};
+
+mod buckets;
+pub mod incremental;
+
+pub use buckets::{assign_bucket_ids, bucket_id, BUCKET_ID_MAX};
 
 /// What the agent knows about its own switch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,21 +78,235 @@ pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
     errs
 }
 
+/// [`check_supported`]'s fast path, as `dpu_model::validate_changes` is
+/// `validate`'s: true means `check_supported` finds nothing after a change of
+/// `changed` on top of an intent that passed it; false means run it.
+pub fn check_supported_changes(intent: &Intent, changed: &BTreeSet<ObjectKey>) -> bool {
+    changed.iter().all(|k| match k.kind {
+        Kind::Service => intent.services.get(&k.name).is_none_or(|s| {
+            let v6 = s.cluster_ips.iter().any(IpAddr::is_ipv6)
+                || s.backends.iter().any(|b| b.ip.is_ipv6());
+            !(v6 && s.affinity_timeout.is_some())
+        }),
+        Kind::NetworkProbe => true,
+        _ => false,
+    })
+}
+
 /// Compiles validated intent. Callers run `dpu_model::validate`, `check_supported`
 /// and `Allocations::update` first; objects without an allocation are skipped.
+///
+/// The output is the merge of independent parts ([`Part`]) in part order: the
+/// first part to emit a flow owns it, as if one compiler ran them in that order.
+/// [`incremental::IncrementalCompiler`] keeps the same parts between updates and
+/// recompiles only those whose inputs changed.
 pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compiled {
-    let mut out = Compiled::default();
-    let d = &mut out.desired;
-    pipeline_misses(d);
-    nd_advertise(d);
-    let tunnel = facts.ports.get(TUNNEL_IFACE_ID).copied();
-    let uplink = facts.uplink.as_ref().and_then(|(iface, mac)| {
+    let base = compile_base(intent, alloc, facts);
+    let env = PartEnv::new(intent, alloc, facts);
+    let mut parts: Vec<(Part, DesiredState)> = Vec::new();
+    for s in intent.services.values() {
+        parts.extend(service_parts(s, &env, &base.ready));
+    }
+    let node_vpcs: BTreeSet<&str> = intent
+        .services
+        .values()
+        .filter(|s| s.scenario == AccessScenario::NodeClusterIp)
+        .map(|s| s.vpc.as_str())
+        .collect();
+    let gateways: Vec<&Service> = intent
+        .services
+        .values()
+        .filter(|s| s.scenario == AccessScenario::EipServiceGateway)
+        .collect();
+    let gateway_vpcs: BTreeSet<&str> = gateways
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| b.vpc.as_str()))
+        .collect();
+    parts.extend(global_parts(
+        &env,
+        &node_vpcs,
+        (!gateways.is_empty()).then_some(&gateway_vpcs),
+    ));
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Compiled {
+        desired: base.desired,
+        pending_ports: base.pending_ports,
+        unreachable: base.unreachable,
+    };
+    for (_, part) in parts {
+        for (k, b) in part.flows {
+            out.desired.flows.entry(k).or_insert(b);
+        }
+        out.desired.groups.extend(part.groups);
+    }
+    out
+}
+
+/// One independently compiled piece of the desired state. The derived order is
+/// the order in which [`compile`] merges them (the first to emit a flow owns
+/// it): the base, every Service's own flows and groups by name, the local host's
+/// entry, the Services' host entries, the routes to the hosts, the uplink's
+/// entry, the Services' EIP entries on the uplink, the service gateway.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    /// Pipeline misses, VPCs, Subnets, workloads, probe links.
+    Base,
+    Service(Arc<str>),
+    HostsLocal,
+    HostsService(Arc<str>),
+    HostsRoutes,
+    UplinkLocal,
+    UplinkService(Arc<str>),
+    Gateway,
+}
+
+/// Which backends take no new connections (local port missing, remote
+/// unreachable, unhealthy) and which are on this DPU, by (VPC, address): what
+/// the Service parts read from the base.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub unready: BTreeSet<(String, IpAddr)>,
+    pub local: BTreeSet<(String, IpAddr)>,
+}
+
+/// The base part and what it found out.
+#[derive(Debug, Clone, Default)]
+pub struct Base {
+    pub desired: DesiredState,
+    pub pending_ports: Vec<String>,
+    pub unreachable: Vec<String>,
+    pub ready: Readiness,
+}
+
+/// What the non-base parts read besides their own object.
+pub(crate) struct PartEnv<'a> {
+    pub intent: &'a Intent,
+    pub alloc: &'a Allocations,
+    pub facts: &'a NodeFacts,
+    tunnel: Option<u32>,
+    uplink: Option<Uplink<'a>>,
+    /// The local host's port and address (node ClusterIP).
+    host: Option<(u32, Ipv4Addr)>,
+}
+
+impl<'a> PartEnv<'a> {
+    pub fn new(intent: &'a Intent, alloc: &'a Allocations, facts: &'a NodeFacts) -> Self {
+        PartEnv {
+            intent,
+            alloc,
+            facts,
+            tunnel: facts.ports.get(TUNNEL_IFACE_ID).copied(),
+            uplink: uplink_of(facts),
+            host: facts
+                .host_port
+                .as_ref()
+                .and_then(|p| facts.ports.get(p))
+                .zip(intent.nodes.get(&facts.node).and_then(|n| n.host))
+                .map(|(&port, (ip, _))| (port, ip)),
+        }
+    }
+}
+
+impl PartEnv<'_> {
+    /// What of the node facts the parts other than the base read.
+    pub(crate) fn shape(&self) -> EnvShape {
+        EnvShape {
+            node: self.facts.node.clone(),
+            tunnel: self.tunnel,
+            uplink: self.uplink.map(|u| (u.iface.to_string(), u.ofport, u.mac)),
+            host: self.host,
+        }
+    }
+}
+
+/// See [`PartEnv::shape`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct EnvShape {
+    node: String,
+    tunnel: Option<u32>,
+    uplink: Option<(String, u32, Mac)>,
+    host: Option<(u32, Ipv4Addr)>,
+}
+
+fn uplink_of(facts: &NodeFacts) -> Option<Uplink<'_>> {
+    facts.uplink.as_ref().and_then(|(iface, mac)| {
         facts.ports.get(iface).map(|&ofport| Uplink {
             iface,
             ofport,
             mac: *mac,
         })
-    });
+    })
+}
+
+/// The parts one Service makes: its own, its host entry (node ClusterIP) and
+/// its EIP entry on the uplink (when this DPU owns the EIP). Parts that would be
+/// empty are left out.
+pub(crate) fn service_parts(
+    s: &Service,
+    env: &PartEnv<'_>,
+    ready: &Readiness,
+) -> Vec<(Part, DesiredState)> {
+    let name: Arc<str> = Arc::from(s.name.as_str());
+    let mut out = Vec::with_capacity(1);
+    let mut d = DesiredState::default();
+    compile_service(&mut d, s, env.alloc, &ready.unready, &ready.local);
+    out.push((Part::Service(name.clone()), d));
+    if let Some((hport, hip)) = env.host {
+        if s.scenario == AccessScenario::NodeClusterIp {
+            let mut d = DesiredState::default();
+            compile_host_service(&mut d, s, env.alloc, hport, hip);
+            out.push((Part::HostsService(name.clone()), d));
+        }
+    }
+    if let Some(u) = env.uplink {
+        if s.eip_node.as_deref() == Some(env.facts.node.as_str()) {
+            let mut d = DesiredState::default();
+            compile_uplink_service(&mut d, s, env.alloc, u);
+            out.push((Part::UplinkService(name), d));
+        }
+    }
+    out.retain(|(_, d)| !d.flows.is_empty() || !d.groups.is_empty());
+    out
+}
+
+/// The parts that aggregate over Services: `node_vpcs`, the VPCs with a
+/// NodeClusterIP Service; `gateway_vpcs`, the backend VPCs of the service-gateway
+/// Services when there is one.
+pub(crate) fn global_parts(
+    env: &PartEnv<'_>,
+    node_vpcs: &BTreeSet<&str>,
+    gateway_vpcs: Option<&BTreeSet<&str>>,
+) -> Vec<(Part, DesiredState)> {
+    let mut out = Vec::new();
+    let mut d = DesiredState::default();
+    if let Some((hport, _)) = env.host {
+        compile_hosts_local(&mut d, env.facts, hport);
+    }
+    out.push((Part::HostsLocal, d));
+    let mut d = DesiredState::default();
+    compile_hosts_routes(&mut d, env, node_vpcs);
+    out.push((Part::HostsRoutes, d));
+    let mut d = DesiredState::default();
+    if let Some(u) = env.uplink {
+        compile_uplink_local(&mut d, env.facts, u);
+    }
+    out.push((Part::UplinkLocal, d));
+    let mut d = DesiredState::default();
+    if let Some(vpcs) = gateway_vpcs {
+        compile_gateway(&mut d, env.intent, env.alloc, vpcs);
+    }
+    out.push((Part::Gateway, d));
+    out
+}
+
+/// The base part: pipeline misses, VPCs, Subnets, workloads and probe links.
+pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Base {
+    let mut out = Compiled::default();
+    let d = &mut out.desired;
+    pipeline_misses(d);
+    nd_advertise(d);
+    let tunnel = facts.ports.get(TUNNEL_IFACE_ID).copied();
+    let uplink = uplink_of(facts);
 
     for vpc in intent.vpcs.values() {
         let Some(zone) = alloc.zone(&vpc.name) else {
@@ -355,15 +575,21 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     // An unhealthy backend takes no new connections, as an unready one.
     unready.extend(facts.unhealthy.iter().map(|(v, ip)| (v.as_str(), *ip)));
     compile_probe_links(d, alloc, facts);
-    for s in intent.services.values() {
-        compile_service(d, s, alloc, &unready, &local);
+    let owned = |set: BTreeSet<(&str, IpAddr)>| {
+        set.into_iter()
+            .map(|(v, ip)| (v.to_string(), ip))
+            .collect::<BTreeSet<_>>()
+    };
+    let ready = Readiness {
+        unready: owned(unready),
+        local: owned(local),
+    };
+    Base {
+        desired: out.desired,
+        pending_ports: out.pending_ports,
+        unreachable: out.unreachable,
+        ready,
     }
-    compile_hosts(d, intent, alloc, facts, tunnel);
-    if let Some(u) = uplink {
-        compile_uplink(d, intent, alloc, facts, u);
-    }
-    compile_gateway(d, intent, alloc);
-    out
 }
 
 /// The health-probe links (`crate::probe::link`): each is an internal port in
@@ -438,13 +664,7 @@ struct Uplink<'a> {
 /// Service's VPC zone (scenario 3) or the gateway zone (scenario 4), flagged as
 /// external and as from the uplink; replies to connections that came from the
 /// uplink go back out of it, to the MAC the connection came from.
-fn compile_uplink(
-    d: &mut DesiredState,
-    intent: &Intent,
-    alloc: &Allocations,
-    facts: &NodeFacts,
-    u: Uplink<'_>,
-) {
+fn compile_uplink_local(d: &mut DesiredState, facts: &NodeFacts, u: Uplink<'_>) {
     let c = Cookie::new(Category::Uplink, &facts.node);
     d.add(
         CLASSIFY,
@@ -470,33 +690,31 @@ fn compile_uplink(
             .output(u.ofport),
         c,
     );
-    let owned = intent
-        .services
-        .values()
-        .filter(|s| s.eip_node.as_deref() == Some(facts.node.as_str()));
-    for s in owned {
-        let (Some(eip), Some(zone)) = (s.eip, lb_zone(s, alloc)) else {
-            continue;
-        };
-        let sc = service_cookie(s);
-        arp_answer_with(d, reg::UPLINK_CONTEXT, eip, u.mac, sc);
-        for p in &s.ports {
-            d.add(
-                CLASSIFY,
-                110,
-                Match::new()
-                    .in_port(u.ofport)
-                    .kw(p.protocol.as_str())
-                    .ip_field("nw_dst", eip)
-                    .field("tp_dst", p.port),
-                Actions::new()
-                    .set_reg(reg::VPC, zone)
-                    .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
-                    .set_reg(reg::ORIGIN, reg::ORIGIN_UPLINK)
-                    .goto(CONNTRACK),
-                sc,
-            );
-        }
+}
+
+/// The uplink entry of a Service whose EIP this DPU owns.
+fn compile_uplink_service(d: &mut DesiredState, s: &Service, alloc: &Allocations, u: Uplink<'_>) {
+    let (Some(eip), Some(zone)) = (s.eip, lb_zone(s, alloc)) else {
+        return;
+    };
+    let sc = service_cookie(s);
+    arp_answer_with(d, reg::UPLINK_CONTEXT, eip, u.mac, sc);
+    for p in &s.ports {
+        d.add(
+            CLASSIFY,
+            110,
+            Match::new()
+                .in_port(u.ofport)
+                .kw(p.protocol.as_str())
+                .ip_field("nw_dst", eip)
+                .field("tp_dst", p.port),
+            Actions::new()
+                .set_reg(reg::VPC, zone)
+                .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
+                .set_reg(reg::ORIGIN, reg::ORIGIN_UPLINK)
+                .goto(CONNTRACK),
+            sc,
+        );
     }
 }
 
@@ -507,15 +725,15 @@ fn compile_uplink(
 /// so the backend answers the gateway. In that zone the connection is labelled
 /// `ORIGIN_GATEWAY`: ReturnPath takes its replies back through the gateway zone,
 /// whose entry sends them out of the uplink.
-fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
-    let services: Vec<&Service> = intent
-        .services
-        .values()
-        .filter(|s| s.scenario == AccessScenario::EipServiceGateway)
-        .collect();
-    if services.is_empty() {
-        return;
-    }
+///
+/// `vpcs`: the VPCs of the gateway Services' backends (there is at least one
+/// such Service).
+fn compile_gateway(
+    d: &mut DesiredState,
+    intent: &Intent,
+    alloc: &Allocations,
+    vpcs: &BTreeSet<&str>,
+) {
     let g = u32::from(GATEWAY_ZONE);
     let c = Cookie::new(Category::Gateway, "gateway");
     let gm = || Match::new().reg(reg::VPC, g);
@@ -531,11 +749,7 @@ fn compile_gateway(d: &mut DesiredState, intent: &Intent, alloc: &Allocations) {
             .goto(GATEWAY_SNAT),
         c,
     );
-    let vpcs: BTreeSet<&str> = services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.vpc.as_str()))
-        .collect();
-    for vpc in vpcs {
+    for &vpc in vpcs {
         let Some(zone) = alloc.zone(vpc) else {
             continue;
         };
@@ -673,80 +887,72 @@ fn service_cookie(s: &Service) -> Cookie {
 /// anything else from the host is dropped. In each VPC with such a Service, the
 /// hosts' addresses are routed: to this host's port, or through the tunnel to the
 /// DPU of the host they belong to, where its conntrack un-DNATs the reply.
-fn compile_hosts(
+fn compile_hosts_local(d: &mut DesiredState, facts: &NodeFacts, hport: u32) {
+    let c = Cookie::new(Category::Node, &facts.node);
+    d.add(
+        CLASSIFY,
+        100,
+        Match::new().in_port(hport).kw("arp"),
+        Actions::new()
+            .set_reg(reg::VPC, reg::HOST_CONTEXT)
+            .goto(ARP_RESPONDER),
+        c,
+    );
+    d.add(
+        ARP_RESPONDER,
+        90,
+        Match::new()
+            .reg(reg::VPC, reg::HOST_CONTEXT)
+            .kw("arp")
+            .field("arp_op", 1),
+        proxy_arp(ROUTER_MAC),
+        c,
+    );
+}
+
+/// The local host's way into one NodeClusterIP Service.
+fn compile_host_service(
     d: &mut DesiredState,
-    intent: &Intent,
+    s: &Service,
     alloc: &Allocations,
-    facts: &NodeFacts,
-    tunnel: Option<u32>,
+    hport: u32,
+    hip: Ipv4Addr,
 ) {
-    let node_services: Vec<&Service> = intent
-        .services
-        .values()
-        .filter(|s| s.scenario == AccessScenario::NodeClusterIp)
-        .collect();
-    let local = facts
-        .host_port
-        .as_ref()
-        .and_then(|p| facts.ports.get(p))
-        .zip(intent.nodes.get(&facts.node).and_then(|n| n.host));
-    if let Some((&hport, (hip, _))) = local {
-        let c = Cookie::new(Category::Node, &facts.node);
-        d.add(
-            CLASSIFY,
-            100,
-            Match::new().in_port(hport).kw("arp"),
-            Actions::new()
-                .set_reg(reg::VPC, reg::HOST_CONTEXT)
-                .goto(ARP_RESPONDER),
-            c,
-        );
-        d.add(
-            ARP_RESPONDER,
-            90,
-            Match::new()
-                .reg(reg::VPC, reg::HOST_CONTEXT)
-                .kw("arp")
-                .field("arp_op", 1),
-            proxy_arp(ROUTER_MAC),
-            c,
-        );
-        for s in &node_services {
-            let Some(zone) = alloc.zone(&s.vpc) else {
-                continue;
-            };
-            let sc = Cookie::new(
-                Category::Service,
-                &ObjectKey::new(Kind::Service, &s.name).to_string(),
+    let Some(zone) = alloc.zone(&s.vpc) else {
+        return;
+    };
+    let sc = service_cookie(s);
+    // The host network is IPv4.
+    let v4 = s.cluster_ips.iter().filter_map(|ip| match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    });
+    for vip in v4 {
+        for p in &s.ports {
+            d.add(
+                CLASSIFY,
+                110,
+                Match::new()
+                    .in_port(hport)
+                    .kw(p.protocol.as_str())
+                    .ip_field("nw_src", hip)
+                    .ip_field("nw_dst", *vip)
+                    .field("tp_dst", p.port),
+                Actions::new()
+                    .set_reg(reg::VPC, u32::from(zone))
+                    .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
+                    .goto(CONNTRACK),
+                sc,
             );
-            // The host network is IPv4.
-            let v4 = s.cluster_ips.iter().filter_map(|ip| match ip {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(_) => None,
-            });
-            for vip in v4 {
-                for p in &s.ports {
-                    d.add(
-                        CLASSIFY,
-                        110,
-                        Match::new()
-                            .in_port(hport)
-                            .kw(p.protocol.as_str())
-                            .ip_field("nw_src", hip)
-                            .ip_field("nw_dst", *vip)
-                            .field("tp_dst", p.port),
-                        Actions::new()
-                            .set_reg(reg::VPC, u32::from(zone))
-                            .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
-                            .goto(CONNTRACK),
-                        sc,
-                    );
-                }
-            }
         }
     }
-    let vpcs: BTreeSet<&str> = node_services.iter().map(|s| s.vpc.as_str()).collect();
-    for vpc in vpcs {
+}
+
+/// In each VPC with a NodeClusterIP Service (`vpcs`), the routes to every
+/// node's host address.
+fn compile_hosts_routes(d: &mut DesiredState, env: &PartEnv<'_>, vpcs: &BTreeSet<&str>) {
+    let (intent, alloc, facts) = (env.intent, env.alloc, env.facts);
+    for &vpc in vpcs {
         let (Some(zone), Some(v)) = (alloc.zone(vpc), intent.vpcs.get(vpc)) else {
             continue;
         };
@@ -756,10 +962,10 @@ fn compile_hosts(
             let to_host = to_address(u32::from(zone), IpAddr::V4(hip));
             let rewrite = routed_to(hmac);
             if n.name == facts.node {
-                if let Some((&hport, _)) = local {
+                if let Some((hport, _)) = env.host {
                     d.add(L3_FORWARD, 100, to_host, rewrite.output(hport), c);
                 }
-            } else if let Some(t) = tunnel {
+            } else if let Some(t) = env.tunnel {
                 d.add(
                     L3_FORWARD,
                     100,
@@ -1003,8 +1209,8 @@ fn compile_service(
     d: &mut DesiredState,
     s: &Service,
     alloc: &Allocations,
-    unready: &BTreeSet<(&str, IpAddr)>,
-    local: &BTreeSet<(&str, IpAddr)>,
+    unready: &BTreeSet<(String, IpAddr)>,
+    local: &BTreeSet<(String, IpAddr)>,
 ) {
     let gateway = s.scenario == AccessScenario::EipServiceGateway;
     // Where the VIPs are load-balanced: the VPC's zone, or the gateway's.
@@ -1094,8 +1300,8 @@ fn compile_service(
 /// What every port of a Service shares.
 struct ServiceCtx<'a> {
     alloc: &'a Allocations,
-    unready: &'a BTreeSet<(&'a str, IpAddr)>,
-    local: &'a BTreeSet<(&'a str, IpAddr)>,
+    unready: &'a BTreeSet<(String, IpAddr)>,
+    local: &'a BTreeSet<(String, IpAddr)>,
     /// The zone it load-balances in.
     zone: u32,
     cookie: Cookie,
@@ -1119,9 +1325,9 @@ fn compile_service_port(
     let (z, c, learned) = (x.zone, x.cookie, x.learned);
     let proto = fam.proto(port.protocol);
     let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
-    let mut buckets = Vec::new();
-    let mut local_buckets = Vec::new();
-    let ready = |b: &&&dpu_model::Backend| !x.unready.contains(&(b.vpc.as_str(), b.ip));
+    // (backend, its bucket actions, local) of every backend that gets buckets.
+    let mut members = Vec::new();
+    let ready = |b: &&&dpu_model::Backend| !x.unready.contains(&(b.vpc.clone(), b.ip));
     for b in backends.iter().filter(|b| b.weight > 0).filter(ready) {
         let Some(bzone) = x.alloc.zone(&b.vpc) else {
             continue;
@@ -1141,16 +1347,7 @@ fn compile_service_port(
             a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
         }
         let a = a.resubmit(next).render();
-        // One bucket per unit of weight: OVS's hash selection scores buckets
-        // with highest-random-weight, so equal buckets give a proportional split.
-        for _ in 0..b.weight {
-            buckets.push(a.clone());
-        }
-        if x.local.contains(&(b.vpc.as_str(), b.ip)) {
-            for _ in 0..b.weight {
-                local_buckets.push(a.clone());
-            }
-        }
+        members.push((*b, a, x.local.contains(&(b.vpc.clone(), b.ip))));
         let endpoint = Match::new()
             .reg(reg::VPC, z)
             .kw(&proto)
@@ -1195,6 +1392,29 @@ fn compile_service_port(
             );
         }
     }
+    // One bucket per unit of weight: OVS's hash selection scores buckets with
+    // highest-random-weight, so equal buckets give a proportional split. The
+    // ids are the backend's own (see `buckets`), and the local-only group uses
+    // the same ones.
+    let ids = assign_bucket_ids(
+        port.target_port,
+        &members
+            .iter()
+            .map(|(b, _, _)| (b.vpc.as_str(), b.ip, b.weight))
+            .collect::<Vec<_>>(),
+    );
+    let mut buckets = Vec::new();
+    let mut local_buckets = Vec::new();
+    for ((_, a, is_local), ids) in members.iter().zip(ids) {
+        for id in ids {
+            buckets.push(Bucket::new(id, a.as_str()));
+            if *is_local {
+                local_buckets.push(Bucket::new(id, a.as_str()));
+            }
+        }
+    }
+    buckets.sort();
+    local_buckets.sort();
     let [ip_src, ip_dst] = fam.src_dst();
     let hash_fields = if s.affinity_timeout.is_some() {
         vec![ip_src]

@@ -228,7 +228,8 @@ pub struct OvsConfig {
     pub datapath_type: String,
     #[serde(default)]
     pub hw_offload: bool,
-    /// The OpenFlow backend. Only `ovs-ofctl` exists in this release.
+    /// The OpenFlow backend: `native` (the agent speaks OpenFlow 1.5 itself, the
+    /// default) or `ovs-ofctl` (one `ovs-ofctl bundle` process per change).
     #[serde(default = "default_backend")]
     pub openflow_backend: String,
     #[serde(default = "default_ofctl")]
@@ -259,7 +260,7 @@ fn default_datapath() -> String {
     "netdev".into()
 }
 fn default_backend() -> String {
-    "ovs-ofctl".into()
+    crate::openflow::select::NATIVE.into()
 }
 fn default_ofctl() -> String {
     "ovs-ofctl".into()
@@ -363,11 +364,16 @@ impl Config {
                 ),
             );
         }
-        if self.ovs.openflow_backend != "ovs-ofctl" {
+        if ![
+            crate::openflow::select::NATIVE,
+            crate::openflow::select::OFCTL,
+        ]
+        .contains(&self.ovs.openflow_backend.as_str())
+        {
             return bad(
                 "ovs.openflow_backend",
                 format!(
-                    "{:?}: this release has only \"ovs-ofctl\"",
+                    "{:?}: want \"native\" or \"ovs-ofctl\"",
                     self.ovs.openflow_backend
                 ),
             );
@@ -507,7 +513,20 @@ run_dir = "/run/openvswitch"
         assert_eq!(c.ovs.bridge, "br-dpu");
         assert_eq!(c.ovs.datapath_type, "netdev");
         assert_eq!(c.ofctl_target(), "unix:/run/openvswitch/br-dpu.mgmt");
+        assert_eq!(c.ovs.openflow_backend, "native");
         assert!(c.shim.is_none() && c.enroll.is_none());
+    }
+
+    #[test]
+    fn the_openflow_backend_is_native_or_ovs_ofctl() {
+        let with = |b: &str| load(&format!("{GOOD}openflow_backend = \"{b}\"\n"));
+        assert_eq!(with("ovs-ofctl").unwrap().ovs.openflow_backend, "ovs-ofctl");
+        assert_eq!(with("native").unwrap().ovs.openflow_backend, "native");
+        let e = with("ryu").unwrap_err();
+        assert!(
+            e.contains(": ovs.openflow_backend: \"ryu\": want \"native\" or \"ovs-ofctl\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,13 +25,43 @@ pub struct FlowBody {
     pub cookie: Cookie,
 }
 
+/// One bucket of a select group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bucket {
+    /// OVS's `hash` selection scores each bucket by a hash of this id and the
+    /// flow (highest random weight), so a backend's buckets keep their ids when
+    /// other backends come and go: see [`crate::compile::bucket_id`].
+    pub id: u32,
+    /// The actions in `ovs-ofctl` syntax.
+    pub actions: String,
+}
+
+impl Bucket {
+    pub fn new(id: u32, actions: impl Into<String>) -> Self {
+        Bucket {
+            id,
+            actions: actions.into(),
+        }
+    }
+
+    /// Buckets with ids 0, 1, 2, … in order: for groups built by hand (tests).
+    pub fn numbered<S: Into<String>>(actions: impl IntoIterator<Item = S>) -> Vec<Bucket> {
+        actions
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Bucket::new(i as u32, a))
+            .collect()
+    }
+}
+
 /// A select group. Its buckets are listed in bucket-id order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub id: u32,
     /// Fields the hash selection method hashes on.
     pub hash_fields: Vec<&'static str>,
-    pub buckets: Vec<String>,
+    /// Sorted by id, ids distinct.
+    pub buckets: Vec<Bucket>,
     /// The owning Service's cookie; learned affinity flows carry
     /// `owner.learned()` so they can be cleaned with the group. The flows that
     /// send to the group (`group:N`) carry this cookie too: the switch keeps no
@@ -51,8 +81,8 @@ impl Group {
             self.id,
             self.hash_fields.join(",")
         );
-        for (i, b) in self.buckets.iter().enumerate() {
-            let _ = write!(s, ",bucket=bucket_id:{i},actions={b}");
+        for b in &self.buckets {
+            let _ = write!(s, ",bucket=bucket_id:{},actions={}", b.id, b.actions);
         }
         s
     }
@@ -114,8 +144,8 @@ impl DesiredState {
                 g.hash_fields.join(","),
                 g.owner.category
             );
-            for (i, b) in g.buckets.iter().enumerate() {
-                let _ = writeln!(out, "  bucket {i}: {b}");
+            for b in &g.buckets {
+                let _ = writeln!(out, "  bucket {}: {}", b.id, b.actions);
             }
         }
         out
@@ -227,17 +257,20 @@ mod tests {
     }
 
     #[test]
-    fn group_spec_numbers_buckets() {
+    fn group_spec_gives_each_bucket_its_id() {
         let g = Group {
             id: 7,
             hash_fields: vec!["ip_src"],
-            buckets: vec!["resubmit(,45)".into(), "resubmit(,45)".into()],
+            buckets: vec![
+                Bucket::new(3, "resubmit(,45)"),
+                Bucket::new(0xffff_fefe, "resubmit(,45)"),
+            ],
             owner: Cookie::new(Category::Service, "s"),
             learns: false,
         };
         assert_eq!(
             g.spec(),
-            "group_id=7,type=select,selection_method=hash,fields(ip_src),bucket=bucket_id:0,actions=resubmit(,45),bucket=bucket_id:1,actions=resubmit(,45)"
+            "group_id=7,type=select,selection_method=hash,fields(ip_src),bucket=bucket_id:3,actions=resubmit(,45),bucket=bucket_id:4294967038,actions=resubmit(,45)"
         );
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod alloc;
+pub mod applied;
 pub mod attach;
 pub mod compile;
 pub mod config;

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::compile::incremental::Changes;
 use crate::flows::DesiredState;
 use crate::openflow::{BundleOp, InstalledGroup, OpenFlowBackend, OpenFlowError};
 use crate::pipeline::cookie::{round_of, Category, Cookie, OBJECT_MASK, ROUND_MASK, ROUND_SHIFT};
@@ -218,24 +219,90 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         flush
     }
 
+    /// The bundle that takes the switch from installed to `desired` when they
+    /// can differ only at the keys in `changed` (what the incremental compiler
+    /// touched since the last apply): O(changed), not O(desired). Before the first
+    /// bundle since a start it is [`Self::plan`].
+    pub fn plan_changes(&self, desired: &DesiredState, changed: &Changes) -> Vec<BundleOp> {
+        let Some(installed) = &self.installed else {
+            return self.plan(desired);
+        };
+        let round = self.round;
+        let mut ops = Vec::new();
+        let mut flush_learned: BTreeSet<Cookie> = BTreeSet::new();
+        for id in &changed.groups {
+            match (installed.groups.get(id), desired.groups.get(id)) {
+                (Some(old), Some(g)) if old == g => {}
+                (Some(old), Some(g)) => {
+                    if old.learns {
+                        flush_learned.insert(old.owner.learned());
+                    }
+                    ops.push(BundleOp::PutGroup(g.clone()));
+                }
+                (None, Some(g)) => ops.push(BundleOp::PutGroup(g.clone())),
+                (Some(old), None) if old.learns => {
+                    flush_learned.insert(old.owner.learned());
+                }
+                _ => {}
+            }
+        }
+        let mut deletes = Vec::new();
+        for k in &changed.flows {
+            match (installed.flows.get(k), desired.flows.get(k)) {
+                (old, Some(b)) if old != Some(b) => ops.push(BundleOp::AddFlow {
+                    key: k.clone(),
+                    body: b.clone(),
+                    cookie: b.cookie.value(round),
+                }),
+                (Some(_), None) => deletes.push(BundleOp::DeleteFlow(k.clone())),
+                _ => {}
+            }
+        }
+        ops.extend(deletes);
+        ops.extend(flush_learned.into_iter().map(flush));
+        for id in &changed.groups {
+            if installed.groups.contains_key(id) && !desired.groups.contains_key(id) {
+                ops.push(BundleOp::DeleteGroup(*id));
+            }
+        }
+        ops
+    }
+
+    /// [`Self::apply`] for a desired state that differs from the installed one
+    /// only at `changed` (see [`Self::plan_changes`]); the installed view is
+    /// updated at those keys alone.
+    pub async fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        changed: &Changes,
+    ) -> Result<ApplyStats, OpenFlowError> {
+        if self.installed.is_none() {
+            return self.apply(desired).await;
+        }
+        let ops = self.plan_changes(desired, changed);
+        let stats = stats_of(&ops);
+        self.backend.apply(&ops).await?;
+        let installed = self.installed.as_mut().expect("checked above");
+        for k in &changed.flows {
+            match desired.flows.get(k) {
+                Some(b) => drop(installed.flows.insert(k.clone(), b.clone())),
+                None => drop(installed.flows.remove(k)),
+            }
+        }
+        for id in &changed.groups {
+            match desired.groups.get(id) {
+                Some(g) => drop(installed.groups.insert(*id, g.clone())),
+                None => drop(installed.groups.remove(id)),
+            }
+        }
+        Ok(stats)
+    }
+
     /// Applies `desired`. On error nothing changed on the switch (bundles are
     /// atomic) and the installed view stays as it was.
     pub async fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, OpenFlowError> {
         let ops = self.plan(desired);
-        let mut stats = ApplyStats {
-            ops: ops.len(),
-            ..ApplyStats::default()
-        };
-        for op in &ops {
-            match op {
-                BundleOp::PutGroup(_) => stats.groups_put += 1,
-                BundleOp::AddFlow { .. } => stats.flows_added += 1,
-                BundleOp::DeleteFlow(_) | BundleOp::DeleteFlowsByCookie { .. } => {
-                    stats.flows_deleted += 1
-                }
-                BundleOp::DeleteGroup(_) => stats.groups_deleted += 1,
-            }
-        }
+        let stats = stats_of(&ops);
         self.backend.apply(&ops).await?;
         if self.installed.is_none() {
             let flushed = ops
@@ -257,6 +324,24 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         self.stale_group_users.clear();
         Ok(stats)
     }
+}
+
+fn stats_of(ops: &[BundleOp]) -> ApplyStats {
+    let mut stats = ApplyStats {
+        ops: ops.len(),
+        ..ApplyStats::default()
+    };
+    for op in ops {
+        match op {
+            BundleOp::PutGroup(_) => stats.groups_put += 1,
+            BundleOp::AddFlow { .. } => stats.flows_added += 1,
+            BundleOp::DeleteFlow(_) | BundleOp::DeleteFlowsByCookie { .. } => {
+                stats.flows_deleted += 1
+            }
+            BundleOp::DeleteGroup(_) => stats.groups_deleted += 1,
+        }
+    }
+    stats
 }
 
 /// Deletes the affinity entries learned for one owner (`learned` is its
@@ -287,7 +372,7 @@ fn next_round(in_use: &BTreeSet<u16>) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::{Actions, Group, Match};
+    use crate::flows::{Actions, Bucket, Group, Match};
     use crate::openflow::InstalledSummary;
     use crate::pipeline::cookie::Category;
     use crate::pipeline::CONNTRACK;
@@ -353,7 +438,7 @@ mod tests {
         Group {
             id,
             hash_fields: vec!["ip_src"],
-            buckets: vec![bucket.into()],
+            buckets: vec![Bucket::new(0, bucket)],
             owner: Cookie::new(Category::Service, owner),
             learns: true,
         }
@@ -446,7 +531,7 @@ mod tests {
         let r = Reconciler::start(sw).await.unwrap();
         assert!(flushes(&r.plan(&with_groups([a.clone()]))).is_empty());
         let a2 = Group {
-            buckets: vec!["resubmit(,45)".into()],
+            buckets: vec![Bucket::new(0, "resubmit(,45)")],
             ..a.clone()
         };
         assert_eq!(
@@ -467,7 +552,7 @@ mod tests {
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
         r.apply(&with_groups([a.clone()])).await.unwrap();
         let a2 = Group {
-            buckets: vec!["resubmit(,45)".into()],
+            buckets: vec![Bucket::new(0, "resubmit(,45)")],
             ..a.clone()
         };
         assert_eq!(

@@ -2,10 +2,12 @@
 //! refused. Pure: the whole update is checked before anything is applied, and a
 //! refused update leaves the current intent untouched.
 
-use dpu_model::{self as model, Intent, ObjectError};
+use std::collections::BTreeSet;
+
+use dpu_model::{self as model, Index, Intent, Kind, Object, ObjectError, ObjectKey};
 use dpu_proto::v1 as pb;
 
-use crate::compile::check_supported;
+use crate::compile::{check_supported, check_supported_changes};
 
 /// Why an update was refused, ready for a Nack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +66,70 @@ impl Refusal {
 pub const MAX_OBJECTS_PER_UPDATE: usize = 200_000;
 
 /// Computes the intent after `update`, given the agent's intent at `version`.
+/// The reference form of [`apply_update`] (it copies the intent).
 pub fn next_intent(
     current: &Intent,
     version: u64,
     update: &pb::Update,
     node: &str,
 ) -> Result<Intent, Refusal> {
+    let mut next = current.clone();
+    let mut index = Index::build(&next);
+    apply_update(&mut next, &mut index, version, update, node)?;
+    Ok(next)
+}
+
+/// What [`apply_update`] changed, and how to put it back.
+#[derive(Debug)]
+pub struct AppliedUpdate {
+    /// The objects added, replaced (by a different value) or removed; for a
+    /// snapshot, every key of the old and the new intent that differs.
+    pub changed: BTreeSet<ObjectKey>,
+    pub snapshot: bool,
+    undo: Undo,
+}
+
+#[derive(Debug)]
+enum Undo {
+    Whole(Box<(Intent, Index)>),
+    /// The old value of each changed key, in the order they were changed.
+    Objects(Vec<(ObjectKey, Option<Object>)>),
+}
+
+impl AppliedUpdate {
+    /// Puts `intent` and `index` back as they were before the update.
+    pub fn undo(self, intent: &mut Intent, index: &mut Index) {
+        match self.undo {
+            Undo::Whole(old) => (*intent, *index) = *old,
+            Undo::Objects(old) => {
+                for (key, before) in old.into_iter().rev() {
+                    if let Some(now) = intent.take(&key) {
+                        index.remove(&now);
+                    }
+                    if let Some(before) = before {
+                        index.add(&before);
+                        intent.upsert(before);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies `update` to `intent` in place (the agent's intent at `version`;
+/// `index` is in step with it and stays so), or refuses it and leaves both as
+/// they were. An increment changes only the objects it names, and is checked
+/// by the fast paths (`dpu_model::validate_changes`,
+/// [`crate::compile::check_supported_changes`]) first: only when those cannot
+/// tell does the whole intent go through `validate` and `check_supported`,
+/// which also give the exact errors.
+pub fn apply_update(
+    intent: &mut Intent,
+    index: &mut Index,
+    version: u64,
+    update: &pb::Update,
+    node: &str,
+) -> Result<AppliedUpdate, Refusal> {
     if update.upserts.len() + update.deletes.len() > MAX_OBJECTS_PER_UPDATE {
         return Err(Refusal::general(
             "update",
@@ -82,27 +142,19 @@ pub fn next_intent(
     if update.version == 0 {
         return Err(Refusal::general("update.version", "version 0 is reserved"));
     }
-    let mut next = if update.snapshot {
-        Intent::default()
-    } else {
-        if update.base_version != version {
-            return Err(Refusal::general(
-                "update.base_version",
-                format!(
-                    "update {} applies on top of version {}, but this agent is at {version}; send a snapshot",
-                    update.version, update.base_version
-                ),
-            ));
-        }
-        current.clone()
-    };
-
-    let mut errs = Vec::new();
+    if !update.snapshot && update.base_version != version {
+        return Err(Refusal::general(
+            "update.base_version",
+            format!(
+                "update {} applies on top of version {}, but this agent is at {version}; send a snapshot",
+                update.version, update.base_version
+            ),
+        ));
+    }
+    let mut deletes = Vec::with_capacity(update.deletes.len());
     for k in &update.deletes {
         match model::kind_from_proto(k.kind) {
-            Some(kind) => {
-                next.remove(&model::ObjectKey::new(kind, &k.name));
-            }
+            Some(kind) => deletes.push(model::ObjectKey::new(kind, &k.name)),
             None => {
                 return Err(Refusal::general(
                     "update.deletes",
@@ -111,23 +163,113 @@ pub fn next_intent(
             }
         }
     }
+    let mut errs = Vec::new();
+    let mut upserts = Vec::with_capacity(update.upserts.len());
     for o in &update.upserts {
         match model::object_from_proto(o) {
-            Ok(obj) => next.upsert(obj),
+            Ok(obj) => upserts.push(obj),
             Err(e) => errs.push(e),
         }
     }
-    if errs.is_empty() {
-        errs = model::validate(&next);
+    if !errs.is_empty() {
+        return Err(Refusal::objects(errs));
     }
-    if errs.is_empty() {
-        errs = check_supported(&next, node);
+
+    if update.snapshot {
+        let mut next = Intent::default();
+        for k in &deletes {
+            next.remove(k);
+        }
+        for o in upserts {
+            next.upsert(o);
+        }
+        let mut errs = model::validate(&next);
+        if errs.is_empty() {
+            errs = check_supported(&next, node);
+        }
+        if !errs.is_empty() {
+            return Err(Refusal::objects(errs));
+        }
+        let changed = differing_keys(intent, &next);
+        let next_index = Index::build(&next);
+        let old = (
+            std::mem::replace(intent, next),
+            std::mem::replace(index, next_index),
+        );
+        return Ok(AppliedUpdate {
+            changed,
+            snapshot: true,
+            undo: Undo::Whole(Box::new(old)),
+        });
     }
-    if errs.is_empty() {
-        Ok(next)
-    } else {
-        Err(Refusal::objects(errs))
+
+    let mut old: Vec<(ObjectKey, Option<Object>)> = Vec::new();
+    let mut changed = BTreeSet::new();
+    for k in deletes {
+        if let Some(before) = intent.take(&k) {
+            index.remove(&before);
+            changed.insert(k.clone());
+            old.push((k, Some(before)));
+        }
     }
+    for o in upserts {
+        let k = o.key();
+        let before = intent.take(&k);
+        if let Some(b) = &before {
+            index.remove(b);
+        }
+        index.add(&o);
+        if before.as_ref() != Some(&o) {
+            changed.insert(k.clone());
+        }
+        intent.upsert(o);
+        old.push((k, before));
+    }
+    let applied = AppliedUpdate {
+        changed,
+        snapshot: false,
+        undo: Undo::Objects(old),
+    };
+    let fast = model::validate_changes(intent, index, &applied.changed)
+        && check_supported_changes(intent, &applied.changed);
+    if !fast {
+        let mut errs = model::validate(intent);
+        if errs.is_empty() {
+            errs = check_supported(intent, node);
+        }
+        if !errs.is_empty() {
+            applied.undo(intent, index);
+            return Err(Refusal::objects(errs));
+        }
+    }
+    Ok(applied)
+}
+
+/// The keys whose objects differ between `a` and `b`.
+fn differing_keys(a: &Intent, b: &Intent) -> BTreeSet<ObjectKey> {
+    fn diff<V: PartialEq>(
+        kind: Kind,
+        a: &std::collections::BTreeMap<String, V>,
+        b: &std::collections::BTreeMap<String, V>,
+        out: &mut BTreeSet<ObjectKey>,
+    ) {
+        for (k, v) in a {
+            if b.get(k) != Some(v) {
+                out.insert(ObjectKey::new(kind, k));
+            }
+        }
+        for k in b.keys().filter(|k| !a.contains_key(*k)) {
+            out.insert(ObjectKey::new(kind, k));
+        }
+    }
+    let mut out = BTreeSet::new();
+    diff(Kind::Vpc, &a.vpcs, &b.vpcs, &mut out);
+    diff(Kind::Subnet, &a.subnets, &b.subnets, &mut out);
+    diff(Kind::Workload, &a.workloads, &b.workloads, &mut out);
+    diff(Kind::Service, &a.services, &b.services, &mut out);
+    diff(Kind::NetworkProbe, &a.probes, &b.probes, &mut out);
+    diff(Kind::Node, &a.nodes, &b.nodes, &mut out);
+    out
 }
 
 /// The whole intent as a snapshot Update (what the agent persists).

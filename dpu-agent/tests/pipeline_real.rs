@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{DesiredState, Group};
+use dpu_agent::flows::{Bucket, DesiredState, Group};
 use dpu_agent::openflow::{InstalledGroup, OfctlBackend, OpenFlowBackend};
 use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::reconcile::Reconciler;
@@ -210,7 +210,20 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
     let group = |id: u32, hash_fields: Vec<&'static str>, buckets: &[&str]| Group {
         id,
         hash_fields,
-        buckets: buckets.iter().map(|b| b.to_string()).collect(),
+        // Ids as the compiler gives them (hashes, up to 0xfffffefe), so that
+        // the switch is seen to keep them.
+        buckets: {
+            let mut b: Vec<Bucket> = buckets
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let ip = std::net::IpAddr::from([10, 0, 0, i as u8]);
+                    Bucket::new(dpu_agent::compile::bucket_id("blue", ip, 8080, 0), *a)
+                })
+                .collect();
+            b.sort();
+            b
+        },
         owner,
         learns: false,
     };
@@ -267,6 +280,18 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
     );
     for g in d.groups.values() {
         assert_eq!(summary.groups[&g.id], InstalledGroup::of(g), "{dump:#?}");
+        // The switch lists the buckets in the order given, with their ids.
+        let line = dump
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("group_id={},", g.id)))
+            .unwrap();
+        let ids: Vec<u32> = line
+            .split("bucket=bucket_id:")
+            .skip(1)
+            .map(|b| b.split(',').next().unwrap().parse().unwrap())
+            .collect();
+        let want: Vec<u32> = g.buckets.iter().map(|b| b.id).collect();
+        assert_eq!(ids, want, "{line}");
     }
     let users: BTreeMap<u32, BTreeSet<u64>> = [(1, [owner.value(rec.round())].into())].into();
     assert_eq!(summary.group_users, users);

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{check_supported, compile, NodeFacts};
-use dpu_agent::flows::{DesiredState, FlowBody, FlowKey, Group};
+use dpu_agent::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group};
 use dpu_agent::openflow::{
     BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
 };
@@ -104,7 +104,7 @@ impl Tables {
         match op {
             BundleOp::PutGroup(g) => {
                 for b in &g.buckets {
-                    if let Some(id) = groups_named(b)
+                    if let Some(id) = groups_named(&b.actions)
                         .into_iter()
                         .find(|id| !self.groups.contains_key(id))
                     {
@@ -481,17 +481,23 @@ fn group(id: u32) -> impl Strategy<Value = Group> {
         ),
         0..OWNERS.len(),
         any::<bool>(),
+        // Bucket ids i * stride: positions, or spread out like the compiler's.
+        prop::sample::select(vec![1u32, 1000, 0x0100_0001]),
     )
         // As compiled: a group learns exactly when its Service has affinity,
         // which also makes it hash on the client address alone.
-        .prop_map(move |(buckets, owner, learns)| Group {
+        .prop_map(move |(buckets, owner, learns, stride)| Group {
             id,
             hash_fields: if learns {
                 vec!["ip_src"]
             } else {
                 vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
             },
-            buckets: buckets.into_iter().map(str::to_string).collect(),
+            buckets: buckets
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| Bucket::new(i as u32 * stride, a))
+                .collect(),
             owner: Cookie::new(Category::Service, OWNERS[owner]),
             learns,
         })
@@ -599,7 +605,7 @@ fn leftovers() -> impl Strategy<Value = Tables> {
                 let g = Group {
                     id,
                     hash_fields: vec!["ip_src"],
-                    buckets: vec!["resubmit(,45)".into()],
+                    buckets: vec![Bucket::new(0, "resubmit(,45)")],
                     owner: Cookie::new(Category::Service, "old"),
                     learns: false,
                 };
@@ -824,7 +830,7 @@ fn restart_flushes_affinity_of_changed_groups() {
             Group {
                 id,
                 hash_fields: vec!["ip_src"],
-                buckets: vec![bucket.to_string()],
+                buckets: vec![Bucket::new(0, bucket)],
                 owner,
                 learns: true,
             },
@@ -907,7 +913,7 @@ fn memory_switch_refuses_ordering_mistakes() {
     let g = Group {
         id: 3,
         hash_fields: vec!["ip_src"],
-        buckets: vec!["resubmit(,45)".into()],
+        buckets: vec![Bucket::new(0, "resubmit(,45)")],
         owner: Cookie::new(Category::Service, "s"),
         learns: false,
     };

@@ -571,7 +571,7 @@ db_socket = "{db}"
 run_dir = "{run}"
 bridge = "{br}"
 datapath_type = "netdev"
-{netns}"#,
+{backend}{netns}"#,
         node = f.node,
         state = f.state.display(),
         addr = f.controller_addr,
@@ -581,6 +581,13 @@ datapath_type = "netdev"
         db = f.ovs.db_sock().display(),
         run = f.ovs.dir().display(),
         br = f.bridge,
+        // The suite runs once with the default OpenFlow backend and once more
+        // with the one this variable names (lab/run-tests).
+        backend = std::env::var("DPU_LAB_OPENFLOW_BACKEND")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .map(|b| format!("openflow_backend = \"{b}\"\n"))
+            .unwrap_or_default(),
         // ovs-vswitchd runs in a namespace of its own: the probe links are there.
         netns = f
             .ovs

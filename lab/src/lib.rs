@@ -5,6 +5,7 @@
 //! tests can run in parallel.
 
 pub mod fabric;
+pub mod fake_controller;
 pub mod fixture;
 pub mod multi;
 pub mod netns;

@@ -5,49 +5,18 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
+use dpu_lab::fake_controller::{issue_server_identity, reply, Session};
 use dpu_lab::fixture::{tail, Lab, NODE};
 use dpu_lab::process::wait_until;
 use dpu_model::*;
 use dpu_proto::v1 as pb;
-use dpu_proto::v1::agent_control_server::{AgentControl, AgentControlServer};
 use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Request, Response, Status, Streaming};
 
-type Session = (
-    Streaming<pb::AgentMessage>,
-    mpsc::Sender<Result<pb::ControllerMessage, Status>>,
-);
-
-struct Fake {
-    sessions: mpsc::Sender<Session>,
-}
-
-#[tonic::async_trait]
-impl AgentControl for Fake {
-    type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
-
-    async fn session(
-        &self,
-        req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
-        let (tx, rx) = mpsc::channel(8);
-        self.sessions
-            .send((req.into_inner(), tx))
-            .await
-            .map_err(|_| Status::unavailable("test gone"))?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-/// Serves the fake controller on `addr` with the server certificate and key
-/// `identity`, requiring client certificates from `ca`, until `stop` resolves.
+/// Serves the fake controller (`dpu_lab::fake_controller`) with the real
+/// controller's bound on agent messages.
 fn serve_fake(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
@@ -56,22 +25,15 @@ fn serve_fake(
     sessions: mpsc::Sender<Session>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    rt.spawn(async move {
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(identity.0, identity.1))
-            .client_ca_root(Certificate::from_pem(ca));
-        let r = Server::builder()
-            .tls_config(tls)
-            .expect("tls")
-            // Agent messages are read with the real controller's bound.
-            .add_service(
-                AgentControlServer::new(Fake { sessions })
-                    .max_decoding_message_size(dpu_controller::server::MAX_DECODING_MESSAGE),
-            )
-            .serve_with_shutdown(addr, stop)
-            .await;
-        eprintln!("fake controller stopped: {r:?}");
-    })
+    dpu_lab::fake_controller::serve(
+        rt,
+        addr,
+        identity,
+        ca,
+        dpu_controller::server::MAX_DECODING_MESSAGE,
+        sessions,
+        stop,
+    )
 }
 
 fn workload(name: &str, last: u8) -> Object {
@@ -129,22 +91,6 @@ fn update(version: u64, base: u64, snapshot: bool, objs: Vec<Object>) -> pb::Con
     }
 }
 
-/// Reads agent messages until an Ack or Nack arrives.
-async fn reply(inbound: &mut Streaming<pb::AgentMessage>) -> Result<pb::agent_message::Msg> {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), inbound.message())
-            .await
-            .map_err(|_| anyhow!("no reply from the agent within 20 s"))??
-            .ok_or_else(|| anyhow!("agent closed the stream"))?;
-        match m.msg {
-            Some(r @ (pb::agent_message::Msg::Ack(_) | pb::agent_message::Msg::Nack(_))) => {
-                return Ok(r)
-            }
-            _ => continue,
-        }
-    }
-}
-
 fn nack_text(r: &pb::agent_message::Msg) -> Result<String> {
     match r {
         pb::agent_message::Msg::Nack(n) => Ok(n
@@ -170,22 +116,7 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
     lab.add_host("client", "10.0.1.2/24", "0a:00:00:00:01:02", "10.0.1.1")?;
     lab.add_host("web-1", "10.0.1.11/24", "0a:00:00:00:01:0b", "10.0.1.1")?;
     lab.echo("web-1", &[8080], &[])?;
-    let srv_dir = lab.path("fake-controller");
-    lab.controller_cmd(&[
-        "issue",
-        "--state-dir",
-        &lab.ctl_state().display().to_string(),
-        "--server",
-        "--name",
-        "dpu-controller",
-        "--san",
-        "127.0.0.1",
-        "--out",
-        &srv_dir.display().to_string(),
-    ])?;
-    let cert = std::fs::read(srv_dir.join("dpu-controller.pem"))?;
-    let key = std::fs::read(srv_dir.join("dpu-controller.key"))?;
-    let ca = std::fs::read(lab.pki().join("ca.pem"))?;
+    let (cert, key, ca) = issue_server_identity(&lab)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -703,22 +634,7 @@ fn agent_at_v1(
     lab.add_host("client", "10.0.1.2/24", "0a:00:00:00:01:02", "10.0.1.1")?;
     lab.add_host("web-1", "10.0.1.11/24", "0a:00:00:00:01:0b", "10.0.1.1")?;
     lab.echo("web-1", &[8080], &[])?;
-    let srv_dir = lab.path("fake-controller");
-    lab.controller_cmd(&[
-        "issue",
-        "--state-dir",
-        &lab.ctl_state().display().to_string(),
-        "--server",
-        "--name",
-        "dpu-controller",
-        "--san",
-        "127.0.0.1",
-        "--out",
-        &srv_dir.display().to_string(),
-    ])?;
-    let cert = std::fs::read(srv_dir.join("dpu-controller.pem"))?;
-    let key = std::fs::read(srv_dir.join("dpu-controller.key"))?;
-    let ca = std::fs::read(lab.pki().join("ca.pem"))?;
+    let (cert, key, ca) = issue_server_identity(&lab)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,7 +11,7 @@ mod validate;
 
 pub use convert::*;
 pub use types::*;
-pub use validate::{validate, vnic_owner};
+pub use validate::{validate, validate_changes, vnic_owner, Index};
 
 use std::fmt;
 

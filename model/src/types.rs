@@ -315,6 +315,36 @@ impl Intent {
         }
     }
 
+    /// Puts `object` in, returning the one it replaced.
+    pub fn replace(&mut self, object: Object) -> Option<Object> {
+        match object {
+            Object::Vpc(o) => self.vpcs.insert(o.name.clone(), o).map(Object::Vpc),
+            Object::Subnet(o) => self.subnets.insert(o.name.clone(), o).map(Object::Subnet),
+            Object::Workload(o) => self
+                .workloads
+                .insert(o.name.clone(), o)
+                .map(Object::Workload),
+            Object::Service(o) => self.services.insert(o.name.clone(), o).map(Object::Service),
+            Object::NetworkProbe(o) => self
+                .probes
+                .insert(o.name.clone(), o)
+                .map(Object::NetworkProbe),
+            Object::Node(o) => self.nodes.insert(o.name.clone(), o).map(Object::Node),
+        }
+    }
+
+    /// Removes an object and returns it.
+    pub fn take(&mut self, key: &ObjectKey) -> Option<Object> {
+        match key.kind {
+            Kind::Vpc => self.vpcs.remove(&key.name).map(Object::Vpc),
+            Kind::Subnet => self.subnets.remove(&key.name).map(Object::Subnet),
+            Kind::Workload => self.workloads.remove(&key.name).map(Object::Workload),
+            Kind::Service => self.services.remove(&key.name).map(Object::Service),
+            Kind::NetworkProbe => self.probes.remove(&key.name).map(Object::NetworkProbe),
+            Kind::Node => self.nodes.remove(&key.name).map(Object::Node),
+        }
+    }
+
     /// Removes an object; returns whether it was there.
     pub fn remove(&mut self, key: &ObjectKey) -> bool {
         match key.kind {

@@ -1,7 +1,7 @@
 //! Cross-object rules: references resolve, addresses stay inside their VPC, nothing
 //! collides. Field-level rules live in `convert`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::limits::*;
@@ -410,4 +410,154 @@ pub fn vnic_owner<'a>(intent: &'a Intent, w: &Workload) -> Option<&'a Workload> 
 
 fn err(kind: Kind, name: &str, field: impl Into<String>, msg: impl Into<String>) -> ObjectError {
     ObjectError::new(ObjectKey::new(kind, name), field, msg)
+}
+
+/// What [`validate_changes`] looks up instead of scanning the intent: who claims
+/// each Service VIP:port and EIP, which probes name each Service, and which
+/// workloads hold each address. Kept in step with the intent by the caller
+/// ([`Index::add`] / [`Index::remove`] per object).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Index {
+    vips: HashMap<(String, IpAddr, Protocol, u16), BTreeSet<String>>,
+    eips: HashMap<Ipv4Addr, BTreeSet<String>>,
+    probes: HashMap<String, BTreeSet<String>>,
+    addrs: HashMap<(String, IpAddr), BTreeSet<String>>,
+}
+
+impl Index {
+    pub fn build(intent: &Intent) -> Index {
+        let mut i = Index::default();
+        for o in intent.objects() {
+            i.add(&o);
+        }
+        i
+    }
+
+    pub fn add(&mut self, o: &Object) {
+        self.each(o, true);
+    }
+
+    pub fn remove(&mut self, o: &Object) {
+        self.each(o, false);
+    }
+
+    fn each(&mut self, o: &Object, add: bool) {
+        fn touch<K: std::hash::Hash + Eq>(
+            m: &mut HashMap<K, BTreeSet<String>>,
+            k: K,
+            name: &str,
+            add: bool,
+        ) {
+            if add {
+                m.entry(k).or_default().insert(name.to_string());
+            } else if let Some(set) = m.get_mut(&k) {
+                set.remove(name);
+                if set.is_empty() {
+                    m.remove(&k);
+                }
+            }
+        }
+        match o {
+            Object::Service(s) => {
+                for ip in &s.cluster_ips {
+                    for p in &s.ports {
+                        let k = (s.vpc.clone(), *ip, p.protocol, p.port);
+                        touch(&mut self.vips, k, &s.name, add);
+                    }
+                }
+                if let Some(eip) = s.eip {
+                    touch(&mut self.eips, eip, &s.name, add);
+                }
+            }
+            Object::NetworkProbe(p) => touch(&mut self.probes, p.service.clone(), &p.name, add),
+            Object::Workload(w) => {
+                let addrs = std::iter::once(IpAddr::V4(w.ip)).chain(w.ipv6.map(IpAddr::V6));
+                for ip in addrs {
+                    touch(&mut self.addrs, (w.vpc.clone(), ip), &w.name, add);
+                }
+            }
+            Object::Vpc(_) | Object::Subnet(_) | Object::Node(_) => {}
+        }
+    }
+}
+
+/// The fast path of [`validate`] for an update on top of a valid intent:
+/// `intent` is the intent after the update, `index` is in step with it, and
+/// `changed` names every object the update added, replaced or removed. True
+/// means [`validate`] finds nothing; false means it may find something (or the
+/// change is not one this path judges: anything but Services and probes), and
+/// the caller runs [`validate`] for the verdict and the exact errors.
+///
+/// Only Services and probes read Services, so a change of those can break only
+/// the changed Services' own rules, a VIP or EIP another Service also claims,
+/// or a probe of a removed Service.
+pub fn validate_changes(intent: &Intent, index: &Index, changed: &BTreeSet<ObjectKey>) -> bool {
+    if intent.len() > MAX_OBJECTS {
+        return false;
+    }
+    changed.iter().all(|k| match k.kind {
+        Kind::Service => match intent.services.get(&k.name) {
+            None => !index.probes.contains_key(&k.name),
+            Some(s) => service_ok(intent, index, s),
+        },
+        Kind::NetworkProbe => intent
+            .probes
+            .get(&k.name)
+            .is_none_or(|p| intent.services.contains_key(&p.service)),
+        _ => false,
+    })
+}
+
+/// The Service rules of [`validate`] for one Service, in a valid rest.
+fn service_ok(intent: &Intent, index: &Index, s: &Service) -> bool {
+    if !intent.vpcs.contains_key(&s.vpc)
+        || s.cluster_ips.len() > MAX_CLUSTER_IPS
+        || s.ports.len() > MAX_PORTS
+        || s.backends.len() > MAX_BACKENDS
+    {
+        return false;
+    }
+    fn subnets<'a>(intent: &'a Intent, vpc: &'a str) -> impl Iterator<Item = &'a Subnet> {
+        intent.subnets.values().filter(move |x| x.vpc == vpc)
+    }
+    for ip in &s.cluster_ips {
+        let gateway = subnets(intent, &s.vpc).any(|x| x.gateway == *ip);
+        if gateway || index.addrs.contains_key(&(s.vpc.clone(), *ip)) {
+            return false;
+        }
+        for p in &s.ports {
+            let k = (s.vpc.clone(), *ip, p.protocol, p.port);
+            if index.vips.get(&k).is_some_and(|owners| owners.len() > 1) {
+                return false;
+            }
+        }
+    }
+    let mut total = 0u32;
+    for b in &s.backends {
+        total = total.saturating_add(b.weight);
+        let ok = b.weight <= MAX_WEIGHT
+            && (b.vpc == s.vpc || s.scenario == AccessScenario::EipServiceGateway)
+            && intent.vpcs.contains_key(&b.vpc)
+            && !(s.scenario == AccessScenario::EipServiceGateway && b.ip.is_ipv6())
+            && subnets(intent, &b.vpc).any(|x| x.cidr.contains(&b.ip));
+        if !ok {
+            return false;
+        }
+    }
+    if total > MAX_BUCKETS {
+        return false;
+    }
+    if let Some(eip) = s.eip {
+        let ip = IpAddr::V4(eip);
+        if intent.subnets.values().any(|x| x.cidr.contains(&ip))
+            || intent
+                .nodes
+                .values()
+                .any(|n| n.tunnel_ip == eip || n.host.is_some_and(|h| h.0 == eip))
+            || index.eips.get(&eip).is_some_and(|owners| owners.len() > 1)
+        {
+            return false;
+        }
+    }
+    true
 }

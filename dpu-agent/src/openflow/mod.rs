@@ -2,13 +2,17 @@
 //! connection can replace the `ovs-ofctl` backend without touching the reconciler.
 
 pub mod liveness;
+pub mod native;
 mod ofctl;
+pub mod select;
 
-pub use ofctl::OfctlBackend;
+pub use native::NativeBackend;
+pub use ofctl::{render_bundle, OfctlBackend};
+pub use select::Backend;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::flows::{FlowBody, FlowKey, Group};
+use crate::flows::{Bucket, FlowBody, FlowKey, Group};
 
 /// One step of an atomic bundle, in the order it must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,10 +62,17 @@ pub struct InstalledGroup {
     /// Anything else the switch shows about the group (`selection_method_param=…`);
     /// none for the agent's groups.
     pub properties: Vec<String>,
-    /// Bucket actions. A bucket property other than its id and the default
-    /// weight is kept in front (`weight:50,actions=…`), so such a bucket never
-    /// equals one the compiler wrote.
-    pub buckets: Vec<String>,
+    /// Buckets with their ids, sorted by id; a group whose bucket ids differ
+    /// is another group (OVS's selection hashes the ids). A bucket property
+    /// other than its id and the default weight is kept in front of the
+    /// actions (`weight:50,actions=…`), so such a bucket never equals one the
+    /// compiler wrote. When `wire` is set, each bucket's actions are the
+    /// lowercase hex of its actions as the switch returned them instead.
+    pub buckets: Vec<Bucket>,
+    /// Read from OpenFlow messages (the native backend) rather than
+    /// `ovs-ofctl` text: buckets are action bytes in hex, see
+    /// [`native::codec::wire_form`].
+    pub wire: bool,
 }
 
 impl InstalledGroup {
@@ -72,15 +83,26 @@ impl InstalledGroup {
             selection_method: Some("hash".into()),
             hash_fields: g.hash_fields.iter().map(|f| f.to_string()).collect(),
             properties: Vec::new(),
-            buckets: g.buckets.clone(),
+            buckets: sorted(g.buckets.clone()),
+            wire: false,
         }
     }
 
     /// Whether the switch holds `g` as it is: same type, selection, hash fields
     /// and buckets.
     pub fn is(&self, g: &Group) -> bool {
-        *self == Self::of(g)
+        if self.wire {
+            native::codec::wire_form(g).is_ok_and(|w| *self == w)
+        } else {
+            *self == Self::of(g)
+        }
     }
+}
+
+/// Buckets in id order, the canonical order of [`InstalledGroup::buckets`].
+pub(crate) fn sorted(mut buckets: Vec<Bucket>) -> Vec<Bucket> {
+    buckets.sort_by_key(|b| b.id);
+    buckets
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use crate::flows::Bucket;
 
 #[derive(Debug, Clone)]
 pub struct OfctlBackend {
@@ -202,6 +203,7 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         hash_fields: Vec::new(),
         properties: Vec::new(),
         buckets: Vec::new(),
+        wire: false,
     };
     let mut buckets: Vec<BucketText> = Vec::new();
     for tok in split_top_level(line) {
@@ -237,8 +239,9 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         }
     }
     let id = id.ok_or_else(|| bad("no group id"))?;
-    // Buckets in bucket-id order (OVS lists them in the order they were given).
-    let mut numbered: Vec<(u32, String)> = Vec::new();
+    // Buckets in bucket-id order (OVS lists them in the order they were given,
+    // each with its id).
+    let mut numbered: Vec<Bucket> = Vec::new();
     for (pos, b) in buckets.into_iter().enumerate() {
         let actions = b.actions.ok_or_else(|| bad("a bucket without actions"))?;
         let actions = actions.join(",");
@@ -247,10 +250,9 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         } else {
             format!("{},actions={actions}", b.properties.join(","))
         };
-        numbered.push((b.id.unwrap_or(pos as u32), text));
+        numbered.push(Bucket::new(b.id.unwrap_or(pos as u32), text));
     }
-    numbered.sort_by_key(|(id, _)| *id);
-    g.buckets = numbered.into_iter().map(|(_, b)| b).collect();
+    g.buckets = super::sorted(numbered);
     Ok((id, g))
 }
 
@@ -315,7 +317,7 @@ mod tests {
         assert_eq!(s.flows, 3);
         assert!(s.cookies.contains(&0x1000100000001) && s.cookies.contains(&0));
         assert_eq!(s.groups.keys().copied().collect::<Vec<_>>(), vec![7]);
-        assert_eq!(s.groups[&7].buckets, vec!["drop".to_string()]);
+        assert_eq!(s.groups[&7].buckets, vec![Bucket::new(0, "drop")]);
         assert_eq!(s.groups[&7].selection_method, None);
         assert_eq!(s.group_users[&2], [0x3000500000abd].into());
         assert_eq!(s.group_users.len(), 1);
@@ -325,7 +327,7 @@ mod tests {
         Group {
             id,
             hash_fields,
-            buckets: buckets.iter().map(|b| b.to_string()).collect(),
+            buckets: Bucket::numbered(buckets.iter().copied()),
             owner: Cookie::new(Category::Service, "s"),
             learns: false,
         }
@@ -399,6 +401,10 @@ mod tests {
         for other in [
             "group_id=3,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:0,weight:50,actions=resubmit(,45),bucket=bucket_id:1,actions=output:2",
             "group_id=3,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:0,actions=resubmit(,45)",
+            // The same actions under other ids: OVS hashes the ids, so flows
+            // would choose other buckets.
+            "group_id=3,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:1,actions=resubmit(,45),bucket=bucket_id:0,actions=output:2",
+            "group_id=3,type=select,selection_method=hash,fields=ip_src,bucket=bucket_id:0,actions=resubmit(,45),bucket=bucket_id:2,actions=output:2",
             "group_id=3,type=select,selection_method=hash,fields(ip_src,ip_dst),bucket=bucket_id:0,actions=resubmit(,45),bucket=bucket_id:1,actions=output:2",
             "group_id=3,type=select,bucket=bucket_id:0,actions=resubmit(,45),bucket=bucket_id:1,actions=output:2",
             "group_id=3,type=all,selection_method=hash,fields=ip_src,bucket=bucket_id:0,actions=resubmit(,45),bucket=bucket_id:1,actions=output:2",

@@ -1,0 +1,388 @@
+//! What one endpoint change costs on the agent's update path, stage by stage.
+//!
+//! `cargo run -p dpu-agent --release --example update_cost -- [N] [--baseline]`
+//!
+//! Builds an intent of N Services (default 10000) × 10 backends (1 VPC, one /8
+//! Subnet, N workloads spread over this node and two other DPUs, ports TCP/80 and
+//! for every other Service UDP/53), applies it as a snapshot, then times
+//! incremental Updates that each change one backend of one Service, through the
+//! agent's update path (`applied::Applied::handle_update`) against a switch that
+//! accepts every bundle at once (the OpenFlow apply itself is not measured).
+//! `--baseline` times the whole-intent path the agent used before (clone and
+//! validate the intent, reallocate, compile everything, diff everything, write
+//! the whole snapshot) for comparison.
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::{compile, NodeFacts};
+use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::reconcile::Reconciler;
+use dpu_agent::store::{Persisted, Store};
+use dpu_agent::update::{next_intent, snapshot_of};
+use dpu_model::*;
+use dpu_proto::v1 as pb;
+use prost::Message;
+
+struct NullSwitch;
+impl OpenFlowBackend for NullSwitch {
+    async fn apply(&mut self, _ops: &[BundleOp]) -> Result<(), OpenFlowError> {
+        Ok(())
+    }
+    async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
+        Ok(InstalledSummary::default())
+    }
+}
+
+const NODES: [&str; 3] = ["dpu-1", "dpu-2", "dpu-3"];
+
+fn wl_ip(i: usize) -> Ipv4Addr {
+    let n = i as u32 + 2;
+    Ipv4Addr::new(10, 1 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
+}
+
+fn build(n: usize) -> (Intent, NodeFacts) {
+    let mut i = Intent::default();
+    i.vpcs.insert(
+        "vpc-a".into(),
+        Vpc {
+            name: "vpc-a".into(),
+            vni: 100,
+        },
+    );
+    i.subnets.insert(
+        "pods".into(),
+        Subnet {
+            name: "pods".into(),
+            vpc: "vpc-a".into(),
+            cidr: "10.0.0.0/8".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            node_blocks: vec![],
+        },
+    );
+    for (k, node) in NODES.iter().enumerate() {
+        i.nodes.insert(
+            node.to_string(),
+            Node {
+                name: node.to_string(),
+                tunnel_ip: Ipv4Addr::new(192, 168, 50, k as u8 + 1),
+                host: None,
+            },
+        );
+    }
+    let workloads = n.max(100);
+    let mut facts = NodeFacts {
+        node: "dpu-1".into(),
+        ..Default::default()
+    };
+    facts
+        .ports
+        .insert(dpu_agent::ovsdb::TUNNEL_IFACE_ID.into(), 1);
+    for w in 0..workloads {
+        let node = NODES[w % 3];
+        let name = format!("w{w}");
+        if node == "dpu-1" {
+            facts.ports.insert(name.clone(), 10 + w as u32);
+        }
+        i.workloads.insert(
+            name.clone(),
+            Workload {
+                name: name.clone(),
+                kind: WorkloadKind::Pod,
+                vpc: "vpc-a".into(),
+                ip: wl_ip(w),
+                ipv6: None,
+                mac: Some(Mac([0x0a, 0, (w >> 16) as u8, (w >> 8) as u8, w as u8, 1])),
+                labels: Default::default(),
+                node: node.into(),
+                port: name,
+            },
+        );
+    }
+    for s in 0..n {
+        i.services
+            .insert(format!("svc{s:05}"), service(s, workloads, 0));
+    }
+    (i, facts)
+}
+
+fn service(s: usize, workloads: usize, shift: usize) -> Service {
+    let mut ports = vec![ServicePort {
+        name: "p".into(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        target_port: 8080,
+    }];
+    if s.is_multiple_of(2) {
+        ports.push(ServicePort {
+            name: "u".into(),
+            protocol: Protocol::Udp,
+            port: 53,
+            target_port: 5353,
+        });
+    }
+    let vip = 0x0a60_0000u32 + s as u32 + 1; // 10.96.x.x
+    Service {
+        name: format!("svc{s:05}"),
+        vpc: "vpc-a".into(),
+        cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(vip))],
+        ports,
+        backends: (0..10)
+            .map(|k| {
+                let w = if k == 0 {
+                    s * 7 + 10 + shift % (workloads - 20)
+                } else {
+                    s * 7 + k
+                } % workloads;
+                Backend {
+                    ip: IpAddr::V4(wl_ip(w)),
+                    weight: 1,
+                    workload: Some(format!("w{w}")),
+                    vpc: "vpc-a".into(),
+                }
+            })
+            .collect(),
+        affinity_timeout: None,
+        eip: None,
+        scenario: AccessScenario::ClusterIp,
+        external_traffic_local: false,
+        eip_node: None,
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1e3
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(10_000);
+    if args.iter().any(|a| a == "--baseline") {
+        baseline(n, 20);
+    } else {
+        incremental(n, 500);
+    }
+}
+
+fn one_change(s: usize, workloads: usize, round: usize, version: u64) -> Vec<u8> {
+    pb::Update {
+        version: version + 1,
+        base_version: version,
+        snapshot: false,
+        nonce: String::new(),
+        upserts: vec![object_to_proto(&Object::Service(service(
+            s,
+            workloads,
+            round + 1,
+        )))],
+        deletes: vec![],
+    }
+    .encode_to_vec()
+}
+
+fn report(names: &[&str], t: &mut [Vec<Duration>]) {
+    for (k, name) in names.iter().enumerate() {
+        println!(
+            "{name:>12}: p50 {:8.3} ms  p99 {:8.3} ms  max {:8.3} ms",
+            pct(&mut t[k], 0.5),
+            pct(&mut t[k], 0.99),
+            pct(&mut t[k], 1.0)
+        );
+    }
+}
+
+fn incremental(n: usize, rounds: usize) {
+    use dpu_agent::applied::Applied;
+    let (intent, facts) = build(n);
+    let mut facts = dpu_agent::applied::Facts::new(facts);
+    let workloads = intent.workloads.len();
+    let snap = snapshot_of(&intent, 1);
+    drop(intent);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
+    let mut applied = Applied::default();
+    let t = Instant::now();
+    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, &snap));
+    assert!(h.changed.is_some(), "{:?}", h.msg);
+    println!(
+        "N={n} workloads={workloads} flows={} groups={} (snapshot applied in {:.0} ms)",
+        applied.compiler.desired().flows.len(),
+        applied.compiler.desired().groups.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    // One Service in a hundred has a NetworkProbe.
+    let probed: std::collections::BTreeSet<String> =
+        (0..n / 100).map(|s| format!("svc{:05}", s * 100)).collect();
+    let names = [
+        "decode",
+        "next_intent",
+        "alloc",
+        "compile",
+        "plan+apply",
+        "persist",
+        "probe_plan",
+        "status",
+        "total",
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let mut ops = 0;
+    for r in 0..rounds {
+        let bytes = one_change((r * 7919) % n, workloads, r, applied.version);
+        let t0 = Instant::now();
+        let upd = pb::Update::decode(bytes.as_slice()).unwrap();
+        let t1 = Instant::now();
+        let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, &upd));
+        let t2 = Instant::now();
+        let changed = h.changed.expect("applied");
+        // The agent replans probes only when the change touches what the plan
+        // reads (agent.rs, `Probes::carry_plan`).
+        let replan = changed
+            .iter()
+            .any(|k| k.kind != Kind::Service || probed.contains(&k.name));
+        if replan {
+            std::hint::black_box(dpu_agent::probe::plan(
+                &applied.intent,
+                &applied.alloc,
+                "dpu-1",
+            ));
+        }
+        let t3 = Instant::now();
+        std::hint::black_box(applied.pending_ports(&facts));
+        let t4 = Instant::now();
+        if applied.compaction_due() {
+            applied.compact(&store);
+        }
+        ops += h.stats.ops;
+        let x = h.timings;
+        let stages = [
+            t1 - t0,
+            x.next_intent,
+            x.alloc,
+            x.compile,
+            x.reconcile,
+            x.persist,
+            t3 - t2,
+            t4 - t3,
+            t4 - t0,
+        ];
+        for (k, d) in stages.into_iter().enumerate() {
+            times[k].push(d);
+        }
+    }
+    println!(
+        "{rounds} one-endpoint updates, {:.1} bundle ops each",
+        ops as f64 / rounds as f64
+    );
+    report(&names, &mut times);
+
+    // Not the endpoint path, for the record: a backend's health flips (a
+    // resync: the base and the Services with that backend are recompiled).
+    let mut flips = vec![Vec::new()];
+    for r in 0..20 {
+        let ip = IpAddr::V4(wl_ip(r * 31 % workloads));
+        let k = ("vpc-a".to_string(), ip);
+        if !facts.edit().unhealthy.remove(&k) {
+            facts.edit().unhealthy.insert(k);
+        }
+        let t = Instant::now();
+        rt.block_on(applied.resync(&mut rec, &[], &facts)).unwrap();
+        flips[0].push(t.elapsed());
+    }
+    report(&["health flip"], &mut flips);
+}
+
+fn baseline(n: usize, rounds: usize) {
+    let (intent, facts) = build(n);
+    let workloads = intent.workloads.len();
+    let snap = snapshot_of(&intent, 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut cur = next_intent(&Intent::default(), 0, &snap, "dpu-1").unwrap();
+    let mut alloc = Allocations::default().update(&cur).unwrap();
+    let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
+    let c = compile(&cur, &alloc, &facts);
+    rt.block_on(rec.apply(&c.desired)).unwrap();
+    println!(
+        "N={n} workloads={workloads} flows={} groups={}",
+        c.desired.flows.len(),
+        c.desired.groups.len()
+    );
+    let names = [
+        "decode",
+        "next_intent",
+        "alloc",
+        "compile",
+        "plan+apply",
+        "persist",
+        "probe_plan",
+        "status",
+        "total",
+    ];
+    let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    let mut version = 1;
+    for r in 0..rounds {
+        let bytes = one_change((r * 7919) % n, workloads, r, version);
+        let t0 = Instant::now();
+        let upd = pb::Update::decode(bytes.as_slice()).unwrap();
+        let t1 = Instant::now();
+        let next = next_intent(&cur, version, &upd, "dpu-1").unwrap();
+        let t2 = Instant::now();
+        let a = alloc.update(&next).unwrap();
+        let t3 = Instant::now();
+        let c = compile(&next, &a, &facts);
+        let t4 = Instant::now();
+        let stats = rt.block_on(rec.apply(&c.desired)).unwrap();
+        let t5 = Instant::now();
+        store
+            .save(&Persisted {
+                snapshot: snapshot_of(&next, upd.version),
+                alloc: a.clone(),
+            })
+            .unwrap();
+        let t6 = Instant::now();
+        let plan = dpu_agent::probe::plan(&next, &a, "dpu-1");
+        let t7 = Instant::now();
+        let pending = next
+            .workloads
+            .values()
+            .filter(|w| w.node == facts.node && !facts.ports.contains_key(&w.port))
+            .count();
+        let t8 = Instant::now();
+        std::hint::black_box((plan, pending, stats));
+        cur = next;
+        alloc = a;
+        version = upd.version;
+        for (k, d) in [
+            t1 - t0,
+            t2 - t1,
+            t3 - t2,
+            t4 - t3,
+            t5 - t4,
+            t6 - t5,
+            t7 - t6,
+            t8 - t7,
+            t8 - t0,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            t[k].push(d);
+        }
+    }
+    for (k, name) in names.iter().enumerate() {
+        println!(
+            "{name:>12}: p50 {:8.3} ms  p99 {:8.3} ms",
+            pct(&mut t[k], 0.5),
+            pct(&mut t[k], 0.99)
+        );
+    }
+}

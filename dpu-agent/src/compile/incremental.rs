@@ -1,0 +1,480 @@
+//! The compiler kept between updates: the parts of [`super::compile`], cached,
+//! merged into one desired state, and recompiled only where their inputs changed.
+//! Changing one Service costs that Service's parts, not the whole intent.
+//!
+//! Merging keeps the full compiler's rule that the first part (in [`Part`]
+//! order) to emit a flow owns it: every flow key records the parts that emit it,
+//! sorted, and the merged state holds the first one's flow. Group ids are unique
+//! per Service port, but the same bookkeeping (the last part wins, as
+//! `BTreeMap::insert` in the full compiler) keeps that exact too.
+//!
+//! What each part reads, and so what recompiles it:
+//! * the base: VPCs, Subnets, workloads (and attached pods), nodes, node facts,
+//!   allocated zones;
+//! * a Service's parts: the Service, its group ids, its zones, the base's
+//!   [`Readiness`] and the node facts;
+//! * host routes: the set of VPCs with a NodeClusterIP Service, nodes, facts;
+//! * the gateway: whether there is a gateway Service, their backends' VPCs,
+//!   Subnets, zones.
+//!
+//! A change of facts, zones, VPCs or nodes rebuilds everything (not the hot
+//! path); so does the first compile and one after a refused bundle.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use dpu_model::{AccessScenario, Intent, Kind, ObjectKey, Service, Workload};
+
+use super::{compile_base, global_parts, service_parts, EnvShape, Part, PartEnv, Readiness};
+use crate::alloc::Allocations;
+use crate::compile::{Compiled, NodeFacts};
+use crate::flows::{DesiredState, FlowBody, FlowKey, Group};
+
+/// The keys whose merged value may have changed in one step: what the
+/// reconciler has to look at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub flows: BTreeSet<FlowKey>,
+    pub groups: BTreeSet<u32>,
+}
+
+/// What one [`IncrementalCompiler::update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Everything was compiled anew: diff the whole desired state.
+    Rebuilt,
+    /// Only these parts changed; [`IncrementalCompiler::changes`] has the keys.
+    Incremental { parts: usize },
+}
+
+/// Per-Service inputs of the aggregate parts, to update their counts when the
+/// Service changes or goes.
+#[derive(Debug, Clone, Default)]
+struct ServiceFacts {
+    node_vpc: Option<String>,
+    gateway_vpcs: Option<BTreeSet<String>>,
+    backends: BTreeSet<(String, IpAddr)>,
+}
+
+#[derive(Debug, Default)]
+pub struct IncrementalCompiler {
+    /// `None` until the first compile, and after [`Self::invalidate`].
+    valid: bool,
+    parts: BTreeMap<Part, DesiredState>,
+    flow_owners: HashMap<FlowKey, Vec<Part>>,
+    group_owners: HashMap<u32, Vec<Part>>,
+    merged: Compiled,
+    ready: Readiness,
+    changes: Changes,
+    // The inputs of the last compile that decide what to recompile.
+    facts: NodeFacts,
+    /// The revision of `facts` when the caller gives one (`update_at`).
+    facts_revision: Option<u64>,
+    shape: EnvShape,
+    /// The Services each backend (VPC, address) belongs to: those to
+    /// recompile when the backend's readiness changes.
+    by_backend: HashMap<(String, IpAddr), BTreeSet<Arc<str>>>,
+    zones: BTreeMap<String, u16>,
+    pods: Vec<Workload>,
+    services: HashMap<Arc<str>, ServiceFacts>,
+    /// NodeClusterIP Services per VPC.
+    node_vpcs: BTreeMap<String, usize>,
+    /// Gateway Services per backend VPC, and their number.
+    gateway_vpcs: BTreeMap<String, usize>,
+    gateways: usize,
+}
+
+impl IncrementalCompiler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The desired state (and pending/unreachable lists) of the last compile:
+    /// always equal to [`super::compile`] of its inputs.
+    pub fn compiled(&self) -> &Compiled {
+        &self.merged
+    }
+
+    pub fn desired(&self) -> &DesiredState {
+        &self.merged.desired
+    }
+
+    /// The keys the last incremental step touched.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Forgets the cache: the next update compiles everything (after a refused
+    /// bundle, when the agent went back to an older intent).
+    pub fn invalidate(&mut self) {
+        self.valid = false;
+    }
+
+    /// Brings the desired state to `intent` (plus this node's attached `pods`,
+    /// which win over workloads of the same name), `alloc` and `facts`.
+    /// `changed`: the objects that changed since the last call, `None` if
+    /// unknown (compiles everything).
+    pub fn update(
+        &mut self,
+        intent: &Intent,
+        pods: &[Workload],
+        alloc: &Allocations,
+        facts: &NodeFacts,
+        changed: Option<&BTreeSet<ObjectKey>>,
+    ) -> Step {
+        self.facts_revision = None;
+        self.step(intent, pods, alloc, facts, false, changed)
+    }
+
+    /// [`Self::update`] with facts that carry a revision (`crate::applied::Facts`):
+    /// when it is the revision of the last compile, the facts are taken as
+    /// unchanged without comparing the port map.
+    pub fn update_at(
+        &mut self,
+        intent: &Intent,
+        pods: &[Workload],
+        alloc: &Allocations,
+        (facts, revision): (&NodeFacts, u64),
+        changed: Option<&BTreeSet<ObjectKey>>,
+    ) -> Step {
+        let same = self.valid && self.facts_revision == Some(revision);
+        self.facts_revision = Some(revision);
+        self.step(intent, pods, alloc, facts, same, changed)
+    }
+
+    fn step(
+        &mut self,
+        intent: &Intent,
+        pods: &[Workload],
+        alloc: &Allocations,
+        facts: &NodeFacts,
+        same_facts: bool,
+        changed: Option<&BTreeSet<ObjectKey>>,
+    ) -> Step {
+        self.changes = Changes::default();
+        let global = |k: &ObjectKey| matches!(k.kind, Kind::Vpc | Kind::Node);
+        let env = PartEnv::new(intent, alloc, facts);
+        // Ports and health feed the base and, through readiness, the Services
+        // with those backends; the rest of the facts feed every part.
+        let rebuild = !self.valid
+            || changed.is_none_or(|c| c.iter().any(global))
+            || facts.node != self.facts.node
+            || facts.host_port != self.facts.host_port
+            || facts.uplink != self.facts.uplink
+            || env.shape() != self.shape
+            || alloc.zones != self.zones;
+        if rebuild {
+            self.rebuild(intent, pods, alloc, facts);
+            return Step::Rebuilt;
+        }
+        let changed = changed.expect("checked above");
+        let mut parts = 0;
+        let facts_changed = !same_facts
+            && (facts.ports != self.facts.ports || facts.unhealthy != self.facts.unhealthy);
+        let base_changed = pods != self.pods.as_slice()
+            || facts_changed
+            || changed
+                .iter()
+                .any(|k| matches!(k.kind, Kind::Workload | Kind::Subnet));
+        let mut affected: BTreeSet<Arc<str>> = BTreeSet::new();
+        if base_changed {
+            let base = compile_base(&with_pods(intent, pods), alloc, facts);
+            self.pods = pods.to_vec();
+            self.merged.pending_ports = base.pending_ports;
+            self.merged.unreachable = base.unreachable;
+            self.replace(Part::Base, base.desired);
+            parts += 1;
+            if base.ready != self.ready {
+                let flipped = base
+                    .ready
+                    .unready
+                    .symmetric_difference(&self.ready.unready)
+                    .chain(base.ready.local.symmetric_difference(&self.ready.local));
+                for b in flipped {
+                    affected.extend(self.by_backend.get(b).into_iter().flatten().cloned());
+                }
+                self.ready = base.ready;
+            }
+            self.facts = facts.clone();
+        }
+        let mut services: BTreeSet<&str> = changed
+            .iter()
+            .filter(|k| k.kind == Kind::Service)
+            .map(|k| k.name.as_str())
+            .collect();
+        services.extend(affected.iter().map(|s| &**s));
+        let (node_before, gateway_before) = (self.node_vpc_set(), self.gateway_set());
+        for name in services {
+            parts += self.service_changed(name, intent.services.get(name), &env);
+        }
+        let (node_after, gateway_after) = (self.node_vpc_set(), self.gateway_set());
+        let subnets_changed = changed.iter().any(|k| k.kind == Kind::Subnet);
+        if node_before != node_after || gateway_before != gateway_after || subnets_changed {
+            let node_vpcs: BTreeSet<&str> = self.node_vpcs.keys().map(String::as_str).collect();
+            let gw: BTreeSet<&str> = self.gateway_vpcs.keys().map(String::as_str).collect();
+            for (part, d) in global_parts(&env, &node_vpcs, (self.gateways > 0).then_some(&gw)) {
+                if matches!(part, Part::HostsRoutes | Part::Gateway) {
+                    self.replace(part, d);
+                    parts += 1;
+                }
+            }
+        }
+        Step::Incremental { parts }
+    }
+
+    /// Records what the aggregate parts and the backend index need of `s`.
+    fn track(&mut self, key: Arc<str>, s: &Service) {
+        let f = service_facts(s);
+        if let Some(vpc) = &f.node_vpc {
+            *self.node_vpcs.entry(vpc.clone()).or_default() += 1;
+        }
+        if let Some(vpcs) = &f.gateway_vpcs {
+            self.gateways += 1;
+            for v in vpcs {
+                *self.gateway_vpcs.entry(v.clone()).or_default() += 1;
+            }
+        }
+        for b in &f.backends {
+            self.by_backend
+                .entry(b.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.services.insert(key, f);
+    }
+
+    fn node_vpc_set(&self) -> Vec<String> {
+        self.node_vpcs.keys().cloned().collect()
+    }
+
+    fn gateway_set(&self) -> (bool, Vec<String>) {
+        (
+            self.gateways > 0,
+            self.gateway_vpcs.keys().cloned().collect(),
+        )
+    }
+
+    /// Recompiles one Service's parts (`s` is `None` when it is gone); returns
+    /// how many parts it touched.
+    fn service_changed(&mut self, name: &str, s: Option<&Service>, env: &PartEnv<'_>) -> usize {
+        let key: Arc<str> = Arc::from(name);
+        if let Some(old) = self.services.remove(&key) {
+            for b in &old.backends {
+                if let Some(set) = self.by_backend.get_mut(b) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.by_backend.remove(b);
+                    }
+                }
+            }
+            if let Some(vpc) = old.node_vpc {
+                dec(&mut self.node_vpcs, &vpc);
+            }
+            if let Some(vpcs) = old.gateway_vpcs {
+                self.gateways -= 1;
+                for v in vpcs {
+                    dec(&mut self.gateway_vpcs, &v);
+                }
+            }
+        }
+        let mut new: BTreeMap<Part, DesiredState> = BTreeMap::new();
+        if let Some(s) = s {
+            self.track(key.clone(), s);
+            new.extend(service_parts(s, env, &self.ready));
+        }
+        let mut touched = 0;
+        for part in [
+            Part::Service(key.clone()),
+            Part::HostsService(key.clone()),
+            Part::UplinkService(key),
+        ] {
+            let d = new.remove(&part).unwrap_or_default();
+            let unchanged = match self.parts.get(&part) {
+                Some(old) => *old == d,
+                None => d.flows.is_empty() && d.groups.is_empty(),
+            };
+            if !unchanged {
+                touched += 1;
+                self.replace(part, d);
+            }
+        }
+        touched
+    }
+
+    fn rebuild(
+        &mut self,
+        intent: &Intent,
+        pods: &[Workload],
+        alloc: &Allocations,
+        facts: &NodeFacts,
+    ) {
+        let base = compile_base(&with_pods(intent, pods), alloc, facts);
+        let env = PartEnv::new(intent, alloc, facts);
+        let mut parts: BTreeMap<Part, DesiredState> = BTreeMap::new();
+        self.services.clear();
+        self.by_backend.clear();
+        self.node_vpcs.clear();
+        self.gateway_vpcs.clear();
+        self.gateways = 0;
+        for s in intent.services.values() {
+            self.track(Arc::from(s.name.as_str()), s);
+            parts.extend(service_parts(s, &env, &base.ready));
+        }
+        let node_vpcs: BTreeSet<&str> = self.node_vpcs.keys().map(String::as_str).collect();
+        let gw: BTreeSet<&str> = self.gateway_vpcs.keys().map(String::as_str).collect();
+        parts.extend(global_parts(
+            &env,
+            &node_vpcs,
+            (self.gateways > 0).then_some(&gw),
+        ));
+        parts.insert(Part::Base, base.desired);
+        self.flow_owners.clear();
+        self.group_owners.clear();
+        let mut desired = DesiredState::default();
+        for (part, d) in &parts {
+            for (k, b) in &d.flows {
+                self.flow_owners
+                    .entry(k.clone())
+                    .or_default()
+                    .push(part.clone());
+                desired.flows.entry(k.clone()).or_insert_with(|| b.clone());
+            }
+            for (id, g) in &d.groups {
+                self.group_owners.entry(*id).or_default().push(part.clone());
+                desired.groups.insert(*id, g.clone());
+            }
+        }
+        self.parts = parts;
+        self.merged = Compiled {
+            desired,
+            pending_ports: base.pending_ports,
+            unreachable: base.unreachable,
+        };
+        self.ready = base.ready;
+        self.facts = facts.clone();
+        self.shape = env.shape();
+        self.zones = alloc.zones.clone();
+        self.pods = pods.to_vec();
+        self.valid = true;
+    }
+
+    /// Puts `new` in place of `part`'s old output and re-merges the keys either
+    /// one has.
+    fn replace(&mut self, part: Part, new: DesiredState) {
+        let old = if new.flows.is_empty() && new.groups.is_empty() {
+            self.parts.remove(&part).unwrap_or_default()
+        } else {
+            self.parts.insert(part.clone(), new).unwrap_or_default()
+        };
+        let new = self.parts.get(&part);
+        let empty = DesiredState::default();
+        let new = new.unwrap_or(&empty);
+        let mut flows: BTreeSet<&FlowKey> = BTreeSet::new();
+        for k in old.flows.keys() {
+            if !new.flows.contains_key(k) {
+                let owners = self.flow_owners.get_mut(k).expect("an owner per key");
+                owners.retain(|p| *p != part);
+            }
+            flows.insert(k);
+        }
+        for k in new.flows.keys() {
+            if !old.flows.contains_key(k) {
+                let owners = self.flow_owners.entry(k.clone()).or_default();
+                let at = owners.partition_point(|p| *p < part);
+                owners.insert(at, part.clone());
+            }
+            flows.insert(k);
+        }
+        for k in flows {
+            let body: Option<FlowBody> = match self.flow_owners.get(k) {
+                Some(o) if !o.is_empty() => self.parts[&o[0]].flows.get(k).cloned(),
+                _ => None,
+            };
+            if body.is_none() {
+                self.flow_owners.remove(k);
+            }
+            let merged = &mut self.merged.desired.flows;
+            if merged.get(k) != body.as_ref() {
+                match body {
+                    Some(b) => drop(merged.insert(k.clone(), b)),
+                    None => drop(merged.remove(k)),
+                }
+                self.changes.flows.insert(k.clone());
+            }
+        }
+        let mut groups: BTreeSet<u32> = BTreeSet::new();
+        for id in old.groups.keys() {
+            if !new.groups.contains_key(id) {
+                if let Some(o) = self.group_owners.get_mut(id) {
+                    o.retain(|p| *p != part);
+                }
+            }
+            groups.insert(*id);
+        }
+        for id in new.groups.keys() {
+            if !old.groups.contains_key(id) {
+                let owners = self.group_owners.entry(*id).or_default();
+                let at = owners.partition_point(|p| *p < part);
+                owners.insert(at, part.clone());
+            }
+            groups.insert(*id);
+        }
+        for id in groups {
+            // The last part to emit a group id wins, as a map insert would.
+            let g: Option<Group> = match self.group_owners.get(&id) {
+                Some(o) if !o.is_empty() => self.parts[o.last().expect("not empty")]
+                    .groups
+                    .get(&id)
+                    .cloned(),
+                _ => None,
+            };
+            if g.is_none() {
+                self.group_owners.remove(&id);
+            }
+            let merged = &mut self.merged.desired.groups;
+            if merged.get(&id) != g.as_ref() {
+                match g {
+                    Some(g) => drop(merged.insert(id, g)),
+                    None => drop(merged.remove(&id)),
+                }
+                self.changes.groups.insert(id);
+            }
+        }
+    }
+}
+
+fn dec(m: &mut BTreeMap<String, usize>, k: &str) {
+    if let Some(n) = m.get_mut(k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
+}
+
+fn service_facts(s: &Service) -> ServiceFacts {
+    ServiceFacts {
+        node_vpc: (s.scenario == AccessScenario::NodeClusterIp).then(|| s.vpc.clone()),
+        gateway_vpcs: (s.scenario == AccessScenario::EipServiceGateway)
+            .then(|| s.backends.iter().map(|b| b.vpc.clone()).collect()),
+        backends: s.backends.iter().map(|b| (b.vpc.clone(), b.ip)).collect(),
+    }
+}
+
+/// What the base part reads of the intent, with this node's attached pods in:
+/// no Services or probes, so a base recompile never copies those.
+pub fn with_pods(intent: &Intent, pods: &[Workload]) -> Intent {
+    let mut workloads = intent.workloads.clone();
+    for w in pods {
+        workloads.insert(w.name.clone(), w.clone());
+    }
+    Intent {
+        vpcs: intent.vpcs.clone(),
+        subnets: intent.subnets.clone(),
+        workloads,
+        services: BTreeMap::new(),
+        probes: BTreeMap::new(),
+        nodes: intent.nodes.clone(),
+    }
+}
