@@ -7,8 +7,11 @@
 use std::fs;
 use std::path::Path;
 
-use dpu_agent::alloc::Allocations;
-use dpu_agent::compile::{check_supported, compile, NodeFacts};
+use dpu_agent::compile::check_supported;
+
+#[path = "common/golden_case.rs"]
+mod golden_case;
+use golden_case::cases;
 
 fn run_case(dir: &Path) -> String {
     let c = compile_case(dir);
@@ -20,40 +23,10 @@ fn run_case(dir: &Path) -> String {
 
 fn compile_case(dir: &Path) -> dpu_agent::compile::Compiled {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let text = fs::read_to_string(dir.join("intent.yaml")).unwrap();
-    let docs = dpu_controller::manifest::parse_file("intent.yaml", &text)
-        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
-    let intent =
-        dpu_controller::resolve::resolve(&docs).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    let intent = golden_case::intent_of(dir);
     assert_eq!(dpu_model::validate(&intent), vec![], "{name}");
     assert_eq!(check_supported(&intent, "dpu-1"), vec![], "{name}");
-    let ports = fs::read_to_string(dir.join("ports.txt")).unwrap();
-    let facts = NodeFacts {
-        node: "dpu-1".into(),
-        // The golden cases name the host's PF representor `pf0hpf` in ports.txt
-        // when they have one.
-        host_port: Some("pf0hpf".into()),
-        // and the uplink `p0`.
-        uplink: Some(("p0".into(), "02:d9:00:00:01:01".parse().unwrap())),
-        unhealthy: Default::default(),
-        ports: ports
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
-            .collect(),
-    };
-    let alloc = Allocations::default().update(&intent).unwrap();
-    compile(&intent, &alloc, &facts)
-}
-
-fn cases() -> Vec<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut cases: Vec<_> = fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
-    cases
+    golden_case::compile_for(dir, &intent)
 }
 
 /// OVS itself is the oracle for what the compiler writes: every flow and every
@@ -126,11 +99,7 @@ fn every_compiled_flow_and_group_is_openflow_1_5_to_ovs() {
 fn golden_files_match() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut cases: Vec<_> = fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
+    let cases = cases();
     assert!(
         cases.len() >= 4,
         "golden cases missing in {}",

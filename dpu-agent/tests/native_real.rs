@@ -4,13 +4,11 @@
 //! `installed()` must read it as `ovs-ofctl`'s dumps do. Needs root and Open
 //! vSwitch; a missing OVS fails, it does not skip.
 
-use std::fs;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dpu_agent::alloc::Allocations;
-use dpu_agent::compile::{assign_bucket_ids, compile, NodeFacts};
+use dpu_agent::compile::assign_bucket_ids;
 use dpu_agent::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group};
 use dpu_agent::openflow::{
     BundleOp, InstalledSummary, NativeBackend, OfctlBackend, OpenFlowBackend, OpenFlowError,
@@ -19,35 +17,12 @@ use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::ovs::OvsInstance;
 
-fn golden_cases() -> Vec<std::path::PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut cases: Vec<_> = fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    cases.sort();
-    cases
-}
+#[path = "common/golden_case.rs"]
+mod golden_case;
 
 /// A golden case compiled as `tests/golden.rs` does.
 fn compile_case(dir: &Path) -> DesiredState {
-    let text = fs::read_to_string(dir.join("intent.yaml")).unwrap();
-    let docs = dpu_controller::manifest::parse_file("intent.yaml", &text).unwrap();
-    let intent = dpu_controller::resolve::resolve(&docs).unwrap();
-    let ports = fs::read_to_string(dir.join("ports.txt")).unwrap();
-    let facts = NodeFacts {
-        node: "dpu-1".into(),
-        host_port: Some("pf0hpf".into()),
-        uplink: Some(("p0".into(), "02:d9:00:00:01:01".parse().unwrap())),
-        unhealthy: Default::default(),
-        ports: ports
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
-            .collect(),
-    };
-    let alloc = Allocations::default().update(&intent).unwrap();
-    compile(&intent, &alloc, &facts).desired
+    golden_case::compile_for(dir, &golden_case::intent_of(dir)).desired
 }
 
 /// The bundle that installs `d` on an empty switch: groups, then flows.
@@ -172,7 +147,7 @@ fn group(id: u32, buckets: usize) -> Group {
 /// reads both bridges as `ovs-ofctl`'s dumps do.
 #[tokio::test]
 async fn every_golden_case_installs_as_through_ovs_ofctl() {
-    for case in golden_cases() {
+    for case in golden_case::cases() {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         let ovs = start_ovs(&["brn", "bro"]);
         let desired = compile_case(&case);
@@ -219,7 +194,7 @@ async fn the_reconciler_converges_the_same_over_both_backends() {
         .await
         .map_err(|(_, e)| e)
         .unwrap();
-    let cases = golden_cases();
+    let cases = golden_case::cases();
     let basic = compile_case(cases.iter().find(|c| c.ends_with("basic")).unwrap());
     let affinity = compile_case(cases.iter().find(|c| c.ends_with("affinity")).unwrap());
     for (step, desired) in [&affinity, &affinity, &basic].into_iter().enumerate() {
@@ -242,7 +217,7 @@ async fn the_reconciler_converges_the_same_over_both_backends() {
 async fn a_bundle_with_one_bad_flow_installs_nothing_and_names_it() {
     let ovs = start_ovs(&["br0"]);
     let mut b = native(&ovs, "br0");
-    let mut good = install_ops(&compile_case(&golden_cases()[0]), 1);
+    let mut good = install_ops(&compile_case(&golden_case::cases()[0]), 1);
     good.truncate(good.len().min(40));
     for (bad, text, why) in [
         (
