@@ -159,9 +159,27 @@ pub struct ServeArgs {
 pub struct StatusArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// Print status.json (plus `controller_running`) instead of a table.
+    /// Print status.json (plus `controller_running`) instead of a table; with
+    /// --node, that node's entry; with --service, that Service's.
     #[arg(long)]
     pub json: bool,
+    /// Show one node: connection, versions, errors, DPU facts, counters,
+    /// unhealthy backends and the Services its agent reports.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Show one Service on --node: VIPs, counters and its backends.
+    #[arg(long, value_name = "NAME", requires = "node")]
+    pub service: Option<String>,
+}
+
+impl StatusArgs {
+    pub fn query(&self) -> crate::statuscmd::Query {
+        crate::statuscmd::Query {
+            node: self.node.clone(),
+            service: self.service.clone(),
+            json: self.json,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +233,35 @@ mod tests {
         let default = parse(&["c", "serve", "--state-dir", "d", "--intent-dir", "i"]).unwrap();
         match default.command {
             Command::Serve(a) => assert_eq!(a.enroll_cert_ttl, Duration::from_secs(86_400)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_service_needs_node() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let e = parse(&["c", "status", "--state-dir", "d", "--service", "web"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert_eq!(e.exit_code(), 2);
+        match parse(&[
+            "c",
+            "status",
+            "--state-dir",
+            "d",
+            "--node",
+            "dpu-1",
+            "--service",
+            "web",
+        ])
+        .unwrap()
+        .command
+        {
+            Command::Status(a) => {
+                let q = a.query();
+                assert_eq!(q.node.as_deref(), Some("dpu-1"));
+                assert_eq!(q.service.as_deref(), Some("web"));
+                assert!(!q.json);
+            }
             other => panic!("{other:?}"),
         }
     }

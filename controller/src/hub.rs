@@ -8,6 +8,9 @@
 //! session per node: a new one replaces (ends) the old. The pods an agent reports
 //! (`LocalWorkloads`) are checked here and handed to the intent task through the
 //! report inbox; they come back as a new intent version like a manifest reload.
+//! An agent's `Status` is checked and recorded by `agentstatus`: one over its
+//! bounds is refused whole and named in the node's `last_error`, and the session
+//! goes on.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use crate::pki::{peer_identity, PeerIdentity};
 use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::server::shutdown_requested;
 use crate::session::{Published, SessionCore};
-use crate::status::{now_rfc3339, AgentStatus, NackRecord, StatusHandle};
+use crate::status::{now_rfc3339, NackRecord, StatusHandle};
 
 /// The agent must say Hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -568,15 +571,13 @@ fn on_message(
                 tracing::warn!(node, version = nack.version, nonce = %nack.nonce, "ignoring a Nack that matches no update sent");
             }
         }
-        Msg::Status(s) => hub.status.update_node(node, |n| {
-            n.agent_status = Some(AgentStatus {
-                applied_version: s.applied_version,
-                flows: s.flows,
-                groups: s.groups,
-                pending_ports: s.pending_ports,
-                at: now_rfc3339(),
-            })
-        }),
+        Msg::Status(s) => {
+            // A refused Status is recorded in the status, not fatal: the
+            // session and the data plane are fine.
+            if let Err(e) = crate::agentstatus::record(&hub.status, node, s) {
+                tracing::warn!(node, "keeping the previous agent status: {e}");
+            }
+        }
     }
     Ok(reply)
 }

@@ -2,6 +2,7 @@
 //! over it, and the agent's golden tests use its manifest parser and resolver so
 //! that manifests mean the same thing everywhere.
 
+pub mod agentstatus;
 pub mod cli;
 pub mod csr;
 pub mod diag;
@@ -23,6 +24,8 @@ pub mod server;
 pub mod session;
 pub mod status;
 pub mod statuscmd;
+pub mod statusfmt;
+pub mod statusview;
 pub mod store;
 pub mod timeutil;
 pub mod tokens;

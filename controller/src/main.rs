@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 enroll_cert_ttl: a.enroll_cert_ttl,
             }))?;
         }
-        Command::Status(a) => print!("{}", statuscmd::run(&a.state_dir, a.json)?),
+        Command::Status(a) => print!("{}", statuscmd::run(&a.state_dir, &a.query())?),
         Command::Token { command } => print!(
             "{}",
             match command {

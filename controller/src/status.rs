@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
+pub use crate::agentstatus::AgentStatus;
 use crate::diag::IntentError;
 use crate::fsutil::{write_atomic, PUBLIC_MODE};
 
@@ -56,8 +57,12 @@ pub struct NodeStatus {
     pub last_nack: Option<NackRecord>,
     /// The last thing that went wrong with this node's session.
     pub last_error: Option<String>,
-    /// The agent's last Status message.
+    /// The agent's last Status message that was within bounds.
     pub agent_status: Option<AgentStatus>,
+    /// Why the agent's last Status was refused (it is also `last_error` until
+    /// something else goes wrong); cleared by the next good one.
+    #[serde(default)]
+    pub refused_status: Option<String>,
     /// How many workloads this node reported are in the intent in force. They
     /// stay when the node disconnects (its pods still exist).
     #[serde(default)]
@@ -80,15 +85,6 @@ pub struct NackRecord {
     pub at: String,
     /// `Kind/name: field: message` for each error.
     pub errors: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AgentStatus {
-    pub applied_version: u64,
-    pub flows: u32,
-    pub groups: u32,
-    pub pending_ports: Vec<String>,
-    pub at: String,
 }
 
 /// The current time in RFC 3339, for status fields.

@@ -1,9 +1,14 @@
-//! `dpu-controller status`: reads `status.json` and shows it as a table or JSON.
+//! `dpu-controller status`: reads `status.json` and shows it as the fleet table,
+//! one node (`--node`), one Service on a node (`--service`), or JSON.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::status::{read_status, StatusDoc, STATUS_FILE};
+use dpu_proto::MAX_SERVICE_STATUS;
+
+use crate::status::{read_status, NodeStatus, StatusDoc, STATUS_FILE};
+use crate::statusfmt::{human_bytes, is_stale, layout, percent};
+use crate::statusview::{connection, render_node, render_service, stale_note};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusCmdError {
@@ -14,6 +19,37 @@ pub enum StatusCmdError {
         #[source]
         source: io::Error,
     },
+    /// `--node` names a node the status does not know.
+    #[error("node {node} is not in status.json ({})", known_nodes(.known))]
+    UnknownNode { node: String, known: Vec<String> },
+    /// `--service` on a node that has sent no Status.
+    #[error("node {node} has sent no Status yet; `dpu-agent show service {service}` on the DPU shows any Service")]
+    NoAgentStatus { node: String, service: String },
+    /// `--service` names a Service the node's last Status does not list.
+    #[error("Service {service} is not in the last Status of node {node} ({listed} of {services} Services listed; the agent lists at most {MAX_SERVICE_STATUS}, those with a backend not serving first, then the busiest); `dpu-agent show service {service}` on the DPU shows any Service")]
+    UnknownService {
+        node: String,
+        service: String,
+        listed: usize,
+        services: u32,
+    },
+}
+
+fn known_nodes(known: &[String]) -> String {
+    if known.is_empty() {
+        "no node has connected".to_string()
+    } else {
+        format!("known: {}", known.join(", "))
+    }
+}
+
+/// What to show: the fleet, one node, or one Service on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pub node: Option<String>,
+    /// Only with `node`.
+    pub service: Option<String>,
+    pub json: bool,
 }
 
 /// Whether a process with `pid` is alive (and not a zombie). Linux only: it
@@ -32,21 +68,124 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-pub fn run(state_dir: &Path, json: bool) -> Result<String, StatusCmdError> {
+pub fn run(state_dir: &Path, query: &Query) -> Result<String, StatusCmdError> {
     let doc = read_status(state_dir).map_err(|source| StatusCmdError::Read {
         path: state_dir.join(STATUS_FILE),
         source,
     })?;
     let running = pid_alive(doc.controller_pid);
-    if json {
-        let mut v = serde_json::to_value(&doc).expect("status serializes");
-        v["controller_running"] = serde_json::Value::Bool(running);
-        return Ok(serde_json::to_string_pretty(&v).expect("json serializes") + "\n");
-    }
-    Ok(render_table(&doc, running))
+    render(&doc, running, query, crate::timeutil::unix_now())
 }
 
-fn render_table(doc: &StatusDoc, running: bool) -> String {
+/// The output for `query` at `now` (Unix seconds), from a document already read.
+pub fn render(
+    doc: &StatusDoc,
+    running: bool,
+    query: &Query,
+    now: i64,
+) -> Result<String, StatusCmdError> {
+    let pretty =
+        |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json serializes") + "\n";
+    let Some(name) = &query.node else {
+        if query.json {
+            let mut v = serde_json::to_value(doc).expect("status serializes");
+            v["controller_running"] = serde_json::Value::Bool(running);
+            return Ok(pretty(v));
+        }
+        return Ok(render_table(doc, running, now));
+    };
+    let n = doc
+        .nodes
+        .get(name)
+        .ok_or_else(|| StatusCmdError::UnknownNode {
+            node: name.clone(),
+            known: doc.nodes.keys().cloned().collect(),
+        })?;
+    let Some(service) = &query.service else {
+        if query.json {
+            return Ok(pretty(serde_json::to_value(n).expect("status serializes")));
+        }
+        return Ok(render_node(name, n, now));
+    };
+    let a = n
+        .agent_status
+        .as_ref()
+        .ok_or_else(|| StatusCmdError::NoAgentStatus {
+            node: name.clone(),
+            service: service.clone(),
+        })?;
+    let s = a
+        .service(service)
+        .ok_or_else(|| StatusCmdError::UnknownService {
+            node: name.clone(),
+            service: service.clone(),
+            listed: a.service_status.len(),
+            services: a.services,
+        })?;
+    if query.json {
+        return Ok(pretty(serde_json::to_value(s).expect("status serializes")));
+    }
+    Ok(render_service(name, n, s, now))
+}
+
+/// `applied`, or `applied/desired` while the node is behind what was sent.
+fn versions(n: &NodeStatus) -> String {
+    if n.sent_version == 0 || n.sent_version == n.applied_version {
+        n.applied_version.to_string()
+    } else {
+        format!("{}/{}", n.applied_version, n.sent_version)
+    }
+}
+
+/// A NACK no ACK has cleared, else the session's last error, else why the
+/// last Status was refused, else the agent's own.
+fn last_error(n: &NodeStatus) -> String {
+    match (&n.last_nack, n.nack_pending) {
+        (Some(nack), true) => format!(
+            "NACK v{}: {}",
+            nack.version,
+            nack.errors.first().map(String::as_str).unwrap_or("")
+        ),
+        _ => n
+            .last_error
+            .clone()
+            .or_else(|| n.refused_status.clone())
+            .or_else(|| {
+                let agent = n.agent_status.as_ref()?.last_error.as_ref()?;
+                Some(format!("agent: {agent}"))
+            })
+            .unwrap_or_else(|| "-".to_string()),
+    }
+}
+
+/// SERVICES, UNHEALTHY, CPU and MEM from the last agent status; `*` marks
+/// last known values (see the footnote).
+fn agent_columns(n: &NodeStatus, now: i64) -> [String; 4] {
+    let Some(a) = &n.agent_status else {
+        return ["-", "-", "-", "-"].map(String::from);
+    };
+    let mark = if is_stale(n, now) { "*" } else { "" };
+    let (cpu, mem) = match &a.facts {
+        Some(f) => (
+            percent(f.cpu_percent),
+            format!(
+                "{}/{}",
+                human_bytes(f.mem_used_bytes),
+                human_bytes(f.mem_total_bytes)
+            ),
+        ),
+        None => ("-".to_string(), "-".to_string()),
+    };
+    [
+        a.services.to_string(),
+        a.unhealthy.len().to_string(),
+        cpu,
+        mem,
+    ]
+    .map(|v| v + mark)
+}
+
+fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
     let mut out = String::new();
     if running {
         out += &format!("controller: running (pid {})\n", doc.controller_pid);
@@ -68,57 +207,49 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
             out += &format!("  {e}\n");
         }
     }
+    if doc.nodes.is_empty() {
+        out += "no node has connected\n";
+        return out;
+    }
     let mut rows = vec![[
-        "NODE".to_string(),
-        "CONNECTED".to_string(),
-        "APPLIED".to_string(),
-        "SENT".to_string(),
-        "PODS".to_string(),
-        "LAST ERROR".to_string(),
-    ]];
+        "NODE",
+        "CONNECTED",
+        "APPLIED",
+        "SERVICES",
+        "UNHEALTHY",
+        "CPU",
+        "MEM",
+        "PODS",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
+    let mut stale = Vec::new();
     for (name, n) in &doc.nodes {
-        let connected = match (&n.connected_since, n.connected) {
-            (Some(since), true) => format!("yes (since {since})"),
-            _ => "no".to_string(),
-        };
-        let last_error = match (&n.last_nack, n.nack_pending) {
-            (Some(nack), true) => format!(
-                "NACK v{}: {}",
-                nack.version,
-                nack.errors.first().map(String::as_str).unwrap_or("")
-            ),
-            _ => n.last_error.clone().unwrap_or_else(|| "-".to_string()),
-        };
         // Reported pods in force, and how many were dropped.
         let pods = match n.reported_errors.len() {
             0 => n.reported_workloads.to_string(),
             e => format!("{} ({e} dropped)", n.reported_workloads),
         };
+        let [services, unhealthy, cpu, mem] = agent_columns(n, now);
         rows.push([
             name.clone(),
-            connected,
-            n.applied_version.to_string(),
-            n.sent_version.to_string(),
+            connection(n),
+            versions(n),
+            services,
+            unhealthy,
+            cpu,
+            mem,
             pods,
-            last_error,
+            last_error(n),
         ]);
+        stale.extend(stale_note(name, n, now));
     }
-    if doc.nodes.is_empty() {
-        out += "no node has connected\n";
-        return out;
-    }
-    let last = rows[0].len() - 1;
-    let widths: Vec<usize> = (0..last)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    for r in rows {
-        let mut line = String::new();
-        for (i, w) in widths.iter().enumerate() {
-            line += &format!("{:<w$}  ", r[i], w = w);
+    out += &layout(&rows);
+    if !stale.is_empty() {
+        out += "* last known values:\n";
+        for note in stale {
+            out += &format!("  {note}\n");
         }
-        line += &r[last];
-        out += line.trim_end();
-        out.push('\n');
     }
     let dropped: Vec<_> = doc
         .nodes
@@ -135,54 +266,5 @@ fn render_table(doc: &StatusDoc, running: bool) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::status::{NackRecord, NodeStatus};
-
-    #[test]
-    fn table_shows_nodes_and_errors() {
-        let mut doc = StatusDoc {
-            controller_pid: 1,
-            intent_version: 4,
-            last_reload_ok: true,
-            ..StatusDoc::default()
-        };
-        doc.nodes.insert(
-            "dpu-1".into(),
-            NodeStatus {
-                connected: true,
-                connected_since: Some("T".into()),
-                applied_version: 3,
-                sent_version: 4,
-                nack_pending: true,
-                last_nack: Some(NackRecord {
-                    version: 4,
-                    at: "T".into(),
-                    errors: vec!["Vpc/a: spec.vni: bad".into()],
-                }),
-                reported_workloads: 2,
-                reported_errors: vec!["Workload/p: spec.node: not here".into()],
-                ..NodeStatus::default()
-            },
-        );
-        let t = render_table(&doc, false);
-        assert!(t.starts_with("controller not running"), "{t}");
-        assert!(t.contains("intent version: 4"), "{t}");
-        assert!(t.contains("PODS"), "{t}");
-        assert!(
-            t.contains("dpu-1  yes (since T)  3        4     2 (1 dropped)  NACK v4"),
-            "{t}"
-        );
-        assert!(
-            t.contains("reported workloads dropped:\n  dpu-1: Workload/p: spec.node: not here"),
-            "{t}"
-        );
-        assert!(t.contains("NACK v4: Vpc/a: spec.vni: bad"), "{t}");
-    }
-
-    #[test]
-    fn own_pid_is_alive() {
-        assert!(pid_alive(std::process::id()));
-        assert!(!pid_alive(0));
-    }
-}
+#[path = "statuscmd_tests.rs"]
+pub(crate) mod tests;

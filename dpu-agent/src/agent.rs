@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dpu_model::{Intent, Kind, ObjectKey};
@@ -17,6 +18,8 @@ use crate::attach::{self, pool::Pool, AttachCmd};
 use crate::compile::NodeFacts;
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
+use crate::observe::registry::Registry;
+use crate::observe::{lb_index, Installed, LbIndex, Query, Summary};
 use crate::openflow::liveness::{self, SwitchLink};
 use crate::openflow::{Backend, OpenFlowBackend};
 use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState, TUNNEL_IFACE_ID};
@@ -120,6 +123,20 @@ pub async fn run(
         })
     };
     let (status_tx, status_rx) = watch::channel(pb::Status::default());
+    // Bumped whenever what observers see may have changed.
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let registry = Arc::new(Registry::default());
+    let (observer, mut query_rx) = crate::observe::Agent::channel();
+    let observers = start_observers(
+        &cfg,
+        observer,
+        registry.clone(),
+        changed_rx,
+        status_tx,
+        &shutdown,
+    );
+    let mut last_error: Option<String> = None;
+    let mut lb_cache: Option<(u64, Arc<LbIndex>)> = None;
     // This node's probe verdicts, for the controller.
     let (health_tx, health_rx) = watch::channel(pb::Health::default());
     let (ev_tx, mut ev_rx) = mpsc::channel(4);
@@ -152,14 +169,14 @@ pub async fn run(
     loop {
         systemd.heartbeat().beat();
         if dirty {
-            dirty = !resync(
-                &mut reconciler,
-                &mut applied,
-                &pods.pool,
-                &facts,
-                &status_tx,
-            )
-            .await;
+            let r = resync(&mut reconciler, &mut applied, &pods.pool, &facts).await;
+            dirty = r.is_err();
+            registry.reconciled(r.is_ok());
+            if let Some(t) = reconciler.take_bundle_time() {
+                registry.bundle(t);
+            }
+            last_error = r.err();
+            changed_tx.send_modify(|g| *g += 1);
             if !dirty {
                 pods.settle(&facts);
             }
@@ -179,6 +196,7 @@ pub async fn run(
                 )
                 .await;
             if replanned {
+                registry.probe_targets(probes.targets.iter().cloned());
                 // A backend no longer probed here has no health of ours.
                 let before = probes.local_unhealthy.len();
                 let targets = &probes.targets;
@@ -222,18 +240,33 @@ pub async fn run(
                 Some(SessionEvent::Connected(up)) => {
                     tracing::debug!(up, "controller session");
                     controller_up = up;
+                    changed_tx.send_modify(|g| *g += 1);
                 }
                 Some(SessionEvent::Update(update, reply)) => {
+                    registry.desired(update.version);
                     let before = (applied.version, pods.revision());
                     let pod_workloads = pods.pool.workloads(&cfg.node_name);
                     let handled = applied
                         .handle_update(&cfg.node_name, &store, &mut reconciler, &pod_workloads, &facts, &update)
                         .await;
+                    if let Some(t) = reconciler.take_bundle_time() {
+                        registry.bundle(t);
+                    }
+                    match &handled.msg {
+                        pb::agent_message::Msg::Nack(n) => {
+                            registry.answered(false);
+                            last_error = Some(nack_line(n));
+                        }
+                        _ => {
+                            registry.answered(true);
+                            last_error = None;
+                        }
+                    }
                     if let Some(changed) = &handled.changed {
                         let _ = applied_tx.send(applied.version);
-                        publish_status(&reconciler, &mut applied, &facts, &status_tx);
                         probes.carry_plan(before, (applied.version, pods.revision()), changed);
                     }
+                    changed_tx.send_modify(|g| *g += 1);
                     let _ = reply.send(handled.msg);
                     // Off the update's path: the Ack is out.
                     if applied.compaction_due() {
@@ -290,6 +323,7 @@ pub async fn run(
                 }
                 tracing::info!(vpc = %t.vpc, ip = %t.ip, healthy = t.healthy, detail = %t.detail,
                     "backend health changed");
+                registry.probe_transition(&t.vpc, t.ip, t.healthy, &t.detail);
                 let _ = health_tx.send(probes.report());
                 if probes.merge_into(facts.edit()) {
                     dirty = applied.have_intent;
@@ -315,12 +349,29 @@ pub async fn run(
                     _ => {}
                 }
             }
+            Some(q) = query_rx.recv() => {
+                let generation = *changed_tx.borrow();
+                let view = View {
+                    cfg: &cfg,
+                    applied: &mut applied,
+                    reconciler: &reconciler,
+                    pool: &pods.pool,
+                    facts: &facts,
+                    controller_up,
+                    last_error: last_error.as_deref(),
+                    registry: &registry,
+                };
+                view.answer(q, generation, &mut lb_cache);
+            }
             _ = retry.tick(), if dirty || pods.waiting() || restart.reinstalling => {}
             _ = beat.tick() => {}
         }
     }
     session.abort();
     shim.abort();
+    for o in observers {
+        o.abort();
+    }
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
 }
@@ -668,43 +719,203 @@ async fn start_reconciler<B: OpenFlowBackend>(
     }
 }
 
-/// Recompiles the applied intent against current facts and installs it.
+/// Recompiles the applied intent against current facts and installs it. The
+/// error is the line `last_error` shows.
 async fn resync<B: OpenFlowBackend>(
     reconciler: &mut Reconciler<B>,
     applied: &mut Applied,
     pool: &Pool,
     facts: &Facts,
-    status: &watch::Sender<pb::Status>,
-) -> bool {
+) -> Result<(), String> {
     let pods = pool.workloads(&facts.node);
     match applied.resync(reconciler, &pods, facts).await {
         Ok(stats) => {
             let compiled = applied.compiler.compiled();
-            tracing::info!(version = applied.version, ops = stats.ops, pending = ?compiled.pending_ports,
+            tracing::info!(version = applied.version, ops = stats.ops, flows_added = stats.flows_added,
+                flows_deleted = stats.flows_deleted, groups_put = stats.groups_put,
+                groups_deleted = stats.groups_deleted, pending = ?compiled.pending_ports,
                 unreachable = ?compiled.unreachable, "reconciled");
-            publish_status(reconciler, applied, facts, status);
-            true
+            Ok(())
         }
         Err(e) => {
-            tracing::warn!(error = %e, "reconcile failed; will retry");
-            false
+            tracing::warn!(version = applied.version, error = %e, "reconcile failed; will retry");
+            Err(format!("reconcile of version {}: {e}", applied.version))
         }
     }
 }
 
-fn publish_status<B: OpenFlowBackend>(
-    reconciler: &Reconciler<B>,
-    applied: &mut Applied,
-    facts: &NodeFacts,
-    tx: &watch::Sender<pb::Status>,
-) {
-    let installed = reconciler.installed();
-    let _ = tx.send(pb::Status {
-        applied_version: applied.version,
-        flows: installed.map_or(0, |d| d.flows.len() as u32),
-        groups: installed.map_or(0, |d| d.groups.len() as u32),
-        pending_ports: applied.pending_ports(facts),
+/// The first error of a NACK, as one line.
+fn nack_line(n: &pb::Nack) -> String {
+    let first = n.errors.first().map_or(String::new(), |e| {
+        let key = e.key.as_ref().map_or(String::new(), |k| {
+            format!("{}/{}: ", kind_name(k.kind), k.name)
+        });
+        format!(": {key}{}: {}", e.field, e.message)
     });
+    let more = n.errors.len().saturating_sub(1);
+    let more = if more > 0 {
+        format!(" (+{more} more)")
+    } else {
+        String::new()
+    };
+    format!("NACK v{}{first}{more}", n.version)
+}
+
+fn kind_name(kind: i32) -> String {
+    pb::Kind::try_from(kind)
+        .map_or_else(|_| format!("kind {kind}"), |k| k.as_str_name().to_string())
+}
+
+/// The loop's state, borrowed to answer an observer's query.
+struct View<'a, B> {
+    cfg: &'a Config,
+    applied: &'a mut Applied,
+    reconciler: &'a Reconciler<B>,
+    pool: &'a Pool,
+    facts: &'a Facts,
+    controller_up: bool,
+    last_error: Option<&'a str>,
+    registry: &'a Registry,
+}
+
+impl<B: OpenFlowBackend> View<'_, B> {
+    /// Answers `q`; `generation` identifies the state, so the LB index is built
+    /// once per state however often it is asked for.
+    fn answer(self, q: Query, generation: u64, lb_cache: &mut Option<(u64, Arc<LbIndex>)>) {
+        match q {
+            Query::Summary(tx) => {
+                let _ = tx.send(self.summary());
+            }
+            Query::Intent(tx) => {
+                let intent = self.applied.have_intent.then(|| {
+                    (
+                        self.applied.version,
+                        with_pods(&self.applied.intent, self.pool, &self.cfg.node_name)
+                            .into_owned(),
+                    )
+                });
+                let _ = tx.send(intent);
+            }
+            Query::Installed(tx) => {
+                let _ = tx.send(self.reconciler.installed().map(|d| Installed {
+                    version: self.applied.version,
+                    round: self.reconciler.round(),
+                    state: d.clone(),
+                }));
+            }
+            Query::Lb(tx) => {
+                let lb = match lb_cache {
+                    Some((g, lb)) if *g == generation => lb.clone(),
+                    _ => {
+                        let lb = Arc::new(self.lb_index());
+                        *lb_cache = Some((generation, lb.clone()));
+                        lb
+                    }
+                };
+                let _ = tx.send(lb);
+            }
+        }
+    }
+
+    fn summary(self) -> Summary {
+        let installed = self.reconciler.installed();
+        Summary {
+            node: self.cfg.node_name.clone(),
+            applied_version: self.applied.version,
+            desired_version: self.registry.desired_version().max(self.applied.version),
+            have_intent: self.applied.have_intent,
+            controller_connected: self.controller_up,
+            services: self.applied.intent.services.len(),
+            flows: installed.map_or(0, |d| d.flows.len()),
+            groups: installed.map_or(0, |d| d.groups.len()),
+            pending_ports: self.applied.pending_ports(self.facts),
+            ports: self.facts.ports.clone(),
+            unhealthy: self
+                .facts
+                .unhealthy
+                .iter()
+                .map(|(vpc, ip)| format!("{vpc}/{ip}"))
+                .collect(),
+            last_error: self.last_error.map(str::to_string),
+        }
+    }
+
+    fn lb_index(&self) -> LbIndex {
+        let intent = with_pods(&self.applied.intent, self.pool, &self.cfg.node_name);
+        LbIndex::build(&lb_index::Inputs {
+            version: self.applied.version,
+            intent: &intent,
+            alloc: &self.applied.alloc,
+            ready: self.applied.compiler.readiness(),
+            unhealthy: &self.facts.unhealthy,
+            installed: self.reconciler.installed(),
+        })
+    }
+}
+
+/// Starts the observers: the status sent to the controller, the metrics
+/// endpoint and the operator socket. A failure to start one is logged; the
+/// agent forwards without them.
+fn start_observers(
+    cfg: &Config,
+    agent: crate::observe::Agent,
+    registry: Arc<Registry>,
+    changed: watch::Receiver<u64>,
+    status: watch::Sender<pb::Status>,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::observe::collect::Collector;
+    let collector = Arc::new(Collector::new(cfg, agent.clone(), registry));
+    let mut tasks = vec![tokio::spawn(collector.clone().run_status(
+        changed,
+        status,
+        shutdown.clone(),
+    ))];
+    if cfg.metrics.enabled {
+        let m = cfg.metrics.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            let server = match crate::observe::http::bind(&m).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics endpoint not started");
+                    return;
+                }
+            };
+            tracing::info!(addr = %server.local_addr(), tls = m.tls(), "metrics endpoint");
+            // Scrapes share one observation at a time: each reads the switch.
+            let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
+            server
+                .run(
+                    move || {
+                        let (c, lock) = (collector.clone(), one_at_a_time.clone());
+                        async move {
+                            let _turn = lock.lock().await;
+                            c.metrics_text().await
+                        }
+                    },
+                    stop,
+                )
+                .await;
+        }));
+    }
+    let ctx = crate::ops::Ctx {
+        agent,
+        node: cfg.node_name.clone(),
+        bridge: cfg.ovs.bridge.clone(),
+        ofctl_target: cfg.ofctl_target(),
+        run_dir: cfg.ovs.run_dir.clone(),
+        appctl_path: cfg.ovs.appctl_path.clone(),
+        ofctl_path: cfg.ovs.ofctl_path.clone(),
+        datapath_type: cfg.ovs.datapath_type.clone(),
+    };
+    let (path, stop) = (cfg.ops.socket.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = crate::ops::server::serve(&path, ctx, stop).await {
+            tracing::error!(error = %e, "operator socket not served");
+        }
+    }));
+    tasks
 }
 
 /// The intent plus this node's attached pods: pods are forwarded to from the moment

@@ -241,6 +241,7 @@ impl Applied {
         tracing::info!(
             version = update.version,
             snapshot = update.snapshot,
+            objects = %objects_line(&done.changed),
             flows_added = stats.flows_added,
             flows_deleted = stats.flows_deleted,
             groups_put = stats.groups_put,
@@ -327,6 +328,17 @@ impl Applied {
             })
             .clone()
     }
+}
+
+/// The objects an update changed, for its log line: the first few by name,
+/// then how many more.
+fn objects_line(changed: &BTreeSet<ObjectKey>) -> String {
+    const SHOWN: usize = 5;
+    let mut line: Vec<String> = changed.iter().take(SHOWN).map(|k| k.to_string()).collect();
+    if changed.len() > SHOWN {
+        line.push(format!("+{} more", changed.len() - SHOWN));
+    }
+    line.join(" ")
 }
 
 #[cfg(test)]

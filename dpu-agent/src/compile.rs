@@ -873,7 +873,8 @@ fn lb_zone(s: &Service, alloc: &Allocations) -> Option<u32> {
     }
 }
 
-fn service_cookie(s: &Service) -> Cookie {
+/// The cookie (without round) of every flow and group a Service owns.
+pub fn service_cookie(s: &Service) -> Cookie {
     Cookie::new(
         Category::Service,
         &ObjectKey::new(Kind::Service, &s.name).to_string(),

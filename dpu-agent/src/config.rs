@@ -48,6 +48,80 @@ pub struct Config {
     /// means this DPU owns no EIP and reaches no bare-metal server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink: Option<UplinkConfig>,
+    /// `[metrics]`: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// `[ops]`: the operator socket `dpu-agent show|trace|explain` talk to.
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// `[metrics]`: a Prometheus `/metrics` endpoint for the management network.
+/// On by default on loopback. A non-loopback address needs TLS (`tls_cert_file`
+/// and `tls_key_file`); `client_ca_file` also makes scrapers show a certificate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_listen")]
+    pub listen: std::net::SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: default_metrics_listen(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// TLS is configured (both the certificate and its key).
+    pub fn tls(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
+    }
+}
+
+/// `[ops]`: the local operator socket (mode 0600, root only).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsConfig {
+    #[serde(default = "default_ops_socket")]
+    pub socket: PathBuf,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            socket: default_ops_socket(),
+        }
+    }
+}
+
+/// Where `dpu-agent show|trace|explain` find the running agent without `--socket`.
+pub const DEFAULT_OPS_SOCKET: &str = "/run/dpu-agent/ops.sock";
+/// The default metrics address: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+
+fn default_true() -> bool {
+    true
+}
+fn default_metrics_listen() -> std::net::SocketAddr {
+    DEFAULT_METRICS_LISTEN.parse().expect("a valid address")
+}
+fn default_ops_socket() -> PathBuf {
+    DEFAULT_OPS_SOCKET.into()
 }
 
 /// `[uplink]`: the port toward the outside network.
@@ -234,6 +308,10 @@ pub struct OvsConfig {
     pub openflow_backend: String,
     #[serde(default = "default_ofctl")]
     pub ofctl_path: String,
+    /// `ovs-appctl`, for `dpctl/dump-flows` (metrics) and `ofproto/trace`. It
+    /// finds `ovs-vswitchd` through `run_dir`.
+    #[serde(default = "default_appctl")]
+    pub appctl_path: String,
     /// The network namespace `ovs-vswitchd` runs in, by path (e.g.
     /// `/run/netns/dpu0`), when it is not the agent's own: the devices it makes
     /// (the health-probe links) are there. Absent on a DPU; the lab sets it.
@@ -264,6 +342,9 @@ fn default_backend() -> String {
 }
 fn default_ofctl() -> String {
     "ovs-ofctl".into()
+}
+fn default_appctl() -> String {
+    "ovs-appctl".into()
 }
 
 /// Why a config was refused (exit code 2). Each names the file or variable at fault.
@@ -418,6 +499,32 @@ impl Config {
                 }
             }
         }
+        let m = &self.metrics;
+        if m.tls_cert_file.is_some() != m.tls_key_file.is_some() {
+            return bad(
+                "metrics.tls_cert_file",
+                "set both metrics.tls_cert_file and metrics.tls_key_file, or neither".into(),
+            );
+        }
+        if m.client_ca_file.is_some() && !m.tls() {
+            return bad(
+                "metrics.client_ca_file",
+                "needs metrics.tls_cert_file and metrics.tls_key_file".into(),
+            );
+        }
+        if m.enabled && !m.listen.ip().is_loopback() && !m.tls() {
+            return bad(
+                "metrics.listen",
+                format!(
+                    "{} is not a loopback address: serving metrics there needs \
+                     metrics.tls_cert_file and metrics.tls_key_file (or metrics.enabled = false)",
+                    m.listen
+                ),
+            );
+        }
+        if self.ops.socket.as_os_str().is_empty() || !self.ops.socket.is_absolute() {
+            return bad("ops.socket", "must be an absolute path".into());
+        }
         if self.controller.backoff_min_ms == 0
             || self.controller.backoff_min_ms > self.controller.backoff_max_ms
         {
@@ -530,6 +637,29 @@ run_dir = "/run/openvswitch"
     }
 
     #[test]
+    fn metrics_stay_on_loopback_unless_tls_is_configured() {
+        let c = load(GOOD).unwrap();
+        assert!(c.metrics.enabled && c.metrics.listen.ip().is_loopback());
+        assert_eq!(c.ops.socket, std::path::Path::new(DEFAULT_OPS_SOCKET));
+        let with = |m: &str| load(&format!("{GOOD}[metrics]\n{m}\n"));
+        let e = with("listen = \"0.0.0.0:9477\"").unwrap_err();
+        assert!(
+            e.contains(": metrics.listen: 0.0.0.0:9477 is not a loopback address"),
+            "{e}"
+        );
+        // Off, or with TLS, a management address is fine.
+        assert!(with("listen = \"0.0.0.0:9477\"\nenabled = false").is_ok());
+        let tls = "listen = \"192.0.2.1:9477\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"";
+        assert!(with(tls).unwrap().metrics.tls());
+        let e = with("tls_cert_file = \"c.pem\"").unwrap_err();
+        assert!(e.contains(": metrics.tls_cert_file: set both"), "{e}");
+        let e = with("client_ca_file = \"ca.pem\"").unwrap_err();
+        assert!(e.contains(": metrics.client_ca_file: needs"), "{e}");
+        let e = load(&format!("{GOOD}[ops]\nsocket = \"ops.sock\"\n")).unwrap_err();
+        assert!(e.contains(": ops.socket: must be an absolute path"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = load(&format!("{GOOD}\nbridge_typo = 1\n")).unwrap_err();
         assert!(e.contains("ovs.bridge_typo: unknown key"), "{e}");
@@ -619,7 +749,16 @@ datapath_type = "system"
 hw_offload = true
 openflow_backend = "ovs-ofctl"
 ofctl_path = "/usr/bin/ovs-ofctl"
+appctl_path = "/usr/bin/ovs-appctl"
 netns = "/run/netns/dpu0"
+[metrics]
+enabled = true
+listen = "192.0.2.10:9477"
+tls_cert_file = "/etc/dpu-agent/metrics.pem"
+tls_key_file = "/etc/dpu-agent/metrics.key"
+client_ca_file = "/etc/dpu-agent/scrapers-ca.pem"
+[ops]
+socket = "/run/dpu-agent/ops.sock"
 [shim]
 listen = "169.254.0.1:50052"
 client_name = "shim"

@@ -42,6 +42,9 @@ pub struct Reconciler<B> {
     stale_groups: BTreeMap<u32, InstalledGroup>,
     /// For each of those groups, the cookies of the flows found naming it.
     stale_group_users: BTreeMap<u32, BTreeSet<u64>>,
+    /// How long the last bundle took, from send to the switch's confirmation;
+    /// taken by the agent loop for the metrics.
+    bundle_time: Option<std::time::Duration>,
 }
 
 impl<B: OpenFlowBackend> Reconciler<B> {
@@ -55,6 +58,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             stale_rounds: BTreeSet::new(),
             stale_groups: BTreeMap::new(),
             stale_group_users: BTreeMap::new(),
+            bundle_time: None,
         };
         match r.forget_installed().await {
             Ok(()) => Ok(r),
@@ -90,6 +94,22 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         self.stale_group_users = summary.group_users;
         self.installed = None;
         Ok(())
+    }
+
+    /// One bundle, timed.
+    async fn send(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        let r = self.backend.apply(ops).await;
+        self.bundle_time = Some(t0.elapsed());
+        r
+    }
+
+    /// The duration of the bundle sent since the last call, if any.
+    pub fn take_bundle_time(&mut self) -> Option<std::time::Duration> {
+        self.bundle_time.take()
     }
 
     pub fn round(&self) -> u16 {
@@ -281,7 +301,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         }
         let ops = self.plan_changes(desired, changed);
         let stats = stats_of(&ops);
-        self.backend.apply(&ops).await?;
+        self.send(&ops).await?;
         let installed = self.installed.as_mut().expect("checked above");
         for k in &changed.flows {
             match desired.flows.get(k) {
@@ -303,7 +323,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
     pub async fn apply(&mut self, desired: &DesiredState) -> Result<ApplyStats, OpenFlowError> {
         let ops = self.plan(desired);
         let stats = stats_of(&ops);
-        self.backend.apply(&ops).await?;
+        self.send(&ops).await?;
         if self.installed.is_none() {
             let flushed = ops
                 .iter()

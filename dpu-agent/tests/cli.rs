@@ -1,6 +1,7 @@
 //! The agent binary's contract: `check-config`, the config layers (file, drop-ins,
-//! `DPU_AGENT_*`), and the exit code for a bad config (systemd's
-//! `RestartPreventExitStatus=` relies on it).
+//! `DPU_AGENT_*`), the exit code for a bad config (systemd's
+//! `RestartPreventExitStatus=` relies on it), and the operator commands'
+//! arguments and exit codes (`show|trace|explain`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -154,4 +155,180 @@ fn version_and_usage() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Runs the binary with `args` and no inherited `DPU_AGENT_*` variables.
+fn run_agent(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpu-agent"));
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("DPU_AGENT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn operator_commands_reject_bad_arguments_with_exit_2() {
+    let bad: &[&[&str]] = &[
+        &["show"],
+        &["show", "everything"],
+        &["show", "service"],
+        &["explain"],
+        // Where the packet enters: one of --in-port and --vpc, not both.
+        &[
+            "trace", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp",
+        ],
+        &[
+            "trace",
+            "--src",
+            "10.0.0.1",
+            "--dst",
+            "10.0.0.2",
+            "--proto",
+            "icmp",
+            "--vpc",
+            "a",
+            "--in-port",
+            "p",
+        ],
+        &[
+            "trace", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "gre", "--vpc", "a",
+        ],
+        &[
+            "trace", "--src", "nope", "--dst", "10.0.0.2", "--proto", "icmp", "--vpc", "a",
+        ],
+        // tcp and udp need a destination port; icmp takes none.
+        &[
+            "trace", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "tcp", "--vpc", "a",
+        ],
+        &[
+            "trace", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp", "--dport", "80",
+            "--vpc", "a",
+        ],
+        &[
+            "trace", "--src", "10.0.0.1", "--dst", "fd00::2", "--proto", "icmp", "--vpc", "a",
+        ],
+    ];
+    for args in bad {
+        let out = run_agent(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn no_agent_at_the_socket_exits_4_and_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ops.sock");
+    let s = sock.to_str().unwrap();
+    let good: &[&[&str]] = &[
+        &["show", "intent", "--socket", s],
+        &["show", "--socket", s, "pipeline", "--service", "web"],
+        &["show", "service", "web", "--socket", s],
+        &["explain", "web", "--socket", s],
+        &[
+            "trace",
+            "--src",
+            "10.0.0.1",
+            "--dst",
+            "10.96.0.10",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+            "--sport",
+            "40000",
+            "--in-port",
+            "web-1-eth0",
+            "--socket",
+            s,
+        ],
+        &[
+            "trace", "--src", "fd00::1", "--dst", "fd00::2", "--proto", "icmp", "--vpc", "blue",
+            "--raw", "--socket", s,
+        ],
+    ];
+    for args in good {
+        let out = run_agent(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr,
+            format!(
+                "dpu-agent: {s}: no such socket: is dpu-agent running, and is `[ops] socket` in its config this path? (--socket PATH names another)\n"
+            ),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn the_socket_comes_from_the_config_unless_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("from-config.sock");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!("{CONFIG}[ops]\nsocket = \"{}\"\n", sock.display()),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let out = run_agent(&["show", "intent", "--config", config]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("dpu-agent: {}: no such socket", sock.display())),
+        "{stderr}"
+    );
+    // --socket wins.
+    let out = run_agent(&[
+        "show",
+        "intent",
+        "--config",
+        config,
+        "--socket",
+        "/nonexistent/x.sock",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("dpu-agent: /nonexistent/x.sock: "),
+        "{out:?}"
+    );
+    // A --config that does not load is a usage error, named.
+    let missing = dir.path().join("missing.toml");
+    let out = run_agent(&["show", "intent", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.toml"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_error_answer_goes_to_stderr_with_exit_1() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ops.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A one-shot stand-in for the agent: reads the request, answers ok:false.
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut req = String::new();
+        s.read_to_string(&mut req).unwrap();
+        s.write_all(br#"{"ok":false,"output":"no Service named \"wbe\" in the applied intent; close names: web"}"#)
+            .unwrap();
+        req
+    });
+    let out = run_agent(&["show", "service", "wbe", "--socket", sock.to_str().unwrap()]);
+    let req = server.join().unwrap();
+    assert_eq!(req.trim_end(), r#"{"cmd":"show-service","name":"wbe"}"#);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "dpu-agent: no Service named \"wbe\" in the applied intent; close names: web\n"
+    );
 }

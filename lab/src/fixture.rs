@@ -594,7 +594,44 @@ datapath_type = "netdev"
             .netns()
             .map(|ns| format!("netns = \"/run/netns/{ns}\"\n"))
             .unwrap_or_default(),
+    ) + &observer_sections(f)
+}
+
+/// `[metrics]` on a free loopback port and `[ops]` beside the state directory:
+/// agents of one test, and tests running in parallel, never share either.
+fn observer_sections(f: &AgentFiles) -> String {
+    let port = free_port().expect("a free loopback port");
+    format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[ops]\nsocket = \"{}\"\n",
+        ops_socket_of(f.state, f.node).display()
     )
+}
+
+fn ops_socket_of(state: &Path, node: &str) -> PathBuf {
+    state
+        .parent()
+        .unwrap_or(state)
+        .join(format!("{node}-ops.sock"))
+}
+
+/// Where an agent started from a config the lab wrote serves metrics and its
+/// operator socket: `[metrics] listen` and `[ops] socket` of that file.
+pub fn agent_endpoints(config: &Path) -> Result<(std::net::SocketAddr, PathBuf)> {
+    let text =
+        fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let doc: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", config.display()))?;
+    let get = |table: &str, key: &str| {
+        doc.get(table)
+            .and_then(|t| t.get(key))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| anyhow!("{}: no {table}.{key}", config.display()))
+    };
+    let listen = get("metrics", "listen")?
+        .parse()
+        .context("metrics.listen")?;
+    Ok((listen, PathBuf::from(get("ops", "socket")?)))
 }
 
 /// Starts `dpu-controller serve` and waits until it listens on `addr`.

@@ -100,6 +100,11 @@ impl IncrementalCompiler {
         &self.merged.desired
     }
 
+    /// Which backends took no bucket at the last compile, and which are local.
+    pub fn readiness(&self) -> &super::Readiness {
+        &self.ready
+    }
+
     /// The keys the last incremental step touched.
     pub fn changes(&self) -> &Changes {
         &self.changes

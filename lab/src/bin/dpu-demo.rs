@@ -1,7 +1,7 @@
 //! The demo: one emulated DPU (a private OVS whose switch runs in its own network
 //! namespace), the real controller and agent, the manifests in `examples/`, and real
 //! TCP and UDP traffic to the Service's cluster IP. It prints which backends
-//! answered, then tears everything down.
+//! answered and what the operator tools show, then tears everything down.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,7 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Parser;
-use dpu_lab::fixture::{Lab, NODE};
+use dpu_lab::fixture::{agent_endpoints, Lab, NODE};
+use dpu_lab::observe::{agent_ok, scrape};
 use serde_yaml_ng::Value;
 
 #[derive(Parser, Debug)]
@@ -220,6 +221,7 @@ fn run(args: &Args) -> Result<()> {
             println!("   (failed)   {:>5}", r.failed);
         }
     }
+    operate(&lab, &docs, &services)?;
     for (pod, netns) in &pod_ips {
         let cfg = lab.cni_config("vpc-a-pods", &[])?;
         let (code, out) = lab.cni("DEL", pod, netns, "eth0", &cfg)?;
@@ -242,5 +244,70 @@ fn run(args: &Args) -> Result<()> {
     drop(echo);
     drop(lab);
     println!("done");
+    Ok(())
+}
+
+/// What an operator sees after the traffic: the agent's commands on its
+/// socket, some lines of its metrics, and the controller's fleet table.
+fn operate(lab: &Lab, docs: &[(String, Value)], services: &[Value]) -> Result<()> {
+    let (metrics, ops) = agent_endpoints(&lab.path("agent.toml"))?;
+    let Some(svc) = services.first() else {
+        return Ok(());
+    };
+    let name = s(svc, &["metadata", "name"]).unwrap_or("?");
+    let vip = svc["spec"]["clusterIPs"][0].as_str().unwrap_or("?");
+    let client_ip = docs
+        .iter()
+        .find(|(_, d)| {
+            s(d, &["kind"]) == Some("Workload") && s(d, &["metadata", "name"]) == Some("client")
+        })
+        .and_then(|(_, d)| s(d, &["spec", "ip"]))
+        .ok_or_else(|| anyhow!("no Workload named client in the examples"))?;
+    let print = |args: &[&str]| -> Result<()> {
+        println!("\n== operating it: dpu-agent {}", args.join(" "));
+        for l in agent_ok(&ops, args)?.lines() {
+            println!("   {l}");
+        }
+        Ok(())
+    };
+    print(&["show", "service", name])?;
+    print(&[
+        "trace",
+        "--src",
+        client_ip,
+        "--dst",
+        vip,
+        "--proto",
+        "tcp",
+        "--dport",
+        "80",
+        "--in-port",
+        "client",
+    ])?;
+    print(&["explain", name])?;
+    println!("\n== operating it: GET http://{metrics}/metrics (some of its lines)");
+    let shown = [
+        "dpu_intent_",
+        "dpu_service_",
+        "dpu_backend_new_connections_total",
+        "dpu_bundle_duration_seconds_count",
+        "dpu_datapath_flows",
+        "dpu_node_cpu_percent",
+        "dpu_agent_resident_memory_bytes",
+    ];
+    for l in scrape(metrics)?
+        .lines()
+        .filter(|l| shown.iter().any(|p| l.starts_with(p)))
+    {
+        println!("   {l}");
+    }
+    println!("\n== operating it: dpu-controller status");
+    let state = lab.ctl_state().display().to_string();
+    for l in lab
+        .controller_cmd(&["status", "--state-dir", &state])?
+        .lines()
+    {
+        println!("   {l}");
+    }
     Ok(())
 }

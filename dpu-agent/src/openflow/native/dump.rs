@@ -1,5 +1,7 @@
 //! Reading what the switch holds: every flow's cookie and the groups it names,
-//! and every group's description.
+//! and every group's description (`installed`); or the counters of the flows of
+//! some tables and of every group, with each group's bucket ids in order
+//! (`counters`). Both read in the same two steps.
 //!
 //! OVS 3.1 cannot describe a group in more than 64 KiB (about 1000 of the
 //! compiler's buckets): it sends that description as one reply whose 16-bit
@@ -8,33 +10,29 @@
 //! `ofpmp_postappend`). So groups are counted first (GROUP_STATS, one small
 //! entry per group) and described all at once only when every group is small;
 //! otherwise each group is described by its own request, where a too-large one
-//! comes back alone, is framed by what follows it, and is reported unreadable.
+//! comes back alone and is framed by what follows it. `installed` reports such
+//! a group unreadable; `counters` needs only its bucket ids, which survive the
+//! wrapped lengths (each bucket's own length is small).
 
-use super::codec::{self, msg_type};
+use std::collections::BTreeMap;
+
+use super::codec::{self, msg_type, FlowCounts, GroupStats, OFPG_ALL};
+use super::codec::{OFPMP_FLOW_DESC, OFPMP_GROUP_DESC, OFPMP_GROUP_STATS};
 use super::conn::{error_name, xid_of, Conn, Step};
 use crate::openflow::{InstalledGroup, InstalledSummary, OpenFlowError};
 
-const OFPMP_FLOW_DESC: u16 = 1;
-const OFPMP_GROUP_STATS: u16 = 6;
-const OFPMP_GROUP_DESC: u16 = 7;
-const OFPG_ALL: u32 = 0xffff_fffc;
 /// The most buckets a group may have for all groups to be described in one
 /// dump: 64 KiB holds 128 buckets of up to 500 bytes each.
 const DESCRIBE_ALL_MAX_BUCKETS: usize = 128;
-/// An ofp_group_stats entry before its bucket counters, and one counter.
-const GROUP_STATS_LEN: usize = 40;
-const BUCKET_COUNTER_LEN: usize = 16;
 
-/// A multipart request about one group (or all, [`OFPG_ALL`]): GROUP_STATS and
-/// GROUP_DESC take the same body, a group id and 4 bytes of padding.
-fn group_request(xid: u32, kind: u16, group: u32) -> Vec<u8> {
-    let mut m = vec![codec::OFP_VERSION, msg_type::MULTIPART_REQUEST, 0, 24];
-    m.extend_from_slice(&xid.to_be_bytes());
-    m.extend_from_slice(&kind.to_be_bytes());
-    m.extend_from_slice(&[0; 6]);
-    m.extend_from_slice(&group.to_be_bytes());
-    m.extend_from_slice(&[0; 4]);
-    m
+/// Flow and group counters, in codec types (`observe::switch_stats` shapes
+/// them).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub flows: Vec<FlowCounts>,
+    pub groups: Vec<GroupStats>,
+    /// Each group's bucket ids in the switch's order.
+    pub bucket_ids: BTreeMap<u32, Vec<u32>>,
 }
 
 /// Whether a multipart reply says more parts follow.
@@ -46,33 +44,21 @@ fn protocol(what: impl std::fmt::Display) -> OpenFlowError {
     OpenFlowError::Protocol(what.to_string())
 }
 
-/// The ids and bucket counts in a GROUP_STATS reply.
-fn group_stats(msg: &[u8]) -> Result<Vec<(u32, usize)>, OpenFlowError> {
+fn take(next_xid: &mut u32) -> u32 {
+    let x = *next_xid;
+    *next_xid = next_xid.wrapping_add(1);
+    x
+}
+
+/// The groups in a GROUP_STATS reply; one longer than 64 KiB holds a single
+/// group of more than 4,000 buckets.
+fn group_stats(msg: &[u8]) -> Result<Vec<GroupStats>, OpenFlowError> {
+    let bad = |e: codec::CodecError| protocol(format!("the group stats: {e}"));
     if msg.len() > usize::from(u16::MAX) {
-        // One group alone, with more than 4000 buckets.
-        let id = msg
-            .get(20..24)
-            .ok_or_else(|| protocol("a wrapped group stats reply of under 24 bytes"))?;
-        return Ok(vec![(
-            u32::from_be_bytes([id[0], id[1], id[2], id[3]]),
-            usize::MAX,
-        )]);
+        return Ok(vec![codec::parse_oversized_group_stats(msg).map_err(bad)?]);
     }
-    let (_, _, mut body) =
-        codec::parse_multipart(msg).map_err(|e| protocol(format!("the group stats: {e}")))?;
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let len = body
-            .get(..2)
-            .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])));
-        let Some(len) = len.filter(|l| *l >= GROUP_STATS_LEN && *l <= body.len()) else {
-            return Err(protocol("a malformed group stats entry"));
-        };
-        let id = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-        out.push((id, (len - GROUP_STATS_LEN) / BUCKET_COUNTER_LEN));
-        body = &body[len..];
-    }
-    Ok(out)
+    let (_, _, body) = codec::parse_multipart(msg).map_err(bad)?;
+    codec::parse_group_stats_body(body).map_err(bad)
 }
 
 /// A group whose description came in a reply longer than 64 KiB, every length
@@ -115,30 +101,48 @@ fn unreadable_group(msg: &[u8]) -> Result<(u32, InstalledGroup), OpenFlowError> 
     ))
 }
 
-/// Reads flows and groups; `next_xid` hands out transaction ids.
-pub(super) async fn installed(
+/// A GROUP_DESC reply as [`describe_groups`] hands it on.
+enum Described<'a> {
+    /// The body of a reply of up to 64 KiB.
+    Body(&'a [u8]),
+    /// A whole reply longer than 64 KiB: one group, its lengths wrapped.
+    Oversized(&'a [u8]),
+}
+
+/// Sends the FLOW_DESC requests of `tables` (`None`: one of every table) and a
+/// GROUP_STATS of every group in one stream, behind a barrier; hands each
+/// FLOW_DESC body to `on_flows` and returns every group's stats.
+async fn flows_and_group_stats(
     conn: &mut Conn,
     next_xid: &mut u32,
-) -> Result<InstalledSummary, OpenFlowError> {
-    let mut xid = || {
-        let x = *next_xid;
-        *next_xid = next_xid.wrapping_add(1);
-        x
+    tables: Option<&[u8]>,
+    mut on_flows: impl FnMut(&[u8]) -> Result<(), OpenFlowError>,
+) -> Result<Vec<GroupStats>, OpenFlowError> {
+    let first_flows = *next_xid;
+    let requests: Vec<Vec<u8>> = match tables {
+        None => vec![codec::flow_desc_request(take(next_xid))],
+        Some(tables) => tables
+            .iter()
+            .map(|t| codec::flow_desc_request_in(take(next_xid), *t))
+            .collect(),
     };
-    let mut sum = InstalledSummary::default();
-
-    // Flows and group sizes.
-    let (flows_xid, stats_xid, barrier) = (xid(), xid(), xid());
-    let mut out = codec::flow_desc_request(flows_xid);
-    out.extend_from_slice(&group_request(stats_xid, OFPMP_GROUP_STATS, OFPG_ALL));
+    let flow_requests = requests.len();
+    let (stats_xid, barrier) = (take(next_xid), take(next_xid));
+    let mut out = requests.concat();
+    out.extend_from_slice(&codec::group_request(
+        stats_xid,
+        OFPMP_GROUP_STATS,
+        OFPG_ALL,
+    ));
     out.extend_from_slice(&codec::barrier_request(barrier));
-    let mut sizes: Vec<(u32, usize)> = Vec::new();
-    let (mut flows_done, mut stats_done) = (false, false);
+    let is_flows = |x: u32| (x.wrapping_sub(first_flows) as usize) < flow_requests;
+    let mut stats = Vec::new();
+    let (mut flows_done, mut stats_done) = (0, false);
     let follows = |h: &[u8]| {
         h[0] == codec::OFP_VERSION
             && match h[1] {
                 msg_type::MULTIPART_REPLY | msg_type::ERROR => {
-                    xid_of(h) == flows_xid || xid_of(h) == stats_xid
+                    is_flows(xid_of(h)) || xid_of(h) == stats_xid
                 }
                 msg_type::BARRIER_REPLY => xid_of(h) == barrier,
                 msg_type::ECHO_REQUEST => true,
@@ -147,10 +151,10 @@ pub(super) async fn installed(
     };
     conn.exchange_framed(&out, Some(follows), |msg| {
         let what = match xid_of(msg) {
-            x if x == flows_xid => "flow descriptions",
+            x if is_flows(x) => "flow descriptions",
             x if x == stats_xid => "group stats",
             x if x == barrier && msg[1] == msg_type::BARRIER_REPLY => {
-                return if flows_done && stats_done {
+                return if flows_done == flow_requests && stats_done {
                     Ok(Step::Done)
                 } else {
                     Err(protocol("the barrier after the dumps was answered first"))
@@ -169,7 +173,7 @@ pub(super) async fn installed(
             other => return Err(protocol(format!("message type {other} in the {what}"))),
         }
         if xid_of(msg) == stats_xid {
-            sizes.extend(group_stats(msg)?);
+            stats.extend(group_stats(msg)?);
             stats_done = !more_follows(msg);
             return Ok(Step::More);
         }
@@ -184,43 +188,42 @@ pub(super) async fn installed(
         if kind != OFPMP_FLOW_DESC {
             return Err(protocol(format!("multipart type {kind} in the {what}")));
         }
-        for f in codec::parse_flow_desc_body(body).map_err(bad)? {
-            sum.flows += 1;
-            sum.cookies.insert(f.cookie);
-            for g in f.groups {
-                sum.group_users.entry(g).or_default().insert(f.cookie);
-            }
+        on_flows(body)?;
+        if !more {
+            flows_done += 1;
         }
-        flows_done = !more;
         Ok(Step::More)
     })
     .await?;
-    if sizes.is_empty() {
-        return Ok(sum);
-    }
+    Ok(stats)
+}
 
-    // Group descriptions: all at once, or one request per group.
-    let one_by_one = sizes
+/// Describes the groups of `stats`: all at once when every group is small,
+/// otherwise each by its own request (see the module doc). Hands every reply
+/// to `on_desc`.
+async fn describe_groups(
+    conn: &mut Conn,
+    next_xid: &mut u32,
+    stats: &[GroupStats],
+    mut on_desc: impl FnMut(Described<'_>) -> Result<(), OpenFlowError>,
+) -> Result<(), OpenFlowError> {
+    if stats.is_empty() {
+        return Ok(());
+    }
+    let one_by_one = stats
         .iter()
-        .any(|(_, buckets)| *buckets > DESCRIBE_ALL_MAX_BUCKETS);
+        .any(|g| g.buckets.len() > DESCRIBE_ALL_MAX_BUCKETS);
     let ids: Vec<u32> = if one_by_one {
-        sizes.iter().map(|(id, _)| *id).collect()
+        stats.iter().map(|g| g.id).collect()
     } else {
         vec![OFPG_ALL]
     };
-    let first = xid();
+    let first = *next_xid;
     let mut out = Vec::with_capacity(ids.len() * 24 + 8);
-    for (i, id) in ids.iter().enumerate() {
-        out.extend_from_slice(&group_request(
-            first.wrapping_add(i as u32),
-            OFPMP_GROUP_DESC,
-            *id,
-        ));
+    for id in &ids {
+        out.extend_from_slice(&codec::group_request(take(next_xid), OFPMP_GROUP_DESC, *id));
     }
-    for _ in 1..ids.len() {
-        xid();
-    }
-    let barrier = xid();
+    let barrier = take(next_xid);
     out.extend_from_slice(&codec::barrier_request(barrier));
     let ours = |x: u32| (x.wrapping_sub(first) as usize) < ids.len();
     let follows = |h: &[u8]| {
@@ -265,8 +268,7 @@ pub(super) async fn installed(
             finished += 1;
         }
         if msg.len() > usize::from(u16::MAX) {
-            let (id, g) = unreadable_group(msg)?;
-            sum.groups.insert(id, g);
+            on_desc(Described::Oversized(msg))?;
             return Ok(Step::More);
         }
         let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
@@ -276,10 +278,79 @@ pub(super) async fn installed(
                 "multipart type {kind} in the group descriptions"
             )));
         }
-        sum.groups
-            .extend(codec::parse_group_desc_body(body).map_err(bad)?);
+        on_desc(Described::Body(body))?;
         Ok(Step::More)
+    })
+    .await
+}
+
+/// Reads flows and groups; `next_xid` hands out transaction ids.
+pub(super) async fn installed(
+    conn: &mut Conn,
+    next_xid: &mut u32,
+) -> Result<InstalledSummary, OpenFlowError> {
+    let mut sum = InstalledSummary::default();
+    let bad = |e: codec::CodecError| protocol(format!("the flow descriptions: {e}"));
+    let stats = flows_and_group_stats(conn, next_xid, None, |body| {
+        for f in codec::parse_flow_desc_body(body).map_err(bad)? {
+            sum.flows += 1;
+            sum.cookies.insert(f.cookie);
+            for g in f.groups {
+                sum.group_users.entry(g).or_default().insert(f.cookie);
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
+    describe_groups(conn, next_xid, &stats, |reply| {
+        match reply {
+            Described::Body(body) => sum
+                .groups
+                .extend(codec::parse_group_desc_body(body).map_err(bad)?),
+            Described::Oversized(msg) => {
+                let (id, g) = unreadable_group(msg)?;
+                sum.groups.insert(id, g);
+            }
+        }
+        Ok(())
     })
     .await?;
     Ok(sum)
+}
+
+/// Reads the counters of every flow of `tables`, of every group and its
+/// buckets, and each group's bucket ids; `next_xid` hands out transaction ids.
+pub(super) async fn counters(
+    conn: &mut Conn,
+    next_xid: &mut u32,
+    tables: &[u8],
+) -> Result<Counters, OpenFlowError> {
+    let mut flows = Vec::new();
+    let bad = |e: codec::CodecError| protocol(format!("the flow counters: {e}"));
+    let groups = flows_and_group_stats(conn, next_xid, Some(tables), |body| {
+        flows.extend(codec::parse_flow_counts_body(body).map_err(bad)?);
+        Ok(())
+    })
+    .await?;
+    let mut bucket_ids = BTreeMap::new();
+    let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
+    describe_groups(conn, next_xid, &groups, |reply| {
+        match reply {
+            Described::Body(body) => {
+                bucket_ids.extend(codec::parse_group_bucket_ids(body).map_err(bad)?)
+            }
+            Described::Oversized(msg) => {
+                let (id, ids) = codec::parse_oversized_group_bucket_ids(msg).map_err(bad)?;
+                bucket_ids.insert(id, ids);
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Counters {
+        flows,
+        groups,
+        bucket_ids,
+    })
 }

@@ -12,8 +12,9 @@
 //! call connects again, which is how a restarted `ovs-vswitchd` is survived.
 //! A refusal names the OVS error and the op, in `ovs-ofctl bundle` syntax.
 //!
-//! `installed()` is in `dump`, which also says how it keeps clear of an OVS
-//! crash on groups too large to describe in one message.
+//! `installed()` and the read-only `counters()` are in `dump`, which also says
+//! how they keep clear of an OVS crash on groups too large to describe in one
+//! message.
 
 pub mod codec;
 mod conn;
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use codec::{msg_type, BundleCtrl};
 use conn::{error_name, xid_of, Conn, Step};
+pub(crate) use dump::Counters;
 
 use super::ofctl::render_bundle;
 use super::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
@@ -404,6 +406,21 @@ impl NativeBackend {
         self.conn().await?;
         let conn = self.conn.as_mut().expect("connected above");
         dump::installed(conn, &mut self.next_xid).await
+    }
+
+    async fn dump_counters(&mut self, tables: &[u8]) -> Result<Counters, OpenFlowError> {
+        self.conn().await?;
+        let conn = self.conn.as_mut().expect("connected above");
+        dump::counters(conn, &mut self.next_xid, tables).await
+    }
+
+    /// Reads the counters of every flow of `tables` (one request per table) and
+    /// of every group and bucket, with each group's bucket ids in order. Only
+    /// reads: `observe::switch_stats` uses a backend of its own for this.
+    pub(crate) async fn counters(&mut self, tables: &[u8]) -> Result<Counters, OpenFlowError> {
+        self.begin();
+        let r = tokio::time::timeout(self.timeout, self.dump_counters(tables)).await;
+        self.settle(r)
     }
 }
 

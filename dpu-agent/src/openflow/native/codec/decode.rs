@@ -7,22 +7,22 @@ use super::{NTRT_SELECTION_METHOD, NTR_VENDOR};
 use crate::flows::Bucket;
 use crate::openflow::InstalledGroup;
 
-fn malformed(what: &'static str, reason: impl Into<String>) -> CodecError {
+pub(super) fn malformed(what: &'static str, reason: impl Into<String>) -> CodecError {
     CodecError::Malformed {
         what,
         reason: reason.into(),
     }
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn be32(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn be64(b: &[u8], at: usize) -> Option<u64> {
+pub(super) fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
@@ -285,7 +285,7 @@ pub struct FlowDesc {
 }
 
 /// Splits `b` into `len`-prefixed entries (length at `len_at`, at least `min`).
-fn entries<'a>(
+pub(super) fn entries<'a>(
     mut b: &'a [u8],
     len_at: usize,
     min: usize,
@@ -306,23 +306,50 @@ fn entries<'a>(
     Ok(out)
 }
 
-pub fn parse_flow_desc_body(body: &[u8]) -> Result<Vec<FlowDesc>, CodecError> {
-    let what = "flow desc";
+/// One entry of a FLOW_DESC body, cut into its parts.
+pub(super) struct FlowEntry<'a> {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    /// The `ofp_stats` (header and OXS fields), without padding.
+    pub stats: &'a [u8],
+    pub instructions: &'a [u8],
+}
+
+/// The entries of a FLOW_DESC body.
+pub(super) fn flow_entries<'a>(
+    body: &'a [u8],
+    what: &'static str,
+) -> Result<Vec<FlowEntry<'a>>, CodecError> {
     let short = || malformed(what, "entry shorter than its parts");
     let mut out = Vec::new();
     for e in entries(body, 0, 24, what)? {
-        let table = e[4];
-        let priority = be16(e, 6).ok_or_else(short)?;
-        let cookie = be64(e, 16).ok_or_else(short)?;
         let match_len = be16(e, 26).ok_or_else(short)? as usize;
-        let mut at = 24 + match_len.div_ceil(8) * 8;
+        let at = 24 + match_len.div_ceil(8) * 8;
         let stats_len = be16(e, at + 2).ok_or_else(short)? as usize;
         if stats_len < 4 {
             return Err(short());
         }
-        at += stats_len.div_ceil(8) * 8;
+        let stats = e.get(at..at + stats_len).ok_or_else(short)?;
+        let instructions = e.get(at + stats_len.div_ceil(8) * 8..).ok_or_else(short)?;
+        out.push(FlowEntry {
+            table: e[4],
+            priority: be16(e, 6).ok_or_else(short)?,
+            cookie: be64(e, 16).ok_or_else(short)?,
+            stats,
+            instructions,
+        });
+    }
+    Ok(out)
+}
+
+pub fn parse_flow_desc_body(body: &[u8]) -> Result<Vec<FlowDesc>, CodecError> {
+    let what = "flow desc";
+    let short = || malformed(what, "entry shorter than its parts");
+    let mut out = Vec::new();
+    for e in flow_entries(body, what)? {
         let mut groups = Vec::new();
-        let mut inst = e.get(at..).ok_or_else(short)?;
+        let mut inst = e.instructions;
         while !inst.is_empty() {
             let kind = be16(inst, 0).ok_or_else(short)?;
             let len = be16(inst, 2).ok_or_else(short)? as usize;
@@ -347,9 +374,9 @@ pub fn parse_flow_desc_body(body: &[u8]) -> Result<Vec<FlowDesc>, CodecError> {
             inst = &inst[len..];
         }
         out.push(FlowDesc {
-            table,
-            priority,
-            cookie,
+            table: e.table,
+            priority: e.priority,
+            cookie: e.cookie,
             groups,
         });
     }

@@ -7,10 +7,15 @@ mod actions;
 mod decode;
 mod fields;
 mod matches;
+mod stats;
 
 pub use decode::{
     parse_bundle_reply, parse_error, parse_flow_desc_body, parse_group_desc_body, parse_multipart,
     ErrorMsg, FlowDesc,
+};
+pub use stats::{
+    parse_flow_counts_body, parse_group_bucket_ids, parse_group_stats_body,
+    parse_oversized_group_bucket_ids, parse_oversized_group_stats, FlowCounts, GroupStats,
 };
 
 use crate::flows::{Bucket, Group};
@@ -181,11 +186,13 @@ pub fn set_xid(msg: &mut [u8], xid: u32) {
 }
 
 /// Multipart type numbers of OpenFlow 1.5.
-const OFPMP_FLOW_DESC: u16 = 1;
-const OFPMP_GROUP_DESC: u16 = 7;
+pub const OFPMP_FLOW_DESC: u16 = 1;
+pub const OFPMP_GROUP_STATS: u16 = 6;
+pub const OFPMP_GROUP_DESC: u16 = 7;
 const OFPP_ANY: u32 = 0xffff_ffff;
 const OFPG_ANY: u32 = 0xffff_ffff;
-const OFPG_ALL: u32 = 0xffff_fffc;
+/// Every group, in a group multipart request.
+pub const OFPG_ALL: u32 = 0xffff_fffc;
 const OFPTT_ALL: u8 = 0xff;
 
 fn multipart_request(xid: u32, kind: u16, body: &[u8]) -> Vec<u8> {
@@ -197,7 +204,13 @@ fn multipart_request(xid: u32, kind: u16, body: &[u8]) -> Vec<u8> {
 
 /// FLOW_DESC of every flow: all tables, any out port/group, cookie 0/0, empty match.
 pub fn flow_desc_request(xid: u32) -> Vec<u8> {
-    let mut b = vec![OFPTT_ALL, 0, 0, 0];
+    flow_desc_request_in(xid, OFPTT_ALL)
+}
+
+/// FLOW_DESC of every flow of one table. OVS 3.1 fills the flow's `ofp_stats`
+/// with its counters; it refuses FLOW_STATS (`OFPBRC_BAD_STAT`).
+pub fn flow_desc_request_in(xid: u32, table: u8) -> Vec<u8> {
+    let mut b = vec![table, 0, 0, 0];
     b.extend_from_slice(&OFPP_ANY.to_be_bytes());
     b.extend_from_slice(&OFPG_ANY.to_be_bytes());
     b.extend_from_slice(&[0; 4 + 16]);
@@ -207,9 +220,15 @@ pub fn flow_desc_request(xid: u32) -> Vec<u8> {
 
 /// GROUP_DESC of every group.
 pub fn group_desc_request(xid: u32) -> Vec<u8> {
-    let mut b = OFPG_ALL.to_be_bytes().to_vec();
+    group_request(xid, OFPMP_GROUP_DESC, OFPG_ALL)
+}
+
+/// A GROUP_STATS or GROUP_DESC request about one group, or [`OFPG_ALL`]: both
+/// take the same body, a group id and 4 bytes of padding.
+pub fn group_request(xid: u32, kind: u16, group: u32) -> Vec<u8> {
+    let mut b = group.to_be_bytes().to_vec();
     b.extend_from_slice(&[0; 4]);
-    multipart_request(xid, OFPMP_GROUP_DESC, &b)
+    multipart_request(xid, kind, &b)
 }
 
 const OFPFC_ADD: u8 = 0;

@@ -264,3 +264,186 @@ fn big_groups_split_into_insert_bucket_messages() {
     }
     assert_eq!(ids, want);
 }
+
+// ---- counters -----------------------------------------------------------------
+
+/// A FLOW_DESC reply of OVS 3.1 (`ovs-ofctl ofp-print` of it):
+///  cookie=0x1234, table=40, n_packets=3, n_bytes=156, priority=100,ip,nw_dst=10.0.0.1 actions=group:5
+///  cookie=0x99, table=40, n_packets=0, n_bytes=0, priority=10 actions=resubmit(,50)
+///  cookie=0x5678, table=50, n_packets=0, n_bytes=0, priority=200,ip actions=drop
+const FLOW_DESC_REPLY: &str = "061301580000000500010000000000000078000028000064000000000000000000000000000012340001001280000a020800800018040a000001000000000000000000348002000800000006246b1ec080020208000000060000000080020808000000000000000380020a08000000000000009c0000000000040010000000000016000800000005007000002800000a000000000000000000000000000000990001000400000000000000348002000800000006230c2b0080020208000000060000000080020808000000000000000080020a080000000000000000000000000004001800000000ffff001000002320000efff83200000000600000320000c8000000000000000000000000000056780001000a80000a02080000000000000000000034800200080000000623b403c080020208000000060000000080020808000000000000000080020a08000000000000000000000000";
+
+/// A GROUP_STATS reply of OVS 3.1 (`ofp-print`: group_id=5, packet_count=3,
+/// byte_count=156, bucket0: 0/0, bucket1: 3/156, bucket2: 0/0).
+const GROUP_STATS_REPLY: &str = "06130068000000050006000000000000005800000000000500000001000000000000000000000003000000000000009c0000000a2e318fc0000000000000000000000000000000000000000000000003000000000000009c00000000000000000000000000000000";
+
+/// A GROUP_DESC reply of OVS 3.1 (`ofp-print`: group_id=5,type=select,
+/// selection_method=hash,fields(ip_src,ip_dst),bucket=bucket_id:7,actions=drop,
+/// bucket=bucket_id:3,actions=drop,bucket=bucket_id:900,actions=drop).
+const GROUP_DESC_REPLY: &str = "0613008800000005000700000000000000780100000000050030000000000000001000000000000700000008000100000010000000000003000000080001000000100000000003840000000800010000ffff00380000154d000000010000000068617368000000000000000000000000000000000000000080001604ffffffff80001804ffffffff";
+
+fn body(reply: &str) -> Vec<u8> {
+    let msg = unhex(reply);
+    parse_multipart(&msg).unwrap().2.to_vec()
+}
+
+#[test]
+fn flow_counters_come_from_the_ofp_stats_of_flow_desc() {
+    let flows = parse_flow_counts_body(&body(FLOW_DESC_REPLY)).unwrap();
+    let f = |table, priority, cookie, packets, bytes| FlowCounts {
+        table,
+        priority,
+        cookie,
+        packets,
+        bytes,
+    };
+    assert_eq!(
+        flows,
+        [
+            f(40, 100, 0x1234, 3, 156),
+            f(40, 10, 0x99, 0, 0),
+            f(50, 200, 0x5678, 0, 0)
+        ]
+    );
+    // The same entries still read as descriptions.
+    let desc = parse_flow_desc_body(&body(FLOW_DESC_REPLY)).unwrap();
+    assert_eq!(desc[0].groups, [5]);
+    assert_eq!(
+        desc.iter().map(|d| d.cookie).collect::<Vec<_>>(),
+        [0x1234, 0x99, 0x5678]
+    );
+}
+
+#[test]
+fn a_flow_without_counts_is_malformed_not_zero() {
+    let mut b = body(FLOW_DESC_REPLY);
+    // The first flow's packet_count OXS (class 0x8002, field 4) made field 6.
+    let at = b
+        .windows(4)
+        .position(|w| w == [0x80, 0x02, 0x08, 0x08])
+        .unwrap();
+    b[at + 2] = 0x0c;
+    let e = parse_flow_counts_body(&b).unwrap_err().to_string();
+    assert!(e.contains("cookie 0x1234") && e.contains("table 40"), "{e}");
+}
+
+#[test]
+fn group_stats_count_per_bucket_and_desc_names_the_buckets_in_order() {
+    let stats = parse_group_stats_body(&body(GROUP_STATS_REPLY)).unwrap();
+    assert_eq!(
+        stats,
+        [GroupStats {
+            id: 5,
+            packets: 3,
+            bytes: 156,
+            buckets: vec![(0, 0), (3, 156), (0, 0)],
+        }]
+    );
+    assert_eq!(
+        parse_group_bucket_ids(&body(GROUP_DESC_REPLY)).unwrap(),
+        [(5, vec![7, 3, 900])]
+    );
+}
+
+/// A multipart reply of `kind` around one entry longer than 64 KiB, with the
+/// message length and the entry length wrapped at 16 bits as OVS 3.1 sends it.
+fn oversized(kind: u16, entry: &[u8]) -> Vec<u8> {
+    let mut m = vec![OFP_VERSION, msg_type::MULTIPART_REPLY];
+    m.extend_from_slice(&((16 + entry.len()) as u16).to_be_bytes());
+    m.extend_from_slice(&[0, 0, 0, 9]);
+    m.extend_from_slice(&kind.to_be_bytes());
+    m.extend_from_slice(&[0; 6]);
+    m.extend_from_slice(entry);
+    m
+}
+
+#[test]
+fn an_oversized_group_still_reads_its_bucket_ids_and_counters() {
+    // 1,200 buckets of 56 bytes (a 40-byte action list and the weight), ids
+    // in no particular order, then the selection method: over 64 KiB.
+    let ids: Vec<u32> = (0..1200u32).map(|i| (i * 7919) % 1201).collect();
+    let mut list = Vec::new();
+    for id in &ids {
+        list.extend_from_slice(&[0, 56, 0, 40]);
+        list.extend_from_slice(&id.to_be_bytes());
+        list.extend_from_slice(&[0xab; 40]);
+        list.extend_from_slice(&[0, 0, 0, 8, 0, 1, 0, 0]);
+    }
+    let props = unhex(
+        "ffff00300000154d000000010000000068617368000000000000000000000000000000000000000080001604ffffffff",
+    );
+    let mut e = ((16 + list.len() + props.len()) as u16)
+        .to_be_bytes()
+        .to_vec();
+    e.extend_from_slice(&[1, 0, 0, 0, 0, 42]);
+    e.extend_from_slice(&(list.len() as u16).to_be_bytes());
+    e.extend_from_slice(&[0; 6]);
+    e.extend_from_slice(&list);
+    e.extend_from_slice(&props);
+    let msg = oversized(7, &e);
+    assert!(msg.len() > 65_535);
+    assert_eq!(parse_oversized_group_bucket_ids(&msg).unwrap(), (42, ids));
+
+    // GROUP_STATS of 5,000 buckets: 80,040 bytes.
+    let mut e = vec![0, 0, 0, 0, 0, 0, 0, 43, 0, 0, 0, 1, 0, 0, 0, 0];
+    e.extend_from_slice(&5000u64.to_be_bytes());
+    e.extend_from_slice(&(5000u64 * 60).to_be_bytes());
+    e.extend_from_slice(&[0; 8]);
+    for _ in 0..5000 {
+        e.extend_from_slice(&1u64.to_be_bytes());
+        e.extend_from_slice(&60u64.to_be_bytes());
+    }
+    let g = parse_oversized_group_stats(&oversized(6, &e)).unwrap();
+    assert_eq!((g.id, g.packets, g.bytes), (43, 5000, 300_000));
+    assert_eq!(g.buckets.len(), 5000);
+    assert!(g.buckets.iter().all(|b| *b == (1, 60)));
+    // A wrapped stats entry cut mid-counter does not read.
+    assert!(parse_oversized_group_stats(&oversized(6, &e[..e.len() - 3])).is_err());
+}
+
+#[test]
+fn counter_decoders_refuse_short_and_inconsistent_bodies() {
+    for reply in [FLOW_DESC_REPLY, GROUP_STATS_REPLY, GROUP_DESC_REPLY] {
+        let b = body(reply);
+        for n in 1..b.len() {
+            // Cut anywhere but between entries, a body is an error, not a panic.
+            let _ = parse_flow_counts_body(&b[..n]);
+            let _ = parse_group_stats_body(&b[..n]);
+            let _ = parse_group_bucket_ids(&b[..n]);
+            let _ = parse_oversized_group_bucket_ids(&b[..n]);
+            let _ = parse_oversized_group_stats(&b[..n]);
+        }
+    }
+    let b = body(GROUP_STATS_REPLY);
+    assert!(parse_group_stats_body(&b[..b.len() - 8]).is_err());
+    let b = body(FLOW_DESC_REPLY);
+    assert!(parse_flow_counts_body(&b[..b.len() - 8]).is_err());
+    assert!(parse_group_stats_body(&[]).unwrap().is_empty());
+}
+
+proptest::proptest! {
+    #[test]
+    fn counter_decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+        let _ = parse_flow_counts_body(&bytes);
+        let _ = parse_group_stats_body(&bytes);
+        let _ = parse_group_bucket_ids(&bytes);
+        let _ = parse_oversized_group_bucket_ids(&bytes);
+        let _ = parse_oversized_group_stats(&bytes);
+    }
+}
+
+#[test]
+fn counter_requests_are_the_ones_ofp_print_reads() {
+    // `ovs-ofctl ofp-print` of these bytes: "OFPST_FLOW request (OF1.5)
+    // (xid=0x7): table=40" and "OFPST_GROUP request (OF1.5) (xid=0x8):
+    // group_id=ALL".
+    assert_eq!(
+        flow_desc_request_in(7, 40),
+        unhex("0612003800000007000100000000000028000000ffffffffffffffff00000000000000000000000000000000000000000001000400000000")
+    );
+    assert_eq!(
+        group_request(8, OFPMP_GROUP_STATS, OFPG_ALL),
+        unhex("06120018000000080006000000000000fffffffc00000000")
+    );
+    assert_eq!(&flow_desc_request(7)[16..17], &[0xff]);
+}

@@ -1,0 +1,296 @@
+//! Gathers one observation (the loop's summary and LB index, the event
+//! registry, the switch's counters, datapath flow counts, CPU and memory) and
+//! turns it into the metrics text or the Status the controller gets. The
+//! status task sends a Status whenever the agent's state changed, with the
+//! counters of the last refresh, and refreshes everything every
+//! [`STATUS_PERIOD`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dpu_proto::v1 as pb;
+use tokio::sync::watch;
+
+use super::datapath::{self, DatapathFlows};
+use super::lb_index::{BackendState, ServiceCounters};
+use super::registry::{self, Registry};
+use super::sysfacts::{SysFacts, SysSampler};
+use super::{metrics, switch_stats, Agent, Gone, LbIndex, Summary};
+use crate::config::Config;
+use crate::pipeline::SERVICE_LB;
+
+/// How often the status sent to the controller is refreshed with new counters.
+pub const STATUS_PERIOD: Duration = Duration::from_secs(10);
+/// At most this many Services in a Status, and backends per Service: the
+/// controller refuses a Status with more.
+use dpu_proto::{MAX_BACKEND_STATUS, MAX_SERVICE_STATUS, MAX_STATUS_ERROR_LEN};
+/// How long one read of the switch or of `ovs-appctl` may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything one observation needs to reach.
+#[derive(Debug)]
+pub struct Collector {
+    pub agent: Agent,
+    pub registry: Arc<Registry>,
+    sampler: Mutex<SysSampler>,
+    ofctl_target: String,
+    appctl_path: String,
+    run_dir: PathBuf,
+    datapath_type: String,
+}
+
+/// One observation.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub summary: Summary,
+    pub lb: Arc<LbIndex>,
+    pub registry: registry::Snapshot,
+    /// Per Service; `Err` says why the switch could not be read.
+    pub counters: Result<BTreeMap<String, ServiceCounters>, String>,
+    pub datapath: Result<DatapathFlows, String>,
+    pub sys: SysFacts,
+}
+
+impl Collector {
+    pub fn new(cfg: &Config, agent: Agent, registry: Arc<Registry>) -> Self {
+        Collector {
+            agent,
+            registry,
+            sampler: Mutex::new(SysSampler::new()),
+            ofctl_target: cfg.ofctl_target(),
+            appctl_path: cfg.ovs.appctl_path.clone(),
+            run_dir: cfg.ovs.run_dir.clone(),
+            datapath_type: cfg.ovs.datapath_type.clone(),
+        }
+    }
+
+    fn sample_sys(&self) -> SysFacts {
+        self.sampler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sample()
+    }
+
+    /// A fresh observation: asks the loop, reads the switch and the datapath.
+    pub async fn observe(&self) -> Result<Observation, Gone> {
+        let summary = self.agent.summary().await?;
+        let lb = self.agent.lb().await?;
+        let (counters, datapath) = tokio::join!(
+            switch_stats::read(&self.ofctl_target, &[SERVICE_LB.id], READ_TIMEOUT),
+            datapath::count(&self.appctl_path, &self.run_dir, &self.datapath_type),
+        );
+        let counters = counters.map(|c| lb.counters(&c)).map_err(|e| e.to_string());
+        let datapath = datapath.map_err(|e| e.to_string());
+        Ok(Observation {
+            summary,
+            lb,
+            registry: self.registry.snapshot(),
+            counters,
+            datapath,
+            sys: self.sample_sys(),
+        })
+    }
+
+    /// The Prometheus text of a fresh observation.
+    pub async fn metrics_text(&self) -> String {
+        match self.observe().await {
+            Ok(o) => {
+                if let Err(e) = &o.counters {
+                    tracing::debug!(error = %e, "metrics: switch counters unavailable");
+                }
+                if let Err(e) = &o.datapath {
+                    tracing::debug!(error = %e, "metrics: datapath flows unavailable");
+                }
+                metrics::render(&metrics::families(&metrics::Input {
+                    summary: &o.summary,
+                    registry: &o.registry,
+                    lb: &o.lb,
+                    counters: o.counters.as_ref().ok(),
+                    datapath: o.datapath.as_ref().ok().copied(),
+                    sys: &o.sys,
+                    agent_version: env!("CARGO_PKG_VERSION"),
+                }))
+            }
+            // The agent is stopping: an empty, valid exposition.
+            Err(Gone) => String::new(),
+        }
+    }
+
+    /// Sends a Status on every change of `changed` (with the last counters) and
+    /// every [`STATUS_PERIOD`] (with fresh ones), until `shutdown`.
+    pub async fn run_status(
+        self: Arc<Self>,
+        mut changed: watch::Receiver<u64>,
+        out: watch::Sender<pb::Status>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(STATUS_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<Observation> = None;
+        loop {
+            let fresh = tokio::select! {
+                _ = shutdown.changed() => return,
+                r = changed.changed() => {
+                    if r.is_err() { return; }
+                    false
+                }
+                _ = tick.tick() => true,
+            };
+            let o = match (&last, fresh) {
+                (Some(prev), false) => {
+                    // Only the loop's view changed: keep the counters of the
+                    // last refresh rather than reading the switch per update.
+                    let (Ok(summary), Ok(lb)) = (self.agent.summary().await, self.agent.lb().await)
+                    else {
+                        return;
+                    };
+                    Observation {
+                        summary,
+                        lb,
+                        registry: self.registry.snapshot(),
+                        ..prev.clone()
+                    }
+                }
+                _ => match self.observe().await {
+                    Ok(o) => o,
+                    Err(Gone) => return,
+                },
+            };
+            let _ = out.send(status_of(&o));
+            last = Some(o);
+        }
+    }
+}
+
+/// The Status message for the controller.
+pub fn status_of(o: &Observation) -> pb::Status {
+    let s = &o.summary;
+    let counters = o.counters.as_ref().ok();
+    let totals = counters.map(|c| {
+        c.values().fold(pb::CounterSummary::default(), |mut t, c| {
+            t.new_connections += c.new_connections;
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+            t
+        })
+    });
+    let (service_status, omitted) = service_status(&o.lb, counters);
+    pb::Status {
+        applied_version: s.applied_version,
+        flows: s.flows as u32,
+        groups: s.groups as u32,
+        pending_ports: s.pending_ports.clone(),
+        desired_version: s.desired_version,
+        services: s.services as u32,
+        unhealthy: s
+            .unhealthy
+            .iter()
+            .filter_map(|u| u.split_once('/'))
+            .map(|(vpc, ip)| pb::BackendRef {
+                vpc: vpc.to_string(),
+                ip: ip.to_string(),
+            })
+            .collect(),
+        last_error: s
+            .last_error
+            .as_deref()
+            .map(|e| cut(e, MAX_STATUS_ERROR_LEN))
+            .unwrap_or_default(),
+        reconciles: o.registry.reconciles_ok + o.registry.reconciles_failed,
+        nacks: o.registry.nacks,
+        facts: Some(pb::DpuFacts {
+            cpu_percent: percent(o.sys.cpu_percent),
+            cpus: o.sys.cpus as u32,
+            mem_total_bytes: o.sys.mem_total_bytes,
+            mem_used_bytes: o.sys.mem_used_bytes,
+            agent_cpu_percent: percent(o.sys.agent_cpu_percent),
+            agent_rss_bytes: o.sys.agent_rss_bytes,
+            datapath_flows: o.datapath.as_ref().map_or(0, |d| d.total),
+            offloaded_flows: o.datapath.as_ref().map_or(0, |d| d.offloaded),
+        }),
+        counters: totals,
+        service_status,
+        services_omitted: omitted,
+    }
+}
+
+/// At most [`MAX_SERVICE_STATUS`] Services: those with a backend that does not
+/// serve first, then the busiest; and how many were left out.
+fn service_status(
+    lb: &LbIndex,
+    counters: Option<&BTreeMap<String, ServiceCounters>>,
+) -> (Vec<pb::ServiceStatus>, u32) {
+    let none = ServiceCounters::default();
+    let mut all: Vec<(bool, u64, &str)> = lb
+        .services
+        .values()
+        .map(|v| {
+            let troubled = v.backends.iter().any(|b| b.state != BackendState::Serving);
+            let c = counters.and_then(|c| c.get(&v.name)).unwrap_or(&none);
+            (troubled, c.new_connections, v.name.as_str())
+        })
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
+    let omitted = all.len().saturating_sub(MAX_SERVICE_STATUS) as u32;
+    let out = all
+        .iter()
+        .take(MAX_SERVICE_STATUS)
+        .map(|(_, _, name)| {
+            let v = &lb.services[*name];
+            let c = counters.and_then(|c| c.get(*name)).unwrap_or(&none);
+            let mut backends: Vec<(usize, &super::lb_index::BackendView)> =
+                v.backends.iter().enumerate().collect();
+            backends.sort_by_key(|(_, b)| b.state == BackendState::Serving);
+            pb::ServiceStatus {
+                name: v.name.clone(),
+                vips: v.vips.iter().map(|ip| ip.to_string()).collect(),
+                backends: v.backends.len() as u32,
+                serving: v
+                    .backends
+                    .iter()
+                    .filter(|b| b.state == BackendState::Serving)
+                    .count() as u32,
+                backend_status: backends
+                    .into_iter()
+                    .take(MAX_BACKEND_STATUS)
+                    .map(|(i, b)| {
+                        let (p, bytes) = c.backends.get(&i).copied().unwrap_or_default();
+                        pb::BackendStatus {
+                            vpc: b.vpc.clone(),
+                            ip: b.ip.to_string(),
+                            workload: b.workload.clone().unwrap_or_default(),
+                            weight: b.weight,
+                            state: b.state.as_str().to_string(),
+                            new_connections: p,
+                            bytes,
+                        }
+                    })
+                    .collect(),
+                new_connections: c.new_connections,
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        })
+        .collect();
+    (out, omitted)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// A CPU share the controller accepts: finite and not negative.
+fn percent(p: f64) -> f64 {
+    if p.is_finite() && p >= 0.0 {
+        p
+    } else {
+        0.0
+    }
+}

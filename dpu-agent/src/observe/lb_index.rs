@@ -1,0 +1,320 @@
+//! Services as the operator sees them: VIPs, ports, the groups the agent gave
+//! them, which bucket ids stand for which backend, and why a backend has no
+//! bucket. Built from the applied intent, the allocations, the compiler's
+//! readiness and the installed groups; joined with the switch's counters by
+//! [`LbIndex::counters`]. Pure: no I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use dpu_model::{AccessScenario, Intent, Service};
+
+use crate::alloc::Allocations;
+use crate::compile::{assign_bucket_ids, service_cookie, Readiness};
+use crate::flows::DesiredState;
+use crate::pipeline::cookie;
+use crate::pipeline::{LOCAL_GROUP_BIT, V6_GROUP_BIT};
+
+use super::switch_stats::SwitchCounters;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LbIndex {
+    pub version: u64,
+    pub services: BTreeMap<String, ServiceView>,
+    /// Group id → (Service, index into its `ports`).
+    pub groups: BTreeMap<u32, (String, usize)>,
+    /// Service cookie (category and object, no round) → Service.
+    pub cookies: BTreeMap<u64, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceView {
+    pub name: String,
+    pub vpc: String,
+    pub scenario: &'static str,
+    /// Cluster IPs, then the EIP for the EIP scenarios.
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<PortView>,
+    pub backends: Vec<BackendView>,
+    /// The cookie of its flows and groups, without the round.
+    pub cookie: u64,
+    pub affinity_timeout: Option<u32>,
+    pub external_traffic_local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortView {
+    pub name: String,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: &'static str,
+    pub port: u16,
+    pub target_port: u16,
+    pub groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupView {
+    pub id: u32,
+    pub v6: bool,
+    /// The `externalTrafficPolicy: Local` group (local backends only).
+    pub local: bool,
+    /// The agent installed it (a group with no bucket is not installed).
+    pub installed: bool,
+    /// Bucket id → index into the Service's `backends`, as the compiler gave
+    /// them out.
+    pub buckets: BTreeMap<u32, usize>,
+    /// The installed group's bucket ids differ from the ones computed here;
+    /// per-backend counters of this group are not attributed.
+    pub mismatch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendView {
+    pub vpc: String,
+    pub ip: IpAddr,
+    pub workload: Option<String>,
+    pub weight: u32,
+    pub state: BackendState,
+    /// On this DPU.
+    pub local: bool,
+}
+
+/// Whether a backend takes new connections, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendState {
+    Serving,
+    /// Weight 0: configured to take nothing.
+    WeightZero,
+    /// A probe (this node's or another node's, via the controller) failed it.
+    Unhealthy,
+    /// Its workload's port is not on the bridge, or no tunnel reaches its node.
+    NotReady,
+    /// Its VPC has no zone here (not in the intent).
+    NoVpc,
+}
+
+impl BackendState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendState::Serving => "serving",
+            BackendState::WeightZero => "weight 0",
+            BackendState::Unhealthy => "unhealthy",
+            BackendState::NotReady => "not ready",
+            BackendState::NoVpc => "no VPC",
+        }
+    }
+}
+
+/// Counters of one Service, summed over its ports, groups and flows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Packets and bytes of its flows: in ServiceLb a connection's packets
+    /// until it is established, so these count new-connection traffic.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets that went through its groups: one per load-balancing decision
+    /// (a new connection, or a retransmit before it is established).
+    pub new_connections: u64,
+    /// Per backend (index into `backends`): packets and bytes through its
+    /// buckets.
+    pub backends: BTreeMap<usize, (u64, u64)>,
+}
+
+/// What the index is built from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub version: u64,
+    pub intent: &'a Intent,
+    pub alloc: &'a Allocations,
+    pub ready: &'a Readiness,
+    pub unhealthy: &'a BTreeSet<(String, IpAddr)>,
+    pub installed: Option<&'a DesiredState>,
+}
+
+fn scenario_name(s: AccessScenario) -> &'static str {
+    match s {
+        AccessScenario::ClusterIp => "ClusterIP",
+        AccessScenario::NodeClusterIp => "NodeClusterIP",
+        AccessScenario::EipLoadBalancer => "EIP LoadBalancer",
+        AccessScenario::EipServiceGateway => "EIP service gateway",
+    }
+}
+
+impl LbIndex {
+    pub fn build(x: &Inputs<'_>) -> LbIndex {
+        let mut out = LbIndex {
+            version: x.version,
+            ..LbIndex::default()
+        };
+        for s in x.intent.services.values() {
+            let view = service_view(s, x);
+            for (pi, p) in view.ports.iter().enumerate() {
+                for g in &p.groups {
+                    out.groups.insert(g.id, (s.name.clone(), pi));
+                }
+            }
+            out.cookies.insert(view.cookie, s.name.clone());
+            out.services.insert(s.name.clone(), view);
+        }
+        out
+    }
+
+    /// The Service a flow cookie (any round) belongs to.
+    pub fn service_of_cookie(&self, c: u64) -> Option<&str> {
+        self.cookies
+            .get(&(c & cookie::Cookie::SELECT_MASK))
+            .map(String::as_str)
+    }
+
+    /// Per-Service counters from the switch's flow and group counters.
+    pub fn counters(&self, sw: &SwitchCounters) -> BTreeMap<String, ServiceCounters> {
+        let mut out: BTreeMap<String, ServiceCounters> = BTreeMap::new();
+        for f in &sw.flows {
+            if let Some(name) = self.service_of_cookie(f.cookie) {
+                let c = out.entry(name.to_string()).or_default();
+                c.packets += f.packets;
+                c.bytes += f.bytes;
+            }
+        }
+        for g in &sw.groups {
+            let Some((name, pi)) = self.groups.get(&g.id) else {
+                continue;
+            };
+            let c = out.entry(name.clone()).or_default();
+            c.new_connections += g.packets;
+            let Some(view) = self.services[name].ports[*pi]
+                .groups
+                .iter()
+                .find(|v| v.id == g.id)
+            else {
+                continue;
+            };
+            if view.mismatch {
+                continue;
+            }
+            for (bid, (p, b)) in g.bucket_ids.iter().zip(&g.buckets) {
+                if let Some(&bi) = view.buckets.get(bid) {
+                    let e = c.backends.entry(bi).or_default();
+                    e.0 += p;
+                    e.1 += b;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn service_view(s: &Service, x: &Inputs<'_>) -> ServiceView {
+    let mut vips = s.cluster_ips.clone();
+    if matches!(
+        s.scenario,
+        AccessScenario::EipLoadBalancer | AccessScenario::EipServiceGateway
+    ) {
+        vips.extend(s.eip.map(IpAddr::V4));
+    }
+    let backends: Vec<BackendView> = s
+        .backends
+        .iter()
+        .map(|b| {
+            let key = (b.vpc.clone(), b.ip);
+            let state = if b.weight == 0 {
+                BackendState::WeightZero
+            } else if x.alloc.zone(&b.vpc).is_none() {
+                BackendState::NoVpc
+            } else if x.unhealthy.contains(&key) {
+                BackendState::Unhealthy
+            } else if x.ready.unready.contains(&key) {
+                BackendState::NotReady
+            } else {
+                BackendState::Serving
+            };
+            BackendView {
+                vpc: b.vpc.clone(),
+                ip: b.ip,
+                workload: b.workload.clone(),
+                weight: b.weight,
+                local: x.ready.local.contains(&key),
+                state,
+            }
+        })
+        .collect();
+    let families: Vec<bool> = [false, true]
+        .into_iter()
+        .filter(|v6| vips.iter().any(|ip| ip.is_ipv6() == *v6))
+        .collect();
+    let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;
+    let ports = s
+        .ports
+        .iter()
+        .map(|p| {
+            let mut groups = Vec::new();
+            if let Some(gid) = x.alloc.group(s, p) {
+                for &v6 in &families {
+                    // The members, as `compile_service_port` picks them.
+                    let members: Vec<usize> = backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| b.ip.is_ipv6() == v6 && b.state == BackendState::Serving)
+                        .map(|(i, _)| i)
+                        .collect();
+                    let ids = assign_bucket_ids(
+                        p.target_port,
+                        &members
+                            .iter()
+                            .map(|&i| {
+                                (backends[i].vpc.as_str(), backends[i].ip, backends[i].weight)
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    let all: BTreeMap<u32, usize> = members
+                        .iter()
+                        .zip(&ids)
+                        .flat_map(|(&i, ids)| ids.iter().map(move |&id| (id, i)))
+                        .collect();
+                    let fam_gid = if v6 { gid | V6_GROUP_BIT } else { gid };
+                    let local: BTreeMap<u32, usize> = all
+                        .iter()
+                        .filter(|(_, &i)| backends[i].local)
+                        .map(|(&id, &i)| (id, i))
+                        .collect();
+                    let mut push = |id: u32, buckets: BTreeMap<u32, usize>, is_local: bool| {
+                        let installed = x.installed.and_then(|d| d.groups.get(&id));
+                        let mismatch = installed.is_some_and(|g| {
+                            !g.buckets.iter().map(|b| b.id).eq(buckets.keys().copied())
+                        });
+                        groups.push(GroupView {
+                            id,
+                            v6,
+                            local: is_local,
+                            installed: installed.is_some(),
+                            buckets,
+                            mismatch,
+                        });
+                    };
+                    if external_local {
+                        push(fam_gid | LOCAL_GROUP_BIT, local, true);
+                    }
+                    push(fam_gid, all, false);
+                }
+            }
+            PortView {
+                name: p.name.clone(),
+                protocol: p.protocol.as_str(),
+                port: p.port,
+                target_port: p.target_port,
+                groups,
+            }
+        })
+        .collect();
+    ServiceView {
+        name: s.name.clone(),
+        vpc: s.vpc.clone(),
+        scenario: scenario_name(s.scenario),
+        vips,
+        ports,
+        backends,
+        cookie: service_cookie(s).value(0),
+        affinity_timeout: s.affinity_timeout,
+        external_traffic_local: s.external_traffic_local,
+    }
+}

@@ -1,0 +1,111 @@
+//! Observability: what the agent tells operators. The agent loop stays the only
+//! owner of intent and switch state; observers (the metrics endpoint, the
+//! operator socket, the status sent to the controller) ask it through
+//! [`Query`], and count events through the shared [`registry::Registry`].
+//! Switch counters are read over a connection of their own (`switch_stats`):
+//! reading is not writing, and the reconciler stays the only writer.
+
+pub mod collect;
+pub mod datapath;
+pub mod http;
+pub mod lb_index;
+pub mod metrics;
+pub mod registry;
+pub mod switch_stats;
+pub mod sysfacts;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dpu_model::Intent;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::flows::DesiredState;
+pub use lb_index::LbIndex;
+
+/// A question for the agent loop; the answer comes back on the oneshot.
+#[derive(Debug)]
+pub enum Query {
+    /// Cheap facts: versions, counts, health.
+    Summary(oneshot::Sender<Summary>),
+    /// The intent as applied, with this node's attached pods.
+    Intent(oneshot::Sender<Option<(u64, Intent)>>),
+    /// What the reconciler last installed (its view of the switch) and the round
+    /// stamped into cookies.
+    Installed(oneshot::Sender<Option<Installed>>),
+    /// Services, their groups and buckets, and backends' health: built once per
+    /// applied state and shared.
+    Lb(oneshot::Sender<Arc<LbIndex>>),
+}
+
+/// The reconciler's view of the switch.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub version: u64,
+    pub round: u16,
+    pub state: DesiredState,
+}
+
+/// What every observer wants to know, cheap to build.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub node: String,
+    /// The version on the switch (0: none yet).
+    pub applied_version: u64,
+    /// The newest version the controller sent (applied or not).
+    pub desired_version: u64,
+    pub have_intent: bool,
+    pub controller_connected: bool,
+    pub services: usize,
+    pub flows: usize,
+    pub groups: usize,
+    pub pending_ports: Vec<String>,
+    /// The bridge's ports the agent knows: `iface-id` → OpenFlow port number.
+    pub ports: BTreeMap<String, u32>,
+    /// Backends with no bucket because they are unhealthy (this node's probes
+    /// plus the controller's verdicts), as `vpc/ip`.
+    pub unhealthy: Vec<String>,
+    /// The last reconcile or update that failed, with why; cleared by success.
+    pub last_error: Option<String>,
+}
+
+/// The sending side of the query channel, for observers.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    tx: mpsc::Sender<Query>,
+}
+
+/// The agent loop has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the agent loop is not running")]
+pub struct Gone;
+
+impl Agent {
+    /// A handle and the receiving end the agent loop serves.
+    pub fn channel() -> (Agent, mpsc::Receiver<Query>) {
+        let (tx, rx) = mpsc::channel(16);
+        (Agent { tx }, rx)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Gone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Gone)?;
+        rx.await.map_err(|_| Gone)
+    }
+
+    pub async fn summary(&self) -> Result<Summary, Gone> {
+        self.ask(Query::Summary).await
+    }
+
+    pub async fn intent(&self) -> Result<Option<(u64, Intent)>, Gone> {
+        self.ask(Query::Intent).await
+    }
+
+    pub async fn installed(&self) -> Result<Option<Installed>, Gone> {
+        self.ask(Query::Installed).await
+    }
+
+    pub async fn lb(&self) -> Result<Arc<LbIndex>, Gone> {
+        self.ask(Query::Lb).await
+    }
+}
