@@ -836,6 +836,12 @@ impl<B: OpenFlowBackend> View<'_, B> {
                 .iter()
                 .map(|(vpc, ip)| format!("{vpc}/{ip}"))
                 .collect(),
+            probe_details: self
+                .registry
+                .probe_details()
+                .into_iter()
+                .map(|((vpc, ip), d)| (format!("{vpc}/{ip}"), d))
+                .collect(),
             last_error: self.last_error.map(str::to_string),
         }
     }

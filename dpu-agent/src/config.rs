@@ -649,7 +649,8 @@ run_dir = "/run/openvswitch"
         );
         // Off, or with TLS, a management address is fine.
         assert!(with("listen = \"0.0.0.0:9477\"\nenabled = false").is_ok());
-        let tls = "listen = \"192.0.2.1:9477\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"";
+        let tls =
+            "listen = \"192.0.2.1:9477\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"";
         assert!(with(tls).unwrap().metrics.tls());
         let e = with("tls_cert_file = \"c.pem\"").unwrap_err();
         assert!(e.contains(": metrics.tls_cert_file: set both"), "{e}");

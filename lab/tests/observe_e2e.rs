@@ -227,7 +227,7 @@ fn operator_tools_show_trace_and_explain_what_breaks() -> Result<()> {
                 .map(|r| r.1 + &r.2)
                 .unwrap_or_default();
             last.lines()
-                .any(|l| l.contains("10.0.1.12") && l.contains("unhealthy"))
+                .any(|l| l.contains("10.0.1.12") && l.contains("unhealthy") && l.contains("last:"))
         },
     )
     .map_err(|e| anyhow!("{e}\nlast explain:\n{last}"))?;

@@ -65,6 +65,9 @@ pub struct Summary {
     /// Backends with no bucket because they are unhealthy (this node's probes
     /// plus the controller's verdicts), as `vpc/ip`.
     pub unhealthy: Vec<String>,
+    /// Why this node's probes found each backend they probe (`vpc/ip`) as
+    /// they did, last: `HTTP 503`, `connect timeout`, ...
+    pub probe_details: BTreeMap<String, String>,
     /// The last reconcile or update that failed, with why; cleared by success.
     pub last_error: Option<String>,
 }

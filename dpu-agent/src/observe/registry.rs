@@ -132,6 +132,14 @@ impl Registry {
         *p = keep;
     }
 
+    /// The last detail of every probed backend's verdict.
+    pub fn probe_details(&self) -> BTreeMap<(String, IpAddr), String> {
+        self.probes()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.detail.clone()))
+            .collect()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut acc = 0;
         let bundle_cumulative = self

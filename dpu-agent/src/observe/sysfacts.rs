@@ -28,6 +28,10 @@ pub struct SysSampler {
     system: System,
     /// `None` where the platform cannot name this process (not on Linux).
     agent: Option<Pid>,
+    /// When the CPU counters were last read: a share over a shorter span than
+    /// `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL` is noise, so such a call keeps
+    /// the previous figures.
+    cpu_read: std::time::Instant,
 }
 
 impl Default for SysSampler {
@@ -48,18 +52,28 @@ impl SysSampler {
             // The baseline the first `sample` measures the agent's CPU from.
             refresh_agent(&mut system, pid);
         }
-        SysSampler { system, agent }
+        SysSampler {
+            system,
+            agent,
+            cpu_read: std::time::Instant::now(),
+        }
     }
 
     /// The facts now; CPU figures are averages since the last call (or since
     /// `new`).
     pub fn sample(&mut self) -> SysFacts {
+        let cpu_due = self.cpu_read.elapsed() >= sysinfo::MINIMUM_CPU_UPDATE_INTERVAL;
         let s = &mut self.system;
-        s.refresh_cpu_usage();
+        if cpu_due {
+            s.refresh_cpu_usage();
+            self.cpu_read = std::time::Instant::now();
+        }
         s.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
         let (agent_cpu_percent, agent_rss_bytes) = match self.agent {
             Some(pid) => {
-                refresh_agent(s, pid);
+                if cpu_due {
+                    refresh_agent(s, pid);
+                }
                 s.process(pid)
                     .map_or((0.0, 0), |p| (f64::from(p.cpu_usage()), p.memory()))
             }

@@ -477,7 +477,14 @@ fn backend_reason(g: &Gathered<'_>, intent: &Intent, b: &BackendView) -> String 
         BackendState::WeightZero => "weight 0: takes no new connections".into(),
         BackendState::NoVpc => format!("its VPC {} has no zone here", b.vpc),
         BackendState::Unhealthy => {
-            if b.local {
+            let detail = g
+                .summary
+                .probe_details
+                .get(&format!("{}/{}", b.vpc, b.ip))
+                .filter(|d| !d.is_empty());
+            if let (true, Some(d)) = (b.local, detail) {
+                format!("unhealthy: this node's probe failed it ({d})")
+            } else if b.local {
                 "unhealthy: this node's probe failed it".into()
             } else {
                 "unhealthy: the controller's verdict (probed by its own node)".into()

@@ -34,8 +34,18 @@ fn healthy_switch(b: &Basic) -> SwitchView {
 }
 
 fn report(b: &Basic, name: &str, sw: Result<&SwitchView, &str>) -> Report {
+    report_with(b, name, sw, Default::default())
+}
+
+fn report_with(
+    b: &Basic,
+    name: &str,
+    sw: Result<&SwitchView, &str>,
+    probe_details: std::collections::BTreeMap<String, String>,
+) -> Report {
     let summary = Summary {
         ports: b.ports.clone(),
+        probe_details,
         ..Summary::default()
     };
     let r = check(&Gathered {
@@ -199,4 +209,21 @@ fn arp_and_service_lb_are_checked_on_the_switch() {
         "BROKEN at arp: cannot read the switch: connection refused"
     );
     assert_eq!(status(&r, "backends"), Status::Ok);
+}
+
+#[test]
+fn an_unhealthy_backend_names_what_its_probe_saw() {
+    let b = fixture::basic_with(&ALL_PORTS, &[("vpc-a", "10.0.1.11")]);
+    let sw = healthy_switch(&b);
+    let details = [("vpc-a/10.0.1.11".to_string(), "HTTP 503".to_string())].into();
+    let r = report_with(&b, "web", Ok(&sw), details);
+    let h = r.hops.iter().find(|h| h.name == "backends").unwrap();
+    assert!(
+        h.details.contains(
+            &"backend vpc-a/10.0.1.11 (web-1), weight 1: unhealthy: this node's probe failed it (HTTP 503)"
+                .to_string()
+        ),
+        "{:?}",
+        h.details
+    );
 }
