@@ -216,6 +216,7 @@ fn incremental(n: usize, rounds: usize) {
         applied.compiler.desired().groups.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
+    observe_cost(&applied, &facts);
     // One Service in a hundred has a NetworkProbe.
     let probed: std::collections::BTreeSet<String> =
         (0..n / 100).map(|s| format!("svc{:05}", s * 100)).collect();
@@ -385,4 +386,61 @@ fn baseline(n: usize, rounds: usize) {
             pct(&mut t[k], 0.99)
         );
     }
+}
+
+/// What observing N Services costs: the LB index the agent loop builds once
+/// per state, and one scrape's rendering with a counter on every bucket.
+fn observe_cost(applied: &dpu_agent::applied::Applied, facts: &NodeFacts) {
+    use dpu_agent::observe::{
+        lb_index, metrics, registry, switch_stats, sysfacts, LbIndex, Summary,
+    };
+    let t = Instant::now();
+    let lb = LbIndex::build(&lb_index::Inputs {
+        version: applied.version,
+        intent: &applied.intent,
+        alloc: &applied.alloc,
+        ready: applied.compiler.readiness(),
+        unhealthy: &facts.unhealthy,
+        installed: Some(applied.compiler.desired()),
+    });
+    let built = t.elapsed();
+    let sw = switch_stats::SwitchCounters {
+        flows: Vec::new(),
+        groups: applied
+            .compiler
+            .desired()
+            .groups
+            .values()
+            .map(|g| switch_stats::GroupCounter {
+                id: g.id,
+                packets: g.buckets.len() as u64,
+                bytes: 100 * g.buckets.len() as u64,
+                bucket_ids: g.buckets.iter().map(|b| b.id).collect(),
+                buckets: g.buckets.iter().map(|_| (1, 100)).collect(),
+            })
+            .collect(),
+    };
+    let t = Instant::now();
+    let counters = lb.counters(&sw);
+    let joined = t.elapsed();
+    let t = Instant::now();
+    let text = metrics::render(&metrics::families(&metrics::Input {
+        summary: &Summary::default(),
+        registry: &registry::Snapshot::default(),
+        lb: &lb,
+        counters: Some(&counters),
+        datapath: None,
+        sys: &sysfacts::SysFacts::default(),
+        agent_version: "bench",
+        per_backend: true,
+    }));
+    let rendered = t.elapsed();
+    println!(
+        "observe: LB index {:.1} ms, counters joined {:.1} ms, /metrics rendered {:.1} ms ({} lines, {:.1} MiB)",
+        built.as_secs_f64() * 1e3,
+        joined.as_secs_f64() * 1e3,
+        rendered.as_secs_f64() * 1e3,
+        text.lines().count(),
+        text.len() as f64 / (1 << 20) as f64
+    );
 }

@@ -128,7 +128,14 @@ db_socket = "{db}"
 run_dir = "{run}"
 bridge = "{bridge}"
 datapath_type = "netdev"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[ops]
+socket = "{ops}"
 "#,
+            ops = work.path().join("ops.sock").display(),
             state = state.display(),
             port = closed_port(),
             pki = work.path().join("pki").display(),

@@ -26,6 +26,8 @@ pub const STATUS_PERIOD: Duration = Duration::from_secs(10);
 /// At most this many Services in a Status, and backends per Service: the
 /// controller refuses a Status with more.
 use dpu_proto::{MAX_BACKEND_STATUS, MAX_SERVICE_STATUS, MAX_STATUS_ERROR_LEN};
+/// How long the status task gathers changes before it sends one Status.
+pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(500);
 /// How long one read of the switch or of `ovs-appctl` may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,6 +41,7 @@ pub struct Collector {
     appctl_path: String,
     run_dir: PathBuf,
     datapath_type: String,
+    per_backend: bool,
 }
 
 /// One observation.
@@ -63,6 +66,7 @@ impl Collector {
             appctl_path: cfg.ovs.appctl_path.clone(),
             run_dir: cfg.ovs.run_dir.clone(),
             datapath_type: cfg.ovs.datapath_type.clone(),
+            per_backend: cfg.metrics.per_backend,
         }
     }
 
@@ -111,6 +115,7 @@ impl Collector {
                     datapath: o.datapath.as_ref().ok().copied(),
                     sys: &o.sys,
                     agent_version: env!("CARGO_PKG_VERSION"),
+                    per_backend: self.per_backend,
                 }))
             }
             // The agent is stopping: an empty, valid exposition.
@@ -118,8 +123,11 @@ impl Collector {
         }
     }
 
-    /// Sends a Status on every change of `changed` (with the last counters) and
-    /// every [`STATUS_PERIOD`] (with fresh ones), until `shutdown`.
+    /// Sends a Status after changes of `changed` (at most every
+    /// [`CHANGE_DEBOUNCE`], with the loop's summary and the last refresh's
+    /// counters and Services) and every [`STATUS_PERIOD`] (everything fresh),
+    /// until `shutdown`. A change costs the loop only a summary: under churn,
+    /// neither the LB index nor the switch is read per update.
     pub async fn run_status(
         self: Arc<Self>,
         mut changed: watch::Receiver<u64>,
@@ -134,21 +142,23 @@ impl Collector {
                 _ = shutdown.changed() => return,
                 r = changed.changed() => {
                     if r.is_err() { return; }
+                    // Let a burst of changes become one Status.
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(CHANGE_DEBOUNCE) => {}
+                    }
+                    changed.borrow_and_update();
                     false
                 }
                 _ = tick.tick() => true,
             };
             let o = match (&last, fresh) {
                 (Some(prev), false) => {
-                    // Only the loop's view changed: keep the counters of the
-                    // last refresh rather than reading the switch per update.
-                    let (Ok(summary), Ok(lb)) = (self.agent.summary().await, self.agent.lb().await)
-                    else {
+                    let Ok(summary) = self.agent.summary().await else {
                         return;
                     };
                     Observation {
                         summary,
-                        lb,
                         registry: self.registry.snapshot(),
                         ..prev.clone()
                     }

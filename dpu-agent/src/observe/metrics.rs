@@ -23,6 +23,8 @@ pub struct Input<'a> {
     pub datapath: Option<DatapathFlows>,
     pub sys: &'a SysFacts,
     pub agent_version: &'a str,
+    /// Emit the `dpu_backend_*` series (`metrics.per_backend`).
+    pub per_backend: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +383,7 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
                 ("workload", b.workload.as_deref().unwrap_or("")),
             ])
         };
-        for b in &view.backends {
+        for b in view.backends.iter().filter(|_| x.per_backend) {
             let mut labels = backend_labels(b);
             labels.push(("state", state_label(b)));
             state.push(labels, 1u64);
@@ -395,7 +397,7 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
         packets.push(svc.clone(), c.packets);
         bytes.push(svc.clone(), c.bytes);
         new_conns.push(svc, c.new_connections);
-        for (&i, &(p, b)) in &c.backends {
+        for (&i, &(p, b)) in c.backends.iter().filter(|_| x.per_backend) {
             if let Some(b_view) = view.backends.get(i) {
                 be_conns.push(backend_labels(b_view), p);
                 be_bytes.push(backend_labels(b_view), b);

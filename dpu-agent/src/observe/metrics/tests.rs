@@ -306,6 +306,10 @@ fn world() -> World {
 }
 
 fn scrape(w: &World, switch: bool, datapath: bool) -> String {
+    scrape_with(w, switch, datapath, true)
+}
+
+fn scrape_with(w: &World, switch: bool, datapath: bool, per_backend: bool) -> String {
     render(&families(&Input {
         summary: &w.summary,
         registry: &w.registry,
@@ -317,6 +321,7 @@ fn scrape(w: &World, switch: bool, datapath: bool) -> String {
         }),
         sys: &w.sys,
         agent_version: "0.1.0",
+        per_backend,
     }))
 }
 
@@ -507,4 +512,17 @@ fn probe_records_map_to_gauges_and_counters() {
         &text,
         r#"dpu_probe_transitions_total{vpc="red",ip="fd00::9",to="unhealthy"} 5"#,
     );
+}
+
+#[test]
+fn per_backend_off_drops_only_the_backend_series() {
+    let w = world();
+    let full = scrape(&w, true, true);
+    let lean = scrape_with(&w, true, true, false);
+    promtool(&lean);
+    assert!(full.contains("dpu_backend_state{"), "{full}");
+    assert!(!lean.contains("dpu_backend_"), "{lean}");
+    for l in full.lines().filter(|l| l.starts_with("dpu_service_")) {
+        has(&lean, l);
+    }
 }
