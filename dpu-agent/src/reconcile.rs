@@ -98,12 +98,12 @@ impl<B: OpenFlowBackend> Reconciler<B> {
 
     /// One bundle, timed.
     async fn send(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
-        if ops.is_empty() {
-            return Ok(());
-        }
         let t0 = std::time::Instant::now();
         let r = self.backend.apply(ops).await;
-        self.bundle_time = Some(t0.elapsed());
+        // An empty apply sends nothing: it is no bundle to time.
+        if !ops.is_empty() {
+            self.bundle_time = Some(t0.elapsed());
+        }
         r
     }
 

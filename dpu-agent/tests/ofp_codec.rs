@@ -583,14 +583,16 @@ fn valid_flow() -> impl Strategy<Value = (String, String)> {
             let m = format!(
                 "reg{r}={:#x}/{mask:#x},in_port={},dl_src={mac},{l3},tp_dst={port}",
                 val & mask,
-                val % 0xff00 + 1
+                // Port numbers from 0xff00 up are reserved (OFPP_MAX).
+                val % 0xfeff + 1
             );
             let a = format!(
                 "set_field:{val:#x}->reg{r},load:{lv:#x}->NXM_NX_REG{lr}[{lo}..{hi}],set_field:{x:#x}->xxreg{xr},\
                  move:NXM_NX_REG{lr}[{lo}..{hi}]->NXM_NX_REG{r}[{lo}..{hi}],set_field:{src_set}->{dst},\
                  ct(commit,table=50,zone=NXM_NX_REG{r}[0..15],nat(dst={nat}),exec(load:{lv:#x}->NXM_NX_CT_MARK[{lo}..{hi}])),\
-                 ct(zone={zone},nat),push:NXM_NX_REG{lr}[],pop:NXM_NX_REG{r}[],dec_ttl,resubmit(,{port8}),output:{nport}",
+                 ct(zone={zone},nat),push:NXM_NX_REG{lr}[],pop:NXM_NX_REG{r}[],dec_ttl,resubmit(,{port8}),output:{out}",
                 port8 = port % 254,
+                out = nport % 0xfeff + 1,
             );
             (m, a)
         },

@@ -313,8 +313,14 @@ fn the_fleet_table_shows_a_disconnected_node() -> Result<()> {
         Duration::from_secs(20),
         || {
             last = table().unwrap_or_default();
-            last.lines()
-                .any(|l| l.starts_with("dpu-1") && l.contains("yes") && l.contains('%'))
+            // NODE, "yes", "(since", time, APPLIED, SERVICES: the agent's Status
+            // after it applied the one Service.
+            last.lines().any(|l| {
+                l.starts_with("dpu-1")
+                    && l.contains("yes")
+                    && l.contains('%')
+                    && l.split_whitespace().nth(5) == Some("1")
+            })
         },
     )
     .map_err(|e| anyhow!("{e}\n{last}"))?;
@@ -331,6 +337,23 @@ fn the_fleet_table_shows_a_disconnected_node() -> Result<()> {
         assert!(last.contains(col), "no {col} column:\n{last}");
     }
     eprintln!("fleet table, connected:\n{last}");
+    // The Services of a new version reach the Status within LB_REFRESH (2 s).
+    let drill = || {
+        dpu_lab::fixture::controller_cmd(&[
+            "status",
+            "--state-dir",
+            &state,
+            "--node",
+            "dpu-1",
+            "--service",
+            "web",
+        ])
+    };
+    wait_until(
+        "the node's Status to list web",
+        Duration::from_secs(10),
+        || drill().is_ok(),
+    )?;
     lab.agent.as_mut().expect("agent").kill9()?;
     wait_until(
         "the fleet table to show the node disconnected",
@@ -343,15 +366,8 @@ fn the_fleet_table_shows_a_disconnected_node() -> Result<()> {
     )
     .map_err(|e| anyhow!("{e}\n{last}"))?;
     eprintln!("fleet table, disconnected:\n{last}");
-    let drill = lab.controller_cmd(&[
-        "status",
-        "--state-dir",
-        &state,
-        "--node",
-        "dpu-1",
-        "--service",
-        "web",
-    ])?;
+    // After the disconnect, the last known Status still answers.
+    let drill = drill()?;
     assert!(
         drill.contains(VIP) && drill.contains("10.0.1.11"),
         "{drill}"

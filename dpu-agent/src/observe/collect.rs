@@ -28,6 +28,9 @@ pub const STATUS_PERIOD: Duration = Duration::from_secs(10);
 use dpu_proto::{MAX_BACKEND_STATUS, MAX_SERVICE_STATUS, MAX_STATUS_ERROR_LEN};
 /// How long the status task gathers changes before it sends one Status.
 pub const CHANGE_DEBOUNCE: Duration = Duration::from_millis(500);
+/// After a change, the Services in the Status are rebuilt from the agent's LB
+/// index at most this often (once per [`STATUS_PERIOD`] otherwise).
+pub const LB_REFRESH: Duration = Duration::from_secs(2);
 /// How long one read of the switch or of `ovs-appctl` may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -124,10 +127,11 @@ impl Collector {
     }
 
     /// Sends a Status after changes of `changed` (at most every
-    /// [`CHANGE_DEBOUNCE`], with the loop's summary and the last refresh's
-    /// counters and Services) and every [`STATUS_PERIOD`] (everything fresh),
-    /// until `shutdown`. A change costs the loop only a summary: under churn,
-    /// neither the LB index nor the switch is read per update.
+    /// [`CHANGE_DEBOUNCE`], with the loop's summary, the Services of a new
+    /// version at most every [`LB_REFRESH`], and the last refresh's counters)
+    /// and every [`STATUS_PERIOD`] (everything fresh), until `shutdown`. Under
+    /// churn the loop builds the LB index at most once per [`LB_REFRESH`], and
+    /// the switch is never read per update.
     pub async fn run_status(
         self: Arc<Self>,
         mut changed: watch::Receiver<u64>,
@@ -137,6 +141,8 @@ impl Collector {
         let mut tick = tokio::time::interval(STATUS_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last: Option<Observation> = None;
+        let mut lb_at = tokio::time::Instant::now();
+        let mut lb_stale = false;
         loop {
             let fresh = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -150,6 +156,8 @@ impl Collector {
                     changed.borrow_and_update();
                     false
                 }
+                // A new version whose Services were not listed yet.
+                _ = tokio::time::sleep_until(lb_at + LB_REFRESH), if lb_stale => false,
                 _ = tick.tick() => true,
             };
             let o = match (&last, fresh) {
@@ -157,14 +165,32 @@ impl Collector {
                     let Ok(summary) = self.agent.summary().await else {
                         return;
                     };
+                    // The Services listed follow a new version within
+                    // LB_REFRESH, so one index build per LB_REFRESH at most.
+                    let new_version = prev.lb.version != summary.applied_version;
+                    lb_stale = new_version && lb_at.elapsed() < LB_REFRESH;
+                    let lb = if new_version && !lb_stale {
+                        let Ok(lb) = self.agent.lb().await else {
+                            return;
+                        };
+                        lb_at = tokio::time::Instant::now();
+                        lb
+                    } else {
+                        prev.lb.clone()
+                    };
                     Observation {
                         summary,
+                        lb,
                         registry: self.registry.snapshot(),
                         ..prev.clone()
                     }
                 }
                 _ => match self.observe().await {
-                    Ok(o) => o,
+                    Ok(o) => {
+                        lb_at = tokio::time::Instant::now();
+                        lb_stale = false;
+                        o
+                    }
                     Err(Gone) => return,
                 },
             };
@@ -302,5 +328,100 @@ fn percent(p: f64) -> f64 {
         p
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Query;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    fn config() -> Config {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        // No switch or appctl here: their reads fail, which the Status survives.
+        let text = format!(
+            "{}appctl_path = \"/nonexistent/ovs-appctl\"\n",
+            crate::config::tests::GOOD
+        );
+        f.write_all(text.as_bytes()).unwrap();
+        Config::load_layers(f.path(), Vec::<(String, String)>::new())
+            .unwrap()
+            .config
+    }
+
+    /// A stand-in agent loop at `version`, counting the LB indexes it builds.
+    fn fake_loop(
+        mut rx: tokio::sync::mpsc::Receiver<Query>,
+        version: Arc<AtomicU64>,
+        builds: Arc<AtomicUsize>,
+    ) {
+        tokio::spawn(async move {
+            while let Some(q) = rx.recv().await {
+                let v = version.load(Ordering::SeqCst);
+                match q {
+                    Query::Summary(tx) => {
+                        let _ = tx.send(Summary {
+                            applied_version: v,
+                            services: v as usize,
+                            ..Summary::default()
+                        });
+                    }
+                    Query::Lb(tx) => {
+                        builds.fetch_add(1, Ordering::SeqCst);
+                        let _ = tx.send(Arc::new(LbIndex {
+                            version: v,
+                            ..LbIndex::default()
+                        }));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_debounced_and_the_lb_index_rebuilt_at_most_every_lb_refresh() {
+        let (agent, rx) = Agent::channel();
+        let (version, builds) = (Arc::new(AtomicU64::new(1)), Arc::new(AtomicUsize::new(0)));
+        fake_loop(rx, version.clone(), builds.clone());
+        let collector = Arc::new(Collector::new(&config(), agent, Arc::default()));
+        let (changed_tx, changed_rx) = watch::channel(0u64);
+        let (out_tx, mut out) = watch::channel(pb::Status::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(collector.run_status(changed_rx, out_tx, stop));
+
+        // The first tick observes everything.
+        out.changed().await.unwrap();
+        assert_eq!(out.borrow_and_update().applied_version, 1);
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+
+        // A burst of changes to version 2 becomes one Status after the
+        // debounce, with the summary's version at once ...
+        let t0 = tokio::time::Instant::now();
+        version.store(2, Ordering::SeqCst);
+        for _ in 0..5 {
+            changed_tx.send_modify(|g| *g += 1);
+        }
+        out.changed().await.unwrap();
+        assert_eq!(t0.elapsed(), CHANGE_DEBOUNCE);
+        assert_eq!(out.borrow_and_update().services, 2);
+        // ... but the LB index was built under LB_REFRESH ago: not again yet.
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        // It is rebuilt once LB_REFRESH has passed, with no further change.
+        out.changed().await.unwrap();
+        assert_eq!(t0.elapsed(), LB_REFRESH);
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+
+        // Changes that keep the version need no index at all.
+        for _ in 0..3 {
+            changed_tx.send_modify(|g| *g += 1);
+            out.changed().await.unwrap();
+        }
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+        // The period refreshes everything.
+        tokio::time::sleep(STATUS_PERIOD).await;
+        assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 }
