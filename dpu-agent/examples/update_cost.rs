@@ -36,6 +36,19 @@ impl OpenFlowBackend for NullSwitch {
 
 const NODES: [&str; 3] = ["dpu-1", "dpu-2", "dpu-3"];
 
+/// The stages of one update both paths report, in order.
+const STAGES: [&str; 9] = [
+    "decode",
+    "next_intent",
+    "alloc",
+    "compile",
+    "plan+apply",
+    "persist",
+    "probe_plan",
+    "status",
+    "total",
+];
+
 fn wl_ip(i: usize) -> Ipv4Addr {
     let n = i as u32 + 2;
     Ipv4Addr::new(10, 1 + (n >> 16) as u8, (n >> 8) as u8, n as u8)
@@ -220,17 +233,7 @@ fn incremental(n: usize, rounds: usize) {
     // One Service in a hundred has a NetworkProbe.
     let probed: std::collections::BTreeSet<String> =
         (0..n / 100).map(|s| format!("svc{:05}", s * 100)).collect();
-    let names = [
-        "decode",
-        "next_intent",
-        "alloc",
-        "compile",
-        "plan+apply",
-        "persist",
-        "probe_plan",
-        "status",
-        "total",
-    ];
+    let names = STAGES;
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut ops = 0;
     for r in 0..rounds {
@@ -317,17 +320,7 @@ fn baseline(n: usize, rounds: usize) {
         c.desired.flows.len(),
         c.desired.groups.len()
     );
-    let names = [
-        "decode",
-        "next_intent",
-        "alloc",
-        "compile",
-        "plan+apply",
-        "persist",
-        "probe_plan",
-        "status",
-        "total",
-    ];
+    let names = STAGES;
     let mut t: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     let mut version = 1;
     for r in 0..rounds {

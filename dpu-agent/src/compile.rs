@@ -873,6 +873,27 @@ fn lb_zone(s: &Service, alloc: &Allocations) -> Option<u32> {
     }
 }
 
+/// The key an endpoint's EndpointDnat flow is owned by (hashed into its
+/// cookie): `<service vpc>/<proto>/<ip>:<target port>`, or behind a service
+/// gateway `gateway/<backend vpc>/…`; `proto` gets a `6` for an IPv6 endpoint
+/// (`tcp6`). Services that share an endpoint share the flow. Observers hash
+/// the same key to name the flow's owner.
+pub fn endpoint_key(
+    gateway: bool,
+    service_vpc: &str,
+    backend_vpc: &str,
+    protocol: &str,
+    ip: IpAddr,
+    target_port: u16,
+) -> String {
+    let v6 = if ip.is_ipv6() { "6" } else { "" };
+    if gateway {
+        format!("gateway/{backend_vpc}/{protocol}{v6}/{ip}:{target_port}")
+    } else {
+        format!("{service_vpc}/{protocol}{v6}/{ip}:{target_port}")
+    }
+}
+
 /// The cookie (without round) of every flow and group a Service owns.
 pub fn service_cookie(s: &Service) -> Cookie {
     Cookie::new(
@@ -1371,7 +1392,7 @@ fn compile_service_port(
                 )),
                 Cookie::new(
                     Category::Endpoint,
-                    &format!("gateway/{}/{}/{}:{}", b.vpc, proto, b.ip, port.target_port),
+                    &endpoint_key(true, &s.vpc, &b.vpc, port.protocol.as_str(), b.ip, port.target_port),
                 ),
             );
         } else {
@@ -1388,7 +1409,14 @@ fn compile_service_port(
                 )),
                 Cookie::new(
                     Category::Endpoint,
-                    &format!("{}/{}/{}:{}", s.vpc, proto, b.ip, port.target_port),
+                    &endpoint_key(
+                        false,
+                        &s.vpc,
+                        &b.vpc,
+                        port.protocol.as_str(),
+                        b.ip,
+                        port.target_port,
+                    ),
                 ),
             );
         }

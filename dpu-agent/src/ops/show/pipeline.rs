@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use dpu_model::{AccessScenario, Intent};
 
+use crate::compile::endpoint_key;
 use crate::flows::{FlowBody, FlowKey, Group};
 use crate::observe::lb_index::{GroupView, ServiceView};
 use crate::observe::{Installed, LbIndex};
@@ -49,20 +50,16 @@ impl Owners {
             for n in i.nodes.keys() {
                 put(Category::Node, n, n);
             }
-            // Keyed as `compile_service_port` keys them; should that change,
-            // the labels fall back to the hash.
+            // Keyed as the compiler keys them (`endpoint_key`).
             for s in i.services.values() {
                 let gateway = s.scenario == AccessScenario::EipServiceGateway;
                 for p in &s.ports {
                     for b in &s.backends {
-                        let v6 = if b.ip.is_ipv6() { "6" } else { "" };
                         let proto = p.protocol.as_str();
-                        let name = format!("{}/{proto}{v6}/{}:{}", b.vpc, b.ip, p.target_port);
-                        let key = if gateway {
-                            format!("gateway/{name}")
-                        } else {
-                            format!("{}/{proto}{v6}/{}:{}", s.vpc, b.ip, p.target_port)
-                        };
+                        let (ip, port) = (b.ip, p.target_port);
+                        // Named by the backend's VPC, in both cases.
+                        let name = endpoint_key(false, &b.vpc, &b.vpc, proto, ip, port);
+                        let key = endpoint_key(gateway, &s.vpc, &b.vpc, proto, ip, port);
                         put(Category::Endpoint, &key, &name);
                     }
                 }

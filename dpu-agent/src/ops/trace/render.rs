@@ -11,6 +11,7 @@ use dpu_model::Intent;
 
 use super::parse::{Step, Trace};
 use super::DEFAULT_SRC_PORT;
+use crate::compile::endpoint_key;
 use crate::observe::lb_index::LbIndex;
 use crate::ops::TraceRequest;
 use crate::pipeline::cookie::{self, Category};
@@ -88,15 +89,12 @@ impl Names<'_> {
         for s in self.lb.services.values() {
             for p in &s.ports {
                 for b in &s.backends {
-                    // The compiler keys by its family's protocol keyword.
-                    let proto = if b.ip.is_ipv6() {
-                        format!("{}6", p.protocol)
-                    } else {
-                        p.protocol.to_string()
-                    };
-                    let key = format!("{}/{proto}/{}:{}", s.vpc, b.ip, p.target_port);
-                    let gw = format!("gateway/{}/{proto}/{}:{}", b.vpc, b.ip, p.target_port);
-                    if cookie::object_hash(&key) == object || cookie::object_hash(&gw) == object {
+                    let (ip, port) = (b.ip, p.target_port);
+                    let key = |gw| endpoint_key(gw, &s.vpc, &b.vpc, p.protocol, ip, port);
+                    if [false, true]
+                        .into_iter()
+                        .any(|gw| cookie::object_hash(&key(gw)) == object)
+                    {
                         return Some(format!("Endpoint {}", endpoint_addr(b.ip, p.target_port)));
                     }
                 }
