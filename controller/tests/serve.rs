@@ -401,8 +401,9 @@ async fn refuses_clients_that_are_not_the_node_they_claim() {
         "fails in the handshake: {e}"
     );
 
-    // None of these became a node; the real one still works.
-    let st = lab.status_json();
+    // None of these became a node; the real one still works. The status file
+    // is written by a debounced writer: wait for it to exist.
+    let st = lab.wait_status("the status file", |_| true);
     assert!(st["nodes"].as_object().unwrap().is_empty(), "{st:#}");
     let ch = channel(server.port, &ca, id).await.unwrap();
     let mut agent = open(ch, "dpu-1", 0).await.unwrap();
