@@ -113,13 +113,19 @@ pub enum CaCommand {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["node", "server"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["node", "host_shim", "server"])))]
 pub struct IssueArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// A node certificate for NAME (CN and DNS SAN), for client and server auth.
+    /// A node certificate for NAME (CN and DNS SAN, role node), for client and
+    /// server auth.
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// A host shim's certificate for NAME (CN and DNS SAN, role host-shim),
+    /// client auth only: the agent's `[shim] client_name`. The controller
+    /// refuses it.
+    #[arg(long = "host-shim", value_name = "NAME")]
+    pub host_shim: Option<String>,
     /// A server certificate; needs --name.
     #[arg(long, requires = "name")]
     pub server: bool,
@@ -298,6 +304,10 @@ mod tests {
             "0"
         ])
         .is_err());
+        let both = ["--node", "a", "--host-shim", "h"];
+        let base = ["c", "issue", "--state-dir", "d", "--out", "o"];
+        assert!(parse(&[&base[..], &both[..]].concat()).is_err());
+        assert!(parse(&[&base[..], &both[2..]].concat()).is_ok());
         assert!(parse(&[
             "c",
             "issue",

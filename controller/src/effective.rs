@@ -56,11 +56,23 @@ impl Effective {
         manifests: Manifests,
         versions: VersionStore,
     ) -> Result<(Self, Published, Drops), StoreError> {
+        let mut reported = ReportedStore::open(state_dir)?;
+        let nodes = crate::nodes::NodeStore::new(state_dir);
+        let revoked: Vec<String> = reported
+            .sets()
+            .keys()
+            .filter(|n| matches!(nodes.load(n), Ok(Some(r)) if r.revoked))
+            .cloned()
+            .collect();
+        for node in &revoked {
+            tracing::warn!(node, "dropping the reported pods of a revoked node");
+            reported.replace(node, ReportedSet::default());
+        }
         let mut e = Effective {
             manifests,
-            reported: ReportedStore::open(state_dir)?,
+            reported,
             versions,
-            unsaved: false,
+            unsaved: !revoked.is_empty(),
             save_failing: false,
             stale: true,
             version: 0,

@@ -49,6 +49,8 @@ pub fn token_create(state_dir: &Path, node: &str, ttl: Duration) -> Result<Strin
         // A token for a state directory without a CA could never be used.
         return Err(PkiError::NoCa(paths.dir).into());
     }
+    // Nor could one for a name no node may have (the controller's own).
+    load_ca(state_dir)?.check_node_name(node)?;
     let (token, _) = TokenStore::new(state_dir).create(node, ttl, unix_now())?;
     Ok(format!("{token}\n"))
 }

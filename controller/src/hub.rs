@@ -11,9 +11,17 @@
 //! An agent's `Status` is checked and recorded by `agentstatus`: one over its
 //! bounds is refused whole and named in the node's `last_error`, and the session
 //! goes on.
+//!
+//! Authorization (`authz`): a node's Health verdicts count only for the backends
+//! it hosts. The hub keeps each node's claim and the part of it that counts,
+//! re-filtered whenever the intent changes (`refilter_health`), and sends every
+//! agent the union of what counts, at most every `HEALTH_MIN_INTERVAL` and only
+//! when it changed. Revoking a node (`revoke_node`) drops its verdicts and its
+//! reported pods at once. Peer-supplied text is bounded and escaped before it
+//! reaches the log or the status.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::escape::escape_peer;
 use crate::nodes::NodeStore;
 use crate::pki::{peer_identity, PeerIdentity};
 use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
@@ -38,6 +47,22 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// An agent that does not take an update within this time is disconnected.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTBOUND_QUEUE: usize = 4;
+/// The longest `Hello.agent_version` (a version string, kept in the status).
+pub const MAX_AGENT_VERSION_LEN: usize = 128;
+/// At most one Health message per session within this time: changes in between
+/// are coalesced into the next one (the latest union), so a node that flips its
+/// verdicts cannot make the controller flood every agent.
+pub const HEALTH_MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// How much of a peer-supplied string a log line or the status shows.
+const PEER_TEXT_MAX: usize = 200;
+/// At most one log line per node per this time about verdicts that do not count.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// (VPC, address) of a backend, as verdicts name it.
+type BackendKey = (String, String);
+/// The unhealthy backends every agent is told: the union over the nodes of the
+/// verdicts that count.
+pub type HealthUnion = Arc<BTreeSet<BackendKey>>;
 
 type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
@@ -72,9 +97,28 @@ pub struct Hub {
     /// node → its current session.
     sessions: Mutex<HashMap<String, Registered>>,
     next_id: AtomicU64,
-    /// node → the backends its probes find unhealthy (its last report; kept when
-    /// its session ends: the data plane goes on without the controller).
-    health: watch::Sender<BTreeMap<String, BTreeSet<(String, String)>>>,
+    /// Verdicts per node: the claims and what counts of them.
+    verdicts: Mutex<Verdicts>,
+    /// The union of the verdicts that count, for the sessions.
+    health: watch::Sender<HealthUnion>,
+}
+
+/// The health verdicts nodes sent (their last report; kept when a session
+/// ends: the data plane goes on without the controller).
+#[derive(Debug, Default)]
+struct Verdicts {
+    /// node → the backends its last Health report calls unhealthy.
+    claims: BTreeMap<String, BTreeSet<(String, IpAddr)>>,
+    /// node → the part of its claim that counts (backends it hosts).
+    counted: BTreeMap<String, BTreeSet<BackendKey>>,
+    /// node → when a refusal of its verdicts was last logged.
+    logged: HashMap<String, tokio::time::Instant>,
+}
+
+impl Verdicts {
+    fn union(&self) -> BTreeSet<BackendKey> {
+        self.counted.values().flatten().cloned().collect()
+    }
 }
 
 /// At most this many unhealthy backends in one Health report (a node cannot
@@ -96,26 +140,129 @@ impl Hub {
             reports,
             nodes,
             sessions: Mutex::new(HashMap::new()),
-            health: watch::channel(BTreeMap::new()).0,
+            verdicts: Mutex::new(Verdicts::default()),
+            health: watch::channel(Arc::new(BTreeSet::new())).0,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Replaces `node`'s claim and recomputes what counts of it against the
+    /// intent in force; the refused part is logged (at a bounded rate) and shown
+    /// in the node's status.
+    fn set_health_claim(&self, node: &str, claim: BTreeSet<(String, IpAddr)>) {
+        let intent = self.intent.borrow().intent.clone();
+        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let (counted, refused) = split_claim(&intent, node, &claim);
+        if claim.is_empty() {
+            v.claims.remove(node);
+        } else {
+            v.claims.insert(node.to_string(), claim);
+        }
+        let now = tokio::time::Instant::now();
+        if !refused.is_empty() {
+            let due = v
+                .logged
+                .get(node)
+                .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_INTERVAL);
+            if due {
+                v.logged.insert(node.to_string(), now);
+                tracing::warn!(
+                    node,
+                    refused = refused.len(),
+                    examples = ?refused.iter().take(3).collect::<Vec<_>>(),
+                    "health verdicts for backends this node does not host do not count"
+                );
+            }
+        }
+        self.status.update_node(node, |n| {
+            n.refused_health = refused.len();
+            n.refused_health_examples = refused.iter().take(5).cloned().collect();
+        });
+        self.publish_counted(&mut v, node, counted);
+    }
+
+    /// Makes `counted` what counts of `node`'s verdicts and tells the sessions
+    /// if the union changed.
+    fn publish_counted(&self, v: &mut Verdicts, node: &str, counted: BTreeSet<BackendKey>) {
+        let before = v.counted.get(node);
+        if before == Some(&counted) || (before.is_none() && counted.is_empty()) {
+            return;
+        }
+        if counted.is_empty() {
+            v.counted.remove(node);
+        } else {
+            v.counted.insert(node.to_string(), counted);
+        }
+        let union = v.union();
+        self.health.send_if_modified(|u| {
+            if **u == union {
+                return false;
+            }
+            *u = Arc::new(union);
+            true
+        });
+    }
+
+    /// Filters every node's claim again, against the intent in force now (a
+    /// backend may have moved to another node, or gone).
+    pub fn refilter_health(&self) {
+        let intent = self.intent.borrow().intent.clone();
+        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes: Vec<String> = v.claims.keys().cloned().collect();
+        for node in nodes {
+            let (counted, refused) = split_claim(&intent, &node, &v.claims[&node]);
+            self.status.update_node(&node, |n| {
+                n.refused_health = refused.len();
+                n.refused_health_examples = refused.iter().take(5).cloned().collect();
+            });
+            self.publish_counted(&mut v, &node, counted);
+        }
+    }
+
+    /// Drops everything `node` said: its verdicts now, and its reported pods
+    /// at the intent task's next round (a new version for every agent). Later
+    /// reports of it are ignored until a new session is admitted for it.
+    pub fn revoke_node(&self, node: &str) {
+        self.reports.revoke(node);
+        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        v.claims.remove(node);
+        v.logged.remove(node);
+        self.publish_counted(&mut v, node, BTreeSet::new());
+        drop(v);
+        self.status.update_node(node, |n| {
+            n.refused_health = 0;
+            n.refused_health_examples.clear();
+            n.last_error = Some(format!(
+                "node {node} is revoked: its reported pods and health verdicts were dropped"
+            ));
+        });
+        tracing::warn!(
+            node,
+            "node revoked: its reported pods and health verdicts are dropped"
+        );
+    }
+
+    /// The nodes whose reports (pods or verdicts) are in force, for the
+    /// revocation watcher.
+    pub fn reporting_nodes(&self) -> BTreeSet<String> {
+        let v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes: BTreeSet<String> = v.claims.keys().cloned().collect();
+        nodes.extend(self.reports.reporters());
+        nodes
     }
 
     /// Hands a reported set to the intent task, unless a newer session of the
     /// node has taken over (its agent reports for itself). True if handed on.
     fn submit_report(&self, node: &str, id: u64, set: ReportedSet) -> bool {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.get(node).is_some_and(|r| r.id == id) {
-            self.reports.submit(node, set);
-            true
-        } else {
-            false
-        }
+        sessions.get(node).is_some_and(|r| r.id == id) && self.reports.submit(node, set)
     }
 
     /// Makes this the node's session, ending any earlier one. The receiver
     /// gets the status to end this session with.
     fn register(&self, node: &str, serial: &str) -> (u64, watch::Receiver<Option<Status>>) {
+        // Admitted (not revoked): its reports count again.
+        self.reports.readmit(node);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (end, rx) = watch::channel(None);
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,6 +321,11 @@ impl Hub {
         &self.nodes
     }
 
+    /// The published intent, for tasks that follow it.
+    pub fn intent_receiver(&self) -> watch::Receiver<Arc<Published>> {
+        self.intent.clone()
+    }
+
     /// Refuses a certificate whose node is revoked, or whose serial is. A
     /// record that cannot be read refuses too: revocation fails closed.
     fn check_admitted(&self, peer: &PeerIdentity) -> Result<(), Status> {
@@ -222,9 +374,14 @@ impl AgentControl for ControlService {
             .peer_certs()
             .filter(|c| !c.is_empty())
             .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let identity =
-            peer_identity(&certs[0]).map_err(|e| Status::unauthenticated(e.to_string()))?;
         let peer = request.remote_addr();
+        let identity = peer_identity(&certs[0]).map_err(|e| {
+            tracing::warn!(?peer, "session refused: {e}");
+            match e {
+                crate::pki::PkiError::WrongRole(m) => Status::permission_denied(m),
+                e => Status::unauthenticated(e.to_string()),
+            }
+        })?;
         if let Err(status) = self.hub.check_admitted(&identity) {
             tracing::warn!(?peer, names = ?identity.names, serial = %identity.serial, "session refused: {}", status.message());
             return Err(status);
@@ -264,22 +421,31 @@ async fn run_session(
     };
     if !cert_names.contains(&hello.node) {
         let msg = format!(
-            "Hello names node {:?} but the client certificate is for {:?}",
-            hello.node,
+            "Hello names node {} but the client certificate is for {:?}",
+            escape_peer(&format!("{:?}", hello.node), PEER_TEXT_MAX),
             cert_names.join(", ")
         );
         tracing::warn!(?peer, "session refused: {msg}");
         return end_with(&tx, Status::permission_denied(msg));
     }
+    if hello.agent_version.len() > MAX_AGENT_VERSION_LEN {
+        let msg = format!(
+            "Hello.agent_version: {} bytes, at most {MAX_AGENT_VERSION_LEN}",
+            hello.agent_version.len()
+        );
+        tracing::warn!(?peer, node = %hello.node, "session refused: {msg}");
+        return end_with(&tx, Status::invalid_argument(msg));
+    }
+    let agent_version = escape_peer(&hello.agent_version, MAX_AGENT_VERSION_LEN);
     let node = hello.node.clone();
     let (id, ended) = hub.register(&node, &identity.serial);
-    tracing::info!(node, session = id, ?peer, hello_version = hello.last_applied_version, agent = %hello.agent_version, "agent connected");
+    tracing::info!(node, session = id, ?peer, hello_version = hello.last_applied_version, agent = %agent_version, "agent connected");
     hub.status.update_node(&node, |n| {
         n.connected = true;
         n.connected_since = Some(now_rfc3339());
         n.disconnected_at = None;
         n.peer = peer.map(|p| p.to_string());
-        n.agent_version = hello.agent_version.clone();
+        n.agent_version = agent_version.clone();
         n.hello_version = hello.last_applied_version;
     });
 
@@ -362,8 +528,12 @@ async fn drive(
             });
         }
     }
-    let all = health.borrow_and_update().clone();
-    send_health(node, tx, &all).await?;
+    // Health goes out on every change, but at most every HEALTH_MIN_INTERVAL
+    // (the latest union then), and only when it differs from what was sent.
+    let mut health_sent = health.borrow_and_update().clone();
+    send_health(node, tx, &health_sent).await?;
+    let mut health_sent_at = tokio::time::Instant::now();
+    let mut health_due: Option<tokio::time::Instant> = None;
     // A version only the switch refused is sent again, with backoff: the switch
     // may take it later. A refusal of the intent itself is not retried.
     let mut retry = SwitchRetry::default();
@@ -385,8 +555,18 @@ async fn drive(
                 if changed.is_err() {
                     return Err(Status::unavailable("the controller is shutting down"));
                 }
-                let all = health.borrow_and_update().clone();
-                send_health(node, tx, &all).await?;
+                health.borrow_and_update();
+                let earliest = health_sent_at + HEALTH_MIN_INTERVAL;
+                health_due.get_or_insert(earliest.max(tokio::time::Instant::now()));
+            }
+            _ = sleep_until_or_never(health_due), if health_due.is_some() => {
+                health_due = None;
+                let now = health.borrow().clone();
+                if !Arc::ptr_eq(&now, &health_sent) && *now != *health_sent {
+                    send_health(node, tx, &now).await?;
+                    health_sent = now;
+                    health_sent_at = tokio::time::Instant::now();
+                }
             }
             _ = shutdown_requested(&mut shutdown) => {
                 return Err(Status::unavailable("the controller is shutting down"));
@@ -416,13 +596,8 @@ async fn drive(
     }
 }
 
-/// Sends the union of every node's unhealthy backends.
-async fn send_health(
-    node: &str,
-    tx: &Outbound,
-    all: &BTreeMap<String, BTreeSet<(String, String)>>,
-) -> Result<(), Status> {
-    let union: BTreeSet<&(String, String)> = all.values().flatten().collect();
+/// Sends the union of every node's verdicts that count.
+async fn send_health(node: &str, tx: &Outbound, union: &HealthUnion) -> Result<(), Status> {
     let msg = pb::ControllerMessage {
         msg: Some(pb::controller_message::Msg::Health(pb::Health {
             unhealthy: union
@@ -534,7 +709,7 @@ fn on_message(
                     n.last_error = None;
                 });
             } else {
-                tracing::warn!(node, version = ack.version, nonce = %ack.nonce, "ignoring an Ack that matches no update sent");
+                tracing::warn!(node, version = ack.version, nonce = %escape_peer(&ack.nonce, 64), "ignoring an Ack that matches no update sent");
             }
         }
         Msg::Nack(nack) => {
@@ -547,7 +722,11 @@ fn on_message(
                 {
                     reply = Reply::SwitchRefused;
                 }
-                let errors: Vec<String> = nack.errors.iter().map(dpu_model::error_text).collect();
+                let errors: Vec<String> = nack
+                    .errors
+                    .iter()
+                    .map(|e| escape_peer(&dpu_model::error_text(e), 1024))
+                    .collect();
                 tracing::warn!(
                     node,
                     version = nack.version,
@@ -568,7 +747,7 @@ fn on_message(
                     });
                 });
             } else {
-                tracing::warn!(node, version = nack.version, nonce = %nack.nonce, "ignoring a Nack that matches no update sent");
+                tracing::warn!(node, version = nack.version, nonce = %escape_peer(&nack.nonce, 64), "ignoring a Nack that matches no update sent");
             }
         }
         Msg::Status(s) => {
@@ -584,6 +763,8 @@ fn on_message(
 
 /// A node's unhealthy backends, replacing its previous report. A malformed or
 /// oversized report ends the session with the reason; nothing of it is kept.
+/// Of a well-formed one, only the verdicts for backends the node hosts count
+/// (`authz`); the rest is logged and shown in its status.
 fn on_health(hub: &Hub, node: &str, h: pb::Health) -> Result<(), Status> {
     if h.unhealthy.len() > MAX_HEALTH_ENTRIES {
         return Err(Status::invalid_argument(format!(
@@ -591,30 +772,53 @@ fn on_health(hub: &Hub, node: &str, h: pb::Health) -> Result<(), Status> {
             h.unhealthy.len()
         )));
     }
-    let mut set = BTreeSet::new();
+    let mut claim = BTreeSet::new();
     for (i, b) in h.unhealthy.iter().enumerate() {
-        dpu_model::check_name(&b.vpc)
-            .map_err(|m| Status::invalid_argument(format!("Health: unhealthy[{i}].vpc: {m}")))?;
-        let ip: std::net::IpAddr = b.ip.parse().map_err(|_| {
+        dpu_model::check_name(&b.vpc).map_err(|m| {
             Status::invalid_argument(format!(
-                "Health: unhealthy[{i}].ip: {:?} is not an IP address",
-                b.ip
+                "Health: unhealthy[{i}].vpc: {}",
+                escape_peer(&m, PEER_TEXT_MAX)
             ))
         })?;
-        set.insert((b.vpc.clone(), ip.to_string()));
+        let ip: IpAddr = b.ip.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "Health: unhealthy[{i}].ip: {} is not an IP address",
+                escape_peer(&format!("{:?}", b.ip), PEER_TEXT_MAX)
+            ))
+        })?;
+        claim.insert((b.vpc.clone(), ip));
     }
-    let changed = hub.health.send_if_modified(|all| {
-        let before = all.get(node);
-        if before == Some(&set) || (before.is_none() && set.is_empty()) {
-            return false;
-        }
-        all.insert(node.to_string(), set.clone());
-        true
-    });
-    if changed {
-        tracing::info!(node, unhealthy = set.len(), "node reported backend health");
+    if hub.reports.is_revoked(node) {
+        tracing::warn!(node, "ignoring a Health report of a revoked node");
+        return Ok(());
     }
+    tracing::debug!(
+        node,
+        unhealthy = claim.len(),
+        "node reported backend health"
+    );
+    hub.set_health_claim(node, claim);
     Ok(())
+}
+
+/// `claim` split into the verdicts that count (backends `node` hosts in
+/// `intent`) and the refused ones (`vpc/ip`).
+fn split_claim(
+    intent: &dpu_model::Intent,
+    node: &str,
+    claim: &BTreeSet<(String, IpAddr)>,
+) -> (BTreeSet<BackendKey>, Vec<String>) {
+    let hosted = crate::authz::hosted_backends(intent, node);
+    let mut counted = BTreeSet::new();
+    let mut refused = Vec::new();
+    for (vpc, ip) in claim {
+        if hosted.contains(&(vpc.as_str(), *ip)) {
+            counted.insert((vpc.clone(), ip.to_string()));
+        } else {
+            refused.push(format!("{vpc}/{ip}"));
+        }
+    }
+    (counted, refused)
 }
 
 /// A node's full set of attached pods: checked entry by entry (the good ones are
@@ -636,11 +840,20 @@ fn on_local_workloads(
         return;
     }
     let set = check_report(node, &lw.workloads);
-    for e in &set.errors {
+    // The set's errors are escaped; a few go to the log, all to the status.
+    for e in set.errors.iter().take(5) {
         tracing::warn!(
             node,
             revision = lw.revision,
             "dropping a reported workload: {e}"
+        );
+    }
+    if set.errors.len() > 5 {
+        tracing::warn!(
+            node,
+            revision = lw.revision,
+            "dropping {} more reported workloads (see the node's status)",
+            set.errors.len() - 5
         );
     }
     tracing::info!(
@@ -654,7 +867,7 @@ fn on_local_workloads(
         tracing::info!(
             node,
             session = id,
-            "ignoring local workloads from a replaced session"
+            "ignoring local workloads from a replaced session or a revoked node"
         );
     }
 }

@@ -3,12 +3,15 @@
 //! that manifests mean the same thing everywhere.
 
 pub mod agentstatus;
+pub mod authz;
 pub mod cli;
 pub mod csr;
 pub mod diag;
+pub mod dirwatch;
 pub mod effective;
 pub mod enroll;
 pub mod enrollcmd;
+pub mod escape;
 pub mod fsutil;
 pub mod hub;
 pub mod load;

@@ -47,14 +47,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Issue(a) => {
-            let written = match (&a.node, &a.name) {
-                (Some(node), _) => enrollcmd::issue_node(&a.state_dir, node, a.days, &a.out)?,
-                (None, Some(name)) => {
+            let written = match (&a.node, &a.host_shim, &a.name) {
+                (Some(node), _, _) => enrollcmd::issue_node(&a.state_dir, node, a.days, &a.out)?,
+                (None, Some(name), _) => {
+                    let ca = pki::load_ca(&a.state_dir)?;
+                    let issued = ca.issue_host_shim(name, a.days)?;
+                    pki::write_issued(&a.out, name, &issued, &ca)?
+                }
+                (None, None, Some(name)) => {
                     let ca = pki::load_ca(&a.state_dir)?;
                     let issued = ca.issue_server(name, &a.sans, a.days)?;
                     pki::write_issued(&a.out, name, &issued, &ca)?
                 }
-                (None, None) => unreachable!("clap requires --node or --server --name"),
+                (None, None, None) => {
+                    unreachable!("clap requires --node, --host-shim or --server --name")
+                }
             };
             for path in written {
                 println!("wrote {}", path.display());

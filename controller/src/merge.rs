@@ -14,6 +14,9 @@
 //!
 //! The manifests alone were valid when they were accepted, so dropping reported
 //! workloads always ends in a valid intent.
+//!
+//! Before any of that, a reported pod must be one its node may report at all
+//! (`authz::refuse_reported_pod`: inside the node's block in its VPC).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -187,7 +190,9 @@ fn precheck<'a>(
     let mut kept = Vec::new();
     for (node, set) in reported {
         for w in &set.workloads {
-            let why = if let Some(owner) = names.get(w.name.as_str()) {
+            let why = if let Some(refused) = crate::authz::refuse_reported_pod(base, w) {
+                Some(refused)
+            } else if let Some(owner) = names.get(w.name.as_str()) {
                 Some(format!("Workload/{}: metadata.name: {owner}", w.name))
             } else if let Some(owner) = ips.get(&(w.vpc.as_str(), IpAddr::V4(w.ip))) {
                 Some(format!(

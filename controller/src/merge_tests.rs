@@ -30,7 +30,10 @@ fn pod(name: &str, node: &str, ip: &str, app: &str) -> pb::Workload {
 }
 
 fn run(reports: &[(&str, Vec<pb::Workload>)]) -> Merged {
-    let docs = docs();
+    run_with(docs(), reports)
+}
+
+fn run_with(docs: Vec<Doc>, reports: &[(&str, Vec<pb::Workload>)]) -> Merged {
     let base = resolve(&docs).unwrap();
     let sets: BTreeMap<String, ReportedSet> = reports
         .iter()
@@ -153,23 +156,24 @@ fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
         reason("pod-ip"),
         "Workload/pod-ip: spec.ip: 10.1.1.10 in Vpc/blue is already Workload/web-1"
     );
-    assert!(
-        reason("pod-gw").ends_with("is already the gateway of Subnet/blue-a"),
-        "{}",
-        reason("pod-gw")
+    // The gateway is outside dpu-1's block (10.1.1.0/24): refused before the
+    // collision is even looked at.
+    assert_eq!(
+        reason("pod-gw"),
+        "Workload/pod-gw: spec.ip: 10.1.0.1 is outside the blocks of node dpu-1 in Vpc/blue (10.1.1.0/24 of Subnet/blue-a)"
     );
     assert_eq!(
         reason("pod-port"),
         "Workload/pod-port: spec.port: port web-1-eth0 on node dpu-1 is already bound to Workload/web-1"
     );
-    // These two come from the model's rules over the merged intent.
+    // A node reports pods only inside its blocks.
     assert_eq!(
         reason("pod-out"),
-        "Workload/pod-out: spec.ip: 10.2.0.5 is not inside any Subnet of Vpc/blue"
+        "Workload/pod-out: spec.ip: 10.2.0.5 is outside the blocks of node dpu-1 in Vpc/blue (10.1.1.0/24 of Subnet/blue-a)"
     );
     assert_eq!(
         reason("pod-red"),
-        "Workload/pod-red: spec.vpc: Vpc/nowhere does not exist"
+        "Workload/pod-red: spec.vpc: node dpu-1 has no block in any Subnet of Vpc/nowhere (spec.nodeBlocks); a node reports pods only where it holds a block"
     );
     // Between nodes: the first node in name order keeps the name and the IP.
     let d2 = &m.nodes["dpu-2"];
@@ -177,7 +181,9 @@ fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
     assert_eq!(
         d2.dropped,
         [
-            "Workload/pod-dup-ip: spec.ip: 10.1.1.33 in Vpc/blue is already Workload/pod-ok (reported by dpu-1)",
+            // dpu-1's address is outside dpu-2's block: blocks do not overlap,
+            // so reported pods of two nodes can never share an address.
+            "Workload/pod-dup-ip: spec.ip: 10.1.1.33 is outside the blocks of node dpu-2 in Vpc/blue (10.1.2.0/24 of Subnet/blue-a)",
             "Workload/shared: metadata.name: node dpu-1 already reports a Workload with this name",
         ]
     );
@@ -194,14 +200,23 @@ fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
 #[test]
 fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
     // 513 selected pods push YusurService/web past 512 backends.
+    // dpu-1's block in a second Subnet of blue holds them all.
+    let mut docs = docs();
+    docs.extend(
+        crate::manifest::parse_file(
+            "i/40.yaml",
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.9.0.0/16, gateway: 10.9.0.1, nodeBlocks: [{node: dpu-1, cidr: 10.9.4.0/22}]}\n",
+        )
+        .unwrap(),
+    );
     let mut pods: Vec<pb::Workload> = (0..513)
         .map(|i| {
-            let ip = format!("10.1.{}.{}", 10 + i / 200, 1 + i % 200);
+            let ip = format!("10.9.{}.{}", 4 + i / 200, 1 + i % 200);
             pod(&format!("p-{i}"), "dpu-1", &ip, "web")
         })
         .collect();
-    pods.push(pod("db-pod", "dpu-1", "10.1.9.9", "db"));
-    let m = run(&[("dpu-1", pods)]);
+    pods.push(pod("db-pod", "dpu-1", "10.1.1.99", "db"));
+    let m = run_with(docs, &[("dpu-1", pods)]);
     let n = &m.nodes["dpu-1"];
     assert_eq!(n.accepted, 1, "only the pod web does not select");
     assert_eq!(n.dropped.len(), 513);
@@ -213,4 +228,45 @@ fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
     );
     assert!(m.intent.workloads.contains_key("db-pod"));
     assert_eq!(m.intent.services["web"].backends.len(), 3);
+}
+
+#[test]
+fn a_node_cannot_report_pods_into_a_vpc_where_it_holds_no_block() {
+    // The attack: dpu-3 (red only) reports `evil` into blue with app=web, so
+    // that Service web on dpu-1 would balance to it, and labels that would pull
+    // blue's intent to dpu-3.
+    let docs = docs();
+    let base = resolve(&docs).unwrap();
+    let evil = pod("evil", "dpu-3", "10.1.1.66", "web");
+    let sets: BTreeMap<String, ReportedSet> =
+        [("dpu-3".to_string(), check_report("dpu-3", &[evil]))].into();
+    let m = merge(&docs, &base, &sets);
+    assert_eq!(m.intent, base, "nothing of the report is in the intent");
+    assert_eq!(
+        m.nodes["dpu-3"].dropped,
+        ["Workload/evil: spec.vpc: node dpu-3 has no block in any Subnet of Vpc/blue (spec.nodeBlocks); a node reports pods only where it holds a block"]
+    );
+    assert_eq!(node_view(&m.intent, "dpu-3"), node_view(&base, "dpu-3"));
+    assert_eq!(node_view(&m.intent, "dpu-1"), node_view(&base, "dpu-1"));
+}
+
+#[test]
+fn labels_of_an_allowed_pod_select_it_only_within_what_its_node_already_has() {
+    // dpu-3 reports a pod in red (where it holds a block) whose labels match
+    // blue's Service web: web does not select across VPCs, and dpu-3's view
+    // gains the pod and nothing of blue.
+    let mut p = pod("red-pod", "dpu-3", "10.1.3.50", "web");
+    p.vpc = "red".into();
+    let m = run(&[("dpu-3", vec![p])]);
+    assert_eq!(m.nodes["dpu-3"].accepted, 1, "{:?}", m.nodes["dpu-3"]);
+    let base = resolve(&docs()).unwrap();
+    assert_eq!(m.intent.services["web"], base.services["web"]);
+    let before: Vec<_> = node_view(&base, "dpu-3").into_keys().collect();
+    let after: Vec<_> = node_view(&m.intent, "dpu-3").into_keys().collect();
+    let added: Vec<String> = after
+        .iter()
+        .filter(|k| !before.contains(k))
+        .map(|k| k.to_string())
+        .collect();
+    assert_eq!(added, ["Workload/red-pod"]);
 }

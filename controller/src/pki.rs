@@ -2,8 +2,12 @@
 //!
 //! The CA lives in `<state-dir>/pki/` (`ca.pem`, `ca.key`). Node certificates name
 //! the node as CN and as their only DNS SAN; the controller serves a node only the
-//! intent of the node its certificate names. All keys are ECDSA P-256 and are
-//! written mode 0600.
+//! intent of the node its certificate names. Every leaf carries its role as a URI
+//! SAN (`dpu_proto::roles`): the controller serves only the node role, and an
+//! agent's attachment service accepts only the host-shim role, so the host's
+//! certificate can never speak for a DPU. Node names may not be the controller's
+//! own server names (`RESERVED_NAMES` and the SANs of `server.pem`). All keys are
+//! ECDSA P-256 and are written mode 0600.
 
 use std::fs;
 use std::io;
@@ -55,7 +59,14 @@ pub enum PkiError {
     /// A certificate could not be parsed.
     #[error("cannot parse certificate: {0}")]
     Parse(String),
+    /// A peer's certificate does not carry the role the call needs.
+    #[error("{0}")]
+    WrongRole(String),
 }
+
+/// Names no node may have: the controller's default server name and loopback.
+/// The SANs of the controller's own server certificate are refused too.
+pub const RESERVED_NAMES: [&str; 2] = ["dpu-controller", "localhost"];
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
@@ -123,6 +134,9 @@ pub struct Issued {
 pub struct Ca {
     pub cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// Names a node may not take: `RESERVED_NAMES` and the controller's own
+    /// server certificate's names.
+    reserved: Vec<String>,
 }
 
 fn random_serial() -> SerialNumber {
@@ -196,15 +210,85 @@ pub fn load_ca(state_dir: &Path) -> Result<Ca, PkiError> {
     let key = KeyPair::from_pem(&key_pem).map_err(rcgen_err("reading the CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
         .map_err(rcgen_err("reading the CA certificate"))?;
-    Ok(Ca { cert_pem, issuer })
+    let mut reserved: Vec<String> = RESERVED_NAMES.iter().map(|n| n.to_string()).collect();
+    match fs::read_to_string(&paths.server_cert) {
+        Ok(pem) => reserved.extend(server_names(&pem)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&paths.server_cert)(e)),
+    }
+    Ok(Ca {
+        cert_pem,
+        issuer,
+        reserved,
+    })
+}
+
+/// The CN and DNS SANs of a server certificate (PEM).
+fn server_names(pem: &str) -> Result<Vec<String>, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let mut names = dns_sans(&pem.contents)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    if let Some(cn) = cert.subject().iter_common_name().next() {
+        names.extend(cn.as_str().ok().map(str::to_string));
+    }
+    Ok(names)
 }
 
 impl Ca {
     /// A node certificate and a new key: CN and DNS SAN = `node`, for client and
     /// server auth.
     pub fn issue_node(&self, node: &str, days: u32) -> Result<Issued, PkiError> {
-        let params = node_params(node, duration_of_days(days))?;
+        let params = self.node_params(node, duration_of_days(days))?;
         self.issue(params)
+    }
+
+    /// A host shim's certificate and a new key: CN and DNS SAN = `name` (what the
+    /// agent's `[shim] client_name` names), the host-shim role, client auth only.
+    /// The controller refuses it; only an agent's attachment service takes it.
+    pub fn issue_host_shim(&self, name: &str, days: u32) -> Result<Issued, PkiError> {
+        let san = dns_san(name)?;
+        let role = role_san(dpu_proto::roles::HOST_SHIM);
+        let params = leaf_params(
+            name,
+            vec![san, role],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            duration_of_days(days),
+        );
+        self.issue(params)
+    }
+
+    /// The shape of every node certificate: CN and the only DNS SAN are `node`
+    /// (a `dpu_model::check_name` name that is not one of the controller's
+    /// names), the node role, EKU client auth (the controller) and server auth
+    /// (the agent serves its host's shim with it).
+    fn node_params(&self, node: &str, lifetime: Duration) -> Result<CertificateParams, PkiError> {
+        dpu_model::check_name(node).map_err(|message| PkiError::BadName {
+            name: node.to_string(),
+            message,
+        })?;
+        if self.reserved.iter().any(|r| r.eq_ignore_ascii_case(node)) {
+            return Err(PkiError::BadName {
+                name: node.to_string(),
+                message: "is a name of the controller itself; a node certificate with it could pose as the controller".into(),
+            });
+        }
+        Ok(leaf_params(
+            node,
+            vec![dns_san(node)?, role_san(dpu_proto::roles::NODE)],
+            vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            lifetime,
+        ))
+    }
+
+    /// Refuses `node` if no node may have that name (for `token create`, before
+    /// any token exists).
+    pub fn check_node_name(&self, node: &str) -> Result<(), PkiError> {
+        self.node_params(node, Duration::days(1)).map(|_| ())
     }
 
     /// A node certificate for a key the node generated (the public key of a
@@ -216,7 +300,7 @@ impl Ca {
         public_key: &impl PublicKeyData,
         lifetime: std::time::Duration,
     ) -> Result<Signed, PkiError> {
-        let params = node_params(node, to_time_duration(lifetime)?)?;
+        let params = self.node_params(node, to_time_duration(lifetime)?)?;
         self.sign(&params, public_key)
     }
 
@@ -291,29 +375,21 @@ impl Ca {
     }
 }
 
-/// The shape of every node certificate: CN and the only DNS SAN are `node`
-/// (a `dpu_model::check_name` name), EKU client and server auth.
-fn node_params(node: &str, lifetime: Duration) -> Result<CertificateParams, PkiError> {
-    dpu_model::check_name(node).map_err(|message| PkiError::BadName {
-        name: node.to_string(),
+fn dns_san(name: &str) -> Result<SanType, PkiError> {
+    dpu_model::check_name(name).map_err(|message| PkiError::BadName {
+        name: name.to_string(),
         message,
     })?;
-    let san = SanType::DnsName(
-        node.try_into()
-            .map_err(|e: rcgen::Error| PkiError::BadName {
-                name: node.to_string(),
-                message: e.to_string(),
-            })?,
-    );
-    Ok(leaf_params(
-        node,
-        vec![san],
-        vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ],
-        lifetime,
-    ))
+    Ok(SanType::DnsName(name.try_into().map_err(
+        |e: rcgen::Error| PkiError::BadName {
+            name: name.to_string(),
+            message: e.to_string(),
+        },
+    )?))
+}
+
+fn role_san(role: &'static str) -> SanType {
+    SanType::URI(role.try_into().expect("role URIs are ASCII"))
 }
 
 fn leaf_params(
@@ -440,22 +516,56 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
     })
 }
 
-/// Who a peer certificate (DER) says it is: its DNS SANs and its serial.
+/// Who a node's certificate (DER) says it is: its DNS SANs and its serial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub names: Vec<String>,
     pub serial: String,
 }
 
+/// The identity of a peer that must be a node: its certificate carries the
+/// node role (`dpu_proto::roles::NODE`) and no other. A host shim's certificate,
+/// a server certificate, or one issued before roles existed is refused
+/// (`PkiError::WrongRole`).
 pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, PkiError> {
+    let names = dns_sans(der)?;
+    let roles = cert_roles(der)?;
+    if roles != [dpu_proto::roles::NODE] {
+        let what = match roles.as_slice() {
+            [] => "carries no role (a server certificate, or one issued before roles; issue a new one with `dpu-controller issue --node` or enroll again)".to_string(),
+            [r] if r == dpu_proto::roles::HOST_SHIM => {
+                "is a host shim's certificate; it may call only its DPU's attachment service".to_string()
+            }
+            _ => format!("carries the roles {roles:?}"),
+        };
+        return Err(PkiError::WrongRole(format!(
+            "the client certificate (names {names:?}) {what}; only a node certificate (role {}) may act for a DPU",
+            dpu_proto::roles::NODE
+        )));
+    }
     Ok(PeerIdentity {
-        names: dns_sans(der)?,
+        names,
         serial: cert_info(der)?.serial,
     })
 }
 
-/// The DNS names in the SubjectAltName of a DER certificate.
-pub fn dns_sans(der: &[u8]) -> Result<Vec<String>, PkiError> {
+/// The role URIs (`dpu_proto::roles::PREFIX`…) among a certificate's SANs.
+pub fn cert_roles(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    Ok(general_names(der)?
+        .into_iter()
+        .filter_map(|n| match n {
+            San::Uri(u) if u.starts_with(dpu_proto::roles::PREFIX) => Some(u),
+            _ => None,
+        })
+        .collect())
+}
+
+enum San {
+    Dns(String),
+    Uri(String),
+}
+
+fn general_names(der: &[u8]) -> Result<Vec<San>, PkiError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let san = cert
@@ -467,12 +577,24 @@ pub fn dns_sans(der: &[u8]) -> Result<Vec<String>, PkiError> {
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    GeneralName::DNSName(d) => Some(San::Dns(d.to_string())),
+                    GeneralName::URI(u) => Some(San::Uri(u.to_string())),
                     _ => None,
                 })
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// The DNS names in the SubjectAltName of a DER certificate.
+pub fn dns_sans(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    Ok(general_names(der)?
+        .into_iter()
+        .filter_map(|n| match n {
+            San::Dns(d) => Some(d),
+            San::Uri(_) => None,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -513,10 +635,58 @@ mod tests {
         assert_eq!(cn.as_str().unwrap(), "dpu-1");
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.client_auth && eku.server_auth);
+        assert_eq!(cert_roles(&d).unwrap(), [dpu_proto::roles::NODE]);
+        assert_eq!(peer_identity(&d).unwrap().names, ["dpu-1"]);
         assert!(matches!(
             ca.issue_node("Not_A_Name", 30),
             Err(PkiError::BadName { .. })
         ));
+    }
+
+    #[test]
+    fn only_a_node_certificate_is_a_peer_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), false).unwrap();
+        let ca = load_ca(dir.path()).unwrap();
+
+        // The host shim's certificate: its role, client auth only.
+        let shim = der(&ca.issue_host_shim("host-dpu-1", 30).unwrap().cert_pem);
+        assert_eq!(dns_sans(&shim).unwrap(), ["host-dpu-1"]);
+        assert_eq!(cert_roles(&shim).unwrap(), [dpu_proto::roles::HOST_SHIM]);
+        let (_, cert) = x509_parser::parse_x509_certificate(&shim).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let e = peer_identity(&shim).unwrap_err().to_string();
+        assert!(e.contains("is a host shim's certificate"), "{e}");
+        assert!(e.contains("names [\"host-dpu-1\"]"), "{e}");
+
+        // A certificate without a role: a server's, or one from before roles.
+        let server = der(&ca.issue_server("dpu-controller", &[], 30).unwrap().cert_pem);
+        let e = peer_identity(&server).unwrap_err().to_string();
+        assert!(e.contains("carries no role"), "{e}");
+        let old = leaf_params(
+            "dpu-7",
+            vec![dns_san("dpu-7").unwrap()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Duration::days(1),
+        );
+        let old = der(&ca.issue(old).unwrap().cert_pem);
+        assert!(matches!(peer_identity(&old), Err(PkiError::WrongRole(_))));
+    }
+
+    #[test]
+    fn a_node_may_not_take_a_name_of_the_controller() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), false).unwrap();
+        let listen: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        ensure_server_cert(dir.path(), "ctl-east", listen).unwrap();
+        let ca = load_ca(dir.path()).unwrap();
+        for name in ["dpu-controller", "localhost", "ctl-east"] {
+            let e = ca.issue_node(name, 1).unwrap_err().to_string();
+            assert!(e.contains("a name of the controller itself"), "{name}: {e}");
+            assert!(ca.check_node_name(name).is_err());
+        }
+        assert!(ca.check_node_name("dpu-1").is_ok());
     }
 
     #[test]

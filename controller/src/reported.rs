@@ -20,6 +20,7 @@ use dpu_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::escape::escape_peer;
 use crate::fsutil::{write_atomic, PUBLIC_MODE};
 use crate::store::StoreError;
 
@@ -28,6 +29,8 @@ pub const REPORTED_FILE: &str = "reported-workloads.json";
 pub const MAX_REPORTED_PER_NODE: usize = 4096;
 /// The most reasons kept per node for dropped workloads (status stays small).
 pub const MAX_REPORTED_ERRORS: usize = 100;
+/// The longest reason kept (escaped).
+pub const MAX_REPORTED_ERROR_LEN: usize = 512;
 
 /// One node's reported workloads after the per-entry checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +90,10 @@ pub fn check_report(node: &str, reported: &[pb::Workload]) -> ReportedSet {
     }
     set.workloads.sort_by(|a, b| a.name.cmp(&b.name));
     set.errors.truncate(MAX_REPORTED_ERRORS);
+    // They name what the peer sent; they reach the log and the status.
+    for e in &mut set.errors {
+        *e = escape_peer(e, MAX_REPORTED_ERROR_LEN);
+    }
     set
 }
 
@@ -109,20 +116,74 @@ impl RevisionGate {
 }
 
 /// New sets from the sessions, waiting for the intent task. A later set from a
-/// node replaces a waiting one (both are full sets).
+/// node replaces a waiting one (both are full sets). A revoked node's set is
+/// replaced by an empty one (which forgets the node), and its later sets are
+/// refused until a session is admitted for it again.
 #[derive(Debug, Default)]
 pub struct ReportInbox {
     pending: Mutex<BTreeMap<String, ReportedSet>>,
     arrived: Notify,
+    /// Nodes revoked since their last admitted session.
+    revoked: Mutex<BTreeSet<String>>,
+    /// Nodes whose sets are in the intent task's store (for the revocation
+    /// watcher), as of its last round.
+    reporters: Mutex<BTreeSet<String>>,
 }
 
 impl ReportInbox {
-    pub fn submit(&self, node: &str, set: ReportedSet) {
+    /// Queues `set` for the intent task; false (and nothing queued) if the node
+    /// is revoked.
+    pub fn submit(&self, node: &str, set: ReportedSet) -> bool {
+        if self.is_revoked(node) {
+            return false;
+        }
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(node.to_string(), set);
         self.arrived.notify_one();
+        true
+    }
+
+    /// Forgets the node's reported pods (at the intent task's next round) and
+    /// refuses its sets from now on.
+    pub fn revoke(&self, node: &str) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string());
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), ReportedSet::default());
+        self.arrived.notify_one();
+    }
+
+    /// A session was admitted for the node: its sets count again.
+    pub fn readmit(&self, node: &str) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+    }
+
+    pub fn is_revoked(&self, node: &str) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node)
+    }
+
+    /// The intent task says which nodes have sets in force.
+    pub fn set_reporters(&self, nodes: impl IntoIterator<Item = String>) {
+        *self.reporters.lock().unwrap_or_else(|e| e.into_inner()) = nodes.into_iter().collect();
+    }
+
+    pub fn reporters(&self) -> BTreeSet<String> {
+        self.reporters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Everything waiting, by node.

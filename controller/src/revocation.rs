@@ -1,9 +1,12 @@
-//! Ends the live session of a node that gets revoked.
+//! Ends the live session of a node that gets revoked, and drops what it said.
 //!
 //! `node revoke` is another process; it only rewrites `nodes/<node>.json`. This
-//! task looks at the records of the nodes with a live session every
-//! `POLL_INTERVAL` and reads one again only when its file changed (a new inode,
-//! since every write is a rename), so the cost is one `stat` per session per poll.
+//! task looks at the records of the nodes with a live session, or with reports
+//! in force (pods or health verdicts, which outlive a session), every
+//! `POLL_INTERVAL`, and reads one again only when its file changed (a new inode,
+//! since every write is a rename), so the cost is one `stat` per such node per
+//! poll. A revoked node's sessions end and its reports are dropped
+//! (`Hub::revoke_node`); a revoked certificate (serial) ends only its session.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -60,6 +63,9 @@ fn check(
     for s in hub.live_sessions() {
         by_node.entry(s.node.clone()).or_default().push(s);
     }
+    for node in hub.reporting_nodes() {
+        by_node.entry(node).or_default();
+    }
     seen.retain(|node, _| by_node.contains_key(node));
     for (node, sessions) in by_node {
         let path = hub.nodes().path(&node);
@@ -83,6 +89,9 @@ fn check(
         };
         seen.insert(node.clone(), (stamp, ids));
         let Some(record) = record else { continue };
+        if record.revoked {
+            hub.revoke_node(&node);
+        }
         for s in sessions {
             if let Err(revoked) = record.admits(&s.serial) {
                 tracing::warn!(node, session = s.id, "ending the session: {revoked}");

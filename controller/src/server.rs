@@ -5,6 +5,12 @@
 //!
 //! The listener asks for a client certificate but does not require one, so that
 //! a DPU without one can call `Enroll`; every other RPC checks for it itself.
+//!
+//! What peers can hold is bounded (`dpu_listen`): a handshake must finish within
+//! 10 s, connections in the handshake, with a client certificate and without
+//! one each have their own budget, sized from RLIMIT_NOFILE after a reserve for
+//! the controller's own files (`FD_PLAN`; docs/limits.md, "Connections and
+//! descriptors"), and accept errors back off.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,13 +18,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dpu_listen::fds::{Budget, Plan};
+use dpu_listen::{BoundedListener, Limits};
 use dpu_proto::v1::agent_control_server::AgentControlServer;
 use dpu_proto::v1::enrollment_server::EnrollmentServer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::diag::IntentError;
 use crate::effective::{Commit, Effective};
@@ -33,14 +40,46 @@ use crate::session::Published;
 use crate::status::StatusHandle;
 use crate::store::{StoreError, VersionStore};
 
-/// How often the intent directory is checked for changes.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// The largest message an agent may send.
 pub const MAX_DECODING_MESSAGE: usize = 4 << 20;
 /// The largest message the controller sends (a big snapshot).
 pub const MAX_ENCODING_MESSAGE: usize = 64 << 20;
 /// How long shutdown waits for connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The controller's descriptors (docs/limits.md, "Connections and
+/// descriptors"). 128 stay with the controller itself: stdio, the runtime
+/// (epoll, its wake and signal pipes), the listener, the status writer, the
+/// intent directory's reads, node and token records and their lock, the CA,
+/// and the blocking pool's open files (a few each), with room to spare. Of the
+/// rest a quarter (at most 1,024) is for connections in the TLS handshake, an
+/// eighth (at most 256) for `Enroll` callers without a certificate, and the
+/// rest for agents with one.
+pub const FD_PLAN: Plan = Plan {
+    reserved: 128,
+    max_handshaking: 1024,
+    max_anonymous: 256,
+    max_authenticated: 1 << 20,
+};
+/// The soft RLIMIT_NOFILE is raised to the hard limit, at most this.
+const NOFILE_CAP: u64 = 1 << 20;
+
+/// Reads (and raises) RLIMIT_NOFILE and splits it by `FD_PLAN`.
+fn fd_budget() -> Budget {
+    let limit = dpu_listen::fds::raise_nofile(NOFILE_CAP).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
+        1024
+    });
+    let budget = FD_PLAN.budget(limit);
+    if budget.short {
+        tracing::warn!(
+            limit,
+            reserved = budget.reserved,
+            "the file limit is too low for the controller's reserve plus its listener; peers may exhaust descriptors (accepts then back off)"
+        );
+    }
+    budget
+}
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -157,6 +196,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let (intent_tx, intent_rx) = watch::channel(Arc::new(published));
     let reports = Arc::new(ReportInbox::default());
+    reports.set_reporters(effective.summaries().keys().cloned());
     let hub = Arc::new(Hub::new(
         intent_rx,
         status.clone(),
@@ -164,24 +204,32 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         reports.clone(),
         NodeStore::new(state),
     ));
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
-        .client_ca_root(Certificate::from_pem(&identity.ca_pem))
-        .client_auth_optional(true);
+    // Exactly what tonic's `ServerTlsConfig` with `client_auth_optional(true)`
+    // built: a certificate that is presented must chain to the CA.
+    let tls = dpu_listen::server_config(
+        identity.cert_pem.as_bytes(),
+        identity.key_pem.as_bytes(),
+        identity.ca_pem.as_bytes(),
+        true,
+    )
+    .map_err(ServeError::Tls)?;
+    let budget = fd_budget();
+    let (_tls_tx, tls_rx) = watch::channel(Some(tls));
+    let bounded =
+        BoundedListener::new("controller", listener, tls_rx, Limits::with_budget(&budget));
     let service = AgentControlServer::new(ControlService::new(hub.clone()))
         .max_decoding_message_size(MAX_DECODING_MESSAGE)
         .max_encoding_message_size(MAX_ENCODING_MESSAGE);
     let enrollment = EnrollmentServer::new(EnrollService::new(enroller))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = Server::builder()
-        .tls_config(tls)
-        .map_err(|e| ServeError::Tls(e.to_string()))?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(service)
-        .add_service(enrollment);
+        .add_service(bounded.track(service))
+        .add_service(bounded.track(enrollment));
 
     let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
+    let health_authz = tokio::spawn(refilter_health_on_intent(hub.clone(), shutdown_rx.clone()));
     let revocations = tokio::spawn(crate::revocation::watch_revocations(
         hub,
         shutdown_rx.clone(),
@@ -195,7 +243,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     ));
     let mut server_shutdown = shutdown_rx.clone();
     let mut server = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+        router.serve_with_incoming_shutdown(bounded.incoming(), async move {
             shutdown_requested(&mut server_shutdown).await
         }),
     );
@@ -204,6 +252,14 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         pid = std::process::id(),
         enroll_cert_ttl = %crate::timeutil::format_duration(opts.enroll_cert_ttl),
         "serving agents over mTLS"
+    );
+    tracing::info!(
+        nofile = budget.limit,
+        reserved = budget.reserved,
+        handshaking = budget.handshaking,
+        authenticated = budget.authenticated,
+        anonymous = budget.anonymous,
+        "connection budget"
     );
 
     let mut stop = shutdown_rx.clone();
@@ -228,11 +284,30 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     shutdown_tx.send_replace(true);
     let _ = reload.await;
     let _ = revocations.await;
+    let _ = health_authz.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
         let _ = status.write_now();
     }
     tracing::info!("stopped");
     result
+}
+
+/// Health verdicts count only for backends their node hosts; when the intent
+/// changes, what counts is worked out again.
+async fn refilter_health_on_intent(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let mut intent = hub.intent_receiver();
+    loop {
+        tokio::select! {
+            changed = intent.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                intent.borrow_and_update();
+                hub.refilter_health();
+            }
+            _ = shutdown_requested(&mut shutdown) => return,
+        }
+    }
 }
 
 /// Marks every node disconnected; the controller is going away.
@@ -336,7 +411,9 @@ async fn intent_loop(
         mut reloader,
         reports,
     } = sources;
-    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    // Changes wake the task at once (inotify); the poll is the safety net.
+    let dir_watch = crate::dirwatch::DirWatch::start(reloader.dir());
+    let mut ticker = tokio::time::interval(dir_watch.poll_interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the directory was just loaded.
     ticker.tick().await;
@@ -346,6 +423,10 @@ async fn intent_loop(
     loop {
         let poll = tokio::select! {
             _ = ticker.tick() => true,
+            _ = dir_watch.changed() => {
+                tokio::time::sleep(crate::dirwatch::DEBOUNCE).await;
+                true
+            }
             _ = reports.arrived() => false,
             _ = shutdown_requested(&mut shutdown) => return,
         };
@@ -400,6 +481,7 @@ async fn intent_loop(
             Some(Ok(c)) => {
                 log_dropped(&c.newly_dropped);
                 status.record_reported(effective.summaries());
+                reports.set_reporters(effective.summaries().keys().cloned());
                 match c.published {
                     Some(p) => {
                         tracing::info!(

@@ -70,6 +70,13 @@ pub struct NodeStatus {
     /// Why the other reported workloads are not (`Workload/x: field: message`).
     #[serde(default)]
     pub reported_errors: Vec<String>,
+    /// How many of the node's health verdicts do not count: backends it does
+    /// not host (see `authz`).
+    #[serde(default)]
+    pub refused_health: usize,
+    /// A few of them, as `vpc/ip`.
+    #[serde(default)]
+    pub refused_health_examples: Vec<String>,
 }
 
 /// What became of one node's reported workloads (see `effective`).

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use dpu_proto::MAX_SERVICE_STATUS;
 
+use crate::escape::escape_peer;
 use crate::status::{read_status, NodeStatus, StatusDoc, STATUS_FILE};
 use crate::statusfmt::{human_bytes, is_stale, layout, percent};
 use crate::statusview::{connection, render_node, render_service, stale_note};
@@ -204,7 +205,7 @@ fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
     if !doc.intent_errors.is_empty() {
         out += "intent errors (the last good intent stays in force):\n";
         for e in &doc.intent_errors {
-            out += &format!("  {e}\n");
+            out += &format!("  {}\n", escape_peer(&e.to_string(), 1024));
         }
     }
     if doc.nodes.is_empty() {
@@ -259,7 +260,27 @@ fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
     if !dropped.is_empty() {
         out += "reported workloads dropped:\n";
         for (name, e) in dropped {
-            out += &format!("  {name}: {e}\n");
+            out += &format!("  {name}: {}\n", escape_peer(e, 512));
+        }
+    }
+    let refused: Vec<_> = doc
+        .nodes
+        .iter()
+        .filter(|(_, n)| n.refused_health > 0)
+        .collect();
+    if !refused.is_empty() {
+        out += "health verdicts that do not count (backends the node does not host):\n";
+        for (name, n) in refused {
+            let examples: Vec<String> = n
+                .refused_health_examples
+                .iter()
+                .map(|e| escape_peer(e, 64))
+                .collect();
+            out += &format!(
+                "  {name}: {} (e.g. {})\n",
+                n.refused_health,
+                examples.join(", ")
+            );
         }
     }
     out

@@ -1,7 +1,11 @@
 //! Small formatting pieces shared by the fleet table and the drill-in views of
 //! `dpu-controller status`: byte sizes, ages, staleness and column layout.
 
+use crate::escape::escape_peer;
 use crate::status::NodeStatus;
+
+/// The most of one table cell shown (an agent's error can be 4 KiB).
+const MAX_CELL: usize = 4096;
 
 /// A connected node's status older than this is shown as stale: the agent sends
 /// one about every 10 s.
@@ -122,12 +126,20 @@ pub fn percent(value: f64) -> String {
 
 /// Rows as left-aligned columns two spaces apart; the last column is not
 /// padded, and no line ends in spaces.
+///
+/// Cells hold text agents sent (errors, names, versions); every control
+/// character in them is escaped, so a cell can neither forge a row nor drive
+/// the terminal.
 pub fn layout<const N: usize>(rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|r| r.clone().map(|c| escape_peer(&c, MAX_CELL)))
+        .collect();
     let mut out = String::new();
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
-    for r in rows {
+    for r in &rows {
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
             if i + 1 == N {

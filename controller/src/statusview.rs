@@ -82,6 +82,16 @@ pub fn render_node(name: &str, n: &NodeStatus, now: i64) -> String {
             ),
         );
     }
+    if n.refused_health > 0 {
+        row(
+            "refused verdicts",
+            format!(
+                "{} health verdicts for backends this node does not host do not count (e.g. {})",
+                n.refused_health,
+                n.refused_health_examples.join(", ")
+            ),
+        );
+    }
     if let Some(why) = &n.refused_status {
         row(
             "refused Status",

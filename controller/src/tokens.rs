@@ -2,9 +2,22 @@
 //!
 //! A token reads `dpub.<16 hex id>.<64 hex secret>`. `<state-dir>/tokens/<id>.json`
 //! holds an unused token's node, expiry and the SHA-256 of its secret, never the
-//! secret. Enrollment consumes a token by renaming its file into `tokens/used/`:
-//! rename is atomic, so of two enrollments with one token exactly one wins, and
-//! a refused request leaves the file where it was.
+//! secret. A refused request leaves the file where it was.
+//!
+//! Every change of an enrolling token's state is one `rename(2)` of its record,
+//! which is atomic and needs no free space, so a full disk cannot strand it:
+//!
+//! - `claim`: `tokens/<id>.json` → `tokens/claimed/<id>.json`. Of concurrent
+//!   enrollments with one token exactly one wins; a claimed token admits no one.
+//! - `restore` (the certificate could not be issued or recorded): back to
+//!   `tokens/<id>.json`, unchanged, so the token is usable again.
+//! - `finish` (the certificate is recorded in the node's record):
+//!   `tokens/claimed/<id>.json` → `tokens/used/<id>.json`; only then is
+//!   `used_unix` added, best effort.
+//!
+//! After a crash between `claim` and `restore`/`finish`, the token stays
+//! claimed, so it is never usable twice; the server settles it at its next
+//! start (`Enroller::new`): used if the node record names it, else unused.
 
 use std::fmt;
 use std::fs;
@@ -17,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil::{ensure_private_dir, write_atomic, SECRET_MODE};
-use crate::timeutil::{rfc3339, unix_now};
+use crate::timeutil::rfc3339;
 
 pub const TOKEN_PREFIX: &str = "dpub";
 const ID_BYTES: usize = 8;
@@ -125,6 +138,9 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
     Unused,
+    /// An enrollment with it is under way, or was cut short by a crash (the
+    /// server settles it when it starts). It admits no one.
+    Claimed,
     Used,
     Expired,
 }
@@ -133,13 +149,16 @@ impl TokenState {
     pub fn as_str(self) -> &'static str {
         match self {
             TokenState::Unused => "unused",
+            TokenState::Claimed => "claimed",
             TokenState::Used => "used",
             TokenState::Expired => "expired",
         }
     }
 }
 
-/// Why a token does not admit a request. The messages go to the DPU.
+/// Why a token does not admit a request. The messages are logged; the DPU gets
+/// them too, except that `Unknown` and `WrongSecret` read the same to it
+/// (`enroll::EnrollError::status`), so that it cannot tell which ids exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRefusal {
     #[error("malformed token (expected {TOKEN_PREFIX}.<16 hex id>.<64 hex secret>)")]
@@ -195,6 +214,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TokenError + '_ {
 pub struct TokenStore {
     dir: PathBuf,
     used: PathBuf,
+    claimed: PathBuf,
 }
 
 impl TokenStore {
@@ -202,6 +222,7 @@ impl TokenStore {
         let dir = state_dir.join("tokens");
         TokenStore {
             used: dir.join("used"),
+            claimed: dir.join("claimed"),
             dir,
         }
     }
@@ -212,6 +233,19 @@ impl TokenStore {
 
     fn used_path(&self, id: &str) -> PathBuf {
         self.used.join(format!("{id}.json"))
+    }
+
+    fn claimed_path(&self, id: &str) -> PathBuf {
+        self.claimed.join(format!("{id}.json"))
+    }
+
+    /// Where a token's record may be, in the order `check` looks.
+    fn paths(&self, id: &str) -> [(PathBuf, TokenState); 3] {
+        [
+            (self.unused_path(id), TokenState::Unused),
+            (self.claimed_path(id), TokenState::Claimed),
+            (self.used_path(id), TokenState::Used),
+        ]
     }
 
     /// A new token for `node`, valid for `ttl` from `now`. The record is written
@@ -231,7 +265,7 @@ impl TokenStore {
         }
         let token = loop {
             let t = Token::generate();
-            if !self.unused_path(&t.id).exists() && !self.used_path(&t.id).exists() {
+            if self.paths(&t.id).iter().all(|(p, _)| !p.exists()) {
                 break t;
             }
         };
@@ -250,15 +284,17 @@ impl TokenStore {
     /// Every token record, by id, with its state at `now`.
     pub fn list(&self, now: i64) -> Result<Vec<(TokenRecord, TokenState)>, TokenError> {
         let mut out = Vec::new();
-        for (dir, used) in [(&self.dir, false), (&self.used, true)] {
+        for (dir, state) in [
+            (&self.dir, TokenState::Unused),
+            (&self.claimed, TokenState::Claimed),
+            (&self.used, TokenState::Used),
+        ] {
             for path in json_files(dir)? {
                 let r = read_record(&path)?;
-                let state = if used {
-                    TokenState::Used
-                } else if r.expires_unix <= now {
+                let state = if state == TokenState::Unused && r.expires_unix <= now {
                     TokenState::Expired
                 } else {
-                    TokenState::Unused
+                    state
                 };
                 out.push((r, state));
             }
@@ -272,7 +308,7 @@ impl TokenStore {
         if !valid_id(id) {
             return Err(TokenError::NoSuchToken(id.to_string()));
         }
-        for path in [self.unused_path(id), self.used_path(id)] {
+        for (path, _) in self.paths(id) {
             match fs::remove_file(&path) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -285,18 +321,23 @@ impl TokenStore {
     /// Checks that `token` lets a DPU enroll as `node` at `now`. Changes nothing.
     pub fn check(&self, token: &Token, node: &str, now: i64) -> Result<TokenRecord, TokenError> {
         let id = token.id.clone();
-        let (record, used) = match read_optional(&self.unused_path(&id))? {
-            Some(r) => (r, false),
-            None => match read_optional(&self.used_path(&id))? {
-                Some(r) => (r, true),
-                None => return Err(TokenRefusal::Unknown { id }.into()),
-            },
+        let mut found = None;
+        for (path, state) in self.paths(&id) {
+            if let Some(r) = read_optional(&path)? {
+                found = Some((r, state));
+                break;
+            }
+        }
+        let Some((record, state)) = found else {
+            // The same work as for a wrong secret.
+            std::hint::black_box(token.matches(UNKNOWN_SHA256));
+            return Err(TokenRefusal::Unknown { id }.into());
         };
         // The secret first: without it, nothing about the token is told.
         if !token.matches(&record.secret_sha256) {
             return Err(TokenRefusal::WrongSecret { id }.into());
         }
-        if used {
+        if state != TokenState::Unused {
             return Err(TokenRefusal::Used { id }.into());
         }
         if record.expires_unix <= now {
@@ -314,11 +355,15 @@ impl TokenStore {
         Ok(record)
     }
 
-    /// Consumes an unused token: moves its record into `tokens/used/`. Of
-    /// concurrent callers exactly one succeeds; the others get `Used`.
-    pub fn consume(&self, id: &str) -> Result<(), TokenError> {
-        ensure_private_dir(&self.used).map_err(io_err(&self.used))?;
-        let (from, to) = (self.unused_path(id), self.used_path(id));
+    /// Claims an unused token for one enrollment: renames its record into
+    /// `tokens/claimed/`. Of concurrent callers exactly one succeeds; the
+    /// others get `Used`. Durable (directories synced) when it returns, so a
+    /// certificate recorded after it can never meet an unused token.
+    pub fn claim(&self, id: &str) -> Result<(), TokenError> {
+        for d in [&self.used, &self.claimed] {
+            ensure_private_dir(d).map_err(io_err(d))?;
+        }
+        let (from, to) = (self.unused_path(id), self.claimed_path(id));
         match fs::rename(&from, &to) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -326,11 +371,33 @@ impl TokenStore {
             }
             Err(e) => return Err(io_err(&from)(e)),
         }
+        if let Err(e) = sync_dir(&self.dir).and_then(|()| sync_dir(&self.claimed)) {
+            // Not known to be durable: give it back rather than go on.
+            self.restore(id)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Gives back a claimed token (its enrollment failed): renames the record,
+    /// untouched since `claim`, back to `tokens/<id>.json`. Needs no space.
+    pub fn restore(&self, id: &str) -> Result<(), TokenError> {
+        let (from, to) = (self.claimed_path(id), self.unused_path(id));
+        fs::rename(&from, &to).map_err(io_err(&from))?;
         sync_dir(&self.dir)?;
+        sync_dir(&self.claimed)
+    }
+
+    /// Marks a claimed token used (its certificate is recorded): renames the
+    /// record into `tokens/used/`, then adds `used_unix` if there is room.
+    pub fn finish(&self, id: &str, now: i64) -> Result<(), TokenError> {
+        let (from, to) = (self.claimed_path(id), self.used_path(id));
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        sync_dir(&self.claimed)?;
         sync_dir(&self.used)?;
         // When it was used is for `token list`; the rename above is what counts.
         if let Ok(mut r) = read_record(&to) {
-            r.used_unix = Some(unix_now());
+            r.used_unix = Some(now);
             if let Err(e) = write_record(&to, &r) {
                 tracing::warn!(token = id, "cannot record when the token was used: {e}");
             }
@@ -338,17 +405,17 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Undoes `consume` when the enrollment could not be completed after it.
-    pub fn restore(&self, id: &str) -> Result<(), TokenError> {
-        let (from, to) = (self.used_path(id), self.unused_path(id));
-        let mut r = read_record(&from)?;
-        r.used_unix = None;
-        write_record(&from, &r)?;
-        fs::rename(&from, &to).map_err(io_err(&from))?;
-        sync_dir(&self.dir)?;
-        sync_dir(&self.used)
+    /// The records of claimed tokens (for settling them at start).
+    pub fn claimed(&self) -> Result<Vec<TokenRecord>, TokenError> {
+        json_files(&self.claimed)?
+            .iter()
+            .map(|p| read_record(p))
+            .collect()
     }
 }
+
+/// What an unknown id's secret is compared with (no secret has this digest).
+const UNKNOWN_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn sync_dir(dir: &Path) -> Result<(), TokenError> {
     fs::File::open(dir)
@@ -476,21 +543,37 @@ mod tests {
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), text, "unchanged");
 
-        store.consume(&t.id).unwrap();
+        // A claimed token admits no one, and is claimed once.
+        store.claim(&t.id).unwrap();
         let used = format!("token {} was already used", t.id);
         assert_eq!(refusal(store.check(&t, "dpu-1", now)), used);
         assert!(matches!(
-            store.consume(&t.id),
+            store.claim(&t.id),
             Err(TokenError::Refused(TokenRefusal::Used { .. }))
         ));
         let list = store.list(now).unwrap();
         assert_eq!(list.len(), 1);
-        assert_eq!(list[0].1, TokenState::Used);
-        assert!(list[0].0.used_unix.is_some());
-
+        assert_eq!(list[0].1, TokenState::Claimed);
+        assert_eq!(store.claimed().unwrap(), std::slice::from_ref(&rec));
+        // Restoring puts back the very same bytes.
         store.restore(&t.id).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
         assert_eq!(store.check(&t, "dpu-1", now).unwrap(), rec);
+        assert_eq!(store.list(now).unwrap()[0].1, TokenState::Unused);
         assert_eq!(store.list(now + 3600).unwrap()[0].1, TokenState::Expired);
+        assert!(store.claimed().unwrap().is_empty());
+
+        store.claim(&t.id).unwrap();
+        store.finish(&t.id, now + 5).unwrap();
+        assert_eq!(refusal(store.check(&t, "dpu-1", now)), used);
+        let list = store.list(now).unwrap();
+        assert_eq!(list[0].1, TokenState::Used);
+        assert_eq!(list[0].0.used_unix, Some(now + 5));
+        assert!(store.restore(&t.id).is_err(), "a used token stays used");
+        assert!(matches!(
+            store.claim(&t.id),
+            Err(TokenError::Refused(TokenRefusal::Used { .. }))
+        ));
         store.delete(&t.id).unwrap();
         assert!(matches!(
             store.delete(&t.id),

@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,6 +16,7 @@ use dpu_controller::tokens::{Token, TokenStore};
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::enrollment_client::EnrollmentClient;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use x509_parser::extensions::GeneralName;
 
@@ -33,6 +36,60 @@ fn node_csr(node: &str) -> (KeyPair, String) {
     csr(node, &[node])
 }
 
+static NEXT_SOURCE: AtomicU32 = AtomicU32::new(1);
+
+/// A loopback address no other call of this test binary uses: the controller
+/// limits failed enrollments per source address.
+fn fresh_source() -> IpAddr {
+    let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(127, 1, (n >> 8) as u8, n as u8))
+}
+
+/// A TLS channel (no client certificate) from the loopback address `source`.
+async fn channel_from(port: u16, ca: &str, source: IpAddr) -> Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("dpu-controller");
+    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .local_address(Some(source))
+        .connect_timeout(Duration::from_secs(5));
+    tokio::time::timeout(WAIT, endpoint.connect())
+        .await
+        .expect("connect timed out")
+        .unwrap()
+}
+
+async fn enroll_on(
+    ch: Channel,
+    node: &str,
+    token: &str,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, Status> {
+    let req = pb::EnrollRequest {
+        node: node.into(),
+        token: token.into(),
+        csr_pem: csr_pem.into(),
+    };
+    Ok(EnrollmentClient::new(ch).enroll(req).await?.into_inner())
+}
+
+/// Enroll from `source`.
+async fn enroll_from(
+    port: u16,
+    ca: &str,
+    source: IpAddr,
+    node: &str,
+    token: &str,
+    csr_pem: &str,
+) -> Result<pb::EnrollResponse, Status> {
+    let ch = channel_from(port, ca, source).await;
+    enroll_on(ch, node, token, csr_pem).await
+}
+
+/// Enroll from an address of its own.
 async fn enroll(
     port: u16,
     ca: &str,
@@ -40,13 +97,7 @@ async fn enroll(
     token: &str,
     csr_pem: &str,
 ) -> Result<pb::EnrollResponse, Status> {
-    let ch = channel(port, ca, None).await.unwrap();
-    let req = pb::EnrollRequest {
-        node: node.into(),
-        token: token.into(),
-        csr_pem: csr_pem.into(),
-    };
-    Ok(EnrollmentClient::new(ch).enroll(req).await?.into_inner())
+    enroll_from(port, ca, fresh_source(), node, token, csr_pem).await
 }
 
 async fn renew(
@@ -157,7 +208,12 @@ fn check_cert(cert_pem: &str, ca_pem: &str, node: &str, key: &KeyPair) -> (i64, 
         .collect();
     assert_eq!(cn, [node]);
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
-    assert_eq!(san.general_names, [GeneralName::DNSName(node)]);
+    let dns: Vec<_> = san
+        .general_names
+        .iter()
+        .filter(|n| matches!(n, GeneralName::DNSName(_)))
+        .collect();
+    assert_eq!(dns, [&GeneralName::DNSName(node)]);
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && eku.server_auth);
     assert_eq!(cert.public_key().raw, key.subject_public_key_info());
@@ -279,20 +335,26 @@ async fn refused_enrollments_change_nothing() {
     let r = enroll(port, &ca, "dpu-2", "dpub.1234.abcd", &good).await;
     assert_refused(&lab, &before, r, Code::InvalidArgument, "malformed token");
 
+    // An unknown token id and a wrong secret get one answer, so that a caller
+    // cannot tell which token ids exist; the controller's log tells them apart.
     let unknown = Token::generate().to_string();
+    let unknown_id = token_id(&unknown);
     let r = enroll(port, &ca, "dpu-2", &unknown, &good).await;
-    let want = format!("unknown token {}", token_id(&unknown));
-    assert_refused(&lab, &before, r, Code::Unauthenticated, &want);
-
-    let last = token.chars().last().unwrap();
-    let wrong = format!(
-        "{}{}",
-        &token[..token.len() - 1],
-        if last == '0' { '1' } else { '0' }
-    );
+    let want = format!("token {unknown_id} is unknown or its secret is wrong");
+    assert_refused(&lab, &before, r.clone(), Code::Unauthenticated, &want);
+    let as_unknown = r.unwrap_err();
+    let wrong = wrong_secret(&token);
     let r = enroll(port, &ca, "dpu-2", &wrong, &good).await;
-    let want = format!("wrong secret for token {id}");
-    assert_refused(&lab, &before, r, Code::Unauthenticated, &want);
+    let want = format!("token {id} is unknown or its secret is wrong");
+    assert_refused(&lab, &before, r.clone(), Code::Unauthenticated, &want);
+    let as_wrong = r.unwrap_err();
+    assert_eq!(as_unknown.code(), as_wrong.code());
+    assert_eq!(
+        as_unknown.message().replace(unknown_id, "<id>"),
+        as_wrong.message().replace(&id, "<id>")
+    );
+    wait_log(&server, &format!("unknown token {unknown_id}"));
+    wait_log(&server, &format!("wrong secret for token {id}"));
 
     let r = enroll(port, &ca, "dpu-2", &expired, &good).await;
     let want = format!("token {} expired at", token_id(&expired));
@@ -636,6 +698,393 @@ fn token_and_node_commands() {
     assert!(out.contains("token create"), "{out}");
     let out = cli_ok(&["node", "revoke", "--state-dir", state, "--node", "dpu-1"]);
     assert_eq!(out, "node dpu-1 was already revoked\n");
+}
+
+/// `token` with the last hex digit of its secret changed.
+fn wrong_secret(token: &str) -> String {
+    let last = token.chars().last().unwrap();
+    format!(
+        "{}{}",
+        &token[..token.len() - 1],
+        if last == '0' { '1' } else { '0' }
+    )
+}
+
+/// Waits until the controller's log contains `want`.
+#[track_caller]
+fn wait_log(server: &Server, want: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = server.log();
+        if log.contains(want) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "no {want:?} in the log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_enrollments_are_limited_per_source_and_per_token() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let (_, dpu2) = node_csr("dpu-2");
+
+    // Five failures from one address are each answered; the sixth attempt is
+    // refused without being looked at, with when to retry.
+    let src = fresh_source();
+    for _ in 0..5 {
+        let guess = Token::generate().to_string();
+        let e = enroll_from(port, &ca, src, "dpu-2", &guess, &dpu2)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    let token = token_create(&lab, "dpu-2");
+    let e = enroll_from(port, &ca, src, "dpu-2", &token, &dpu2)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let want = format!("too many failed enrollment attempts from {src}; retry in ");
+    assert!(e.message().starts_with(&want), "{e:?}");
+    let secs: u64 = e.message()[want.len()..]
+        .trim_end_matches(" s")
+        .parse()
+        .unwrap_or_else(|_| panic!("{e:?}"));
+    assert!((1..=2).contains(&secs), "{e:?}");
+    assert_eq!(
+        e.metadata().get("retry-after").unwrap().to_str().unwrap(),
+        secs.to_string()
+    );
+    // After that time, the same address gets in with the good token.
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    enroll_from(port, &ca, src, "dpu-2", &token, &dpu2)
+        .await
+        .unwrap();
+
+    // Wrong secrets for one token id, from different addresses: three are
+    // answered, then that id is limited, for the right secret too.
+    let token = token_create(&lab, "dpu-3");
+    let id = token_id(&token);
+    let wrong = wrong_secret(&token);
+    let (_, dpu3) = node_csr("dpu-3");
+    for _ in 0..3 {
+        let e = enroll(port, &ca, "dpu-3", &wrong, &dpu3).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    for t in [&wrong, &token] {
+        let e = enroll(port, &ca, "dpu-3", t, &dpu3).await.unwrap_err();
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        let want = format!("too many failed attempts with token {id}; retry in ");
+        assert!(e.message().starts_with(&want), "{e:?}");
+    }
+    // Other failures with a proven secret do not count against the token.
+    let token = token_create(&lab, "dpu-4");
+    let (_, dpu4) = node_csr("dpu-4");
+    for _ in 0..4 {
+        let e = enroll(port, &ca, "dpu-4", &token, &dpu3).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    }
+    enroll(port, &ca, "dpu-4", &token, &dpu4).await.unwrap();
+
+    // Successes do not count: a fleet behind one address enrolls.
+    let src = fresh_source();
+    for i in 0..8 {
+        let node = format!("fleet-{i}");
+        let token = token_create(&lab, &node);
+        let (_, request) = node_csr(&node);
+        enroll_from(port, &ca, src, &node, &token, &request)
+            .await
+            .unwrap();
+    }
+    drop(server);
+}
+
+/// The log lines of an Enroll failure (a refusal or its summary).
+fn failure_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("enrollment refused") || l.contains(" not logged"))
+        .collect()
+}
+
+/// Peer text reaches the log escaped and cut: a node name with a newline
+/// cannot forge a line, a 50,000-character one is cut (in the answer too), and
+/// a terminal escape in a CSR stays text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_text_in_the_log_is_escaped_and_bounded() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let (_, dpu2) = node_csr("dpu-2");
+    let guess = Token::generate().to_string();
+    let forged = "dpu-9\n2030-01-01T00:00:00.000000Z  INFO dpu_controller::enroll: forged";
+    let huge = "n".repeat(50_000);
+    for node in [forged, &huge] {
+        let e = enroll(port, &ca, node, &guess, &dpu2).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().len() < 1_000, "{e:?}");
+    }
+    let token = token_create(&lab, "dpu-2");
+    let (_, evil) = csr("dpu-2\x1b[2J\nFORGED", &["dpu-2"]);
+    let e = enroll(port, &ca, "dpu-2", &token, &evil).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let log = wait_log(&server, "the CSR names");
+    assert!(log.contains("dpu-9\\n2030-01-01"), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2030-01-01") || l.starts_with("FORGED")),
+        "a forged line: {log}"
+    );
+    assert!(!log.contains('\x1b'), "{log}");
+    assert!(log.lines().all(|l| l.len() < 2_000), "{log}");
+    drop(server);
+}
+
+/// Guesses tokens as fast as it can, from one address and from 64, for
+/// `ENROLL_GUESS_SECS` (default 3) seconds. The controller logs at most ten
+/// failures per ten seconds and then one line that counts the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_is_logged_at_a_bounded_rate() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let (_, dpu2) = node_csr("dpu-2");
+
+    let secs: u64 = std::env::var("ENROLL_GUESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut channels = vec![channel_from(port, &ca, fresh_source()).await];
+    for _ in 0..64 {
+        channels.push(channel_from(port, &ca, fresh_source()).await);
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let channels = channels.clone();
+        let csr = dpu2.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut counts = BTreeMap::<String, u64>::new();
+            let mut i = worker;
+            while Instant::now() < until {
+                // Half the guesses from the first address, the rest spread.
+                let ch = if i % 2 == 0 { 0 } else { 1 + (i / 2) % 64 };
+                i += 1;
+                let guess = Token::generate().to_string();
+                let code = match enroll_on(channels[ch].clone(), "dpu-2", &guess, &csr).await {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("{:?}", e.code()),
+                };
+                *counts.entry(code).or_default() += 1;
+            }
+            counts
+        }));
+    }
+    let mut counts = BTreeMap::<String, u64>::new();
+    for t in tasks {
+        for (code, n) in t.await.unwrap() {
+            *counts.entry(code).or_default() += n;
+        }
+    }
+    let elapsed = started.elapsed();
+    let attempts: u64 = counts.values().sum();
+    let log = server.log();
+    let lines = failure_lines(&log);
+    eprintln!(
+        "{attempts} guesses in {elapsed:.1?} ({counts:?}); {} failure lines, log {} bytes",
+        lines.len(),
+        log.len()
+    );
+    assert!(!counts.contains_key("ok"), "{counts:?}");
+    assert!(
+        counts.get("ResourceExhausted").copied().unwrap_or(0) > 0,
+        "{counts:?}"
+    );
+    // At most ten lines per ten seconds (two windows at most for a short run),
+    // plus a summary per window.
+    let windows = elapsed.as_secs() / 10 + 2;
+    assert!(
+        lines.len() as u64 <= windows * 11,
+        "{} lines for {attempts} failures:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    // The summary counts every failure that was not logged.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let log = server.log();
+        let logged = log
+            .lines()
+            .filter(|l| l.contains("enrollment refused"))
+            .count() as u64;
+        let suppressed: u64 = log
+            .lines()
+            .filter_map(|l| {
+                l.split(" more enrollment failure(s) not logged")
+                    .next()
+                    .filter(|p| p.len() < l.len())
+            })
+            .map(|p| p.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        if logged + suppressed == attempts {
+            eprintln!("{}", failure_lines(&log).join("\n"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logged {logged} + suppressed {suppressed} != {attempts} guesses:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(server);
+}
+
+/// A tmpfs mounted on a directory; unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {} (the test needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let umount = |lazy: bool| {
+            let mut c = std::process::Command::new("umount");
+            if lazy {
+                c.arg("-l");
+            }
+            c.arg(&self.0).status().is_ok_and(|s| s.success())
+        };
+        if !umount(false) {
+            umount(true);
+        }
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            fs::create_dir(&target).unwrap();
+            copy_tree(&e.path(), &target);
+            let mode = e.metadata().unwrap().permissions().mode();
+            fs::set_permissions(&target, fs::Permissions::from_mode(mode)).unwrap();
+        } else {
+            fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Writes to `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    for chunk in [64 << 10, 4 << 10, 1] {
+        let buf = vec![0u8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(n) if n == chunk => {}
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    let _ = f.sync_all();
+}
+
+/// On a full state directory (a small tmpfs) Enroll fails, names the reason in
+/// the log and leaves the token unused; once there is room, the same token
+/// enrolls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_leaves_the_token_usable() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "this test mounts a tmpfs and needs root"
+    );
+    let lab = Lab::new();
+    // Move the state directory onto a 1 MiB tmpfs.
+    let moved = lab.state.with_file_name("state.orig");
+    fs::rename(&lab.state, &moved).unwrap();
+    fs::create_dir(&lab.state).unwrap();
+    let _tmpfs = Tmpfs::mount(&lab.state, "1m");
+    copy_tree(&moved, &lab.state);
+    let server = Server::start(&lab);
+    let ca = lab.read("ca.pem");
+    let port = server.port;
+    let token = token_create(&lab, "dpu-2");
+    let id = token_id(&token);
+    // The server has written what it writes at start (status.json).
+    let deadline = Instant::now() + WAIT;
+    while !lab.state.join("status.json").exists() {
+        assert!(Instant::now() < deadline, "no status.json");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let filler = lab.state.join("filler");
+    fill(&filler);
+    let (_, request) = node_csr("dpu-2");
+    let e = enroll(port, &ca, "dpu-2", &token, &request)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    let log = wait_log(&server, "enrollment failed");
+    assert!(
+        lab.state.join(format!("tokens/{id}.json")).exists(),
+        "the token was not put back: {log}"
+    );
+    assert!(!log.contains("cannot put the token back"), "{log}");
+    let list = cli_ok(&["token", "list", "--state-dir", s(&lab.state)]);
+    assert!(list.contains(id) && list.contains("unused"), "{list}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("enrollment failed"))
+        .unwrap();
+    assert!(line.contains("No space left on device"), "{line}");
+    assert_eq!(
+        e.message(),
+        "the controller failed to complete the request (see its log); the token is still unused, so try again"
+    );
+
+    fs::remove_file(&filler).unwrap();
+    let (key, request) = node_csr("dpu-2");
+    let answer = enroll(port, &ca, "dpu-2", &token, &request).await.unwrap();
+    check_cert(&answer.cert_pem, &ca, "dpu-2", &key);
+    assert!(!lab.state.join(format!("tokens/{id}.json")).exists());
+    assert!(lab.state.join(format!("tokens/used/{id}.json")).exists());
+    let e = enroll(port, &ca, "dpu-2", &token, &request)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    drop(server);
 }
 
 /// Changes one base64 character near the end of a PEM (inside the signature).

@@ -431,8 +431,9 @@ fn wait_until_expired(not_after_unix: i64) {
     }
 }
 
-/// `serve` with tonic's debug log on, where a failed TLS handshake is reported
-/// ("tls accept error"); `Server` runs it at `info`. Killed by pid when dropped.
+/// `serve` with the listener's debug log on, where a failed TLS handshake is
+/// reported ("TLS handshake failed"); `Server` runs it at `info`. Killed by pid
+/// when dropped.
 struct TlsLoggingServer {
     child: std::process::Child,
     port: u16,
@@ -451,7 +452,7 @@ impl TlsLoggingServer {
             .args(["serve", "--state-dir", s(&lab.state)])
             .args(["--intent-dir", s(&lab.intent)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info,tonic::transport=debug")
+            .env("RUST_LOG", "info,dpu_listen=debug")
             .stdout(std::process::Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -552,7 +553,7 @@ async fn refuses_an_expired_client_certificate_in_the_handshake() {
     let expired = Some((short.cert_pem, key.serialize_pem()));
     let seen = refused_in_handshake(server.port, &ca_pem, expired, "dpu-1").await;
     eprintln!("the client with an expired certificate: {seen}");
-    let line = server.wait_log_line(&["tls accept error", "certificate expired"]);
+    let line = server.wait_log_line(&["TLS handshake failed", "certificate expired"]);
     eprintln!("the controller: {line}");
     assert!(
         line.contains(&format!(

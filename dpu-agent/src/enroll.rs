@@ -340,6 +340,27 @@ pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<St
         .unwrap_or_default()
 }
 
+/// The role URIs (`dpu_proto::roles`) in a certificate's SubjectAltName.
+pub fn role_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    cert.subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) if u.starts_with(dpu_proto::roles::PREFIX) => {
+                        Some(u.to_string())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Serial (hex), expiry and SubjectPublicKeyInfo of a PEM certificate that must
 /// name `node` as its DNS SAN.
 fn parse_cert(pem: &[u8], node: &str) -> Result<(String, SystemTime, Vec<u8>), String> {

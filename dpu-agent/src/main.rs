@@ -321,6 +321,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 fn run(cfg: Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Bounded so that the unit's TasksMax (docs/limits.md) is never what
+        // stops a thread from starting.
+        .max_blocking_threads(32)
         .enable_all()
         .build()
     {

@@ -7,18 +7,24 @@
 //! forwarding never stops), and in the same bundle deletes by mask whatever older
 //! rounds left behind.
 //!
-//! Learned session-affinity entries (round 0) outlive incarnations. Whenever a
-//! group their Service owns changes or goes, the same bundle deletes them, so no
-//! client stays pinned to a backend that left: in normal operation by comparing
-//! with what this incarnation installed, after a start by comparing with the
-//! groups the switch reports (see [`Reconciler::forget_installed`]).
+//! Learned session-affinity entries (round 0) outlive incarnations and changes
+//! of their Service's group. Each AffinityLearn flow learns under a cookie of its
+//! own, one per (Service, VIP, port, backend) (see
+//! [`crate::compile::affinity_cookie`]). When such a flow goes (its backend left
+//! the Service, turned unhealthy, was drained, or the Service went), the same
+//! bundle deletes the entries with its cookie, so no client stays pinned to a
+//! backend that takes no new connections, while clients of every other backend
+//! stay where they are (Kubernetes keeps them until their timeout): in normal
+//! operation by comparing with what this incarnation installed, after a start by
+//! comparing the learned cookies the switch holds with the ones the desired
+//! AffinityLearn flows learn (see [`Reconciler::forget_installed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compile::incremental::Changes;
-use crate::flows::DesiredState;
+use crate::flows::{learned_cookie, DesiredState, FlowBody};
 use crate::openflow::{BundleOp, InstalledGroup, OpenFlowBackend, OpenFlowError};
-use crate::pipeline::cookie::{round_of, Category, Cookie, OBJECT_MASK, ROUND_MASK, ROUND_SHIFT};
+use crate::pipeline::cookie::{round_of, Category, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT};
 use crate::pipeline::SESSION_AFFINITY;
 
 /// Counts of one applied change.
@@ -40,8 +46,8 @@ pub struct Reconciler<B> {
     /// Rounds and groups found on the switch at start, left by older incarnations.
     stale_rounds: BTreeSet<u16>,
     stale_groups: BTreeMap<u32, InstalledGroup>,
-    /// For each of those groups, the cookies of the flows found naming it.
-    stale_group_users: BTreeMap<u32, BTreeSet<u64>>,
+    /// The cookies of the learned affinity entries found on the switch at start.
+    stale_learned: BTreeSet<u64>,
     /// How long the last bundle took, from send to the switch's confirmation;
     /// taken by the agent loop for the metrics.
     bundle_time: Option<std::time::Duration>,
@@ -57,7 +63,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             installed: None,
             stale_rounds: BTreeSet::new(),
             stale_groups: BTreeMap::new(),
-            stale_group_users: BTreeMap::new(),
+            stale_learned: BTreeSet::new(),
             bundle_time: None,
         };
         match r.forget_installed().await {
@@ -70,8 +76,8 @@ impl<B: OpenFlowBackend> Reconciler<B> {
     /// for a start, or after the switch may have lost or changed its tables (the
     /// bridge was recreated, `ovs-vswitchd` restarted). The next apply reinstalls
     /// everything and removes whatever is stale. Nothing is flushed but the
-    /// affinity entries of groups that changed meanwhile: the groups read here
-    /// stand in for the installed view the next apply compares with.
+    /// affinity entries of backends that left meanwhile: the learned cookies
+    /// read here stand in for the installed view the next apply compares with.
     pub async fn forget_installed(&mut self) -> Result<(), OpenFlowError> {
         let summary = self.backend.installed().await?;
         let mut rounds: BTreeSet<u16> = summary
@@ -91,7 +97,12 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         );
         self.stale_rounds = rounds;
         self.stale_groups = summary.groups;
-        self.stale_group_users = summary.group_users;
+        self.stale_learned = summary
+            .cookies
+            .iter()
+            .copied()
+            .filter(|c| is_learned_entry(*c))
+            .collect();
         self.installed = None;
         Ok(())
     }
@@ -139,11 +150,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
                     mask: ROUND_MASK,
                 });
             }
-            ops.extend(
-                self.learned_changed_since_start(desired)
-                    .into_iter()
-                    .map(flush),
-            );
+            ops.extend(self.learned_gone_since_start(desired).map(flush));
             for id in self
                 .stale_groups
                 .keys()
@@ -154,38 +161,30 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             return ops;
         };
 
-        let mut flush_learned: BTreeSet<Cookie> = BTreeSet::new();
+        let mut flush_learned: BTreeSet<u64> = BTreeSet::new();
         for (id, g) in &desired.groups {
-            match installed.groups.get(id) {
-                Some(old) if old == g => {}
-                Some(old) => {
-                    if old.learns {
-                        flush_learned.insert(old.owner.learned());
-                    }
-                    ops.push(BundleOp::PutGroup(g.clone()));
-                }
-                None => ops.push(BundleOp::PutGroup(g.clone())),
+            if installed.groups.get(id) != Some(g) {
+                ops.push(BundleOp::PutGroup(g.clone()));
             }
         }
         for (k, b) in &desired.flows {
-            if installed.flows.get(k) != Some(b) {
+            let old = installed.flows.get(k);
+            if old != Some(b) {
+                flush_learned.extend(learned_gone(old, Some(b)));
                 ops.push(add(k, b));
             }
         }
-        for k in installed
+        for (k, old) in installed
             .flows
-            .keys()
-            .filter(|k| !desired.flows.contains_key(*k))
+            .iter()
+            .filter(|(k, _)| !desired.flows.contains_key(*k))
         {
+            flush_learned.extend(learned_gone(Some(old), None));
             ops.push(BundleOp::DeleteFlow(k.clone()));
         }
-        for (id, old) in &installed.groups {
-            if !desired.groups.contains_key(id) && old.learns {
-                flush_learned.insert(old.owner.learned());
-            }
-        }
-        // Affinity entries may point at a backend that just left; they are
-        // re-learned on the next new connection.
+        // Entries learned by an AffinityLearn flow that went pin clients to a
+        // backend that left; they are re-learned on the next new connection.
+        // Every other entry stays: its backend still has its buckets.
         ops.extend(flush_learned.into_iter().map(flush));
         for id in installed
             .groups
@@ -197,46 +196,26 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         ops
     }
 
-    /// Before the first bundle since the start: the learned-entry cookies of the
-    /// owners whose groups, as the switch holds them, `desired` changes or drops,
-    /// as normal operation would have flushed them.
-    ///
-    /// The switch keeps no owner and no `learns` flag with a group. The owner is
-    /// read from the flows that send to the group: the compiler gives them the
-    /// group's owner cookie (see [`crate::flows::Group::owner`]); a group no flow
-    /// names is taken to belong to the desired group of its id, if that learns.
-    /// A change of owner counts as a change. Whether the old group learned does
-    /// not show either, so its owner's entries are flushed whether or not it did
-    /// (the compiler makes every group of a Service learn, or none). Entries of
-    /// owners whose groups are all as they were are kept: clients stay pinned
-    /// across an agent restart.
-    fn learned_changed_since_start(&self, desired: &DesiredState) -> BTreeSet<Cookie> {
-        let mut flush = BTreeSet::new();
-        for (id, old) in &self.stale_groups {
-            let owners: BTreeSet<u64> = self
-                .stale_group_users
-                .get(id)
-                .into_iter()
-                .flatten()
-                .filter(|c| **c != 0)
-                .map(|c| c & OBJECT_MASK)
-                .collect();
-            let new = desired.groups.get(id);
-            let unchanged = new.is_some_and(|g| {
-                old.is(g) && owners.iter().all(|o| *o == g.owner.object & OBJECT_MASK)
-            });
-            if unchanged {
-                continue;
-            }
-            if owners.is_empty() {
-                flush.extend(new.filter(|g| g.learns).map(|g| g.owner.learned()));
-            }
-            flush.extend(owners.into_iter().map(|object| Cookie {
-                category: Category::AffinityLearned,
-                object,
-            }));
-        }
-        flush
+    /// Before the first bundle since the start: the cookies of the learned
+    /// entries on the switch that no desired flow learns any more, as normal
+    /// operation would have flushed them: their AffinityLearn flow went while
+    /// no agent ran (its backend left or lost its bucket, its Service or VIP
+    /// went), or an older release learned them under another cookie. Entries
+    /// whose flow is still desired are kept: clients stay pinned across an
+    /// agent restart, and across backends added meanwhile.
+    fn learned_gone_since_start<'a>(
+        &'a self,
+        desired: &DesiredState,
+    ) -> impl Iterator<Item = u64> + 'a {
+        let wanted: BTreeSet<u64> = desired
+            .flows
+            .values()
+            .filter_map(|b| learned_cookie(&b.actions))
+            .collect();
+        self.stale_learned
+            .iter()
+            .copied()
+            .filter(move |c| !wanted.contains(c))
     }
 
     /// The bundle that takes the switch from installed to `desired` when they
@@ -249,32 +228,29 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         };
         let round = self.round;
         let mut ops = Vec::new();
-        let mut flush_learned: BTreeSet<Cookie> = BTreeSet::new();
+        let mut flush_learned: BTreeSet<u64> = BTreeSet::new();
         for id in &changed.groups {
-            match (installed.groups.get(id), desired.groups.get(id)) {
-                (Some(old), Some(g)) if old == g => {}
-                (Some(old), Some(g)) => {
-                    if old.learns {
-                        flush_learned.insert(old.owner.learned());
-                    }
+            if let Some(g) = desired.groups.get(id) {
+                if installed.groups.get(id) != Some(g) {
                     ops.push(BundleOp::PutGroup(g.clone()));
                 }
-                (None, Some(g)) => ops.push(BundleOp::PutGroup(g.clone())),
-                (Some(old), None) if old.learns => {
-                    flush_learned.insert(old.owner.learned());
-                }
-                _ => {}
             }
         }
         let mut deletes = Vec::new();
         for k in &changed.flows {
             match (installed.flows.get(k), desired.flows.get(k)) {
-                (old, Some(b)) if old != Some(b) => ops.push(BundleOp::AddFlow {
-                    key: k.clone(),
-                    body: b.clone(),
-                    cookie: b.cookie.value(round),
-                }),
-                (Some(_), None) => deletes.push(BundleOp::DeleteFlow(k.clone())),
+                (old, Some(b)) if old != Some(b) => {
+                    flush_learned.extend(learned_gone(old, Some(b)));
+                    ops.push(BundleOp::AddFlow {
+                        key: k.clone(),
+                        body: b.clone(),
+                        cookie: b.cookie.value(round),
+                    })
+                }
+                (Some(old), None) => {
+                    flush_learned.extend(learned_gone(Some(old), None));
+                    deletes.push(BundleOp::DeleteFlow(k.clone()))
+                }
                 _ => {}
             }
         }
@@ -341,7 +317,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         self.installed = Some(desired.clone());
         self.stale_rounds.clear();
         self.stale_groups.clear();
-        self.stale_group_users.clear();
+        self.stale_learned.clear();
         Ok(stats)
     }
 }
@@ -364,15 +340,28 @@ fn stats_of(ops: &[BundleOp]) -> ApplyStats {
     stats
 }
 
-/// Deletes the affinity entries learned for one owner (`learned` is its
-/// `Cookie::learned()`): SessionAffinity flows of round 0 with its category and
-/// object.
-fn flush(learned: Cookie) -> BundleOp {
+/// Deletes the affinity entries learned under `cookie` (one AffinityLearn
+/// flow's, see [`crate::compile::affinity_cookie`]): SessionAffinity flows with
+/// exactly that cookie.
+fn flush(cookie: u64) -> BundleOp {
     BundleOp::DeleteFlowsByCookie {
         table: Some(SESSION_AFFINITY.id),
-        cookie: learned.value(0),
-        mask: Cookie::SELECT_MASK | ROUND_MASK,
+        cookie,
+        mask: u64::MAX,
     }
+}
+
+/// The learned cookie of `old` when `new` (the flow at the same key, if any)
+/// does not learn under it any more.
+fn learned_gone(old: Option<&FlowBody>, new: Option<&FlowBody>) -> Option<u64> {
+    let c = learned_cookie(&old?.actions)?;
+    (new.and_then(|b| learned_cookie(&b.actions)) != Some(c)).then_some(c)
+}
+
+/// A cookie of a learned affinity entry: round 0, category AffinityLearned.
+fn is_learned_entry(c: u64) -> bool {
+    round_of(c) == 0
+        && (c & CATEGORY_MASK) >> CATEGORY_SHIFT == Category::AffinityLearned as u64
 }
 
 /// The round after the highest one in use, skipping 0 (reserved for learned flows).

@@ -91,6 +91,14 @@ async fn add(env: &CniEnv, conf: &NetConf) -> Result<Value, ShimError> {
     let plumbed = async {
         resolved?;
         let att = Attachment::try_from(reply)?;
+        // Only a netdev the config allows goes into the pod; a refusal touches nothing
+        // and releases the attachment below.
+        crate::sysfs::check_movable(
+            Path::new("/sys"),
+            conf.pf.as_deref(),
+            &conf.vf_allow_list,
+            &att.vf,
+        )?;
         vf::move_in(sides, &att, &env.ifname, &temp).await?;
         Ok::<_, ShimError>(att)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::env::Command;
+use crate::env::{check_ifname, Command};
 use crate::error::ShimError;
 
 /// The spec versions we speak, oldest first. The last is the current one.
@@ -57,6 +57,7 @@ struct RawConf {
     tls: Option<RawTls>,
     subnet: Option<String>,
     pf: Option<String>,
+    vf_allow_list: Option<Vec<String>>,
     timeout_ms: Option<u64>,
     args: Option<RawArgs>,
     ipam: Option<serde_json::Value>,
@@ -122,8 +123,11 @@ pub struct NetConf {
     /// Empty unless the command needs it (ADD) or the config has it.
     pub subnet: String,
     /// The host PF whose VFs the agent names by index (hardware); `None` in the lab,
-    /// where the agent names VF netdevs directly.
+    /// where the agent names VF netdevs directly. When set, ADD moves only VFs of it.
     pub pf: Option<String>,
+    /// `vfAllowList`: the only host netdevs ADD may move into a pod (the lab's veths,
+    /// or a subset of the PF's VFs). Empty: no list.
+    pub vf_allow_list: Vec<String>,
     pub labels: Vec<Label>,
     pub prev_result: Option<serde_json::Value>,
     pub valid_attachments: HashSet<ValidAttachment>,
@@ -167,6 +171,25 @@ pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, ShimError> {
             "required: the Subnet to take an address from",
         ));
     }
+    let pf = raw.pf.filter(|p| !p.is_empty());
+    if let Some(pf) = &pf {
+        check_ifname(pf).map_err(|reason| ShimError::config("pf", reason))?;
+    }
+    let vf_allow_list = raw.vf_allow_list.unwrap_or_default();
+    for (i, vf) in vf_allow_list.iter().enumerate() {
+        check_ifname(vf)
+            .map_err(|reason| ShimError::config(format!("vfAllowList[{i}]"), reason))?;
+    }
+    // ADD moves a host netdev into the pod: the config must say which ones it may be,
+    // before the agent is asked for anything.
+    if command == Command::Add && pf.is_none() && vf_allow_list.is_empty() {
+        return Err(ShimError::config(
+            "pf or vfAllowList",
+            "ADD needs one of them to know which host netdevs it may move into a pod: \
+             \"pf\" (only VFs of this SR-IOV PF) or \"vfAllowList\" (only these netdevs, \
+             e.g. the veths a lab uses as VFs)",
+        ));
+    }
     let labels = raw.args.unwrap_or_default().cni.labels;
     if let Some(i) = labels.iter().position(|l| l.key.is_empty()) {
         return Err(ShimError::config(
@@ -197,7 +220,8 @@ pub fn parse(stdin: &[u8], command: Command) -> Result<NetConf, ShimError> {
         name,
         agent,
         subnet,
-        pf: raw.pf.filter(|p| !p.is_empty()),
+        pf,
+        vf_allow_list,
         labels,
         prev_result,
         valid_attachments,
@@ -291,6 +315,7 @@ mod tests {
             "agentName": "dpu-1",
             "tls": {"ca": "/etc/dpu/ca.pem", "cert": "/etc/dpu/shim.pem", "key": "/etc/dpu/shim.key"},
             "subnet": "blue-a",
+            "vfAllowList": ["lab-vf0", "lab-vf1"],
             "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}},
             "runtimeConfig": {"mac": "x"},
             "cni.dev/attachment-extra": 1,
@@ -335,6 +360,51 @@ mod tests {
         let mut v = base();
         v["tls"].as_object_mut().unwrap().remove("key");
         assert_eq!(field_of(parse_json(&v, Command::Add)), "tls.key");
+    }
+
+    #[test]
+    fn add_needs_a_pf_or_an_allow_list_and_other_commands_do_not() {
+        let c = parse_json(&base(), Command::Add).unwrap();
+        assert_eq!(c.vf_allow_list, ["lab-vf0", "lab-vf1"]);
+        assert_eq!(c.pf, None);
+
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("vfAllowList");
+        let e = parse_json(&v, Command::Add).unwrap_err();
+        assert_eq!(e.code(), 7);
+        let doc: serde_json::Value = serde_json::from_str(&e.to_cni_json("1.1.0")).unwrap();
+        let msg = doc["msg"].as_str().unwrap();
+        assert!(msg.contains("pf or vfAllowList"), "{msg}");
+        // An empty list allows nothing, so it is no list.
+        v["vfAllowList"] = json!([]);
+        assert_eq!(field_of(parse_json(&v, Command::Add)), "pf or vfAllowList");
+        for cmd in [Command::Del, Command::Check, Command::Status] {
+            let mut v = v.clone();
+            v["prevResult"] = json!({});
+            assert!(parse_json(&v, cmd).is_ok(), "{cmd:?}");
+        }
+
+        v["pf"] = json!("ens1f0");
+        let c = parse_json(&v, Command::Add).unwrap();
+        assert_eq!(c.pf.as_deref(), Some("ens1f0"));
+        assert!(c.vf_allow_list.is_empty());
+    }
+
+    #[test]
+    fn allow_list_entries_and_pf_must_be_interface_names() {
+        let mut v = base();
+        v["vfAllowList"] = json!(["lab-vf0", "../../x"]);
+        assert_eq!(field_of(parse_json(&v, Command::Add)), "vfAllowList[1]");
+        v["vfAllowList"] = json!(["lab-vf0", "much-too-long-name"]);
+        assert_eq!(field_of(parse_json(&v, Command::Del)), "vfAllowList[1]");
+        let mut v = base();
+        v["pf"] = json!("ens1f0/device");
+        assert_eq!(field_of(parse_json(&v, Command::Add)), "pf");
+        v["vfAllowList"] = json!("lab-vf0");
+        assert!(matches!(
+            parse_json(&v, Command::Add),
+            Err(ShimError::Decode { .. })
+        ));
     }
 
     #[test]

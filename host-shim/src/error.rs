@@ -36,6 +36,9 @@ pub mod codes {
     pub const INTERFACE_EXISTS: CniCode = 104;
     /// ADD: the VF the agent named is not in the host netns.
     pub const VF_MISSING: CniCode = 105;
+    /// ADD: the netdev the agent named is not one the config lets the shim move (not a
+    /// VF of `pf`, or not in `vfAllowList`). Nothing was moved.
+    pub const VF_NOT_ALLOWED: CniCode = 106;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,10 @@ pub enum ShimError {
     #[error("VF {vf} named by the agent is not in the host netns")]
     VfMissing { vf: String },
 
+    /// ADD: the agent named a netdev the config does not let the shim move.
+    #[error("refusing to move {vf} into the pod: {reason}; nothing was moved")]
+    VfNotAllowed { vf: String, reason: String },
+
     /// An ADD step failed and the undo did not finish either; both are reported.
     #[error("{error}; undo incomplete: {}", undo.join("; "))]
     UndoIncomplete {
@@ -151,6 +158,7 @@ impl ShimError {
             Self::BadAttachment { .. } => BAD_ATTACHMENT,
             Self::InterfaceExists { .. } => INTERFACE_EXISTS,
             Self::VfMissing { .. } => VF_MISSING,
+            Self::VfNotAllowed { .. } => VF_NOT_ALLOWED,
             Self::UndoIncomplete { error, .. } => error.code(),
             Self::GcIncomplete { failures, .. } => failures
                 .iter()
@@ -179,6 +187,7 @@ impl ShimError {
             Self::BadAttachment { .. } => "unusable attachment from the DPU agent",
             Self::InterfaceExists { .. } => "interface already exists",
             Self::VfMissing { .. } => "VF missing on the host",
+            Self::VfNotAllowed { .. } => "the DPU agent named a netdev that is not an allowed VF",
             Self::UndoIncomplete { error, .. } => error.summary(),
             Self::GcIncomplete { .. } => "garbage collection incomplete",
         }
@@ -208,6 +217,7 @@ impl ShimError {
             Self::UnsupportedField { field, .. } => field.clone(),
             Self::IncompatibleVersion { version, .. } => version.clone(),
             Self::UndoIncomplete { error, .. } => error.msg_subject(),
+            Self::VfNotAllowed { vf, .. } => vf.clone(),
             other => other.to_string(),
         }
     }
@@ -277,6 +287,23 @@ mod tests {
         assert_eq!(doc["cniVersion"], "1.1.0");
         assert!(doc["msg"].as_str().unwrap().contains("CNI_IFNAME"));
         assert!(doc["details"].as_str().unwrap().contains("CNI_IFNAME"));
+    }
+
+    #[test]
+    fn a_refused_vf_is_106_naming_the_netdev_and_why() {
+        let e = ShimError::VfNotAllowed {
+            vf: "mgmt0".into(),
+            reason: "mgmt0 is not in vfAllowList [\"lab-vf0\"]".into(),
+        };
+        let doc: serde_json::Value = serde_json::from_str(&e.to_cni_json("1.0.0")).unwrap();
+        assert_eq!(doc["code"], 106);
+        assert_eq!(
+            doc["msg"],
+            "the DPU agent named a netdev that is not an allowed VF: mgmt0"
+        );
+        let details = doc["details"].as_str().unwrap();
+        assert!(details.contains("not in vfAllowList"), "{details}");
+        assert!(details.contains("nothing was moved"), "{details}");
     }
 
     #[test]

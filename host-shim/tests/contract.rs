@@ -39,7 +39,8 @@ fn version_reports_the_supported_versions() {
 fn missing_variables_are_error_4_naming_them() {
     require_root_and_ip();
     let pki = Pki::new();
-    let cfg = config(&pki, "https://127.0.0.1:1");
+    let mut cfg = config(&pki, "https://127.0.0.1:1");
+    cfg["vfAllowList"] = json!(["vf0"]);
     for (inv, var) in [
         (
             Invocation {
@@ -146,6 +147,28 @@ fn missing_agent_or_subnet_is_error_7_naming_the_field() {
     let mut cfg = config(&pki, "https://127.0.0.1:1");
     cfg["ipam"] = json!({"type": "host-local"});
     assert_eq!(shim(&add_env(), &cfg).error_code(), 2);
+}
+
+#[test]
+fn add_without_a_pf_or_an_allow_list_is_error_7() {
+    require_root_and_ip();
+    // Refused from the config alone: nothing listens at the agent's address.
+    let pki = Pki::new();
+    let cfg = config(&pki, &format!("https://127.0.0.1:{}", closed_port()));
+    let out = shim(&add_env(), &cfg);
+    assert_eq!(out.error_code(), 7, "{}", out.json);
+    assert_eq!(
+        out.json["msg"],
+        "invalid network configuration: pf or vfAllowList"
+    );
+    let details = out.json["details"].as_str().unwrap();
+    assert!(details.contains("vfAllowList"), "{details}");
+    // DEL, CHECK and STATUS do not move a host netdev into a pod; STATUS still runs.
+    let status = Invocation {
+        command: "STATUS",
+        ..Default::default()
+    };
+    assert_eq!(shim(&status, &cfg).error_code(), 50);
 }
 
 #[test]

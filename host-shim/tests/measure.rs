@@ -119,7 +119,8 @@ fn cpu_and_peak_rss_of_one_add_and_one_del() {
         run_in: None,
         timed: false,
     };
-    let cfg = config(&pki, &agent.url);
+    let mut cfg = config(&pki, &agent.url);
+    cfg["vfAllowList"] = serde_json::json!([vf.vf]);
     if std::env::var("MEASURE_TRACE").is_ok() {
         for command in ["ADD", "DEL"] {
             let out = in_netns(&host.name, || shim(&inv(command), &cfg));

@@ -20,6 +20,7 @@ struct Lab {
     host: Netns,
     pki: Pki,
     original_mac: String,
+    prefix: String,
 }
 
 impl Lab {
@@ -42,6 +43,7 @@ impl Lab {
             host,
             pki,
             original_mac,
+            prefix,
         }
     }
 
@@ -53,8 +55,17 @@ impl Lab {
         })
     }
 
+    /// The network config: this lab's agent, and its one VF (a veth) as the only
+    /// netdev the shim may move, as the lab's configs list theirs.
     fn config(&self) -> Value {
-        config(&self.pki, &self.agent.url)
+        self.config_at(&self.agent.url)
+    }
+
+    /// [`Lab::config`] with another agent address.
+    fn config_at(&self, agent: &str) -> Value {
+        let mut cfg = config(&self.pki, agent);
+        cfg["vfAllowList"] = json!([self.vf.vf]);
+        cfg
     }
 
     /// Runs `command` for container `cid`/eth0 in the pod, from the host netns.
@@ -260,7 +271,7 @@ fn del_with_the_agent_unreachable_is_try_again_later() {
     let lab = Lab::standard();
     lab.add("c1");
     let port = bind_in(Some(&lab.host.name)).local_addr().unwrap().port();
-    let cfg = config(&lab.pki, &format!("https://127.0.0.1:{port}"));
+    let cfg = lab.config_at(&format!("https://127.0.0.1:{port}"));
     let out = lab.run("DEL", "c1", &cfg);
     assert_eq!(out.error_code(), 11, "{}", out.json);
     // Nothing was touched: the pod keeps its interface until the agent is back.
@@ -274,7 +285,7 @@ fn del_with_the_agent_unreachable_is_try_again_later() {
 fn add_with_the_agent_unreachable_leaves_the_vf_where_it_was() {
     let lab = Lab::standard();
     let port = bind_in(Some(&lab.host.name)).local_addr().unwrap().port();
-    let cfg = config(&lab.pki, &format!("https://127.0.0.1:{port}"));
+    let cfg = lab.config_at(&format!("https://127.0.0.1:{port}"));
     let out = lab.run("ADD", "c1", &cfg);
     assert_eq!(out.error_code(), 11, "{}", out.json);
     assert_ne!(out.code, 0);
@@ -412,4 +423,135 @@ fn status_reports_ready_and_not_ready() {
     let out = shim(&status, &lab.config());
     assert_eq!(out.error_code(), 51, "{}", out.json);
     assert!(out.msg().contains("no free VF"), "{}", out.json);
+}
+
+/// A host interface that is not a VF: a veth pair inside the host netns (both ends),
+/// up, with an address, like the host's management link. Goes with the host netns.
+fn management_link(lab: &Lab) -> String {
+    let mgmt = format!("{}mgmt", lab.prefix);
+    let peer = format!("{}mgmp", lab.prefix);
+    let host = lab.host.name.as_str();
+    ip(&[
+        "-n", host, "link", "add", &mgmt, "type", "veth", "peer", "name", &peer,
+    ]);
+    ip(&["-n", host, "addr", "add", "192.168.250.1/24", "dev", &mgmt]);
+    ip(&["-n", host, "link", "set", &peer, "up"]);
+    ip(&["-n", host, "link", "set", &mgmt, "up"]);
+    mgmt
+}
+
+/// What must not change on a refused interface: index, name, MAC, MTU, flags,
+/// addresses.
+fn fingerprint(ns: &str, dev: &str) -> Value {
+    let l = link(ns, dev);
+    assert!(!l.is_null(), "{dev} is not in {ns}");
+    json!({
+        "ifindex": l["ifindex"], "ifname": l["ifname"], "address": l["address"],
+        "mtu": l["mtu"], "flags": l["flags"], "addrs": addresses(ns, dev),
+    })
+}
+
+/// Asserts the refusal left everything as it was: the interface, the VF, an empty
+/// pod, and the attachment released.
+fn assert_refused_and_untouched(lab: &Lab, out: &ShimRun, mgmt: &str, before: &Value) {
+    assert_eq!(
+        fingerprint(&lab.host.name, mgmt),
+        *before,
+        "{mgmt} changed on the host"
+    );
+    let pod_links = ip_json(&["-n", &lab.pod.name, "link", "show"]);
+    assert_eq!(
+        pod_links.as_array().unwrap().len(),
+        1,
+        "only lo in the pod: {pod_links}"
+    );
+    assert_eq!(
+        link(&lab.host.name, &lab.vf.vf)["address"],
+        lab.original_mac.as_str(),
+        "the real VF was touched"
+    );
+    let s = lab.agent.state();
+    assert_eq!(s.attach_requests.len(), 1, "{}", out.json);
+    assert_eq!(s.detached, [("c1".to_string(), "eth0".to_string())]);
+    assert!(s.attachments.is_empty(), "the attachment is released");
+}
+
+#[test]
+fn add_refuses_a_host_interface_that_is_not_in_the_allow_list() {
+    // The agent names the host's management link as the VF (`vf = "mgmt0"`).
+    let lab = Lab::standard();
+    let mgmt = management_link(&lab);
+    lab.agent.state().template.vf = mgmt.clone();
+    let before = fingerprint(&lab.host.name, &mgmt);
+
+    let out = lab.run("ADD", "c1", &lab.config());
+    assert_eq!(out.error_code(), 106, "{}\n{}", out.json, out.stderr);
+    assert_eq!(out.code, 106);
+    assert_eq!(
+        out.json["msg"],
+        format!("the DPU agent named a netdev that is not an allowed VF: {mgmt}")
+    );
+    let details = out.json["details"].as_str().unwrap();
+    assert!(
+        details.contains(&format!(
+            "{mgmt} is not in the network config's vfAllowList"
+        )),
+        "{details}"
+    );
+    assert!(details.contains(&lab.vf.vf), "the list is shown: {details}");
+    assert!(details.contains("nothing was moved"), "{details}");
+    assert_refused_and_untouched(&lab, &out, &mgmt, &before);
+
+    // The runtime's DEL that follows a failed ADD finds nothing to do.
+    let del = lab.run("DEL", "c1", &lab.config());
+    assert_eq!(del.code, 0, "{}", del.json);
+    assert_eq!(fingerprint(&lab.host.name, &mgmt), before);
+}
+
+#[test]
+fn add_with_a_pf_refuses_a_netdev_that_is_not_its_vf() {
+    // The hardware config: "pf" and no list. Neither netdev in the host netns is an
+    // SR-IOV VF (sysfs has no `device/physfn` for a veth), so the management link
+    // the agent names is refused.
+    let lab = Lab::standard();
+    let mgmt = management_link(&lab);
+    lab.agent.state().template.vf = mgmt.clone();
+    let before = fingerprint(&lab.host.name, &mgmt);
+    let mut cfg = config(&lab.pki, &lab.agent.url);
+    cfg["pf"] = json!(lab.vf.vf);
+
+    let out = lab.run("ADD", "c1", &cfg);
+    assert_eq!(out.error_code(), 106, "{}\n{}", out.json, out.stderr);
+    let details = out.json["details"].as_str().unwrap();
+    assert!(
+        details.contains(&format!("refusing to move {mgmt} into the pod")),
+        "{details}"
+    );
+    assert!(
+        details.contains(&format!("against PF {}", lab.vf.vf)),
+        "{details}"
+    );
+    assert_refused_and_untouched(&lab, &out, &mgmt, &before);
+}
+
+#[test]
+fn add_without_a_pf_or_an_allow_list_is_refused_before_the_agent_is_asked() {
+    let lab = Lab::standard();
+    let cfg = config(&lab.pki, &lab.agent.url);
+    let out = lab.run("ADD", "c1", &cfg);
+    assert_eq!(out.error_code(), 7, "{}", out.json);
+    assert!(
+        out.json["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pf or vfAllowList"),
+        "{}",
+        out.json
+    );
+    assert!(lab.agent.state().attach_requests.is_empty());
+    lab.assert_vf_home();
+    assert_eq!(
+        link(&lab.host.name, &lab.vf.vf)["address"],
+        lab.original_mac.as_str()
+    );
 }

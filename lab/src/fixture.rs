@@ -145,6 +145,20 @@ impl Lab {
         Ok(())
     }
 
+    /// Issues the host shim's certificate (role host-shim) into `out`.
+    pub fn issue_host_shim(&self, name: &str, out: &Path) -> Result<()> {
+        self.controller_cmd(&[
+            "issue",
+            "--state-dir",
+            &self.ctl_state().display().to_string(),
+            "--host-shim",
+            name,
+            "--out",
+            &out.display().to_string(),
+        ])?;
+        Ok(())
+    }
+
     pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
         write_manifest_into(&self.intent_dir(), file, yaml)
     }
@@ -407,7 +421,7 @@ impl Lab {
             v.keep();
             pairs.push((vf, rep));
         }
-        self.issue(SHIM_NAME, &self.pki())?;
+        self.issue_host_shim(SHIM_NAME, &self.pki())?;
         self.shim = Some(ShimHost {
             ns,
             agent_addr: format!("{root_ip}:{}", free_port()?),
@@ -439,7 +453,9 @@ impl Lab {
             .ok_or_else(|| anyhow!("no pod namespace {name}"))
     }
 
-    /// The CNI network config the tests hand the shim.
+    /// The CNI network config the tests hand the shim. The lab's VFs are veths, not
+    /// SR-IOV VFs of a PF, so the config lists them (`vfAllowList`): the shim moves
+    /// no other host netdev into a pod.
     pub fn cni_config(&self, subnet: &str, labels: &[(&str, &str)]) -> Result<serde_json::Value> {
         let sh = self
             .shim
@@ -462,6 +478,7 @@ impl Lab {
                 "key": pki.join(format!("{SHIM_NAME}.key")),
             },
             "subnet": subnet,
+            "vfAllowList": sh.vfs.iter().map(|(vf, _)| vf).collect::<Vec<_>>(),
             "timeoutMs": 20000,
             "args": {"cni": {"labels": labels}},
         }))

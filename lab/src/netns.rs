@@ -150,6 +150,69 @@ pub fn add_ipv6(ns: &Netns, ifname: &str, cidr: &str, gateway: Option<&str>) -> 
     })
 }
 
+/// Where `ip netns` keeps its named namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// The file, under `$DPU_LAB_ROOT`, listing every namespace the lab made during a
+/// `lab/run-tests` run, one name a line. Its clean-up deletes these and no others.
+pub const NETNS_LIST: &str = "netns.list";
+
+/// Records `name` in `$DPU_LAB_ROOT/netns.list` before the namespace is made, so that
+/// `lab/run-tests` can delete it if the test crashes and leaves it behind, and deletes
+/// nothing it did not make. One line, one `write(2)` on an `O_APPEND` file, so lines of
+/// parallel tests never interleave. Without `DPU_LAB_ROOT` (outside run-tests) there is
+/// nothing to record. Every netns the lab's tests make goes through here
+/// ([`claim_netns`]: [`Netns::new`], [`crate::ovs::OvsInstance::start`]; and copies in
+/// `host-shim/tests/common` and `bench`).
+pub fn record_netns(name: &str) -> Result<()> {
+    let Some(root) = std::env::var_os("DPU_LAB_ROOT").filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
+    record_netns_in(Path::new(&root), name)
+}
+
+/// [`record_netns`] into `root/netns.list`.
+pub fn record_netns_in(root: &Path, name: &str) -> Result<()> {
+    use std::io::Write;
+    if name.is_empty() || name.contains(|c: char| c == '/' || c.is_whitespace()) {
+        bail!("network namespace name {name:?} is empty or contains '/' or whitespace");
+    }
+    let list = root.join(NETNS_LIST);
+    let line = format!("{name}\n");
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&list)
+        .and_then(|mut f| f.write(line.as_bytes()))
+        .with_context(|| format!("record netns {name} in {}", list.display()))?;
+    if written != line.len() {
+        bail!(
+            "record netns {name} in {}: short write ({written} of {} bytes)",
+            list.display(),
+            line.len()
+        );
+    }
+    Ok(())
+}
+
+/// Whether a named namespace `name` exists (`/var/run/netns/NAME`).
+pub fn netns_exists(name: &str) -> bool {
+    Path::new(NETNS_DIR).join(name).exists()
+}
+
+/// Call right before `ip netns add NAME`: checks the name, refuses a namespace that
+/// already exists (someone else's: it is not recorded, so the clean-up of
+/// `lab/run-tests` leaves it alone), and records the name ([`record_netns`]).
+pub fn claim_netns(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(|c: char| c == '/' || c.is_whitespace()) {
+        bail!("network namespace name {name:?} is empty or contains '/' or whitespace");
+    }
+    if netns_exists(name) {
+        bail!("network namespace {name} already exists (the lab did not make it)");
+    }
+    record_netns(name)
+}
+
 /// A network namespace, deleted when dropped.
 #[derive(Debug)]
 pub struct Netns {
@@ -157,11 +220,10 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates namespace `name` (`ip netns add`). It must not exist yet.
+    /// Creates namespace `name` (`ip netns add`, recorded first: [`claim_netns`]). It
+    /// must not exist yet.
     pub fn new(name: &str) -> Result<Netns> {
-        if name.is_empty() || name.contains(|c: char| c == '/' || c.is_whitespace()) {
-            bail!("network namespace name {name:?} is empty or contains '/' or whitespace");
-        }
+        claim_netns(name)?;
         ip(&["netns", "add", name]).with_context(|| format!("create netns {name}"))?;
         Ok(Netns {
             name: name.to_owned(),

@@ -53,6 +53,8 @@ impl OvsInstance {
             std::process::id(),
             NETNS_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        // Recorded for lab/run-tests' clean-up before it exists.
+        crate::netns::claim_netns(&ns)?;
         run(Command::new(program("ip")?).args(["netns", "add", &ns]))?;
         ovs.netns = Some(ns);
         ovs.start_vswitchd()?;

@@ -321,3 +321,62 @@ fn libcni_drives_the_plugin_like_a_runtime() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_shim_refuses_the_host_link_when_the_agent_names_it_as_a_vf() -> Result<()> {
+    let mut lab = Lab::new("mgmt")?;
+    lab.enable_shim(1)?;
+    // What the host's operator allows: the lab's VF veths, listed in the config.
+    let cfg = lab.cni_config("pods", &[("app", "web")])?;
+    // The agent's inventory names the host's link to the DPU (the lab's management
+    // link) as its VF, as `vf = "mgmt0"` did.
+    let mgmt = format!("{}L", lab.prefix);
+    lab.shim.as_mut().expect("shim").vfs[0].0 = mgmt.clone();
+    lab.write_manifest("00-intent.yaml", INTENT)?;
+    lab.start_controller()?;
+    lab.start_agent()?;
+    lab.wait_converged()?;
+    let host = &lab.shim.as_ref().expect("shim").ns;
+    let before = host.exec(["ip", "-j", "addr", "show", "dev", &mgmt])?;
+
+    let netns = lab.pod_netns("m1")?;
+    let (code, out) = lab.cni("ADD", "m1", &netns, "eth0", &cfg)?;
+    assert_eq!(code, 106, "{out}");
+    assert_eq!(out["code"], 106, "{out}");
+    assert!(
+        out["msg"].as_str().unwrap_or_default().contains(&mgmt),
+        "{out}"
+    );
+    assert!(
+        out["details"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("vfAllowList"),
+        "{out}"
+    );
+    // The link is where it was, as it was, and still carries the shim's calls.
+    let host = &lab.shim.as_ref().expect("shim").ns;
+    assert_eq!(
+        host.exec(["ip", "-j", "addr", "show", "dev", &mgmt])?,
+        before
+    );
+    assert!(!lab.pod("m1")?.link_exists("eth0"));
+    let (code, out) = lab.cni("STATUS", "m1", &netns, "eth0", &cfg)?;
+    assert_eq!(
+        code, 0,
+        "STATUS over the host link after the refusal: {out}"
+    );
+    // The refused ADD released its attachment: the agent reports no pod (once its
+    // status, debounced, has caught up with the Attach and the Detach).
+    let mut last = serde_json::Value::Null;
+    let released = dpu_lab::process::wait_until(
+        "the agent to report no pod",
+        std::time::Duration::from_secs(15),
+        || {
+            last = lab.node_status().unwrap_or_default();
+            last["reported_workloads"] == 0
+        },
+    );
+    assert!(released.is_ok(), "{last}");
+    Ok(())
+}

@@ -11,7 +11,10 @@ mod validate;
 
 pub use convert::*;
 pub use types::*;
-pub use validate::{validate, validate_changes, vnic_owner, Index};
+pub use validate::{
+    node_rules, validate, validate_changes, validate_for_every_node, validate_for_node,
+    vnic_owner, Index,
+};
 
 use std::fmt;
 
@@ -22,6 +25,13 @@ pub struct ObjectError {
     /// The field in manifest terms, e.g. `spec.ports[0].port`.
     pub field: String,
     pub message: String,
+    /// When two objects collide (the same VIP:port, address, VNI, port, ...):
+    /// the same conflict told from the other object's side (its key and field,
+    /// a message naming this one). `message` names the other object and its
+    /// field too, as `Kind/name (field)`, so the text alone says who is
+    /// involved; a caller that knows which of the two is new (the controller,
+    /// across a reload) can show the error at that one.
+    pub other: Option<Box<ObjectError>>,
 }
 
 impl ObjectError {
@@ -30,7 +40,44 @@ impl ObjectError {
             key,
             field: field.into(),
             message: message.into(),
+            other: None,
         }
+    }
+
+    /// A conflict between `a` and `b` (each a key and a field), reported at
+    /// `a`: its message is `a_says` followed by `b` as `Kind/name (field)`,
+    /// and `b`'s side is `b_says` followed by `a`. Either message may go on
+    /// after the name with `then`.
+    pub fn conflict(
+        a: (ObjectKey, String),
+        a_says: impl Into<String>,
+        b: (ObjectKey, String),
+        b_says: impl Into<String>,
+        then: &str,
+    ) -> Self {
+        let (a_says, b_says) = (a_says.into(), b_says.into());
+        let mirror = ObjectError::new(
+            b.0.clone(),
+            b.1.clone(),
+            format!("{b_says} {} ({}){then}", a.0, a.1),
+        );
+        ObjectError {
+            message: format!("{a_says} {} ({}){then}", b.0, b.1),
+            key: a.0,
+            field: a.1,
+            other: Some(Box::new(mirror)),
+        }
+    }
+
+    /// The same error told from the other object's side, if it is a conflict
+    /// (the mirror's `other` is this one).
+    pub fn flipped(&self) -> Option<ObjectError> {
+        let mirror = self.other.as_deref()?;
+        let mut me = self.clone();
+        me.other = None;
+        let mut out = mirror.clone();
+        out.other = Some(Box::new(me));
+        Some(out)
     }
 }
 

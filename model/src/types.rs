@@ -333,6 +333,18 @@ impl Intent {
         }
     }
 
+    /// A copy of the object with this key.
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        match key.kind {
+            Kind::Vpc => self.vpcs.get(&key.name).cloned().map(Object::Vpc),
+            Kind::Subnet => self.subnets.get(&key.name).cloned().map(Object::Subnet),
+            Kind::Workload => self.workloads.get(&key.name).cloned().map(Object::Workload),
+            Kind::Service => self.services.get(&key.name).cloned().map(Object::Service),
+            Kind::NetworkProbe => self.probes.get(&key.name).cloned().map(Object::NetworkProbe),
+            Kind::Node => self.nodes.get(&key.name).cloned().map(Object::Node),
+        }
+    }
+
     /// Removes an object and returns it.
     pub fn take(&mut self, key: &ObjectKey) -> Option<Object> {
         match key.kind {

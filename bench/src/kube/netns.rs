@@ -40,6 +40,8 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        // Recorded first, so lab/run-tests' clean-up finds it after a crash.
+        dpu_lab::netns::claim_netns(&name)?;
         run_ok(Command::new(program("ip")?).args(["netns", "add", &name]))?;
         let ns = Netns { name };
         // Loopback up, as in any pod or node namespace.

@@ -345,3 +345,21 @@ pub async fn refused(
         },
     }
 }
+
+impl Agent {
+    /// The next message of any kind, within `wait`; `None` if none came (or
+    /// the stream ended).
+    pub async fn message_within(&mut self, wait: Duration) -> Option<pb::ControllerMessage> {
+        match tokio::time::timeout(wait, self.rx.message()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    pub async fn send(&self, msg: Msg) {
+        self.tx
+            .send(pb::AgentMessage { msg: Some(msg) })
+            .await
+            .unwrap();
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::attachments_server::{Attachments, AttachmentsServer};
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
@@ -72,7 +72,8 @@ pub fn to_proto(r: &Record, mtu: u32) -> pb::Attachment {
 }
 
 impl AttachService {
-    /// Only the host shim's certificate (DNS SAN = `shim.client_name`) may call.
+    /// Only the host shim's certificate (DNS SAN = `shim.client_name`, role
+    /// host-shim) may call.
     fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let certs = req
             .peer_certs()
@@ -80,17 +81,7 @@ impl AttachService {
         let der = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-        let names = crate::enroll::dns_names(&cert);
-        if names.iter().any(|n| n == &self.client_name) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "client certificate names {names:?}; only {} may attach pods",
-                self.client_name
-            )))
-        }
+        authorize_shim(der.as_ref(), &self.client_name)
     }
 
     async fn ask<T>(
@@ -107,6 +98,29 @@ impl AttachService {
             .map_err(|_| Status::deadline_exceeded("the agent did not answer in time"))?
             .map_err(|_| Status::unavailable("the agent dropped the request"))
     }
+}
+
+/// Whether the client certificate `der` is the host shim's: it names
+/// `client_name` and carries the host-shim role and no other. A node's
+/// certificate (role node) is refused even if it names `client_name`: the host
+/// is not a DPU, and a DPU is not its host.
+pub fn authorize_shim(der: &[u8], client_name: &str) -> Result<(), Status> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
+    let names = crate::enroll::dns_names(&cert);
+    if !names.iter().any(|n| n == client_name) {
+        return Err(Status::permission_denied(format!(
+            "client certificate names {names:?}; only {client_name} may attach pods"
+        )));
+    }
+    let roles = crate::enroll::role_uris(&cert);
+    if roles != [dpu_proto::roles::HOST_SHIM] {
+        return Err(Status::permission_denied(format!(
+            "client certificate for {client_name} has the roles {roles:?}; only a host shim's certificate (role {}, `dpu-controller issue --host-shim {client_name}`) may attach pods",
+            dpu_proto::roles::HOST_SHIM
+        )));
+    }
+    Ok(())
 }
 
 fn key_of(k: Option<pb::AttachmentKey>) -> Result<(String, String), Status> {
@@ -210,7 +224,7 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// A server generation failed.
+    /// The server failed.
     #[error("shim service on {addr}: {source}")]
     Serve {
         addr: std::net::SocketAddr,
@@ -223,8 +237,51 @@ pub enum ServeError {
 /// there is none yet.
 const IDENTITY_POLL: Duration = Duration::from_secs(2);
 const FIRST_IDENTITY_POLL: Duration = Duration::from_millis(200);
-/// How long a connection made before the first certificate waits for it.
-const FIRST_IDENTITY_WAIT: Duration = Duration::from_secs(10);
+
+/// The agent's descriptors (docs/limits.md, "Connections and descriptors").
+/// 1,024 stay with the agent's own work, whatever peers do: stdio and the
+/// journal, the runtime, OVSDB, the two OpenFlow connections, an `ovs-ofctl`
+/// child's pipes, netlink sockets, the state directory's files, the
+/// controller session, the operator socket (at most 8 clients) and /metrics
+/// (at most 16), and one socket per health probe in flight (one per probed
+/// local backend). The attachment listener gets at most 64 connections in the
+/// TLS handshake and 64 with the shim's certificate (the only peer, one host);
+/// it takes none without a certificate.
+pub const FD_PLAN: dpu_listen::fds::Plan = dpu_listen::fds::Plan {
+    reserved: 1024,
+    max_handshaking: 64,
+    max_anonymous: 0,
+    max_authenticated: 64,
+};
+/// The soft RLIMIT_NOFILE is raised to the hard limit, at most this.
+const NOFILE_CAP: u64 = 1 << 16;
+
+/// The limits of the attachment listener, from RLIMIT_NOFILE and `FD_PLAN`.
+pub fn listener_limits() -> dpu_listen::Limits {
+    let limit = dpu_listen::fds::raise_nofile(NOFILE_CAP).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
+        1024
+    });
+    let budget = FD_PLAN.budget(limit);
+    if budget.short {
+        tracing::warn!(
+            nofile = limit,
+            reserved = budget.reserved,
+            handshaking = budget.handshaking,
+            authenticated = budget.authenticated,
+            "the file limit is below the agent's reserve plus its shim listener (LimitNOFILE=4096 in the unit); the shim listener gets the minimum"
+        );
+    } else {
+        tracing::info!(
+            nofile = limit,
+            reserved = budget.reserved,
+            handshaking = budget.handshaking,
+            authenticated = budget.authenticated,
+            "shim service connection budget"
+        );
+    }
+    dpu_listen::Limits::with_budget(&budget)
+}
 
 /// The node certificate, key and CA as last read, to notice a renewal.
 #[derive(Debug, PartialEq, Eq)]
@@ -244,26 +301,37 @@ impl TlsFiles {
         })
     }
 
-    fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert, &self.key))
-            .client_ca_root(Certificate::from_pem(&self.ca))
+    /// What tonic's `ServerTlsConfig` with `identity` and `client_ca_root`
+    /// built: a client certificate is required and must chain to the CA.
+    fn server_config(&self) -> Result<std::sync::Arc<dpu_listen::ServerConfig>, String> {
+        dpu_listen::server_config(&self.cert, &self.key, &self.ca, false)
     }
 }
 
-type Incoming = mpsc::Sender<std::io::Result<tokio::net::TcpStream>>;
-
 /// Serves the attachment API until `shutdown` fires, with the node certificate.
 ///
-/// The socket is bound once. Each version of the certificate gets its own
-/// server generation: when the certificate changes (renewal), new connections
-/// go to a new generation and the old one finishes its in-flight requests and
-/// stops, so a renewal needs no restart and refuses no connection. Until the
-/// node has a certificate (first boot, enrolling) a connection waits for it (up to 10 s).
+/// The socket is bound once, and every connection is bounded (`dpu_listen`):
+/// its TLS handshake must finish within 10 s, at most 64 are in the handshake
+/// and 64 authenticated at once, an authenticated one with no request for 60 s
+/// is closed, and accept errors back off. The certificate files are polled;
+/// when they change (renewal), handshakes from then on use the new
+/// certificate, and connections made before keep theirs until they close.
+/// Until the node has a certificate (first boot, enrolling) a connection waits
+/// for it within its handshake timeout (10 s).
 pub async fn serve(
     cfg: &Config,
     tx: mpsc::Sender<AttachCmd>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    serve_with(cfg, tx, shutdown, listener_limits()).await
+}
+
+/// [`serve`] with the given limits.
+pub async fn serve_with(
+    cfg: &Config,
+    tx: mpsc::Sender<AttachCmd>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    limits: dpu_listen::Limits,
 ) -> Result<(), ServeError> {
     let Some(shim) = cfg.shim.clone() else {
         return Ok(());
@@ -277,54 +345,46 @@ pub async fn serve(
         client_name: shim.client_name.clone(),
         mtu: shim.mtu,
     };
-    let current: std::sync::Arc<std::sync::Mutex<Option<Incoming>>> = Default::default();
-    let acceptor = {
-        let current = current.clone();
-        tokio::spawn(async move {
-            loop {
-                let conn = match listener.accept().await {
-                    Ok((s, _)) => Ok(s),
-                    Err(e) => {
-                        // Out of descriptors and the like: not this connection's
-                        // fault, and retrying at once would spin.
-                        tracing::warn!(error = %e, "shim service: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                // Before the first certificate (enrolling) a connection waits
-                // for it, up to the shim's own patience; then it is closed.
-                let deadline = tokio::time::Instant::now() + FIRST_IDENTITY_WAIT;
-                let target = loop {
-                    let t = current.lock().map(|c| c.clone()).ok().flatten();
-                    if t.is_some() || tokio::time::Instant::now() >= deadline {
-                        break t;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                };
-                if let Some(t) = target {
-                    let _ = t.send(conn).await;
-                }
-            }
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(None);
+    let bounded = dpu_listen::BoundedListener::new("shim", listener, tls_rx, limits);
+    let router = Server::builder()
+        .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
+        .add_service(bounded.track(AttachmentsServer::new(svc).max_decoding_message_size(1 << 20)));
+    let watcher = tokio::spawn(watch_identity(cfg.clone(), tls_tx, shim.vfs.len()));
+    let mut stop = shutdown.clone();
+    let result = router
+        .serve_with_incoming_shutdown(bounded.incoming(), async move {
+            let _ = stop.wait_for(|s| *s).await;
         })
+        .await
+        .map_err(|source| ServeError::Serve { addr, source });
+    watcher.abort();
+    result
+}
+
+/// Polls the node certificate files and publishes each new version to the
+/// listener.
+async fn watch_identity(
+    cfg: Config,
+    tls: tokio::sync::watch::Sender<Option<std::sync::Arc<dpu_listen::ServerConfig>>>,
+    vfs: usize,
+) {
+    let Some(shim) = cfg.shim.as_ref() else {
+        return;
     };
     let mut loaded: Option<TlsFiles> = None;
-    let mut generation: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
     let mut first = true;
-    let result = loop {
-        let period = if loaded.is_some() {
-            IDENTITY_POLL
-        } else {
-            FIRST_IDENTITY_POLL
-        };
+    loop {
         if !first {
-            tokio::select! {
-                _ = shutdown.changed() => break Ok(()),
-                _ = tokio::time::sleep(period) => {}
-            }
+            let period = if loaded.is_some() {
+                IDENTITY_POLL
+            } else {
+                FIRST_IDENTITY_POLL
+            };
+            tokio::time::sleep(period).await;
         }
         first = false;
-        let files = match TlsFiles::read(cfg) {
+        let files = match TlsFiles::read(&cfg) {
             Ok(f) => f,
             Err(e) => {
                 if loaded.is_none() {
@@ -336,42 +396,26 @@ pub async fn serve(
         if loaded.as_ref() == Some(&files) {
             continue;
         }
-        let server = match Server::builder().tls_config(files.server_config()) {
-            Ok(b) => b,
-            Err(source) => break Err(ServeError::Serve { addr, source }),
-        };
-        let (conn_tx, conn_rx) = mpsc::channel(16);
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let router = server
-            .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
-            .add_service(AttachmentsServer::new(svc.clone()).max_decoding_message_size(1 << 20));
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-            {
-                tracing::error!(error = %e, "shim service generation failed");
+        match files.server_config() {
+            Ok(config) => {
+                let renewed = tls.send_replace(Some(config)).is_some();
+                if renewed {
+                    tracing::info!(listen = %shim.listen, "shim service now uses the renewed node certificate");
+                } else {
+                    tracing::info!(listen = %shim.listen, client = %shim.client_name, vfs, "shim service listening");
+                }
             }
-        });
-        if let Ok(mut c) = current.lock() {
-            *c = Some(conn_tx);
-        }
-        if let Some((stop, _old)) = generation.replace((stop_tx, task)) {
-            // In-flight requests of the old generation finish; it then ends.
-            let _ = stop.send(());
-            tracing::info!(listen = %addr, "shim service now uses the renewed node certificate");
-        } else {
-            tracing::info!(listen = %addr, client = %shim.client_name, vfs = shim.vfs.len(), "shim service listening");
+            // A half-written pair during a renewal; the next poll retries.
+            Err(e) => tracing::warn!(error = %e, "shim service cannot use the node certificate"),
         }
         loaded = Some(files);
-    };
-    acceptor.abort();
-    if let Some((stop, task)) = generation {
-        let _ = stop.send(());
-        let _ = task.await;
     }
-    result
 }
+
+#[cfg(test)]
+#[path = "shim_authz_tests.rs"]
+mod shim_authz_tests;
+
+#[cfg(test)]
+#[path = "bounded_tests.rs"]
+mod bounded_tests;

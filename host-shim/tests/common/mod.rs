@@ -138,6 +138,31 @@ pub fn ip_json(args: &[&str]) -> Value {
     serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}"))
 }
 
+/// Where `ip netns` keeps its namespaces.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+/// Appends `name` to `$DPU_LAB_ROOT/netns.list` (one `O_APPEND` write of one line),
+/// so `lab/run-tests` cleans up after a crash the namespaces it made and no others.
+/// Outside run-tests (`DPU_LAB_ROOT` unset) there is nothing to record. Same format
+/// as `dpu_lab::netns::record_netns`, which this crate does not depend on.
+pub fn record_netns(name: &str) {
+    let Some(root) = std::env::var_os("DPU_LAB_ROOT").filter(|r| !r.is_empty()) else {
+        return;
+    };
+    let list = PathBuf::from(root).join("netns.list");
+    let line = format!("{name}\n");
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&list)
+        .and_then(|mut f| f.write(line.as_bytes()));
+    assert!(
+        written.as_ref().is_ok_and(|n| *n == line.len()),
+        "recording netns {name} in {}: {written:?}",
+        list.display()
+    );
+}
+
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -145,7 +170,14 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Creates `name`, recorded first (see [`record_netns`]); a namespace of that
+    /// name that already exists is someone else's and fails the test.
     pub fn new(name: String) -> Self {
+        assert!(
+            !std::path::Path::new(NETNS_DIR).join(&name).exists(),
+            "netns {name} already exists (not made by this test)"
+        );
+        record_netns(&name);
         ip(&["netns", "add", &name]);
         let ns = Self { name };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
