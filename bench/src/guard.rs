@@ -81,6 +81,16 @@ pub fn track_ovs(ovs: &dpu_lab::ovs::OvsInstance) {
 }
 
 /// Notes one process.
+/// A network namespace the harness made itself (not through a `Lab`).
+pub fn track_netns(name: &str) {
+    add(Item::Netns(name.to_string()));
+}
+
+/// A namespace tracked with [`track_netns`] that is gone.
+pub fn forget_netns(name: &str) {
+    forget(&[Item::Netns(name.to_string())]);
+}
+
 pub fn track_pid(pid: u32) {
     add(Item::Pid(pid));
 }

@@ -8,6 +8,7 @@ pub mod cold;
 pub mod guard;
 pub mod intent;
 pub mod machine;
+pub mod newconn;
 pub mod procstat;
 pub mod report;
 pub mod restart;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dpu_bench::churn::{self, Rate};
 use dpu_bench::results::{LbRow, Results};
-use dpu_bench::{cold, guard, intent, lb, machine, report, restart};
+use dpu_bench::{cold, guard, intent, lb, machine, newconn, report, restart};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,6 +28,7 @@ enum Scenario {
     Restart,
     Footprint,
     Lb,
+    Newconn,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,9 +64,20 @@ struct AllArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "cold,churn,restart,footprint,lb"
+        default_value = "cold,churn,restart,footprint,lb,newconn"
     )]
     scenarios: Vec<Scenario>,
+    /// Group sizes (buckets) of the newconn scenario.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,4096")]
+    newconn_buckets: Vec<usize>,
+    /// Rounds of the newconn scenario (each one batch per size; default 6, 2
+    /// with --quick).
+    #[arg(long)]
+    newconn_rounds: Option<usize>,
+    /// New connections per batch of the newconn scenario (default 500, 100 with
+    /// --quick).
+    #[arg(long)]
+    newconn_conns: Option<u32>,
     /// Churn rates in changes per second; 0 is back to back.
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u32>>,
@@ -214,13 +226,13 @@ const BINARIES: [&str; 4] = ["dpu-agent", "dpu-controller", "lab-echo", "lab-cli
 /// Copies the binaries under test into a private directory and points the lab at
 /// it, so a rebuild in `target/` during the run cannot mix two agents in one run.
 /// Returns the directory (removed when dropped) and what was copied.
-fn freeze_binaries() -> Result<(tempfile::TempDir, String)> {
+fn freeze_binaries(needed: &[&str]) -> Result<(tempfile::TempDir, String)> {
     let from = dpu_lab::traffic::bin_dir()?;
     let dir = tempfile::Builder::new()
         .prefix("dpu-bench-bin-")
         .tempdir()?;
     let mut what = Vec::new();
-    for b in BINARIES {
+    for b in BINARIES.into_iter().filter(|b| needed.contains(b)) {
         let src = from.join(b);
         std::fs::copy(&src, dir.path().join(b))
             .with_context(|| format!("copying {} (build it first)", src.display()))?;
@@ -242,9 +254,20 @@ fn freeze_binaries() -> Result<(tempfile::TempDir, String)> {
 
 fn run_all(a: &AllArgs) -> Result<()> {
     let started = Instant::now();
-    let (_frozen, agent_binary) = freeze_binaries()?;
-    let p = plan(a);
     let want = |s: Scenario| a.scenarios.contains(&s);
+    // `lb` and `newconn` start no agent or controller: a run of only those
+    // needs only the lab's tools built.
+    let only_switch = a
+        .scenarios
+        .iter()
+        .all(|s| matches!(s, Scenario::Lb | Scenario::Newconn));
+    let needed: &[&str] = if only_switch {
+        &BINARIES[2..]
+    } else {
+        &BINARIES
+    };
+    let (_frozen, agent_binary) = freeze_binaries(needed)?;
+    let p = plan(a);
     let mut r = Results {
         machine: machine::facts(),
         quick: a.quick,
@@ -469,6 +492,29 @@ fn run_all(a: &AllArgs) -> Result<()> {
                     }
                 }
             });
+        }
+    }
+    if want(Scenario::Newconn) {
+        let cfg = newconn::NewConnConfig {
+            sizes: a.newconn_buckets.clone(),
+            rounds: a.newconn_rounds.unwrap_or(if a.quick { 2 } else { 6 }),
+            conns: a.newconn_conns.unwrap_or(if a.quick { 100 } else { 500 }),
+        };
+        log(&format!(
+            "newconn: groups of {:?} buckets, {} rounds of {} connections",
+            cfg.sizes, cfg.rounds, cfg.conns
+        ));
+        match newconn::run(&cfg) {
+            Ok(rows) => {
+                for n in &rows {
+                    log(&format!(
+                        "  {} buckets: {:.0} conns/s, vswitchd {:.0} µs/conn, {:.2} upcalls/conn",
+                        n.buckets, n.conns_per_s, n.vswitchd_cpu_us_per_conn, n.upcalls_per_conn
+                    ));
+                }
+                r.newconn = rows;
+            }
+            Err(e) => r.errors.push(format!("newconn: {e:#}")),
         }
     }
     r.total_seconds = started.elapsed().as_secs_f64();

@@ -417,6 +417,38 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s);
     }
 
+    if !r.newconn.is_empty() {
+        let _ = writeln!(s, "## 6. New connections against the group's size\n");
+        let _ = writeln!(
+            s,
+            "One client, one new TCP connection at a time, to VIPs whose select groups have these many buckets (bench/README.md, scenario 6). Each row sums {} rounds, run side by side.\n",
+            r.newconn[0].rounds
+        );
+        let _ = writeln!(
+            s,
+            "| buckets | connections | conns/s | vswitchd CPU µs / conn (min–max of batches) | × smallest | upcalls / conn | vswitchd CPU µs / upcall | note |"
+        );
+        let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|---|");
+        let base = r.newconn[0].vswitchd_cpu_us_per_conn;
+        for n in &r.newconn {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {:.0} | {} |",
+                n.buckets,
+                n.connections,
+                n.conns_per_s,
+                n.vswitchd_cpu_us_per_conn,
+                n.vswitchd_cpu_us_per_conn_min,
+                n.vswitchd_cpu_us_per_conn_max,
+                n.vswitchd_cpu_us_per_conn / base,
+                n.upcalls_per_conn,
+                n.vswitchd_cpu_us_per_upcall,
+                n.error.as_deref().map(one_line).unwrap_or_default()
+            );
+        }
+        let _ = writeln!(s);
+    }
+
     if !r.errors.is_empty() {
         let _ = writeln!(s, "## What failed\n");
         for e in &r.errors {

@@ -21,6 +21,9 @@ pub struct Results {
     pub restart: Vec<RestartRow>,
     pub footprint: Vec<FootprintRow>,
     pub lb: Vec<LbRow>,
+    /// The cost of a new connection against the select group's size.
+    #[serde(default)]
+    pub newconn: Vec<NewConnRow>,
     /// Scenarios or systems that failed, with why.
     pub errors: Vec<String>,
     pub total_seconds: f64,
@@ -126,6 +129,29 @@ pub struct LbRow {
     pub ideal_moved: f64,
     /// The skew an ideal uniform choice shows with the same sizes (sampling noise).
     pub ideal_skew_pct: f64,
+    pub error: Option<String>,
+}
+
+/// New TCP connections through one select group of `buckets` buckets, summed
+/// over the rounds (`newconn`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NewConnRow {
+    pub buckets: usize,
+    /// Connections answered, and failed.
+    pub connections: u64,
+    pub failed: u64,
+    pub rounds: usize,
+    /// Answered connections ÷ the batches' wall time (one connection at a time).
+    pub conns_per_s: f64,
+    /// ovs-vswitchd's CPU time ÷ answered connections.
+    pub vswitchd_cpu_us_per_conn: f64,
+    /// The lowest and highest of the per-batch values (the spread across rounds).
+    pub vswitchd_cpu_us_per_conn_min: f64,
+    pub vswitchd_cpu_us_per_conn_max: f64,
+    /// Datapath upcalls (flow-cache misses) per connection.
+    pub upcalls_per_conn: f64,
+    /// ovs-vswitchd's CPU time ÷ upcalls.
+    pub vswitchd_cpu_us_per_upcall: f64,
     pub error: Option<String>,
 }
 

@@ -210,7 +210,7 @@ mod tests {
             vpc: "blue".into(),
             ip: ip.into(),
             ipv6: String::new(),
-            mac: String::new(),
+            mac: "02:00:00:00:09:01".into(),
             labels: [("app".to_string(), "web".to_string())].into(),
             node: "dpu-1".into(),
             port: format!("{name}-eth0"),
@@ -252,7 +252,7 @@ mod tests {
         // on and the node's status says why the pod is gone.
         let (mut e, _) = open(dir.path(), manifests(""));
         e.set_manifests(manifests(
-            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: pod-a}\nspec: {kind: VM, vpc: blue, ip: 10.1.1.50, node: dpu-2, port: x}\n",
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: pod-a}\nspec: {kind: VM, vpc: blue, ip: 10.1.1.50, mac: \"02:00:00:00:09:02\", node: dpu-2, port: x}\n",
         ));
         let c = e.commit().unwrap();
         assert_eq!(c.version, 3);

@@ -20,7 +20,7 @@
 //! reported pods at once. Peer-supplied text is bounded and escaped before it
 //! reaches the log or the status.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,7 @@ use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::server::shutdown_requested;
 use crate::session::{Published, SessionCore};
 use crate::status::{now_rfc3339, NackRecord, StatusHandle};
+use crate::verdicts::{BackendKey, Change, Claim, Verdicts};
 
 /// The agent must say Hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,8 +59,6 @@ const PEER_TEXT_MAX: usize = 200;
 /// At most one log line per node per this time about verdicts that do not count.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// (VPC, address) of a backend, as verdicts name it.
-type BackendKey = (String, String);
 /// The unhealthy backends every agent is told: the union over the nodes of the
 /// verdicts that count.
 pub type HealthUnion = Arc<BTreeSet<BackendKey>>;
@@ -99,26 +98,10 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Verdicts per node: the claims and what counts of them.
     verdicts: Mutex<Verdicts>,
+    /// node → when a refusal of its verdicts was last logged.
+    refusal_logged: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The union of the verdicts that count, for the sessions.
     health: watch::Sender<HealthUnion>,
-}
-
-/// The health verdicts nodes sent (their last report; kept when a session
-/// ends: the data plane goes on without the controller).
-#[derive(Debug, Default)]
-struct Verdicts {
-    /// node → the backends its last Health report calls unhealthy.
-    claims: BTreeMap<String, BTreeSet<(String, IpAddr)>>,
-    /// node → the part of its claim that counts (backends it hosts).
-    counted: BTreeMap<String, BTreeSet<BackendKey>>,
-    /// node → when a refusal of its verdicts was last logged.
-    logged: HashMap<String, tokio::time::Instant>,
-}
-
-impl Verdicts {
-    fn union(&self) -> BTreeSet<BackendKey> {
-        self.counted.values().flatten().cloned().collect()
-    }
 }
 
 /// At most this many unhealthy backends in one Health report (a node cannot
@@ -141,6 +124,7 @@ impl Hub {
             nodes,
             sessions: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(Verdicts::default()),
+            refusal_logged: Mutex::new(HashMap::new()),
             health: watch::channel(Arc::new(BTreeSet::new())).0,
             next_id: AtomicU64::new(1),
         }
@@ -149,23 +133,54 @@ impl Hub {
     /// Replaces `node`'s claim and recomputes what counts of it against the
     /// intent in force; the refused part is logged (at a bounded rate) and shown
     /// in the node's status.
-    fn set_health_claim(&self, node: &str, claim: BTreeSet<(String, IpAddr)>) {
+    fn set_health_claim(&self, node: &str, claim: Claim) {
         let intent = self.intent.borrow().intent.clone();
         let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-        let (counted, refused) = split_claim(&intent, node, &claim);
-        if claim.is_empty() {
-            v.claims.remove(node);
-        } else {
-            v.claims.insert(node.to_string(), claim);
+        let change = v.set_claim(&intent, node, claim);
+        self.apply(change);
+    }
+
+    /// Filters every node's claim again, against the intent in force now (a
+    /// backend may have moved to another node, or gone).
+    pub fn refilter_health(&self) {
+        let intent = self.intent.borrow().intent.clone();
+        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        let change = v.refilter(&intent);
+        self.apply(change);
+    }
+
+    /// Logs and records the refusals of a change, and tells the sessions the
+    /// new union. Called with the verdicts locked, so unions go out in order.
+    fn apply(&self, change: Change) {
+        for (node, refused) in &change.refused {
+            self.record_refused(node, refused);
         }
-        let now = tokio::time::Instant::now();
+        if let Some(union) = change.union {
+            self.health.send_if_modified(|u| {
+                if **u == union {
+                    return false;
+                }
+                *u = Arc::new(union);
+                true
+            });
+        }
+    }
+
+    /// Shows in the node's status how many of its verdicts do not count (the
+    /// status is written only when that changed), and logs them at most once
+    /// per node per `REFUSAL_LOG_INTERVAL`.
+    fn record_refused(&self, node: &str, refused: &[String]) {
         if !refused.is_empty() {
-            let due = v
-                .logged
+            let now = tokio::time::Instant::now();
+            let mut logged = self
+                .refusal_logged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let due = logged
                 .get(node)
                 .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_INTERVAL);
             if due {
-                v.logged.insert(node.to_string(), now);
+                logged.insert(node.to_string(), now);
                 tracing::warn!(
                     node,
                     refused = refused.len(),
@@ -174,49 +189,17 @@ impl Hub {
                 );
             }
         }
-        self.status.update_node(node, |n| {
-            n.refused_health = refused.len();
-            n.refused_health_examples = refused.iter().take(5).cloned().collect();
-        });
-        self.publish_counted(&mut v, node, counted);
-    }
-
-    /// Makes `counted` what counts of `node`'s verdicts and tells the sessions
-    /// if the union changed.
-    fn publish_counted(&self, v: &mut Verdicts, node: &str, counted: BTreeSet<BackendKey>) {
-        let before = v.counted.get(node);
-        if before == Some(&counted) || (before.is_none() && counted.is_empty()) {
+        let examples: Vec<String> = refused.iter().take(5).cloned().collect();
+        let known = self.status.refused_health(node);
+        if known.as_ref() == Some(&(refused.len(), examples.clone()))
+            || (known.is_none() && refused.is_empty())
+        {
             return;
         }
-        if counted.is_empty() {
-            v.counted.remove(node);
-        } else {
-            v.counted.insert(node.to_string(), counted);
-        }
-        let union = v.union();
-        self.health.send_if_modified(|u| {
-            if **u == union {
-                return false;
-            }
-            *u = Arc::new(union);
-            true
+        self.status.update_node(node, |n| {
+            n.refused_health = refused.len();
+            n.refused_health_examples = examples;
         });
-    }
-
-    /// Filters every node's claim again, against the intent in force now (a
-    /// backend may have moved to another node, or gone).
-    pub fn refilter_health(&self) {
-        let intent = self.intent.borrow().intent.clone();
-        let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-        let nodes: Vec<String> = v.claims.keys().cloned().collect();
-        for node in nodes {
-            let (counted, refused) = split_claim(&intent, &node, &v.claims[&node]);
-            self.status.update_node(&node, |n| {
-                n.refused_health = refused.len();
-                n.refused_health_examples = refused.iter().take(5).cloned().collect();
-            });
-            self.publish_counted(&mut v, &node, counted);
-        }
     }
 
     /// Drops everything `node` said: its verdicts now, and its reported pods
@@ -225,10 +208,16 @@ impl Hub {
     pub fn revoke_node(&self, node: &str) {
         self.reports.revoke(node);
         let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-        v.claims.remove(node);
-        v.logged.remove(node);
-        self.publish_counted(&mut v, node, BTreeSet::new());
+        let union = v.drop_node(node);
+        self.apply(Change {
+            refused: Vec::new(),
+            union,
+        });
         drop(v);
+        self.refusal_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
         self.status.update_node(node, |n| {
             n.refused_health = 0;
             n.refused_health_examples.clear();
@@ -246,7 +235,7 @@ impl Hub {
     /// revocation watcher.
     pub fn reporting_nodes(&self) -> BTreeSet<String> {
         let v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
-        let mut nodes: BTreeSet<String> = v.claims.keys().cloned().collect();
+        let mut nodes: BTreeSet<String> = v.nodes().cloned().collect();
         nodes.extend(self.reports.reporters());
         nodes
     }
@@ -799,26 +788,6 @@ fn on_health(hub: &Hub, node: &str, h: pb::Health) -> Result<(), Status> {
     );
     hub.set_health_claim(node, claim);
     Ok(())
-}
-
-/// `claim` split into the verdicts that count (backends `node` hosts in
-/// `intent`) and the refused ones (`vpc/ip`).
-fn split_claim(
-    intent: &dpu_model::Intent,
-    node: &str,
-    claim: &BTreeSet<(String, IpAddr)>,
-) -> (BTreeSet<BackendKey>, Vec<String>) {
-    let hosted = crate::authz::hosted_backends(intent, node);
-    let mut counted = BTreeSet::new();
-    let mut refused = Vec::new();
-    for (vpc, ip) in claim {
-        if hosted.contains(&(vpc.as_str(), *ip)) {
-            counted.insert((vpc.clone(), ip.to_string()));
-        } else {
-            refused.push(format!("{vpc}/{ip}"));
-        }
-    }
-    (counted, refused)
 }
 
 /// A node's full set of attached pods: checked entry by entry (the good ones are

@@ -32,4 +32,5 @@ pub mod statusview;
 pub mod store;
 pub mod timeutil;
 pub mod tokens;
+pub mod verdicts;
 pub mod view;

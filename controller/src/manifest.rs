@@ -192,7 +192,9 @@ pub enum ScenarioSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     pub vpc: String,
-    #[serde(rename = "clusterIPs")]
+    /// Absent is empty: a service gateway has none; every other scenario
+    /// needs one (the model says so, naming `spec.clusterIPs`).
+    #[serde(rename = "clusterIPs", default)]
     pub cluster_ips: Vec<String>,
     pub ports: Vec<ServicePortSpec>,
     /// Absent or empty selects nothing (as for a Kubernetes Service).

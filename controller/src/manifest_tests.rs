@@ -184,3 +184,40 @@ fn every_bad_document_is_reported() {
     assert_eq!(fields, ["spec.x", "spec.y"]);
     assert_eq!(errs[1].document, Some(2));
 }
+
+#[test]
+fn cluster_ips_may_be_left_out_and_only_a_gateway_may_have_none() {
+    let svc = |name: &str, scenario: &str, eip: &str| {
+        format!(
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: YusurService\nmetadata: {{name: {name}}}\nspec: {{vpc: blue, scenario: {scenario}, {eip}ports: [{{port: 80}}], selector: {{app: web}}}}\n"
+        )
+    };
+    let gw = svc(
+        "gw",
+        "EIPServiceGateway",
+        "eip: 192.0.2.10, eipNode: dpu-1, ",
+    );
+    let docs = parse_file("40.yaml", &gw).expect("no clusterIPs is no longer a missing field");
+    let Spec::Service(s) = &docs[0].spec else {
+        panic!("{docs:?}")
+    };
+    assert!(s.cluster_ips.is_empty());
+    let mut all = good_sample_docs("");
+    all.extend(docs);
+    crate::resolve::resolve(&all).expect("a gateway needs no cluster IP");
+
+    // Every other scenario still needs one, and is told so by field.
+    let mut all = good_sample_docs("");
+    all.extend(parse_file("40.yaml", &svc("web-2", "ClusterIP", "")).unwrap());
+    let errors = crate::resolve::resolve(&all).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].field.as_deref(),
+        Some("spec.clusterIPs"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].message.contains("at least one cluster IP"),
+        "{errors:?}"
+    );
+}

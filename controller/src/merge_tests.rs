@@ -22,7 +22,7 @@ fn pod(name: &str, node: &str, ip: &str, app: &str) -> pb::Workload {
         vpc: "blue".into(),
         ip: ip.into(),
         ipv6: String::new(),
-        mac: String::new(),
+        mac: "02:00:00:00:09:01".into(),
         labels: [("app".to_string(), app.to_string())].into(),
         node: node.into(),
         port: format!("{name}-eth0"),
@@ -199,19 +199,20 @@ fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
 
 #[test]
 fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
-    // 513 selected pods push YusurService/web past 512 backends.
+    // MAX_BACKENDS + 1 selected pods push YusurService/web past MAX_BACKENDS.
     // dpu-1's block in a second Subnet of blue holds them all.
+    let over = dpu_model::limits::MAX_BACKENDS + 1;
     let mut docs = docs();
     docs.extend(
         crate::manifest::parse_file(
             "i/40.yaml",
-            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.9.0.0/16, gateway: 10.9.0.1, nodeBlocks: [{node: dpu-1, cidr: 10.9.4.0/22}]}\n",
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.9.0.0/16, gateway: 10.9.0.1, nodeBlocks: [{node: dpu-1, cidr: 10.9.32.0/19}]}\n",
         )
         .unwrap(),
     );
-    let mut pods: Vec<pb::Workload> = (0..513)
+    let mut pods: Vec<pb::Workload> = (0..over)
         .map(|i| {
-            let ip = format!("10.9.{}.{}", 4 + i / 200, 1 + i % 200);
+            let ip = format!("10.9.{}.{}", 32 + i / 200, 1 + i % 200);
             pod(&format!("p-{i}"), "dpu-1", &ip, "web")
         })
         .collect();
@@ -219,7 +220,7 @@ fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
     let m = run_with(docs, &[("dpu-1", pods)]);
     let n = &m.nodes["dpu-1"];
     assert_eq!(n.accepted, 1, "only the pod web does not select");
-    assert_eq!(n.dropped.len(), 513);
+    assert_eq!(n.dropped.len(), over);
     assert!(
         n.dropped[0].contains("YusurService/web selects it")
             && n.dropped[0].contains("spec.backends"),

@@ -13,7 +13,7 @@ use dpu_model::Intent;
 use crate::diag::IntentError;
 use crate::load::{fingerprint, Contents, Fingerprint, LoadError};
 use crate::manifest::Doc;
-use crate::resolve::resolve;
+use crate::resolve::{resolve, resolve_since};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -43,6 +43,20 @@ impl Manifests {
             intent: Arc::new(intent),
         })
     }
+
+    /// [`Manifests::resolve`], blaming a conflict on the object that changed
+    /// since `previous` (the last good manifests' intent), see
+    /// [`resolve_since`].
+    pub fn resolve_since(
+        docs: Vec<Doc>,
+        previous: Option<&Intent>,
+    ) -> Result<Self, Vec<IntentError>> {
+        let intent = resolve_since(&docs, previous)?;
+        Ok(Manifests {
+            docs: Arc::new(docs),
+            intent: Arc::new(intent),
+        })
+    }
 }
 
 /// What one poll found.
@@ -61,6 +75,9 @@ pub struct Reloader {
     dir: PathBuf,
     fingerprint: Option<Fingerprint>,
     content_hash: Option<[u8; 32]>,
+    /// What the last good manifests resolved to: a conflict with an object
+    /// that is still the same is blamed on the one that changed.
+    last_good: Option<Arc<Intent>>,
 }
 
 impl Reloader {
@@ -69,6 +86,7 @@ impl Reloader {
             dir: dir.to_path_buf(),
             fingerprint: None,
             content_hash: None,
+            last_good: None,
         }
     }
 
@@ -82,7 +100,9 @@ impl Reloader {
         let contents = Contents::read(&self.dir)?;
         self.content_hash = Some(contents.hash());
         let docs = contents.docs().map_err(ReloadError::Invalid)?;
-        Manifests::resolve(docs).map_err(ReloadError::Invalid)
+        let m = Manifests::resolve(docs).map_err(ReloadError::Invalid)?;
+        self.last_good = Some(m.intent.clone());
+        Ok(m)
     }
 
     /// Looks for changes and loads them. Blocking (file I/O).
@@ -104,8 +124,15 @@ impl Reloader {
             return Outcome::Unchanged;
         }
         self.content_hash = Some(hash);
-        match contents.docs().and_then(Manifests::resolve) {
-            Ok(m) => Outcome::Changed(m),
+        let previous = self.last_good.as_deref();
+        match contents
+            .docs()
+            .and_then(|docs| Manifests::resolve_since(docs, previous))
+        {
+            Ok(m) => {
+                self.last_good = Some(m.intent.clone());
+                Outcome::Changed(m)
+            }
             Err(errors) => Outcome::Refused(ReloadError::Invalid(errors)),
         }
     }
@@ -118,6 +145,42 @@ mod tests {
 
     const VPC: &str =
         "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
+
+    /// A Service added on the VIP:port of one that was there is blamed, at
+    /// its own file, whichever name sorts first; the untouched one is named
+    /// with its file.
+    #[test]
+    fn a_reload_blames_a_conflict_on_the_newcomer() {
+        let svc = |name: &str| {
+            format!(
+                "apiVersion: dpu.yusur.io/v1alpha1\nkind: YusurService\nmetadata: {{name: {name}}}\nspec: {{vpc: a, clusterIPs: [10.96.0.10], ports: [{{port: 80}}]}}\n"
+            )
+        };
+        for name in ["a-dup", "z-dup"] {
+            let intent = tempfile::tempdir().unwrap();
+            let subnet = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {vpc: a, cidr: 10.0.0.0/24, gateway: 10.0.0.1}\n";
+            fs::write(intent.path().join("10.yaml"), format!("{VPC}---\n{subnet}")).unwrap();
+            fs::write(intent.path().join("30-services.yaml"), svc("web")).unwrap();
+            let mut r = Reloader::new(intent.path());
+            r.load_initial().unwrap();
+            fs::write(intent.path().join("99-dup.yaml"), svc(name)).unwrap();
+            match r.poll() {
+                Outcome::Refused(ReloadError::Invalid(errs)) => {
+                    assert_eq!(errs.len(), 1, "{errs:?}");
+                    let e = &errs[0];
+                    assert_eq!(e.object.as_deref(), Some(&*format!("YusurService/{name}")));
+                    assert!(e.file.as_deref().unwrap().ends_with("99-dup.yaml"), "{e}");
+                    assert!(
+                        e.message.contains("also served by YusurService/web (")
+                            && e.message
+                                .contains("30-services.yaml, document 1, spec.clusterIPs[0])"),
+                        "{e}"
+                    );
+                }
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn refused_reload_keeps_the_manifests_and_a_good_one_replaces_them() {

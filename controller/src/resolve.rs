@@ -4,9 +4,13 @@
 //! (`object_from_proto`) applies the field rules, so the controller and the agent
 //! accept exactly the same values. Services get their backends here: selectors
 //! are evaluated over Workloads and merged with explicit backends. Once every
-//! object passes its field rules, `dpu_model::validate` runs the cross-object rules
-//! over the whole set. Every error is mapped back to the file, document, object
-//! and manifest field it came from.
+//! object passes its field rules, `dpu_model::validate_for_every_node` runs the
+//! cross-object rules over the whole set, with the rules each node's agent
+//! applies to its own workloads (a MAC to bind their port by): what an agent
+//! would refuse of its share, the controller refuses first. Every error is
+//! mapped back to the file, document, object and manifest field it came from; a
+//! conflict of two objects (the same VIP:port, address, VNI, ...) names both,
+//! each with its file.
 //!
 //! `resolve_with` also takes workloads that did not come from a manifest (the pods
 //! agents report, see `merge`): they join the Workloads before any selector is
@@ -17,7 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use dpu_model::{
-    object_from_proto, validate, Intent, Kind, Object, ObjectError, ObjectKey, Workload,
+    object_from_proto, validate_for_every_node, Intent, Kind, Object, ObjectError, ObjectKey,
+    Workload,
 };
 use dpu_proto::v1 as pb;
 
@@ -52,6 +57,15 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
     resolve_with(docs, &[])
 }
 
+/// [`resolve`], knowing the intent the last good manifests resolved to: a
+/// conflict between an object that is the same there and one that is new or
+/// changed is reported at the new one (its file, object and field), naming the
+/// untouched one and its file. Without `previous`, or when both or neither
+/// changed, the model's choice stands (the name that sorts later).
+pub fn resolve_since(docs: &[Doc], previous: Option<&Intent>) -> Result<Intent, Vec<IntentError>> {
+    resolve_inner(docs, &[], previous)
+}
+
 /// Resolves the documents together with `extra` Workloads that come from
 /// elsewhere and already passed their field rules. Selectors see them like any
 /// declared Workload, and the cross-object rules run over the union. Errors about
@@ -59,6 +73,14 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
 /// may not take the name of a declared one; explicit `backends[].workload`
 /// references still name declared Workloads only.
 pub fn resolve_with(docs: &[Doc], extra: &[Workload]) -> Result<Intent, Vec<IntentError>> {
+    resolve_inner(docs, extra, None)
+}
+
+fn resolve_inner(
+    docs: &[Doc],
+    extra: &[Workload],
+    previous: Option<&Intent>,
+) -> Result<Intent, Vec<IntentError>> {
     let mut errors = Vec::new();
     let mut located: BTreeMap<ObjectKey, Located<'_>> = BTreeMap::new();
     for doc in docs {
@@ -154,15 +176,12 @@ pub fn resolve_with(docs: &[Doc], extra: &[Workload]) -> Result<Intent, Vec<Inte
 
     // Cross-object rules only make sense once every object is well-formed.
     if errors.is_empty() {
-        for e in validate(&intent) {
-            match located.get(&e.key) {
-                Some(loc) => errors.push(map_error(&e, loc)),
-                None => errors.push(IntentError::unsourced(
-                    e.key.to_string(),
-                    &e.field,
-                    &e.message,
-                )),
-            }
+        for e in validate_for_every_node(&intent) {
+            let e = match (previous, e.flipped()) {
+                (Some(prev), Some(flipped)) if is_newer(prev, &intent, &flipped, &e) => flipped,
+                _ => e,
+            };
+            errors.push(locate(&e, &located));
         }
     }
     if errors.is_empty() {
@@ -171,6 +190,41 @@ pub fn resolve_with(docs: &[Doc], extra: &[Workload]) -> Result<Intent, Vec<Inte
         errors.sort();
         Err(errors)
     }
+}
+
+/// Whether `new`'s object changed since `previous` (or is new there) while
+/// `old`'s did not: then `new` is the one to show the conflict at.
+fn is_newer(previous: &Intent, now: &Intent, new: &ObjectError, old: &ObjectError) -> bool {
+    let same = |k: &ObjectKey| previous.get(k).is_some() && previous.get(k) == now.get(k);
+    !same(&new.key) && same(&old.key)
+}
+
+/// A model error with its source, when a document holds its object; a
+/// conflict names the other object's file too.
+fn locate(e: &ObjectError, located: &BTreeMap<ObjectKey, Located<'_>>) -> IntentError {
+    let mut out = match located.get(&e.key) {
+        Some(loc) => map_error(e, loc),
+        None => IntentError::unsourced(e.key.to_string(), &e.field, &e.message),
+    };
+    if let Some(other) = e.other.as_deref() {
+        // The model names the other side as `Kind/name (field)`; give its file
+        // and document, and its field in manifest terms.
+        let named = format!("{} ({})", other.key, other.field);
+        let placed = match located.get(&other.key) {
+            Some(loc) => {
+                let field = map_error(other, loc).field.unwrap_or_default();
+                format!(
+                    "{} ({}, document {}, {field})",
+                    loc.doc.object(),
+                    loc.doc.source.file,
+                    loc.doc.source.document
+                )
+            }
+            None => format!("{} ({}, reported by an agent)", other.key, other.field),
+        };
+        out.message = out.message.replacen(&named, &placed, 1);
+    }
+    out
 }
 
 /// Attaches the source to a model error and rewrites the field into manifest

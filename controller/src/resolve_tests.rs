@@ -165,10 +165,177 @@ fn duplicate_vip_port_in_one_vpc() {
     assert_eq!(e.document, Some(2));
     assert_eq!(e.object.as_deref(), Some("YusurService/b"));
     assert_eq!(e.field.as_deref(), Some("spec.clusterIPs[0]"));
+    assert_eq!(
+        e.message,
+        "10.96.0.20:80/tcp in Vpc/blue is also served by YusurService/a (i/bad.yaml, document 1, spec.clusterIPs[0])"
+    );
+}
+
+const GOOD: [(&str, &str); 3] = [
+    ("i/10-vpcs.yaml", VPCS),
+    ("i/20-workloads.yaml", WORKLOADS),
+    ("i/30-services.yaml", SERVICES),
+];
+
+fn docs_of(files: &[(&str, &str)]) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    for (name, text) in files {
+        docs.extend(parse_file(name, text).unwrap());
+    }
+    docs
+}
+
+/// A second Service on web's VIP:port (10.96.0.10:80/TCP), named `name`, in
+/// `i/99-dup.yaml`.
+fn dup_of_web(name: &str) -> String {
+    format!(
+        "{SVC_HEAD}metadata: {{name: {name}}}\nspec: {{vpc: blue, clusterIPs: [10.96.0.10], ports: [{{port: 80}}]}}\n"
+    )
+}
+
+/// Two Services on one VIP:port: whichever name sorts first, the one error
+/// names both Services, each with its file, document and field.
+#[test]
+fn a_vip_port_conflict_names_both_services_and_both_files_in_either_order() {
+    let web = "YusurService/web (i/30-services.yaml, document 1, spec.clusterIPs[0])";
+    let dup = |n: &str| format!("YusurService/{n} (i/99-dup.yaml, document 1, spec.clusterIPs[0])");
+    for name in ["a-dup", "z-dup"] {
+        let text = dup_of_web(name);
+        let mut files = GOOD.to_vec();
+        files.push(("i/99-dup.yaml", &text));
+        let e = one_error(resolve(&docs_of(&files)));
+        // Without history, the model's choice: the name that sorts later.
+        let (at, file, other) = if name < "web" {
+            ("YusurService/web", "i/30-services.yaml", dup(name))
+        } else {
+            (
+                &*format!("YusurService/{name}"),
+                "i/99-dup.yaml",
+                web.to_string(),
+            )
+        };
+        assert_eq!(e.object.as_deref(), Some(at), "{e}");
+        assert_eq!(e.file.as_deref(), Some(file), "{e}");
+        assert_eq!(e.field.as_deref(), Some("spec.clusterIPs[0]"), "{e}");
+        assert_eq!(
+            e.message,
+            format!("10.96.0.10:80/tcp in Vpc/blue is also served by {other}"),
+            "{e}"
+        );
+    }
+}
+
+/// Across a reload the newcomer is blamed: the error is at the Service that
+/// is new since the last good manifests, at its file, naming the untouched
+/// one and its file, whichever name sorts first.
+#[test]
+fn across_a_reload_a_conflict_is_reported_at_the_newcomer() {
+    let before = resolve(&docs_of(&GOOD)).unwrap();
+    for name in ["a-dup", "z-dup"] {
+        let text = dup_of_web(name);
+        let mut files = GOOD.to_vec();
+        files.push(("i/99-dup.yaml", &text));
+        let e = one_error(resolve_since(&docs_of(&files), Some(&before)));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "i/99-dup.yaml: document 1: YusurService/{name}: spec.clusterIPs[0]: 10.96.0.10:80/tcp in Vpc/blue is also served by YusurService/web (i/30-services.yaml, document 1, spec.clusterIPs[0])"
+            )
+        );
+    }
+    // A changed Service counts as the newcomer too: web moves onto the VIP of
+    // an untouched Service.
+    let mut files = GOOD.to_vec();
+    let other = format!(
+        "{SVC_HEAD}metadata: {{name: a-other}}\nspec: {{vpc: blue, clusterIPs: [10.96.0.77], ports: [{{port: 80}}]}}\n"
+    );
+    files.push(("i/05-other.yaml", &other));
+    let before = resolve(&docs_of(&files)).unwrap();
+    let moved = SERVICES.replacen("clusterIPs: [10.96.0.10]", "clusterIPs: [10.96.0.77]", 1);
+    files[2] = ("i/30-services.yaml", &moved);
+    let e = one_error(resolve_since(&docs_of(&files), Some(&before)));
+    assert_eq!(e.object.as_deref(), Some("YusurService/web"), "{e}");
+    assert_eq!(e.file.as_deref(), Some("i/30-services.yaml"), "{e}");
     assert!(
-        e.message.contains("already served by YusurService/a"),
+        e.message
+            .ends_with("YusurService/a-other (i/05-other.yaml, document 1, spec.clusterIPs[0])"),
         "{e}"
     );
+    // Both new: the model's choice, still naming both.
+    let e = one_error(resolve_since(&docs_of(&files), None));
+    assert_eq!(e.object.as_deref(), Some("YusurService/web"), "{e}");
+}
+
+/// Other pairwise conflicts name both objects and both files too.
+#[test]
+fn address_port_and_vni_conflicts_name_both_objects_and_files() {
+    const W: &str = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\n";
+    let cases = [
+        (
+            format!("{W}metadata: {{name: a-pod}}\nspec: {{kind: Pod, vpc: blue, ip: 10.1.1.10, mac: \"02:00:00:00:09:01\", node: dpu-9, port: p}}\n"),
+            "Workload/web-1",
+            "spec.ip",
+            "10.1.1.10 in Vpc/blue is also the address of Workload/a-pod (i/99.yaml, document 1, spec.ip)",
+        ),
+        (
+            format!("{W}metadata: {{name: z-pod}}\nspec: {{kind: Pod, vpc: blue, ip: 10.1.1.11, mac: \"02:00:00:00:09:01\", node: dpu-1, port: web-1-eth0}}\n"),
+            "Workload/z-pod",
+            "spec.port",
+            "port web-1-eth0 on node dpu-1 is also bound to Workload/web-1 (i/20-workloads.yaml, document 1, spec.port)",
+        ),
+        (
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a-vpc}\nspec: {vni: 100}\n".to_string(),
+            "Vpc/blue",
+            "spec.vni",
+            "VNI 100 is also the VNI of Vpc/a-vpc (i/99.yaml, document 1, spec.vni)",
+        ),
+    ];
+    for (text, object, field, message) in cases {
+        let mut files = GOOD.to_vec();
+        files.push(("i/99.yaml", &text));
+        let e = one_error(resolve(&docs_of(&files)));
+        assert_eq!(e.object.as_deref(), Some(object), "{e}");
+        assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        assert_eq!(e.message, message, "{e}");
+    }
+}
+
+/// What an agent would refuse of its share, the controller refuses: a
+/// workload without a MAC (its node's agent binds its port by it), a VNicIP
+/// alone on its port without one, ClientIP affinity with IPv6 addresses.
+#[test]
+fn what_an_agent_would_refuse_is_refused_with_file_object_and_field() {
+    const W: &str = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: nomac}\n";
+    let e = one_error(good_plus(&format!(
+        "{W}spec: {{kind: VM, vpc: blue, ip: 10.1.1.77, node: dpu-7, port: nomac-eth0}}\n"
+    )));
+    assert_eq!(
+        e.to_string(),
+        "i/bad.yaml: document 1: Workload/nomac: spec.mac: a workload needs a MAC address: the agent of node dpu-7 binds its port by it"
+    );
+    let e = one_error(good_plus(&format!(
+        "{SVC_HEAD}metadata: {{name: v6}}\nspec:\n  vpc: blue\n  clusterIPs: [\"fd00:96::1\"]\n  ports: [{{port: 80}}]\n  sessionAffinity: {{type: ClientIP}}\n"
+    )));
+    assert_eq!(e.object.as_deref(), Some("YusurService/v6"), "{e}");
+    assert_eq!(e.field.as_deref(), Some("spec.sessionAffinity"), "{e}");
+    assert!(e.message.contains("IPv4 only"), "{e}");
+    // A reported pod without a MAC is named without a file.
+    let docs = docs_of(&GOOD);
+    let pod = dpu_model::Workload {
+        name: "pod-x".into(),
+        kind: dpu_model::WorkloadKind::Pod,
+        vpc: "blue".into(),
+        ip: Ipv4Addr::new(10, 1, 1, 66),
+        ipv6: None,
+        mac: None,
+        labels: Default::default(),
+        node: "dpu-1".into(),
+        port: "pod-x-eth0".into(),
+    };
+    let e = one_error(resolve_with(&docs, &[pod]));
+    assert_eq!(e.file, None);
+    assert_eq!(e.object.as_deref(), Some("Workload/pod-x"));
+    assert_eq!(e.field.as_deref(), Some("spec.mac"));
 }
 
 #[test]
@@ -218,7 +385,7 @@ fn probe_fields_are_named_in_seconds() {
 
 #[test]
 fn cross_object_errors_map_to_their_file() {
-    let text = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: lost}\nspec: {kind: Pod, vpc: nowhere, ip: 10.9.9.9, node: dpu-1, port: p}\n";
+    let text = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: lost}\nspec: {kind: Pod, vpc: nowhere, ip: 10.9.9.9, mac: \"02:00:00:00:09:09\", node: dpu-1, port: p}\n";
     let e = one_error(good_plus(text));
     assert_eq!(e.file.as_deref(), Some("i/bad.yaml"));
     assert_eq!(e.object.as_deref(), Some("Workload/lost"));
@@ -259,7 +426,7 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
         (
             "{tunnelIP: 192.168.50.9, hostIP: 10.1.1.200, hostMAC: \"0a:00:00:00:ff:01\"}",
             "spec.hostIP",
-            "inside Subnet/",
+            "10.1.1.200 is inside Subnet/blue-a (i/10-vpcs.yaml, document 3, spec.cidr), 10.1.0.0/16 in Vpc/blue",
         ),
     ] {
         let e = one_error(good_plus(&format!(
@@ -272,7 +439,12 @@ fn dpu_nodes_resolve_and_bad_tunnel_addresses_name_the_field() {
         "{two}---\n{NODE}metadata: {{name: dpu-3}}\nspec: {{tunnelIP: 192.168.50.2}}\n"
     )));
     assert_eq!(e.field.as_deref(), Some("spec.tunnelIP"), "{e}");
-    assert!(e.message.contains("also DpuNode/"), "{e}");
+    assert!(
+        e.message.contains(
+            "is also the tunnel address of DpuNode/dpu-2 (i/bad.yaml, document 2, spec.tunnelIP)"
+        ),
+        "{e}"
+    );
     let e = one_error(good_plus(&format!(
         "{NODE}metadata: {{name: dpu-3}}\nspec: {{tunnelIP: 10.0.0.1, vni: 3}}\n"
     )));
@@ -286,11 +458,18 @@ fn a_vnic_ip_must_sit_on_an_owned_port_of_its_vpc_with_its_mac() {
         "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, node: dpu-1, port: web-1-eth0}}\n"
     ));
     assert!(ok.is_ok(), "{ok:?}");
-    // On a port no other workload has, a VNicIP binds it itself.
+    // On a port no other workload has, a VNicIP binds it itself, by its own
+    // MAC: without one, its node's agent could not bind it, so the controller
+    // refuses it.
     let own = good_plus(&format!(
-        "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, node: dpu-1, port: v-eth0}}\n"
+        "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, mac: \"02:00:00:00:09:09\", node: dpu-1, port: v-eth0}}\n"
     ));
     assert!(own.is_ok(), "{own:?}");
+    let e = one_error(good_plus(&format!(
+        "{W}spec: {{kind: VNicIP, vpc: blue, ip: 10.1.1.99, node: dpu-1, port: v-eth0}}\n"
+    )));
+    assert_eq!(e.field.as_deref(), Some("spec.mac"), "{e}");
+    assert!(e.message.contains("none there has one"), "{e}");
     for (spec, field, want) in [
         ("{kind: VNicIP, vpc: red, ip: 10.1.1.99, node: dpu-1, port: web-1-eth0}", "spec.vpc", "same VPC"),
         ("{kind: VNicIP, vpc: blue, ip: 10.1.1.99, mac: \"02:00:00:00:09:09\", node: dpu-1, port: web-1-eth0}", "spec.mac", "02:00:00:00:01:0a"),
@@ -320,7 +499,7 @@ fn eip_gateway_ipv6_and_bare_metal_rules_name_the_field() {
             svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPLoadBalancer\n  eip: 203.0.113.7\n  eipNode: dpu-1\n"),
             "YusurService/s",
             "spec.eip",
-            "already the EIP of YusurService/red-web",
+            "is also the EIP of YusurService/red-web (i/30-services.yaml, document 3, spec.eip)",
         ),
         (
             svc("s", "  clusterIPs: [10.96.0.30]\n  scenario: EIPLoadBalancer\n  eip: 203.0.113.8\n"),
@@ -347,7 +526,7 @@ fn eip_gateway_ipv6_and_bare_metal_rules_name_the_field() {
             "IPv6",
         ),
         (
-            "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: v6}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.77, ipv6: \"fd00:9::7\", node: dpu-1, port: v6-eth0}\n".to_string(),
+            "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: v6}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.77, ipv6: \"fd00:9::7\", mac: \"02:00:00:00:01:4d\", node: dpu-1, port: v6-eth0}\n".to_string(),
             "Workload/v6",
             "spec.ipv6",
             "not inside any Subnet",
@@ -382,7 +561,7 @@ fn eip_gateway_ipv6_and_bare_metal_rules_name_the_field() {
 /// backends, one per family; a v4-only Service keeps one.
 #[test]
 fn an_ipv6_cluster_ip_brings_the_ipv6_address_of_each_workload() {
-    let v6 = "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-6}\nspec: {vpc: blue, cidr: \"fd00:1::/64\", gateway: \"fd00:1::1\"}\n---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: ds, labels: {app: ds}}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.90, ipv6: \"fd00:1::90\", node: dpu-1, port: ds-eth0}\n";
+    let v6 = "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-6}\nspec: {vpc: blue, cidr: \"fd00:1::/64\", gateway: \"fd00:1::1\"}\n---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: ds, labels: {app: ds}}\nspec: {kind: Pod, vpc: blue, ip: 10.1.1.90, ipv6: \"fd00:1::90\", mac: \"02:00:00:00:01:5a\", node: dpu-1, port: ds-eth0}\n";
     let both = format!("{v6}---\n{SVC_HEAD}metadata: {{name: ds}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.90, \"fd00:96::90\"]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n---\n{SVC_HEAD}metadata: {{name: ds4}}\nspec:\n  vpc: blue\n  clusterIPs: [10.96.0.91]\n  ports: [{{port: 80}}]\n  selector: {{app: ds}}\n");
     let i = good_plus(&both).unwrap();
     let ips = |s: &str| -> Vec<String> {

@@ -64,21 +64,15 @@ pub const FD_PLAN: Plan = Plan {
 /// The soft RLIMIT_NOFILE is raised to the hard limit, at most this.
 const NOFILE_CAP: u64 = 1 << 20;
 
-/// Reads (and raises) RLIMIT_NOFILE and splits it by `FD_PLAN`.
+/// Reads (and raises) RLIMIT_NOFILE and splits it by `FD_PLAN` (logged as
+/// `controller connection budget`).
 fn fd_budget() -> Budget {
-    let limit = dpu_listen::fds::raise_nofile(NOFILE_CAP).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
-        1024
-    });
-    let budget = FD_PLAN.budget(limit);
-    if budget.short {
-        tracing::warn!(
-            limit,
-            reserved = budget.reserved,
-            "the file limit is too low for the controller's reserve plus its listener; peers may exhaust descriptors (accepts then back off)"
-        );
-    }
-    budget
+    dpu_listen::fds::budget_from_rlimit(
+        "controller",
+        &FD_PLAN,
+        NOFILE_CAP,
+        "the file limit is too low for the controller's reserve plus its listener; peers may exhaust descriptors (accepts then back off)",
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -252,14 +246,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         pid = std::process::id(),
         enroll_cert_ttl = %crate::timeutil::format_duration(opts.enroll_cert_ttl),
         "serving agents over mTLS"
-    );
-    tracing::info!(
-        nofile = budget.limit,
-        reserved = budget.reserved,
-        handshaking = budget.handshaking,
-        authenticated = budget.authenticated,
-        anonymous = budget.anonymous,
-        "connection budget"
     );
 
     let mut stop = shutdown_rx.clone();

@@ -148,6 +148,14 @@ impl StatusHandle {
         self.lock().clone()
     }
 
+    /// The node's count and examples of health verdicts that do not count.
+    pub fn refused_health(&self, node: &str) -> Option<(usize, Vec<String>)> {
+        self.lock()
+            .nodes
+            .get(node)
+            .map(|n| (n.refused_health, n.refused_health_examples.clone()))
+    }
+
     pub fn nack_pending(&self, node: &str) -> bool {
         self.lock().nodes.get(node).is_some_and(|n| n.nack_pending)
     }

@@ -259,8 +259,8 @@ async fn health_verdicts_count_only_for_backends_the_node_hosts() {
     attacker.send(health(&[("blue", "10.1.2.10")])).await;
     health_becomes(&mut victim, &["blue/10.1.2.10"]).await;
     let moved = data("20-workloads.yaml").replace(
-        "ip: 10.1.2.10\n  node: dpu-2",
-        "ip: 10.1.2.10\n  node: dpu-1",
+        "node: dpu-2\n  port: web-2-eth0",
+        "node: dpu-1\n  port: web-2-eth0",
     );
     assert_ne!(moved, data("20-workloads.yaml"), "the fixture changed");
     write_manifest(&lab.intent, "20-workloads.yaml", &moved);

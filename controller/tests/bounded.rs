@@ -156,6 +156,30 @@ async fn enroll(lab: &Lab, port: u16, node: &str) -> Duration {
     start.elapsed()
 }
 
+/// A real Renew of dpu-1's certificate over mTLS, for a new key.
+async fn renew(lab: &Lab, port: u16) -> Duration {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["dpu-1".to_string()]).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "dpu-1");
+    params.distinguished_name = dn;
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let start = Instant::now();
+    let ch = channel(port, &lab.read("ca.pem"), node_identity(lab))
+        .await
+        .expect("an mTLS channel");
+    let answer = tokio::time::timeout(
+        WAIT,
+        EnrollmentClient::new(ch).renew(pb::RenewRequest { csr_pem }),
+    )
+    .await
+    .expect("Renew answered in time")
+    .expect("Renew succeeded")
+    .into_inner();
+    assert!(answer.cert_pem.contains("BEGIN CERTIFICATE"));
+    start.elapsed()
+}
+
 /// 250 idle TCP connections and 250 half-finished TLS handshakes are all held
 /// at first (the handshake budget is far larger), all closed within the
 /// handshake timeout, and while they are held a real session opens, a real
@@ -171,13 +195,17 @@ async fn idle_and_half_open_connections_are_closed_in_time_and_agents_are_served
 
     let (mut agent, session_latency) = session(&lab, server.port).await;
     let enroll_latency = enroll(&lab, server.port, "dpu-7").await;
+    let renew_latency = renew(&lab, server.port).await;
     let held_after_calls = open_count(&conns);
 
-    let gone = all_closed(&conns, made, HANDSHAKE_TIMEOUT + Duration::from_secs(3)).await;
+    // The timeout counts from each accept, and a loaded machine (CI runs two
+    // tests at once, and 250 handshakes cost CPU) may accept the last ones
+    // seconds late: 10 s of slack, against the 70 s and more seen before.
+    let gone = all_closed(&conns, made, HANDSHAKE_TIMEOUT + Duration::from_secs(10)).await;
     println!(
         "controller: {held} of {} flood connections held ({IDLE} idle TCP, {HALF_OPEN} after a ClientHello), \
-         {held_after_calls} still held after the calls; session opened (first update) in {session_latency:?} \
-         and Enroll answered in {enroll_latency:?} under that load; all closed {gone:?} after they were made \
+         {held_after_calls} still held after the calls; session opened (first update) in {session_latency:?}, \
+         Enroll answered in {enroll_latency:?} and Renew in {renew_latency:?} under that load; all closed {gone:?} after they were made \
          (handshake timeout {HANDSHAKE_TIMEOUT:?})",
         conns.len()
     );
@@ -192,6 +220,7 @@ async fn idle_and_half_open_connections_are_closed_in_time_and_agents_are_served
     );
     assert!(session_latency < Duration::from_secs(5));
     assert!(enroll_latency < Duration::from_secs(5));
+    assert!(renew_latency < Duration::from_secs(5));
     // The session (a stream in flight) is not cut by the flood, nor with it.
     agent.nothing_for(Duration::from_millis(500)).await;
     let log = server.log();

@@ -28,7 +28,7 @@ kind: Workload
 metadata:
   name: web-3
   labels: {app: web}
-spec: {kind: Pod, vpc: blue, ip: 10.1.2.11, node: dpu-2, port: web-3-eth0}
+spec: {kind: Pod, vpc: blue, ip: 10.1.2.11, mac: \"02:00:00:00:02:0b\", node: dpu-2, port: web-3-eth0}
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -843,6 +843,12 @@ impl<B: OpenFlowBackend> View<'_, B> {
                 .map(|((vpc, ip), d)| (format!("{vpc}/{ip}"), d))
                 .collect(),
             last_error: self.last_error.map(str::to_string),
+            tunnel_ip: self
+                .applied
+                .intent
+                .nodes
+                .get(&self.cfg.node_name)
+                .map(|n| n.tunnel_ip),
         }
     }
 

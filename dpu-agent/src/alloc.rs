@@ -87,6 +87,16 @@ pub enum AllocUndo {
 
 const LAST_GROUP: u32 = 0xffff_ff00;
 
+// The model's limits keep allocation from running out, so that an intent the
+// controller accepts never fails here: one zone per VPC (zone 0 and the
+// service gateway's are not for VPCs), one group id per Service port.
+const _: () =
+    assert!(dpu_model::limits::MAX_VPCS <= (crate::pipeline::GATEWAY_ZONE - FIRST_ZONE) as usize);
+const _: () = assert!(
+    dpu_model::limits::MAX_OBJECTS * dpu_model::limits::MAX_PORTS
+        <= (LAST_GROUP - FIRST_GROUP + 1) as usize
+);
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocError {
     /// More VPCs than conntrack zones.

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use dpu_model::{
-    AccessScenario, Intent, Kind, Mac, ObjectError, ObjectKey, Protocol, Service, WorkloadKind,
-};
+use dpu_model::{AccessScenario, Intent, Kind, Mac, ObjectKey, Protocol, Service, WorkloadKind};
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, Bucket, DesiredState, Group, Match};
@@ -47,54 +45,8 @@ pub struct Compiled {
     pub unreachable: Vec<String>,
 }
 
-/// Rules this agent release adds on top of `dpu_model::validate`: what the model
-/// can express but this data plane cannot apply is refused whole rather than half
-/// applied. Today that is a workload on this node without a MAC.
-pub fn check_supported(intent: &Intent, node: &str) -> Vec<ObjectError> {
-    let mut errs = Vec::new();
-    for s in intent.services.values() {
-        let v6 =
-            s.cluster_ips.iter().any(IpAddr::is_ipv6) || s.backends.iter().any(|b| b.ip.is_ipv6());
-        if v6 && s.affinity_timeout.is_some() {
-            errs.push(ObjectError::new(
-                ObjectKey::new(Kind::Service, &s.name),
-                "spec.sessionAffinity",
-                "ClientIP affinity is IPv4 only in this release, and this Service has IPv6 addresses",
-            ));
-        }
-    }
-    for w in intent.workloads.values() {
-        // A VNicIP may take the MAC of the workload whose port it shares.
-        let owner_mac = || dpu_model::vnic_owner(intent, w).and_then(|o| o.mac);
-        let vnic_mac = w.kind == WorkloadKind::VnicIp && owner_mac().is_some();
-        if w.node == node && w.mac.is_none() && !vnic_mac {
-            errs.push(ObjectError::new(
-                ObjectKey::new(Kind::Workload, &w.name),
-                "spec.mac",
-                "a workload on this node needs a MAC address for its port binding",
-            ));
-        }
-    }
-    errs
-}
-
-/// [`check_supported`]'s fast path, as `dpu_model::validate_changes` is
-/// `validate`'s: true means `check_supported` finds nothing after a change of
-/// `changed` on top of an intent that passed it; false means run it.
-pub fn check_supported_changes(intent: &Intent, changed: &BTreeSet<ObjectKey>) -> bool {
-    changed.iter().all(|k| match k.kind {
-        Kind::Service => intent.services.get(&k.name).is_none_or(|s| {
-            let v6 = s.cluster_ips.iter().any(IpAddr::is_ipv6)
-                || s.backends.iter().any(|b| b.ip.is_ipv6());
-            !(v6 && s.affinity_timeout.is_some())
-        }),
-        Kind::NetworkProbe => true,
-        _ => false,
-    })
-}
-
-/// Compiles validated intent. Callers run `dpu_model::validate`, `check_supported`
-/// and `Allocations::update` first; objects without an allocation are skipped.
+/// Compiles validated intent. Callers run `dpu_model::validate_for_node` and
+/// `Allocations::update` first; objects without an allocation are skipped.
 ///
 /// The output is the merge of independent parts ([`Part`]) in part order: the
 /// first part to emit a flow owns it, as if one compiler ran them in that order.
@@ -894,6 +846,30 @@ pub fn endpoint_key(
     }
 }
 
+/// The cookie of the SessionAffinity entries that one AffinityLearn flow learns:
+/// those of Service `service` (its name) for clients of `vip`, `protocol`/`port`,
+/// pinned to the backend `backend_vpc`/`ip`:`target_port`. Each AffinityLearn
+/// flow has its own, so the reconciler deletes exactly the entries of a flow it
+/// removes (a backend that left or lost its bucket) and keeps every other one.
+/// Observers hash the same key to name an entry's Service and backend.
+pub fn affinity_cookie(
+    service: &str,
+    vip: IpAddr,
+    protocol: &str,
+    port: u16,
+    backend_vpc: &str,
+    ip: IpAddr,
+    target_port: u16,
+) -> Cookie {
+    Cookie::new(
+        Category::AffinityLearned,
+        &format!(
+            "{}|{vip}|{protocol}/{port}|{backend_vpc}/{ip}:{target_port}",
+            ObjectKey::new(Kind::Service, service)
+        ),
+    )
+}
+
 /// The cookie (without round) of every flow and group a Service owns.
 pub fn service_cookie(s: &Service) -> Cookie {
     Cookie::new(
@@ -1240,7 +1216,6 @@ fn compile_service(
         return;
     };
     let c = service_cookie(s);
-    let learned = c.learned();
 
     if !gateway {
         if let Some(zone) = alloc.zone(&s.vpc) {
@@ -1312,7 +1287,6 @@ fn compile_service(
                     local,
                     zone: z,
                     cookie: c,
-                    learned,
                 },
             );
         }
@@ -1327,7 +1301,6 @@ struct ServiceCtx<'a> {
     /// The zone it load-balances in.
     zone: u32,
     cookie: Cookie,
-    learned: Cookie,
 }
 
 /// One port of a Service in one address family: its group(s), endpoint DNAT
@@ -1344,11 +1317,13 @@ fn compile_service_port(
     x: ServiceCtx<'_>,
 ) {
     let gateway = s.scenario == AccessScenario::EipServiceGateway;
-    let (z, c, learned) = (x.zone, x.cookie, x.learned);
+    let (z, c) = (x.zone, x.cookie);
     let proto = fam.proto(port.protocol);
     let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
     // (backend, its bucket actions, local) of every backend that gets buckets.
     let mut members = Vec::new();
+    // (backend, the registers its buckets load) for AffinityLearn.
+    let mut learn_for: Vec<(&dpu_model::Backend, Match)> = Vec::new();
     let ready = |b: &&&dpu_model::Backend| !x.unready.contains(&(b.vpc.clone(), b.ip));
     for b in backends.iter().filter(|b| b.weight > 0).filter(ready) {
         let Some(bzone) = x.alloc.zone(&b.vpc) else {
@@ -1370,6 +1345,15 @@ fn compile_service_port(
         }
         let a = a.resubmit(next).render();
         members.push((*b, a, x.local.contains(&(b.vpc.clone(), b.ip))));
+        // What a bucket of this backend loaded: AffinityLearn matches it, so
+        // each backend's entries carry a cookie of their own.
+        let mut chosen = Match::new()
+            .field(ep_reg, &ep_val)
+            .reg(reg::EP_PORT, u32::from(port.target_port));
+        if gateway {
+            chosen = chosen.reg(reg::TARGET_ZONE, u32::from(bzone));
+        }
+        learn_for.push((*b, chosen));
         let endpoint = Match::new()
             .reg(reg::VPC, z)
             .kw(&proto)
@@ -1504,26 +1488,39 @@ fn compile_service_port(
             (false, _) => Actions::drop(),
             (true, None) => Actions::new().group(gid),
             (true, Some(timeout)) => {
-                // IPv4 only (check_supported refuses affinity with IPv6).
-                d.add(
-                    AFFINITY_LEARN,
-                    100,
-                    vip_match(),
-                    Actions::new()
-                        .raw(format!(
-                            "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
-                            SESSION_AFFINITY.id,
-                            learned.value(0),
-                            ip_proto_number(port.protocol),
-                            vpc = reg::VPC_NXM,
-                            ep = reg::EP_IP_NXM,
-                            epp = reg::EP_PORT_NXM,
-                            hit = reg::FLAG_AFFINITY_HIT,
-                            flags = reg::FLAGS_NXM,
-                        ))
-                        .resubmit(ENDPOINT_DNAT),
-                    c,
-                );
+                // IPv4 only (check_supported refuses affinity with IPv6). One
+                // flow per backend: the entries it learns carry that backend's
+                // cookie, and go when it does (see `affinity_cookie`).
+                for (b, chosen) in &learn_for {
+                    let learned = affinity_cookie(
+                        &s.name,
+                        *vip,
+                        port.protocol.as_str(),
+                        port.port,
+                        &b.vpc,
+                        b.ip,
+                        port.target_port,
+                    );
+                    d.add(
+                        AFFINITY_LEARN,
+                        100,
+                        vip_match().and(chosen),
+                        Actions::new()
+                            .raw(format!(
+                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
+                                SESSION_AFFINITY.id,
+                                learned.value(0),
+                                ip_proto_number(port.protocol),
+                                vpc = reg::VPC_NXM,
+                                ep = reg::EP_IP_NXM,
+                                epp = reg::EP_PORT_NXM,
+                                hit = reg::FLAG_AFFINITY_HIT,
+                                flags = reg::FLAGS_NXM,
+                            ))
+                            .resubmit(ENDPOINT_DNAT),
+                        c,
+                    );
+                }
                 d.add(
                     SERVICE_SELECT,
                     100,

@@ -413,9 +413,14 @@ impl Config {
         })
     }
 
-    /// The effective config as TOML, defaults filled in, secrets redacted.
+    /// The effective config as TOML, defaults filled in (the derived uplink
+    /// MAC too, which an operator cannot otherwise find), secrets redacted.
     pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
+        let mut effective = self.clone();
+        if let Some(u) = &mut effective.uplink {
+            u.mac = Some(u.mac_for(&self.node_name).to_string());
+        }
+        toml::to_string(&effective)
     }
 
     /// The rules serde cannot express: the key at fault and why.
@@ -718,6 +723,18 @@ run_dir = "/run/openvswitch"
         ))
         .unwrap();
         assert_eq!(c.enroll.unwrap().token().unwrap(), "dpub.fromfile");
+    }
+
+    #[test]
+    fn check_config_shows_the_derived_uplink_mac() {
+        let c = load(&format!("{GOOD}\n[uplink]\nport = \"p0\"\n")).unwrap();
+        let derived = c.uplink.as_ref().unwrap().mac_for(&c.node_name);
+        let out = c.to_redacted_toml().unwrap();
+        assert!(
+            out.contains(&format!("[uplink]\nport = \"p0\"\nmac = \"{derived}\"")),
+            "{out}"
+        );
+        assert!(derived.to_string().starts_with("02:d9:"));
     }
 
     #[test]

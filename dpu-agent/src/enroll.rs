@@ -324,40 +324,29 @@ fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
 /// unreadable extension).
 pub fn dns_names(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some(d.to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    general_names(cert, |n| match n {
+        GeneralName::DNSName(d) => Some(d.to_string()),
+        _ => None,
+    })
 }
 
 /// The role URIs (`dpu_proto::roles`) in a certificate's SubjectAltName.
 pub fn role_uris(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
+    general_names(cert, |n| match n {
+        GeneralName::URI(u) if u.starts_with(dpu_proto::roles::PREFIX) => Some(u.to_string()),
+        _ => None,
+    })
+}
+
+fn general_names(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    pick: impl Fn(&x509_parser::extensions::GeneralName<'_>) -> Option<String>,
+) -> Vec<String> {
     cert.subject_alternative_name()
         .ok()
         .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) if u.starts_with(dpu_proto::roles::PREFIX) => {
-                        Some(u.to_string())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
+        .map(|san| san.value.general_names.iter().filter_map(&pick).collect())
         .unwrap_or_default()
 }
 

@@ -62,14 +62,16 @@ pub struct Group {
     pub hash_fields: Vec<&'static str>,
     /// Sorted by id, ids distinct.
     pub buckets: Vec<Bucket>,
-    /// The owning Service's cookie; learned affinity flows carry
-    /// `owner.learned()` so they can be cleaned with the group. The flows that
-    /// send to the group (`group:N`) carry this cookie too: the switch keeps no
-    /// owner with a group, so after a restart that is how the reconciler tells
-    /// whose a group on the switch was.
+    /// The owning Service's cookie. The flows that send to the group
+    /// (`group:N`) carry this cookie too: the switch keeps no owner with a
+    /// group, so after a restart that is how an observer tells whose a group on
+    /// the switch was.
     pub owner: Cookie,
-    /// Set when buckets learn affinity entries; those are flushed when the group
-    /// changes or goes. Not kept by the switch either.
+    /// Set when buckets go on to AffinityLearn (the Service has ClientIP
+    /// affinity). Informational: learned entries are deleted per backend, by
+    /// the cookies of the AffinityLearn flows that go (see
+    /// [`crate::compile::affinity_cookie`]), not with the group. Not kept by
+    /// the switch either.
     pub learns: bool,
 }
 
@@ -187,6 +189,24 @@ impl Match {
     pub fn ip_field(self, name: &str, ip: Ipv4Addr) -> Self {
         self.push(format_args!("{name}={ip}"))
     }
+    /// This match followed by every field of `other`.
+    pub fn and(self, other: &Match) -> Self {
+        if other.0.is_empty() {
+            self
+        } else {
+            self.push(&other.0)
+        }
+    }
+}
+
+/// The cookie of the entries a flow's `learn(…,cookie=…,…)` action makes, if its
+/// actions learn: the reconciler deletes a removed AffinityLearn flow's entries
+/// by it. The text is the compiler's own, so `cookie=` is the learn's.
+pub fn learned_cookie(actions: &str) -> Option<u64> {
+    let (_, learn) = actions.split_once("learn(")?;
+    let (_, rest) = learn.split_once("cookie=")?;
+    let hex = rest.split([',', ')']).next()?;
+    u64::from_str_radix(hex.strip_prefix("0x")?, 16).ok()
 }
 
 /// An action list in `ovs-ofctl` syntax.

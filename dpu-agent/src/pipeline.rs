@@ -237,7 +237,9 @@ pub mod cookie {
         Service = 5,
         Endpoint = 6,
         /// Flows learned by the switch for session affinity. They carry round 0 so a
-        /// restart keeps them; they are removed by category+object.
+        /// restart keeps them; the object is a hash of (Service, VIP, port,
+        /// backend) (`compile::affinity_cookie`), and they are removed by that
+        /// exact cookie when their backend leaves.
         AffinityLearned = 7,
         /// A DPU node: its host's PF flows and the routes to its host.
         Node = 8,
@@ -268,14 +270,6 @@ pub mod cookie {
             (u64::from(round) << ROUND_SHIFT)
                 | ((self.category as u64) << CATEGORY_SHIFT)
                 | (self.object & OBJECT_MASK)
-        }
-
-        /// The cookie of the affinity entries learned for this owner.
-        pub fn learned(self) -> Cookie {
-            Cookie {
-                category: Category::AffinityLearned,
-                object: self.object,
-            }
         }
 
         /// Mask that selects this category and object in any round.

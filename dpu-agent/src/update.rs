@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 use dpu_model::{self as model, Index, Intent, Kind, Object, ObjectError, ObjectKey};
 use dpu_proto::v1 as pb;
 
-use crate::compile::{check_supported, check_supported_changes};
-
 /// Why an update was refused, ready for a Nack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -119,10 +117,12 @@ impl AppliedUpdate {
 /// Applies `update` to `intent` in place (the agent's intent at `version`;
 /// `index` is in step with it and stays so), or refuses it and leaves both as
 /// they were. An increment changes only the objects it names, and is checked
-/// by the fast paths (`dpu_model::validate_changes`,
-/// [`crate::compile::check_supported_changes`]) first: only when those cannot
-/// tell does the whole intent go through `validate` and `check_supported`,
-/// which also give the exact errors.
+/// by the fast path (`dpu_model::validate_changes`) first: only when that
+/// cannot tell does the whole intent go through
+/// `dpu_model::validate_for_node`, which also gives the exact errors. Every
+/// rule about the intent is the model's, so the controller, which runs the
+/// same rules for every node (`validate_for_every_node`), refuses first what
+/// this would refuse.
 pub fn apply_update(
     intent: &mut Intent,
     index: &mut Index,
@@ -183,10 +183,7 @@ pub fn apply_update(
         for o in upserts {
             next.upsert(o);
         }
-        let mut errs = model::validate(&next);
-        if errs.is_empty() {
-            errs = check_supported(&next, node);
-        }
+        let errs = model::validate_for_node(&next, node);
         if !errs.is_empty() {
             return Err(Refusal::objects(errs));
         }
@@ -230,13 +227,10 @@ pub fn apply_update(
         snapshot: false,
         undo: Undo::Objects(old),
     };
-    let fast = model::validate_changes(intent, index, &applied.changed)
-        && check_supported_changes(intent, &applied.changed);
-    if !fast {
-        let mut errs = model::validate(intent);
-        if errs.is_empty() {
-            errs = check_supported(intent, node);
-        }
+    // The node rules read only workloads, and the fast path judges only
+    // changes of Services and probes.
+    if !model::validate_changes(intent, index, &applied.changed) {
+        let errs = model::validate_for_node(intent, node);
         if !errs.is_empty() {
             applied.undo(intent, index);
             return Err(Refusal::objects(errs));
@@ -374,6 +368,10 @@ mod tests {
         assert_eq!(e.errors[0].key.as_ref().map(|k| k.name.as_str()), Some("c"));
         // Duplicate VNI is a cross-object error.
         let e = next_intent(&cur, 1, &update(2, 1, false, vec![vpc("b", 1)]), "n1").unwrap_err();
-        assert!(e.to_string().contains("already used by Vpc/a"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("is also the VNI of Vpc/a (spec.vni)"),
+            "{e}"
+        );
     }
 }

@@ -7,8 +7,6 @@
 use std::fs;
 use std::path::Path;
 
-use dpu_agent::compile::check_supported;
-
 #[path = "common/golden_case.rs"]
 mod golden_case;
 use golden_case::cases;
@@ -24,8 +22,11 @@ fn run_case(dir: &Path) -> String {
 fn compile_case(dir: &Path) -> dpu_agent::compile::Compiled {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let intent = golden_case::intent_of(dir);
-    assert_eq!(dpu_model::validate(&intent), vec![], "{name}");
-    assert_eq!(check_supported(&intent, "dpu-1"), vec![], "{name}");
+    assert_eq!(
+        dpu_model::validate_for_node(&intent, "dpu-1"),
+        vec![],
+        "{name}"
+    );
     golden_case::compile_for(dir, &intent)
 }
 

@@ -298,21 +298,34 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SessionAffinity entries learned for `owner`.
-fn learned_entries(t: &Topo, owner: Cookie) -> anyhow::Result<Vec<String>> {
-    let prefix = format!("cookie={:#x},", owner.learned().value(0));
+/// The SessionAffinity entries on the switch whose cookie is one of `cookies`.
+fn learned_entries(t: &Topo, cookies: &BTreeSet<u64>) -> anyhow::Result<Vec<String>> {
     Ok(t.ovs
         .dump_flows(&t.bridge)?
         .into_iter()
-        .filter(|f| f.trim_start().starts_with(&prefix) && f.contains("table=41"))
+        .filter(|f| f.contains("table=41") && cookies.iter().any(|c| has_cookie(f, *c)))
         .collect())
 }
 
+fn has_cookie(flow: &str, cookie: u64) -> bool {
+    flow.trim_start()
+        .starts_with(&format!("cookie={cookie:#x},"))
+}
+
+/// The cookies the AffinityLearn flows of `d` learn under.
+fn learned_cookies(d: &DesiredState) -> BTreeSet<u64> {
+    d.flows
+        .values()
+        .filter_map(|b| dpu_agent::flows::learned_cookie(&b.actions))
+        .collect()
+}
+
 /// Agent restarts under affinity traffic: with the Service unchanged, its learned
-/// entries survive (clients stay pinned); when its backends changed while the agent
-/// was down, the first bundle of the new incarnation deletes them.
+/// entries survive (clients stay pinned); when a backend was drained while the
+/// agent was down, the first bundle of the new incarnation deletes the entries
+/// that pin clients to it, and only those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::Result<()> {
+async fn restart_keeps_affinity_but_that_of_a_backend_drained_meanwhile() -> anyhow::Result<()> {
     let t = topo("ra", 2)?;
     let facts = NodeFacts {
         node: "dpu-1".into(),
@@ -332,6 +345,9 @@ async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::
         .groups
         .values()
         .all(|g| g.learns && g.owner == owner));
+    let cookies = learned_cookies(&compiled);
+    // Two ports, two backends: one AffinityLearn flow, and cookie, each.
+    assert_eq!(cookies.len(), 4);
     start().await?.apply(&compiled).await?;
 
     let client = &t.hosts["client"];
@@ -339,7 +355,7 @@ async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::
     assert_eq!(r.failed, 0, "{r:?}");
     let mut entries = Vec::new();
     process::wait_until("a learned affinity entry", Duration::from_secs(5), || {
-        entries = learned_entries(&t, owner).unwrap_or_default();
+        entries = learned_entries(&t, &cookies).unwrap_or_default();
         !entries.is_empty()
     })?;
     // Traffic pauses: the datapath flows go, with their statistics. A datapath
@@ -347,14 +363,14 @@ async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::
     // `learn` again when they are, re-adding an entry just deleted: that would
     // hide a wrong flush below, or learn a fresh entry after a right one.
     t.ovs.vswitchd_appctl(&["revalidator/purge"])?;
-    entries = learned_entries(&t, owner)?;
+    entries = learned_entries(&t, &cookies)?;
     assert!(!entries.is_empty());
 
     // The agent restarts; nothing changed.
     let mut rec = start().await?;
     rec.apply(&compiled).await?;
     assert_eq!(
-        learned_entries(&t, owner)?,
+        learned_entries(&t, &cookies)?,
         entries,
         "a restart lost affinity"
     );
@@ -365,12 +381,29 @@ async fn restart_keeps_affinity_unless_the_group_changed_meanwhile() -> anyhow::
     let alloc2 = alloc.update(&drained)?;
     let compiled2 = compile(&drained, &alloc2, &facts).desired;
     assert_ne!(compiled2.groups, compiled.groups);
+    // web-1's cookies are the ones the drained state no longer learns under.
+    let web1: BTreeSet<u64> = cookies
+        .difference(&learned_cookies(&compiled2))
+        .copied()
+        .collect();
+    assert_eq!(web1.len(), 2);
     let mut rec = start().await?;
     rec.apply(&compiled2).await?;
     assert_eq!(
-        learned_entries(&t, owner)?,
+        learned_entries(&t, &web1)?,
         Vec::<String>::new(),
         "affinity to the drained backend survived the restart"
+    );
+    let others: Vec<String> = entries
+        .iter()
+        .filter(|f| !web1.iter().any(|c| has_cookie(f, *c)))
+        .cloned()
+        .collect();
+    let web2: BTreeSet<u64> = cookies.difference(&web1).copied().collect();
+    assert_eq!(
+        learned_entries(&t, &web2)?,
+        others,
+        "affinity to the backend still serving was lost"
     );
     let r = traffic::run_client(client, "10.96.0.10:80", "tcp", 10, &[])?;
     assert_eq!(r.count_for("web-2"), 10, "{r:?}");

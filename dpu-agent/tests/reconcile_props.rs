@@ -14,8 +14,9 @@
 //! It reports what it holds as `ovs-ofctl` lets the agent read it: flow cookies,
 //! the groups each flow's actions name, and groups by type, hash fields and
 //! buckets (`dump-groups`, parsed), with no owner and no `learns` flag, which
-//! the switch does not keep. Traffic learns affinity entries only through groups
-//! that some flow sends to.
+//! the switch does not keep. Traffic learns affinity entries through the flows
+//! whose actions `learn`, under the cookie each names (one per Service, VIP,
+//! port and backend, as compiled).
 //!
 //! The properties: for random sequences of desired states (generated directly, or
 //! compiled from random intents), with agent restarts, refused bundles, leftovers
@@ -26,10 +27,11 @@
 //! * the reconciler's view equals what it applied, and planning the same state
 //!   again gives an empty bundle;
 //! * a refused bundle changes nothing, and the next apply converges;
-//! * no learned affinity entry survives a change to, or the removal of, the group
-//!   it was learned from, also when that happened while no agent ran (the first
-//!   bundle after a restart), and entries of untouched services survive, also
-//!   across a restart;
+//! * no learned affinity entry survives the flow that learned it (its backend
+//!   left or lost its bucket, its Service went), also when that happened while
+//!   no agent ran (the first bundle after a restart): whatever survives is still
+//!   learned by a desired flow; and every entry whose flow stays survives,
+//!   however its group changed (a backend added), also across a restart;
 //! * replaying the last state from nothing (a new switch), or after a restart on
 //!   the same switch, ends in the same tables.
 //!
@@ -40,15 +42,15 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use dpu_agent::alloc::Allocations;
-use dpu_agent::compile::{check_supported, compile, NodeFacts};
-use dpu_agent::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group};
+use dpu_agent::compile::{compile, NodeFacts};
+use dpu_agent::flows::{learned_cookie, Bucket, DesiredState, FlowBody, FlowKey, Group};
 use dpu_agent::openflow::{
     BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
 };
 use dpu_agent::pipeline::cookie::{
     round_of, Category, Cookie, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT,
 };
-use dpu_agent::pipeline::{SERVICE_SELECT, SESSION_AFFINITY, TABLES};
+use dpu_agent::pipeline::{AFFINITY_LEARN, SERVICE_SELECT, SESSION_AFFINITY, TABLES};
 use dpu_agent::reconcile::Reconciler;
 use dpu_model::*;
 use proptest::prelude::*;
@@ -172,33 +174,31 @@ impl MemorySwitch {
         self.tables.lock().unwrap().clone()
     }
 
-    /// Traffic through every learning group some flow sends to leaves an affinity
-    /// entry, as the `learn` action would: round 0, the owner's learned cookie.
-    fn learn(&self, serial: u32) {
+    /// Traffic through every flow that learns leaves an affinity entry, as its
+    /// `learn` action would: round 0, the cookie the action names. Returns each
+    /// entry's key with the flow that learned it and the cookie.
+    fn learn(&self, serial: u32) -> Vec<(FlowKey, FlowKey, u64)> {
         let mut t = self.tables.lock().unwrap();
-        let named: BTreeSet<u32> = t
+        let learning: Vec<(FlowKey, u64)> = t
             .flows
-            .values()
-            .flat_map(|f| groups_named(&f.actions))
+            .iter()
+            .filter_map(|(k, f)| learned_cookie(&f.actions).map(|c| (k.clone(), c)))
             .collect();
-        let learning: Vec<Group> = t
-            .groups
-            .values()
-            .filter(|g| g.learns && named.contains(&g.id))
-            .cloned()
-            .collect();
-        for g in learning {
+        let mut out = Vec::new();
+        for (i, (origin, cookie)) in learning.into_iter().enumerate() {
             let key = FlowKey {
                 table: SESSION_AFFINITY.id,
                 priority: 100,
-                matches: format!("learned,group={},n={serial}", g.id),
+                matches: format!("learned,i={i},n={serial}"),
             };
             let entry = Installed {
                 actions: "load:0x1->NXM_NX_REG2[0]".into(),
-                cookie: g.owner.learned().value(0),
+                cookie,
             };
-            t.flows.insert(key, entry);
+            t.flows.insert(key.clone(), entry);
+            out.push((key, origin, cookie));
         }
+        out
     }
 }
 
@@ -314,7 +314,7 @@ async fn run_async(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseEr
     let mut r = Reconciler::start(sw.clone()).await.unwrap();
     let mut fresh = true; // no bundle landed since the last (re)start
     let mut last: Option<DesiredState> = None;
-    let mut learned_from: BTreeMap<FlowKey, Group> = BTreeMap::new();
+    let mut learned_from: BTreeMap<FlowKey, (FlowKey, u64)> = BTreeMap::new();
     let mut serial = 0;
     for (step, event) in events.iter().enumerate() {
         match event {
@@ -363,18 +363,8 @@ async fn run_async(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseEr
             Event::RefuseNext => *sw.refuse_next.lock().unwrap() = true,
             Event::Learn => {
                 serial += 1;
-                sw.learn(serial);
-                let t = sw.snapshot();
-                for (k, f) in &t.flows {
-                    if is_learned(f) && k.matches.ends_with(&format!("n={serial}")) {
-                        let id: u32 = k.matches["learned,group=".len()..]
-                            .split(',')
-                            .next()
-                            .unwrap()
-                            .parse()
-                            .unwrap();
-                        learned_from.insert(k.clone(), t.groups[&id].clone());
-                    }
+                for (entry, origin, cookie) in sw.learn(serial) {
+                    learned_from.insert(entry, (origin, cookie));
                 }
             }
             Event::Restart => {
@@ -412,52 +402,50 @@ async fn run_async(leftovers: Tables, events: &[Event]) -> Result<(), TestCaseEr
     Ok(())
 }
 
-/// Learned entries: none may outlive a change to the group it was learned from;
-/// while the reconciler knows what it installed, entries whose owner's learning
-/// groups all stayed the same are kept; in the first bundle after a (re)start,
-/// entries whose owner's groups on the switch all stay the same are kept (the
-/// switch does not tell which of them learn).
+/// Learned entries: whatever survives is still learned by a desired flow (so it
+/// pins clients only to a backend that still has its buckets); while the
+/// reconciler knows what it installed, an entry whose flow learns under the same
+/// cookie before and after is kept, however groups changed; in the first bundle
+/// after a (re)start, every entry some desired flow still learns is kept.
 fn check_affinity(
     before: &Tables,
     after: &Tables,
-    learned_from: &mut BTreeMap<FlowKey, Group>,
+    learned_from: &mut BTreeMap<FlowKey, (FlowKey, u64)>,
     view_before: Option<&DesiredState>,
     desired: &DesiredState,
     fresh: bool,
 ) -> Result<(), TestCaseError> {
-    for (k, origin) in learned_from.iter() {
+    let learns =
+        |d: &DesiredState, k: &FlowKey| d.flows.get(k).and_then(|b| learned_cookie(&b.actions));
+    let wanted: BTreeSet<u64> = desired
+        .flows
+        .values()
+        .filter_map(|b| learned_cookie(&b.actions))
+        .collect();
+    for (k, (origin, cookie)) in learned_from.iter() {
         if !before.flows.contains_key(k) {
             continue;
         }
         let kept = after.flows.contains_key(k);
-        let unchanged = desired.groups.get(&origin.id) == Some(origin);
         prop_assert!(
-            !kept || unchanged,
-            "affinity entry {:?} survived a change to group {}",
+            !kept || wanted.contains(cookie),
+            "affinity entry {:?} survived the flow {:?} that learned it",
             k,
-            origin.id
+            origin
         );
         if let (Some(view), false) = (view_before, fresh) {
-            let owner_untouched = view
-                .groups
-                .values()
-                .filter(|g| g.learns && g.owner == origin.owner)
-                .all(|g| desired.groups.get(&g.id) == Some(g));
+            let untouched =
+                learns(view, origin) == Some(*cookie) && learns(desired, origin) == Some(*cookie);
             prop_assert!(
-                kept || !owner_untouched,
-                "affinity entry {:?} of an untouched service was flushed",
+                kept || !untouched,
+                "affinity entry {:?} of an untouched backend was flushed",
                 k
             );
         }
         if fresh {
-            let owner_untouched = before
-                .groups
-                .values()
-                .filter(|g| g.owner == origin.owner)
-                .all(|g| desired.groups.get(&g.id) == Some(g));
             prop_assert!(
-                kept || !owner_untouched,
-                "affinity entry {:?} of a service untouched while the agent was down was flushed",
+                kept || !wanted.contains(cookie),
+                "affinity entry {:?} of a backend still there after a restart was flushed",
                 k
             );
         }
@@ -468,6 +456,15 @@ fn check_affinity(
 // ---- random desired states --------------------------------------------------------------
 
 const OWNERS: [&str; 3] = ["svc-a", "svc-b", "svc-c"];
+const LEARNED: [&str; 3] = ["backend-1", "backend-2", "backend-3"];
+
+/// An AffinityLearn flow's actions, learning under `backend`'s cookie.
+fn learn_action(backend: &str) -> String {
+    format!(
+        "learn(table=41,idle_timeout=60,priority=100,cookie={:#x},NXM_OF_IP_SRC[],load:NXM_NX_REG3[]->NXM_NX_REG3[]),resubmit(,45)",
+        Cookie::new(Category::AffinityLearned, backend).value(0)
+    )
+}
 
 fn group(id: u32) -> impl Strategy<Value = Group> {
     (
@@ -521,6 +518,8 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
             "output:1".to_string(),
             "resubmit(,45)".to_string(),
         ];
+        // AffinityLearn flows, learning for one backend each.
+        actions.extend(LEARNED.iter().map(|b| learn_action(b)));
         actions.extend(ids.iter().map(|id| format!("group:{id}")));
         actions.extend(ids.iter().map(|id| format!("resubmit(,41),group:{id}")));
         let key = (
@@ -561,9 +560,14 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                 };
                 flows.insert(key, body);
             }
+            // As compiled: no two flows learn under the same cookie.
+            let mut learned = BTreeSet::new();
             for f in flows.values_mut() {
                 if let Some(g) = groups_named(&f.actions).first() {
                     f.cookie = groups[g].owner;
+                }
+                if learned_cookie(&f.actions).is_some_and(|c| !learned.insert(c)) {
+                    f.actions = "drop".into();
                 }
             }
             DesiredState {
@@ -618,7 +622,7 @@ fn leftovers() -> impl Strategy<Value = Tables> {
                     matches: matches.into(),
                 };
                 let (actions, cookie) = if learned {
-                    let c = Cookie::new(Category::Service, "old").learned();
+                    let c = Cookie::new(Category::AffinityLearned, "old");
                     ("load:0x1->NXM_NX_REG2[0]".to_string(), c.value(0))
                 } else {
                     let actions = match group.filter(|g| t.groups.contains_key(g)) {
@@ -651,9 +655,9 @@ proptest! {
 
 // ---- random intents through the real compiler ------------------------------------
 
-/// What the reconciler relies on to tell, from the switch alone, whose a group
-/// was: every group has a flow that sends to it, and every such flow carries the
-/// group's owner cookie.
+/// What the reconciler and observers rely on: every group has a flow that sends
+/// to it, and every such flow carries the group's owner cookie; every flow that
+/// learns is in AffinityLearn and learns under a cookie of its own.
 fn check_group_owners(d: &DesiredState) -> Result<(), TestCaseError> {
     let mut named = BTreeSet::new();
     for (k, f) in &d.flows {
@@ -676,6 +680,19 @@ fn check_group_owners(d: &DesiredState) -> Result<(), TestCaseError> {
     }
     for id in d.groups.keys() {
         prop_assert!(named.contains(id), "no flow sends to group {}", id);
+    }
+    // The reconciler deletes a removed flow's entries by its learned cookie:
+    // no other flow may learn under it.
+    let mut learned = BTreeSet::new();
+    for (k, f) in &d.flows {
+        if let Some(c) = learned_cookie(&f.actions) {
+            prop_assert!(
+                learned.insert(c),
+                "{:?} learns under a cookie another flow uses",
+                k
+            );
+            prop_assert_eq!(k.table, AFFINITY_LEARN.id);
+        }
     }
     Ok(())
 }
@@ -798,8 +815,11 @@ proptest! {
         for (step, extra) in steps.into_iter().zip(extras) {
             match step {
                 Some((intent, ports)) => {
-                    prop_assert_eq!(validate(&intent), vec![], "the generator must be consistent");
-                    prop_assert_eq!(check_supported(&intent, "dpu-1"), vec![]);
+                    prop_assert_eq!(
+                        dpu_model::validate_for_node(&intent, "dpu-1"),
+                        vec![],
+                        "the generator must be consistent"
+                    );
                     alloc = alloc.update(&intent).unwrap();
                     let facts = NodeFacts { node: "dpu-1".into(), ports, ..Default::default() };
                     let desired = compile(&intent, &alloc, &facts).desired;
@@ -814,96 +834,160 @@ proptest! {
     }
 }
 
-/// An agent restart while a Service's backend was replaced: the first bundle of
-/// the new incarnation deletes the affinity entries learned from the old group,
-/// so clients are not pinned to the backend that left (until the entry idled
-/// out, which their retries would prevent). A Service whose group stayed the
-/// same keeps its entries: its clients stay pinned across the restart.
+/// Agent restarts around changes of a sticky Service's backends, with the
+/// compiler's own flows: a restart with nothing changed keeps every entry; a
+/// backend added while the agent was down keeps every entry; a backend removed
+/// meanwhile loses only its own entries (its clients move; the others stay
+/// pinned); a Service deleted meanwhile loses all of its entries, and another
+/// Service keeps its own throughout.
 #[test]
-fn restart_flushes_affinity_of_changed_groups() {
-    let web = Cookie::new(Category::Service, "YusurService/web");
-    let db = Cookie::new(Category::Service, "YusurService/db");
-    // As compiled: a ServiceSelect flow with the owner's cookie sends to the group.
-    let service = |d: &mut DesiredState, id: u32, owner: Cookie, bucket: &str| {
-        d.groups.insert(
-            id,
-            Group {
-                id,
-                hash_fields: vec!["ip_src"],
-                buckets: vec![Bucket::new(0, bucket)],
-                owner,
-                learns: true,
-            },
-        );
-        let key = FlowKey {
-            table: SERVICE_SELECT.id,
-            priority: 100,
-            matches: format!("reg0=0x1,tcp,nw_dst=10.96.0.{id},tp_dst=80"),
-        };
-        let body = FlowBody {
-            actions: format!("group:{id}"),
-            cookie: owner,
-        };
-        d.flows.insert(key, body);
+fn restart_flushes_only_the_entries_of_backends_gone_meanwhile() {
+    let service = |name: &str, vip: u8, hosts: &[u8]| Service {
+        name: name.into(),
+        vpc: "vpc-0".into(),
+        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip).into()],
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: 8080,
+        }],
+        backends: hosts
+            .iter()
+            .map(|h| Backend {
+                ip: Ipv4Addr::new(10, 0, 0, *h).into(),
+                weight: 1,
+                workload: None,
+                vpc: "vpc-0".into(),
+            })
+            .collect(),
+        affinity_timeout: Some(300),
+        eip: None,
+        scenario: AccessScenario::ClusterIp,
+        external_traffic_local: false,
+        eip_node: None,
     };
-    let state = |web_bucket: &str| {
-        let mut d = DesiredState::default();
-        service(&mut d, 1, web, web_bucket);
-        service(&mut d, 2, db, "set_field:0xa000005->reg3,resubmit(,43)");
-        d
+    let intent = |services: Vec<Service>| {
+        let mut i = Intent::default();
+        i.upsert(Object::Vpc(Vpc {
+            name: "vpc-0".into(),
+            vni: 100,
+        }));
+        i.upsert(Object::Subnet(Subnet {
+            name: "net-0".into(),
+            vpc: "vpc-0".into(),
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1).into(),
+            node_blocks: Vec::new(),
+        }));
+        for s in services {
+            i.upsert(Object::Service(s));
+        }
+        i
     };
-    let learned = |sw: &MemorySwitch, owner: Cookie| -> Vec<FlowKey> {
+    let mut alloc = Allocations::default();
+    let mut compiled = |services: Vec<Service>| {
+        let i = intent(services);
+        alloc = alloc.update(&i).unwrap();
+        let facts = NodeFacts {
+            node: "dpu-1".into(),
+            ..Default::default()
+        };
+        compile(&i, &alloc, &facts).desired
+    };
+    // The cookie of web's entries for backend 10.0.0.<h>.
+    let web_of = |h: u8| {
+        dpu_agent::compile::affinity_cookie(
+            "web",
+            Ipv4Addr::new(10, 96, 0, 1).into(),
+            "tcp",
+            80,
+            "vpc-0",
+            Ipv4Addr::new(10, 0, 0, h).into(),
+            8080,
+        )
+        .value(0)
+    };
+    let entries = |sw: &MemorySwitch| -> BTreeSet<u64> {
         sw.snapshot()
             .flows
-            .into_iter()
-            .filter(|(_, f)| is_learned(f) && f.cookie == owner.learned().value(0))
-            .map(|(k, _)| k)
+            .values()
+            .filter(|f| is_learned(f))
+            .map(|f| f.cookie)
             .collect()
     };
     futures_block_on(async {
         let sw = MemorySwitch::default();
+        let three = compiled(vec![
+            service("web", 1, &[11, 12, 13]),
+            service("db", 2, &[21]),
+        ]);
+        assert_eq!(
+            three
+                .flows
+                .keys()
+                .filter(|k| k.table == AFFINITY_LEARN.id)
+                .count(),
+            4,
+            "one AffinityLearn flow per backend"
+        );
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
-        r.apply(&state("set_field:0xa000001->reg3,resubmit(,43)"))
-            .await
-            .unwrap();
+        r.apply(&three).await.unwrap();
         sw.learn(1);
-        assert_eq!(learned(&sw, web).len(), 1);
-        assert_eq!(learned(&sw, db).len(), 1);
+        let all = entries(&sw);
+        assert_eq!(all.len(), 4);
+        assert!([11, 12, 13].iter().all(|h| all.contains(&web_of(*h))));
 
         // A restart with nothing changed keeps every entry.
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
-        r.apply(&state("set_field:0xa000001->reg3,resubmit(,43)"))
-            .await
-            .unwrap();
-        assert_eq!(learned(&sw, web).len(), 1, "a restart lost affinity");
-        assert_eq!(learned(&sw, db).len(), 1, "a restart lost affinity");
+        r.apply(&three).await.unwrap();
+        assert_eq!(entries(&sw), all, "a restart lost affinity");
 
-        // The agent restarts while web's backend 10.0.0.1 is replaced by 10.0.0.2.
+        // A backend added while the agent was down: every entry stays.
+        let four = compiled(vec![
+            service("web", 1, &[11, 12, 13, 14]),
+            service("db", 2, &[21]),
+        ]);
+        assert_ne!(four.groups, three.groups);
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
-        r.apply(&state("set_field:0xa000002->reg3,resubmit(,43)"))
-            .await
-            .unwrap();
-        assert_eq!(
-            learned(&sw, web),
-            vec![],
-            "affinity to the old backend survived"
-        );
-        assert_eq!(learned(&sw, db).len(), 1, "db's group did not change");
+        r.apply(&four).await.unwrap();
+        assert_eq!(entries(&sw), all, "adding a backend flushed affinity");
 
-        // The agent restarts while web is deleted.
+        // 10.0.0.12 removed while the agent was down: only its entries go.
+        let without_12 = compiled(vec![
+            service("web", 1, &[11, 13, 14]),
+            service("db", 2, &[21]),
+        ]);
+        let mut r = Reconciler::start(sw.clone()).await.unwrap();
+        r.apply(&without_12).await.unwrap();
+        let mut want = all.clone();
+        want.remove(&web_of(12));
+        assert_eq!(
+            entries(&sw),
+            want,
+            "not exactly the removed backend's entries went"
+        );
+
+        // The same while the agent runs: 10.0.0.11 removed.
         sw.learn(2);
-        assert_eq!(learned(&sw, web).len(), 1);
-        let mut gone = state("set_field:0xa000002->reg3,resubmit(,43)");
-        gone.groups.remove(&1);
-        gone.flows.retain(|_, f| f.cookie != web);
+        let without_11 = compiled(vec![service("web", 1, &[13, 14]), service("db", 2, &[21])]);
+        r.apply(&without_11).await.unwrap();
+        let left = entries(&sw);
+        assert!(
+            !left.contains(&web_of(11)) && left.contains(&web_of(13)) && left.contains(&web_of(14))
+        );
+
+        // web deleted while the agent was down: all of its entries go, db's stay.
+        let gone = compiled(vec![service("db", 2, &[21])]);
         let mut r = Reconciler::start(sw.clone()).await.unwrap();
         r.apply(&gone).await.unwrap();
-        assert_eq!(
-            learned(&sw, web),
-            vec![],
-            "affinity of a deleted Service survived"
-        );
-        assert_eq!(learned(&sw, db).len(), 2, "db's group did not change");
+        let db: BTreeSet<u64> = gone
+            .flows
+            .values()
+            .filter_map(|b| learned_cookie(&b.actions))
+            .collect();
+        assert_eq!(db.len(), 1);
+        assert_eq!(entries(&sw), db, "affinity of a deleted Service survived");
     });
 }
 

@@ -39,6 +39,9 @@ pub struct Lab {
     /// When set, the agent has no issued certificate: it enrolls with the token
     /// in this file and keeps its identity under `agent-identity/`.
     pub enroll_token_file: Option<PathBuf>,
+    /// When set, the agent runs under `prlimit --nofile=N:N` (the descriptor
+    /// tests).
+    pub agent_nofile: Option<u64>,
     // Field order is drop order: processes first, then hosts, then OVS.
     pub agent: Option<Child>,
     pub controller: Option<Child>,
@@ -91,6 +94,7 @@ impl Lab {
             controller_addr: format!("127.0.0.1:{}", free_port()?),
             serve_args: Vec::new(),
             enroll_token_file: None,
+            agent_nofile: None,
             work,
             agent: None,
             controller: None,
@@ -133,25 +137,20 @@ impl Lab {
 
     /// Issues a node certificate into `out` (NAME.pem, NAME.key, ca.pem).
     pub fn issue(&self, node: &str, out: &Path) -> Result<()> {
-        self.controller_cmd(&[
-            "issue",
-            "--state-dir",
-            &self.ctl_state().display().to_string(),
-            "--node",
-            node,
-            "--out",
-            &out.display().to_string(),
-        ])?;
-        Ok(())
+        self.issue_as("--node", node, out)
     }
 
     /// Issues the host shim's certificate (role host-shim) into `out`.
     pub fn issue_host_shim(&self, name: &str, out: &Path) -> Result<()> {
+        self.issue_as("--host-shim", name, out)
+    }
+
+    fn issue_as(&self, role: &str, name: &str, out: &Path) -> Result<()> {
         self.controller_cmd(&[
             "issue",
             "--state-dir",
             &self.ctl_state().display().to_string(),
-            "--host-shim",
+            role,
             name,
             "--out",
             &out.display().to_string(),
@@ -260,7 +259,17 @@ impl Lab {
 
     pub fn start_agent_with_ca(&mut self, ca: &Path) -> Result<()> {
         let cfg = self.agent_config(ca)?;
-        let mut c = Command::new(bin("dpu-agent")?);
+        let mut c = match self.agent_nofile {
+            // prlimit execs the agent: the child's pid is the agent's.
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("dpu-agent")?);
+                c
+            }
+            None => Command::new(bin("dpu-agent")?),
+        };
         c.args(["run", "--config"])
             .arg(cfg)
             .env("RUST_LOG", "info,dpu_agent=debug");

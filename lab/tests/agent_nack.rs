@@ -189,8 +189,9 @@ fn agent_nacks_what_it_cannot_apply_and_keeps_the_data_plane() -> Result<()> {
         let text = nack_text(&reply(&mut inbound).await?)?;
         assert!(text.contains("update.base_version"), "{text}");
 
-        // What the model allows but this agent cannot apply: a workload on its
-        // own node without a MAC to bind its port with.
+        // A workload on its own node without a MAC to bind its port with. The
+        // controller refuses such a manifest first (the same model rule,
+        // `dpu_model::node_rules`); the agent still refuses it from any sender.
         let mut no_mac = workload("vm-9", 29);
         if let Object::Workload(w) = &mut no_mac {
             w.kind = WorkloadKind::Vm;
@@ -770,11 +771,11 @@ fn assert_peak_within(what: &str, size: u64, before: u64, peak: u64, factor: u64
 
 /// Updates within the size limit carrying absurd counts are NACKed whole, each with
 /// an error naming the limit, and nothing is applied:
-/// - one Service with 513 backends (`MAX_BACKENDS` + 1): `spec.backends`,
-///   `513 backends; at most 512`;
+/// - one Service with 4,097 backends (`MAX_BACKENDS` + 1): `spec.backends`,
+///   `4097 backends; at most 4096`;
 /// - one Service with 1,000,000 backends (17 MB, well within the 64 MiB message
 ///   limit, so a million backends is a count case, not a size one): the same error,
-///   `1000000 backends; at most 512`;
+///   `1000000 backends; at most 4096`;
 /// - the same count of empty `Backend` messages (2 bytes each on the wire, 2 MB):
 ///   the same error;
 /// - 200,001 Services in one update (3.9 MB): `update`,
@@ -818,13 +819,13 @@ fn agent_nacks_absurd_counts_within_the_size_limit() -> Result<()> {
     };
 
     let text = nack(
-        "513 backends",
+        "4,097 backends",
         16,
-        raw_update(2, 1, vec![wide_service("wide", 513, 0)]),
+        raw_update(2, 1, vec![wide_service("wide", 4_097, 0)]),
     )?;
     assert_eq!(
         text,
-        "Some(\"wide\")|spec.backends|513 backends; at most 512"
+        "Some(\"wide\")|spec.backends|4097 backends; at most 4096"
     );
 
     let text = nack(
@@ -834,7 +835,7 @@ fn agent_nacks_absurd_counts_within_the_size_limit() -> Result<()> {
     )?;
     assert_eq!(
         text,
-        "Some(\"wide\")|spec.backends|1000000 backends; at most 512"
+        "Some(\"wide\")|spec.backends|1000000 backends; at most 4096"
     );
 
     let mut empty = wide_service("wide", 0, 0);
@@ -848,7 +849,7 @@ fn agent_nacks_absurd_counts_within_the_size_limit() -> Result<()> {
     )?;
     assert_eq!(
         text,
-        "Some(\"wide\")|spec.backends|1000000 backends; at most 512"
+        "Some(\"wide\")|spec.backends|1000000 backends; at most 4096"
     );
 
     let text = nack(

@@ -91,6 +91,36 @@ pub fn raise_nofile(cap: u64) -> std::io::Result<u64> {
     }
 }
 
+/// RLIMIT_NOFILE (raised to at most `cap`) split by `plan`, with one log line:
+/// the budget at info, or a warning naming `too_low` when the limit is below
+/// the reserve plus the minimal listener. An unreadable limit counts as 1024.
+pub fn budget_from_rlimit(what: &str, plan: &Plan, cap: u64, too_low: &str) -> Budget {
+    let limit = raise_nofile(cap).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
+        1024
+    });
+    let budget = plan.budget(limit);
+    if budget.short {
+        tracing::warn!(
+            nofile = limit,
+            reserved = budget.reserved,
+            handshaking = budget.handshaking,
+            authenticated = budget.authenticated,
+            "{what}: {too_low}"
+        );
+    } else {
+        tracing::info!(
+            nofile = limit,
+            reserved = budget.reserved,
+            handshaking = budget.handshaking,
+            anonymous = budget.anonymous,
+            authenticated = budget.authenticated,
+            "{what} connection budget"
+        );
+    }
+    budget
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ mod validate;
 pub use convert::*;
 pub use types::*;
 pub use validate::{
-    node_rules, validate, validate_changes, validate_for_every_node, validate_for_node,
-    vnic_owner, Index,
+    node_rules, validate, validate_changes, validate_for_every_node, validate_for_node, vnic_owner,
+    Index,
 };
 
 use std::fmt;
@@ -45,24 +45,22 @@ impl ObjectError {
     }
 
     /// A conflict between `a` and `b` (each a key and a field), reported at
-    /// `a`: its message is `a_says` followed by `b` as `Kind/name (field)`,
-    /// and `b`'s side is `b_says` followed by `a`. Either message may go on
-    /// after the name with `then`.
+    /// `a`. Each side says `before`, then the other as `Kind/name (field)`,
+    /// then `after`: `a`'s message is `a_says` around `b`, and `b`'s side
+    /// (in [`ObjectError::other`]) is `b_says` around `a`.
     pub fn conflict(
         a: (ObjectKey, String),
-        a_says: impl Into<String>,
+        a_says: (&str, &str),
         b: (ObjectKey, String),
-        b_says: impl Into<String>,
-        then: &str,
+        b_says: (&str, &str),
     ) -> Self {
-        let (a_says, b_says) = (a_says.into(), b_says.into());
         let mirror = ObjectError::new(
             b.0.clone(),
             b.1.clone(),
-            format!("{b_says} {} ({}){then}", a.0, a.1),
+            format!("{} {} ({}){}", b_says.0, a.0, a.1, b_says.1),
         );
         ObjectError {
-            message: format!("{a_says} {} ({}){then}", b.0, b.1),
+            message: format!("{} {} ({}){}", a_says.0, b.0, b.1, a_says.1),
             key: a.0,
             field: a.1,
             other: Some(Box::new(mirror)),

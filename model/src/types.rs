@@ -340,7 +340,11 @@ impl Intent {
             Kind::Subnet => self.subnets.get(&key.name).cloned().map(Object::Subnet),
             Kind::Workload => self.workloads.get(&key.name).cloned().map(Object::Workload),
             Kind::Service => self.services.get(&key.name).cloned().map(Object::Service),
-            Kind::NetworkProbe => self.probes.get(&key.name).cloned().map(Object::NetworkProbe),
+            Kind::NetworkProbe => self
+                .probes
+                .get(&key.name)
+                .cloned()
+                .map(Object::NetworkProbe),
             Kind::Node => self.nodes.get(&key.name).cloned().map(Object::Node),
         }
     }

@@ -187,7 +187,9 @@ async fn idle_and_half_open_connections_are_closed_in_time_and_the_shim_is_serve
             break made.elapsed();
         }
         assert!(
-            made.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+            // Slack for accepts made late on a loaded machine (see
+            // controller/tests/bounded.rs); before, they stayed 70 s and more.
+            made.elapsed() < HANDSHAKE_TIMEOUT + Duration::from_secs(10),
             "{open} still open after {:?}",
             made.elapsed()
         );

@@ -258,28 +258,12 @@ const NOFILE_CAP: u64 = 1 << 16;
 
 /// The limits of the attachment listener, from RLIMIT_NOFILE and `FD_PLAN`.
 pub fn listener_limits() -> dpu_listen::Limits {
-    let limit = dpu_listen::fds::raise_nofile(NOFILE_CAP).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; assuming 1024");
-        1024
-    });
-    let budget = FD_PLAN.budget(limit);
-    if budget.short {
-        tracing::warn!(
-            nofile = limit,
-            reserved = budget.reserved,
-            handshaking = budget.handshaking,
-            authenticated = budget.authenticated,
-            "the file limit is below the agent's reserve plus its shim listener (LimitNOFILE=4096 in the unit); the shim listener gets the minimum"
-        );
-    } else {
-        tracing::info!(
-            nofile = limit,
-            reserved = budget.reserved,
-            handshaking = budget.handshaking,
-            authenticated = budget.authenticated,
-            "shim service connection budget"
-        );
-    }
+    let budget = dpu_listen::fds::budget_from_rlimit(
+        "shim service",
+        &FD_PLAN,
+        NOFILE_CAP,
+        "the file limit is below the agent's reserve plus its shim listener (LimitNOFILE=4096 in the unit); the shim listener gets the minimum",
+    );
     dpu_listen::Limits::with_budget(&budget)
 }
 

@@ -17,6 +17,7 @@ use super::datapath::{self, DatapathFlows};
 use super::lb_index::{BackendState, ServiceCounters};
 use super::registry::{self, Registry};
 use super::sysfacts::{SysFacts, SysSampler};
+use super::tunnel::{self, TunnelCheck};
 use super::{metrics, switch_stats, Agent, Gone, LbIndex, Summary};
 use crate::config::Config;
 use crate::pipeline::SERVICE_LB;
@@ -45,6 +46,8 @@ pub struct Collector {
     run_dir: PathBuf,
     datapath_type: String,
     per_backend: bool,
+    /// The last tunnel warning logged (a change is logged once).
+    tunnel_logged: Mutex<Option<String>>,
 }
 
 /// One observation.
@@ -57,6 +60,8 @@ pub struct Observation {
     pub counters: Result<BTreeMap<String, ServiceCounters>, String>,
     pub datapath: Result<DatapathFlows, String>,
     pub sys: SysFacts,
+    /// Whether this node's tunnel endpoint is local (no `DpuNode`: `None`).
+    pub tunnel: Option<TunnelCheck>,
 }
 
 impl Collector {
@@ -70,7 +75,26 @@ impl Collector {
             run_dir: cfg.ovs.run_dir.clone(),
             datapath_type: cfg.ovs.datapath_type.clone(),
             per_backend: cfg.metrics.per_backend,
+            tunnel_logged: Mutex::new(None),
         }
+    }
+
+    /// Checks this node's tunnel endpoint; a new verdict is logged once.
+    async fn check_tunnel(&self, summary: &Summary) -> Option<TunnelCheck> {
+        let ip = summary.tunnel_ip?;
+        let check = tunnel::check(&self.appctl_path, &self.run_dir, ip, READ_TIMEOUT).await;
+        let warning = check.warning(&summary.node);
+        let mut logged = self.tunnel_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if *logged != warning {
+            match &warning {
+                Some(w) => tracing::warn!("{w}"),
+                None => {
+                    tracing::info!(tunnel_ip = %ip, "this DPU's tunnel endpoint is a local address")
+                }
+            }
+            *logged = warning;
+        }
+        Some(check)
     }
 
     fn sample_sys(&self) -> SysFacts {
@@ -90,6 +114,7 @@ impl Collector {
         );
         let counters = counters.map(|c| lb.counters(&c)).map_err(|e| e.to_string());
         let datapath = datapath.map_err(|e| e.to_string());
+        let tunnel = self.check_tunnel(&summary).await;
         Ok(Observation {
             summary,
             lb,
@@ -97,6 +122,7 @@ impl Collector {
             counters,
             datapath,
             sys: self.sample_sys(),
+            tunnel,
         })
     }
 
@@ -229,10 +255,12 @@ pub fn status_of(o: &Observation) -> pb::Status {
                 ip: ip.to_string(),
             })
             .collect(),
+        // The agent's own error first; else a tunnel endpoint that cannot work.
         last_error: s
             .last_error
-            .as_deref()
-            .map(|e| cut(e, MAX_STATUS_ERROR_LEN))
+            .clone()
+            .or_else(|| o.tunnel.as_ref().and_then(|t| t.warning(&s.node)))
+            .map(|e| cut(&e, MAX_STATUS_ERROR_LEN))
             .unwrap_or_default(),
         reconciles: o.registry.reconciles_ok + o.registry.reconciles_failed,
         nacks: o.registry.nacks,

@@ -42,6 +42,35 @@ pub struct ServiceView {
     pub external_traffic_local: bool,
 }
 
+impl ServiceView {
+    /// With ClientIP affinity: the cookie (round 0) of the entries each of its
+    /// AffinityLearn flows learns, with the backend (index into `backends`)
+    /// they pin clients to, as [`crate::compile::affinity_cookie`] makes them.
+    pub fn affinity_cookies(&self) -> Vec<(u64, usize)> {
+        if self.affinity_timeout.is_none() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for vip in &self.vips {
+            for p in &self.ports {
+                for (i, b) in self.backends.iter().enumerate() {
+                    let c = crate::compile::affinity_cookie(
+                        &self.name,
+                        *vip,
+                        p.protocol,
+                        p.port,
+                        &b.vpc,
+                        b.ip,
+                        p.target_port,
+                    );
+                    out.push((c.value(0), i));
+                }
+            }
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortView {
     pub name: String,

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod registry;
 pub mod switch_stats;
 pub mod sysfacts;
+pub mod tunnel;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct Summary {
     pub probe_details: BTreeMap<String, String>,
     /// The last reconcile or update that failed, with why; cleared by success.
     pub last_error: Option<String>,
+    /// This node's own `DpuNode.tunnelIP`, if the intent has one.
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// The sending side of the query channel, for observers.

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use super::{BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError};
-use crate::flows::Bucket;
+use crate::flows::{Bucket, Group};
 
 #[derive(Debug, Clone)]
 pub struct OfctlBackend {
@@ -76,12 +76,61 @@ impl OfctlBackend {
     }
 }
 
+/// Writes `g` as bundle file lines: one `group add_or_mod` with the buckets
+/// that fit one OpenFlow message, then a `group insert_bucket … last` per
+/// further message (each bucket with `weight:1`, see below), split exactly as
+/// the native backend splits it
+/// ([`super::native::codec::group_split`]). `ovs-ofctl` encodes each line as
+/// one message, and a group of more than 64 KiB in one message is refused
+/// (its 16-bit length wraps). A group the codec cannot encode is written on
+/// one line, for `ovs-ofctl` to judge.
+fn write_group(s: &mut String, g: &Group) {
+    let split = super::native::codec::group_split(g).unwrap_or_default();
+    if split.len() <= 1 {
+        let _ = writeln!(s, "group add_or_mod {}", g.spec());
+        return;
+    }
+    let mut rest = g.buckets.as_slice();
+    for (i, n) in split.into_iter().enumerate() {
+        let (now, later) = rest.split_at(n.min(rest.len()));
+        rest = later;
+        if i == 0 {
+            let first = Group {
+                buckets: now.to_vec(),
+                ..g.clone()
+            };
+            let _ = writeln!(s, "group add_or_mod {}", first.spec());
+        } else {
+            let _ = write!(
+                s,
+                "group insert_bucket group_id={},command_bucket_id=last",
+                g.id
+            );
+            // `ovs-ofctl` gives an inserted bucket weight 0 (never chosen)
+            // unless told: the line names no group type, so it cannot know
+            // the group is a select group. 1 is what the first line's buckets
+            // get, and what the native backend sends.
+            for b in now {
+                let _ = write!(
+                    s,
+                    ",bucket=bucket_id:{},weight:1,actions={}",
+                    b.id, b.actions
+                );
+            }
+            s.push('\n');
+        }
+    }
+}
+
 /// Renders bundle ops as an `ovs-ofctl bundle` file.
 pub fn render_bundle(ops: &[BundleOp]) -> String {
     let mut s = String::new();
     for op in ops {
         let _ = match op {
-            BundleOp::PutGroup(g) => writeln!(s, "group add_or_mod {}", g.spec()),
+            BundleOp::PutGroup(g) => {
+                write_group(&mut s, g);
+                Ok(())
+            }
             BundleOp::AddFlow { key, body, cookie } => writeln!(
                 s,
                 "flow add table={},priority={},cookie={cookie:#x}{}{} actions={}",
@@ -293,8 +342,29 @@ impl OpenFlowBackend for OfctlBackend {
         Ok(())
     }
 
+    /// `ovs-ofctl dump-groups` of every group kills OVS 3.1 when a group's
+    /// description is over 64 KiB and another group follows it in the dump
+    /// (`ofpmp_postappend`), and `ovs-ofctl` cannot frame such a reply even
+    /// alone (its 16-bit length wrapped). So the groups are counted first, over
+    /// a native OpenFlow connection (GROUP_STATS, which the switch sends safely
+    /// at any size), and when any group is larger than the native backend
+    /// describes in one dump, everything is read the native backend's way
+    /// (large groups alone, reported unreadable and so written again).
+    /// Otherwise `ovs-ofctl` reads flows and groups as text, as before.
     async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
         let target = self.target.clone();
+        let mut reader = super::NativeBackend::new(target.clone())?
+            .with_timeouts(self.timeout, Duration::from_secs(5));
+        let sizes = reader.group_sizes().await?;
+        let largest = sizes.iter().map(|&(_, n)| n).max().unwrap_or(0);
+        if largest > super::native::DESCRIBE_ALL_MAX_BUCKETS {
+            tracing::debug!(
+                buckets = largest,
+                "a group too large for `ovs-ofctl dump-groups`: reading the switch natively"
+            );
+            return reader.installed().await;
+        }
+        drop(reader);
         let flows = self
             .run(&["--no-stats", "dump-flows", &target], None)
             .await?;

@@ -23,7 +23,7 @@ use crate::openflow::{InstalledGroup, InstalledSummary, OpenFlowError};
 
 /// The most buckets a group may have for all groups to be described in one
 /// dump: 64 KiB holds 128 buckets of up to 500 bytes each.
-const DESCRIBE_ALL_MAX_BUCKETS: usize = 128;
+pub(crate) const DESCRIBE_ALL_MAX_BUCKETS: usize = 128;
 
 /// Flow and group counters, in codec types (`observe::switch_stats` shapes
 /// them).
@@ -317,6 +317,15 @@ pub(super) async fn installed(
     })
     .await?;
     Ok(sum)
+}
+
+/// Every group's counters alone (GROUP_STATS, no description): how many
+/// buckets each group has, read safely whatever their size.
+pub(super) async fn every_group_stats(
+    conn: &mut Conn,
+    next_xid: &mut u32,
+) -> Result<Vec<GroupStats>, OpenFlowError> {
+    flows_and_group_stats(conn, next_xid, Some(&[]), |_| Ok(())).await
 }
 
 /// Reads the counters of every flow of `tables`, of every group and its

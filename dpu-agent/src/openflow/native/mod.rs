@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use codec::{msg_type, BundleCtrl};
 use conn::{error_name, xid_of, Conn, Step};
-pub(crate) use dump::Counters;
+pub(crate) use dump::{Counters, DESCRIBE_ALL_MAX_BUCKETS};
 
 use super::ofctl::render_bundle;
 use super::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
@@ -412,6 +412,21 @@ impl NativeBackend {
         self.conn().await?;
         let conn = self.conn.as_mut().expect("connected above");
         dump::counters(conn, &mut self.next_xid, tables).await
+    }
+
+    /// The number of buckets of every group on the switch, by group id (its
+    /// GROUP_STATS; no description is asked for). The `ovs-ofctl` backend
+    /// reads this before it dares `ovs-ofctl dump-groups`.
+    pub(crate) async fn group_sizes(&mut self) -> Result<Vec<(u32, usize)>, OpenFlowError> {
+        self.begin();
+        let r = tokio::time::timeout(self.timeout, async {
+            self.conn().await?;
+            let conn = self.conn.as_mut().expect("connected above");
+            dump::every_group_stats(conn, &mut self.next_xid).await
+        })
+        .await;
+        let stats = self.settle(r)?;
+        Ok(stats.iter().map(|g| (g.id, g.buckets.len())).collect())
     }
 
     /// Reads the counters of every flow of `tables` (one request per table) and

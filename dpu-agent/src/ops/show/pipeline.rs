@@ -12,7 +12,7 @@ use crate::compile::endpoint_key;
 use crate::flows::{FlowBody, FlowKey, Group};
 use crate::observe::lb_index::{GroupView, ServiceView};
 use crate::observe::{Installed, LbIndex};
-use crate::pipeline::cookie::{Category, Cookie, OBJECT_MASK};
+use crate::pipeline::cookie::{Category, Cookie};
 use crate::pipeline::{table_by_id, Miss, Table, TABLES};
 
 use super::text;
@@ -67,11 +67,12 @@ impl Owners {
         }
         for (&c, name) in &lb.cookies {
             m.insert(c, name.clone());
-            let learned = Cookie {
-                category: Category::AffinityLearned,
-                object: c & OBJECT_MASK,
-            };
-            m.insert(learned.value(0), name.clone());
+        }
+        // Learned entries carry a cookie per Service, VIP, port and backend.
+        for view in lb.services.values() {
+            for (c, _) in view.affinity_cookies() {
+                m.insert(c, view.name.clone());
+            }
         }
         Owners(m)
     }
@@ -97,10 +98,13 @@ struct Filter<'a> {
 
 impl Filter<'_> {
     fn keeps_flow(&self, body: &FlowBody) -> bool {
-        let object = self.view.cookie & OBJECT_MASK;
         match body.cookie.category {
             Category::Endpoint => self.endpoints.iter().any(|e| body.actions.contains(e)),
-            Category::AffinityLearned => body.cookie.object == object,
+            Category::AffinityLearned => self
+                .view
+                .affinity_cookies()
+                .iter()
+                .any(|(c, _)| *c == body.cookie.value(0)),
             _ => body.cookie.value(0) == self.view.cookie,
         }
     }
@@ -452,7 +456,17 @@ groups
         let o = owners();
         let web = fixtures::service_cookie("web");
         assert_eq!(o.label(web), "Service web");
-        assert_eq!(o.label(web.learned()), "AffinityLearned web");
+        // An entry learned for web's backend, as the compiler keys it.
+        let learned = crate::compile::affinity_cookie(
+            "web",
+            "10.96.0.10".parse().unwrap(),
+            "tcp",
+            80,
+            "blue",
+            "10.0.0.5".parse().unwrap(),
+            8080,
+        );
+        assert_eq!(o.label(learned), "AffinityLearned web");
         assert_eq!(o.label(Cookie::new(Category::Vpc, "blue")), "Vpc blue");
         let c = Cookie::new(Category::Endpoint, "blue/tcp/10.0.0.5:8080");
         assert_eq!(o.label(c), "Endpoint blue/tcp/10.0.0.5:8080");

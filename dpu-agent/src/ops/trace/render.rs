@@ -66,13 +66,18 @@ impl Names<'_> {
         } else if is(Category::Endpoint) {
             self.endpoint(object)
         } else if is(Category::AffinityLearned) {
-            let svc = cookie::Cookie {
-                category: Category::Service,
-                object,
-            };
-            self.lb
-                .service_of_cookie(svc.value(0))
-                .map(|s| format!("affinity entry of Service {s}"))
+            let c = c & cookie::Cookie::SELECT_MASK;
+            self.lb.services.values().find_map(|s| {
+                s.affinity_cookies()
+                    .into_iter()
+                    .find(|(learned, _)| *learned == c)
+                    .map(|(_, b)| {
+                        format!(
+                            "affinity entry of Service {} (backend {})",
+                            s.name, s.backends[b].ip
+                        )
+                    })
+            })
         } else if is(Category::Gateway) {
             Some("Gateway".to_string())
         } else if is(Category::Uplink) {

@@ -410,12 +410,17 @@ fn group_mod(
     message(msg_type::GROUP_MOD, xid, &b)
 }
 
-/// A select group as ADD_OR_MOD, plus INSERT_BUCKET messages (at the end) for
-/// the buckets that do not fit the first message.
-fn put_group(g: &Group, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
+/// A group's selection-method property, and its encoded buckets in chunks,
+/// each with the number of buckets in it.
+type Chunks = (Vec<u8>, Vec<(Vec<u8>, usize)>);
+
+/// The selection-method property of `g` and its encoded buckets, cut into
+/// chunks that each fit one GROUP_MOD with that property (at most
+/// `GROUP_SPLIT_BYTES`), in `g`'s order. One chunk (perhaps empty) at least.
+fn group_chunks(g: &Group) -> Result<Chunks, CodecError> {
     let props = selection_method(g)?;
-    let mut msgs = Vec::new();
-    let mut chunk: Vec<u8> = Vec::new();
+    let mut chunks = Vec::new();
+    let (mut chunk, mut count): (Vec<u8>, usize) = (Vec::new(), 0);
     let limit = GROUP_SPLIT_BYTES - props.len();
     for (id, actions) in &bucket_actions(g)? {
         let b = bucket(*id, actions);
@@ -426,15 +431,32 @@ fn put_group(g: &Group, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
             });
         }
         if chunk.len() + b.len() > limit {
-            msgs.push(std::mem::take(&mut chunk));
+            chunks.push((std::mem::take(&mut chunk), count));
+            count = 0;
         }
         chunk.extend_from_slice(&b);
+        count += 1;
     }
-    msgs.push(chunk);
-    Ok(msgs
+    chunks.push((chunk, count));
+    Ok((props, chunks))
+}
+
+/// How many of `g`'s buckets (in its order) go into each message when the
+/// group is written: the first count in the ADD_OR_MOD, each further one in
+/// an INSERT_BUCKET. The `ovs-ofctl` backend splits its bundle file the same
+/// way, since `ovs-ofctl` cannot send a group of more than 64 KiB either.
+pub fn group_split(g: &Group) -> Result<Vec<usize>, CodecError> {
+    Ok(group_chunks(g)?.1.into_iter().map(|(_, n)| n).collect())
+}
+
+/// A select group as ADD_OR_MOD, plus INSERT_BUCKET messages (at the end) for
+/// the buckets that do not fit the first message.
+fn put_group(g: &Group, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
+    let (props, chunks) = group_chunks(g)?;
+    Ok(chunks
         .iter()
         .enumerate()
-        .map(|(i, buckets)| {
+        .map(|(i, (buckets, _))| {
             if i == 0 {
                 group_mod(
                     OFPGC_ADD_OR_MOD,
