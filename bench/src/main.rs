@@ -34,7 +34,7 @@ enum Scenario {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the scenarios and write the results (needs root and Open vSwitch).
-    All(AllArgs),
+    All(Box<AllArgs>),
     /// Redraw results.md and the charts from OUT/results.json.
     Report {
         #[arg(long, default_value = "bench/results")]

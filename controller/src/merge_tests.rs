@@ -200,27 +200,36 @@ fn collisions_are_dropped_with_reasons_and_the_manifest_wins() {
 #[test]
 fn a_service_over_its_limits_loses_the_reported_pods_it_selects() {
     // MAX_BACKENDS + 1 selected pods push YusurService/web past MAX_BACKENDS.
-    // dpu-1's block in a second Subnet of blue holds them all.
+    // They are reported by two nodes (a node may report at most 4,096), each
+    // with a block in a second Subnet of blue.
     let over = dpu_model::limits::MAX_BACKENDS + 1;
+    let half = over / 2;
     let mut docs = docs();
     docs.extend(
         crate::manifest::parse_file(
             "i/40.yaml",
-            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.9.0.0/16, gateway: 10.9.0.1, nodeBlocks: [{node: dpu-1, cidr: 10.9.32.0/19}]}\n",
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: blue-b}\nspec: {vpc: blue, cidr: 10.9.0.0/16, gateway: 10.9.0.1, nodeBlocks: [{node: dpu-1, cidr: 10.9.32.0/19}, {node: dpu-2, cidr: 10.9.64.0/19}]}\n",
         )
         .unwrap(),
     );
-    let mut pods: Vec<pb::Workload> = (0..over)
-        .map(|i| {
-            let ip = format!("10.9.{}.{}", 32 + i / 200, 1 + i % 200);
-            pod(&format!("p-{i}"), "dpu-1", &ip, "web")
-        })
-        .collect();
+    let on = |node: &str, third: usize, range: std::ops::Range<usize>| -> Vec<pb::Workload> {
+        range
+            .enumerate()
+            .map(|(j, i)| {
+                let ip = format!("10.9.{}.{}", third + j / 200, 1 + j % 200);
+                pod(&format!("p-{i}"), node, &ip, "web")
+            })
+            .collect()
+    };
+    let mut pods = on("dpu-1", 32, 0..half);
     pods.push(pod("db-pod", "dpu-1", "10.1.1.99", "db"));
-    let m = run_with(docs, &[("dpu-1", pods)]);
+    let m = run_with(
+        docs,
+        &[("dpu-1", pods), ("dpu-2", on("dpu-2", 64, half..over))],
+    );
     let n = &m.nodes["dpu-1"];
     assert_eq!(n.accepted, 1, "only the pod web does not select");
-    assert_eq!(n.dropped.len(), over);
+    assert_eq!(n.dropped.len() + m.nodes["dpu-2"].dropped.len(), over);
     assert!(
         n.dropped[0].contains("YusurService/web selects it")
             && n.dropped[0].contains("spec.backends"),

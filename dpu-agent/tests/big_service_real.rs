@@ -267,6 +267,6 @@ async fn a_service_of_max_backends_installs_through_both_backends() {
 /// `MAX_BACKENDS` backends whose weights add up to `MAX_BUCKETS`: 8,192 buckets.
 #[tokio::test]
 async fn a_service_of_max_buckets_installs_through_both_backends() {
-    assert_eq!(MAX_BUCKETS as usize % MAX_BACKENDS, 0);
+    const { assert!((MAX_BUCKETS as usize).is_multiple_of(MAX_BACKENDS)) };
     both_backends_install(MAX_BUCKETS / MAX_BACKENDS as u32).await;
 }
