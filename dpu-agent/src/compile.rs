@@ -1488,7 +1488,7 @@ fn compile_service_port(
             (false, _) => Actions::drop(),
             (true, None) => Actions::new().group(gid),
             (true, Some(timeout)) => {
-                // IPv4 only (check_supported refuses affinity with IPv6). One
+                // IPv4 only (the model's validation refuses affinity with IPv6). One
                 // flow per backend: the entries it learns carry that backend's
                 // cookie, and go when it does (see `affinity_cookie`).
                 for (b, chosen) in &learn_for {
