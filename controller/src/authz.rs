@@ -19,7 +19,7 @@
 //!
 //! Pure functions of the intent; the callers log and count what is refused.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use dpu_model::{Intent, Workload};
@@ -67,14 +67,29 @@ pub fn refuse_reported_pod(intent: &Intent, w: &Workload) -> Option<String> {
     ))
 }
 
+/// (VPC, address) of a backend a node hosts.
+pub type Hosted<'a> = HashSet<(&'a str, IpAddr)>;
+
 /// The backends `node` hosts: (VPC, address) of every Workload on it, both
 /// families. A health verdict of the node counts only for these.
-pub fn hosted_backends<'a>(intent: &'a Intent, node: &str) -> HashSet<(&'a str, IpAddr)> {
-    let mut out = HashSet::new();
-    for w in intent.workloads.values().filter(|w| w.node == node) {
-        out.insert((w.vpc.as_str(), IpAddr::V4(w.ip)));
+pub fn hosted_backends<'a>(intent: &'a Intent, node: &str) -> Hosted<'a> {
+    hosted_backends_of(intent, |n| n == node)
+        .remove(node)
+        .unwrap_or_default()
+}
+
+/// [`hosted_backends`] of every node `wanted` picks, in one pass over the
+/// workloads.
+pub fn hosted_backends_of<'a>(
+    intent: &'a Intent,
+    wanted: impl Fn(&str) -> bool,
+) -> HashMap<&'a str, Hosted<'a>> {
+    let mut out: HashMap<&str, Hosted> = HashMap::new();
+    for w in intent.workloads.values().filter(|w| wanted(&w.node)) {
+        let hosted = out.entry(w.node.as_str()).or_default();
+        hosted.insert((w.vpc.as_str(), IpAddr::V4(w.ip)));
         if let Some(v6) = w.ipv6 {
-            out.insert((w.vpc.as_str(), IpAddr::V6(v6)));
+            hosted.insert((w.vpc.as_str(), IpAddr::V6(v6)));
         }
     }
     out

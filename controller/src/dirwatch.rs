@@ -26,7 +26,7 @@ pub const DEBOUNCE: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct DirWatch {
     /// Dropping it stops the watch.
-    _watcher: Option<RecommendedWatcher>,
+    watcher: Option<RecommendedWatcher>,
     changed: Arc<Notify>,
 }
 
@@ -36,9 +36,8 @@ impl DirWatch {
     pub fn start(dir: &Path) -> Self {
         let changed = Arc::new(Notify::new());
         let wake = changed.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
             // An error (an overflowed queue, say) may hide a change: poll.
-            let _ = event;
             wake.notify_one();
         })
         .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
@@ -53,15 +52,12 @@ impl DirWatch {
                 None
             }
         };
-        DirWatch {
-            _watcher: watcher,
-            changed,
-        }
+        DirWatch { watcher, changed }
     }
 
     /// Whether changes wake the intent task (else it only polls).
     pub fn active(&self) -> bool {
-        self._watcher.is_some()
+        self.watcher.is_some()
     }
 
     /// How often to poll besides.

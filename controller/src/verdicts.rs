@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 use dpu_model::Intent;
 
-use crate::authz::hosted_backends;
+use crate::authz::{hosted_backends, hosted_backends_of, Hosted};
 
 /// (VPC, address) of a backend, as verdicts name it.
 pub type BackendKey = (String, String);
@@ -39,7 +39,7 @@ pub struct Change {
 impl Verdicts {
     /// Makes `claim` the node's and filters it against `intent`.
     pub fn set_claim(&mut self, intent: &Intent, node: &str, claim: Claim) -> Change {
-        let (counted, refused) = split_claim(intent, node, &claim);
+        let (counted, refused) = split_claim(&hosted_backends(intent, node), &claim);
         if claim.is_empty() {
             self.claims.remove(node);
         } else {
@@ -51,14 +51,18 @@ impl Verdicts {
         }
     }
 
-    /// Filters every claim again against `intent`.
+    /// Filters every claim again against `intent` (one pass over its
+    /// workloads, whatever the number of nodes).
     pub fn refilter(&mut self, intent: &Intent) -> Change {
         let mut change = Change::default();
+        let hosted = hosted_backends_of(intent, |n| self.claims.contains_key(n));
+        let none = Hosted::new();
         let filtered: Vec<_> = self
             .claims
             .iter()
             .map(|(node, claim)| {
-                let (counted, refused) = split_claim(intent, node, claim);
+                let hosted = hosted.get(node.as_str()).unwrap_or(&none);
+                let (counted, refused) = split_claim(hosted, claim);
                 (node.clone(), counted, refused)
             })
             .collect();
@@ -100,10 +104,9 @@ impl Verdicts {
     }
 }
 
-/// `claim` split into the verdicts that count (backends `node` hosts in
-/// `intent`) and the refused ones (`vpc/ip`).
-fn split_claim(intent: &Intent, node: &str, claim: &Claim) -> (BTreeSet<BackendKey>, Vec<String>) {
-    let hosted = hosted_backends(intent, node);
+/// `claim` split into the verdicts that count (backends in `hosted`) and the
+/// refused ones (`vpc/ip`).
+fn split_claim(hosted: &Hosted<'_>, claim: &Claim) -> (BTreeSet<BackendKey>, Vec<String>) {
     let mut counted = BTreeSet::new();
     let mut refused = Vec::new();
     for (vpc, ip) in claim {

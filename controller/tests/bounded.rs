@@ -9,18 +9,15 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use dpu_listen::flood::{client_hello, open_count};
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::enrollment_client::EnrollmentClient;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 /// The controller's handshake timeout (`dpu_listen::HANDSHAKE_TIMEOUT`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,60 +25,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE: usize = 250;
 const HALF_OPEN: usize = 250;
 
-/// The first flight of a TLS client: a ClientHello, and nothing after it.
-fn client_hello() -> Vec<u8> {
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth();
-    let mut c = ClientConnection::new(
-        Arc::new(config),
-        ServerName::try_from("dpu-controller").unwrap(),
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    while c.wants_write() {
-        c.write_tls(&mut out).unwrap();
-    }
-    assert!(out.len() > 100 && out[0] == 0x16, "not a handshake record");
-    out
-}
-
 /// `idle` plain TCP connections that send nothing and `half_open` that send a
 /// ClientHello and stop.
 fn flood(port: u16, idle: usize, half_open: usize) -> Vec<TcpStream> {
-    let hello = client_hello();
-    let mut all = Vec::with_capacity(idle + half_open);
-    for i in 0..idle + half_open {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        if i >= idle {
-            s.write_all(&hello).unwrap();
-        }
-        all.push(s);
-    }
-    all
-}
-
-/// Whether the server closed this connection: reads what it sent (a
-/// ServerHello, an alert) until end of stream, an error, or nothing more.
-fn closed(s: &TcpStream) -> bool {
-    s.set_nonblocking(true).unwrap();
-    let mut s = s;
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-fn open_count(conns: &[TcpStream]) -> usize {
-    conns.iter().filter(|s| !closed(s)).count()
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    dpu_listen::flood::flood(addr, idle, half_open, &client_hello("dpu-controller"))
 }
 
 /// Waits (at most `limit` after `since`) until the server closed all of them;

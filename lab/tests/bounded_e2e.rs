@@ -4,8 +4,6 @@
 //! its operator socket, /metrics, its controller session and the shim's calls
 //! all keep working. Real controller, agent and OVS; needs root.
 
-use std::io::Write;
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -13,6 +11,7 @@ use dpu_lab::fixture::agent_endpoints;
 use dpu_lab::observe::{agent_ok, scrape, value};
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{backends_lab, mac, web_service, workload_yaml, VIP};
+use dpu_listen::flood::{client_hello, flood, open_count};
 
 const PROBE: &str = "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: NetworkProbe\nmetadata: {name: web-tcp}\nspec: {service: web, type: TCP, port: 8080, periodSeconds: 1, timeoutSeconds: 1, failureThreshold: 2, successThreshold: 1}\n";
 /// What the flood opens: the figures of issue 15.
@@ -20,20 +19,6 @@ const IDLE: usize = 300;
 const HALF_OPEN: usize = 300;
 /// The agent's descriptor limit: its reserve (1,024) and a little room.
 const NOFILE: u64 = 1_200;
-
-/// Whether the peer closed it (end of stream or an error), without blocking.
-fn closed(s: &TcpStream) -> bool {
-    let mut buf = [0u8; 512];
-    s.set_nonblocking(true).ok();
-    loop {
-        match std::io::Read::read(&mut &*s, &mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
 
 fn healthy(text: &str, ip: &str) -> Option<f64> {
     value(text, "dpu_probe_healthy", &[("ip", ip)])
@@ -55,24 +40,11 @@ fn a_flooded_attachment_port_starves_none_of_the_agents_own_work() -> Result<()>
     })?;
     let agent_addr = lab.shim.as_ref().expect("shim").agent_addr.clone();
 
-    // The flood: idle TCP connections, and connections that start a TLS record
-    // (a ClientHello header announcing 512 bytes) and never finish it.
+    // The flood: idle TCP connections, and ClientHellos never followed up.
     let made = Instant::now();
-    let mut conns = Vec::with_capacity(IDLE + HALF_OPEN);
-    let mut refused = 0;
-    for i in 0..IDLE + HALF_OPEN {
-        match TcpStream::connect_timeout(&agent_addr.parse()?, Duration::from_secs(2)) {
-            Ok(mut s) => {
-                if i >= IDLE {
-                    let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
-                }
-                conns.push(s);
-            }
-            Err(_) => refused += 1,
-        }
-    }
+    let conns = flood(agent_addr.parse()?, IDLE, HALF_OPEN, &client_hello("dpu-1"));
     std::thread::sleep(Duration::from_millis(500));
-    let held = conns.iter().filter(|s| !closed(s)).count();
+    let held = open_count(&conns);
 
     // Meanwhile: the operator socket, /metrics with both probes still healthy,
     // a new intent version through the controller session, its log line, the
@@ -113,12 +85,12 @@ fn a_flooded_attachment_port_starves_none_of_the_agents_own_work() -> Result<()>
     // slack for a loaded machine.
     let mut open = conns.len();
     wait_until("the flood to be closed", Duration::from_secs(25), || {
-        open = conns.iter().filter(|s| !closed(s)).count();
+        open = open_count(&conns);
         open == 0
     })
     .map_err(|e| anyhow!("{e}: {open} still open"))?;
     eprintln!(
-        "agent under NOFILE {NOFILE}: {} flood connections made ({refused} refused), {held} held by the agent 0.5 s later; \
+        "agent under NOFILE {NOFILE}: {} flood connections made, {held} held by the agent 0.5 s later; \
          ops socket, /metrics, a new version (v{v2}), the shim's STATUS and 20 requests served in {served_in:?}; \
          all closed {:?} after they were made",
         conns.len(),

@@ -32,6 +32,8 @@
 //!   refused, closed or failed at most once per 10 s per listener.
 
 pub mod fds;
+#[cfg(any(test, feature = "testkit"))]
+pub mod flood;
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;

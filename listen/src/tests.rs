@@ -2,6 +2,7 @@
 //! bounded.
 
 use super::*;
+use crate::flood::closed;
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
@@ -124,23 +125,6 @@ async fn listen(
     let addr = l.local_addr().unwrap();
     let stats = l.stats();
     (addr, l.incoming(), stats, tx)
-}
-
-/// Whether the server closed this plain TCP connection (reads until EOF, an
-/// error, or nothing more to read).
-fn closed(s: &std::net::TcpStream) -> bool {
-    use std::io::Read;
-    s.set_nonblocking(true).unwrap();
-    let mut s = s;
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
 }
 
 async fn next_conn(incoming: &mut ReceiverStream<io::Result<Conn>>) -> Conn {

@@ -6,17 +6,14 @@
 //! certificates from the controller's CA code; every wait is bounded. Prints
 //! its figures (`cargo test -p dpu-agent --lib attach::bounded_tests -- --nocapture`).
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpu_controller::pki::{init_ca, load_ca};
+use dpu_listen::flood::{client_hello, flood, open_count};
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::attachments_client::AttachmentsClient;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, ClientConnection, RootCertStore};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::{serve, AttachCmd, FD_PLAN};
@@ -85,40 +82,6 @@ fn agent_loop(mut rx: mpsc::Receiver<AttachCmd>) {
     });
 }
 
-fn client_hello() -> Vec<u8> {
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(RootCertStore::empty())
-        .with_no_client_auth();
-    let mut c =
-        ClientConnection::new(Arc::new(config), ServerName::try_from(NODE).unwrap()).unwrap();
-    let mut out = Vec::new();
-    while c.wants_write() {
-        c.write_tls(&mut out).unwrap();
-    }
-    out
-}
-
-fn closed(s: &TcpStream) -> bool {
-    s.set_nonblocking(true).unwrap();
-    let mut s = s;
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-fn open_count(conns: &[TcpStream]) -> usize {
-    conns.iter().filter(|s| !closed(s)).count()
-}
-
 /// A `Ready` call with the shim's certificate, on a new connection; its latency.
 async fn shim_ready(s: &Setup, addr: SocketAddr) -> Duration {
     let start = Instant::now();
@@ -163,16 +126,8 @@ async fn idle_and_half_open_connections_are_closed_in_time_and_the_shim_is_serve
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    let hello = client_hello();
     let made = Instant::now();
-    let mut conns = Vec::new();
-    for i in 0..IDLE + HALF_OPEN {
-        let mut c = TcpStream::connect(addr).unwrap();
-        if i >= IDLE {
-            c.write_all(&hello).unwrap();
-        }
-        conns.push(c);
-    }
+    let conns = flood(addr, IDLE, HALF_OPEN, &client_hello(NODE));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held = open_count(&conns);
     let budget = FD_PLAN.budget(dpu_listen::fds::raise_nofile(1 << 16).unwrap());

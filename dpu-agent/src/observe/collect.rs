@@ -60,7 +60,8 @@ pub struct Observation {
     pub counters: Result<BTreeMap<String, ServiceCounters>, String>,
     pub datapath: Result<DatapathFlows, String>,
     pub sys: SysFacts,
-    /// Whether this node's tunnel endpoint is local (no `DpuNode`: `None`).
+    /// Whether this node's tunnel endpoint is local: checked for the Status
+    /// only (`None` without a `DpuNode`, and in a scrape's observation).
     pub tunnel: Option<TunnelCheck>,
 }
 
@@ -114,7 +115,6 @@ impl Collector {
         );
         let counters = counters.map(|c| lb.counters(&c)).map_err(|e| e.to_string());
         let datapath = datapath.map_err(|e| e.to_string());
-        let tunnel = self.check_tunnel(&summary).await;
         Ok(Observation {
             summary,
             lb,
@@ -122,7 +122,8 @@ impl Collector {
             counters,
             datapath,
             sys: self.sample_sys(),
-            tunnel,
+            // Only the Status needs it (`run_status`); a scrape does not.
+            tunnel: None,
         })
     }
 
@@ -212,9 +213,10 @@ impl Collector {
                     }
                 }
                 _ => match self.observe().await {
-                    Ok(o) => {
+                    Ok(mut o) => {
                         lb_at = tokio::time::Instant::now();
                         lb_stale = false;
+                        o.tunnel = self.check_tunnel(&o.summary).await;
                         o
                     }
                     Err(Gone) => return,
