@@ -30,10 +30,17 @@ pub fn client_hello(server_name: &str) -> Vec<u8> {
 
 /// `idle` plain TCP connections to `addr` that send nothing, then `half_open`
 /// that send `hello` and stop.
+///
+/// A connect waits at most 10 s: a listener whose accept queue is full (the
+/// kernel caps the backlog at `net.core.somaxconn`, 128 on some hosts) drops
+/// SYNs, and a plain connect would then wait through minutes of retries.
 pub fn flood(addr: SocketAddr, idle: usize, half_open: usize, hello: &[u8]) -> Vec<TcpStream> {
     (0..idle + half_open)
         .map(|i| {
-            let mut s = TcpStream::connect(addr).expect("connecting to the listener");
+            let mut s = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+                .unwrap_or_else(|e| {
+                    panic!("connection {i} of the flood to {addr}: {e} (is the accept queue full?)")
+                });
             if i >= idle {
                 s.write_all(hello).expect("sending the ClientHello");
             }
