@@ -12,7 +12,7 @@ use crate::alloc::Allocations;
 use crate::flows::{Actions, Bucket, DesiredState, Group, Match};
 use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::{Category, Cookie};
-use crate::pipeline::{label, reg, *};
+use crate::pipeline::{label, mark, reg, *};
 
 mod buckets;
 pub mod incremental;
@@ -279,6 +279,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 Actions::new()
                     .set_reg(reg::VPC, z)
                     .set_reg(reg::ORIGIN, reg::ORIGIN_TUNNEL)
+                    .raw(label::stage_tunnel_src())
                     .goto(CONNTRACK),
                 c,
             );
@@ -291,7 +292,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                     .reg(reg::VPC, z)
                     .kw(fam)
                     .kw("ct_state=+rpl+trk")
-                    .field("ct_label", label::origin_is(reg::ORIGIN_TUNNEL)),
+                    .field("ct_mark", mark::origin_is(reg::ORIGIN_TUNNEL)),
                 Actions::new()
                     .raw(format!("move:{}->NXM_NX_TUN_IPV4_DST[]", label::TUNNEL_SRC))
                     .set_field(vpc.vni, "tun_id")
@@ -633,7 +634,7 @@ fn compile_uplink_local(d: &mut DesiredState, facts: &NodeFacts, u: Uplink<'_>) 
         Match::new()
             .kw("ip")
             .kw("ct_state=+rpl+trk")
-            .field("ct_label", label::origin_is(reg::ORIGIN_UPLINK)),
+            .field("ct_mark", mark::origin_is(reg::ORIGIN_UPLINK)),
         Actions::new()
             .raw(format!("move:{}->NXM_OF_ETH_DST[]", label::MAC))
             .set_field(u.mac, "eth_src")
@@ -664,6 +665,7 @@ fn compile_uplink_service(d: &mut DesiredState, s: &Service, alloc: &Allocations
                 .set_reg(reg::VPC, zone)
                 .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
                 .set_reg(reg::ORIGIN, reg::ORIGIN_UPLINK)
+                .raw(label::stage_mac())
                 .goto(CONNTRACK),
             sc,
         );
@@ -695,7 +697,8 @@ fn compile_gateway(
         &["ip"],
         Actions::new()
             .raw(format!(
-                "move:NXM_NX_CT_MARK[0..15]->{}[0..15]",
+                "move:{}->{}[0..15]",
+                mark::TARGET_ZONE,
                 reg::TARGET_ZONE_NXM
             ))
             .goto(GATEWAY_SNAT),
@@ -737,11 +740,10 @@ fn compile_gateway(
             100,
             vm().kw("ct_state=+new+trk"),
             Actions::new().raw(format!(
-                "ct(commit,table={},zone={}[0..15],nat(src={snat}),exec(load:{:#x}->{}))",
+                "ct(commit,table={},zone={}[0..15],nat(src={snat}),exec({}))",
                 L3_FORWARD.id,
                 reg::VPC_NXM,
-                reg::ORIGIN_GATEWAY,
-                label::ORIGIN
+                mark::set_origin(reg::ORIGIN_GATEWAY),
             )),
             c,
         );
@@ -766,7 +768,7 @@ fn compile_gateway(
                 .reg(reg::VPC, z)
                 .kw("ip")
                 .kw("ct_state=+rpl+trk")
-                .field("ct_label", label::origin_is(reg::ORIGIN_GATEWAY)),
+                .field("ct_mark", mark::origin_is(reg::ORIGIN_GATEWAY)),
             Actions::new().set_reg(reg::VPC, g).raw(format!(
                 "ct(table={},zone={}[0..15],nat)",
                 RETURN_PATH.id,
@@ -1130,13 +1132,26 @@ fn arp_answer_with(
     );
 }
 
+/// A protocol's masked source-port hash field (see [`SRC_PORT_HASH_MASK`]; the
+/// mask in decimal, as OVS prints it), its destination-port field, and that
+/// field's NXM name.
 fn l4_fields(p: Protocol) -> (&'static str, &'static str, &'static str) {
     match p {
-        Protocol::Tcp => ("tcp_src", "tcp_dst", "NXM_OF_TCP_DST[]"),
-        Protocol::Udp => ("udp_src", "udp_dst", "NXM_OF_UDP_DST[]"),
-        Protocol::Sctp => ("sctp_src", "sctp_dst", "OXM_OF_SCTP_DST[]"),
+        Protocol::Tcp => ("tcp_src=63", "tcp_dst", "NXM_OF_TCP_DST[]"),
+        Protocol::Udp => ("udp_src=63", "udp_dst", "NXM_OF_UDP_DST[]"),
+        Protocol::Sctp => ("sctp_src=63", "sctp_dst", "OXM_OF_SCTP_DST[]"),
     }
 }
+
+/// The bits of the L4 source port a select group hashes on (besides both
+/// addresses and the destination port). OVS un-wildcards only the hashed bits
+/// in the datapath flow of a connection's first packet, so one megaflow serves
+/// every new connection whose source port agrees in these bits: with 6 bits, a
+/// client warms at most 64 per VIP, and later connections need no upcall
+/// (issue 16: 1.00 upcall per connection with the whole port). The price: one
+/// client address reaches at most 64 of a Service's backends. The measurement
+/// that chose it is `bench/run --scenarios newconn` (docs/offload.md).
+pub const SRC_PORT_HASH_MASK: u16 = 0x3f;
 
 fn ip_proto_number(p: Protocol) -> u8 {
     match p {
@@ -1319,7 +1334,7 @@ fn compile_service_port(
     let gateway = s.scenario == AccessScenario::EipServiceGateway;
     let (z, c) = (x.zone, x.cookie);
     let proto = fam.proto(port.protocol);
-    let (src_field, dst_field, dst_nxm) = l4_fields(port.protocol);
+    let (src_hash, dst_field, dst_nxm) = l4_fields(port.protocol);
     // (backend, its bucket actions, local) of every backend that gets buckets.
     let mut members = Vec::new();
     // (backend, the registers its buckets load) for AffinityLearn.
@@ -1367,16 +1382,24 @@ fn compile_service_port(
                 100,
                 endpoint.reg(reg::TARGET_ZONE, u32::from(bzone)),
                 Actions::new().raw(format!(
-                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({},move:{}[0..15]->NXM_NX_CT_MARK[0..15]))",
+                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({},move:{}[0..15]->{}))",
                     GATEWAY_SNAT.id,
                     reg::VPC_NXM,
                     nat_dst(b.ip, port.target_port),
                     label::record(),
                     reg::TARGET_ZONE_NXM,
+                    mark::TARGET_ZONE,
                 )),
                 Cookie::new(
                     Category::Endpoint,
-                    &endpoint_key(true, &s.vpc, &b.vpc, port.protocol.as_str(), b.ip, port.target_port),
+                    &endpoint_key(
+                        true,
+                        &s.vpc,
+                        &b.vpc,
+                        port.protocol.as_str(),
+                        b.ip,
+                        port.target_port,
+                    ),
                 ),
             );
         } else {
@@ -1432,7 +1455,7 @@ fn compile_service_port(
     let hash_fields = if s.affinity_timeout.is_some() {
         vec![ip_src]
     } else {
-        vec![ip_src, ip_dst, src_field, dst_field]
+        vec![ip_src, ip_dst, src_hash, dst_field]
     };
     let has_buckets = !buckets.is_empty();
     let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;

@@ -16,6 +16,7 @@ pub mod enroll;
 pub mod flows;
 pub mod notify;
 pub mod observe;
+pub mod offload;
 pub mod openflow;
 pub mod ops;
 pub mod ovsdb;

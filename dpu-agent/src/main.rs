@@ -60,8 +60,15 @@ enum Cmd {
     },
     /// Explain an object of the applied intent by name (a Service, a
     /// workload, ...): what the agent made of it and what stands in its way.
+    /// With `--offload`: which of the switch's datapath flows (of the Service
+    /// NAME, or all) a BlueField NIC could run, and why not the others.
     Explain {
-        name: String,
+        #[arg(required_unless_present = "offload")]
+        name: Option<String>,
+        /// Audit the datapath flows against the NIC's offload rules
+        /// (docs/offload.md) instead.
+        #[arg(long)]
+        offload: bool,
         #[command(flatten)]
         socket: SocketArgs,
     },
@@ -229,7 +236,20 @@ fn main() -> ExitCode {
             };
             ask(&req, &socket)
         }
-        Cmd::Explain { name, socket } => ask(&Request::Explain { name }, &socket),
+        Cmd::Explain {
+            name,
+            offload: true,
+            socket,
+        } => ask(&Request::ExplainOffload { service: name }, &socket),
+        Cmd::Explain {
+            name: Some(name),
+            socket,
+            ..
+        } => ask(&Request::Explain { name }, &socket),
+        Cmd::Explain { name: None, .. } => {
+            eprintln!("dpu-agent: explain: name the object to explain, or use --offload");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Cmd::Trace { packet, socket } => match packet.request() {
             Ok(t) => ask(&Request::Trace(t), &socket),
             Err(msg) => {

@@ -156,7 +156,7 @@ pub mod reg {
     /// VPC id.
     pub const UPLINK_CONTEXT: u32 = 0x2_0000;
     /// Where the packet came in from, set by Classify and recorded in the
-    /// connection's label when conntrack commits it (see [`super::label`]).
+    /// connection's `ct_mark` when conntrack commits it (see [`super::mark`]).
     pub const ORIGIN: &str = "reg5";
     pub const ORIGIN_NXM: &str = "NXM_NX_REG5";
     /// Origins: a workload or the host (0, routed back), another DPU's tunnel, the
@@ -168,6 +168,10 @@ pub mod reg {
     /// its bucket and kept in the gateway zone's `ct_mark`.
     pub const TARGET_ZONE: &str = "reg6";
     pub const TARGET_ZONE_NXM: &str = "NXM_NX_REG6";
+    /// The connection label of the packet's origin, staged by Classify
+    /// (reg12..reg15) and written whole by the commit (see [`super::label`]).
+    pub const LABEL: &str = "xxreg3";
+    pub const LABEL_NXM: &str = "NXM_NX_XXREG3";
 }
 
 /// The conntrack zone (and `reg0`) of the service gateway: EIP connections to
@@ -175,28 +179,75 @@ pub mod reg {
 /// chosen backend's VPC zone. VPC zones stop below it.
 pub const GATEWAY_ZONE: u16 = 0xffff;
 
-/// The connection label (`ct_label`, 128 bits) records how a connection came in,
-/// so its replies go back the same way (ReturnPath): a reply is un-NATed on the
-/// DPU that NATed it, and leaves by the port and next hop its request came from.
-pub mod label {
-    /// The Ethernet source of the connection's first packet (the uplink next hop).
-    pub const MAC: &str = "NXM_NX_CT_LABEL[0..47]";
-    /// The outer source address when it came through a tunnel (the sending DPU).
-    pub const TUNNEL_SRC: &str = "NXM_NX_CT_LABEL[64..95]";
+/// Conntrack metadata records how a connection came in, so its replies go back
+/// the same way (ReturnPath): a reply is un-NATed on the DPU that NATed it, and
+/// leaves by the port and next hop its request came from.
+///
+/// It is laid out for a NIC that runs established connections (docs/offload.md):
+/// the origin is in `ct_mark`, which mlx5 matches under any mask; `ct_label`
+/// holds only what a reply of that origin needs, because mlx5 matches a label
+/// only whole (it maps `key & mask` to an id and compares it with the id of the
+/// connection's full label). Classify stages the label of its origin in
+/// [`reg::LABEL`]; the one commit action ([`label::record`]) writes it whole.
+/// So the label of a connection is a function of its origin, and the one flow
+/// that reads each origin's label reads every bit it can hold.
+pub mod mark {
+    /// In the gateway zone only: the zone (VPC id) of the backend it chose.
+    pub const TARGET_ZONE: &str = "NXM_NX_CT_MARK[0..15]";
     /// The origin (`reg::ORIGIN_*`).
-    pub const ORIGIN: &str = "NXM_NX_CT_LABEL[96..103]";
+    pub const ORIGIN: &str = "NXM_NX_CT_MARK[16..23]";
+    pub const ORIGIN_SHIFT: u32 = 16;
+    pub const ORIGIN_MASK: u32 = 0xff << ORIGIN_SHIFT;
 
-    /// `ct_label` match value/mask for one origin.
+    /// `ct_mark` match value/mask for one origin.
     pub fn origin_is(origin: u32) -> String {
-        format!("{:#x}/{:#x}", u128::from(origin) << 96, 0xffu128 << 96)
+        format!("{:#x}/{ORIGIN_MASK:#x}", origin << ORIGIN_SHIFT)
     }
 
-    /// `ct(commit, exec(...))` actions recording the packet's origin, its
-    /// Ethernet source and its tunnel source.
+    /// A `ct(commit, exec(...))` action setting the origin to a constant.
+    pub fn set_origin(origin: u32) -> String {
+        format!("load:{origin:#x}->{ORIGIN}")
+    }
+}
+
+/// The connection label (`ct_label`): for the uplink, the next hop's MAC; for
+/// a tunnel, the sending DPU's address; zero for every other origin.
+pub mod label {
+    use super::reg;
+
+    /// Origin uplink: the Ethernet source of the connection's first packet.
+    pub const MAC: &str = "NXM_NX_CT_LABEL[0..47]";
+    /// Origin tunnel: the outer IPv4 source (the sending DPU). Bits 0–31, which
+    /// every mlx5 generation with conntrack offload matches.
+    pub const TUNNEL_SRC: &str = "NXM_NX_CT_LABEL[0..31]";
+
+    /// The label bits a connection of `origin` can hold.
+    pub fn bits_of_origin(origin: u32) -> u128 {
+        match origin {
+            reg::ORIGIN_UPLINK => (1 << 48) - 1,
+            reg::ORIGIN_TUNNEL => (1 << 32) - 1,
+            _ => 0,
+        }
+    }
+
+    /// Classify's staging of the uplink label.
+    pub fn stage_mac() -> String {
+        format!("move:NXM_OF_ETH_SRC[]->{}[0..47]", reg::LABEL_NXM)
+    }
+
+    /// Classify's staging of the tunnel label.
+    pub fn stage_tunnel_src() -> String {
+        format!("move:NXM_NX_TUN_IPV4_SRC[]->{}[0..31]", reg::LABEL_NXM)
+    }
+
+    /// `ct(commit, exec(...))` actions recording the packet's origin in
+    /// `ct_mark` and its staged label, whole, in `ct_label`.
     pub fn record() -> String {
         format!(
-            "move:NXM_OF_ETH_SRC[]->{MAC},move:NXM_NX_TUN_IPV4_SRC[]->{TUNNEL_SRC},move:{}[0..7]->{ORIGIN}",
-            super::reg::ORIGIN_NXM
+            "move:{}[]->NXM_NX_CT_LABEL[],move:{}[0..7]->{}",
+            reg::LABEL_NXM,
+            reg::ORIGIN_NXM,
+            super::mark::ORIGIN
         )
     }
 }

@@ -252,6 +252,11 @@ impl Lab {
         Ok(p)
     }
 
+    /// The agent's operator socket (`dpu-agent show|explain --socket`).
+    pub fn ops_socket(&self) -> PathBuf {
+        ops_socket_of(&self.path("agent-state"), NODE)
+    }
+
     pub fn start_agent(&mut self) -> Result<()> {
         let ca = self.pki().join("ca.pem");
         self.start_agent_with_ca(&ca)
@@ -633,7 +638,7 @@ fn observer_sections(f: &AgentFiles) -> String {
     )
 }
 
-fn ops_socket_of(state: &Path, node: &str) -> PathBuf {
+pub(crate) fn ops_socket_of(state: &Path, node: &str) -> PathBuf {
     state
         .parent()
         .unwrap_or(state)

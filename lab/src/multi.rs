@@ -357,6 +357,12 @@ impl MultiLab {
             .start_echo(name, tcp, udp, &log)
     }
 
+    /// DPU `index`'s agent's operator socket.
+    pub fn ops_socket(&self, index: usize) -> PathBuf {
+        let node = node_name(index);
+        crate::fixture::ops_socket_of(&self.path(&format!("agent-state-{node}")), &node)
+    }
+
     /// Packets counted by DPU `dpu`'s flows whose text contains every one of
     /// `parts` (`ovs-ofctl dump-flows` with statistics, which the userspace
     /// datapath folds in about every 0.5 s).

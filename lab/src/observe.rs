@@ -83,6 +83,28 @@ pub fn agent_ok(ops: &Path, args: &[&str]) -> Result<String> {
     Ok(out)
 }
 
+/// `dpu-agent explain --offload [SERVICE]` on the agent behind `ops`, run
+/// right after real traffic (megaflows idle out in 10 s): the report, once it
+/// says that every megaflow that carried data traffic is NIC-matchable, and
+/// that such megaflows carried packets (so the audit saw the traffic).
+pub fn assert_offloadable(ops: &Path, service: Option<&str>) -> Result<String> {
+    let mut args = vec!["explain", "--offload"];
+    args.extend(service);
+    let report = agent_ok(ops, &args)?;
+    if !report.contains("result: pass:") {
+        bail!("the offload audit failed:\n{report}");
+    }
+    let matchable_packets = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("NIC-matchable"))
+        .and_then(|rest| rest.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if matchable_packets == 0 {
+        bail!("the offload audit saw no data packets in NIC-matchable megaflows:\n{report}");
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dpu_lab::multi::MultiLab;
+use dpu_lab::observe::assert_offloadable;
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{mac, placed_workload, service_yaml, vpc_yaml, GW, VIP};
 
@@ -73,6 +74,10 @@ fn a_dual_stack_service_and_an_ipv6_one_balance_over_both_dpus() -> Result<()> {
             assert!(r.count_for("web-1") > 0, "{target} {what}: {r:?}");
             assert!(r.count_for("web-2") > 0, "{target} {what}: {r:?}");
         }
+    }
+    // IPv6 and IPv4 through both DPUs.
+    for (dpu, service) in [(0, "web"), (0, "web6"), (1, "web"), (1, "web6")] {
+        assert_offloadable(&lab.ops_socket(dpu), Some(service))?;
     }
     // The backend behind the tunnel saw the client's own IPv6 address.
     let peers = lab.tcp_peers("web-2");

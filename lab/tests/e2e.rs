@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dpu_lab::fixture::{tail, Lab};
+use dpu_lab::observe::assert_offloadable;
 use dpu_lab::process::wait_until;
 use dpu_lab::traffic;
 
@@ -44,6 +45,10 @@ fn tcp_and_udp_reach_every_backend() -> Result<()> {
     assert!(!groups.contains("dp_hash"), "{groups}");
     let flows = lab.flows()?.join("\n");
     assert!(flows.contains("nw_dst=10.96.0.10,tp_dst=80"), "{flows}");
+    // Scenario 1 (in-VPC ClusterIP): every megaflow that carried its
+    // established traffic is one a BlueField could run.
+    let report = assert_offloadable(&lab.ops_socket(), Some("web"))?;
+    assert!(report.contains("Service web"), "{report}");
     Ok(())
 }
 
@@ -129,6 +134,7 @@ fn session_affinity_keeps_a_client_on_one_backend() -> Result<()> {
         1,
         "client moved between backends: {r:?}"
     );
+    assert_offloadable(&lab.ops_socket(), Some("web"))?;
     let flows = lab.ovs.ofctl(&[
         "--no-stats",
         "dump-flows",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dpu_lab::multi::{node_name, uplink_mac, MultiLab};
+use dpu_lab::observe::assert_offloadable;
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{mac, placed_workload, service_yaml, vpc_yaml, GW, VIP};
 
@@ -94,6 +95,11 @@ fn an_eip_reaches_backends_on_both_dpus_keeps_the_client_address_and_replies_sym
         for b in ["web-1", "web-2", "db-1"] {
             assert!(r.count_for(b) > 0, "{what}: {b} never answered: {r:?}");
         }
+    }
+    // Scenario 3: the EIP's DPU (uplink in, labelled replies out) and the one
+    // behind the tunnel keep the Service's traffic NIC-matchable.
+    for dpu in [0, 1] {
+        assert_offloadable(&lab.ops_socket(dpu), Some("web"))?;
     }
     // Every backend saw the client's own address.
     for b in ["web-1", "web-2", "db-1"] {
@@ -231,6 +237,11 @@ fn a_service_gateway_reaches_backends_in_overlapping_vpcs_and_keeps_them_apart()
             assert!(r.count_for(b) > 0, "{what}: {b} never answered: {r:?}");
         }
     }
+    // Scenario 4: through the gateway zone and both backend VPCs' zones. The
+    // Service's load balancer is on its EIP's DPU only; on the other, its
+    // traffic is all that crossed it, so the whole datapath is audited.
+    assert_offloadable(&lab.ops_socket(0), Some("shop"))?;
+    assert_offloadable(&lab.ops_socket(1), None)?;
     // DNAT+SNAT: each backend saw the gateway's address in its own VPC.
     for b in ["web-a1", "web-b1", "web-b2"] {
         let peers = lab.tcp_peers(b);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dpu_lab::multi::MultiLab;
+use dpu_lab::observe::assert_offloadable;
 use dpu_lab::process::wait_until;
 use dpu_lab::scenario::{mac, placed_workload, service_yaml, vpc_yaml, GW, VIP};
 
@@ -82,6 +83,11 @@ fn a_cluster_ip_reaches_backends_on_both_dpus_with_the_client_address_kept() -> 
             assert!(r.count_for("web-1") > 0, "{client} {what}: {r:?}");
             assert!(r.count_for("web-2") > 0, "{client} {what}: {r:?}");
         }
+    }
+    // Both DPUs' megaflows of the Service, the tunnel's included, are ones a
+    // BlueField could run.
+    for dpu in [0, 1] {
+        assert_offloadable(&lab.ops_socket(dpu), Some("web"))?;
     }
     // The backend behind the tunnel saw the clients' own addresses (no SNAT).
     let peers = lab.tcp_peers("web-2");
@@ -191,6 +197,9 @@ fn node_cluster_ip_serves_the_hosts_through_their_pf_and_nothing_else() -> Resul
             assert!(r.count_for("web-1") > 0, "{host} {what}: {r:?}");
             assert!(r.count_for("web-2") > 0, "{host} {what}: {r:?}");
         }
+    }
+    for dpu in [0, 1] {
+        assert_offloadable(&lab.ops_socket(dpu), Some("web"))?;
     }
     // The backends saw the hosts' own addresses.
     let peers: Vec<String> = ["web-1", "web-2"]

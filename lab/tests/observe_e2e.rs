@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dpu_lab::fixture::{agent_endpoints, Lab};
@@ -85,12 +85,22 @@ fn metrics_pass_promtool_and_move_under_traffic() -> Result<()> {
     let udp = lab.client("client", &format!("{VIP}:53"), "udp", 20)?;
     assert_eq!(udp.failed, 0, "{udp:?}");
 
-    let after = scrape(metrics)?;
+    // Every connection made one load-balancing decision (a retransmitted SYN
+    // would make two). Most first packets hit a datapath flow that an earlier
+    // connection made (the masked source-port hash), and the switch credits
+    // those to the group when its revalidators fold the datapath's counters
+    // in, about every 0.5 s: so within a few seconds.
+    let mut after = scrape(metrics)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while must(&after, "dpu_service_new_connections_total", &web) - conns0 < 60.0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        after = scrape(metrics)?;
+    }
     assert!(promtool(&after)?.is_empty());
     let conns = must(&after, "dpu_service_new_connections_total", &web) - conns0;
     let pkts = must(&after, "dpu_service_packets_total", &web) - pkts0;
-    // Every connection made one load-balancing decision (a retransmitted SYN
-    // would make two).
     assert!(conns >= 60.0, "new connections moved by {conns}:\n{after}");
     assert!(pkts >= 60.0, "packets moved by {pkts}");
     assert!(must(&after, "dpu_service_bytes_total", &web) > 0.0);
@@ -116,6 +126,19 @@ fn metrics_pass_promtool_and_move_under_traffic() -> Result<()> {
     assert!(must(&after, "dpu_datapath_flows", &[("type", "all")]) > 0.0);
     assert_eq!(
         must(&after, "dpu_datapath_flows", &[("type", "offloaded")]),
+        0.0
+    );
+    // The offload audit of the same flows: the traffic's megaflows are
+    // NIC-matchable, and none would stay in software.
+    assert!(
+        must(
+            &after,
+            "dpu_datapath_megaflows",
+            &[("verdict", "nic_matchable")]
+        ) > 0.0
+    );
+    assert_eq!(
+        must(&after, "dpu_datapath_megaflows", &[("verdict", "software")]),
         0.0
     );
     // Versions, reconciles, bundles, probes, the DPU's facts.

@@ -26,6 +26,8 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DatapathFlows {
     pub total: u64,
     pub offloaded: u64,
+    /// The offload audit's verdicts.
+    pub audit: crate::offload::Counts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,19 +169,42 @@ pub async fn dump(
     Ok(parse_dump(&text))
 }
 
-/// How many flows the datapath holds, and how many of them are offloaded. Two
-/// dumps, not one: the plain dump does not say which flows are offloaded
-/// without `-m`, whose lines are several times longer.
+/// `dpctl/dump-flows -m`: every key attribute with its mask, the layer
+/// (`dp:`) and the counters, as text (see [`crate::offload`]).
+pub async fn dump_verbose(
+    appctl_path: &str,
+    run_dir: &Path,
+    datapath_type: &str,
+) -> Result<String, DatapathError> {
+    let args = ["dpctl/dump-flows", "-m", datapath_name(datapath_type)?];
+    appctl(appctl_path, run_dir, &args, DUMP_TIMEOUT).await
+}
+
+/// How many flows the datapath holds, how many of them are offloaded, and
+/// how many a BlueField could run by the offload audit ([`crate::offload`]).
+/// One `-m` dump: its lines name the layer (`dp:tc` or `dp:dpdk` is offloaded,
+/// as `type=offloaded` lists them) and every key attribute the audit reads.
 pub async fn count(
     appctl_path: &str,
     run_dir: &Path,
     datapath_type: &str,
 ) -> Result<DatapathFlows, DatapathError> {
-    let total = dump(appctl_path, run_dir, datapath_type, false)
-        .await?
-        .len() as u64;
-    let offloaded = dump(appctl_path, run_dir, datapath_type, true).await?.len() as u64;
-    Ok(DatapathFlows { total, offloaded })
+    let text = dump_verbose(appctl_path, run_dir, datapath_type).await?;
+    Ok(count_dump(&text))
+}
+
+/// [`count`] of a dump's text.
+pub fn count_dump(text: &str) -> DatapathFlows {
+    let lines = parse_dump(text);
+    let offloaded = lines
+        .iter()
+        .filter(|l| l.contains(", dp:tc,") || l.contains(", dp:dpdk,"))
+        .count();
+    DatapathFlows {
+        total: lines.len() as u64,
+        offloaded: offloaded as u64,
+        audit: crate::offload::Audit::counts_of_dump(text),
+    }
 }
 
 #[cfg(test)]

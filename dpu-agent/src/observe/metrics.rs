@@ -331,11 +331,21 @@ pub fn families(x: &Input<'_>) -> Vec<Family> {
         "dpu_datapath_flows",
         "Datapath (megaflow) flows, all and offloaded to hardware.",
     );
+    let mut audit = Family::gauge(
+        "dpu_datapath_megaflows",
+        "Datapath flows by the offload audit's verdict (docs/offload.md): NIC-matchable, \
+         slow path by design, or software (would stay out of the NIC).",
+    );
     if let Some(d) = x.datapath {
         dp.push(l([("type", "all")]), d.total);
         dp.push(l([("type", "offloaded")]), d.offloaded);
+        let a = d.audit;
+        audit.push(l([("verdict", "nic_matchable")]), a.nic_matchable);
+        audit.push(l([("verdict", "slow_path")]), a.slow_path);
+        audit.push(l([("verdict", "software")]), a.software);
     }
     out.push(dp);
+    out.push(audit);
 
     out.extend(sys_families(x.sys));
     let mut up = Family::gauge(

@@ -27,3 +27,31 @@ pub async fn run(ctx: &Ctx, name: &str) -> Result<String, OpsError> {
     };
     Ok(hops::check(&gathered).render())
 }
+
+/// `explain --offload [SERVICE]`: the switch's megaflows, audited
+/// ([`crate::offload`]); for a Service, those whose key names one of its
+/// addresses and the flows they recirculate into.
+pub async fn offload(ctx: &Ctx, service: Option<&str>) -> Result<String, OpsError> {
+    let addrs = match service {
+        None => None,
+        Some(name) => {
+            let lb = ctx.agent.lb().await?;
+            super::show::check_service(&lb, name)?;
+            let view = &lb.services[name];
+            let mut addrs = view.vips.clone();
+            addrs.extend(view.backends.iter().map(|b| b.ip));
+            Some(addrs)
+        }
+    };
+    let text =
+        crate::observe::datapath::dump_verbose(&ctx.appctl_path, &ctx.run_dir, &ctx.datapath_type)
+            .await
+            .map_err(|e| OpsError(format!("cannot read the datapath: {e}")))?;
+    let audit = crate::offload::Audit::of_dump(&text);
+    Ok(match (service, addrs) {
+        (Some(name), Some(addrs)) => audit
+            .only_addresses(&addrs)
+            .render(&format!("Service {name}")),
+        _ => audit.render(&format!("the datapath of node {}", ctx.node)),
+    })
+}

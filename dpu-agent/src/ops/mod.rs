@@ -32,6 +32,10 @@ pub enum Request {
     Explain {
         name: String,
     },
+    /// The offload audit of the datapath flows, all or one Service's.
+    ExplainOffload {
+        service: Option<String>,
+    },
 }
 
 /// A packet to trace through the pipeline.
@@ -103,5 +107,6 @@ pub async fn handle(ctx: &Ctx, req: &Request) -> Result<String, OpsError> {
         Request::ShowService { name } => show::service(ctx, name).await,
         Request::Trace(t) => trace::run(ctx, t).await,
         Request::Explain { name } => explain::run(ctx, name).await,
+        Request::ExplainOffload { service } => explain::offload(ctx, service.as_deref()).await,
     }
 }

@@ -55,7 +55,7 @@ pub async fn service(ctx: &Ctx, name: &str) -> Result<String, OpsError> {
     Ok(service::render(view, &counters, &offload))
 }
 
-fn check_service(lb: &LbIndex, name: &str) -> Result<(), OpsError> {
+pub(super) fn check_service(lb: &LbIndex, name: &str) -> Result<(), OpsError> {
     if lb.services.contains_key(name) {
         return Ok(());
     }

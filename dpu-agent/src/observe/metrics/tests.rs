@@ -318,6 +318,12 @@ fn scrape_with(w: &World, switch: bool, datapath: bool, per_backend: bool) -> St
         datapath: datapath.then_some(DatapathFlows {
             total: 120,
             offloaded: 0,
+            audit: crate::offload::Counts {
+                nic_matchable: 70,
+                slow_path: 49,
+                software: 1,
+                ..Default::default()
+            },
         }),
         sys: &w.sys,
         agent_version: "0.1.0",
@@ -365,6 +371,9 @@ fn a_full_scrape_reports_every_metric_and_passes_promtool() {
         r#"dpu_probe_transitions_total{vpc="blue",ip="10.0.0.6",to="unhealthy"} 1"#,
         r#"dpu_datapath_flows{type="all"} 120"#,
         r#"dpu_datapath_flows{type="offloaded"} 0"#,
+        r#"dpu_datapath_megaflows{verdict="nic_matchable"} 70"#,
+        r#"dpu_datapath_megaflows{verdict="slow_path"} 49"#,
+        r#"dpu_datapath_megaflows{verdict="software"} 1"#,
         "dpu_node_cpu_percent 12.5",
         "dpu_node_cpus 8",
         r#"dpu_node_memory_bytes{kind="total"} 17179869184"#,
@@ -463,6 +472,7 @@ fn unreadable_sources_omit_their_counters() {
         "dpu_backend_new_connections_total",
         "dpu_backend_bytes_total",
         "dpu_datapath_flows",
+        "dpu_datapath_megaflows",
     ] {
         assert!(
             !text.lines().any(|l| l.contains(absent)),

@@ -474,9 +474,15 @@ fn field_names(mut b: &[u8], what: &'static str) -> Result<Vec<String>, CodecErr
         if len > b.len() {
             return Err(malformed(what, format!("field {h:#010x} overruns")));
         }
+        let value = &b[head..len];
+        let mask = (!value.iter().all(|x| *x == 0xff) && value.len() <= 8)
+            .then(|| value.iter().fold(0u64, |m, x| m << 8 | u64::from(*x)));
         let name = fields::by_header(h)
             .and_then(|f| HASH_FIELDS.iter().find(|(_, c)| *c == f.name))
-            .map_or_else(|| format!("{h:#010x}"), |(_, c)| c.to_string());
+            .map_or_else(
+                || format!("{h:#010x}"),
+                |(_, c)| super::hash_field_name(c, mask),
+            );
         out.push(name);
         b = &b[len..];
     }

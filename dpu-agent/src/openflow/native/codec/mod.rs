@@ -300,6 +300,44 @@ const GROUP_SPLIT_BYTES: usize = 60_000;
 pub(crate) const NTR_VENDOR: u32 = 0x0000_154d;
 pub(crate) const NTRT_SELECTION_METHOD: u32 = 1;
 
+/// One hash field of a selection method, `name` or `name=MASK` (the mask in
+/// decimal, as OVS prints it, or `0x` hex): the field and its mask, `None` for
+/// all ones. Masks are for fields of up to 8 bytes (ports, `ip_proto`).
+pub(crate) fn hash_field(
+    group: u32,
+    spec: &str,
+) -> Result<(&'static fields::Field, Option<u64>), CodecError> {
+    let bad = |reason: String| CodecError::Group { id: group, reason };
+    let (name, mask) = match spec.split_once('=') {
+        Some((n, m)) => (n, Some(m)),
+        None => (spec, None),
+    };
+    let field = HASH_FIELDS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, f)| fields::lookup(f))
+        .ok_or_else(|| bad(format!("unknown hash field `{name}`")))?;
+    let Some(mask) = mask else {
+        return Ok((field, None));
+    };
+    let value = match mask.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => mask.parse::<u64>(),
+    }
+    .map_err(|_| {
+        bad(format!(
+            "hash field `{name}`: mask `{mask}` is not a number"
+        ))
+    })?;
+    if field.len > 8 || (field.len < 8 && value >> (8 * field.len) != 0) || value == 0 {
+        return Err(bad(format!(
+            "hash field `{name}`: mask `{mask}` does not fit its {} bytes, or is zero",
+            field.len
+        )));
+    }
+    Ok((field, Some(value)))
+}
+
 /// Hash fields of the selection method, by name.
 pub(crate) static HASH_FIELDS: &[(&str, &str)] = &[
     ("ip_src", "ip_src"),
@@ -371,18 +409,15 @@ fn selection_method(g: &Group) -> Result<Vec<u8>, CodecError> {
     method[..4].copy_from_slice(b"hash");
     p.extend_from_slice(&method);
     p.extend_from_slice(&0u64.to_be_bytes());
-    for name in &g.hash_fields {
-        let field = HASH_FIELDS
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, f)| fields::lookup(f))
-            .ok_or_else(|| CodecError::Group {
-                id: g.id,
-                reason: format!("unknown hash field `{name}`"),
-            })?;
-        // OVS writes each field as an OXM entry whose value is all ones.
+    for spec in &g.hash_fields {
+        let (field, mask) = hash_field(g.id, spec)?;
+        // OVS writes each field as an OXM entry whose value is the field's
+        // mask: all ones for a whole field (`oxm_put_field_array`).
         p.extend_from_slice(&field.oxm.to_be_bytes());
-        p.extend(std::iter::repeat_n(0xff, field.len));
+        match mask {
+            None => p.extend(std::iter::repeat_n(0xff, field.len)),
+            Some(m) => p.extend_from_slice(&m.to_be_bytes()[8 - field.len..]),
+        }
     }
     let len = p.len() as u16;
     p[2..4].copy_from_slice(&len.to_be_bytes());
@@ -534,6 +569,15 @@ pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
     })
 }
 
+/// A hash field as OVS prints it: the canonical name, and a mask that is not
+/// all ones in decimal (`tcp_src=63`).
+pub(crate) fn hash_field_name(canonical: &str, mask: Option<u64>) -> String {
+    match mask {
+        None => canonical.to_string(),
+        Some(m) => format!("{canonical}={m}"),
+    }
+}
+
 /// Lowercase hex, for bucket actions in [`InstalledGroup`].
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -543,16 +587,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// by name, each bucket as the hex of its actions.
 pub fn wire_form(g: &Group) -> Result<InstalledGroup, CodecError> {
     let mut hash_fields = Vec::new();
-    for name in &g.hash_fields {
-        let canonical = HASH_FIELDS
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, f)| f.to_string())
-            .ok_or_else(|| CodecError::Group {
-                id: g.id,
-                reason: format!("unknown hash field `{name}`"),
-            })?;
-        hash_fields.push(canonical);
+    for spec in &g.hash_fields {
+        let (field, mask) = hash_field(g.id, spec)?;
+        hash_fields.push(hash_field_name(field.name, mask));
     }
     Ok(InstalledGroup {
         kind: "select".into(),

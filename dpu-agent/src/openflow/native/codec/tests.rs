@@ -92,6 +92,51 @@ fn group_bytes_equal_what_ovs_writes() {
 }
 
 #[test]
+fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
+    // parse-group 'group_id=1,type=select,selection_method=hash,
+    // fields(ip_src,tcp_src=63,udp_dst),bucket=bucket_id:0,actions=drop'
+    let ovs = unhex(
+        "06 0f 00 68 00 00 00 01 00 00 01 00 00 00 00 01
+         00 10 00 00 ff ff ff ff 00 10 00 00 00 00 00 00
+         00 00 00 08 00 01 00 00 ff ff 00 3c 00 00 15 4d
+         00 00 00 01 00 00 00 00 68 61 73 68 00 00 00 00
+         00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+         80 00 16 04 ff ff ff ff 80 00 1a 02 00 3f 80 00
+         20 02 ff ff 00 00 00 00",
+    );
+    for spelling in ["tcp_src=63", "tcp_src=0x3f"] {
+        let g = group(1, vec!["ip_src", spelling, "udp_dst"], &["drop"]);
+        let mut ours = encode_op(&BundleOp::PutGroup(g.clone()), 1).unwrap()[0].clone();
+        ours[8] = 0;
+        assert_eq!(hex(&ours), hex(&ovs), "{spelling}");
+        assert_eq!(
+            wire_form(&g).unwrap().hash_fields,
+            ["ip_src", "tcp_src=63", "udp_dst"]
+        );
+    }
+    // The decoder reads the mask back in OVS's spelling.
+    // A GROUP_DESC entry has the GROUP_MOD's body with its length in place of
+    // the command and no command bucket id.
+    let mut desc = ovs[8..].to_vec();
+    desc[0..2].copy_from_slice(&((ovs.len() - 8) as u16).to_be_bytes());
+    desc[12..16].fill(0);
+    let read = decode::parse_group_desc_body(&desc).unwrap();
+    assert_eq!(read[0].1.hash_fields, ["ip_src", "tcp_src=63", "udp_dst"]);
+    for bad in [
+        "tcp_src=0",
+        "tcp_src=65536",
+        "tcp_src=0xzz",
+        "ip_dst=300000000000",
+    ] {
+        let g = group(1, vec![bad], &["drop"]);
+        let e = encode_op(&BundleOp::PutGroup(g), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn actions_equal_what_ovs_writes() {
     let cases = [
         (
