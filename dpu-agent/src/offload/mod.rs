@@ -372,7 +372,7 @@ fn judge(f: &Megaflow) -> (Verdict, Vec<Finding>) {
     let st = f.ct_state();
     // Slow path by design.
     let icmpv6_nd = f.matched("icmpv6").is_some_and(|a| {
-        a.parts().iter().any(|(k, v)| {
+        a.matched_parts().iter().any(|(k, v)| {
             *k == "type"
                 && v.split('/')
                     .next()

@@ -285,6 +285,7 @@ fn operate(lab: &Lab, docs: &[(String, Value)], services: &[Value]) -> Result<()
         "client",
     ])?;
     print(&["explain", name])?;
+    print(&["explain", "--offload", name])?;
     println!("\n== operating it: GET http://{metrics}/metrics (some of its lines)");
     let shown = [
         "dpu_intent_",
@@ -292,6 +293,7 @@ fn operate(lab: &Lab, docs: &[(String, Value)], services: &[Value]) -> Result<()
         "dpu_backend_new_connections_total",
         "dpu_bundle_duration_seconds_count",
         "dpu_datapath_flows",
+        "dpu_datapath_megaflows",
         "dpu_node_cpu_percent",
         "dpu_agent_resident_memory_bytes",
     ];
