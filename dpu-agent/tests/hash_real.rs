@@ -117,7 +117,10 @@ fn backends_by_bucket(g: &Group) -> BTreeMap<u32, Ipv4Addr> {
                 .actions
                 .split("set_field:")
                 .nth(1)
-                .and_then(|r| r.strip_suffix("->reg3").or_else(|| r.split("->reg3").next()))
+                .and_then(|r| {
+                    r.strip_suffix("->reg3")
+                        .or_else(|| r.split("->reg3").next())
+                })
                 .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
                 .unwrap_or_else(|| panic!("no reg3 in bucket {}: {}", b.id, b.actions));
             (b.id, Ipv4Addr::from(hex))
@@ -165,7 +168,10 @@ fn chi2(counts: &[u64]) -> f64 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
-    assert_eq!(SRC_PORT_HASH_MASK, 0x3f, "the test covers every value of 6 bits");
+    assert_eq!(
+        SRC_PORT_HASH_MASK, 0x3f,
+        "the test covers every value of 6 bits"
+    );
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     ovs.add_bridge(BRIDGE).unwrap();
     let wide: Vec<Ipv4Addr> = (0..100).map(backend_ip).collect();
@@ -179,7 +185,8 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
     r.apply(&desired).await.unwrap();
     let g100 = group_of(&desired, 100).clone();
     assert!(
-        g100.spec().contains("fields(ip_src,ip_dst,tcp_src=63,tcp_dst)"),
+        g100.spec()
+            .contains("fields(ip_src,ip_dst,tcp_src=63,tcp_dst)"),
         "{:.200}",
         g100.spec()
     );
@@ -194,7 +201,12 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
     for c in 0..3 {
         for p in FIRST_PORT..FIRST_PORT + 8 {
             let a = picked(&ovs, &g100, WIDE_VIP, client_ip(c), p + 64);
-            assert_eq!(a, first[&(client_ip(c), p)], "ports {p} and {} of client {c}", p + 64);
+            assert_eq!(
+                a,
+                first[&(client_ip(c), p)],
+                "ports {p} and {} of client {c}",
+                p + 64
+            );
         }
     }
     let per_client: Vec<usize> = (0..CLIENTS)
@@ -210,7 +222,10 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
         })
         .collect();
     // 64 hash values over 100 backends: about 47 distinct ones expected.
-    assert!(per_client.iter().all(|n| *n >= 30), "backends per client: {per_client:?}");
+    assert!(
+        per_client.iter().all(|n| *n >= 30),
+        "backends per client: {per_client:?}"
+    );
 
     // Remove one backend: only its flows move, and they are about 1 in 100.
     let gone = backend_ip(37);
@@ -222,10 +237,7 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
     let g99 = group_of(&after_desired, 99).clone();
     assert_eq!(g99.id, g100.id, "the Service keeps its group");
     let second = picks(&ovs, &g99, WIDE_VIP);
-    let moved: Vec<_> = first
-        .iter()
-        .filter(|(k, b)| second[*k] != **b)
-        .collect();
+    let moved: Vec<_> = first.iter().filter(|(k, b)| second[*k] != **b).collect();
     let on_gone = first.values().filter(|b| **b == gone).count();
     let strays: Vec<_> = moved.iter().filter(|(_, b)| **b != gone).collect();
     println!(
@@ -235,7 +247,10 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
         100.0 * moved.len() as f64 / first.len() as f64,
         on_gone
     );
-    assert!(strays.is_empty(), "flows moved off backends that stayed: {strays:?}");
+    assert!(
+        strays.is_empty(),
+        "flows moved off backends that stayed: {strays:?}"
+    );
     assert_eq!(moved.len(), on_gone);
     assert!(
         on_gone > 0 && (on_gone as f64) < 0.03 * first.len() as f64,
@@ -254,7 +269,13 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
     let x2 = chi2(&counts);
     // df = 2: p = exp(-χ²/2).
     let p = (-x2 / 2.0).exp();
-    println!("3 backends over {} flows: {counts:?}, χ² = {x2:.2}, p = {p:.3}", three.len());
+    println!(
+        "3 backends over {} flows: {counts:?}, χ² = {x2:.2}, p = {p:.3}",
+        three.len()
+    );
     assert_eq!(counts.len(), 3, "every backend is picked: {counts:?}");
-    assert!(p > 0.001, "uneven spread: {counts:?}, χ² = {x2:.2}, p = {p:.5}");
+    assert!(
+        p > 0.001,
+        "uneven spread: {counts:?}, χ² = {x2:.2}, p = {p:.5}"
+    );
 }
