@@ -229,6 +229,8 @@ fn no_agent_at_the_socket_exits_4_and_names_the_path() {
         &["show", "--socket", s, "pipeline", "--service", "web"],
         &["show", "service", "web", "--socket", s],
         &["explain", "web", "--socket", s],
+        &["explain", "--offload", "--socket", s],
+        &["explain", "--offload", "web", "--socket", s],
         &[
             "trace",
             "--src",
