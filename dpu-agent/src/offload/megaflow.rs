@@ -133,11 +133,12 @@ impl Megaflow {
         u16::from_str_radix(v.trim_start_matches("0x"), 16).ok()
     }
 
-    /// Whether the flow's `ct_label` match (if any) and `ct_mark` value.
+    /// The flow's `ct_label` match, value and mask, if it matches the label.
     pub fn ct_label(&self) -> Option<(u128, u128)> {
         masked_u128(&self.matched("ct_label")?.inner)
     }
 
+    /// The flow's `ct_mark` match, value and mask, if it matches the mark.
     pub fn ct_mark(&self) -> Option<(u128, u128)> {
         masked_u128(&self.matched("ct_mark")?.inner)
     }
