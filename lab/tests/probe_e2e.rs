@@ -22,10 +22,11 @@ fn has_web2_bucket(lab: &Lab) -> bool {
         .is_ok_and(|g| g.iter().any(|l| l.contains(WEB2_BUCKET)))
 }
 
-/// A held connection through the VIP that landed on web-1 (a few tries: the
-/// backend is the hash's choice).
+/// A held connection through the VIP that landed on web-1 (the backend is the
+/// hash's choice: with two backends, 16 tries all miss with a chance of 2^-16).
 fn hold_on_web1(lab: &Lab) -> Result<traffic::Hold> {
-    for i in 0..8 {
+    let mut missed = Vec::new();
+    for i in 0..16 {
         let mut h = traffic::start_hold(
             &lab.host("client")?.ns,
             &format!("{VIP}:80"),
@@ -33,11 +34,13 @@ fn hold_on_web1(lab: &Lab) -> Result<traffic::Hold> {
             Duration::from_millis(100),
             &lab.path(&format!("hold-{i}.json")),
         )?;
-        if h.wait_first(Duration::from_secs(5))?.contains("web-1") {
+        let first = h.wait_first(Duration::from_secs(5))?;
+        if first.contains("web-1") {
             return Ok(h);
         }
+        missed.push(first);
     }
-    bail!("no held connection landed on web-1 in 8 tries")
+    bail!("no held connection landed on web-1 in 16 tries: {missed:?}")
 }
 
 /// One DPU, with the controller down for the whole fault: probes keep running
