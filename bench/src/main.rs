@@ -67,10 +67,21 @@ struct AllArgs {
         default_value = "cold,churn,restart,footprint,lb,newconn"
     )]
     scenarios: Vec<Scenario>,
-    /// Group sizes (buckets) of the newconn scenario.
-    #[arg(long, value_delimiter = ',', default_value = "10,1000,4096")]
+    /// Group sizes (buckets) of the newconn scenario, and endpoints of its
+    /// iptables Services (1 to 8192).
+    #[arg(long, value_delimiter = ',', default_value = "3,100,4096")]
     newconn_buckets: Vec<usize>,
-    /// Rounds of the newconn scenario (each one batch per size; default 6, 2
+    /// What the newconn scenario's OVS groups hash the TCP source port on, one
+    /// VIP per size and variant: `port` (the whole port, before issue 16),
+    /// `masked` (the agent's SRC_PORT_HASH_MASK), or a mask (`255`, `0xf`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "port,masked",
+        value_parser = newconn::HashVariant::parse
+    )]
+    newconn_hash: Vec<newconn::HashVariant>,
+    /// Rounds of the newconn scenario (each one batch per VIP; default 6, 2
     /// with --quick).
     #[arg(long)]
     newconn_rounds: Option<usize>,
@@ -497,20 +508,38 @@ fn run_all(a: &AllArgs) -> Result<()> {
     if want(Scenario::Newconn) {
         let cfg = newconn::NewConnConfig {
             sizes: a.newconn_buckets.clone(),
+            hashes: a.newconn_hash.clone(),
             rounds: a.newconn_rounds.unwrap_or(if a.quick { 2 } else { 6 }),
             conns: a.newconn_conns.unwrap_or(if a.quick { 100 } else { 500 }),
         };
+        let hashes: Vec<&str> = cfg.hashes.iter().map(|h| h.label.as_str()).collect();
         log(&format!(
-            "newconn: groups of {:?} buckets, {} rounds of {} connections",
+            "newconn: groups of {:?} buckets hashing {hashes:?}, and iptables; {} rounds of {} connections",
             cfg.sizes, cfg.rounds, cfg.conns
         ));
         match newconn::run(&cfg) {
             Ok(rows) => {
                 for n in &rows {
                     log(&format!(
-                        "  {} buckets: {:.0} conns/s, vswitchd {:.0} µs/conn, {:.2} upcalls/conn",
-                        n.buckets, n.conns_per_s, n.vswitchd_cpu_us_per_conn, n.upcalls_per_conn
+                        "  {} buckets, {} {}: {:.0} conns/s, machine {:.0} µs/conn, vswitchd {:.0} µs/conn, {:.2} upcalls/conn, {:?} dp flows, χ² {:.1} (p {:.3}){}",
+                        n.buckets,
+                        n.datapath,
+                        n.hash,
+                        n.conns_per_s,
+                        n.machine_cpu_us_per_conn,
+                        n.vswitchd_cpu_us_per_conn,
+                        n.upcalls_per_conn,
+                        n.datapath_flows_max,
+                        n.chi2,
+                        n.chi2_p,
+                        n.error.as_deref().map(|e| format!(" [{e}]")).unwrap_or_default()
                     ));
+                    if let Some(e) = &n.error {
+                        if n.connections == 0 {
+                            r.errors
+                                .push(format!("newconn {} {} buckets: {e}", n.datapath, n.buckets));
+                        }
+                    }
                 }
                 r.newconn = rows;
             }

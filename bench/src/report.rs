@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::results::{ColdRow, Results};
+use crate::results::{ColdRow, NewConnRow, Results};
 use crate::svg::{self, Series};
 
 /// `1000` → `1k`, `200` → `200`.
@@ -418,35 +418,7 @@ pub fn markdown(r: &Results) -> String {
     }
 
     if !r.newconn.is_empty() {
-        let _ = writeln!(s, "## 6. New connections against the group's size\n");
-        let _ = writeln!(
-            s,
-            "One client, one new TCP connection at a time, to VIPs whose select groups have these many buckets (bench/README.md, scenario 6). Each row sums {} rounds, run side by side.\n",
-            r.newconn[0].rounds
-        );
-        let _ = writeln!(
-            s,
-            "| buckets | connections | conns/s | vswitchd CPU µs / conn (min–max of batches) | × smallest | upcalls / conn | vswitchd CPU µs / upcall | note |"
-        );
-        let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|---|");
-        let base = r.newconn[0].vswitchd_cpu_us_per_conn;
-        for n in &r.newconn {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.0} | {:.0} ({:.0}–{:.0}) | {:.2} | {:.2} | {:.0} | {} |",
-                n.buckets,
-                n.connections,
-                n.conns_per_s,
-                n.vswitchd_cpu_us_per_conn,
-                n.vswitchd_cpu_us_per_conn_min,
-                n.vswitchd_cpu_us_per_conn_max,
-                n.vswitchd_cpu_us_per_conn / base,
-                n.upcalls_per_conn,
-                n.vswitchd_cpu_us_per_upcall,
-                n.error.as_deref().map(one_line).unwrap_or_default()
-            );
-        }
-        let _ = writeln!(s);
+        newconn_section(&mut s, &r.newconn);
     }
 
     if !r.errors.is_empty() {
@@ -458,6 +430,159 @@ pub fn markdown(r: &Results) -> String {
     s
 }
 
+/// A figure with `d` decimals, `–` when it does not apply (NaN).
+fn fx(v: f64, d: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.d$}")
+    } else {
+        "–".into()
+    }
+}
+
+/// A p-value: three decimals, or `<0.001`.
+fn pval(p: f64) -> String {
+    if !p.is_finite() {
+        "–".into()
+    } else if p < 0.001 {
+        "<0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// A row's datapath (`ovs` for results from before it was recorded).
+fn datapath(n: &NewConnRow) -> &str {
+    if n.datapath.is_empty() {
+        "ovs"
+    } else {
+        &n.datapath
+    }
+}
+
+/// Section 6: one table, grouped by size, each size's OVS hash variants and
+/// iptables side by side.
+fn newconn_section(s: &mut String, rows: &[NewConnRow]) {
+    let _ = writeln!(
+        s,
+        "## 6. New connections: group size, hash fields, and kube-proxy's iptables\n"
+    );
+    let _ = writeln!(
+        s,
+        "One client, one new TCP connection at a time, to one VIP per row: an OVS select group of that many buckets hashing on the row's fields (`port`: the whole TCP source port, before issue 16; `masked`: the agent's masked source port; a number: that mask), or kube-proxy's iptables rules for a Service of that many endpoints in a router namespace (bench/README.md, scenario 6). Each row sums {} rounds, all rows side by side in each round.\n",
+        rows[0].rounds
+    );
+    let _ = writeln!(
+        s,
+        "Columns: **conns/s**, answered connections over the batches' wall time; \
+         **machine CPU µs / conn**, the whole machine's busy CPU time (/proc/stat) per connection, the one CPU figure iptables has (client, server and anything else running included, so compare rows, not absolutes); \
+         **vswitchd CPU µs / conn**, ovs-vswitchd's own, with the lowest and highest batch, and **× smallest** against the same hash at the smallest size; \
+         **upcalls / conn**, datapath flow-cache misses per connection, with the lowest and highest batch (early batches include the megaflows' warm-up); \
+         **dp flows max**, the most datapath flows after any batch of the row: all of them (the datapath is shared by every row) and, after the `/`, those matching this VIP; \
+         **χ² (p)**, Pearson's χ² of the connections per backend against a uniform split (df = buckets - 1) and its p-value (small p: not uniform; with fewer connections than backends, χ² only says how many backends were reached); \
+         **max / min share**, the busiest and the idlest backend's connections over the mean.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| buckets | datapath | hash | connections | failed | conns/s | machine CPU µs / conn | vswitchd CPU µs / conn (min–max) | × smallest | upcalls / conn (min–max) | dp flows max (all / VIP) | χ² (p) | max / min share | note |"
+    );
+    let _ = writeln!(
+        s,
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
+    let mut sizes: Vec<usize> = Vec::new();
+    for n in rows {
+        if !sizes.contains(&n.buckets) {
+            sizes.push(n.buckets);
+        }
+    }
+    // The smallest size's vswitchd CPU per connection, per OVS hash.
+    let base = |n: &NewConnRow| {
+        rows.iter()
+            .filter(|x| datapath(x) == "ovs" && x.hash == n.hash)
+            .min_by_key(|x| x.buckets)
+            .map(|x| x.vswitchd_cpu_us_per_conn)
+    };
+    for size in sizes {
+        for n in rows.iter().filter(|n| n.buckets == size) {
+            let ovs = datapath(n) == "ovs";
+            let hash = if n.hash.is_empty() {
+                "–".to_string()
+            } else if let Some(f) = n
+                .selection
+                .strip_prefix("fields(")
+                .and_then(|f| f.split(',').find(|x| x.starts_with("tcp_src")))
+            {
+                format!("{} (`{f}`)", n.hash)
+            } else {
+                n.hash.clone()
+            };
+            let ratio = match base(n) {
+                Some(b) if ovs && b > 0.0 => fx(n.vswitchd_cpu_us_per_conn / b, 2),
+                _ => "–".into(),
+            };
+            let range = |v: f64, lo: f64, hi: f64, d: usize| {
+                if v.is_finite() && lo.is_finite() {
+                    format!("{} ({}–{})", fx(v, d), fx(lo, d), fx(hi, d))
+                } else {
+                    fx(v, d)
+                }
+            };
+            let flows = match (n.datapath_flows_max, n.datapath_flows_vip_max) {
+                (Some(a), Some(v)) => format!("{a} / {v}"),
+                (Some(a), None) => a.to_string(),
+                _ => "–".into(),
+            };
+            let chi2 = if n.chi2.is_finite() {
+                format!("{:.1} ({})", n.chi2, pval(n.chi2_p))
+            } else {
+                "–".into()
+            };
+            let shares = if n.share_max.is_finite() {
+                format!("{:.2} / {:.2}", n.share_max, n.share_min)
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                n.buckets,
+                datapath(n),
+                hash,
+                n.connections,
+                n.failed,
+                n.conns_per_s,
+                fx(n.machine_cpu_us_per_conn, 0),
+                range(
+                    n.vswitchd_cpu_us_per_conn,
+                    n.vswitchd_cpu_us_per_conn_min,
+                    n.vswitchd_cpu_us_per_conn_max,
+                    0
+                ),
+                ratio,
+                range(
+                    n.upcalls_per_conn,
+                    n.upcalls_per_conn_min,
+                    n.upcalls_per_conn_max,
+                    2
+                ),
+                flows,
+                chi2,
+                shares,
+                n.error.as_deref().map(one_line).unwrap_or_default()
+            );
+        }
+    }
+    let ipt: Vec<&str> = rows
+        .iter()
+        .filter(|n| datapath(n) == "iptables")
+        .map(|n| n.selection.as_str())
+        .collect();
+    if let Some(sel) = ipt.first() {
+        let _ = writeln!(s, "\niptables rows: {sel}.");
+    }
+    let _ = writeln!(s);
+}
+
 fn one_line(s: &str) -> String {
     let t: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     let t = t.replace('|', "\\|");
@@ -465,5 +590,102 @@ fn one_line(s: &str) -> String {
         format!("{}…", t.chars().take(300).collect::<String>())
     } else {
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nc(buckets: usize, datapath: &str, hash: &str, cpu: f64) -> NewConnRow {
+        NewConnRow {
+            buckets,
+            datapath: datapath.into(),
+            hash: hash.into(),
+            selection: if datapath == "ovs" {
+                format!(
+                    "fields(ip_src,ip_dst,tcp_src{},tcp_dst)",
+                    if hash == "masked" { "=63" } else { "" }
+                )
+            } else {
+                "statistic --mode random (iptables-restore v1.8.9 (nf_tables))".into()
+            },
+            connections: 100,
+            failed: 0,
+            rounds: 2,
+            conns_per_s: 500.0,
+            machine_cpu_us_per_conn: 900.0,
+            vswitchd_cpu_us_per_conn: cpu,
+            vswitchd_cpu_us_per_conn_min: cpu,
+            vswitchd_cpu_us_per_conn_max: cpu,
+            upcalls_per_conn: if datapath == "ovs" { 1.0 } else { f64::NAN },
+            upcalls_per_conn_min: f64::NAN,
+            upcalls_per_conn_max: f64::NAN,
+            vswitchd_cpu_us_per_upcall: cpu,
+            datapath_flows_max: (datapath == "ovs").then_some(40),
+            datapath_flows_vip_max: (datapath == "ovs").then_some(30),
+            chi2: 2.0,
+            chi2_p: 0.3679,
+            share_max: 1.2,
+            share_min: 0.8,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn newconn_table_groups_rows_by_size() {
+        let rows = vec![
+            nc(3, "ovs", "port", 400.0),
+            nc(3, "ovs", "masked", 100.0),
+            nc(3, "iptables", "", f64::NAN),
+            nc(100, "ovs", "port", 800.0),
+            nc(100, "ovs", "masked", 150.0),
+            nc(100, "iptables", "", f64::NAN),
+        ];
+        let mut s = String::new();
+        newconn_section(&mut s, &rows);
+        let lines: Vec<&str> = s
+            .lines()
+            .filter(|l| l.starts_with("| 3 ") || l.starts_with("| 100 "))
+            .collect();
+        assert_eq!(lines.len(), 6);
+        assert!(
+            lines[0].starts_with("| 3 | ovs | port (`tcp_src`) |"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("| 3 | ovs | masked (`tcp_src=63`) |"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].starts_with("| 3 | iptables | – |"), "{}", lines[2]);
+        // × smallest against the same hash: 800 / 400 and 150 / 100.
+        assert!(lines[3].contains("| 2.00 |"), "{}", lines[3]);
+        assert!(lines[4].contains("| 1.50 |"), "{}", lines[4]);
+        assert!(lines[3].contains("| 40 / 30 |") && lines[3].contains("| 2.0 (0.368) |"));
+        assert!(lines[5].contains("| 900 | – | – | – | – |"), "{}", lines[5]);
+        assert!(s.contains("iptables rows: statistic --mode random"));
+        // Every row has the header's column count.
+        let header = s.lines().find(|l| l.starts_with("| buckets |")).unwrap();
+        for l in &lines {
+            assert_eq!(
+                l.matches(" | ").count(),
+                header.matches(" | ").count(),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn old_newconn_rows_read_as_ovs() {
+        let mut row = nc(10, "", "", 427.0);
+        row.selection = String::new();
+        row.chi2 = f64::NAN;
+        row.datapath_flows_max = None;
+        let mut s = String::new();
+        newconn_section(&mut s, &[row]);
+        assert!(s.contains("| 10 | ovs | – | 100 | 0 | 500 |"), "{s}");
+        assert!(pval(0.0001) == "<0.001" && pval(0.05) == "0.050");
     }
 }

@@ -132,27 +132,83 @@ pub struct LbRow {
     pub error: Option<String>,
 }
 
-/// New TCP connections through one select group of `buckets` buckets, summed
-/// over the rounds (`newconn`).
+/// New TCP connections through one VIP, summed over the rounds (`newconn`):
+/// an OVS select group of `buckets` buckets hashing on `hash`'s fields, or
+/// kube-proxy's iptables rules for a Service of `buckets` endpoints. Figures
+/// that do not apply to a datapath are NaN (`null` in JSON); fields added
+/// after the first version default, so older results.json files still parse.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NewConnRow {
     pub buckets: usize,
+    /// `ovs` or `iptables` (empty in results from before it was recorded: ovs).
+    #[serde(default)]
+    pub datapath: String,
+    /// The OVS hash variant: `port` (the whole L4 source port), `masked` (the
+    /// agent's `SRC_PORT_HASH_MASK`) or a mask (`255`); empty for iptables.
+    #[serde(default)]
+    pub hash: String,
+    /// How the backend is chosen: the group's `fields(…)`, or iptables'
+    /// `statistic --mode random` and the iptables version.
+    #[serde(default)]
+    pub selection: String,
     /// Connections answered, and failed.
     pub connections: u64,
     pub failed: u64,
     pub rounds: usize,
     /// Answered connections ÷ the batches' wall time (one connection at a time).
     pub conns_per_s: f64,
-    /// ovs-vswitchd's CPU time ÷ answered connections.
+    /// The whole machine's busy CPU time (`/proc/stat`) ÷ answered connections:
+    /// the one CPU figure both datapaths have (iptables works in the kernel).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub machine_cpu_us_per_conn: f64,
+    /// ovs-vswitchd's CPU time ÷ answered connections (OVS).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub vswitchd_cpu_us_per_conn: f64,
     /// The lowest and highest of the per-batch values (the spread across rounds).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub vswitchd_cpu_us_per_conn_min: f64,
+    #[serde(deserialize_with = "f64_or_nan")]
     pub vswitchd_cpu_us_per_conn_max: f64,
-    /// Datapath upcalls (flow-cache misses) per connection.
+    /// Datapath upcalls (flow-cache misses) per connection (OVS).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub upcalls_per_conn: f64,
-    /// ovs-vswitchd's CPU time ÷ upcalls.
+    /// The lowest and highest per-batch value (the first batches after an idle
+    /// spell include the warm-up of the megaflows, which idle out after 10 s).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub upcalls_per_conn_min: f64,
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub upcalls_per_conn_max: f64,
+    /// ovs-vswitchd's CPU time ÷ upcalls (OVS).
+    #[serde(deserialize_with = "f64_or_nan")]
     pub vswitchd_cpu_us_per_upcall: f64,
+    /// The most datapath flows after any batch of this VIP: every flow of the
+    /// datapath (all VIPs share it), and those matching packets to this VIP
+    /// (the per-connection-hash flows its group makes). OVS only.
+    #[serde(default)]
+    pub datapath_flows_max: Option<usize>,
+    #[serde(default)]
+    pub datapath_flows_vip_max: Option<usize>,
+    /// Pearson's χ² of the connections per backend in the rounds against a
+    /// uniform split (df = buckets - 1), and its p-value.
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub chi2: f64,
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub chi2_p: f64,
+    /// The busiest and the idlest backend's connections ÷ the mean.
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub share_max: f64,
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub share_min: f64,
     pub error: Option<String>,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+/// A number, or `null` (how serde_json writes NaN) read back as NaN.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The p-th percentile (0..=100) of sorted `v`, nearest rank.
@@ -176,5 +232,45 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
         assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn newconn_rows_round_trip_nan_and_read_old_results() {
+        let row = NewConnRow {
+            buckets: 3,
+            datapath: "iptables".into(),
+            connections: 10,
+            conns_per_s: 100.0,
+            machine_cpu_us_per_conn: 250.0,
+            vswitchd_cpu_us_per_conn: f64::NAN,
+            upcalls_per_conn_min: f64::NAN,
+            chi2: 1.5,
+            chi2_p: f64::NAN,
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&row).unwrap();
+        assert!(text.contains("\"vswitchd_cpu_us_per_conn\":null"), "{text}");
+        let back: NewConnRow = serde_json::from_str(&text).unwrap();
+        assert!(back.vswitchd_cpu_us_per_conn.is_nan() && back.chi2_p.is_nan());
+        assert_eq!((back.chi2, back.machine_cpu_us_per_conn), (1.5, 250.0));
+        assert_eq!(back.datapath, "iptables");
+
+        // A row as results.json had it before the hash variants.
+        let old = r#"{"buckets":10,"connections":10000,"failed":0,"rounds":10,
+            "conns_per_s":1214.0,"vswitchd_cpu_us_per_conn":427.0,
+            "vswitchd_cpu_us_per_conn_min":330.0,"vswitchd_cpu_us_per_conn_max":670.0,
+            "upcalls_per_conn":1.0,"vswitchd_cpu_us_per_upcall":427.0,"error":null}"#;
+        let r: NewConnRow = serde_json::from_str(old).unwrap();
+        assert_eq!((r.buckets, r.connections), (10, 10000));
+        assert_eq!((r.datapath.as_str(), r.hash.as_str()), ("", ""));
+        assert!(r.chi2.is_nan() && r.machine_cpu_us_per_conn.is_nan());
+        assert_eq!(r.datapath_flows_max, None);
+        let whole = format!(
+            r#"{{"machine":{{"cpu_model":"","cpus":2,"kernel":"","ovs_version":"","date_utc":"","git_rev":"","arch":""}},
+            "quick":false,"sizes":[],"endpoints":10,"backends_requested":[],"backends_available":[],
+            "cold":[],"churn":[],"restart":[],"footprint":[],"lb":[],"newconn":[{old}],"errors":[],"total_seconds":1.0}}"#
+        );
+        let all: Results = serde_json::from_str(&whole).unwrap();
+        assert_eq!(all.newconn.len(), 1);
     }
 }
