@@ -89,6 +89,10 @@ struct AllArgs {
     /// --quick).
     #[arg(long)]
     newconn_conns: Option<u32>,
+    /// Client addresses the newconn scenario's connections come from, in
+    /// turn (1 to 200).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=200))]
+    newconn_clients: u32,
     /// Churn rates in changes per second; 0 is back to back.
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u32>>,
@@ -511,6 +515,7 @@ fn run_all(a: &AllArgs) -> Result<()> {
             hashes: a.newconn_hash.clone(),
             rounds: a.newconn_rounds.unwrap_or(if a.quick { 2 } else { 6 }),
             conns: a.newconn_conns.unwrap_or(if a.quick { 100 } else { 500 }),
+            clients: a.newconn_clients,
         };
         let hashes: Vec<&str> = cfg.hashes.iter().map(|h| h.label.as_str()).collect();
         log(&format!(

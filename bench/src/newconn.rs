@@ -184,6 +184,19 @@ pub struct NewConnConfig {
     pub rounds: usize,
     /// New connections per batch.
     pub conns: u32,
+    /// Client addresses a batch's connections are spread over, in turn (a
+    /// Service has many clients; one client address reaches only as many
+    /// backends as the masked hash has values).
+    pub clients: u32,
+}
+
+/// The `n` client addresses of a setup whose first client is `first`: `first`
+/// itself, then `.16` onwards of its /24.
+fn client_ips(first: Ipv4Addr, n: u32) -> Vec<Ipv4Addr> {
+    let base = u32::from(first) & 0xffff_ff00;
+    std::iter::once(first)
+        .chain((1..n).map(|i| Ipv4Addr::from(base + 15 + i)))
+        .collect()
 }
 
 /// Which datapath a VIP goes through.
@@ -465,6 +478,8 @@ struct Setup {
     echo: Child,
     ovs: OvsInstance,
     client: Netns,
+    /// The client namespace's source addresses.
+    clients: Vec<Ipv4Addr>,
     server: Netns,
     vswitchd: u32,
 }
@@ -478,7 +493,7 @@ impl Drop for Setup {
     }
 }
 
-fn setup(targets: &[Target], log_dir: &std::path::Path) -> Result<Setup> {
+fn setup(targets: &[Target], clients: u32, log_dir: &std::path::Path) -> Result<Setup> {
     let ovs = OvsInstance::start().context("starting a private OVS")?;
     guard::track_ovs(&ovs);
     ovs.add_bridge(BRIDGE)?;
@@ -514,17 +529,25 @@ fn setup(targets: &[Target], log_dir: &std::path::Path) -> Result<Setup> {
         "permanent",
     ])?;
     server.ip(&["route", "add", "local", BACKEND_NET, "dev", "lo"])?;
-    server.ip(&[
-        "neigh",
-        "replace",
-        &CLIENT_IP.to_string(),
-        "lladdr",
-        CLIENT_MAC,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ])?;
+    // Every client address shares the client's MAC; the switch forwards only
+    // IP, so the server knows them without ARP.
+    let client_ips = client_ips(CLIENT_IP, clients);
+    for ip in &client_ips {
+        if *ip != CLIENT_IP {
+            client.add_addr("eth0", &format!("{ip}/24"))?;
+        }
+        server.ip(&[
+            "neigh",
+            "replace",
+            &ip.to_string(),
+            "lladdr",
+            CLIENT_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
+    }
     let echo = traffic::start_echo(
         &server,
         "server",
@@ -552,6 +575,7 @@ fn setup(targets: &[Target], log_dir: &std::path::Path) -> Result<Setup> {
         echo,
         ovs,
         client,
+        clients: client_ips,
         server,
         vswitchd,
     })
@@ -610,10 +634,19 @@ struct Batch {
     flows: Option<(usize, usize)>,
 }
 
-fn client_run(ns: &Netns, vip: Ipv4Addr, conns: u32) -> Result<traffic::TrafficResult> {
+/// `conns` connections to `vip`, from the `clients` addresses in turn (one
+/// `lab-client`).
+fn client_run(
+    ns: &Netns,
+    clients: &[Ipv4Addr],
+    vip: Ipv4Addr,
+    conns: u32,
+) -> Result<traffic::TrafficResult> {
     let target = format!("{vip}:{VIP_PORT}");
     let timeout = format!("--timeout-ms={REQUEST_TIMEOUT_MS}");
-    traffic::run_client(ns, &target, "tcp", conns, &[&timeout])
+    let ips: Vec<String> = clients.iter().map(Ipv4Addr::to_string).collect();
+    let src = format!("--src-ip={}", ips.join(","));
+    traffic::run_client(ns, &target, "tcp", conns, &[&timeout, &src])
 }
 
 fn batch_ovs(st: &Setup, t: &Target, conns: u32) -> Result<Batch> {
@@ -622,7 +655,7 @@ fn batch_ovs(st: &Setup, t: &Target, conns: u32) -> Result<Batch> {
     let cpu0 = procstat::cpu_time(st.vswitchd)?;
     let busy0 = machine_busy()?;
     let t0 = Instant::now();
-    let r = client_run(&st.client, t.vip(), conns)?;
+    let r = client_run(&st.client, &st.clients, t.vip(), conns)?;
     let wall = t0.elapsed();
     let busy = machine_busy()?.saturating_sub(busy0);
     let cpu = procstat::cpu_time(st.vswitchd)?.saturating_sub(cpu0);
@@ -642,7 +675,7 @@ fn batch_ovs(st: &Setup, t: &Target, conns: u32) -> Result<Batch> {
 fn batch_iptables(lab: &iptables::Lab, t: &Target, conns: u32) -> Result<Batch> {
     let busy0 = machine_busy()?;
     let t0 = Instant::now();
-    let r = client_run(&lab.client, t.vip(), conns)?;
+    let r = client_run(&lab.client, &lab.clients, t.vip(), conns)?;
     let wall = t0.elapsed();
     let busy = machine_busy()?.saturating_sub(busy0);
     Ok(Batch {
@@ -713,6 +746,7 @@ fn row(
     };
     let mut r = NewConnRow {
         buckets: t.buckets,
+        clients: 1,
         datapath: datapath.into(),
         hash,
         selection,
@@ -727,6 +761,7 @@ fn row(
         upcalls_per_conn: f64::NAN,
         upcalls_per_conn_min: f64::NAN,
         upcalls_per_conn_max: f64::NAN,
+        upcalls_per_conn_warm: f64::NAN,
         vswitchd_cpu_us_per_upcall: f64::NAN,
         datapath_flows_max: None,
         datapath_flows_vip_max: None,
@@ -754,6 +789,12 @@ fn row(
         r.upcalls_per_conn = up as f64 / ok.max(1) as f64;
         r.upcalls_per_conn_min = up_lo;
         r.upcalls_per_conn_max = up_hi;
+        // `b` holds the batches in round order.
+        let warm_ok: u64 = b.iter().skip(1).map(|x| x.ok).sum();
+        let warm_up: u64 = b.iter().skip(1).filter_map(|x| x.upcalls).sum();
+        if warm_ok > 0 {
+            r.upcalls_per_conn_warm = warm_up as f64 / warm_ok as f64;
+        }
         r.vswitchd_cpu_us_per_upcall = cpu * 1e6 / up.max(1) as f64;
         r.datapath_flows_max = b.iter().filter_map(|x| x.flows).map(|f| f.0).max();
         r.datapath_flows_vip_max = b.iter().filter_map(|x| x.flows).map(|f| f.1).max();
@@ -783,11 +824,11 @@ pub fn run(cfg: &NewConnConfig) -> Result<Vec<NewConnRow>> {
     }
     let targets = plan(cfg)?;
     let dir = tempfile::Builder::new().prefix("dpu-bench-nc-").tempdir()?;
-    let st = setup(&targets, dir.path())?;
+    let st = setup(&targets, cfg.clients, dir.path())?;
     // The reference is worth a row even when it cannot be built: its rows then
     // say why, and the OVS rows are measured all the same.
     let mut ipt_error: Option<String> = None;
-    let mut ipt = match iptables::setup(&iptables_services(&targets), dir.path()) {
+    let mut ipt = match iptables::setup(&iptables_services(&targets), cfg.clients, dir.path()) {
         Ok(lab) => Some(lab),
         Err(e) => {
             ipt_error = Some(format!("iptables reference: {e:#}"));
@@ -868,6 +909,7 @@ pub fn run(cfg: &NewConnConfig) -> Result<Vec<NewConnRow>> {
                 (Kind::Iptables, _, None) => Err("not measured".into()),
             };
             let mut r = row(t, cfg.rounds, b, counts, &ipt_version);
+            r.clients = cfg.clients;
             if let (Kind::Iptables, Some(e)) = (&t.kind, &ipt_error) {
                 r.error = Some(e.clone());
             }
@@ -901,7 +943,26 @@ mod tests {
                 .collect(),
             rounds: 1,
             conns: 1,
+            clients: 1,
         }
+    }
+
+    #[test]
+    fn client_addresses_are_the_first_then_16_onwards_of_its_24() {
+        let ips = client_ips(CLIENT_IP, 3);
+        assert_eq!(
+            ips,
+            [
+                CLIENT_IP,
+                Ipv4Addr::new(10, 0, 0, 16),
+                Ipv4Addr::new(10, 0, 0, 17)
+            ]
+        );
+        assert_eq!(client_ips(CLIENT_IP, 1), [CLIENT_IP]);
+        // 200 clients stay inside the /24 and away from the server and gateway.
+        let many = client_ips(CLIENT_IP, 200);
+        assert_eq!(many.last(), Some(&Ipv4Addr::new(10, 0, 0, 214)));
+        assert!(!many.contains(&SERVER_IP) && !many.contains(&GATEWAY));
     }
 
     fn ovs_target(slot: usize, n: usize, h: HashVariant) -> Target {

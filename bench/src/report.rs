@@ -468,7 +468,8 @@ fn newconn_section(s: &mut String, rows: &[NewConnRow]) {
     );
     let _ = writeln!(
         s,
-        "One client, one new TCP connection at a time, to one VIP per row: an OVS select group of that many buckets hashing on the row's fields (`port`: the whole TCP source port, before issue 16; `masked`: the agent's masked source port; a number: that mask), or kube-proxy's iptables rules for a Service of that many endpoints in a router namespace (bench/README.md, scenario 6). Each row sums {} rounds, all rows side by side in each round.\n",
+        "{} client addresses in turn, one new TCP connection at a time, to one VIP per row: an OVS select group of that many buckets hashing on the row's fields (`port`: the whole TCP source port, before issue 16; `masked`: the agent's masked source port; a number: that mask), or kube-proxy's iptables rules for a Service of that many endpoints in a router namespace (bench/README.md, scenario 6). Each row sums {} rounds, all rows side by side in each round.\n",
+        rows[0].clients,
         rows[0].rounds
     );
     let _ = writeln!(
@@ -476,18 +477,18 @@ fn newconn_section(s: &mut String, rows: &[NewConnRow]) {
         "Columns: **conns/s**, answered connections over the batches' wall time; \
          **machine CPU µs / conn**, the whole machine's busy CPU time (/proc/stat) per connection, the one CPU figure iptables has (client, server and anything else running included, so compare rows, not absolutes); \
          **vswitchd CPU µs / conn**, ovs-vswitchd's own, with the lowest and highest batch, and **× smallest** against the same hash at the smallest size; \
-         **upcalls / conn**, datapath flow-cache misses per connection, with the lowest and highest batch (early batches include the megaflows' warm-up); \
+         **upcalls / conn**, datapath flow-cache misses per connection, with the lowest and highest batch (early batches include the megaflows' warm-up), and **warm**, over the rounds after the first (the steady state: a VIP's flows stay while its connections keep coming, and idle out after 10 s); \
          **dp flows max**, the most datapath flows after any batch of the row: all of them (the datapath is shared by every row) and, after the `/`, those matching this VIP; \
          **χ² (p)**, Pearson's χ² of the connections per backend against a uniform split (df = buckets - 1) and its p-value (small p: not uniform; with fewer connections than backends, χ² only says how many backends were reached); \
          **max / min share**, the busiest and the idlest backend's connections over the mean.\n"
     );
     let _ = writeln!(
         s,
-        "| buckets | datapath | hash | connections | failed | conns/s | machine CPU µs / conn | vswitchd CPU µs / conn (min–max) | × smallest | upcalls / conn (min–max) | dp flows max (all / VIP) | χ² (p) | max / min share | note |"
+        "| buckets | datapath | hash | connections | failed | conns/s | machine CPU µs / conn | vswitchd CPU µs / conn (min–max) | × smallest | upcalls / conn (min–max) | warm | dp flows max (all / VIP) | χ² (p) | max / min share | note |"
     );
     let _ = writeln!(
         s,
-        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+        "|--:|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     );
     let mut sizes: Vec<usize> = Vec::new();
     for n in rows {
@@ -544,7 +545,7 @@ fn newconn_section(s: &mut String, rows: &[NewConnRow]) {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 n.buckets,
                 datapath(n),
                 hash,
@@ -565,6 +566,7 @@ fn newconn_section(s: &mut String, rows: &[NewConnRow]) {
                     n.upcalls_per_conn_max,
                     2
                 ),
+                fx(n.upcalls_per_conn_warm, 2),
                 flows,
                 chi2,
                 shares,
@@ -600,6 +602,7 @@ mod tests {
     fn nc(buckets: usize, datapath: &str, hash: &str, cpu: f64) -> NewConnRow {
         NewConnRow {
             buckets,
+            clients: 16,
             datapath: datapath.into(),
             hash: hash.into(),
             selection: if datapath == "ovs" {
@@ -620,6 +623,7 @@ mod tests {
             vswitchd_cpu_us_per_conn_max: cpu,
             upcalls_per_conn: if datapath == "ovs" { 1.0 } else { f64::NAN },
             upcalls_per_conn_min: f64::NAN,
+            upcalls_per_conn_warm: f64::NAN,
             upcalls_per_conn_max: f64::NAN,
             vswitchd_cpu_us_per_upcall: cpu,
             datapath_flows_max: (datapath == "ovs").then_some(40),

@@ -132,6 +132,10 @@ pub struct LbRow {
     pub error: Option<String>,
 }
 
+fn one_client() -> u32 {
+    1
+}
+
 /// New TCP connections through one VIP, summed over the rounds (`newconn`):
 /// an OVS select group of `buckets` buckets hashing on `hash`'s fields, or
 /// kube-proxy's iptables rules for a Service of `buckets` endpoints. Figures
@@ -140,6 +144,10 @@ pub struct LbRow {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NewConnRow {
     pub buckets: usize,
+    /// Client addresses the connections came from, in turn (1 in results
+    /// from before it was recorded).
+    #[serde(default = "one_client")]
+    pub clients: u32,
     /// `ovs` or `iptables` (empty in results from before it was recorded: ovs).
     #[serde(default)]
     pub datapath: String,
@@ -178,6 +186,11 @@ pub struct NewConnRow {
     pub upcalls_per_conn_min: f64,
     #[serde(default = "nan", deserialize_with = "f64_or_nan")]
     pub upcalls_per_conn_max: f64,
+    /// Upcalls per connection over the rounds after the first: the steady
+    /// state, the datapath's flows warmed by the first round (NaN with one
+    /// round).
+    #[serde(default = "nan", deserialize_with = "f64_or_nan")]
+    pub upcalls_per_conn_warm: f64,
     /// ovs-vswitchd's CPU time ÷ upcalls (OVS).
     #[serde(deserialize_with = "f64_or_nan")]
     pub vswitchd_cpu_us_per_upcall: f64,

@@ -76,6 +76,8 @@ pub(super) struct Lab {
     // Dropped in this order: the echo before its namespace.
     echo: Child,
     pub(super) client: Netns,
+    /// The client namespace's source addresses.
+    pub(super) clients: Vec<Ipv4Addr>,
     router: Netns,
     server: Netns,
     /// `iptables-restore --version`, e.g. `iptables-restore v1.8.9 (nf_tables)`.
@@ -125,7 +127,7 @@ fn link(
 }
 
 /// Builds the lab for `services` and loads their ruleset into the router.
-pub(super) fn setup(services: &[Service], log_dir: &Path) -> Result<Lab> {
+pub(super) fn setup(services: &[Service], clients: u32, log_dir: &Path) -> Result<Lab> {
     let restore = sbin("iptables-restore")?;
     let iptables = sbin("iptables")?;
     let iptables_save = sbin("iptables-save")?;
@@ -148,6 +150,10 @@ pub(super) fn setup(services: &[Service], log_dir: &Path) -> Result<Lab> {
         format!("{p}-s0"),
     );
     link(&c0, &client, CLIENT_IP, &r0, &router, ROUTER_C_IP)?;
+    let client_ips = super::client_ips(CLIENT_IP, clients);
+    for ip in client_ips.iter().filter(|ip| **ip != CLIENT_IP) {
+        client.add_addr(&c0, &format!("{ip}/24"))?;
+    }
     link(&r1, &router, ROUTER_S_IP, &s0, &server, SERVER_IP)?;
     client.ip(&["route", "add", VIP_NET, "via", &ROUTER_C_IP.to_string()])?;
     router.ip(&["route", "add", BACKEND_NET, "via", &SERVER_IP.to_string()])?;
@@ -165,6 +171,7 @@ pub(super) fn setup(services: &[Service], log_dir: &Path) -> Result<Lab> {
     let mut lab = Lab {
         echo,
         client,
+        clients: client_ips,
         router,
         server,
         version,

@@ -47,6 +47,11 @@ struct Args {
     /// Bind request i to source port P+i instead of an ephemeral port.
     #[arg(long, value_name = "P")]
     src_port_base: Option<u16>,
+    /// Send from these addresses (the namespace's own) in turn, request i
+    /// from the (i mod n)-th, instead of the one the route picks. Repeat the
+    /// option or separate them with commas.
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    src_ip: Vec<IpAddr>,
     /// Print JSON instead of a summary line.
     #[arg(long)]
     json: bool,
@@ -89,6 +94,14 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.hold && args.proto != Proto::Tcp {
         return Err("--hold needs --proto tcp".into());
     }
+    for ip in &args.src_ip {
+        if ip.is_ipv4() != args.target.is_ipv4() {
+            return Err(format!(
+                "--src-ip {ip} is not of the family of {}",
+                args.target
+            ));
+        }
+    }
     if let Some(base) = args.src_port_base {
         let ports = if args.hold { 1 } else { u64::from(args.count) };
         if base == 0 || u64::from(base) + ports > 65536 {
@@ -130,11 +143,16 @@ fn per_request(args: &Args) -> Duration {
 
 /// The local address for a request to `target`: the unspecified address of the
 /// target's family (`0.0.0.0` or `[::]`) and `port` (0 for an ephemeral one).
-fn source(target: SocketAddr, port: u16) -> SocketAddr {
-    let ip = match target.ip() {
+/// The source address of request `i`: the `--src-ip` addresses in turn.
+fn source_ip(args: &Args, i: u32) -> Option<IpAddr> {
+    (!args.src_ip.is_empty()).then(|| args.src_ip[i as usize % args.src_ip.len()])
+}
+
+fn source(target: SocketAddr, ip: Option<IpAddr>, port: u16) -> SocketAddr {
+    let ip = ip.unwrap_or(match target.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
+    });
     SocketAddr::new(ip, port)
 }
 
@@ -146,10 +164,11 @@ async fn independent_requests(args: &Args) -> TrafficResult {
         }
         // validate() keeps base + i inside the port range.
         let src_port = args.src_port_base.map(|base| base + i as u16);
+        let src_ip = source_ip(args, i);
         let exchange = async {
             match args.proto {
-                Proto::Tcp => tcp_request(args.target, src_port).await,
-                Proto::Udp => udp_request(args.target, src_port).await,
+                Proto::Tcp => tcp_request(args.target, src_ip, src_port).await,
+                Proto::Udp => udp_request(args.target, src_ip, src_port).await,
             }
         };
         let outcome = with_timeout(per_request(args), exchange).await;
@@ -167,7 +186,11 @@ where
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())))
 }
 
-async fn connect(target: SocketAddr, src_port: Option<u16>) -> Result<TcpStream, String> {
+async fn connect(
+    target: SocketAddr,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+) -> Result<TcpStream, String> {
     let socket = match target {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -177,9 +200,12 @@ async fn connect(target: SocketAddr, src_port: Option<u16>) -> Result<TcpStream,
         socket
             .set_reuseaddr(true)
             .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
+    }
+    if src_port.is_some() || src_ip.is_some() {
+        let at = source(target, src_ip, src_port.unwrap_or(0));
         socket
-            .bind(source(target, port))
-            .map_err(|e| format!("bind source port {port}: {e}"))?;
+            .bind(at)
+            .map_err(|e| format!("bind source {at}: {e}"))?;
     }
     socket
         .connect(target)
@@ -215,8 +241,12 @@ fn answer_name(bytes: &[u8]) -> Result<String, String> {
     Ok(name)
 }
 
-async fn tcp_request(target: SocketAddr, src_port: Option<u16>) -> Result<String, String> {
-    let mut stream = connect(target, src_port).await?;
+async fn tcp_request(
+    target: SocketAddr,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+) -> Result<String, String> {
+    let mut stream = connect(target, src_ip, src_port).await?;
     stream
         .write_all(REQUEST)
         .await
@@ -224,8 +254,12 @@ async fn tcp_request(target: SocketAddr, src_port: Option<u16>) -> Result<String
     read_answer(&mut BufReader::new(&mut stream)).await
 }
 
-async fn udp_request(target: SocketAddr, src_port: Option<u16>) -> Result<String, String> {
-    let socket = UdpSocket::bind(source(target, src_port.unwrap_or(0)))
+async fn udp_request(
+    target: SocketAddr,
+    src_ip: Option<IpAddr>,
+    src_port: Option<u16>,
+) -> Result<String, String> {
+    let socket = UdpSocket::bind(source(target, src_ip, src_port.unwrap_or(0)))
         .await
         .map_err(|e| format!("bind: {e}"))?;
     // Connected, so only answers from the target itself count, as for a real client.
@@ -249,7 +283,7 @@ async fn hold(args: &Args) -> TrafficResult {
     let mut result = TrafficResult::default();
     let limit = per_request(args);
     let opened = tokio::time::timeout(limit, async {
-        let stream = connect(args.target, args.src_port_base).await?;
+        let stream = connect(args.target, source_ip(args, 0), args.src_port_base).await?;
         let (reader, mut writer) = stream.into_split();
         let mut reader = BufReader::new(reader);
         writer
@@ -343,11 +377,32 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.target, "[fd00:96::10]:80".parse().unwrap());
-        assert_eq!(source(args.target, 0), "[::]:0".parse().unwrap());
+        assert_eq!(source(args.target, None, 0), "[::]:0".parse().unwrap());
         assert_eq!(
-            source("10.96.0.10:80".parse().unwrap(), 4000),
+            source("10.96.0.10:80".parse().unwrap(), None, 4000),
             "0.0.0.0:4000".parse().unwrap()
         );
+        assert_eq!(
+            source(
+                "10.96.0.10:80".parse().unwrap(),
+                Some("10.0.0.7".parse().unwrap()),
+                0
+            ),
+            "10.0.0.7:0".parse().unwrap()
+        );
+        assert!(validate(
+            &Args::try_parse_from([
+                "lab-client",
+                "--target",
+                "10.96.0.10:80",
+                "--proto",
+                "tcp",
+                "--src-ip",
+                "fd00::1",
+            ])
+            .unwrap()
+        )
+        .is_err());
         assert!(Args::try_parse_from([
             "lab-client",
             "--target",
