@@ -196,7 +196,7 @@ async fn connect(
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| format!("socket: {e}"))?;
-    if let Some(port) = src_port {
+    if src_port.is_some() {
         socket
             .set_reuseaddr(true)
             .map_err(|e| format!("SO_REUSEADDR: {e}"))?;
