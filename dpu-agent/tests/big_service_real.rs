@@ -15,6 +15,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+#[path = "common/service.rs"]
+mod service;
+
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
 use dpu_agent::flows::{DesiredState, Group};
@@ -23,10 +26,8 @@ use dpu_agent::openflow::{NativeBackend, OfctlBackend, OpenFlowBackend};
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::limits::{MAX_BACKENDS, MAX_BUCKETS};
-use dpu_model::{
-    AccessScenario, Backend, Intent, Mac, Node, Object, Protocol, Service, ServicePort, Subnet,
-    Vpc, Workload, WorkloadKind,
-};
+use dpu_model::{Intent, Mac, Node, Object, Subnet, Vpc, Workload, WorkloadKind};
+use service::tcp_service;
 
 const VPC: &str = "vpc-a";
 const WIDE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -35,34 +36,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Backend `i` of the wide Service: a pod on dpu-2 (reached through the tunnel).
 fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 2, 0, 2)) + i as u32)
-}
-
-fn service(name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr], weight: u32) -> Service {
-    Service {
-        name: name.into(),
-        vpc: VPC.into(),
-        cluster_ips: vec![vip.into()],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: 8080,
-        }],
-        backends: backends
-            .iter()
-            .map(|ip| Backend {
-                ip: (*ip).into(),
-                weight,
-                workload: None,
-                vpc: VPC.into(),
-            })
-            .collect(),
-        affinity_timeout: None,
-        eip: None,
-        scenario: AccessScenario::ClusterIp,
-        external_traffic_local: false,
-        eip_node: None,
-    }
 }
 
 /// One VPC, dpu-1 (this node) and dpu-2, `MAX_BACKENDS` pods on dpu-2, the
@@ -103,9 +76,12 @@ fn intent(weight: u32) -> Intent {
             port: format!("pod-{i}"),
         }));
     }
-    objects.push(Object::Service(service("wide", WIDE_VIP, &ips, weight)));
-    objects.push(Object::Service(service(
+    objects.push(Object::Service(tcp_service(
+        "wide", VPC, WIDE_VIP, &ips, weight,
+    )));
+    objects.push(Object::Service(tcp_service(
         "small",
+        VPC,
         Ipv4Addr::new(10, 96, 0, 11),
         &ips[..10],
         1,

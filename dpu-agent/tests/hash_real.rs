@@ -13,15 +13,17 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+#[path = "common/service.rs"]
+mod service;
+
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts, SRC_PORT_HASH_MASK};
 use dpu_agent::flows::{DesiredState, Group};
 use dpu_agent::openflow::OfctlBackend;
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::ovs::OvsInstance;
-use dpu_model::{
-    AccessScenario, Backend, Intent, Object, Protocol, Service, ServicePort, Subnet, Vpc,
-};
+use dpu_model::{Intent, Object, Subnet, Vpc};
+use service::tcp_service;
 
 const VPC: &str = "vpc-a";
 const BRIDGE: &str = "brh";
@@ -40,34 +42,6 @@ fn client_ip(c: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 2)) + c)
 }
 
-fn service(name: &str, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> Service {
-    Service {
-        name: name.into(),
-        vpc: VPC.into(),
-        cluster_ips: vec![vip.into()],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: 8080,
-        }],
-        backends: backends
-            .iter()
-            .map(|ip| Backend {
-                ip: (*ip).into(),
-                weight: 1,
-                workload: None,
-                vpc: VPC.into(),
-            })
-            .collect(),
-        affinity_timeout: None,
-        eip: None,
-        scenario: AccessScenario::ClusterIp,
-        external_traffic_local: false,
-        eip_node: None,
-    }
-}
-
 /// `wide` over `wide` backends (explicit backend addresses, off this node),
 /// `three` over three of them.
 fn intent(wide: &[Ipv4Addr]) -> Intent {
@@ -83,9 +57,11 @@ fn intent(wide: &[Ipv4Addr]) -> Intent {
         gateway: Ipv4Addr::new(10, 0, 0, 1).into(),
         node_blocks: vec![],
     }));
-    intent.upsert(Object::Service(service("wide", WIDE_VIP, wide)));
+    intent.upsert(Object::Service(tcp_service("wide", VPC, WIDE_VIP, wide, 1)));
     let three: Vec<Ipv4Addr> = (0..3).map(backend_ip).collect();
-    intent.upsert(Object::Service(service("three", THREE_VIP, &three)));
+    intent.upsert(Object::Service(tcp_service(
+        "three", VPC, THREE_VIP, &three, 1,
+    )));
     intent
 }
 
