@@ -43,6 +43,29 @@ pub struct ServiceView {
 }
 
 impl ServiceView {
+    /// The cookies (round 0) of its backends' EndpointDnat flows, keyed as the
+    /// compiler keys them ([`crate::compile::endpoint_key`]): shared with the
+    /// Services of the same VPC that have the endpoint, never with another
+    /// VPC's flow for the same address.
+    pub fn endpoint_cookies(&self) -> Vec<u64> {
+        let gateway = self.scenario == scenario_name(AccessScenario::EipServiceGateway);
+        let mut out = Vec::new();
+        for p in &self.ports {
+            for b in &self.backends {
+                let key = crate::compile::endpoint_key(
+                    gateway,
+                    &self.vpc,
+                    &b.vpc,
+                    p.protocol,
+                    b.ip,
+                    p.target_port,
+                );
+                out.push(cookie::Cookie::new(cookie::Category::Endpoint, &key).value(0));
+            }
+        }
+        out
+    }
+
     /// With ClientIP affinity: the cookie (round 0) of the entries each of its
     /// AffinityLearn flows learns, with the backend (index into `backends`)
     /// they pin clients to, as [`crate::compile::affinity_cookie`] makes them.

@@ -250,6 +250,15 @@ pub fn installed() -> Installed {
         "ct(commit,table=50,zone=NXM_NX_REG0[0..15],nat(dst=10.0.0.5:8080))",
         Cookie::new(Category::Endpoint, "blue/tcp/10.0.0.5:8080"),
     );
+    // The same address and port in another VPC (they may overlap): not web's.
+    flow(
+        &mut d,
+        45,
+        100,
+        "reg0=0x2,reg3=0xa000005,tcp,reg4=0x1f90",
+        "ct(commit,table=50,zone=NXM_NX_REG0[0..15],nat(dst=10.0.0.5:8080))",
+        Cookie::new(Category::Endpoint, "green/tcp/10.0.0.5:8080"),
+    );
     flow(
         &mut d,
         50,

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use dpu_model::{AccessScenario, Intent};
 
@@ -91,15 +90,16 @@ impl Owners {
 /// Which flows and groups a `--service` filter keeps.
 struct Filter<'a> {
     view: &'a ServiceView,
-    /// `nat(dst=…)` of its backends' endpoints: EndpointDnat flows are owned by
-    /// the endpoint (Services may share one), so they are found by target.
-    endpoints: Vec<String>,
+    /// The cookies of its backends' EndpointDnat flows: those are owned by
+    /// the endpoint (Services of a VPC may share one), so they are found by
+    /// the owner key, which names the VPC too.
+    endpoints: Vec<u64>,
 }
 
 impl Filter<'_> {
     fn keeps_flow(&self, body: &FlowBody) -> bool {
         match body.cookie.category {
-            Category::Endpoint => self.endpoints.iter().any(|e| body.actions.contains(e)),
+            Category::Endpoint => self.endpoints.contains(&body.cookie.value(0)),
             Category::AffinityLearned => self
                 .view
                 .affinity_cookies()
@@ -115,13 +115,6 @@ impl Filter<'_> {
                 .groups
                 .get(&g.id)
                 .is_some_and(|(s, _)| *s == self.view.name)
-    }
-}
-
-fn nat_dst(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("nat(dst={a}:{port})"),
-        IpAddr::V6(a) => format!("nat(dst=[{a}]:{port})"),
     }
 }
 
@@ -159,11 +152,7 @@ pub fn render(
                 let names: Vec<&str> = lb.services.keys().map(String::as_str).collect();
                 return Err(OpsError(text::unknown("Service", name, &names)));
             };
-            let endpoints = view
-                .backends
-                .iter()
-                .flat_map(|b| view.ports.iter().map(|p| nat_dst(b.ip, p.target_port)))
-                .collect();
+            let endpoints = view.endpoint_cookies();
             Some(Filter { view, endpoints })
         }
     };
@@ -335,7 +324,7 @@ mod tests {
     fn every_table_in_order_with_owners_then_groups() {
         let got = render(&fixtures::installed(), &fixtures::lb(), &owners(), None).unwrap();
         let want = "\
-installed version 7, round 3: 7 flows, 2 groups
+installed version 7, round 3: 8 flows, 2 groups
 
 table 0 Classify (classify; miss: drop)
   priority=100 in_port=3 actions=set_field:0x1->reg0,goto_table:10  [Workload web-1, round 3]
@@ -368,6 +357,7 @@ table 43 AffinityLearn (service LB; miss: return to the caller)
 
 table 45 EndpointDnat (service LB; miss: drop)
   priority=100 reg0=0x1,reg3=0xa000005,tcp,reg4=0x1f90 actions=ct(commit,table=50,zone=NXM_NX_REG0[0..15],nat(dst=10.0.0.5:8080))  [Endpoint blue/tcp/10.0.0.5:8080, round 3]
+  priority=100 reg0=0x2,reg3=0xa000005,tcp,reg4=0x1f90 actions=ct(commit,table=50,zone=NXM_NX_REG0[0..15],nat(dst=10.0.0.5:8080))  [Endpoint #a3a94bfea5, round 3]
 
 table 46 GatewaySnat (service gateway; miss: drop)
   no flows
@@ -394,6 +384,7 @@ groups
 
     #[test]
     fn a_service_filter_keeps_its_flows_groups_and_endpoints() {
+        // Not green's EndpointDnat flow for the same address and port.
         let got = render(
             &fixtures::installed(),
             &fixtures::lb(),
@@ -402,7 +393,7 @@ groups
         )
         .unwrap();
         let want = "\
-Service web: 2 flows, 1 group (of 7 flows, 2 groups installed at version 7, round 3)
+Service web: 2 flows, 1 group (of 8 flows, 2 groups installed at version 7, round 3)
 
 table 40 ServiceLb (service LB; miss: drop)
   priority=100 reg0=0x1,tcp,nw_dst=10.96.0.10,tp_dst=80 actions=group:5  [Service web, round 3]
@@ -431,7 +422,7 @@ groups
         lb.version = 8;
         let got = render(&fixtures::installed(), &lb, &owners(), None).unwrap();
         assert!(
-            got.starts_with("installed version 7, round 3: 7 flows, 2 groups\n(owners and buckets are named from intent version 8; the switch has version 7)\n"),
+            got.starts_with("installed version 7, round 3: 8 flows, 2 groups\n(owners and buckets are named from intent version 8; the switch has version 7)\n"),
             "{got}"
         );
     }
