@@ -780,7 +780,7 @@ fn assert_peak_within(what: &str, size: u64, before: u64, peak: u64, factor: u64
 ///   the same error;
 /// - 200,001 Services in one update (3.9 MB): `update`,
 ///   `200001 objects in one update; at most 200000` (`MAX_OBJECTS_PER_UPDATE`).
-///   100,000 Services are within that limit (see the ignored
+///   100,000 Services are within that limit (see
 ///   `agent_nack_of_100k_bad_services_reaches_the_controller`).
 ///
 /// The switch keeps its flows and groups byte for byte, and a valid update after

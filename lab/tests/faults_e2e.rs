@@ -236,8 +236,9 @@ fn a_bundle_the_switch_refuses_is_nacked_with_its_reason_and_the_last_good_state
     assert_eq!(lab.groups()?, groups, "groups changed while capped");
     assert_eq!(lab.node_status()?["applied_version"].as_u64(), Some(v1));
 
-    // Lift the cap. The refused version is not tried again by itself (see the
-    // ignored test below); the next version is a snapshot and lands.
+    // Lift the cap; the next version is a snapshot and lands. (The controller
+    // also retries a refused version on its own:
+    // `a_version_the_switch_refused_is_applied_once_the_switch_can_take_it`.)
     lab.ovs
         .vsctl(&["clear", "Bridge", &lab.bridge, "flow_tables"])?;
     let t = Instant::now();
