@@ -10,7 +10,6 @@ use dpu_model::{AccessScenario, Intent, Kind, Mac, ObjectKey, Protocol, Service,
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, Bucket, DesiredState, Group, Match};
-use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::{Category, Cookie};
 use crate::pipeline::{label, mark, reg, *};
 

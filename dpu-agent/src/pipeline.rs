@@ -261,6 +261,10 @@ pub const LOCAL_GROUP_BIT: u32 = 0x8000_0000;
 /// group per family). Combines with [`LOCAL_GROUP_BIT`].
 pub const V6_GROUP_BIT: u32 = 0x4000_0000;
 
+/// The `external_ids:iface-id` of the agent's Geneve port: the compiler finds
+/// the tunnel's OpenFlow port by it, the OVSDB adapter names the port with it.
+pub const TUNNEL_IFACE_ID: &str = "dpu:tunnel";
+
 /// The MAC address the agent's distributed router answers with.
 pub const ROUTER_MAC: &str = "02:d9:00:00:00:01";
 

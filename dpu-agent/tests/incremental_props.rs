@@ -289,7 +289,7 @@ fn update(version: u64, snapshot: bool, ops: &[Op]) -> pb::Update {
 
 fn facts() -> NodeFacts {
     let mut ports: BTreeMap<String, u32> = (0..6).map(|i| (format!("port-{i}"), i + 10)).collect();
-    ports.insert(dpu_agent::ovsdb::TUNNEL_IFACE_ID.into(), 1);
+    ports.insert(dpu_agent::pipeline::TUNNEL_IFACE_ID.into(), 1);
     ports.insert("pf0hpf".into(), 2);
     ports.insert("p0".into(), 3);
     NodeFacts {

@@ -35,8 +35,6 @@ pub use framing::FrameDecoder;
 pub use monitor::{apply_diff, parse_table_updates2, ColumnKind, RowUpdate, Schema};
 pub use monitor::{TableCache, TableUpdates};
 pub use ops::{Condition, Function, Mutation, Mutator, Op, WaitUntil};
-pub use ports::{
-    ensure_internal_port, ensure_tunnel_port, plug_port, unplug_port, TUNNEL_IFACE_ID,
-};
+pub use ports::{ensure_internal_port, ensure_tunnel_port, plug_port, unplug_port};
 pub use restore_wait::{flow_restore_wait, set_flow_restore_wait};
 pub use session::{Backoff, OvsdbSession, OvsdbState, PortFact};

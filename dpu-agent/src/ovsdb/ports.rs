@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::atom::{as_uuid, map, named_uuid, row, set, set_elements, uuid};
 use super::{Condition, Mutation, Op, OvsdbClient, OvsdbError, VSWITCH_DB};
+use crate::pipeline::TUNNEL_IFACE_ID;
 
 fn rows(result: &Value) -> Vec<Value> {
     result
@@ -60,9 +61,6 @@ pub async fn plug_port(
     let ids = map(external_ids.iter().map(|(k, v)| (k.clone(), v.clone())));
     plug_interface(client, bridge, port, row([("external_ids", ids)])).await
 }
-
-/// The `external_ids:iface-id` of the agent's Geneve port.
-pub const TUNNEL_IFACE_ID: &str = "dpu:tunnel";
 
 /// Adds (or refreshes) the bridge's flow-based Geneve port: `remote_ip=flow` and
 /// `key=flow`, so one port reaches every other DPU, each flow setting `tun_dst`

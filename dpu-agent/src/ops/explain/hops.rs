@@ -14,8 +14,8 @@ use super::switch::SwitchView;
 use crate::flows::DesiredState;
 use crate::observe::lb_index::{BackendState, BackendView, LbIndex, ServiceView};
 use crate::observe::Summary;
-use crate::ovsdb::TUNNEL_IFACE_ID;
 use crate::pipeline::cookie::Cookie;
+use crate::pipeline::TUNNEL_IFACE_ID;
 use crate::pipeline::{ARP_RESPONDER, SERVICE_LB};
 
 /// Everything the hops read.
