@@ -90,7 +90,7 @@ fn build(n: usize) -> (Intent, NodeFacts) {
     };
     facts
         .ports
-        .insert(dpu_agent::ovsdb::TUNNEL_IFACE_ID.into(), 1);
+        .insert(dpu_agent::pipeline::TUNNEL_IFACE_ID.into(), 1);
     for w in 0..workloads {
         let node = NODES[w % 3];
         let name = format!("w{w}");
