@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use super::atom::{as_uuid, map, named_uuid, row, set, set_elements, uuid, Row};
-use super::ops::{Condition, Mutation, Op, WaitUntil};
+use super::{Condition, Mutation, Op, WaitUntil};
 use super::{OvsdbClient, OvsdbError};
 
 /// The database the agent works in.

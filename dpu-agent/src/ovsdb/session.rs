@@ -15,10 +15,10 @@ use tokio::time::Instant;
 
 use super::atom::{as_uuid, map_get, set_elements, Row};
 use super::bridge::{ensure_bridge, BridgeSpec, VSWITCH_DB};
-use super::client::{MonitorRequest, OvsdbClient};
-use super::monitor::TableCache;
-use super::ops::Condition;
+use super::Condition;
 use super::OvsdbError;
+use super::TableCache;
+use super::{MonitorRequest, OvsdbClient};
 
 const MONITOR_ID: &str = "dpu-agent";
 /// Fastest re-ensure after the bridge drifted from its spec (someone else edited it).
@@ -335,7 +335,7 @@ fn text<'a>(row: &'a Row, column: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovsdb::monitor::{parse_table_updates2, Schema};
+    use crate::ovsdb::{parse_table_updates2, Schema};
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

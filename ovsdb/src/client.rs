@@ -216,7 +216,7 @@ impl OvsdbClient {
 
     /// Sends `echo` and checks that the server returns the same params.
     pub async fn echo(&self) -> Result<(), OvsdbError> {
-        let params = json!(["dpu-agent"]);
+        let params = json!(["ovsdb-client"]);
         let result = self.call("echo", params.clone()).await?;
         if result != params {
             return Err(OvsdbError::shape(

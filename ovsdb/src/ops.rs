@@ -368,7 +368,7 @@ impl Op {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovsdb::atom::{map, named_uuid, row, set, uuid};
+    use crate::atom::{map, named_uuid, row, set, uuid};
 
     #[test]
     fn insert_with_uuid_name_and_references() {

@@ -7,8 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::*;
-use crate::ovsdb::atom::row;
-use crate::ovsdb::RowUpdate;
+use crate::atom::row;
+use crate::RowUpdate;
 
 const BOUND: Duration = Duration::from_secs(5);
 

@@ -79,7 +79,7 @@ pub enum OvsdbError {
         reason: String,
     },
 
-    /// The database content or a request is not what the agent can work with
+    /// The database content or a request is not what the caller can work with
     /// (no `Open_vSwitch` row, an invalid bridge spec, repeated races).
     #[error("OVSDB state: {0}")]
     State(String),
@@ -96,12 +96,14 @@ impl OvsdbError {
         }
     }
 
-    /// A protocol error about a JSON value of the wrong shape.
-    pub(crate) fn shape(reason: impl Into<String>, value: &serde_json::Value) -> Self {
+    /// A protocol error about a JSON value of the wrong shape (for callers
+    /// that read replies, like a `select` result, themselves).
+    pub fn shape(reason: impl Into<String>, value: &serde_json::Value) -> Self {
         Self::protocol(reason, value.to_string().as_bytes())
     }
 
-    pub(crate) fn disconnected(reason: impl Into<String>) -> Self {
+    /// The connection is gone, for `reason`.
+    pub fn disconnected(reason: impl Into<String>) -> Self {
         OvsdbError::Disconnected {
             reason: reason.into(),
         }

@@ -260,7 +260,7 @@ fn guess_kind(change: &Value) -> ColumnKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovsdb::atom::{map, set, uuid};
+    use crate::atom::{map, set, uuid};
 
     fn schema() -> Schema {
         Schema::parse(&json!({"name": "db", "tables": {"T": {"columns": {
