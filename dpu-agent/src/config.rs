@@ -829,9 +829,11 @@ mac = "02:d9:00:00:01:01"
 
     #[test]
     fn the_configuration_doc_lists_every_key() {
-        let docs =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md"))
-                .unwrap();
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/configuration.md"
+        ))
+        .unwrap();
         let mut full: toml::Table = toml::from_str(FULL).unwrap();
         // One of the pair is allowed at a time; the docs list both.
         full["enroll"]
