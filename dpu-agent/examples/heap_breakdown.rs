@@ -1,0 +1,153 @@
+//! Which of the agent's structures hold its memory, by a counting allocator.
+//!
+//! `cargo run -p dpu-agent --release --example heap_breakdown -- [N]`
+//!
+//! Applies a snapshot of N Services (default 10000) × 10 backends (the intent
+//! of `update_cost`) through the agent's update path, then measures each
+//! structure it keeps by the bytes a deep copy of it allocates (a `clone` of a
+//! `BTreeMap` of `String`s allocates what the original holds, give or take
+//! the allocator's rounding), and the text inside the flows by the strings'
+//! capacities. What cannot be copied from outside (the incremental compiler's
+//! per-Service parts and owner indexes) is the rest of the total.
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[path = "common/intent.rs"]
+mod intent;
+
+use dpu_agent::applied::{Applied, Facts};
+use dpu_agent::observe::{lb_index, LbIndex};
+use dpu_agent::reconcile::Reconciler;
+use dpu_agent::store::Store;
+use dpu_agent::update::snapshot_of;
+use intent::{build, NullSwitch};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// A global allocator is unsafe by contract; this one only counts and forwards.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// The bytes a deep copy of `x` allocates.
+fn deep<T: Clone>(x: &T) -> usize {
+    let before = live();
+    let copy = x.clone();
+    let size = live() - before;
+    drop(copy);
+    size
+}
+
+fn mib(b: usize) -> String {
+    format!("{:8.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+
+    let (intent, facts) = build(n);
+    let facts = Facts::new(facts);
+    let snap = snapshot_of(&intent, 1);
+    drop(intent);
+    // The node facts and the runtime, without the snapshot (dropped below).
+    let base = live() - deep(&snap);
+    let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
+    let mut applied = Applied::default();
+    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, &snap));
+    assert!(h.changed.is_some(), "{:?}", h.msg);
+    drop(snap);
+    // What the agent keeps after the snapshot: Applied and the reconciler.
+    let kept = live() - base;
+
+    let desired = applied.compiler.desired();
+    let intent_b = deep(&applied.intent);
+    let index_b = deep(&applied.index);
+    let alloc_b = deep(&applied.alloc);
+    let desired_b = deep(desired);
+    let text: usize = desired
+        .flows
+        .iter()
+        .map(|(k, b)| k.matches.capacity() + b.actions.capacity())
+        .sum::<usize>()
+        + desired
+            .groups
+            .values()
+            .flat_map(|g| g.buckets.iter())
+            .map(|b| b.actions.capacity())
+            .sum::<usize>();
+    let before_lb = live();
+    let lb = LbIndex::build(&lb_index::Inputs {
+        version: applied.version,
+        intent: &applied.intent,
+        alloc: &applied.alloc,
+        ready: applied.compiler.readiness(),
+        unhealthy: &Default::default(),
+        installed: Some(desired),
+    });
+    let lb_b = live() - before_lb;
+    drop(lb);
+    // The reconciler's installed view is a copy of the desired state.
+    let installed_b = desired_b;
+    let known = intent_b + index_b + alloc_b + desired_b + installed_b;
+    println!(
+        "N={n}: {} flows, {} groups; agent state after the snapshot {}",
+        desired.flows.len(),
+        desired.groups.len(),
+        mib(kept)
+    );
+    println!("| structure | bytes |");
+    println!("|---|--:|");
+    println!("| the intent (`Applied::intent`) | {} |", mib(intent_b));
+    println!(
+        "| its validation index (`Applied::index`) | {} |",
+        mib(index_b)
+    );
+    println!("| allocations (zones, group ids) | {} |", mib(alloc_b));
+    println!(
+        "| the merged desired flows and groups (`IncrementalCompiler::merged`) | {} |",
+        mib(desired_b)
+    );
+    println!("| … of which match and action text | {} |", mib(text));
+    println!(
+        "| the reconciler's installed copy (`installed = desired.clone()`) | {} |",
+        mib(installed_b)
+    );
+    println!(
+        "| the rest: per-Service compiled parts, flow and group owner indexes, per-backend maps | {} |",
+        mib(kept.saturating_sub(known))
+    );
+    println!(
+        "| the LB index (built per observation, not kept) | {} |",
+        mib(lb_b)
+    );
+    drop(rec);
+}
