@@ -1,6 +1,7 @@
 //! The OpenFlow side of the agent, behind one trait so a native OpenFlow 1.5
 //! connection can replace the `ovs-ofctl` backend without touching the reconciler.
 
+pub mod ir;
 pub mod liveness;
 pub mod native;
 mod ofctl;

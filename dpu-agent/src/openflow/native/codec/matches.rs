@@ -3,7 +3,7 @@
 //! Ethernet type goes first, the IP protocol and ICMP type/code next, and the
 //! rest in the order written.
 
-use super::fields::{self, Field, Prereq};
+use super::fields::{self, FieldDef as Field, Prereq};
 use super::put_padded;
 
 /// One OXM entry.

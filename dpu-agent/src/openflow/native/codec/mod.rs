@@ -5,7 +5,7 @@
 
 mod actions;
 mod decode;
-mod fields;
+pub(crate) use crate::openflow::ir::fields;
 mod matches;
 mod stats;
 
@@ -306,7 +306,7 @@ pub(crate) const NTRT_SELECTION_METHOD: u32 = 1;
 pub(crate) fn hash_field(
     group: u32,
     spec: &str,
-) -> Result<(&'static fields::Field, Option<u64>), CodecError> {
+) -> Result<(&'static fields::FieldDef, Option<u64>), CodecError> {
     let bad = |reason: String| CodecError::Group { id: group, reason };
     let (name, mask) = match spec.split_once('=') {
         Some((n, m)) => (n, Some(m)),
