@@ -55,11 +55,13 @@ mod unixctl;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dpu_agent::compile::assign_bucket_ids;
 use dpu_agent::flows::{Actions, Bucket, Group};
+use dpu_agent::openflow::ir::{Field, HashField};
 use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::pipeline::{reg, ENDPOINT_DNAT};
 use dpu_lab::ovs::OvsInstance;
@@ -72,7 +74,7 @@ const TARGET_PORT: u16 = 8080;
 /// The backends' VPC, which their bucket ids hash.
 const VPC: &str = "bench";
 /// The agent's hash fields for a TCP service without affinity.
-const HASH_FIELDS: [&str; 4] = ["ip_src", "ip_dst", "tcp_src", "tcp_dst"];
+const HASH_FIELDS: [Field; 4] = [Field::IpSrc, Field::IpDst, Field::TcpSrc, Field::TcpDst];
 /// Fixed so that runs are comparable.
 const SEED: u64 = 0x5eed_1b00_0000_0001;
 /// Draws of an ideal uniform choice for [`LbReport::ideal_skew_pct`].
@@ -221,11 +223,12 @@ fn backend_ip(i: usize) -> Ipv4Addr {
 /// The backends are in one VPC.
 fn group_spec(weights: &[u32], ips: &[Ipv4Addr], skip: Option<usize>, ids: BucketIds) -> String {
     let bucket = |ip: Ipv4Addr| {
-        Actions::new()
-            .set_field(format!("{:#x}", u32::from(ip)), reg::EP_IP)
-            .set_reg(reg::EP_PORT, u32::from(TARGET_PORT))
-            .resubmit(ENDPOINT_DNAT)
-            .render()
+        Arc::new(
+            Actions::new()
+                .set_field(reg::EP_IP, ip)
+                .set_reg(reg::EP_PORT, u32::from(TARGET_PORT))
+                .resubmit(ENDPOINT_DNAT.id),
+        )
     };
     let live = || {
         (0..weights.len())
@@ -254,11 +257,14 @@ fn group_spec(weights: &[u32], ips: &[Ipv4Addr], skip: Option<usize>, ids: Bucke
             b.sort();
             b
         }
-        BucketIds::Positional => Bucket::numbered(live().map(|(i, _)| bucket(ips[i]))),
+        BucketIds::Positional => live()
+            .enumerate()
+            .map(|(pos, (i, _))| Bucket::new(pos as u32, bucket(ips[i])))
+            .collect(),
     };
     Group {
         id: GROUP_ID,
-        hash_fields: HASH_FIELDS.to_vec(),
+        hash_fields: HASH_FIELDS.iter().map(|f| HashField::whole(*f)).collect(),
         buckets,
         owner: Cookie::new(Category::Service, "bench/lb"),
         learns: false,

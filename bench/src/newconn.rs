@@ -52,11 +52,13 @@ pub mod spread;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dpu_agent::compile::{assign_bucket_ids, SRC_PORT_HASH_MASK};
 use dpu_agent::flows::{Actions, Bucket, Group};
+use dpu_agent::openflow::ir::{Field, HashField};
 use dpu_agent::openflow::{render_bundle, BundleOp};
 use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::pipeline::{reg, ENDPOINT_DNAT};
@@ -115,7 +117,7 @@ pub struct HashVariant {
     /// `port`, `masked`, or the mask as given (`255`).
     pub label: String,
     /// The source-port hash field: `tcp_src` or `tcp_src=<mask in decimal>`.
-    pub src_field: &'static str,
+    pub src_field: HashField,
 }
 
 impl HashVariant {
@@ -123,7 +125,7 @@ impl HashVariant {
     pub fn port() -> HashVariant {
         HashVariant {
             label: "port".into(),
-            src_field: "tcp_src",
+            src_field: HashField::whole(Field::TcpSrc),
         }
     }
 
@@ -132,7 +134,7 @@ impl HashVariant {
     pub fn masked() -> HashVariant {
         HashVariant {
             label: "masked".into(),
-            src_field: leak(format!("tcp_src={SRC_PORT_HASH_MASK}")),
+            src_field: HashField::masked(Field::TcpSrc, u64::from(SRC_PORT_HASH_MASK)),
         }
     }
 
@@ -140,7 +142,7 @@ impl HashVariant {
     pub fn mask(mask: u16) -> HashVariant {
         HashVariant {
             label: mask.to_string(),
-            src_field: leak(format!("tcp_src={mask}")),
+            src_field: HashField::masked(Field::TcpSrc, u64::from(mask)),
         }
     }
 
@@ -163,13 +165,14 @@ impl HashVariant {
     }
 
     /// The fields the group hashes on.
-    pub fn hash_fields(&self) -> Vec<&'static str> {
-        vec!["ip_src", "ip_dst", self.src_field, "tcp_dst"]
+    pub fn hash_fields(&self) -> Vec<HashField> {
+        vec![
+            HashField::whole(Field::IpSrc),
+            HashField::whole(Field::IpDst),
+            self.src_field,
+            HashField::whole(Field::TcpDst),
+        ]
     }
-}
-
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
 }
 
 /// The measurement's inputs.
@@ -300,11 +303,12 @@ fn buckets(k: usize, n: usize) -> Vec<(Bucket, Ipv4Addr)> {
         .iter()
         .zip(assign_bucket_ids(TARGET_PORT, &keys))
         .flat_map(|(ip, ids)| {
-            let actions = Actions::new()
-                .set_field(format!("{:#x}", u32::from(*ip)), reg::EP_IP)
-                .set_reg(reg::EP_PORT, u32::from(TARGET_PORT))
-                .resubmit(ENDPOINT_DNAT)
-                .render();
+            let actions = Arc::new(
+                Actions::new()
+                    .set_field(reg::EP_IP, *ip)
+                    .set_reg(reg::EP_PORT, u32::from(TARGET_PORT))
+                    .resubmit(ENDPOINT_DNAT.id),
+            );
             ids.into_iter()
                 .map(move |id| (Bucket::new(id, actions.clone()), *ip))
         })
@@ -719,7 +723,14 @@ fn row(
         Kind::Ovs(h) => (
             "ovs",
             h.label.clone(),
-            format!("fields({})", h.hash_fields().join(",")),
+            format!(
+                "fields({})",
+                h.hash_fields()
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         ),
         Kind::Iptables => (
             "iptables",
@@ -976,20 +987,29 @@ mod tests {
     #[test]
     fn hash_variants_parse_and_name_their_fields() {
         let port = HashVariant::parse("port").unwrap();
-        assert_eq!(
-            port.hash_fields(),
-            ["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
-        );
+        let names = |h: &HashVariant| -> Vec<String> {
+            h.hash_fields().iter().map(|f| f.to_string()).collect()
+        };
+        assert_eq!(names(&port), ["ip_src", "ip_dst", "tcp_src", "tcp_dst"]);
         let masked = HashVariant::parse("masked").unwrap();
         assert_eq!(masked.label, "masked");
         // The agent's production fields, the mask in decimal as OVS prints it.
         assert_eq!(
-            masked.hash_fields(),
+            names(&masked),
             ["ip_src", "ip_dst", "tcp_src=63", "tcp_dst"]
         );
-        assert_eq!(masked.src_field, format!("tcp_src={}", SRC_PORT_HASH_MASK));
-        assert_eq!(HashVariant::parse("255").unwrap().src_field, "tcp_src=255");
-        assert_eq!(HashVariant::parse("0xf").unwrap().src_field, "tcp_src=15");
+        assert_eq!(
+            masked.src_field.to_string(),
+            format!("tcp_src={}", SRC_PORT_HASH_MASK)
+        );
+        assert_eq!(
+            HashVariant::parse("255").unwrap().src_field.to_string(),
+            "tcp_src=255"
+        );
+        assert_eq!(
+            HashVariant::parse("0xf").unwrap().src_field.to_string(),
+            "tcp_src=15"
+        );
         assert_eq!(HashVariant::parse("15").unwrap().label, "15");
         for bad in ["0", "65536", "-1", "ports", ""] {
             assert!(HashVariant::parse(bad).is_err(), "{bad}");
@@ -1108,6 +1128,7 @@ mod tests {
         for (b, ip) in buckets(2, 1000) {
             assert!(b
                 .actions
+                .to_string()
                 .contains(&format!("set_field:{:#x}->reg3", u32::from(ip))));
         }
         assert_ne!(backend(0, MAX_BUCKETS - 1), backend(1, 0));

@@ -4,11 +4,10 @@
 //!
 //! Applies a snapshot of N Services (default 10000) × 10 backends (the intent
 //! of `update_cost`) through the agent's update path, then measures each
-//! structure it keeps by the bytes a deep copy of it allocates (a `clone` of a
-//! `BTreeMap` of `String`s allocates what the original holds, give or take
-//! the allocator's rounding), and the text inside the flows by the strings'
-//! capacities. What cannot be copied from outside (the incremental compiler's
-//! per-Service parts and owner indexes) is the rest of the total.
+//! structure it keeps: the intent and its index by the bytes a deep copy
+//! allocates, and the flow state by the bytes freed when each piece goes
+//! (flows and groups are shared between the pieces, so they count with the
+//! merged state, dropped last).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 mod intent;
 
 use dpu_agent::applied::{Applied, Facts};
+use dpu_agent::compile::incremental::Piece;
 use dpu_agent::observe::{lb_index, LbIndex};
 use dpu_agent::reconcile::Reconciler;
 use dpu_agent::store::Store;
@@ -89,21 +89,10 @@ fn main() {
     let kept = live() - base;
 
     let desired = applied.compiler.desired();
+    let (flows, groups) = (desired.flows.len(), desired.groups.len());
     let intent_b = deep(&applied.intent);
     let index_b = deep(&applied.index);
     let alloc_b = deep(&applied.alloc);
-    let desired_b = deep(desired);
-    let text: usize = desired
-        .flows
-        .iter()
-        .map(|(k, b)| k.matches.capacity() + b.actions.capacity())
-        .sum::<usize>()
-        + desired
-            .groups
-            .values()
-            .flat_map(|g| g.buckets.iter())
-            .map(|b| b.actions.capacity())
-            .sum::<usize>();
     let before_lb = live();
     let lb = LbIndex::build(&lb_index::Inputs {
         version: applied.version,
@@ -115,13 +104,25 @@ fn main() {
     });
     let lb_b = live() - before_lb;
     drop(lb);
-    // The reconciler's installed view is a copy of the desired state.
-    let installed_b = desired_b;
-    let known = intent_b + index_b + alloc_b + desired_b + installed_b;
+    // What each piece holds alone: the bytes freed when it goes. Flows and
+    // groups are shared (`Arc`) between the compiler's parts, its merged
+    // state and the reconciler's installed view, so they are freed with the
+    // last holder: the merged state, dropped last.
+    let freed = |f: &mut dyn FnMut()| {
+        let before = live();
+        f();
+        before - live()
+    };
+    let mut rec = Some(rec);
+    let installed_b = freed(&mut || drop(rec.take()));
+    let mut piece = |p: Piece| freed(&mut || applied.compiler.release(p));
+    let backends_b = piece(Piece::BackendIndex);
+    let owners_b = piece(Piece::Owners);
+    let parts_b = piece(Piece::Parts);
+    let merged_b = piece(Piece::Merged);
+    let known = intent_b + index_b + alloc_b + installed_b + backends_b + owners_b + parts_b + merged_b;
     println!(
-        "N={n}: {} flows, {} groups; agent state after the snapshot {}",
-        desired.flows.len(),
-        desired.groups.len(),
+        "N={n}: {flows} flows, {groups} groups; agent state after the snapshot {}",
         mib(kept)
     );
     println!("| structure | bytes |");
@@ -133,21 +134,31 @@ fn main() {
     );
     println!("| allocations (zones, group ids) | {} |", mib(alloc_b));
     println!(
-        "| the merged desired flows and groups (`IncrementalCompiler::merged`) | {} |",
-        mib(desired_b)
+        "| the merged desired state: every flow and group, held once (`IncrementalCompiler::merged`) | {} |",
+        mib(merged_b)
     );
-    println!("| … of which match and action text | {} |", mib(text));
     println!(
-        "| the reconciler's installed copy (`installed = desired.clone()`) | {} |",
+        "| the per-Service compiled parts (maps of shared flows) | {} |",
+        mib(parts_b)
+    );
+    println!(
+        "| the flow and group owner indexes | {} |",
+        mib(owners_b)
+    );
+    println!(
+        "| the per-Service and per-backend indexes | {} |",
+        mib(backends_b)
+    );
+    println!(
+        "| the reconciler's installed view (a map of the same flows) | {} |",
         mib(installed_b)
     );
     println!(
-        "| the rest: per-Service compiled parts, flow and group owner indexes, per-backend maps | {} |",
+        "| the rest (node facts, readiness, runtime) | {} |",
         mib(kept.saturating_sub(known))
     );
     println!(
         "| the LB index (built per observation, not kept) | {} |",
         mib(lb_b)
     );
-    drop(rec);
 }

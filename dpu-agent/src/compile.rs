@@ -10,6 +10,9 @@ use dpu_model::{AccessScenario, Intent, Kind, Mac, ObjectKey, Protocol, Service,
 
 use crate::alloc::Allocations;
 use crate::flows::{Actions, Bucket, DesiredState, Group, Match};
+use crate::openflow::ir::{
+    ct, Action, Ct, CtZone, Field, HashField, Learn, LearnSpec, Nat, Proto, Subfield, Value,
+};
 use crate::pipeline::cookie::{Category, Cookie};
 use crate::pipeline::{label, mark, reg, *};
 
@@ -265,7 +268,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
         };
         let z = u32::from(zone);
         let c = Cookie::new(Category::Vpc, &vpc.name);
-        tracked_zone(d, z, &FAMILIES, Actions::new().goto(RETURN_PATH), c);
+        tracked_zone(d, z, &FAMILIES, Actions::new().goto(RETURN_PATH.id), c);
         for fam in FAMILIES {
             let Some(t) = tunnel else { break };
             // From another DPU: the VNI names the VPC. Only IP crosses (ARP and ND
@@ -274,12 +277,12 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             d.add(
                 CLASSIFY,
                 100,
-                Match::new().in_port(t).field("tun_id", vpc.vni).kw(fam),
+                Match::new().in_port(t).exact(Field::TunId, vpc.vni).proto(fam),
                 Actions::new()
                     .set_reg(reg::VPC, z)
                     .set_reg(reg::ORIGIN, reg::ORIGIN_TUNNEL)
-                    .raw(label::stage_tunnel_src())
-                    .goto(CONNTRACK),
+                    .then(label::stage_tunnel_src())
+                    .goto(CONNTRACK.id),
                 c,
             );
             // A reply to a connection that came through a tunnel goes back to the
@@ -289,12 +292,12 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 100,
                 Match::new()
                     .reg(reg::VPC, z)
-                    .kw(fam)
-                    .kw("ct_state=+rpl+trk")
-                    .field("ct_mark", mark::origin_is(reg::ORIGIN_TUNNEL)),
+                    .proto(fam)
+                    .ct_state(ct::RPL | ct::TRK, 0)
+                    .push(mark::origin_is(reg::ORIGIN_TUNNEL)),
                 Actions::new()
-                    .raw(format!("move:{}->NXM_NX_TUN_IPV4_DST[]", label::TUNNEL_SRC))
-                    .set_field(vpc.vni, "tun_id")
+                    .move_(label::TUNNEL_SRC, Subfield::whole(Field::TunDst))
+                    .set_field(Field::TunId, vpc.vni)
                     .output(t),
                 c,
             );
@@ -308,14 +311,9 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 10,
                 Match::new()
                     .reg(reg::VPC, z)
-                    .kw("ct_state=+new+trk")
-                    .kw(fam),
-                Actions::new().raw(format!(
-                    "ct(commit,table={},zone={}[0..15],exec({}))",
-                    L3_FORWARD.id,
-                    reg::VPC_NXM,
-                    label::record()
-                )),
+                    .ct_state(ct::NEW | ct::TRK, 0)
+                    .proto(fam),
+                Actions::new().then(ct_commit(L3_FORWARD, None, label::record())),
                 c,
             );
         }
@@ -362,9 +360,9 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                     L3_FORWARD,
                     100,
                     to_address(z, *a),
-                    routed_to(w.mac.map_or(ROUTER_MAC.to_string(), |m| m.to_string()))
-                        .set_field(vpc.vni, "tun_id")
-                        .set_field(node.tunnel_ip, "tun_dst")
+                    routed_to(w.mac.map_or(ROUTER_MAC, |m| crate::openflow::ir::Mac(m.0)))
+                        .set_field(Field::TunId, vpc.vni)
+                        .set_field(Field::TunDst, node.tunnel_ip)
                         .output(t),
                     c,
                 );
@@ -385,7 +383,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
         // usually) with others, and its MAC tells it apart.
         let on_uplink = uplink.filter(|u| u.iface == w.port);
         let from_port = if w.kind == WorkloadKind::BareMetal {
-            Match::new().in_port(ofport).field("dl_src", mac)
+            Match::new().in_port(ofport).exact(Field::EthSrc, mac)
         } else {
             Match::new().in_port(ofport)
         };
@@ -397,7 +395,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 100
             },
             from_port,
-            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
+            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD.id),
             c,
         );
         if let Some(u) = on_uplink.filter(|_| w.kind == WorkloadKind::BareMetal) {
@@ -408,26 +406,26 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 106,
                 Match::new()
                     .in_port(ofport)
-                    .field("dl_src", mac)
-                    .kw("arp")
-                    .ip_field("arp_spa", w.ip)
-                    .field("arp_sha", mac),
+                    .exact(Field::EthSrc, mac)
+                    .proto(Proto::Arp)
+                    .exact(Field::ArpSpa, w.ip)
+                    .exact(Field::ArpSha, mac),
                 Actions::new()
                     .set_reg(reg::VPC, reg::UPLINK_CONTEXT)
-                    .goto(ARP_RESPONDER),
+                    .goto(ARP_RESPONDER.id),
                 c,
             );
             let asks = || {
                 Match::new()
                     .reg(reg::VPC, reg::UPLINK_CONTEXT)
-                    .kw("arp")
-                    .field("arp_op", 1)
-                    .ip_field("arp_spa", w.ip)
+                    .proto(Proto::Arp)
+                    .exact(Field::ArpOp, 1u16)
+                    .exact(Field::ArpSpa, w.ip)
             };
             d.add(
                 ARP_RESPONDER,
                 96,
-                asks().ip_field("arp_tpa", w.ip),
+                asks().exact(Field::ArpTpa, w.ip),
                 Actions::drop(),
                 c,
             );
@@ -437,23 +435,23 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             Match::new()
                 .reg(reg::VPC, z)
                 .in_port(ofport)
-                .field("dl_src", mac)
+                .exact(Field::EthSrc, mac)
         };
         d.add(
             SPOOF_GUARD,
             100,
             port()
-                .kw("arp")
-                .ip_field("arp_spa", w.ip)
-                .field("arp_sha", mac),
-            Actions::new().goto(ARP_RESPONDER),
+                .proto(Proto::Arp)
+                .exact(Field::ArpSpa, w.ip)
+                .exact(Field::ArpSha, mac),
+            Actions::new().goto(ARP_RESPONDER.id),
             c,
         );
         d.add(
             SPOOF_GUARD,
             100,
-            port().kw("ip").ip_field("nw_src", w.ip),
-            Actions::new().goto(CONNTRACK),
+            port().proto(Proto::Ip).exact(Field::IpSrc, w.ip),
+            Actions::new().goto(CONNTRACK.id),
             c,
         );
         // Never answer a workload's ARP for its own address (it would look taken).
@@ -463,8 +461,8 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             Match::new()
                 .reg(reg::VPC, z)
                 .in_port(ofport)
-                .kw("arp")
-                .ip_field("arp_tpa", w.ip),
+                .proto(Proto::Arp)
+                .exact(Field::ArpTpa, w.ip),
             Actions::drop(),
             c,
         );
@@ -472,22 +470,23 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             d.add(
                 SPOOF_GUARD,
                 100,
-                port().kw("ipv6").field("ipv6_src", v6),
-                Actions::new().goto(CONNTRACK),
+                port().proto(Proto::Ipv6).exact(Field::Ipv6Src, v6),
+                Actions::new().goto(CONNTRACK.id),
                 c,
             );
             // Neighbour solicitations, from its address or its link-local one
             // (the kernel's usual source), go to the responder (as ARP does).
-            for src in [v6.to_string(), "fe80::/10".to_string()] {
+            let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0);
+            for (src, len) in [(v6, 128), (link_local, 10)] {
                 d.add(
                     SPOOF_GUARD,
                     100,
                     port()
-                        .kw("icmp6")
-                        .field("ipv6_src", &src)
-                        .field("icmp_type", 135)
-                        .field("icmp_code", 0),
-                    Actions::new().goto(ARP_RESPONDER),
+                        .proto(Proto::Icmp6)
+                        .prefix(Field::Ipv6Src, src, len)
+                        .exact(Field::Icmpv6Type, 135u8)
+                        .exact(Field::Icmpv6Code, 0u8),
+                    Actions::new().goto(ARP_RESPONDER.id),
                     c,
                 );
             }
@@ -509,7 +508,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
         // or another server on the uplink): OpenFlow drops an output to the
         // in_port unless the in_port is cleared first.
         let rewrite = if w.kind == WorkloadKind::BareMetal {
-            rewrite.raw(CLEAR_IN_PORT)
+            rewrite.then(CLEAR_IN_PORT)
         } else {
             rewrite
         };
@@ -564,36 +563,36 @@ fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFa
             CLASSIFY,
             100,
             Match::new().in_port(ofport),
-            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD),
+            Actions::new().set_reg(reg::VPC, z).goto(SPOOF_GUARD.id),
             c,
         );
         let port = || {
             Match::new()
                 .reg(reg::VPC, z)
                 .in_port(ofport)
-                .field("dl_src", m)
+                .exact(Field::EthSrc, m)
         };
         d.add(
             SPOOF_GUARD,
             100,
             port()
-                .kw("arp")
-                .ip_field("arp_spa", PROBE_SOURCE)
-                .field("arp_sha", m),
-            Actions::new().goto(ARP_RESPONDER),
+                .proto(Proto::Arp)
+                .exact(Field::ArpSpa, PROBE_SOURCE)
+                .exact(Field::ArpSha, m),
+            Actions::new().goto(ARP_RESPONDER.id),
             c,
         );
         d.add(
             SPOOF_GUARD,
             100,
-            port().kw("ip").ip_field("nw_src", PROBE_SOURCE),
-            Actions::new().goto(CONNTRACK),
+            port().proto(Proto::Ip).exact(Field::IpSrc, PROBE_SOURCE),
+            Actions::new().goto(CONNTRACK.id),
             c,
         );
         d.add(
             L3_FORWARD,
             110,
-            to_address(z, IpAddr::V4(PROBE_SOURCE)).kw("ct_state=+est+rpl+trk"),
+            to_address(z, IpAddr::V4(PROBE_SOURCE)).ct_state(ct::EST | ct::RPL | ct::TRK, 0),
             routed_to(m).output(ofport),
             c,
         );
@@ -601,7 +600,10 @@ fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFa
 }
 
 /// Lets a following `output` send back out of the port the packet came in on.
-const CLEAR_IN_PORT: &str = "load:0->NXM_OF_IN_PORT[]";
+const CLEAR_IN_PORT: Action = Action::Load {
+    value: 0,
+    dst: Subfield::whole(Field::InPort),
+};
 
 /// The uplink port on the bridge, and this DPU's MAC there.
 #[derive(Debug, Clone, Copy)]
@@ -621,24 +623,24 @@ fn compile_uplink_local(d: &mut DesiredState, facts: &NodeFacts, u: Uplink<'_>) 
     d.add(
         CLASSIFY,
         100,
-        Match::new().in_port(u.ofport).kw("arp"),
+        Match::new().in_port(u.ofport).proto(Proto::Arp),
         Actions::new()
             .set_reg(reg::VPC, reg::UPLINK_CONTEXT)
-            .goto(ARP_RESPONDER),
+            .goto(ARP_RESPONDER.id),
         c,
     );
     d.add(
         RETURN_PATH,
         100,
         Match::new()
-            .kw("ip")
-            .kw("ct_state=+rpl+trk")
-            .field("ct_mark", mark::origin_is(reg::ORIGIN_UPLINK)),
+            .proto(Proto::Ip)
+            .ct_state(ct::RPL | ct::TRK, 0)
+            .push(mark::origin_is(reg::ORIGIN_UPLINK)),
         Actions::new()
-            .raw(format!("move:{}->NXM_OF_ETH_DST[]", label::MAC))
-            .set_field(u.mac, "eth_src")
-            .raw("dec_ttl")
-            .raw(CLEAR_IN_PORT)
+            .move_(label::MAC, Subfield::whole(Field::EthDst))
+            .set_field(Field::EthSrc, u.mac)
+            .dec_ttl()
+            .then(CLEAR_IN_PORT)
             .output(u.ofport),
         c,
     );
@@ -657,15 +659,15 @@ fn compile_uplink_service(d: &mut DesiredState, s: &Service, alloc: &Allocations
             110,
             Match::new()
                 .in_port(u.ofport)
-                .kw(p.protocol.as_str())
-                .ip_field("nw_dst", eip)
-                .field("tp_dst", p.port),
+                .proto(proto_of(p.protocol, false))
+                .exact(Field::IpDst, eip)
+                .exact(l4_dst(p.protocol), p.port),
             Actions::new()
                 .set_reg(reg::VPC, zone)
                 .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
                 .set_reg(reg::ORIGIN, reg::ORIGIN_UPLINK)
-                .raw(label::stage_mac())
-                .goto(CONNTRACK),
+                .then(label::stage_mac())
+                .goto(CONNTRACK.id),
             sc,
         );
     }
@@ -693,14 +695,10 @@ fn compile_gateway(
     tracked_zone(
         d,
         g,
-        &["ip"],
+        &[Proto::Ip],
         Actions::new()
-            .raw(format!(
-                "move:{}->{}[0..15]",
-                mark::TARGET_ZONE,
-                reg::TARGET_ZONE_NXM
-            ))
-            .goto(GATEWAY_SNAT),
+            .move_(mark::TARGET_ZONE, Subfield::bits(reg::TARGET_ZONE, 0, 15))
+            .goto(GATEWAY_SNAT.id),
         c,
     );
     for &vpc in vpcs {
@@ -720,44 +718,41 @@ fn compile_gateway(
         d.add(
             GATEWAY_SNAT,
             100,
-            gm().reg(reg::TARGET_ZONE, z).kw("ip"),
-            Actions::new().set_reg(reg::VPC, z).raw(format!(
-                "ct(table={},zone={}[0..15],nat)",
-                GATEWAY_SNAT.id,
-                reg::VPC_NXM
-            )),
+            gm().reg(reg::TARGET_ZONE, z).proto(Proto::Ip),
+            Actions::new()
+                .set_reg(reg::VPC, z)
+                .then(ct_nat(GATEWAY_SNAT)),
             c,
         );
         let vm = || {
             Match::new()
                 .reg(reg::VPC, z)
                 .reg(reg::TARGET_ZONE, z)
-                .kw("ip")
+                .proto(Proto::Ip)
         };
         d.add(
             GATEWAY_SNAT,
             100,
-            vm().kw("ct_state=+new+trk"),
-            Actions::new().raw(format!(
-                "ct(commit,table={},zone={}[0..15],nat(src={snat}),exec({}))",
-                L3_FORWARD.id,
-                reg::VPC_NXM,
-                mark::set_origin(reg::ORIGIN_GATEWAY),
+            vm().ct_state(ct::NEW | ct::TRK, 0),
+            Actions::new().then(ct_commit(
+                L3_FORWARD,
+                Some(Nat::src(snat)),
+                [mark::set_origin(reg::ORIGIN_GATEWAY)],
             )),
             c,
         );
         d.add(
             GATEWAY_SNAT,
             95,
-            vm().kw("ct_state=+inv+trk"),
+            vm().ct_state(ct::INV | ct::TRK, 0),
             Actions::drop(),
             c,
         );
         d.add(
             GATEWAY_SNAT,
             90,
-            vm().kw("ct_state=-new+trk"),
-            Actions::new().goto(L3_FORWARD),
+            vm().ct_state(ct::TRK, ct::NEW),
+            Actions::new().goto(L3_FORWARD.id),
             c,
         );
         d.add(
@@ -765,14 +760,12 @@ fn compile_gateway(
             110,
             Match::new()
                 .reg(reg::VPC, z)
-                .kw("ip")
-                .kw("ct_state=+rpl+trk")
-                .field("ct_mark", mark::origin_is(reg::ORIGIN_GATEWAY)),
-            Actions::new().set_reg(reg::VPC, g).raw(format!(
-                "ct(table={},zone={}[0..15],nat)",
-                RETURN_PATH.id,
-                reg::VPC_NXM
-            )),
+                .proto(Proto::Ip)
+                .ct_state(ct::RPL | ct::TRK, 0)
+                .push(mark::origin_is(reg::ORIGIN_GATEWAY)),
+            Actions::new()
+                .set_reg(reg::VPC, g)
+                .then(ct_nat(RETURN_PATH)),
             c,
         );
     }
@@ -783,35 +776,31 @@ fn compile_gateway(
 fn tracked_zone(
     d: &mut DesiredState,
     zone: u32,
-    families: &[&str],
+    families: &[Proto],
     established: Actions,
     c: Cookie,
 ) {
     let zm = || Match::new().reg(reg::VPC, zone);
-    for fam in families {
+    for &fam in families {
         d.add(
             CONNTRACK,
             100,
-            zm().kw(fam),
-            Actions::new().raw(format!(
-                "ct(table={},zone={}[0..15],nat)",
-                SERVICE_LB.id,
-                reg::VPC_NXM
-            )),
+            zm().proto(fam),
+            Actions::new().then(ct_nat(SERVICE_LB)),
             c,
         );
     }
     d.add(
         SERVICE_LB,
         200,
-        zm().kw("ct_state=+inv+trk"),
+        zm().ct_state(ct::INV | ct::TRK, 0),
         Actions::drop(),
         c,
     );
     d.add(
         SERVICE_LB,
         190,
-        zm().kw("ct_state=-new+trk"),
+        zm().ct_state(ct::TRK, ct::NEW),
         established,
         c,
     );
@@ -891,10 +880,10 @@ fn compile_hosts_local(d: &mut DesiredState, facts: &NodeFacts, hport: u32) {
     d.add(
         CLASSIFY,
         100,
-        Match::new().in_port(hport).kw("arp"),
+        Match::new().in_port(hport).proto(Proto::Arp),
         Actions::new()
             .set_reg(reg::VPC, reg::HOST_CONTEXT)
-            .goto(ARP_RESPONDER),
+            .goto(ARP_RESPONDER.id),
         c,
     );
     d.add(
@@ -902,8 +891,8 @@ fn compile_hosts_local(d: &mut DesiredState, facts: &NodeFacts, hport: u32) {
         90,
         Match::new()
             .reg(reg::VPC, reg::HOST_CONTEXT)
-            .kw("arp")
-            .field("arp_op", 1),
+            .proto(Proto::Arp)
+            .exact(Field::ArpOp, 1u16),
         proxy_arp(ROUTER_MAC),
         c,
     );
@@ -933,14 +922,14 @@ fn compile_host_service(
                 110,
                 Match::new()
                     .in_port(hport)
-                    .kw(p.protocol.as_str())
-                    .ip_field("nw_src", hip)
-                    .ip_field("nw_dst", *vip)
-                    .field("tp_dst", p.port),
+                    .proto(proto_of(p.protocol, false))
+                    .exact(Field::IpSrc, hip)
+                    .exact(Field::IpDst, *vip)
+                    .exact(l4_dst(p.protocol), p.port),
                 Actions::new()
                     .set_reg(reg::VPC, u32::from(zone))
                     .set_reg(reg::FLAGS, reg::FLAG_EXTERNAL)
-                    .goto(CONNTRACK),
+                    .goto(CONNTRACK.id),
                 sc,
             );
         }
@@ -970,8 +959,8 @@ fn compile_hosts_routes(d: &mut DesiredState, env: &PartEnv<'_>, vpcs: &BTreeSet
                     100,
                     to_host,
                     rewrite
-                        .set_field(v.vni, "tun_id")
-                        .set_field(n.tunnel_ip, "tun_dst")
+                        .set_field(Field::TunId, v.vni)
+                        .set_field(Field::TunDst, n.tunnel_ip)
                         .output(t),
                     c,
                 );
@@ -981,39 +970,39 @@ fn compile_hosts_routes(d: &mut DesiredState, env: &PartEnv<'_>, vpcs: &BTreeSet
 }
 
 /// Answers an ARP request for whatever address it asks about with `mac`.
-fn proxy_arp(mac: impl std::fmt::Display + Copy) -> Actions {
+fn proxy_arp(mac: impl Value + Copy) -> Actions {
     Actions::new()
-        .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
-        .set_field(mac, "eth_src")
-        .set_field(2, "arp_op")
-        .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
-        .set_field(mac, "arp_sha")
-        .raw("push:NXM_OF_ARP_TPA[]")
-        .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
-        .raw("pop:NXM_OF_ARP_SPA[]")
-        .raw("in_port")
+        .then(mv(Field::EthSrc, Field::EthDst))
+        .set_field(Field::EthSrc, mac)
+        .set_field(Field::ArpOp, 2u16)
+        .then(mv(Field::ArpSha, Field::ArpTha))
+        .set_field(Field::ArpSha, mac)
+        .then(Action::Push(Subfield::whole(Field::ArpTpa)))
+        .then(mv(Field::ArpSpa, Field::ArpTpa))
+        .then(Action::Pop(Subfield::whole(Field::ArpSpa)))
+        .in_port()
 }
 
 /// L3Forward's match for one destination address in a VPC.
 fn to_address(vpc: u32, ip: IpAddr) -> Match {
     let m = Match::new().reg(reg::VPC, vpc);
     match ip {
-        IpAddr::V4(a) => m.kw("ip").ip_field("nw_dst", a),
-        IpAddr::V6(a) => m.kw("ipv6").field("ipv6_dst", a),
+        IpAddr::V4(a) => m.proto(Proto::Ip).exact(Field::IpDst, a),
+        IpAddr::V6(a) => m.proto(Proto::Ipv6).exact(Field::Ipv6Dst, a),
     }
 }
 
 /// The IP families a VPC carries, as match keywords.
-const FAMILIES: [&str; 2] = ["ip", "ipv6"];
+const FAMILIES: [Proto; 2] = [Proto::Ip, Proto::Ipv6];
 
 /// A neighbour solicitation for `target` in the VPC.
 fn nd_solicitation(zone: u32, target: Ipv6Addr) -> Match {
     Match::new()
         .reg(reg::VPC, zone)
-        .kw("icmp6")
-        .field("icmp_type", 135)
-        .field("icmp_code", 0)
-        .field("nd_target", target)
+        .proto(Proto::Icmp6)
+        .exact(Field::Icmpv6Type, 135u8)
+        .exact(Field::Icmpv6Code, 0u8)
+        .exact(Field::NdTarget, target)
 }
 
 /// Answers ARP (IPv4) or neighbour solicitations (IPv6) for `ip` in the VPC with
@@ -1037,15 +1026,15 @@ fn nd_answer(d: &mut DesiredState, zone: u16, target: Ipv6Addr, c: Cookie) {
         100,
         nd_solicitation(u32::from(zone), target),
         Actions::new()
-            .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
-            .set_field(ROUTER_MAC, "eth_src")
-            .raw("move:NXM_NX_IPV6_SRC[]->NXM_NX_IPV6_DST[]")
-            .set_field(target, "ipv6_src")
-            .set_field(ROUTER_MAC, "nd_sll")
-            .set_field(136, "icmpv6_type")
-            .set_field(2, "nd_options_type")
-            .set_field("0xe0000000", "nd_reserved")
-            .goto(ND_ADVERTISE),
+            .then(mv(Field::EthSrc, Field::EthDst))
+            .set_field(Field::EthSrc, ROUTER_MAC)
+            .then(mv(Field::Ipv6Src, Field::Ipv6Dst))
+            .set_field(Field::Ipv6Src, target)
+            .set_field(Field::NdSll, ROUTER_MAC)
+            .set_field(Field::Icmpv6Type, 136u8)
+            .set_field(Field::NdOptionsType, 2u8)
+            .set_field(Field::NdReserved, 0xe000_0000u32)
+            .goto(ND_ADVERTISE.id),
         c,
     );
 }
@@ -1058,28 +1047,28 @@ fn nd_advertise(d: &mut DesiredState) {
         ND_ADVERTISE,
         100,
         Match::new()
-            .kw("icmp6")
-            .field("icmp_type", 136)
-            .field("icmp_code", 0),
+            .proto(Proto::Icmp6)
+            .exact(Field::Icmpv6Type, 136u8)
+            .exact(Field::Icmpv6Code, 0u8),
         Actions::new()
-            .set_field(ROUTER_MAC, "nd_tll")
-            .raw("in_port"),
+            .set_field(Field::NdTll, ROUTER_MAC)
+            .in_port(),
         Cookie::new(Category::Pipeline, "pipeline"),
     );
 }
 
 /// The distributed router's rewrite toward `mac`: the router MAC as source,
 /// `dec_ttl`. The caller adds where it goes.
-fn routed_to(mac: impl std::fmt::Display) -> Actions {
+fn routed_to(mac: impl Value) -> Actions {
     routed_from_to(ROUTER_MAC, mac)
 }
 
 /// [`routed_to`] with another router MAC (the uplink's).
-fn routed_from_to(router: impl std::fmt::Display, mac: impl std::fmt::Display) -> Actions {
+fn routed_from_to(router: impl Value, mac: impl Value) -> Actions {
     Actions::new()
-        .set_field(router, "eth_src")
-        .set_field(mac, "eth_dst")
-        .raw("dec_ttl")
+        .set_field(Field::EthSrc, router)
+        .set_field(Field::EthDst, mac)
+        .dec_ttl()
 }
 
 fn pipeline_misses(d: &mut DesiredState) {
@@ -1089,7 +1078,7 @@ fn pipeline_misses(d: &mut DesiredState) {
             Miss::Drop => d.add(t, 0, Match::new(), Actions::drop(), c),
             Miss::Goto(next) => {
                 let next = table_by_id(next).expect("a miss goes to a registered table");
-                d.add(t, 0, Match::new(), Actions::new().goto(next), c);
+                d.add(t, 0, Match::new(), Actions::new().goto(next.id), c);
             }
             Miss::Return => {}
         }
@@ -1107,7 +1096,7 @@ fn arp_answer_with(
     d: &mut DesiredState,
     ctx: u32,
     ip: Ipv4Addr,
-    mac: impl std::fmt::Display + Copy,
+    mac: impl Value + Copy,
     c: Cookie,
 ) {
     d.add(
@@ -1115,30 +1104,50 @@ fn arp_answer_with(
         100,
         Match::new()
             .reg(reg::VPC, ctx)
-            .kw("arp")
-            .field("arp_op", 1)
-            .ip_field("arp_tpa", ip),
+            .proto(Proto::Arp)
+            .exact(Field::ArpOp, 1u16)
+            .exact(Field::ArpTpa, ip),
         Actions::new()
-            .raw("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]")
-            .set_field(mac, "eth_src")
-            .set_field(2, "arp_op")
-            .raw("move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]")
-            .set_field(mac, "arp_sha")
-            .raw("move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]")
-            .set_field(ip, "arp_spa")
-            .raw("in_port"),
+            .then(mv(Field::EthSrc, Field::EthDst))
+            .set_field(Field::EthSrc, mac)
+            .set_field(Field::ArpOp, 2u16)
+            .then(mv(Field::ArpSha, Field::ArpTha))
+            .set_field(Field::ArpSha, mac)
+            .then(mv(Field::ArpSpa, Field::ArpTpa))
+            .set_field(Field::ArpSpa, ip)
+            .in_port(),
         c,
     );
 }
 
-/// A protocol's masked source-port hash field (see [`SRC_PORT_HASH_MASK`]; the
-/// mask in decimal, as OVS prints it), its destination-port field, and that
-/// field's NXM name.
-fn l4_fields(p: Protocol) -> (&'static str, &'static str, &'static str) {
-    match p {
-        Protocol::Tcp => ("tcp_src=63", "tcp_dst", "NXM_OF_TCP_DST[]"),
-        Protocol::Udp => ("udp_src=63", "udp_dst", "NXM_OF_UDP_DST[]"),
-        Protocol::Sctp => ("sctp_src=63", "sctp_dst", "OXM_OF_SCTP_DST[]"),
+/// A protocol's masked source-port hash field (see [`SRC_PORT_HASH_MASK`]) and
+/// its destination-port field.
+fn l4_fields(p: Protocol) -> (HashField, Field) {
+    let (src, dst) = match p {
+        Protocol::Tcp => (Field::TcpSrc, Field::TcpDst),
+        Protocol::Udp => (Field::UdpSrc, Field::UdpDst),
+        Protocol::Sctp => (Field::SctpSrc, Field::SctpDst),
+    };
+    (
+        HashField::masked(src, u64::from(SRC_PORT_HASH_MASK)),
+        dst,
+    )
+}
+
+/// A protocol's destination-port field (`tp_dst` in a match).
+fn l4_dst(p: Protocol) -> Field {
+    l4_fields(p).1
+}
+
+/// A protocol's match keyword, IPv4 or IPv6.
+fn proto_of(p: Protocol, v6: bool) -> Proto {
+    match (p, v6) {
+        (Protocol::Tcp, false) => Proto::Tcp,
+        (Protocol::Udp, false) => Proto::Udp,
+        (Protocol::Sctp, false) => Proto::Sctp,
+        (Protocol::Tcp, true) => Proto::Tcp6,
+        (Protocol::Udp, true) => Proto::Udp6,
+        (Protocol::Sctp, true) => Proto::Sctp6,
     }
 }
 
@@ -1171,25 +1180,27 @@ impl Family {
     fn of(ip: &IpAddr) -> Family {
         Family { v6: ip.is_ipv6() }
     }
-    fn proto(&self, p: Protocol) -> String {
+    fn proto(&self, p: Protocol) -> Proto {
+        proto_of(p, self.v6)
+    }
+    fn dst(&self) -> Field {
         if self.v6 {
-            format!("{}6", p.as_str())
+            Field::Ipv6Dst
         } else {
-            p.as_str().to_string()
+            Field::IpDst
         }
     }
-    fn dst(&self) -> &'static str {
+    fn src_dst(&self) -> [HashField; 2] {
         if self.v6 {
-            "ipv6_dst"
+            [
+                HashField::whole(Field::Ipv6Src),
+                HashField::whole(Field::Ipv6Dst),
+            ]
         } else {
-            "nw_dst"
-        }
-    }
-    fn src_dst(&self) -> [&'static str; 2] {
-        if self.v6 {
-            ["ipv6_src", "ipv6_dst"]
-        } else {
-            ["ip_src", "ip_dst"]
+            [
+                HashField::whole(Field::IpSrc),
+                HashField::whole(Field::IpDst),
+            ]
         }
     }
     /// Group ids: the port's id, with [`V6_GROUP_BIT`] for the IPv6 one.
@@ -1203,18 +1214,88 @@ impl Family {
 }
 
 /// How a bucket names the endpoint address: `reg3` for IPv4, `xxreg2` for IPv6.
-fn endpoint_reg(ip: IpAddr) -> (&'static str, String) {
+fn endpoint_reg(ip: IpAddr) -> (Field, IpAddr) {
     match ip {
-        IpAddr::V4(a) => (reg::EP_IP, format!("{:#x}", u32::from(a))),
-        IpAddr::V6(a) => (reg::EP_IP6, format!("{:#x}", u128::from(a))),
+        IpAddr::V4(_) => (reg::EP_IP, ip),
+        IpAddr::V6(_) => (reg::EP_IP6, ip),
     }
 }
 
-/// `nat(dst=…)` of an endpoint: IPv6 addresses go in brackets.
-fn nat_dst(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
+/// `ct(table=T,zone=reg0[0..15],nat)`: track in the packet's zone, apply the
+/// connection's NAT, go on to `table`.
+fn ct_nat(table: Table) -> Action {
+    Action::Ct(Box::new(Ct {
+        commit: false,
+        force: false,
+        table: Some(table.id),
+        zone: CtZone::Field(reg::VPC_ZONE),
+        nat: Some(Nat::EXISTING),
+        exec: Vec::new(),
+    }))
+}
+
+/// `ct(commit,table=T,zone=reg0[0..15],nat(…),exec(…))`.
+fn ct_commit(table: Table, nat: Option<Nat>, exec: impl IntoIterator<Item = Action>) -> Action {
+    Action::Ct(Box::new(Ct {
+        commit: true,
+        force: false,
+        table: Some(table.id),
+        zone: CtZone::Field(reg::VPC_ZONE),
+        nat,
+        exec: exec.into_iter().collect(),
+    }))
+}
+
+/// `move:SRC[]->DST[]` of whole fields.
+fn mv(src: Field, dst: Field) -> Action {
+    Action::Move {
+        src: Subfield::whole(src),
+        dst: Subfield::whole(dst),
+    }
+}
+
+/// The learn of an AffinityLearn flow: a SessionAffinity entry for this
+/// client, VIP and port that loads the chosen endpoint (and, behind a service
+/// gateway, its VPC zone) and flags the hit.
+fn affinity_learn(
+    idle_timeout: u16,
+    cookie: u64,
+    p: Protocol,
+    zone: Option<LearnSpec>,
+) -> Learn {
+    let ep = Subfield::whole(reg::EP_IP);
+    let epp = Subfield::whole(reg::EP_PORT);
+    let mut specs = vec![
+        LearnSpec::Match(Subfield::whole(reg::VPC)),
+        LearnSpec::MatchValue {
+            field: Field::EthType,
+            value: 0x800,
+        },
+        LearnSpec::MatchValue {
+            field: Field::IpProto,
+            value: u64::from(ip_proto_number(p)),
+        },
+        LearnSpec::Match(Subfield::whole(Field::IpSrc)),
+        LearnSpec::Match(Subfield::whole(Field::IpDst)),
+        LearnSpec::Match(Subfield::whole(l4_dst(p))),
+        LearnSpec::Load { src: ep, dst: ep },
+        LearnSpec::Load { src: epp, dst: epp },
+    ];
+    specs.extend(zone);
+    specs.push(LearnSpec::LoadValue {
+        value: u64::from(reg::FLAG_AFFINITY_HIT),
+        dst: Subfield::bits(reg::FLAGS, 0, 0),
+    });
+    Learn {
+        table: SESSION_AFFINITY.id,
+        idle_timeout,
+        priority: 100,
+        cookie,
+        specs,
+        hard_timeout: 0,
+        fin_idle_timeout: 0,
+        fin_hard_timeout: 0,
+        flags: 0,
     }
 }
 
@@ -1257,7 +1338,7 @@ fn compile_service(
                 reg::FLAG_AFFINITY_HIT,
                 reg::FLAG_AFFINITY_HIT,
             ),
-            Actions::new().goto(ENDPOINT_DNAT),
+            Actions::new().goto(ENDPOINT_DNAT.id),
             if gateway {
                 Cookie::new(Category::Gateway, "gateway")
             } else {
@@ -1334,7 +1415,7 @@ fn compile_service_port(
     let gateway = s.scenario == AccessScenario::EipServiceGateway;
     let (z, c) = (x.zone, x.cookie);
     let proto = fam.proto(port.protocol);
-    let (src_hash, dst_field, dst_nxm) = l4_fields(port.protocol);
+    let (src_hash, dst_field) = l4_fields(port.protocol);
     // (backend, its bucket actions, local) of every backend that gets buckets.
     let mut members = Vec::new();
     // (backend, the registers its buckets load) for AffinityLearn.
@@ -1353,17 +1434,17 @@ fn compile_service_port(
             ENDPOINT_DNAT
         };
         let mut a = Actions::new()
-            .set_field(&ep_val, ep_reg)
+            .set_field(ep_reg, ep_val)
             .set_reg(reg::EP_PORT, u32::from(port.target_port));
         if gateway {
             a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
         }
-        let a = a.resubmit(next).render();
+        let a = Arc::new(a.resubmit(next.id).shrink());
         members.push((*b, a, x.local.contains(&(b.vpc.clone(), b.ip))));
         // What a bucket of this backend loaded: AffinityLearn matches it, so
         // each backend's entries carry a cookie of their own.
         let mut chosen = Match::new()
-            .field(ep_reg, &ep_val)
+            .exact(ep_reg, ep_val)
             .reg(reg::EP_PORT, u32::from(port.target_port));
         if gateway {
             chosen = chosen.reg(reg::TARGET_ZONE, u32::from(bzone));
@@ -1371,8 +1452,8 @@ fn compile_service_port(
         learn_for.push((*b, chosen));
         let endpoint = Match::new()
             .reg(reg::VPC, z)
-            .kw(&proto)
-            .field(ep_reg, &ep_val)
+            .proto(proto)
+            .exact(ep_reg, ep_val)
             .reg(reg::EP_PORT, u32::from(port.target_port));
         if gateway {
             // DNAT in the gateway zone, remembering the backend's VPC zone
@@ -1381,14 +1462,13 @@ fn compile_service_port(
                 ENDPOINT_DNAT,
                 100,
                 endpoint.reg(reg::TARGET_ZONE, u32::from(bzone)),
-                Actions::new().raw(format!(
-                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({},move:{}[0..15]->{}))",
-                    GATEWAY_SNAT.id,
-                    reg::VPC_NXM,
-                    nat_dst(b.ip, port.target_port),
-                    label::record(),
-                    reg::TARGET_ZONE_NXM,
-                    mark::TARGET_ZONE,
+                Actions::new().then(ct_commit(
+                    GATEWAY_SNAT,
+                    Some(Nat::dst(b.ip, port.target_port)),
+                    label::record().into_iter().chain([Action::Move {
+                        src: Subfield::bits(reg::TARGET_ZONE, 0, 15),
+                        dst: mark::TARGET_ZONE,
+                    }]),
                 )),
                 Cookie::new(
                     Category::Endpoint,
@@ -1407,11 +1487,9 @@ fn compile_service_port(
                 ENDPOINT_DNAT,
                 100,
                 endpoint,
-                Actions::new().raw(format!(
-                    "ct(commit,table={},zone={}[0..15],nat(dst={}),exec({}))",
-                    L3_FORWARD.id,
-                    reg::VPC_NXM,
-                    nat_dst(b.ip, port.target_port),
+                Actions::new().then(ct_commit(
+                    L3_FORWARD,
+                    Some(Nat::dst(b.ip, port.target_port)),
                     label::record(),
                 )),
                 Cookie::new(
@@ -1443,9 +1521,9 @@ fn compile_service_port(
     let mut local_buckets = Vec::new();
     for ((_, a, is_local), ids) in members.iter().zip(ids) {
         for id in ids {
-            buckets.push(Bucket::new(id, a.as_str()));
+            buckets.push(Bucket::new(id, a.clone()));
             if *is_local {
-                local_buckets.push(Bucket::new(id, a.as_str()));
+                local_buckets.push(Bucket::new(id, a.clone()));
             }
         }
     }
@@ -1455,7 +1533,7 @@ fn compile_service_port(
     let hash_fields = if s.affinity_timeout.is_some() {
         vec![ip_src]
     } else {
-        vec![ip_src, ip_dst, src_hash, dst_field]
+        vec![ip_src, ip_dst, src_hash, HashField::whole(dst_field)]
     };
     let has_buckets = !buckets.is_empty();
     let external_local = s.external_traffic_local && s.scenario != AccessScenario::ClusterIp;
@@ -1464,53 +1542,61 @@ fn compile_service_port(
     if has_local {
         d.groups.insert(
             local_gid,
-            Group {
+            Arc::new(Group {
                 id: local_gid,
                 hash_fields: hash_fields.clone(),
                 buckets: local_buckets,
                 owner: c,
                 learns: s.affinity_timeout.is_some(),
-            },
+            }),
         );
     }
     if has_buckets {
         d.groups.insert(
             gid,
-            Group {
+            Arc::new(Group {
                 id: gid,
                 hash_fields,
                 buckets,
                 owner: c,
                 learns: s.affinity_timeout.is_some(),
-            },
+            }),
         );
     }
     // A service gateway's affinity entry also keeps the backend's VPC: the
     // same address may be a backend in two VPCs.
-    let learn_zone = if gateway {
-        format!(",load:{zone}[]->{zone}[]", zone = reg::TARGET_ZONE_NXM)
-    } else {
-        String::new()
-    };
+    let learn_zone = gateway.then(|| {
+        let zone = Subfield::whole(reg::TARGET_ZONE);
+        LearnSpec::Load {
+            src: zone,
+            dst: zone,
+        }
+    });
+    // OpenFlow's idle timeout is 16 bits: a longer affinity timeout (the model
+    // allows up to 86,400 s, as Kubernetes does) is capped, as OVN caps it.
+    let idle_timeout = s
+        .affinity_timeout
+        .map(|t| u16::try_from(t).unwrap_or(u16::MAX));
     for vip in vips {
         let vip_match = || {
             Match::new()
                 .reg(reg::VPC, z)
-                .kw(&proto)
-                .field(fam.dst(), vip)
-                .field("tp_dst", port.port)
+                .proto(proto)
+                .exact(fam.dst(), *vip)
+                .exact(dst_field, port.port)
         };
         let lb = Match::new()
             .reg(reg::VPC, z)
-            .kw("ct_state=+new+trk")
-            .kw(&proto)
-            .field(fam.dst(), vip)
-            .field("tp_dst", port.port);
+            .ct_state(ct::NEW | ct::TRK, 0)
+            .proto(proto)
+            .exact(fam.dst(), *vip)
+            .exact(dst_field, port.port);
         let actions = match (has_buckets, s.affinity_timeout) {
             // No backend takes new connections: drop rather than fall through.
             (false, _) => Actions::drop(),
             (true, None) => Actions::new().group(gid),
-            (true, Some(timeout)) => {
+            (true, Some(_)) => {
+                let timeout = idle_timeout.unwrap_or(u16::MAX);
                 // IPv4 only (the model's validation refuses affinity with IPv6). One
                 // flow per backend: the entries it learns carry that backend's
                 // cookie, and go when it does (see `affinity_cookie`).
@@ -1529,18 +1615,13 @@ fn compile_service_port(
                         100,
                         vip_match().and(chosen),
                         Actions::new()
-                            .raw(format!(
-                                "learn(table={},idle_timeout={timeout},priority=100,cookie={:#x},{vpc}[],eth_type=0x800,nw_proto={},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],{dst_nxm},load:{ep}[]->{ep}[],load:{epp}[]->{epp}[]{learn_zone},load:{hit:#x}->{flags}[0])",
-                                SESSION_AFFINITY.id,
+                            .learn(affinity_learn(
+                                timeout,
                                 learned.value(0),
-                                ip_proto_number(port.protocol),
-                                vpc = reg::VPC_NXM,
-                                ep = reg::EP_IP_NXM,
-                                epp = reg::EP_PORT_NXM,
-                                hit = reg::FLAG_AFFINITY_HIT,
-                                flags = reg::FLAGS_NXM,
+                                port.protocol,
+                                learn_zone,
                             ))
-                            .resubmit(ENDPOINT_DNAT),
+                            .resubmit(ENDPOINT_DNAT.id),
                         c,
                     );
                 }
@@ -1552,8 +1633,8 @@ fn compile_service_port(
                     c,
                 );
                 Actions::new()
-                    .resubmit(SESSION_AFFINITY)
-                    .resubmit(SERVICE_SELECT)
+                    .resubmit(SESSION_AFFINITY.id)
+                    .resubmit(SERVICE_SELECT.id)
             }
         };
         d.add(SERVICE_LB, 100, lb, actions, c);
@@ -1562,10 +1643,10 @@ fn compile_service_port(
             let ext = Match::new()
                 .reg(reg::VPC, z)
                 .reg_masked(reg::FLAGS, reg::FLAG_EXTERNAL, reg::FLAG_EXTERNAL)
-                .kw("ct_state=+new+trk")
-                .kw(&proto)
-                .field(fam.dst(), vip)
-                .field("tp_dst", port.port);
+                .ct_state(ct::NEW | ct::TRK, 0)
+                .proto(proto)
+                .exact(fam.dst(), *vip)
+                .exact(dst_field, port.port);
             let act = if has_local {
                 Actions::new().group(local_gid)
             } else {

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::openflow::ir::Mac;
+
 /// One OpenFlow table of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Table {
@@ -130,25 +132,28 @@ pub fn table_by_id(id: u8) -> Option<Table> {
 }
 
 /// Registers. The VPC id doubles as the conntrack zone, so it is 16 bits wide.
+///
+/// Each is declared once, as a [`Field`]; its names (`reg0`,
+/// `NXM_NX_REG0`) come from the field table.
 pub mod reg {
+    use crate::openflow::ir::{Field, Subfield};
+
     /// VPC id (= conntrack zone) of the packet, set by Classify.
-    pub const VPC: &str = "reg0";
-    pub const VPC_NXM: &str = "NXM_NX_REG0";
+    pub const VPC: Field = Field::Reg0;
+    /// The VPC id as `ct`'s zone: its low 16 bits.
+    pub const VPC_ZONE: Subfield = Subfield::bits(VPC, 0, 15);
     /// Flags. Bit 0: a session-affinity entry chose the endpoint.
-    pub const FLAGS: &str = "reg2";
-    pub const FLAGS_NXM: &str = "NXM_NX_REG2";
+    pub const FLAGS: Field = Field::Reg2;
     pub const FLAG_AFFINITY_HIT: u32 = 0x1;
     /// Bit 1: the packet came from outside the VPC (the host's PF), for
     /// `externalTrafficPolicy: Local`.
     pub const FLAG_EXTERNAL: u32 = 0x2;
     /// The chosen endpoint's IPv4 address and port, set by a group bucket or an
     /// affinity entry and consumed by EndpointDnat.
-    pub const EP_IP: &str = "reg3";
-    pub const EP_IP_NXM: &str = "NXM_NX_REG3";
-    pub const EP_PORT: &str = "reg4";
+    pub const EP_IP: Field = Field::Reg3;
+    pub const EP_PORT: Field = Field::Reg4;
     /// The chosen endpoint's IPv6 address (128 bits: reg8..reg11).
-    pub const EP_IP6: &str = "xxreg2";
-    pub const EP_PORT_NXM: &str = "NXM_NX_REG4";
+    pub const EP_IP6: Field = Field::Xxreg2;
     /// `reg0` of traffic from the host's PF representor before it enters a VPC:
     /// above 16 bits, so it is never a VPC id (zones are 16 bits).
     pub const HOST_CONTEXT: u32 = 0x1_0000;
@@ -157,8 +162,7 @@ pub mod reg {
     pub const UPLINK_CONTEXT: u32 = 0x2_0000;
     /// Where the packet came in from, set by Classify and recorded in the
     /// connection's `ct_mark` when conntrack commits it (see [`super::mark`]).
-    pub const ORIGIN: &str = "reg5";
-    pub const ORIGIN_NXM: &str = "NXM_NX_REG5";
+    pub const ORIGIN: Field = Field::Reg5;
     /// Origins: a workload or the host (0, routed back), another DPU's tunnel, the
     /// uplink, and the service gateway (set in the backend VPC's zone).
     pub const ORIGIN_TUNNEL: u32 = 1;
@@ -166,12 +170,10 @@ pub mod reg {
     pub const ORIGIN_GATEWAY: u32 = 3;
     /// The conntrack zone (VPC id) of the backend a service gateway chose, set by
     /// its bucket and kept in the gateway zone's `ct_mark`.
-    pub const TARGET_ZONE: &str = "reg6";
-    pub const TARGET_ZONE_NXM: &str = "NXM_NX_REG6";
+    pub const TARGET_ZONE: Field = Field::Reg6;
     /// The connection label of the packet's origin, staged by Classify
     /// (reg12..reg15) and written whole by the commit (see [`super::label`]).
-    pub const LABEL: &str = "xxreg3";
-    pub const LABEL_NXM: &str = "NXM_NX_XXREG3";
+    pub const LABEL: Field = Field::Xxreg3;
 }
 
 /// The conntrack zone (and `reg0`) of the service gateway: EIP connections to
@@ -192,21 +194,26 @@ pub const GATEWAY_ZONE: u16 = 0xffff;
 /// So the label of a connection is a function of its origin, and the one flow
 /// that reads each origin's label reads every bit it can hold.
 pub mod mark {
+    use crate::openflow::ir::{Action, Field, MatchField, Subfield};
+
     /// In the gateway zone only: the zone (VPC id) of the backend it chose.
-    pub const TARGET_ZONE: &str = "NXM_NX_CT_MARK[0..15]";
+    pub const TARGET_ZONE: Subfield = Subfield::bits(Field::CtMark, 0, 15);
     /// The origin (`reg::ORIGIN_*`).
-    pub const ORIGIN: &str = "NXM_NX_CT_MARK[16..23]";
+    pub const ORIGIN: Subfield = Subfield::bits(Field::CtMark, 16, 23);
     pub const ORIGIN_SHIFT: u32 = 16;
     pub const ORIGIN_MASK: u32 = 0xff << ORIGIN_SHIFT;
 
-    /// `ct_mark` match value/mask for one origin.
-    pub fn origin_is(origin: u32) -> String {
-        format!("{:#x}/{ORIGIN_MASK:#x}", origin << ORIGIN_SHIFT)
+    /// The `ct_mark` match of one origin.
+    pub fn origin_is(origin: u32) -> MatchField {
+        MatchField::masked(Field::CtMark, origin << ORIGIN_SHIFT, ORIGIN_MASK)
     }
 
     /// A `ct(commit, exec(...))` action setting the origin to a constant.
-    pub fn set_origin(origin: u32) -> String {
-        format!("load:{origin:#x}->{ORIGIN}")
+    pub fn set_origin(origin: u32) -> Action {
+        Action::Load {
+            value: u64::from(origin),
+            dst: ORIGIN,
+        }
     }
 }
 
@@ -214,12 +221,13 @@ pub mod mark {
 /// a tunnel, the sending DPU's address; zero for every other origin.
 pub mod label {
     use super::reg;
+    use crate::openflow::ir::{Action, Field, Subfield};
 
     /// Origin uplink: the Ethernet source of the connection's first packet.
-    pub const MAC: &str = "NXM_NX_CT_LABEL[0..47]";
+    pub const MAC: Subfield = Subfield::bits(Field::CtLabel, 0, 47);
     /// Origin tunnel: the outer IPv4 source (the sending DPU). Bits 0–31, which
     /// every mlx5 generation with conntrack offload matches.
-    pub const TUNNEL_SRC: &str = "NXM_NX_CT_LABEL[0..31]";
+    pub const TUNNEL_SRC: Subfield = Subfield::bits(Field::CtLabel, 0, 31);
 
     /// The label bits a connection of `origin` can hold.
     pub fn bits_of_origin(origin: u32) -> u128 {
@@ -231,24 +239,34 @@ pub mod label {
     }
 
     /// Classify's staging of the uplink label.
-    pub fn stage_mac() -> String {
-        format!("move:NXM_OF_ETH_SRC[]->{}[0..47]", reg::LABEL_NXM)
+    pub fn stage_mac() -> Action {
+        Action::Move {
+            src: Subfield::whole(Field::EthSrc),
+            dst: Subfield::bits(reg::LABEL, 0, 47),
+        }
     }
 
     /// Classify's staging of the tunnel label.
-    pub fn stage_tunnel_src() -> String {
-        format!("move:NXM_NX_TUN_IPV4_SRC[]->{}[0..31]", reg::LABEL_NXM)
+    pub fn stage_tunnel_src() -> Action {
+        Action::Move {
+            src: Subfield::whole(Field::TunSrc),
+            dst: Subfield::bits(reg::LABEL, 0, 31),
+        }
     }
 
     /// `ct(commit, exec(...))` actions recording the packet's origin in
     /// `ct_mark` and its staged label, whole, in `ct_label`.
-    pub fn record() -> String {
-        format!(
-            "move:{}[]->NXM_NX_CT_LABEL[],move:{}[0..7]->{}",
-            reg::LABEL_NXM,
-            reg::ORIGIN_NXM,
-            super::mark::ORIGIN
-        )
+    pub fn record() -> [Action; 2] {
+        [
+            Action::Move {
+                src: Subfield::whole(reg::LABEL),
+                dst: Subfield::whole(Field::CtLabel),
+            },
+            Action::Move {
+                src: Subfield::bits(reg::ORIGIN, 0, 7),
+                dst: super::mark::ORIGIN,
+            },
+        ]
     }
 }
 
@@ -266,7 +284,7 @@ pub const V6_GROUP_BIT: u32 = 0x4000_0000;
 pub const TUNNEL_IFACE_ID: &str = "dpu:tunnel";
 
 /// The MAC address the agent's distributed router answers with.
-pub const ROUTER_MAC: &str = "02:d9:00:00:00:01";
+pub const ROUTER_MAC: Mac = Mac([0x02, 0xd9, 0, 0, 0, 1]);
 
 /// Cookie layout: `round:16 | category:8 | object:40`.
 ///

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::compile::incremental::Changes;
-use crate::flows::{learned_cookie, DesiredState, FlowBody};
+use crate::flows::{DesiredState, FlowBody};
 use crate::openflow::{BundleOp, InstalledGroup, OpenFlowBackend, OpenFlowError};
 use crate::pipeline::cookie::{
     round_of, Category, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT,
@@ -212,7 +212,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         let wanted: BTreeSet<u64> = desired
             .flows
             .values()
-            .filter_map(|b| learned_cookie(&b.actions))
+            .filter_map(|b| b.actions.learned_cookie())
             .collect();
         self.stale_learned
             .iter()
@@ -342,7 +342,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         let wanted: BTreeSet<u64> = desired
             .flows
             .values()
-            .filter_map(|b| learned_cookie(&b.actions))
+            .filter_map(|b| b.actions.learned_cookie())
             .collect();
         let strays: Vec<BundleOp> = summary
             .cookies
@@ -395,8 +395,8 @@ fn flush(cookie: u64) -> BundleOp {
 /// The learned cookie of `old` when `new` (the flow at the same key, if any)
 /// does not learn under it any more.
 fn learned_gone(old: Option<&FlowBody>, new: Option<&FlowBody>) -> Option<u64> {
-    let c = learned_cookie(&old?.actions)?;
-    (new.and_then(|b| learned_cookie(&b.actions)) != Some(c)).then_some(c)
+    let c = old?.actions.learned_cookie()?;
+    (new.and_then(|b| b.actions.learned_cookie()) != Some(c)).then_some(c)
 }
 
 /// A cookie of a learned affinity entry: round 0, category AffinityLearned.
@@ -626,16 +626,6 @@ mod tests {
         r.apply(&sticky(&[1, 2])).await.unwrap();
         assert!(r.plan(&sticky(&[1, 2])).is_empty());
         assert_eq!(flushes(&r.plan(&sticky(&[2]))), [learned(1)].into());
-    }
-
-    #[test]
-    fn learned_cookies_are_read_from_the_learn_action() {
-        assert_eq!(
-            learned_cookie("learn(table=41,idle_timeout=60,priority=100,cookie=0x700abc,NXM_OF_IP_SRC[]),resubmit(,45)"),
-            Some(0x700abc)
-        );
-        assert_eq!(learned_cookie("group:1"), None);
-        assert_eq!(learned_cookie("resubmit(,41),resubmit(,42)"), None);
     }
 
     #[tokio::test]

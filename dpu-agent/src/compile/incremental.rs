@@ -39,6 +39,19 @@ pub struct Changes {
     pub groups: BTreeSet<u32>,
 }
 
+/// A piece of the compiler's state, for [`IncrementalCompiler::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece {
+    /// The per-Service facts and the backend → Services index.
+    BackendIndex,
+    /// The flow and group owner lists.
+    Owners,
+    /// The per-part outputs.
+    Parts,
+    /// The merged desired state.
+    Merged,
+}
+
 /// What one [`IncrementalCompiler::update`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -108,6 +121,24 @@ impl IncrementalCompiler {
     /// The keys the last incremental step touched.
     pub fn changes(&self) -> &Changes {
         &self.changes
+    }
+
+    /// Drops one piece of the state and forgets the cache: what
+    /// `examples/heap_breakdown.rs` measures each piece by.
+    pub fn release(&mut self, piece: Piece) {
+        self.valid = false;
+        match piece {
+            Piece::BackendIndex => {
+                self.services = HashMap::new();
+                self.by_backend = HashMap::new();
+            }
+            Piece::Owners => {
+                self.flow_owners = HashMap::new();
+                self.group_owners = HashMap::new();
+            }
+            Piece::Parts => self.parts = BTreeMap::new(),
+            Piece::Merged => self.merged = Compiled::default(),
+        }
     }
 
     /// Forgets the cache: the next update compiles everything (after a refused
@@ -337,16 +368,17 @@ impl IncrementalCompiler {
         self.flow_owners.clear();
         self.group_owners.clear();
         let mut desired = DesiredState::default();
-        for (part, d) in &parts {
+        for (part, d) in parts.iter_mut() {
+            intern(&desired, d);
             for (k, b) in &d.flows {
                 self.flow_owners
                     .entry(k.clone())
-                    .or_default()
+                    .or_insert_with(one_owner)
                     .push(part.clone());
                 desired.flows.entry(k.clone()).or_insert_with(|| b.clone());
             }
             for (id, g) in &d.groups {
-                self.group_owners.entry(*id).or_default().push(part.clone());
+                self.group_owners.entry(*id).or_insert_with(one_owner).push(part.clone());
                 desired.groups.insert(*id, g.clone());
             }
         }
@@ -366,7 +398,8 @@ impl IncrementalCompiler {
 
     /// Puts `new` in place of `part`'s old output and re-merges the keys either
     /// one has.
-    fn replace(&mut self, part: Part, new: DesiredState) {
+    fn replace(&mut self, part: Part, mut new: DesiredState) {
+        intern(&self.merged.desired, &mut new);
         let old = if new.flows.is_empty() && new.groups.is_empty() {
             self.parts.remove(&part).unwrap_or_default()
         } else {
@@ -385,7 +418,7 @@ impl IncrementalCompiler {
         }
         for k in new.flows.keys() {
             if !old.flows.contains_key(k) {
-                let owners = self.flow_owners.entry(k.clone()).or_default();
+                let owners = self.flow_owners.entry(k.clone()).or_insert_with(one_owner);
                 let at = owners.partition_point(|p| *p < part);
                 owners.insert(at, part.clone());
             }
@@ -419,7 +452,7 @@ impl IncrementalCompiler {
         }
         for id in new.groups.keys() {
             if !old.groups.contains_key(id) {
-                let owners = self.group_owners.entry(*id).or_default();
+                let owners = self.group_owners.entry(*id).or_insert_with(one_owner);
                 let at = owners.partition_point(|p| *p < part);
                 owners.insert(at, part.clone());
             }
@@ -427,7 +460,7 @@ impl IncrementalCompiler {
         }
         for id in groups {
             // The last part to emit a group id wins, as a map insert would.
-            let g: Option<Group> = match self.group_owners.get(&id) {
+            let g: Option<Arc<Group>> = match self.group_owners.get(&id) {
                 Some(o) if !o.is_empty() => self.parts[o.last().expect("not empty")]
                     .groups
                     .get(&id)
@@ -447,6 +480,35 @@ impl IncrementalCompiler {
             }
         }
     }
+}
+
+/// Makes `d`'s flows share the keys and actions `merged` already holds: many
+/// parts emit the same flow (Services that share an endpoint, a VPC's
+/// affinity entry), and each would otherwise keep a copy of its own.
+fn intern(merged: &DesiredState, d: &mut DesiredState) {
+    if d.flows.keys().all(|k| !merged.flows.contains_key(k)) {
+        return;
+    }
+    d.flows = std::mem::take(&mut d.flows)
+        .into_iter()
+        .map(|(k, b)| match merged.flows.get_key_value(&k) {
+            Some((mk, mb)) if mb.actions == b.actions => (
+                mk.clone(),
+                FlowBody {
+                    actions: mb.actions.clone(),
+                    cookie: b.cookie,
+                },
+            ),
+            Some((mk, _)) => (mk.clone(), b),
+            None => (k, b),
+        })
+        .collect();
+}
+
+/// An owner list with room for one part: most flows and groups have one, and
+/// `Vec`'s first growth would reserve four.
+fn one_owner() -> Vec<Part> {
+    Vec::with_capacity(1)
 }
 
 fn dec(m: &mut BTreeMap<String, usize>, k: &str) {

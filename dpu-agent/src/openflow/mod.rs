@@ -13,13 +13,13 @@ pub use select::Backend;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::flows::{Bucket, FlowBody, FlowKey, Group};
+use crate::flows::{FlowBody, FlowKey, Group};
 
 /// One step of an atomic bundle, in the order it must be applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleOp {
     /// Create or replace a group.
-    PutGroup(Group),
+    PutGroup(std::sync::Arc<Group>),
     /// Add a flow, replacing one with the same table, priority and match.
     AddFlow {
         key: FlowKey,
@@ -69,7 +69,7 @@ pub struct InstalledGroup {
     /// actions (`weight:50,actions=…`), so such a bucket never equals one the
     /// compiler wrote. When `wire` is set, each bucket's actions are the
     /// lowercase hex of its actions as the switch returned them instead.
-    pub buckets: Vec<Bucket>,
+    pub buckets: Vec<InstalledBucket>,
     /// Read from OpenFlow messages (the native backend) rather than
     /// `ovs-ofctl` text: buckets are action bytes in hex, see
     /// [`native::codec::wire_form`].
@@ -84,7 +84,15 @@ impl InstalledGroup {
             selection_method: Some("hash".into()),
             hash_fields: g.hash_fields.iter().map(|f| f.to_string()).collect(),
             properties: Vec::new(),
-            buckets: sorted(g.buckets.clone()),
+            buckets: sorted(
+                g.buckets
+                    .iter()
+                    .map(|b| InstalledBucket {
+                        id: b.id,
+                        actions: b.actions.to_string(),
+                    })
+                    .collect(),
+            ),
             wire: false,
         }
     }
@@ -100,8 +108,25 @@ impl InstalledGroup {
     }
 }
 
+/// A bucket as the switch describes it: its id and its actions as text
+/// (`ovs-ofctl`) or as the hex of their bytes (OpenFlow).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstalledBucket {
+    pub id: u32,
+    pub actions: String,
+}
+
+impl InstalledBucket {
+    pub fn new(id: u32, actions: impl Into<String>) -> Self {
+        InstalledBucket {
+            id,
+            actions: actions.into(),
+        }
+    }
+}
+
 /// Buckets in id order, the canonical order of [`InstalledGroup::buckets`].
-pub(crate) fn sorted(mut buckets: Vec<Bucket>) -> Vec<Bucket> {
+pub(crate) fn sorted(mut buckets: Vec<InstalledBucket>) -> Vec<InstalledBucket> {
     buckets.sort_by_key(|b| b.id);
     buckets
 }

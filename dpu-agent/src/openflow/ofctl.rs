@@ -11,8 +11,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError};
-use crate::flows::{Bucket, Group};
+use super::{
+    BundleOp, InstalledBucket, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
+};
+use crate::flows::Group;
 
 #[derive(Debug, Clone)]
 pub struct OfctlBackend {
@@ -290,7 +292,7 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
     let id = id.ok_or_else(|| bad("no group id"))?;
     // Buckets in bucket-id order (OVS lists them in the order they were given,
     // each with its id).
-    let mut numbered: Vec<Bucket> = Vec::new();
+    let mut numbered: Vec<InstalledBucket> = Vec::new();
     for (pos, b) in buckets.into_iter().enumerate() {
         let actions = b.actions.ok_or_else(|| bad("a bucket without actions"))?;
         let actions = actions.join(",");
@@ -299,7 +301,7 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         } else {
             format!("{},actions={actions}", b.properties.join(","))
         };
-        numbered.push(Bucket::new(b.id.unwrap_or(pos as u32), text));
+        numbered.push(InstalledBucket::new(b.id.unwrap_or(pos as u32), text));
     }
     g.buckets = super::sorted(numbered);
     Ok((id, g))

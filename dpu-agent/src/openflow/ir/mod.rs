@@ -269,6 +269,16 @@ impl MatchField {
         }
     }
 
+    /// `field=value`.
+    pub fn exact(field: Field, value: impl Value) -> MatchField {
+        MatchField::new(field, value.bits(), u128::MAX)
+    }
+
+    /// `field=value/mask`.
+    pub fn masked(field: Field, value: impl Value, mask: impl Value) -> MatchField {
+        MatchField::new(field, value.bits(), mask.bits())
+    }
+
     fn new(field: Field, value: u128, mask: u128) -> MatchField {
         let full = ones(field.bits());
         let (value, mask) = (value & mask & full, mask & full);

@@ -83,6 +83,9 @@ fn displays_the_canonical_text() {
         fin_hard_timeout: 0,
         flags: 0,
     };
+    let with_learn = Actions::new().learn(l.clone()).resubmit(45);
+    assert_eq!(with_learn.learned_cookie(), Some(0x700_0000_0001));
+    assert_eq!(Actions::new().group(1).learned_cookie(), None);
     assert_eq!(
         l.to_string(),
         "learn(table=35,idle_timeout=10800,priority=100,cookie=0x70000000001,NXM_NX_REG0[],eth_type=0x800,nw_proto=6,load:0x1->NXM_NX_REG2[0])"

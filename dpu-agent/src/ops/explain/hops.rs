@@ -310,7 +310,8 @@ fn arp(g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
         if !answered {
             let believed = g.installed.is_some_and(|d| {
                 d.flows.keys().any(|k| {
-                    k.table == ARP_RESPONDER.id && k.matches.split(',').any(|t| t == token)
+                    k.table == ARP_RESPONDER.id
+                        && k.matches.fields().iter().any(|t| t.to_string() == token)
                 })
             });
             let why = if believed {

@@ -20,8 +20,8 @@ fn healthy_switch(b: &Basic) -> SwitchView {
                 table: k.table,
                 priority: k.priority,
                 cookie: body.cookie.value(3),
-                matches: k.matches.clone(),
-                actions: body.actions.clone(),
+                matches: k.matches.to_string(),
+                actions: body.actions.to_string(),
             })
             .collect(),
         groups: b

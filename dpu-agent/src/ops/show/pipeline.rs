@@ -165,6 +165,7 @@ pub fn render(
     let groups: Vec<&Group> = state
         .groups
         .values()
+        .map(|g| &**g)
         .filter(|g| filter.as_ref().is_none_or(|f| f.keeps_group(g, lb)))
         .collect();
 
@@ -240,9 +241,9 @@ pub fn render(
 
 fn flow_line(out: &mut String, k: &FlowKey, b: &FlowBody, round: u16, owners: &Owners) {
     let m = if k.matches.is_empty() {
-        "*"
+        "*".to_string()
     } else {
-        &k.matches
+        k.matches.to_string()
     };
     let _ = writeln!(
         out,

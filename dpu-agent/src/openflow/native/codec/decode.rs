@@ -4,8 +4,7 @@
 
 use super::{fields, hex, msg_type, CodecError, Header, HASH_FIELDS};
 use super::{NTRT_SELECTION_METHOD, NTR_VENDOR};
-use crate::flows::Bucket;
-use crate::openflow::InstalledGroup;
+use crate::openflow::{InstalledBucket, InstalledGroup};
 
 pub(super) fn malformed(what: &'static str, reason: impl Into<String>) -> CodecError {
     CodecError::Malformed {
@@ -424,7 +423,7 @@ pub fn parse_group_desc_body(body: &[u8]) -> Result<Vec<(u32, InstalledGroup)>, 
                 }
             }
             text.push_str(&hex(actions));
-            buckets.push(Bucket::new(bid, text));
+            buckets.push(InstalledBucket::new(bid, text));
         }
         g.buckets = crate::openflow::sorted(buckets);
         for p in props(&e[16 + list_len..], what)? {

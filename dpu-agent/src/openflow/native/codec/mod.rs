@@ -18,8 +18,8 @@ pub use stats::{
     parse_oversized_group_bucket_ids, parse_oversized_group_stats, FlowCounts, GroupStats,
 };
 
-use crate::flows::{Bucket, Group};
-use crate::openflow::{BundleOp, InstalledGroup};
+use crate::flows::{Actions, Group, Match};
+use crate::openflow::{BundleOp, InstalledBucket, InstalledGroup};
 
 pub const OFP_VERSION: u8 = 0x06;
 
@@ -242,8 +242,9 @@ struct FlowMod<'a> {
     priority: u16,
     cookie: u64,
     cookie_mask: u64,
-    match_text: &'a str,
-    actions: Option<&'a str>,
+    /// `None`: every flow (a delete by cookie).
+    matches: Option<&'a Match>,
+    actions: Option<&'a Actions>,
 }
 
 fn flow_mod(f: &FlowMod, xid: u32) -> Result<Vec<u8>, CodecError> {
@@ -253,8 +254,8 @@ fn flow_mod(f: &FlowMod, xid: u32) -> Result<Vec<u8>, CodecError> {
             "table={},priority={},{} actions={}",
             f.table,
             f.priority,
-            f.match_text,
-            f.actions.unwrap_or("")
+            f.matches.map(|m| m.to_string()).unwrap_or_default(),
+            f.actions.map(|a| a.to_string()).unwrap_or_default()
         ),
         reason,
     };
@@ -267,9 +268,10 @@ fn flow_mod(f: &FlowMod, xid: u32) -> Result<Vec<u8>, CodecError> {
     b.extend_from_slice(&OFPP_ANY.to_be_bytes());
     b.extend_from_slice(&OFPG_ANY.to_be_bytes());
     b.extend_from_slice(&[0; 4]); // flags, importance
-    b.extend_from_slice(&matches::encode_match(f.match_text).map_err(syntax)?);
-    if let Some(text) = f.actions {
-        let enc = actions::encode_actions(text).map_err(syntax)?;
+    let empty = Match::new();
+    b.extend_from_slice(&matches::encode_match(&f.matches.unwrap_or(&empty).to_string()).map_err(syntax)?);
+    if let Some(a) = f.actions {
+        let enc = actions::encode_actions(&a.to_string()).map_err(syntax)?;
         if !enc.actions.is_empty() {
             b.extend_from_slice(&4u16.to_be_bytes()); // OFPIT_APPLY_ACTIONS
             b.extend_from_slice(&((8 + enc.actions.len()) as u16).to_be_bytes());
@@ -375,14 +377,14 @@ fn bucket_actions(g: &Group) -> Result<Vec<(u32, Vec<u8>)>, CodecError> {
     g.buckets
         .iter()
         .map(|b| {
-            let text = &b.actions;
+            let text = b.actions.to_string();
             if b.id > OFPG15_BUCKET_MAX {
                 return Err(CodecError::Group {
                     id: g.id,
                     reason: format!("bucket id {:#x} is above OFPG15_BUCKET_MAX", b.id),
                 });
             }
-            let enc = actions::encode_actions(text).map_err(|reason| CodecError::Syntax {
+            let enc = actions::encode_actions(&text).map_err(|reason| CodecError::Syntax {
                 what: "bucket",
                 text: text.clone(),
                 reason,
@@ -410,7 +412,7 @@ fn selection_method(g: &Group) -> Result<Vec<u8>, CodecError> {
     p.extend_from_slice(&method);
     p.extend_from_slice(&0u64.to_be_bytes());
     for spec in &g.hash_fields {
-        let (field, mask) = hash_field(g.id, spec)?;
+        let (field, mask) = hash_field(g.id, &spec.to_string())?;
         // OVS writes each field as an OXM entry whose value is the field's
         // mask: all ones for a whole field (`oxm_put_field_array`).
         p.extend_from_slice(&field.oxm.to_be_bytes());
@@ -527,7 +529,7 @@ pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
                 priority: key.priority,
                 cookie: *cookie,
                 cookie_mask: 0,
-                match_text: &key.matches,
+                matches: Some(&key.matches),
                 actions: Some(&body.actions),
             },
             xid,
@@ -539,7 +541,7 @@ pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
                 priority: key.priority,
                 cookie: 0,
                 cookie_mask: 0,
-                match_text: &key.matches,
+                matches: Some(&key.matches),
                 actions: None,
             },
             xid,
@@ -556,7 +558,7 @@ pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
                 priority: 0x8000,
                 cookie: *cookie,
                 cookie_mask: *mask,
-                match_text: "",
+                matches: None,
                 actions: None,
             },
             xid,
@@ -588,7 +590,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub fn wire_form(g: &Group) -> Result<InstalledGroup, CodecError> {
     let mut hash_fields = Vec::new();
     for spec in &g.hash_fields {
-        let (field, mask) = hash_field(g.id, spec)?;
+        let (field, mask) = hash_field(g.id, &spec.to_string())?;
         hash_fields.push(hash_field_name(field.name, mask));
     }
     Ok(InstalledGroup {
@@ -599,7 +601,10 @@ pub fn wire_form(g: &Group) -> Result<InstalledGroup, CodecError> {
         buckets: crate::openflow::sorted(
             bucket_actions(g)?
                 .iter()
-                .map(|(id, a)| Bucket::new(*id, hex(a)))
+                .map(|(id, a)| InstalledBucket {
+                    id: *id,
+                    actions: hex(a),
+                })
                 .collect(),
         ),
         wire: true,
