@@ -236,12 +236,6 @@ pub(crate) struct Subfield {
     pub nbits: usize,
 }
 
-impl Subfield {
-    pub fn is_whole(&self) -> bool {
-        self.ofs == 0 && self.nbits == self.field.len * 8
-    }
-}
-
 /// Parses `NAME[]`, `NAME[i]`, `NAME[a..b]` or a bare `NAME` (the whole field).
 pub(crate) fn parse_subfield(s: &str) -> Result<Subfield, String> {
     let (name, range) = match s.find('[') {
@@ -323,7 +317,10 @@ pub(crate) fn parse_value(field: &FieldDef, s: &str) -> Result<Vec<u8>, String> 
 
 /// `value` or `value/mask` (for IP fields also `addr/prefix`). The mask is
 /// `None` when it is all ones.
-pub(crate) fn parse_masked(field: &FieldDef, s: &str) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
+pub(crate) fn parse_masked(
+    field: &FieldDef,
+    s: &str,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), String> {
     let Some((v, m)) = s.split_once('/') else {
         return Ok((parse_value(field, s)?, None));
     };
@@ -374,22 +371,6 @@ fn parse_mac(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Sets bits `ofs..ofs+nbits` (counted from the least significant bit) of the
-/// big-endian `buf` to the low bits of `value`.
-pub(crate) fn put_bits(buf: &mut [u8], ofs: usize, nbits: usize, value: u128) {
-    let len = buf.len();
-    for i in 0..nbits {
-        let pos = ofs + i;
-        let byte = len - 1 - pos / 8;
-        let bit = 1u8 << (pos % 8);
-        if i < 128 && (value >> i) & 1 == 1 {
-            buf[byte] |= bit;
-        } else {
-            buf[byte] &= !bit;
-        }
-    }
-}
-
 impl Field {
     /// The field's row in the codec's table.
     pub(crate) const fn def(self) -> &'static FieldDef {
@@ -414,7 +395,10 @@ impl Field {
         let a = self.def().aliases;
         a.iter()
             .find(|n| n.starts_with("NXM_"))
-            .or_else(|| a.iter().find(|n| n.starts_with("OXM_") || n.starts_with("ERICSSON")))
+            .or_else(|| {
+                a.iter()
+                    .find(|n| n.starts_with("OXM_") || n.starts_with("ERICSSON"))
+            })
             .copied()
             .unwrap_or(self.def().name)
     }

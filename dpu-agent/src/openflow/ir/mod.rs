@@ -5,15 +5,19 @@
 //! OpenFlow messages (`super::native::codec`), and the `ovs-ofctl` backend,
 //! the golden files and every observer print them. [`Display`] writes the
 //! canonical `ovs-ofctl` syntax the compiler used to write by hand, byte for
-//! byte, so the golden files did not change when the IR came in.
+//! byte, so the golden files did not change when the IR came in. That text
+//! parses back ([`FromStr`] of [`Match`] and [`Actions`], [`HashField::parse`])
+//! into the value that printed it, for the codec's text entry points and tests.
 //!
 //! The IR knows OpenFlow and OVS's Nicira extensions, nothing about DPUs: the
 //! pipeline's registers and tables are declared once, in `crate::pipeline`,
 //! as [`Field`]s and [`Subfield`]s of it.
 //!
 //! [`Display`]: std::fmt::Display
+//! [`FromStr`]: std::str::FromStr
 
 pub mod fields;
+mod parse;
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -566,6 +570,14 @@ pub enum LearnSpec {
     LoadValue { value: u64, dst: Subfield },
     /// `output:NXM_NX_REG1[]`: output to the port in the field.
     Output(Subfield),
+    /// `NXM_OF_IP_DST[]=NXM_OF_IP_SRC[]`: match `dst` on the value `src` has
+    /// in this packet (same width).
+    MatchFrom { dst: Subfield, src: Subfield },
+    /// `NXM_NX_REG0[0..3]=0x5`: match part of a field, or a field wider than
+    /// 64 bits, on a constant.
+    MatchBits { dst: Subfield, value: u128 },
+    /// `load:0x…->NXM_NX_XXREG0[]`: load a constant wider than 64 bits.
+    LoadWide { value: u128, dst: Subfield },
 }
 
 impl fmt::Display for LearnSpec {
@@ -579,6 +591,9 @@ impl fmt::Display for LearnSpec {
             LearnSpec::Load { src, dst } => write!(f, "load:{src}->{dst}"),
             LearnSpec::LoadValue { value, dst } => write!(f, "load:{}->{dst}", LoadValue(*value)),
             LearnSpec::Output(sf) => write!(f, "output:{sf}"),
+            LearnSpec::MatchFrom { dst, src } => write!(f, "{dst}={src}"),
+            LearnSpec::MatchBits { dst, value } => write!(f, "{dst}={}", WideValue(*value)),
+            LearnSpec::LoadWide { value, dst } => write!(f, "load:{}->{dst}", WideValue(*value)),
         }
     }
 }
@@ -641,6 +656,19 @@ impl fmt::Display for LoadValue {
     }
 }
 
+/// A constant of up to 128 bits as `load` writes it: `0`, else `0x` hex.
+struct WideValue(u128);
+
+impl fmt::Display for WideValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            f.write_char('0')
+        } else {
+            write!(f, "{:#x}", self.0)
+        }
+    }
+}
+
 /// One action.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
@@ -653,19 +681,31 @@ pub enum Action {
     Group(u32),
     /// `resubmit(PORT,TABLE)`: `None` is the packet's in_port and this table
     /// (`resubmit(,45)`).
-    Resubmit { port: Option<u16>, table: Option<u8> },
+    Resubmit {
+        port: Option<u16>,
+        table: Option<u8>,
+    },
     /// `goto_table:N` (an instruction: last).
     GotoTable(u8),
     /// `set_field:value->field` of up to 64 bits.
-    SetField { field: Field, value: u64 },
+    SetField {
+        field: Field,
+        value: u64,
+    },
     /// `set_field` of a wider field.
     SetWide(Box<(Field, u128)>),
     /// `set_field:value/mask->field`.
     SetMasked(Box<(Field, u128, u128)>),
     /// `load:value->dst`.
-    Load { value: u64, dst: Subfield },
+    Load {
+        value: u64,
+        dst: Subfield,
+    },
     /// `move:src->dst`.
-    Move { src: Subfield, dst: Subfield },
+    Move {
+        src: Subfield,
+        dst: Subfield,
+    },
     Push(Subfield),
     Pop(Subfield),
     Ct(Box<Ct>),
@@ -891,5 +931,7 @@ impl fmt::Display for HashField {
     }
 }
 
+#[cfg(test)]
+mod parse_tests;
 #[cfg(test)]
 mod tests;

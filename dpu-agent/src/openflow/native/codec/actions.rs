@@ -1,11 +1,14 @@
-//! Actions in `ovs-ofctl` syntax as OpenFlow 1.5 actions, byte for byte as OVS
-//! itself encodes them for 1.5 (so a group read back compares equal): `load` is a
+//! Actions ([`Actions`]) as OpenFlow 1.5 actions, byte for byte as OVS itself
+//! encodes them for 1.5 (so a group read back compares equal): `load` is a
 //! (masked) `set_field`, `move` is `OFPAT_COPY_FIELD`, and the Nicira actions
 //! (`resubmit`, `push`/`pop`, `ct`, `nat`, `learn`) name fields by their
 //! OpenFlow 1.0 NXM headers.
 
-use super::fields::{self, Subfield};
+use std::net::IpAddr;
+
+use super::fields;
 use super::put_padded;
+use crate::openflow::ir::{Action, Actions, Ct, CtZone, Learn, LearnSpec, Nat, NatKind, Subfield};
 
 const NX_VENDOR: u32 = 0x0000_2320;
 const OFPAT_OUTPUT: u16 = 0;
@@ -32,167 +35,185 @@ pub(crate) struct Encoded {
     pub goto: Option<u8>,
 }
 
-/// Splits at the commas outside parentheses.
-pub(crate) fn split_top(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut from) = (0usize, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                out.push(&s[from..i]);
-                from = i + 1;
-            }
-            _ => {}
-        }
+fn ones(bits: u32) -> u128 {
+    if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
     }
-    out.push(&s[from..]);
-    out
 }
 
-/// `name(args)` → `args`.
-fn call<'a>(tok: &'a str, name: &str) -> Option<&'a str> {
-    tok.strip_prefix(name)?.strip_prefix('(')?.strip_suffix(')')
+/// An action list in `ovs-ofctl` syntax (`drop` alone is the empty list),
+/// parsed and encoded by [`encode_actions`]: for tests that
+/// hold text.
+#[cfg(test)]
+pub(crate) fn encode_actions_text(text: &str) -> Result<Encoded, String> {
+    encode_actions(&text.parse()?)
 }
 
-/// Encodes an action list; `drop` (alone) is the empty list.
-pub(crate) fn encode_actions(text: &str) -> Result<Encoded, String> {
-    let text = text.trim();
+/// Encodes an action list; a `goto_table` must be the last of it, and alone.
+pub(crate) fn encode_actions(list: &Actions) -> Result<Encoded, String> {
     let mut enc = Encoded::default();
-    if text == "drop" {
-        return Ok(enc);
-    }
-    if text.is_empty() {
-        return Err("an empty action list (write `drop`)".into());
-    }
-    for tok in split_top(text) {
-        let tok = tok.trim();
-        if let Some(t) = tok.strip_prefix("goto_table:") {
+    for a in list.list() {
+        if let Action::GotoTable(t) = a {
             if enc.goto.is_some() {
-                return Err(format!("a second `{tok}`"));
+                return Err(format!("a second `{a}`"));
             }
-            enc.goto = Some(fields::parse_uint(t, 8).map_err(|e| format!("`{tok}`: {e}"))? as u8);
+            enc.goto = Some(*t);
             continue;
         }
         if enc.goto.is_some() {
-            return Err(format!("`{tok}` after goto_table"));
+            return Err(format!("`{a}` after goto_table"));
         }
-        encode_action(tok, &mut enc.actions)?;
+        encode_action(a, &mut enc.actions)?;
     }
     Ok(enc)
 }
 
-/// One action (no `goto_table`) appended to `out`.
-fn encode_action(tok: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let ctx = |e: String| format!("`{tok}`: {e}");
-    if tok == "drop" {
-        return Err("`drop` together with other actions".into());
-    } else if tok == "in_port" {
-        output(out, OFPP_IN_PORT);
-    } else if tok == "dec_ttl" {
-        out.extend_from_slice(&OFPAT_DEC_NW_TTL.to_be_bytes());
-        out.extend_from_slice(&[0, 8, 0, 0, 0, 0]);
-    } else if let Some(p) = tok.strip_prefix("output:") {
-        output(out, parse_port(p).map_err(ctx)?);
-    } else if let Some(g) = tok.strip_prefix("group:") {
-        let id = fields::parse_uint(g, 32).map_err(ctx)? as u32;
-        out.extend_from_slice(&OFPAT_GROUP.to_be_bytes());
-        out.extend_from_slice(&8u16.to_be_bytes());
-        out.extend_from_slice(&id.to_be_bytes());
-    } else if let Some(args) = call(tok, "resubmit") {
-        let (port, table) = args
-            .split_once(',')
-            .ok_or_else(|| ctx("expected `resubmit(port,table)`".into()))?;
-        let port = match port.trim() {
-            "" | "in_port" | "IN_PORT" => OFPP_IN_PORT16,
-            p => fields::parse_uint(p, 16).map_err(ctx)? as u16,
-        };
-        let table = match table.trim() {
-            "" => 0xff,
-            t => fields::parse_uint(t, 8).map_err(ctx)? as u8,
-        };
-        let at = nx_start(out, NXAST_RESUBMIT_TABLE);
-        out.extend_from_slice(&port.to_be_bytes());
-        out.extend_from_slice(&[table, 0, 0, 0]);
-        nx_end(out, at);
-    } else if let Some(p) = tok.strip_prefix("resubmit:") {
-        let port = fields::parse_uint(p, 16).map_err(ctx)? as u16;
-        let at = nx_start(out, NXAST_RESUBMIT);
-        out.extend_from_slice(&port.to_be_bytes());
-        nx_end(out, at);
-    } else if let Some(rest) = tok.strip_prefix("set_field:") {
-        let (value, dst) = rest
-            .rsplit_once("->")
-            .ok_or_else(|| ctx("expected `set_field:value->field`".into()))?;
-        let field = fields::lookup(dst).ok_or_else(|| ctx(format!("unknown field `{dst}`")))?;
-        let (v, m) = fields::parse_masked(field, value).map_err(ctx)?;
-        set_field(out, field.oxm, &v, m.as_deref());
-    } else if let Some(rest) = tok.strip_prefix("load:") {
-        let (value, dst) = rest
-            .split_once("->")
-            .ok_or_else(|| ctx("expected `load:value->field[bits]`".into()))?;
-        let dst = fields::parse_subfield(dst).map_err(ctx)?;
-        let v = fields::parse_uint(value, dst.nbits).map_err(ctx)?;
-        let len = dst.field.len;
-        let mut val = vec![0u8; len];
-        fields::put_bits(&mut val, dst.ofs, dst.nbits, v);
-        if dst.is_whole() {
-            set_field(out, dst.field.oxm, &val, None);
-        } else {
-            let mut mask = vec![0u8; len];
-            fields::put_bits(&mut mask, dst.ofs, dst.nbits, u128::MAX);
-            set_field(out, dst.field.oxm, &val, Some(&mask));
+/// Every subfield of `a` lies within its field. Checked before anything else,
+/// since a subfield outside it does not print.
+fn check_subfields(a: &Action) -> Result<(), String> {
+    let check = |sf: &Subfield| {
+        let width = sf.field.bits();
+        if sf.nbits == 0 || u32::from(sf.ofs) + sf.width() > width {
+            return Err(format!(
+                "{} bits from bit {} of `{}` are outside its {width}-bit field",
+                sf.nbits,
+                sf.ofs,
+                sf.field.nxm_name()
+            ));
         }
-    } else if let Some(rest) = tok.strip_prefix("move:") {
-        let (src, dst) = rest
-            .split_once("->")
-            .ok_or_else(|| ctx("expected `move:src[bits]->dst[bits]`".into()))?;
-        let src = fields::parse_subfield(src).map_err(ctx)?;
-        let dst = fields::parse_subfield(dst).map_err(ctx)?;
-        if src.nbits != dst.nbits {
-            return Err(ctx(format!(
-                "moves {} bits into {} bits",
-                src.nbits, dst.nbits
-            )));
+        Ok(())
+    };
+    match a {
+        Action::Load { dst, .. } => check(dst),
+        Action::Move { src, dst } => check(src).and(check(dst)),
+        Action::Push(sf) | Action::Pop(sf) => check(sf),
+        Action::Ct(ct) => {
+            if let CtZone::Field(sf) = &ct.zone {
+                check(sf)?;
+            }
+            ct.exec.iter().try_for_each(check_subfields)
         }
-        out.extend_from_slice(&OFPAT_COPY_FIELD.to_be_bytes());
-        out.extend_from_slice(&24u16.to_be_bytes());
-        out.extend_from_slice(&(src.nbits as u16).to_be_bytes());
-        out.extend_from_slice(&(src.ofs as u16).to_be_bytes());
-        out.extend_from_slice(&(dst.ofs as u16).to_be_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&src.field.oxm.to_be_bytes());
-        out.extend_from_slice(&dst.field.oxm.to_be_bytes());
-        out.extend_from_slice(&[0; 4]);
-    } else if let Some(f) = tok.strip_prefix("push:") {
-        stack(
-            out,
-            NXAST_STACK_PUSH,
-            fields::parse_subfield(f).map_err(ctx)?,
-        );
-    } else if let Some(f) = tok.strip_prefix("pop:") {
-        stack(
-            out,
-            NXAST_STACK_POP,
-            fields::parse_subfield(f).map_err(ctx)?,
-        );
-    } else if let Some(args) = call(tok, "ct") {
-        encode_ct(args, out).map_err(ctx)?;
-    } else if let Some(args) = call(tok, "learn") {
-        encode_learn(args, out).map_err(ctx)?;
-    } else {
-        return Err(format!("unknown action `{tok}`"));
+        Action::Learn(l) => l.specs.iter().try_for_each(|s| match s {
+            LearnSpec::Match(sf) | LearnSpec::Output(sf) => check(sf),
+            LearnSpec::MatchValue { .. } => Ok(()),
+            LearnSpec::MatchBits { dst, .. }
+            | LearnSpec::LoadValue { dst, .. }
+            | LearnSpec::LoadWide { dst, .. } => check(dst),
+            LearnSpec::Load { src, dst } | LearnSpec::MatchFrom { src, dst } => {
+                check(src).and(check(dst))
+            }
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// That `v` fits `bits` bits.
+fn fits(v: u128, bits: u32) -> Result<(), String> {
+    if bits < 128 && v >> bits != 0 {
+        return Err(format!("`{v:#x}` does not fit in {bits} bits"));
     }
     Ok(())
 }
 
-fn parse_port(p: &str) -> Result<u32, String> {
-    match p {
-        "in_port" | "IN_PORT" => Ok(OFPP_IN_PORT),
-        "LOCAL" | "local" => Ok(0xffff_fffe),
-        _ => Ok(fields::parse_uint(p, 32)? as u32),
+/// One action (no `goto_table`) appended to `out`.
+fn encode_action(a: &Action, out: &mut Vec<u8>) -> Result<(), String> {
+    check_subfields(a)?;
+    let ctx = |e: String| format!("`{a}`: {e}");
+    match a {
+        Action::InPort => output(out, OFPP_IN_PORT),
+        Action::Output(port) => output(out, *port),
+        Action::DecTtl => {
+            out.extend_from_slice(&OFPAT_DEC_NW_TTL.to_be_bytes());
+            out.extend_from_slice(&[0, 8, 0, 0, 0, 0]);
+        }
+        Action::Group(id) => {
+            out.extend_from_slice(&OFPAT_GROUP.to_be_bytes());
+            out.extend_from_slice(&8u16.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        // OVS's rule: NXAST_RESUBMIT for a port alone, else
+        // NXAST_RESUBMIT_TABLE (the packet's in_port, this table: 0xff).
+        Action::Resubmit {
+            port: Some(port),
+            table: None,
+        } => {
+            let at = nx_start(out, NXAST_RESUBMIT);
+            out.extend_from_slice(&port.to_be_bytes());
+            nx_end(out, at);
+        }
+        Action::Resubmit { port, table } => {
+            let at = nx_start(out, NXAST_RESUBMIT_TABLE);
+            out.extend_from_slice(&port.unwrap_or(OFPP_IN_PORT16).to_be_bytes());
+            out.extend_from_slice(&[table.unwrap_or(0xff), 0, 0, 0]);
+            nx_end(out, at);
+        }
+        Action::GotoTable(_) => return Err(format!("`{a}` is an instruction, not an action")),
+        Action::SetField { field, value } => {
+            fits(u128::from(*value), field.bits()).map_err(ctx)?;
+            let len = field.def().len;
+            set_field(
+                out,
+                field.def().oxm,
+                &fields::be_bytes(u128::from(*value), len),
+                None,
+            );
+        }
+        Action::SetWide(w) => {
+            let (field, value) = **w;
+            fits(value, field.bits()).map_err(ctx)?;
+            let len = field.def().len;
+            set_field(out, field.def().oxm, &fields::be_bytes(value, len), None);
+        }
+        Action::SetMasked(w) => {
+            let (field, value, mask) = **w;
+            fits(value, field.bits()).map_err(ctx)?;
+            let (len, full) = (field.def().len, ones(field.bits()));
+            let mask = mask & full;
+            let v = fields::be_bytes(value & mask, len);
+            if mask == full {
+                set_field(out, field.def().oxm, &v, None);
+            } else {
+                let m = fields::be_bytes(mask, len);
+                set_field(out, field.def().oxm, &v, Some(&m));
+            }
+        }
+        Action::Load { value, dst } => {
+            fits(u128::from(*value), dst.width()).map_err(ctx)?;
+            let len = dst.field.def().len;
+            let ofs = u32::from(dst.ofs);
+            let v = fields::be_bytes(u128::from(*value) << ofs, len);
+            if dst.is_whole() {
+                set_field(out, dst.field.def().oxm, &v, None);
+            } else {
+                let m = fields::be_bytes(ones(dst.width()) << ofs, len);
+                set_field(out, dst.field.def().oxm, &v, Some(&m));
+            }
+        }
+        Action::Move { src, dst } => {
+            if src.nbits != dst.nbits {
+                return Err(ctx(format!(
+                    "moves {} bits into {} bits",
+                    src.nbits, dst.nbits
+                )));
+            }
+            out.extend_from_slice(&OFPAT_COPY_FIELD.to_be_bytes());
+            out.extend_from_slice(&24u16.to_be_bytes());
+            out.extend_from_slice(&u16::from(src.nbits).to_be_bytes());
+            out.extend_from_slice(&u16::from(src.ofs).to_be_bytes());
+            out.extend_from_slice(&u16::from(dst.ofs).to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&src.field.def().oxm.to_be_bytes());
+            out.extend_from_slice(&dst.field.def().oxm.to_be_bytes());
+            out.extend_from_slice(&[0; 4]);
+        }
+        Action::Push(sf) => stack(out, NXAST_STACK_PUSH, sf),
+        Action::Pop(sf) => stack(out, NXAST_STACK_POP, sf),
+        Action::Ct(ct) => encode_ct(ct, out).map_err(ctx)?,
+        Action::Learn(l) => encode_learn(l, out).map_err(ctx)?,
     }
+    Ok(())
 }
 
 fn output(out: &mut Vec<u8>, port: u32) {
@@ -244,147 +265,83 @@ fn nx_end(out: &mut Vec<u8>, at: usize) {
     pad_from(out, at)
 }
 
-fn stack(out: &mut Vec<u8>, subtype: u16, f: Subfield) {
+fn stack(out: &mut Vec<u8>, subtype: u16, f: &Subfield) {
     let at = nx_start(out, subtype);
-    out.extend_from_slice(&(f.ofs as u16).to_be_bytes());
-    out.extend_from_slice(&f.field.nxm.to_be_bytes());
-    out.extend_from_slice(&(f.nbits as u16).to_be_bytes());
+    out.extend_from_slice(&u16::from(f.ofs).to_be_bytes());
+    out.extend_from_slice(&f.field.def().nxm.to_be_bytes());
+    out.extend_from_slice(&u16::from(f.nbits).to_be_bytes());
     out.extend_from_slice(&[0; 6]);
     nx_end(out, at);
 }
 
-/// `ct(commit,force,table=N,zone=N|zone=FIELD[bits],nat[(…)],exec(…))`.
-fn encode_ct(args: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let (mut flags, mut table, mut zone_src, mut zone) = (0u16, 0xffu8, 0u32, 0u16);
-    let mut nested = Vec::new();
-    for arg in split_top(args)
-        .into_iter()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        if arg == "commit" {
-            flags |= 1;
-        } else if arg == "force" {
-            flags |= 2;
-        } else if let Some(t) = arg.strip_prefix("table=") {
-            table = fields::parse_uint(t, 8)? as u8;
-        } else if let Some(z) = arg.strip_prefix("zone=") {
-            if z.starts_with(|c: char| c.is_ascii_digit()) {
-                zone = fields::parse_uint(z, 16)? as u16;
-            } else {
-                let sf = fields::parse_subfield(z)?;
-                if sf.nbits > 16 {
-                    return Err(format!("zone `{z}` is wider than 16 bits"));
-                }
-                zone_src = sf.field.nxm;
-                zone = ((sf.ofs as u16) << 6) | (sf.nbits as u16 - 1);
+/// `NXAST_CT`, with its `nat` and then its `exec` actions nested.
+fn encode_ct(ct: &Ct, out: &mut Vec<u8>) -> Result<(), String> {
+    let flags = u16::from(ct.commit) | (u16::from(ct.force) << 1);
+    let (zone_src, zone) = match ct.zone {
+        CtZone::Imm(z) => (0, z),
+        CtZone::Field(sf) => {
+            if sf.nbits > 16 {
+                return Err(format!("zone `{sf}` is wider than 16 bits"));
             }
-        } else if arg == "nat" {
-            encode_nat("", &mut nested)?;
-        } else if let Some(n) = call(arg, "nat") {
-            encode_nat(n, &mut nested)?;
-        } else if let Some(e) = call(arg, "exec") {
-            for a in split_top(e)
-                .into_iter()
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-            {
-                encode_action(a, &mut nested)?;
-            }
-        } else {
-            return Err(format!("unknown ct argument `{arg}`"));
+            (
+                sf.field.def().nxm,
+                (u16::from(sf.ofs) << 6) | (u16::from(sf.nbits) - 1),
+            )
         }
+    };
+    let mut nested = Vec::new();
+    if let Some(n) = &ct.nat {
+        encode_nat(n, &mut nested)?;
+    }
+    for a in &ct.exec {
+        encode_action(a, &mut nested)?;
     }
     let at = nx_start(out, NXAST_CT);
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&zone_src.to_be_bytes());
     out.extend_from_slice(&zone.to_be_bytes());
-    out.extend_from_slice(&[table, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[ct.table.unwrap_or(0xff), 0, 0, 0, 0, 0]);
     out.extend_from_slice(&nested);
     nx_end(out, at);
     Ok(())
 }
 
-/// The argument of `nat(…)`: `src`/`dst` with an optional
-/// `addr[-addr][:port[-port]]` (IPv6 in brackets), `persistent`, `hash`, `random`.
-fn encode_nat(args: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let mut flags = 0u16;
-    let mut range: Option<&str> = None;
-    for arg in split_top(args)
-        .into_iter()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        let (kind, r) = match arg.split_once('=') {
-            Some((k, r)) => (k, Some(r)),
-            None => (arg, None),
-        };
-        match kind {
-            "src" | "dst" if flags & 3 != 0 => {
-                return Err(format!("`nat({args})` names src or dst twice"))
-            }
-            "src" => flags |= 1,
-            "dst" => flags |= 2,
-            "persistent" => flags |= 4,
-            "hash" => flags |= 8,
-            "random" => flags |= 16,
-            _ => return Err(format!("unknown nat argument `{arg}`")),
-        }
-        if r.is_some() {
-            if !matches!(kind, "src" | "dst") {
-                return Err(format!("`{arg}` takes no value"));
-            }
-            range = r;
-        }
-    }
+/// `NXAST_NAT`: the flags (`src` 1, `dst` 2, and the nat's own), then the
+/// range present: addresses (IPv4 or IPv6) and ports, each maybe with a last.
+fn encode_nat(n: &Nat, out: &mut Vec<u8>) -> Result<(), String> {
+    let mut flags = n.flags & !3;
     let (mut present, mut params) = (0u16, Vec::new());
-    if let Some(r) = range {
-        let (addrs, ports) = split_range(r)?;
-        let (lo, hi) = match addrs.split_once('-') {
-            Some((a, b)) => (a, Some(b)),
-            None => (addrs, None),
-        };
-        let ip = |s: &str| -> Result<std::net::IpAddr, String> {
-            s.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .map_err(|_| format!("`{s}` is not an IP address"))
-        };
-        let (lo, hi) = (ip(lo)?, hi.map(ip).transpose()?);
-        match (lo, hi) {
-            (std::net::IpAddr::V4(a), b) => {
-                present |= 1;
-                params.extend_from_slice(&a.octets());
-                if let Some(b) = b {
-                    let std::net::IpAddr::V4(b) = b else {
-                        return Err(format!("`{r}` mixes IPv4 and IPv6"));
-                    };
-                    present |= 2;
+    if n.kind != NatKind::Existing {
+        flags |= if n.kind == NatKind::Src { 1 } else { 2 };
+        if let Some((lo, hi)) = n.addrs {
+            match (lo, hi) {
+                (IpAddr::V4(a), None) => {
+                    present |= 1;
+                    params.extend_from_slice(&a.octets());
+                }
+                (IpAddr::V4(a), Some(IpAddr::V4(b))) => {
+                    present |= 3;
+                    params.extend_from_slice(&a.octets());
                     params.extend_from_slice(&b.octets());
                 }
-            }
-            (std::net::IpAddr::V6(a), b) => {
-                present |= 4;
-                params.extend_from_slice(&a.octets());
-                if let Some(b) = b {
-                    let std::net::IpAddr::V6(b) = b else {
-                        return Err(format!("`{r}` mixes IPv4 and IPv6"));
-                    };
-                    present |= 8;
+                (IpAddr::V6(a), None) => {
+                    present |= 4;
+                    params.extend_from_slice(&a.octets());
+                }
+                (IpAddr::V6(a), Some(IpAddr::V6(b))) => {
+                    present |= 12;
+                    params.extend_from_slice(&a.octets());
                     params.extend_from_slice(&b.octets());
                 }
+                _ => return Err(format!("`{n}` mixes IPv4 and IPv6")),
             }
-        }
-        if let Some(p) = ports {
-            let (lo, hi) = match p.split_once('-') {
-                Some((a, b)) => (a, Some(b)),
-                None => (p, None),
-            };
-            present |= 16;
-            params.extend_from_slice(&(fields::parse_uint(lo, 16)? as u16).to_be_bytes());
-            if let Some(hi) = hi {
-                present |= 32;
-                params.extend_from_slice(&(fields::parse_uint(hi, 16)? as u16).to_be_bytes());
+            if let Some((lo, hi)) = n.ports {
+                present |= 16;
+                params.extend_from_slice(&lo.to_be_bytes());
+                if let Some(hi) = hi {
+                    present |= 32;
+                    params.extend_from_slice(&hi.to_be_bytes());
+                }
             }
         }
     }
@@ -397,66 +354,21 @@ fn encode_nat(args: &str, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-/// `10.0.0.1:80` → (`10.0.0.1`, `80`); `[fd00::1]:80` → (`[fd00::1]`, `80`).
-fn split_range(r: &str) -> Result<(&str, Option<&str>), String> {
-    if r.starts_with('[') {
-        let close = r.rfind(']').ok_or_else(|| format!("`{r}` lacks `]`"))?;
-        let rest = &r[close + 1..];
-        return match rest.strip_prefix(':') {
-            Some(p) => Ok((&r[..=close], Some(p))),
-            None if rest.is_empty() => Ok((r, None)),
-            None => Err(format!("unexpected `{rest}` in `{r}`")),
-        };
-    }
-    Ok(match r.split_once(':') {
-        Some((a, p)) => (a, Some(p)),
-        None => (r, None),
-    })
-}
-
-/// `learn(table=…,idle_timeout=…,hard_timeout=…,priority=…,cookie=…,<specs>)`
-/// as `NXAST_LEARN` with its flow_mod specs.
-fn encode_learn(args: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let (mut idle, mut hard, mut prio, mut cookie) = (0u16, 0u16, 0x8000u16, 0u64);
-    let (mut flags, mut table, mut fin_idle, mut fin_hard) = (0u16, 1u8, 0u16, 0u16);
+/// `NXAST_LEARN` with its flow_mod specs.
+fn encode_learn(l: &Learn, out: &mut Vec<u8>) -> Result<(), String> {
     let mut specs = Vec::new();
-    for arg in split_top(args)
-        .into_iter()
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-    {
-        let num = |v: &str, bits| fields::parse_uint(v, bits);
-        if let Some(v) = arg.strip_prefix("table=") {
-            table = num(v, 8)? as u8;
-        } else if let Some(v) = arg.strip_prefix("idle_timeout=") {
-            idle = num(v, 16)? as u16;
-        } else if let Some(v) = arg.strip_prefix("hard_timeout=") {
-            hard = num(v, 16)? as u16;
-        } else if let Some(v) = arg.strip_prefix("fin_idle_timeout=") {
-            fin_idle = num(v, 16)? as u16;
-        } else if let Some(v) = arg.strip_prefix("fin_hard_timeout=") {
-            fin_hard = num(v, 16)? as u16;
-        } else if let Some(v) = arg.strip_prefix("priority=") {
-            prio = num(v, 16)? as u16;
-        } else if let Some(v) = arg.strip_prefix("cookie=") {
-            cookie = num(v, 64)? as u64;
-        } else if arg == "send_flow_rem" {
-            flags |= 1;
-        } else if arg == "delete_learned" {
-            flags |= 2;
-        } else {
-            learn_spec(arg, &mut specs)?;
-        }
+    for s in &l.specs {
+        learn_spec(s, &mut specs)?;
     }
     let at = nx_start(out, NXAST_LEARN);
-    out.extend_from_slice(&idle.to_be_bytes());
-    out.extend_from_slice(&hard.to_be_bytes());
-    out.extend_from_slice(&prio.to_be_bytes());
-    out.extend_from_slice(&cookie.to_be_bytes());
-    out.extend_from_slice(&flags.to_be_bytes());
-    out.extend_from_slice(&[table, 0]);
-    out.extend_from_slice(&fin_idle.to_be_bytes());
-    out.extend_from_slice(&fin_hard.to_be_bytes());
+    out.extend_from_slice(&l.idle_timeout.to_be_bytes());
+    out.extend_from_slice(&l.hard_timeout.to_be_bytes());
+    out.extend_from_slice(&l.priority.to_be_bytes());
+    out.extend_from_slice(&l.cookie.to_be_bytes());
+    out.extend_from_slice(&l.flags.to_be_bytes());
+    out.extend_from_slice(&[l.table, 0]);
+    out.extend_from_slice(&l.fin_idle_timeout.to_be_bytes());
+    out.extend_from_slice(&l.fin_hard_timeout.to_be_bytes());
     out.extend_from_slice(&specs);
     nx_end(out, at);
     Ok(())
@@ -466,85 +378,73 @@ const LEARN_SRC_IMMEDIATE: u16 = 1 << 13;
 const LEARN_DST_LOAD: u16 = 1 << 11;
 const LEARN_DST_OUTPUT: u16 = 2 << 11;
 
-/// Whether a learn operand is a value rather than a field.
-fn is_immediate(s: &str) -> bool {
-    s.starts_with(|c: char| c.is_ascii_digit())
-}
-
-/// One learn spec: `FIELD[bits]`, `FIELD[bits]=FIELD[bits]`, `field=value`,
-/// `load:FIELD[bits]|value->FIELD[bits]` or `output:FIELD[bits]`.
-fn learn_spec(arg: &str, out: &mut Vec<u8>) -> Result<(), String> {
+/// One learn spec: its header (source kind, destination kind, bit count),
+/// then the source (a subfield or a constant in whole 16-bit words) and the
+/// destination subfield (none for `output`).
+fn learn_spec(s: &LearnSpec, out: &mut Vec<u8>) -> Result<(), String> {
     let put_sf = |out: &mut Vec<u8>, sf: &Subfield| {
-        out.extend_from_slice(&sf.field.nxm.to_be_bytes());
-        out.extend_from_slice(&(sf.ofs as u16).to_be_bytes());
+        out.extend_from_slice(&sf.field.def().nxm.to_be_bytes());
+        out.extend_from_slice(&u16::from(sf.ofs).to_be_bytes());
     };
-    let put_imm = |out: &mut Vec<u8>, dst: &Subfield, v: &str| -> Result<(), String> {
-        let n = dst.nbits.div_ceil(16) * 2;
-        let mut bytes = vec![0u8; n.max(dst.field.len)];
-        if dst.is_whole() {
-            let val = fields::parse_value(dst.field, v)?;
-            let len = bytes.len();
-            bytes[len - val.len()..].copy_from_slice(&val);
-        } else {
-            let len = bytes.len();
-            fields::put_bits(
-                &mut bytes[len - n..],
-                0,
-                dst.nbits,
-                fields::parse_uint(v, dst.nbits)?,
-            );
-        }
-        out.extend_from_slice(&bytes[bytes.len() - n..]);
+    let put_imm = |out: &mut Vec<u8>, dst: &Subfield, v: u128| -> Result<(), String> {
+        fits(v, dst.width())?;
+        let n = usize::from(dst.nbits).div_ceil(16) * 2;
+        out.extend_from_slice(&fields::be_bytes(v, n));
         Ok(())
     };
-    if let Some(rest) = arg.strip_prefix("load:") {
-        let (src, dst) = rest
-            .split_once("->")
-            .ok_or_else(|| format!("expected `load:src->dst` in learn, got `{arg}`"))?;
-        let dst = fields::parse_subfield(dst)?;
-        if is_immediate(src) {
-            out.extend_from_slice(
-                &(LEARN_SRC_IMMEDIATE | LEARN_DST_LOAD | dst.nbits as u16).to_be_bytes(),
-            );
-            put_imm(out, &dst, src)?;
-        } else {
-            let src = fields::parse_subfield(src)?;
-            if src.nbits != dst.nbits {
-                return Err(format!(
-                    "`{arg}` loads {} bits into {}",
-                    src.nbits, dst.nbits
-                ));
-            }
-            out.extend_from_slice(&(LEARN_DST_LOAD | dst.nbits as u16).to_be_bytes());
-            put_sf(out, &src);
+    let header = |out: &mut Vec<u8>, kind: u16, sf: &Subfield| {
+        out.extend_from_slice(&(kind | u16::from(sf.nbits)).to_be_bytes());
+    };
+    match s {
+        LearnSpec::Match(sf) => {
+            header(out, 0, sf);
+            put_sf(out, sf);
+            put_sf(out, sf);
         }
-        put_sf(out, &dst);
-    } else if let Some(src) = arg.strip_prefix("output:") {
-        let src = fields::parse_subfield(src)?;
-        out.extend_from_slice(&(LEARN_DST_OUTPUT | src.nbits as u16).to_be_bytes());
-        put_sf(out, &src);
-    } else if let Some((dst, src)) = arg.split_once('=') {
-        let dst = fields::parse_subfield(dst)?;
-        if is_immediate(src) {
-            out.extend_from_slice(&(LEARN_SRC_IMMEDIATE | dst.nbits as u16).to_be_bytes());
-            put_imm(out, &dst, src)?;
-        } else {
-            let src = fields::parse_subfield(src)?;
+        LearnSpec::MatchFrom { dst, src } => {
             if src.nbits != dst.nbits {
                 return Err(format!(
-                    "`{arg}` matches {} bits against {}",
+                    "`{s}` matches {} bits against {}",
                     dst.nbits, src.nbits
                 ));
             }
-            out.extend_from_slice(&(dst.nbits as u16).to_be_bytes());
-            put_sf(out, &src);
+            header(out, 0, dst);
+            put_sf(out, src);
+            put_sf(out, dst);
         }
-        put_sf(out, &dst);
-    } else {
-        let sf = fields::parse_subfield(arg)?;
-        out.extend_from_slice(&(sf.nbits as u16).to_be_bytes());
-        put_sf(out, &sf);
-        put_sf(out, &sf);
+        LearnSpec::MatchValue { field, value } => {
+            let dst = Subfield::whole(*field);
+            header(out, LEARN_SRC_IMMEDIATE, &dst);
+            put_imm(out, &dst, u128::from(*value))?;
+            put_sf(out, &dst);
+        }
+        LearnSpec::MatchBits { dst, value } => {
+            header(out, LEARN_SRC_IMMEDIATE, dst);
+            put_imm(out, dst, *value)?;
+            put_sf(out, dst);
+        }
+        LearnSpec::Load { src, dst } => {
+            if src.nbits != dst.nbits {
+                return Err(format!("`{s}` loads {} bits into {}", src.nbits, dst.nbits));
+            }
+            header(out, LEARN_DST_LOAD, dst);
+            put_sf(out, src);
+            put_sf(out, dst);
+        }
+        LearnSpec::LoadValue { value, dst } => {
+            header(out, LEARN_SRC_IMMEDIATE | LEARN_DST_LOAD, dst);
+            put_imm(out, dst, u128::from(*value))?;
+            put_sf(out, dst);
+        }
+        LearnSpec::LoadWide { value, dst } => {
+            header(out, LEARN_SRC_IMMEDIATE | LEARN_DST_LOAD, dst);
+            put_imm(out, dst, *value)?;
+            put_sf(out, dst);
+        }
+        LearnSpec::Output(sf) => {
+            header(out, LEARN_DST_OUTPUT, sf);
+            put_sf(out, sf);
+        }
     }
     Ok(())
 }

@@ -269,9 +269,9 @@ fn flow_mod(f: &FlowMod, xid: u32) -> Result<Vec<u8>, CodecError> {
     b.extend_from_slice(&OFPG_ANY.to_be_bytes());
     b.extend_from_slice(&[0; 4]); // flags, importance
     let empty = Match::new();
-    b.extend_from_slice(&matches::encode_match(&f.matches.unwrap_or(&empty).to_string()).map_err(syntax)?);
+    b.extend_from_slice(&matches::encode_match(f.matches.unwrap_or(&empty)).map_err(syntax)?);
     if let Some(a) = f.actions {
-        let enc = actions::encode_actions(&a.to_string()).map_err(syntax)?;
+        let enc = actions::encode_actions(a).map_err(syntax)?;
         if !enc.actions.is_empty() {
             b.extend_from_slice(&4u16.to_be_bytes()); // OFPIT_APPLY_ACTIONS
             b.extend_from_slice(&((8 + enc.actions.len()) as u16).to_be_bytes());
@@ -301,44 +301,6 @@ const GROUP_SPLIT_BYTES: usize = 60_000;
 /// The Netronome experimenter id OVS uses for its selection-method property.
 pub(crate) const NTR_VENDOR: u32 = 0x0000_154d;
 pub(crate) const NTRT_SELECTION_METHOD: u32 = 1;
-
-/// One hash field of a selection method, `name` or `name=MASK` (the mask in
-/// decimal, as OVS prints it, or `0x` hex): the field and its mask, `None` for
-/// all ones. Masks are for fields of up to 8 bytes (ports, `ip_proto`).
-pub(crate) fn hash_field(
-    group: u32,
-    spec: &str,
-) -> Result<(&'static fields::FieldDef, Option<u64>), CodecError> {
-    let bad = |reason: String| CodecError::Group { id: group, reason };
-    let (name, mask) = match spec.split_once('=') {
-        Some((n, m)) => (n, Some(m)),
-        None => (spec, None),
-    };
-    let field = HASH_FIELDS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, f)| fields::lookup(f))
-        .ok_or_else(|| bad(format!("unknown hash field `{name}`")))?;
-    let Some(mask) = mask else {
-        return Ok((field, None));
-    };
-    let value = match mask.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => mask.parse::<u64>(),
-    }
-    .map_err(|_| {
-        bad(format!(
-            "hash field `{name}`: mask `{mask}` is not a number"
-        ))
-    })?;
-    if field.len > 8 || (field.len < 8 && value >> (8 * field.len) != 0) || value == 0 {
-        return Err(bad(format!(
-            "hash field `{name}`: mask `{mask}` does not fit its {} bytes, or is zero",
-            field.len
-        )));
-    }
-    Ok((field, Some(value)))
-}
 
 /// Hash fields of the selection method, by name.
 pub(crate) static HASH_FIELDS: &[(&str, &str)] = &[
@@ -377,22 +339,21 @@ fn bucket_actions(g: &Group) -> Result<Vec<(u32, Vec<u8>)>, CodecError> {
     g.buckets
         .iter()
         .map(|b| {
-            let text = b.actions.to_string();
             if b.id > OFPG15_BUCKET_MAX {
                 return Err(CodecError::Group {
                     id: g.id,
                     reason: format!("bucket id {:#x} is above OFPG15_BUCKET_MAX", b.id),
                 });
             }
-            let enc = actions::encode_actions(&text).map_err(|reason| CodecError::Syntax {
+            let enc = actions::encode_actions(&b.actions).map_err(|reason| CodecError::Syntax {
                 what: "bucket",
-                text: text.clone(),
+                text: b.actions.to_string(),
                 reason,
             })?;
             if enc.goto.is_some() {
                 return Err(CodecError::Syntax {
                     what: "bucket",
-                    text: text.clone(),
+                    text: b.actions.to_string(),
                     reason: "goto_table is not an action".into(),
                 });
             }
@@ -412,14 +373,12 @@ fn selection_method(g: &Group) -> Result<Vec<u8>, CodecError> {
     p.extend_from_slice(&method);
     p.extend_from_slice(&0u64.to_be_bytes());
     for spec in &g.hash_fields {
-        let (field, mask) = hash_field(g.id, &spec.to_string())?;
         // OVS writes each field as an OXM entry whose value is the field's
         // mask: all ones for a whole field (`oxm_put_field_array`).
-        p.extend_from_slice(&field.oxm.to_be_bytes());
-        match mask {
-            None => p.extend(std::iter::repeat_n(0xff, field.len)),
-            Some(m) => p.extend_from_slice(&m.to_be_bytes()[8 - field.len..]),
-        }
+        p.extend_from_slice(
+            &matches::encode_hash_field(spec)
+                .map_err(|reason| CodecError::Group { id: g.id, reason })?,
+        );
     }
     let len = p.len() as u16;
     p[2..4].copy_from_slice(&len.to_be_bytes());
@@ -590,8 +549,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 pub fn wire_form(g: &Group) -> Result<InstalledGroup, CodecError> {
     let mut hash_fields = Vec::new();
     for spec in &g.hash_fields {
-        let (field, mask) = hash_field(g.id, &spec.to_string())?;
-        hash_fields.push(hash_field_name(field.name, mask));
+        matches::encode_hash_field(spec)
+            .map_err(|reason| CodecError::Group { id: g.id, reason })?;
+        hash_fields.push(spec.to_string());
     }
     Ok(InstalledGroup {
         kind: "select".into(),
