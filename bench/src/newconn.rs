@@ -564,7 +564,7 @@ fn setup(targets: &[Target], clients: u32, log_dir: &std::path::Path) -> Result<
     let groups: Vec<BundleOp> = targets
         .iter()
         .filter(|t| t.is_ovs())
-        .map(|t| BundleOp::PutGroup(group(t)))
+        .map(|t| BundleOp::PutGroup(Arc::new(group(t))))
         .collect();
     let bundle = log_dir.join("groups.bundle");
     std::fs::write(&bundle, render_bundle(&groups))?;
@@ -1137,7 +1137,7 @@ mod tests {
     #[test]
     fn a_big_group_is_split_for_ovs_ofctl() {
         let t = ovs_target(0, 4096, HashVariant::port());
-        let text = render_bundle(&[BundleOp::PutGroup(group(&t))]);
+        let text = render_bundle(&[BundleOp::PutGroup(Arc::new(group(&t)))]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.len() > 4, "{}", lines.len());
         assert!(lines[0].starts_with("group add_or_mod group_id=1,type=select"));

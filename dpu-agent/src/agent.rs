@@ -798,10 +798,10 @@ impl<B: OpenFlowBackend> View<'_, B> {
                 let _ = tx.send(intent);
             }
             Query::Installed(tx) => {
-                let _ = tx.send(self.reconciler.installed().map(|d| Installed {
+                let _ = tx.send(self.reconciler.installed_snapshot().map(|d| Installed {
                     version: self.applied.version,
                     round: self.reconciler.round(),
-                    state: d.clone(),
+                    state: d,
                 }));
             }
             Query::Lb(tx) => {

@@ -20,6 +20,7 @@
 //! AffinityLearn flows learn (see [`Reconciler::forget_installed`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::compile::incremental::Changes;
 use crate::flows::{DesiredState, FlowBody};
@@ -44,7 +45,9 @@ pub struct Reconciler<B> {
     backend: B,
     round: u16,
     /// What this incarnation installed; `None` until the first bundle landed.
-    installed: Option<DesiredState>,
+    /// Shared with observers as a snapshot ([`Self::installed_snapshot`]);
+    /// copied on the next write only while one still holds it.
+    installed: Option<Arc<DesiredState>>,
     /// Rounds and groups found on the switch at start, left by older incarnations.
     stale_rounds: BTreeSet<u16>,
     stale_groups: BTreeMap<u32, InstalledGroup>,
@@ -130,7 +133,12 @@ impl<B: OpenFlowBackend> Reconciler<B> {
     }
 
     pub fn installed(&self) -> Option<&DesiredState> {
-        self.installed.as_ref()
+        self.installed.as_deref()
+    }
+
+    /// The installed view for an observer: O(1) on the agent's loop.
+    pub fn installed_snapshot(&self) -> Option<Arc<DesiredState>> {
+        self.installed.clone()
     }
 
     /// The bundle that takes the switch from installed to `desired`.
@@ -280,7 +288,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         let ops = self.plan_changes(desired, changed);
         let stats = stats_of(&ops);
         self.send(&ops).await?;
-        let installed = self.installed.as_mut().expect("checked above");
+        let installed = Arc::make_mut(self.installed.as_mut().expect("checked above"));
         for k in &changed.flows {
             match desired.flows.get(k) {
                 Some(b) => drop(installed.flows.insert(k.clone(), b.clone())),
@@ -303,7 +311,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         let stats = stats_of(&ops);
         self.send(&ops).await?;
         let first = self.installed.is_none();
-        self.installed = Some(desired.clone());
+        self.installed = Some(Arc::new(desired.clone()));
         self.stale_rounds.clear();
         self.stale_groups.clear();
         self.stale_learned.clear();
@@ -427,7 +435,7 @@ mod tests {
     use crate::pipeline::cookie::Cookie;
     use crate::pipeline::AFFINITY_LEARN;
     use crate::pipeline::CONNTRACK;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     /// A fake switch that records bundles and can be told to refuse the next one.
     #[derive(Debug, Clone, Default)]
@@ -456,7 +464,7 @@ mod tests {
             d.add(
                 CONNTRACK,
                 p,
-                Match::new().kw("ip"),
+                Match::new().proto(crate::openflow::ir::Proto::Ip),
                 Actions::drop(),
                 Cookie::new(Category::Vpc, "v"),
             );
@@ -488,11 +496,15 @@ mod tests {
     fn group(id: u32, owner: &str, bucket: &str) -> Group {
         Group {
             id,
-            hash_fields: vec!["ip_src"],
-            buckets: vec![Bucket::new(0, bucket)],
+            hash_fields: vec![ip_src()],
+            buckets: vec![Bucket::new(0, Arc::new(bucket.parse().unwrap()))],
             owner: Cookie::new(Category::Service, owner),
             learns: true,
         }
+    }
+
+    fn ip_src() -> crate::flows::HashField {
+        crate::flows::HashField::whole(crate::openflow::ir::Field::IpSrc)
     }
 
     /// A Service with affinity as compiled, reduced: one group whose buckets
@@ -505,34 +517,37 @@ mod tests {
         for b in backends {
             let ip = std::net::IpAddr::from([10, 0, 0, *b]);
             let ep = format!("set_field:{:#x}->reg3", 0x0a00_0000 | u32::from(*b));
-            buckets.push(Bucket::new(
-                u32::from(*b),
-                format!("{ep},set_field:0x50->reg4,resubmit(,43)"),
-            ));
+            let actions = format!("{ep},set_field:0x50->reg4,resubmit(,43)");
+            buckets.push(Bucket::new(u32::from(*b), Arc::new(actions.parse().unwrap())));
             let learned = crate::compile::affinity_cookie("web", vip, "tcp", 80, "v", ip, 80);
             d.add(
                 AFFINITY_LEARN,
                 100,
-                Match::new()
-                    .kw("reg0=0x1,tcp,nw_dst=10.96.0.10,tp_dst=80")
-                    .field("reg3", format!("{:#x}", 0x0a00_0000 | u32::from(*b))),
-                Actions::new().raw(format!(
+                format!(
+                    "reg0=0x1,tcp,nw_dst=10.96.0.10,tp_dst=80,reg3={:#x}",
+                    0x0a00_0000 | u32::from(*b)
+                )
+                .parse()
+                .unwrap(),
+                format!(
                     "learn(table=41,idle_timeout=60,priority=100,cookie={:#x},NXM_OF_IP_SRC[],load:NXM_NX_REG3[]->NXM_NX_REG3[])",
                     learned.value(0)
-                )),
+                )
+                .parse()
+                .unwrap(),
                 Cookie::new(Category::Service, "web"),
             );
         }
         if !buckets.is_empty() {
             d.groups.insert(
                 1,
-                Group {
+                Arc::new(Group {
                     id: 1,
-                    hash_fields: vec!["ip_src"],
+                    hash_fields: vec![ip_src()],
                     buckets,
                     owner: Cookie::new(Category::Service, "web"),
                     learns: true,
-                },
+                }),
             );
         }
         d

@@ -44,7 +44,8 @@ pub enum Query {
 pub struct Installed {
     pub version: u64,
     pub round: u16,
-    pub state: DesiredState,
+    /// The reconciler's own view, shared: taking it costs the loop nothing.
+    pub state: std::sync::Arc<DesiredState>,
 }
 
 /// What every observer wants to know, cheap to build.

@@ -378,7 +378,7 @@ impl OpenFlowBackend for OfctlBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::Group;
+    use crate::flows::{Bucket, Group, HashField};
     use crate::pipeline::cookie::{Category, Cookie};
 
     #[test]
@@ -389,7 +389,7 @@ mod tests {
         assert_eq!(s.flows, 3);
         assert!(s.cookies.contains(&0x1000100000001) && s.cookies.contains(&0));
         assert_eq!(s.groups.keys().copied().collect::<Vec<_>>(), vec![7]);
-        assert_eq!(s.groups[&7].buckets, vec![Bucket::new(0, "drop")]);
+        assert_eq!(s.groups[&7].buckets, vec![InstalledBucket::new(0, "drop")]);
         assert_eq!(s.groups[&7].selection_method, None);
         assert_eq!(s.group_users[&2], [0x3000500000abd].into());
         assert_eq!(s.group_users.len(), 1);
@@ -398,8 +398,11 @@ mod tests {
     fn group(id: u32, hash_fields: Vec<&'static str>, buckets: &[&str]) -> Group {
         Group {
             id,
-            hash_fields,
-            buckets: Bucket::numbered(buckets.iter().copied()),
+            hash_fields: hash_fields
+                .iter()
+                .map(|f| HashField::parse(f).unwrap())
+                .collect(),
+            buckets: Bucket::numbered(buckets.iter().map(|b| b.parse().unwrap())),
             owner: Cookie::new(Category::Service, "s"),
             learns: false,
         }

@@ -22,7 +22,7 @@ pub async fn run(ctx: &Ctx, name: &str) -> Result<String, OpsError> {
         intent: intent.as_ref().map(|(v, i)| (*v, i)),
         lb: &lb,
         summary: &summary,
-        installed: installed.as_ref().map(|i| &i.state),
+        installed: installed.as_ref().map(|i| &*i.state),
         switch: switch.as_ref().map_err(String::as_str),
     };
     Ok(hops::check(&gathered).render())

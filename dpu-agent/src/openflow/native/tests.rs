@@ -10,7 +10,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::codec::{self, msg_type};
 use super::NativeBackend;
-use crate::flows::{FlowBody, FlowKey};
+use crate::flows::{Actions, FlowBody, FlowKey, Match};
+use crate::openflow::ir::Field;
 use crate::openflow::{BundleOp, OpenFlowBackend, OpenFlowError};
 use crate::pipeline::cookie::{Category, Cookie};
 
@@ -69,15 +70,8 @@ fn bundle_ctrl_type(m: &[u8]) -> u16 {
 fn ops(n: usize) -> Vec<BundleOp> {
     (0..n)
         .map(|i| BundleOp::AddFlow {
-            key: FlowKey {
-                table: 0,
-                priority: 100,
-                matches: format!("reg0={:#x}", i + 1),
-            },
-            body: FlowBody {
-                actions: "drop".into(),
-                cookie: Cookie::new(Category::Service, "s"),
-            },
+            key: FlowKey::new(0, 100, Match::new().reg(Field::Reg0, i as u32 + 1)),
+            body: FlowBody::new(Actions::drop(), Cookie::new(Category::Service, "s")),
             cookie: 0x1000 + i as u64,
         })
         .collect()
@@ -518,24 +512,26 @@ async fn a_connection_the_switch_closed_while_idle_is_replaced_without_an_error(
     assert_eq!(switch.await.unwrap(), 4);
 }
 
-/// An op the codec cannot encode refuses the bundle before anything is sent:
-/// the socket does not even exist, and the error is not about reaching it.
+/// An op the codec cannot encode (here a match on `nw_dst` without `ip`,
+/// which the types allow and OpenFlow does not) refuses the bundle before
+/// anything is sent: the socket does not even exist, and the error is not
+/// about reaching it.
 #[tokio::test]
 async fn an_op_that_cannot_be_encoded_refuses_the_bundle_unsent() {
     let mut b = backend(Path::new("/nonexistent/br0.mgmt"));
     let mut bad = ops(3);
-    if let BundleOp::AddFlow { body, .. } = &mut bad[1] {
-        body.actions = "frobnicate:7".into();
+    if let BundleOp::AddFlow { key, .. } = &mut bad[1] {
+        let m = Match::new().exact(Field::IpDst, std::net::Ipv4Addr::new(10, 0, 0, 2));
+        *key = FlowKey::new(0, 100, m);
     }
     let e = b.apply(&bad).await.unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, OpenFlowError::Rejected(_)), "{text}");
     assert!(
-        text.contains(
-            "flow add table=0,priority=100,cookie=0x1001,reg0=0x2 actions=frobnicate:7: "
-        ),
+        text.contains("flow add table=0,priority=100,cookie=0x1001,nw_dst=10.0.0.2 actions=drop: "),
         "{text}"
     );
+    assert!(text.contains("prerequisites"), "{text}");
 }
 
 /// A call dropped midway (the agent gave up on it) leaves the connection at an

@@ -2,13 +2,15 @@
 //! load-balancer index and installed state it would give.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use dpu_model::{
     AccessScenario, Backend, Intent, Mac, NetworkProbe, Node, NodeBlock, ProbeType, Protocol,
     Service, ServicePort, Subnet, Vpc, Workload, WorkloadKind,
 };
 
-use crate::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group};
+use crate::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group, HashField};
+use crate::openflow::ir::Field;
 use crate::observe::lb_index::{BackendState, BackendView, GroupView, PortView, ServiceView};
 use crate::observe::{Installed, LbIndex};
 use crate::pipeline::cookie::{Category, Cookie};
@@ -194,15 +196,8 @@ fn flow(
     cookie: Cookie,
 ) {
     d.flows.insert(
-        FlowKey {
-            table,
-            priority,
-            matches: matches.into(),
-        },
-        FlowBody {
-            actions: actions.into(),
-            cookie,
-        },
+        FlowKey::new(table, priority, matches.parse().expect("a fixture match")),
+        FlowBody::new(actions.parse().expect("fixture actions"), cookie),
     );
 }
 
@@ -277,31 +272,36 @@ pub fn installed() -> Installed {
     );
     d.groups.insert(
         5,
-        Group {
+        Arc::new(Group {
             id: 5,
-            hash_fields: vec!["ip_src", "ip_dst"],
+            hash_fields: vec![HashField::whole(Field::IpSrc), HashField::whole(Field::IpDst)],
             buckets: vec![
-                Bucket::new(11, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
-                Bucket::new(12, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
-                Bucket::new(21, "set_field:0xa000006->reg3,set_field:0x1f90->reg4"),
+                bucket(11, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
+                bucket(12, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
+                bucket(21, "set_field:0xa000006->reg3,set_field:0x1f90->reg4"),
             ],
             owner: web,
             learns: false,
-        },
+        }),
     );
     d.groups.insert(
         9,
-        Group {
+        Arc::new(Group {
             id: 9,
-            hash_fields: vec!["ip_src"],
-            buckets: vec![Bucket::new(0, "drop")],
+            hash_fields: vec![HashField::whole(Field::IpSrc)],
+            buckets: vec![bucket(0, "drop")],
             owner: Cookie::new(Category::Service, "gone"),
             learns: false,
-        },
+        }),
     );
     Installed {
         version: 7,
         round: 3,
-        state: d,
+        state: Arc::new(d),
     }
+}
+
+/// A bucket from its actions' text.
+fn bucket(id: u32, actions: &str) -> Bucket {
+    Bucket::new(id, Arc::new(actions.parse().expect("fixture bucket actions")))
 }

@@ -2,7 +2,9 @@
 //! (`ovs-ofctl -O OpenFlow15 -mmmmm parse-flow/parse-group`).
 
 use super::*;
-use crate::flows::{FlowBody, FlowKey};
+use std::sync::Arc;
+
+use crate::flows::{Bucket, FlowBody, FlowKey};
 use crate::openflow::ir::{
     Action, Actions, Ct, CtZone, Field, HashField, Learn, LearnSpec, Match, Nat, Proto, Subfield,
 };
@@ -19,8 +21,8 @@ fn unhex(s: &str) -> Vec<u8> {
 fn group(id: u32, fields: Vec<&'static str>, buckets: &[&str]) -> Group {
     Group {
         id,
-        hash_fields: fields,
-        buckets: Bucket::numbered(buckets.iter().copied()),
+        hash_fields: fields.iter().map(|f| HashField::parse(f).unwrap()).collect(),
+        buckets: Bucket::numbered(buckets.iter().map(|b| b.parse().unwrap())),
         owner: Cookie::new(Category::Service, "s"),
         learns: false,
     }
@@ -84,7 +86,7 @@ fn group_bytes_equal_what_ovs_writes() {
             "set_field:0xfd000001000000000000000000000012->xxreg2,resubmit(,43)",
         ],
     );
-    let msgs = encode_op(&BundleOp::PutGroup(g), 1).unwrap();
+    let msgs = encode_op(&BundleOp::PutGroup(Arc::new(g)), 1).unwrap();
     assert_eq!(msgs.len(), 1);
     // OVS's own tool says ADD_OR_MOD as 0x0000 only when it knows the group is new;
     // on the wire of a bundle it sends 0x8000.
@@ -109,7 +111,7 @@ fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
     );
     for spelling in ["tcp_src=63", "tcp_src=0x3f"] {
         let g = group(1, vec!["ip_src", spelling, "udp_dst"], &["drop"]);
-        let mut ours = encode_op(&BundleOp::PutGroup(g.clone()), 1).unwrap()[0].clone();
+        let mut ours = encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 1).unwrap()[0].clone();
         ours[8] = 0;
         assert_eq!(hex(&ours), hex(&ovs), "{spelling}");
         assert_eq!(
@@ -131,10 +133,19 @@ fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
         "tcp_src=0xzz",
         "ip_dst=300000000000",
     ] {
-        let g = group(1, vec![bad], &["drop"]);
-        let e = encode_op(&BundleOp::PutGroup(g), 1)
-            .unwrap_err()
-            .to_string();
+        // Refused when parsed, or else when encoded.
+        let e = match HashField::parse(bad) {
+            Err(e) => e,
+            Ok(h) => {
+                let g = Group {
+                    hash_fields: vec![h],
+                    ..group(1, vec![], &["drop"])
+                };
+                encode_op(&BundleOp::PutGroup(Arc::new(g)), 1)
+                    .unwrap_err()
+                    .to_string()
+            }
+        };
         assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
     }
 }
@@ -210,15 +221,11 @@ fn actions_equal_what_ovs_writes() {
 #[test]
 fn flow_mods_carry_table_priority_cookie_and_instructions() {
     let op = BundleOp::AddFlow {
-        key: FlowKey {
-            table: 3,
-            priority: 100,
-            matches: "reg0=0x1,ip,nw_dst=10.0.0.1".into(),
-        },
-        body: FlowBody {
-            actions: "set_field:0x5->reg3,goto_table:4".into(),
-            cookie: Cookie::new(Category::Service, "s"),
-        },
+        key: FlowKey::new(3, 100, "reg0=0x1,ip,nw_dst=10.0.0.1".parse().unwrap()),
+        body: FlowBody::new(
+            "set_field:0x5->reg3,goto_table:4".parse().unwrap(),
+            Cookie::new(Category::Service, "s"),
+        ),
         cookie: 5,
     };
     let m = &encode_op(&op, 9).unwrap()[0];
@@ -232,7 +239,7 @@ fn flow_mods_carry_table_priority_cookie_and_instructions() {
 }
 
 #[test]
-fn bad_text_is_an_error_naming_the_token() {
+fn bad_flows_are_an_error_naming_the_token() {
     for (matches, actions, token) in [
         ("reg0=0x1,nw_dst=10.0.0.1", "drop", "ip_dst"),
         ("reg99=1", "drop", "reg99"),
@@ -247,19 +254,18 @@ fn bad_text_is_an_error_naming_the_token() {
         ("ct_state=+new+bogus", "drop", "bogus"),
         ("ip,ipv6", "drop", "ipv6"),
     ] {
-        let op = BundleOp::AddFlow {
-            key: FlowKey {
-                table: 0,
-                priority: 1,
-                matches: matches.into(),
-            },
-            body: FlowBody {
-                actions: actions.into(),
-                cookie: Cookie::new(Category::Service, "s"),
-            },
-            cookie: 0,
+        // Refused when parsed, or else when encoded.
+        let e = match (matches.parse::<Match>(), actions.parse::<Actions>()) {
+            (Ok(m), Ok(a)) => {
+                let op = BundleOp::AddFlow {
+                    key: FlowKey::new(0, 1, m),
+                    body: FlowBody::new(a, Cookie::new(Category::Service, "s")),
+                    cookie: 0,
+                };
+                encode_op(&op, 1).unwrap_err().to_string()
+            }
+            (Err(e), _) | (_, Err(e)) => e,
         };
-        let e = encode_op(&op, 1).unwrap_err().to_string();
         assert!(e.contains(token), "{matches} {actions}: {e}");
     }
 }
@@ -295,7 +301,7 @@ fn big_groups_split_into_insert_bucket_messages() {
     for (b, id) in g.buckets.iter_mut().zip(&want) {
         b.id = *id;
     }
-    let msgs = encode_op(&BundleOp::PutGroup(g.clone()), 3).unwrap();
+    let msgs = encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 3).unwrap();
     assert!(msgs.len() > 1);
     let mut ids = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
