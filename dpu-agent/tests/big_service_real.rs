@@ -135,7 +135,7 @@ fn traced_bucket_ids(ovs: &OvsInstance, bridge: &str, g: u32) -> Vec<u32> {
 
 /// The groups of `d`: the wide one and the small one.
 fn wide_and_small(d: &DesiredState) -> (Group, Group) {
-    let mut gs: Vec<&Group> = d.groups.values().collect();
+    let mut gs: Vec<&Group> = d.groups.values().map(|g| &**g).collect();
     gs.sort_by_key(|g| g.buckets.len());
     assert_eq!(gs.len(), 2, "one group per Service");
     (gs[1].clone(), gs[0].clone())

@@ -18,8 +18,9 @@ mod service;
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts, SRC_PORT_HASH_MASK};
-use dpu_agent::flows::{DesiredState, Group};
+use dpu_agent::flows::{Action, DesiredState, Group};
 use dpu_agent::openflow::OfctlBackend;
+use dpu_agent::pipeline::reg;
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::{Intent, Object, Subnet, Vpc};
@@ -89,17 +90,18 @@ fn backends_by_bucket(g: &Group) -> BTreeMap<u32, Ipv4Addr> {
     g.buckets
         .iter()
         .map(|b| {
-            let hex = b
+            let ip = b
                 .actions
-                .split("set_field:")
-                .nth(1)
-                .and_then(|r| {
-                    r.strip_suffix("->reg3")
-                        .or_else(|| r.split("->reg3").next())
+                .list()
+                .iter()
+                .find_map(|a| match a {
+                    Action::SetField { field, value } if *field == reg::EP_IP => {
+                        Some(Ipv4Addr::from(*value as u32))
+                    }
+                    _ => None,
                 })
-                .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
                 .unwrap_or_else(|| panic!("no reg3 in bucket {}: {}", b.id, b.actions));
-            (b.id, Ipv4Addr::from(hex))
+            (b.id, ip)
         })
         .collect()
 }

@@ -6,10 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpu_agent::compile::assign_bucket_ids;
-use dpu_agent::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group};
+use dpu_agent::flows::{Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match};
 use dpu_agent::openflow::{
     BundleOp, InstalledSummary, NativeBackend, OfctlBackend, OpenFlowBackend, OpenFlowError,
 };
@@ -51,7 +52,7 @@ fn ofctl(ovs: &OvsInstance, bridge: &str) -> OfctlBackend {
 fn assert_same_summary(
     native: &InstalledSummary,
     by_ofctl: &InstalledSummary,
-    groups: &[&Group],
+    groups: &[&Arc<Group>],
     what: &str,
 ) {
     assert_eq!(native.flows, by_ofctl.flows, "{what}: flows");
@@ -98,23 +99,22 @@ fn start_ovs(bridges: &[&str]) -> OvsInstance {
 
 fn flow(table: u8, priority: u16, matches: &str, actions: &str, cookie: u64) -> BundleOp {
     BundleOp::AddFlow {
-        key: FlowKey {
-            table,
-            priority,
-            matches: matches.into(),
-        },
-        body: FlowBody {
-            actions: actions.into(),
-            cookie: Cookie::new(Category::Service, "t"),
-        },
+        key: FlowKey::new(table, priority, matches.parse::<Match>().unwrap()),
+        body: FlowBody::new(
+            actions.parse::<Actions>().unwrap(),
+            Cookie::new(Category::Service, "t"),
+        ),
         cookie,
     }
 }
 
-fn group(id: u32, buckets: usize) -> Group {
-    Group {
+fn group(id: u32, buckets: usize) -> Arc<Group> {
+    Arc::new(Group {
         id,
-        hash_fields: vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"],
+        hash_fields: ["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
+            .iter()
+            .map(|f| HashField::parse(f).unwrap())
+            .collect(),
         buckets: {
             // Ids as the compiler gives them: hashes of the backends.
             let ips: Vec<Ipv4Addr> = (0..buckets)
@@ -127,9 +127,13 @@ fn group(id: u32, buckets: usize) -> Group {
                 .map(|(ip, ids)| {
                     Bucket::new(
                         ids[0],
-                        format!(
-                            "set_field:{:#x}->reg3,set_field:0x1f90->reg4,resubmit(,43)",
-                            u32::from(*ip)
+                        Arc::new(
+                            format!(
+                                "set_field:{:#x}->reg3,set_field:0x1f90->reg4,resubmit(,43)",
+                                u32::from(*ip)
+                            )
+                            .parse::<Actions>()
+                            .unwrap(),
                         ),
                     )
                 })
@@ -139,7 +143,7 @@ fn group(id: u32, buckets: usize) -> Group {
         },
         owner: Cookie::new(Category::Service, "t"),
         learns: false,
-    }
+    })
 }
 
 /// Every golden case (all scenarios, both families, affinity, tunnels) installed
@@ -166,7 +170,7 @@ async fn every_golden_case_installs_as_through_ovs_ofctl() {
             .filter(|o| matches!(o, BundleOp::AddFlow { .. }))
             .count();
         assert_eq!(nf.len(), flows, "{name}");
-        let groups: Vec<&Group> = desired.groups.values().collect();
+        let groups: Vec<&Arc<Group>> = desired.groups.values().collect();
         let by_ofctl = ofctl(&ovs, "brn").installed().await.unwrap();
         assert_same_summary(&n.installed().await.unwrap(), &by_ofctl, &groups, &name);
         assert_same_summary(
@@ -243,7 +247,7 @@ async fn a_bundle_with_one_bad_flow_installs_nothing_and_names_it() {
     }
     // The connection is still good for the good part.
     b.apply(&good).await.unwrap();
-    let groups: Vec<&Group> = good
+    let groups: Vec<&Arc<Group>> = good
         .iter()
         .filter_map(|o| match o {
             BundleOp::PutGroup(g) => Some(g),

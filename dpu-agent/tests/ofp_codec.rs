@@ -19,23 +19,55 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use dpu_agent::flows::{Bucket, FlowBody, FlowKey, Group};
+use dpu_agent::flows::{Actions, Bucket, FlowBody, FlowKey, Group, HashField, Match};
 use dpu_agent::openflow::native::codec::{self, msg_type, BundleCtrl, Header};
 use dpu_agent::openflow::BundleOp;
 use dpu_agent::pipeline::cookie::{Category, Cookie};
 use proptest::prelude::*;
 
-/// One golden case: its flows (key, actions) and groups.
+/// One golden case: its flows and groups.
 struct Case {
     name: String,
-    flows: Vec<(FlowKey, String)>,
+    flows: Vec<Flow>,
     groups: Vec<Group>,
+}
+
+/// A golden flow: its key and actions in the IR, and the match and actions
+/// text of the golden file they were parsed from (what `ovs-ofctl` is given).
+#[derive(Clone)]
+struct Flow {
+    key: FlowKey,
+    actions: Actions,
+    match_text: String,
+    actions_text: String,
 }
 
 fn owner() -> Cookie {
     Cookie::new(Category::Service, "ofp-codec")
+}
+
+fn parse_match(text: &str) -> Match {
+    text.parse()
+        .unwrap_or_else(|e| panic!("match `{text}`: {e}"))
+}
+
+fn parse_actions(text: &str) -> Actions {
+    text.parse()
+        .unwrap_or_else(|e| panic!("actions `{text}`: {e}"))
+}
+
+fn hash_fields(names: &[&str]) -> Vec<HashField> {
+    names
+        .iter()
+        .map(|f| HashField::parse(f).unwrap_or_else(|e| panic!("hash field `{f}`: {e}")))
+        .collect()
+}
+
+fn bucket(id: u32, actions: &str) -> Bucket {
+    Bucket::new(id, Arc::new(parse_actions(actions)))
 }
 
 /// Reads `tests/golden/*/expected.txt` (the dump format of `DesiredState::dump`).
@@ -63,29 +95,27 @@ fn golden_cases() -> Vec<Case> {
             } else if let Some(rest) = line.strip_prefix("priority=") {
                 let (prio, rest) = rest.split_once(' ').unwrap();
                 let (m, actions) = rest.split_once(" actions=").unwrap();
-                let key = FlowKey {
-                    table,
-                    priority: prio.parse().unwrap(),
-                    matches: if m == "*" { String::new() } else { m.into() },
-                };
-                case.flows.push((key, actions.to_string()));
+                let m = if m == "*" { "" } else { m };
+                case.flows.push(Flow {
+                    key: FlowKey::new(table, prio.parse().unwrap(), parse_match(m)),
+                    actions: parse_actions(actions),
+                    match_text: m.to_string(),
+                    actions_text: actions.to_string(),
+                });
             } else if let Some(rest) = line.strip_prefix("group_id=") {
                 let (id, rest) = rest.split_once(' ').unwrap();
                 let fields = rest.split_once("fields(").unwrap().1.trim_end_matches(')');
-                let hash_fields = fields
-                    .split(',')
-                    .map(|f| &*Box::leak(f.to_string().into_boxed_str()))
-                    .collect();
+                let names: Vec<&str> = fields.split(',').collect();
                 case.groups.push(Group {
                     id: id.parse().unwrap(),
-                    hash_fields,
+                    hash_fields: hash_fields(&names),
                     buckets: Vec::new(),
                     owner: owner(),
                     learns: false,
                 });
             } else if let Some(rest) = line.trim_start().strip_prefix("bucket ") {
                 let (id, actions) = rest.split_once(": ").unwrap();
-                let b = Bucket::new(id.parse().unwrap(), actions);
+                let b = bucket(id.parse().unwrap(), actions);
                 case.groups.last_mut().unwrap().buckets.push(b);
             }
         }
@@ -95,27 +125,24 @@ fn golden_cases() -> Vec<Case> {
     cases
 }
 
-fn add_flow(key: &FlowKey, actions: &str, cookie: u64) -> BundleOp {
+fn add_flow(key: &FlowKey, actions: &Actions, cookie: u64) -> BundleOp {
     BundleOp::AddFlow {
         key: key.clone(),
-        body: FlowBody {
-            actions: actions.into(),
-            cookie: owner(),
-        },
+        body: FlowBody::new(actions.clone(), owner()),
         cookie,
     }
 }
 
-/// The flow in `ovs-ofctl` flow syntax.
-fn flow_text(key: &FlowKey, actions: &str, cookie: u64) -> String {
-    let m = if key.matches.is_empty() {
+/// The golden flow in `ovs-ofctl` flow syntax, as the golden file writes it.
+fn flow_text(f: &Flow, cookie: u64) -> String {
+    let m = if f.match_text.is_empty() {
         String::new()
     } else {
-        format!("{},", key.matches)
+        format!("{},", f.match_text)
     };
     format!(
-        "table={},priority={},cookie={cookie:#x},{m}actions={actions}",
-        key.table, key.priority
+        "table={},priority={},cookie={cookie:#x},{m}actions={}",
+        f.key.table, f.key.priority, f.actions_text
     )
 }
 
@@ -177,7 +204,7 @@ fn every_golden_flow_decodes_in_ovs_as_its_text_parses() {
             .flows
             .iter()
             .enumerate()
-            .map(|(i, (k, a))| flow_text(k, a, 0x1000 + i as u64))
+            .map(|(i, f)| flow_text(f, 0x1000 + i as u64))
             .collect();
         fs::write(&file, texts.join("\n") + "\n").unwrap();
         let (ok, parsed) = ofctl(&["parse-flows", file.to_str().unwrap()]);
@@ -188,8 +215,8 @@ fn every_golden_flow_decodes_in_ovs_as_its_text_parses() {
             .map(flow_mod_line)
             .collect();
         assert_eq!(want.len(), case.flows.len(), "{}", case.name);
-        for (i, ((key, actions), want)) in case.flows.iter().zip(&want).enumerate() {
-            let msgs = codec::encode_op(&add_flow(key, actions, 0x1000 + i as u64), 1)
+        for (i, (f, want)) in case.flows.iter().zip(&want).enumerate() {
+            let msgs = codec::encode_op(&add_flow(&f.key, &f.actions, 0x1000 + i as u64), 1)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));
             assert_eq!(msgs.len(), 1);
             let got = flow_mod_line(&ofp_print(&msgs[0]));
@@ -218,7 +245,7 @@ fn every_golden_group_decodes_in_ovs_as_its_text_parses() {
         for g in &case.groups {
             let (ok, parsed) = ofctl(&["parse-group", &g.spec()]);
             assert!(ok, "{}: parse-group: {parsed}", case.name);
-            let msgs = codec::encode_op(&BundleOp::PutGroup(g.clone()), 1).unwrap();
+            let msgs = codec::encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 1).unwrap();
             assert_eq!(msgs.len(), 1);
             let printed = ofp_print(&msgs[0]);
             assert!(printed.contains("ADD_OR_MOD group_id="), "{printed}");
@@ -243,14 +270,14 @@ fn a_group_too_big_for_one_message_becomes_insert_buckets() {
     let id = |i: u32| 0xffff_fefe - (1499 - i) * 2_000_003;
     let g = Group {
         id: 77,
-        hash_fields: vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"],
+        hash_fields: hash_fields(&["ip_src", "ip_dst", "tcp_src", "tcp_dst"]),
         buckets: (0..1500u32)
-            .map(|i| Bucket::new(id(i), buckets[i as usize].as_str()))
+            .map(|i| bucket(id(i), &buckets[i as usize]))
             .collect(),
         owner: owner(),
         learns: false,
     };
-    let msgs = codec::encode_op(&BundleOp::PutGroup(g), 5).unwrap();
+    let msgs = codec::encode_op(&BundleOp::PutGroup(Arc::new(g)), 5).unwrap();
     assert!(msgs.len() >= 2, "{} messages", msgs.len());
     let mut seen = 0;
     for (i, m) in msgs.iter().enumerate() {
@@ -280,11 +307,11 @@ fn a_group_too_big_for_one_message_becomes_insert_buckets() {
 
 #[test]
 fn deletes_decode_in_ovs() {
-    let key = FlowKey {
-        table: 40,
-        priority: 100,
-        matches: "reg0=0x1,tcp,nw_dst=10.96.0.20,tp_dst=443".into(),
-    };
+    let key = FlowKey::new(
+        40,
+        100,
+        parse_match("reg0=0x1,tcp,nw_dst=10.96.0.20,tp_dst=443"),
+    );
     let m = &codec::encode_op(&BundleOp::DeleteFlow(key), 3).unwrap()[0];
     assert_eq!(
         ofp_print(m).trim_end(),
@@ -343,13 +370,13 @@ fn control_messages_decode_in_ovs() {
             format!("OFPT_BUNDLE_CONTROL (OF1.5) (xid=0x5):\n bundle_id=0x11 type={name} flags=atomic ordered\n")
         );
     }
-    let key = FlowKey {
-        table: 0,
-        priority: 100,
-        matches: "in_port=7".into(),
-    };
+    let key = FlowKey::new(0, 100, parse_match("in_port=7"));
     let inner = &codec::encode_op(
-        &add_flow(&key, "set_field:0x1->reg0,goto_table:10", 0x42),
+        &add_flow(
+            &key,
+            &parse_actions("set_field:0x1->reg0,goto_table:10"),
+            0x42,
+        ),
         1,
     )
     .unwrap()[0];
@@ -373,13 +400,17 @@ fn control_messages_decode_in_ovs() {
 
 // ---- fuzz -------------------------------------------------------------------
 
-fn encode_text(matches: &str, actions: &str) -> Result<Vec<Vec<u8>>, codec::CodecError> {
-    let key = FlowKey {
-        table: 1,
-        priority: 1,
-        matches: matches.into(),
-    };
-    codec::encode_op(&add_flow(&key, actions, 1), 1)
+/// Text parsed into the IR, then encoded: either step may refuse it (the
+/// error names the step), neither may panic.
+fn encode_text(matches: &str, actions: &str) -> Result<Vec<Vec<u8>>, String> {
+    let m: Match = matches
+        .parse()
+        .map_err(|e| format!("match `{matches}`: {e}"))?;
+    let a: Actions = actions
+        .parse()
+        .map_err(|e| format!("actions `{actions}`: {e}"))?;
+    let key = FlowKey::new(1, 1, m);
+    codec::encode_op(&add_flow(&key, &a, 1), 1).map_err(|e| e.to_string())
 }
 
 /// Mutates `s` at `pos`: deletes, duplicates or replaces a character.
@@ -403,7 +434,7 @@ fn golden_texts() -> Vec<(String, String)> {
     golden_cases()
         .into_iter()
         .flat_map(|c| c.flows)
-        .map(|(k, a)| (k.matches, a))
+        .map(|f| (f.match_text, f.actions_text))
         .collect()
 }
 
@@ -413,9 +444,11 @@ proptest! {
     #[test]
     fn random_text_never_panics(m in "\\PC{0,80}", a in "\\PC{0,120}") {
         let _ = encode_text(&m, &a);
-        let g = Group { id: 1, hash_fields: vec!["ip_src"], buckets: vec![Bucket::new(0, a.as_str())], owner: owner(), learns: false };
-        let _ = codec::encode_op(&BundleOp::PutGroup(g.clone()), 1);
-        let _ = codec::wire_form(&g);
+        if let Ok(actions) = a.parse::<Actions>() {
+            let g = Group { id: 1, hash_fields: hash_fields(&["ip_src"]), buckets: vec![Bucket::new(0, Arc::new(actions))], owner: owner(), learns: false };
+            let _ = codec::encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 1);
+            let _ = codec::wire_form(&g);
+        }
     }
 
     #[test]
@@ -498,8 +531,8 @@ fn the_decoders_read_flow_and_group_desc_bodies() {
     let groups = codec::parse_group_desc_body(&unhex(GROUP_DESC_BODY)).unwrap();
     let g = Group {
         id: 1,
-        hash_fields: vec!["ip_src"],
-        buckets: vec![Bucket::new(0, "set_field:0xa00010b->reg3")],
+        hash_fields: hash_fields(&["ip_src"]),
+        buckets: vec![bucket(0, "set_field:0xa00010b->reg3")],
         owner: owner(),
         learns: false,
     };
@@ -507,19 +540,17 @@ fn the_decoders_read_flow_and_group_desc_bodies() {
     assert_eq!(groups[0].0, 1);
     assert!(groups[0].1.is(&g), "{:?}", groups[0].1);
     let mut other = g.clone();
-    other.buckets = vec![Bucket::new(0, "set_field:0xa00010c->reg3")];
+    other.buckets = vec![bucket(0, "set_field:0xa00010c->reg3")];
     assert!(!groups[0].1.is(&other));
     // The same actions under another id: OVS would hash flows elsewhere.
     let mut other = g.clone();
     other.buckets[0].id = 1;
     assert!(!groups[0].1.is(&other));
     let mut other = g.clone();
-    other.hash_fields = vec!["ip_dst"];
+    other.hash_fields = hash_fields(&["ip_dst"]);
     assert!(!groups[0].1.is(&other));
     let mut other = g;
-    other
-        .buckets
-        .push(Bucket::new(1, "set_field:0xa00010b->reg3"));
+    other.buckets.push(bucket(1, "set_field:0xa00010b->reg3"));
     assert!(!groups[0].1.is(&other));
 }
 
@@ -796,22 +827,16 @@ fn golden_groups_and_flows_read_back_from_a_real_switch() {
         let mut ops: Vec<BundleOp> = case
             .groups
             .iter()
-            .cloned()
-            .map(BundleOp::PutGroup)
+            .map(|g| BundleOp::PutGroup(Arc::new(g.clone())))
             .collect();
         let mut want_users: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
         let mut want_flows = BTreeSet::new();
-        for (i, (key, actions)) in case.flows.iter().enumerate() {
+        for (i, f) in case.flows.iter().enumerate() {
             let cookie = 0x77_0000 + i as u64;
-            ops.push(add_flow(key, actions, cookie));
-            want_flows.insert((key.table, key.priority, cookie));
-            for a in actions.split(',') {
-                if let Some(g) = a.strip_prefix("group:") {
-                    want_users
-                        .entry(g.parse().unwrap())
-                        .or_default()
-                        .insert(cookie);
-                }
+            ops.push(add_flow(&f.key, &f.actions, cookie));
+            want_flows.insert((f.key.table, f.key.priority, cookie));
+            for g in f.actions.groups() {
+                want_users.entry(g).or_default().insert(cookie);
             }
         }
         sw.bundle(&ops, &case.name);
@@ -885,14 +910,14 @@ fn golden_groups_and_flows_read_back_from_a_real_switch() {
 
     // A group split over INSERT_BUCKET messages reads back whole. (Its
     // GROUP_DESC entry must still fit one reply: 950 buckets of 64 bytes.)
-    let big = Group {
+    let big = Arc::new(Group {
         id: 4242,
-        hash_fields: vec!["ip_src", "ip_dst", "udp_src", "udp_dst"],
+        hash_fields: hash_fields(&["ip_src", "ip_dst", "udp_src", "udp_dst"]),
         buckets: (0..950u32)
             .map(|i| {
-                Bucket::new(
+                bucket(
                     i * 4_000_037 + 11,
-                    format!(
+                    &format!(
                         "set_field:{:#x}->reg3,set_field:0x35->reg4,resubmit(,45)",
                         0x0a00_0000 + i
                     ),
@@ -901,7 +926,7 @@ fn golden_groups_and_flows_read_back_from_a_real_switch() {
             .collect(),
         owner: owner(),
         learns: false,
-    };
+    });
     assert!(
         codec::encode_op(&BundleOp::PutGroup(big.clone()), 0)
             .unwrap()
@@ -923,13 +948,9 @@ fn golden_groups_and_flows_read_back_from_a_real_switch() {
     assert!(found, "the split group is missing");
 
     // The switch's refusal decodes with its name and the refused message's xid.
-    let key = FlowKey {
-        table: 0,
-        priority: 5,
-        matches: "ip".into(),
-    };
+    let key = FlowKey::new(0, 5, parse_match("ip"));
     let xid = sw.xid();
-    let bad = codec::encode_op(&add_flow(&key, "group:999", 1), xid).unwrap();
+    let bad = codec::encode_op(&add_flow(&key, &Actions::new().group(999), 1), xid).unwrap();
     sw.send(&bad[0]);
     let barrier = sw.xid();
     sw.send(&codec::barrier_request(barrier));

@@ -161,7 +161,7 @@ impl Lab {
         let installed = Installed {
             version: 7,
             round: 3,
-            state: self.desired.clone(),
+            state: Arc::new(self.desired.clone()),
         };
         tokio::spawn(async move {
             while let Some(q) = rx.recv().await {

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{Bucket, DesiredState, Group};
+use dpu_agent::flows::{Actions, Bucket, DesiredState, Group, HashField, Match};
 use dpu_agent::openflow::{InstalledGroup, OfctlBackend, OpenFlowBackend};
 use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::reconcile::Reconciler;
@@ -209,7 +210,10 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
     let owner = Cookie::new(Category::Service, "YusurService/web");
     let group = |id: u32, hash_fields: Vec<&'static str>, buckets: &[&str]| Group {
         id,
-        hash_fields,
+        hash_fields: hash_fields
+            .iter()
+            .map(|f| HashField::parse(f).unwrap())
+            .collect(),
         // Ids as the compiler gives them (hashes, up to 0xfffffefe), so that
         // the switch is seen to keep them.
         buckets: {
@@ -218,7 +222,10 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
                 .enumerate()
                 .map(|(i, a)| {
                     let ip = std::net::IpAddr::from([10, 0, 0, i as u8]);
-                    Bucket::new(dpu_agent::compile::bucket_id("blue", ip, 8080, 0), *a)
+                    Bucket::new(
+                        dpu_agent::compile::bucket_id("blue", ip, 8080, 0),
+                        Arc::new(a.parse::<Actions>().unwrap()),
+                    )
                 })
                 .collect();
             b.sort();
@@ -255,14 +262,14 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
         ),
         group(4, vec!["ipv6_src"], &["set_field:0x0->xxreg2,set_field:0x50->reg4,resubmit(,43)"]),
     ] {
-        d.groups.insert(g.id, g);
+        d.groups.insert(g.id, Arc::new(g));
     }
     // A flow that sends to group 1, as ServiceSelect does.
     d.add(
         dpu_agent::pipeline::SERVICE_SELECT,
         100,
-        dpu_agent::flows::Match::new().kw("tcp").field("tp_dst", 80),
-        dpu_agent::flows::Actions::new().group(1),
+        "tcp,tp_dst=80".parse::<Match>().unwrap(),
+        Actions::new().group(1),
         owner,
     );
     let mut backend = OfctlBackend::new(ovs.mgmt(&bridge), "ovs-ofctl");
@@ -316,7 +323,7 @@ fn has_cookie(flow: &str, cookie: u64) -> bool {
 fn learned_cookies(d: &DesiredState) -> BTreeSet<u64> {
     d.flows
         .values()
-        .filter_map(|b| dpu_agent::flows::learned_cookie(&b.actions))
+        .filter_map(|b| b.actions.learned_cookie())
         .collect()
 }
 

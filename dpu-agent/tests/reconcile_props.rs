@@ -43,7 +43,8 @@ use std::sync::{Arc, Mutex};
 
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{learned_cookie, Bucket, DesiredState, FlowBody, FlowKey, Group};
+use dpu_agent::flows::{Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match};
+use dpu_agent::openflow::ir::Field;
 use dpu_agent::openflow::{
     BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
 };
@@ -76,7 +77,7 @@ fn config(cases: u32) -> Config {
 /// One installed flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Installed {
-    actions: String,
+    actions: Arc<Actions>,
     cookie: u64,
 }
 
@@ -84,21 +85,29 @@ struct Installed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Tables {
     flows: BTreeMap<FlowKey, Installed>,
-    groups: BTreeMap<u32, Group>,
+    groups: BTreeMap<u32, Arc<Group>>,
 }
 
 /// The group ids an action list names (`group:N`).
-fn groups_named(actions: &str) -> Vec<u32> {
-    actions
-        .match_indices("group:")
-        .filter_map(|(at, _)| {
-            let digits: String = actions[at + 6..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
+fn groups_named(actions: &Actions) -> Vec<u32> {
+    actions.groups().collect()
+}
+
+/// A match written as `ovs-ofctl` text, in the IR.
+fn parse_match(text: &str) -> Match {
+    text.parse()
+        .unwrap_or_else(|e| panic!("match `{text}`: {e}"))
+}
+
+/// Actions written as `ovs-ofctl` text, in the IR.
+fn parse_actions(text: &str) -> Actions {
+    text.parse()
+        .unwrap_or_else(|e| panic!("actions `{text}`: {e}"))
+}
+
+/// The action of a learned affinity entry.
+fn learned_entry_actions() -> Arc<Actions> {
+    Arc::new(parse_actions("load:0x1->NXM_NX_REG2[0]"))
 }
 
 impl Tables {
@@ -182,17 +191,19 @@ impl MemorySwitch {
         let learning: Vec<(FlowKey, u64)> = t
             .flows
             .iter()
-            .filter_map(|(k, f)| learned_cookie(&f.actions).map(|c| (k.clone(), c)))
+            .filter_map(|(k, f)| f.actions.learned_cookie().map(|c| (k.clone(), c)))
             .collect();
         let mut out = Vec::new();
         for (i, (origin, cookie)) in learning.into_iter().enumerate() {
-            let key = FlowKey {
-                table: SESSION_AFFINITY.id,
-                priority: 100,
-                matches: format!("learned,i={i},n={serial}"),
-            };
+            // A match of its own: metadata, which no compiled or generated
+            // flow matches, numbers the entry.
+            let key = FlowKey::new(
+                SESSION_AFFINITY.id,
+                100,
+                Match::new().exact(Field::Metadata, u64::from(serial) << 32 | i as u64),
+            );
             let entry = Installed {
-                actions: "load:0x1->NXM_NX_REG2[0]".into(),
+                actions: learned_entry_actions(),
                 cookie,
             };
             t.flows.insert(key.clone(), entry);
@@ -416,11 +427,11 @@ fn check_affinity(
     fresh: bool,
 ) -> Result<(), TestCaseError> {
     let learns =
-        |d: &DesiredState, k: &FlowKey| d.flows.get(k).and_then(|b| learned_cookie(&b.actions));
+        |d: &DesiredState, k: &FlowKey| d.flows.get(k).and_then(|b| b.actions.learned_cookie());
     let wanted: BTreeSet<u64> = desired
         .flows
         .values()
-        .filter_map(|b| learned_cookie(&b.actions))
+        .filter_map(|b| b.actions.learned_cookie())
         .collect();
     for (k, (origin, cookie)) in learned_from.iter() {
         if !before.flows.contains_key(k) {
@@ -466,7 +477,11 @@ fn learn_action(backend: &str) -> String {
     )
 }
 
-fn group(id: u32) -> impl Strategy<Value = Group> {
+fn hash_fields(names: &[&str]) -> Vec<HashField> {
+    names.iter().map(|f| HashField::parse(f).unwrap()).collect()
+}
+
+fn group(id: u32) -> impl Strategy<Value = Arc<Group>> {
     (
         proptest::collection::vec(
             prop::sample::select(vec![
@@ -483,20 +498,22 @@ fn group(id: u32) -> impl Strategy<Value = Group> {
     )
         // As compiled: a group learns exactly when its Service has affinity,
         // which also makes it hash on the client address alone.
-        .prop_map(move |(buckets, owner, learns, stride)| Group {
-            id,
-            hash_fields: if learns {
-                vec!["ip_src"]
-            } else {
-                vec!["ip_src", "ip_dst", "tcp_src", "tcp_dst"]
-            },
-            buckets: buckets
-                .into_iter()
-                .enumerate()
-                .map(|(i, a)| Bucket::new(i as u32 * stride, a))
-                .collect(),
-            owner: Cookie::new(Category::Service, OWNERS[owner]),
-            learns,
+        .prop_map(move |(buckets, owner, learns, stride)| {
+            Arc::new(Group {
+                id,
+                hash_fields: if learns {
+                    hash_fields(&["ip_src"])
+                } else {
+                    hash_fields(&["ip_src", "ip_dst", "tcp_src", "tcp_dst"])
+                },
+                buckets: buckets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, a)| Bucket::new(i as u32 * stride, Arc::new(parse_actions(a))))
+                    .collect(),
+                owner: Cookie::new(Category::Service, OWNERS[owner]),
+                learns,
+            })
         })
 }
 
@@ -522,15 +539,14 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
         actions.extend(LEARNED.iter().map(|b| learn_action(b)));
         actions.extend(ids.iter().map(|id| format!("group:{id}")));
         actions.extend(ids.iter().map(|id| format!("resubmit(,41),group:{id}")));
+        let actions: Vec<Actions> = actions.iter().map(|a| parse_actions(a)).collect();
         let key = (
             prop::sample::select(TABLES.iter().map(|t| t.id).collect::<Vec<_>>()),
             prop::sample::select(vec![0u16, 100, 200]),
             prop::sample::select(vec!["", "ip", "arp", "reg0=0x1,ip", "tcp,tp_dst=80"]),
         )
-            .prop_map(|(table, priority, matches)| FlowKey {
-                table,
-                priority,
-                matches: matches.to_string(),
+            .prop_map(|(table, priority, matches)| {
+                FlowKey::new(table, priority, parse_match(matches))
             });
         let category = prop::sample::select(vec![
             Category::Pipeline,
@@ -540,24 +556,20 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
             Category::Endpoint,
         ]);
         let body = (prop::sample::select(actions), category, 0..OWNERS.len()).prop_map(
-            |(actions, category, owner)| FlowBody {
-                actions,
-                cookie: Cookie::new(category, OWNERS[owner]),
+            |(actions, category, owner)| {
+                FlowBody::new(actions, Cookie::new(category, OWNERS[owner]))
             },
         );
         proptest::collection::btree_map(key, body, 0..12).prop_map(move |mut flows| {
             // As compiled: every group has a flow sending to it, and a flow that
             // sends to a group carries the group's owner cookie.
             for g in groups.values() {
-                let key = FlowKey {
-                    table: SERVICE_SELECT.id,
-                    priority: 100,
-                    matches: format!("reg0={:#x},udp", g.id),
-                };
-                let body = FlowBody {
-                    actions: format!("group:{}", g.id),
-                    cookie: g.owner,
-                };
+                let key = FlowKey::new(
+                    SERVICE_SELECT.id,
+                    100,
+                    parse_match(&format!("reg0={:#x},udp", g.id)),
+                );
+                let body = FlowBody::new(Actions::new().group(g.id), g.owner);
                 flows.insert(key, body);
             }
             // As compiled: no two flows learn under the same cookie.
@@ -566,8 +578,11 @@ fn desired_state() -> impl Strategy<Value = DesiredState> {
                 if let Some(g) = groups_named(&f.actions).first() {
                     f.cookie = groups[g].owner;
                 }
-                if learned_cookie(&f.actions).is_some_and(|c| !learned.insert(c)) {
-                    f.actions = "drop".into();
+                if f.actions
+                    .learned_cookie()
+                    .is_some_and(|c| !learned.insert(c))
+                {
+                    f.actions = Arc::new(Actions::drop());
                 }
             }
             DesiredState {
@@ -595,7 +610,8 @@ fn leftovers() -> impl Strategy<Value = Tables> {
     let flow = (
         stale_round,
         prop::sample::select(vec![0u8, 30, 40, 41]),
-        prop::sample::select(vec!["", "ip", "arp", "old"]),
+        // `reg7=0x1`: a match no desired state has (only older incarnations).
+        prop::sample::select(vec!["", "ip", "arp", "reg7=0x1"]),
         proptest::option::of(1..=8u32),
         any::<bool>(),
     );
@@ -608,27 +624,24 @@ fn leftovers() -> impl Strategy<Value = Tables> {
             for id in group_ids {
                 let g = Group {
                     id,
-                    hash_fields: vec!["ip_src"],
-                    buckets: vec![Bucket::new(0, "resubmit(,45)")],
+                    hash_fields: hash_fields(&["ip_src"]),
+                    buckets: Bucket::numbered([parse_actions("resubmit(,45)")]),
                     owner: Cookie::new(Category::Service, "old"),
                     learns: false,
                 };
-                t.groups.insert(id, g);
+                t.groups.insert(id, Arc::new(g));
             }
             for (round, table, matches, group, learned) in flows {
-                let key = FlowKey {
-                    table,
-                    priority: 50,
-                    matches: matches.into(),
-                };
+                let key = FlowKey::new(table, 50, parse_match(matches));
                 let (actions, cookie) = if learned {
                     let c = Cookie::new(Category::AffinityLearned, "old");
-                    ("load:0x1->NXM_NX_REG2[0]".to_string(), c.value(0))
+                    (learned_entry_actions(), c.value(0))
                 } else {
                     let actions = match group.filter(|g| t.groups.contains_key(g)) {
-                        Some(g) => format!("group:{g}"),
-                        None => "drop".into(),
+                        Some(g) => Actions::new().group(g),
+                        None => Actions::drop(),
                     };
+                    let actions = Arc::new(actions);
                     let c = Cookie::new(Category::Vpc, "old").value(0)
                         | (u64::from(round) << ROUND_SHIFT);
                     (actions, c)
@@ -685,7 +698,7 @@ fn check_group_owners(d: &DesiredState) -> Result<(), TestCaseError> {
     // no other flow may learn under it.
     let mut learned = BTreeSet::new();
     for (k, f) in &d.flows {
-        if let Some(c) = learned_cookie(&f.actions) {
+        if let Some(c) = f.actions.learned_cookie() {
             prop_assert!(
                 learned.insert(c),
                 "{:?} learns under a cookie another flow uses",
@@ -984,7 +997,7 @@ fn restart_flushes_only_the_entries_of_backends_gone_meanwhile() {
         let db: BTreeSet<u64> = gone
             .flows
             .values()
-            .filter_map(|b| learned_cookie(&b.actions))
+            .filter_map(|b| b.actions.learned_cookie())
             .collect();
         assert_eq!(db.len(), 1);
         assert_eq!(entries(&sw), db, "affinity of a deleted Service survived");
@@ -994,24 +1007,17 @@ fn restart_flushes_only_the_entries_of_backends_gone_meanwhile() {
 /// The fake switch itself refuses what it must, so the properties can fail.
 #[test]
 fn memory_switch_refuses_ordering_mistakes() {
-    let g = Group {
+    let g = Arc::new(Group {
         id: 3,
-        hash_fields: vec!["ip_src"],
-        buckets: vec![Bucket::new(0, "resubmit(,45)")],
+        hash_fields: hash_fields(&["ip_src"]),
+        buckets: Bucket::numbered([parse_actions("resubmit(,45)")]),
         owner: Cookie::new(Category::Service, "s"),
         learns: false,
-    };
-    let key = FlowKey {
-        table: 40,
-        priority: 100,
-        matches: "ip".into(),
-    };
+    });
+    let key = FlowKey::new(40, 100, parse_match("ip"));
     let add = BundleOp::AddFlow {
         key: key.clone(),
-        body: FlowBody {
-            actions: "resubmit(,41),group:3".into(),
-            cookie: g.owner,
-        },
+        body: FlowBody::new(parse_actions("resubmit(,41),group:3"), g.owner),
         cookie: 1,
     };
     let mut t = Tables::default();
@@ -1025,7 +1031,10 @@ fn memory_switch_refuses_ordering_mistakes() {
     t.apply(&BundleOp::DeleteFlow(key)).unwrap();
     t.apply(&BundleOp::DeleteGroup(3)).unwrap();
     assert_eq!(t, Tables::default());
-    assert_eq!(groups_named("group:12,resubmit(,41),group:3"), vec![12, 3]);
+    assert_eq!(
+        groups_named(&parse_actions("group:12,resubmit(,41),group:3")),
+        vec![12, 3]
+    );
 }
 
 proptest! {

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpu_agent::flows::{Bucket, FlowBody, FlowKey, Group};
+use dpu_agent::flows::{Actions, Bucket, FlowBody, FlowKey, Group, HashField, Match};
 use dpu_agent::observe::datapath;
 use dpu_agent::observe::switch_stats::{self, FlowCounter, GroupCounter};
 use dpu_agent::openflow::{BundleOp, NativeBackend, OpenFlowBackend};
@@ -237,34 +238,34 @@ fn owner() -> Cookie {
 }
 
 /// A select group whose bucket ids are in no sorted order.
-fn group(id: u32, buckets: u32) -> Group {
-    Group {
+fn group(id: u32, buckets: u32) -> Arc<Group> {
+    Arc::new(Group {
         id,
-        hash_fields: vec!["ip_src", "ip_dst"],
+        hash_fields: vec![
+            HashField::parse("ip_src").unwrap(),
+            HashField::parse("ip_dst").unwrap(),
+        ],
         buckets: (0..buckets)
             .map(|i| {
                 Bucket::new(
                     (i * 7919 + 11) % 100_003,
-                    format!("set_field:{i:#x}->reg3,set_field:0x1f90->reg4,resubmit(,43)"),
+                    Arc::new(
+                        format!("set_field:{i:#x}->reg3,set_field:0x1f90->reg4,resubmit(,43)")
+                            .parse::<Actions>()
+                            .unwrap(),
+                    ),
                 )
             })
             .collect(),
         owner: owner(),
         learns: false,
-    }
+    })
 }
 
-fn flow(table: u8, matches: String, actions: &str, cookie: u64) -> BundleOp {
+fn flow(table: u8, matches: &str, actions: &str, cookie: u64) -> BundleOp {
     BundleOp::AddFlow {
-        key: FlowKey {
-            table,
-            priority: 100,
-            matches,
-        },
-        body: FlowBody {
-            actions: actions.into(),
-            cookie: owner(),
-        },
+        key: FlowKey::new(table, 100, matches.parse::<Match>().unwrap()),
+        body: FlowBody::new(actions.parse::<Actions>().unwrap(), owner()),
         cookie,
     }
 }
@@ -282,7 +283,7 @@ async fn a_group_of_1200_buckets_is_read_and_ovs_survives() {
             BundleOp::PutGroup(big.clone()),
             BundleOp::PutGroup(small.clone()),
             BundleOp::PutGroup(after.clone()),
-            flow(40, "ip,nw_dst=10.0.0.1".into(), "group:1", 0x41),
+            flow(40, "ip,nw_dst=10.0.0.1", "group:1", 0x41),
         ])
         .await
         .unwrap();
@@ -346,7 +347,7 @@ async fn a_read_of_one_table_of_many_flows() {
         for table in [40, 41] {
             ops.push(flow(
                 table,
-                format!("ip,nw_dst={ip}"),
+                &format!("ip,nw_dst={ip}"),
                 "group:1",
                 u64::from(table) << 32 | u64::from(i),
             ));
