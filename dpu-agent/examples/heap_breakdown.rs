@@ -7,7 +7,7 @@
 //! structure it keeps: the intent and its index by the bytes a deep copy
 //! allocates, and the flow state by the bytes freed when each piece goes
 //! (flows and groups are shared between the pieces, so they count with the
-//! merged state, dropped last).
+//! merged state and the set of distinct action lists, dropped last).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -119,8 +119,9 @@ fn main() {
     let backends_b = piece(Piece::BackendIndex);
     let owners_b = piece(Piece::Owners);
     let parts_b = piece(Piece::Parts);
-    let merged_b = piece(Piece::Merged);
-    let known = intent_b + index_b + alloc_b + installed_b + backends_b + owners_b + parts_b + merged_b;
+    let merged_b = piece(Piece::Merged) + piece(Piece::Actions);
+    let known =
+        intent_b + index_b + alloc_b + installed_b + backends_b + owners_b + parts_b + merged_b;
     println!(
         "N={n}: {flows} flows, {groups} groups; agent state after the snapshot {}",
         mib(kept)
@@ -134,17 +135,14 @@ fn main() {
     );
     println!("| allocations (zones, group ids) | {} |", mib(alloc_b));
     println!(
-        "| the merged desired state: every flow and group, held once (`IncrementalCompiler::merged`) | {} |",
+        "| the merged desired state: every flow, group and distinct action list, held once | {} |",
         mib(merged_b)
     );
     println!(
-        "| the per-Service compiled parts (maps of shared flows) | {} |",
+        "| the per-Service compiled parts (sorted slices of shared flows) | {} |",
         mib(parts_b)
     );
-    println!(
-        "| the flow and group owner indexes | {} |",
-        mib(owners_b)
-    );
+    println!("| the flow and group owner indexes | {} |", mib(owners_b));
     println!(
         "| the per-Service and per-backend indexes | {} |",
         mib(backends_b)

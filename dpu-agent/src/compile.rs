@@ -277,7 +277,10 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             d.add(
                 CLASSIFY,
                 100,
-                Match::new().in_port(t).exact(Field::TunId, vpc.vni).proto(fam),
+                Match::new()
+                    .in_port(t)
+                    .exact(Field::TunId, vpc.vni)
+                    .proto(fam),
                 Actions::new()
                     .set_reg(reg::VPC, z)
                     .set_reg(reg::ORIGIN, reg::ORIGIN_TUNNEL)
@@ -1050,9 +1053,7 @@ fn nd_advertise(d: &mut DesiredState) {
             .proto(Proto::Icmp6)
             .exact(Field::Icmpv6Type, 136u8)
             .exact(Field::Icmpv6Code, 0u8),
-        Actions::new()
-            .set_field(Field::NdTll, ROUTER_MAC)
-            .in_port(),
+        Actions::new().set_field(Field::NdTll, ROUTER_MAC).in_port(),
         Cookie::new(Category::Pipeline, "pipeline"),
     );
 }
@@ -1128,10 +1129,7 @@ fn l4_fields(p: Protocol) -> (HashField, Field) {
         Protocol::Udp => (Field::UdpSrc, Field::UdpDst),
         Protocol::Sctp => (Field::SctpSrc, Field::SctpDst),
     };
-    (
-        HashField::masked(src, u64::from(SRC_PORT_HASH_MASK)),
-        dst,
-    )
+    (HashField::masked(src, u64::from(SRC_PORT_HASH_MASK)), dst)
 }
 
 /// A protocol's destination-port field (`tp_dst` in a match).
@@ -1257,12 +1255,7 @@ fn mv(src: Field, dst: Field) -> Action {
 /// The learn of an AffinityLearn flow: a SessionAffinity entry for this
 /// client, VIP and port that loads the chosen endpoint (and, behind a service
 /// gateway, its VPC zone) and flags the hit.
-fn affinity_learn(
-    idle_timeout: u16,
-    cookie: u64,
-    p: Protocol,
-    zone: Option<LearnSpec>,
-) -> Learn {
+fn affinity_learn(idle_timeout: u16, cookie: u64, p: Protocol, zone: Option<LearnSpec>) -> Learn {
     let ep = Subfield::whole(reg::EP_IP);
     let epp = Subfield::whole(reg::EP_PORT);
     let mut specs = vec![

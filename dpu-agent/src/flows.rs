@@ -218,8 +218,20 @@ mod tests {
         let mut d = DesiredState::default();
         let a = Cookie::new(Category::Service, "a");
         let b = Cookie::new(Category::Service, "b");
-        d.add(CONNTRACK, 1, Match::new().proto(Proto::Ip), Actions::drop(), a);
-        d.add(CONNTRACK, 1, Match::new().proto(Proto::Ip), Actions::drop(), b);
+        d.add(
+            CONNTRACK,
+            1,
+            Match::new().proto(Proto::Ip),
+            Actions::drop(),
+            a,
+        );
+        d.add(
+            CONNTRACK,
+            1,
+            Match::new().proto(Proto::Ip),
+            Actions::drop(),
+            b,
+        );
         assert_eq!(d.flows.len(), 1);
         assert_eq!(d.flows.values().next().map(|f| f.cookie), Some(a));
     }

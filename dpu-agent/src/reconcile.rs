@@ -518,7 +518,10 @@ mod tests {
             let ip = std::net::IpAddr::from([10, 0, 0, *b]);
             let ep = format!("set_field:{:#x}->reg3", 0x0a00_0000 | u32::from(*b));
             let actions = format!("{ep},set_field:0x50->reg4,resubmit(,43)");
-            buckets.push(Bucket::new(u32::from(*b), Arc::new(actions.parse().unwrap())));
+            buckets.push(Bucket::new(
+                u32::from(*b),
+                Arc::new(actions.parse().unwrap()),
+            ));
             let learned = crate::compile::affinity_cookie("web", vip, "tcp", 80, "v", ip, 80);
             d.add(
                 AFFINITY_LEARN,

@@ -20,7 +20,7 @@
 //! A change of facts, zones, VPCs or nodes rebuilds everything (not the hot
 //! path); so does the first compile and one after a refused bundle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ use dpu_model::{AccessScenario, Intent, Kind, ObjectKey, Service, Workload};
 use super::{compile_base, global_parts, service_parts, EnvShape, Part, PartEnv, Readiness};
 use crate::alloc::Allocations;
 use crate::compile::{Compiled, NodeFacts};
-use crate::flows::{DesiredState, FlowBody, FlowKey, Group};
+use crate::flows::{Actions, DesiredState, FlowBody, FlowKey, Group};
 
 /// The keys whose merged value may have changed in one step: what the
 /// reconciler has to look at.
@@ -50,6 +50,8 @@ pub enum Piece {
     Parts,
     /// The merged desired state.
     Merged,
+    /// The set of distinct action lists.
+    Actions,
 }
 
 /// What one [`IncrementalCompiler::update`] did.
@@ -61,23 +63,32 @@ pub enum Step {
     Incremental { parts: usize },
 }
 
+/// (VPC name, Service name): a Service with a backend at an address in a VPC.
+type BackendUser = (Arc<str>, Arc<str>);
+
 /// Per-Service inputs of the aggregate parts, to update their counts when the
 /// Service changes or goes.
 #[derive(Debug, Clone, Default)]
 struct ServiceFacts {
     node_vpc: Option<String>,
     gateway_vpcs: Option<BTreeSet<String>>,
-    backends: BTreeSet<(String, IpAddr)>,
+    /// (VPC, address) of its backends, sorted, without repeats; the VPC names
+    /// are shared ([`IncrementalCompiler::vpc_names`]), not one string each.
+    backends: Box<[(Arc<str>, IpAddr)]>,
 }
 
 #[derive(Debug, Default)]
 pub struct IncrementalCompiler {
     /// `None` until the first compile, and after [`Self::invalidate`].
     valid: bool,
-    parts: BTreeMap<Part, DesiredState>,
+    parts: BTreeMap<Part, PartState>,
     flow_owners: HashMap<FlowKey, Vec<Part>>,
     group_owners: HashMap<u32, Vec<Part>>,
     merged: Compiled,
+    /// Every distinct action list the parts hold, so equal ones are one
+    /// allocation: bucket actions of a backend shared by many Services, the
+    /// pipeline's `goto_table` and `drop`.
+    actions: ActionInterner,
     ready: Readiness,
     changes: Changes,
     // The inputs of the last compile that decide what to recompile.
@@ -87,7 +98,10 @@ pub struct IncrementalCompiler {
     shape: EnvShape,
     /// The Services each backend (VPC, address) belongs to: those to
     /// recompile when the backend's readiness changes.
-    by_backend: HashMap<(String, IpAddr), BTreeSet<Arc<str>>>,
+    /// By address: the Services with a backend there, few per address.
+    by_backend: HashMap<IpAddr, Vec<BackendUser>>,
+    /// The VPC names the backend index holds, one allocation each.
+    vpc_names: HashSet<Arc<str>>,
     zones: BTreeMap<String, u16>,
     pods: Vec<Workload>,
     services: HashMap<Arc<str>, ServiceFacts>,
@@ -131,6 +145,7 @@ impl IncrementalCompiler {
             Piece::BackendIndex => {
                 self.services = HashMap::new();
                 self.by_backend = HashMap::new();
+                self.vpc_names = HashSet::new();
             }
             Piece::Owners => {
                 self.flow_owners = HashMap::new();
@@ -138,6 +153,7 @@ impl IncrementalCompiler {
             }
             Piece::Parts => self.parts = BTreeMap::new(),
             Piece::Merged => self.merged = Compiled::default(),
+            Piece::Actions => self.actions = ActionInterner::default(),
         }
     }
 
@@ -227,8 +243,13 @@ impl IncrementalCompiler {
                     .unready
                     .symmetric_difference(&self.ready.unready)
                     .chain(base.ready.local.symmetric_difference(&self.ready.local));
-                for b in flipped {
-                    affected.extend(self.by_backend.get(b).into_iter().flatten().cloned());
+                for (vpc, ip) in flipped {
+                    let users = self.by_backend.get(ip).into_iter().flatten();
+                    affected.extend(
+                        users
+                            .filter(|(v, _)| **v == **vpc)
+                            .map(|(_, service)| service.clone()),
+                    );
                 }
                 self.ready = base.ready;
             }
@@ -261,7 +282,7 @@ impl IncrementalCompiler {
 
     /// Records what the aggregate parts and the backend index need of `s`.
     fn track(&mut self, key: Arc<str>, s: &Service) {
-        let f = service_facts(s);
+        let f = service_facts(s, &mut self.vpc_names);
         if let Some(vpc) = &f.node_vpc {
             *self.node_vpcs.entry(vpc.clone()).or_default() += 1;
         }
@@ -271,11 +292,12 @@ impl IncrementalCompiler {
                 *self.gateway_vpcs.entry(v.clone()).or_default() += 1;
             }
         }
-        for b in &f.backends {
-            self.by_backend
-                .entry(b.clone())
-                .or_default()
-                .insert(key.clone());
+        for (vpc, ip) in &f.backends {
+            let users = self.by_backend.entry(*ip).or_default();
+            let entry = (vpc.clone(), key.clone());
+            if let Err(at) = users.binary_search(&entry) {
+                users.insert(at, entry);
+            }
         }
         self.services.insert(key, f);
     }
@@ -296,11 +318,11 @@ impl IncrementalCompiler {
     fn service_changed(&mut self, name: &str, s: Option<&Service>, env: &PartEnv<'_>) -> usize {
         let key: Arc<str> = Arc::from(name);
         if let Some(old) = self.services.remove(&key) {
-            for b in &old.backends {
-                if let Some(set) = self.by_backend.get_mut(b) {
-                    set.remove(&key);
-                    if set.is_empty() {
-                        self.by_backend.remove(b);
+            for (vpc, ip) in &old.backends {
+                if let Some(users) = self.by_backend.get_mut(ip) {
+                    users.retain(|(v, s)| !(v == vpc && *s == key));
+                    if users.is_empty() {
+                        self.by_backend.remove(ip);
                     }
                 }
             }
@@ -327,7 +349,7 @@ impl IncrementalCompiler {
         ] {
             let d = new.remove(&part).unwrap_or_default();
             let unchanged = match self.parts.get(&part) {
-                Some(old) => *old == d,
+                Some(old) => old.same_as(&d),
                 None => d.flows.is_empty() && d.groups.is_empty(),
             };
             if !unchanged {
@@ -350,12 +372,16 @@ impl IncrementalCompiler {
         let mut parts: BTreeMap<Part, DesiredState> = BTreeMap::new();
         self.services.clear();
         self.by_backend.clear();
+        self.vpc_names.clear();
         self.node_vpcs.clear();
         self.gateway_vpcs.clear();
         self.gateways = 0;
         for s in intent.services.values() {
             self.track(Arc::from(s.name.as_str()), s);
             parts.extend(service_parts(s, &env, &base.ready));
+        }
+        for users in self.by_backend.values_mut() {
+            users.shrink_to_fit();
         }
         let node_vpcs: BTreeSet<&str> = self.node_vpcs.keys().map(String::as_str).collect();
         let gw: BTreeSet<&str> = self.gateway_vpcs.keys().map(String::as_str).collect();
@@ -368,8 +394,9 @@ impl IncrementalCompiler {
         self.flow_owners.clear();
         self.group_owners.clear();
         let mut desired = DesiredState::default();
+        self.actions = ActionInterner::default();
         for (part, d) in parts.iter_mut() {
-            intern(&desired, d);
+            intern(&desired, &mut self.actions, d);
             for (k, b) in &d.flows {
                 self.flow_owners
                     .entry(k.clone())
@@ -378,11 +405,17 @@ impl IncrementalCompiler {
                 desired.flows.entry(k.clone()).or_insert_with(|| b.clone());
             }
             for (id, g) in &d.groups {
-                self.group_owners.entry(*id).or_insert_with(one_owner).push(part.clone());
+                self.group_owners
+                    .entry(*id)
+                    .or_insert_with(one_owner)
+                    .push(part.clone());
                 desired.groups.insert(*id, g.clone());
             }
         }
-        self.parts = parts;
+        self.parts = parts
+            .into_iter()
+            .map(|(p, d)| (p, PartState::from(d)))
+            .collect();
         self.merged = Compiled {
             desired,
             pending_ports: base.pending_ports,
@@ -393,20 +426,23 @@ impl IncrementalCompiler {
         self.shape = env.shape();
         self.zones = alloc.zones.clone();
         self.pods = pods.to_vec();
+        self.actions.swept();
         self.valid = true;
     }
 
     /// Puts `new` in place of `part`'s old output and re-merges the keys either
     /// one has.
     fn replace(&mut self, part: Part, mut new: DesiredState) {
-        intern(&self.merged.desired, &mut new);
+        intern(&self.merged.desired, &mut self.actions, &mut new);
         let old = if new.flows.is_empty() && new.groups.is_empty() {
             self.parts.remove(&part).unwrap_or_default()
         } else {
-            self.parts.insert(part.clone(), new).unwrap_or_default()
+            self.parts
+                .insert(part.clone(), PartState::from(new))
+                .unwrap_or_default()
         };
         let new = self.parts.get(&part);
-        let empty = DesiredState::default();
+        let empty = PartState::default();
         let new = new.unwrap_or(&empty);
         let mut flows: BTreeSet<&FlowKey> = BTreeSet::new();
         for k in old.flows.keys() {
@@ -482,27 +518,116 @@ impl IncrementalCompiler {
     }
 }
 
-/// Makes `d`'s flows share the keys and actions `merged` already holds: many
-/// parts emit the same flow (Services that share an endpoint, a VPC's
-/// affinity entry), and each would otherwise keep a copy of its own.
-fn intern(merged: &DesiredState, d: &mut DesiredState) {
-    if d.flows.keys().all(|k| !merged.flows.contains_key(k)) {
-        return;
+/// Makes `d`'s flows share the keys `merged` already holds (many parts emit
+/// the same flow: Services that share an endpoint, a VPC's affinity entry),
+/// and its flows and buckets share equal action lists through `actions`.
+fn intern(merged: &DesiredState, actions: &mut ActionInterner, d: &mut DesiredState) {
+    let shared_keys = d.flows.keys().any(|k| merged.flows.contains_key(k));
+    if shared_keys {
+        d.flows = std::mem::take(&mut d.flows)
+            .into_iter()
+            .map(|(k, b)| match merged.flows.get_key_value(&k) {
+                Some((mk, _)) => (mk.clone(), b),
+                None => (k, b),
+            })
+            .collect();
     }
-    d.flows = std::mem::take(&mut d.flows)
-        .into_iter()
-        .map(|(k, b)| match merged.flows.get_key_value(&k) {
-            Some((mk, mb)) if mb.actions == b.actions => (
-                mk.clone(),
-                FlowBody {
-                    actions: mb.actions.clone(),
-                    cookie: b.cookie,
-                },
-            ),
-            Some((mk, _)) => (mk.clone(), b),
-            None => (k, b),
-        })
-        .collect();
+    for b in d.flows.values_mut() {
+        b.actions = actions.get(&b.actions);
+    }
+    for g in d.groups.values_mut() {
+        let g = Arc::make_mut(g);
+        for b in &mut g.buckets {
+            b.actions = actions.get(&b.actions);
+        }
+    }
+    actions.sweep_if_grown();
+}
+
+/// Equal action lists as one allocation. Lists no flow or bucket holds any
+/// more are swept when the set has doubled since the last sweep.
+#[derive(Debug, Default)]
+struct ActionInterner {
+    set: HashSet<Arc<Actions>>,
+    after_sweep: usize,
+}
+
+impl ActionInterner {
+    fn get(&mut self, a: &Arc<Actions>) -> Arc<Actions> {
+        if let Some(known) = self.set.get(a) {
+            return known.clone();
+        }
+        self.set.insert(a.clone());
+        a.clone()
+    }
+
+    fn sweep_if_grown(&mut self) {
+        if self.set.len() > 2 * self.after_sweep.max(1024) {
+            self.swept();
+        }
+    }
+
+    /// Drops the lists only the interner holds.
+    fn swept(&mut self) {
+        self.set.retain(|a| Arc::strong_count(a) > 1);
+        self.after_sweep = self.set.len();
+    }
+}
+
+/// One part's output as it is kept: sorted slices (no map nodes), of flows
+/// and groups shared with the merged state.
+#[derive(Debug, Default)]
+struct PartState {
+    flows: Sorted<FlowKey, FlowBody>,
+    groups: Sorted<u32, Arc<Group>>,
+}
+
+impl From<DesiredState> for PartState {
+    fn from(d: DesiredState) -> Self {
+        PartState {
+            flows: Sorted(d.flows.into_iter().collect()),
+            groups: Sorted(d.groups.into_iter().collect()),
+        }
+    }
+}
+
+impl PartState {
+    /// Whether it holds exactly `d`'s flows and groups.
+    fn same_as(&self, d: &DesiredState) -> bool {
+        self.flows.0.len() == d.flows.len()
+            && self.groups.0.len() == d.groups.len()
+            && self.flows.iter().eq(d.flows.iter())
+            && self.groups.iter().eq(d.groups.iter())
+    }
+}
+
+/// A map as a slice sorted by key.
+#[derive(Debug)]
+struct Sorted<K, V>(Box<[(K, V)]>);
+
+impl<K, V> Default for Sorted<K, V> {
+    fn default() -> Self {
+        Sorted(Box::new([]))
+    }
+}
+
+impl<K: Ord, V> Sorted<K, V> {
+    fn get(&self, k: &K) -> Option<&V> {
+        let at = self.0.binary_search_by(|(x, _)| x.cmp(k)).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    fn contains_key(&self, k: &K) -> bool {
+        self.get(k).is_some()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
 }
 
 /// An owner list with room for one part: most flows and groups have one, and
@@ -520,12 +645,24 @@ fn dec(m: &mut BTreeMap<String, usize>, k: &str) {
     }
 }
 
-fn service_facts(s: &Service) -> ServiceFacts {
+fn service_facts(s: &Service, vpc_names: &mut HashSet<Arc<str>>) -> ServiceFacts {
+    let mut name = |vpc: &str| match vpc_names.get(vpc) {
+        Some(n) => n.clone(),
+        None => {
+            let n: Arc<str> = Arc::from(vpc);
+            vpc_names.insert(n.clone());
+            n
+        }
+    };
+    let mut backends: Vec<(Arc<str>, IpAddr)> =
+        s.backends.iter().map(|b| (name(&b.vpc), b.ip)).collect();
+    backends.sort();
+    backends.dedup();
     ServiceFacts {
         node_vpc: (s.scenario == AccessScenario::NodeClusterIp).then(|| s.vpc.clone()),
         gateway_vpcs: (s.scenario == AccessScenario::EipServiceGateway)
             .then(|| s.backends.iter().map(|b| b.vpc.clone()).collect()),
-        backends: s.backends.iter().map(|b| (b.vpc.clone(), b.ip)).collect(),
+        backends: backends.into_boxed_slice(),
     }
 }
 

@@ -54,10 +54,7 @@ fn displays_the_canonical_text() {
         nat: Some(Nat::EXISTING),
         exec: vec![],
     };
-    assert_eq!(
-        ct.to_string(),
-        "ct(table=30,zone=NXM_NX_REG0[0..15],nat)"
-    );
+    assert_eq!(ct.to_string(), "ct(table=30,zone=NXM_NX_REG0[0..15],nat)");
     let l = Learn {
         table: 35,
         idle_timeout: 10800,

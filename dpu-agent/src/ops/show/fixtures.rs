@@ -10,9 +10,9 @@ use dpu_model::{
 };
 
 use crate::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group, HashField};
-use crate::openflow::ir::Field;
 use crate::observe::lb_index::{BackendState, BackendView, GroupView, PortView, ServiceView};
 use crate::observe::{Installed, LbIndex};
+use crate::openflow::ir::Field;
 use crate::pipeline::cookie::{Category, Cookie};
 
 pub fn sample_intent() -> Intent {
@@ -274,7 +274,10 @@ pub fn installed() -> Installed {
         5,
         Arc::new(Group {
             id: 5,
-            hash_fields: vec![HashField::whole(Field::IpSrc), HashField::whole(Field::IpDst)],
+            hash_fields: vec![
+                HashField::whole(Field::IpSrc),
+                HashField::whole(Field::IpDst),
+            ],
             buckets: vec![
                 bucket(11, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
                 bucket(12, "set_field:0xa000005->reg3,set_field:0x1f90->reg4"),
@@ -303,5 +306,8 @@ pub fn installed() -> Installed {
 
 /// A bucket from its actions' text.
 fn bucket(id: u32, actions: &str) -> Bucket {
-    Bucket::new(id, Arc::new(actions.parse().expect("fixture bucket actions")))
+    Bucket::new(
+        id,
+        Arc::new(actions.parse().expect("fixture bucket actions")),
+    )
 }

@@ -21,7 +21,10 @@ fn unhex(s: &str) -> Vec<u8> {
 fn group(id: u32, fields: Vec<&'static str>, buckets: &[&str]) -> Group {
     Group {
         id,
-        hash_fields: fields.iter().map(|f| HashField::parse(f).unwrap()).collect(),
+        hash_fields: fields
+            .iter()
+            .map(|f| HashField::parse(f).unwrap())
+            .collect(),
         buckets: Bucket::numbered(buckets.iter().map(|b| b.parse().unwrap())),
         owner: Cookie::new(Category::Service, "s"),
         learns: false,
