@@ -7,41 +7,83 @@
 //! parts, the merged desired state and the reconciler's installed view hold the
 //! same allocation ([`FlowKey`] is an `Arc`, [`FlowBody::actions`] too).
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
-use std::ops::Deref;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use crate::fasthash::FastHasher;
 
 pub use crate::openflow::ir::{Action, Actions, HashField, Match};
 use crate::pipeline::cookie::Cookie;
 use crate::pipeline::Table;
 
 /// What identifies a flow in a table: OpenFlow's (table, priority, match).
-/// Cheap to clone: one allocation shared by every holder.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FlowKey(Arc<KeyData>);
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct KeyData {
+/// Cheap to clone: the match is one allocation shared by every holder.
+///
+/// It orders by table, priority, then a hash of the match, then the match:
+/// maps of keys decide most comparisons without reading the match (a cache
+/// miss each). So a map lists a table's flows of one priority in no
+/// particular order; what people read ([`DesiredState::dump`], `show
+/// pipeline`) sorts by the match's text.
+#[derive(Clone)]
+pub struct FlowKey {
     pub table: u8,
     pub priority: u16,
-    pub matches: Match,
+    hash: u32,
+    pub matches: Arc<Match>,
 }
 
 impl FlowKey {
     pub fn new(table: u8, priority: u16, matches: Match) -> Self {
-        FlowKey(Arc::new(KeyData {
+        let mut h = FastHasher::default();
+        matches.hash(&mut h);
+        FlowKey {
             table,
             priority,
-            matches: matches.shrink(),
-        }))
+            hash: h.finish() as u32,
+            matches: Arc::new(matches.shrink()),
+        }
     }
 }
 
-impl Deref for FlowKey {
-    type Target = KeyData;
-    fn deref(&self) -> &KeyData {
-        &self.0
+impl PartialEq for FlowKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.table == o.table
+            && self.priority == o.priority
+            && self.hash == o.hash
+            && (Arc::ptr_eq(&self.matches, &o.matches) || self.matches == o.matches)
+    }
+}
+
+impl Eq for FlowKey {}
+
+impl Ord for FlowKey {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (self.table, self.priority, self.hash)
+            .cmp(&(o.table, o.priority, o.hash))
+            .then_with(|| {
+                if Arc::ptr_eq(&self.matches, &o.matches) {
+                    Ordering::Equal
+                } else {
+                    self.matches.cmp(&o.matches)
+                }
+            })
+    }
+}
+
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u8(self.table);
+        state.write_u16(self.priority);
+        state.write_u32(self.hash);
     }
 }
 

@@ -13,6 +13,7 @@ pub mod attach;
 pub mod compile;
 pub mod config;
 pub mod enroll;
+pub mod fasthash;
 pub mod flows;
 pub mod notify;
 pub mod observe;

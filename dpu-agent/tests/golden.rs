@@ -134,3 +134,42 @@ fn compile_is_deterministic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/basic");
     assert_eq!(run_case(&root), run_case(&root));
 }
+
+/// OpenFlow's `learn` idle timeout is 16 bits, and the model accepts affinity
+/// timeouts up to 86,400 s (as Kubernetes does): the compiler caps the learn
+/// at 65,535 s, so such a Service is programmed rather than refused by the
+/// switch, and the codec encodes it.
+#[test]
+fn an_affinity_timeout_over_16_bits_is_capped_in_the_learn() {
+    use dpu_agent::openflow::ir::Action;
+    use dpu_agent::openflow::native::codec::encode_op;
+    use dpu_agent::openflow::BundleOp;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/affinity");
+    let mut intent = golden_case::intent_of(&dir);
+    let mut capped = 0;
+    for s in intent.services.values_mut() {
+        if s.affinity_timeout.is_some() {
+            s.affinity_timeout = Some(86_400);
+            capped += 1;
+        }
+    }
+    assert!(capped > 0, "the affinity case has a Service with affinity");
+    assert_eq!(dpu_model::validate_for_node(&intent, "dpu-1"), vec![]);
+    let c = golden_case::compile_for(&dir, &intent);
+    let mut learns = 0;
+    for (k, b) in &c.desired.flows {
+        for a in b.actions.list() {
+            if let Action::Learn(l) = a {
+                assert_eq!(l.idle_timeout, u16::MAX, "{}", b.actions);
+                learns += 1;
+                let op = BundleOp::AddFlow {
+                    key: k.clone(),
+                    body: b.clone(),
+                    cookie: 1,
+                };
+                encode_op(&op, 1).unwrap();
+            }
+        }
+    }
+    assert!(learns > 0, "no learn compiled");
+}

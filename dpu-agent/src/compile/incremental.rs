@@ -21,6 +21,7 @@
 //! path); so does the first compile and one after a refused bundle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use dpu_model::{AccessScenario, Intent, Kind, ObjectKey, Service, Workload};
 use super::{compile_base, global_parts, service_parts, EnvShape, Part, PartEnv, Readiness};
 use crate::alloc::Allocations;
 use crate::compile::{Compiled, NodeFacts};
+use crate::fasthash::{FastHasher, FastMap};
 use crate::flows::{Actions, DesiredState, FlowBody, FlowKey, Group};
 
 /// The keys whose merged value may have changed in one step: what the
@@ -82,8 +84,8 @@ pub struct IncrementalCompiler {
     /// `None` until the first compile, and after [`Self::invalidate`].
     valid: bool,
     parts: BTreeMap<Part, PartState>,
-    flow_owners: HashMap<FlowKey, Vec<Part>>,
-    group_owners: HashMap<u32, Vec<Part>>,
+    flow_owners: FastMap<FlowKey, Vec<Part>>,
+    group_owners: FastMap<u32, Vec<Part>>,
     merged: Compiled,
     /// Every distinct action list the parts hold, so equal ones are one
     /// allocation: bucket actions of a backend shared by many Services, the
@@ -99,7 +101,7 @@ pub struct IncrementalCompiler {
     /// The Services each backend (VPC, address) belongs to: those to
     /// recompile when the backend's readiness changes.
     /// By address: the Services with a backend there, few per address.
-    by_backend: HashMap<IpAddr, Vec<BackendUser>>,
+    by_backend: FastMap<IpAddr, Vec<BackendUser>>,
     /// The VPC names the backend index holds, one allocation each.
     vpc_names: HashSet<Arc<str>>,
     zones: BTreeMap<String, u16>,
@@ -144,12 +146,12 @@ impl IncrementalCompiler {
         match piece {
             Piece::BackendIndex => {
                 self.services = HashMap::new();
-                self.by_backend = HashMap::new();
+                self.by_backend = FastMap::default();
                 self.vpc_names = HashSet::new();
             }
             Piece::Owners => {
-                self.flow_owners = HashMap::new();
-                self.group_owners = HashMap::new();
+                self.flow_owners = FastMap::default();
+                self.group_owners = FastMap::default();
             }
             Piece::Parts => self.parts = BTreeMap::new(),
             Piece::Merged => self.merged = Compiled::default(),
@@ -395,27 +397,26 @@ impl IncrementalCompiler {
         self.group_owners.clear();
         let mut desired = DesiredState::default();
         self.actions = ActionInterner::default();
-        for (part, d) in parts.iter_mut() {
-            intern(&desired, &mut self.actions, d);
-            for (k, b) in &d.flows {
+        let mut kept: BTreeMap<Part, PartState> = BTreeMap::new();
+        for (part, d) in parts {
+            let d = intern(&desired, &mut self.actions, d);
+            for (k, b) in d.flows.iter() {
                 self.flow_owners
                     .entry(k.clone())
                     .or_insert_with(one_owner)
                     .push(part.clone());
                 desired.flows.entry(k.clone()).or_insert_with(|| b.clone());
             }
-            for (id, g) in &d.groups {
+            for (id, g) in d.groups.iter() {
                 self.group_owners
                     .entry(*id)
                     .or_insert_with(one_owner)
                     .push(part.clone());
                 desired.groups.insert(*id, g.clone());
             }
+            kept.insert(part, d);
         }
-        self.parts = parts
-            .into_iter()
-            .map(|(p, d)| (p, PartState::from(d)))
-            .collect();
+        self.parts = kept;
         self.merged = Compiled {
             desired,
             pending_ports: base.pending_ports,
@@ -432,14 +433,12 @@ impl IncrementalCompiler {
 
     /// Puts `new` in place of `part`'s old output and re-merges the keys either
     /// one has.
-    fn replace(&mut self, part: Part, mut new: DesiredState) {
-        intern(&self.merged.desired, &mut self.actions, &mut new);
-        let old = if new.flows.is_empty() && new.groups.is_empty() {
+    fn replace(&mut self, part: Part, new: DesiredState) {
+        let new = intern(&self.merged.desired, &mut self.actions, new);
+        let old = if new.flows.0.is_empty() && new.groups.0.is_empty() {
             self.parts.remove(&part).unwrap_or_default()
         } else {
-            self.parts
-                .insert(part.clone(), PartState::from(new))
-                .unwrap_or_default()
+            self.parts.insert(part.clone(), new).unwrap_or_default()
         };
         let new = self.parts.get(&part);
         let empty = PartState::default();
@@ -518,37 +517,52 @@ impl IncrementalCompiler {
     }
 }
 
-/// Makes `d`'s flows share the keys `merged` already holds (many parts emit
-/// the same flow: Services that share an endpoint, a VPC's affinity entry),
-/// and its flows and buckets share equal action lists through `actions`.
-fn intern(merged: &DesiredState, actions: &mut ActionInterner, d: &mut DesiredState) {
-    let shared_keys = d.flows.keys().any(|k| merged.flows.contains_key(k));
-    if shared_keys {
-        d.flows = std::mem::take(&mut d.flows)
-            .into_iter()
-            .map(|(k, b)| match merged.flows.get_key_value(&k) {
-                Some((mk, _)) => (mk.clone(), b),
-                None => (k, b),
-            })
-            .collect();
-    }
-    for b in d.flows.values_mut() {
-        b.actions = actions.get(&b.actions);
-    }
-    for g in d.groups.values_mut() {
-        let g = Arc::make_mut(g);
-        for b in &mut g.buckets {
-            b.actions = actions.get(&b.actions);
-        }
-    }
+/// `d` as it is kept: its flows share the keys `merged` already holds (many
+/// parts emit the same flow: Services that share an endpoint, a VPC's
+/// affinity entry), and its flows and buckets share equal action lists
+/// through `actions`.
+fn intern(merged: &DesiredState, actions: &mut ActionInterner, d: DesiredState) -> PartState {
+    let flows: Box<[(FlowKey, FlowBody)]> = d
+        .flows
+        .into_iter()
+        .map(|(k, mut b)| match merged.flows.get_key_value(&k) {
+            // Another part's flow: its actions, if the same, are interned.
+            Some((mk, mb)) => {
+                b.actions = if mb.actions == b.actions {
+                    mb.actions.clone()
+                } else {
+                    actions.get(&b.actions)
+                };
+                (mk.clone(), b)
+            }
+            None => {
+                b.actions = actions.get(&b.actions);
+                (k, b)
+            }
+        })
+        .collect();
+    let groups: Box<[(u32, Arc<Group>)]> = d
+        .groups
+        .into_iter()
+        .map(|(id, mut g)| {
+            for b in &mut Arc::make_mut(&mut g).buckets {
+                b.actions = actions.get(&b.actions);
+            }
+            (id, g)
+        })
+        .collect();
     actions.sweep_if_grown();
+    PartState {
+        flows: Sorted(flows),
+        groups: Sorted(groups),
+    }
 }
 
 /// Equal action lists as one allocation. Lists no flow or bucket holds any
 /// more are swept when the set has doubled since the last sweep.
 #[derive(Debug, Default)]
 struct ActionInterner {
-    set: HashSet<Arc<Actions>>,
+    set: HashSet<Arc<Actions>, BuildHasherDefault<FastHasher>>,
     after_sweep: usize,
 }
 
@@ -580,15 +594,6 @@ impl ActionInterner {
 struct PartState {
     flows: Sorted<FlowKey, FlowBody>,
     groups: Sorted<u32, Arc<Group>>,
-}
-
-impl From<DesiredState> for PartState {
-    fn from(d: DesiredState) -> Self {
-        PartState {
-            flows: Sorted(d.flows.into_iter().collect()),
-            groups: Sorted(d.groups.into_iter().collect()),
-        }
-    }
 }
 
 impl PartState {

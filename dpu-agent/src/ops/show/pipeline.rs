@@ -200,8 +200,9 @@ pub fn render(
         by_table.entry(k.table).or_default().push((k, b));
     }
     for list in by_table.values_mut() {
-        // Highest priority first: the order the switch tries them.
-        list.sort_by(|a, b| b.0.priority.cmp(&a.0.priority).then(a.0.cmp(b.0)));
+        // Highest priority first: the order the switch tries them; then by
+        // the match as written.
+        list.sort_by_cached_key(|(k, _)| (std::cmp::Reverse(k.priority), k.matches.to_string()));
     }
     for t in TABLES {
         let list = by_table.remove(&t.id).unwrap_or_default();
