@@ -206,32 +206,11 @@ pub fn parse_summary(flows: &str, groups: &str) -> Result<InstalledSummary, Open
 
 /// The group ids an action list sends to (`group:N`).
 fn groups_named(actions: &str) -> Vec<u32> {
-    split_top_level(actions)
+    crate::openflow::ir::parse::split_top(actions)
         .into_iter()
         .filter_map(|a| a.strip_prefix("group:"))
         .filter_map(|id| id.parse().ok())
         .collect()
-}
-
-/// Splits at the commas outside parentheses.
-fn split_top_level(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut from) = (0usize, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            ',' if depth == 0 => {
-                out.push(&s[from..i]);
-                from = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if from < s.len() {
-        out.push(&s[from..]);
-    }
-    out
 }
 
 /// One bucket while it is read.
@@ -257,7 +236,7 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         wire: false,
     };
     let mut buckets: Vec<BucketText> = Vec::new();
-    for tok in split_top_level(line) {
+    for tok in crate::openflow::ir::parse::split_top(line) {
         if let Some(first) = tok.strip_prefix("bucket=") {
             buckets.push(BucketText::default());
             if first.is_empty() {

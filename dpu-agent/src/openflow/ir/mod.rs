@@ -17,7 +17,7 @@
 //! [`FromStr`]: std::str::FromStr
 
 pub mod fields;
-mod parse;
+pub(crate) mod parse;
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -84,7 +84,8 @@ impl fmt::Display for Mac {
     }
 }
 
-fn ones(bits: u32) -> u128 {
+/// The low `bits` bits set.
+pub(crate) fn ones(bits: u32) -> u128 {
     if bits >= 128 {
         u128::MAX
     } else {

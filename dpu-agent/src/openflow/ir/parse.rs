@@ -19,7 +19,7 @@ use super::{
 };
 
 /// Splits at the commas outside parentheses.
-fn split_top(s: &str) -> Vec<&str> {
+pub(crate) fn split_top(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut depth, mut from) = (0usize, 0);
     for (i, c) in s.char_indices() {

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use super::fields;
 use super::put_padded;
-use crate::openflow::ir::{Action, Actions, Ct, CtZone, Learn, LearnSpec, Nat, NatKind, Subfield};
+use crate::openflow::ir::{
+    ones, Action, Actions, Ct, CtZone, Learn, LearnSpec, Nat, NatKind, Subfield,
+};
 
 const NX_VENDOR: u32 = 0x0000_2320;
 const OFPAT_OUTPUT: u16 = 0;
@@ -33,14 +35,6 @@ const OFPP_IN_PORT16: u16 = 0xfff8;
 pub(crate) struct Encoded {
     pub actions: Vec<u8>,
     pub goto: Option<u8>,
-}
-
-fn ones(bits: u32) -> u128 {
-    if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    }
 }
 
 /// An action list in `ovs-ofctl` syntax (`drop` alone is the empty list),

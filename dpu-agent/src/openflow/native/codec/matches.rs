@@ -6,21 +6,13 @@
 
 use super::fields::{self, Prereq};
 use super::put_padded;
-use crate::openflow::ir::{Field, HashField, Match, MatchField};
+use crate::openflow::ir::{ones, Field, HashField, Match, MatchField};
 
 /// One OXM entry.
 struct Entry {
     field: Field,
     value: Vec<u8>,
     mask: Option<Vec<u8>>,
-}
-
-fn ones(bits: u32) -> u128 {
-    if bits >= 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    }
 }
 
 /// A match in `ovs-ofctl` syntax (empty or `*` for all packets), parsed and
