@@ -2,8 +2,9 @@
 //! is checked against the bytes present; a short or inconsistent body is a
 //! [`CodecError::Malformed`], never a panic.
 
-use super::{fields, hex, msg_type, CodecError, Header, HASH_FIELDS};
+use super::{fields, hex, msg_type, CodecError, Header};
 use super::{NTRT_SELECTION_METHOD, NTR_VENDOR};
+use crate::openflow::ir::{Field, HashField};
 use crate::openflow::{InstalledBucket, InstalledGroup};
 
 pub(super) fn malformed(what: &'static str, reason: impl Into<String>) -> CodecError {
@@ -477,10 +478,11 @@ fn field_names(mut b: &[u8], what: &'static str) -> Result<Vec<String>, CodecErr
         let mask = (!value.iter().all(|x| *x == 0xff) && value.len() <= 8)
             .then(|| value.iter().fold(0u64, |m, x| m << 8 | u64::from(*x)));
         let name = fields::by_header(h)
-            .and_then(|f| HASH_FIELDS.iter().find(|(_, c)| *c == f.name))
+            .and_then(|f| Field::named(f.name))
+            .filter(|f| HashField::FIELDS.contains(f))
             .map_or_else(
                 || format!("{h:#010x}"),
-                |(_, c)| super::hash_field_name(c, mask),
+                |field| HashField { field, mask }.to_string(),
             );
         out.push(name);
         b = &b[len..];

@@ -302,26 +302,6 @@ const GROUP_SPLIT_BYTES: usize = 60_000;
 pub(crate) const NTR_VENDOR: u32 = 0x0000_154d;
 pub(crate) const NTRT_SELECTION_METHOD: u32 = 1;
 
-/// Hash fields of the selection method, by name.
-pub(crate) static HASH_FIELDS: &[(&str, &str)] = &[
-    ("ip_src", "ip_src"),
-    ("ip_dst", "ip_dst"),
-    ("ipv6_src", "ipv6_src"),
-    ("ipv6_dst", "ipv6_dst"),
-    ("tcp_src", "tcp_src"),
-    ("tcp_dst", "tcp_dst"),
-    ("udp_src", "udp_src"),
-    ("udp_dst", "udp_dst"),
-    ("sctp_src", "sctp_src"),
-    ("sctp_dst", "sctp_dst"),
-    ("eth_src", "eth_src"),
-    ("eth_dst", "eth_dst"),
-    ("eth_type", "eth_type"),
-    ("ip_proto", "ip_proto"),
-    ("nw_src", "ip_src"),
-    ("nw_dst", "ip_dst"),
-];
-
 /// One bucket as OVS writes it: id, actions, and the weight property (1, as
 /// `ovs-ofctl` sends for a select bucket without an explicit weight).
 fn bucket(id: u32, actions: &[u8]) -> Vec<u8> {
@@ -528,15 +508,6 @@ pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
             m
         }],
     })
-}
-
-/// A hash field as OVS prints it: the canonical name, and a mask that is not
-/// all ones in decimal (`tcp_src=63`).
-pub(crate) fn hash_field_name(canonical: &str, mask: Option<u64>) -> String {
-    match mask {
-        None => canonical.to_string(),
-        Some(m) => format!("{canonical}={m}"),
-    }
 }
 
 /// Lowercase hex, for bucket actions in [`InstalledGroup`].
