@@ -49,15 +49,9 @@ fn owner() -> Cookie {
     Cookie::new(Category::Service, "ofp-codec")
 }
 
-fn parse_match(text: &str) -> Match {
-    text.parse()
-        .unwrap_or_else(|e| panic!("match `{text}`: {e}"))
-}
-
-fn parse_actions(text: &str) -> Actions {
-    text.parse()
-        .unwrap_or_else(|e| panic!("actions `{text}`: {e}"))
-}
+#[path = "common/ir_text.rs"]
+mod ir_text;
+use ir_text::{parse_actions, parse_match};
 
 fn hash_fields(names: &[&str]) -> Vec<HashField> {
     names

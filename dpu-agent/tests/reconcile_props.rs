@@ -93,17 +93,9 @@ fn groups_named(actions: &Actions) -> Vec<u32> {
     actions.groups().collect()
 }
 
-/// A match written as `ovs-ofctl` text, in the IR.
-fn parse_match(text: &str) -> Match {
-    text.parse()
-        .unwrap_or_else(|e| panic!("match `{text}`: {e}"))
-}
-
-/// Actions written as `ovs-ofctl` text, in the IR.
-fn parse_actions(text: &str) -> Actions {
-    text.parse()
-        .unwrap_or_else(|e| panic!("actions `{text}`: {e}"))
-}
+#[path = "common/ir_text.rs"]
+mod ir_text;
+use ir_text::{parse_actions, parse_match};
 
 /// The action of a learned affinity entry.
 fn learned_entry_actions() -> Arc<Actions> {
