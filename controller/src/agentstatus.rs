@@ -3,17 +3,17 @@
 //!
 //! A Status over a limit (too many entries, a string too long, a CPU share that
 //! is not a finite, non-negative number) is refused whole: the node's previous
-//! agent status stays and `last_error` names the field. Nothing of a refused
-//! Status is kept, and a NaN never reaches `status.json` (serde_json would write
-//! it as `null`, and the file would no longer load).
+//! agent status stays and `last_error` names the field (the status records it:
+//! `StatusHandle::record_agent_status`). Nothing of a refused Status is kept,
+//! and a NaN never reaches `status.json` (serde_json would write it as `null`,
+//! and the file would no longer load).
 
 use dpu_model::limits::{MAX_CLUSTER_IPS, MAX_NAME_LEN};
 use dpu_proto::v1 as pb;
 use dpu_proto::{MAX_BACKEND_STATUS, MAX_SERVICE_STATUS, MAX_STATUS_ERROR_LEN};
 use serde::{Deserialize, Serialize};
 
-use crate::hub::MAX_HEALTH_ENTRIES;
-use crate::status::{now_rfc3339, StatusHandle};
+use crate::verdicts::MAX_HEALTH_ENTRIES;
 
 /// `pending_ports` and `unhealthy`: as many as a Health report may carry.
 pub const MAX_LISTED: usize = MAX_HEALTH_ENTRIES;
@@ -301,34 +301,6 @@ fn service_from_proto(s: pb::ServiceStatus) -> ServiceStatus {
         new_connections: s.new_connections,
         packets: s.packets,
         bytes: s.bytes,
-    }
-}
-
-/// Records a Status from `node`'s agent: it replaces the previous one if it is
-/// within bounds. Otherwise the previous one stays, the node's `last_error`
-/// says why, and the error is returned (for the log). A good Status clears an
-/// error a refused one left.
-pub fn record(status: &StatusHandle, node: &str, s: pb::Status) -> Result<(), AgentStatusError> {
-    match AgentStatus::from_proto(s, now_rfc3339()) {
-        Ok(agent) => {
-            status.update_node(node, |n| {
-                if let Some(refused) = n.refused_status.take() {
-                    if n.last_error.as_ref() == Some(&refused) {
-                        n.last_error = None;
-                    }
-                }
-                n.agent_status = Some(agent);
-            });
-            Ok(())
-        }
-        Err(e) => {
-            let text = e.to_string();
-            status.update_node(node, |n| {
-                n.last_error = Some(text.clone());
-                n.refused_status = Some(text);
-            });
-            Err(e)
-        }
     }
 }
 

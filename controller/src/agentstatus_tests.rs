@@ -3,7 +3,7 @@
 //! also the fixture of the status views' tests.
 
 use super::*;
-use crate::status::read_status;
+use crate::status::{read_status, StatusHandle};
 
 /// A Status as an agent sends it: two Services, one backend unhealthy.
 pub(crate) fn pb_status() -> pb::Status {
@@ -202,14 +202,14 @@ fn each_bound_names_its_field() {
 fn a_refused_status_keeps_the_previous_one_and_a_good_one_clears_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let h = StatusHandle::new(dir.path());
-    record(&h, "dpu-1", pb_status()).unwrap();
+    h.record_agent_status("dpu-1", pb_status()).unwrap();
     let before = h.snapshot().nodes["dpu-1"].agent_status.clone().unwrap();
 
     let mut big = pb_status();
     big.applied_version = 99;
     let one = big.service_status[1].clone();
     big.service_status = vec![one; 300];
-    let e = record(&h, "dpu-1", big).unwrap_err();
+    let e = h.record_agent_status("dpu-1", big).unwrap_err();
     let n = h.snapshot().nodes["dpu-1"].clone();
     assert_eq!(
         n.agent_status.as_ref(),
@@ -224,7 +224,7 @@ fn a_refused_status_keeps_the_previous_one_and_a_good_one_clears_the_error() {
     let mut nan = pb_status();
     nan.applied_version = 98;
     nan.facts.as_mut().unwrap().cpu_percent = f64::NAN;
-    record(&h, "dpu-1", nan).unwrap_err();
+    h.record_agent_status("dpu-1", nan).unwrap_err();
     let n = h.snapshot().nodes["dpu-1"].clone();
     assert_eq!(n.agent_status.as_ref().unwrap().applied_version, 7);
     assert!(n
@@ -237,13 +237,13 @@ fn a_refused_status_keeps_the_previous_one_and_a_good_one_clears_the_error() {
 
     let mut good = pb_status();
     good.applied_version = 8;
-    record(&h, "dpu-1", good).unwrap();
+    h.record_agent_status("dpu-1", good).unwrap();
     let n = h.snapshot().nodes["dpu-1"].clone();
     assert_eq!(n.agent_status.unwrap().applied_version, 8);
     assert_eq!((n.last_error, n.refused_status), (None, None));
 
     // An error the session recorded later is not the refused Status's to clear.
-    record(&h, "dpu-1", {
+    h.record_agent_status("dpu-1", {
         let mut s = pb_status();
         s.last_error = "e".repeat(5000);
         s
@@ -252,7 +252,7 @@ fn a_refused_status_keeps_the_previous_one_and_a_good_one_clears_the_error() {
     h.update_node("dpu-1", |n| {
         n.last_error = Some("NACK of version 9: x".into())
     });
-    record(&h, "dpu-1", pb_status()).unwrap();
+    h.record_agent_status("dpu-1", pb_status()).unwrap();
     let n = h.snapshot().nodes["dpu-1"].clone();
     assert_eq!(n.last_error.as_deref(), Some("NACK of version 9: x"));
     assert_eq!(n.refused_status, None);
@@ -304,7 +304,7 @@ fn an_old_status_json_still_loads() {
 fn a_full_status_round_trips_through_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let h = StatusHandle::new(dir.path());
-    record(&h, "dpu-1", pb_status()).unwrap();
+    h.record_agent_status("dpu-1", pb_status()).unwrap();
     h.write_now().unwrap();
     assert_eq!(read_status(dir.path()).unwrap(), h.snapshot());
 }

@@ -8,9 +8,9 @@
 //! session per node: a new one replaces (ends) the old. The pods an agent reports
 //! (`LocalWorkloads`) are checked here and handed to the intent task through the
 //! report inbox; they come back as a new intent version like a manifest reload.
-//! An agent's `Status` is checked and recorded by `agentstatus`: one over its
-//! bounds is refused whole and named in the node's `last_error`, and the session
-//! goes on.
+//! An agent's `Status` is checked by `agentstatus` and recorded in the status
+//! (`StatusHandle::record_agent_status`): one over its bounds is refused whole
+//! and named in the node's `last_error`, and the session goes on.
 //!
 //! Authorization (`authz`): a node's Health verdicts count only for the backends
 //! it hosts. The hub keeps each node's claim and the part of it that counts,
@@ -38,10 +38,10 @@ use crate::escape::escape_peer;
 use crate::nodes::NodeStore;
 use crate::pki::{peer_identity, PeerIdentity};
 use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
-use crate::server::shutdown_requested;
 use crate::session::{Published, SessionCore};
+use crate::shutdown::shutdown_requested;
 use crate::status::{now_rfc3339, NackRecord, StatusHandle};
-use crate::verdicts::{BackendKey, Change, Claim, Verdicts};
+use crate::verdicts::{BackendKey, Change, Claim, Verdicts, MAX_HEALTH_ENTRIES};
 
 /// The agent must say Hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,10 +103,6 @@ pub struct Hub {
     /// The union of the verdicts that count, for the sessions.
     health: watch::Sender<HealthUnion>,
 }
-
-/// At most this many unhealthy backends in one Health report (a node cannot
-/// have more backends than Services × backends allow; this bounds memory).
-pub const MAX_HEALTH_ENTRIES: usize = 100_000;
 
 impl Hub {
     pub fn new(
@@ -742,7 +738,7 @@ fn on_message(
         Msg::Status(s) => {
             // A refused Status is recorded in the status, not fatal: the
             // session and the data plane are fine.
-            if let Err(e) = crate::agentstatus::record(&hub.status, node, s) {
+            if let Err(e) = hub.status.record_agent_status(node, s) {
                 tracing::warn!(node, "keeping the previous agent status: {e}");
             }
         }

@@ -1,6 +1,27 @@
 //! The reference controller as a library: the binary (`main.rs`) is a thin CLI
 //! over it, and the agent's golden tests use its manifest parser and resolver so
 //! that manifests mean the same thing everywhere.
+//!
+//! # Layers
+//!
+//! Bottom up; a module imports (`crate::`) only from its own group or the
+//! groups before it, and never in a cycle (`tests/module_layers.rs` checks).
+//!
+//! - **Foundations**: `diag`, `escape`, `fsutil`, `timeutil`, `shutdown` (the
+//!   signal every task follows), `csr`, `dirwatch`, `pki`, `nodes`, `tokens`,
+//!   `store`.
+//! - **Intent**: `manifest`, `resolve`, `load`, `reload`, `view`, `authz`,
+//!   `reported`, `merge`, `session` (one session's state machine) and
+//!   `verdicts` (health claims and what counts of them).
+//! - **Status**: `agentstatus` (an agent's Status, checked and converted), under
+//!   `status` (the document and `StatusHandle`, which records it); `statusfmt`,
+//!   `statusview` and `statuscmd` read the document for `dpu-controller status`.
+//! - **Serving**: `effective` (manifests and reported sets into versions) and
+//!   `hub` (one session per node, the fan-out of intent and health) sit on
+//!   `status`; `revocation` ends sessions through the hub; `enroll` serves
+//!   `Enrollment`.
+//! - **Commands**: `server` wires all of these into `serve` and nothing in the
+//!   library imports it; `cli` and `enrollcmd` are the other commands.
 
 pub mod agentstatus;
 pub mod authz;
@@ -25,6 +46,7 @@ pub mod resolve;
 pub mod revocation;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod status;
 pub mod statuscmd;
 pub mod statusfmt;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::hub::{Hub, LiveSession};
-use crate::server::shutdown_requested;
+use crate::shutdown::shutdown_requested;
 
 /// How often the records of connected nodes are looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);

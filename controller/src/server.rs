@@ -37,6 +37,7 @@ use crate::pki::{ensure_server_cert, load_ca, PkiError};
 use crate::reload::{Outcome, ReloadError, Reloader};
 use crate::reported::{ReportInbox, ReportedSet};
 use crate::session::Published;
+use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
 use crate::store::{StoreError, VersionStore};
 
@@ -108,11 +109,6 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(String),
-}
-
-/// Resolves once shutdown has been requested (or nobody can request it any more).
-pub async fn shutdown_requested(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 fn lines(errors: &[IntentError]) -> String {

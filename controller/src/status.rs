@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use dpu_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 pub use crate::agentstatus::AgentStatus;
+use crate::agentstatus::AgentStatusError;
 use crate::diag::IntentError;
 use crate::fsutil::{write_atomic, PUBLIC_MODE};
+use crate::shutdown::shutdown_requested;
 
 pub const STATUS_FILE: &str = "status.json";
 /// How long the writer waits after a change before it writes, collecting the
@@ -194,6 +197,34 @@ impl StatusHandle {
         });
     }
 
+    /// Records a Status from `node`'s agent: it replaces the previous one if it
+    /// is within bounds (`agentstatus::check`). Otherwise the previous one
+    /// stays, the node's `last_error` says why, and the error is returned (for
+    /// the log). A good Status clears an error a refused one left.
+    pub fn record_agent_status(&self, node: &str, s: pb::Status) -> Result<(), AgentStatusError> {
+        match AgentStatus::from_proto(s, now_rfc3339()) {
+            Ok(agent) => {
+                self.update_node(node, |n| {
+                    if let Some(refused) = n.refused_status.take() {
+                        if n.last_error.as_ref() == Some(&refused) {
+                            n.last_error = None;
+                        }
+                    }
+                    n.agent_status = Some(agent);
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                self.update_node(node, |n| {
+                    n.last_error = Some(text.clone());
+                    n.refused_status = Some(text);
+                });
+                Err(e)
+            }
+        }
+    }
+
     /// Writes the document now.
     pub fn write_now(&self) -> std::io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(&self.snapshot()).expect("status serializes");
@@ -207,7 +238,7 @@ impl StatusHandle {
         loop {
             tokio::select! {
                 _ = self.inner.changed.notified() => {}
-                _ = crate::server::shutdown_requested(&mut shutdown) => break,
+                _ = shutdown_requested(&mut shutdown) => break,
             }
             tokio::time::sleep(DEBOUNCE).await;
             let me = self.clone();

@@ -15,6 +15,10 @@ use dpu_model::Intent;
 
 use crate::authz::{hosted_backends, hosted_backends_of, Hosted};
 
+/// At most this many unhealthy backends in one Health report (a node cannot
+/// have more backends than Services × backends allow; this bounds memory).
+pub const MAX_HEALTH_ENTRIES: usize = 100_000;
+
 /// (VPC, address) of a backend, as verdicts name it.
 pub type BackendKey = (String, String);
 
