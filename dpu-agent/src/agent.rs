@@ -19,7 +19,7 @@ use crate::compile::NodeFacts;
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
 use crate::observe::registry::Registry;
-use crate::observe::{lb_index, Installed, LbIndex, Query, Summary};
+use crate::observe::{Installed, IntentSnapshot, LbInputs, LbReply, Query, Summary};
 use crate::openflow::liveness::{self, SwitchLink};
 use crate::openflow::{Backend, OpenFlowBackend};
 use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState};
@@ -137,7 +137,6 @@ pub async fn run(
         &shutdown,
     );
     let mut last_error: Option<String> = None;
-    let mut lb_cache: Option<(u64, Arc<LbIndex>)> = None;
     // This node's probe verdicts, for the controller.
     let (health_tx, health_rx) = watch::channel(pb::Health::default());
     let (ev_tx, mut ev_rx) = mpsc::channel(4);
@@ -362,7 +361,7 @@ pub async fn run(
                     last_error: last_error.as_deref(),
                     registry: &registry,
                 };
-                view.answer(q, generation, &mut lb_cache);
+                view.answer(q, generation);
             }
             _ = retry.tick(), if dirty || pods.waiting() || restart.reinstalling => {}
             _ = beat.tick() => {}
@@ -780,22 +779,17 @@ struct View<'a, B> {
 }
 
 impl<B: OpenFlowBackend> View<'_, B> {
-    /// Answers `q`; `generation` identifies the state, so the LB index is built
-    /// once per state however often it is asked for.
-    fn answer(self, q: Query, generation: u64, lb_cache: &mut Option<(u64, Arc<LbIndex>)>) {
+    /// Answers `q`. The loop hands out shared snapshots only: copying the
+    /// intent or building the LB index (O(intent)) is the asker's work.
+    /// `generation` identifies the state, so an asker whose LB index is
+    /// current is told so.
+    fn answer(self, q: Query, generation: u64) {
         match q {
             Query::Summary(tx) => {
                 let _ = tx.send(self.summary());
             }
             Query::Intent(tx) => {
-                let intent = self.applied.have_intent.then(|| {
-                    (
-                        self.applied.version,
-                        with_pods(&self.applied.intent, self.pool, &self.cfg.node_name)
-                            .into_owned(),
-                    )
-                });
-                let _ = tx.send(intent);
+                let _ = tx.send(self.applied.have_intent.then(|| self.intent()));
             }
             Query::Installed(tx) => {
                 let _ = tx.send(self.reconciler.installed_snapshot().map(|d| Installed {
@@ -804,17 +798,31 @@ impl<B: OpenFlowBackend> View<'_, B> {
                     state: d,
                 }));
             }
-            Query::Lb(tx) => {
-                let lb = match lb_cache {
-                    Some((g, lb)) if *g == generation => lb.clone(),
-                    _ => {
-                        let lb = Arc::new(self.lb_index());
-                        *lb_cache = Some((generation, lb.clone()));
-                        lb
-                    }
+            Query::Lb { have, tx } => {
+                let reply = if have == Some(generation) {
+                    LbReply::Unchanged
+                } else {
+                    LbReply::Build(
+                        generation,
+                        Box::new(LbInputs {
+                            intent: self.intent(),
+                            alloc: self.applied.alloc.clone(),
+                            ready: self.applied.compiler.readiness().clone(),
+                            unhealthy: self.facts.unhealthy.clone(),
+                            installed: self.reconciler.installed_snapshot(),
+                        }),
+                    )
                 };
-                let _ = tx.send(lb);
+                let _ = tx.send(reply);
             }
+        }
+    }
+
+    fn intent(&self) -> IntentSnapshot {
+        IntentSnapshot {
+            version: self.applied.version,
+            intent: self.applied.intent.clone(),
+            pods: self.pool.workloads(&self.cfg.node_name),
         }
     }
 
@@ -851,18 +859,6 @@ impl<B: OpenFlowBackend> View<'_, B> {
                 .get(&self.cfg.node_name)
                 .map(|n| n.tunnel_ip),
         }
-    }
-
-    fn lb_index(&self) -> LbIndex {
-        let intent = with_pods(&self.applied.intent, self.pool, &self.cfg.node_name);
-        LbIndex::build(&lb_index::Inputs {
-            version: self.applied.version,
-            intent: &intent,
-            alloc: &self.applied.alloc,
-            ready: self.applied.compiler.readiness(),
-            unhealthy: &self.facts.unhealthy,
-            installed: self.reconciler.installed(),
-        })
     }
 }
 

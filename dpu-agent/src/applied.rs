@@ -6,6 +6,7 @@
 //! or node facts take the whole-intent path.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpu_model::{Index, Intent, Kind, ObjectKey, Workload};
@@ -27,11 +28,14 @@ pub const COMPACT_BYTES: u64 = 16 << 20;
 /// The applied state, changed only after a bundle landed.
 #[derive(Debug, Default)]
 pub struct Applied {
-    pub intent: Intent,
+    /// Shared with observers' snapshots ([`crate::observe::Query`]); changed
+    /// through `Arc::make_mut`, which copies only while a snapshot is held.
+    pub intent: Arc<Intent>,
     /// `dpu_model::validate_changes`'s index of `intent`.
     pub index: Index,
     pub version: u64,
-    pub alloc: Allocations,
+    /// Shared like `intent`.
+    pub alloc: Arc<Allocations>,
     /// Whether any intent has been applied by this incarnation or restored.
     pub have_intent: bool,
     pub compiler: IncrementalCompiler,
@@ -105,25 +109,39 @@ impl Applied {
         node: &str,
     ) -> Result<Applied, Refusal> {
         let mut a = Applied::default();
-        apply_update(&mut a.intent, &mut a.index, 0, &persisted.snapshot, node)?;
+        apply_update(
+            Arc::make_mut(&mut a.intent),
+            &mut a.index,
+            0,
+            &persisted.snapshot,
+            node,
+        )?;
         a.version = persisted.snapshot.version;
         // Keeps every persisted id; gives one to what has none (a lost or older
         // allocations file), since later increments allocate only their own.
-        a.alloc = persisted
-            .alloc
-            .update(&a.intent)
-            .map_err(|e| Refusal::general("allocations", e.to_string()))?;
+        a.alloc = Arc::new(
+            persisted
+                .alloc
+                .update(&a.intent)
+                .map_err(|e| Refusal::general("allocations", e.to_string()))?,
+        );
         a.have_intent = true;
         for u in journal {
             if u.version <= a.version && !u.snapshot {
                 continue;
             }
-            match apply_update(&mut a.intent, &mut a.index, a.version, &u, node) {
+            match apply_update(
+                Arc::make_mut(&mut a.intent),
+                &mut a.index,
+                a.version,
+                &u,
+                node,
+            ) {
                 Ok(done) => {
                     let changed = (!done.snapshot).then_some(&done.changed);
-                    if let Err(e) = a.alloc.update_changed(&a.intent, changed) {
+                    if let Err(e) = Arc::make_mut(&mut a.alloc).update_changed(&a.intent, changed) {
                         tracing::warn!(version = u.version, error = %e, "journal replay stopped");
-                        done.undo(&mut a.intent, &mut a.index);
+                        done.undo(Arc::make_mut(&mut a.intent), &mut a.index);
                         break;
                     }
                     a.version = u.version;
@@ -168,7 +186,7 @@ impl Applied {
         };
         let t0 = Instant::now();
         let done = match apply_update(
-            &mut self.intent,
+            Arc::make_mut(&mut self.intent),
             &mut self.index,
             self.version,
             update,
@@ -180,10 +198,11 @@ impl Applied {
         let changed = (!done.snapshot).then_some(&done.changed);
         let t1 = Instant::now();
         t.next_intent = t1 - t0;
-        let alloc_undo = match self.alloc.update_changed(&self.intent, changed) {
+        let alloc_undo = match Arc::make_mut(&mut self.alloc).update_changed(&self.intent, changed)
+        {
             Ok(u) => u,
             Err(e) => {
-                done.undo(&mut self.intent, &mut self.index);
+                done.undo(Arc::make_mut(&mut self.intent), &mut self.index);
                 return nack(Refusal::general("update", e.to_string()), t);
             }
         };
@@ -211,8 +230,8 @@ impl Applied {
         let stats = match applied {
             Ok(s) => s,
             Err(e) => {
-                self.alloc.undo(alloc_undo);
-                done.undo(&mut self.intent, &mut self.index);
+                Arc::make_mut(&mut self.alloc).undo(alloc_undo);
+                done.undo(Arc::make_mut(&mut self.intent), &mut self.index);
                 // Its cache holds the refused intent now.
                 self.compiler.invalidate();
                 return nack(Refusal::general("switch", e.to_string()), t);
@@ -271,7 +290,7 @@ impl Applied {
     pub fn compact(&mut self, store: &Store) {
         let persisted = Persisted {
             snapshot: snapshot_of(&self.intent, self.version),
-            alloc: self.alloc.clone(),
+            alloc: Allocations::clone(&self.alloc),
         };
         match store.save(&persisted) {
             Ok(()) => {

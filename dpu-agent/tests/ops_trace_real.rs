@@ -17,8 +17,8 @@ use std::sync::Arc;
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile_base, NodeFacts};
 use dpu_agent::flows::DesiredState;
-use dpu_agent::observe::lb_index::{Inputs, LbIndex};
-use dpu_agent::observe::{Agent, Installed, Query, Summary};
+use dpu_agent::observe::lb_index::{LbIndex, LbInputs};
+use dpu_agent::observe::{Agent, Installed, IntentSnapshot, LbReply, Query, Summary};
 use dpu_agent::openflow::{BundleOp, NativeBackend, OpenFlowBackend};
 use dpu_agent::ops::explain::{self, hops, switch};
 use dpu_agent::ops::trace::{self, parse, Names};
@@ -37,6 +37,8 @@ struct Lab {
     ovs: OvsInstance,
     intent: Intent,
     lb: LbIndex,
+    /// What `lb` was built from, as the agent loop hands it out.
+    lb_inputs: LbInputs,
     desired: DesiredState,
     ports: BTreeMap<String, u32>,
 }
@@ -86,14 +88,18 @@ async fn lab_of(name: &str) -> Lab {
     };
     let alloc = Allocations::default().update(&intent).unwrap();
     let ready = compile_base(&intent, &alloc, &facts).ready;
-    let lb = LbIndex::build(&Inputs {
-        version: 7,
-        intent: &intent,
-        alloc: &alloc,
-        ready: &ready,
-        unhealthy: &BTreeSet::new(),
-        installed: Some(&desired),
-    });
+    let lb_inputs = LbInputs {
+        intent: IntentSnapshot {
+            version: 7,
+            intent: Arc::new(intent.clone()),
+            pods: Vec::new(),
+        },
+        alloc: Arc::new(alloc),
+        ready: Arc::new(ready),
+        unhealthy: BTreeSet::new(),
+        installed: Some(Arc::new(desired.clone())),
+    };
+    let lb = lb_inputs.build();
     let mut ops: Vec<BundleOp> = desired
         .groups
         .values()
@@ -114,6 +120,7 @@ async fn lab_of(name: &str) -> Lab {
         ovs,
         intent,
         lb,
+        lb_inputs,
         desired,
         ports,
     }
@@ -156,8 +163,8 @@ impl Lab {
     fn agent(&self) -> Agent {
         let (agent, mut rx) = Agent::channel();
         let summary = self.summary();
-        let intent = self.intent.clone();
-        let lb = Arc::new(self.lb.clone());
+        let intent = Arc::new(self.intent.clone());
+        let lb_inputs = self.lb_inputs.clone();
         let installed = Installed {
             version: 7,
             round: 3,
@@ -167,9 +174,16 @@ impl Lab {
             while let Some(q) = rx.recv().await {
                 match q {
                     Query::Summary(tx) => drop(tx.send(summary.clone())),
-                    Query::Intent(tx) => drop(tx.send(Some((7, intent.clone())))),
+                    Query::Intent(tx) => drop(tx.send(Some(IntentSnapshot {
+                        version: 7,
+                        intent: intent.clone(),
+                        pods: Vec::new(),
+                    }))),
                     Query::Installed(tx) => drop(tx.send(Some(installed.clone()))),
-                    Query::Lb(tx) => drop(tx.send(lb.clone())),
+                    Query::Lb { have: Some(1), tx } => drop(tx.send(LbReply::Unchanged)),
+                    Query::Lb { tx, .. } => {
+                        drop(tx.send(LbReply::Build(1, Box::new(lb_inputs.clone()))))
+                    }
                 }
             }
         });

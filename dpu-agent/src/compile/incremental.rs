@@ -91,7 +91,8 @@ pub struct IncrementalCompiler {
     /// allocation: bucket actions of a backend shared by many Services, the
     /// pipeline's `goto_table` and `drop`.
     actions: ActionInterner,
-    ready: Readiness,
+    /// Shared with observers' snapshots; replaced whole, never changed in place.
+    ready: Arc<Readiness>,
     changes: Changes,
     // The inputs of the last compile that decide what to recompile.
     facts: NodeFacts,
@@ -130,7 +131,7 @@ impl IncrementalCompiler {
     }
 
     /// Which backends took no bucket at the last compile, and which are local.
-    pub fn readiness(&self) -> &super::Readiness {
+    pub fn readiness(&self) -> &Arc<super::Readiness> {
         &self.ready
     }
 
@@ -239,7 +240,7 @@ impl IncrementalCompiler {
             self.merged.unreachable = base.unreachable;
             self.replace(Part::Base, base.desired);
             parts += 1;
-            if base.ready != self.ready {
+            if base.ready != *self.ready {
                 let flipped = base
                     .ready
                     .unready
@@ -253,7 +254,7 @@ impl IncrementalCompiler {
                             .map(|(_, service)| service.clone()),
                     );
                 }
-                self.ready = base.ready;
+                self.ready = Arc::new(base.ready);
             }
             self.facts = facts.clone();
         }
@@ -422,7 +423,7 @@ impl IncrementalCompiler {
             pending_ports: base.pending_ports,
             unreachable: base.unreachable,
         };
-        self.ready = base.ready;
+        self.ready = Arc::new(base.ready);
         self.facts = facts.clone();
         self.shape = env.shape();
         self.zones = alloc.zones.clone();

@@ -364,7 +364,7 @@ fn percent(p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::Query;
+    use crate::observe::{LbInputs, LbReply, Query};
     use std::io::Write;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -381,7 +381,8 @@ mod tests {
             .config
     }
 
-    /// A stand-in agent loop at `version`, counting the LB indexes it builds.
+    /// A stand-in agent loop at `version`, counting the LB index inputs it
+    /// hands out (each is one build).
     fn fake_loop(
         mut rx: tokio::sync::mpsc::Receiver<Query>,
         version: Arc<AtomicU64>,
@@ -398,12 +399,15 @@ mod tests {
                             ..Summary::default()
                         });
                     }
-                    Query::Lb(tx) => {
+                    // The state's generation is its version here.
+                    Query::Lb { have: Some(g), tx } if g == v => {
+                        let _ = tx.send(LbReply::Unchanged);
+                    }
+                    Query::Lb { tx, .. } => {
                         builds.fetch_add(1, Ordering::SeqCst);
-                        let _ = tx.send(Arc::new(LbIndex {
-                            version: v,
-                            ..LbIndex::default()
-                        }));
+                        let mut inputs = LbInputs::default();
+                        inputs.intent.version = v;
+                        let _ = tx.send(LbReply::Build(v, Box::new(inputs)));
                     }
                     _ => {}
                 }
@@ -450,8 +454,17 @@ mod tests {
             out.changed().await.unwrap();
         }
         assert_eq!(builds.load(Ordering::SeqCst), 2);
-        // The period refreshes everything.
+        // The period observes everything again; the state is the same, so
+        // the index built for it is current and not built again ...
+        out.borrow_and_update();
         tokio::time::sleep(STATUS_PERIOD).await;
+        assert!(out.has_changed().unwrap());
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
+        // ... until the state changes.
+        version.store(3, Ordering::SeqCst);
+        out.borrow_and_update();
+        tokio::time::sleep(STATUS_PERIOD).await;
+        assert!(out.has_changed().unwrap());
         assert_eq!(builds.load(Ordering::SeqCst), 3);
     }
 }

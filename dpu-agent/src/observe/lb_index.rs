@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dpu_model::{AccessScenario, Intent, Service};
 
@@ -181,6 +182,32 @@ pub struct Inputs<'a> {
     pub ready: &'a Readiness,
     pub unhealthy: &'a BTreeSet<(String, IpAddr)>,
     pub installed: Option<&'a DesiredState>,
+}
+
+/// [`Inputs`] owned: the agent loop's shared state at one generation. Taking
+/// it costs the loop reference counts and the (small) unhealthy set; the
+/// loop's next change copies what a snapshot still holds (`Arc::make_mut`).
+#[derive(Debug, Clone, Default)]
+pub struct LbInputs {
+    pub intent: super::IntentSnapshot,
+    pub alloc: Arc<Allocations>,
+    pub ready: Arc<Readiness>,
+    pub unhealthy: BTreeSet<(String, IpAddr)>,
+    pub installed: Option<Arc<DesiredState>>,
+}
+
+impl LbInputs {
+    pub fn build(&self) -> LbIndex {
+        let intent = self.intent.with_pods();
+        LbIndex::build(&Inputs {
+            version: self.intent.version,
+            intent: &intent,
+            alloc: &self.alloc,
+            ready: &self.ready,
+            unhealthy: &self.unhealthy,
+            installed: self.installed.as_deref(),
+        })
+    }
 }
 
 fn scenario_name(s: AccessScenario) -> &'static str {

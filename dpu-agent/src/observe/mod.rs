@@ -18,25 +18,63 @@ pub mod tunnel;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dpu_model::Intent;
+use dpu_model::{Intent, Workload};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::flows::DesiredState;
-pub use lb_index::LbIndex;
+pub use lb_index::{LbIndex, LbInputs};
 
 /// A question for the agent loop; the answer comes back on the oneshot.
 #[derive(Debug)]
 pub enum Query {
     /// Cheap facts: versions, counts, health.
     Summary(oneshot::Sender<Summary>),
-    /// The intent as applied, with this node's attached pods.
-    Intent(oneshot::Sender<Option<(u64, Intent)>>),
+    /// The intent as applied, shared, and this node's attached pods.
+    Intent(oneshot::Sender<Option<IntentSnapshot>>),
     /// What the reconciler last installed (its view of the switch) and the round
     /// stamped into cookies.
     Installed(oneshot::Sender<Option<Installed>>),
-    /// Services, their groups and buckets, and backends' health: built once per
-    /// applied state and shared.
-    Lb(oneshot::Sender<Arc<LbIndex>>),
+    /// What the LB index (Services, their groups and buckets, backends'
+    /// health) is built from, unless the asker's index, built at state
+    /// generation `have`, is still current. The loop only hands out shared
+    /// snapshots; the asker builds the index, off the loop.
+    Lb {
+        have: Option<u64>,
+        tx: oneshot::Sender<LbReply>,
+    },
+}
+
+/// The applied intent as the loop holds it. Merging the pods in is the
+/// reader's work ([`IntentSnapshot::with_pods`]), not the loop's.
+#[derive(Debug, Clone, Default)]
+pub struct IntentSnapshot {
+    pub version: u64,
+    pub intent: Arc<Intent>,
+    /// This node's attached pods (workloads the controller does not send).
+    pub pods: Vec<Workload>,
+}
+
+impl IntentSnapshot {
+    /// The intent with this node's attached pods in, as the compiler sees it.
+    pub fn with_pods(&self) -> std::borrow::Cow<'_, Intent> {
+        if self.pods.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.intent);
+        }
+        let mut i = Intent::clone(&self.intent);
+        for w in &self.pods {
+            i.upsert(dpu_model::Object::Workload(w.clone()));
+        }
+        std::borrow::Cow::Owned(i)
+    }
+}
+
+/// The loop's answer to [`Query::Lb`].
+#[derive(Debug)]
+pub enum LbReply {
+    /// The state has not changed since the asker's index was built.
+    Unchanged,
+    /// The state at this generation, to build the index from.
+    Build(u64, Box<LbInputs>),
 }
 
 /// The reconciler's view of the switch.
@@ -80,7 +118,13 @@ pub struct Summary {
 #[derive(Debug, Clone)]
 pub struct Agent {
     tx: mpsc::Sender<Query>,
+    /// The last LB index and the state generation it was built at, shared by
+    /// every observer; the lock makes concurrent askers build it once.
+    lb: Arc<tokio::sync::Mutex<Option<BuiltLb>>>,
 }
+
+/// An LB index and the state generation it was built at.
+type BuiltLb = (u64, Arc<LbIndex>);
 
 /// The agent loop has stopped.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +135,13 @@ impl Agent {
     /// A handle and the receiving end the agent loop serves.
     pub fn channel() -> (Agent, mpsc::Receiver<Query>) {
         let (tx, rx) = mpsc::channel(16);
-        (Agent { tx }, rx)
+        (
+            Agent {
+                tx,
+                lb: Arc::default(),
+            },
+            rx,
+        )
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Result<T, Gone> {
@@ -104,15 +154,36 @@ impl Agent {
         self.ask(Query::Summary).await
     }
 
+    /// The applied intent with this node's pods, copied off the loop.
     pub async fn intent(&self) -> Result<Option<(u64, Intent)>, Gone> {
-        self.ask(Query::Intent).await
+        let Some(snap) = self.ask(Query::Intent).await? else {
+            return Ok(None);
+        };
+        Ok(Some((snap.version, snap.with_pods().into_owned())))
     }
 
     pub async fn installed(&self) -> Result<Option<Installed>, Gone> {
         self.ask(Query::Installed).await
     }
 
+    /// The LB index of the current state: built once per state, on a
+    /// blocking thread from the loop's shared snapshot (O(intent) work the
+    /// loop never does).
     pub async fn lb(&self) -> Result<Arc<LbIndex>, Gone> {
-        self.ask(Query::Lb).await
+        let mut cache = self.lb.lock().await;
+        let have = cache.as_ref().map(|(g, _)| *g);
+        match self.ask(|tx| Query::Lb { have, tx }).await? {
+            LbReply::Unchanged => match cache.as_ref() {
+                Some((_, lb)) => Ok(lb.clone()),
+                None => Err(Gone),
+            },
+            LbReply::Build(generation, inputs) => {
+                let lb = tokio::task::spawn_blocking(move || Arc::new(inputs.build()))
+                    .await
+                    .map_err(|_| Gone)?;
+                *cache = Some((generation, lb.clone()));
+                Ok(lb)
+            }
+        }
     }
 }

@@ -243,7 +243,7 @@ mod tests {
     use std::io::{Read, Write};
 
     use super::*;
-    use crate::observe::{Agent, LbIndex, Query};
+    use crate::observe::{Agent, IntentSnapshot, LbReply, Query};
     use crate::ops::client;
 
     /// A `Ctx` whose agent loop is a task answering `intent()` (version 7,
@@ -254,10 +254,13 @@ mod tests {
             while let Some(q) = rx.recv().await {
                 match q {
                     Query::Intent(tx) => {
-                        let _ = tx.send(Some((7, dpu_model::Intent::default())));
+                        let _ = tx.send(Some(IntentSnapshot {
+                            version: 7,
+                            ..IntentSnapshot::default()
+                        }));
                     }
-                    Query::Lb(tx) => {
-                        let _ = tx.send(Arc::new(LbIndex::default()));
+                    Query::Lb { tx, .. } => {
+                        let _ = tx.send(LbReply::Build(1, Box::default()));
                     }
                     _ => {}
                 }
