@@ -165,6 +165,7 @@ pub fn lb_measure(cfg: &LbConfig) -> Result<LbReport> {
     let tuples = client_tuples(cfg.flows);
 
     let ovs = OvsInstance::start().context("starting a private OVS")?;
+    let _tracked = crate::guard::track_ovs_scoped(&ovs);
     ovs.add_bridge(BRIDGE)?;
     install(&ovs, &group_spec(&cfg.weights, &ips, None, cfg.bucket_ids))?;
     ovs.ofctl(&[

@@ -184,6 +184,11 @@ fn plan(a: &AllArgs) -> Plan {
 
 fn main() -> ExitCode {
     guard::install_panic_hook();
+    // Before anything is started (and before any other thread exists).
+    if let Err(e) = guard::install_signal_handlers() {
+        eprintln!("dpu-bench: installing the SIGINT/SIGTERM/SIGHUP handlers: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::All(a) => run_all(&a),
@@ -246,6 +251,8 @@ fn freeze_binaries(needed: &[&str]) -> Result<(tempfile::TempDir, String)> {
     let dir = tempfile::Builder::new()
         .prefix("dpu-bench-bin-")
         .tempdir()?;
+    // Copies of the binaries (tens of MB): not left behind by a signal or panic.
+    guard::track_dir(dir.path());
     let mut what = Vec::new();
     for b in BINARIES.into_iter().filter(|b| needed.contains(b)) {
         let src = from.join(b);
@@ -262,7 +269,8 @@ fn freeze_binaries(needed: &[&str]) -> Result<(tempfile::TempDir, String)> {
             what.push(format!("{} ({} bytes, {age})", src.display(), meta.len()));
         }
     }
-    // Before any thread exists: nothing else reads the environment yet.
+    // Before any thread but the signal thread exists, and that one reads the
+    // environment only after a signal, through std (under std's environment lock).
     std::env::set_var(dpu_lab::traffic::BIN_DIR_ENV, dir.path());
     Ok((dir, what.join(", ")))
 }

@@ -43,6 +43,8 @@ impl Netns {
         // Recorded first, so lab/run-tests' clean-up finds it after a crash.
         dpu_lab::netns::claim_netns(&name)?;
         run_ok(Command::new(program("ip")?).args(["netns", "add", &name]))?;
+        // For the sweep on a signal or a panic (`Drop` forgets it).
+        crate::guard::track_netns(&name);
         let ns = Netns { name };
         // Loopback up, as in any pod or node namespace.
         ns.output(&program("ip")?, &["link", "set", "lo", "up"])?;
@@ -124,6 +126,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        crate::guard::forget_netns(&self.name);
         if let Err(e) =
             program("ip").and_then(|ip| run_ok(Command::new(ip).args(["netns", "del", &self.name])))
         {
