@@ -90,9 +90,9 @@ fn main() {
 
     let desired = applied.compiler.desired();
     let (flows, groups) = (desired.flows.len(), desired.groups.len());
-    let intent_b = deep(&applied.intent);
+    let intent_b = deep(&*applied.intent);
     let index_b = deep(&applied.index);
-    let alloc_b = deep(&applied.alloc);
+    let alloc_b = deep(&*applied.alloc);
     let before_lb = live();
     let lb = LbIndex::build(&lb_index::Inputs {
         version: applied.version,

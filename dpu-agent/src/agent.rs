@@ -269,9 +269,7 @@ pub async fn run(
                     changed_tx.send_modify(|g| *g += 1);
                     let _ = reply.send(handled.msg);
                     // Off the update's path: the Ack is out.
-                    if applied.compaction_due() {
-                        applied.compact(&store);
-                    }
+                    applied.after_ack(&store);
                 }
             },
             changed = ovs_rx.changed() => {

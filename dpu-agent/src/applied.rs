@@ -282,6 +282,13 @@ impl Applied {
 
     /// Whether the journal is due for compaction ([`Self::compact`]); the agent
     /// does it after the Ack went out, off the update's path.
+    /// Work that waits until the Ack is out: compaction, when due.
+    pub fn after_ack(&mut self, store: &Store) {
+        if self.compaction_due() {
+            self.compact(store);
+        }
+    }
+
     pub fn compaction_due(&self) -> bool {
         self.journal_records >= COMPACT_RECORDS || self.journal_bytes >= COMPACT_BYTES
     }
