@@ -363,7 +363,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                     L3_FORWARD,
                     100,
                     to_address(z, *a),
-                    routed_to(w.mac.map_or(ROUTER_MAC, |m| crate::openflow::ir::Mac(m.0)))
+                    routed_to(w.mac.map_or(ROUTER_MAC, ir_mac))
                         .set_field(Field::TunId, vpc.vni)
                         .set_field(Field::TunDst, node.tunnel_ip)
                         .output(t),
@@ -386,7 +386,9 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
         // usually) with others, and its MAC tells it apart.
         let on_uplink = uplink.filter(|u| u.iface == w.port);
         let from_port = if w.kind == WorkloadKind::BareMetal {
-            Match::new().in_port(ofport).exact(Field::EthSrc, mac)
+            Match::new()
+                .in_port(ofport)
+                .exact(Field::EthSrc, ir_mac(mac))
         } else {
             Match::new().in_port(ofport)
         };
@@ -409,10 +411,10 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 106,
                 Match::new()
                     .in_port(ofport)
-                    .exact(Field::EthSrc, mac)
+                    .exact(Field::EthSrc, ir_mac(mac))
                     .proto(Proto::Arp)
                     .exact(Field::ArpSpa, w.ip)
-                    .exact(Field::ArpSha, mac),
+                    .exact(Field::ArpSha, ir_mac(mac)),
                 Actions::new()
                     .set_reg(reg::VPC, reg::UPLINK_CONTEXT)
                     .goto(ARP_RESPONDER.id),
@@ -432,13 +434,13 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
                 Actions::drop(),
                 c,
             );
-            d.add(ARP_RESPONDER, 95, asks(), proxy_arp(u.mac), c);
+            d.add(ARP_RESPONDER, 95, asks(), proxy_arp(ir_mac(u.mac)), c);
         }
         let port = || {
             Match::new()
                 .reg(reg::VPC, z)
                 .in_port(ofport)
-                .exact(Field::EthSrc, mac)
+                .exact(Field::EthSrc, ir_mac(mac))
         };
         d.add(
             SPOOF_GUARD,
@@ -446,7 +448,7 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             port()
                 .proto(Proto::Arp)
                 .exact(Field::ArpSpa, w.ip)
-                .exact(Field::ArpSha, mac),
+                .exact(Field::ArpSha, ir_mac(mac)),
             Actions::new().goto(ARP_RESPONDER.id),
             c,
         );
@@ -504,8 +506,8 @@ pub fn compile_base(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> 
             );
         }
         let rewrite = match on_uplink {
-            Some(u) => routed_from_to(u.mac, mac),
-            None => routed_to(mac),
+            Some(u) => routed_from_to(ir_mac(u.mac), ir_mac(mac)),
+            None => routed_to(ir_mac(mac)),
         };
         // A shared port is often also where the packet came from (an EIP client
         // or another server on the uplink): OpenFlow drops an output to the
@@ -573,7 +575,7 @@ fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFa
             Match::new()
                 .reg(reg::VPC, z)
                 .in_port(ofport)
-                .exact(Field::EthSrc, m)
+                .exact(Field::EthSrc, ir_mac(m))
         };
         d.add(
             SPOOF_GUARD,
@@ -581,7 +583,7 @@ fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFa
             port()
                 .proto(Proto::Arp)
                 .exact(Field::ArpSpa, PROBE_SOURCE)
-                .exact(Field::ArpSha, m),
+                .exact(Field::ArpSha, ir_mac(m)),
             Actions::new().goto(ARP_RESPONDER.id),
             c,
         );
@@ -596,7 +598,7 @@ fn compile_probe_links(d: &mut DesiredState, alloc: &Allocations, facts: &NodeFa
             L3_FORWARD,
             110,
             to_address(z, IpAddr::V4(PROBE_SOURCE)).ct_state(ct::EST | ct::RPL | ct::TRK, 0),
-            routed_to(m).output(ofport),
+            routed_to(ir_mac(m)).output(ofport),
             c,
         );
     }
@@ -641,7 +643,7 @@ fn compile_uplink_local(d: &mut DesiredState, facts: &NodeFacts, u: Uplink<'_>) 
             .push(mark::origin_is(reg::ORIGIN_UPLINK)),
         Actions::new()
             .move_(label::MAC, Subfield::whole(Field::EthDst))
-            .set_field(Field::EthSrc, u.mac)
+            .set_field(Field::EthSrc, ir_mac(u.mac))
             .dec_ttl()
             .then(CLEAR_IN_PORT)
             .output(u.ofport),
@@ -655,7 +657,7 @@ fn compile_uplink_service(d: &mut DesiredState, s: &Service, alloc: &Allocations
         return;
     };
     let sc = service_cookie(s);
-    arp_answer_with(d, reg::UPLINK_CONTEXT, eip, u.mac, sc);
+    arp_answer_with(d, reg::UPLINK_CONTEXT, eip, ir_mac(u.mac), sc);
     for p in &s.ports {
         d.add(
             CLASSIFY,
@@ -951,7 +953,7 @@ fn compile_hosts_routes(d: &mut DesiredState, env: &PartEnv<'_>, vpcs: &BTreeSet
             let Some((hip, hmac)) = n.host else { continue };
             let c = Cookie::new(Category::Node, &n.name);
             let to_host = to_address(u32::from(zone), IpAddr::V4(hip));
-            let rewrite = routed_to(hmac);
+            let rewrite = routed_to(ir_mac(hmac));
             if n.name == facts.node {
                 if let Some((hport, _)) = env.host {
                     d.add(L3_FORWARD, 100, to_host, rewrite.output(hport), c);
@@ -970,6 +972,11 @@ fn compile_hosts_routes(d: &mut DesiredState, env: &PartEnv<'_>, vpcs: &BTreeSet
             }
         }
     }
+}
+
+/// A MAC of the model as a value of the flow IR.
+fn ir_mac(m: Mac) -> crate::openflow::ir::Mac {
+    crate::openflow::ir::Mac(m.0)
 }
 
 /// Answers an ARP request for whatever address it asks about with `mac`.

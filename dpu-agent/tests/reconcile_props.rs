@@ -93,7 +93,7 @@ fn groups_named(actions: &Actions) -> Vec<u32> {
     actions.groups().collect()
 }
 
-#[path = "common/ir_text.rs"]
+#[path = "../../openflow/tests/common/ir_text.rs"]
 mod ir_text;
 use ir_text::{parse_actions, parse_match};
 

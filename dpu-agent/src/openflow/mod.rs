@@ -1,7 +1,12 @@
 //! The OpenFlow side of the agent, behind one trait so a native OpenFlow 1.5
 //! connection can replace the `ovs-ofctl` backend without touching the reconciler.
+//! The flow IR, the codec and the connection are the `openflow` crate's
+//! (`openflow/`); `ir` is re-exported here so the agent names it as before.
 
-pub mod ir;
+pub use ::openflow::ir;
+
+#[cfg(test)]
+mod golden_text_tests;
 pub mod liveness;
 pub mod native;
 mod ofctl;
@@ -72,7 +77,7 @@ pub struct InstalledGroup {
     pub buckets: Vec<InstalledBucket>,
     /// Read from OpenFlow messages (the native backend) rather than
     /// `ovs-ofctl` text: buckets are action bytes in hex, see
-    /// [`native::codec::wire_form`].
+    /// [`native::wire_form`].
     pub wire: bool,
 }
 
@@ -101,7 +106,7 @@ impl InstalledGroup {
     /// and buckets.
     pub fn is(&self, g: &Group) -> bool {
         if self.wire {
-            native::codec::wire_form(g).is_ok_and(|w| *self == w)
+            native::wire_form(g).is_ok_and(|w| *self == w)
         } else {
             *self == Self::of(g)
         }

@@ -82,12 +82,12 @@ impl OfctlBackend {
 /// that fit one OpenFlow message, then a `group insert_bucket … last` per
 /// further message (each bucket with `weight:1`, see below), split exactly as
 /// the native backend splits it
-/// ([`super::native::codec::group_split`]). `ovs-ofctl` encodes each line as
+/// ([`::openflow::codec::GroupMod::split`]). `ovs-ofctl` encodes each line as
 /// one message, and a group of more than 64 KiB in one message is refused
 /// (its 16-bit length wraps). A group the codec cannot encode is written on
 /// one line, for `ovs-ofctl` to judge.
 fn write_group(s: &mut String, g: &Group) {
-    let split = super::native::codec::group_split(g).unwrap_or_default();
+    let split = super::native::group_mod(g).split().unwrap_or_default();
     if split.len() <= 1 {
         let _ = writeln!(s, "group add_or_mod {}", g.spec());
         return;
@@ -206,7 +206,7 @@ pub fn parse_summary(flows: &str, groups: &str) -> Result<InstalledSummary, Open
 
 /// The group ids an action list sends to (`group:N`).
 fn groups_named(actions: &str) -> Vec<u32> {
-    crate::openflow::ir::parse::split_top(actions)
+    crate::openflow::ir::split_top(actions)
         .into_iter()
         .filter_map(|a| a.strip_prefix("group:"))
         .filter_map(|id| id.parse().ok())
@@ -236,7 +236,7 @@ fn parse_group(line: &str) -> Result<(u32, InstalledGroup), OpenFlowError> {
         wire: false,
     };
     let mut buckets: Vec<BucketText> = Vec::new();
-    for tok in crate::openflow::ir::parse::split_top(line) {
+    for tok in crate::openflow::ir::split_top(line) {
         if let Some(first) = tok.strip_prefix("bucket=") {
             buckets.push(BucketText::default());
             if first.is_empty() {

@@ -1,47 +1,38 @@
 //! The native OpenFlow 1.5 backend: one long-lived connection to the bridge's
-//! management socket, no `ovs-ofctl` process per bundle. `codec` owns the wire
-//! format; `conn` owns the socket; this module owns the bundle protocol.
+//! management socket, no `ovs-ofctl` process per bundle. The `openflow` crate
+//! owns the wire format, the connection and the bundle protocol; this module
+//! adapts them to the agent: [`BundleOp`]s become the crate's changes
+//! (borrowing their matches and actions), refusals name the op in
+//! `ovs-ofctl bundle` syntax, dumps become an [`InstalledSummary`], and the
+//! connection is made, bounded in time and made again here.
 //!
 //! An apply encodes every op first (a bad op refuses the bundle before a byte is
-//! sent), opens an atomic+ordered bundle, streams every message into it without
-//! waiting per message, and asks for a barrier. OVS reports a message it cannot
-//! take into the bundle at once, so the barrier reply says whether all of them
-//! are in. Only then does it commit (a commit would apply the rest); the commit is
-//! followed by a barrier, whose reply is the point the agent ACKs on. Any I/O
-//! error or timeout drops the connection, and with it any open bundle; the next
-//! call connects again, which is how a restarted `ovs-vswitchd` is survived.
-//! A refusal names the OVS error and the op, in `ovs-ofctl bundle` syntax.
-//!
-//! `installed()` and the read-only `counters()` are in `dump`, which also says
-//! how they keep clear of an OVS crash on groups too large to describe in one
-//! message.
+//! sent), then the crate applies it as one atomic+ordered bundle and returns at
+//! the barrier after the commit, the point the agent ACKs on. Any I/O error or
+//! timeout drops the connection, and with it any open bundle; the next call
+//! connects again, which is how a restarted `ovs-vswitchd` is survived.
 
-pub mod codec;
-mod conn;
-mod dump;
 #[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use codec::{msg_type, BundleCtrl};
-use conn::{error_name, xid_of, Conn, Step};
-pub(crate) use dump::{Counters, DESCRIBE_ALL_MAX_BUCKETS};
+pub use ::openflow::codec;
+pub(crate) use ::openflow::{Counters, DESCRIBE_ALL_MAX_BUCKETS};
+
+use ::openflow::codec::{Change, CodecError, FlowMod, GroupDesc, GroupMod};
+use ::openflow::{Bundle, Connection, Dump, OversizedGroup};
 
 use super::ofctl::render_bundle;
-use super::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use super::{
+    sorted, BundleOp, InstalledBucket, InstalledGroup, InstalledSummary, OpenFlowBackend,
+    OpenFlowError,
+};
+use crate::flows::Group;
 
-/// OFPBF_ATOMIC | OFPBF_ORDERED.
-const BUNDLE_FLAGS: u16 = 1 | 2;
-/// Bundle control reply types.
-const OPEN_REPLY: u16 = 1;
-const COMMIT_REPLY: u16 = 5;
-const DISCARD_REPLY: u16 = 7;
 /// How much of one op's text goes into an error.
 const OP_TEXT_MAX: usize = 400;
-/// How many refused messages an error names one by one.
-const ERRORS_NAMED: usize = 3;
 
 /// An [`OpenFlowBackend`] that speaks OpenFlow 1.5 itself over
 /// `unix:<rundir>/<bridge>.mgmt`.
@@ -54,13 +45,11 @@ pub struct NativeBackend {
     pub timeout: Duration,
     /// Bound on connecting and the handshake.
     pub connect_timeout: Duration,
-    conn: Option<Conn>,
+    conn: Option<Connection>,
     /// Set while a call uses the connection. Still set at the start of a call,
     /// it means the last call was dropped midway, leaving the connection at an
     /// unknown point of an exchange: it is not used again.
     in_call: bool,
-    next_xid: u32,
-    next_bundle: u32,
 }
 
 impl NativeBackend {
@@ -86,8 +75,6 @@ impl NativeBackend {
             connect_timeout: Duration::from_secs(5),
             conn: None,
             in_call: false,
-            next_xid: 1,
-            next_bundle: 1,
         })
     }
 
@@ -98,12 +85,6 @@ impl NativeBackend {
         self
     }
 
-    fn xid(&mut self) -> u32 {
-        let x = self.next_xid;
-        self.next_xid = self.next_xid.wrapping_add(1);
-        x
-    }
-
     fn unreachable(&self, reason: String) -> OpenFlowError {
         OpenFlowError::Unreachable {
             target: self.target.clone(),
@@ -112,29 +93,17 @@ impl NativeBackend {
     }
 
     /// The connection, made now if there is none.
-    async fn conn(&mut self) -> Result<&mut Conn, OpenFlowError> {
-        if self.conn.as_mut().is_some_and(Conn::closed) {
+    async fn conn(&mut self) -> Result<&mut Connection, OpenFlowError> {
+        if self.conn.as_mut().is_some_and(Connection::closed) {
             tracing::debug!(target = %self.target, "the switch closed the OpenFlow connection; connecting again");
             self.conn = None;
         }
         if self.conn.is_none() {
-            let (target, path, bound) =
-                (self.target.clone(), self.path.clone(), self.connect_timeout);
-            let mut next = self.next_xid;
-            let made = tokio::time::timeout(
-                bound,
-                Conn::connect(&target, &path, || {
-                    let x = next;
-                    next = next.wrapping_add(1);
-                    x
-                }),
-            )
-            .await;
-            self.next_xid = next;
-            let conn = made.map_err(|_| {
-                self.unreachable(format!("no OpenFlow handshake within {bound:?}"))
-            })??;
-            self.conn = Some(conn);
+            let bound = self.connect_timeout;
+            let made = tokio::time::timeout(bound, Connection::connect(&self.path))
+                .await
+                .map_err(|_| self.unreachable(format!("no OpenFlow handshake within {bound:?}")))?;
+            self.conn = Some(made.map_err(|e| from_crate(&self.target, e, &[]))?);
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -167,22 +136,121 @@ impl NativeBackend {
     }
 }
 
-/// Every op of one bundle as BUNDLE_ADD_MESSAGEs back to back, with the op each
-/// message came from. Message `i` has xid `first_xid + i`. The caller appends a
-/// barrier request to `stream`.
-#[derive(Debug)]
-struct Encoded {
-    stream: Vec<u8>,
-    op_of_message: Vec<u32>,
-    first_xid: u32,
+/// The change `op` stands for, borrowing its match and actions.
+pub fn change(op: &BundleOp) -> Change<'_> {
+    match op {
+        BundleOp::PutGroup(g) => Change::PutGroup(group_mod(g)),
+        BundleOp::AddFlow { key, body, cookie } => Change::Flow(FlowMod::add(
+            key.table,
+            key.priority,
+            *cookie,
+            &key.matches,
+            &body.actions,
+        )),
+        BundleOp::DeleteFlow(key) => Change::Flow(FlowMod::delete_strict(
+            key.table,
+            key.priority,
+            &key.matches,
+        )),
+        BundleOp::DeleteFlowsByCookie {
+            table,
+            cookie,
+            mask,
+        } => Change::Flow(FlowMod::delete_by_cookie(*table, *cookie, *mask)),
+        BundleOp::DeleteGroup(id) => Change::DeleteGroup(*id),
+    }
 }
 
-impl Encoded {
-    /// The op a reply with `xid` is about.
-    fn op(&self, xid: u32) -> Option<usize> {
-        let i = xid.wrapping_sub(self.first_xid) as usize;
-        self.op_of_message.get(i).map(|op| *op as usize)
+/// `g` as the crate's select group, borrowing its hash fields and actions.
+pub fn group_mod(g: &Group) -> GroupMod<'_> {
+    GroupMod {
+        id: g.id,
+        hash_fields: &g.hash_fields,
+        buckets: g.buckets.iter().map(|b| (b.id, &*b.actions)).collect(),
     }
+}
+
+/// One bundle op as the OpenFlow messages it stands for, in order, each with
+/// xid `xid`.
+pub fn encode_op(op: &BundleOp, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
+    change(op).encode(xid)
+}
+
+/// The form `g` takes in [`InstalledSummary::groups`] once installed, read
+/// back natively: hash fields by name, each bucket as the hex of its actions.
+pub fn wire_form(g: &Group) -> Result<InstalledGroup, CodecError> {
+    group_mod(g).desc().map(InstalledGroup::from_desc)
+}
+
+impl InstalledGroup {
+    /// A group as the switch describes it in OpenFlow (see [`wire_form`]).
+    pub fn from_desc(d: GroupDesc) -> Self {
+        InstalledGroup {
+            kind: d.group_type.name().into(),
+            selection_method: d.selection_method,
+            hash_fields: d.hash_fields,
+            properties: d.properties,
+            buckets: sorted(
+                d.buckets
+                    .into_iter()
+                    .map(|b| {
+                        let mut text = String::new();
+                        for p in &b.properties {
+                            text.push_str(p);
+                            text.push(',');
+                        }
+                        text.push_str(&hex::encode(&b.actions));
+                        InstalledBucket::new(b.id, text)
+                    })
+                    .collect(),
+            ),
+            wire: true,
+        }
+    }
+
+    /// A group whose description is longer than an OpenFlow message can say:
+    /// reported with a property that no group the compiler writes has, so the
+    /// reconciler takes it as changed and writes it again.
+    fn unreadable(g: &OversizedGroup) -> Self {
+        tracing::warn!(
+            group = g.id,
+            bytes = g.bytes + 16,
+            "the switch describes a group in more than one OpenFlow message holds; \
+             its buckets are unknown and it will be written again"
+        );
+        InstalledGroup {
+            kind: g.group_type.name().into(),
+            selection_method: None,
+            hash_fields: Vec::new(),
+            properties: vec![format!(
+                "unreadable: described in {} bytes, more than an OpenFlow message holds",
+                g.bytes
+            )],
+            buckets: Vec::new(),
+            wire: true,
+        }
+    }
+}
+
+/// What a dump says the switch holds.
+fn summary(dump: Dump) -> InstalledSummary {
+    let mut sum = InstalledSummary {
+        flows: dump.flows.len(),
+        ..InstalledSummary::default()
+    };
+    for f in dump.flows {
+        sum.cookies.insert(f.cookie);
+        for g in f.groups {
+            sum.group_users.entry(g).or_default().insert(f.cookie);
+        }
+    }
+    for d in dump.groups {
+        sum.groups.insert(d.id, InstalledGroup::from_desc(d));
+    }
+    for g in &dump.oversized_groups {
+        sum.groups.insert(g.id, InstalledGroup::unreadable(g));
+    }
+    sum
 }
 
 /// One op in `ovs-ofctl bundle` syntax, cut short if long (big groups).
@@ -201,231 +269,61 @@ fn op_text(op: &BundleOp) -> String {
     s
 }
 
-fn encode(ops: &[BundleOp], bundle_id: u32, first_xid: u32) -> Result<Encoded, OpenFlowError> {
-    // Most flow mods take 100 to 200 bytes with their BUNDLE_ADD header.
-    let mut stream = Vec::with_capacity(ops.len() * 160);
-    let mut op_of_message = Vec::with_capacity(ops.len());
-    let mut xid = first_xid;
-    for (i, op) in ops.iter().enumerate() {
-        let refused = |why: String| OpenFlowError::Rejected(format!("{}: {why}", op_text(op)));
-        for inner in codec::encode_op(op, xid).map_err(|e| refused(e.to_string()))? {
-            // Gives `inner` this xid too, as the switch wants.
-            let add = codec::bundle_add(xid, bundle_id, BUNDLE_FLAGS, &inner);
-            if add.len() > usize::from(u16::MAX) {
-                return Err(refused(format!(
-                    "encodes to a {}-byte message, more than OpenFlow can carry",
-                    add.len()
-                )));
-            }
-            stream.extend_from_slice(&add);
-            op_of_message.push(i as u32);
-            xid = xid.wrapping_add(1);
-        }
-    }
-    Ok(Encoded {
-        stream,
-        op_of_message,
-        first_xid,
-    })
-}
-
-/// Errors the switch sent about messages of a bundle.
-#[derive(Debug, Default)]
-struct Refusals {
-    /// (error name, the op it names if known, xid), the first few.
-    first: Vec<(String, Option<usize>, u32)>,
-    count: usize,
-}
-
-impl Refusals {
-    fn note(&mut self, msg: &[u8], enc: &Encoded) {
-        self.count += 1;
-        if self.first.len() >= ERRORS_NAMED {
-            return;
-        }
-        let (name, data_xid) = match codec::parse_error(msg) {
-            Ok(e) => (e.name(), e.failed_xid()),
-            Err(e) => (format!("an unreadable error message ({e})"), None),
-        };
-        let xid = xid_of(msg);
-        let op = enc.op(xid).or_else(|| data_xid.and_then(|x| enc.op(x)));
-        self.first.push((name, op, xid));
-    }
-
-    /// The first few errors, each with the op it is about.
-    fn describe(&self, ops: &[BundleOp]) -> String {
-        let mut parts: Vec<String> = self
-            .first
-            .iter()
-            .map(|(name, op, xid)| match op {
-                Some(i) => format!("{name} for op {} `{}`", i + 1, op_text(&ops[*i])),
-                None => format!("{name} (xid {xid:#x})"),
-            })
-            .collect();
-        if self.count > self.first.len() {
-            parts.push(format!("and {} more errors", self.count - self.first.len()));
-        }
-        parts.join("; ")
+/// The op `i` of `ops` as a refusal names it.
+fn op_label(ops: &[BundleOp], i: usize) -> String {
+    match ops.get(i) {
+        Some(op) => format!("op {} `{}`", i + 1, op_text(op)),
+        None => format!("op {}", i + 1),
     }
 }
 
-/// How the switch answered a commit.
-#[derive(Debug)]
-enum Commit {
-    Done,
-    /// With the error's name.
-    Refused(String),
-}
-
-/// The transaction ids of one apply's control messages.
-#[derive(Debug, Clone, Copy)]
-struct ControlXids {
-    open: u32,
-    /// After the last message of the bundle.
-    barrier: u32,
-    commit: u32,
-    /// After the commit: the ACK point.
-    last_barrier: u32,
-    discard: u32,
-}
-
-fn bundle_reply(msg: &[u8], bundle_id: u32, want: u16) -> Result<Step, OpenFlowError> {
-    let (id, kind) = codec::parse_bundle_reply(msg)
-        .map_err(|e| OpenFlowError::Protocol(format!("a bundle reply: {e}")))?;
-    if id != bundle_id || kind != want {
-        return Err(OpenFlowError::Protocol(format!(
-            "bundle reply type {kind} for bundle {id}, expected type {want} for bundle {bundle_id}"
-        )));
+/// Every op encoded into one bundle; an op that cannot be encoded refuses it.
+fn encode(ops: &[BundleOp]) -> Result<Bundle, OpenFlowError> {
+    let mut bundle = Bundle::with_capacity(ops.len());
+    for op in ops {
+        bundle
+            .push(change(op))
+            .map_err(|e| OpenFlowError::Rejected(format!("{}: {e}", op_text(op))))?;
     }
-    Ok(Step::Done)
+    Ok(bundle)
+}
+
+/// The crate's error as the agent's; a refusal names the ops of `ops`.
+fn from_crate(target: &str, e: ::openflow::Error, ops: &[BundleOp]) -> OpenFlowError {
+    match e {
+        ::openflow::Error::Unreachable { reason, .. } => OpenFlowError::Unreachable {
+            target: target.to_string(),
+            reason,
+        },
+        ::openflow::Error::Protocol(p) => OpenFlowError::Protocol(p),
+        ::openflow::Error::Refused(what) => OpenFlowError::Rejected(what),
+        ::openflow::Error::Bundle(r) => OpenFlowError::Rejected(r.describe(|i| op_label(ops, i))),
+    }
 }
 
 impl NativeBackend {
-    async fn apply_encoded(
+    /// Runs `call` on the connection (made first if need be) under the
+    /// whole-call bound; errors name the ops of `ops`.
+    async fn call<T>(
         &mut self,
         ops: &[BundleOp],
-        enc: &Encoded,
-        bundle_id: u32,
-        xids: ControlXids,
-    ) -> Result<(), OpenFlowError> {
-        let ControlXids {
-            open,
-            commit,
-            last_barrier,
-            discard,
-            ..
-        } = xids;
-        let conn = self.conn().await?;
-
-        conn.exchange(
-            &codec::bundle_control(open, bundle_id, BundleCtrl::Open, BUNDLE_FLAGS),
-            |msg| match (msg[1], xid_of(msg) == open) {
-                (msg_type::BUNDLE_CONTROL, true) => bundle_reply(msg, bundle_id, OPEN_REPLY),
-                (msg_type::ERROR, true) => Err(OpenFlowError::Rejected(format!(
-                    "opening a bundle: {}",
-                    error_name(msg)
-                ))),
-                _ => Ok(Step::More),
-            },
-        )
-        .await?;
-
-        // Every message, then a barrier: its reply comes after every error about
-        // a message that did not make it into the bundle.
-        let mut refused = Refusals::default();
-        let barrier = xids.barrier;
-        conn.exchange(&enc.stream, |msg| match msg[1] {
-            msg_type::ERROR => {
-                refused.note(msg, enc);
-                Ok(Step::More)
-            }
-            msg_type::BARRIER_REPLY if xid_of(msg) == barrier => Ok(Step::Done),
-            _ => Ok(Step::More),
+        call: impl AsyncFnOnce(&mut Connection) -> Result<T, ::openflow::Error>,
+    ) -> Result<T, OpenFlowError> {
+        self.begin();
+        let target = self.target.clone();
+        let r = tokio::time::timeout(self.timeout, async {
+            let conn = self.conn().await?;
+            call(conn).await.map_err(|e| from_crate(&target, e, ops))
         })
-        .await?;
-        if refused.count > 0 {
-            conn.exchange(
-                &codec::bundle_control(discard, bundle_id, BundleCtrl::Discard, BUNDLE_FLAGS),
-                |msg| match (msg[1], xid_of(msg) == discard) {
-                    (msg_type::BUNDLE_CONTROL, true) => bundle_reply(msg, bundle_id, DISCARD_REPLY),
-                    // The switch may have dropped the bundle itself already.
-                    (msg_type::ERROR, true) => Ok(Step::Done),
-                    _ => Ok(Step::More),
-                },
-            )
-            .await?;
-            return Err(OpenFlowError::Rejected(refused.describe(ops)));
-        }
-
-        // Commit, then a barrier: its reply is the point the agent ACKs on.
-        let mut committed = None;
-        let mut out = codec::bundle_control(commit, bundle_id, BundleCtrl::Commit, BUNDLE_FLAGS);
-        out.extend_from_slice(&codec::barrier_request(last_barrier));
-        conn.exchange(&out, |msg| match msg[1] {
-            msg_type::BUNDLE_CONTROL if xid_of(msg) == commit => {
-                committed = Some(bundle_reply(msg, bundle_id, COMMIT_REPLY).map(|_| Commit::Done));
-                Ok(Step::More)
-            }
-            msg_type::ERROR if xid_of(msg) == commit => {
-                committed = Some(Ok(Commit::Refused(error_name(msg))));
-                Ok(Step::More)
-            }
-            msg_type::ERROR => {
-                refused.note(msg, enc);
-                Ok(Step::More)
-            }
-            msg_type::BARRIER_REPLY if xid_of(msg) == last_barrier => Ok(Step::Done),
-            _ => Ok(Step::More),
-        })
-        .await?;
-        match committed {
-            Some(Ok(Commit::Done)) => {
-                if refused.count > 0 {
-                    // Committed all the same: the switch says the bundle is in.
-                    tracing::warn!(errors = %refused.describe(ops), "errors beside a committed bundle");
-                }
-                Ok(())
-            }
-            Some(Ok(Commit::Refused(commit_error))) if refused.count > 0 => {
-                Err(OpenFlowError::Rejected(format!(
-                    "{}; commit: {commit_error}",
-                    refused.describe(ops)
-                )))
-            }
-            Some(Ok(Commit::Refused(commit_error))) => {
-                Err(OpenFlowError::Rejected(format!("commit: {commit_error}")))
-            }
-            Some(Err(e)) => Err(e),
-            None => Err(OpenFlowError::Protocol(
-                "no answer to the commit before the barrier after it".into(),
-            )),
-        }
-    }
-
-    async fn dump(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-        self.conn().await?;
-        let conn = self.conn.as_mut().expect("connected above");
-        dump::installed(conn, &mut self.next_xid).await
-    }
-
-    async fn dump_counters(&mut self, tables: &[u8]) -> Result<Counters, OpenFlowError> {
-        self.conn().await?;
-        let conn = self.conn.as_mut().expect("connected above");
-        dump::counters(conn, &mut self.next_xid, tables).await
+        .await;
+        self.settle(r)
     }
 
     /// The number of buckets of every group on the switch, by group id (its
     /// GROUP_STATS; no description is asked for). The `ovs-ofctl` backend
     /// reads this before it dares `ovs-ofctl dump-groups`.
     pub(crate) async fn group_sizes(&mut self) -> Result<Vec<(u32, usize)>, OpenFlowError> {
-        self.begin();
-        let r = tokio::time::timeout(self.timeout, async {
-            self.conn().await?;
-            let conn = self.conn.as_mut().expect("connected above");
-            dump::every_group_stats(conn, &mut self.next_xid).await
-        })
-        .await;
-        let stats = self.settle(r)?;
+        let stats = self.call(&[], async |c| c.group_stats().await).await?;
         Ok(stats.iter().map(|g| (g.id, g.buckets.len())).collect())
     }
 
@@ -433,9 +331,7 @@ impl NativeBackend {
     /// of every group and bucket, with each group's bucket ids in order. Only
     /// reads: `observe::switch_stats` uses a backend of its own for this.
     pub(crate) async fn counters(&mut self, tables: &[u8]) -> Result<Counters, OpenFlowError> {
-        self.begin();
-        let r = tokio::time::timeout(self.timeout, self.dump_counters(tables)).await;
-        self.settle(r)
+        self.call(&[], async |c| c.counters(tables).await).await
     }
 }
 
@@ -444,41 +340,29 @@ impl OpenFlowBackend for NativeBackend {
         if ops.is_empty() {
             return Ok(());
         }
-        let bundle_id = self.next_bundle;
-        self.next_bundle = self.next_bundle.wrapping_add(1);
-        let first_xid = self.next_xid;
         let started = std::time::Instant::now();
-        let mut enc = encode(ops, bundle_id, first_xid)?;
+        let mut bundle = encode(ops)?;
         let encoded = started.elapsed();
-        self.next_xid = first_xid.wrapping_add(enc.op_of_message.len() as u32);
-        let xids = ControlXids {
-            open: self.xid(),
-            barrier: self.xid(),
-            commit: self.xid(),
-            last_barrier: self.xid(),
-            discard: self.xid(),
-        };
-        enc.stream
-            .extend_from_slice(&codec::barrier_request(xids.barrier));
-        self.begin();
-        let r = tokio::time::timeout(self.timeout, self.apply_encoded(ops, &enc, bundle_id, xids))
-            .await;
-        let r = self.settle(r);
+        let r = self.call(ops, async |c| c.apply(&mut bundle).await).await;
+        if let Ok(late) = &r {
+            if !late.is_empty() {
+                // Committed all the same: the switch says the bundle is in.
+                tracing::warn!(errors = %late.describe(|i| op_label(ops, i)), "errors beside a committed bundle");
+            }
+        }
         tracing::debug!(
             ops = ops.len(),
-            messages = enc.op_of_message.len(),
-            bytes = enc.stream.len(),
+            messages = bundle.messages(),
+            bytes = bundle.bytes(),
             encode_ms = encoded.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             ok = r.is_ok(),
             "bundle applied natively"
         );
-        r
+        r.map(drop)
     }
 
     async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-        self.begin();
-        let r = tokio::time::timeout(self.timeout, self.dump()).await;
-        self.settle(r)
+        self.call(&[], async |c| c.dump().await).await.map(summary)
     }
 }

@@ -2,13 +2,10 @@
 //! (`ovs-ofctl -O OpenFlow15 -mmmmm parse-flow/parse-group`).
 
 use super::*;
-use std::sync::Arc;
 
-use crate::flows::{Bucket, FlowBody, FlowKey};
-use crate::openflow::ir::{
+use crate::ir::{
     Action, Actions, Ct, CtZone, Field, HashField, Learn, LearnSpec, Match, Nat, Proto, Subfield,
 };
-use crate::pipeline::cookie::{Category, Cookie};
 
 fn unhex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
@@ -18,6 +15,28 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
+/// A group's parts, owned: [`Group::get`] lends them as a [`GroupMod`].
+struct Group {
+    id: u32,
+    hash_fields: Vec<HashField>,
+    /// Ids 0, 1, 2, … unless changed.
+    buckets: Vec<(u32, Actions)>,
+}
+
+impl Group {
+    fn get(&self) -> GroupMod<'_> {
+        GroupMod {
+            id: self.id,
+            hash_fields: &self.hash_fields,
+            buckets: self.buckets.iter().map(|(id, a)| (*id, a)).collect(),
+        }
+    }
+
+    fn encode(&self, xid: u32) -> Result<Vec<Vec<u8>>, CodecError> {
+        Change::PutGroup(self.get()).encode(xid)
+    }
+}
+
 fn group(id: u32, fields: Vec<&'static str>, buckets: &[&str]) -> Group {
     Group {
         id,
@@ -25,9 +44,10 @@ fn group(id: u32, fields: Vec<&'static str>, buckets: &[&str]) -> Group {
             .iter()
             .map(|f| HashField::parse(f).unwrap())
             .collect(),
-        buckets: Bucket::numbered(buckets.iter().map(|b| b.parse().unwrap())),
-        owner: Cookie::new(Category::Service, "s"),
-        learns: false,
+        buckets: (0..)
+            .zip(buckets)
+            .map(|(i, b)| (i, b.parse().unwrap()))
+            .collect(),
     }
 }
 
@@ -89,7 +109,7 @@ fn group_bytes_equal_what_ovs_writes() {
             "set_field:0xfd000001000000000000000000000012->xxreg2,resubmit(,43)",
         ],
     );
-    let msgs = encode_op(&BundleOp::PutGroup(Arc::new(g)), 1).unwrap();
+    let msgs = g.encode(1).unwrap();
     assert_eq!(msgs.len(), 1);
     // OVS's own tool says ADD_OR_MOD as 0x0000 only when it knows the group is new;
     // on the wire of a bundle it sends 0x8000.
@@ -114,11 +134,11 @@ fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
     );
     for spelling in ["tcp_src=63", "tcp_src=0x3f"] {
         let g = group(1, vec!["ip_src", spelling, "udp_dst"], &["drop"]);
-        let mut ours = encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 1).unwrap()[0].clone();
+        let mut ours = g.encode(1).unwrap()[0].clone();
         ours[8] = 0;
         assert_eq!(hex(&ours), hex(&ovs), "{spelling}");
         assert_eq!(
-            wire_form(&g).unwrap().hash_fields,
+            g.get().desc().unwrap().hash_fields,
             ["ip_src", "tcp_src=63", "udp_dst"]
         );
     }
@@ -129,7 +149,7 @@ fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
     desc[0..2].copy_from_slice(&((ovs.len() - 8) as u16).to_be_bytes());
     desc[12..16].fill(0);
     let read = decode::parse_group_desc_body(&desc).unwrap();
-    assert_eq!(read[0].1.hash_fields, ["ip_src", "tcp_src=63", "udp_dst"]);
+    assert_eq!(read[0].hash_fields, ["ip_src", "tcp_src=63", "udp_dst"]);
     for bad in [
         "tcp_src=0",
         "tcp_src=65536",
@@ -144,9 +164,7 @@ fn a_masked_hash_field_writes_its_mask_as_ovs_does() {
                     hash_fields: vec![h],
                     ..group(1, vec![], &["drop"])
                 };
-                encode_op(&BundleOp::PutGroup(Arc::new(g)), 1)
-                    .unwrap_err()
-                    .to_string()
+                g.encode(1).unwrap_err().to_string()
             }
         };
         assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
@@ -223,15 +241,11 @@ fn actions_equal_what_ovs_writes() {
 
 #[test]
 fn flow_mods_carry_table_priority_cookie_and_instructions() {
-    let op = BundleOp::AddFlow {
-        key: FlowKey::new(3, 100, "reg0=0x1,ip,nw_dst=10.0.0.1".parse().unwrap()),
-        body: FlowBody::new(
-            "set_field:0x5->reg3,goto_table:4".parse().unwrap(),
-            Cookie::new(Category::Service, "s"),
-        ),
-        cookie: 5,
-    };
-    let m = &encode_op(&op, 9).unwrap()[0];
+    let m: Match = "reg0=0x1,ip,nw_dst=10.0.0.1".parse().unwrap();
+    let a: Actions = "set_field:0x5->reg3,goto_table:4".parse().unwrap();
+    let m = &Change::from(FlowMod::add(3, 100, 5, &m, &a))
+        .encode(9)
+        .unwrap()[0];
     let h = Header::parse(m).unwrap();
     assert_eq!((h.msg_type, h.length as usize, h.xid), (14, m.len(), 9));
     assert_eq!(&m[8..16], &5u64.to_be_bytes());
@@ -259,14 +273,10 @@ fn bad_flows_are_an_error_naming_the_token() {
     ] {
         // Refused when parsed, or else when encoded.
         let e = match (matches.parse::<Match>(), actions.parse::<Actions>()) {
-            (Ok(m), Ok(a)) => {
-                let op = BundleOp::AddFlow {
-                    key: FlowKey::new(0, 1, m),
-                    body: FlowBody::new(a, Cookie::new(Category::Service, "s")),
-                    cookie: 0,
-                };
-                encode_op(&op, 1).unwrap_err().to_string()
-            }
+            (Ok(m), Ok(a)) => Change::from(FlowMod::add(0, 1, 0, &m, &a))
+                .encode(1)
+                .unwrap_err()
+                .to_string(),
             (Err(e), _) | (_, Err(e)) => e,
         };
         assert!(e.contains(token), "{matches} {actions}: {e}");
@@ -302,9 +312,9 @@ fn big_groups_split_into_insert_bucket_messages() {
     // Ids as the compiler gives them: spread out, not positions.
     let want: Vec<u32> = (0..2000u32).map(|i| i * 2_000_003 + 7).collect();
     for (b, id) in g.buckets.iter_mut().zip(&want) {
-        b.id = *id;
+        b.0 = *id;
     }
-    let msgs = encode_op(&BundleOp::PutGroup(Arc::new(g.clone())), 3).unwrap();
+    let msgs = g.encode(3).unwrap();
     assert!(msgs.len() > 1);
     let mut ids = Vec::new();
     for (i, m) in msgs.iter().enumerate() {

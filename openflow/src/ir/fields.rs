@@ -1,4 +1,4 @@
-//! The match fields the compiler names, with the two headers OVS gives each: the
+//! The match fields and registers the IR names, with the two headers OVS gives each: the
 //! OpenFlow 1.0 NXM form (what Nicira actions such as `learn`, `push` and `ct`'s
 //! zone carry) and the form OVS writes in OpenFlow 1.5 (`set_field`,
 //! `copy_field`, matches). Numbers are those of OVS's `meta-flow.xml`.
@@ -120,18 +120,28 @@ macro_rules! xreg {
     };
 }
 
+/// A [`Field`] variant's doc: its `ovs-ofctl` name and its other names.
+macro_rules! field_doc {
+    (f; $name:literal, [$($a:literal),*], $($rest:tt)*) => {
+        concat!("`", $name, "`", $(", `", $a, "`",)* ".")
+    };
+    ($m:ident; $n:expr, $name:literal, $nx:literal) => {
+        concat!("`", $name, "`, `", $nx, "`.")
+    };
+}
+
 /// Declares [`Field`] and its table together, so they cannot disagree.
 macro_rules! table {
-    ($( $var:ident = $def:expr ),* $(,)?) => {
+    ($( $var:ident = $m:ident ! ( $($args:tt)* ) ),* $(,)?) => {
         /// A match field or register, by its place in the codec's table: what
-        /// the flow IR (`crate::openflow::ir`) names fields by. Its names,
-        /// headers, width and prerequisites are [`Field::def`]'s.
+        /// the flow IR (`crate::ir`) names fields by. Each variant's doc gives
+        /// its `ovs-ofctl` name first, then its aliases and NXM/OXM names.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[repr(u8)]
-        pub enum Field { $($var),* }
+        pub enum Field { $(#[doc = field_doc!($m; $($args)*)] $var),* }
 
         /// Every field the codec knows, in [`Field`] order.
-        pub(crate) static FIELDS: &[FieldDef] = &[$($def),*];
+        pub(crate) static FIELDS: &[FieldDef] = &[$($m!($($args)*)),*];
 
         impl Field {
             /// Every field, in table order.

@@ -8,9 +8,7 @@ use std::net::IpAddr;
 
 use super::fields;
 use super::put_padded;
-use crate::openflow::ir::{
-    ones, Action, Actions, Ct, CtZone, Learn, LearnSpec, Nat, NatKind, Subfield,
-};
+use crate::ir::{ones, Action, Actions, Ct, CtZone, Learn, LearnSpec, Nat, NatKind, Subfield};
 
 const NX_VENDOR: u32 = 0x0000_2320;
 const OFPAT_OUTPUT: u16 = 0;

@@ -1,32 +1,33 @@
 //! The typed flow IR: OpenFlow 1.5 matches, actions and select-group hash
 //! fields as values, not text.
 //!
-//! The compiler builds these; the native backend encodes them straight to
-//! OpenFlow messages (`super::native::codec`), and the `ovs-ofctl` backend,
-//! the golden files and every observer print them. [`Display`] writes the
-//! canonical `ovs-ofctl` syntax the compiler used to write by hand, byte for
-//! byte, so the golden files did not change when the IR came in. That text
-//! parses back ([`FromStr`] of [`Match`] and [`Actions`], [`HashField::parse`])
-//! into the value that printed it, for the codec's text entry points and tests.
+//! A caller builds these; the codec encodes them straight to OpenFlow
+//! messages ([`crate::codec`]), and anything that shows a flow prints them.
+//! [`Display`] writes the canonical `ovs-ofctl` syntax, the text
+//! `ovs-ofctl dump-flows` would show for the same flow. That text parses back
+//! ([`FromStr`] of [`Match`] and [`Actions`], [`HashField::parse`]) into the
+//! value that printed it, for text entry points and tests.
 //!
-//! The IR knows OpenFlow and OVS's Nicira extensions, nothing about DPUs: the
-//! pipeline's registers and tables are declared once, in `crate::pipeline`,
-//! as [`Field`]s and [`Subfield`]s of it.
+//! The IR knows OpenFlow and OVS's Nicira extensions, nothing about any
+//! pipeline: a caller declares its registers and tables as [`Field`]s and
+//! [`Subfield`]s of it.
 //!
 //! [`Display`]: std::fmt::Display
 //! [`FromStr`]: std::str::FromStr
 
 pub mod fields;
-pub(crate) mod parse;
+mod parse;
 
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use fields::Field;
 use fields::Kind;
+pub use parse::split_top;
 
 /// A value that can be matched or loaded: its bits, right-aligned.
 pub trait Value {
+    /// The value's bits, right-aligned (a MAC in the low 48 bits).
     fn bits(self) -> u128;
 }
 
@@ -62,25 +63,26 @@ impl Value for IpAddr {
     }
 }
 
-impl Value for dpu_model::Mac {
-    fn bits(self) -> u128 {
-        self.0.iter().fold(0, |v, b| (v << 8) | u128::from(*b))
-    }
-}
-
 /// A MAC address as a value: `Mac::parse` for constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mac(pub [u8; 6]);
 
 impl Value for Mac {
     fn bits(self) -> u128 {
-        dpu_model::Mac(self.0).bits()
+        self.0.iter().fold(0, |v, b| (v << 8) | u128::from(*b))
     }
 }
 
+/// `02:d9:00:00:00:01`: lowercase, colon-separated, as OVS prints it.
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        dpu_model::Mac(self.0).fmt(f)
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_char(':')?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -127,8 +129,11 @@ fn write_masked(out: &mut impl fmt::Write, field: Field, v: u128, mask: u128) ->
 /// Part of a field: `NXM_NX_REG0[0..15]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Subfield {
+    /// The field.
     pub field: Field,
+    /// The first bit, counted from the least significant.
     pub ofs: u8,
+    /// How many bits.
     pub nbits: u8,
 }
 
@@ -151,10 +156,12 @@ impl Subfield {
         }
     }
 
+    /// How many bits.
     pub fn width(&self) -> u32 {
         u32::from(self.nbits)
     }
 
+    /// Whether it is all of its field.
     pub fn is_whole(&self) -> bool {
         self.ofs == 0 && self.width() == self.field.bits()
     }
@@ -177,20 +184,32 @@ impl fmt::Display for Subfield {
 /// The protocol keywords of a match: an Ethernet type and maybe an IP protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {
+    /// `ip`: IPv4.
     Ip,
+    /// `ipv6`.
     Ipv6,
+    /// `arp`.
     Arp,
+    /// `icmp`: ICMP over IPv4.
     Icmp,
+    /// `tcp`: TCP over IPv4.
     Tcp,
+    /// `udp`: UDP over IPv4.
     Udp,
+    /// `sctp`: SCTP over IPv4.
     Sctp,
+    /// `icmp6`: ICMPv6.
     Icmp6,
+    /// `tcp6`: TCP over IPv6.
     Tcp6,
+    /// `udp6`: UDP over IPv6.
     Udp6,
+    /// `sctp6`: SCTP over IPv6.
     Sctp6,
 }
 
 impl Proto {
+    /// The keyword a match writes: `ip`, `tcp6`, ….
     pub fn keyword(self) -> &'static str {
         match self {
             Proto::Ip => "ip",
@@ -227,13 +246,21 @@ impl Proto {
 
 /// `ct_state` flags, in OVS's bit order.
 pub mod ct {
+    /// `new`: the start of a new connection.
     pub const NEW: u8 = 0x01;
+    /// `est`: part of an established connection.
     pub const EST: u8 = 0x02;
+    /// `rel`: related to an established connection.
     pub const REL: u8 = 0x04;
+    /// `rpl`: in the reply direction.
     pub const RPL: u8 = 0x08;
+    /// `inv`: invalid.
     pub const INV: u8 = 0x10;
+    /// `trk`: tracked (gone through `ct`).
     pub const TRK: u8 = 0x20;
+    /// `snat`: source-NATed.
     pub const SNAT: u8 = 0x40;
+    /// `dnat`: destination-NATed.
     pub const DNAT: u8 = 0x80;
     pub(crate) const NAMES: [(u8, &str); 8] = [
         (NEW, "new"),
@@ -254,9 +281,21 @@ pub enum MatchField {
     Proto(Proto),
     /// `ct_state=+new+trk`: the flags in `set` are on, those in `mask` but not
     /// in `set` off.
-    CtState { set: u8, mask: u8 },
+    CtState {
+        /// The flags that must be on.
+        set: u8,
+        /// The flags matched at all.
+        mask: u8,
+    },
     /// A field of up to 64 bits under a mask (all ones: exact).
-    Value { field: Field, value: u64, mask: u64 },
+    Value {
+        /// The field, of up to 64 bits.
+        field: Field,
+        /// The value, under the mask.
+        value: u64,
+        /// The mask.
+        mask: u64,
+    },
     /// A wider field (IPv6 addresses, `xxreg`s, `ct_label`).
     Wide(Box<(Field, u128, u128)>),
 }
@@ -328,14 +367,17 @@ impl fmt::Display for MatchField {
 pub struct Match(Vec<MatchField>);
 
 impl Match {
+    /// The empty match: every packet.
     pub fn new() -> Self {
         Match(Vec::new())
     }
 
+    /// Its elements, in the order they were added.
     pub fn fields(&self) -> &[MatchField] {
         &self.0
     }
 
+    /// Whether it matches every packet.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -346,11 +388,13 @@ impl Match {
         self
     }
 
+    /// This match and `m`.
     pub fn push(mut self, m: MatchField) -> Self {
         self.0.push(m);
         self
     }
 
+    /// A protocol keyword: `ip`, `tcp6`, ….
     pub fn proto(self, p: Proto) -> Self {
         self.push(MatchField::Proto(p))
     }
@@ -363,6 +407,7 @@ impl Match {
         })
     }
 
+    /// `in_port=N`.
     pub fn in_port(self, ofport: u32) -> Self {
         self.exact(Field::InPortOxm, ofport)
     }
@@ -389,6 +434,7 @@ impl Match {
         self.exact(reg, value)
     }
 
+    /// A register under a mask: [`Match::masked`].
     pub fn reg_masked(self, reg: Field, value: u32, mask: u32) -> Self {
         self.masked(reg, value, mask)
     }
@@ -415,7 +461,9 @@ impl fmt::Display for Match {
 /// `ct`'s zone: a number or a subfield (`zone=NXM_NX_REG0[0..15]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CtZone {
+    /// `zone=5`.
     Imm(u16),
+    /// `zone=NXM_NX_REG0[0..15]`: the zone in 16 bits of a field.
     Field(Subfield),
 }
 
@@ -424,13 +472,16 @@ pub enum CtZone {
 pub enum NatKind {
     /// Plain `nat`: apply the NAT the connection already has.
     Existing,
+    /// `nat(src=…)`: source NAT.
     Src,
+    /// `nat(dst=…)`: destination NAT.
     Dst,
 }
 
 /// `nat`, `nat(src=addr)`, `nat(dst=addr:port)`, with ranges and flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nat {
+    /// Which addresses.
     pub kind: NatKind,
     /// The first address and maybe the last of a range (same family).
     pub addrs: Option<(IpAddr, Option<IpAddr>)>,
@@ -515,12 +566,15 @@ impl fmt::Display for Nat {
 /// `ct(commit,table=N,zone=…,nat…,exec(…))`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ct {
+    /// `commit`: commit the connection to the connection tracker.
     pub commit: bool,
     /// `force`: commit anew a connection tracked in the other direction.
     pub force: bool,
     /// Where the packet goes on, tracked; `None`: nowhere (`ct` alone).
     pub table: Option<u8>,
+    /// The connection-tracking zone.
     pub zone: CtZone,
+    /// NAT to apply.
     pub nat: Option<Nat>,
     /// Actions on the connection when committed (set `ct_mark`, `ct_label`).
     pub exec: Vec<Action>,
@@ -564,21 +618,51 @@ pub enum LearnSpec {
     /// `NXM_OF_IP_SRC[]`: match the field on the value it has in this packet.
     Match(Subfield),
     /// `eth_type=0x800`: match a field on a constant.
-    MatchValue { field: Field, value: u64 },
+    MatchValue {
+        /// The field.
+        field: Field,
+        /// The constant.
+        value: u64,
+    },
     /// `load:NXM_NX_REG3[]->NXM_NX_REG3[]`: load the packet's value.
-    Load { src: Subfield, dst: Subfield },
+    Load {
+        /// Where the value comes from.
+        src: Subfield,
+        /// Where it goes in the learned flow's actions.
+        dst: Subfield,
+    },
     /// `load:0x1->NXM_NX_REG2[0]`: load a constant.
-    LoadValue { value: u64, dst: Subfield },
+    LoadValue {
+        /// The constant.
+        value: u64,
+        /// Where it goes.
+        dst: Subfield,
+    },
     /// `output:NXM_NX_REG1[]`: output to the port in the field.
     Output(Subfield),
     /// `NXM_OF_IP_DST[]=NXM_OF_IP_SRC[]`: match `dst` on the value `src` has
     /// in this packet (same width).
-    MatchFrom { dst: Subfield, src: Subfield },
+    MatchFrom {
+        /// The learned flow's field.
+        dst: Subfield,
+        /// This packet's field.
+        src: Subfield,
+    },
     /// `NXM_NX_REG0[0..3]=0x5`: match part of a field, or a field wider than
     /// 64 bits, on a constant.
-    MatchBits { dst: Subfield, value: u128 },
+    MatchBits {
+        /// The learned flow's (sub)field.
+        dst: Subfield,
+        /// The constant.
+        value: u128,
+    },
     /// `load:0x…->NXM_NX_XXREG0[]`: load a constant wider than 64 bits.
-    LoadWide { value: u128, dst: Subfield },
+    LoadWide {
+        /// The constant.
+        value: u128,
+        /// Where it goes.
+        dst: Subfield,
+    },
 }
 
 impl fmt::Display for LearnSpec {
@@ -602,17 +686,25 @@ impl fmt::Display for LearnSpec {
 /// `learn(table=…,idle_timeout=…,priority=…,cookie=…,specs…)`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Learn {
+    /// The table the learned flow goes into.
     pub table: u8,
+    /// The learned flow's idle timeout, in seconds (0: none).
     pub idle_timeout: u16,
+    /// The learned flow's priority.
     pub priority: u16,
+    /// The learned flow's cookie.
     pub cookie: u64,
+    /// What the learned flow matches and does.
     pub specs: Vec<LearnSpec>,
     /// The rest of `NXAST_LEARN`, zero unless set: `hard_timeout`,
     /// `fin_idle_timeout`, `fin_hard_timeout`, and the flags
     /// (`send_flow_rem` 1, `delete_learned` 2).
     pub hard_timeout: u16,
+    /// `fin_idle_timeout`: the idle timeout once a TCP FIN was seen.
     pub fin_idle_timeout: u16,
+    /// `fin_hard_timeout`: the hard timeout once a TCP FIN was seen.
     pub fin_hard_timeout: u16,
+    /// `send_flow_rem` (1), `delete_learned` (2).
     pub flags: u16,
 }
 
@@ -677,20 +769,25 @@ pub enum Action {
     Output(u32),
     /// `in_port`: out of the port the packet came in on.
     InPort,
+    /// `dec_ttl`: decrement the IP TTL or hop limit.
     DecTtl,
     /// `group:N`.
     Group(u32),
     /// `resubmit(PORT,TABLE)`: `None` is the packet's in_port and this table
     /// (`resubmit(,45)`).
     Resubmit {
+        /// The port the packet is taken to come in on.
         port: Option<u16>,
+        /// The table.
         table: Option<u8>,
     },
     /// `goto_table:N` (an instruction: last).
     GotoTable(u8),
     /// `set_field:value->field` of up to 64 bits.
     SetField {
+        /// The field.
         field: Field,
+        /// The value.
         value: u64,
     },
     /// `set_field` of a wider field.
@@ -699,17 +796,25 @@ pub enum Action {
     SetMasked(Box<(Field, u128, u128)>),
     /// `load:value->dst`.
     Load {
+        /// The value.
         value: u64,
+        /// Where it goes.
         dst: Subfield,
     },
     /// `move:src->dst`.
     Move {
+        /// Where the bits come from.
         src: Subfield,
+        /// Where they go (as wide as `src`).
         dst: Subfield,
     },
+    /// `push:src`: onto the stack.
     Push(Subfield),
+    /// `pop:dst`: off the stack.
     Pop(Subfield),
+    /// `ct(…)`: connection tracking.
     Ct(Box<Ct>),
+    /// `learn(…)`: add a flow from this packet.
     Learn(Box<Learn>),
 }
 
@@ -794,6 +899,7 @@ impl fmt::Display for List<'_> {
 pub struct Actions(Vec<Action>);
 
 impl Actions {
+    /// No actions yet ([`Actions::drop`]).
     pub fn new() -> Self {
         Actions(Vec::new())
     }
@@ -803,6 +909,7 @@ impl Actions {
         Actions(Vec::new())
     }
 
+    /// The actions, in order.
     pub fn list(&self) -> &[Action] {
         &self.0
     }
@@ -813,36 +920,44 @@ impl Actions {
         self
     }
 
+    /// These actions, then `a`.
     pub fn then(mut self, a: Action) -> Self {
         self.0.push(a);
         self
     }
 
+    /// These actions, then all of `a`.
     pub fn then_all(mut self, a: impl IntoIterator<Item = Action>) -> Self {
         self.0.extend(a);
         self
     }
 
+    /// Then `set_field:value->field`.
     pub fn set_field(self, field: Field, value: impl Value) -> Self {
         self.then(Action::set_field(field, value))
     }
 
+    /// Then `set_field:value->reg`.
     pub fn set_reg(self, reg: Field, value: u32) -> Self {
         self.set_field(reg, value)
     }
 
+    /// Then `load:value->dst`.
     pub fn load(self, value: u64, dst: Subfield) -> Self {
         self.then(Action::Load { value, dst })
     }
 
+    /// Then `move:src->dst`.
     pub fn move_(self, src: Subfield, dst: Subfield) -> Self {
         self.then(Action::Move { src, dst })
     }
 
+    /// Then `goto_table:N` (which must be last).
     pub fn goto(self, table: u8) -> Self {
         self.then(Action::GotoTable(table))
     }
 
+    /// Then `resubmit(,N)`.
     pub fn resubmit(self, table: u8) -> Self {
         self.then(Action::Resubmit {
             port: None,
@@ -850,26 +965,32 @@ impl Actions {
         })
     }
 
+    /// Then `group:N`.
     pub fn group(self, id: u32) -> Self {
         self.then(Action::Group(id))
     }
 
+    /// Then `output:N`.
     pub fn output(self, ofport: u32) -> Self {
         self.then(Action::Output(ofport))
     }
 
+    /// Then `dec_ttl`.
     pub fn dec_ttl(self) -> Self {
         self.then(Action::DecTtl)
     }
 
+    /// Then `in_port`.
     pub fn in_port(self) -> Self {
         self.then(Action::InPort)
     }
 
+    /// Then `ct(…)`.
     pub fn ct(self, ct: Ct) -> Self {
         self.then(Action::Ct(Box::new(ct)))
     }
 
+    /// Then `learn(…)`.
     pub fn learn(self, l: Learn) -> Self {
         self.then(Action::Learn(Box::new(l)))
     }
@@ -905,15 +1026,19 @@ impl fmt::Display for Actions {
 /// mask in decimal, as OVS prints it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HashField {
+    /// The field.
     pub field: Field,
+    /// The bits of it hashed; `None`: all of them.
     pub mask: Option<u64>,
 }
 
 impl HashField {
+    /// All of `field`.
     pub const fn whole(field: Field) -> HashField {
         HashField { field, mask: None }
     }
 
+    /// The bits of `field` under `mask`.
     pub const fn masked(field: Field, mask: u64) -> HashField {
         HashField {
             field,

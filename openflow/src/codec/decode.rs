@@ -4,8 +4,7 @@
 
 use super::{fields, hex, msg_type, CodecError, Header};
 use super::{NTRT_SELECTION_METHOD, NTR_VENDOR};
-use crate::openflow::ir::{Field, HashField};
-use crate::openflow::{InstalledBucket, InstalledGroup};
+use crate::ir::{Field, HashField};
 
 pub(super) fn malformed(what: &'static str, reason: impl Into<String>) -> CodecError {
     CodecError::Malformed {
@@ -57,13 +56,17 @@ pub fn parse_bundle_reply(msg: &[u8]) -> Result<(u32, u16), CodecError> {
 /// experimenter's code and `experimenter` its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorMsg {
+    /// The error type (`OFPET_*`), 0xffff for an experimenter's.
     pub err_type: u16,
+    /// The code within the type, or the experimenter's code.
     pub code: u16,
     /// The start of the offending message.
     pub data: Vec<u8>,
+    /// The experimenter id of an experimenter error (0x2320: Nicira).
     pub experimenter: Option<u32>,
 }
 
+/// An ERROR message; see [`ErrorMsg::name`] for what it means.
 pub fn parse_error(msg: &[u8]) -> Result<ErrorMsg, CodecError> {
     let what = "error message";
     let b = body_of(msg, msg_type::ERROR, what)?;
@@ -277,8 +280,11 @@ pub fn parse_multipart(msg: &[u8]) -> Result<(u16, bool, &[u8]), CodecError> {
 /// One flow of a FLOW_DESC reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowDesc {
+    /// The flow's table.
     pub table: u8,
+    /// The flow's priority.
     pub priority: u16,
+    /// The flow's cookie.
     pub cookie: u64,
     /// Group ids named by `group` actions in apply/write-actions instructions.
     pub groups: Vec<u32>,
@@ -343,6 +349,8 @@ pub(super) fn flow_entries<'a>(
     Ok(out)
 }
 
+/// Every flow of a FLOW_DESC body: its table, priority, cookie and the groups
+/// its actions send to. Matches and actions are not decoded.
 pub fn parse_flow_desc_body(body: &[u8]) -> Result<Vec<FlowDesc>, CodecError> {
     let what = "flow desc";
     let short = || malformed(what, "entry shorter than its parts");
@@ -383,50 +391,115 @@ pub fn parse_flow_desc_body(body: &[u8]) -> Result<Vec<FlowDesc>, CodecError> {
     Ok(out)
 }
 
-/// Every group of a GROUP_DESC reply in the form of [`super::wire_form`].
-pub fn parse_group_desc_body(body: &[u8]) -> Result<Vec<(u32, InstalledGroup)>, CodecError> {
+/// A group's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupType {
+    /// `OFPGT_ALL`.
+    All,
+    /// `OFPGT_SELECT`.
+    Select,
+    /// `OFPGT_INDIRECT`.
+    Indirect,
+    /// `OFPGT_FF`, fast failover.
+    FastFailover,
+    /// A type this crate does not know.
+    Unknown(u8),
+}
+
+impl GroupType {
+    /// The type from its number.
+    pub fn from_code(code: u8) -> GroupType {
+        match code {
+            0 => GroupType::All,
+            1 => GroupType::Select,
+            2 => GroupType::Indirect,
+            3 => GroupType::FastFailover,
+            c => GroupType::Unknown(c),
+        }
+    }
+
+    /// The name `ovs-ofctl` gives it: `all`, `select`, `indirect`, `ff`, or
+    /// `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupType::All => "all",
+            GroupType::Select => "select",
+            GroupType::Indirect => "indirect",
+            GroupType::FastFailover => "ff",
+            GroupType::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// A group as a GROUP_DESC reply describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDesc {
+    /// The group id.
+    pub id: u32,
+    /// The group's type.
+    pub group_type: GroupType,
+    /// The NTR selection method (`hash`), if the group has that property.
+    pub selection_method: Option<String>,
+    /// The selection method's fields as [`HashField`] prints them
+    /// (`tcp_src=63` for a masked one); a field not known here by its OXM
+    /// header in hex.
+    pub hash_fields: Vec<String>,
+    /// Any other group property, as text: `selection_method_param=N`, or
+    /// `prop:TYPE:HEX` for one not known here.
+    pub properties: Vec<String>,
+    /// The buckets, in the switch's order.
+    pub buckets: Vec<BucketDesc>,
+}
+
+/// One bucket of a [`GroupDesc`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BucketDesc {
+    /// The bucket id.
+    pub id: u32,
+    /// Bucket properties other than a weight of 1 and watches, as text:
+    /// `weight:N`, or `prop:TYPE` for one not known here.
+    pub properties: Vec<String>,
+    /// The bucket's actions, as the switch encodes them.
+    pub actions: Vec<u8>,
+}
+
+/// Every group of a GROUP_DESC reply body, in the form of [`super::GroupMod::desc`].
+pub fn parse_group_desc_body(body: &[u8]) -> Result<Vec<GroupDesc>, CodecError> {
     let what = "group desc";
     let short = || malformed(what, "entry shorter than its parts");
     let mut out = Vec::new();
     for e in entries(body, 0, 16, what)? {
-        let kind = match e[2] {
-            0 => "all",
-            1 => "select",
-            2 => "indirect",
-            3 => "ff",
-            _ => "unknown",
-        };
-        let id = be32(e, 4).ok_or_else(short)?;
         let list_len = be16(e, 8).ok_or_else(short)? as usize;
         let list = e.get(16..16 + list_len).ok_or_else(short)?;
-        let mut g = InstalledGroup {
-            kind: kind.into(),
+        let mut g = GroupDesc {
+            id: be32(e, 4).ok_or_else(short)?,
+            group_type: GroupType::from_code(e[2]),
             selection_method: None,
             hash_fields: Vec::new(),
             properties: Vec::new(),
             buckets: Vec::new(),
-            wire: true,
         };
-        let mut buckets = Vec::new();
         for b in entries(list, 0, 8, what)? {
             let alen = be16(b, 2).ok_or_else(short)? as usize;
             let bid = be32(b, 4).ok_or_else(short)?;
             let actions = b.get(8..8 + alen).ok_or_else(short)?;
-            let mut text = String::new();
+            let mut properties = Vec::new();
             for p in props(&b[8 + alen..], what)? {
                 let (t, l) = (be16(p, 0).ok_or_else(short)?, be16(p, 2).ok_or_else(short)?);
                 match (t, be16(p, 4)) {
                     (0, Some(1)) if l == 8 => {}
-                    (0, Some(w)) => text.push_str(&format!("weight:{w},")),
+                    (0, Some(w)) => properties.push(format!("weight:{w}")),
                     (1, _) => {} // watch port/group: not used
                     (2, _) => {}
-                    _ => text.push_str(&format!("prop:{t},")),
+                    _ => properties.push(format!("prop:{t}")),
                 }
             }
-            text.push_str(&hex(actions));
-            buckets.push(InstalledBucket::new(bid, text));
+            g.buckets.push(BucketDesc {
+                id: bid,
+                properties,
+                actions: actions.to_vec(),
+            });
         }
-        g.buckets = crate::openflow::sorted(buckets);
         for p in props(&e[16 + list_len..], what)? {
             let t = be16(p, 0).ok_or_else(short)?;
             if t == 0xffff
@@ -445,7 +518,7 @@ pub fn parse_group_desc_body(body: &[u8]) -> Result<Vec<(u32, InstalledGroup)>, 
                 g.properties.push(format!("prop:{t}:{}", hex(p)));
             }
         }
-        out.push((id, g));
+        out.push(g);
     }
     Ok(out)
 }

@@ -1,19 +1,19 @@
-//! One OpenFlow 1.5 connection to a bridge's management socket: the HELLO and
-//! FEATURES handshake, and [`Conn::exchange`], the one loop every request goes
-//! through. It writes a byte stream of whole messages while it reads whatever the
+//! One OpenFlow 1.5 connection to a switch's unix socket (a bridge's
+//! management socket): the HELLO and FEATURES handshake, and
+//! [`Connection::exchange`], the one loop every request goes through. It writes a byte stream of whole messages while it reads whatever the
 //! switch sends, so neither side can stall on a full socket buffer however large
 //! the stream is, and it answers the switch's echo requests at the next message
 //! boundary of that stream.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use super::codec::{self, msg_type, OFP_VERSION};
-use crate::openflow::OpenFlowError;
+use crate::codec::{self, msg_type, OFP_VERSION};
+use crate::Error;
 
 /// The most bytes handed to one `write`; the kernel takes what fits.
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -25,22 +25,32 @@ const WRAP: usize = 1 << 16;
 /// The longest wrapped message looked for: 64 × 64 KiB.
 const MAX_WRAPS: usize = 64;
 
-/// What a message handler wants next.
+/// What a message handler of [`Connection::exchange`] wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Step {
+pub enum Step {
+    /// Hand on the next message.
     More,
+    /// The exchange is over (once every byte of the request is written).
     Done,
 }
 
 /// A connected, version-negotiated switch.
+///
+/// Calls take `&mut self` and have no time bound of their own: wrap them in
+/// `tokio::time::timeout`. A call dropped midway (cancelled, timed out) leaves
+/// the connection at an unknown point of an exchange, and so does an
+/// [`Error::Unreachable`] or [`Error::Protocol`]: connect again rather than
+/// use it further.
 #[derive(Debug)]
-pub(super) struct Conn {
-    /// As the operator wrote it, for error messages.
-    target: String,
+pub struct Connection {
+    /// The socket, for error messages.
+    path: PathBuf,
     rx: Reader,
     wr: OwnedWriteHalf,
     /// Set once both sides agreed on OpenFlow 1.5; every later message must be 1.5.
     negotiated: bool,
+    next_xid: u32,
+    pub(crate) next_bundle: u32,
 }
 
 /// Whole messages out of a byte stream; cancel-safe, so it can sit in a `select!`
@@ -125,7 +135,7 @@ fn version_name(v: u8) -> String {
 
 /// The versions a HELLO offers: its version bitmap if it has one, otherwise
 /// every version up to the one in its header.
-pub(super) fn offered_versions(hello: &[u8]) -> Vec<u8> {
+fn offered_versions(hello: &[u8]) -> Vec<u8> {
     let mut offered = Vec::new();
     let mut at = HEADER_LEN;
     while hello.len() >= at + 4 {
@@ -156,28 +166,26 @@ fn message_len(stream: &[u8], at: usize) -> usize {
     usize::from(u16::from_be_bytes([stream[at + 2], stream[at + 3]])).max(HEADER_LEN)
 }
 
-pub(super) fn xid_of(msg: &[u8]) -> u32 {
+/// The xid of a message of at least 8 bytes.
+pub(crate) fn xid_of(msg: &[u8]) -> u32 {
     u32::from_be_bytes([msg[4], msg[5], msg[6], msg[7]])
 }
 
-impl Conn {
-    /// Connects to the socket at `path`, says HELLO, insists on OpenFlow 1.5 and
-    /// asks for the switch's features (their answer proves a working bridge).
-    /// `xids` hands out transaction ids.
-    pub(super) async fn connect(
-        target: &str,
-        path: &Path,
-        mut xids: impl FnMut() -> u32,
-    ) -> Result<Conn, OpenFlowError> {
-        let stream = UnixStream::connect(path)
+impl Connection {
+    /// Connects to the unix socket at `path` (`/run/openvswitch/br0.mgmt`),
+    /// says HELLO, insists on OpenFlow 1.5 and asks for the switch's features
+    /// (their answer proves a working bridge).
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Connection, Error> {
+        let path = path.as_ref().to_path_buf();
+        let stream = UnixStream::connect(&path)
             .await
-            .map_err(|e| OpenFlowError::Unreachable {
-                target: target.to_string(),
+            .map_err(|e| Error::Unreachable {
+                path: path.clone(),
                 reason: format!("connecting: {e}"),
             })?;
         let (rd, wr) = stream.into_split();
-        let mut conn = Conn {
-            target: target.to_string(),
+        let mut conn = Connection {
+            path,
             rx: Reader {
                 rd,
                 buf: Vec::with_capacity(2 * READ_RESERVE),
@@ -185,9 +193,12 @@ impl Conn {
             },
             wr,
             negotiated: false,
+            next_xid: 1,
+            next_bundle: 1,
         };
         let mut peer: Option<Result<(), String>> = None;
-        conn.exchange(&codec::hello(xids()), |msg| {
+        let xid = conn.next_xid();
+        conn.exchange(&codec::hello(xid), |msg| {
             match msg[1] {
                 msg_type::HELLO => {
                     peer = Some(match codec::negotiate(msg) {
@@ -224,21 +235,21 @@ impl Conn {
         })
         .await?;
         if let Some(Err(reason)) = peer {
-            return Err(OpenFlowError::Protocol(reason));
+            return Err(Error::Protocol(reason));
         }
         conn.negotiated = true;
-        let xid = xids();
+        let xid = conn.next_xid();
         conn.exchange(&codec::features_request(xid), |msg| {
             if xid_of(msg) != xid {
                 return Ok(Step::More);
             }
             match msg[1] {
                 msg_type::FEATURES_REPLY => Ok(Step::Done),
-                msg_type::ERROR => Err(OpenFlowError::Protocol(format!(
+                msg_type::ERROR => Err(Error::Protocol(format!(
                     "the switch refused FEATURES_REQUEST: {}",
                     error_name(msg)
                 ))),
-                other => Err(OpenFlowError::Protocol(format!(
+                other => Err(Error::Protocol(format!(
                     "message type {other} in answer to FEATURES_REQUEST"
                 ))),
             }
@@ -247,9 +258,26 @@ impl Conn {
         Ok(conn)
     }
 
+    /// A transaction id not used before on this connection.
+    pub fn next_xid(&mut self) -> u32 {
+        self.next_xids(1)
+    }
+
+    /// `n` consecutive transaction ids; returns the first.
+    pub(crate) fn next_xids(&mut self, n: u32) -> u32 {
+        let x = self.next_xid;
+        self.next_xid = self.next_xid.wrapping_add(n);
+        x
+    }
+
+    /// The socket this connection is to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether the switch has closed the connection while it sat idle (an
     /// `ovs-vswitchd` that exited). Keeps whatever else it finds to read.
-    pub(super) fn closed(&mut self) -> bool {
+    pub fn closed(&mut self) -> bool {
         let rx = &mut self.rx;
         loop {
             rx.buf.reserve(READ_RESERVE);
@@ -267,9 +295,12 @@ impl Conn {
     /// Echo requests are answered between two messages of `out`. A handler error
     /// ends the exchange with that error; the caller decides whether the
     /// connection is still usable.
-    pub(super) async fn exchange<F>(&mut self, out: &[u8], on_msg: F) -> Result<(), OpenFlowError>
+    ///
+    /// `out` may be megabytes: the switch's replies are read while it is
+    /// written, so neither side stalls on a full socket buffer.
+    pub async fn exchange<F>(&mut self, out: &[u8], on_msg: F) -> Result<(), Error>
     where
-        F: FnMut(&[u8]) -> Result<Step, OpenFlowError>,
+        F: FnMut(&[u8]) -> Result<Step, Error>,
     {
         self.exchange_framed(out, None::<fn(&[u8]) -> bool>, on_msg)
             .await
@@ -278,22 +309,27 @@ impl Conn {
     /// [`Self::exchange`], reading multipart replies whose length wrapped (see
     /// [`Reader::next_message`]); `follows` tells the header of a message that
     /// may follow one. Such a reply reaches `on_msg` longer than 64 KiB.
-    pub(super) async fn exchange_framed<F, P>(
+    pub(crate) async fn exchange_framed<F, P>(
         &mut self,
         out: &[u8],
         follows: Option<P>,
         mut on_msg: F,
-    ) -> Result<(), OpenFlowError>
+    ) -> Result<(), Error>
     where
-        F: FnMut(&[u8]) -> Result<Step, OpenFlowError>,
+        F: FnMut(&[u8]) -> Result<Step, Error>,
         P: Fn(&[u8]) -> bool,
     {
-        let Conn {
-            target,
+        let Connection {
+            path,
             rx,
             wr,
             negotiated,
+            ..
         } = self;
+        let gone = |reason: String| Error::Unreachable {
+            path: path.clone(),
+            reason,
+        };
         let mut pos = 0;
         // The start of the first message of `out` at or after `pos`.
         let mut boundary = 0;
@@ -303,12 +339,12 @@ impl Conn {
         loop {
             while let Some(range) = rx
                 .next_message(follows.as_ref())
-                .map_err(|e| OpenFlowError::Protocol(format!("{e} from the switch")))?
+                .map_err(|e| Error::Protocol(format!("{e} from the switch")))?
             {
                 let msg = &rx.buf[range.clone()];
                 rx.start = range.end;
                 if *negotiated && msg[0] != OFP_VERSION {
-                    return Err(OpenFlowError::Protocol(format!(
+                    return Err(Error::Protocol(format!(
                         "a message in {} after agreeing on OpenFlow 1.5",
                         version_name(msg[0])
                     )));
@@ -324,12 +360,9 @@ impl Conn {
             }
             if done && pos == out.len() {
                 if echo_pos < echo.len() {
-                    wr.write_all(&echo[echo_pos..]).await.map_err(|e| {
-                        OpenFlowError::Unreachable {
-                            target: target.clone(),
-                            reason: format!("answering an echo: {e}"),
-                        }
-                    })?;
+                    wr.write_all(&echo[echo_pos..])
+                        .await
+                        .map_err(|e| gone(format!("answering an echo: {e}")))?;
                 }
                 return Ok(());
             }
@@ -348,26 +381,14 @@ impl Conn {
             tokio::select! {
                 biased;
                 r = rx.fill() => match r {
-                    Ok(0) => return Err(OpenFlowError::Unreachable {
-                        target: target.clone(),
-                        reason: "the switch closed the connection".into(),
-                    }),
+                    Ok(0) => return Err(gone("the switch closed the connection".into())),
                     Ok(_) => {}
-                    Err(e) => return Err(OpenFlowError::Unreachable {
-                        target: target.clone(),
-                        reason: format!("reading: {e}"),
-                    }),
+                    Err(e) => return Err(gone(format!("reading: {e}"))),
                 },
                 r = wr.write(slice), if !slice.is_empty() => {
-                    let n = r.map_err(|e| OpenFlowError::Unreachable {
-                        target: target.clone(),
-                        reason: format!("writing: {e}"),
-                    })?;
+                    let n = r.map_err(|e| gone(format!("writing: {e}")))?;
                     if n == 0 {
-                        return Err(OpenFlowError::Unreachable {
-                            target: target.clone(),
-                            reason: "writing: the socket took nothing".into(),
-                        });
+                        return Err(gone("writing: the socket took nothing".into()));
                     }
                     if writing_echo {
                         echo_pos += n;
@@ -385,7 +406,7 @@ impl Conn {
 }
 
 /// The error's name, or why it could not be read.
-pub(super) fn error_name(msg: &[u8]) -> String {
+pub(crate) fn error_name(msg: &[u8]) -> String {
     match codec::parse_error(msg) {
         Ok(e) => e.name(),
         Err(e) => format!("an unreadable error message ({e})"),

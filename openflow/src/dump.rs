@@ -1,37 +1,65 @@
-//! Reading what the switch holds: every flow's cookie and the groups it names,
-//! and every group's description (`installed`); or the counters of the flows of
-//! some tables and of every group, with each group's bucket ids in order
-//! (`counters`). Both read in the same two steps.
+//! Reading what the switch holds: every flow's table, priority, cookie and
+//! the groups it names, and every group's description
+//! ([`Connection::dump`]); or the counters of the flows of some tables and of
+//! every group, with each group's bucket ids in order
+//! ([`Connection::counters`]). Both read in the same two steps.
 //!
 //! OVS 3.1 cannot describe a group in more than 64 KiB (about 1000 of the
-//! compiler's buckets): it sends that description as one reply whose 16-bit
+//! buckets of a few set-fields and a resubmit): it sends that description as one reply whose 16-bit
 //! lengths wrapped, and when another group follows it in the same dump,
 //! `ovs-vswitchd` dies on an assertion (`start_ofs <= UINT16_MAX` in
 //! `ofpmp_postappend`). So groups are counted first (GROUP_STATS, one small
 //! entry per group) and described all at once only when every group is small;
 //! otherwise each group is described by its own request, where a too-large one
-//! comes back alone and is framed by what follows it. `installed` reports such
-//! a group unreadable; `counters` needs only its bucket ids, which survive the
-//! wrapped lengths (each bucket's own length is small).
+//! comes back alone and is framed by what follows it. `dump` reports such a
+//! group as an [`OversizedGroup`]; `counters` needs only its bucket ids, which
+//! survive the wrapped lengths (each bucket's own length is small).
 
 use std::collections::BTreeMap;
 
-use super::codec::{self, msg_type, FlowCounts, GroupStats, OFPG_ALL};
-use super::codec::{OFPMP_FLOW_DESC, OFPMP_GROUP_DESC, OFPMP_GROUP_STATS};
-use super::conn::{error_name, xid_of, Conn, Step};
-use crate::openflow::{InstalledGroup, InstalledSummary, OpenFlowError};
+use crate::codec::{self, msg_type, FlowCounts, FlowDesc, GroupDesc, GroupStats, GroupType};
+use crate::codec::{OFPG_ALL, OFPMP_FLOW_DESC, OFPMP_GROUP_DESC, OFPMP_GROUP_STATS};
+use crate::conn::{error_name, xid_of, Connection, Step};
+use crate::Error;
 
 /// The most buckets a group may have for all groups to be described in one
-/// dump: 64 KiB holds 128 buckets of up to 500 bytes each.
-pub(crate) const DESCRIBE_ALL_MAX_BUCKETS: usize = 128;
+/// dump: 64 KiB holds 128 buckets of up to 500 bytes each. A larger group
+/// makes every group be described by a request of its own.
+pub const DESCRIBE_ALL_MAX_BUCKETS: usize = 128;
 
-/// Flow and group counters, in codec types (`observe::switch_stats` shapes
-/// them).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
+/// Every flow and group a switch holds, from [`Connection::dump`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// Every flow of every table.
+    pub flows: Vec<FlowDesc>,
+    /// Every group the switch could describe, in the switch's order.
+    pub groups: Vec<GroupDesc>,
+    /// Groups whose description is longer than one OpenFlow message can say
+    /// (OVS 3.1 wraps its lengths): known by id and type only.
+    pub oversized_groups: Vec<OversizedGroup>,
+}
+
+/// A group whose description came in a reply longer than 64 KiB, every length
+/// in it wrapped at 16 bits: its buckets cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OversizedGroup {
+    /// The group id.
+    pub id: u32,
+    /// The group's type.
+    pub group_type: GroupType,
+    /// The length of its description.
+    pub bytes: usize,
+}
+
+/// Flow and group counters, from [`Connection::counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The counters of every flow of the tables asked for.
     pub flows: Vec<FlowCounts>,
+    /// The counters of every group and of its buckets, by position.
     pub groups: Vec<GroupStats>,
-    /// Each group's bucket ids in the switch's order.
+    /// Each group's bucket ids in the switch's order (the order of
+    /// [`GroupStats::buckets`]).
     pub bucket_ids: BTreeMap<u32, Vec<u32>>,
 }
 
@@ -40,19 +68,13 @@ fn more_follows(msg: &[u8]) -> bool {
     msg.get(11).is_some_and(|f| f & 1 != 0)
 }
 
-fn protocol(what: impl std::fmt::Display) -> OpenFlowError {
-    OpenFlowError::Protocol(what.to_string())
-}
-
-fn take(next_xid: &mut u32) -> u32 {
-    let x = *next_xid;
-    *next_xid = next_xid.wrapping_add(1);
-    x
+fn protocol(what: impl std::fmt::Display) -> Error {
+    Error::Protocol(what.to_string())
 }
 
 /// The groups in a GROUP_STATS reply; one longer than 64 KiB holds a single
 /// group of more than 4,000 buckets.
-fn group_stats(msg: &[u8]) -> Result<Vec<GroupStats>, OpenFlowError> {
+fn group_stats(msg: &[u8]) -> Result<Vec<GroupStats>, Error> {
     let bad = |e: codec::CodecError| protocol(format!("the group stats: {e}"));
     if msg.len() > usize::from(u16::MAX) {
         return Ok(vec![codec::parse_oversized_group_stats(msg).map_err(bad)?]);
@@ -61,44 +83,19 @@ fn group_stats(msg: &[u8]) -> Result<Vec<GroupStats>, OpenFlowError> {
     codec::parse_group_stats_body(body).map_err(bad)
 }
 
-/// A group whose description came in a reply longer than 64 KiB, every length
-/// in it wrapped at 16 bits. Its id and type are read; its buckets cannot be,
-/// so it is reported with a property that no group the compiler writes has:
-/// the reconciler then takes it as changed and writes it again.
-fn unreadable_group(msg: &[u8]) -> Result<(u32, InstalledGroup), OpenFlowError> {
+/// A group whose description came in a reply longer than 64 KiB: its id and
+/// type are read, its buckets cannot be.
+fn oversized_group(msg: &[u8]) -> Result<OversizedGroup, Error> {
     // Multipart reply header (16 bytes), then ofp_group_desc: length, type, pad,
     // group_id.
     let entry = msg
         .get(16..24)
         .ok_or_else(|| protocol("a wrapped group description of under 24 bytes"))?;
-    let id = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
-    let kind = match entry[2] {
-        0 => "all",
-        1 => "select",
-        2 => "indirect",
-        3 => "ff",
-        _ => "unknown",
-    };
-    tracing::warn!(
-        group = id,
-        bytes = msg.len(),
-        "the switch describes a group in more than one OpenFlow message holds; \
-         its buckets are unknown and it will be written again"
-    );
-    Ok((
-        id,
-        InstalledGroup {
-            kind: kind.into(),
-            selection_method: None,
-            hash_fields: Vec::new(),
-            properties: vec![format!(
-                "unreadable: described in {} bytes, more than an OpenFlow message holds",
-                msg.len() - 16
-            )],
-            buckets: Vec::new(),
-            wire: true,
-        },
-    ))
+    Ok(OversizedGroup {
+        id: u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]),
+        group_type: GroupType::from_code(entry[2]),
+        bytes: msg.len() - 16,
+    })
 }
 
 /// A GROUP_DESC reply as [`describe_groups`] hands it on.
@@ -113,21 +110,21 @@ enum Described<'a> {
 /// GROUP_STATS of every group in one stream, behind a barrier; hands each
 /// FLOW_DESC body to `on_flows` and returns every group's stats.
 async fn flows_and_group_stats(
-    conn: &mut Conn,
-    next_xid: &mut u32,
+    conn: &mut Connection,
     tables: Option<&[u8]>,
-    mut on_flows: impl FnMut(&[u8]) -> Result<(), OpenFlowError>,
-) -> Result<Vec<GroupStats>, OpenFlowError> {
-    let first_flows = *next_xid;
+    mut on_flows: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<Vec<GroupStats>, Error> {
+    let flow_requests = tables.map_or(1, <[u8]>::len);
+    let first_flows = conn.next_xids(flow_requests as u32);
     let requests: Vec<Vec<u8>> = match tables {
-        None => vec![codec::flow_desc_request(take(next_xid))],
+        None => vec![codec::flow_desc_request(first_flows)],
         Some(tables) => tables
             .iter()
-            .map(|t| codec::flow_desc_request_in(take(next_xid), *t))
+            .enumerate()
+            .map(|(i, t)| codec::flow_desc_request_in(first_flows.wrapping_add(i as u32), *t))
             .collect(),
     };
-    let flow_requests = requests.len();
-    let (stats_xid, barrier) = (take(next_xid), take(next_xid));
+    let (stats_xid, barrier) = (conn.next_xid(), conn.next_xid());
     let mut out = requests.concat();
     out.extend_from_slice(&codec::group_request(
         stats_xid,
@@ -202,11 +199,10 @@ async fn flows_and_group_stats(
 /// otherwise each by its own request (see the module doc). Hands every reply
 /// to `on_desc`.
 async fn describe_groups(
-    conn: &mut Conn,
-    next_xid: &mut u32,
+    conn: &mut Connection,
     stats: &[GroupStats],
-    mut on_desc: impl FnMut(Described<'_>) -> Result<(), OpenFlowError>,
-) -> Result<(), OpenFlowError> {
+    mut on_desc: impl FnMut(Described<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
     if stats.is_empty() {
         return Ok(());
     }
@@ -218,12 +214,13 @@ async fn describe_groups(
     } else {
         vec![OFPG_ALL]
     };
-    let first = *next_xid;
+    let first = conn.next_xids(ids.len() as u32);
     let mut out = Vec::with_capacity(ids.len() * 24 + 8);
-    for id in &ids {
-        out.extend_from_slice(&codec::group_request(take(next_xid), OFPMP_GROUP_DESC, *id));
+    for (i, id) in ids.iter().enumerate() {
+        let xid = first.wrapping_add(i as u32);
+        out.extend_from_slice(&codec::group_request(xid, OFPMP_GROUP_DESC, *id));
     }
-    let barrier = take(next_xid);
+    let barrier = conn.next_xid();
     out.extend_from_slice(&codec::barrier_request(barrier));
     let ours = |x: u32| (x.wrapping_sub(first) as usize) < ids.len();
     let follows = |h: &[u8]| {
@@ -284,82 +281,68 @@ async fn describe_groups(
     .await
 }
 
-/// Reads flows and groups; `next_xid` hands out transaction ids.
-pub(super) async fn installed(
-    conn: &mut Conn,
-    next_xid: &mut u32,
-) -> Result<InstalledSummary, OpenFlowError> {
-    let mut sum = InstalledSummary::default();
-    let bad = |e: codec::CodecError| protocol(format!("the flow descriptions: {e}"));
-    let stats = flows_and_group_stats(conn, next_xid, None, |body| {
-        for f in codec::parse_flow_desc_body(body).map_err(bad)? {
-            sum.flows += 1;
-            sum.cookies.insert(f.cookie);
-            for g in f.groups {
-                sum.group_users.entry(g).or_default().insert(f.cookie);
+impl Connection {
+    /// Every flow (FLOW_DESC of all tables) and every group (GROUP_STATS
+    /// first, then GROUP_DESC: all at once when every group is small, else
+    /// one request per group; see the module doc).
+    pub async fn dump(&mut self) -> Result<Dump, Error> {
+        let mut dump = Dump::default();
+        let bad = |e: codec::CodecError| protocol(format!("the flow descriptions: {e}"));
+        let stats = flows_and_group_stats(self, None, |body| {
+            dump.flows
+                .extend(codec::parse_flow_desc_body(body).map_err(bad)?);
+            Ok(())
+        })
+        .await?;
+        let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
+        describe_groups(self, &stats, |reply| {
+            match reply {
+                Described::Body(body) => dump
+                    .groups
+                    .extend(codec::parse_group_desc_body(body).map_err(bad)?),
+                Described::Oversized(msg) => dump.oversized_groups.push(oversized_group(msg)?),
             }
-        }
-        Ok(())
-    })
-    .await?;
-    let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
-    describe_groups(conn, next_xid, &stats, |reply| {
-        match reply {
-            Described::Body(body) => sum
-                .groups
-                .extend(codec::parse_group_desc_body(body).map_err(bad)?),
-            Described::Oversized(msg) => {
-                let (id, g) = unreadable_group(msg)?;
-                sum.groups.insert(id, g);
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(sum)
-}
+            Ok(())
+        })
+        .await?;
+        Ok(dump)
+    }
 
-/// Every group's counters alone (GROUP_STATS, no description): how many
-/// buckets each group has, read safely whatever their size.
-pub(super) async fn every_group_stats(
-    conn: &mut Conn,
-    next_xid: &mut u32,
-) -> Result<Vec<GroupStats>, OpenFlowError> {
-    flows_and_group_stats(conn, next_xid, Some(&[]), |_| Ok(())).await
-}
+    /// Every group's counters alone (GROUP_STATS, no description): how many
+    /// buckets each group has, read safely whatever their size.
+    pub async fn group_stats(&mut self) -> Result<Vec<GroupStats>, Error> {
+        flows_and_group_stats(self, Some(&[]), |_| Ok(())).await
+    }
 
-/// Reads the counters of every flow of `tables`, of every group and its
-/// buckets, and each group's bucket ids; `next_xid` hands out transaction ids.
-pub(super) async fn counters(
-    conn: &mut Conn,
-    next_xid: &mut u32,
-    tables: &[u8],
-) -> Result<Counters, OpenFlowError> {
-    let mut flows = Vec::new();
-    let bad = |e: codec::CodecError| protocol(format!("the flow counters: {e}"));
-    let groups = flows_and_group_stats(conn, next_xid, Some(tables), |body| {
-        flows.extend(codec::parse_flow_counts_body(body).map_err(bad)?);
-        Ok(())
-    })
-    .await?;
-    let mut bucket_ids = BTreeMap::new();
-    let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
-    describe_groups(conn, next_xid, &groups, |reply| {
-        match reply {
-            Described::Body(body) => {
-                bucket_ids.extend(codec::parse_group_bucket_ids(body).map_err(bad)?)
+    /// The counters of every flow of `tables` (one FLOW_DESC request per
+    /// table), of every group and its buckets, and each group's bucket ids.
+    pub async fn counters(&mut self, tables: &[u8]) -> Result<Counters, Error> {
+        let mut flows = Vec::new();
+        let bad = |e: codec::CodecError| protocol(format!("the flow counters: {e}"));
+        let groups = flows_and_group_stats(self, Some(tables), |body| {
+            flows.extend(codec::parse_flow_counts_body(body).map_err(bad)?);
+            Ok(())
+        })
+        .await?;
+        let mut bucket_ids = BTreeMap::new();
+        let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
+        describe_groups(self, &groups, |reply| {
+            match reply {
+                Described::Body(body) => {
+                    bucket_ids.extend(codec::parse_group_bucket_ids(body).map_err(bad)?)
+                }
+                Described::Oversized(msg) => {
+                    let (id, ids) = codec::parse_oversized_group_bucket_ids(msg).map_err(bad)?;
+                    bucket_ids.insert(id, ids);
+                }
             }
-            Described::Oversized(msg) => {
-                let (id, ids) = codec::parse_oversized_group_bucket_ids(msg).map_err(bad)?;
-                bucket_ids.insert(id, ids);
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    Ok(Counters {
-        flows,
-        groups,
-        bucket_ids,
-    })
+            Ok(())
+        })
+        .await?;
+        Ok(Counters {
+            flows,
+            groups,
+            bucket_ids,
+        })
+    }
 }

@@ -4,7 +4,7 @@
 //! GROUP_DESC (GROUP_STATS counts buckets by position only).
 //!
 //! OVS 3.1 sends one group whose description or stats exceed 64 KiB as a single
-//! reply with every 16-bit length in it wrapped (see `native::dump`); the
+//! reply with every 16-bit length in it wrapped (see `crate::dump`); the
 //! `parse_oversized_*` functions read such a reply, framed by the connection,
 //! from its true length.
 
@@ -25,10 +25,15 @@ const WRAP: usize = 1 << 16;
 /// One flow's counters from a FLOW_DESC reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowCounts {
+    /// The flow's table.
     pub table: u8,
+    /// The flow's priority.
     pub priority: u16,
+    /// The flow's cookie.
     pub cookie: u64,
+    /// Packets that hit the flow.
     pub packets: u64,
+    /// Bytes of those packets.
     pub bytes: u64,
 }
 
@@ -80,8 +85,11 @@ pub fn parse_flow_counts_body(body: &[u8]) -> Result<Vec<FlowCounts>, CodecError
 /// One group's counters from a GROUP_STATS reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupStats {
+    /// The group id.
     pub id: u32,
+    /// Packets sent to the group.
     pub packets: u64,
+    /// Bytes of those packets.
     pub bytes: u64,
     /// (packets, bytes) per bucket, in the switch's bucket order.
     pub buckets: Vec<(u64, u64)>,

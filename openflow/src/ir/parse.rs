@@ -1,13 +1,13 @@
 //! `ovs-ofctl` text into the IR: [`Match`] and [`Actions`] by [`FromStr`],
-//! [`HashField::parse`]. What the compiler writes parses back to the very
-//! value it printed (`text.parse::<Match>()?.to_string() == text`).
+//! [`HashField::parse`]. Canonical text parses back to the very value that
+//! printed it (`text.parse::<Match>()?.to_string() == text`).
 //!
 //! The parser makes every check the codec's text encoders used to make on the
 //! tokens, with the same errors (each names the token it is about): unknown
 //! names, numbers that do not fit, contradicting protocols, a field matched
 //! twice, subfields of different widths, `goto_table` not last. What is about
 //! the match as a whole (prerequisites) is left to the encoder
-//! (`native::codec`), which checks the IR however it was built.
+//! ([`crate::codec`]), which checks the IR however it was built.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -18,8 +18,9 @@ use super::{
     NatKind, Proto, Subfield,
 };
 
-/// Splits at the commas outside parentheses.
-pub(crate) fn split_top(s: &str) -> Vec<&str> {
+/// Splits `ovs-ofctl` text at the commas outside parentheses:
+/// `ct(commit,zone=1),output:2` is `ct(commit,zone=1)` and `output:2`.
+pub fn split_top(s: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut depth, mut from) = (0usize, 0);
     for (i, c) in s.char_indices() {

@@ -6,7 +6,7 @@
 
 use super::fields::{self, Prereq};
 use super::put_padded;
-use crate::openflow::ir::{ones, Field, HashField, Match, MatchField};
+use crate::ir::{ones, Field, HashField, Match, MatchField};
 
 /// One OXM entry.
 struct Entry {
