@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 mod intent;
 
 use dpu_agent::applied::{Applied, Facts};
-use dpu_agent::openflow::native::codec::encode_op;
+use dpu_agent::openflow::native::change;
 use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
 use dpu_agent::reconcile::Reconciler;
 use dpu_agent::store::Store;
@@ -43,13 +43,14 @@ struct EncodingSwitch(Arc<Mutex<Encoded>>);
 impl OpenFlowBackend for EncodingSwitch {
     async fn apply(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
         let t = Instant::now();
-        let (mut messages, mut bytes) = (0, 0);
-        for (i, op) in ops.iter().enumerate() {
-            let msgs =
-                encode_op(op, i as u32).map_err(|e| OpenFlowError::Rejected(e.to_string()))?;
-            messages += msgs.len();
-            bytes += msgs.iter().map(Vec::len).sum::<usize>();
+        // As `NativeBackend` encodes a bundle: one buffer of every message.
+        let mut bundle = openflow::Bundle::with_capacity(ops.len());
+        for op in ops {
+            bundle
+                .push(change(op))
+                .map_err(|e| OpenFlowError::Rejected(e.to_string()))?;
         }
+        let (messages, bytes) = (bundle.messages(), bundle.bytes());
         let mut e = self.0.lock().unwrap();
         e.encode += t.elapsed();
         e.messages += messages;
