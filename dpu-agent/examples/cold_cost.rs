@@ -132,7 +132,10 @@ fn main() {
             );
             let copy_time = t.elapsed();
             drop(copy);
-            println!("copying the intent and allocations: {} ms", ms(copy_time).trim());
+            println!(
+                "copying the intent and allocations: {} ms",
+                ms(copy_time).trim()
+            );
             println!(
                 "{} bundle messages, {:.1} MiB encoded",
                 sw.messages,
