@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::alloc::Allocations;
 use crate::applied::{Applied, Facts};
-use crate::attach::{self, pool::Pool, AttachCmd};
+use crate::attach::{self, AttachCmd};
 use crate::compile::NodeFacts;
 use crate::config::Config;
 use crate::notify::{AgentStatus, Systemd};
@@ -22,9 +22,10 @@ use crate::observe::registry::Registry;
 use crate::observe::{Installed, IntentSnapshot, LbInputs, LbReply, Query, Summary};
 use crate::openflow::liveness::{self, SwitchLink};
 use crate::openflow::{Backend, OpenFlowBackend};
-use crate::ovsdb::{ensure_tunnel_port, BridgeSpec, OvsdbSession, OvsdbState};
+use crate::ovsdb::{BridgeSpec, OvsdbError, OvsdbSession, OvsdbState};
 use crate::pipeline::TUNNEL_IFACE_ID;
-use crate::pods::Pods;
+use crate::pods::{PodJob, Pods};
+use crate::portwriter::{Done, PortWrite, PortWriter};
 use crate::reconcile::Reconciler;
 use crate::session::{self, SessionEvent};
 use crate::store::{Store, StoreError};
@@ -83,8 +84,10 @@ pub async fn run(
     // Every change of the facts goes through `Facts::edit`, which counts it: the
     // compiler compares facts only when they may have changed.
     let mut facts = Facts::new(facts);
+    // Port writes run on their own task; their completions come back to the loop.
+    let (writer, mut written) = PortWriter::<PortJob>::spawn(&cfg.ovs.bridge);
     let mut tunnel = TunnelPort::new(&cfg.ovs.bridge);
-    tunnel.ensure(&ovsdb, &facts).await;
+    tunnel.ensure(&ovsdb, &writer, &facts);
 
     let backend = Backend::new(
         &cfg.ovs.openflow_backend,
@@ -108,7 +111,7 @@ pub async fn run(
     }
 
     let mut pods = Pods::load(&store)?;
-    pods.replug_missing(&cfg, &ovsdb, &facts).await;
+    pods.replug_missing(&ovsdb, &writer, &facts);
 
     let (applied_tx, applied_rx) = watch::channel(applied.version);
     let (local_tx, local_rx) = watch::channel(pods.report(&cfg.node_name));
@@ -169,7 +172,7 @@ pub async fn run(
     loop {
         systemd.heartbeat().beat();
         if dirty {
-            let r = resync(&mut reconciler, &mut applied, &pods.pool, &facts).await;
+            let r = resync(&mut reconciler, &mut applied, &pods, &facts).await;
             dirty = r.is_err();
             registry.reconciled(r.is_ok());
             if let Some(t) = reconciler.take_bundle_time() {
@@ -186,15 +189,14 @@ pub async fn run(
         }
         if applied.have_intent {
             let key = (applied.version, pods.revision());
-            let replanned = probes
-                .update(
-                    key,
-                    || with_pods(&applied.intent, &pods.pool, &cfg.node_name),
-                    &applied.alloc,
-                    &cfg,
-                    &ovsdb,
-                )
-                .await;
+            let replanned = probes.update(
+                key,
+                || with_pods(&applied.intent, &pods, &cfg.node_name),
+                &applied.alloc,
+                &cfg,
+                &ovsdb,
+                &writer,
+            );
             if replanned {
                 registry.probe_targets(probes.targets.iter().cloned());
                 // A backend no longer probed here has no health of ours.
@@ -245,7 +247,7 @@ pub async fn run(
                 Some(SessionEvent::Update(update, reply)) => {
                     registry.desired(update.version);
                     let before = (applied.version, pods.revision());
-                    let pod_workloads = pods.pool.workloads(&cfg.node_name);
+                    let pod_workloads = pods.workloads(&cfg.node_name);
                     let handled = applied
                         .handle_update(&cfg.node_name, &store, &mut reconciler, &pod_workloads, &facts, &update)
                         .await;
@@ -298,20 +300,33 @@ pub async fn run(
                     facts.edit().ports = ports;
                     dirty = applied.have_intent;
                 }
-                tunnel.ensure(&ovsdb, &facts).await;
+                tunnel.ensure(&ovsdb, &writer, &facts);
             }
             // Without `[shim]` the attachment service returns at once and the
             // channel closes; a closed channel is ready forever, so stop polling it.
-            cmd = attach_rx.recv(), if attach_open => {
+            // While a pod's port write is in flight the next request waits in the
+            // channel, as it did while the loop awaited the write.
+            cmd = attach_rx.recv(), if attach_open && !pods.busy() => {
                 let Some(cmd) = cmd else {
                     attach_open = false;
                     continue;
                 };
-                if pods.handle(cmd, &cfg, &store, &ovsdb, applied.have_intent.then_some(&applied.intent)).await {
+                if pods.handle(cmd, &cfg, &store, &ovsdb, &writer, applied.have_intent.then_some(&applied.intent)) {
                     let _ = local_tx.send(pods.report(&cfg.node_name));
                     dirty = true;
                 }
             }
+            // A port write finished: only now does the state it changes change.
+            Some(Done { tag, result }) = written.recv() => match tag {
+                PortJob::Tunnel => tunnel.completed(result),
+                PortJob::Probe(job) => probes.completed(job, result),
+                PortJob::Pod(job) => {
+                    if pods.completed(*job, result, &cfg, &store) {
+                        let _ = local_tx.send(pods.report(&cfg.node_name));
+                        dirty = true;
+                    }
+                }
+            },
             Some(t) = probes.next_transition() => {
                 let key = (t.vpc.clone(), t.ip);
                 if t.healthy {
@@ -353,7 +368,7 @@ pub async fn run(
                     cfg: &cfg,
                     applied: &mut applied,
                     reconciler: &reconciler,
-                    pool: &pods.pool,
+                    pods: &pods,
                     facts: &facts,
                     controller_up,
                     last_error: last_error.as_deref(),
@@ -365,6 +380,7 @@ pub async fn run(
             _ = beat.tick() => {}
         }
     }
+    drop(writer);
     session.abort();
     shim.abort();
     for o in observers {
@@ -373,6 +389,38 @@ pub async fn run(
     tracing::info!("agent stopped; the switch keeps forwarding");
     Ok(())
 }
+
+/// What a port write was for, carried back to the loop in its completion.
+#[derive(Debug)]
+enum PortJob {
+    Tunnel,
+    Probe(ProbeJob),
+    Pod(Box<PodJob>),
+}
+
+impl From<PodJob> for PortJob {
+    fn from(j: PodJob) -> Self {
+        PortJob::Pod(Box::new(j))
+    }
+}
+
+impl From<ProbeJob> for PortJob {
+    fn from(j: ProbeJob) -> Self {
+        PortJob::Probe(j)
+    }
+}
+
+/// A probe port write: the port of `zone` added for `vpc`, or removed.
+#[derive(Debug)]
+enum ProbeJob {
+    Add { zone: u16, vpc: String },
+    Remove { zone: u16 },
+}
+
+/// How long a probe port whose write failed is left alone. The loop used to retry
+/// on its next iteration; a completion is an iteration of its own, so a failure
+/// would otherwise be retried at once, again and again.
+const PROBE_PORT_RETRY: Duration = Duration::from_secs(1);
 
 /// The health probes: the probe thread, and the OVS ports of the probe links it
 /// needs. Without a probe thread (it could not start) nothing is probed and every
@@ -383,6 +431,10 @@ struct Probes {
     plan: crate::probe::Plan,
     /// Zones whose probe port is on the bridge.
     ports: BTreeMap<u16, String>,
+    /// Zones with a port write in flight (at most one each).
+    writing: BTreeSet<u16>,
+    /// Zones whose last write failed, and when they may be tried again.
+    failed: BTreeMap<u16, tokio::time::Instant>,
     /// What this node's probes find unhealthy.
     local_unhealthy: BTreeSet<(String, IpAddr)>,
     /// What the controller says is unhealthy, over all nodes.
@@ -404,10 +456,16 @@ impl Probes {
                 None
             }
         };
+        Probes::with(service)
+    }
+
+    fn with(service: Option<crate::probe::ProbeService>) -> Probes {
         Probes {
             service,
             plan: crate::probe::Plan::default(),
             ports: BTreeMap::new(),
+            writing: BTreeSet::new(),
+            failed: BTreeMap::new(),
             local_unhealthy: BTreeSet::new(),
             remote_unhealthy: BTreeSet::new(),
             planned_for: None,
@@ -477,15 +535,18 @@ impl Probes {
     }
 
     /// Recomputes what to probe when the intent or the pods changed (`key`: the
-    /// applied version and the pods' revision); adds and removes probe ports to
-    /// match, retrying what failed. True if the plan changed.
-    async fn update<'a>(
+    /// applied version and the pods' revision); queues the adds and removes of
+    /// probe ports that match it on `writer`, retrying what failed (not sooner
+    /// than [`PROBE_PORT_RETRY`] after the failure). `ports` changes when a write
+    /// completes ([`Probes::completed`]). True if the plan changed.
+    fn update<'a>(
         &mut self,
         key: (u64, u64),
         intent: impl FnOnce() -> std::borrow::Cow<'a, Intent>,
         alloc: &Allocations,
         cfg: &Config,
         ovsdb: &OvsdbSession,
+        writer: &PortWriter<PortJob>,
     ) -> bool {
         let Some(service) = &self.service else {
             return false;
@@ -511,25 +572,25 @@ impl Probes {
             let Some(client) = ovsdb.client() else {
                 return false;
             };
+            let now = tokio::time::Instant::now();
+            self.failed.retain(|_, at| *at > now);
             for (zone, vpc) in &want {
-                if self.ports.get(zone) == Some(vpc) {
+                if self.ports.get(zone) == Some(vpc) || !self.may_write(*zone) {
                     continue;
                 }
-                let port = crate::probe::link::port_name(*zone);
-                let r = crate::ovsdb::ensure_internal_port(
-                    &client,
-                    &cfg.ovs.bridge,
-                    &port,
-                    &crate::probe::link::iface_id(vpc),
-                    &crate::probe::link::mac(*zone).to_string(),
-                )
-                .await;
-                match r {
-                    Ok(()) => {
-                        self.ports.insert(*zone, vpc.clone());
-                    }
-                    Err(e) => tracing::warn!(%port, error = %e, "cannot add the probe port"),
-                }
+                self.writing.insert(*zone);
+                writer.send(
+                    client.clone(),
+                    PortWrite::Internal {
+                        port: crate::probe::link::port_name(*zone),
+                        iface_id: crate::probe::link::iface_id(vpc),
+                        mac: crate::probe::link::mac(*zone).to_string(),
+                    },
+                    ProbeJob::Add {
+                        zone: *zone,
+                        vpc: vpc.clone(),
+                    },
+                );
             }
             let gone: Vec<u16> = self
                 .ports
@@ -538,13 +599,17 @@ impl Probes {
                 .copied()
                 .collect();
             for zone in gone {
-                let port = crate::probe::link::port_name(zone);
-                match crate::ovsdb::unplug_port(&client, &cfg.ovs.bridge, &port).await {
-                    Ok(_) => {
-                        self.ports.remove(&zone);
-                    }
-                    Err(e) => tracing::warn!(%port, error = %e, "cannot remove the probe port"),
+                if !self.may_write(zone) {
+                    continue;
                 }
+                self.writing.insert(zone);
+                writer.send(
+                    client.clone(),
+                    PortWrite::Unplug {
+                        port: crate::probe::link::port_name(zone),
+                    },
+                    ProbeJob::Remove { zone },
+                );
             }
         }
         let changed = plan != self.plan;
@@ -565,6 +630,41 @@ impl Probes {
         }
         self.planned_for = Some(key);
         changed
+    }
+
+    /// Whether a write for `zone` may be queued now: none in flight, and no
+    /// failure too recent.
+    fn may_write(&self, zone: u16) -> bool {
+        !self.writing.contains(&zone) && !self.failed.contains_key(&zone)
+    }
+
+    /// A probe port write completed: `ports` follows what is on the bridge.
+    fn completed(&mut self, job: ProbeJob, result: Result<(), OvsdbError>) {
+        let zone = match &job {
+            ProbeJob::Add { zone, .. } | ProbeJob::Remove { zone } => *zone,
+        };
+        self.writing.remove(&zone);
+        let port = crate::probe::link::port_name(zone);
+        match (job, result) {
+            (ProbeJob::Add { vpc, .. }, Ok(())) => {
+                self.ports.insert(zone, vpc);
+            }
+            (ProbeJob::Remove { .. }, Ok(())) => {
+                self.ports.remove(&zone);
+            }
+            (job, Err(e)) => {
+                match job {
+                    ProbeJob::Add { .. } => {
+                        tracing::warn!(%port, error = %e, "cannot add the probe port")
+                    }
+                    ProbeJob::Remove { .. } => {
+                        tracing::warn!(%port, error = %e, "cannot remove the probe port")
+                    }
+                }
+                self.failed
+                    .insert(zone, tokio::time::Instant::now() + PROBE_PORT_RETRY);
+            }
+        }
     }
 }
 
@@ -625,22 +725,26 @@ impl SwitchRestart {
 /// The bridge's Geneve port, put back whenever it is missing (the bridge was
 /// recreated, someone deleted it), at most every 2 s.
 struct TunnelPort {
-    bridge: String,
     name: String,
     last_try: Option<tokio::time::Instant>,
+    /// A write is in flight.
+    writing: bool,
 }
 
 impl TunnelPort {
     fn new(bridge: &str) -> Self {
         TunnelPort {
-            bridge: bridge.to_string(),
             name: format!("{bridge}-gnv"),
             last_try: None,
+            writing: false,
         }
     }
 
-    async fn ensure(&mut self, ovsdb: &OvsdbSession, facts: &NodeFacts) {
+    /// Queues the port's write on `writer` when it is missing, none is in flight
+    /// and the last try is 2 s old.
+    fn ensure(&mut self, ovsdb: &OvsdbSession, writer: &PortWriter<PortJob>, facts: &NodeFacts) {
         if facts.ports.contains_key(TUNNEL_IFACE_ID)
+            || self.writing
             || self
                 .last_try
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
@@ -649,7 +753,19 @@ impl TunnelPort {
         }
         self.last_try = Some(tokio::time::Instant::now());
         let Some(client) = ovsdb.client() else { return };
-        match ensure_tunnel_port(&client, &self.bridge, &self.name).await {
+        self.writing = true;
+        writer.send(
+            client,
+            PortWrite::Tunnel {
+                port: self.name.clone(),
+            },
+            PortJob::Tunnel,
+        );
+    }
+
+    fn completed(&mut self, result: Result<(), OvsdbError>) {
+        self.writing = false;
+        match result {
             Ok(()) => tracing::info!(port = %self.name, "Geneve tunnel port on the bridge"),
             Err(e) => tracing::warn!(port = %self.name, error = %e, "cannot add the tunnel port"),
         }
@@ -722,10 +838,10 @@ async fn start_reconciler<B: OpenFlowBackend>(
 async fn resync<B: OpenFlowBackend>(
     reconciler: &mut Reconciler<B>,
     applied: &mut Applied,
-    pool: &Pool,
+    pods: &Pods,
     facts: &Facts,
 ) -> Result<(), String> {
-    let pods = pool.workloads(&facts.node);
+    let pods = pods.workloads(&facts.node);
     match applied.resync(reconciler, &pods, facts).await {
         Ok(stats) => {
             let compiled = applied.compiler.compiled();
@@ -769,7 +885,7 @@ struct View<'a, B> {
     cfg: &'a Config,
     applied: &'a mut Applied,
     reconciler: &'a Reconciler<B>,
-    pool: &'a Pool,
+    pods: &'a Pods,
     facts: &'a Facts,
     controller_up: bool,
     last_error: Option<&'a str>,
@@ -820,7 +936,7 @@ impl<B: OpenFlowBackend> View<'_, B> {
         IntentSnapshot {
             version: self.applied.version,
             intent: self.applied.intent.clone(),
-            pods: self.pool.workloads(&self.cfg.node_name),
+            pods: self.pods.workloads(&self.cfg.node_name),
         }
     }
 
@@ -929,13 +1045,52 @@ fn start_observers(
 /// they attach, whether or not the controller has echoed them back yet.
 /// Borrows the intent when there are no pods, so a node without pods never copies
 /// its (possibly 30k-Service) intent per compile.
-fn with_pods<'a>(intent: &'a Intent, pool: &Pool, node: &str) -> std::borrow::Cow<'a, Intent> {
-    if pool.records.is_empty() {
+fn with_pods<'a>(intent: &'a Intent, pods: &Pods, node: &str) -> std::borrow::Cow<'a, Intent> {
+    if pods.pool.records.is_empty() {
         return std::borrow::Cow::Borrowed(intent);
     }
     let mut i = intent.clone();
-    for w in pool.workloads(node) {
+    for w in pods.workloads(node) {
         i.upsert(dpu_model::Object::Workload(w));
     }
     std::borrow::Cow::Owned(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe port counts as on the bridge only when its write completed; while
+    /// one is in flight, or shortly after one failed, none is queued for its zone.
+    #[test]
+    fn probe_ports_follow_completions_one_write_per_zone() {
+        let mut p = Probes::with(None);
+        p.writing.insert(3);
+        assert!(!p.may_write(3) && p.may_write(4));
+        assert!(p.ports.is_empty());
+        p.completed(
+            ProbeJob::Add {
+                zone: 3,
+                vpc: "vpc-a".into(),
+            },
+            Err(OvsdbError::State("slow".into())),
+        );
+        assert!(p.ports.is_empty());
+        assert!(!p.may_write(3), "retried at once after a failure");
+        p.failed.clear();
+        assert!(p.may_write(3));
+        p.writing.insert(3);
+        p.completed(
+            ProbeJob::Add {
+                zone: 3,
+                vpc: "vpc-a".into(),
+            },
+            Ok(()),
+        );
+        assert_eq!(p.ports.get(&3).map(String::as_str), Some("vpc-a"));
+        assert!(p.may_write(3));
+        p.writing.insert(3);
+        p.completed(ProbeJob::Remove { zone: 3 }, Ok(()));
+        assert!(p.ports.is_empty() && p.writing.is_empty());
+    }
 }

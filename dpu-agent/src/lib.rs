@@ -23,6 +23,7 @@ pub mod ops;
 pub mod ovsdb;
 pub mod pipeline;
 pub mod pods;
+pub mod portwriter;
 pub mod probe;
 pub mod reconcile;
 pub mod session;

@@ -1,6 +1,12 @@
 //! The agent loop's side of pod attachment: the pool, its persistence, plugging
 //! representors through OVSDB, and the Attach replies that wait until the pod's
 //! port is on the bridge and its flows are installed.
+//!
+//! Plugging and unplugging go through the port writer (`crate::portwriter`): an
+//! Attach or Detach queues its write and its reply rides in the completion
+//! ([`PodJob`]), which [`Pods::completed`] finishes. One such command is in flight
+//! at a time ([`Pods::busy`]; the loop does not read the next one meanwhile), as
+//! when the loop awaited the transaction itself.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +20,8 @@ use crate::attach::pool::{key, AttachError, Pool, Record};
 use crate::attach::AttachCmd;
 use crate::compile::NodeFacts;
 use crate::config::Config;
-use crate::ovsdb::{plug_port, unplug_port, OvsdbSession};
+use crate::ovsdb::{OvsdbError, OvsdbSession};
+use crate::portwriter::{PortWrite, PortWriter};
 use crate::store::{Store, StoreError};
 
 /// How long an Attach waits for its representor to appear and be programmed.
@@ -32,6 +39,30 @@ pub struct Pods {
     pub pool: Pool,
     pending: Vec<Pending>,
     revision: u64,
+    /// The Attach or Detach whose port write is in flight.
+    busy: bool,
+    /// The workload of an attachment new with the Attach in flight: not a pod of
+    /// this node until its representor is plugged.
+    plugging: Option<String>,
+}
+
+/// What to finish when a pod's port write completes.
+#[derive(Debug)]
+pub enum PodJob {
+    /// A restored attachment's representor put back at start.
+    Replug { representor: String },
+    /// An Attach: answered once the port is on the bridge and programmed (see
+    /// [`Pods::settle`]), or failed (and rolled back) if the plug failed.
+    Attach {
+        record: Record,
+        existed: bool,
+        reply: oneshot::Sender<Result<Record, Status>>,
+    },
+    /// A Detach: answered after the unplug (whatever its outcome).
+    Detach {
+        record: Record,
+        reply: oneshot::Sender<Result<Option<Record>, Status>>,
+    },
 }
 
 fn status_of(e: &AttachError) -> Status {
@@ -68,22 +99,50 @@ impl Pods {
             pool,
             pending: Vec::new(),
             revision: 1,
+            busy: false,
+            plugging: None,
         })
     }
 
     /// Plugs representors of restored attachments that are not on the bridge (the
     /// OVS database was reset, or the agent died between persisting and plugging).
-    pub async fn replug_missing(&self, cfg: &Config, ovsdb: &OvsdbSession, facts: &NodeFacts) {
+    /// Queued on the port writer; a failure is logged when it completes.
+    pub fn replug_missing<T: From<PodJob> + Send + 'static>(
+        &self,
+        ovsdb: &OvsdbSession,
+        writer: &PortWriter<T>,
+        facts: &NodeFacts,
+    ) {
         let Some(client) = ovsdb.client() else { return };
         for r in self.pool.records.values() {
             if !facts.ports.contains_key(&r.iface_id) {
-                if let Err(e) =
-                    plug_port(&client, &cfg.ovs.bridge, &r.representor, &external_ids(r)).await
-                {
-                    tracing::warn!(representor = %r.representor, error = %e, "cannot re-plug a restored attachment");
-                }
+                writer.send(
+                    client.clone(),
+                    PortWrite::Plug {
+                        port: r.representor.clone(),
+                        external_ids: external_ids(r),
+                    },
+                    PodJob::Replug {
+                        representor: r.representor.clone(),
+                    },
+                );
             }
         }
+    }
+
+    /// Whether an Attach or Detach waits for its port write: the loop reads the
+    /// next request only after it completed.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// This node's pods: the attachments, less one whose first plug is in flight.
+    pub fn workloads(&self, node: &str) -> Vec<dpu_model::Workload> {
+        let mut w = self.pool.workloads(node);
+        if let Some(name) = &self.plugging {
+            w.retain(|w| &w.name != name);
+        }
+        w
     }
 
     /// Counts changes to the attached pods.
@@ -96,7 +155,6 @@ impl Pods {
         pb::LocalWorkloads {
             revision: self.revision,
             workloads: self
-                .pool
                 .workloads(node)
                 .into_iter()
                 .map(
@@ -147,13 +205,16 @@ impl Pods {
             .map_err(|e| Status::internal(format!("cannot persist the attachment: {e}")))
     }
 
-    /// Handles one request; returns whether the set of pods changed.
-    pub async fn handle(
+    /// Handles one request; returns whether the set of pods changed. An Attach or
+    /// Detach that reaches OVSDB queues its write on `writer` and is finished by
+    /// [`Pods::completed`].
+    pub fn handle<T: From<PodJob> + Send + 'static>(
         &mut self,
         cmd: AttachCmd,
         cfg: &Config,
         store: &Store,
         ovsdb: &OvsdbSession,
+        writer: &PortWriter<T>,
         intent: Option<&Intent>,
     ) -> bool {
         let vfs = cfg
@@ -217,15 +278,85 @@ impl Pods {
                     let _ = reply.send(Err(Status::unavailable("OVSDB is not connected")));
                     return false;
                 };
-                if let Err(e) = plug_port(
-                    &client,
-                    &cfg.ovs.bridge,
-                    &record.representor,
-                    &external_ids(&record),
-                )
-                .await
-                {
-                    rollback(self);
+                self.busy = true;
+                if !existed {
+                    self.plugging = Some(record.workload.clone());
+                }
+                writer.send(
+                    client,
+                    PortWrite::Plug {
+                        port: record.representor.clone(),
+                        external_ids: external_ids(&record),
+                    },
+                    PodJob::Attach {
+                        record,
+                        existed,
+                        reply,
+                    },
+                );
+                false
+            }
+            AttachCmd::Detach {
+                container_id,
+                ifname,
+                reply,
+            } => {
+                let Some(record) = self.pool.detach(&container_id, &ifname) else {
+                    let _ = reply.send(Ok(None));
+                    return false;
+                };
+                if let Err(s) = self.save(store) {
+                    self.pool
+                        .records
+                        .insert(key(&container_id, &ifname), record);
+                    let _ = reply.send(Err(s));
+                    return false;
+                }
+                match ovsdb.client() {
+                    Some(client) => {
+                        self.busy = true;
+                        writer.send(
+                            client,
+                            PortWrite::Unplug {
+                                port: record.representor.clone(),
+                            },
+                            PodJob::Detach { record, reply },
+                        );
+                        false
+                    }
+                    None => self.detached(record, reply),
+                }
+            }
+        }
+    }
+
+    /// Finishes `job` now that its port write completed with `result`; returns
+    /// whether the set of pods changed.
+    pub fn completed(
+        &mut self,
+        job: PodJob,
+        result: Result<(), OvsdbError>,
+        cfg: &Config,
+        store: &Store,
+    ) -> bool {
+        match job {
+            PodJob::Replug { representor } => {
+                if let Err(e) = result {
+                    tracing::warn!(%representor, error = %e, "cannot re-plug a restored attachment");
+                }
+                false
+            }
+            PodJob::Attach {
+                record,
+                existed,
+                reply,
+            } => {
+                self.busy = false;
+                self.plugging = None;
+                if let Err(e) = result {
+                    if !existed {
+                        self.pool.detach(&record.container_id, &record.ifname);
+                    }
                     let _ = self.save(store);
                     let _ = reply.send(Err(Status::internal(format!(
                         "plugging {} into {}: {e}",
@@ -245,33 +376,24 @@ impl Pods {
                 // a re-attach whose port is already there).
                 true
             }
-            AttachCmd::Detach {
-                container_id,
-                ifname,
-                reply,
-            } => {
-                let Some(record) = self.pool.detach(&container_id, &ifname) else {
-                    let _ = reply.send(Ok(None));
-                    return false;
-                };
-                if let Err(s) = self.save(store) {
-                    self.pool
-                        .records
-                        .insert(key(&container_id, &ifname), record);
-                    let _ = reply.send(Err(s));
-                    return false;
+            PodJob::Detach { record, reply } => {
+                self.busy = false;
+                if let Err(e) = result {
+                    tracing::warn!(representor = %record.representor, error = %e, "cannot unplug; it is re-used on the next attach");
                 }
-                if let Some(client) = ovsdb.client() {
-                    if let Err(e) = unplug_port(&client, &cfg.ovs.bridge, &record.representor).await
-                    {
-                        tracing::warn!(representor = %record.representor, error = %e, "cannot unplug; it is re-used on the next attach");
-                    }
-                }
-                tracing::info!(workload = %record.workload, ip = %record.ip, "pod detached");
-                self.revision += 1;
-                let _ = reply.send(Ok(Some(record)));
-                true
+                self.detached(record, reply)
             }
         }
+    }
+
+    fn detached(
+        &mut self,
+        record: Record,
+        reply: oneshot::Sender<Result<Option<Record>, Status>>,
+    ) -> bool {
+        tracing::info!(workload = %record.workload, ip = %record.ip, "pod detached");
+        self.revision += 1;
+        let _ = reply.send(Ok(Some(record)));
+        true
     }
 }
