@@ -156,7 +156,7 @@ fn main() {
         mib(kept.saturating_sub(known))
     );
     println!(
-        "| the LB index (built per observation, not kept) | {} |",
+        "| the LB index (built off the loop once per state; observers keep the last) | {} |",
         mib(lb_b)
     );
 }
