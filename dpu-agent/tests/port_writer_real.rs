@@ -15,49 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use dpu_lab::fake_controller::{accept_hello, issue_server_identity, reply, reply_within};
 use dpu_lab::fixture::{tail, Lab, NODE};
+use dpu_lab::objects::{service, update, vpc_a, workload};
 use dpu_lab::process::wait_until;
 use dpu_model::*;
 use dpu_proto::v1 as pb;
 use tokio::sync::mpsc;
-
-fn workload(name: &str, last: u8) -> Object {
-    Object::Workload(Workload {
-        name: name.into(),
-        kind: WorkloadKind::Pod,
-        vpc: "vpc-a".into(),
-        ip: Ipv4Addr::new(10, 0, 1, last),
-        ipv6: None,
-        mac: Some(Mac([0x0a, 0, 0, 0, 1, last])),
-        labels: Default::default(),
-        node: NODE.into(),
-        port: name.into(),
-    })
-}
-
-fn service(name: &str, vip: u8, backend: Ipv4Addr) -> Object {
-    Object::Service(Service {
-        name: name.into(),
-        vpc: "vpc-a".into(),
-        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip).into()],
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            target_port: 8080,
-        }],
-        backends: vec![Backend {
-            ip: backend.into(),
-            weight: 1,
-            workload: None,
-            vpc: "vpc-a".into(),
-        }],
-        affinity_timeout: None,
-        eip: None,
-        scenario: AccessScenario::ClusterIp,
-        external_traffic_local: false,
-        eip_node: None,
-    })
-}
 
 fn probe(service: &str) -> Object {
     Object::NetworkProbe(NetworkProbe {
@@ -72,19 +34,6 @@ fn probe(service: &str) -> Object {
         success_threshold: 1,
         failure_threshold: 2,
     })
-}
-
-fn update(version: u64, base: u64, snapshot: bool, objs: Vec<Object>) -> pb::ControllerMessage {
-    pb::ControllerMessage {
-        msg: Some(pb::controller_message::Msg::Update(pb::Update {
-            version,
-            nonce: format!("n{version}"),
-            snapshot,
-            base_version: base,
-            upserts: objs.iter().map(object_to_proto).collect(),
-            deletes: vec![],
-        })),
-    }
 }
 
 fn acked(r: pb::agent_message::Msg, version: u64) -> Result<()> {
@@ -154,21 +103,11 @@ fn an_update_is_acked_while_ovsdb_server_is_stopped_with_a_port_write_pending() 
         std::future::pending(),
     );
     lab.start_agent()?;
-    let base = vec![
-        Object::Vpc(Vpc {
-            name: "vpc-a".into(),
-            vni: 100,
-        }),
-        Object::Subnet(Subnet {
-            name: "net".into(),
-            vpc: "vpc-a".into(),
-            cidr: "10.0.1.0/24".parse()?,
-            gateway: Ipv4Addr::new(10, 0, 1, 1).into(),
-            node_blocks: vec![],
-        }),
+    let mut base = vpc_a();
+    base.extend([
         workload("web-1", 11),
-        service("web", 10, Ipv4Addr::new(10, 0, 1, 11)),
-    ];
+        service("web", 10, &[Ipv4Addr::new(10, 0, 1, 11)]),
+    ]);
     let pidfile = lab.ovs.dir().join("ovsdb-server.pid");
     let pid = std::fs::read_to_string(&pidfile)
         .with_context(|| format!("reading {}", pidfile.display()))?
@@ -196,7 +135,7 @@ fn an_update_is_acked_while_ovsdb_server_is_stopped_with_a_port_write_pending() 
             3,
             2,
             false,
-            vec![service("web2", 11, Ipv4Addr::new(10, 0, 1, 11))],
+            vec![service("web2", 11, &[Ipv4Addr::new(10, 0, 1, 11)])],
         )))
         .await?;
         let r = reply_within(&mut inbound, Duration::from_secs(2)).await;

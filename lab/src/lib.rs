@@ -9,6 +9,7 @@ pub mod fake_controller;
 pub mod fixture;
 pub mod multi;
 pub mod netns;
+pub mod objects;
 pub mod observe;
 pub mod ovs;
 pub mod process;
