@@ -1046,14 +1046,7 @@ fn start_observers(
 /// Borrows the intent when there are no pods, so a node without pods never copies
 /// its (possibly 30k-Service) intent per compile.
 fn with_pods<'a>(intent: &'a Intent, pods: &Pods, node: &str) -> std::borrow::Cow<'a, Intent> {
-    if pods.pool.records.is_empty() {
-        return std::borrow::Cow::Borrowed(intent);
-    }
-    let mut i = intent.clone();
-    for w in pods.workloads(node) {
-        i.upsert(dpu_model::Object::Workload(w));
-    }
-    std::borrow::Cow::Owned(i)
+    crate::pods::intent_with_pods(intent, &pods.workloads(node))
 }
 
 #[cfg(test)]

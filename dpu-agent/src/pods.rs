@@ -65,6 +65,22 @@ pub enum PodJob {
     },
 }
 
+/// `intent` with this node's attached `pods` in, as the compiler and
+/// observers see it: borrowed when there are none.
+pub fn intent_with_pods<'a>(
+    intent: &'a Intent,
+    pods: &[dpu_model::Workload],
+) -> std::borrow::Cow<'a, Intent> {
+    if pods.is_empty() {
+        return std::borrow::Cow::Borrowed(intent);
+    }
+    let mut i = intent.clone();
+    for w in pods {
+        i.upsert(dpu_model::Object::Workload(w.clone()));
+    }
+    std::borrow::Cow::Owned(i)
+}
+
 fn status_of(e: &AttachError) -> Status {
     match e {
         AttachError::Invalid { .. }

@@ -15,19 +15,16 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-#[path = "common/service.rs"]
-mod service;
-
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
 use dpu_agent::flows::{DesiredState, Group};
 use dpu_agent::observe::switch_stats;
 use dpu_agent::openflow::{NativeBackend, OfctlBackend, OpenFlowBackend};
 use dpu_agent::reconcile::Reconciler;
+use dpu_lab::objects::tcp_service;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::limits::{MAX_BACKENDS, MAX_BUCKETS};
 use dpu_model::{Intent, Mac, Node, Object, Subnet, Vpc, Workload, WorkloadKind};
-use service::tcp_service;
 
 const VPC: &str = "vpc-a";
 const WIDE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

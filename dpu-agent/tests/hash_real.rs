@@ -13,18 +13,15 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-#[path = "common/service.rs"]
-mod service;
-
 use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts, SRC_PORT_HASH_MASK};
 use dpu_agent::flows::{Action, DesiredState, Group};
 use dpu_agent::openflow::OfctlBackend;
 use dpu_agent::pipeline::reg;
 use dpu_agent::reconcile::Reconciler;
+use dpu_lab::objects::tcp_service;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::{Intent, Object, Subnet, Vpc};
-use service::tcp_service;
 
 const VPC: &str = "vpc-a";
 const BRIDGE: &str = "brh";

@@ -45,10 +45,28 @@ pub fn workload(name: &str, last: u8) -> Object {
 /// A ClusterIP Service at 10.96.0.`vip`, TCP/80 → 8080, over `backends` in
 /// `vpc-a` (weight 1 each).
 pub fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
-    Object::Service(Service {
+    Object::Service(tcp_service(
+        name,
+        "vpc-a",
+        Ipv4Addr::new(10, 96, 0, vip),
+        backends,
+        1,
+    ))
+}
+
+/// A ClusterIP Service at `vip`, TCP 80 → 8080, over explicit `backends` in
+/// `vpc`, each of weight `weight`.
+pub fn tcp_service(
+    name: &str,
+    vpc: &str,
+    vip: Ipv4Addr,
+    backends: &[Ipv4Addr],
+    weight: u32,
+) -> Service {
+    Service {
         name: name.into(),
-        vpc: "vpc-a".into(),
-        cluster_ips: vec![Ipv4Addr::new(10, 96, 0, vip).into()],
+        vpc: vpc.into(),
+        cluster_ips: vec![vip.into()],
         ports: vec![ServicePort {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -59,9 +77,9 @@ pub fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
             .iter()
             .map(|ip| Backend {
                 ip: (*ip).into(),
-                weight: 1,
+                weight,
                 workload: None,
-                vpc: "vpc-a".into(),
+                vpc: vpc.into(),
             })
             .collect(),
         affinity_timeout: None,
@@ -69,7 +87,7 @@ pub fn service(name: &str, vip: u8, backends: &[Ipv4Addr]) -> Object {
         scenario: AccessScenario::ClusterIp,
         external_traffic_local: false,
         eip_node: None,
-    })
+    }
 }
 
 /// An Update (nonce `n<version>`) that upserts `objs`.

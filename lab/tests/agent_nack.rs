@@ -302,20 +302,8 @@ fn agent_refuses_a_controller_whose_certificate_has_expired() -> Result<()> {
             }
             other => bail!("first message was not Hello: {other:?}"),
         }
-        let intent = vec![
-            Object::Vpc(Vpc {
-                name: "vpc-a".into(),
-                vni: 100,
-            }),
-            Object::Subnet(Subnet {
-                name: "net".into(),
-                vpc: "vpc-a".into(),
-                cidr: "10.0.1.0/24".parse()?,
-                gateway: Ipv4Addr::new(10, 0, 1, 1).into(),
-                node_blocks: vec![],
-            }),
-            workload("client", 2),
-        ];
+        let mut intent = vpc_a();
+        intent.push(workload("client", 2));
         out.send(Ok(update(1, 0, true, intent))).await?;
         match reply(&mut inbound).await? {
             pb::agent_message::Msg::Ack(a) => assert_eq!((a.version, a.nonce.as_str()), (1, "n1")),

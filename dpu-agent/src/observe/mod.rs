@@ -57,14 +57,7 @@ pub struct IntentSnapshot {
 impl IntentSnapshot {
     /// The intent with this node's attached pods in, as the compiler sees it.
     pub fn with_pods(&self) -> std::borrow::Cow<'_, Intent> {
-        if self.pods.is_empty() {
-            return std::borrow::Cow::Borrowed(&self.intent);
-        }
-        let mut i = Intent::clone(&self.intent);
-        for w in &self.pods {
-            i.upsert(dpu_model::Object::Workload(w.clone()));
-        }
-        std::borrow::Cow::Owned(i)
+        crate::pods::intent_with_pods(&self.intent, &self.pods)
     }
 }
 
