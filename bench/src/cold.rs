@@ -8,9 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::openflow::{render_bundle, BundleOp};
+use dpu_agent::reconcile::backend::{render_bundle, BundleOp};
+use dpu_agent::state::alloc::Allocations;
 use dpu_lab::ovs::OvsInstance;
 
 use crate::intent::{self, Generated};

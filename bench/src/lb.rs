@@ -5,7 +5,7 @@
 //!
 //! A private OVS ([`dpu_lab::ovs::OvsInstance`]) gets one bridge, one flow that sends
 //! TCP to the VIP into group 1, and group 1 rendered by the agent's own
-//! [`dpu_agent::flows::Group::spec`]: `type=select,selection_method=hash,
+//! [`dpu_agent::compile::flows::Group::spec`]: `type=select,selection_method=hash,
 //! fields(ip_src,ip_dst,tcp_src,tcp_dst)`, one bucket per unit of backend weight, each
 //! bucket `set_field:<backend ip>->reg3,set_field:<port>->reg4,resubmit(,45)` exactly
 //! as the compiler writes it. The group goes in the way the reconciler sends it: an
@@ -60,10 +60,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dpu_agent::compile::assign_bucket_ids;
-use dpu_agent::flows::{Actions, Bucket, Group};
-use dpu_agent::openflow::ir::{Field, HashField};
-use dpu_agent::pipeline::cookie::{Category, Cookie};
-use dpu_agent::pipeline::{reg, ENDPOINT_DNAT};
+use dpu_agent::compile::flows::{Actions, Bucket, Group};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
+use dpu_agent::compile::pipeline::{reg, ENDPOINT_DNAT};
+use dpu_agent::reconcile::backend::ir::{Field, HashField};
 use dpu_lab::ovs::OvsInstance;
 
 const BRIDGE: &str = "br-lb";

@@ -18,11 +18,11 @@
 //! on TCP 8080. One VIP per (size, hash variant) pair (10.96.0.10, .11, …),
 //! each sending new connections to its own select group of that many buckets
 //! hashing on `ip_src,ip_dst,<src field>,tcp_dst`, rendered by the agent
-//! ([`dpu_agent::flows::Group`], bucket ids from
+//! ([`dpu_agent::compile::flows::Group`], bucket ids from
 //! [`dpu_agent::compile::assign_bucket_ids`], the buckets'
 //! `set_field:<ip>->reg3,set_field:8080->reg4,resubmit(,45)` as the compiler
 //! writes them) and installed the way the `ovs-ofctl` backend does
-//! ([`dpu_agent::openflow::render_bundle`]: a group over 60 KB as `add_or_mod`
+//! ([`dpu_agent::reconcile::backend::render_bundle`]: a group over 60 KB as `add_or_mod`
 //! plus `insert_bucket`s in one bundle). Every bucket is its own backend
 //! address (8,192 addresses per VIP), DNATed by a per-backend flow as the
 //! agent's EndpointDnat table does. The rest of the pipeline is the minimum
@@ -56,12 +56,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use dpu_agent::compile::flows::{Actions, Bucket, Group};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
+use dpu_agent::compile::pipeline::{reg, ENDPOINT_DNAT};
 use dpu_agent::compile::{assign_bucket_ids, SRC_PORT_HASH_MASK};
-use dpu_agent::flows::{Actions, Bucket, Group};
-use dpu_agent::openflow::ir::{Field, HashField};
-use dpu_agent::openflow::{render_bundle, BundleOp};
-use dpu_agent::pipeline::cookie::{Category, Cookie};
-use dpu_agent::pipeline::{reg, ENDPOINT_DNAT};
+use dpu_agent::reconcile::backend::ir::{Field, HashField};
+use dpu_agent::reconcile::backend::{render_bundle, BundleOp};
 use dpu_lab::netns::{self, Netns};
 use dpu_lab::ovs::OvsInstance;
 use dpu_lab::process::Child;

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 #[path = "common/intent.rs"]
 mod intent;
 
-use dpu_agent::applied::{Applied, Facts};
-use dpu_agent::openflow::native::change;
-use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::reconcile::backend::native::change;
+use dpu_agent::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
 use dpu_agent::reconcile::Reconciler;
-use dpu_agent::store::Store;
-use dpu_agent::update::snapshot_of;
+use dpu_agent::state::applied::{Applied, Facts};
+use dpu_agent::state::store::Store;
+use dpu_agent::state::update::snapshot_of;
 use dpu_proto::v1 as pb;
 use intent::build;
 use prost::Message;
@@ -128,7 +128,7 @@ fn main() {
             let t = Instant::now();
             let copy = (
                 dpu_model::Intent::clone(&applied.intent),
-                dpu_agent::alloc::Allocations::clone(&applied.alloc),
+                dpu_agent::state::alloc::Allocations::clone(&applied.alloc),
             );
             let copy_time = t.elapsed();
             drop(copy);

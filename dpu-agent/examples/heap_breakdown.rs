@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 #[path = "common/intent.rs"]
 mod intent;
 
-use dpu_agent::applied::{Applied, Facts};
 use dpu_agent::compile::incremental::Piece;
 use dpu_agent::observe::{lb_index, LbIndex};
 use dpu_agent::reconcile::Reconciler;
-use dpu_agent::store::Store;
-use dpu_agent::update::snapshot_of;
+use dpu_agent::state::applied::{Applied, Facts};
+use dpu_agent::state::store::Store;
+use dpu_agent::state::update::snapshot_of;
 use intent::{build, NullSwitch};
 
 /// The system allocator, counting the bytes live.

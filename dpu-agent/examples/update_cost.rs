@@ -19,11 +19,11 @@ mod intent;
 
 use intent::{build, service, wl_ip, NullSwitch};
 
-use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, NodeFacts};
 use dpu_agent::reconcile::Reconciler;
-use dpu_agent::store::{Persisted, Store};
-use dpu_agent::update::{next_intent, snapshot_of};
+use dpu_agent::state::alloc::Allocations;
+use dpu_agent::state::store::{Persisted, Store};
+use dpu_agent::state::update::{next_intent, snapshot_of};
 use dpu_model::*;
 use dpu_proto::v1 as pb;
 use prost::Message;
@@ -85,9 +85,9 @@ fn report(names: &[&str], t: &mut [Vec<Duration>]) {
 }
 
 fn incremental(n: usize, rounds: usize) {
-    use dpu_agent::applied::Applied;
+    use dpu_agent::state::applied::Applied;
     let (intent, facts) = build(n);
-    let mut facts = dpu_agent::applied::Facts::new(facts);
+    let mut facts = dpu_agent::state::applied::Facts::new(facts);
     let workloads = intent.workloads.len();
     let snap = snapshot_of(&intent, 1);
     drop(intent);
@@ -261,7 +261,7 @@ fn baseline(n: usize, rounds: usize) {
 
 /// What observing N Services costs: the LB index the agent loop builds once
 /// per state, and one scrape's rendering with a counter on every bucket.
-fn observe_cost(applied: &dpu_agent::applied::Applied, facts: &NodeFacts) {
+fn observe_cost(applied: &dpu_agent::state::applied::Applied, facts: &NodeFacts) {
     use dpu_agent::observe::{
         lb_index, metrics, registry, switch_stats, sysfacts, LbIndex, Summary,
     };

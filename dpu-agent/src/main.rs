@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use dpu_agent::agent::notify::Systemd;
 use dpu_agent::config::{self, Config};
-use dpu_agent::notify::Systemd;
-use dpu_agent::ops::{self, Request, TraceRequest};
+use dpu_agent::observe::ops::{self, Request, TraceRequest};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -15,12 +15,12 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::flows::{DesiredState, Group};
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{DesiredState, Group};
 use dpu_agent::observe::switch_stats;
-use dpu_agent::openflow::{NativeBackend, OfctlBackend, OpenFlowBackend};
+use dpu_agent::reconcile::backend::{NativeBackend, OfctlBackend, OpenFlowBackend};
 use dpu_agent::reconcile::Reconciler;
+use dpu_agent::state::alloc::Allocations;
 use dpu_lab::objects::tcp_service;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::limits::{MAX_BACKENDS, MAX_BUCKETS};

@@ -141,9 +141,9 @@ fn compile_is_deterministic() {
 /// switch, and the codec encodes it.
 #[test]
 fn an_affinity_timeout_over_16_bits_is_capped_in_the_learn() {
-    use dpu_agent::openflow::ir::Action;
-    use dpu_agent::openflow::native::encode_op;
-    use dpu_agent::openflow::BundleOp;
+    use dpu_agent::reconcile::backend::ir::Action;
+    use dpu_agent::reconcile::backend::native::encode_op;
+    use dpu_agent::reconcile::backend::BundleOp;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/affinity");
     let mut intent = golden_case::intent_of(&dir);
     let mut capped = 0;

@@ -13,12 +13,12 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::flows::{Action, DesiredState, Group};
+use dpu_agent::compile::pipeline::reg;
 use dpu_agent::compile::{compile, NodeFacts, SRC_PORT_HASH_MASK};
-use dpu_agent::flows::{Action, DesiredState, Group};
-use dpu_agent::openflow::OfctlBackend;
-use dpu_agent::pipeline::reg;
+use dpu_agent::reconcile::backend::OfctlBackend;
 use dpu_agent::reconcile::Reconciler;
+use dpu_agent::state::alloc::Allocations;
 use dpu_lab::objects::tcp_service;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::{Intent, Object, Subnet, Vpc};

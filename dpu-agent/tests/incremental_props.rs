@@ -16,12 +16,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
-use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::incremental::{IncrementalCompiler, Step};
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
 use dpu_agent::reconcile::Reconciler;
-use dpu_agent::update::{apply_update, next_intent};
+use dpu_agent::state::alloc::Allocations;
+use dpu_agent::state::update::{apply_update, next_intent};
 use dpu_model::*;
 use dpu_proto::v1 as pb;
 use proptest::prelude::*;
@@ -289,7 +289,7 @@ fn update(version: u64, snapshot: bool, ops: &[Op]) -> pb::Update {
 
 fn facts() -> NodeFacts {
     let mut ports: BTreeMap<String, u32> = (0..6).map(|i| (format!("port-{i}"), i + 10)).collect();
-    ports.insert(dpu_agent::pipeline::TUNNEL_IFACE_ID.into(), 1);
+    ports.insert(dpu_agent::compile::pipeline::TUNNEL_IFACE_ID.into(), 1);
     ports.insert("pf0hpf".into(), 2);
     ports.insert("p0".into(), 3);
     NodeFacts {

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpu_agent::compile::assign_bucket_ids;
-use dpu_agent::flows::{Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match};
-use dpu_agent::openflow::{
+use dpu_agent::compile::flows::{
+    Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match,
+};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
+use dpu_agent::reconcile::backend::{
     BundleOp, InstalledSummary, NativeBackend, OfctlBackend, OpenFlowBackend, OpenFlowError,
 };
-use dpu_agent::pipeline::cookie::{Category, Cookie};
 use dpu_agent::reconcile::Reconciler;
 use dpu_lab::ovs::OvsInstance;
 

@@ -4,14 +4,14 @@
 //! (fail-static), STATUS= says so, and SIGTERM gives STOPPING=1 and exit 0.
 //! Needs root (the private OVS runs its switch in a netns); missing prerequisites
 //! fail. A stuck loop withholding pings is unit-tested with paused time in
-//! `src/notify.rs`: the binary has no switch to stall itself.
+//! `src/agent/notify.rs`: the binary has no switch to stall itself.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dpu_agent::alloc::Allocations;
-use dpu_agent::store::{Persisted, Store};
+use dpu_agent::state::alloc::Allocations;
+use dpu_agent::state::store::{Persisted, Store};
 use dpu_lab::ovs::OvsInstance;
 use dpu_lab::process::{spawn_logged, Child};
 use dpu_proto::v1 as pb;

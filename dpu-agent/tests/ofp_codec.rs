@@ -20,10 +20,10 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
-use dpu_agent::flows::{Actions, Bucket, FlowBody, FlowKey, Group};
-use dpu_agent::openflow::native::{change, encode_op};
-use dpu_agent::openflow::{BundleOp, InstalledGroup};
-use dpu_agent::pipeline::cookie::{Category, Cookie};
+use dpu_agent::compile::flows::{Actions, Bucket, FlowBody, FlowKey, Group};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
+use dpu_agent::reconcile::backend::native::{change, encode_op};
+use dpu_agent::reconcile::backend::{BundleOp, InstalledGroup};
 use openflow::{Bundle, Connection};
 use proptest::prelude::*;
 
@@ -319,7 +319,7 @@ async fn golden_groups_and_flows_read_back_from_a_real_switch() {
                 "{}: group {} reads back as\n{got:?}\nnot\n{:?}",
                 case.name,
                 g.id,
-                dpu_agent::openflow::native::wire_form(g).unwrap()
+                dpu_agent::reconcile::backend::native::wire_form(g).unwrap()
             );
             total_groups += 1;
         }

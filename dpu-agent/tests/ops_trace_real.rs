@@ -7,22 +7,22 @@
 //! it does not skip.
 //!
 //! With `DPU_TRACE_CAPTURE=<dir>` set, the raw traces are written there (the
-//! parser's unit-test inputs under `src/ops/trace/testdata/` came from here).
+//! parser's unit-test inputs under `src/observe/ops/trace/testdata/` came from here).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::flows::DesiredState;
 use dpu_agent::compile::{compile_base, NodeFacts};
-use dpu_agent::flows::DesiredState;
 use dpu_agent::observe::lb_index::{LbIndex, LbInputs};
+use dpu_agent::observe::ops::explain::{self, hops, switch};
+use dpu_agent::observe::ops::trace::{self, parse, Names};
+use dpu_agent::observe::ops::{Ctx, TraceRequest};
 use dpu_agent::observe::{Agent, Installed, IntentSnapshot, LbReply, Query, Summary};
-use dpu_agent::openflow::{BundleOp, NativeBackend, OpenFlowBackend};
-use dpu_agent::ops::explain::{self, hops, switch};
-use dpu_agent::ops::trace::{self, parse, Names};
-use dpu_agent::ops::{Ctx, TraceRequest};
+use dpu_agent::reconcile::backend::{BundleOp, NativeBackend, OpenFlowBackend};
+use dpu_agent::state::alloc::Allocations;
 use dpu_lab::ovs::OvsInstance;
 use dpu_model::Intent;
 
@@ -223,8 +223,8 @@ async fn an_ipv6_connection_is_traced_through_the_v6_group() {
             })
             .unwrap_or_else(|| panic!("no group step in\n{text}"));
         assert_eq!(
-            gid & dpu_agent::pipeline::V6_GROUP_BIT,
-            dpu_agent::pipeline::V6_GROUP_BIT
+            gid & dpu_agent::compile::pipeline::V6_GROUP_BIT,
+            dpu_agent::compile::pipeline::V6_GROUP_BIT
         );
         let group = web.ports[0].groups.iter().find(|g| g.id == gid).unwrap();
         let b = &web.backends[group.buckets[&bucket]];

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Once;
 use std::time::Duration;
 
-use dpu_agent::ovsdb::atom::{as_uuid, map_entries, set_elements};
-use dpu_agent::ovsdb::{
+use dpu_agent::vswitch::ovsdb::atom::{as_uuid, map_entries, set_elements};
+use dpu_agent::vswitch::ovsdb::{
     apply_diff, parse_table_updates2, ClientOptions, ColumnKind, FrameDecoder, OvsdbClient,
     OvsdbError, Schema, TableCache,
 };

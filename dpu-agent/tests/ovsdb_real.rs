@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dpu_agent::ovsdb::atom::{as_uuid, map, map_get, named_uuid, row, set, set_elements, uuid};
-use dpu_agent::ovsdb::{
+use dpu_agent::vswitch::ovsdb::atom::{
+    as_uuid, map, map_get, named_uuid, row, set, set_elements, uuid,
+};
+use dpu_agent::vswitch::ovsdb::{
     ensure_bridge, BridgeSpec, Condition, EnsureOutcome, MonitorRequest, Mutation, Op, OvsdbClient,
     OvsdbError, OvsdbSession, OvsdbState, TableCache, WaitUntil, VSWITCH_DB,
 };
@@ -230,7 +232,7 @@ async fn monitor_cond_follows_real_set_and_map_diffs() {
         assert!(!update["Bridge"].is_empty(), "{step:?}: {update:?}");
         cache.apply(&update).unwrap();
         let (_, bridge) = cache.table("Bridge").next().unwrap();
-        let mut ids: Vec<(String, String)> = dpu_agent::ovsdb::atom::map_entries(
+        let mut ids: Vec<(String, String)> = dpu_agent::vswitch::ovsdb::atom::map_entries(
             bridge.get("external_ids").unwrap_or(&json!(["map", []])),
         )
         .into_iter()

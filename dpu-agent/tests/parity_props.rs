@@ -21,8 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dpu_agent::alloc::Allocations;
-use dpu_agent::update::next_intent;
+use dpu_agent::state::alloc::Allocations;
+use dpu_agent::state::update::next_intent;
 use dpu_controller::view::node_view;
 use dpu_model::*;
 use dpu_proto::v1 as pb;

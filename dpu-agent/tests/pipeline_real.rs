@@ -7,12 +7,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dpu_agent::alloc::Allocations;
+use dpu_agent::compile::flows::{Actions, Bucket, DesiredState, Group, HashField, Match};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{Actions, Bucket, DesiredState, Group, HashField, Match};
-use dpu_agent::openflow::{InstalledGroup, OfctlBackend, OpenFlowBackend};
-use dpu_agent::pipeline::cookie::{Category, Cookie};
+use dpu_agent::reconcile::backend::{InstalledGroup, OfctlBackend, OpenFlowBackend};
 use dpu_agent::reconcile::Reconciler;
+use dpu_agent::state::alloc::Allocations;
 use dpu_lab::netns::{self, Netns};
 use dpu_lab::ovs::OvsInstance;
 use dpu_lab::process::{self, Child};
@@ -266,7 +266,7 @@ async fn installed_groups_read_back_as_compiled() -> anyhow::Result<()> {
     }
     // A flow that sends to group 1, as ServiceSelect does.
     d.add(
-        dpu_agent::pipeline::SERVICE_SELECT,
+        dpu_agent::compile::pipeline::SERVICE_SELECT,
         100,
         "tcp,tp_dst=80".parse::<Match>().unwrap(),
         Actions::new().group(1),

@@ -1,4 +1,4 @@
-//! OVSDB port writes do not hold up the agent loop (`src/portwriter.rs`): with
+//! OVSDB port writes do not hold up the agent loop (`src/vswitch/portwriter.rs`): with
 //! `ovsdb-server` stopped (SIGSTOP) while the agent has a probe port to add, an
 //! update is still ACKed; the port lands once the server runs again. The real
 //! agent binary, a private OVS, an in-process fake controller (`dpu_lab`). Needs

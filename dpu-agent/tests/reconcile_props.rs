@@ -41,18 +41,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-use dpu_agent::alloc::Allocations;
-use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::flows::{Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match};
-use dpu_agent::openflow::ir::Field;
-use dpu_agent::openflow::{
-    BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
+use dpu_agent::compile::flows::{
+    Actions, Bucket, DesiredState, FlowBody, FlowKey, Group, HashField, Match,
 };
-use dpu_agent::pipeline::cookie::{
+use dpu_agent::compile::pipeline::cookie::{
     round_of, Category, Cookie, CATEGORY_MASK, CATEGORY_SHIFT, ROUND_MASK, ROUND_SHIFT,
 };
-use dpu_agent::pipeline::{AFFINITY_LEARN, SERVICE_SELECT, SESSION_AFFINITY, TABLES};
+use dpu_agent::compile::pipeline::{AFFINITY_LEARN, SERVICE_SELECT, SESSION_AFFINITY, TABLES};
+use dpu_agent::compile::{compile, NodeFacts};
+use dpu_agent::reconcile::backend::ir::Field;
+use dpu_agent::reconcile::backend::{
+    BundleOp, InstalledGroup, InstalledSummary, OpenFlowBackend, OpenFlowError,
+};
 use dpu_agent::reconcile::Reconciler;
+use dpu_agent::state::alloc::Allocations;
 use dpu_model::*;
 use proptest::prelude::*;
 use proptest::test_runner::Config;

@@ -10,11 +10,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dpu_agent::flows::{Actions, Bucket, FlowBody, FlowKey, Group, HashField, Match};
+use dpu_agent::compile::flows::{Actions, Bucket, FlowBody, FlowKey, Group, HashField, Match};
+use dpu_agent::compile::pipeline::cookie::{Category, Cookie};
 use dpu_agent::observe::datapath;
 use dpu_agent::observe::switch_stats::{self, FlowCounter, GroupCounter};
-use dpu_agent::openflow::{BundleOp, NativeBackend, OpenFlowBackend};
-use dpu_agent::pipeline::cookie::{Category, Cookie};
+use dpu_agent::reconcile::backend::{BundleOp, NativeBackend, OpenFlowBackend};
 use dpu_lab::ovs::OvsInstance;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);

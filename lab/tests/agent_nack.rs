@@ -330,7 +330,7 @@ fn agent_refuses_a_controller_whose_certificate_has_expired() -> Result<()> {
 // and updates within it that carry absurd counts.
 
 /// The agent's bound on one incoming message: `MAX_MESSAGE_BYTES` in
-/// dpu-agent/src/session.rs (this crate does not link the agent).
+/// dpu-agent/src/control/session.rs (this crate does not link the agent).
 const AGENT_MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bytes of `v` as a protobuf varint.

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use dpu_agent::compile::NodeFacts;
-use dpu_agent::openflow::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
 use dpu_model::*;
 
 pub struct NullSwitch;
@@ -62,7 +62,7 @@ pub fn build(n: usize) -> (Intent, NodeFacts) {
     };
     facts
         .ports
-        .insert(dpu_agent::pipeline::TUNNEL_IFACE_ID.into(), 1);
+        .insert(dpu_agent::compile::pipeline::TUNNEL_IFACE_ID.into(), 1);
     for w in 0..workloads {
         let node = NODES[w % 3];
         let name = format!("w{w}");

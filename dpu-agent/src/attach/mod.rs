@@ -107,13 +107,13 @@ impl AttachService {
 pub fn authorize_shim(der: &[u8], client_name: &str) -> Result<(), Status> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-    let names = crate::enroll::dns_names(&cert);
+    let names = crate::control::enroll::dns_names(&cert);
     if !names.iter().any(|n| n == client_name) {
         return Err(Status::permission_denied(format!(
             "client certificate names {names:?}; only {client_name} may attach pods"
         )));
     }
-    let roles = crate::enroll::role_uris(&cert);
+    let roles = crate::control::enroll::role_uris(&cert);
     if roles != [dpu_proto::roles::HOST_SHIM] {
         return Err(Status::permission_denied(format!(
             "client certificate for {client_name} has the roles {roles:?}; only a host shim's certificate (role {}, `dpu-controller issue --host-shim {client_name}`) may attach pods",

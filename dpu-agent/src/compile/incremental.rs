@@ -28,10 +28,10 @@ use std::sync::Arc;
 use dpu_model::{AccessScenario, Intent, Kind, ObjectKey, Service, Workload};
 
 use super::{compile_base, global_parts, service_parts, EnvShape, Part, PartEnv, Readiness};
-use crate::alloc::Allocations;
+use crate::compile::fasthash::{FastHasher, FastMap};
+use crate::compile::flows::{Actions, DesiredState, FlowBody, FlowKey, Group};
 use crate::compile::{Compiled, NodeFacts};
-use crate::fasthash::{FastHasher, FastMap};
-use crate::flows::{Actions, DesiredState, FlowBody, FlowKey, Group};
+use crate::state::alloc::Allocations;
 
 /// The keys whose merged value may have changed in one step: what the
 /// reconciler has to look at.
@@ -182,7 +182,7 @@ impl IncrementalCompiler {
         self.step(intent, pods, alloc, facts, false, changed)
     }
 
-    /// [`Self::update`] with facts that carry a revision (`crate::applied::Facts`):
+    /// [`Self::update`] with facts that carry a revision (`crate::state::applied::Facts`):
     /// when it is the revision of the last compile, the facts are taken as
     /// unchanged without comparing the port map.
     pub fn update_at(

@@ -19,8 +19,8 @@ use super::registry::{self, Registry};
 use super::sysfacts::{SysFacts, SysSampler};
 use super::tunnel::{self, TunnelCheck};
 use super::{metrics, switch_stats, Agent, Gone, LbIndex, Summary};
+use crate::compile::pipeline::SERVICE_LB;
 use crate::config::Config;
-use crate::pipeline::SERVICE_LB;
 
 /// How often the status sent to the controller is refreshed with new counters.
 pub const STATUS_PERIOD: Duration = Duration::from_secs(10);

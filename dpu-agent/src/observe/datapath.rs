@@ -27,7 +27,7 @@ pub struct DatapathFlows {
     pub total: u64,
     pub offloaded: u64,
     /// The offload audit's verdicts.
-    pub audit: crate::offload::Counts,
+    pub audit: crate::observe::offload::Counts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +170,7 @@ pub async fn dump(
 }
 
 /// `dpctl/dump-flows -m`: every key attribute with its mask, the layer
-/// (`dp:`) and the counters, as text (see [`crate::offload`]).
+/// (`dp:`) and the counters, as text (see [`crate::observe::offload`]).
 pub async fn dump_verbose(
     appctl_path: &str,
     run_dir: &Path,
@@ -181,7 +181,7 @@ pub async fn dump_verbose(
 }
 
 /// How many flows the datapath holds, how many of them are offloaded, and
-/// how many a BlueField could run by the offload audit ([`crate::offload`]).
+/// how many a BlueField could run by the offload audit ([`crate::observe::offload`]).
 /// One `-m` dump: its lines name the layer (`dp:tc` or `dp:dpdk` is offloaded,
 /// as `type=offloaded` lists them) and every key attribute the audit reads.
 pub async fn count(
@@ -203,7 +203,7 @@ pub fn count_dump(text: &str) -> DatapathFlows {
     DatapathFlows {
         total: lines.len() as u64,
         offloaded: offloaded as u64,
-        audit: crate::offload::Audit::counts_of_dump(text),
+        audit: crate::observe::offload::Audit::counts_of_dump(text),
     }
 }
 

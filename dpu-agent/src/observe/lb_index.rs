@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use dpu_model::{AccessScenario, Intent, Service};
 
-use crate::alloc::Allocations;
+use crate::compile::flows::DesiredState;
+use crate::compile::pipeline::cookie;
+use crate::compile::pipeline::{LOCAL_GROUP_BIT, V6_GROUP_BIT};
 use crate::compile::{assign_bucket_ids, service_cookie, Readiness};
-use crate::flows::DesiredState;
-use crate::pipeline::cookie;
-use crate::pipeline::{LOCAL_GROUP_BIT, V6_GROUP_BIT};
+use crate::state::alloc::Allocations;
 
 use super::switch_stats::SwitchCounters;
 

@@ -10,6 +10,8 @@ pub mod datapath;
 pub mod http;
 pub mod lb_index;
 pub mod metrics;
+pub mod offload;
+pub mod ops;
 pub mod registry;
 pub mod switch_stats;
 pub mod sysfacts;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use dpu_model::{Intent, Workload};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::flows::DesiredState;
+use crate::compile::flows::DesiredState;
 pub use lb_index::{LbIndex, LbInputs};
 
 /// A question for the agent loop; the answer comes back on the oneshot.
@@ -57,7 +59,7 @@ pub struct IntentSnapshot {
 impl IntentSnapshot {
     /// The intent with this node's attached pods in, as the compiler sees it.
     pub fn with_pods(&self) -> std::borrow::Cow<'_, Intent> {
-        crate::pods::intent_with_pods(&self.intent, &self.pods)
+        crate::state::pods::intent_with_pods(&self.intent, &self.pods)
     }
 }
 

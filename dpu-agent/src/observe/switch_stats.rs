@@ -20,8 +20,8 @@
 
 use std::time::Duration;
 
-use crate::openflow::native::{codec, Counters};
-use crate::openflow::{NativeBackend, OpenFlowError};
+use crate::reconcile::backend::native::{codec, Counters};
+use crate::reconcile::backend::{NativeBackend, OpenFlowError};
 
 /// One flow's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use dpu_model::Intent;
 use tokio::sync::{mpsc, watch};
 
-use crate::alloc::Allocations;
+use crate::state::alloc::Allocations;
 use engine::{ProbeSpec, Prober, Target, Transition};
 
 /// What the probe thread should be doing: the links (VPC → zone) and the targets.

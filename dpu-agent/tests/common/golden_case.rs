@@ -6,8 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use dpu_agent::alloc::Allocations;
 use dpu_agent::compile::{compile, Compiled, NodeFacts};
+use dpu_agent::state::alloc::Allocations;
 use dpu_model::Intent;
 
 /// Every golden case directory, in name order.

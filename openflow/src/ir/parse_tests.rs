@@ -1,7 +1,7 @@
 //! Text into the IR: canonical text parses back to the value that prints as
 //! the very same text, and bad text is an error naming its token. (The
 //! agent's golden files are a larger corpus of the same check:
-//! `dpu-agent/src/openflow/golden_text_tests.rs`.)
+//! `dpu-agent/src/reconcile/backend/golden_text_tests.rs`.)
 
 use std::net::Ipv4Addr;
 

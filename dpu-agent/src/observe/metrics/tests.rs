@@ -7,12 +7,12 @@ use std::process::{Command, Stdio};
 
 use dpu_model::{AccessScenario, Backend, Intent, Protocol, Service, ServicePort, Vpc};
 
-use crate::alloc::Allocations;
+use crate::compile::pipeline::cookie::ROUND_SHIFT;
 use crate::compile::Readiness;
 use crate::observe::lb_index::Inputs;
 use crate::observe::registry::{ProbeRecord, Registry};
 use crate::observe::switch_stats::{FlowCounter, GroupCounter, SwitchCounters};
-use crate::pipeline::cookie::ROUND_SHIFT;
+use crate::state::alloc::Allocations;
 
 /// Runs `promtool check metrics` on the text: Err with what it said when
 /// it complains (a format error or a lint). promtool must be installed:
@@ -318,7 +318,7 @@ fn scrape_with(w: &World, switch: bool, datapath: bool, per_backend: bool) -> St
         datapath: datapath.then_some(DatapathFlows {
             total: 120,
             offloaded: 0,
-            audit: crate::offload::Counts {
+            audit: crate::observe::offload::Counts {
                 nic_matchable: 70,
                 slow_path: 49,
                 software: 1,
