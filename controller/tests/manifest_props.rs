@@ -21,23 +21,8 @@ use dpu_controller::resolve::resolve;
 use dpu_model::{self as model, Intent, Kind, Object};
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
-
-/// `cases` unless `PROPTEST_CASES` says otherwise. No regression files: a failure
-/// prints its minimal input, which belongs in a unit test. Shrinking is bounded
-/// so that a failure is reported within a minute.
-fn config(cases: u32) -> Config {
-    let mut c = Config {
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
+use test_support::props::config;
 
 /// One file's text: each document (or an empty one, `None`) after a `---`.
 fn file_text(docs: &[Option<Value>]) -> String {

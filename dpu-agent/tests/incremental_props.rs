@@ -25,19 +25,7 @@ use dpu_agent::state::update::{apply_update, next_intent};
 use dpu_model::*;
 use dpu_proto::v1 as pb;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
-
-fn config(cases: u32) -> Config {
-    let mut c = Config {
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
+use test_support::props::config;
 
 struct NullSwitch;
 impl OpenFlowBackend for NullSwitch {

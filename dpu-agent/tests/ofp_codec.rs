@@ -26,6 +26,7 @@ use dpu_agent::reconcile::backend::native::{change, encode_op};
 use dpu_agent::reconcile::backend::{BundleOp, InstalledGroup};
 use openflow::{Bundle, Connection};
 use proptest::prelude::*;
+use test_support::props::config;
 
 /// One golden case: its flows and groups.
 struct Case {
@@ -215,7 +216,7 @@ fn golden_texts() -> Vec<(String, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config(512))]
 
     #[test]
     fn mutated_golden_text_never_panics(

@@ -24,25 +24,10 @@ use dpu_agent::vswitch::ovsdb::{
     OvsdbError, Schema, TableCache,
 };
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use serde_json::{json, Value};
+use test_support::props::config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-
-/// `cases` unless `PROPTEST_CASES` says otherwise. No regression files: a failure
-/// prints its minimal input, which belongs in a unit test. Shrinking is bounded
-/// so that a failure is reported within a minute.
-fn config(cases: u32) -> Config {
-    let mut c = Config {
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
 
 /// Any JSON value, with strings full of what the frame scanner must get right
 /// (quotes, escapes, brackets) and numbers that survive a text round trip.

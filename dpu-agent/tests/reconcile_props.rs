@@ -57,22 +57,7 @@ use dpu_agent::reconcile::Reconciler;
 use dpu_agent::state::alloc::Allocations;
 use dpu_model::*;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
-
-/// `cases` unless `PROPTEST_CASES` says otherwise. No regression files: a failure
-/// prints its minimal input, which belongs in a unit test. Shrinking is bounded
-/// so that a failure is reported within a minute.
-fn config(cases: u32) -> Config {
-    let mut c = Config {
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
+use test_support::props::config;
 
 // ---- the in-memory switch -----------------------------------------------------------
 

@@ -18,23 +18,8 @@ use dpu_model::*;
 use dpu_proto::v1 as pb;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use prost::Message;
-
-/// `cases` unless `PROPTEST_CASES` says otherwise. No regression files: a failure
-/// prints its minimal input, which belongs in a unit test. Shrinking is bounded
-/// so that a failure is reported within a minute.
-fn config(cases: u32) -> Config {
-    let mut c = Config {
-        failure_persistence: None,
-        max_shrink_time: 30_000,
-        ..Config::default()
-    };
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c
-}
+use test_support::props::config;
 
 // ---- valid domain objects -------------------------------------------------------
 

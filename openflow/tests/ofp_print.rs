@@ -14,6 +14,7 @@ use openflow::codec::{
 };
 use openflow::ir::Actions;
 use proptest::prelude::*;
+use test_support::props::config;
 
 #[path = "common/ir_text.rs"]
 mod ir_text;
@@ -248,7 +249,7 @@ fn the_decoders_read_flow_and_group_desc_bodies() {
 // ---- fuzz -------------------------------------------------------------------
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config(512))]
 
     #[test]
     fn random_text_never_panics(m in "\\PC{0,80}", a in "\\PC{0,120}") {
@@ -372,7 +373,7 @@ fn valid_flow() -> impl Strategy<Value = (String, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(config(64))]
 
     #[test]
     fn random_valid_flows_decode_in_ovs((m, a) in valid_flow()) {
