@@ -17,7 +17,7 @@ use common::*;
 use dpu_listen::flood::{client_hello, open_count};
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::enrollment_client::EnrollmentClient;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use test_support::pki::csr;
 
 /// The controller's handshake timeout (`dpu_listen::HANDSHAKE_TIMEOUT`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,12 +80,7 @@ async fn enroll(lab: &Lab, port: u16, node: &str) -> Duration {
     ])
     .trim()
     .to_string();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![node.to_string()]).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node);
-    params.distinguished_name = dn;
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (_, csr_pem) = csr(node, &[node]);
     let start = Instant::now();
     let ch = channel(port, &lab.read("ca.pem"), None)
         .await
@@ -108,12 +103,7 @@ async fn enroll(lab: &Lab, port: u16, node: &str) -> Duration {
 
 /// A real Renew of dpu-1's certificate over mTLS, for a new key.
 async fn renew(lab: &Lab, port: u16) -> Duration {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["dpu-1".to_string()]).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "dpu-1");
-    params.distinguished_name = dn;
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (_, csr_pem) = csr("dpu-1", &["dpu-1"]);
     let start = Instant::now();
     let ch = channel(port, &lab.read("ca.pem"), node_identity(lab))
         .await

@@ -15,23 +15,13 @@ use common::*;
 use dpu_controller::tokens::{Token, TokenStore};
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::enrollment_client::EnrollmentClient;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PublicKeyData};
+use rcgen::{KeyPair, PublicKeyData};
+use test_support::pki::csr;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use x509_parser::extensions::GeneralName;
 
-/// A fresh key and a CSR with `cn` and DNS `sans`.
-fn csr(cn: &str, sans: &[&str]) -> (KeyPair, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    (key, pem)
-}
-
+/// A fresh key and a CSR for `node`, named as its certificate must be.
 fn node_csr(node: &str) -> (KeyPair, String) {
     csr(node, &[node])
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::flood::closed;
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use test_support::pki::{Leaf, TestCa};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
@@ -19,26 +19,17 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::default();
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    let ca = p.self_signed(&ca_key).unwrap();
-    let ca_der = ca.der().clone();
-    let issuer = Issuer::new(p, ca_key);
-    let leaf = |name: &str, eku: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.extended_key_usages = vec![eku];
-        let cert = p.signed_by(&key, &issuer).unwrap();
+    let ca = TestCa::new("listen test CA");
+    let der = |leaf: Leaf| {
         (
-            vec![cert.der().clone()],
-            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            vec![leaf.cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(leaf.key_pem().as_bytes()).unwrap(),
         )
     };
     Pki {
-        server: leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth),
-        client: leaf("client", ExtendedKeyUsagePurpose::ClientAuth),
-        ca: ca_der,
+        server: der(ca.server(&["localhost"])),
+        client: der(ca.client(&["client"])),
+        ca: ca.cert().der().clone(),
     }
 }
 

@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::attachments_server::{Attachments, AttachmentsServer};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::Value;
+use test_support::pki::TestCa;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -246,43 +243,18 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::default();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "host-shim test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf = |sans: Vec<String>, eku: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans.clone()).unwrap();
-            params.distinguished_name.push(DnType::CommonName, &sans[0]);
-            params.extended_key_usages = vec![eku];
-            params.use_authority_key_identifier_extension = true;
-            let cert = params.signed_by(&key, &issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(
-            vec![AGENT_NAME.into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) = leaf(
-            vec!["host-shim".into()],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-
+        let ca = TestCa::new("host-shim test CA");
+        let server = ca.server(&[AGENT_NAME, "127.0.0.1"]);
+        let client = ca.client(&["host-shim"]);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("shim.pem"), client_cert).unwrap();
-        std::fs::write(dir.path().join("shim.key"), client_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("shim.pem"), client.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("shim.key"), client.key_pem()).unwrap();
         Self {
             dir,
-            ca_pem: ca_cert.pem(),
-            server_cert,
-            server_key,
+            ca_pem: ca.pem(),
+            server_cert: server.cert_pem(),
+            server_key: server.key_pem(),
         }
     }
 

@@ -1,8 +1,7 @@
 use super::*;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
+use test_support::pki::TestCa;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -62,38 +61,38 @@ async fn closed_silently(s: &mut TcpStream) -> bool {
     )
 }
 
+/// Every CA of these tests has this name: a certificate from another of them
+/// fails the client CA's signature check, not its issuer lookup.
+const CA_NAME: &str = "metrics test CA";
+
 struct Pki {
     dir: tempfile::TempDir,
-    ca: CertifiedIssuer<'static, KeyPair>,
+    ca: TestCa,
 }
 
 impl Pki {
     fn new() -> Pki {
         Pki {
             dir: tempfile::tempdir().unwrap(),
-            ca: ca(),
+            ca: TestCa::new(CA_NAME),
         }
     }
 
-    /// A certificate signed by `issuer`, written out; returns its PEM
-    /// files' paths and the PEM texts.
+    /// A certificate for localhost and 127.0.0.1 signed by `issuer`, written
+    /// out; returns its PEM files' paths and the PEM texts.
     fn leaf(
         &self,
         name: &str,
-        issuer: &CertifiedIssuer<'static, KeyPair>,
+        issuer: &TestCa,
         usage: ExtendedKeyUsagePurpose,
     ) -> (PathBuf, PathBuf, String, String) {
-        let mut p = CertificateParams::new(vec!["localhost".into()]).unwrap();
-        p.subject_alt_names
-            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, issuer).unwrap();
+        let leaf = issuer.issue(&["localhost", "127.0.0.1"], usage);
+        let (cert, key) = (leaf.cert_pem(), leaf.key_pem());
         let (c, k) = (
-            self.file(&format!("{name}.crt"), &cert.pem()),
-            self.file(&format!("{name}.key"), &key.serialize_pem()),
+            self.file(&format!("{name}.crt"), &cert),
+            self.file(&format!("{name}.key"), &key),
         );
-        (c, k, cert.pem(), key.serialize_pem())
+        (c, k, cert, key)
     }
 
     fn file(&self, name: &str, text: &str) -> PathBuf {
@@ -111,12 +110,6 @@ impl Pki {
             ..plain()
         }
     }
-}
-
-fn ca() -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
 }
 
 /// A scrape over TLS trusting `ca_pem`, showing `client` (cert, key PEM)
@@ -233,7 +226,7 @@ async fn a_client_ca_requires_a_certificate_it_signed() {
         Ok(text) => assert!(!text.starts_with("HTTP/"), "{text}"),
     };
     refused(tls_get(s.addr, &ca, None).await);
-    let other_ca = super::tests::ca();
+    let other_ca = TestCa::new(CA_NAME);
     let (_, _, cert, key) = pki.leaf("rogue", &other_ca, ExtendedKeyUsagePurpose::ClientAuth);
     refused(tls_get(s.addr, &ca, Some((&cert, &key))).await);
     let (_, _, cert, key) = pki.leaf("scraper", &pki.ca, ExtendedKeyUsagePurpose::ClientAuth);
