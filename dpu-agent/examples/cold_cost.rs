@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-// Shared with update_cost and heap_breakdown; this one needs no NullSwitch.
+// Shared with update_cost and heap_breakdown.
 #[allow(dead_code)]
 #[path = "common/intent.rs"]
 mod intent;

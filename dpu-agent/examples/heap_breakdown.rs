@@ -16,11 +16,12 @@ mod intent;
 
 use dpu_agent::compile::incremental::Piece;
 use dpu_agent::observe::{lb_index, LbIndex};
+use dpu_agent::reconcile::backend::testkit::NullSwitch;
 use dpu_agent::reconcile::Reconciler;
 use dpu_agent::state::applied::{Applied, Facts};
 use dpu_agent::state::store::Store;
 use dpu_agent::state::update::snapshot_of;
-use intent::{build, NullSwitch};
+use intent::build;
 
 /// The system allocator, counting the bytes live.
 struct Counting;

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 #[path = "common/intent.rs"]
 mod intent;
 
-use intent::{build, service, wl_ip, NullSwitch};
+use intent::{build, service, wl_ip};
 
 use dpu_agent::compile::{compile, NodeFacts};
+use dpu_agent::reconcile::backend::testkit::NullSwitch;
 use dpu_agent::reconcile::Reconciler;
 use dpu_agent::state::alloc::Allocations;
 use dpu_agent::state::store::{Persisted, Store};

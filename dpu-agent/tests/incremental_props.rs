@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use dpu_agent::compile::incremental::{IncrementalCompiler, Step};
 use dpu_agent::compile::{compile, NodeFacts};
-use dpu_agent::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
+use dpu_agent::reconcile::backend::testkit::NullSwitch;
 use dpu_agent::reconcile::Reconciler;
 use dpu_agent::state::alloc::Allocations;
 use dpu_agent::state::update::{apply_update, next_intent};
@@ -26,16 +26,6 @@ use dpu_model::*;
 use dpu_proto::v1 as pb;
 use proptest::prelude::*;
 use test_support::props::config;
-
-struct NullSwitch;
-impl OpenFlowBackend for NullSwitch {
-    async fn apply(&mut self, _ops: &[BundleOp]) -> Result<(), OpenFlowError> {
-        Ok(())
-    }
-    async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-        Ok(InstalledSummary::default())
-    }
-}
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -1,23 +1,12 @@
 //! The intent both examples measure: N Services × 10 backends in one VPC
 //! (one /8 Subnet), N workloads (at least 100) spread over this node and two
-//! other DPUs, ports TCP/80 and for every other Service UDP/53; and a switch
-//! that accepts every bundle at once.
+//! other DPUs, ports TCP/80 and for every other Service UDP/53. The switch that
+//! accepts every bundle at once is `dpu_agent::reconcile::backend::testkit`'s.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use dpu_agent::compile::NodeFacts;
-use dpu_agent::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowBackend, OpenFlowError};
 use dpu_model::*;
-
-pub struct NullSwitch;
-impl OpenFlowBackend for NullSwitch {
-    async fn apply(&mut self, _ops: &[BundleOp]) -> Result<(), OpenFlowError> {
-        Ok(())
-    }
-    async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-        Ok(InstalledSummary::default())
-    }
-}
 
 pub const NODES: [&str; 3] = ["dpu-1", "dpu-2", "dpu-3"];
 

@@ -370,18 +370,8 @@ fn objects_line(changed: &BTreeSet<ObjectKey>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::backend::{BundleOp, InstalledSummary};
+    use crate::reconcile::backend::testkit::NullSwitch;
     use dpu_model::{object_to_proto, Object, Service, ServicePort, Vpc};
-
-    struct NullSwitch;
-    impl OpenFlowBackend for NullSwitch {
-        async fn apply(&mut self, _ops: &[BundleOp]) -> Result<(), OpenFlowError> {
-            Ok(())
-        }
-        async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-            Ok(InstalledSummary::default())
-        }
-    }
 
     fn service(name: &str, port: u16) -> pb::Object {
         object_to_proto(&Object::Service(Service {

@@ -10,6 +10,8 @@ mod golden_text_tests;
 pub mod native;
 mod ofctl;
 pub mod select;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 pub use native::NativeBackend;
 pub use ofctl::{render_bundle, OfctlBackend};
