@@ -97,12 +97,12 @@ fn cpu_and_peak_rss_of_one_add_and_one_del() {
     require_root_and_ip();
     let prefix = unique_prefix();
     let pki = Pki::new();
-    let host = Netns::new(format!("{prefix}-host"));
-    let pod = Netns::new(format!("{prefix}-pod"));
+    let host = new_netns(&format!("{prefix}-host"));
+    let pod = new_netns(&format!("{prefix}-pod"));
     let vf = Vf::new(&prefix, &host);
     let agent = FakeAgent::start(
         &pki,
-        Some(&host.name),
+        Some(host.name()),
         FakeState {
             template: template(&vf.vf),
             ready: true,
@@ -123,7 +123,7 @@ fn cpu_and_peak_rss_of_one_add_and_one_del() {
     cfg["vfAllowList"] = serde_json::json!([vf.vf]);
     if std::env::var("MEASURE_TRACE").is_ok() {
         for command in ["ADD", "DEL"] {
-            let out = in_netns(&host.name, || shim(&inv(command), &cfg));
+            let out = in_netns(host.name(), || shim(&inv(command), &cfg));
             println!("{}", out.stderr);
         }
     }
@@ -133,13 +133,13 @@ fn cpu_and_peak_rss_of_one_add_and_one_del() {
     let mut rss = [Vec::new(), Vec::new()];
     for _ in 0..RUNS {
         for (i, command) in ["ADD", "DEL"].into_iter().enumerate() {
-            let (c, w) = in_netns(&host.name, || cpu_run(&inv(command), &cfg));
+            let (c, w) = in_netns(host.name(), || cpu_run(&inv(command), &cfg));
             cpu[i].push(c);
             wall[i].push(w);
         }
         if gnu_time {
             for (i, command) in ["ADD", "DEL"].into_iter().enumerate() {
-                rss[i].push(in_netns(&host.name, || rss_run(&inv(command), &cfg)));
+                rss[i].push(in_netns(host.name(), || rss_run(&inv(command), &cfg)));
             }
         }
     }
@@ -175,7 +175,7 @@ fn cpu_and_peak_rss_of_one_add_and_one_del() {
     }
     assert!(agent.state().attachments.is_empty(), "every DEL detached");
     assert!(
-        !link(&host.name, &vf.vf).is_null(),
+        !link(host.name(), &vf.vf).is_null(),
         "the VF is back on the host"
     );
 }

@@ -27,12 +27,12 @@ impl Lab {
     fn new(state: impl FnOnce(&str) -> FakeState) -> Self {
         require_root_and_ip();
         let prefix = unique_prefix();
-        let host = Netns::new(format!("{prefix}-host"));
-        let pod = Netns::new(format!("{prefix}-pod"));
+        let host = new_netns(&format!("{prefix}-host"));
+        let pod = new_netns(&format!("{prefix}-pod"));
         let vf = Vf::new(&prefix, &host);
         let pki = Pki::new();
-        let agent = FakeAgent::start(&pki, Some(&host.name), state(&vf.vf));
-        let original_mac = link(&host.name, &vf.vf)["address"]
+        let agent = FakeAgent::start(&pki, Some(host.name()), state(&vf.vf));
+        let original_mac = link(host.name(), &vf.vf)["address"]
             .as_str()
             .unwrap()
             .to_string();
@@ -77,7 +77,7 @@ impl Lab {
                 container_id: cid,
                 ifname: "eth0",
                 netns: Some(&netns),
-                run_in: Some(&self.host.name),
+                run_in: Some(self.host.name()),
                 timed: false,
             },
             config,
@@ -97,14 +97,14 @@ impl Lab {
     }
 
     fn assert_vf_home(&self) {
-        let vf = link(&self.host.name, &self.vf.vf);
+        let vf = link(self.host.name(), &self.vf.vf);
         assert!(
             !vf.is_null(),
             "VF {} is not back in the host netns",
             self.vf.vf
         );
         assert_eq!(
-            link(&self.pod.name, "eth0"),
+            link(self.pod.name(), "eth0"),
             Value::Null,
             "eth0 left in the pod"
         );
@@ -136,7 +136,7 @@ fn add_moves_the_vf_into_the_pod_and_del_brings_it_back() {
     );
 
     // The pod, seen by iproute2 rather than by the plugin.
-    let eth0 = link(&lab.pod.name, "eth0");
+    let eth0 = link(lab.pod.name(), "eth0");
     assert_eq!(eth0["address"], "02:00:0a:00:01:46", "{eth0}");
     assert_eq!(eth0["mtu"], 1400, "{eth0}");
     assert!(
@@ -144,8 +144,8 @@ fn add_moves_the_vf_into_the_pod_and_del_brings_it_back() {
         "{eth0}"
     );
     assert_eq!(eth0["operstate"], "UP", "{eth0}");
-    assert!(addresses(&lab.pod.name, "eth0").contains(&"10.0.1.70/24".to_string()));
-    let routes = ip_json(&["-n", &lab.pod.name, "route", "show"]);
+    assert!(addresses(lab.pod.name(), "eth0").contains(&"10.0.1.70/24".to_string()));
+    let routes = ip_json(&["-n", lab.pod.name(), "route", "show"]);
     let has = |dst: &str, gw: &str| {
         routes
             .as_array()
@@ -156,7 +156,7 @@ fn add_moves_the_vf_into_the_pod_and_del_brings_it_back() {
     assert!(has("default", "10.0.1.1"), "{routes}");
     assert!(has("10.96.0.0/12", "10.0.1.1"), "{routes}");
     assert_eq!(
-        link(&lab.host.name, &lab.vf.vf),
+        link(lab.host.name(), &lab.vf.vf),
         Value::Null,
         "VF still on the host"
     );
@@ -205,7 +205,7 @@ fn check_names_the_address_that_went_missing() {
 
     ip(&[
         "-n",
-        &lab.pod.name,
+        lab.pod.name(),
         "addr",
         "del",
         "10.0.1.70/24",
@@ -220,7 +220,7 @@ fn check_names_the_address_that_went_missing() {
         drift.json
     );
 
-    ip(&["-n", &lab.pod.name, "link", "set", "eth0", "down"]);
+    ip(&["-n", lab.pod.name(), "link", "set", "eth0", "down"]);
     let down = lab.run("CHECK", "c1", &lab.with_prev(&result));
     assert!(down.msg().contains("eth0 is down"), "{}", down.json);
 
@@ -233,7 +233,7 @@ fn del_succeeds_when_the_netns_is_gone() {
     let lab = Lab::standard();
     lab.add("c1");
     // The pod's netns disappears (a reboot, or the runtime cleaned up first).
-    ip(&["netns", "del", &lab.pod.name]);
+    ip(&["netns", "del", lab.pod.name()]);
     let out = lab.run("DEL", "c1", &lab.config());
     assert_eq!(out.code, 0, "{}\n{}", out.json, out.stderr);
     assert_eq!(
@@ -247,7 +247,7 @@ fn del_succeeds_when_the_netns_is_gone() {
             container_id: "c1",
             ifname: "eth0",
             netns: None,
-            run_in: Some(&lab.host.name),
+            run_in: Some(lab.host.name()),
             timed: false,
         },
         &lab.config(),
@@ -259,7 +259,7 @@ fn del_succeeds_when_the_netns_is_gone() {
 fn del_succeeds_when_the_interface_is_gone() {
     let lab = Lab::standard();
     lab.add("c1");
-    ip(&["-n", &lab.pod.name, "link", "del", "eth0"]);
+    ip(&["-n", lab.pod.name(), "link", "del", "eth0"]);
     let out = lab.run("DEL", "c1", &lab.config());
     assert_eq!(out.code, 0, "{}\n{}", out.json, out.stderr);
     assert_eq!(lab.agent.state().detached.len(), 1);
@@ -270,12 +270,12 @@ fn del_succeeds_when_the_interface_is_gone() {
 fn del_with_the_agent_unreachable_is_try_again_later() {
     let lab = Lab::standard();
     lab.add("c1");
-    let port = bind_in(Some(&lab.host.name)).local_addr().unwrap().port();
+    let port = bind_in(Some(lab.host.name())).local_addr().unwrap().port();
     let cfg = lab.config_at(&format!("https://127.0.0.1:{port}"));
     let out = lab.run("DEL", "c1", &cfg);
     assert_eq!(out.error_code(), 11, "{}", out.json);
     // Nothing was touched: the pod keeps its interface until the agent is back.
-    assert!(!link(&lab.pod.name, "eth0").is_null());
+    assert!(!link(lab.pod.name(), "eth0").is_null());
     let out = lab.run("DEL", "c1", &lab.config());
     assert_eq!(out.code, 0, "{}", out.json);
     lab.assert_vf_home();
@@ -284,15 +284,15 @@ fn del_with_the_agent_unreachable_is_try_again_later() {
 #[test]
 fn add_with_the_agent_unreachable_leaves_the_vf_where_it_was() {
     let lab = Lab::standard();
-    let port = bind_in(Some(&lab.host.name)).local_addr().unwrap().port();
+    let port = bind_in(Some(lab.host.name())).local_addr().unwrap().port();
     let cfg = lab.config_at(&format!("https://127.0.0.1:{port}"));
     let out = lab.run("ADD", "c1", &cfg);
     assert_eq!(out.error_code(), 11, "{}", out.json);
     assert_ne!(out.code, 0);
     assert!(out.msg().contains("unreachable"), "{}", out.json);
-    let vf = link(&lab.host.name, &lab.vf.vf);
+    let vf = link(lab.host.name(), &lab.vf.vf);
     assert_eq!(vf["address"], lab.original_mac.as_str(), "{vf}");
-    assert_eq!(link(&lab.pod.name, "eth0"), Value::Null);
+    assert_eq!(link(lab.pod.name(), "eth0"), Value::Null);
 }
 
 #[test]
@@ -311,13 +311,13 @@ fn a_failure_after_attach_is_undone() {
             ..Default::default()
         }
     });
-    ip(&["-n", &lab.host.name, "link", "set", &lab.vf.vf, "up"]);
+    ip(&["-n", lab.host.name(), "link", "set", &lab.vf.vf, "up"]);
     let out = lab.run("ADD", "c1", &lab.config());
     assert_eq!(out.error_code(), 102, "{}", out.json);
     assert!(out.msg().contains("10.200.0.0/16"), "{}", out.json);
 
     lab.assert_vf_home();
-    let vf = link(&lab.host.name, &lab.vf.vf);
+    let vf = link(lab.host.name(), &lab.vf.vf);
     assert_eq!(
         vf["address"],
         lab.original_mac.as_str(),
@@ -328,7 +328,7 @@ fn a_failure_after_attach_is_undone() {
         vf["flags"].as_array().unwrap().contains(&json!("UP")),
         "state restored: {vf}"
     );
-    let leftovers = ip_json(&["-n", &lab.pod.name, "link", "show"]);
+    let leftovers = ip_json(&["-n", lab.pod.name(), "link", "show"]);
     assert_eq!(
         leftovers.as_array().unwrap().len(),
         1,
@@ -345,7 +345,7 @@ fn add_refuses_an_interface_name_already_in_the_pod() {
     // No dummy module on these machines; a veth pair inside the pod will do.
     ip(&[
         "-n",
-        &lab.pod.name,
+        lab.pod.name(),
         "link",
         "add",
         "eth0",
@@ -358,7 +358,7 @@ fn add_refuses_an_interface_name_already_in_the_pod() {
     let out = lab.run("ADD", "c1", &lab.config());
     assert_eq!(out.error_code(), 104, "{}", out.json);
     assert!(lab.agent.state().attach_requests.is_empty());
-    assert!(!link(&lab.host.name, &lab.vf.vf).is_null());
+    assert!(!link(lab.host.name(), &lab.vf.vf).is_null());
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn gc_detaches_only_attachments_the_runtime_no_longer_lists() {
     let out = shim(
         &Invocation {
             command: "GC",
-            run_in: Some(&lab.host.name),
+            run_in: Some(lab.host.name()),
             ..Default::default()
         },
         &cfg,
@@ -408,7 +408,7 @@ fn status_reports_ready_and_not_ready() {
     let lab = Lab::standard();
     let status = Invocation {
         command: "STATUS",
-        run_in: Some(&lab.host.name),
+        run_in: Some(lab.host.name()),
         ..Default::default()
     };
     let out = shim(&status, &lab.config());
@@ -430,7 +430,7 @@ fn status_reports_ready_and_not_ready() {
 fn management_link(lab: &Lab) -> String {
     let mgmt = format!("{}mgmt", lab.prefix);
     let peer = format!("{}mgmp", lab.prefix);
-    let host = lab.host.name.as_str();
+    let host = lab.host.name();
     ip(&[
         "-n", host, "link", "add", &mgmt, "type", "veth", "peer", "name", &peer,
     ]);
@@ -455,18 +455,18 @@ fn fingerprint(ns: &str, dev: &str) -> Value {
 /// pod, and the attachment released.
 fn assert_refused_and_untouched(lab: &Lab, out: &ShimRun, mgmt: &str, before: &Value) {
     assert_eq!(
-        fingerprint(&lab.host.name, mgmt),
+        fingerprint(lab.host.name(), mgmt),
         *before,
         "{mgmt} changed on the host"
     );
-    let pod_links = ip_json(&["-n", &lab.pod.name, "link", "show"]);
+    let pod_links = ip_json(&["-n", lab.pod.name(), "link", "show"]);
     assert_eq!(
         pod_links.as_array().unwrap().len(),
         1,
         "only lo in the pod: {pod_links}"
     );
     assert_eq!(
-        link(&lab.host.name, &lab.vf.vf)["address"],
+        link(lab.host.name(), &lab.vf.vf)["address"],
         lab.original_mac.as_str(),
         "the real VF was touched"
     );
@@ -482,7 +482,7 @@ fn add_refuses_a_host_interface_that_is_not_in_the_allow_list() {
     let lab = Lab::standard();
     let mgmt = management_link(&lab);
     lab.agent.state().template.vf = mgmt.clone();
-    let before = fingerprint(&lab.host.name, &mgmt);
+    let before = fingerprint(lab.host.name(), &mgmt);
 
     let out = lab.run("ADD", "c1", &lab.config());
     assert_eq!(out.error_code(), 106, "{}\n{}", out.json, out.stderr);
@@ -505,7 +505,7 @@ fn add_refuses_a_host_interface_that_is_not_in_the_allow_list() {
     // The runtime's DEL that follows a failed ADD finds nothing to do.
     let del = lab.run("DEL", "c1", &lab.config());
     assert_eq!(del.code, 0, "{}", del.json);
-    assert_eq!(fingerprint(&lab.host.name, &mgmt), before);
+    assert_eq!(fingerprint(lab.host.name(), &mgmt), before);
 }
 
 #[test]
@@ -516,7 +516,7 @@ fn add_with_a_pf_refuses_a_netdev_that_is_not_its_vf() {
     let lab = Lab::standard();
     let mgmt = management_link(&lab);
     lab.agent.state().template.vf = mgmt.clone();
-    let before = fingerprint(&lab.host.name, &mgmt);
+    let before = fingerprint(lab.host.name(), &mgmt);
     let mut cfg = config(&lab.pki, &lab.agent.url);
     cfg["pf"] = json!(lab.vf.vf);
 
@@ -551,7 +551,7 @@ fn add_without_a_pf_or_an_allow_list_is_refused_before_the_agent_is_asked() {
     assert!(lab.agent.state().attach_requests.is_empty());
     lab.assert_vf_home();
     assert_eq!(
-        link(&lab.host.name, &lab.vf.vf)["address"],
+        link(lab.host.name(), &lab.vf.vf)["address"],
         lab.original_mac.as_str()
     );
 }

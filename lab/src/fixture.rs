@@ -453,7 +453,7 @@ impl Lab {
             .ok_or_else(|| anyhow!("enable_shim first"))?;
         let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
         ns.set_lo_up()?;
-        let path = format!("/var/run/netns/{}", ns.name());
+        let path = ns.path();
         sh.pods.push(ns);
         Ok(path)
     }

@@ -162,8 +162,8 @@ pub const NETNS_LIST: &str = "netns.list";
 /// nothing it did not make. One line, one `write(2)` on an `O_APPEND` file, so lines of
 /// parallel tests never interleave. Without `DPU_LAB_ROOT` (outside run-tests) there is
 /// nothing to record. Every netns the lab's tests make goes through here
-/// ([`claim_netns`]: [`Netns::new`], [`crate::ovs::OvsInstance::start`]; and copies in
-/// `host-shim/tests/common` and `bench`).
+/// ([`claim_netns`]: [`Netns::new`], which host-shim's tests use too,
+/// [`crate::ovs::OvsInstance::start`], and `dpu_bench::kube`'s namespaces).
 pub fn record_netns(name: &str) -> Result<()> {
     let Some(root) = std::env::var_os("DPU_LAB_ROOT").filter(|r| !r.is_empty()) else {
         return Ok(());
@@ -233,6 +233,11 @@ impl Netns {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Its path, `/var/run/netns/NAME`: what a CNI runtime passes in `CNI_NETNS`.
+    pub fn path(&self) -> String {
+        format!("{NETNS_DIR}/{}", self.name)
     }
 
     /// A command running `args` inside the namespace (`ip netns exec NAME args...`).

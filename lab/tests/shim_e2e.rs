@@ -142,7 +142,7 @@ fn pods_added_through_the_shim_reach_a_service_of_pods() -> Result<()> {
 fn del_is_idempotent_and_check_catches_drift() -> Result<()> {
     let mut lab = lab("del", 2)?;
     let (ip, prev) = add_result(&mut lab, "p1", "pods", "web")?;
-    let netns = format!("/var/run/netns/{}", lab.pod("p1")?.name());
+    let netns = lab.pod("p1")?.path();
     let cfg = lab.cni_config("pods", &[("app", "web")])?;
     // CHECK needs prevResult: what ADD returned.
     let mut with_prev = cfg.clone();

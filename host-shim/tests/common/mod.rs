@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dpu_lab::netns;
+pub use dpu_lab::netns::Netns;
 use dpu_proto::v1 as pb;
 use dpu_proto::v1::attachments_server::{Attachments, AttachmentsServer};
 use serde_json::Value;
@@ -40,26 +41,10 @@ pub fn require_root_and_ip() {
     );
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name prefix unique to this process and call: "h", 4 base-36 digits of the pid and
-/// 2 of a counter (7 characters), leaving 8 for an interface name's suffix.
+/// A name prefix unique to this process and call (`dpu_lab::netns::unique_prefix`,
+/// six characters starting with "h"), leaving nine for an interface name's suffix.
 pub fn unique_prefix() -> String {
-    fn base36(mut n: u32, width: usize) -> String {
-        const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-        let mut out = vec![b'0'; width];
-        for slot in out.iter_mut().rev() {
-            *slot = DIGITS[(n % 36) as usize];
-            n /= 36;
-        }
-        String::from_utf8(out).unwrap()
-    }
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "h{}{}",
-        base36(std::process::id() % 36u32.pow(4), 4),
-        base36(count % 36u32.pow(2), 2)
-    )
+    netns::unique_prefix("host-shim")
 }
 
 /// Exit status, stdout and stderr of a finished command.
@@ -135,63 +120,14 @@ pub fn ip_json(args: &[&str]) -> Value {
     serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}"))
 }
 
-/// Where `ip netns` keeps its namespaces.
-pub const NETNS_DIR: &str = "/var/run/netns";
-
-/// Appends `name` to `$DPU_LAB_ROOT/netns.list` (one `O_APPEND` write of one line),
-/// so `lab/run-tests` cleans up after a crash the namespaces it made and no others.
-/// Outside run-tests (`DPU_LAB_ROOT` unset) there is nothing to record. Same format
-/// as `dpu_lab::netns::record_netns`, which this crate does not depend on.
-pub fn record_netns(name: &str) {
-    let Some(root) = std::env::var_os("DPU_LAB_ROOT").filter(|r| !r.is_empty()) else {
-        return;
-    };
-    let list = PathBuf::from(root).join("netns.list");
-    let line = format!("{name}\n");
-    let written = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&list)
-        .and_then(|mut f| f.write(line.as_bytes()));
-    assert!(
-        written.as_ref().is_ok_and(|n| *n == line.len()),
-        "recording netns {name} in {}: {written:?}",
-        list.display()
-    );
-}
-
-/// A named network namespace, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    /// Creates `name`, recorded first (see [`record_netns`]); a namespace of that
-    /// name that already exists is someone else's and fails the test.
-    pub fn new(name: String) -> Self {
-        assert!(
-            !std::path::Path::new(NETNS_DIR).join(&name).exists(),
-            "netns {name} already exists (not made by this test)"
-        );
-        record_netns(&name);
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "del", &self.name]);
-        let _ = run_bounded(cmd, b"", IP_TIMEOUT);
-    }
+/// A named network namespace with its loopback up: the lab's guard
+/// (`dpu_lab::netns::Netns`), which records the name for `lab/run-tests`' clean-up
+/// before making it, refuses one that already exists, and deletes it on drop.
+pub fn new_netns(name: &str) -> Netns {
+    let ns = Netns::new(name).unwrap_or_else(|e| panic!("{e:#}"));
+    ns.set_lo_up()
+        .unwrap_or_else(|e| panic!("lo up in netns {name}: {e:#}"));
+    ns
 }
 
 /// A veth pair playing a VF (in the host netns) and its representor (in the root
@@ -217,7 +153,7 @@ impl Vf {
             &representor,
         ]);
         let pair = Self { vf, representor };
-        ip(&["link", "set", &pair.vf, "netns", &host.name]);
+        ip(&["link", "set", &pair.vf, "netns", host.name()]);
         ip(&["link", "set", &pair.representor, "up"]);
         pair
     }
