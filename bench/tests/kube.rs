@@ -39,6 +39,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 #[test]
 fn every_flavor_loads_the_expected_chains_and_rules() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     let svcs = services(3, 3);
     for flavor in FLAVORS {
@@ -66,6 +67,7 @@ fn every_flavor_loads_the_expected_chains_and_rules() {
 /// endpoints, and over 30 connections more than one endpoint is chosen.
 #[test]
 fn a_connection_to_the_vip_reaches_an_endpoint() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     let svcs = services(3, 3);
     for flavor in FLAVORS {
@@ -85,6 +87,7 @@ fn a_connection_to_the_vip_reaches_an_endpoint() {
 /// Without the ruleset nothing answers on the VIP: the traffic check can fail.
 #[test]
 fn without_the_ruleset_the_vip_is_unreachable() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     let svcs = services(3, 3);
     let mut other = svcs[0].clone();
@@ -95,6 +98,7 @@ fn without_the_ruleset_the_vip_is_unreachable() {
 
 #[test]
 fn cold_load_counts_what_was_loaded_and_cleans_up() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     let svcs = services(20, 4);
     for flavor in FLAVORS {
@@ -116,6 +120,7 @@ fn cold_load_counts_what_was_loaded_and_cleans_up() {
 /// the loader's own even when the harness is large.
 #[test]
 fn peak_rss_is_the_loaders_not_the_harnesses() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     // 192 MiB, written, so it is resident in this process.
     let ballast = std::hint::black_box(vec![1u8; 192 << 20]);
@@ -128,6 +133,7 @@ fn peak_rss_is_the_loaders_not_the_harnesses() {
 
 #[test]
 fn a_rejected_ruleset_fails_and_still_cleans_up() {
+    dpu_lab::prereq::assert_root();
     let _serial = lock();
     // No such protocol: every loader refuses the file.
     let bad = vec![SvcSpec {

@@ -14,6 +14,7 @@ fn config(weights: Vec<u32>, flows: usize, bucket_ids: BucketIds) -> LbConfig {
 
 #[test]
 fn equal_backends_share_evenly_and_counts_add_up() {
+    dpu_lab::prereq::assert_root_and_ovs();
     for n in [3usize, 10] {
         let r = lb_measure(&config(vec![1; n], 60 * n, BucketIds::Agent)).unwrap();
         eprintln!("{n} backends: {r:?}");
@@ -32,6 +33,7 @@ fn equal_backends_share_evenly_and_counts_add_up() {
 
 #[test]
 fn the_public_entry_point_reports_sane_numbers() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let r = lb_quality(10, 500).unwrap();
     assert_eq!((r.backends, r.flows), (10, 500));
     assert!(r.skew_pct >= 0.0 && r.max_over_mean >= 1.0, "{r:?}");
@@ -43,6 +45,7 @@ fn the_public_entry_point_reports_sane_numbers() {
 /// wherever the backend sits in the list.
 #[test]
 fn removing_one_of_n_backends_moves_only_its_flows() {
+    dpu_lab::prereq::assert_root_and_ovs();
     for n in [3usize, 10] {
         let removes = if n == 10 {
             vec![0, n / 2, n - 1]
@@ -89,6 +92,7 @@ fn removing_one_of_n_backends_moves_only_its_flows() {
 /// 1/N. This shows that the measurement would see the agent's ids go wrong.
 #[test]
 fn positional_bucket_ids_move_every_flow_from_the_removed_backend_on() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let n = 10;
     for remove in [0, n / 2, n - 1] {
         let r = lb_measure(&LbConfig {
@@ -119,6 +123,7 @@ fn positional_bucket_ids_move_every_flow_from_the_removed_backend_on() {
 /// the share; a measurement that always reported "even" would fail here.
 #[test]
 fn a_doubled_weight_is_detected() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let r = lb_measure(&config(vec![2, 1, 1], 800, BucketIds::Agent)).unwrap();
     eprintln!("weights 2,1,1: {r:?}");
     let share0 = r.counts[0] as f64 / 800.0;

@@ -346,16 +346,11 @@ fn blocked_and_ignored(pid: u32) -> Option<(u64, u64)> {
 }
 
 fn prerequisites() {
+    dpu_lab::prereq::assert_root_and_ovs();
     assert!(
-        nix::unistd::geteuid().is_root(),
-        "needs root (network namespaces, OVS)"
+        find_program("iptables-restore").is_some(),
+        "iptables-restore is not installed (needs iptables)"
     );
-    for prog in ["ovsdb-server", "ovs-vswitchd", "iptables-restore", "ip"] {
-        assert!(
-            find_program(prog).is_some(),
-            "{prog} is not installed (needs Open vSwitch, iptables and iproute2)"
-        );
-    }
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_dpu-bench")).parent().unwrap();
     for b in ["lab-echo", "lab-client"] {
         assert!(

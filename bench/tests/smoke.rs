@@ -10,6 +10,7 @@ use dpu_bench::results::Results;
 
 #[test]
 fn quick_run_writes_results_that_parse() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let out = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_dpu-bench"))

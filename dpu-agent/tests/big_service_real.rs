@@ -221,6 +221,7 @@ async fn both_backends_install(weight: u32) {
     let desired = compiled(&intent(weight));
     let (wide, _) = wide_and_small(&desired);
     assert_eq!(wide.buckets.len(), MAX_BACKENDS * weight as usize);
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     for b in ["brn", "bro"] {
         ovs.add_bridge(b).unwrap();

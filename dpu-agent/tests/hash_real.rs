@@ -147,6 +147,7 @@ async fn masked_source_port_hashing_keeps_hrw_and_an_even_spread() {
         SRC_PORT_HASH_MASK, 0x3f,
         "the test covers every value of 6 bits"
     );
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     ovs.add_bridge(BRIDGE).unwrap();
     let wide: Vec<Ipv4Addr> = (0..100).map(backend_ip).collect();

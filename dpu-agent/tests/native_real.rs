@@ -92,6 +92,7 @@ fn dumps(ovs: &OvsInstance, bridge: &str) -> (Vec<String>, Vec<String>) {
 }
 
 fn start_ovs(bridges: &[&str]) -> OvsInstance {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     for b in bridges {
         ovs.add_bridge(b).unwrap();

@@ -86,6 +86,7 @@ struct Run {
 impl Run {
     /// `restore`: a persisted snapshot of this version is put in the state dir first.
     fn start(restore: Option<u64>) -> Run {
+        dpu_lab::prereq::assert_root_and_ovs();
         let ovs = OvsInstance::start().expect("a private OVS (root and openvswitch-switch)");
         let work = tempfile::Builder::new()
             .prefix("dpu-notify-")

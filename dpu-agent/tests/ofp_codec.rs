@@ -265,6 +265,7 @@ fn one_field_in_parens(line: &str) -> String {
 
 #[tokio::test]
 async fn golden_groups_and_flows_read_back_from_a_real_switch() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs =
         dpu_lab::ovs::OvsInstance::start().expect("a private OVS (needs root and ovs-vswitchd)");
     ovs.add_bridge("br-codec").unwrap();

@@ -59,6 +59,7 @@ async fn lab_of(name: &str) -> Lab {
         .filter_map(|l| l.split_once(' '))
         .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
         .collect();
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     ovs.add_bridge(BRIDGE).unwrap();
     for (i, (iface, ofport)) in ports.iter().enumerate() {

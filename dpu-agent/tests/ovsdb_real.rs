@@ -327,6 +327,7 @@ async fn server_echo_is_answered_and_connection_survives_inactivity_probe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_ensures_bridge_and_tracks_ports() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().unwrap();
     let session = OvsdbSession::spawn(ovs.db_sock(), spec("br-t"));
     let mut state = session.state();
@@ -403,6 +404,7 @@ async fn session_ensures_bridge_and_tracks_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_reconnects_after_ovsdb_server_restart() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().unwrap();
     let session = OvsdbSession::spawn(ovs.db_sock(), spec("br-r"));
     let mut state = session.state();

@@ -20,6 +20,7 @@ use dpu_lab::ovs::OvsInstance;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn start_ovs() -> OvsInstance {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("Open vSwitch is installed and this runs as root");
     ovs.add_bridge("br0").unwrap();
     ovs

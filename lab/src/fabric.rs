@@ -251,7 +251,8 @@ pub struct Fabric {
 
 impl Fabric {
     /// Creates the underlay switch (namespace `<prefix>-ul` holding a Linux bridge);
-    /// no DPU yet. Fails, naming what is missing, without root, `ip` or `ethtool`.
+    /// no DPU yet. Fails, naming what is missing, without root, Open vSwitch, `ip`,
+    /// `ethtool` or `bash` ([`require_prerequisites`]).
     pub fn new(tag: &str) -> Result<Fabric> {
         require_prerequisites()?;
         let prefix = unique_prefix(tag);
@@ -655,21 +656,11 @@ fn linux_switch(ns_name: &str, bridge: &str, mtu: u32) -> Result<Netns> {
     Ok(ns)
 }
 
-/// Fails, naming what is missing, unless we are root with `ip` and `ethtool`.
+/// Fails, naming what is missing, unless we are root with Open vSwitch
+/// ([`crate::prereq::root_and_ovs`]), `ethtool` and `bash`.
 pub fn require_prerequisites() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("read /proc/self/status")?;
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1));
-    if euid != Some("0") {
-        bail!("the fabric needs root (namespaces, veth, OVS); euid is {euid:?}");
-    }
-    for (tool, arg) in [
-        ("ip", "-V"),
-        ("ethtool", "--version"),
-        ("bash", "--version"),
-    ] {
+    crate::prereq::root_and_ovs()?;
+    for (tool, arg) in [("ethtool", "--version"), ("bash", "--version")] {
         let mut cmd = Command::new(tool);
         cmd.arg(arg);
         process::run_checked(cmd, netns::CMD_TIMEOUT)

@@ -78,8 +78,10 @@ fn free_port() -> Result<u16> {
 
 impl Lab {
     /// Starts OVS, creates the bridge and a PKI. Neither controller nor agent runs yet.
+    /// Without root or Open vSwitch it fails with [`crate::prereq::root_and_ovs`]'s
+    /// message before it makes anything.
     pub fn new(tag: &str) -> Result<Lab> {
-        require_root()?;
+        crate::prereq::root_and_ovs()?;
         let prefix = netns::unique_prefix(tag);
         let bridge = format!("br{prefix}");
         let ovs = OvsInstance::start()?;
@@ -547,17 +549,6 @@ impl Lab {
     pub fn groups(&self) -> Result<Vec<String>> {
         self.ovs.dump_groups(&self.bridge)
     }
-}
-
-fn require_root() -> Result<()> {
-    let out = Command::new("id")
-        .arg("-u")
-        .output()
-        .context("running id -u")?;
-    if String::from_utf8_lossy(&out.stdout).trim() != "0" {
-        bail!("the lab needs root (network namespaces, veth, OVS); run the tests as root");
-    }
-    Ok(())
 }
 
 /// The last 60 lines of a log, for error messages.

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod objects;
 pub mod observe;
 pub mod ovs;
+pub mod prereq;
 pub mod process;
 pub mod scenario;
 pub mod traffic;

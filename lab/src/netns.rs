@@ -200,10 +200,12 @@ pub fn netns_exists(name: &str) -> bool {
     Path::new(NETNS_DIR).join(name).exists()
 }
 
-/// Call right before `ip netns add NAME`: checks the name, refuses a namespace that
-/// already exists (someone else's: it is not recorded, so the clean-up of
-/// `lab/run-tests` leaves it alone), and records the name ([`record_netns`]).
+/// Call right before `ip netns add NAME`: fails without root ([`crate::prereq::root`]),
+/// checks the name, refuses a namespace that already exists (someone else's: it is not
+/// recorded, so the clean-up of `lab/run-tests` leaves it alone), and records the name
+/// ([`record_netns`]).
 pub fn claim_netns(name: &str) -> Result<()> {
+    crate::prereq::root()?;
     if name.is_empty() || name.contains(|c: char| c == '/' || c.is_whitespace()) {
         bail!("network namespace name {name:?} is empty or contains '/' or whitespace");
     }

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tempfile::TempDir;
 
+use crate::prereq::find_program as program;
+
 /// The schema the Debian package installs.
 pub const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
 /// Bound on any one OVS command line tool run (`ovs-vsctl` itself gets `--timeout=10`).
@@ -30,8 +32,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait for a daemon's socket after `--detach` returned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Directories searched after `PATH` (test runners often have no sbin in `PATH`).
-const SBIN_DIRS: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/sbin"];
 
 static NETNS_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -46,7 +46,10 @@ pub struct OvsInstance {
 
 impl OvsInstance {
     /// Starts `ovsdb-server` (with an initialized `Open_vSwitch` row) and `ovs-vswitchd`.
+    /// Without root or Open vSwitch it fails with [`crate::prereq::root_and_ovs`]'s
+    /// message before it starts anything.
     pub fn start() -> Result<Self> {
+        crate::prereq::root_and_ovs()?;
         let mut ovs = Self::start_db_only()?;
         let ns = format!(
             "dpuovs-{}-{}",
@@ -360,15 +363,6 @@ fn sum_n_packets(out: &str) -> Result<u64> {
 }
 
 /// Finds `name` in `PATH` or the sbin directories.
-fn program(name: &str) -> Result<PathBuf> {
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .chain(SBIN_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("`{name}` is not installed (searched PATH and {SBIN_DIRS:?})"))
-}
-
 /// Runs `cmd` to completion within [`COMMAND_TIMEOUT`] and returns its stdout. Output goes
 /// to anonymous files, not pipes, so a `--detach`ed daemon holding them cannot block us.
 fn run(cmd: &mut Command) -> Result<String> {

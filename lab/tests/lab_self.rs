@@ -2,7 +2,6 @@
 //! `lab-echo` and `lab-client` between them, and the Drop guards removing everything.
 //! Needs root and iproute2; without them these tests fail rather than skip.
 
-use std::process::Command;
 use std::time::Duration;
 
 use dpu_lab::netns::{self, attach_host, tx_off, unique_prefix, Netns, Veth};
@@ -17,21 +16,7 @@ const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 
 fn require_lab() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        euid, "0",
-        "the lab tests need root (network namespaces, veth); run them as root"
-    );
-    let ip = Command::new("ip").arg("-V").output();
-    assert!(
-        ip.is_ok_and(|o| o.status.success()),
-        "the lab tests need iproute2's `ip` on PATH"
-    );
+    dpu_lab::prereq::assert_root();
     for bin in ["lab-echo", "lab-client"] {
         lab_bin(bin).unwrap_or_else(|e| panic!("{e:#}"));
     }

@@ -1,7 +1,7 @@
 //! `lab/run-tests` deletes only the network namespaces the lab made: every one is
 //! recorded in `$DPU_LAB_ROOT/netns.list` before it is made, and the clean-up deletes
 //! those (killing what runs inside) and nothing else, not a namespace something else
-//! on the machine made during the run. Needs root and iproute2 (fails without).
+//! on the machine made during the run. Needs root and Open vSwitch (fails without).
 //!
 //! A child process (this test binary, running the ignored helper below with
 //! `DPU_LAB_ROOT` set to a directory of the test's own) makes namespaces through the
@@ -19,21 +19,6 @@ use dpu_lab::process::wait_until;
 /// Set in the helper's environment: the names it makes.
 const LEFT_VAR: &str = "CLEANUP_TEST_LEFT_NETNS";
 const FOREIGN_VAR: &str = "CLEANUP_TEST_FOREIGN_NETNS";
-
-fn require_root_and_ip() {
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .expect("read /proc/self/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:").map(str::to_owned))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned))
-        .unwrap_or_default();
-    assert_eq!(euid, "0", "this test needs root (network namespaces)");
-    let ip = Command::new("ip").arg("-V").output();
-    assert!(
-        ip.is_ok_and(|o| o.status.success()),
-        "this test needs iproute2's `ip` on PATH"
-    );
-}
 
 /// A namespace made with plain `ip netns add`, as anything else on the machine would
 /// (not through the lab, so not recorded). Deleted by name on drop if still there.
@@ -64,7 +49,7 @@ fn listed(root: &Path) -> Vec<String> {
 
 #[test]
 fn run_tests_deletes_the_namespaces_the_lab_listed_and_no_other() {
-    require_root_and_ip();
+    dpu_lab::prereq::assert_root_and_ovs();
     let prefix = netns::unique_prefix("cleanup");
     let left = format!("{prefix}-left");
     let root = tempfile::tempdir().unwrap();

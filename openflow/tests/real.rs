@@ -17,6 +17,7 @@ use ir_text::{hash_fields, parse_actions, parse_match};
 
 #[tokio::test]
 async fn flows_and_groups_go_in_as_one_bundle_and_read_back() {
+    dpu_lab::prereq::assert_root_and_ovs();
     let ovs = OvsInstance::start().expect("a private OVS (needs root and ovs-vswitchd)");
     ovs.add_bridge("br-of").unwrap();
     let target = ovs.mgmt("br-of");

@@ -28,17 +28,10 @@ pub const IP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The bound of one plugin run (its own agent timeout is shorter).
 pub const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Fails (never skips) the test unless it runs as root with `ip` installed.
+/// Fails (never skips) the test unless it runs as root with `ip` installed, with the
+/// lab's one message for that (`dpu_lab::prereq::root`).
 pub fn require_root_and_ip() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root (netns, veth, netlink); run them as root"
-    );
-    let ip = Command::new("ip").arg("-V").output();
-    assert!(
-        ip.as_ref().is_ok_and(|o| o.status.success()),
-        "these tests need iproute2's `ip`: {ip:?}"
-    );
+    dpu_lab::prereq::assert_root();
 }
 
 /// A name prefix unique to this process and call (`dpu_lab::netns::unique_prefix`,
