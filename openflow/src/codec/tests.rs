@@ -489,6 +489,9 @@ fn counter_decoders_refuse_short_and_inconsistent_bodies() {
 }
 
 proptest::proptest! {
+    // proptest's default count, without its regression files.
+    #![proptest_config(test_support::props::config(256))]
+
     #[test]
     fn counter_decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
         let _ = parse_flow_counts_body(&bytes);
