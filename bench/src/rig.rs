@@ -144,6 +144,12 @@ impl Rig {
         let cfg = self.write_config()?;
         let mut c = Command::new(dpu_lab::traffic::lab_bin("dpu-agent")?);
         c.args(["run", "--config"]).arg(cfg).env("RUST_LOG", "info");
+        // As the unit runs it; a variable already set here wins (A/B runs).
+        for (k, v) in unit_environment() {
+            if std::env::var_os(&k).is_none() {
+                c.env(k, v);
+            }
+        }
         let child = spawn_logged(c, &self.lab.path("logs/agent.log"))?;
         guard::track_pid(child.pid());
         self.lab.agent = Some(child);
@@ -335,4 +341,36 @@ pub fn switch_counts(ovs: &dpu_lab::ovs::OvsInstance, bridge: &str) -> Result<(u
         .with_context(|| format!("no flow_count in {agg:?}"))?;
     let groups = ovs.dump_groups(bridge)?.len();
     Ok((flows, groups))
+}
+
+/// The environment `systemd/dpu-agent.service` gives the agent
+/// (`Environment=` lines: space-separated `KEY=VALUE`, no quoting used there).
+pub fn unit_environment() -> Vec<(String, String)> {
+    parse_environment(include_str!("../../systemd/dpu-agent.service"))
+}
+
+fn parse_environment(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod unit_env_tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_runs_with_the_units_allocator_settings() {
+        let env = unit_environment();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("MIMALLOC_ARENA_EAGER_COMMIT"), Some("0"));
+        assert_eq!(get("MIMALLOC_PURGE_DELAY"), Some("100"));
+        assert_eq!(
+            parse_environment("# Environment=X=1\n Environment=A=1 B=2\nEnvironmentFile=/x\n"),
+            vec![("A".into(), "1".into()), ("B".into(), "2".into())]
+        );
+    }
 }
