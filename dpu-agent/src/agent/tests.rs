@@ -1,11 +1,11 @@
 //! The loop driven by events, without a loop: an [`Agent`] over a recording
-//! switch, a store in a temporary directory and no OVSDB (its session never
-//! connects, so no port is written). Each test sends the events a real run
-//! would and checks what the switch got, what was answered and what the
-//! agent publishes.
+//! switch (`testkit::RecordingSwitch`), a store in a temporary directory and
+//! no OVSDB (its session never connects, so no port is written). Each test
+//! sends the events a real run would and checks what the switch got, what
+//! was answered and what the agent publishes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use dpu_model::object_to_proto;
 use dpu_proto::v1 as pb;
@@ -13,46 +13,9 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::observe::Summary;
-use crate::reconcile::backend::{BundleOp, InstalledSummary, OpenFlowError};
+use crate::reconcile::backend::testkit::RecordingSwitch as Recording;
+use crate::reconcile::backend::BundleOp;
 use crate::vswitch::ovsdb::BridgeSpec;
-
-/// A switch that keeps every bundle it was sent and refuses them while
-/// `refuse` is set (the reconciler then sees the bundle fail, as with a real
-/// switch that rejects one).
-#[derive(Clone, Default)]
-struct Recording {
-    bundles: Arc<Mutex<Vec<Vec<BundleOp>>>>,
-    refuse: Arc<AtomicBool>,
-}
-
-impl Recording {
-    fn count(&self) -> usize {
-        self.bundles.lock().unwrap().len()
-    }
-
-    fn last(&self) -> Vec<BundleOp> {
-        self.bundles
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-impl OpenFlowBackend for Recording {
-    async fn apply(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
-        if self.refuse.load(Ordering::SeqCst) {
-            return Err(OpenFlowError::Rejected("refused by the test".into()));
-        }
-        self.bundles.lock().unwrap().push(ops.to_vec());
-        Ok(())
-    }
-
-    async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
-        Ok(InstalledSummary::default())
-    }
-}
 
 struct Harness {
     agent: Agent<Recording>,
