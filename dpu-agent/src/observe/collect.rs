@@ -294,8 +294,8 @@ fn service_status(
         .values()
         .map(|v| {
             let troubled = v.backends.iter().any(|b| b.state != BackendState::Serving);
-            let c = counters.and_then(|c| c.get(&v.name)).unwrap_or(&none);
-            (troubled, c.new_connections, v.name.as_str())
+            let c = counters.and_then(|c| c.get(&*v.name)).unwrap_or(&none);
+            (troubled, c.new_connections, &*v.name)
         })
         .collect();
     all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
@@ -310,7 +310,7 @@ fn service_status(
                 v.backends.iter().enumerate().collect();
             backends.sort_by_key(|(_, b)| b.state == BackendState::Serving);
             pb::ServiceStatus {
-                name: v.name.clone(),
+                name: v.name.to_string(),
                 vips: v.vips.iter().map(|ip| ip.to_string()).collect(),
                 backends: v.backends.len() as u32,
                 serving: v
@@ -324,7 +324,7 @@ fn service_status(
                     .map(|(i, b)| {
                         let (p, bytes) = c.backends.get(&i).copied().unwrap_or_default();
                         pb::BackendStatus {
-                            vpc: b.vpc.clone(),
+                            vpc: b.vpc.to_string(),
                             ip: b.ip.to_string(),
                             workload: b.workload.clone().unwrap_or_default(),
                             weight: b.weight,

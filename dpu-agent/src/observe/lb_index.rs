@@ -21,17 +21,20 @@ use super::switch_stats::SwitchCounters;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LbIndex {
     pub version: u64,
-    pub services: BTreeMap<String, ServiceView>,
+    /// Names and VPC names are shared (`Arc<str>`): a Service's name is one
+    /// allocation for its key, its view, its groups and its cookie, and a
+    /// VPC's name one for every backend in it.
+    pub services: BTreeMap<Arc<str>, ServiceView>,
     /// Group id → (Service, index into its `ports`).
-    pub groups: BTreeMap<u32, (String, usize)>,
+    pub groups: BTreeMap<u32, (Arc<str>, usize)>,
     /// Service cookie (category and object, no round) → Service.
-    pub cookies: BTreeMap<u64, String>,
+    pub cookies: BTreeMap<u64, Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceView {
-    pub name: String,
-    pub vpc: String,
+    pub name: Arc<str>,
+    pub vpc: Arc<str>,
     pub scenario: &'static str,
     /// Cluster IPs, then the EIP for the EIP scenarios.
     pub vips: Vec<IpAddr>,
@@ -123,7 +126,7 @@ pub struct GroupView {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendView {
-    pub vpc: String,
+    pub vpc: Arc<str>,
     pub ip: IpAddr,
     pub workload: Option<String>,
     pub weight: u32,
@@ -225,15 +228,16 @@ impl LbIndex {
             version: x.version,
             ..LbIndex::default()
         };
+        let mut vpcs = Vpcs::default();
         for s in x.intent.services.values() {
-            let view = service_view(s, x);
+            let view = service_view(s, x, &mut vpcs);
             for (pi, p) in view.ports.iter().enumerate() {
                 for g in &p.groups {
-                    out.groups.insert(g.id, (s.name.clone(), pi));
+                    out.groups.insert(g.id, (view.name.clone(), pi));
                 }
             }
-            out.cookies.insert(view.cookie, s.name.clone());
-            out.services.insert(s.name.clone(), view);
+            out.cookies.insert(view.cookie, view.name.clone());
+            out.services.insert(view.name.clone(), view);
         }
         out
     }
@@ -242,7 +246,7 @@ impl LbIndex {
     pub fn service_of_cookie(&self, c: u64) -> Option<&str> {
         self.cookies
             .get(&(c & cookie::Cookie::SELECT_MASK))
-            .map(String::as_str)
+            .map(|s| &**s)
     }
 
     /// Per-Service counters from the switch's flow and group counters.
@@ -259,7 +263,7 @@ impl LbIndex {
             let Some((name, pi)) = self.groups.get(&g.id) else {
                 continue;
             };
-            let c = out.entry(name.clone()).or_default();
+            let c = out.entry(name.to_string()).or_default();
             c.new_connections += g.packets;
             let Some(view) = self.services[name].ports[*pi]
                 .groups
@@ -283,7 +287,22 @@ impl LbIndex {
     }
 }
 
-fn service_view(s: &Service, x: &Inputs<'_>) -> ServiceView {
+/// VPC names, one allocation each per build.
+#[derive(Default)]
+struct Vpcs(BTreeMap<String, Arc<str>>);
+
+impl Vpcs {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = name.into();
+        self.0.insert(name.to_string(), a.clone());
+        a
+    }
+}
+
+fn service_view(s: &Service, x: &Inputs<'_>, vpcs: &mut Vpcs) -> ServiceView {
     let mut vips = s.cluster_ips.clone();
     if matches!(
         s.scenario,
@@ -308,7 +327,7 @@ fn service_view(s: &Service, x: &Inputs<'_>) -> ServiceView {
                 BackendState::Serving
             };
             BackendView {
-                vpc: b.vpc.clone(),
+                vpc: vpcs.get(&b.vpc),
                 ip: b.ip,
                 workload: b.workload.clone(),
                 weight: b.weight,
@@ -340,9 +359,7 @@ fn service_view(s: &Service, x: &Inputs<'_>) -> ServiceView {
                         p.target_port,
                         &members
                             .iter()
-                            .map(|&i| {
-                                (backends[i].vpc.as_str(), backends[i].ip, backends[i].weight)
-                            })
+                            .map(|&i| (&*backends[i].vpc, backends[i].ip, backends[i].weight))
                             .collect::<Vec<_>>(),
                     );
                     let all: BTreeMap<u32, usize> = members
@@ -386,8 +403,8 @@ fn service_view(s: &Service, x: &Inputs<'_>) -> ServiceView {
         })
         .collect();
     ServiceView {
-        name: s.name.clone(),
-        vpc: s.vpc.clone(),
+        name: s.name.as_str().into(),
+        vpc: vpcs.get(&s.vpc),
         scenario: scenario_name(s.scenario),
         vips,
         ports,

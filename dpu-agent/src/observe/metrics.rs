@@ -387,7 +387,7 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
     for (name, view) in &x.lb.services {
         let backend_labels = |b: &BackendView| {
             l([
-                ("service", name.as_str()),
+                ("service", &**name),
                 ("backend_vpc", &b.vpc),
                 ("backend_ip", &b.ip.to_string()),
                 ("workload", b.workload.as_deref().unwrap_or("")),
@@ -400,7 +400,7 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
         }
         // No entry: the switch has no flow or group of this Service, so it
         // has no counter to report (a 0 would look like a reset).
-        let Some(c) = x.counters.and_then(|m| m.get(name)) else {
+        let Some(c) = x.counters.and_then(|m| m.get(&**name)) else {
             continue;
         };
         let svc = l([("service", name), ("vpc", &view.vpc)]);

@@ -59,7 +59,7 @@ pub(super) fn check_service(lb: &LbIndex, name: &str) -> Result<(), OpsError> {
     if lb.services.contains_key(name) {
         return Ok(());
     }
-    let names: Vec<&str> = lb.services.keys().map(String::as_str).collect();
+    let names: Vec<&str> = lb.services.keys().map(|k| &**k).collect();
     Err(OpsError(text::unknown("Service", name, &names)))
 }
 

@@ -216,7 +216,7 @@ fn intent_hop<'a>(g: &Gathered<'a>, hops: &mut Vec<Hop>) -> Option<(&'a Intent, 
 
 fn allocation(_g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
     let gateway = s.scenario == "EIP service gateway";
-    if !gateway && !intent.vpcs.contains_key(&s.vpc) {
+    if !gateway && !intent.vpcs.contains_key(&*s.vpc) {
         return hop(
             "allocation",
             Status::Broken,
@@ -291,7 +291,7 @@ fn arp(g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
     }
     let cluster_ips = intent
         .services
-        .get(&s.name)
+        .get(&*s.name)
         .map(|x| x.cluster_ips.clone())
         .unwrap_or_default();
     if cluster_ips.is_empty() {

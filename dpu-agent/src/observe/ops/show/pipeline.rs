@@ -65,12 +65,12 @@ impl Owners {
             }
         }
         for (&c, name) in &lb.cookies {
-            m.insert(c, name.clone());
+            m.insert(c, name.to_string());
         }
         // Learned entries carry a cookie per Service, VIP, port and backend.
         for view in lb.services.values() {
             for (c, _) in view.affinity_cookies() {
-                m.insert(c, view.name.clone());
+                m.insert(c, view.name.to_string());
             }
         }
         Owners(m)
@@ -149,7 +149,7 @@ pub fn render(
         None => None,
         Some(name) => {
             let Some(view) = lb.services.get(name) else {
-                let names: Vec<&str> = lb.services.keys().map(String::as_str).collect();
+                let names: Vec<&str> = lb.services.keys().map(|k| &**k).collect();
                 return Err(OpsError(text::unknown("Service", name, &names)));
             };
             let endpoints = view.endpoint_cookies();

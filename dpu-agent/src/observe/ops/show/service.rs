@@ -119,7 +119,7 @@ pub fn render(
                     None => ("-".into(), "-".into()),
                 };
                 vec![
-                    b.vpc.clone(),
+                    b.vpc.to_string(),
                     b.ip.to_string(),
                     b.workload.clone().unwrap_or_else(|| "-".into()),
                     b.weight.to_string(),

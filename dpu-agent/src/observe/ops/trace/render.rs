@@ -136,12 +136,12 @@ impl Names<'_> {
                     .unwrap_or_default();
                 (
                     format!("{head} → bucket {bucket} = backend {}/{}{w}", b.vpc, b.ip),
-                    Some((svc.clone(), endpoint_addr(b.ip, p.target_port))),
+                    Some((svc.to_string(), endpoint_addr(b.ip, p.target_port))),
                 )
             }
             None => (
                 format!("{head} → bucket {bucket}, which no backend of the agent's view has"),
-                Some((svc.clone(), format!("bucket {bucket}"))),
+                Some((svc.to_string(), format!("bucket {bucket}"))),
             ),
         }
     }
