@@ -599,10 +599,57 @@ fn conflict(
 /// ([`Index::add`] / [`Index::remove`] per object).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Index {
-    vips: HashMap<(String, IpAddr, Protocol, u16), BTreeSet<String>>,
-    eips: HashMap<Ipv4Addr, BTreeSet<String>>,
-    probes: HashMap<String, BTreeSet<String>>,
-    addrs: HashMap<(String, IpAddr), BTreeSet<String>>,
+    vips: HashMap<(String, IpAddr, Protocol, u16), Owners>,
+    eips: HashMap<Ipv4Addr, Owners>,
+    probes: HashMap<String, Owners>,
+    addrs: HashMap<(String, IpAddr), Owners>,
+}
+
+/// The names that claim one key of the [`Index`]. Almost every key has one
+/// owner (two are a conflict), so one is kept inline: a set node per key
+/// (about 280 bytes) was most of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owners {
+    One(String),
+    /// Two or more, never fewer (the one left becomes `One` again).
+    Many(BTreeSet<String>),
+}
+
+impl Owners {
+    fn len(&self) -> usize {
+        match self {
+            Owners::One(_) => 1,
+            Owners::Many(set) => set.len(),
+        }
+    }
+
+    fn insert(&mut self, name: &str) {
+        match self {
+            Owners::One(one) if one == name => {}
+            Owners::One(one) => {
+                let set = BTreeSet::from([std::mem::take(one), name.to_string()]);
+                *self = Owners::Many(set);
+            }
+            Owners::Many(set) => {
+                set.insert(name.to_string());
+            }
+        }
+    }
+
+    /// Removes `name`; true when no owner is left.
+    fn remove(&mut self, name: &str) -> bool {
+        match self {
+            Owners::One(one) => one == name,
+            Owners::Many(set) => {
+                set.remove(name);
+                if set.len() == 1 {
+                    let last = set.pop_first().unwrap_or_default();
+                    *self = Owners::One(last);
+                }
+                false
+            }
+        }
+    }
 }
 
 impl Index {
@@ -623,19 +670,19 @@ impl Index {
     }
 
     fn each(&mut self, o: &Object, add: bool) {
-        fn touch<K: std::hash::Hash + Eq>(
-            m: &mut HashMap<K, BTreeSet<String>>,
-            k: K,
-            name: &str,
-            add: bool,
-        ) {
-            if add {
-                m.entry(k).or_default().insert(name.to_string());
-            } else if let Some(set) = m.get_mut(&k) {
-                set.remove(name);
-                if set.is_empty() {
-                    m.remove(&k);
+        fn touch<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Owners>, k: K, name: &str, add: bool) {
+            use std::collections::hash_map::Entry;
+            match (m.entry(k), add) {
+                (Entry::Vacant(v), true) => {
+                    v.insert(Owners::One(name.to_string()));
                 }
+                (Entry::Occupied(mut o), true) => o.get_mut().insert(name),
+                (Entry::Occupied(mut o), false) => {
+                    if o.get_mut().remove(name) {
+                        o.remove();
+                    }
+                }
+                (Entry::Vacant(_), false) => {}
             }
         }
         match o {
@@ -747,6 +794,24 @@ fn service_ok(intent: &Intent, index: &Index, s: &Service) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One owner is kept inline, two or more in a set, and the form is
+    /// canonical: the same owners give equal `Owners` whatever the order of
+    /// inserts and removes (the agent compares its index with a rebuilt one).
+    #[test]
+    fn owners_go_from_one_to_many_and_back() {
+        let mut o = Owners::One("a".into());
+        o.insert("a");
+        assert_eq!((o.len(), &o), (1, &Owners::One("a".into())));
+        o.insert("b");
+        o.insert("c");
+        assert_eq!(o.len(), 3);
+        assert!(!o.remove("a"));
+        assert!(!o.remove("c"));
+        assert_eq!(o, Owners::One("b".into()));
+        assert!(!o.remove("x"), "not an owner: nothing changes");
+        assert!(o.remove("b"), "the last owner gone");
+    }
 
     fn intent() -> Intent {
         let mut i = Intent::default();
