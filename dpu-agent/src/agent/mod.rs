@@ -198,6 +198,11 @@ impl<B: OpenFlowBackend> Agent<B> {
         !self.pods.busy()
     }
 
+    /// This node's attached pods, for the controller.
+    fn publish_pods(&self) {
+        let _ = self.local_tx.send(self.pods.report(&self.cfg.node_name));
+    }
+
     fn observers_changed(&self) {
         self.changed_tx.send_modify(|g| *g += 1);
     }
@@ -295,7 +300,7 @@ impl<B: OpenFlowBackend> Agent<B> {
                     &self.writer,
                     intent,
                 ) {
-                    let _ = self.local_tx.send(self.pods.report(&self.cfg.node_name));
+                    self.publish_pods();
                     self.dirty = true;
                 }
             }
@@ -305,7 +310,7 @@ impl<B: OpenFlowBackend> Agent<B> {
                 PortJob::Probe(job) => self.probes.completed(job, result),
                 PortJob::Pod(job) => {
                     if self.pods.completed(*job, result, &self.cfg, &self.store) {
-                        let _ = self.local_tx.send(self.pods.report(&self.cfg.node_name));
+                        self.publish_pods();
                         self.dirty = true;
                     }
                 }

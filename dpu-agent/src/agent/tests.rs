@@ -26,11 +26,7 @@ struct Harness {
 
 fn config(state_dir: &std::path::Path) -> Config {
     let text = crate::config::tests::GOOD.replace("/tmp/x", &state_dir.display().to_string());
-    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-    Config::load_layers(f.path(), Vec::<(String, String)>::new())
-        .unwrap()
-        .config
+    crate::config::tests::load(&text).unwrap()
 }
 
 /// An agent on node `dpu-1` whose bridge has the ports of the golden case

@@ -617,7 +617,8 @@ run_dir = "/run/openvswitch"
     }
 
     /// Loads `text` with no environment (the test process's own is not ours).
-    fn load(text: &str) -> Result<Config, String> {
+    /// Other modules' tests build their config with it too.
+    pub(crate) fn load(text: &str) -> Result<Config, String> {
         let f = write(text);
         Config::load_layers(f.path(), Vec::<(OsString, OsString)>::new())
             .map(|l| l.config)

@@ -365,20 +365,15 @@ fn percent(p: f64) -> f64 {
 mod tests {
     use super::*;
     use crate::observe::{LbInputs, LbReply, Query};
-    use std::io::Write;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     fn config() -> Config {
-        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         // No switch or appctl here: their reads fail, which the Status survives.
         let text = format!(
             "{}appctl_path = \"/nonexistent/ovs-appctl\"\n",
             crate::config::tests::GOOD
         );
-        f.write_all(text.as_bytes()).unwrap();
-        Config::load_layers(f.path(), Vec::<(String, String)>::new())
-            .unwrap()
-            .config
+        crate::config::tests::load(&text).unwrap()
     }
 
     /// A stand-in agent loop at `version`, counting the LB index inputs it

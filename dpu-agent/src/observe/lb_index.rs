@@ -289,7 +289,7 @@ impl LbIndex {
 
 /// VPC names, one allocation each per build.
 #[derive(Default)]
-struct Vpcs(BTreeMap<String, Arc<str>>);
+struct Vpcs(BTreeSet<Arc<str>>);
 
 impl Vpcs {
     fn get(&mut self, name: &str) -> Arc<str> {
@@ -297,7 +297,7 @@ impl Vpcs {
             return a.clone();
         }
         let a: Arc<str> = name.into();
-        self.0.insert(name.to_string(), a.clone());
+        self.0.insert(a.clone());
         a
     }
 }
