@@ -83,7 +83,7 @@ fn main() {
     let base = live() - deep(&snap);
     let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
     let mut applied = Applied::default();
-    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, &snap));
+    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, snap.clone()));
     assert!(h.changed.is_some(), "{:?}", h.msg);
     drop(snap);
     // What the agent keeps after the snapshot: Applied and the reconciler.

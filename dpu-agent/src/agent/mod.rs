@@ -368,7 +368,7 @@ impl<B: OpenFlowBackend> Agent<B> {
                 &mut self.reconciler,
                 &pod_workloads,
                 &self.facts,
-                &update,
+                update,
             )
             .await;
         if let Some(t) = self.reconciler.take_bundle_time() {

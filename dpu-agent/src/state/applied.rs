@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use dpu_model::{Index, Intent, Kind, ObjectKey, Workload};
 use dpu_proto::v1 as pb;
+use prost::Message as _;
 
 use crate::compile::incremental::{IncrementalCompiler, Step};
 use crate::compile::NodeFacts;
@@ -18,7 +19,7 @@ use crate::reconcile::backend::{OpenFlowBackend, OpenFlowError};
 use crate::reconcile::{ApplyStats, Reconciler};
 use crate::state::alloc::Allocations;
 use crate::state::store::{Persisted, Store};
-use crate::state::update::{apply_update, snapshot_of, Refusal};
+use crate::state::update::{apply_update, encode_snapshot, Refusal};
 
 /// Compact (write the whole intent, empty the journal) after this many
 /// journaled updates or this many journal bytes, whichever comes first.
@@ -159,6 +160,11 @@ impl Applied {
     /// Applies one update from the controller: the intent in place, the
     /// allocations, the compiler, one bundle, the journal. On refusal (invalid,
     /// or the switch refused the bundle) everything is as it was.
+    ///
+    /// The decoded update is dropped once the intent holds it, before the
+    /// compile: what the compile allocates then fills the holes it leaves,
+    /// instead of a snapshot's thousands of small messages being freed among
+    /// the state that stays (docs/agent.md, "Memory: where it goes").
     pub async fn handle_update<B: OpenFlowBackend>(
         &mut self,
         node: &str,
@@ -166,17 +172,19 @@ impl Applied {
         reconciler: &mut Reconciler<B>,
         pods: &[Workload],
         facts: &Facts,
-        update: &pb::Update,
+        update: pb::Update,
     ) -> Handled {
         use pb::agent_message::Msg;
         let mut t = Timings::default();
+        let version = update.version;
+        let nonce = update.nonce.clone();
         let nack = |r: Refusal, t: Timings| {
             let r = r.capped();
-            tracing::warn!(version = update.version, reasons = %r, "update refused");
+            tracing::warn!(version, reasons = %r, "update refused");
             Handled {
                 msg: Msg::Nack(pb::Nack {
-                    version: update.version,
-                    nonce: update.nonce.clone(),
+                    version,
+                    nonce: nonce.clone(),
                     errors: r.errors,
                 }),
                 timings: t,
@@ -189,12 +197,16 @@ impl Applied {
             Arc::make_mut(&mut self.intent),
             &mut self.index,
             self.version,
-            update,
+            &update,
             node,
         ) {
             Ok(d) => d,
             Err(r) => return nack(r, t),
         };
+        // A snapshot is persisted from the intent (`compact`), an increment
+        // as it came.
+        let record = (!done.snapshot).then(|| update.encode_to_vec());
+        drop(update);
         let changed = (!done.snapshot).then_some(&done.changed);
         let t1 = Instant::now();
         t.next_intent = t1 - t0;
@@ -237,15 +249,13 @@ impl Applied {
                 return nack(Refusal::general("switch", e.to_string()), t);
             }
         };
-        self.version = update.version;
+        self.version = version;
         self.have_intent = true;
         if done.snapshot || done.changed.iter().any(|k| k.kind == Kind::Workload) {
             self.pending_ports = None;
         }
-        if done.snapshot {
-            self.compact(store);
-        } else {
-            match store.append(update) {
+        if let Some(record) = record {
+            match store.append_encoded(&record) {
                 Ok(bytes) => {
                     self.journal_records += 1;
                     self.journal_bytes = bytes;
@@ -254,12 +264,14 @@ impl Applied {
                 // after a reboot.
                 Err(e) => tracing::error!(error = %e, "could not journal the applied update"),
             }
+        } else {
+            self.compact(store);
         }
         t.persist = t4.elapsed();
         let compiled = self.compiler.compiled();
         tracing::info!(
-            version = update.version,
-            snapshot = update.snapshot,
+            version,
+            snapshot = done.snapshot,
             objects = %objects_line(&done.changed),
             flows_added = stats.flows_added,
             flows_deleted = stats.flows_deleted,
@@ -270,10 +282,7 @@ impl Applied {
             "update applied"
         );
         Handled {
-            msg: Msg::Ack(pb::Ack {
-                version: update.version,
-                nonce: update.nonce.clone(),
-            }),
+            msg: Msg::Ack(pb::Ack { version, nonce }),
             timings: t,
             changed: Some(done.changed),
             stats,
@@ -295,11 +304,7 @@ impl Applied {
 
     /// Writes the whole applied state and empties the journal.
     pub fn compact(&mut self, store: &Store) {
-        let persisted = Persisted {
-            snapshot: snapshot_of(&self.intent, self.version),
-            alloc: Allocations::clone(&self.alloc),
-        };
-        match store.save(&persisted) {
+        match store.save_encoded(&encode_snapshot(&self.intent, self.version), &self.alloc) {
             Ok(()) => {
                 self.journal_records = 0;
                 self.journal_bytes = 0;
@@ -425,7 +430,7 @@ mod tests {
         let mut acks = 0;
         for u in &steps {
             let h = a
-                .handle_update("n1", &store, &mut rec, &[], &facts, u)
+                .handle_update("n1", &store, &mut rec, &[], &facts, u.clone())
                 .await;
             acks += usize::from(h.changed.is_some());
         }

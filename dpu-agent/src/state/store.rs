@@ -105,16 +105,20 @@ impl Store {
     /// Appends one applied increment to the journal and syncs it; returns the
     /// journal's size in bytes after it.
     pub fn append(&self, update: &pb::Update) -> Result<u64, StoreError> {
+        self.append_encoded(&update.encode_to_vec())
+    }
+
+    /// [`Self::append`] of an update already encoded.
+    pub fn append_encoded(&self, payload: &[u8]) -> Result<u64, StoreError> {
         let path = self.dir.join(JOURNAL_FILE);
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,
         };
-        let payload = update.encode_to_vec();
         let mut rec = Vec::with_capacity(RECORD_HEADER + payload.len());
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&checksum(&payload));
-        rec.extend_from_slice(&payload);
+        rec.extend_from_slice(&checksum(payload));
+        rec.extend_from_slice(payload);
         let mut f = fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -172,13 +176,19 @@ impl Store {
 
     /// Compacts: writes the whole applied state and empties the journal.
     pub fn save(&self, p: &Persisted) -> Result<(), StoreError> {
-        let alloc = serde_json::to_vec_pretty(&p.alloc).map_err(|e| StoreError::Corrupt {
+        self.save_encoded(&p.snapshot.encode_to_vec(), &p.alloc)
+    }
+
+    /// [`Self::save`] of a snapshot already encoded
+    /// (`state::update::encode_snapshot`) and the allocations.
+    pub fn save_encoded(&self, snapshot: &[u8], alloc: &Allocations) -> Result<(), StoreError> {
+        let alloc = serde_json::to_vec_pretty(alloc).map_err(|e| StoreError::Corrupt {
             path: self.dir.join(ALLOC_FILE),
             message: e.to_string(),
         })?;
         // Allocations first: an intent must never be read back with older ids.
         atomic_write(&self.dir.join(ALLOC_FILE), &alloc)?;
-        atomic_write(&self.dir.join(INTENT_FILE), &p.snapshot.encode_to_vec())?;
+        atomic_write(&self.dir.join(INTENT_FILE), snapshot)?;
         // A crash before this leaves records the snapshot already holds: replay
         // skips those (their versions are not newer).
         atomic_write(&self.dir.join(JOURNAL_FILE), &[])

@@ -266,7 +266,30 @@ fn differing_keys(a: &Intent, b: &Intent) -> BTreeSet<ObjectKey> {
     out
 }
 
-/// The whole intent as a snapshot Update (what the agent persists).
+/// `Update.upserts`' field number (`proto/dpu/v1/control.proto`).
+const UPSERTS_TAG: u32 = 5;
+
+/// The whole intent as an encoded snapshot Update, what the agent persists:
+/// the bytes of [`snapshot_of`]'s `encode_to_vec()`, written one object at a
+/// time. Building the whole message first would copy the intent as many small
+/// allocations and free them at once, right after the cold snapshot's
+/// compile: holes among the state that stays, which the allocator cannot
+/// give back (docs/agent.md, "Memory: where it goes").
+pub fn encode_snapshot(intent: &Intent, version: u64) -> Vec<u8> {
+    use prost::Message;
+    let head = pb::Update {
+        version,
+        snapshot: true,
+        ..Default::default()
+    };
+    let mut buf = head.encode_to_vec();
+    for o in intent.objects() {
+        prost::encoding::message::encode(UPSERTS_TAG, &model::object_to_proto(&o), &mut buf);
+    }
+    buf
+}
+
+/// The whole intent as a snapshot Update.
 pub fn snapshot_of(intent: &Intent, version: u64) -> pb::Update {
     pb::Update {
         version,
@@ -324,6 +347,27 @@ mod tests {
             upserts,
             deletes: vec![],
         }
+    }
+
+    #[test]
+    fn the_streamed_snapshot_is_the_snapshot_message_encoded() {
+        use prost::Message;
+        let intent = next_intent(
+            &Intent::default(),
+            0,
+            &update(4, 0, true, vec![vpc("b", 11), vpc("a", 10), vpc("c", 12)]),
+            "n1",
+        )
+        .unwrap();
+        assert_eq!(intent.objects().count(), 3);
+        let streamed = encode_snapshot(&intent, 4);
+        assert_eq!(streamed, snapshot_of(&intent, 4).encode_to_vec());
+        let back = pb::Update::decode(streamed.as_slice()).unwrap();
+        assert_eq!((back.version, back.snapshot, back.upserts.len()), (4, true, 3));
+        assert_eq!(
+            encode_snapshot(&Intent::default(), 9),
+            snapshot_of(&Intent::default(), 9).encode_to_vec()
+        );
     }
 
     #[test]
