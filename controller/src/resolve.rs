@@ -410,7 +410,7 @@ struct Pending {
 /// The result is sorted by IP so that the same intent always gives the same list.
 fn resolve_backends(
     spec: &ServiceSpec,
-    workloads: &BTreeMap<String, Workload>,
+    workloads: &BTreeMap<String, std::sync::Arc<Workload>>,
     declared: &BTreeSet<String>,
     source: &Source,
 ) -> Result<Vec<(pb::Backend, Origin)>, Vec<IntentError>> {

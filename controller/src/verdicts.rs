@@ -166,7 +166,7 @@ mod tests {
 
         // web-2 moves to dpu-1: dpu-2's verdict for it stops counting.
         let mut moved = i.clone();
-        moved.workloads.get_mut("web-2").unwrap().node = "dpu-1".into();
+        std::sync::Arc::make_mut(moved.workloads.get_mut("web-2").unwrap()).node = "dpu-1".into();
         let c = v.refilter(&moved);
         assert_eq!(c.union, Some(keys(&["blue/10.1.1.10"])));
         assert!(c.refused.contains(&(

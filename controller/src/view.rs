@@ -130,7 +130,8 @@ mod tests {
         let mut i = intent();
         let red_web = ObjectKey::new(Kind::Service, "red-web");
         // dpu-9 hosts nothing but owns red-web's EIP.
-        i.services.get_mut("red-web").unwrap().eip_node = Some("dpu-9".into());
+        std::sync::Arc::make_mut(i.services.get_mut("red-web").unwrap()).eip_node =
+            Some("dpu-9".into());
         let v = node_view(&i, "dpu-9");
         assert!(v.contains_key(&red_web), "{:?}", names(&v));
         assert!(v.contains_key(&ObjectKey::new(Kind::Vpc, "red")));
@@ -139,7 +140,7 @@ mod tests {
         // As a service gateway with a backend in blue, red-web brings blue (and
         // what is in it) to every node that has red-web; nodes of blue alone do
         // not get red-web.
-        let s = i.services.get_mut("red-web").unwrap();
+        let s = std::sync::Arc::make_mut(i.services.get_mut("red-web").unwrap());
         s.scenario = dpu_model::AccessScenario::EipServiceGateway;
         let web_1 = &i.workloads["web-1"];
         s.backends.push(dpu_model::Backend {
@@ -178,9 +179,9 @@ mod tests {
         assert_eq!(diff(&old, &old), Delta::default());
 
         let mut j = i.clone();
-        j.workloads.get_mut("web-1").unwrap().port = "moved".into();
+        std::sync::Arc::make_mut(j.workloads.get_mut("web-1").unwrap()).port = "moved".into();
         j.probes.clear();
-        let mut extra = j.workloads["db-1"].clone();
+        let mut extra = dpu_model::Workload::clone(&j.workloads["db-1"]);
         extra.name = "db-2".into();
         extra.ip = "10.1.1.21".parse().unwrap();
         extra.port = "db-2-eth0".into();

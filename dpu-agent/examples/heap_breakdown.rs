@@ -60,6 +60,32 @@ fn deep<T: Clone>(x: &T) -> usize {
     size
 }
 
+/// The bytes a copy of `i` allocates with its Services and workloads copied
+/// too (a clone of the intent shares them).
+fn deep_intent(i: &dpu_model::Intent) -> usize {
+    use std::sync::Arc;
+    let before = live();
+    let copy = dpu_model::Intent {
+        workloads: i
+            .workloads
+            .iter()
+            .map(|(k, w)| (k.clone(), Arc::new(dpu_model::Workload::clone(w))))
+            .collect(),
+        services: i
+            .services
+            .iter()
+            .map(|(k, s)| (k.clone(), Arc::new(dpu_model::Service::clone(s))))
+            .collect(),
+        vpcs: i.vpcs.clone(),
+        subnets: i.subnets.clone(),
+        probes: i.probes.clone(),
+        nodes: i.nodes.clone(),
+    };
+    let size = live() - before;
+    drop(copy);
+    size
+}
+
 fn mib(b: usize) -> String {
     format!("{:8.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
@@ -83,7 +109,8 @@ fn main() {
     let base = live() - deep(&snap);
     let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
     let mut applied = Applied::default();
-    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, snap.clone()));
+    let h =
+        rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, snap.clone()));
     assert!(h.changed.is_some(), "{:?}", h.msg);
     drop(snap);
     // What the agent keeps after the snapshot: Applied and the reconciler.
@@ -91,7 +118,7 @@ fn main() {
 
     let desired = applied.compiler.desired();
     let (flows, groups) = (desired.flows.len(), desired.groups.len());
-    let intent_b = deep(&*applied.intent);
+    let intent_b = deep_intent(&applied.intent);
     let index_b = deep(&applied.index);
     let alloc_b = deep(&*applied.alloc);
     let before_lb = live();

@@ -149,7 +149,7 @@ fn an_affinity_timeout_over_16_bits_is_capped_in_the_learn() {
     let mut capped = 0;
     for s in intent.services.values_mut() {
         if s.affinity_timeout.is_some() {
-            s.affinity_timeout = Some(86_400);
+            std::sync::Arc::make_mut(s).affinity_timeout = Some(86_400);
             capped += 1;
         }
     }

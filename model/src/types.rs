@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 
@@ -293,12 +294,17 @@ impl Object {
 
 /// A full set of intent, keyed by name per kind. Ordered maps keep compile output
 /// deterministic.
+///
+/// Services and workloads, the kinds there are thousands of, are held as
+/// `Arc`s: a copy of the intent (what the agent makes when it changes an
+/// intent an observer still reads, and what `with_pods` makes) copies the
+/// maps, not every backend; change one with `Arc::make_mut`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Intent {
     pub vpcs: BTreeMap<String, Vpc>,
     pub subnets: BTreeMap<String, Subnet>,
-    pub workloads: BTreeMap<String, Workload>,
-    pub services: BTreeMap<String, Service>,
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    pub services: BTreeMap<String, Arc<Service>>,
     pub probes: BTreeMap<String, NetworkProbe>,
     pub nodes: BTreeMap<String, Node>,
 }
@@ -308,8 +314,8 @@ impl Intent {
         match object {
             Object::Vpc(o) => drop(self.vpcs.insert(o.name.clone(), o)),
             Object::Subnet(o) => drop(self.subnets.insert(o.name.clone(), o)),
-            Object::Workload(o) => drop(self.workloads.insert(o.name.clone(), o)),
-            Object::Service(o) => drop(self.services.insert(o.name.clone(), o)),
+            Object::Workload(o) => drop(self.workloads.insert(o.name.clone(), Arc::new(o))),
+            Object::Service(o) => drop(self.services.insert(o.name.clone(), Arc::new(o))),
             Object::NetworkProbe(o) => drop(self.probes.insert(o.name.clone(), o)),
             Object::Node(o) => drop(self.nodes.insert(o.name.clone(), o)),
         }
@@ -322,9 +328,12 @@ impl Intent {
             Object::Subnet(o) => self.subnets.insert(o.name.clone(), o).map(Object::Subnet),
             Object::Workload(o) => self
                 .workloads
-                .insert(o.name.clone(), o)
-                .map(Object::Workload),
-            Object::Service(o) => self.services.insert(o.name.clone(), o).map(Object::Service),
+                .insert(o.name.clone(), Arc::new(o))
+                .map(|o| Object::Workload(Arc::unwrap_or_clone(o))),
+            Object::Service(o) => self
+                .services
+                .insert(o.name.clone(), Arc::new(o))
+                .map(|o| Object::Service(Arc::unwrap_or_clone(o))),
             Object::NetworkProbe(o) => self
                 .probes
                 .insert(o.name.clone(), o)
@@ -338,8 +347,14 @@ impl Intent {
         match key.kind {
             Kind::Vpc => self.vpcs.get(&key.name).cloned().map(Object::Vpc),
             Kind::Subnet => self.subnets.get(&key.name).cloned().map(Object::Subnet),
-            Kind::Workload => self.workloads.get(&key.name).cloned().map(Object::Workload),
-            Kind::Service => self.services.get(&key.name).cloned().map(Object::Service),
+            Kind::Workload => self
+                .workloads
+                .get(&key.name)
+                .map(|o| Object::Workload(Workload::clone(o))),
+            Kind::Service => self
+                .services
+                .get(&key.name)
+                .map(|o| Object::Service(Service::clone(o))),
             Kind::NetworkProbe => self
                 .probes
                 .get(&key.name)
@@ -354,8 +369,14 @@ impl Intent {
         match key.kind {
             Kind::Vpc => self.vpcs.remove(&key.name).map(Object::Vpc),
             Kind::Subnet => self.subnets.remove(&key.name).map(Object::Subnet),
-            Kind::Workload => self.workloads.remove(&key.name).map(Object::Workload),
-            Kind::Service => self.services.remove(&key.name).map(Object::Service),
+            Kind::Workload => self
+                .workloads
+                .remove(&key.name)
+                .map(|o| Object::Workload(Arc::unwrap_or_clone(o))),
+            Kind::Service => self
+                .services
+                .remove(&key.name)
+                .map(|o| Object::Service(Arc::unwrap_or_clone(o))),
             Kind::NetworkProbe => self.probes.remove(&key.name).map(Object::NetworkProbe),
             Kind::Node => self.nodes.remove(&key.name).map(Object::Node),
         }
@@ -379,14 +400,38 @@ impl Intent {
             .cloned()
             .map(Object::Vpc)
             .chain(self.subnets.values().cloned().map(Object::Subnet))
-            .chain(self.workloads.values().cloned().map(Object::Workload))
-            .chain(self.services.values().cloned().map(Object::Service))
+            .chain(
+                self.workloads
+                    .values()
+                    .map(|o| Object::Workload(Workload::clone(o))),
+            )
+            .chain(
+                self.services
+                    .values()
+                    .map(|o| Object::Service(Service::clone(o))),
+            )
             .chain(self.probes.values().cloned().map(Object::NetworkProbe))
             .chain(self.nodes.values().cloned().map(Object::Node))
     }
 
+    /// Every object's key, without copying the objects.
     pub fn keys(&self) -> BTreeSet<ObjectKey> {
-        self.objects().map(|o| o.key()).collect()
+        fn of<'a, V>(
+            kind: Kind,
+            m: &'a BTreeMap<String, V>,
+        ) -> impl Iterator<Item = ObjectKey> + 'a {
+            m.keys().map(move |name| ObjectKey {
+                kind,
+                name: name.clone(),
+            })
+        }
+        of(Kind::Vpc, &self.vpcs)
+            .chain(of(Kind::Subnet, &self.subnets))
+            .chain(of(Kind::Workload, &self.workloads))
+            .chain(of(Kind::Service, &self.services))
+            .chain(of(Kind::NetworkProbe, &self.probes))
+            .chain(of(Kind::Node, &self.nodes))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

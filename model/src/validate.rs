@@ -566,7 +566,7 @@ pub fn validate_for_every_node(intent: &Intent) -> Vec<ObjectError> {
 /// sorts first (it binds the port). `None`: `w` binds its port itself.
 pub fn vnic_owner<'a>(intent: &'a Intent, w: &Workload) -> Option<&'a Workload> {
     let same_port = |o: &&Workload| o.node == w.node && o.port == w.port && o.name != w.name;
-    let mut on_port = intent.workloads.values().filter(same_port);
+    let mut on_port = intent.workloads.values().map(|o| &**o).filter(same_port);
     on_port
         .clone()
         .find(|o| o.kind != WorkloadKind::VnicIp)

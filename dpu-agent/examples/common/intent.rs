@@ -60,7 +60,7 @@ pub fn build(n: usize) -> (Intent, NodeFacts) {
         }
         i.workloads.insert(
             name.clone(),
-            Workload {
+            std::sync::Arc::new(Workload {
                 name: name.clone(),
                 kind: WorkloadKind::Pod,
                 vpc: "vpc-a".into(),
@@ -70,12 +70,14 @@ pub fn build(n: usize) -> (Intent, NodeFacts) {
                 labels: Default::default(),
                 node: node.into(),
                 port: name,
-            },
+            }),
         );
     }
     for s in 0..n {
-        i.services
-            .insert(format!("svc{s:05}"), service(s, workloads, 0));
+        i.services.insert(
+            format!("svc{s:05}"),
+            std::sync::Arc::new(service(s, workloads, 0)),
+        );
     }
     (i, facts)
 }

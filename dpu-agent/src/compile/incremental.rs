@@ -266,7 +266,7 @@ impl IncrementalCompiler {
         services.extend(affected.iter().map(|s| &**s));
         let (node_before, gateway_before) = (self.node_vpc_set(), self.gateway_set());
         for name in services {
-            parts += self.service_changed(name, intent.services.get(name), &env);
+            parts += self.service_changed(name, intent.services.get(name).map(|s| &**s), &env);
         }
         let (node_after, gateway_after) = (self.node_vpc_set(), self.gateway_set());
         let subnets_changed = changed.iter().any(|k| k.kind == Kind::Subnet);
@@ -677,7 +677,7 @@ fn service_facts(s: &Service, vpc_names: &mut HashSet<Arc<str>>) -> ServiceFacts
 pub fn with_pods(intent: &Intent, pods: &[Workload]) -> Intent {
     let mut workloads = intent.workloads.clone();
     for w in pods {
-        workloads.insert(w.name.clone(), w.clone());
+        workloads.insert(w.name.clone(), Arc::new(w.clone()));
     }
     Intent {
         vpcs: intent.vpcs.clone(),

@@ -73,6 +73,7 @@ pub fn compile(intent: &Intent, alloc: &Allocations, facts: &NodeFacts) -> Compi
     let gateways: Vec<&Service> = intent
         .services
         .values()
+        .map(|s| &**s)
         .filter(|s| s.scenario == AccessScenario::EipServiceGateway)
         .collect();
     let gateway_vpcs: BTreeSet<&str> = gateways

@@ -268,7 +268,7 @@ mod tests {
         for (name, ports) in services {
             i.services.insert(
                 name.to_string(),
-                Service {
+                std::sync::Arc::new(Service {
                     name: name.to_string(),
                     vpc: "a".into(),
                     cluster_ips: vec![],
@@ -287,7 +287,7 @@ mod tests {
                     scenario: AccessScenario::ClusterIp,
                     external_traffic_local: false,
                     eip_node: None,
-                },
+                }),
             );
         }
         i

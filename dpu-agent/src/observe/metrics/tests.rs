@@ -192,7 +192,7 @@ fn intent() -> Intent {
     };
     i.services.insert(
         "web".into(),
-        service(
+        std::sync::Arc::new(service(
             "web",
             &["10.96.0.10"],
             vec![
@@ -202,18 +202,18 @@ fn intent() -> Intent {
                 backend("blue", "10.0.0.8", 1, None),
                 backend("gone", "10.9.0.1", 1, None),
             ],
-        ),
+        )),
     );
     i.services.insert(
         "dns".into(),
-        service(
+        std::sync::Arc::new(service(
             "dns",
             &["10.96.0.53", "fd00::53"],
             vec![
                 backend("blue", "10.0.1.5", 1, Some("dns \"a\"\\\n0")),
                 backend("blue", "fd00::1:5", 1, Some("dns-0")),
             ],
-        ),
+        )),
     );
     i
 }

@@ -97,6 +97,7 @@ pub fn entry(
         let on_port: Vec<&dpu_model::Workload> = intent
             .workloads
             .values()
+            .map(|w| &**w)
             .filter(|w| w.node == node && &w.port == port)
             .collect();
         // A shared port (the uplink) holds several workloads: the one owning
@@ -124,6 +125,7 @@ pub fn entry(
     let w = intent
         .workloads
         .values()
+        .map(|w| &**w)
         .filter(|w| w.node == node && &w.vpc == vpc)
         .find(owns_src)
         .ok_or_else(|| {

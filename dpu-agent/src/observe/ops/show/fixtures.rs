@@ -39,7 +39,7 @@ pub fn sample_intent() -> Intent {
     );
     i.workloads.insert(
         "web-1".into(),
-        Workload {
+        std::sync::Arc::new(Workload {
             name: "web-1".into(),
             kind: WorkloadKind::Pod,
             vpc: "blue".into(),
@@ -49,11 +49,11 @@ pub fn sample_intent() -> Intent {
             labels: Default::default(),
             node: "dpu-1".into(),
             port: "web-1-eth0".into(),
-        },
+        }),
     );
     i.services.insert(
         "web".into(),
-        Service {
+        std::sync::Arc::new(Service {
             name: "web".into(),
             vpc: "blue".into(),
             cluster_ips: vec!["10.96.0.10".parse().unwrap()],
@@ -74,7 +74,7 @@ pub fn sample_intent() -> Intent {
             scenario: AccessScenario::ClusterIp,
             external_traffic_local: false,
             eip_node: None,
-        },
+        }),
     );
     i.probes.insert(
         "web-http".into(),
