@@ -138,7 +138,8 @@ struct Agent<B> {
     dirty: bool,
     /// OVSDB said the bridge is gone; when it is back, the switch is read again.
     bridge_lost: bool,
-    controller_up: bool,
+    /// The endpoint the controller session is up on; `None` while it is down.
+    controller: Option<String>,
 }
 
 impl<B: OpenFlowBackend> Agent<B> {
@@ -168,7 +169,7 @@ impl<B: OpenFlowBackend> Agent<B> {
             changed_tx,
             last_error: None,
             bridge_lost: false,
-            controller_up: false,
+            controller: None,
         };
         let feeds = Feeds {
             applied,
@@ -258,7 +259,7 @@ impl<B: OpenFlowBackend> Agent<B> {
         }
         self.pods.expire();
         AgentStatus {
-            controller_connected: self.controller_up,
+            controller: self.controller.clone(),
             applied_version: self.applied.have_intent.then_some(self.applied.version),
             pods: self.pods.pool.records.len(),
         }
@@ -281,9 +282,12 @@ impl<B: OpenFlowBackend> Agent<B> {
                     self.dirty = self.applied.have_intent;
                 }
             }
-            Event::Session(SessionEvent::Connected(up)) => {
-                tracing::debug!(up, "controller session");
-                self.controller_up = up;
+            Event::Session(SessionEvent::Connected(endpoint)) => {
+                tracing::debug!(
+                    endpoint = endpoint.as_deref().unwrap_or("none"),
+                    "controller session"
+                );
+                self.controller = endpoint;
                 self.observers_changed();
             }
             Event::Session(SessionEvent::Update(update, reply)) => {
@@ -340,7 +344,7 @@ impl<B: OpenFlowBackend> Agent<B> {
                     reconciler: &self.reconciler,
                     pods: &self.pods,
                     facts: &self.facts,
-                    controller_up: self.controller_up,
+                    controller: self.controller.as_deref(),
                     last_error: self.last_error.as_deref(),
                     registry: &self.registry,
                 };

@@ -75,7 +75,8 @@ pub fn heartbeat_fresh(last: Option<Instant>, now: Instant, max_age: Duration) -
 /// What `STATUS=` says about the agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentStatus {
-    pub controller_connected: bool,
+    /// The endpoint the controller session is up on; `None` while it is down.
+    pub controller: Option<String>,
     /// `None` while no intent was ever applied or restored.
     pub applied_version: Option<u64>,
     pub pods: usize,
@@ -83,10 +84,9 @@ pub struct AgentStatus {
 
 impl AgentStatus {
     pub fn line(&self) -> String {
-        let controller = if self.controller_connected {
-            "connected"
-        } else {
-            "disconnected"
+        let controller = match &self.controller {
+            Some(endpoint) => format!("connected to {endpoint}"),
+            None => "disconnected".to_string(),
         };
         let applied = match self.applied_version {
             Some(v) => format!("applied version {v}"),
@@ -276,10 +276,13 @@ mod tests {
     fn status_line() {
         let mut s = AgentStatus::default();
         assert_eq!(s.line(), "controller disconnected; no intent yet; 0 pods");
-        s.controller_connected = true;
+        s.controller = Some("https://b:50051".into());
         s.applied_version = Some(12);
         s.pods = 3;
-        assert_eq!(s.line(), "controller connected; applied version 12; 3 pods");
+        assert_eq!(
+            s.line(),
+            "controller connected to https://b:50051; applied version 12; 3 pods"
+        );
     }
 
     /// A test-owned notify socket and a `Systemd` that sends to it.
@@ -308,7 +311,7 @@ mod tests {
         sd.ready(&st);
         sd.ready(&st);
         sd.status(&st);
-        st.controller_connected = true;
+        st.controller = Some("https://a:1".into());
         sd.status(&st);
         sd.status(&st);
         sd.stopping();
@@ -316,7 +319,7 @@ mod tests {
             drain(&rx),
             [
                 "READY=1\nSTATUS=controller disconnected; no intent yet; 0 pods",
-                "STATUS=controller connected; no intent yet; 0 pods",
+                "STATUS=controller connected to https://a:1; no intent yet; 0 pods",
                 "STOPPING=1\nSTATUS=stopping; the switch keeps forwarding",
             ]
         );

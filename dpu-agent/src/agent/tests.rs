@@ -341,13 +341,19 @@ async fn the_first_switch_up_is_not_a_restart() {
 async fn a_controller_session_going_down_is_published() {
     let mut h = harness().await;
     h.agent
-        .handle(Event::Session(SessionEvent::Connected(true)))
+        .handle(Event::Session(SessionEvent::Connected(Some(
+            "https://b:50051".into(),
+        ))))
         .await;
-    assert!(h.summary().await.controller_connected);
+    assert_eq!(
+        h.summary().await.controller.as_deref(),
+        Some("https://b:50051")
+    );
     let status = h.agent.settle().await;
-    assert!(status.controller_connected && status.applied_version.is_none());
+    assert_eq!(status.controller.as_deref(), Some("https://b:50051"));
+    assert!(status.applied_version.is_none());
     h.agent
-        .handle(Event::Session(SessionEvent::Connected(false)))
+        .handle(Event::Session(SessionEvent::Connected(None)))
         .await;
-    assert!(!h.summary().await.controller_connected);
+    assert!(h.summary().await.controller.is_none());
 }

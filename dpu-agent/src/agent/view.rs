@@ -39,7 +39,7 @@ pub(super) struct View<'a, B> {
     pub(super) reconciler: &'a Reconciler<B>,
     pub(super) pods: &'a Pods,
     pub(super) facts: &'a Facts,
-    pub(super) controller_up: bool,
+    pub(super) controller: Option<&'a str>,
     pub(super) last_error: Option<&'a str>,
     pub(super) registry: &'a Registry,
 }
@@ -99,7 +99,7 @@ impl<B: OpenFlowBackend> View<'_, B> {
             applied_version: self.applied.version,
             desired_version: self.registry.desired_version().max(self.applied.version),
             have_intent: self.applied.have_intent,
-            controller_connected: self.controller_up,
+            controller: self.controller.map(str::to_string),
             services: self.applied.intent.services.len(),
             flows: installed.map_or(0, |d| d.flows.len()),
             groups: installed.map_or(0, |d| d.groups.len()),

@@ -142,6 +142,39 @@ pub(super) fn read(path: &Path, env: Vec<(OsString, OsString)>) -> Result<Vec<La
     Ok(layers)
 }
 
+/// `key` (`controller.endpoint`) in `layer`: a dotted variable's, or in a table.
+fn sets(layer: &Layer, key: &str) -> bool {
+    let Some((table, leaf)) = key.split_once('.') else {
+        return layer.values.contains_key(key);
+    };
+    layer.values.contains_key(key)
+        || matches!(layer.values.get(table).map(|v| &v.kind),
+            Some(ValueKind::Table(t)) if t.contains_key(leaf))
+}
+
+fn unset(layer: &mut Layer, key: &str) {
+    layer.values.remove(key);
+    if let Some((table, leaf)) = key.split_once('.') {
+        if let Some(ValueKind::Table(t)) = layer.values.get_mut(table).map(|v| &mut v.kind) {
+            t.remove(leaf);
+        }
+    }
+}
+
+/// `keys` are one setting spelt several ways (`controller.endpoint` and
+/// `controller.endpoints`): the last layer that sets any of them replaces all of
+/// them from the layers before it, so later still wins. Keys of one table only.
+pub(super) fn one_setting(layers: &mut [Layer], keys: &[&str]) {
+    let Some(last) = layers.iter().rposition(|l| keys.iter().any(|k| sets(l, k))) else {
+        return;
+    };
+    for layer in &mut layers[..last] {
+        for k in keys {
+            unset(layer, k);
+        }
+    }
+}
+
 /// Merges the layers (later wins) into one tree for serde.
 pub(super) fn merge(layers: &[Layer]) -> Result<config::Config, config::ConfigError> {
     layers

@@ -279,8 +279,13 @@ fn default_mtu() -> u32 {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// e.g. `https://127.0.0.1:50051`
-    pub endpoint: String,
+    /// Shorthand for a one-entry `endpoints`, e.g. `https://127.0.0.1:50051`.
+    /// Read it through [`ControllerConfig::endpoints`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The controllers, in the order the session tries them (1..=16 of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     /// The name the controller's certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -326,6 +331,60 @@ pub struct OvsConfig {
 
 /// `backoff_max_ms` above an hour is a typo, and TOML integers are i64.
 const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// More controller replicas than this is a typo too.
+pub const MAX_ENDPOINTS: usize = 16;
+
+impl ControllerConfig {
+    /// The controllers to try, in order: `endpoints`, or `endpoint` alone.
+    /// `Config::load` refused a config with both, or neither.
+    pub fn endpoints(&self) -> &[String] {
+        match &self.endpoint {
+            Some(one) => std::slice::from_ref(one),
+            None => &self.endpoints,
+        }
+    }
+
+    /// The key at fault (`controller.endpoints[1]`) and why.
+    fn check_endpoints(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((key.to_string(), message));
+        match (&self.endpoint, self.endpoints.len()) {
+            (Some(_), n) if n > 0 => {
+                return bad(
+                    "controller.endpoint",
+                    "set controller.endpoint or controller.endpoints, not both".into(),
+                )
+            }
+            (None, 0) => {
+                return bad(
+                    "controller.endpoints",
+                    "missing or empty: set controller.endpoints, or controller.endpoint for one"
+                        .into(),
+                )
+            }
+            (None, n) if n > MAX_ENDPOINTS => {
+                return bad(
+                    "controller.endpoints",
+                    format!("{n} entries: at most {MAX_ENDPOINTS}"),
+                )
+            }
+            _ => {}
+        }
+        let all = self.endpoints();
+        for (i, e) in all.iter().enumerate() {
+            let key = match self.endpoint {
+                Some(_) => "controller.endpoint".to_string(),
+                None => format!("controller.endpoints[{i}]"),
+            };
+            if !e.starts_with("https://") {
+                return bad(&key, format!("{e:?}: must be an https:// URL (mTLS only)"));
+            }
+            if let Some(first) = all[..i].iter().position(|x| x == e) {
+                return bad(&key, format!("{e:?} is also controller.endpoints[{first}]"));
+            }
+        }
+        Ok(())
+    }
+}
 
 fn default_server_name() -> String {
     "dpu-controller".into()
@@ -399,14 +458,18 @@ impl Config {
         V: Into<OsString>,
     {
         let env = env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let layers = layers::read(path, env)?;
+        let mut layers = layers::read(path, env)?;
+        layers::one_setting(
+            &mut layers,
+            &["controller.endpoint", "controller.endpoints"],
+        );
         let origins = layers::Origins::of(&layers);
         let config: Config = layers::merge(&layers)
             .and_then(|c| c.try_deserialize())
             .map_err(|e| origins.explain(e))?;
         config
             .check()
-            .map_err(|(key, message)| origins.invalid(key, message))?;
+            .map_err(|(key, message)| origins.invalid(&key, message))?;
         Ok(Loaded {
             config,
             sources: layers.into_iter().map(|l| l.origin).collect(),
@@ -424,8 +487,8 @@ impl Config {
     }
 
     /// The rules serde cannot express: the key at fault and why.
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        let bad = |key, message: String| Err((key, message));
+    fn check(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, message: String| Err((key.to_string(), message));
         if let Err(m) = dpu_model::check_name(&self.node_name) {
             return bad("node_name", m);
         }
@@ -472,15 +535,7 @@ impl Config {
         if self.ovs.bridge.is_empty() || self.ovs.bridge.len() > 15 {
             return bad("ovs.bridge", "must be 1..=15 characters".into());
         }
-        if !self.controller.endpoint.starts_with("https://") {
-            return bad(
-                "controller.endpoint",
-                format!(
-                    "{:?}: must be an https:// URL (mTLS only)",
-                    self.controller.endpoint
-                ),
-            );
-        }
+        self.controller.check_endpoints()?;
         if let Some(shim) = &self.shim {
             if let Err(m) = dpu_model::check_name(&shim.client_name) {
                 return bad("shim.client_name", m);
@@ -697,6 +752,115 @@ run_dir = "/run/openvswitch"
         );
     }
 
+    /// GOOD with its `endpoint` line replaced by `line`.
+    fn with_endpoints(line: &str) -> Result<Config, String> {
+        load(&GOOD.replace("endpoint = \"https://127.0.0.1:50051\"", line))
+    }
+
+    #[test]
+    fn endpoint_is_a_one_entry_endpoints() {
+        let one = load(GOOD).unwrap();
+        assert_eq!(one.controller.endpoints(), ["https://127.0.0.1:50051"]);
+        let two = with_endpoints(r#"endpoints = ["https://a:50051", "https://b:50051"]"#).unwrap();
+        assert_eq!(
+            two.controller.endpoints(),
+            ["https://a:50051", "https://b:50051"]
+        );
+        // check-config prints the list as given, and it loads back.
+        let printed = two.to_redacted_toml().unwrap();
+        assert!(
+            printed.contains("endpoints = [\"https://a:50051\", \"https://b:50051\"]"),
+            "{printed}"
+        );
+        assert_eq!(
+            load(&printed).unwrap().controller.endpoints(),
+            two.controller.endpoints()
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_entry() {
+        let e = with_endpoints(r#"endpoints = ["https://a:1", "http://b:1"]"#).unwrap_err();
+        assert!(
+            e.contains(": controller.endpoints[1]: \"http://b:1\": must be an https:// URL"),
+            "{e}"
+        );
+        let e = with_endpoints(r#"endpoint = "http://a:1""#).unwrap_err();
+        assert!(
+            e.contains(": controller.endpoint: \"http://a:1\": must be an https:// URL"),
+            "{e}"
+        );
+        let e = with_endpoints(r#"endpoints = ["https://a:1", "https://b:1", "https://a:1"]"#)
+            .unwrap_err();
+        assert!(
+            e.contains(
+                ": controller.endpoints[2]: \"https://a:1\" is also controller.endpoints[0]"
+            ),
+            "{e}"
+        );
+        let e = with_endpoints("endpoints = []").unwrap_err();
+        assert!(e.contains(": controller.endpoints: missing"), "{e}");
+        let e = with_endpoints("").unwrap_err();
+        assert!(e.contains(": controller.endpoints: missing"), "{e}");
+        let seventeen: Vec<String> = (0..17).map(|i| format!("\"https://c{i}:1\"")).collect();
+        let e = with_endpoints(&format!("endpoints = [{}]", seventeen.join(", "))).unwrap_err();
+        assert!(
+            e.contains(": controller.endpoints: 17 entries: at most 16"),
+            "{e}"
+        );
+        let sixteen = &seventeen[..16];
+        assert!(with_endpoints(&format!("endpoints = [{}]", sixteen.join(", "))).is_ok());
+    }
+
+    #[test]
+    fn endpoint_and_endpoints_together_are_refused() {
+        let e = with_endpoints("endpoint = \"https://a:1\"\nendpoints = [\"https://b:1\"]")
+            .unwrap_err();
+        assert!(
+            e.contains(
+                ": controller.endpoint: set controller.endpoint or controller.endpoints, not both"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_later_layer_sets_the_endpoints_whichever_key_it_uses() {
+        // The packaged file has `endpoint`; a drop-in lists two, and a variable
+        // puts one back.
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("agent.toml");
+        std::fs::write(&main, GOOD).unwrap();
+        let drop_in = drop_in_dir(&main);
+        std::fs::create_dir(&drop_in).unwrap();
+        std::fs::write(
+            drop_in.join("50-provision.toml"),
+            "[controller]\nendpoints = [\"https://a:1\", \"https://b:1\"]\n",
+        )
+        .unwrap();
+        let endpoints = |env: Vec<(&str, &str)>| {
+            Config::load_layers(&main, env)
+                .map(|l| l.config.controller.endpoints().to_vec())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(endpoints(vec![]).unwrap(), ["https://a:1", "https://b:1"]);
+        assert_eq!(
+            endpoints(vec![("DPU_AGENT_CONTROLLER__ENDPOINT", "https://c:1")]).unwrap(),
+            ["https://c:1"]
+        );
+        // Both in one layer is still an error, and names the layer.
+        std::fs::write(
+            drop_in.join("60-both.toml"),
+            "[controller]\nendpoint = \"https://c:1\"\nendpoints = [\"https://d:1\"]\n",
+        )
+        .unwrap();
+        let e = endpoints(vec![]).unwrap_err();
+        assert!(
+            e.contains("60-both.toml: controller.endpoint: set controller.endpoint or controller.endpoints, not both"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn enroll_needs_exactly_one_token_source() {
         let both = format!("{GOOD}[enroll]\ntoken = \"dpub.abc\"\ntoken_file = \"/t\"\n");
@@ -758,7 +922,7 @@ run_dir = "/run/openvswitch"
 node_name = "dpu-1"
 state_dir = "/var/lib/dpu-agent"
 [controller]
-endpoint = "https://127.0.0.1:50051"
+endpoints = ["https://10.0.0.1:50051", "https://10.0.0.2:50051"]
 server_name = "ctl"
 ca_file = "ca.pem"
 cert_file = "dpu-1.pem"
@@ -836,11 +1000,15 @@ mac = "02:d9:00:00:01:01"
         ))
         .unwrap();
         let mut full: toml::Table = toml::from_str(FULL).unwrap();
-        // One of the pair is allowed at a time; the docs list both.
+        // One of each pair is allowed at a time; the docs list both.
         full["enroll"]
             .as_table_mut()
             .unwrap()
             .insert("token".into(), "x".into());
+        full["controller"]
+            .as_table_mut()
+            .unwrap()
+            .insert("endpoint".into(), "x".into());
         let mut all = Vec::new();
         keys("", &full, &mut all);
         // FULL itself must be complete: every key the schema prints is in it.

@@ -175,8 +175,9 @@ impl NodeIdentity {
         Ok(Ok(info))
     }
 
-    /// A usable certificate: the one on disk, or a new one by enrollment.
-    pub async fn ensure(&self) -> Result<CertInfo, EnrollError> {
+    /// A usable certificate: the one on disk, or a new one by enrollment with
+    /// the controller at `endpoint`.
+    pub async fn ensure(&self, endpoint: &str) -> Result<CertInfo, EnrollError> {
         self.finish_interrupted()?;
         match self.current()? {
             Ok(info) => Ok(info),
@@ -192,7 +193,7 @@ impl NodeIdentity {
                         .unwrap_or_else(|| PathBuf::from("enroll.token")),
                     source,
                 })?;
-                let info = self.enroll(&token).await?;
+                let info = self.enroll(endpoint, &token).await?;
                 tracing::info!(node = %self.node, serial = %info.serial,
                     not_after = unix(info.not_after), "enrolled");
                 Ok(info)
@@ -200,9 +201,9 @@ impl NodeIdentity {
         }
     }
 
-    async fn enroll(&self, token: &str) -> Result<CertInfo, EnrollError> {
+    async fn enroll(&self, endpoint: &str, token: &str) -> Result<CertInfo, EnrollError> {
         let (key, csr) = self.key_and_csr()?;
-        let channel = session::connect_with(&self.controller, false).await?;
+        let channel = session::connect_with(&self.controller, endpoint, false).await?;
         let answer = EnrollmentClient::new(channel)
             .enroll(pb::EnrollRequest {
                 node: self.node.clone(),
@@ -215,10 +216,11 @@ impl NodeIdentity {
         self.install("enrollment", &key, &answer)
     }
 
-    /// Renews over mTLS with the current certificate, with a fresh key.
-    pub async fn renew(&self) -> Result<CertInfo, EnrollError> {
+    /// Renews with the controller at `endpoint`, over mTLS with the current
+    /// certificate, with a fresh key.
+    pub async fn renew(&self, endpoint: &str) -> Result<CertInfo, EnrollError> {
         let (key, csr) = self.key_and_csr()?;
-        let channel = session::connect_with(&self.controller, true).await?;
+        let channel = session::connect_with(&self.controller, endpoint, true).await?;
         let answer = EnrollmentClient::new(channel)
             .renew(pb::RenewRequest { csr_pem: csr })
             .await
@@ -376,7 +378,8 @@ mod tests {
         NodeIdentity {
             node: "dpu-1".into(),
             controller: ControllerConfig {
-                endpoint: "https://127.0.0.1:1".into(),
+                endpoint: Some("https://127.0.0.1:1".into()),
+                endpoints: Vec::new(),
                 server_name: "dpu-controller".into(),
                 ca_file: dir.join("ca.pem"),
                 cert_file: dir.join("id/node.pem"),
@@ -432,7 +435,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let e = rt.block_on(id.ensure()).unwrap_err().to_string();
+        let e = rt
+            .block_on(id.ensure("https://127.0.0.1:1"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no bootstrap token"), "{e}");
     }
 

@@ -1,5 +1,7 @@
 //! The control session and enrollment: the mTLS gRPC stream to the controller
-//! (`session`), and the node identity and certificate enrollment (`enroll`).
+//! (`session`), which endpoint it tries next (`rotation`), and the node identity
+//! and certificate enrollment (`enroll`).
 
 pub mod enroll;
+pub mod rotation;
 pub mod session;

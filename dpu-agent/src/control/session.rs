@@ -1,9 +1,12 @@
-//! The controller session: one mTLS gRPC stream, re-established forever with
-//! exponential backoff and jitter. It only carries messages: updates go to the
-//! agent loop, which answers each with an Ack or a Nack; it never touches OVS.
+//! The controller session: one mTLS gRPC stream, re-established forever. With
+//! several controller endpoints it fails over round robin, with exponential
+//! backoff and jitter per failed pass over the list (`rotation`). It only
+//! carries messages: updates go to the agent loop, which answers each with an
+//! Ack or a Nack; it never touches OVS.
 //!
 //! States: `Backoff → Connecting → Streaming → Backoff`. The agent's applied
-//! version is read at every connect, so a reconnect resumes from it.
+//! version is read at every connect, so a reconnect (to any endpoint) resumes
+//! from it.
 
 use std::time::Duration;
 
@@ -17,13 +20,15 @@ use std::time::SystemTime;
 
 use crate::config::ControllerConfig;
 use crate::control::enroll::{CertInfo, NodeIdentity};
+use crate::control::rotation::{jittered, Rotation};
 
 /// What the session hands to the agent loop.
 #[derive(Debug)]
 pub enum SessionEvent {
     /// An update to apply; the loop sends the Ack or Nack back on `reply`.
     Update(pb::Update, oneshot::Sender<pb::agent_message::Msg>),
-    Connected(bool),
+    /// The session is up on this endpoint (`Some`), or down (`None`).
+    Connected(Option<String>),
     /// The controller's view of unhealthy backends, over all nodes.
     Health(pb::Health),
 }
@@ -82,57 +87,66 @@ pub async fn run(
     mut feeds: Feeds,
     events: mpsc::Sender<SessionEvent>,
 ) {
-    let min = Duration::from_millis(cfg.backoff_min_ms);
-    let max = Duration::from_millis(cfg.backoff_max_ms);
-    let mut backoff = min;
+    let endpoints = cfg.endpoints().to_vec();
+    let mut rotation = Rotation::new(
+        endpoints.len(),
+        Duration::from_millis(cfg.backoff_min_ms),
+        Duration::from_millis(cfg.backoff_max_ms),
+    );
     loop {
+        let endpoint = endpoints[rotation.current()].as_str();
         let started = tokio::time::Instant::now();
         let renewal = match &identity {
             None => Ok(None),
-            Some(id) => match id.ensure().await {
+            // Enrollment and renewal go to the endpoint the session tries now.
+            Some(id) => match id.ensure(endpoint).await {
                 // Due while no stream is up (refused, unreachable): renew before
                 // connecting; on failure the still-valid certificate is used.
-                Ok(info) if SystemTime::now() >= info.renew_at() => match id.renew().await {
-                    Ok(renewed) => Ok(Some((id, renewed))),
-                    Err(e) => {
-                        tracing::warn!(node = %node, error = %e, "certificate renewal failed");
-                        Ok(Some((id, info)))
+                Ok(info) if SystemTime::now() >= info.renew_at() => {
+                    match id.renew(endpoint).await {
+                        Ok(renewed) => Ok(Some((id, renewed))),
+                        Err(e) => {
+                            tracing::warn!(node = %node, endpoint, error = %e, "certificate renewal failed");
+                            Ok(Some((id, info)))
+                        }
                     }
-                },
+                }
                 other => other.map(|info| Some((id, info))),
             },
         };
         let result = match renewal {
-            Ok(renewal) => stream_once(&cfg, &node, renewal, &mut feeds, &events).await,
+            Ok(renewal) => stream_once(&cfg, endpoint, &node, renewal, &mut feeds, &events).await,
             Err(e) => {
-                tracing::warn!(node = %node, error = %e, "no usable node certificate");
+                tracing::warn!(node = %node, endpoint, error = %e, "no usable node certificate");
                 Ok(Ended::Closed)
             }
         };
         match result {
             Ok(Ended::Renewed) => {
-                tracing::info!(endpoint = %cfg.endpoint, "reconnecting with the renewed certificate");
-                backoff = min;
+                tracing::info!(endpoint, "reconnecting with the renewed certificate");
+                rotation.renewed();
                 continue;
             }
             Ok(Ended::Closed) => {
-                tracing::warn!(endpoint = %cfg.endpoint, "controller session ended")
+                tracing::warn!(endpoint, "controller session ended")
             }
             Err(SessionError::AgentGone) => return,
             Err(e) => {
-                tracing::warn!(endpoint = %cfg.endpoint, error = %e, "controller session failed")
+                tracing::warn!(endpoint, error = %e, "controller session failed")
             }
         }
-        if events.send(SessionEvent::Connected(false)).await.is_err() {
+        if events.send(SessionEvent::Connected(None)).await.is_err() {
             return;
         }
-        // A session that lasted a while resets the backoff.
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = min;
+        let wait = rotation.failed(started.elapsed());
+        if endpoints.len() > 1 {
+            tracing::info!(
+                next = %endpoints[rotation.current()],
+                wait_ms = wait.as_millis() as u64,
+                "trying the next controller endpoint"
+            );
         }
-        let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
-        tokio::time::sleep(jittered).await;
-        backoff = (backoff * 2).min(max);
+        tokio::time::sleep(jittered(wait, rand::random::<f64>())).await;
     }
 }
 
@@ -157,16 +171,20 @@ fn read(path: &std::path::Path) -> Result<Vec<u8>, SessionError> {
     })
 }
 
-/// Builds the mTLS channel. Files are read at every connect, so renewed
-/// certificates are picked up without a restart.
-pub async fn connect(cfg: &ControllerConfig) -> Result<tonic::transport::Channel, SessionError> {
-    connect_with(cfg, true).await
+/// Builds the mTLS channel to `endpoint`. Files are read at every connect, so
+/// renewed certificates are picked up without a restart.
+pub async fn connect(
+    cfg: &ControllerConfig,
+    endpoint: &str,
+) -> Result<tonic::transport::Channel, SessionError> {
+    connect_with(cfg, endpoint, true).await
 }
 
 /// Builds the channel; without `client_identity` only the controller is
 /// authenticated (enrollment, before the node has a certificate).
 pub async fn connect_with(
     cfg: &ControllerConfig,
+    endpoint: &str,
     client_identity: bool,
 ) -> Result<tonic::transport::Channel, SessionError> {
     let mut tls = ClientTlsConfig::new()
@@ -179,10 +197,10 @@ pub async fn connect_with(
         ));
     }
     let err = |detail: String| SessionError::Connect {
-        endpoint: cfg.endpoint.clone(),
+        endpoint: endpoint.to_string(),
         detail,
     };
-    Endpoint::from_shared(cfg.endpoint.clone())
+    Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| err(e.to_string()))?
         .tls_config(tls)
         .map_err(|e| err(e.to_string()))?
@@ -207,6 +225,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn stream_once(
     cfg: &ControllerConfig,
+    endpoint: &str,
     node: &str,
     renewal: Option<(&NodeIdentity, CertInfo)>,
     feeds: &mut Feeds,
@@ -222,7 +241,7 @@ async fn stream_once(
     let mut renew_at = renewal
         .as_ref()
         .map(|(_, info)| instant_of(info.renew_at()));
-    let channel = connect(cfg).await?;
+    let channel = connect(cfg, endpoint).await?;
     let mut client = AgentControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(16);
     let send = |m: Msg| {
@@ -240,13 +259,13 @@ async fn stream_once(
         .session(ReceiverStream::new(rx))
         .await
         .map_err(|s| SessionError::Connect {
-            endpoint: cfg.endpoint.clone(),
+            endpoint: endpoint.to_string(),
             detail: format!("{}: {}", s.code(), s.message()),
         })?
         .into_inner();
-    tracing::info!(endpoint = %cfg.endpoint, version, "controller session established");
+    tracing::info!(endpoint, version, "controller session established");
     events
-        .send(SessionEvent::Connected(true))
+        .send(SessionEvent::Connected(Some(endpoint.to_string())))
         .await
         .map_err(|_| SessionError::AgentGone)?;
     let initial = status.borrow_and_update().clone();
@@ -316,7 +335,7 @@ async fn stream_once(
                 if renew_at.is_some() =>
             {
                 let Some((id, info)) = &renewal else { continue };
-                match id.renew().await {
+                match id.renew(endpoint).await {
                     Ok(_) => return Ok(Ended::Renewed),
                     Err(e) => {
                         let retry = renew_retry(info);

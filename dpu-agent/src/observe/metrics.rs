@@ -264,13 +264,15 @@ pub fn families(x: &Input<'_>) -> Vec<Family> {
         // Both the loop and the registry record it; whichever is newer wins.
         .single(s.desired_version.max(r.desired_version)),
     );
-    out.push(
-        Family::gauge(
-            "dpu_controller_connected",
-            "1 while the control stream to the controller is up.",
-        )
-        .single(s.controller_connected),
+    let mut connected = Family::gauge(
+        "dpu_controller_connected",
+        "1 while the control stream to a controller is up, labelled with its endpoint.",
     );
+    match &s.controller {
+        Some(endpoint) => connected.push(l([("endpoint", endpoint)]), 1u64),
+        None => connected.push(Vec::new(), 0u64),
+    }
+    out.push(connected);
     out.push(Family::gauge("dpu_services", "Services in the applied intent.").single(s.services));
     out.push(
         Family::gauge("dpu_openflow_flows", "OpenFlow flows the agent installed.").single(s.flows),

@@ -90,7 +90,8 @@ pub struct Summary {
     /// The newest version the controller sent (applied or not).
     pub desired_version: u64,
     pub have_intent: bool,
-    pub controller_connected: bool,
+    /// The endpoint the controller session is up on; `None` while it is down.
+    pub controller: Option<String>,
     pub services: usize,
     pub flows: usize,
     pub groups: usize,
