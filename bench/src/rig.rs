@@ -115,6 +115,7 @@ impl Rig {
             node: dpu_lab::fixture::NODE,
             state: &self.lab.path("agent-state"),
             controller_addr: &self.lab.controller_addr,
+            standby_addrs: &[],
             ca: &self.lab.pki().join("ca.pem"),
             cert: &cert,
             key: &key,

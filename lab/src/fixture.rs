@@ -34,6 +34,9 @@ pub struct Lab {
     pub bridge: String,
     pub work: TempDir,
     pub controller_addr: String,
+    /// More controller addresses the agent lists after `controller_addr`
+    /// (`add_standby_controller`); nothing listens there until a test starts one.
+    pub standby_controller_addrs: Vec<String>,
     /// More arguments for `dpu-controller serve`.
     pub serve_args: Vec<String>,
     /// When set, the agent has no issued certificate: it enrolls with the token
@@ -94,6 +97,7 @@ impl Lab {
             prefix,
             bridge,
             controller_addr: format!("127.0.0.1:{}", free_port()?),
+            standby_controller_addrs: Vec::new(),
             serve_args: Vec::new(),
             enroll_token_file: None,
             agent_nofile: None,
@@ -169,15 +173,30 @@ impl Lab {
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
-        let c = start_controller_process(
-            &self.ctl_state(),
-            &self.intent_dir(),
-            &self.controller_addr,
-            &self.serve_args,
-            &self.log("controller"),
-        )?;
+        let c = self.start_controller_at(&self.controller_addr, "controller")?;
         self.controller = Some(c);
         Ok(())
+    }
+
+    /// A free loopback address the agent lists as its next controller endpoint
+    /// (from the next `start_agent`). Nothing listens there yet.
+    pub fn add_standby_controller(&mut self) -> Result<String> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        self.standby_controller_addrs.push(addr.clone());
+        Ok(addr)
+    }
+
+    /// Starts one more `dpu-controller serve` on `addr` with this lab's state
+    /// and intent directories (a second replica of the same store), logging to
+    /// `logs/<log>.log`. The caller owns it.
+    pub fn start_controller_at(&self, addr: &str, log: &str) -> Result<Child> {
+        start_controller_process(
+            &self.ctl_state(),
+            &self.intent_dir(),
+            addr,
+            &self.serve_args,
+            &self.log(log),
+        )
     }
 
     /// Creates a bootstrap token for `node` (`dpu-controller token create`).
@@ -228,6 +247,7 @@ impl Lab {
             node: NODE,
             state: &self.path("agent-state"),
             controller_addr: &self.controller_addr,
+            standby_addrs: &self.standby_controller_addrs,
             ca,
             cert: &cert,
             key: &key,
@@ -566,6 +586,8 @@ pub struct AgentFiles<'a> {
     pub node: &'a str,
     pub state: &'a Path,
     pub controller_addr: &'a str,
+    /// Listed after `controller_addr` in `controller.endpoints`.
+    pub standby_addrs: &'a [String],
     pub ca: &'a Path,
     pub cert: &'a Path,
     pub key: &'a Path,
@@ -580,7 +602,7 @@ pub fn agent_config_text(f: &AgentFiles) -> String {
 state_dir = "{state}"
 
 [controller]
-endpoint = "https://{addr}"
+{endpoints}
 server_name = "dpu-controller"
 ca_file = "{ca}"
 cert_file = "{cert}"
@@ -596,7 +618,7 @@ datapath_type = "netdev"
 {backend}{netns}"#,
         node = f.node,
         state = f.state.display(),
-        addr = f.controller_addr,
+        endpoints = endpoints_line(f),
         ca = f.ca.display(),
         cert = f.cert.display(),
         key = f.key.display(),
@@ -617,6 +639,18 @@ datapath_type = "netdev"
             .map(|ns| format!("netns = \"/run/netns/{ns}\"\n"))
             .unwrap_or_default(),
     ) + &observer_sections(f)
+}
+
+/// `endpoint = "https://A"`, or `endpoints = [...]` with the standby addresses.
+fn endpoints_line(f: &AgentFiles) -> String {
+    if f.standby_addrs.is_empty() {
+        return format!("endpoint = \"https://{}\"", f.controller_addr);
+    }
+    let all: Vec<String> = std::iter::once(f.controller_addr)
+        .chain(f.standby_addrs.iter().map(String::as_str))
+        .map(|a| format!("\"https://{a}\""))
+        .collect();
+    format!("endpoints = [{}]", all.join(", "))
 }
 
 /// `[metrics]` on a free loopback port and `[ops]` beside the state directory:

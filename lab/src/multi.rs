@@ -236,6 +236,7 @@ impl MultiLab {
             node: &node,
             state: &self.path(&format!("agent-state-{node}")),
             controller_addr: &self.controller_addr,
+            standby_addrs: &[],
             ca: &pki.join("ca.pem"),
             cert: &pki.join(format!("{node}.pem")),
             key: &pki.join(format!("{node}.key")),

@@ -1,9 +1,13 @@
 //! The manifests and hosts most lab tests start from: one VPC, a client and
 //! echo backends behind a Service.
 
+use std::thread::JoinHandle;
+use std::time::Duration;
+
 use anyhow::Result;
 
 use crate::fixture::Lab;
+use crate::traffic::{self, TrafficResult};
 
 pub const VIP: &str = "10.96.0.10";
 pub const GW: &str = "10.0.1.1";
@@ -95,6 +99,19 @@ pub fn backends_lab(tag: &str, n: u8, service: &str) -> Result<Lab> {
     lab.write_manifest("00-vpc.yaml", &yaml)?;
     lab.write_manifest("10-svc.yaml", service)?;
     Ok(lab)
+}
+
+/// Load for the whole of a fault, from `client` to VIP:80: 300 new TCP
+/// connections, one every 50 ms (about 15 s), each bounded by 2 s. Join it
+/// for the result.
+pub fn spawn_fault_load(lab: &Lab) -> Result<JoinHandle<Result<TrafficResult>>> {
+    traffic::spawn_tcp_load(
+        &lab.host("client")?.ns,
+        &format!("{VIP}:80"),
+        300,
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    )
 }
 
 pub fn web_service(extra: &str) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use dpu_lab::process::wait_until;
-use dpu_lab::scenario::{backends_lab, web_service, VIP};
+use dpu_lab::scenario::{backends_lab, spawn_fault_load, web_service};
 use dpu_lab::traffic;
 
 /// The `update applied` lines of the agent's log after byte `from`, without the
@@ -62,15 +62,7 @@ fn with_the_controller_down_forwarding_goes_on_a_restarted_agent_restores_and_re
     };
     let groups_before = sorted(lab.groups()?);
 
-    // Load for the whole fault: 300 new connections, one every 50 ms (about
-    // 15 s), each bounded by 2 s.
-    let load = traffic::spawn_tcp_load(
-        &lab.host("client")?.ns,
-        &format!("{VIP}:80"),
-        300,
-        Duration::from_millis(50),
-        Duration::from_secs(2),
-    )?;
+    let load = spawn_fault_load(&lab)?;
     std::thread::sleep(Duration::from_secs(1));
 
     // The controller dies.
