@@ -104,7 +104,14 @@ fn main() {
                 .unwrap()
         });
         let mut applied = Applied::default();
-        let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, update.clone()));
+        let h = rt.block_on(applied.handle_update(
+            "dpu-1",
+            &store,
+            &mut rec,
+            &[],
+            &facts,
+            update.clone(),
+        ));
         assert!(h.changed.is_some(), "{:?}", h.msg);
         let sw = encoded.lock().unwrap();
         let t = &h.timings;

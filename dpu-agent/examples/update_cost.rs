@@ -100,7 +100,8 @@ fn incremental(n: usize, rounds: usize) {
     let mut rec = rt.block_on(async { Reconciler::start(NullSwitch).await.ok().unwrap() });
     let mut applied = Applied::default();
     let t = Instant::now();
-    let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, snap.clone()));
+    let h =
+        rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, snap.clone()));
     assert!(h.changed.is_some(), "{:?}", h.msg);
     println!(
         "N={n} workloads={workloads} flows={} groups={} (snapshot applied in {:.0} ms)",
@@ -120,7 +121,8 @@ fn incremental(n: usize, rounds: usize) {
         let t0 = Instant::now();
         let upd = pb::Update::decode(bytes.as_slice()).unwrap();
         let t1 = Instant::now();
-        let h = rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, upd.clone()));
+        let h =
+            rt.block_on(applied.handle_update("dpu-1", &store, &mut rec, &[], &facts, upd.clone()));
         let t2 = Instant::now();
         let changed = h.changed.expect("applied");
         // The agent replans probes only when the change touches what the plan

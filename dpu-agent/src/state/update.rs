@@ -363,7 +363,10 @@ mod tests {
         let streamed = encode_snapshot(&intent, 4);
         assert_eq!(streamed, snapshot_of(&intent, 4).encode_to_vec());
         let back = pb::Update::decode(streamed.as_slice()).unwrap();
-        assert_eq!((back.version, back.snapshot, back.upserts.len()), (4, true, 3));
+        assert_eq!(
+            (back.version, back.snapshot, back.upserts.len()),
+            (4, true, 3)
+        );
         assert_eq!(
             encode_snapshot(&Intent::default(), 9),
             snapshot_of(&Intent::default(), 9).encode_to_vec()
