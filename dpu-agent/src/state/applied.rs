@@ -279,6 +279,12 @@ impl Applied {
             groups_deleted = stats.groups_deleted,
             pending = ?compiled.pending_ports,
             unreachable = ?compiled.unreachable,
+            // Where a slow update's time went, in microseconds.
+            us_validate = t.next_intent.as_micros() as u64,
+            us_alloc = t.alloc.as_micros() as u64,
+            us_compile = t.compile.as_micros() as u64,
+            us_switch = t.reconcile.as_micros() as u64,
+            us_persist = t.persist.as_micros() as u64,
             "update applied"
         );
         Handled {
