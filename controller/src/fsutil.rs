@@ -58,6 +58,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Holds an exclusive flock(2) on `path` (made mode 0600 if missing) until the
+/// returned guard drops: the one way processes sharing a state directory take
+/// turns at a read-modify-write.
+pub fn lock_exclusive(path: &Path) -> io::Result<nix::fcntl::Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(SECRET_MODE)
+        .open(path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io::Error::from(errno))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //!
 //! - **Foundations**: `diag`, `escape`, `fsutil`, `timeutil`, `shutdown` (the
 //!   signal every task follows), `csr`, `dirwatch`, `pki`, `nodes`, `tokens`,
-//!   `store`.
+//!   `store`, `kv` (the store interface, embedded and on etcd).
 //! - **Intent**: `manifest`, `resolve`, `load`, `reload`, `view`, `authz`,
 //!   `reported`, `merge`, `session` (one session's state machine) and
 //!   `verdicts` (health claims and what counts of them).
@@ -35,6 +35,7 @@ pub mod enrollcmd;
 pub mod escape;
 pub mod fsutil;
 pub mod hub;
+pub mod kv;
 pub mod load;
 pub mod manifest;
 pub mod merge;

@@ -7,15 +7,14 @@
 //! re-admission, the bound on live certificates) are pure methods of
 //! `NodeRecord`.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{ensure_private_dir, write_atomic, SECRET_MODE};
+use crate::fsutil::{ensure_private_dir, lock_exclusive, write_atomic, SECRET_MODE};
 
 /// A node may hold at most this many unexpired certificates; a renewing agent
 /// needs two at a time. The bound keeps every live serial in the record, so a
@@ -253,15 +252,7 @@ impl NodeStore {
     fn lock(&self) -> Result<Flock<fs::File>, NodeError> {
         ensure_private_dir(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(SECRET_MODE)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_err(&path)(io::Error::from(errno)))
+        lock_exclusive(&path).map_err(io_err(&path))
     }
 }
 

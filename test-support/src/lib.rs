@@ -9,5 +9,6 @@
 //! root and Open vSwitch check) is `dpu-lab`'s, which the demo and the
 //! benchmark use too.
 
+pub mod etcd;
 pub mod pki;
 pub mod props;

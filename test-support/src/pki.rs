@@ -43,11 +43,17 @@ impl TestCa {
     /// DNS name or, if it parses as one, an IP address; the first is also the
     /// subject's common name. It carries the CA's key identifier.
     pub fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.issue_for(names, vec![usage])
+    }
+
+    /// [`TestCa::issue`] with several extended key usages (a server that is also
+    /// a client of itself, as etcd's gateway is).
+    pub fn issue_for(&self, names: &[&str], usages: Vec<ExtendedKeyUsagePurpose>) -> Leaf {
         let first = names.first().expect("a certificate needs a name");
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("valid DNS names or IP addresses");
         params.distinguished_name = common_name_dn(first);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().expect("a fresh key pair");
         let cert = params
