@@ -42,6 +42,85 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Validate manifests (a file, a directory or - for stdin) with everything
+    /// already in the store, then write them in one transaction or not at all.
+    Apply(FileArgs),
+    /// What `apply -f` would change, as a diff. Exit 0: nothing, 1: changes.
+    Diff(FileArgs),
+    /// Print intent objects from the store: all, one kind, or one object.
+    Get {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// YusurService (or Service), Vpc, Subnet, Workload, NetworkProbe,
+        /// DpuNode (or Node); any case, plural or not. Omitted: every kind.
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "yaml")]
+        output: crate::objects::Format,
+    },
+    /// Delete one intent object, if the intent left is still valid.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        kind: String,
+        name: String,
+    },
+}
+
+/// Which store a command works on: the embedded one under --state-dir, or etcd.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("store").required(true).args(["state_dir", "etcd"])))]
+pub struct StoreArgs {
+    /// The embedded store, `<DIR>/store` (the controller's --state-dir).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// etcd's client URLs, https:// only (mutual TLS), comma-separated.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',', requires_all = ["etcd_ca", "etcd_cert", "etcd_key"])]
+    pub etcd: Vec<String>,
+    /// The CA that signed etcd's server certificate.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<PathBuf>,
+    /// The client certificate and key this command shows etcd.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// Every key is under this prefix.
+    #[arg(long, value_name = "PREFIX", default_value = crate::kv::etcd::DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+}
+
+impl StoreArgs {
+    /// Opens the store named.
+    pub async fn open(&self) -> Result<crate::kv::Store, crate::kv::KvError> {
+        use crate::kv::{EtcdOptions, EtcdStore, LocalStore, Store};
+        if let Some(dir) = &self.state_dir {
+            return Ok(Store::Local(LocalStore::open(&dir.join(STORE_DIR))?));
+        }
+        let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
+        Ok(Store::Etcd(
+            EtcdStore::connect(EtcdOptions {
+                endpoints: self.etcd.clone(),
+                ca: path(&self.etcd_ca),
+                cert: path(&self.etcd_cert),
+                key: path(&self.etcd_key),
+                prefix: self.etcd_prefix.clone(),
+            })
+            .await?,
+        ))
+    }
+}
+
+/// The embedded store's directory under the state directory.
+pub const STORE_DIR: &str = "store";
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// A manifest file, a directory of *.yaml / *.yml files, or - (stdin).
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub file: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -23,6 +23,15 @@ impl fmt::Display for Source {
     }
 }
 
+/// Errors one per line, for a message that lists them after a heading.
+pub fn lines(errors: &[IntentError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct IntentError {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,8 @@
 //!   `store`, `kv` (the store interface, embedded and on etcd).
 //! - **Intent**: `manifest`, `resolve`, `load`, `reload`, `view`, `authz`,
 //!   `reported`, `merge`, `session` (one session's state machine) and
-//!   `verdicts` (health claims and what counts of them).
+//!   `verdicts` (health claims and what counts of them), `objects` (intent
+//!   objects in the store: apply, get, delete, diff).
 //! - **Status**: `agentstatus` (an agent's Status, checked and converted), under
 //!   `status` (the document and `StatusHandle`, which records it); `statusfmt`,
 //!   `statusview` and `statuscmd` read the document for `dpu-controller status`.
@@ -21,7 +22,7 @@
 //!   `status`; `revocation` ends sessions through the hub; `enroll` serves
 //!   `Enrollment`.
 //! - **Commands**: `server` wires all of these into `serve` and nothing in the
-//!   library imports it; `cli` and `enrollcmd` are the other commands.
+//!   library imports it; `cli`, `enrollcmd` and `intentcmd` are the other commands.
 
 pub mod agentstatus;
 pub mod authz;
@@ -35,11 +36,13 @@ pub mod enrollcmd;
 pub mod escape;
 pub mod fsutil;
 pub mod hub;
+pub mod intentcmd;
 pub mod kv;
 pub mod load;
 pub mod manifest;
 pub mod merge;
 pub mod nodes;
+pub mod objects;
 pub mod pki;
 pub mod reload;
 pub mod reported;

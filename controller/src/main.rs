@@ -4,7 +4,7 @@
 //! Exit codes: 0 ok, 1 other failure, 2 usage or configuration, 3 invalid intent
 //! at start, 4 TLS/PKI.
 
-use dpu_controller::{cli, enrollcmd, pki, server, statuscmd};
+use dpu_controller::{cli, enrollcmd, intentcmd, objects, pki, server, statuscmd};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -80,6 +80,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 enroll_cert_ttl: a.enroll_cert_ttl,
             }))?;
         }
+        Command::Apply(a) => print!(
+            "{}",
+            store_command(intentcmd::run_apply(&a.store, &a.file))?
+        ),
+        Command::Diff(a) => {
+            let d = store_command(intentcmd::run_diff(&a.store, &a.file))?;
+            print!("{d}");
+            if !d.is_empty() {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                std::process::exit(1);
+            }
+        }
+        Command::Get {
+            store,
+            kind,
+            name,
+            output,
+        } => print!(
+            "{}",
+            store_command(intentcmd::run_get(
+                &store,
+                kind.as_deref(),
+                name.as_deref(),
+                output
+            ))?
+        ),
+        Command::Delete { store, kind, name } => {
+            print!(
+                "{}",
+                store_command(intentcmd::run_delete(&store, &kind, &name))?
+            )
+        }
         Command::Status(a) => print!("{}", statuscmd::run(&a.state_dir, &a.query())?),
         Command::Token { command } => print!(
             "{}",
@@ -106,11 +138,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command on the store on a runtime of its own.
+fn store_command<T>(
+    f: impl std::future::Future<Output = Result<T, objects::ObjectError>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(runtime.block_on(f)?)
+}
+
 /// Maps a failure to its exit code by the first typed error in the chain.
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<server::ServeError>() {
             return s.exit_code();
+        }
+        if let Some(o) = cause.downcast_ref::<objects::ObjectError>() {
+            return o.exit_code();
         }
         if let Some(c) = cause.downcast_ref::<enrollcmd::CmdError>() {
             return c.exit_code();

@@ -27,7 +27,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::diag::IntentError;
+use crate::diag::{lines, IntentError};
 use crate::effective::{Commit, Effective};
 use crate::enroll::{EnrollService, Enroller, MAX_REQUEST_BYTES};
 use crate::fsutil::ensure_private_dir;
@@ -109,14 +109,6 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Transport(String),
-}
-
-fn lines(errors: &[IntentError]) -> String {
-    errors
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n  ")
 }
 
 impl ServeError {
