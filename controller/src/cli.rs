@@ -28,7 +28,7 @@ pub enum Command {
     },
     /// Issue a node certificate (--node) or a server certificate (--server).
     Issue(IssueArgs),
-    /// Serve the intent in --intent-dir to agents.
+    /// Serve the intent in the store (and --intent-dir, imported into it) to agents.
     Serve(ServeArgs),
     /// Show what the controller last recorded in --state-dir.
     Status(StatusArgs),
@@ -74,13 +74,20 @@ pub struct StoreArgs {
     /// The embedded store, `<DIR>/store` (the controller's --state-dir).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// etcd, for `serve` and the intent commands.
+#[derive(Debug, Clone, Args)]
+pub struct EtcdArgs {
     /// etcd's client URLs, https:// only (mutual TLS), comma-separated.
     #[arg(long, value_name = "URL,...", value_delimiter = ',', requires_all = ["etcd_ca", "etcd_cert", "etcd_key"])]
     pub etcd: Vec<String>,
     /// The CA that signed etcd's server certificate.
     #[arg(long, value_name = "FILE")]
     pub etcd_ca: Option<PathBuf>,
-    /// The client certificate and key this command shows etcd.
+    /// The client certificate and key shown to etcd.
     #[arg(long, value_name = "FILE")]
     pub etcd_cert: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
@@ -90,24 +97,34 @@ pub struct StoreArgs {
     pub etcd_prefix: String,
 }
 
+impl EtcdArgs {
+    /// The etcd options, if --etcd was given.
+    pub fn options(&self) -> Option<crate::kv::EtcdOptions> {
+        if self.etcd.is_empty() {
+            return None;
+        }
+        let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
+        Some(crate::kv::EtcdOptions {
+            endpoints: self.etcd.clone(),
+            ca: path(&self.etcd_ca),
+            cert: path(&self.etcd_cert),
+            key: path(&self.etcd_key),
+            prefix: self.etcd_prefix.clone(),
+        })
+    }
+}
+
 impl StoreArgs {
     /// Opens the store named.
     pub async fn open(&self) -> Result<crate::kv::Store, crate::kv::KvError> {
-        use crate::kv::{EtcdOptions, EtcdStore, LocalStore, Store};
-        if let Some(dir) = &self.state_dir {
-            return Ok(Store::Local(LocalStore::open(&dir.join(STORE_DIR))?));
+        use crate::kv::{EtcdStore, LocalStore, Store};
+        match (&self.state_dir, self.etcd.options()) {
+            (_, Some(o)) => Ok(Store::Etcd(EtcdStore::connect(o).await?)),
+            (Some(dir), None) => Ok(Store::Local(LocalStore::open(&dir.join(STORE_DIR))?)),
+            (None, None) => Err(crate::kv::KvError::Refused(
+                "give --state-dir or --etcd".into(),
+            )),
         }
-        let path = |p: &Option<PathBuf>| p.clone().unwrap_or_default();
-        Ok(Store::Etcd(
-            EtcdStore::connect(EtcdOptions {
-                endpoints: self.etcd.clone(),
-                ca: path(&self.etcd_ca),
-                cert: path(&self.etcd_cert),
-                key: path(&self.etcd_key),
-                prefix: self.etcd_prefix.clone(),
-            })
-            .await?,
-        ))
     }
 }
 
@@ -227,9 +244,14 @@ pub struct IssueArgs {
 pub struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
-    /// The directory of *.yaml / *.yml manifests (not recursive).
+    /// The directory of *.yaml / *.yml manifests (not recursive), imported
+    /// into the store whenever it changes. Without it, the intent is what
+    /// `apply` wrote.
     #[arg(long, value_name = "DIR")]
-    pub intent_dir: PathBuf,
+    pub intent_dir: Option<PathBuf>,
+    /// The store on etcd instead of the embedded one in --state-dir.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// The DNS name agents verify the controller by.

@@ -95,6 +95,11 @@ impl Effective {
         &self.summaries
     }
 
+    /// The manifests in force (the store's objects, resolved).
+    pub fn manifests(&self) -> &Manifests {
+        &self.manifests
+    }
+
     pub fn set_manifests(&mut self, manifests: Manifests) {
         self.manifests = manifests;
         self.stale = true;

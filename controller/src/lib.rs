@@ -19,7 +19,8 @@
 //!   `statusview` and `statuscmd` read the document for `dpu-controller status`.
 //! - **Serving**: `effective` (manifests and reported sets into versions) and
 //!   `hub` (one session per node, the fan-out of intent and health) sit on
-//!   `status`; `revocation` ends sessions through the hub; `enroll` serves
+//!   `status`; `intenttask` (the store and the intent directory into
+//!   versions) drives `effective`; `revocation` ends sessions through the hub; `enroll` serves
 //!   `Enrollment`.
 //! - **Commands**: `server` wires all of these into `serve` and nothing in the
 //!   library imports it; `cli`, `enrollcmd` and `intentcmd` are the other commands.
@@ -37,6 +38,7 @@ pub mod escape;
 pub mod fsutil;
 pub mod hub;
 pub mod intentcmd;
+pub mod intenttask;
 pub mod kv;
 pub mod load;
 pub mod manifest;

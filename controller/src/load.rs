@@ -83,6 +83,13 @@ impl Contents {
         Ok(Contents { files })
     }
 
+    /// The files, by path, with their bytes.
+    pub fn files(&self) -> impl Iterator<Item = (String, &[u8])> {
+        self.files
+            .iter()
+            .map(|(p, b)| (p.display().to_string(), b.as_slice()))
+    }
+
     /// A hash over names and contents.
     pub fn hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();

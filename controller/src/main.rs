@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(server::serve(server::ServeOptions {
                 state_dir: a.state_dir,
                 intent_dir: a.intent_dir,
+                etcd: a.etcd.options(),
                 listen: a.listen,
                 server_name: a.server_name,
                 enroll_cert_ttl: a.enroll_cert_ttl,

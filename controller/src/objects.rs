@@ -21,14 +21,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-use dpu_model::Kind;
+use dpu_model::{Intent, Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{lines, IntentError};
 use crate::kv::{Cmp, KvError, Revision, Store, Txn};
 use crate::load::manifest_files;
 use crate::manifest::{parse_file, Doc};
-use crate::resolve::resolve;
+use crate::resolve::{resolve, resolve_since};
 
 /// Every intent object is under this prefix.
 pub const PREFIX: &str = "intent/";
@@ -141,8 +141,6 @@ pub fn read_inputs(path: &str) -> Result<Vec<Input>, ObjectError> {
             files.push((name, text));
         }
     }
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
     for (name, text) in &files {
         if text.len() as u64 > MAX_INPUT_BYTES {
             return Err(input_error(
@@ -150,13 +148,30 @@ pub fn read_inputs(path: &str) -> Result<Vec<Input>, ObjectError> {
                 format!("larger than {MAX_INPUT_BYTES} bytes"),
             ));
         }
+    }
+    parse_inputs(files.iter().map(|(n, t)| (n.as_str(), t.as_bytes())))
+        .map_err(ObjectError::Invalid)
+}
+
+/// Parses manifest files, (name, bytes) each, into objects; the errors of all
+/// of them are returned together.
+pub fn parse_inputs<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<Vec<Input>, Vec<IntentError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, bytes) in files {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            errors.push(IntentError::file(name, None, "the file is not UTF-8"));
+            continue;
+        };
         match split(name, text) {
             Ok(inputs) => out.extend(inputs),
             Err(e) => errors.extend(e),
         }
     }
     if !errors.is_empty() {
-        return Err(ObjectError::Invalid(errors));
+        return Err(errors);
     }
     Ok(out)
 }
@@ -206,6 +221,15 @@ impl Current {
 /// was written by something else.
 pub async fn current(store: &Store) -> Result<Current, ObjectError> {
     let listing = store.list(PREFIX).await?;
+    from_listing(listing)
+}
+
+/// [`current`] from a listing of [`PREFIX`], with its mod revisions reused:
+/// a value whose mod revision `previous` already holds is not parsed again.
+pub fn from_listing_since(
+    listing: crate::kv::Listing,
+    previous: Option<&Current>,
+) -> Result<Current, ObjectError> {
     let mut objects = BTreeMap::new();
     let mut errors = Vec::new();
     let mut guard = 0;
@@ -214,36 +238,17 @@ pub async fn current(store: &Store) -> Result<Current, ObjectError> {
             guard = e.mod_revision;
             continue;
         }
-        let file = format!("store:{}", e.key);
-        let stored: Stored = match serde_json::from_str(&e.value) {
-            Ok(s) => s,
-            Err(err) => {
-                errors.push(IntentError::file(
-                    &file,
-                    None,
-                    format!("not a stored object: {err}"),
-                ));
-                continue;
-            }
-        };
-        match parse_file(&file, &stored.manifest) {
-            Ok(mut docs) if docs.len() == 1 => {
-                let doc = docs.remove(0);
-                if key(doc.kind, &doc.name) != e.key {
-                    errors.push(IntentError::file(
-                        &file,
-                        None,
-                        format!("holds {}, not the object its key names", doc.object()),
-                    ));
-                    continue;
-                }
+        if let Some(same) = previous
+            .and_then(|p| p.objects.get(&e.key))
+            .filter(|(_, rev, _)| *rev == e.mod_revision)
+        {
+            objects.insert(e.key, same.clone());
+            continue;
+        }
+        match parse_entry(&e.key, &e.value) {
+            Ok((stored, doc)) => {
                 objects.insert(e.key, (stored, e.mod_revision, doc));
             }
-            Ok(docs) => errors.push(IntentError::file(
-                &file,
-                None,
-                format!("holds {} documents, not one", docs.len()),
-            )),
             Err(errs) => errors.extend(errs),
         }
     }
@@ -255,6 +260,80 @@ pub async fn current(store: &Store) -> Result<Current, ObjectError> {
         guard,
         objects,
     })
+}
+
+/// [`current`] from a listing of [`PREFIX`].
+pub fn from_listing(listing: crate::kv::Listing) -> Result<Current, ObjectError> {
+    from_listing_since(listing, None)
+}
+
+/// One stored object: its value and its document. Errors name the key.
+fn parse_entry(k: &str, value: &str) -> Result<(Stored, Doc), Vec<IntentError>> {
+    let file = format!("store:{k}");
+    let stored: Stored = serde_json::from_str(value).map_err(|err| {
+        vec![IntentError::file(
+            &file,
+            None,
+            format!("not a stored object: {err}"),
+        )]
+    })?;
+    let mut docs = parse_file(&file, &stored.manifest)?;
+    if docs.len() != 1 {
+        return Err(vec![IntentError::file(
+            &file,
+            None,
+            format!("holds {} documents, not one", docs.len()),
+        )]);
+    }
+    let doc = docs.remove(0);
+    if key(doc.kind, &doc.name) != k {
+        return Err(vec![IntentError::file(
+            &file,
+            None,
+            format!("holds {}, not the object its key names", doc.object()),
+        )]);
+    }
+    Ok((stored, doc))
+}
+
+impl Current {
+    /// Applies a watch's events. A put whose value does not parse leaves the
+    /// key as it was; its errors are returned (the caller keeps the last good
+    /// intent in force and says why).
+    pub fn apply_events(&mut self, events: &[crate::kv::Event]) -> Vec<IntentError> {
+        let mut errors = Vec::new();
+        for e in events {
+            self.revision = self.revision.max(e.mod_revision);
+            if e.key == GUARD {
+                if e.kind == crate::kv::EventKind::Put {
+                    self.guard = e.mod_revision;
+                }
+                continue;
+            }
+            match (&e.kind, &e.value) {
+                (crate::kv::EventKind::Put, Some(v)) => match parse_entry(&e.key, v) {
+                    Ok((stored, doc)) => {
+                        self.objects
+                            .insert(e.key.clone(), (stored, e.mod_revision, doc));
+                    }
+                    Err(errs) => errors.extend(errs),
+                },
+                _ => {
+                    self.objects.remove(&e.key);
+                }
+            }
+        }
+        errors
+    }
+
+    /// The keys whose object differs between `self` and `other` (by mod
+    /// revision), and those only one of them has.
+    pub fn differences(&self, other: &Current) -> usize {
+        let a = self.objects.iter().map(|(k, (_, r, _))| (k, r));
+        let b: BTreeMap<_, _> = other.objects.iter().map(|(k, (_, r, _))| (k, r)).collect();
+        let same = a.filter(|(k, r)| b.get(k) == Some(r)).count();
+        self.objects.len() + other.objects.len() - 2 * same
+    }
 }
 
 /// What `apply` did to one object.
@@ -272,20 +351,41 @@ pub fn plan_apply(
     inputs: &[Input],
     source: &str,
 ) -> Result<Vec<(String, Stored, Change)>, ObjectError> {
-    let mut docs: BTreeMap<String, Doc> = current
+    check(current, inputs, &[], None)?;
+    Ok(writes(current, inputs, source))
+}
+
+/// Resolves what the store would hold with `inputs` written and `removed`
+/// deleted. A conflict between an object unchanged since `previous` (the last
+/// good intent) and a changed one is blamed on the changed one
+/// ([`resolve_since`]).
+fn check(
+    current: &Current,
+    inputs: &[Input],
+    removed: &[String],
+    previous: Option<&Intent>,
+) -> Result<(), ObjectError> {
+    let mut docs: BTreeMap<&String, &Doc> = current
         .objects
         .iter()
-        .map(|(k, (_, _, d))| (k.clone(), d.clone()))
+        .map(|(k, (_, _, d))| (k, d))
         .collect();
-    let mut applied: Vec<Doc> = Vec::new();
+    for k in removed {
+        docs.remove(k);
+    }
+    let mut all: Vec<Doc> = Vec::with_capacity(inputs.len() + docs.len());
     for i in inputs {
         docs.remove(&key(i.doc.kind, &i.doc.name));
-        applied.push(i.doc.clone());
+        all.push(i.doc.clone());
     }
-    // The applied documents first, so that a conflict is blamed on them.
-    let all: Vec<Doc> = applied.into_iter().chain(docs.into_values()).collect();
-    resolve(&all).map_err(ObjectError::Invalid)?;
-    Ok(inputs
+    all.extend(docs.into_values().cloned());
+    resolve_since(&all, previous)
+        .map(|_| ())
+        .map_err(ObjectError::Invalid)
+}
+
+fn writes(current: &Current, inputs: &[Input], source: &str) -> Vec<(String, Stored, Change)> {
+    inputs
         .iter()
         .map(|i| {
             let k = key(i.doc.kind, &i.doc.name);
@@ -300,7 +400,56 @@ pub fn plan_apply(
             };
             (k, stored, change)
         })
-        .collect())
+        .collect()
+}
+
+/// What an import changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// Makes the objects that `source` wrote exactly `inputs` (`--intent-dir`:
+/// `source` is `dir:<path>`): writes what is new or changed, and deletes what
+/// `source` wrote before and `inputs` no longer has (mark and sweep). Objects
+/// other writers made are left alone, but the result is resolved with them.
+/// One guarded transaction, as [`apply`]. `read` (the caller's last read)
+/// saves parsing values that have not changed; `previous` is the intent in
+/// force, for blame.
+pub async fn import(
+    store: &Store,
+    inputs: &[Input],
+    source: &str,
+    read: Option<&Current>,
+    previous: Option<&Intent>,
+) -> Result<Imported, ObjectError> {
+    let current = from_listing_since(store.list(PREFIX).await?, read)?;
+    let keep: std::collections::BTreeSet<String> = inputs
+        .iter()
+        .map(|i| key(i.doc.kind, &i.doc.name))
+        .collect();
+    let removed: Vec<String> = current
+        .objects
+        .iter()
+        .filter(|(k, (s, _, _))| s.source == source && !keep.contains(*k))
+        .map(|(k, _)| k.clone())
+        .collect();
+    check(&current, inputs, &removed, previous)?;
+    let mut txn = Txn::new();
+    let mut done = Imported::default();
+    for (k, stored, change) in writes(&current, inputs, source) {
+        if change != Change::Unchanged {
+            txn = txn.put(k, serde_json::to_string(&stored).expect("serializes"));
+            done.written += 1;
+        }
+    }
+    for k in removed {
+        txn = txn.delete(k);
+        done.deleted += 1;
+    }
+    commit(store, txn, &current, source).await?;
+    Ok(done)
 }
 
 /// Checks the result, then writes every input in one transaction that holds

@@ -1,9 +1,11 @@
-//! Loading the intent directory at start and whenever it changes.
+//! Reading the intent directory at start and whenever it changes, and the
+//! manifests in force.
 //!
-//! A reload is all or nothing: if any file fails, the whole reload is refused and
-//! the last good manifests stay in force. Good manifests are handed on as
-//! documents plus what they resolve to on their own; `effective` merges them with
-//! the reported workloads and decides the version.
+//! A reload is all or nothing: if any file fails, nothing is imported and the
+//! last good intent stays in force. The objects are imported into the store
+//! (`objects::import`), where they are resolved with every other object; what
+//! the store holds becomes [`Manifests`], which `effective` merges with the
+//! reported workloads.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use dpu_model::Intent;
 use crate::diag::IntentError;
 use crate::load::{fingerprint, Contents, Fingerprint, LoadError};
 use crate::manifest::Doc;
+use crate::objects::{parse_inputs, Input};
 use crate::resolve::{resolve, resolve_since};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,20 +67,20 @@ impl Manifests {
 pub enum Outcome {
     /// Nothing changed on disk.
     Unchanged,
-    /// New, valid manifests (they may still mean the same intent).
-    Changed(Manifests),
-    /// Files changed and something failed; the last good manifests stay.
+    /// Files changed and every one parsed: the objects they hold, to import.
+    Changed(Vec<Input>),
+    /// Files changed and something failed; nothing is imported.
     Refused(ReloadError),
 }
 
+/// The intent directory as a source of objects (`serve --intent-dir`): it
+/// reads and parses the files when they change; `server` imports the objects
+/// into the store, which resolves them with the rest of the intent.
 #[derive(Debug)]
 pub struct Reloader {
     dir: PathBuf,
     fingerprint: Option<Fingerprint>,
     content_hash: Option<[u8; 32]>,
-    /// What the last good manifests resolved to: a conflict with an object
-    /// that is still the same is blamed on the one that changed.
-    last_good: Option<Arc<Intent>>,
 }
 
 impl Reloader {
@@ -86,7 +89,6 @@ impl Reloader {
             dir: dir.to_path_buf(),
             fingerprint: None,
             content_hash: None,
-            last_good: None,
         }
     }
 
@@ -95,17 +97,21 @@ impl Reloader {
     }
 
     /// The first load. Any failure here stops the controller.
-    pub fn load_initial(&mut self) -> Result<Manifests, ReloadError> {
+    pub fn load_initial(&mut self) -> Result<Vec<Input>, ReloadError> {
         self.fingerprint = Some(fingerprint(&self.dir)?);
         let contents = Contents::read(&self.dir)?;
         self.content_hash = Some(contents.hash());
-        let docs = contents.docs().map_err(ReloadError::Invalid)?;
-        let m = Manifests::resolve(docs).map_err(ReloadError::Invalid)?;
-        self.last_good = Some(m.intent.clone());
-        Ok(m)
+        inputs(&contents)
     }
 
-    /// Looks for changes and loads them. Blocking (file I/O).
+    /// Forgets what was read, so that the next poll hands the files on again
+    /// (an import that could not be written is retried).
+    pub fn retry(&mut self) {
+        self.fingerprint = None;
+        self.content_hash = None;
+    }
+
+    /// Looks for changes and reads them. Blocking (file I/O).
     pub fn poll(&mut self) -> Outcome {
         let fp = match fingerprint(&self.dir) {
             Ok(fp) => fp,
@@ -124,18 +130,16 @@ impl Reloader {
             return Outcome::Unchanged;
         }
         self.content_hash = Some(hash);
-        let previous = self.last_good.as_deref();
-        match contents
-            .docs()
-            .and_then(|docs| Manifests::resolve_since(docs, previous))
-        {
-            Ok(m) => {
-                self.last_good = Some(m.intent.clone());
-                Outcome::Changed(m)
-            }
-            Err(errors) => Outcome::Refused(ReloadError::Invalid(errors)),
+        match inputs(&contents) {
+            Ok(i) => Outcome::Changed(i),
+            Err(e) => Outcome::Refused(e),
         }
     }
+}
+
+fn inputs(contents: &Contents) -> Result<Vec<Input>, ReloadError> {
+    let files: Vec<(String, &[u8])> = contents.files().collect();
+    parse_inputs(files.iter().map(|(n, b)| (n.as_str(), *b))).map_err(ReloadError::Invalid)
 }
 
 #[cfg(test)]
@@ -146,49 +150,17 @@ mod tests {
     const VPC: &str =
         "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
 
-    /// A Service added on the VIP:port of one that was there is blamed, at
-    /// its own file, whichever name sorts first; the untouched one is named
-    /// with its file.
     #[test]
-    fn a_reload_blames_a_conflict_on_the_newcomer() {
-        let svc = |name: &str| {
-            format!(
-                "apiVersion: dpu.yusur.io/v1alpha1\nkind: YusurService\nmetadata: {{name: {name}}}\nspec: {{vpc: a, clusterIPs: [10.96.0.10], ports: [{{port: 80}}]}}\n"
-            )
-        };
-        for name in ["a-dup", "z-dup"] {
-            let intent = tempfile::tempdir().unwrap();
-            let subnet = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {vpc: a, cidr: 10.0.0.0/24, gateway: 10.0.0.1}\n";
-            fs::write(intent.path().join("10.yaml"), format!("{VPC}---\n{subnet}")).unwrap();
-            fs::write(intent.path().join("30-services.yaml"), svc("web")).unwrap();
-            let mut r = Reloader::new(intent.path());
-            r.load_initial().unwrap();
-            fs::write(intent.path().join("99-dup.yaml"), svc(name)).unwrap();
-            match r.poll() {
-                Outcome::Refused(ReloadError::Invalid(errs)) => {
-                    assert_eq!(errs.len(), 1, "{errs:?}");
-                    let e = &errs[0];
-                    assert_eq!(e.object.as_deref(), Some(&*format!("YusurService/{name}")));
-                    assert!(e.file.as_deref().unwrap().ends_with("99-dup.yaml"), "{e}");
-                    assert!(
-                        e.message.contains("also served by YusurService/web (")
-                            && e.message
-                                .contains("30-services.yaml, document 1, spec.clusterIPs[0])"),
-                        "{e}"
-                    );
-                }
-                other => panic!("expected a refusal, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn refused_reload_keeps_the_manifests_and_a_good_one_replaces_them() {
+    fn a_refused_read_is_reported_once_and_a_good_one_hands_the_objects_on() {
         let intent = tempfile::tempdir().unwrap();
         fs::write(intent.path().join("a.yaml"), VPC).unwrap();
         let mut r = Reloader::new(intent.path());
-        let m = r.load_initial().unwrap();
-        assert_eq!((m.docs.len(), m.intent.vpcs.len()), (1, 1));
+        let inputs = r.load_initial().unwrap();
+        assert_eq!(inputs.len(), 1);
+        assert_eq!(
+            inputs[0].yaml,
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata:\n  name: a\nspec:\n  vni: 1\n"
+        );
         assert!(matches!(r.poll(), Outcome::Unchanged));
 
         fs::write(intent.path().join("b.yaml"), "kind: Vpc\n").unwrap();
@@ -203,8 +175,8 @@ mod tests {
 
         fs::write(intent.path().join("b.yaml"), "# only a comment\n").unwrap();
         match r.poll() {
-            Outcome::Changed(m) => assert_eq!(m.intent.vpcs.len(), 1),
-            other => panic!("expected new manifests, got {other:?}"),
+            Outcome::Changed(i) => assert_eq!(i.len(), 1),
+            other => panic!("expected objects, got {other:?}"),
         }
         fs::write(
             intent.path().join("b.yaml"),
@@ -213,8 +185,12 @@ mod tests {
         )
         .unwrap();
         match r.poll() {
-            Outcome::Changed(m) => assert_eq!(m.intent.vpcs.len(), 2),
-            other => panic!("expected new manifests, got {other:?}"),
+            Outcome::Changed(i) => assert_eq!(i.len(), 2),
+            other => panic!("expected objects, got {other:?}"),
         }
+        // After retry(), the same files are handed on again (an import that
+        // could not be written).
+        r.retry();
+        assert!(matches!(r.poll(), Outcome::Changed(i) if i.len() == 2));
     }
 }

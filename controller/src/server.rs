@@ -12,7 +12,6 @@
 //! the controller's own files (`FD_PLAN`; docs/limits.md, "Connections and
 //! descriptors"), and accept errors back off.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,15 +27,15 @@ use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::diag::{lines, IntentError};
-use crate::effective::{Commit, Effective};
+use crate::effective::Effective;
 use crate::enroll::{EnrollService, Enroller, MAX_REQUEST_BYTES};
 use crate::fsutil::ensure_private_dir;
 use crate::hub::{ControlService, Hub};
+use crate::intenttask::{self, StartError};
+use crate::kv::{EtcdStore, LocalStore, Store};
 use crate::nodes::NodeStore;
 use crate::pki::{ensure_server_cert, load_ca, PkiError};
-use crate::reload::{Outcome, ReloadError, Reloader};
-use crate::reported::{ReportInbox, ReportedSet};
-use crate::session::Published;
+use crate::reported::ReportInbox;
 use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
 use crate::store::{StoreError, VersionStore};
@@ -79,7 +78,11 @@ fn fd_budget() -> Budget {
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub state_dir: PathBuf,
-    pub intent_dir: PathBuf,
+    /// Imported into the store when its files change; without it the intent
+    /// comes from `apply` only.
+    pub intent_dir: Option<PathBuf>,
+    /// The store on etcd; without it, the embedded store in the state dir.
+    pub etcd: Option<crate::kv::EtcdOptions>,
     pub listen: SocketAddr,
     pub server_name: String,
     /// Lifetime of the certificates `Enroll` and `Renew` issue.
@@ -91,12 +94,15 @@ pub enum ServeError {
     /// The command line or the environment is wrong (paths, listen address).
     #[error("{0}")]
     Config(String),
-    /// The intent directory does not hold a valid intent at start.
-    #[error("the intent in {dir} is invalid:\n  {}", lines(.errors))]
+    /// The intent directory or the store does not hold a valid intent at start.
+    #[error("the intent in {from} is invalid:\n  {}", lines(.errors))]
     InvalidIntent {
-        dir: PathBuf,
+        from: String,
         errors: Vec<IntentError>,
     },
+    /// The store could not be opened or read at start.
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
     /// The CA or server certificate is missing or unusable.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -118,7 +124,7 @@ impl ServeError {
             ServeError::Config(_) | ServeError::Pki(PkiError::BadName { .. }) => 2,
             ServeError::InvalidIntent { .. } => 3,
             ServeError::Pki(_) | ServeError::Tls(_) => 4,
-            ServeError::Store(_) | ServeError::Transport(_) => 1,
+            ServeError::Store(_) | ServeError::Kv(_) | ServeError::Transport(_) => 1,
         }
     }
 }
@@ -131,39 +137,51 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let state = &opts.state_dir;
     ensure_private_dir(state)
         .map_err(|e| ServeError::Config(format!("state dir {}: {e}", state.display())))?;
-    if !opts.intent_dir.is_dir() {
+    if let Some(dir) = opts.intent_dir.as_ref().filter(|d| !d.is_dir()) {
         return Err(ServeError::Config(format!(
             "intent dir {} is not a directory",
-            opts.intent_dir.display()
+            dir.display()
         )));
     }
     let identity = ensure_server_cert(state, &opts.server_name, opts.listen)?;
     let enroller = Arc::new(Enroller::new(state, load_ca(state)?, opts.enroll_cert_ttl));
     let status = StatusHandle::new(state);
 
+    let store = match &opts.etcd {
+        None => Store::Local(LocalStore::open(&state.join(crate::cli::STORE_DIR))?),
+        Some(o) => Store::Etcd(EtcdStore::connect(o.clone()).await?),
+    };
+    let backend = store.describe();
     let versions = VersionStore::open(state)?;
-    let mut reloader = Reloader::new(&opts.intent_dir);
-    let manifests = match reloader.load_initial() {
-        Ok(m) => m,
-        Err(ReloadError::Invalid(errors)) => {
+    let from = opts
+        .intent_dir
+        .as_ref()
+        .map_or_else(|| backend.clone(), |d| d.display().to_string());
+    let (source, manifests) = match intenttask::start(store, opts.intent_dir.as_deref()).await {
+        Ok(r) => r,
+        Err(StartError::Invalid(errors)) => {
             status.record_reload(versions.current().map_or(0, |c| c.version), &errors);
             if let Err(e) = status.write_now() {
                 tracing::warn!(error = %e, "cannot write the status file");
             }
-            return Err(ServeError::InvalidIntent {
-                dir: opts.intent_dir.clone(),
-                errors,
-            });
+            return Err(ServeError::InvalidIntent { from, errors });
         }
-        Err(ReloadError::Load(e)) => return Err(ServeError::Config(e.to_string())),
+        Err(StartError::Load(e)) => return Err(ServeError::Config(e.to_string())),
+        Err(StartError::Store(e)) => return Err(ServeError::Kv(e)),
+        Err(StartError::Conflict(e)) => return Err(ServeError::Config(e)),
     };
+    status.record_store(&backend, source.mirror.revision, None);
     let (effective, published, dropped) = Effective::open(state, manifests, versions)?;
-    log_dropped(&dropped);
+    for (node, reason) in &dropped {
+        tracing::warn!(node, "reported workload left out of the intent: {reason}");
+    }
     tracing::info!(
         version = published.version,
         objects = published.intent.len(),
         reported_nodes = effective.summaries().len(),
-        dir = %opts.intent_dir.display(),
+        store = %backend,
+        store_revision = source.mirror.revision,
+        dir = opts.intent_dir.as_ref().map(|d| d.display().to_string()),
         "intent loaded"
     );
     status.record_reload(published.version, &[]);
@@ -216,11 +234,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         hub,
         shutdown_rx.clone(),
     ));
-    let reload = tokio::spawn(intent_loop(
-        Sources { reloader, reports },
+    let reload = tokio::spawn(intenttask::run(
+        source,
         effective,
         intent_tx,
         status.clone(),
+        reports,
         shutdown_rx.clone(),
     ));
     let mut server_shutdown = shutdown_rx.clone();
@@ -312,173 +331,4 @@ fn spawn_signal_handler(
         tracing::info!("{name}: shutting down");
         shutdown.send_replace(true);
     }))
-}
-
-/// Where intent changes come from.
-struct Sources {
-    reloader: Reloader,
-    reports: Arc<ReportInbox>,
-}
-
-/// What one round of the intent task found and did (the blocking part).
-struct Round {
-    /// The poll of the intent directory, if one was due.
-    polled: Option<Polled>,
-    /// Reported sets that changed something.
-    reported_changes: usize,
-    commit: Option<Result<Commit, StoreError>>,
-}
-
-enum Polled {
-    Unchanged,
-    Changed,
-    Refused(ReloadError),
-}
-
-/// The blocking half of a round: poll the manifests (when due), apply the
-/// reported sets, and commit if anything changed.
-fn run_round(
-    reloader: &mut Reloader,
-    effective: &mut Effective,
-    poll: bool,
-    reports: BTreeMap<String, ReportedSet>,
-) -> Round {
-    let polled = poll.then(|| match reloader.poll() {
-        Outcome::Unchanged => Polled::Unchanged,
-        Outcome::Changed(m) => {
-            effective.set_manifests(m);
-            Polled::Changed
-        }
-        Outcome::Refused(e) => Polled::Refused(e),
-    });
-    let mut reported_changes = 0;
-    for (node, set) in reports {
-        if effective.set_reported(&node, set) {
-            reported_changes += 1;
-        }
-    }
-    let commit = effective.needs_commit().then(|| effective.commit());
-    Round {
-        polled,
-        reported_changes,
-        commit,
-    }
-}
-
-fn log_dropped(dropped: &[(String, String)]) {
-    for (node, reason) in dropped {
-        tracing::warn!(node, "reported workload left out of the intent: {reason}");
-    }
-}
-
-/// The one task that changes the intent: it polls the intent directory, takes
-/// the sets agents report, merges, commits the version and publishes it to the
-/// sessions, in that order.
-async fn intent_loop(
-    sources: Sources,
-    mut effective: Effective,
-    intent: watch::Sender<Arc<Published>>,
-    status: StatusHandle,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let Sources {
-        mut reloader,
-        reports,
-    } = sources;
-    // Changes wake the task at once (inotify); the poll is the safety net.
-    let dir_watch = crate::dirwatch::DirWatch::start(reloader.dir());
-    let mut ticker = tokio::time::interval(dir_watch.poll_interval());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the directory was just loaded.
-    ticker.tick().await;
-    let mut last_problem = String::new();
-    // A reload was accepted but its version is not committed yet.
-    let mut reload_pending = false;
-    loop {
-        let poll = tokio::select! {
-            _ = ticker.tick() => true,
-            _ = dir_watch.changed() => {
-                tokio::time::sleep(crate::dirwatch::DEBOUNCE).await;
-                true
-            }
-            _ = reports.arrived() => false,
-            _ = shutdown_requested(&mut shutdown) => return,
-        };
-        let pending = reports.take();
-        let ran = tokio::task::spawn_blocking(move || {
-            let round = run_round(&mut reloader, &mut effective, poll, pending);
-            (reloader, effective, round)
-        })
-        .await;
-        let round;
-        (reloader, effective, round) = match ran {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "the intent task failed; intent changes stop");
-                return;
-            }
-        };
-        let version = effective.version();
-        match round.polled {
-            None | Some(Polled::Unchanged) => {}
-            Some(Polled::Changed) => reload_pending = true,
-            Some(Polled::Refused(ReloadError::Invalid(errors))) => {
-                for e in &errors {
-                    tracing::warn!("{e}");
-                }
-                tracing::warn!(
-                    version,
-                    errors = errors.len(),
-                    "reload of {} refused; the last good manifests stay in force",
-                    reloader.dir().display()
-                );
-                status.record_reload(version, &errors);
-                last_problem.clear();
-            }
-            Some(Polled::Refused(e)) => {
-                let text = e.to_string();
-                if text != last_problem {
-                    tracing::warn!("cannot reload the intent: {text}; retrying");
-                    last_problem = text;
-                }
-            }
-        }
-        match round.commit {
-            None => {}
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text != last_problem {
-                    tracing::warn!("cannot commit the intent version: {text}; retrying");
-                    last_problem = text;
-                }
-            }
-            Some(Ok(c)) => {
-                log_dropped(&c.newly_dropped);
-                status.record_reported(effective.summaries());
-                reports.set_reporters(effective.summaries().keys().cloned());
-                match c.published {
-                    Some(p) => {
-                        tracing::info!(
-                            version = p.version,
-                            objects = p.intent.len(),
-                            reload = reload_pending,
-                            reported_changes = round.reported_changes,
-                            "new intent version"
-                        );
-                        status.set_intent_version(p.version);
-                        intent.send_replace(Arc::new(p));
-                    }
-                    None if reload_pending => {
-                        tracing::info!(version, "intent files changed; the intent did not")
-                    }
-                    None => {}
-                }
-                if reload_pending {
-                    status.record_reload(c.version, &[]);
-                    reload_pending = false;
-                    last_problem.clear();
-                }
-            }
-        }
-    }
 }

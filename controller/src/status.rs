@@ -39,7 +39,24 @@ pub struct StatusDoc {
     pub intent_errors: Vec<IntentError>,
     /// The same errors as one line each.
     pub intent_error_lines: Vec<String>,
+    /// The store the intent is read from, and whether it answers.
+    #[serde(default)]
+    pub store: StoreStatus,
     pub nodes: BTreeMap<String, NodeStatus>,
+}
+
+/// The controller's store as the intent task last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// `local:<dir>` or `etcd:<urls>`.
+    pub backend: String,
+    /// `ok` or `unavailable`.
+    pub state: String,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The last store revision the intent was read at.
+    pub revision: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -171,6 +188,18 @@ impl StatusHandle {
             d.last_reload_ok = errors.is_empty();
             d.intent_errors = errors.to_vec();
             d.intent_error_lines = errors.iter().map(|e| e.to_string()).collect();
+        });
+    }
+
+    /// Records the store's state: `error` is `None` when it answered.
+    pub fn record_store(&self, backend: &str, revision: i64, error: Option<String>) {
+        self.update(|d| {
+            d.store.backend = backend.to_string();
+            if revision > 0 {
+                d.store.revision = revision;
+            }
+            d.store.state = if error.is_none() { "ok" } else { "unavailable" }.into();
+            d.store.error = error;
         });
     }
 

@@ -202,6 +202,22 @@ fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
         doc.last_reload.as_deref().unwrap_or("never"),
         if doc.last_reload_ok { "ok" } else { "refused" }
     );
+    if !doc.store.backend.is_empty() {
+        out += &format!(
+            "store: {} {} (revision {}){}\n",
+            escape_peer(&doc.store.backend, 256),
+            doc.store.state,
+            doc.store.revision,
+            doc.store
+                .error
+                .as_ref()
+                .map(|e| format!(
+                    ": {}; the last intent read stays in force",
+                    escape_peer(e, 512)
+                ))
+                .unwrap_or_default()
+        );
+    }
     if !doc.intent_errors.is_empty() {
         out += "intent errors (the last good intent stays in force):\n";
         for e in &doc.intent_errors {

@@ -31,6 +31,9 @@ pub struct TestEtcd {
     /// etcd's log (stderr).
     pub log: PathBuf,
     dir: PathBuf,
+    /// What it was started with, to start it again.
+    args: Vec<String>,
+    client_port: u16,
 }
 
 impl TestEtcd {
@@ -59,30 +62,21 @@ impl TestEtcd {
         let (client_port, peer_port) = (free_port(), free_port());
         let url = format!("https://127.0.0.1:{client_port}");
         let log = dir.join("etcd.log");
-        let child = Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg(format!("--listen-client-urls={url}"))
-            .arg(format!("--advertise-client-urls={url}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
-            ))
-            .arg(format!(
-                "--initial-cluster=test=http://127.0.0.1:{peer_port}"
-            ))
-            .arg("--client-cert-auth")
-            .arg(format!("--trusted-ca-file={}", ca_path.display()))
-            .arg(format!("--cert-file={}", server_cert.display()))
-            .arg(format!("--key-file={}", server_key.display()))
-            .arg("--log-outputs=stderr")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("the etcd log"))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start etcd ({e}): install Debian's etcd-server (lab/install-deps)")
-            });
+        let args = vec![
+            "--name=test".to_string(),
+            format!("--data-dir={}", dir.join("data").display()),
+            format!("--listen-client-urls={url}"),
+            format!("--advertise-client-urls={url}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=test=http://127.0.0.1:{peer_port}"),
+            "--client-cert-auth".to_string(),
+            format!("--trusted-ca-file={}", ca_path.display()),
+            format!("--cert-file={}", server_cert.display()),
+            format!("--key-file={}", server_key.display()),
+            "--log-outputs=stderr".to_string(),
+        ];
+        let child = spawn(&args, &log);
         let mut etcd = TestEtcd {
             child,
             url,
@@ -91,9 +85,18 @@ impl TestEtcd {
             key,
             log,
             dir: dir.to_path_buf(),
+            args,
+            client_port,
         };
-        etcd.wait_listening(client_port);
+        etcd.wait_listening();
         etcd
+    }
+
+    /// Starts etcd again on the same ports and data, after [`TestEtcd::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.args, &self.log);
+        self.wait_listening();
     }
 
     /// The data directory.
@@ -106,8 +109,8 @@ impl TestEtcd {
         self.child.id()
     }
 
-    fn wait_listening(&mut self, port: u16) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    fn wait_listening(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -137,6 +140,23 @@ impl Drop for TestEtcd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("the etcd log");
+    Command::new("etcd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start etcd ({e}): install Debian's etcd-server (lab/install-deps)")
+        })
 }
 
 /// A loopback port nothing listened on a moment ago.

@@ -243,3 +243,153 @@ fn kinds_parse_as_users_type_them() {
         "{err}"
     );
 }
+
+/// A Service added on the VIP:port of one that was there is blamed, at its
+/// own file, whichever name sorts first; the untouched one is named with its
+/// file. The directory's objects are imported as `serve --intent-dir` does.
+#[tokio::test]
+async fn an_import_blames_a_conflict_on_the_newcomer() {
+    let svc = |name: &str| {
+        format!(
+            "apiVersion: dpu.yusur.io/v1alpha1\nkind: YusurService\nmetadata: {{name: {name}}}\nspec: {{vpc: a, clusterIPs: [10.96.0.10], ports: [{{port: 80}}]}}\n"
+        )
+    };
+    let vpc = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
+    let subnet = "apiVersion: dpu.yusur.io/v1alpha1\nkind: Subnet\nmetadata: {name: s}\nspec: {vpc: a, cidr: 10.0.0.0/24, gateway: 10.0.0.1}\n";
+    for name in ["a-dup", "z-dup"] {
+        let (dir, s) = store();
+        let intent = dir.path().join("intent");
+        std::fs::create_dir(&intent).unwrap();
+        std::fs::write(intent.join("10.yaml"), format!("{vpc}---\n{subnet}")).unwrap();
+        std::fs::write(intent.join("30-services.yaml"), svc("web")).unwrap();
+        let first = read_inputs(intent.to_str().unwrap()).unwrap();
+        import(&s, &first, "dir:intent", None, None).await.unwrap();
+        let c = current(&s).await.unwrap();
+        let previous = resolve(&c.docs()).unwrap();
+        std::fs::write(intent.join("99-dup.yaml"), svc(name)).unwrap();
+        let next = read_inputs(intent.to_str().unwrap()).unwrap();
+        match import(&s, &next, "dir:intent", Some(&c), Some(&previous)).await {
+            Err(ObjectError::Invalid(errs)) => {
+                assert_eq!(errs.len(), 1, "{errs:?}");
+                let e = &errs[0];
+                assert_eq!(e.object.as_deref(), Some(&*format!("YusurService/{name}")));
+                assert!(e.file.as_deref().unwrap().ends_with("99-dup.yaml"), "{e}");
+                assert!(
+                    e.message.contains("also served by YusurService/web (")
+                        && e.message
+                            .contains("30-services.yaml, document 1, spec.clusterIPs[0])"),
+                    "{e}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(current(&s).await.unwrap().revision, c.revision);
+    }
+}
+
+/// Imports `dir` as `serve --intent-dir` would (source `dir:i`).
+async fn import_dir(s: &Store, dir: &Path) -> Imported {
+    let inputs = read_inputs(dir.to_str().unwrap()).unwrap();
+    import(s, &inputs, "dir:i", None, None).await.unwrap()
+}
+
+/// An import writes what changed and deletes what the directory no longer
+/// has, and leaves objects other writers made alone.
+#[tokio::test]
+async fn an_import_sweeps_only_its_own_objects() {
+    let (dir, s) = store();
+    let intent = dir.path().join("intent");
+    std::fs::create_dir(&intent).unwrap();
+    std::fs::write(intent.join("a.yaml"), format!("{VPC}---\n{WEB}")).unwrap();
+    let got = import_dir(&s, &intent).await;
+    assert_eq!(
+        got,
+        Imported {
+            written: 2,
+            deleted: 0
+        }
+    );
+    // Another writer adds a Service of its own.
+    apply(
+        &s,
+        &inputs(
+            dir.path(),
+            "api.yaml",
+            &WEB.replace("name: web", "name: api")
+                .replace("10.96.0.10", "10.96.0.12"),
+        ),
+        "apply",
+    )
+    .await
+    .unwrap();
+    // The directory drops web: web goes, api stays.
+    std::fs::write(intent.join("a.yaml"), VPC).unwrap();
+    let got = import_dir(&s, &intent).await;
+    assert_eq!(
+        got,
+        Imported {
+            written: 0,
+            deleted: 1
+        }
+    );
+    let keys: Vec<String> = current(&s).await.unwrap().objects.into_keys().collect();
+    assert_eq!(keys, ["intent/Vpc/vpc-a", "intent/YusurService/api"]);
+    // The same files again: nothing written, no new revision.
+    let before = current(&s).await.unwrap().revision;
+    let got = import_dir(&s, &intent).await;
+    assert_eq!(got, Imported::default());
+    assert_eq!(current(&s).await.unwrap().revision, before);
+}
+
+/// The serve side's mirror: events applied one by one equal a fresh listing.
+#[tokio::test]
+async fn watch_events_keep_a_mirror_equal_to_a_listing() {
+    let (dir, s) = store();
+    apply_both(&s, dir.path()).await;
+    let mut mirror = current(&s).await.unwrap();
+    let mut w = s.watch(PREFIX, mirror.revision + 1).await.unwrap();
+    apply(
+        &s,
+        &inputs(
+            dir.path(),
+            "b.yaml",
+            &WEB.replace("10.96.0.10", "10.96.0.11"),
+        ),
+        "apply",
+    )
+    .await
+    .unwrap();
+    delete(&s, Kind::Service, "web").await.unwrap();
+    let want = current(&s).await.unwrap();
+    while mirror.revision < want.revision {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), w.items.recv()).await {
+            Ok(Some(Ok(crate::kv::WatchItem::Events(evs)))) => {
+                assert!(mirror.apply_events(&evs).is_empty())
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(mirror.differences(&want), 0);
+    assert_eq!(mirror.guard, want.guard);
+    assert_eq!(
+        mirror.objects.keys().collect::<Vec<_>>(),
+        ["intent/Vpc/vpc-a"]
+    );
+    // A value written around apply that does not parse leaves the key as it
+    // was, and says so.
+    s.txn(Txn::new().put("intent/Vpc/vpc-a", "{"))
+        .await
+        .unwrap();
+    let evs = loop {
+        if let Some(Ok(crate::kv::WatchItem::Events(evs))) = w.items.recv().await {
+            break evs;
+        }
+    };
+    let errs = mirror.apply_events(&evs);
+    assert!(
+        errs[0].to_string().contains("store:intent/Vpc/vpc-a"),
+        "{errs:?}"
+    );
+    assert!(mirror.objects.contains_key("intent/Vpc/vpc-a"));
+}

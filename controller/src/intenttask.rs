@@ -1,0 +1,609 @@
+//! The intent task of `serve`: the one task that changes the intent in force.
+//!
+//! The intent lives in the store (`objects`). The task
+//! - imports the intent directory into it when its files change
+//!   (`--intent-dir`, optional: objects may also come from `apply`);
+//! - follows the store with a watch from the revision it last read, applying
+//!   each event to its mirror of the objects; when the watch reports that its
+//!   revision was compacted, or fails, it re-lists and replaces the mirror
+//!   (mark and sweep: a delete it missed is caught), then watches again;
+//! - re-lists every [`RELIST_EVERY`] as well, and says so if the re-list found
+//!   anything the watch had not delivered (Debian's etcd 3.4 predates fixes
+//!   for events lost near a compaction);
+//! - resolves the mirror when it changed, merges it with the workloads agents
+//!   report (`effective`), commits the version and publishes it to the
+//!   sessions, in that order.
+//!
+//! When the store cannot be reached the task keeps the last intent it read in
+//! force (fail-static), the status says `store: ... unavailable`, and it tries
+//! again with backoff. A store whose objects do not resolve (written around
+//! `apply`) is refused the same way as a bad reload: the errors go to the
+//! status and the last good intent stays.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::diag::IntentError;
+use crate::effective::{Commit, Effective};
+use crate::kv::{KvError, Store, Watch, WatchItem};
+use crate::objects::{self, Current, Input, ObjectError, PREFIX};
+use crate::reload::{Manifests, Outcome, ReloadError, Reloader};
+use crate::reported::{ReportInbox, ReportedSet};
+use crate::session::Published;
+use crate::shutdown::shutdown_requested;
+use crate::status::StatusHandle;
+use crate::store::StoreError;
+
+/// A full re-list this often, whatever the watch says.
+pub const RELIST_EVERY: Duration = Duration::from_secs(60);
+/// After the store failed, the first retry waits this long ...
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// ... doubling up to this.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Where the intent comes from.
+#[derive(Debug)]
+pub struct IntentSource {
+    pub store: Store,
+    /// The intent directory, if `--intent-dir` was given, and the `source` its
+    /// objects are written with (`dir:<path>`).
+    pub importer: Option<(Reloader, String)>,
+    /// The objects as last read from the store.
+    pub mirror: Current,
+}
+
+/// Why the intent could not be loaded at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The directory or the store holds an invalid intent.
+    #[error("{} error(s)", .0.len())]
+    Invalid(Vec<IntentError>),
+    /// The directory could not be read.
+    #[error(transparent)]
+    Load(#[from] crate::load::LoadError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] KvError),
+    /// Another writer changed the intent during the import.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<ObjectError> for StartError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Invalid(errors) => StartError::Invalid(errors),
+            ObjectError::Store(e) => StartError::Store(e),
+            other => StartError::Conflict(other.to_string()),
+        }
+    }
+}
+
+/// Imports the intent directory (if any), then reads the store and resolves
+/// what it holds: the manifests the controller starts with.
+pub async fn start(
+    store: Store,
+    intent_dir: Option<&std::path::Path>,
+) -> Result<(IntentSource, Manifests), StartError> {
+    let mut importer = None;
+    if let Some(dir) = intent_dir {
+        let mut reloader = Reloader::new(dir);
+        let inputs = reloader.load_initial().map_err(|e| match e {
+            ReloadError::Invalid(errors) => StartError::Invalid(errors),
+            ReloadError::Load(e) => StartError::Load(e),
+        })?;
+        let source = format!("dir:{}", dir.display());
+        let done = objects::import(&store, &inputs, &source, None, None).await?;
+        tracing::info!(
+            dir = %dir.display(),
+            objects = inputs.len(),
+            written = done.written,
+            deleted = done.deleted,
+            "intent directory imported into the store"
+        );
+        importer = Some((reloader, source));
+    }
+    let mirror = objects::current(&store).await?;
+    let manifests = Manifests::resolve(mirror.docs()).map_err(StartError::Invalid)?;
+    Ok((
+        IntentSource {
+            store,
+            importer,
+            mirror,
+        },
+        manifests,
+    ))
+}
+
+/// What woke the task.
+enum Wake {
+    Poll,
+    Reports,
+    Watch(Option<Result<WatchItem, KvError>>),
+    Relist,
+}
+
+/// The task's own state between rounds.
+struct Task {
+    source: IntentSource,
+    watch: Option<Watch>,
+    /// When the store next gets another try after failing.
+    retry_at: Option<Instant>,
+    retry_wait: Duration,
+    /// The mirror changed since it was last resolved.
+    mirror_changed: bool,
+    /// An import was written and its events are awaited.
+    reload_pending: bool,
+    /// The store's objects did not resolve last time (the status says why).
+    store_refused: bool,
+    status: StatusHandle,
+    /// The last problem logged, so that a retry does not repeat it.
+    last_problem: String,
+}
+
+impl Task {
+    fn new(source: IntentSource, status: StatusHandle) -> Self {
+        Task {
+            source,
+            watch: None,
+            retry_at: None,
+            retry_wait: RETRY_MIN,
+            mirror_changed: false,
+            reload_pending: false,
+            store_refused: false,
+            status,
+            last_problem: String::new(),
+        }
+    }
+
+    fn backend(&self) -> String {
+        self.source.store.describe()
+    }
+
+    fn store_ok(&mut self) {
+        self.retry_wait = RETRY_MIN;
+        self.retry_at = None;
+        let revision = self.source.mirror.revision;
+        self.status.record_store(&self.backend(), revision, None);
+    }
+
+    fn store_failed(&mut self, what: &str, e: &KvError) {
+        let text = format!("{what}: {e}");
+        if text != self.last_problem {
+            tracing::warn!(store = %self.backend(), "{text}; the last intent read stays in force, retrying");
+            self.last_problem = text.clone();
+        }
+        self.status.record_store(&self.backend(), 0, Some(text));
+        self.retry_at = Some(Instant::now() + self.retry_wait);
+        self.retry_wait = (self.retry_wait * 2).min(RETRY_MAX);
+    }
+
+    /// Re-lists the store and replaces the mirror; (re)starts the watch.
+    async fn relist(&mut self) {
+        let listing = match self.source.store.list(PREFIX).await {
+            Ok(l) => l,
+            Err(e) => return self.store_failed("cannot list the intent", &e),
+        };
+        match objects::from_listing_since(listing, Some(&self.source.mirror)) {
+            Ok(fresh) => {
+                let missed = self.source.mirror.differences(&fresh);
+                if missed > 0 {
+                    if self.watch.is_some() {
+                        tracing::warn!(
+                            objects = missed,
+                            revision = fresh.revision,
+                            "the re-list found objects the watch had not delivered"
+                        );
+                    }
+                    self.mirror_changed = true;
+                }
+                self.source.mirror = fresh;
+            }
+            Err(ObjectError::Invalid(errors)) => self.refuse_store(&errors),
+            Err(ObjectError::Store(e)) => return self.store_failed("cannot list the intent", &e),
+            Err(e) => tracing::warn!("cannot read the intent: {e}"),
+        }
+        if self.watch.is_none() {
+            let from = self.source.mirror.revision + 1;
+            match self.source.store.watch(PREFIX, from).await {
+                Ok(w) => self.watch = Some(w),
+                Err(e) => return self.store_failed("cannot watch the intent", &e),
+            }
+        }
+        self.store_ok();
+    }
+
+    fn refuse_store(&mut self, errors: &[IntentError]) {
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+        tracing::warn!(
+            errors = errors.len(),
+            "the intent in the store is invalid; the last good intent stays in force"
+        );
+        self.status.record_reload(self.source_version(), errors);
+        self.store_refused = true;
+    }
+
+    fn source_version(&self) -> u64 {
+        self.status.snapshot().intent_version
+    }
+
+    async fn on_watch(&mut self, item: Option<Result<WatchItem, KvError>>) {
+        match item {
+            Some(Ok(WatchItem::Events(events))) => {
+                let errors = self.source.mirror.apply_events(&events);
+                if errors.is_empty() {
+                    self.mirror_changed = true;
+                } else {
+                    self.refuse_store(&errors);
+                }
+            }
+            Some(Ok(WatchItem::Progress(rev))) => {
+                self.source.mirror.revision = self.source.mirror.revision.max(rev);
+                self.status
+                    .record_store(&self.backend(), self.source.mirror.revision, None);
+            }
+            Some(Ok(WatchItem::Compacted(rev))) => {
+                tracing::info!(
+                    compacted = rev,
+                    "the watch's revision was compacted; re-listing"
+                );
+                self.watch = None;
+                self.relist().await;
+            }
+            Some(Err(e)) => {
+                self.watch = None;
+                self.store_failed("the intent watch failed", &e);
+            }
+            None => {
+                self.watch = None;
+                self.store_failed(
+                    "the intent watch ended",
+                    &KvError::Unavailable("watch closed".into()),
+                );
+            }
+        }
+    }
+
+    /// A reload of the directory was refused: say why; nothing was imported.
+    fn refuse_reload(&mut self, dir: &str, errors: &[IntentError]) {
+        for e in errors {
+            tracing::warn!("{e}");
+        }
+        tracing::warn!(
+            errors = errors.len(),
+            "reload of {dir} refused; the last good manifests stay in force"
+        );
+        let v = self.source_version();
+        self.status.record_reload(v, errors);
+        self.last_problem.clear();
+    }
+
+    /// Imports the files, if they changed.
+    async fn import(&mut self, outcome: Outcome, previous: Arc<dpu_model::Intent>) {
+        let Some((reloader, source)) = self.source.importer.as_mut() else {
+            return;
+        };
+        let dir = reloader.dir().display().to_string();
+        let inputs: Vec<Input> = match outcome {
+            Outcome::Unchanged => return,
+            Outcome::Refused(ReloadError::Invalid(errors)) => {
+                return self.refuse_reload(&dir, &errors);
+            }
+            Outcome::Refused(e) => {
+                let text = e.to_string();
+                if text != self.last_problem {
+                    tracing::warn!("cannot reload the intent: {text}; retrying");
+                    self.last_problem = text;
+                }
+                return;
+            }
+            Outcome::Changed(inputs) => inputs,
+        };
+        let source = source.clone();
+        let result = objects::import(
+            &self.source.store,
+            &inputs,
+            &source,
+            Some(&self.source.mirror),
+            Some(&previous),
+        )
+        .await;
+        match result {
+            Ok(done) if done.written + done.deleted == 0 => {
+                tracing::info!(
+                    version = self.source_version(),
+                    "intent files changed; the intent did not"
+                );
+                let v = self.source_version();
+                self.status.record_reload(v, &[]);
+                self.last_problem.clear();
+            }
+            Ok(done) => {
+                tracing::info!(
+                    written = done.written,
+                    deleted = done.deleted,
+                    "intent directory imported into the store"
+                );
+                self.reload_pending = true;
+                self.last_problem.clear();
+            }
+            Err(ObjectError::Invalid(errors)) => self.refuse_reload(&dir, &errors),
+            Err(e) => {
+                if let Some((r, _)) = self.source.importer.as_mut() {
+                    r.retry();
+                }
+                match e {
+                    ObjectError::Store(e) => self.store_failed("cannot import the intent", &e),
+                    other => tracing::warn!("cannot import the intent: {other}; retrying"),
+                }
+            }
+        }
+    }
+}
+
+/// Pends forever without a watch.
+async fn next_item(watch: &mut Option<Watch>) -> Option<Result<WatchItem, KvError>> {
+    match watch {
+        Some(w) => w.items.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pends forever without a retry due.
+async fn retry_due(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The blocking part of a round: poll the directory (when due), resolve the
+/// mirror (when it changed), apply the reported sets, commit.
+struct Round {
+    outcome: Option<Outcome>,
+    resolved: Option<Result<(), Vec<IntentError>>>,
+    reported_changes: usize,
+    commit: Option<Result<Commit, StoreError>>,
+}
+
+fn run_round(
+    reloader: Option<&mut Reloader>,
+    effective: &mut Effective,
+    docs: Option<Vec<crate::manifest::Doc>>,
+    reports: BTreeMap<String, ReportedSet>,
+) -> Round {
+    let outcome = reloader.map(|r| r.poll());
+    let resolved = docs.map(|docs| {
+        let previous = effective.manifests().intent.clone();
+        Manifests::resolve_since(docs, Some(&previous)).map(|m| effective.set_manifests(m))
+    });
+    let mut reported_changes = 0;
+    for (node, set) in reports {
+        if effective.set_reported(&node, set) {
+            reported_changes += 1;
+        }
+    }
+    let commit = effective.needs_commit().then(|| effective.commit());
+    Round {
+        outcome,
+        resolved,
+        reported_changes,
+        commit,
+    }
+}
+
+fn log_dropped(dropped: &[(String, String)]) {
+    for (node, reason) in dropped {
+        tracing::warn!(node, "reported workload left out of the intent: {reason}");
+    }
+}
+
+/// Runs the intent task until shutdown.
+pub async fn run(
+    source: IntentSource,
+    mut effective: Effective,
+    intent: watch::Sender<Arc<Published>>,
+    status: StatusHandle,
+    reports: Arc<ReportInbox>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let dir_watch = source
+        .importer
+        .as_ref()
+        .map(|(r, _)| crate::dirwatch::DirWatch::start(r.dir()));
+    let poll_every = dir_watch
+        .as_ref()
+        .map_or(RELIST_EVERY, |d| d.poll_interval());
+    let mut ticker = tokio::time::interval(poll_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the directory was just loaded.
+    ticker.tick().await;
+    let mut relist = tokio::time::interval(RELIST_EVERY);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    relist.tick().await;
+    let mut task = Task::new(source, status.clone());
+    // Watch from the revision the start read.
+    task.relist().await;
+    loop {
+        let has_dir = task.source.importer.is_some();
+        let wake = tokio::select! {
+            _ = ticker.tick(), if has_dir => Wake::Poll,
+            _ = async { dir_watch.as_ref().expect("has_dir").changed().await }, if has_dir => {
+                tokio::time::sleep(crate::dirwatch::DEBOUNCE).await;
+                Wake::Poll
+            }
+            _ = reports.arrived() => Wake::Reports,
+            item = next_item(&mut task.watch) => Wake::Watch(item),
+            _ = relist.tick() => Wake::Relist,
+            _ = retry_due(task.retry_at) => Wake::Relist,
+            _ = shutdown_requested(&mut shutdown) => return,
+        };
+        let poll = matches!(wake, Wake::Poll);
+        match wake {
+            Wake::Watch(item) => task.on_watch(item).await,
+            Wake::Relist => task.relist().await,
+            Wake::Poll | Wake::Reports => {}
+        }
+        // The blocking part, on a blocking thread.
+        let docs = std::mem::take(&mut task.mirror_changed).then(|| task.source.mirror.docs());
+        let pending = reports.take();
+        // The importer goes to the blocking thread and comes back.
+        let mut importer = if poll {
+            task.source.importer.take()
+        } else {
+            None
+        };
+        let ran = tokio::task::spawn_blocking(move || {
+            let round = run_round(
+                importer.as_mut().map(|(r, _)| r),
+                &mut effective,
+                docs,
+                pending,
+            );
+            (importer, effective, round)
+        })
+        .await;
+        let (importer, round);
+        (importer, effective, round) = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the intent task failed; intent changes stop");
+                return;
+            }
+        };
+        if importer.is_some() {
+            task.source.importer = importer;
+        }
+        if let Some(outcome) = round.outcome {
+            let previous = effective.manifests().intent.clone();
+            task.import(outcome, previous).await;
+        }
+        if let Some(Err(errors)) = &round.resolved {
+            task.refuse_store(errors);
+            task.reload_pending = false;
+        }
+        let version = effective.version();
+        match round.commit {
+            None => {}
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text != task.last_problem {
+                    tracing::warn!("cannot commit the intent version: {text}; retrying");
+                    task.last_problem = text;
+                }
+            }
+            Some(Ok(c)) => {
+                log_dropped(&c.newly_dropped);
+                status.record_reported(effective.summaries());
+                reports.set_reporters(effective.summaries().keys().cloned());
+                match c.published {
+                    Some(p) => {
+                        tracing::info!(
+                            version = p.version,
+                            objects = p.intent.len(),
+                            reload = task.reload_pending,
+                            reported_changes = round.reported_changes,
+                            store_revision = task.source.mirror.revision,
+                            "new intent version"
+                        );
+                        status.set_intent_version(p.version);
+                        intent.send_replace(Arc::new(p));
+                    }
+                    None if task.reload_pending => {
+                        tracing::info!(version, "intent files changed; the intent did not")
+                    }
+                    None => {}
+                }
+                let resolved = matches!(round.resolved, Some(Ok(())));
+                if resolved && (task.reload_pending || task.store_refused) {
+                    status.record_reload(c.version, &[]);
+                    task.reload_pending = false;
+                    task.store_refused = false;
+                    task.last_problem.clear();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{LocalStore, Txn};
+
+    const VPC: &str =
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
+
+    fn task(store: Store, mirror: Current, dir: &std::path::Path) -> Task {
+        let source = IntentSource {
+            store,
+            importer: None,
+            mirror,
+        };
+        Task::new(source, StatusHandle::new(dir))
+    }
+
+    /// A delete the watch never delivered (its revision compacted away) is
+    /// caught by the re-list that `Compacted` starts, and the watch resumes.
+    #[tokio::test]
+    async fn compaction_relists_and_sweeps_a_missed_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = Store::Local(LocalStore::open(&path).unwrap());
+        let two = format!(
+            "{VPC}---\n{}",
+            VPC.replace("name: a", "name: b")
+                .replace("vni: 1", "vni: 2")
+        );
+        let f = dir.path().join("v.yaml");
+        std::fs::write(&f, two).unwrap();
+        let inputs = objects::read_inputs(f.to_str().unwrap()).unwrap();
+        objects::apply(&store, &inputs, "apply").await.unwrap();
+        let mirror = objects::current(&store).await.unwrap();
+        let mut t = task(store, mirror, dir.path());
+        // Another process deletes b and compacts past it.
+        let other = LocalStore::open(&path).unwrap();
+        let r = other
+            .txn(Txn::new().delete("intent/Vpc/b").put(objects::GUARD, "x"))
+            .unwrap();
+        other.compact(r.revision).unwrap();
+        t.on_watch(Some(Ok(WatchItem::Compacted(r.revision)))).await;
+        assert!(t.mirror_changed);
+        let keys: Vec<&String> = t.source.mirror.objects.keys().collect();
+        assert_eq!(keys, ["intent/Vpc/a"]);
+        assert_eq!(t.source.mirror.revision, r.revision);
+        assert!(t.watch.is_some(), "the watch resumes after the re-list");
+        assert_eq!(t.status.snapshot().store.state, "ok");
+    }
+
+    /// A failed watch marks the store unavailable and schedules a retry that
+    /// backs off; the mirror (the intent in force) is kept.
+    #[tokio::test]
+    async fn a_failed_watch_keeps_the_mirror_and_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local(LocalStore::open(&dir.path().join("store")).unwrap());
+        let mut t = task(store, Current::default(), dir.path());
+        t.on_watch(Some(Err(KvError::Unavailable("gone".into()))))
+            .await;
+        let st = t.status.snapshot().store;
+        assert_eq!(st.state, "unavailable");
+        assert!(st
+            .error
+            .unwrap()
+            .contains("the intent watch failed: store unavailable: gone"));
+        assert!(t.retry_at.is_some());
+        assert_eq!(t.retry_wait, RETRY_MIN * 2);
+        t.on_watch(None).await;
+        assert_eq!(t.retry_wait, RETRY_MIN * 4);
+        // The retry re-lists and watches again.
+        t.relist().await;
+        assert!(t.watch.is_some() && t.retry_at.is_none());
+        assert_eq!(t.status.snapshot().store.state, "ok");
+    }
+}

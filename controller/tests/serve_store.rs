@@ -1,0 +1,203 @@
+//! `serve` on its store: the intent directory imported into it, objects that
+//! `apply` writes (from another process) reaching a connected agent, on the
+//! embedded store and on a real etcd; and etcd down: the last intent stays in
+//! force, the status says `unavailable`, writes are refused, and when etcd is
+//! back the watch resumes and changes flow again.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use test_support::etcd::TestEtcd;
+
+fn workload(i: u32) -> String {
+    format!(
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {{name: extra-{i}, labels: {{app: other}}}}\nspec: {{kind: VM, vpc: blue, ip: 10.1.1.{}, mac: \"02:00:00:00:09:{i:02x}\", node: dpu-1, port: extra-{i}}}\n",
+        150 + i
+    )
+}
+
+/// `dpu-controller apply -f -` with `store` args, `text` on stdin.
+fn apply(store: &[String], text: &str) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .args(["apply", "-f", "-"])
+        .args(store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn etcd_args(etcd: &TestEtcd) -> Vec<String> {
+    vec![
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--etcd-ca".into(),
+        etcd.ca.display().to_string(),
+        "--etcd-cert".into(),
+        etcd.cert.display().to_string(),
+        "--etcd-key".into(),
+        etcd.key.display().to_string(),
+    ]
+}
+
+/// The agent's snapshot holds the directory's objects; an object applied by
+/// another process arrives as an increment, and its delete as one too.
+async fn directory_and_apply_reach_the_agent(lab: &Lab, server: &Server, store: &[String]) {
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(server.port, &lab.read("ca.pem"), id).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    assert!(snap.snapshot);
+    assert!(
+        keys(&snap).contains(&"YusurService/web".to_string()),
+        "{:?}",
+        keys(&snap)
+    );
+    agent.ack(snap.version, &snap.nonce).await;
+
+    let out = apply(store, &workload(1));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Workload/extra-1 created\n"
+    );
+    let u = agent.update().await;
+    assert!(!u.snapshot && u.base_version == snap.version, "{u:?}");
+    assert!(
+        keys(&u).contains(&"Workload/extra-1".to_string()),
+        "{:?}",
+        keys(&u)
+    );
+    agent.ack(u.version, &u.nonce).await;
+
+    let mut del = Command::new(bin());
+    del.args(["delete", "workload", "extra-1"]).args(store);
+    let out = del.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = agent.update().await;
+    assert!(d.deletes.iter().any(|k| k.name == "extra-1"), "{d:?}");
+    agent.ack(d.version, &d.nonce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_takes_applies_from_another_process() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let store = vec!["--state-dir".to_string(), s(&lab.state).to_string()];
+    directory_and_apply_reach_the_agent(&lab, &server, &store).await;
+    let st = lab.wait_status("the store in the status", |s| s["store"]["state"] == "ok");
+    assert!(
+        st["store"]["backend"]
+            .as_str()
+            .unwrap()
+            .starts_with("local:"),
+        "{st:#}"
+    );
+    assert_eq!(st["store"]["state"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_etcd_imports_the_directory_and_follows_apply() {
+    let lab = Lab::new();
+    let etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
+    let store = etcd_args(&etcd);
+    let extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start_with(&lab, &extra);
+    directory_and_apply_reach_the_agent(&lab, &server, &store).await;
+    let st = lab.wait_status("the store in the status", |s| s["store"]["state"] == "ok");
+    assert_eq!(st["store"]["backend"], format!("etcd:{}", etcd.url));
+    assert_eq!(st["store"]["state"], "ok");
+    // The directory's objects are in etcd with the directory as their source.
+    let out = Command::new(bin())
+        .args(["get", "service", "web", "-o", "json"])
+        .args(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_keeps_the_last_intent_in_force_and_changes_flow_when_it_is_back() {
+    let lab = Lab::new();
+    let mut etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
+    let store = etcd_args(&etcd);
+    let extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start_with(&lab, &extra);
+    let id = || Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(server.port, &lab.read("ca.pem"), id())
+        .await
+        .unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    agent.ack(snap.version, &snap.nonce).await;
+
+    etcd.kill();
+    lab.wait_status("the store unavailable", |s| {
+        s["store"]["state"] == "unavailable"
+    });
+    let text = cli_ok(&["status", "--state-dir", s(&lab.state)]);
+    assert!(
+        text.contains(&format!("store: etcd:{} unavailable", etcd.url))
+            && text.contains("the last intent read stays in force"),
+        "{text}"
+    );
+    // Writes are refused, clearly.
+    let out = apply(&store, &workload(2));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("store unavailable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Fail-static: the session stays, and a new one gets the same intent.
+    drop(agent);
+    let ch = channel(server.port, &lab.read("ca.pem"), id())
+        .await
+        .unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let again = agent.update().await;
+    assert_eq!((again.version, keys(&again)), (snap.version, keys(&snap)));
+    agent.ack(again.version, &again.nonce).await;
+
+    // etcd back: the watch resumes and a change reaches the agent.
+    etcd.restart();
+    lab.wait_status("the store ok again", |s| s["store"]["state"] == "ok");
+    let out = apply(&store, &workload(3));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let u = agent.update().await;
+    assert!(
+        keys(&u).contains(&"Workload/extra-3".to_string()),
+        "{:?}",
+        keys(&u)
+    );
+    assert!(server
+        .log()
+        .contains("the last intent read stays in force, retrying"));
+}
