@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::diag::IntentError;
 use crate::effective::{Commit, Effective};
-use crate::kv::{KvError, Store, Watch, WatchItem};
+use crate::kv::{Cmp, KvError, Store, Watch, WatchItem};
 use crate::objects::{self, Current, Input, ObjectError, PREFIX};
 use crate::reload::{Manifests, Outcome, ReloadError, Reloader};
 use crate::reported::{ReportInbox, ReportedSet};
@@ -88,6 +88,7 @@ impl From<ObjectError> for StartError {
 pub async fn start(
     store: Store,
     intent_dir: Option<&std::path::Path>,
+    leader: &mut watch::Receiver<Option<Cmp>>,
 ) -> Result<(IntentSource, Manifests), StartError> {
     let mut importer = None;
     if let Some(dir) = intent_dir {
@@ -97,14 +98,27 @@ pub async fn start(
             ReloadError::Load(e) => StartError::Load(e),
         })?;
         let source = format!("dir:{}", dir.display());
-        let done = objects::import(&store, &inputs, &source, None, None).await?;
-        tracing::info!(
-            dir = %dir.display(),
-            objects = inputs.len(),
-            written = done.written,
-            deleted = done.deleted,
-            "intent directory imported into the store"
-        );
+        // Only the leader imports. A replica that does not lead at once
+        // serves what the store holds, once something is there.
+        let fence = tokio::time::timeout(FIRST_CAMPAIGN, leader.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|f| f.clone()))
+            .flatten();
+        match fence {
+            Some(fence) => {
+                let done =
+                    objects::import(&store, &inputs, &source, None, None, Some(fence)).await?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    objects = inputs.len(),
+                    written = done.written,
+                    deleted = done.deleted,
+                    "intent directory imported into the store"
+                );
+            }
+            None => wait_for_intent(&store).await?,
+        }
         importer = Some((reloader, source));
     }
     let mirror = objects::current(&store).await?;
@@ -117,6 +131,104 @@ pub async fn start(
         },
         manifests,
     ))
+}
+
+/// How long `start` waits to win the first campaign before it serves what
+/// the store holds instead of importing.
+const FIRST_CAMPAIGN: Duration = Duration::from_secs(2);
+
+/// Waits until some writer (the leader's import, `apply`) has written intent:
+/// a replica that does not lead must not serve an empty intent the leader is
+/// about to replace.
+async fn wait_for_intent(store: &Store) -> Result<(), StartError> {
+    let mut logged = false;
+    loop {
+        let (_, guard) = store.get(objects::GUARD).await?;
+        if guard.is_some() {
+            return Ok(());
+        }
+        if !logged {
+            tracing::info!("another replica leads; waiting for it to import the intent");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Campaigns for leadership for as long as the controller runs, and says in
+/// `leader` whether this replica leads (with the fence its writes carry).
+/// The leader also compacts the store's history every [`COMPACT_EVERY`],
+/// keeping [`COMPACT_KEEP`] revisions.
+pub async fn lead(
+    store: Store,
+    id: String,
+    leader: watch::Sender<Option<Cmp>>,
+    status: StatusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut wait = RETRY_MIN;
+    loop {
+        let won = tokio::select! {
+            r = store.campaign(&id) => r,
+            _ = shutdown_requested(&mut shutdown) => return,
+        };
+        let mut l = match won {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot campaign for leadership; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown_requested(&mut shutdown) => return,
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+                continue;
+            }
+        };
+        wait = RETRY_MIN;
+        tracing::info!(key = %l.key, rev = l.rev, id = %id, "this replica leads: it imports the intent directory and compacts the store");
+        status.record_leader(true);
+        leader.send_replace(Some(l.fence()));
+        let mut compact = tokio::time::interval(COMPACT_EVERY);
+        compact.tick().await;
+        loop {
+            tokio::select! {
+                _ = l.lost() => {
+                    tracing::warn!("leadership lost (its lease could not be kept); campaigning again");
+                    leader.send_replace(None);
+                    status.record_leader(false);
+                    break;
+                }
+                _ = compact.tick() => compact_history(&store).await,
+                _ = shutdown_requested(&mut shutdown) => {
+                    leader.send_replace(None);
+                    l.resign().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The leader compacts at most this often ...
+pub const COMPACT_EVERY: Duration = Duration::from_secs(300);
+/// ... keeping this many revisions of history (a watch further behind
+/// re-lists).
+pub const COMPACT_KEEP: i64 = 10_000;
+
+async fn compact_history(store: &Store) {
+    let rev = match store.get(objects::GUARD).await {
+        Ok((rev, _)) => rev,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the store's revision to compact"),
+    };
+    let to = rev - COMPACT_KEEP;
+    if to > 0 {
+        match store.compact(to).await {
+            Ok(()) => tracing::info!(revision = to, "store history compacted"),
+            // Compacted already (by us before, or etcd's own --auto-compaction).
+            Err(KvError::Compacted { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot compact the store"),
+        }
+    }
 }
 
 /// What woke the task.
@@ -143,11 +255,18 @@ struct Task {
     status: StatusHandle,
     /// The last problem logged, so that a retry does not repeat it.
     last_problem: String,
+    /// The fence while this replica leads (and imports), else `None`.
+    leader: watch::Receiver<Option<Cmp>>,
 }
 
 impl Task {
-    fn new(source: IntentSource, status: StatusHandle) -> Self {
+    fn new(
+        source: IntentSource,
+        status: StatusHandle,
+        leader: watch::Receiver<Option<Cmp>>,
+    ) -> Self {
         Task {
+            leader,
             source,
             watch: None,
             retry_at: None,
@@ -306,12 +425,18 @@ impl Task {
             Outcome::Changed(inputs) => inputs,
         };
         let source = source.clone();
+        let Some(fence) = self.leader.borrow().clone() else {
+            // Leadership went while the files were read: the next leader reads them.
+            reloader.retry();
+            return;
+        };
         let result = objects::import(
             &self.source.store,
             &inputs,
             &source,
             Some(&self.source.mirror),
             Some(&previous),
+            Some(fence),
         )
         .await;
         match result {
@@ -405,12 +530,14 @@ fn log_dropped(dropped: &[(String, String)]) {
 }
 
 /// Runs the intent task until shutdown.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     source: IntentSource,
     mut effective: Effective,
     intent: watch::Sender<Arc<Published>>,
     status: StatusHandle,
     reports: Arc<ReportInbox>,
+    leader: watch::Receiver<Option<Cmp>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let dir_watch = source
@@ -427,7 +554,7 @@ pub async fn run(
     let mut relist = tokio::time::interval(RELIST_EVERY);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     relist.tick().await;
-    let mut task = Task::new(source, status.clone());
+    let mut task = Task::new(source, status.clone(), leader);
     // Watch from the revision the start read.
     task.relist().await;
     loop {
@@ -441,10 +568,22 @@ pub async fn run(
             _ = reports.arrived() => Wake::Reports,
             item = next_item(&mut task.watch) => Wake::Watch(item),
             _ = relist.tick() => Wake::Relist,
+            changed = task.leader.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                // Won: read the directory afresh and import it.
+                let leads = task.leader.borrow_and_update().is_some();
+                if let (true, Some((r, _))) = (leads, task.source.importer.as_mut()) {
+                    r.retry();
+                }
+                Wake::Poll
+            }
             _ = retry_due(task.retry_at) => Wake::Relist,
             _ = shutdown_requested(&mut shutdown) => return,
         };
-        let poll = matches!(wake, Wake::Poll);
+        // Only the leader reads the directory (and imports it).
+        let poll = matches!(wake, Wake::Poll) && task.leader.borrow().is_some();
         match wake {
             Wake::Watch(item) => task.on_watch(item).await,
             Wake::Relist => task.relist().await,
@@ -546,7 +685,8 @@ mod tests {
             importer: None,
             mirror,
         };
-        Task::new(source, StatusHandle::new(dir))
+        let (_tx, leader) = watch::channel(None);
+        Task::new(source, StatusHandle::new(dir), leader)
     }
 
     /// A delete the watch never delivered (its revision compacted away) is

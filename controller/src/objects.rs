@@ -58,7 +58,8 @@ pub enum ObjectError {
     /// An input file could not be read.
     #[error("{path}: {message}")]
     Input { path: String, message: String },
-    /// Another writer changed an object between our read and our write.
+    /// Another writer changed an object between our read and our write (or,
+    /// for a leader's import, leadership was lost).
     #[error("the intent changed while this command ran (store revision {0}); nothing was changed, run it again")]
     Conflict(Revision),
     /// `get`/`delete` named a kind or object that does not exist.
@@ -414,15 +415,17 @@ pub struct Imported {
 /// `source` is `dir:<path>`): writes what is new or changed, and deletes what
 /// `source` wrote before and `inputs` no longer has (mark and sweep). Objects
 /// other writers made are left alone, but the result is resolved with them.
-/// One guarded transaction, as [`apply`]. `read` (the caller's last read)
-/// saves parsing values that have not changed; `previous` is the intent in
-/// force, for blame.
+/// One guarded transaction, as [`apply`], that also holds only if `fence`
+/// does (the leader's, see `kv::election`): a replica that has lost
+/// leadership writes nothing. `read` (the caller's last read) saves parsing
+/// values that have not changed; `previous` is the intent in force, for blame.
 pub async fn import(
     store: &Store,
     inputs: &[Input],
     source: &str,
     read: Option<&Current>,
     previous: Option<&Intent>,
+    fence: Option<Cmp>,
 ) -> Result<Imported, ObjectError> {
     let current = from_listing_since(store.list(PREFIX).await?, read)?;
     let keep: std::collections::BTreeSet<String> = inputs
@@ -447,6 +450,9 @@ pub async fn import(
     for k in removed {
         txn = txn.delete(k);
         done.deleted += 1;
+    }
+    if let Some(fence) = fence {
+        txn = txn.when(fence);
     }
     commit(store, txn, &current, source).await?;
     Ok(done)

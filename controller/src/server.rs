@@ -157,7 +157,22 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .intent_dir
         .as_ref()
         .map_or_else(|| backend.clone(), |d| d.display().to_string());
-    let (source, manifests) = match intenttask::start(store, opts.intent_dir.as_deref()).await {
+    // The leader imports the intent directory and compacts; every replica serves.
+    let (leader_tx, mut leader_rx) = watch::channel(None);
+    let leading = tokio::spawn(intenttask::lead(
+        store.clone(),
+        format!(
+            "{} {} pid {}",
+            opts.server_name,
+            opts.listen,
+            std::process::id()
+        ),
+        leader_tx,
+        status.clone(),
+        shutdown_rx.clone(),
+    ));
+    let started = intenttask::start(store, opts.intent_dir.as_deref(), &mut leader_rx).await;
+    let (source, manifests) = match started {
         Ok(r) => r,
         Err(StartError::Invalid(errors)) => {
             status.record_reload(versions.current().map_or(0, |c| c.version), &errors);
@@ -240,6 +255,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         intent_tx,
         status.clone(),
         reports,
+        leader_rx,
         shutdown_rx.clone(),
     ));
     let mut server_shutdown = shutdown_rx.clone();
@@ -276,6 +292,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     // server failed on its own.
     shutdown_tx.send_replace(true);
     let _ = reload.await;
+    let _ = leading.await;
     let _ = revocations.await;
     let _ = health_authz.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {

@@ -57,6 +57,9 @@ pub struct StoreStatus {
     pub error: Option<String>,
     /// The last store revision the intent was read at.
     pub revision: i64,
+    /// Whether this replica leads (imports the intent directory, compacts).
+    #[serde(default)]
+    pub leader: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -201,6 +204,11 @@ impl StatusHandle {
             d.store.state = if error.is_none() { "ok" } else { "unavailable" }.into();
             d.store.error = error;
         });
+    }
+
+    /// Records whether this replica leads.
+    pub fn record_leader(&self, leader: bool) {
+        self.update(|d| d.store.leader = leader);
     }
 
     /// The intent version in force, after a change that was not a reload.

@@ -204,10 +204,11 @@ fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
     );
     if !doc.store.backend.is_empty() {
         out += &format!(
-            "store: {} {} (revision {}){}\n",
+            "store: {} {} (revision {}, {}){}\n",
             escape_peer(&doc.store.backend, 256),
             doc.store.state,
             doc.store.revision,
+            if doc.store.leader { "leader" } else { "follower" },
             doc.store
                 .error
                 .as_ref()

@@ -201,3 +201,87 @@ async fn etcd_down_keeps_the_last_intent_in_force_and_changes_flow_when_it_is_ba
         .log()
         .contains("the last intent read stays in force, retrying"));
 }
+
+/// `status --json` of a state directory, once `pred` holds.
+fn wait_state(state: &std::path::Path, what: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = cli(&["status", "--state-dir", s(state), "--json"]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if pred(&v) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Two replicas on one etcd: one leads and imports the directory, the other
+/// serves what the store holds; a change of the directory reaches an agent
+/// connected to the follower. The leader killed -9, the follower takes over
+/// within the lease and imports the next change itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_and_the_follower_takes_over() {
+    let lab = Lab::new();
+    let etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
+    let store = etcd_args(&etcd);
+    let extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    let mut a = Server::start_with(&lab, &extra);
+    wait_state(&lab.state, "A leading", |v| v["store"]["leader"] == true);
+    // B: its own state directory with the same CA.
+    let b_state = lab.state.with_file_name("state-b");
+    std::fs::create_dir_all(&b_state).unwrap();
+    let copy = Command::new("cp")
+        .args(["-a", &format!("{}/pki", s(&lab.state)), s(&b_state)])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::remove_file(b_state.join("pki/server.pem")).ok();
+    std::fs::remove_file(b_state.join("pki/server.key")).ok();
+    let b = Server::start_at(&lab, &b_state, &extra);
+    wait_state(&b_state, "B serving as a follower", |v| {
+        v["store"]["state"] == "ok" && v["store"]["leader"] == false
+    });
+
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(b.port, &lab.read("ca.pem"), id).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    assert!(keys(&snap).contains(&"YusurService/web".to_string()));
+    agent.ack(snap.version, &snap.nonce).await;
+
+    // A change of the directory: A imports it, B's agent gets it.
+    write_manifest(&lab.intent, "40-extra.yaml", &workload(4));
+    let u = agent.update().await;
+    assert!(
+        keys(&u).contains(&"Workload/extra-4".to_string()),
+        "{:?}",
+        keys(&u)
+    );
+    agent.ack(u.version, &u.nonce).await;
+    assert!(
+        !b.log().contains("intent directory imported"),
+        "the follower imported: {}",
+        b.log()
+    );
+
+    // A dies; B leads within the lease and imports the next change.
+    let killed = std::time::Instant::now();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    wait_state(&b_state, "B leading", |v| v["store"]["leader"] == true);
+    println!("B leads {:?} after A was killed", killed.elapsed());
+    write_manifest(&lab.intent, "41-extra.yaml", &workload(5));
+    let u = agent.update().await;
+    assert!(
+        keys(&u).contains(&"Workload/extra-5".to_string()),
+        "{:?}",
+        keys(&u)
+    );
+    assert!(b.log().contains("this replica leads"), "{}", b.log());
+}

@@ -109,6 +109,11 @@ impl EtcdStore {
         })
     }
 
+    /// A handle for one request (the client's methods take `&mut self`).
+    pub(super) fn client(&self) -> Client {
+        Client::clone(&self.client)
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.options.endpoints
     }
@@ -337,7 +342,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn error(e: etcd_client::Error) -> KvError {
+pub(super) fn error(e: etcd_client::Error) -> KvError {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {

@@ -22,6 +22,7 @@
 //! one etcd can hold several independent control planes. Values are UTF-8 text
 //! (JSON or YAML); an etcd value that is not is an error that names the key.
 
+pub mod election;
 pub mod etcd;
 pub mod local;
 
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use election::{Leadership, LEADER_TTL};
 pub use etcd::{EtcdOptions, EtcdStore};
 pub use local::LocalStore;
 

@@ -263,12 +263,12 @@ async fn an_import_blames_a_conflict_on_the_newcomer() {
         std::fs::write(intent.join("10.yaml"), format!("{vpc}---\n{subnet}")).unwrap();
         std::fs::write(intent.join("30-services.yaml"), svc("web")).unwrap();
         let first = read_inputs(intent.to_str().unwrap()).unwrap();
-        import(&s, &first, "dir:intent", None, None).await.unwrap();
+        import(&s, &first, "dir:intent", None, None, None).await.unwrap();
         let c = current(&s).await.unwrap();
         let previous = resolve(&c.docs()).unwrap();
         std::fs::write(intent.join("99-dup.yaml"), svc(name)).unwrap();
         let next = read_inputs(intent.to_str().unwrap()).unwrap();
-        match import(&s, &next, "dir:intent", Some(&c), Some(&previous)).await {
+        match import(&s, &next, "dir:intent", Some(&c), Some(&previous), None).await {
             Err(ObjectError::Invalid(errs)) => {
                 assert_eq!(errs.len(), 1, "{errs:?}");
                 let e = &errs[0];
@@ -290,7 +290,7 @@ async fn an_import_blames_a_conflict_on_the_newcomer() {
 /// Imports `dir` as `serve --intent-dir` would (source `dir:i`).
 async fn import_dir(s: &Store, dir: &Path) -> Imported {
     let inputs = read_inputs(dir.to_str().unwrap()).unwrap();
-    import(s, &inputs, "dir:i", None, None).await.unwrap()
+    import(s, &inputs, "dir:i", None, None, None).await.unwrap()
 }
 
 /// An import writes what changed and deletes what the directory no longer

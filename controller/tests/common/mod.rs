@@ -155,17 +155,26 @@ impl Server {
 
     /// Starts `serve` with more arguments.
     pub fn start_with(lab: &Lab, extra: &[&str]) -> Self {
+        Self::start_at(lab, &lab.state, extra)
+    }
+
+    /// Starts `serve` on the state directory `state` (another replica's),
+    /// with the lab's intent directory.
+    pub fn start_at(lab: &Lab, state: &Path, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let log = lab.state.with_file_name("serve.log");
+        let log = state.with_file_name(format!(
+            "{}.serve.log",
+            state.file_name().unwrap().to_string_lossy()
+        ));
         let child = Command::new(bin())
             .args([
                 "serve",
                 "--state-dir",
-                s(&lab.state),
+                s(state),
                 "--intent-dir",
                 s(&lab.intent),
             ])
