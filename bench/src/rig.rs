@@ -252,6 +252,7 @@ impl Rig {
             base_version: 0,
             upserts: objects.iter().map(object_to_proto).collect(),
             deletes: vec![],
+            store_id: String::new(),
         }
     }
 
@@ -265,6 +266,7 @@ impl Rig {
             base_version: self.version,
             upserts: objects.iter().map(object_to_proto).collect(),
             deletes: vec![],
+            store_id: String::new(),
         }
     }
 

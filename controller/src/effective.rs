@@ -32,6 +32,8 @@ pub struct Effective {
     stale: bool,
     version: u64,
     summaries: BTreeMap<String, ReportedSummary>,
+    /// `<store cluster id>/<version lineage>`: what the versions number.
+    store_id: Arc<str>,
 }
 
 /// (node, reason) for each reported workload left out of the intent.
@@ -55,7 +57,9 @@ impl Effective {
         state_dir: &Path,
         manifests: Manifests,
         versions: VersionStore,
+        cluster_id: &str,
     ) -> Result<(Self, Published, Drops), StoreError> {
+        let store_id: Arc<str> = format!("{cluster_id}/{}", versions.lineage()).into();
         let mut reported = ReportedStore::open(state_dir)?;
         let nodes = crate::nodes::NodeStore::new(state_dir);
         let revoked: Vec<String> = reported
@@ -77,6 +81,7 @@ impl Effective {
             stale: true,
             version: 0,
             summaries: BTreeMap::new(),
+            store_id,
         };
         let commit = e.commit()?;
         let published = commit
@@ -185,6 +190,7 @@ impl Effective {
         let published = (version != self.version).then(|| Published {
             version,
             intent: Arc::new(merged.intent),
+            store_id: self.store_id.clone(),
         });
         self.version = version;
         Ok(Commit {
@@ -223,7 +229,8 @@ mod tests {
     }
 
     fn open(dir: &Path, m: Manifests) -> (Effective, Published) {
-        let (e, p, _) = Effective::open(dir, m, VersionStore::open(dir).unwrap()).unwrap();
+        let (e, p, _) =
+            Effective::open(dir, m, VersionStore::open(dir).unwrap(), "0123456789abcdef").unwrap();
         (e, p)
     }
 

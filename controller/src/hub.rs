@@ -50,6 +50,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTBOUND_QUEUE: usize = 4;
 /// The longest `Hello.agent_version` (a version string, kept in the status).
 pub const MAX_AGENT_VERSION_LEN: usize = 128;
+/// The longest `Hello.store_id` (ours are 33 bytes: two 16-digit hex ids).
+/// It is only compared, never stored or printed.
+pub const MAX_STORE_ID_LEN: usize = 128;
 /// At most one Health message per session within this time: changes in between
 /// are coalesced into the next one (the latest union), so a node that flips its
 /// verdicts cannot make the controller flood every agent.
@@ -413,13 +416,19 @@ async fn run_session(
         tracing::warn!(?peer, "session refused: {msg}");
         return end_with(&tx, Status::permission_denied(msg));
     }
-    if hello.agent_version.len() > MAX_AGENT_VERSION_LEN {
-        let msg = format!(
-            "Hello.agent_version: {} bytes, at most {MAX_AGENT_VERSION_LEN}",
-            hello.agent_version.len()
-        );
-        tracing::warn!(?peer, node = %hello.node, "session refused: {msg}");
-        return end_with(&tx, Status::invalid_argument(msg));
+    for (field, len, max) in [
+        (
+            "agent_version",
+            hello.agent_version.len(),
+            MAX_AGENT_VERSION_LEN,
+        ),
+        ("store_id", hello.store_id.len(), MAX_STORE_ID_LEN),
+    ] {
+        if len > max {
+            let msg = format!("Hello.{field}: {len} bytes, at most {max}");
+            tracing::warn!(?peer, node = %hello.node, "session refused: {msg}");
+            return end_with(&tx, Status::invalid_argument(msg));
+        }
     }
     let agent_version = escape_peer(&hello.agent_version, MAX_AGENT_VERSION_LEN);
     let node = hello.node.clone();
@@ -503,7 +512,12 @@ async fn drive(
     }
     let mut health = hub.health.subscribe();
     let nack_pending = hub.status.nack_pending(node);
-    match core.start(hello.last_applied_version, nack_pending, &current) {
+    match core.start(
+        hello.last_applied_version,
+        &hello.store_id,
+        nack_pending,
+        &current,
+    ) {
         Some(update) => send(hub, node, tx, update).await?,
         None => {
             tracing::info!(node, version = current.version, "agent is up to date");
@@ -864,6 +878,7 @@ mod tests {
         assert_eq!(e.code(), Code::Cancelled);
 
         let hello = msg(Msg::Hello(pb::Hello {
+            store_id: String::new(),
             node: "dpu-1".into(),
             ..Default::default()
         }));

@@ -186,7 +186,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Err(StartError::Conflict(e)) => return Err(ServeError::Config(e)),
     };
     status.record_store(&backend, source.mirror.revision, None);
-    let (effective, published, dropped) = Effective::open(state, manifests, versions)?;
+    let cluster_id = source.store.cluster_id().await?;
+    let (effective, published, dropped) = Effective::open(state, manifests, versions, &cluster_id)?;
     for (node, reason) in &dropped {
         tracing::warn!(node, "reported workload left out of the intent: {reason}");
     }

@@ -19,6 +19,9 @@ use crate::view::{diff, node_view, View};
 pub struct Published {
     pub version: u64,
     pub intent: Arc<Intent>,
+    /// Which numbering `version` belongs to (`Update.store_id`): the store's
+    /// cluster id and the version counter's lineage.
+    pub store_id: Arc<str>,
 }
 
 /// How many sent-but-unanswered updates are remembered for matching replies.
@@ -57,10 +60,14 @@ impl SessionCore {
     pub fn start(
         &mut self,
         hello_version: u64,
+        hello_store_id: &str,
         nack_pending: bool,
         current: &Published,
     ) -> Option<pb::Update> {
-        if hello_version != 0 && hello_version == current.version && !nack_pending {
+        // A version compares only within one numbering: an agent that says
+        // none (an older agent) or another one gets a snapshot.
+        let same = hello_store_id == &*current.store_id;
+        if hello_version != 0 && hello_version == current.version && same && !nack_pending {
             self.sent = Some(Sent {
                 version: current.version,
                 view: node_view(&current.intent, &self.node),
@@ -82,7 +89,7 @@ impl SessionCore {
         let base = sent.version;
         let view = node_view(&current.intent, &self.node);
         let delta = diff(&sent.view, &view);
-        let update = self.update(current.version, base, false, &delta.upserts, &delta.deletes);
+        let update = self.update(current, base, false, &delta.upserts, &delta.deletes);
         self.sent = Some(Sent {
             version: current.version,
             view,
@@ -93,7 +100,7 @@ impl SessionCore {
     fn snapshot(&mut self, current: &Published) -> pb::Update {
         let view = node_view(&current.intent, &self.node);
         let objects: Vec<Object> = view.values().cloned().collect();
-        let update = self.update(current.version, 0, true, &objects, &[]);
+        let update = self.update(current, 0, true, &objects, &[]);
         self.need_snapshot = false;
         self.sent = Some(Sent {
             version: current.version,
@@ -104,12 +111,13 @@ impl SessionCore {
 
     fn update(
         &mut self,
-        version: u64,
+        current: &Published,
         base_version: u64,
         snapshot: bool,
         upserts: &[Object],
         deletes: &[ObjectKey],
     ) -> pb::Update {
+        let version = current.version;
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         let nonce = hex::encode(nonce);
@@ -124,6 +132,7 @@ impl SessionCore {
             base_version,
             upserts: upserts.iter().map(object_to_proto).collect(),
             deletes: deletes.iter().map(key_to_proto).collect(),
+            store_id: current.store_id.to_string(),
         }
     }
 
@@ -201,8 +210,11 @@ mod tests {
         Published {
             version,
             intent: Arc::new(i),
+            store_id: STORE.into(),
         }
     }
+
+    const STORE: &str = "c1/l1";
 
     fn keys(u: &pb::Update) -> Vec<String> {
         u.upserts
@@ -215,17 +227,26 @@ mod tests {
     fn hello_at_current_version_gets_nothing_else_a_snapshot() {
         let p = published(5, "a", false);
         let mut s = SessionCore::new("dpu-1");
-        assert!(s.start(5, false, &p).is_none());
+        assert!(s.start(5, STORE, false, &p).is_none());
         assert_eq!(s.sent_version(), Some(5));
 
         let mut s = SessionCore::new("dpu-1");
         let u = s
-            .start(5, true, &p)
+            .start(5, STORE, true, &p)
             .expect("a pending NACK forces a snapshot");
         assert!(u.snapshot);
 
+        // The same version in another numbering (another store or counter),
+        // or none (an agent older than store_id): a snapshot.
+        for other in ["c2/l1", ""] {
+            let mut s = SessionCore::new("dpu-1");
+            let u = s.start(5, other, false, &p).expect("another numbering");
+            assert!(u.snapshot);
+            assert_eq!(u.store_id, STORE);
+        }
+
         let mut s = SessionCore::new("dpu-1");
-        let u = s.start(4, false, &p).unwrap();
+        let u = s.start(4, STORE, false, &p).unwrap();
         assert!(u.snapshot);
         assert_eq!((u.version, u.base_version), (5, 0));
         assert_eq!(keys(&u), ["Vpc/blue", "Workload/w"]);
@@ -235,7 +256,7 @@ mod tests {
     #[test]
     fn new_versions_are_incremental_and_always_sent() {
         let mut s = SessionCore::new("dpu-1");
-        s.start(0, false, &published(1, "a", false)).unwrap();
+        s.start(0, STORE, false, &published(1, "a", false)).unwrap();
         let u = s.on_version(&published(2, "b", false)).unwrap();
         assert!(!u.snapshot);
         assert_eq!((u.version, u.base_version), (2, 1));
@@ -252,7 +273,7 @@ mod tests {
     #[test]
     fn replies_must_match_version_and_nonce_and_nack_forces_snapshot() {
         let mut s = SessionCore::new("dpu-1");
-        let first = s.start(0, false, &published(1, "a", false)).unwrap();
+        let first = s.start(0, STORE, false, &published(1, "a", false)).unwrap();
         let second = s.on_version(&published(2, "b", false)).unwrap();
         assert_ne!(first.nonce, second.nonce);
         assert!(!s.on_ack(2, &first.nonce), "wrong nonce for the version");

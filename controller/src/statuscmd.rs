@@ -208,7 +208,11 @@ fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
             escape_peer(&doc.store.backend, 256),
             doc.store.state,
             doc.store.revision,
-            if doc.store.leader { "leader" } else { "follower" },
+            if doc.store.leader {
+                "leader"
+            } else {
+                "follower"
+            },
             doc.store
                 .error
                 .as_ref()

@@ -37,12 +37,19 @@ pub struct VersionRecord {
     pub version: u64,
     /// Hex SHA-256 of the resolved intent (see `intent_digest`).
     pub digest: String,
+    /// Which counter this is: 16 hex digits made with the file. Agents are
+    /// told it with every update (in `Update.store_id`), so that a version
+    /// from another counter (another replica's, or this one's after its file
+    /// was lost) is never taken for the same intent.
+    #[serde(default)]
+    pub lineage: String,
 }
 
 #[derive(Debug)]
 pub struct VersionStore {
     path: PathBuf,
     current: Option<VersionRecord>,
+    lineage: String,
 }
 
 impl VersionStore {
@@ -58,7 +65,39 @@ impl VersionStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        Ok(VersionStore { path, current })
+        let mut store = VersionStore {
+            path,
+            current,
+            lineage: String::new(),
+        };
+        match store.current.as_ref().map(|c| c.lineage.clone()) {
+            Some(l) if !l.is_empty() => store.lineage = l,
+            had => {
+                store.lineage = format!("{:016x}", rand::random::<u64>());
+                // A file from before lineages: give it one now, so that the
+                // next start agrees.
+                if let (Some(_), Some(mut cur)) = (had, store.current.clone()) {
+                    cur.lineage = store.lineage.clone();
+                    store.write(&cur)?;
+                    store.current = Some(cur);
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// This counter's lineage (see [`VersionRecord::lineage`]).
+    pub fn lineage(&self) -> &str {
+        &self.lineage
+    }
+
+    fn write(&self, record: &VersionRecord) -> Result<(), StoreError> {
+        let mut bytes = serde_json::to_vec_pretty(record).expect("a record serializes");
+        bytes.push(b'\n');
+        write_atomic(&self.path, &bytes, PUBLIC_MODE).map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     pub fn current(&self) -> Option<&VersionRecord> {
@@ -74,13 +113,9 @@ impl VersionStore {
         let next = VersionRecord {
             version: self.current.as_ref().map_or(0, |c| c.version) + 1,
             digest: digest.to_string(),
+            lineage: self.lineage.clone(),
         };
-        let mut bytes = serde_json::to_vec_pretty(&next).expect("a record serializes");
-        bytes.push(b'\n');
-        write_atomic(&self.path, &bytes, PUBLIC_MODE).map_err(|source| StoreError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.write(&next)?;
         self.current = Some(next);
         Ok(self.current.as_ref().map_or(0, |c| c.version))
     }
@@ -129,6 +164,27 @@ mod tests {
         assert_eq!(s.commit(&a).unwrap(), 3);
         let s = VersionStore::open(dir.path()).unwrap();
         assert_eq!(s.current().map(|c| c.version), Some(3));
+    }
+
+    #[test]
+    fn the_lineage_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = VersionStore::open(dir.path()).unwrap();
+        let l = s.lineage().to_string();
+        assert_eq!(l.len(), 16);
+        s.commit("d1").unwrap();
+        assert_eq!(VersionStore::open(dir.path()).unwrap().lineage(), l);
+        // A file from before lineages gets one at open, kept from then on.
+        fs::write(
+            dir.path().join(VERSION_FILE),
+            r#"{"version": 4, "digest": "d"}"#,
+        )
+        .unwrap();
+        let s = VersionStore::open(dir.path()).unwrap();
+        let l2 = s.lineage().to_string();
+        assert!(l2.len() == 16 && l2 != l);
+        assert_eq!(s.current().map(|c| c.version), Some(4));
+        assert_eq!(VersionStore::open(dir.path()).unwrap().lineage(), l2);
     }
 
     #[test]

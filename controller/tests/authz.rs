@@ -367,6 +367,7 @@ async fn peer_text_reaches_the_terminal_and_the_log_escaped_and_bounded() {
             node: "dpu-1".into(),
             last_applied_version: 0,
             agent_version: "v".repeat(100_000),
+            store_id: String::new(),
         })),
     })
     .await
@@ -381,6 +382,17 @@ async fn peer_text_reaches_the_terminal_and_the_log_escaped_and_bounded() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message().contains("Hello.agent_version: 100000 bytes"),
+        "{e:?}"
+    );
+
+    // So is a store id of 100,000 bytes.
+    let ch = channel(server.port, &ca, dpu1.clone()).await.unwrap();
+    let mut agent = open_at(ch, "dpu-1", 1, &"s".repeat(100_000)).await.unwrap();
+    let e = agent.next().await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("Hello.store_id: 100000 bytes, at most 128"),
         "{e:?}"
     );
 

@@ -47,6 +47,9 @@ async fn serves_snapshots_and_increments_over_mtls() {
     assert_eq!(keys(&snap), BLUE);
     let v1 = snap.version;
     assert!(v1 >= 1);
+    // The numbering: the store's cluster id and the counter's lineage.
+    let store_id = snap.store_id.clone();
+    assert_eq!(store_id.len(), 33, "{store_id}");
 
     // A reply with the wrong nonce is ignored; the right one is the applied version.
     agent.ack(v1, "not-the-nonce").await;
@@ -127,9 +130,9 @@ async fn serves_snapshots_and_increments_over_mtls() {
     assert_eq!(st["intent_errors"].as_array().unwrap().len(), 0);
 
     // A second session for the node replaces the first; an agent already at the
-    // current version gets no snapshot.
+    // current version of this numbering gets no snapshot.
     let ch = channel(server.port, &ca, id.clone()).await.unwrap();
-    let mut second = open(ch, "dpu-1", v3).await.unwrap();
+    let mut second = open_at(ch, "dpu-1", v3, &store_id).await.unwrap();
     let ended = agent.next().await;
     assert!(
         matches!(&ended, Err(s) if s.code() == Code::Aborted),
@@ -277,6 +280,7 @@ async fn reported_pods_join_the_intent_and_survive_a_restart() {
     let snap = agent.update().await;
     assert!(snap.snapshot);
     let v1 = snap.version;
+    let store_id = snap.store_id.clone();
     assert!(!backend_ips(&snap, "web").contains(&"10.1.1.30".to_string()));
     agent.ack(v1, &snap.nonce).await;
     lab.wait_status("dpu-1 applied v1", |st| {
@@ -347,9 +351,17 @@ async fn reported_pods_join_the_intent_and_survive_a_restart() {
     let st = lab.wait_status("the new controller", |st| st["controller_pid"] == pid);
     assert_eq!(st["intent_version"], v1 + 1, "{st:#}");
     assert_eq!(node(&st, "dpu-1")["reported_workloads"], 1);
+    // The numbering survives the restart too: an agent at the version gets
+    // nothing, one that says another numbering (or none) gets a snapshot.
     let ch = channel(server.port, &ca, id.clone()).await.unwrap();
-    let mut agent = open(ch, "dpu-1", v1 + 1).await.unwrap();
+    let mut agent = open_at(ch, "dpu-1", v1 + 1, &store_id).await.unwrap();
     agent.nothing_for(Duration::from_millis(1000)).await;
+    for other in ["0000000000000000/0000000000000000", ""] {
+        let ch = channel(server.port, &ca, id.clone()).await.unwrap();
+        let mut agent = open_at(ch, "dpu-1", v1 + 1, other).await.unwrap();
+        let snap = agent.update().await;
+        assert!(snap.snapshot && snap.version == v1 + 1 && snap.store_id == store_id);
+    }
     let ch = channel(server.port, &ca, id).await.unwrap();
     let mut fresh = open(ch, "dpu-1", 0).await.unwrap();
     let snap = fresh.update().await;

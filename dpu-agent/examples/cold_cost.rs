@@ -81,7 +81,7 @@ fn main() {
         .unwrap();
     let (intent, facts) = build(n);
     let facts = Facts::new(facts);
-    let wire = snapshot_of(&intent, 1).encode_to_vec();
+    let wire = snapshot_of(&intent, 1, "").encode_to_vec();
     drop(intent);
     println!(
         "N={n}: snapshot {:.1} MiB on the wire; {rounds} rounds, each on a fresh agent state",

@@ -103,7 +103,7 @@ fn main() {
 
     let (intent, facts) = build(n);
     let facts = Facts::new(facts);
-    let snap = snapshot_of(&intent, 1);
+    let snap = snapshot_of(&intent, 1, "");
     drop(intent);
     // The node facts and the runtime, without the snapshot (dropped below).
     let base = live() - deep(&snap);

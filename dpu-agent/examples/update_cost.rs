@@ -70,6 +70,7 @@ fn one_change(s: usize, workloads: usize, round: usize, version: u64) -> Vec<u8>
             round + 1,
         )))],
         deletes: vec![],
+        store_id: String::new(),
     }
     .encode_to_vec()
 }
@@ -90,7 +91,7 @@ fn incremental(n: usize, rounds: usize) {
     let (intent, facts) = build(n);
     let mut facts = dpu_agent::state::applied::Facts::new(facts);
     let workloads = intent.workloads.len();
-    let snap = snapshot_of(&intent, 1);
+    let snap = snapshot_of(&intent, 1, "");
     drop(intent);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -185,7 +186,7 @@ fn incremental(n: usize, rounds: usize) {
 fn baseline(n: usize, rounds: usize) {
     let (intent, facts) = build(n);
     let workloads = intent.workloads.len();
-    let snap = snapshot_of(&intent, 1);
+    let snap = snapshot_of(&intent, 1, "");
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -219,7 +220,7 @@ fn baseline(n: usize, rounds: usize) {
         let t5 = Instant::now();
         store
             .save(&Persisted {
-                snapshot: snapshot_of(&next, upd.version),
+                snapshot: snapshot_of(&next, upd.version, ""),
                 alloc: a.clone(),
             })
             .unwrap();

@@ -252,6 +252,7 @@ fn update(version: u64, snapshot: bool, ops: &[Op]) -> pb::Update {
         nonce: String::new(),
         upserts: Vec::new(),
         deletes: Vec::new(),
+        store_id: String::new(),
     };
     for op in ops {
         match op {

@@ -291,6 +291,7 @@ fn update(version: u64, base: u64, snapshot: bool, objects: Vec<&Object>) -> pb:
         base_version: base,
         upserts: objects.into_iter().map(object_to_proto).collect(),
         deletes: Vec::new(),
+        store_id: String::new(),
     }
 }
 

@@ -100,6 +100,7 @@ pub fn update(version: u64, base: u64, snapshot: bool, objs: Vec<Object>) -> pb:
             base_version: base,
             upserts: objs.iter().map(object_to_proto).collect(),
             deletes: vec![],
+            store_id: String::new(),
         })),
     }
 }

@@ -423,6 +423,7 @@ fn raw_update(version: u64, base: u64, upserts: Vec<pb::Object>) -> pb::Controll
             base_version: base,
             upserts,
             deletes: vec![],
+            store_id: String::new(),
         })),
     }
 }

@@ -57,6 +57,7 @@ async fn session(
             node: node.into(),
             last_applied_version: 0,
             agent_version: "attacker".into(),
+            store_id: String::new(),
         })),
     })
     .await?;

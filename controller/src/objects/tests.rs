@@ -263,7 +263,9 @@ async fn an_import_blames_a_conflict_on_the_newcomer() {
         std::fs::write(intent.join("10.yaml"), format!("{vpc}---\n{subnet}")).unwrap();
         std::fs::write(intent.join("30-services.yaml"), svc("web")).unwrap();
         let first = read_inputs(intent.to_str().unwrap()).unwrap();
-        import(&s, &first, "dir:intent", None, None, None).await.unwrap();
+        import(&s, &first, "dir:intent", None, None, None)
+            .await
+            .unwrap();
         let c = current(&s).await.unwrap();
         let previous = resolve(&c.docs()).unwrap();
         std::fs::write(intent.join("99-dup.yaml"), svc(name)).unwrap();

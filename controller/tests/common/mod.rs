@@ -240,19 +240,33 @@ pub struct Agent {
     rx: Streaming<pb::ControllerMessage>,
 }
 
-pub fn hello(node: &str, last_applied_version: u64) -> pb::AgentMessage {
+pub fn hello(node: &str, last_applied_version: u64, store_id: &str) -> pb::AgentMessage {
     pb::AgentMessage {
         msg: Some(Msg::Hello(pb::Hello {
             node: node.into(),
             last_applied_version,
             agent_version: "test".into(),
+            store_id: store_id.into(),
         })),
     }
 }
 
+/// A session whose Hello says `last_applied` and no numbering (as an agent
+/// with nothing applied, or one older than `store_id`).
 pub async fn open(channel: Channel, node: &str, last_applied: u64) -> Result<Agent, Status> {
+    open_at(channel, node, last_applied, "").await
+}
+
+/// A session whose Hello says `last_applied` in the numbering `store_id`
+/// (what the agent's last update carried).
+pub async fn open_at(
+    channel: Channel,
+    node: &str,
+    last_applied: u64,
+    store_id: &str,
+) -> Result<Agent, Status> {
     let (tx, rx) = mpsc::channel(16);
-    tx.send(hello(node, last_applied)).await.unwrap();
+    tx.send(hello(node, last_applied, store_id)).await.unwrap();
     let mut client = AgentControlClient::new(channel);
     let call = client.session(ReceiverStream::new(rx));
     let resp = tokio::time::timeout(WAIT, call)

@@ -103,7 +103,7 @@ struct Parts<B> {
 /// What the agent publishes, for the session and the observers.
 struct Feeds {
     /// The applied version (the session's Hello and its ACKs).
-    applied: watch::Receiver<u64>,
+    applied: watch::Receiver<crate::control::session::AppliedAt>,
     /// This node's attached pods, for the controller.
     local: watch::Receiver<pb::LocalWorkloads>,
     /// This node's probe verdicts, for the controller.
@@ -128,7 +128,7 @@ struct Agent<B> {
     tunnel: TunnelPort,
     restart: SwitchRestart,
     registry: Arc<Registry>,
-    applied_tx: watch::Sender<u64>,
+    applied_tx: watch::Sender<crate::control::session::AppliedAt>,
     local_tx: watch::Sender<pb::LocalWorkloads>,
     health_tx: watch::Sender<pb::Health>,
     changed_tx: watch::Sender<u64>,
@@ -144,7 +144,7 @@ struct Agent<B> {
 
 impl<B: OpenFlowBackend> Agent<B> {
     fn new(p: Parts<B>) -> (Agent<B>, Feeds) {
-        let (applied_tx, applied) = watch::channel(p.applied.version);
+        let (applied_tx, applied) = watch::channel(p.applied.at());
         let (local_tx, local) = watch::channel(p.pods.report(&p.cfg.node_name));
         let (health_tx, health) = watch::channel(pb::Health::default());
         let (changed_tx, changed) = watch::channel(0u64);
@@ -389,7 +389,7 @@ impl<B: OpenFlowBackend> Agent<B> {
             }
         }
         if let Some(changed) = &handled.changed {
-            let _ = self.applied_tx.send(self.applied.version);
+            let _ = self.applied_tx.send(self.applied.at());
             let after = (self.applied.version, self.pods.revision());
             self.probes.carry_plan(before, after, changed);
         }

@@ -86,6 +86,7 @@ fn basic_update(version: u64) -> pb::Update {
         nonce: String::new(),
         upserts: intent.objects().map(|o| object_to_proto(&o)).collect(),
         deletes: vec![],
+        store_id: String::new(),
     }
 }
 
@@ -155,7 +156,11 @@ async fn an_update_is_acked_after_its_bundle_and_published() {
     assert_eq!(ack_version(&msg), Some(1), "{msg:?}");
     assert_eq!(h.switch.count(), 1, "one update, one bundle");
     assert!(h.flows_added() > 0);
-    assert_eq!(*h.feeds.applied.borrow(), 1, "the session's Hello version");
+    assert_eq!(
+        h.feeds.applied.borrow().version,
+        1,
+        "the session's Hello version"
+    );
     assert!(*h.feeds.changed.borrow() > generation, "observers told");
     let s = h.summary().await;
     assert_eq!((s.applied_version, s.services, s.last_error), (1, 1, None));
@@ -181,7 +186,7 @@ async fn an_update_the_switch_refuses_is_nacked_and_nothing_changes() {
         "NACKed for the switch's refusal: {nack:?}"
     );
     assert_eq!(
-        *h.feeds.applied.borrow(),
+        h.feeds.applied.borrow().version,
         1,
         "still the last applied version"
     );
@@ -218,7 +223,7 @@ async fn an_invalid_update_is_nacked_without_a_bundle() {
         "{nack:?}"
     );
     assert_eq!(h.switch.count(), 1, "nothing sent for a refused update");
-    assert_eq!(*h.feeds.applied.borrow(), 1);
+    assert_eq!(h.feeds.applied.borrow().version, 1);
 }
 
 #[tokio::test]

@@ -67,12 +67,21 @@ enum Ended {
     Renewed,
 }
 
+/// The last applied version and the numbering it belongs to (`store_id`):
+/// a controller whose numbering differs sends a snapshot whatever the
+/// versions say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedAt {
+    pub version: u64,
+    pub store_id: String,
+}
+
 /// What the agent loop publishes for the controller; each is sent after Hello
 /// and again whenever it changes.
 #[derive(Debug)]
 pub struct Feeds {
     /// The last applied version (said in Hello).
-    pub applied: watch::Receiver<u64>,
+    pub applied: watch::Receiver<AppliedAt>,
     pub status: watch::Receiver<pb::Status>,
     /// The pods attached on this node.
     pub local: watch::Receiver<pb::LocalWorkloads>,
@@ -248,11 +257,12 @@ async fn stream_once(
         let tx = tx.clone();
         async move { tx.send(pb::AgentMessage { msg: Some(m) }).await.is_ok() }
     };
-    let version = { *applied.borrow() };
+    let at = applied.borrow().clone();
     send(Msg::Hello(pb::Hello {
         node: node.to_string(),
-        last_applied_version: version,
+        last_applied_version: at.version,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        store_id: at.store_id.clone(),
     }))
     .await;
     let mut inbound = client
@@ -263,7 +273,11 @@ async fn stream_once(
             detail: format!("{}: {}", s.code(), s.message()),
         })?
         .into_inner();
-    tracing::info!(endpoint, version, "controller session established");
+    tracing::info!(
+        endpoint,
+        version = at.version,
+        "controller session established"
+    );
     events
         .send(SessionEvent::Connected(Some(endpoint.to_string())))
         .await

@@ -35,6 +35,9 @@ pub struct Applied {
     /// `dpu_model::validate_changes`'s index of `intent`.
     pub index: Index,
     pub version: u64,
+    /// The `store_id` of the update `version` came with (`Update.store_id`):
+    /// which numbering the version belongs to, said in Hello.
+    pub store_id: String,
     /// Shared like `intent`.
     pub alloc: Arc<Allocations>,
     /// Whether any intent has been applied by this incarnation or restored.
@@ -101,6 +104,14 @@ pub struct Handled {
 }
 
 impl Applied {
+    /// The version applied and its numbering, for Hello.
+    pub fn at(&self) -> crate::control::session::AppliedAt {
+        crate::control::session::AppliedAt {
+            version: self.version,
+            store_id: self.store_id.clone(),
+        }
+    }
+
     /// The persisted intent: the snapshot, then the journal's updates that
     /// follow it. A journal update that no longer applies ends the replay
     /// (with a warning): the controller resends what is missing.
@@ -118,6 +129,7 @@ impl Applied {
             node,
         )?;
         a.version = persisted.snapshot.version;
+        a.store_id = persisted.snapshot.store_id.clone();
         // Keeps every persisted id; gives one to what has none (a lost or older
         // allocations file), since later increments allocate only their own.
         a.alloc = Arc::new(
@@ -146,6 +158,7 @@ impl Applied {
                         break;
                     }
                     a.version = u.version;
+                    a.store_id = u.store_id.clone();
                     a.journal_records += 1;
                 }
                 Err(r) => {
@@ -178,6 +191,7 @@ impl Applied {
         let mut t = Timings::default();
         let version = update.version;
         let nonce = update.nonce.clone();
+        let store_id = update.store_id.clone();
         let nack = |r: Refusal, t: Timings| {
             let r = r.capped();
             tracing::warn!(version, reasons = %r, "update refused");
@@ -250,6 +264,15 @@ impl Applied {
             }
         };
         self.version = version;
+        if store_id != self.store_id {
+            tracing::info!(
+                from = %self.store_id,
+                to = %store_id,
+                version,
+                "the controller's version numbering changed (another store, or a controller with its own counter): its snapshot replaced the intent whatever the versions said"
+            );
+            self.store_id = store_id;
+        }
         self.have_intent = true;
         if done.snapshot || done.changed.iter().any(|k| k.kind == Kind::Workload) {
             self.pending_ports = None;
@@ -310,7 +333,10 @@ impl Applied {
 
     /// Writes the whole applied state and empties the journal.
     pub fn compact(&mut self, store: &Store) {
-        match store.save_encoded(&encode_snapshot(&self.intent, self.version), &self.alloc) {
+        match store.save_encoded(
+            &encode_snapshot(&self.intent, self.version, &self.store_id),
+            &self.alloc,
+        ) {
             Ok(()) => {
                 self.journal_records = 0;
                 self.journal_bytes = 0;
@@ -412,6 +438,7 @@ mod tests {
             nonce: String::new(),
             upserts,
             deletes: vec![],
+            store_id: String::new(),
         }
     }
 
@@ -432,7 +459,11 @@ mod tests {
             // Refused: y's VIP:port is taken.
             update(3, false, vec![service("z", 81)]),
             update(3, false, vec![service("x", 82)]),
-        ];
+        ]
+        .map(|mut u| {
+            u.store_id = "c1/l1".into();
+            u
+        });
         let mut acks = 0;
         for u in &steps {
             let h = a
@@ -452,10 +483,21 @@ mod tests {
             (&a.intent, 3, &a.alloc, &a.index)
         );
         assert_eq!(back.journal_records, 2);
+        // The numbering the version belongs to comes back with it (Hello).
+        assert_eq!(back.at().store_id, "c1/l1");
         // Compacting folds the journal into the snapshot.
         a.compact(&store);
         assert_eq!(store.load_journal().unwrap(), vec![]);
         let back = Applied::restore(store.load().unwrap().unwrap(), Vec::new(), "n1").unwrap();
         assert_eq!((&back.intent, back.version), (&a.intent, 3));
+        assert_eq!(back.at().store_id, "c1/l1");
+        // A snapshot from another numbering, at a lower version, replaces it.
+        let mut other = update(2, true, vec![]);
+        other.store_id = "c2/l9".into();
+        let h = a
+            .handle_update("n1", &store, &mut rec, &[], &facts, other)
+            .await;
+        assert!(h.changed.is_some());
+        assert_eq!((a.at().version, a.at().store_id.as_str()), (2, "c2/l9"));
     }
 }

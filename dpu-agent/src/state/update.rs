@@ -266,8 +266,10 @@ fn differing_keys(a: &Intent, b: &Intent) -> BTreeSet<ObjectKey> {
     out
 }
 
-/// `Update.upserts`' field number (`proto/dpu/v1/control.proto`).
+/// `Update.upserts`' and `Update.store_id`'s field numbers
+/// (`proto/dpu/v1/control.proto`).
 const UPSERTS_TAG: u32 = 5;
+const STORE_ID_TAG: u32 = 7;
 
 /// The whole intent as an encoded snapshot Update, what the agent persists:
 /// the bytes of [`snapshot_of`]'s `encode_to_vec()`, written one object at a
@@ -275,7 +277,7 @@ const UPSERTS_TAG: u32 = 5;
 /// allocations and free them at once, right after the cold snapshot's
 /// compile: holes among the state that stays, which the allocator cannot
 /// give back (docs/agent.md, "Memory: where it goes").
-pub fn encode_snapshot(intent: &Intent, version: u64) -> Vec<u8> {
+pub fn encode_snapshot(intent: &Intent, version: u64, store_id: &str) -> Vec<u8> {
     use prost::Message;
     let head = pb::Update {
         version,
@@ -286,13 +288,18 @@ pub fn encode_snapshot(intent: &Intent, version: u64) -> Vec<u8> {
     for o in intent.objects() {
         prost::encoding::message::encode(UPSERTS_TAG, &model::object_to_proto(&o), &mut buf);
     }
+    // After the upserts, in field order, as prost writes the whole message.
+    if !store_id.is_empty() {
+        prost::encoding::string::encode(STORE_ID_TAG, &store_id.to_string(), &mut buf);
+    }
     buf
 }
 
 /// The whole intent as a snapshot Update.
-pub fn snapshot_of(intent: &Intent, version: u64) -> pb::Update {
+pub fn snapshot_of(intent: &Intent, version: u64, store_id: &str) -> pb::Update {
     pb::Update {
         version,
+        store_id: store_id.to_string(),
         nonce: String::new(),
         snapshot: true,
         base_version: 0,
@@ -346,6 +353,7 @@ mod tests {
             base_version: base,
             upserts,
             deletes: vec![],
+            store_id: String::new(),
         }
     }
 
@@ -360,16 +368,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(intent.objects().count(), 3);
-        let streamed = encode_snapshot(&intent, 4);
-        assert_eq!(streamed, snapshot_of(&intent, 4).encode_to_vec());
+        let streamed = encode_snapshot(&intent, 4, "");
+        assert_eq!(streamed, snapshot_of(&intent, 4, "").encode_to_vec());
+        let streamed = encode_snapshot(&intent, 4, "c0ffee/1234");
+        assert_eq!(
+            streamed,
+            snapshot_of(&intent, 4, "c0ffee/1234").encode_to_vec()
+        );
         let back = pb::Update::decode(streamed.as_slice()).unwrap();
         assert_eq!(
             (back.version, back.snapshot, back.upserts.len()),
             (4, true, 3)
         );
         assert_eq!(
-            encode_snapshot(&Intent::default(), 9),
-            snapshot_of(&Intent::default(), 9).encode_to_vec()
+            encode_snapshot(&Intent::default(), 9, "s"),
+            snapshot_of(&Intent::default(), 9, "s").encode_to_vec()
         );
     }
 
