@@ -190,3 +190,27 @@ fn an_unreachable_etcd_is_a_clear_error_and_exit_1() {
         "{err}"
     );
 }
+
+/// etcd allows 128 writes per transaction by default: a larger apply is
+/// refused whole, and the error says which etcd flag to raise.
+#[test]
+fn an_apply_larger_than_etcd_allows_is_refused_whole_with_the_flag_to_raise() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = TestEtcd::start(dir.path());
+    let store = etcd_args(&etcd);
+    let vpcs: String = (1..=200)
+        .map(|i| {
+            format!(
+                "---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {{name: vpc-{i}}}\nspec: {{vni: {i}}}\n"
+            )
+        })
+        .collect();
+    let out = run(&store, &["apply", "-f", "-"], Some(&vpcs));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("too many operations in txn request") && err.contains("--max-txn-ops"),
+        "{err}"
+    );
+    assert_eq!(ok(&run(&store, &["get"], None)), "");
+}

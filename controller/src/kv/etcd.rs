@@ -354,6 +354,17 @@ pub(super) fn error(e: etcd_client::Error) -> KvError {
                 asked: 0,
                 compacted: 0,
             },
+            Code::ResourceExhausted => KvError::Refused(format!(
+                "etcd: {:?}: {} (one transaction is too large for this etcd: raise its --max-request-bytes and --max-txn-ops; controller/README.md, \"The store\")",
+                s.code(),
+                s.message()
+            )),
+            _ if s.message().contains("too many operations in txn request") => {
+                KvError::Refused(format!(
+                    "etcd: {} (raise etcd's --max-txn-ops to the objects of the largest apply plus one; controller/README.md, \"The store\")",
+                    s.message()
+                ))
+            }
             _ => KvError::Refused(format!("etcd: {:?}: {}", s.code(), s.message())),
         },
         E::TransportError(t) => KvError::Unavailable(format!("etcd: {t}")),
