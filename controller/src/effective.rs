@@ -1,20 +1,19 @@
 //! The intent in force: the last good manifests merged with the workloads the
 //! agents reported, and its version.
 //!
-//! Changes come from two sides, the manifest reloader and the agents' reports,
-//! and one task applies both (`server::intent_loop`), so versions are committed
-//! and published in order. A commit writes the reported sets
-//! (`reported-workloads.json`), merges, and gives the merged intent the next
-//! version if its digest changed (`intent-version.json`): a restart that finds
-//! the same manifests and the same stored reports keeps the version.
+//! Changes come from two sides, the intent objects and the agents' reports,
+//! both read from the store, and one task applies both (`intenttask`), so
+//! versions are committed and published in order. A commit merges, and gives
+//! the merged intent the next version if its digest changed
+//! (`intent-version.json`): a restart that finds the same objects and the same
+//! reports in the store keeps the version.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::merge::merge;
 use crate::reload::Manifests;
-use crate::reported::{ReportedSet, ReportedStore, MAX_REPORTED_ERRORS};
+use crate::reported::{ReportedSet, MAX_REPORTED_ERRORS};
 use crate::session::Published;
 use crate::status::ReportedSummary;
 use crate::store::{intent_digest, StoreError, VersionStore};
@@ -22,12 +21,9 @@ use crate::store::{intent_digest, StoreError, VersionStore};
 #[derive(Debug)]
 pub struct Effective {
     manifests: Manifests,
-    reported: ReportedStore,
+    /// Each node's reported set, as the store has it.
+    reported: BTreeMap<String, ReportedSet>,
     versions: VersionStore,
-    /// The reported sets changed and are not written yet.
-    unsaved: bool,
-    /// Writing them failed last time (logged once).
-    save_failing: bool,
     /// Something changed since the last commit.
     stale: bool,
     version: u64,
@@ -51,38 +47,27 @@ pub struct Commit {
 }
 
 impl Effective {
-    /// Reads the stored reports, merges them with `manifests`, and commits the
-    /// first version.
+    /// Merges `reported` (each node's set, from the store) with `manifests`,
+    /// and commits the first version.
     pub fn open(
-        state_dir: &Path,
         manifests: Manifests,
         versions: VersionStore,
         cluster_id: &str,
+        reported: BTreeMap<String, ReportedSet>,
     ) -> Result<(Self, Published, Drops), StoreError> {
         let store_id: Arc<str> = format!("{cluster_id}/{}", versions.lineage()).into();
-        let mut reported = ReportedStore::open(state_dir)?;
-        let nodes = crate::nodes::NodeStore::new(state_dir);
-        let revoked: Vec<String> = reported
-            .sets()
-            .keys()
-            .filter(|n| matches!(nodes.load(n), Ok(Some(r)) if r.revoked))
-            .cloned()
-            .collect();
-        for node in &revoked {
-            tracing::warn!(node, "dropping the reported pods of a revoked node");
-            reported.replace(node, ReportedSet::default());
-        }
         let mut e = Effective {
             manifests,
-            reported,
+            reported: BTreeMap::new(),
             versions,
-            unsaved: !revoked.is_empty(),
-            save_failing: false,
             stale: true,
             version: 0,
             summaries: BTreeMap::new(),
             store_id,
         };
+        for (node, set) in reported {
+            e.set_reported(&node, set);
+        }
         let commit = e.commit()?;
         let published = commit
             .published
@@ -112,38 +97,34 @@ impl Effective {
 
     /// Makes `set` the node's reported set; false if nothing changed.
     pub fn set_reported(&mut self, node: &str, set: ReportedSet) -> bool {
-        let changed = self.reported.replace(node, set);
-        if changed {
-            self.unsaved = true;
-            self.stale = true;
+        // A node that reports nothing (and had nothing dropped) is forgotten.
+        let empty = set.workloads.is_empty() && set.errors.is_empty();
+        let before = self.reported.get(node);
+        if before == Some(&set) || (empty && before.is_none()) {
+            return false;
         }
-        changed
+        if empty {
+            self.reported.remove(node);
+        } else {
+            self.reported.insert(node.to_string(), set);
+        }
+        self.stale = true;
+        true
+    }
+
+    /// Each node's reported set in force.
+    pub fn reported(&self) -> &BTreeMap<String, ReportedSet> {
+        &self.reported
     }
 
     /// Whether `commit` has anything to do.
     pub fn needs_commit(&self) -> bool {
-        self.stale || self.unsaved
+        self.stale
     }
 
-    /// Writes the reported sets if they changed, merges, and commits the version.
-    /// A failure to write the reports is logged and retried at the next commit
-    /// (they are only needed across a restart, and agents report again after
-    /// Hello); a failure to commit the version leaves the old version in force,
-    /// and the next commit tries again.
+    /// Merges and commits the version. A failure to commit the version leaves
+    /// the old version in force, and the next commit tries again.
     pub fn commit(&mut self) -> Result<Commit, StoreError> {
-        if self.unsaved {
-            match self.reported.save() {
-                Ok(()) => {
-                    self.unsaved = false;
-                    self.save_failing = false;
-                }
-                Err(e) if !self.save_failing => {
-                    tracing::warn!(error = %e, "cannot write the reported workloads; retrying");
-                    self.save_failing = true;
-                }
-                Err(_) => {}
-            }
-        }
         if !self.stale {
             return Ok(Commit {
                 version: self.version,
@@ -151,11 +132,7 @@ impl Effective {
                 newly_dropped: Vec::new(),
             });
         }
-        let merged = merge(
-            &self.manifests.docs,
-            &self.manifests.intent,
-            self.reported.sets(),
-        );
+        let merged = merge(&self.manifests.docs, &self.manifests.intent, &self.reported);
         let version = self.versions.commit(&intent_digest(&merged.intent))?;
         self.stale = false;
 
@@ -170,7 +147,6 @@ impl Effective {
             }
             let mut errors = self
                 .reported
-                .sets()
                 .get(&node)
                 .map(|s| s.errors.clone())
                 .unwrap_or_default();
@@ -228,16 +204,20 @@ mod tests {
         }
     }
 
-    fn open(dir: &Path, m: Manifests) -> (Effective, Published) {
-        let (e, p, _) =
-            Effective::open(dir, m, VersionStore::open(dir).unwrap(), "0123456789abcdef").unwrap();
+    fn open(
+        dir: &std::path::Path,
+        m: Manifests,
+        reported: BTreeMap<String, ReportedSet>,
+    ) -> (Effective, Published) {
+        let versions = VersionStore::open(dir).unwrap();
+        let (e, p, _) = Effective::open(m, versions, "0123456789abcdef", reported).unwrap();
         (e, p)
     }
 
     #[test]
     fn reports_bump_the_version_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut e, p) = open(dir.path(), manifests(""));
+        let (mut e, p) = open(dir.path(), manifests(""), BTreeMap::new());
         assert_eq!(p.version, 1);
         assert!(!e.needs_commit());
 
@@ -255,14 +235,15 @@ mod tests {
 
         // A restart with the same manifests and the stored reports keeps the
         // version, and the pod.
-        let (e, p) = open(dir.path(), manifests(""));
+        let stored = e.reported().clone();
+        let (e, p) = open(dir.path(), manifests(""), stored.clone());
         assert_eq!(p.version, 2);
         assert!(p.intent.workloads.contains_key("pod-a"));
         assert_eq!(e.summaries()["dpu-1"].workloads, 1);
 
         // A manifest Workload that takes the pod's name wins; the version moves
         // on and the node's status says why the pod is gone.
-        let (mut e, _) = open(dir.path(), manifests(""));
+        let (mut e, _) = open(dir.path(), manifests(""), stored);
         e.set_manifests(manifests(
             "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: pod-a}\nspec: {kind: VM, vpc: blue, ip: 10.1.1.50, mac: \"02:00:00:00:09:02\", node: dpu-2, port: x}\n",
         ));

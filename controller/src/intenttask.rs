@@ -29,10 +29,10 @@ use tokio::time::Instant;
 
 use crate::diag::IntentError;
 use crate::effective::{Commit, Effective};
-use crate::kv::{Cmp, KvError, Store, Watch, WatchItem};
+use crate::kv::{Cmp, KvError, Revision, Store, Txn, Watch, WatchItem};
 use crate::objects::{self, Current, Input, ObjectError, PREFIX};
 use crate::reload::{Manifests, Outcome, ReloadError, Reloader};
-use crate::reported::{ReportInbox, ReportedSet};
+use crate::reported::{self, ReportInbox, ReportedSet};
 use crate::session::Published;
 use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
@@ -54,6 +54,86 @@ pub struct IntentSource {
     pub importer: Option<(Reloader, String)>,
     /// The objects as last read from the store.
     pub mirror: Current,
+    /// Each node's reported set as last read from the store
+    /// (`reported/<node>`), with its mod revision.
+    pub reported: BTreeMap<String, (Revision, ReportedSet)>,
+}
+
+impl IntentSource {
+    /// The reported sets, for `Effective::open`.
+    pub fn reported_sets(&self) -> BTreeMap<String, ReportedSet> {
+        self.reported
+            .iter()
+            .map(|(n, (_, s))| (n.clone(), s.clone()))
+            .collect()
+    }
+}
+
+/// The reported sets of a listing of `reported/`. A value that does not parse
+/// is left out with a warning: its agent reports again after Hello.
+fn reported_of(entries: &[crate::kv::Entry]) -> BTreeMap<String, (Revision, ReportedSet)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let node = e.key.strip_prefix(reported::PREFIX)?;
+            match reported::from_stored_value(node, &e.value) {
+                Ok(set) => Some((node.to_string(), (e.mod_revision, set))),
+                Err(err) => {
+                    tracing::warn!("ignoring a reported set: {err}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Reads the reported sets at start. If the store has none and the state
+/// directory still has `reported-workloads.json` (a controller from before
+/// the store), they are moved in. Sets of revoked nodes are deleted.
+async fn start_reported(
+    store: &Store,
+    state_dir: &std::path::Path,
+) -> Result<BTreeMap<String, (Revision, ReportedSet)>, StartError> {
+    let mut listing = store.list(reported::PREFIX).await?;
+    if listing.entries.is_empty() {
+        match reported::ReportedStore::open(state_dir) {
+            Ok(old) if !old.sets().is_empty() => {
+                let mut txn = Txn::new();
+                for (node, set) in old.sets() {
+                    txn = txn.put(
+                        format!("{}{node}", reported::PREFIX),
+                        reported::stored_value(set),
+                    );
+                }
+                store.txn(txn).await?;
+                tracing::info!(
+                    nodes = old.sets().len(),
+                    "moved the reported workloads of {} into the store",
+                    reported::REPORTED_FILE
+                );
+                listing = store.list(reported::PREFIX).await?;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the old reported workloads"),
+        }
+    }
+    let mut sets = reported_of(&listing.entries);
+    let nodes = crate::nodes::NodeStore::new(state_dir);
+    let revoked: Vec<String> = sets
+        .keys()
+        .filter(|n| matches!(nodes.load(n), Ok(Some(r)) if r.revoked))
+        .cloned()
+        .collect();
+    if !revoked.is_empty() {
+        let mut txn = Txn::new();
+        for node in &revoked {
+            tracing::warn!(node, "dropping the reported pods of a revoked node");
+            txn = txn.delete(format!("{}{node}", reported::PREFIX));
+            sets.remove(node);
+        }
+        store.txn(txn).await?;
+    }
+    Ok(sets)
 }
 
 /// Why the intent could not be loaded at start.
@@ -87,6 +167,7 @@ impl From<ObjectError> for StartError {
 /// what it holds: the manifests the controller starts with.
 pub async fn start(
     store: Store,
+    state_dir: &std::path::Path,
     intent_dir: Option<&std::path::Path>,
     leader: &mut watch::Receiver<Option<Cmp>>,
 ) -> Result<(IntentSource, Manifests), StartError> {
@@ -123,11 +204,13 @@ pub async fn start(
     }
     let mirror = objects::current(&store).await?;
     let manifests = Manifests::resolve(mirror.docs()).map_err(StartError::Invalid)?;
+    let reported = start_reported(&store, state_dir).await?;
     Ok((
         IntentSource {
             store,
             importer,
             mirror,
+            reported,
         },
         manifests,
     ))
@@ -257,6 +340,10 @@ struct Task {
     last_problem: String,
     /// The fence while this replica leads (and imports), else `None`.
     leader: watch::Receiver<Option<Cmp>>,
+    /// Reported sets the store changed, for `effective` at the next round.
+    reported_changed: BTreeMap<String, ReportedSet>,
+    /// Sets agents reported that are not in the store yet (it failed).
+    unsent: BTreeMap<String, ReportedSet>,
 }
 
 impl Task {
@@ -267,6 +354,8 @@ impl Task {
     ) -> Self {
         Task {
             leader,
+            reported_changed: BTreeMap::new(),
+            unsent: BTreeMap::new(),
             source,
             watch: None,
             retry_at: None,
@@ -303,11 +392,21 @@ impl Task {
 
     /// Re-lists the store and replaces the mirror; (re)starts the watch.
     async fn relist(&mut self) {
-        let listing = match self.source.store.list(PREFIX).await {
+        // Everything under the prefix at one revision: intent and reported sets.
+        let listing = match self.source.store.list("").await {
             Ok(l) => l,
-            Err(e) => return self.store_failed("cannot list the intent", &e),
+            Err(e) => return self.store_failed("cannot list the store", &e),
         };
-        match objects::from_listing_since(listing, Some(&self.source.mirror)) {
+        let revision = listing.revision;
+        let (intent, rest): (Vec<_>, Vec<_>) = listing
+            .entries
+            .into_iter()
+            .partition(|e| e.key.starts_with(PREFIX));
+        let intent = crate::kv::Listing {
+            revision,
+            entries: intent,
+        };
+        match objects::from_listing_since(intent, Some(&self.source.mirror)) {
             Ok(fresh) => {
                 let missed = self.source.mirror.differences(&fresh);
                 if missed > 0 {
@@ -326,14 +425,93 @@ impl Task {
             Err(ObjectError::Store(e)) => return self.store_failed("cannot list the intent", &e),
             Err(e) => tracing::warn!("cannot read the intent: {e}"),
         }
+        let fresh = reported_of(&rest);
+        let mut missed = 0;
+        for (node, (rev, set)) in &fresh {
+            if self.source.reported.get(node).map(|(r, _)| r) != Some(rev) {
+                self.reported_changed.insert(node.clone(), set.clone());
+                missed += 1;
+            }
+        }
+        for node in self
+            .source
+            .reported
+            .keys()
+            .filter(|n| !fresh.contains_key(*n))
+        {
+            self.reported_changed
+                .insert(node.clone(), ReportedSet::default());
+            missed += 1;
+        }
+        if missed > 0 && self.watch.is_some() {
+            tracing::warn!(
+                nodes = missed,
+                revision,
+                "the re-list found reported sets the watch had not delivered"
+            );
+        }
+        self.source.reported = fresh;
+        self.source.mirror.revision = self.source.mirror.revision.max(revision);
         if self.watch.is_none() {
-            let from = self.source.mirror.revision + 1;
-            match self.source.store.watch(PREFIX, from).await {
+            let from = revision + 1;
+            match self.source.store.watch("", from).await {
                 Ok(w) => self.watch = Some(w),
-                Err(e) => return self.store_failed("cannot watch the intent", &e),
+                Err(e) => return self.store_failed("cannot watch the store", &e),
             }
         }
         self.store_ok();
+    }
+
+    /// Applies a watch's reported-set events.
+    fn reported_events(&mut self, events: &[crate::kv::Event]) {
+        for e in events {
+            let Some(node) = e.key.strip_prefix(reported::PREFIX) else {
+                continue;
+            };
+            let set = match &e.value {
+                Some(v) => match reported::from_stored_value(node, v) {
+                    Ok(set) => set,
+                    Err(err) => {
+                        tracing::warn!("ignoring a reported set: {err}");
+                        continue;
+                    }
+                },
+                None => ReportedSet::default(),
+            };
+            if e.value.is_some() {
+                self.source
+                    .reported
+                    .insert(node.to_string(), (e.mod_revision, set.clone()));
+            } else {
+                self.source.reported.remove(node);
+            }
+            self.reported_changed.insert(node.to_string(), set);
+        }
+    }
+
+    /// Writes the sets agents reported into the store (any replica does, for
+    /// the node it serves); what cannot be written now is tried again at the
+    /// next round. The watch brings them back, to every replica.
+    async fn send_reports(&mut self, pending: BTreeMap<String, ReportedSet>) {
+        self.unsent.extend(pending);
+        if self.unsent.is_empty() {
+            return;
+        }
+        let mut txn = Txn::new();
+        for (node, set) in &self.unsent {
+            let key = format!("{}{node}", reported::PREFIX);
+            if set.workloads.is_empty() && set.errors.is_empty() {
+                txn = txn.delete(key);
+            } else {
+                txn = txn.put(key, reported::stored_value(set));
+            }
+        }
+        match self.source.store.txn(txn).await {
+            Ok(_) => self.unsent.clear(),
+            Err(e) => {
+                self.store_failed("cannot write the reported workloads", &e);
+            }
+        }
     }
 
     fn refuse_store(&mut self, errors: &[IntentError]) {
@@ -355,7 +533,15 @@ impl Task {
     async fn on_watch(&mut self, item: Option<Result<WatchItem, KvError>>) {
         match item {
             Some(Ok(WatchItem::Events(events))) => {
-                let errors = self.source.mirror.apply_events(&events);
+                self.reported_events(&events);
+                let intent: Vec<crate::kv::Event> = events
+                    .into_iter()
+                    .filter(|e| e.key.starts_with(PREFIX))
+                    .collect();
+                if intent.is_empty() {
+                    return;
+                }
+                let errors = self.source.mirror.apply_events(&intent);
                 if errors.is_empty() {
                     self.mirror_changed = true;
                 } else {
@@ -591,7 +777,8 @@ pub async fn run(
         }
         // The blocking part, on a blocking thread.
         let docs = std::mem::take(&mut task.mirror_changed).then(|| task.source.mirror.docs());
-        let pending = reports.take();
+        task.send_reports(reports.take()).await;
+        let pending = std::mem::take(&mut task.reported_changed);
         // The importer goes to the blocking thread and comes back.
         let mut importer = if poll {
             task.source.importer.take()
@@ -684,6 +871,7 @@ mod tests {
             store,
             importer: None,
             mirror,
+            reported: BTreeMap::new(),
         };
         let (_tx, leader) = watch::channel(None);
         Task::new(source, StatusHandle::new(dir), leader)
@@ -745,5 +933,51 @@ mod tests {
         t.relist().await;
         assert!(t.watch.is_some() && t.retry_at.is_none());
         assert_eq!(t.status.snapshot().store.state, "ok");
+    }
+}
+
+#[cfg(test)]
+mod reported_tests {
+    use super::*;
+    use crate::kv::LocalStore;
+    use dpu_proto::v1 as pb;
+
+    fn set(ip: &str) -> ReportedSet {
+        reported::check_report(
+            "dpu-1",
+            &[pb::Workload {
+                name: "pod-a".into(),
+                kind: pb::WorkloadKind::Pod as i32,
+                vpc: "blue".into(),
+                ip: ip.into(),
+                ipv6: String::new(),
+                mac: "02:00:00:00:01:1e".into(),
+                labels: Default::default(),
+                node: "dpu-1".into(),
+                port: "pod-a-eth0".into(),
+            }],
+        )
+    }
+
+    /// A state directory from before the store: its reported sets move into
+    /// the store once, and the store is the truth from then on.
+    #[tokio::test]
+    async fn the_old_reported_file_moves_into_the_store_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = reported::ReportedStore::open(dir.path()).unwrap();
+        old.replace("dpu-1", set("10.1.1.30"));
+        old.save().unwrap();
+        let store = Store::Local(LocalStore::open(&dir.path().join("store")).unwrap());
+        let sets = start_reported(&store, dir.path()).await.unwrap();
+        assert_eq!(sets["dpu-1"].1, set("10.1.1.30"));
+        let (_, e) = store.get("reported/dpu-1").await.unwrap();
+        assert!(e.unwrap().value.contains("10.1.1.30"));
+        // The store changes; the file is not read again.
+        store
+            .txn(Txn::new().put("reported/dpu-1", reported::stored_value(&set("10.1.1.31"))))
+            .await
+            .unwrap();
+        let sets = start_reported(&store, dir.path()).await.unwrap();
+        assert_eq!(sets["dpu-1"].1, set("10.1.1.31"));
     }
 }

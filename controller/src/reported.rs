@@ -24,7 +24,10 @@ use crate::escape::escape_peer;
 use crate::fsutil::{write_atomic, PUBLIC_MODE};
 use crate::store::StoreError;
 
+/// Where reported sets were kept before the store (read once, to move them in).
 pub const REPORTED_FILE: &str = "reported-workloads.json";
+/// Each node's set is the store key `reported/<node>`.
+pub const PREFIX: &str = "reported/";
 /// The most workloads one node may report; the rest of a larger set is dropped.
 pub const MAX_REPORTED_PER_NODE: usize = 4096;
 /// The most reasons kept per node for dropped workloads (status stays small).
@@ -230,6 +233,63 @@ struct StoredWorkload {
     port: String,
 }
 
+/// The store value of a node's set: `{workloads: [...], errors: [...]}` (the
+/// node is implied by the key, the kind is Pod).
+pub fn stored_value(set: &ReportedSet) -> String {
+    serde_json::to_string(&stored_set(set)).expect("a set serializes")
+}
+
+/// A node's set from its store value, each entry checked again as when it was
+/// reported; entries that no longer pass are dropped with a warning.
+pub fn from_stored_value(node: &str, value: &str) -> Result<ReportedSet, String> {
+    let stored: StoredSet =
+        serde_json::from_str(value).map_err(|e| format!("store key {PREFIX}{node}: {e}"))?;
+    Ok(checked(node, stored, &format!("store key {PREFIX}{node}")))
+}
+
+fn stored_set(set: &ReportedSet) -> StoredSet {
+    StoredSet {
+        workloads: set
+            .workloads
+            .iter()
+            .map(|w| StoredWorkload {
+                name: w.name.clone(),
+                vpc: w.vpc.clone(),
+                ip: w.ip.to_string(),
+                mac: w.mac.map(|m| m.to_string()),
+                labels: w.labels.clone(),
+                port: w.port.clone(),
+            })
+            .collect(),
+        errors: set.errors.clone(),
+    }
+}
+
+fn checked(node: &str, stored: StoredSet, from: &str) -> ReportedSet {
+    let wire: Vec<pb::Workload> = stored
+        .workloads
+        .into_iter()
+        .map(|w| pb::Workload {
+            name: w.name,
+            kind: pb::WorkloadKind::Pod as i32,
+            vpc: w.vpc,
+            ip: w.ip,
+            ipv6: String::new(),
+            mac: w.mac.unwrap_or_default(),
+            labels: w.labels.into_iter().collect(),
+            node: node.to_string(),
+            port: w.port,
+        })
+        .collect();
+    let mut set = check_report(node, &wire);
+    for e in &set.errors {
+        tracing::warn!(node, from, "ignoring a stored reported workload: {e}");
+    }
+    set.errors = stored.errors;
+    set.errors.truncate(MAX_REPORTED_ERRORS);
+    set
+}
+
 impl ReportedStore {
     /// Reads the file under `state_dir`. A missing file is an empty store; a
     /// corrupt one is logged and ignored (agents report again after Hello), and so
@@ -244,31 +304,15 @@ impl ReportedStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => StoredFile::default(),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        let mut sets = BTreeMap::new();
-        for (node, stored) in file.nodes {
-            let wire: Vec<pb::Workload> = stored
-                .workloads
-                .into_iter()
-                .map(|w| pb::Workload {
-                    name: w.name,
-                    kind: pb::WorkloadKind::Pod as i32,
-                    vpc: w.vpc,
-                    ip: w.ip,
-                    ipv6: String::new(),
-                    mac: w.mac.unwrap_or_default(),
-                    labels: w.labels.into_iter().collect(),
-                    node: node.clone(),
-                    port: w.port,
-                })
-                .collect();
-            let mut set = check_report(&node, &wire);
-            for e in &set.errors {
-                tracing::warn!(node, path = %path.display(), "ignoring a stored reported workload: {e}");
-            }
-            set.errors = stored.errors;
-            set.errors.truncate(MAX_REPORTED_ERRORS);
-            sets.insert(node, set);
-        }
+        let from = path.display().to_string();
+        let sets = file
+            .nodes
+            .into_iter()
+            .map(|(node, stored)| {
+                let set = checked(&node, stored, &from);
+                (node, set)
+            })
+            .collect();
         Ok(ReportedStore { path, sets })
     }
 
@@ -298,25 +342,7 @@ impl ReportedStore {
             nodes: self
                 .sets
                 .iter()
-                .map(|(node, set)| {
-                    let workloads = set
-                        .workloads
-                        .iter()
-                        .map(|w| StoredWorkload {
-                            name: w.name.clone(),
-                            vpc: w.vpc.clone(),
-                            ip: w.ip.to_string(),
-                            mac: w.mac.map(|m| m.to_string()),
-                            labels: w.labels.clone(),
-                            port: w.port.clone(),
-                        })
-                        .collect();
-                    let stored = StoredSet {
-                        workloads,
-                        errors: set.errors.clone(),
-                    };
-                    (node.clone(), stored)
-                })
+                .map(|(node, set)| (node.clone(), stored_set(set)))
                 .collect(),
         };
         let mut bytes = serde_json::to_vec_pretty(&file).expect("the store serializes");

@@ -171,7 +171,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         status.clone(),
         shutdown_rx.clone(),
     ));
-    let started = intenttask::start(store, opts.intent_dir.as_deref(), &mut leader_rx).await;
+    let started = intenttask::start(store, state, opts.intent_dir.as_deref(), &mut leader_rx).await;
     let (source, manifests) = match started {
         Ok(r) => r,
         Err(StartError::Invalid(errors)) => {
@@ -187,7 +187,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     };
     status.record_store(&backend, source.mirror.revision, None);
     let cluster_id = source.store.cluster_id().await?;
-    let (effective, published, dropped) = Effective::open(state, manifests, versions, &cluster_id)?;
+    let (effective, published, dropped) =
+        Effective::open(manifests, versions, &cluster_id, source.reported_sets())?;
     for (node, reason) in &dropped {
         tracing::warn!(node, "reported workload left out of the intent: {reason}");
     }

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
+use dpu_proto::v1 as pb;
 use test_support::etcd::TestEtcd;
 
 fn workload(i: u32) -> String {
@@ -269,6 +270,55 @@ async fn two_replicas_one_leader_and_the_follower_takes_over() {
         "the follower imported: {}",
         b.log()
     );
+
+    // A pod that dpu-2 reports to A reaches dpu-1's agent on B: the set goes
+    // through the store (reported/dpu-2).
+    cli_ok(&[
+        "issue",
+        "--state-dir",
+        s(&lab.state),
+        "--node",
+        "dpu-2",
+        "--out",
+        s(&lab.certs),
+    ]);
+    let id2 = Some((lab.read("dpu-2.pem"), lab.read("dpu-2.key")));
+    let ch = channel(a.port, &lab.read("ca.pem"), id2).await.unwrap();
+    let mut dpu2 = open(ch, "dpu-2", 0).await.unwrap();
+    let snap2 = dpu2.update().await;
+    dpu2.ack(snap2.version, &snap2.nonce).await;
+    let pod = pb::Workload {
+        name: "pod-b".into(),
+        kind: pb::WorkloadKind::Pod as i32,
+        vpc: "blue".into(),
+        ip: "10.1.2.30".into(),
+        ipv6: String::new(),
+        mac: "02:00:00:00:02:1e".into(),
+        labels: [("app".to_string(), "web".to_string())].into(),
+        node: "dpu-2".into(),
+        port: "pod-b-eth0".into(),
+    };
+    dpu2.send(pb::agent_message::Msg::LocalWorkloads(pb::LocalWorkloads {
+        revision: 1,
+        workloads: vec![pod],
+    }))
+    .await;
+    let u = agent.update().await;
+    let web = u
+        .upserts
+        .iter()
+        .find_map(|o| match &o.object {
+            Some(pb::object::Object::Service(s)) if s.name == "web" => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no web in {:?}", keys(&u)));
+    assert!(
+        web.backends.iter().any(|b| b.ip == "10.1.2.30"),
+        "{:?}",
+        web.backends
+    );
+    agent.ack(u.version, &u.nonce).await;
+    drop(dpu2);
 
     // A dies; B leads within the lease and imports the next change.
     let killed = std::time::Instant::now();
