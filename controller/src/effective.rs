@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::merge::merge;
 use crate::reload::Manifests;
-use crate::reported::{ReportedSet, MAX_REPORTED_ERRORS};
+use crate::reported::{replace_set, ReportedSet, MAX_REPORTED_ERRORS};
 use crate::session::Published;
 use crate::status::ReportedSummary;
 use crate::store::{intent_digest, StoreError, VersionStore};
@@ -97,19 +97,9 @@ impl Effective {
 
     /// Makes `set` the node's reported set; false if nothing changed.
     pub fn set_reported(&mut self, node: &str, set: ReportedSet) -> bool {
-        // A node that reports nothing (and had nothing dropped) is forgotten.
-        let empty = set.workloads.is_empty() && set.errors.is_empty();
-        let before = self.reported.get(node);
-        if before == Some(&set) || (empty && before.is_none()) {
-            return false;
-        }
-        if empty {
-            self.reported.remove(node);
-        } else {
-            self.reported.insert(node.to_string(), set);
-        }
-        self.stale = true;
-        true
+        let changed = replace_set(&mut self.reported, node, set);
+        self.stale |= changed;
+        changed
     }
 
     /// Each node's reported set in force.

@@ -233,6 +233,22 @@ struct StoredWorkload {
     port: String,
 }
 
+/// Makes `set` the node's set in `sets`; false if that is what it already was.
+/// A node that reports nothing (and had nothing dropped) is forgotten.
+pub fn replace_set(sets: &mut BTreeMap<String, ReportedSet>, node: &str, set: ReportedSet) -> bool {
+    let empty = set.workloads.is_empty() && set.errors.is_empty();
+    let before = sets.get(node);
+    if before == Some(&set) || (empty && before.is_none()) {
+        return false;
+    }
+    if empty {
+        sets.remove(node);
+    } else {
+        sets.insert(node.to_string(), set);
+    }
+    true
+}
+
 /// The store value of a node's set: `{workloads: [...], errors: [...]}` (the
 /// node is implied by the key, the kind is Pod).
 pub fn stored_value(set: &ReportedSet) -> String {
@@ -323,17 +339,7 @@ impl ReportedStore {
     /// Makes `set` the node's set; false if that is what it already was. A node
     /// that reports nothing (and had nothing dropped) is forgotten.
     pub fn replace(&mut self, node: &str, set: ReportedSet) -> bool {
-        let empty = set.workloads.is_empty() && set.errors.is_empty();
-        let before = self.sets.get(node);
-        if before == Some(&set) || (empty && before.is_none()) {
-            return false;
-        }
-        if empty {
-            self.sets.remove(node);
-        } else {
-            self.sets.insert(node.to_string(), set);
-        }
-        true
+        replace_set(&mut self.sets, node, set)
     }
 
     /// Writes the file (atomically).
