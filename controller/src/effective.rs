@@ -1,34 +1,40 @@
-//! The intent in force: the last good manifests merged with the workloads the
+//! The intent in force: the intent objects merged with the workloads the
 //! agents reported, and its version.
 //!
-//! Changes come from two sides, the intent objects and the agents' reports,
-//! both read from the store, and one task applies both (`intenttask`), so
-//! versions are committed and published in order. A commit merges, and gives
-//! the merged intent the next version if its digest changed
-//! (`intent-version.json`): a restart that finds the same objects and the same
-//! reports in the store keeps the version.
+//! Both come from the store, and one task applies both (`intenttask`), so
+//! versions are decided and published in order. A commit merges; when the
+//! merged intent's digest differs from the one in force it waits, pending, for
+//! its version, which `intenttask` takes from the store (the revision of the
+//! leader's write of `meta/version`), so every replica gives the same intent
+//! the same version.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use dpu_model::Intent;
 
 use crate::merge::merge;
 use crate::reload::Manifests;
 use crate::reported::{replace_set, ReportedSet, MAX_REPORTED_ERRORS};
 use crate::session::Published;
 use crate::status::ReportedSummary;
-use crate::store::{intent_digest, StoreError, VersionStore};
+use crate::store::intent_digest;
 
 #[derive(Debug)]
 pub struct Effective {
     manifests: Manifests,
     /// Each node's reported set, as the store has it.
     reported: BTreeMap<String, ReportedSet>,
-    versions: VersionStore,
     /// Something changed since the last commit.
     stale: bool,
+    /// The version in force and its intent's digest (0 and "" before the first).
     version: u64,
+    digest: String,
+    /// A merged intent that differs from the one in force, with its digest,
+    /// waiting for its version.
+    pending: Option<(String, Arc<Intent>)>,
     summaries: BTreeMap<String, ReportedSummary>,
-    /// `<store cluster id>/<version lineage>`: what the versions number.
+    /// What the versions number (`Update.store_id`): the store's cluster id.
     store_id: Arc<str>,
 }
 
@@ -36,46 +42,37 @@ pub struct Effective {
 pub type Drops = Vec<(String, String)>;
 
 /// What one commit did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Commit {
-    /// The version in force after it.
-    pub version: u64,
-    /// The new intent, when the version changed.
-    pub published: Option<Published>,
     /// Reported workloads dropped now but not before.
     pub newly_dropped: Drops,
 }
 
 impl Effective {
-    /// Merges `reported` (each node's set, from the store) with `manifests`,
-    /// and commits the first version.
-    pub fn open(
+    /// `manifests` (the store's objects, resolved) and `reported` (each node's
+    /// set, from the store); nothing is merged until [`Effective::commit`].
+    pub fn new(
         manifests: Manifests,
-        versions: VersionStore,
         cluster_id: &str,
         reported: BTreeMap<String, ReportedSet>,
-    ) -> Result<(Self, Published, Drops), StoreError> {
-        let store_id: Arc<str> = format!("{cluster_id}/{}", versions.lineage()).into();
+    ) -> Self {
         let mut e = Effective {
             manifests,
             reported: BTreeMap::new(),
-            versions,
             stale: true,
             version: 0,
+            digest: String::new(),
+            pending: None,
             summaries: BTreeMap::new(),
-            store_id,
+            store_id: format!("{cluster_id}/rev").into(),
         };
         for (node, set) in reported {
             e.set_reported(&node, set);
         }
-        let commit = e.commit()?;
-        let published = commit
-            .published
-            .expect("the first commit always publishes (version 0 is never committed)");
-        Ok((e, published, commit.newly_dropped))
+        e
     }
 
-    /// The version in force.
+    /// The version in force (0 before the first is published).
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -112,18 +109,32 @@ impl Effective {
         self.stale
     }
 
-    /// Merges and commits the version. A failure to commit the version leaves
-    /// the old version in force, and the next commit tries again.
-    pub fn commit(&mut self) -> Result<Commit, StoreError> {
+    /// The digest of a merged intent waiting for its version.
+    pub fn pending_digest(&self) -> Option<&str> {
+        self.pending.as_ref().map(|(d, _)| d.as_str())
+    }
+
+    /// Puts the pending intent in force at `version`.
+    pub fn publish(&mut self, version: u64) -> Option<Published> {
+        let (digest, intent) = self.pending.take()?;
+        self.version = version;
+        self.digest = digest;
+        Some(Published {
+            version,
+            intent,
+            store_id: self.store_id.clone(),
+        })
+    }
+
+    /// Merges. An intent that differs from the one in force becomes pending
+    /// (see [`Effective::publish`]); one that is the same again (a change
+    /// undone) drops what was pending.
+    pub fn commit(&mut self) -> Commit {
         if !self.stale {
-            return Ok(Commit {
-                version: self.version,
-                published: None,
-                newly_dropped: Vec::new(),
-            });
+            return Commit::default();
         }
         let merged = merge(&self.manifests.docs, &self.manifests.intent, &self.reported);
-        let version = self.versions.commit(&intent_digest(&merged.intent))?;
+        let digest = intent_digest(&merged.intent);
         self.stale = false;
 
         let mut summaries = BTreeMap::new();
@@ -153,17 +164,8 @@ impl Effective {
             summaries.insert(node, summary);
         }
         self.summaries = summaries;
-        let published = (version != self.version).then(|| Published {
-            version,
-            intent: Arc::new(merged.intent),
-            store_id: self.store_id.clone(),
-        });
-        self.version = version;
-        Ok(Commit {
-            version,
-            published,
-            newly_dropped,
-        })
+        self.pending = (digest != self.digest).then(|| (digest, Arc::new(merged.intent)));
+        Commit { newly_dropped }
     }
 }
 
@@ -194,52 +196,60 @@ mod tests {
         }
     }
 
+    /// An Effective with its first version published at `version`.
     fn open(
-        dir: &std::path::Path,
         m: Manifests,
         reported: BTreeMap<String, ReportedSet>,
+        version: u64,
     ) -> (Effective, Published) {
-        let versions = VersionStore::open(dir).unwrap();
-        let (e, p, _) = Effective::open(m, versions, "0123456789abcdef", reported).unwrap();
+        let mut e = Effective::new(m, "0123456789abcdef", reported);
+        e.commit();
+        let p = e.publish(version).expect("the first commit is pending");
         (e, p)
     }
 
     #[test]
-    fn reports_bump_the_version_and_survive_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut e, p) = open(dir.path(), manifests(""), BTreeMap::new());
-        assert_eq!(p.version, 1);
+    fn reports_change_the_intent_and_an_unchanged_one_keeps_its_version() {
+        let (mut e, p) = open(manifests(""), BTreeMap::new(), 7);
+        assert_eq!((p.version, &*p.store_id), (7, "0123456789abcdef/rev"));
         assert!(!e.needs_commit());
 
         let set = check_report("dpu-1", &[pod("pod-a", "10.1.1.30")]);
         assert!(e.set_reported("dpu-1", set.clone()));
-        let c = e.commit().unwrap();
-        assert_eq!(c.version, 2);
-        let p = c.published.expect("a new version");
+        e.commit();
+        let digest = e.pending_digest().expect("a new intent").to_string();
+        let p = e.publish(12).unwrap();
         assert!(p.intent.workloads.contains_key("pod-a"));
-        assert_eq!(e.summaries()["dpu-1"].workloads, 1);
+        assert_eq!((e.version(), e.summaries()["dpu-1"].workloads), (12, 1));
 
         // The same set again changes nothing.
-        assert!(!e.set_reported("dpu-1", set));
+        assert!(!e.set_reported("dpu-1", set.clone()));
         assert!(!e.needs_commit());
 
-        // A restart with the same manifests and the stored reports keeps the
-        // version, and the pod.
-        let stored = e.reported().clone();
-        let (e, p) = open(dir.path(), manifests(""), stored.clone());
-        assert_eq!(p.version, 2);
-        assert!(p.intent.workloads.contains_key("pod-a"));
-        assert_eq!(e.summaries()["dpu-1"].workloads, 1);
+        // A change undone before it got its version leaves nothing pending.
+        assert!(e.set_reported("dpu-1", ReportedSet::default()));
+        e.commit();
+        assert!(e.pending_digest().is_some());
+        assert!(e.set_reported("dpu-1", set));
+        e.commit();
+        assert_eq!(e.pending_digest(), None);
+        assert_eq!(e.version(), 12);
 
-        // A manifest Workload that takes the pod's name wins; the version moves
-        // on and the node's status says why the pod is gone.
-        let (mut e, _) = open(dir.path(), manifests(""), stored);
+        // The same objects and reports (a restart, another replica) give the
+        // same digest, so the version the store holds for it.
+        let stored = e.reported().clone();
+        let mut again = Effective::new(manifests(""), "0123456789abcdef", stored.clone());
+        again.commit();
+        assert_eq!(again.pending_digest(), Some(digest.as_str()));
+
+        // A manifest Workload that takes the pod's name wins; the node's
+        // status says why the pod is gone.
+        let (mut e, _) = open(manifests(""), stored, 12);
         e.set_manifests(manifests(
             "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {name: pod-a}\nspec: {kind: VM, vpc: blue, ip: 10.1.1.50, mac: \"02:00:00:00:09:02\", node: dpu-2, port: x}\n",
         ));
-        let c = e.commit().unwrap();
-        assert_eq!(c.version, 3);
-        let p = c.published.unwrap();
+        let c = e.commit();
+        let p = e.publish(13).unwrap();
         assert_eq!(p.intent.workloads["pod-a"].node, "dpu-2");
         let s = &e.summaries()["dpu-1"];
         assert_eq!(s.workloads, 0);
@@ -247,7 +257,7 @@ mod tests {
         assert_eq!(c.newly_dropped.len(), 1);
         // Reporting nothing forgets the node.
         assert!(e.set_reported("dpu-1", ReportedSet::default()));
-        e.commit().unwrap();
+        e.commit();
         assert!(e.summaries().is_empty());
     }
 }

@@ -36,7 +36,6 @@ use crate::reported::{self, ReportInbox, ReportedSet};
 use crate::session::Published;
 use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
-use crate::store::StoreError;
 
 /// A full re-list this often, whatever the watch says.
 pub const RELIST_EVERY: Duration = Duration::from_secs(60);
@@ -57,6 +56,98 @@ pub struct IntentSource {
     /// Each node's reported set as last read from the store
     /// (`reported/<node>`), with its mod revision.
     pub reported: BTreeMap<String, (Revision, ReportedSet)>,
+    /// [`VERSION_KEY`] as last read: its mod revision (the version) and the
+    /// digest of the intent it versions.
+    pub version_key: Option<(Revision, String)>,
+}
+
+/// The leader writes the digest of each new intent here; the revision of that
+/// write is the intent's version, on every replica.
+pub const VERSION_KEY: &str = "meta/version";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct VersionValue {
+    digest: String,
+}
+
+fn version_of(e: &crate::kv::Entry) -> Option<(Revision, String)> {
+    match serde_json::from_str::<VersionValue>(&e.value) {
+        Ok(v) => Some((e.mod_revision, v.digest)),
+        Err(err) => {
+            tracing::warn!("ignoring the store key {VERSION_KEY}: {err}");
+            None
+        }
+    }
+}
+
+/// Puts `effective`'s pending intent in force at the version the store holds
+/// for it: the key's revision when its digest is this intent's; otherwise the
+/// leader writes the digest (fenced, and only over the key as last read) and
+/// uses the revision of its write. A follower waits for the leader's write,
+/// which its watch brings. `Ok(None)`: not yet.
+pub async fn settle(
+    store: &Store,
+    version_key: &mut Option<(Revision, String)>,
+    fence: Option<Cmp>,
+    effective: &mut Effective,
+) -> Result<Option<Published>, KvError> {
+    let Some(digest) = effective.pending_digest().map(str::to_string) else {
+        return Ok(None);
+    };
+    if let Some((rev, d)) = version_key.as_ref() {
+        if *d == digest {
+            return Ok(effective.publish(*rev as u64));
+        }
+    }
+    let Some(fence) = fence else {
+        return Ok(None);
+    };
+    let seen = version_key.as_ref().map_or(0, |(r, _)| *r);
+    let value = serde_json::to_string(&VersionValue {
+        digest: digest.clone(),
+    })
+    .expect("serializes");
+    let r = store
+        .txn(
+            Txn::new()
+                .when(Cmp::ModRevision(VERSION_KEY.into(), seen))
+                .when(fence)
+                .put(VERSION_KEY, value),
+        )
+        .await?;
+    if !r.succeeded {
+        // Another write came first (or leadership went): the watch brings it.
+        return Ok(None);
+    }
+    *version_key = Some((r.revision, digest));
+    Ok(effective.publish(r.revision as u64))
+}
+
+/// The first version at start: settles until the store holds one for this
+/// intent (a follower waits for the leader).
+pub async fn first_version(
+    source: &mut IntentSource,
+    effective: &mut Effective,
+    leader: &mut watch::Receiver<Option<Cmp>>,
+) -> Result<Published, StartError> {
+    log_dropped(&effective.commit().newly_dropped);
+    let mut logged = false;
+    loop {
+        let fence = leader.borrow().clone();
+        if let Some(p) = settle(&source.store, &mut source.version_key, fence, effective).await? {
+            return Ok(p);
+        }
+        if !logged {
+            tracing::info!("waiting for the leader to version the intent");
+            logged = true;
+        }
+        tokio::select! {
+            _ = leader.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let (_, e) = source.store.get(VERSION_KEY).await?;
+        source.version_key = e.as_ref().and_then(version_of);
+    }
 }
 
 impl IntentSource {
@@ -205,12 +296,15 @@ pub async fn start(
     let mirror = objects::current(&store).await?;
     let manifests = Manifests::resolve(mirror.docs()).map_err(StartError::Invalid)?;
     let reported = start_reported(&store, state_dir).await?;
+    let (_, v) = store.get(VERSION_KEY).await?;
+    let version_key = v.as_ref().and_then(version_of);
     Ok((
         IntentSource {
             store,
             importer,
             mirror,
             reported,
+            version_key,
         },
         manifests,
     ))
@@ -425,6 +519,9 @@ impl Task {
             Err(ObjectError::Store(e)) => return self.store_failed("cannot list the intent", &e),
             Err(e) => tracing::warn!("cannot read the intent: {e}"),
         }
+        if let Some(v) = rest.iter().find(|e| e.key == VERSION_KEY) {
+            self.source.version_key = version_of(v);
+        }
         let fresh = reported_of(&rest);
         let mut missed = 0;
         for (node, (rev, set)) in &fresh {
@@ -460,6 +557,25 @@ impl Task {
             }
         }
         self.store_ok();
+    }
+
+    /// [`settle`], with a store failure said in the status.
+    async fn settle(&mut self, effective: &mut Effective) -> Option<Published> {
+        let fence = self.leader.borrow().clone();
+        match settle(
+            &self.source.store,
+            &mut self.source.version_key,
+            fence,
+            effective,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.store_failed("cannot write the intent version", &e);
+                None
+            }
+        }
     }
 
     /// Applies a watch's reported-set events.
@@ -534,6 +650,16 @@ impl Task {
         match item {
             Some(Ok(WatchItem::Events(events))) => {
                 self.reported_events(&events);
+                for e in events.iter().filter(|e| e.key == VERSION_KEY) {
+                    self.source.version_key = e.value.as_ref().and_then(|v| {
+                        version_of(&crate::kv::Entry {
+                            key: e.key.clone(),
+                            value: v.clone(),
+                            create_revision: 0,
+                            mod_revision: e.mod_revision,
+                        })
+                    });
+                }
                 let intent: Vec<crate::kv::Event> = events
                     .into_iter()
                     .filter(|e| e.key.starts_with(PREFIX))
@@ -680,7 +806,7 @@ struct Round {
     outcome: Option<Outcome>,
     resolved: Option<Result<(), Vec<IntentError>>>,
     reported_changes: usize,
-    commit: Option<Result<Commit, StoreError>>,
+    commit: Option<Commit>,
 }
 
 fn run_round(
@@ -814,46 +940,38 @@ pub async fn run(
             task.refuse_store(errors);
             task.reload_pending = false;
         }
-        let version = effective.version();
-        match round.commit {
-            None => {}
-            Some(Err(e)) => {
-                let text = e.to_string();
-                if text != task.last_problem {
-                    tracing::warn!("cannot commit the intent version: {text}; retrying");
-                    task.last_problem = text;
-                }
+        let resolved = matches!(round.resolved, Some(Ok(())));
+        if let Some(c) = round.commit {
+            log_dropped(&c.newly_dropped);
+            status.record_reported(effective.summaries());
+            reports.set_reporters(effective.summaries().keys().cloned());
+            if effective.pending_digest().is_none() && task.reload_pending {
+                tracing::info!(
+                    version = effective.version(),
+                    "intent files changed; the intent did not"
+                );
             }
-            Some(Ok(c)) => {
-                log_dropped(&c.newly_dropped);
-                status.record_reported(effective.summaries());
-                reports.set_reporters(effective.summaries().keys().cloned());
-                match c.published {
-                    Some(p) => {
-                        tracing::info!(
-                            version = p.version,
-                            objects = p.intent.len(),
-                            reload = task.reload_pending,
-                            reported_changes = round.reported_changes,
-                            store_revision = task.source.mirror.revision,
-                            "new intent version"
-                        );
-                        status.set_intent_version(p.version);
-                        intent.send_replace(Arc::new(p));
-                    }
-                    None if task.reload_pending => {
-                        tracing::info!(version, "intent files changed; the intent did not")
-                    }
-                    None => {}
-                }
-                let resolved = matches!(round.resolved, Some(Ok(())));
-                if resolved && (task.reload_pending || task.store_refused) {
-                    status.record_reload(c.version, &[]);
-                    task.reload_pending = false;
-                    task.store_refused = false;
-                    task.last_problem.clear();
-                }
-            }
+        }
+        // The version: the store's, for every replica alike.
+        if let Some(p) = task.settle(&mut effective).await {
+            tracing::info!(
+                version = p.version,
+                objects = p.intent.len(),
+                reload = task.reload_pending,
+                reported_changes = round.reported_changes,
+                "new intent version"
+            );
+            status.set_intent_version(p.version);
+            intent.send_replace(Arc::new(p));
+        }
+        if resolved
+            && effective.pending_digest().is_none()
+            && (task.reload_pending || task.store_refused)
+        {
+            status.record_reload(effective.version(), &[]);
+            task.reload_pending = false;
+            task.store_refused = false;
+            task.last_problem.clear();
         }
     }
 }
@@ -872,6 +990,7 @@ mod tests {
             importer: None,
             mirror,
             reported: BTreeMap::new(),
+            version_key: None,
         };
         let (_tx, leader) = watch::channel(None);
         Task::new(source, StatusHandle::new(dir), leader)

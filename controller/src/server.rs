@@ -38,7 +38,7 @@ use crate::pki::{ensure_server_cert, load_ca, PkiError};
 use crate::reported::ReportInbox;
 use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
-use crate::store::{StoreError, VersionStore};
+use crate::store::StoreError;
 
 /// The largest message an agent may send.
 pub const MAX_DECODING_MESSAGE: usize = 4 << 20;
@@ -152,7 +152,6 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Some(o) => Store::Etcd(EtcdStore::connect(o.clone()).await?),
     };
     let backend = store.describe();
-    let versions = VersionStore::open(state)?;
     let from = opts
         .intent_dir
         .as_ref()
@@ -175,7 +174,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let (source, manifests) = match started {
         Ok(r) => r,
         Err(StartError::Invalid(errors)) => {
-            status.record_reload(versions.current().map_or(0, |c| c.version), &errors);
+            status.record_reload(0, &errors);
             if let Err(e) = status.write_now() {
                 tracing::warn!(error = %e, "cannot write the status file");
             }
@@ -186,12 +185,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Err(StartError::Conflict(e)) => return Err(ServeError::Config(e)),
     };
     status.record_store(&backend, source.mirror.revision, None);
+    let mut source = source;
     let cluster_id = source.store.cluster_id().await?;
-    let (effective, published, dropped) =
-        Effective::open(manifests, versions, &cluster_id, source.reported_sets())?;
-    for (node, reason) in &dropped {
-        tracing::warn!(node, "reported workload left out of the intent: {reason}");
-    }
+    let mut effective = Effective::new(manifests, &cluster_id, source.reported_sets());
+    let published =
+        match intenttask::first_version(&mut source, &mut effective, &mut leader_rx).await {
+            Ok(p) => p,
+            Err(StartError::Store(e)) => return Err(ServeError::Kv(e)),
+            Err(e) => return Err(ServeError::Config(e.to_string())),
+        };
     tracing::info!(
         version = published.version,
         objects = published.intent.len(),

@@ -20,7 +20,7 @@ pub struct Published {
     pub version: u64,
     pub intent: Arc<Intent>,
     /// Which numbering `version` belongs to (`Update.store_id`): the store's
-    /// cluster id and the version counter's lineage.
+    /// cluster id, as `<cluster id>/rev` (versions are its revisions).
     pub store_id: Arc<str>,
 }
 

@@ -320,6 +320,20 @@ async fn two_replicas_one_leader_and_the_follower_takes_over() {
     agent.ack(u.version, &u.nonce).await;
     drop(dpu2);
 
+    // Versions are the store's: A and B give this intent the same version,
+    // so an agent at it that moves to A is sent nothing.
+    let v = u.version;
+    wait_state(&lab.state, "A at the same version", |st| {
+        st["intent_version"] == v
+    });
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(a.port, &lab.read("ca.pem"), id).await.unwrap();
+    let mut moved = open_at(ch, "dpu-1", v, &u.store_id).await.unwrap();
+    moved
+        .nothing_for(std::time::Duration::from_millis(1000))
+        .await;
+    drop(moved);
+
     // A dies; B leads within the lease and imports the next change.
     let killed = std::time::Instant::now();
     a.child.kill().unwrap();
