@@ -20,7 +20,7 @@
 //! reported pods at once. Peer-supplied text is bounded and escaped before it
 //! reaches the log or the status.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,14 @@ pub struct Hub {
     refusal_logged: Mutex<HashMap<String, tokio::time::Instant>>,
     /// The union of the verdicts that count, for the sessions.
     health: watch::Sender<HealthUnion>,
+    /// The last few versions published, newest last: an agent that comes back
+    /// at one of them gets the increment from there (`SessionCore::start`).
+    recent: Mutex<VecDeque<Arc<Published>>>,
 }
+
+/// How many published versions the hub keeps for agents a little behind. Each
+/// holds a whole intent, so few: at 10k Services one is ~13 MiB.
+pub const RECENT_VERSIONS: usize = 4;
 
 impl Hub {
     pub fn new(
@@ -115,7 +122,9 @@ impl Hub {
         reports: Arc<ReportInbox>,
         nodes: NodeStore,
     ) -> Self {
+        let first = intent.borrow().clone();
         Hub {
+            recent: Mutex::new(VecDeque::from([first])),
             intent,
             status,
             shutdown,
@@ -310,6 +319,28 @@ impl Hub {
     }
 
     /// The published intent, for tasks that follow it.
+    /// Keeps `p` among the recent versions (see [`RECENT_VERSIONS`]).
+    pub fn record_version(&self, p: Arc<Published>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.back().is_some_and(|b| b.version == p.version) {
+            return;
+        }
+        recent.push_back(p);
+        while recent.len() > RECENT_VERSIONS {
+            recent.pop_front();
+        }
+    }
+
+    /// The recent version `version`, if the hub still holds it.
+    fn recent_version(&self, version: u64) -> Option<Arc<Published>> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.version == version)
+            .cloned()
+    }
+
     pub fn intent_receiver(&self) -> watch::Receiver<Arc<Published>> {
         self.intent.clone()
     }
@@ -512,11 +543,13 @@ async fn drive(
     }
     let mut health = hub.health.subscribe();
     let nack_pending = hub.status.nack_pending(node);
+    let earlier = hub.recent_version(hello.last_applied_version);
     match core.start(
         hello.last_applied_version,
         &hello.store_id,
         nack_pending,
         &current,
+        earlier.as_deref(),
     ) {
         Some(update) => send(hub, node, tx, update).await?,
         None => {

@@ -307,7 +307,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 }
 
 /// Health verdicts count only for backends their node hosts; when the intent
-/// changes, what counts is worked out again.
+/// changes, what counts is worked out again. Each version is also kept among
+/// the hub's recent ones.
 async fn refilter_health_on_intent(hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
     let mut intent = hub.intent_receiver();
     loop {
@@ -316,7 +317,8 @@ async fn refilter_health_on_intent(hub: Arc<Hub>, mut shutdown: watch::Receiver<
                 if changed.is_err() {
                     return;
                 }
-                intent.borrow_and_update();
+                let current = intent.borrow_and_update().clone();
+                hub.record_version(current);
                 hub.refilter_health();
             }
             _ = shutdown_requested(&mut shutdown) => return,

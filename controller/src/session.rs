@@ -57,12 +57,17 @@ impl SessionCore {
     /// The first update after Hello, if any. An agent that already applied the
     /// current version (and has no NACK pending) gets nothing; anyone else gets a
     /// snapshot.
+    ///
+    /// `earlier` is the version the agent says it has, when the controller
+    /// still holds it (`Hub`'s recent versions): an agent a little behind gets
+    /// the increment from there instead of a snapshot.
     pub fn start(
         &mut self,
         hello_version: u64,
         hello_store_id: &str,
         nack_pending: bool,
         current: &Published,
+        earlier: Option<&Published>,
     ) -> Option<pb::Update> {
         // A version compares only within one numbering: an agent that says
         // none (an older agent) or another one gets a snapshot.
@@ -73,6 +78,20 @@ impl SessionCore {
                 view: node_view(&current.intent, &self.node),
             });
             return None;
+        }
+        let earlier = earlier.filter(|e| {
+            same && !nack_pending
+                && hello_version != 0
+                && e.version == hello_version
+                && e.version < current.version
+                && e.store_id == current.store_id
+        });
+        if let Some(e) = earlier {
+            self.sent = Some(Sent {
+                version: e.version,
+                view: node_view(&e.intent, &self.node),
+            });
+            return self.on_version(current);
         }
         Some(self.snapshot(current))
     }
@@ -227,12 +246,12 @@ mod tests {
     fn hello_at_current_version_gets_nothing_else_a_snapshot() {
         let p = published(5, "a", false);
         let mut s = SessionCore::new("dpu-1");
-        assert!(s.start(5, STORE, false, &p).is_none());
+        assert!(s.start(5, STORE, false, &p, None).is_none());
         assert_eq!(s.sent_version(), Some(5));
 
         let mut s = SessionCore::new("dpu-1");
         let u = s
-            .start(5, STORE, true, &p)
+            .start(5, STORE, true, &p, None)
             .expect("a pending NACK forces a snapshot");
         assert!(u.snapshot);
 
@@ -240,13 +259,15 @@ mod tests {
         // or none (an agent older than store_id): a snapshot.
         for other in ["c2/l1", ""] {
             let mut s = SessionCore::new("dpu-1");
-            let u = s.start(5, other, false, &p).expect("another numbering");
+            let u = s
+                .start(5, other, false, &p, None)
+                .expect("another numbering");
             assert!(u.snapshot);
             assert_eq!(u.store_id, STORE);
         }
 
         let mut s = SessionCore::new("dpu-1");
-        let u = s.start(4, STORE, false, &p).unwrap();
+        let u = s.start(4, STORE, false, &p, None).unwrap();
         assert!(u.snapshot);
         assert_eq!((u.version, u.base_version), (5, 0));
         assert_eq!(keys(&u), ["Vpc/blue", "Workload/w"]);
@@ -254,9 +275,38 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_a_little_behind_gets_the_increment_from_its_version() {
+        let old = published(3, "a", false);
+        let now = published(5, "b", false);
+        let mut s = SessionCore::new("dpu-1");
+        let u = s.start(3, STORE, false, &now, Some(&old)).unwrap();
+        assert!(!u.snapshot);
+        assert_eq!((u.version, u.base_version), (5, 3));
+        assert_eq!(keys(&u), ["Workload/w"]);
+        // Not for another numbering, a pending NACK, or a version it does not
+        // hold: a snapshot.
+        for (store, nack, earlier) in [
+            ("c2/rev", false, Some(&old)),
+            (STORE, true, Some(&old)),
+            (STORE, false, None),
+        ] {
+            let mut s = SessionCore::new("dpu-1");
+            assert!(s.start(3, store, nack, &now, earlier).unwrap().snapshot);
+        }
+        let mut s = SessionCore::new("dpu-1");
+        let other = published(4, "a", false);
+        assert!(
+            s.start(3, STORE, false, &now, Some(&other))
+                .unwrap()
+                .snapshot
+        );
+    }
+
+    #[test]
     fn new_versions_are_incremental_and_always_sent() {
         let mut s = SessionCore::new("dpu-1");
-        s.start(0, STORE, false, &published(1, "a", false)).unwrap();
+        s.start(0, STORE, false, &published(1, "a", false), None)
+            .unwrap();
         let u = s.on_version(&published(2, "b", false)).unwrap();
         assert!(!u.snapshot);
         assert_eq!((u.version, u.base_version), (2, 1));
@@ -273,7 +323,9 @@ mod tests {
     #[test]
     fn replies_must_match_version_and_nonce_and_nack_forces_snapshot() {
         let mut s = SessionCore::new("dpu-1");
-        let first = s.start(0, STORE, false, &published(1, "a", false)).unwrap();
+        let first = s
+            .start(0, STORE, false, &published(1, "a", false), None)
+            .unwrap();
         let second = s.on_version(&published(2, "b", false)).unwrap();
         assert_ne!(first.nonce, second.nonce);
         assert!(!s.on_ack(2, &first.nonce), "wrong nonce for the version");

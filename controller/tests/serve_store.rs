@@ -349,3 +349,36 @@ async fn two_replicas_one_leader_and_the_follower_takes_over() {
     );
     assert!(b.log().contains("this replica leads"), "{}", b.log());
 }
+
+/// An agent that comes back at a version the controller still holds gets the
+/// increment from there, not a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_a_little_behind_gets_an_increment_not_a_snapshot() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let id = || Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(server.port, &lab.read("ca.pem"), id())
+        .await
+        .unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    agent.ack(snap.version, &snap.nonce).await;
+    drop(agent);
+    write_manifest(&lab.intent, "40-extra.yaml", &workload(6));
+    let st = lab.wait_status("a new version", |st| {
+        st["intent_version"].as_u64().unwrap() > snap.version
+    });
+    let ch = channel(server.port, &lab.read("ca.pem"), id())
+        .await
+        .unwrap();
+    let mut agent = open_at(ch, "dpu-1", snap.version, &snap.store_id)
+        .await
+        .unwrap();
+    let u = agent.update().await;
+    assert!(!u.snapshot, "{u:?}");
+    assert_eq!(
+        (u.base_version, u.version),
+        (snap.version, st["intent_version"].as_u64().unwrap())
+    );
+    assert_eq!(keys(&u), ["Workload/extra-6"]);
+}
