@@ -41,7 +41,7 @@ use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::session::{Published, SessionCore};
 use crate::shutdown::shutdown_requested;
 use crate::status::{now_rfc3339, NackRecord, StatusHandle};
-use crate::verdicts::{BackendKey, Change, Claim, Verdicts, MAX_HEALTH_ENTRIES};
+use crate::verdicts::{BackendKey, Change, Claim, ClaimInbox, Verdicts, MAX_HEALTH_ENTRIES};
 
 /// The agent must say Hello within this time.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +108,9 @@ pub struct Hub {
     /// The last few versions published, newest last: an agent that comes back
     /// at one of them gets the increment from there (`SessionCore::start`).
     recent: Mutex<VecDeque<Arc<Published>>>,
+    /// Claims made here, on their way to the store, so that every replica
+    /// counts them (`healthsync`).
+    claims_out: Arc<ClaimInbox>,
 }
 
 /// How many published versions the hub keeps for agents a little behind. Each
@@ -125,6 +128,7 @@ impl Hub {
         let first = intent.borrow().clone();
         Hub {
             recent: Mutex::new(VecDeque::from([first])),
+            claims_out: Arc::new(ClaimInbox::default()),
             intent,
             status,
             shutdown,
@@ -142,6 +146,12 @@ impl Hub {
     /// intent in force; the refused part is logged (at a bounded rate) and shown
     /// in the node's status.
     fn set_health_claim(&self, node: &str, claim: Claim) {
+        self.claims_out.submit(node, claim.clone());
+        self.count_claim(node, claim);
+    }
+
+    /// Counts a claim that the store holds (made here or at another replica).
+    pub fn count_claim(&self, node: &str, claim: Claim) {
         let intent = self.intent.borrow().intent.clone();
         let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
         let change = v.set_claim(&intent, node, claim);
@@ -215,6 +225,7 @@ impl Hub {
     /// reports of it are ignored until a new session is admitted for it.
     pub fn revoke_node(&self, node: &str) {
         self.reports.revoke(node);
+        self.claims_out.submit(node, Claim::new());
         let mut v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
         let union = v.drop_node(node);
         self.apply(Change {
@@ -319,6 +330,16 @@ impl Hub {
     }
 
     /// The published intent, for tasks that follow it.
+    /// The claims made here, for `healthsync` to write to the store.
+    pub fn claims_out(&self) -> Arc<ClaimInbox> {
+        self.claims_out.clone()
+    }
+
+    /// Whether `node` was revoked since its last admitted session.
+    pub fn is_revoked(&self, node: &str) -> bool {
+        self.reports.is_revoked(node)
+    }
+
     /// Keeps `p` among the recent versions (see [`RECENT_VERSIONS`]).
     pub fn record_version(&self, p: Arc<Published>) {
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());

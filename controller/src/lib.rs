@@ -20,7 +20,8 @@
 //! - **Serving**: `effective` (manifests and reported sets into versions) and
 //!   `hub` (one session per node, the fan-out of intent and health) sit on
 //!   `status`; `intenttask` (the store and the intent directory into
-//!   versions) drives `effective`; `revocation` ends sessions through the hub; `enroll` serves
+//!   versions) drives `effective`; `healthsync` shares the hub's verdicts
+//!   through the store; `revocation` ends sessions through the hub; `enroll` serves
 //!   `Enrollment`.
 //! - **Commands**: `server` wires all of these into `serve` and nothing in the
 //!   library imports it; `cli`, `enrollcmd` and `intentcmd` are the other commands.
@@ -36,6 +37,7 @@ pub mod enroll;
 pub mod enrollcmd;
 pub mod escape;
 pub mod fsutil;
+pub mod healthsync;
 pub mod hub;
 pub mod intentcmd;
 pub mod intenttask;

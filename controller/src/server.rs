@@ -249,6 +249,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
     let health_authz = tokio::spawn(refilter_health_on_intent(hub.clone(), shutdown_rx.clone()));
+    let health_sync = tokio::spawn(crate::healthsync::run(
+        source.store.clone(),
+        hub.clone(),
+        shutdown_rx.clone(),
+    ));
     let revocations = tokio::spawn(crate::revocation::watch_revocations(
         hub,
         shutdown_rx.clone(),
@@ -299,6 +304,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let _ = leading.await;
     let _ = revocations.await;
     let _ = health_authz.await;
+    let _ = health_sync.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
         let _ = status.write_now();
     }

@@ -25,6 +25,67 @@ pub type BackendKey = (String, String);
 /// What one node claimed, as checked (syntactically valid) entries.
 pub type Claim = BTreeSet<(String, IpAddr)>;
 
+/// Each node's claim is the store key `health/<node>`.
+pub const PREFIX: &str = "health/";
+
+/// The store value of a claim: `[["vpc", "ip"], ...]`.
+pub fn claim_value(claim: &Claim) -> String {
+    let pairs: Vec<(&str, String)> = claim
+        .iter()
+        .map(|(vpc, ip)| (vpc.as_str(), ip.to_string()))
+        .collect();
+    serde_json::to_string(&pairs).expect("a claim serializes")
+}
+
+/// A claim from its store value, bounded as a Health report is.
+pub fn claim_from_value(node: &str, value: &str) -> Result<Claim, String> {
+    let pairs: Vec<(String, String)> =
+        serde_json::from_str(value).map_err(|e| format!("store key {PREFIX}{node}: {e}"))?;
+    if pairs.len() > MAX_HEALTH_ENTRIES {
+        return Err(format!(
+            "store key {PREFIX}{node}: {} entries; at most {MAX_HEALTH_ENTRIES}",
+            pairs.len()
+        ));
+    }
+    pairs
+        .into_iter()
+        .map(|(vpc, ip)| {
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| format!("store key {PREFIX}{node}: {ip:?} is not an IP address"))?;
+            Ok((vpc, ip))
+        })
+        .collect()
+}
+
+/// Claims on their way from the sessions to the store (`healthsync`): a later
+/// claim of a node replaces a waiting one.
+#[derive(Debug, Default)]
+pub struct ClaimInbox {
+    pending: std::sync::Mutex<BTreeMap<String, Claim>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl ClaimInbox {
+    pub fn submit(&self, node: &str, claim: Claim) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), claim);
+        self.arrived.notify_one();
+    }
+
+    /// Everything waiting, by node.
+    pub fn take(&self) -> BTreeMap<String, Claim> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Resolves when a claim was submitted since the last wake-up.
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Verdicts {
     claims: BTreeMap<String, Claim>,
@@ -186,5 +247,20 @@ mod tests {
             Some(BTreeSet::new())
         );
         assert_eq!(v.nodes().count(), 0);
+    }
+
+    #[test]
+    fn a_claim_round_trips_through_its_store_value_and_a_hostile_one_is_refused() {
+        let c = claim(&["blue/10.1.1.10", "red/fd00::1"]);
+        assert_eq!(claim_from_value("dpu-1", &claim_value(&c)).unwrap(), c);
+        let err = claim_from_value("dpu-1", r#"[["blue", "nope"]]"#).unwrap_err();
+        assert!(
+            err.contains("health/dpu-1") && err.contains("not an IP address"),
+            "{err}"
+        );
+        let many = serde_json::to_string(&vec![("v", "10.0.0.1"); MAX_HEALTH_ENTRIES + 1]).unwrap();
+        let err = claim_from_value("dpu-1", &many).unwrap_err();
+        assert!(err.contains("at most 100000"), "{err}");
+        assert!(claim_from_value("dpu-1", "{").is_err());
     }
 }

@@ -318,6 +318,27 @@ async fn two_replicas_one_leader_and_the_follower_takes_over() {
         web.backends
     );
     agent.ack(u.version, &u.nonce).await;
+
+    // A verdict dpu-2 gives A (a backend it hosts) reaches dpu-1's agent on B:
+    // the claim goes through the store (health/dpu-2).
+    dpu2.send(pb::agent_message::Msg::Health(pb::Health {
+        unhealthy: vec![pb::BackendRef {
+            vpc: "blue".into(),
+            ip: "10.1.2.10".into(),
+        }],
+    }))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match agent.message_within(left).await {
+            Some(pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::Health(h)),
+            }) if h.unhealthy.iter().any(|b| b.ip == "10.1.2.10") => break,
+            Some(_) => continue,
+            None => panic!("dpu-1 on B never heard dpu-2's verdict given to A"),
+        }
+    }
     drop(dpu2);
 
     // Versions are the store's: A and B give this intent the same version,
