@@ -147,7 +147,42 @@ pub async fn first_version(
         }
         let (_, e) = source.store.get(VERSION_KEY).await?;
         source.version_key = e.as_ref().and_then(version_of);
+        // The leader may have versioned a newer intent than the one read at
+        // start (it imported meanwhile): read the store again, so the digests
+        // can meet.
+        if source
+            .version_key
+            .as_ref()
+            .is_some_and(|(_, d)| Some(d.as_str()) != effective.pending_digest())
+        {
+            refresh(source, effective).await?;
+        }
     }
+}
+
+/// Reads the intent objects and reported sets again into `source` and
+/// `effective`, and merges.
+async fn refresh(source: &mut IntentSource, effective: &mut Effective) -> Result<(), StartError> {
+    let fresh =
+        objects::from_listing_since(source.store.list(PREFIX).await?, Some(&source.mirror))?;
+    if fresh.differences(&source.mirror) > 0 {
+        let previous = effective.manifests().intent.clone();
+        let m =
+            Manifests::resolve_since(fresh.docs(), Some(&previous)).map_err(StartError::Invalid)?;
+        effective.set_manifests(m);
+    }
+    source.mirror = fresh;
+    let listing = source.store.list(reported::PREFIX).await?;
+    let sets = reported_of(&listing.entries);
+    for node in source.reported.keys().filter(|n| !sets.contains_key(*n)) {
+        effective.set_reported(node, ReportedSet::default());
+    }
+    for (node, (_, set)) in &sets {
+        effective.set_reported(node, set.clone());
+    }
+    source.reported = sets;
+    log_dropped(&effective.commit().newly_dropped);
+    Ok(())
 }
 
 impl IntentSource {
@@ -1098,5 +1133,67 @@ mod reported_tests {
             .unwrap();
         let sets = start_reported(&store, dir.path()).await.unwrap();
         assert_eq!(sets["dpu-1"].1, set("10.1.1.31"));
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+    use crate::kv::LocalStore;
+
+    fn vpcs(names: &[(&str, u32)]) -> String {
+        names
+            .iter()
+            .map(|(n, v)| {
+                format!("---\napiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {{name: {n}}}\nspec: {{vni: {v}}}\n")
+            })
+            .collect()
+    }
+
+    async fn apply_text(store: &Store, dir: &std::path::Path, text: &str) {
+        let f = dir.join("in.yaml");
+        std::fs::write(&f, text).unwrap();
+        let inputs = objects::read_inputs(f.to_str().unwrap()).unwrap();
+        objects::apply(store, &inputs, "apply").await.unwrap();
+    }
+
+    /// A follower that read the store before the leader imported more (and
+    /// versioned that) reads again, and starts at the leader's version.
+    #[tokio::test]
+    async fn a_follower_behind_the_leader_s_version_reads_again_and_meets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local(LocalStore::open(&dir.path().join("store")).unwrap());
+        apply_text(&store, dir.path(), &vpcs(&[("a", 1)])).await;
+        let (_tx, mut follower) = watch::channel(None);
+        let (mut source, manifests) = start(store.clone(), dir.path(), None, &mut follower)
+            .await
+            .unwrap();
+        let mut effective = Effective::new(manifests, "c", source.reported_sets());
+
+        // The leader (another handle) imports b and versions {a, b}.
+        let other = Store::Local(LocalStore::open(&dir.path().join("store")).unwrap());
+        apply_text(&other, dir.path(), &vpcs(&[("a", 1), ("b", 2)])).await;
+        let now = objects::current(&other).await.unwrap();
+        let mut theirs = Effective::new(
+            Manifests::resolve(now.docs()).unwrap(),
+            "c",
+            BTreeMap::new(),
+        );
+        theirs.commit();
+        let (mut key, lead) = (None, Some(Cmp::CreateRevision("nothing".into(), 0)));
+        let p = settle(&other, &mut key, lead, &mut theirs)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let mine = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_version(&mut source, &mut effective, &mut follower),
+        )
+        .await
+        .expect("the follower meets the leader's version")
+        .unwrap();
+        assert_eq!(mine.version, p.version);
+        assert!(mine.intent.vpcs.contains_key("b"));
     }
 }
