@@ -263,9 +263,14 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("from").required(true).args(["state_dir", "etcd"])))]
 pub struct StatusArgs {
+    /// A replica's own status (`<DIR>/status.json`).
     #[arg(long, value_name = "DIR")]
-    pub state_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    /// Every replica's status, from the store on etcd.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// Print status.json (plus `controller_running`) instead of a table; with
     /// --node, that node's entry; with --service, that Service's.
     #[arg(long)]

@@ -16,7 +16,8 @@
 //!   objects in the store: apply, get, delete, diff).
 //! - **Status**: `agentstatus` (an agent's Status, checked and converted), under
 //!   `status` (the document and `StatusHandle`, which records it); `statusfmt`,
-//!   `statusview` and `statuscmd` read the document for `dpu-controller status`.
+//!   `statusview` and `statuscmd` read the document for `dpu-controller status`;
+//!   `statussync` writes each replica's into the store and reads them back.
 //! - **Serving**: `effective` (manifests and reported sets into versions) and
 //!   `hub` (one session per node, the fan-out of intent and health) sit on
 //!   `status`; `intenttask` (the store and the intent directory into
@@ -58,6 +59,7 @@ pub mod shutdown;
 pub mod status;
 pub mod statuscmd;
 pub mod statusfmt;
+pub mod statussync;
 pub mod statusview;
 pub mod store;
 pub mod timeutil;

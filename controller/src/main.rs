@@ -113,7 +113,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store_command(intentcmd::run_delete(&store, &kind, &name))?
             )
         }
-        Command::Status(a) => print!("{}", statuscmd::run(&a.state_dir, &a.query())?),
+        Command::Status(a) => match (&a.state_dir, a.etcd.options()) {
+            (_, Some(o)) => print!(
+                "{}",
+                store_command(async {
+                    let store = dpu_controller::kv::EtcdStore::connect(o).await?;
+                    let store = dpu_controller::kv::Store::Etcd(store);
+                    Ok::<_, objects::ObjectError>(statuscmd::from_store(&store, &a.query()).await)
+                })??
+            ),
+            (Some(dir), None) => print!("{}", statuscmd::run(dir, &a.query())?),
+            (None, None) => unreachable!("clap requires --state-dir or --etcd"),
+        },
         Command::Token { command } => print!(
             "{}",
             match command {

@@ -249,6 +249,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
 
     let writer = tokio::spawn(status.clone().run_writer(shutdown_rx.clone()));
     let health_authz = tokio::spawn(refilter_health_on_intent(hub.clone(), shutdown_rx.clone()));
+    let status_sync = tokio::spawn(crate::statussync::run(
+        source.store.clone(),
+        status.clone(),
+        format!("{} {}", opts.server_name, opts.listen),
+        shutdown_rx.clone(),
+    ));
     let health_sync = tokio::spawn(crate::healthsync::run(
         source.store.clone(),
         hub.clone(),
@@ -305,6 +311,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let _ = revocations.await;
     let _ = health_authz.await;
     let _ = health_sync.await;
+    let _ = status_sync.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, writer).await.is_err() {
         let _ = status.write_now();
     }

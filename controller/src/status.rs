@@ -42,6 +42,11 @@ pub struct StatusDoc {
     /// The store the intent is read from, and whether it answers.
     #[serde(default)]
     pub store: StoreStatus,
+    /// Read from the store (`status --etcd`): the replicas that wrote their
+    /// status there, `<id>` with ` (leader)` for the leader. Empty in a
+    /// replica's own status.json.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     pub nodes: BTreeMap<String, NodeStatus>,
 }
 
@@ -134,6 +139,8 @@ pub struct StatusHandle {
 struct Shared {
     doc: Mutex<StatusDoc>,
     changed: Notify,
+    /// Bumped on every change, for writers other than the file's.
+    generation: tokio::sync::watch::Sender<u64>,
     path: PathBuf,
 }
 
@@ -147,6 +154,7 @@ impl StatusHandle {
             inner: Arc::new(Shared {
                 doc: Mutex::new(doc),
                 changed: Notify::new(),
+                generation: tokio::sync::watch::channel(0).0,
                 path: state_dir.join(STATUS_FILE),
             }),
         }
@@ -160,7 +168,13 @@ impl StatusHandle {
     pub fn update<R>(&self, f: impl FnOnce(&mut StatusDoc) -> R) -> R {
         let r = f(&mut self.lock());
         self.inner.changed.notify_one();
+        self.inner.generation.send_modify(|g| *g += 1);
         r
+    }
+
+    /// Changes whenever the document does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     pub fn update_node<R>(&self, node: &str, f: impl FnOnce(&mut NodeStatus) -> R) -> R {

@@ -34,6 +34,9 @@ pub enum StatusCmdError {
         listed: usize,
         services: u32,
     },
+    /// The store could not be read (`status --etcd`).
+    #[error("{0}")]
+    Store(String),
 }
 
 fn known_nodes(known: &[String]) -> String {
@@ -76,6 +79,14 @@ pub fn run(state_dir: &Path, query: &Query) -> Result<String, StatusCmdError> {
     })?;
     let running = pid_alive(doc.controller_pid);
     render(&doc, running, query, crate::timeutil::unix_now())
+}
+
+/// `status --etcd`: every replica's status, from the store.
+pub async fn from_store(store: &crate::kv::Store, query: &Query) -> Result<String, StatusCmdError> {
+    let doc = crate::statussync::read(store)
+        .await
+        .map_err(|e| StatusCmdError::Store(e.to_string()))?;
+    render(&doc, true, query, crate::timeutil::unix_now())
 }
 
 /// The output for `query` at `now` (Unix seconds), from a document already read.
@@ -188,7 +199,12 @@ fn agent_columns(n: &NodeStatus, now: i64) -> [String; 4] {
 
 fn render_table(doc: &StatusDoc, running: bool, now: i64) -> String {
     let mut out = String::new();
-    if running {
+    if !doc.replicas.is_empty() {
+        out += &format!(
+            "controller replicas (from the store): {}\n",
+            escape_peer(&doc.replicas.join(", "), 1024)
+        );
+    } else if running {
         out += &format!("controller: running (pid {})\n", doc.controller_pid);
     } else {
         out += &format!(

@@ -339,6 +339,44 @@ async fn two_replicas_one_leader_and_the_follower_takes_over() {
             None => panic!("dpu-1 on B never heard dpu-2's verdict given to A"),
         }
     }
+
+    // Every replica's status is in the store: `status --etcd` shows both, the
+    // leader marked, and each node as the replica it is connected to sees it.
+    let mut args = vec!["status", "--json"];
+    args.extend(extra.iter().copied());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let whole = loop {
+        let out = cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let replicas = v["replicas"].as_array().map_or(0, |r| r.len());
+        if replicas == 2
+            && v["nodes"]["dpu-1"]["connected"] == true
+            && v["nodes"]["dpu-2"]["connected"] == true
+        {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "status --etcd: {v:#}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let leaders: Vec<_> = whole["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.as_str().unwrap().ends_with(" (leader)"))
+        .collect();
+    assert_eq!(leaders.len(), 1, "{whole:#}");
+    let mut args = vec!["status"];
+    args.extend(extra.iter().copied());
+    let table = String::from_utf8(cli(&args).stdout).unwrap();
+    assert!(
+        table.starts_with("controller replicas (from the store): "),
+        "{table}"
+    );
     drop(dpu2);
 
     // Versions are the store's: A and B give this intent the same version,
