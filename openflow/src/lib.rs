@@ -11,6 +11,7 @@
 //! | `conn` | [`Connection`]: the handshake, and one loop that writes requests while it reads replies and answers echoes |
 //! | `bundle` | [`Bundle`], applied atomically and in order by [`Connection::apply`] |
 //! | `dump` | [`Connection::dump`], [`Connection::counters`], [`Connection::group_stats`] |
+//! | `parts` | counters a part at a time, so a reader does not hold a writer up: [`Connection::flow_counts`] (by cookie under a mask), [`Connection::group_counters`] (by group id) |
 //! | [`error`] | [`Error`], and why a bundle was refused ([`BundleRefused`]) |
 //!
 //! # Example
@@ -44,6 +45,7 @@ mod conn;
 mod dump;
 pub mod error;
 pub mod ir;
+mod parts;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 #[cfg(test)]
@@ -53,3 +55,4 @@ pub use bundle::Bundle;
 pub use conn::{Connection, Step};
 pub use dump::{Counters, Dump, OversizedGroup, DESCRIBE_ALL_MAX_BUCKETS};
 pub use error::{BundleRefused, Error, Refusal, Refusals};
+pub use parts::GroupCounters;

@@ -115,6 +115,32 @@ async fn flows_and_groups_go_in_as_one_bundle_and_read_back() {
     let sizes: BTreeSet<(u32, usize)> = stats.iter().map(|g| (g.id, g.buckets.len())).collect();
     assert_eq!(sizes, BTreeSet::from([(1, 2), (4242, 950)]));
 
+    // The same a part at a time: flows by the low bits of their cookies
+    // (0x10 and 0x11 fall in different halves), groups by id; a group the
+    // switch does not have is left out.
+    let cookies = |f: &[openflow::codec::FlowCounts]| -> BTreeSet<u64> {
+        f.iter().map(|f| f.cookie).collect()
+    };
+    let even = conn.flow_counts(0, 0, 1).await.unwrap();
+    let odd = conn.flow_counts(0, 1, 1).await.unwrap();
+    assert_eq!(cookies(&even), BTreeSet::from([0x10]));
+    assert_eq!(cookies(&odd), BTreeSet::from([0x11]));
+    assert_eq!(
+        cookies(&conn.flow_counts(0, 0x11, u64::MAX).await.unwrap()),
+        BTreeSet::from([0x11])
+    );
+    assert_eq!(conn.flow_counts(10, 0, 0).await.unwrap().len(), 1);
+    let part = conn.group_counters(&[4242, 77, 1]).await.unwrap();
+    assert_eq!(
+        part.groups
+            .iter()
+            .map(|g| (g.id, g.buckets.len()))
+            .collect::<Vec<_>>(),
+        [(4242, 950), (1, 2)]
+    );
+    assert_eq!(part.bucket_ids, counters.bucket_ids);
+    assert!(conn.group_counters(&[]).await.unwrap().groups.is_empty());
+
     // A bundle the switch refuses names the op and leaves everything as it was.
     let (m, drop) = (parse_match("ip"), Actions::drop());
     let to_nowhere = Actions::new().group(999);

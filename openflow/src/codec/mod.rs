@@ -294,10 +294,20 @@ pub fn flow_desc_request(xid: u32) -> Vec<u8> {
 /// FLOW_DESC of every flow of one table. OVS 3.1 fills the flow's `ofp_stats`
 /// with its counters; it refuses FLOW_STATS (`OFPBRC_BAD_STAT`).
 pub fn flow_desc_request_in(xid: u32, table: u8) -> Vec<u8> {
+    flow_desc_request_by_cookie(xid, table, 0, 0)
+}
+
+/// FLOW_DESC of the flows of `table` (or [`OFPTT_ALL`]) whose cookie equals
+/// `cookie` in the bits of `cookie_mask`. OVS looks a flow up by cookie only
+/// under a mask of all ones; under any other it walks every flow of the table
+/// and encodes only the ones that match.
+pub fn flow_desc_request_by_cookie(xid: u32, table: u8, cookie: u64, cookie_mask: u64) -> Vec<u8> {
     let mut b = vec![table, 0, 0, 0];
     b.extend_from_slice(&OFPP_ANY.to_be_bytes());
     b.extend_from_slice(&OFPG_ANY.to_be_bytes());
-    b.extend_from_slice(&[0; 4 + 16]);
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&(cookie & cookie_mask).to_be_bytes());
+    b.extend_from_slice(&cookie_mask.to_be_bytes());
     b.extend_from_slice(&[0, 1, 0, 4, 0, 0, 0, 0]);
     multipart_request(xid, OFPMP_FLOW_DESC, &b)
 }
