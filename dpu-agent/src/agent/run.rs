@@ -70,9 +70,11 @@ pub async fn run(
     )
     .map_err(|e| AgentError::OpenFlow(e.to_string()))?;
     tracing::info!(backend = backend.name(), target = %cfg.ofctl_target(), "OpenFlow backend");
-    let Some(reconciler) = start_reconciler(backend, &mut shutdown).await else {
+    let Some(mut reconciler) = start_reconciler(backend, &mut shutdown).await else {
         return Ok(());
     };
+    let (observer, mut query_rx) = crate::observe::Agent::channel();
+    reconciler.set_busy_signal(observer.switch_busy());
 
     let mut applied = Applied::default();
     if let Some(p) = persisted {
@@ -112,7 +114,6 @@ pub async fn run(
         })
     };
     let (status_tx, status_rx) = watch::channel(pb::Status::default());
-    let (observer, mut query_rx) = crate::observe::Agent::channel();
     let observers = start_observers(
         &cfg,
         observer,

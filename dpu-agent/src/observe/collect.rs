@@ -19,7 +19,6 @@ use super::registry::{self, Registry};
 use super::sysfacts::{SysFacts, SysSampler};
 use super::tunnel::{self, TunnelCheck};
 use super::{metrics, switch_stats, Agent, Gone, LbIndex, Summary};
-use crate::compile::pipeline::SERVICE_LB;
 use crate::config::Config;
 
 /// How often the status sent to the controller is refreshed with new counters.
@@ -109,8 +108,14 @@ impl Collector {
     pub async fn observe(&self) -> Result<Observation, Gone> {
         let summary = self.agent.summary().await?;
         let lb = self.agent.lb().await?;
+        let plan = switch_stats::Plan::for_index(&lb);
         let (counters, datapath) = tokio::join!(
-            switch_stats::read(&self.ofctl_target, &[SERVICE_LB.id], READ_TIMEOUT),
+            switch_stats::read_in_parts(
+                &self.ofctl_target,
+                &plan,
+                Some(self.agent.watch_switch_busy()),
+                READ_TIMEOUT
+            ),
             datapath::count(&self.appctl_path, &self.run_dir, &self.datapath_type),
         );
         let counters = counters.map(|c| lb.counters(&c)).map_err(|e| e.to_string());

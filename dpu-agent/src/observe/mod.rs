@@ -117,6 +117,9 @@ pub struct Agent {
     /// The last LB index and the state generation it was built at, shared by
     /// every observer; the lock makes concurrent askers build it once.
     lb: Arc<tokio::sync::Mutex<Option<BuiltLb>>>,
+    /// True while the reconciler has a bundle under way: it sets it, readers
+    /// of the switch's counters wait on it between their requests.
+    busy: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// An LB index and the state generation it was built at.
@@ -135,6 +138,7 @@ impl Agent {
             Agent {
                 tx,
                 lb: Arc::default(),
+                busy: Arc::new(tokio::sync::watch::Sender::new(false)),
             },
             rx,
         )
@@ -144,6 +148,17 @@ impl Agent {
         let (tx, rx) = oneshot::channel();
         self.tx.send(make(tx)).await.map_err(|_| Gone)?;
         rx.await.map_err(|_| Gone)
+    }
+
+    /// The signal the reconciler sets while a bundle is under way
+    /// ([`crate::reconcile::Reconciler::set_busy_signal`]).
+    pub fn switch_busy(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.busy.clone()
+    }
+
+    /// A receiver of that signal, for a reader of the switch.
+    pub fn watch_switch_busy(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.busy.subscribe()
     }
 
     pub async fn summary(&self) -> Result<Summary, Gone> {

@@ -58,6 +58,9 @@ pub struct Reconciler<B> {
     /// How long the last bundle took, from send to the switch's confirmation;
     /// taken by the agent loop for the metrics.
     bundle_time: Option<std::time::Duration>,
+    /// True while a bundle is under way: readers of the switch's counters
+    /// hold their next request until it is false (`observe::switch_stats`).
+    busy: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl<B: OpenFlowBackend> Reconciler<B> {
@@ -72,6 +75,7 @@ impl<B: OpenFlowBackend> Reconciler<B> {
             stale_groups: BTreeMap::new(),
             stale_learned: BTreeSet::new(),
             bundle_time: None,
+            busy: None,
         };
         match r.forget_installed().await {
             Ok(()) => Ok(r),
@@ -114,13 +118,27 @@ impl<B: OpenFlowBackend> Reconciler<B> {
         Ok(())
     }
 
+    /// Says on `busy` when a bundle is under way (true from before it is sent
+    /// until its last barrier reply or its failure).
+    pub fn set_busy_signal(&mut self, busy: Arc<tokio::sync::watch::Sender<bool>>) {
+        self.busy = Some(busy);
+    }
+
     /// One bundle, timed.
     async fn send(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
+        // An empty apply sends nothing: it is no bundle to time or announce.
+        if ops.is_empty() {
+            return self.backend.apply(ops).await;
+        }
+        let busy = self.busy.clone();
+        if let Some(b) = &busy {
+            b.send_replace(true);
+        }
         let t0 = std::time::Instant::now();
         let r = self.backend.apply(ops).await;
-        // An empty apply sends nothing: it is no bundle to time.
-        if !ops.is_empty() {
-            self.bundle_time = Some(t0.elapsed());
+        self.bundle_time = Some(t0.elapsed());
+        if let Some(b) = &busy {
+            b.send_replace(false);
         }
         r
     }
@@ -495,6 +513,53 @@ mod tests {
             }
         );
         assert_eq!(b[3], BundleOp::DeleteGroup(9));
+    }
+
+    /// A switch that records what the busy signal said during each bundle.
+    #[derive(Debug)]
+    struct WatchedSwitch {
+        busy: tokio::sync::watch::Receiver<bool>,
+        seen: Arc<Mutex<Vec<bool>>>,
+        refuse: bool,
+    }
+
+    impl OpenFlowBackend for WatchedSwitch {
+        async fn apply(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
+            if ops.is_empty() {
+                return Ok(());
+            }
+            self.seen.lock().unwrap().push(*self.busy.borrow());
+            if self.refuse {
+                return Err(OpenFlowError::Rejected("refused".into()));
+            }
+            Ok(())
+        }
+        async fn installed(&mut self) -> Result<InstalledSummary, OpenFlowError> {
+            Ok(InstalledSummary::default())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_busy_signal_is_up_while_a_bundle_is_under_way() {
+        let busy = Arc::new(tokio::sync::watch::Sender::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sw = WatchedSwitch {
+            busy: busy.subscribe(),
+            seen: seen.clone(),
+            refuse: false,
+        };
+        let mut r = Reconciler::start(sw).await.unwrap();
+        r.set_busy_signal(busy.clone());
+        r.apply(&state(2)).await.unwrap();
+        assert!(!*busy.borrow(), "down after the bundle");
+        // Nothing to send: no bundle, no signal.
+        r.apply(&state(2)).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [true]);
+        // A refused bundle takes it down too.
+        r.backend.refuse = true;
+        r.apply(&state(3)).await.unwrap_err();
+        assert!(!*busy.borrow());
+        assert_eq!(*seen.lock().unwrap(), [true, true]);
     }
 
     fn group(id: u32, owner: &str, bucket: &str) -> Group {

@@ -12,7 +12,6 @@ mod fixtures;
 
 use std::time::Duration;
 
-use crate::compile::pipeline::SERVICE_LB;
 use crate::observe::{datapath, switch_stats, LbIndex};
 
 use super::{Ctx, OpsError};
@@ -68,17 +67,25 @@ async fn counters(
     lb: &LbIndex,
     name: &str,
 ) -> Result<crate::observe::lb_index::ServiceCounters, String> {
-    let sw = switch_stats::read(&ctx.ofctl_target, &[SERVICE_LB.id], READ_TIMEOUT)
-        .await
-        .map_err(|e| {
-            // Most errors name the switch already.
-            let msg = e.to_string();
-            if msg.contains(&ctx.ofctl_target) {
-                msg
-            } else {
-                format!("{}: {msg}", ctx.ofctl_target)
-            }
-        })?;
+    let Some(plan) = switch_stats::Plan::for_service(lb, name) else {
+        return Ok(Default::default());
+    };
+    let sw = switch_stats::read_in_parts(
+        &ctx.ofctl_target,
+        &plan,
+        Some(ctx.agent.watch_switch_busy()),
+        READ_TIMEOUT,
+    )
+    .await
+    .map_err(|e| {
+        // Most errors name the switch already.
+        let msg = e.to_string();
+        if msg.contains(&ctx.ofctl_target) {
+            msg
+        } else {
+            format!("{}: {msg}", ctx.ofctl_target)
+        }
+    })?;
     Ok(lb.counters(&sw).remove(name).unwrap_or_default())
 }
 

@@ -333,6 +333,45 @@ impl NativeBackend {
     pub(crate) async fn counters(&mut self, tables: &[u8]) -> Result<Counters, OpenFlowError> {
         self.call(&[], async |c| c.counters(tables).await).await
     }
+
+    /// The same counters a part at a time, each part asked for only when the
+    /// last one is answered (`openflow`'s `parts`): the flows of `table`
+    /// whose cookies match each (cookie, mask) of `flow_parts`, then the
+    /// groups `groups` in parts of `groups_per_part`, each with its bucket
+    /// ids. Before each part it waits while `busy` is true, at most `pause`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn counters_in_parts(
+        &mut self,
+        table: u8,
+        flow_parts: &[(u64, u64)],
+        groups: &[u32],
+        groups_per_part: usize,
+        mut busy: Option<tokio::sync::watch::Receiver<bool>>,
+        pause: Duration,
+    ) -> Result<Counters, OpenFlowError> {
+        self.call(&[], async |c| {
+            let mut out = Counters::default();
+            for &(cookie, mask) in flow_parts {
+                wait_while_busy(busy.as_mut(), pause).await;
+                out.flows.extend(c.flow_counts(table, cookie, mask).await?);
+            }
+            for ids in groups.chunks(groups_per_part.max(1)) {
+                wait_while_busy(busy.as_mut(), pause).await;
+                let part = c.group_counters(ids).await?;
+                out.groups.extend(part.groups);
+                out.bucket_ids.extend(part.bucket_ids);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Waits until `busy` is false, at most `pause`.
+async fn wait_while_busy(busy: Option<&mut tokio::sync::watch::Receiver<bool>>, pause: Duration) {
+    if let Some(rx) = busy {
+        let _ = tokio::time::timeout(pause, rx.wait_for(|b| !*b)).await;
+    }
 }
 
 impl OpenFlowBackend for NativeBackend {
