@@ -200,6 +200,20 @@ pub struct LbInputs {
 }
 
 impl LbInputs {
+    /// Trades the installed view for a copy of its map of groups (an id and
+    /// a pointer each), the only part of it the index reads. While a build
+    /// holds the reconciler's own view, the loop's next update copies all of
+    /// it, flows included, to change it (`Arc::make_mut`): at 10k Services
+    /// that was 5-9 ms in that update's bundle time, once per build.
+    pub fn keep_installed_groups_only(&mut self) {
+        if let Some(view) = self.installed.take() {
+            self.installed = Some(Arc::new(DesiredState {
+                flows: BTreeMap::new(),
+                groups: view.groups.clone(),
+            }));
+        }
+    }
+
     pub fn build(&self) -> LbIndex {
         let intent = self.intent.with_pods();
         LbIndex::build(&Inputs {
@@ -412,5 +426,48 @@ fn service_view(s: &Service, x: &Inputs<'_>, vpcs: &mut Vpcs) -> ServiceView {
         cookie: service_cookie(s).value(0),
         affinity_timeout: s.affinity_timeout,
         external_traffic_local: s.external_traffic_local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::flows::{Actions, Group, Match};
+    use crate::compile::pipeline::cookie::{Category, Cookie};
+    use crate::compile::pipeline::SERVICE_LB;
+
+    #[test]
+    fn an_index_build_lets_the_reconcilers_view_go_and_keeps_its_groups() {
+        let owner = Cookie::new(Category::Service, "web");
+        let mut view = DesiredState::default();
+        view.add(SERVICE_LB, 100, Match::new(), Actions::drop(), owner);
+        view.groups.insert(
+            5,
+            Arc::new(Group {
+                id: 5,
+                hash_fields: Vec::new(),
+                buckets: Vec::new(),
+                owner,
+                learns: false,
+            }),
+        );
+        let view = Arc::new(view);
+        let mut inputs = LbInputs {
+            installed: Some(view.clone()),
+            ..LbInputs::default()
+        };
+        inputs.keep_installed_groups_only();
+        assert_eq!(
+            Arc::strong_count(&view),
+            1,
+            "the loop's view is its own again"
+        );
+        let kept = inputs.installed.as_deref().unwrap();
+        assert!(kept.flows.is_empty());
+        assert_eq!(kept.groups, view.groups);
+        assert!(
+            Arc::ptr_eq(&kept.groups[&5], &view.groups[&5]),
+            "shared, not copied"
+        );
     }
 }

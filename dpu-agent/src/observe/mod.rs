@@ -189,9 +189,13 @@ impl Agent {
                 None => Err(Gone),
             },
             LbReply::Build(generation, inputs) => {
-                let lb = tokio::task::spawn_blocking(move || Arc::new(inputs.build()))
-                    .await
-                    .map_err(|_| Gone)?;
+                let lb = tokio::task::spawn_blocking(move || {
+                    let mut inputs = inputs;
+                    inputs.keep_installed_groups_only();
+                    Arc::new(inputs.build())
+                })
+                .await
+                .map_err(|_| Gone)?;
                 *cache = Some((generation, lb.clone()));
                 Ok(lb)
             }
