@@ -161,7 +161,7 @@ impl Connection {
         let what = "group counters";
         ask(self, requests, first, n, what, |msg| {
             let bad = |e: codec::CodecError| protocol(format!("the {what}: {e}"));
-            let stats = xid_of(msg).wrapping_sub(first) % 2 == 0;
+            let stats = xid_of(msg).wrapping_sub(first).is_multiple_of(2);
             if msg.len() > usize::from(u16::MAX) {
                 // One group of thousands of buckets, its lengths wrapped.
                 if stats {
