@@ -108,3 +108,31 @@ async fn offload(ctx: &Ctx, vips: &[std::net::IpAddr]) -> Result<Offload, String
         offloaded: count_vip_flows(&offloaded, vips),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures;
+    use crate::compile::pipeline::cookie::Cookie;
+    use crate::compile::pipeline::SERVICE_LB;
+    use crate::observe::switch_stats::Plan;
+
+    /// `show service` reads one Service: its flows by its cookie in any
+    /// round, in one request, and its installed groups.
+    #[test]
+    fn a_service_is_read_by_its_cookie_and_its_groups() {
+        let lb = fixtures::lb();
+        let plan = Plan::for_service(&lb, "web").unwrap();
+        assert_eq!(plan.table, SERVICE_LB.id);
+        assert_eq!(plan.groups, [5]);
+        let web = fixtures::service_cookie("web");
+        assert_eq!(plan.flow_parts(), [(web.value(0), Cookie::SELECT_MASK)]);
+        // Any round of its cookie is asked for, no other Service's.
+        let (cookie, mask) = plan.flow_parts()[0];
+        assert_eq!(web.value(9) & mask, cookie);
+        assert_ne!(fixtures::service_cookie("db").value(0) & mask, cookie);
+        assert!(Plan::for_service(&lb, "db").unwrap().groups.is_empty());
+        assert_eq!(Plan::for_service(&lb, "nope"), None);
+        // The whole index: every installed group.
+        assert_eq!(Plan::for_index(&lb).groups, [5]);
+    }
+}
