@@ -195,6 +195,27 @@ async fn a_part_waits_while_a_bundle_is_under_way() {
     );
     assert_eq!(c.flows.len(), 100);
     assert_eq!(c.groups.len(), 100);
+
+    // Up for good: 18 parts (16 of flows) would wait 1.8 s; the read waits
+    // MAX_PAUSES in all.
+    busy.send_replace(true);
+    let many = Plan {
+        cookie_bits: 4,
+        ..plan
+    };
+    let t = Instant::now();
+    let c = switch_stats::read_in_parts(
+        &ovs.mgmt("br0"),
+        &many,
+        Some(busy.subscribe()),
+        READ_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    let took = t.elapsed();
+    assert!(took >= switch_stats::MAX_PAUSES, "{took:?}");
+    assert!(took < pause * 16, "{took:?}: waited past the read's budget");
+    assert_eq!(c.flows.len(), 100);
 }
 
 /// The latency of one-flow bundles sent every 2 ms on a connection of their

@@ -28,7 +28,8 @@
 //!
 //! A part is sent only when the last one is answered, and only while the
 //! reconciler has no bundle under way (its busy signal; waited for at most
-//! [`MAX_PAUSE`] a part, so a stream of updates cannot starve the read). So a
+//! [`MAX_PAUSE`] a part and [`MAX_PAUSES`] a read, so a stream of updates
+//! cannot starve the read). So a
 //! bundle waits for at most the one part the switch is already serving:
 //! measured at 10k Services (`tests/switch_stats_parts_real.rs`), a part of
 //! ~160 flows holds the switch ~0.4 ms and one of 64 groups ~1-2 ms, where
@@ -91,6 +92,10 @@ pub const FLOWS_PER_PART: usize = 256;
 pub const GROUPS_PER_PART: usize = 64;
 /// The longest a part waits for the reconciler's bundle to finish.
 pub const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// The longest a whole read waits for bundles, all parts told: under
+/// updates back to back at 30k Services (~600 parts) a read still ends well
+/// within its timeout.
+pub const MAX_PAUSES: Duration = Duration::from_secs(1);
 /// The most parts the flows are cut into: 2^this.
 const MAX_COOKIE_BITS: u32 = 12;
 
@@ -200,6 +205,7 @@ pub async fn read_in_parts(
             GROUPS_PER_PART,
             busy,
             MAX_PAUSE,
+            MAX_PAUSES,
         )
         .await?;
     Ok(shape(raw))

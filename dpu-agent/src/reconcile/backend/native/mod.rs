@@ -338,7 +338,8 @@ impl NativeBackend {
     /// last one is answered (`openflow`'s `parts`): the flows of `table`
     /// whose cookies match each (cookie, mask) of `flow_parts`, then the
     /// groups `groups` in parts of `groups_per_part`, each with its bucket
-    /// ids. Before each part it waits while `busy` is true, at most `pause`.
+    /// ids. Before each part it waits while `busy` is true, at most `pause`,
+    /// and no more than `budget` over the whole read.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn counters_in_parts(
         &mut self,
@@ -346,17 +347,23 @@ impl NativeBackend {
         flow_parts: &[(u64, u64)],
         groups: &[u32],
         groups_per_part: usize,
-        mut busy: Option<tokio::sync::watch::Receiver<bool>>,
+        busy: Option<tokio::sync::watch::Receiver<bool>>,
         pause: Duration,
+        budget: Duration,
     ) -> Result<Counters, OpenFlowError> {
+        let mut pacer = Pacer {
+            busy,
+            pause,
+            left: budget,
+        };
         self.call(&[], async |c| {
             let mut out = Counters::default();
             for &(cookie, mask) in flow_parts {
-                wait_while_busy(busy.as_mut(), pause).await;
+                pacer.wait().await;
                 out.flows.extend(c.flow_counts(table, cookie, mask).await?);
             }
             for ids in groups.chunks(groups_per_part.max(1)) {
-                wait_while_busy(busy.as_mut(), pause).await;
+                pacer.wait().await;
                 let part = c.group_counters(ids).await?;
                 out.groups.extend(part.groups);
                 out.bucket_ids.extend(part.bucket_ids);
@@ -367,10 +374,25 @@ impl NativeBackend {
     }
 }
 
-/// Waits until `busy` is false, at most `pause`.
-async fn wait_while_busy(busy: Option<&mut tokio::sync::watch::Receiver<bool>>, pause: Duration) {
-    if let Some(rx) = busy {
-        let _ = tokio::time::timeout(pause, rx.wait_for(|b| !*b)).await;
+/// Holds a read's next part while `busy` is true: at most `pause` a part,
+/// and `left` in all.
+struct Pacer {
+    busy: Option<tokio::sync::watch::Receiver<bool>>,
+    pause: Duration,
+    left: Duration,
+}
+
+impl Pacer {
+    async fn wait(&mut self) {
+        let Some(rx) = self.busy.as_mut() else {
+            return;
+        };
+        if self.left.is_zero() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(self.pause.min(self.left), rx.wait_for(|b| !*b)).await;
+        self.left = self.left.saturating_sub(started.elapsed());
     }
 }
 
