@@ -521,20 +521,21 @@ impl Task {
 
     /// Re-lists the store and replaces the mirror; (re)starts the watch.
     async fn relist(&mut self) {
-        // Everything under the prefix at one revision: intent and reported sets.
-        let listing = match self.source.store.list("").await {
-            Ok(l) => l,
-            Err(e) => return self.store_failed("cannot list the store", &e),
-        };
-        let revision = listing.revision;
-        let (intent, rest): (Vec<_>, Vec<_>) = listing
-            .entries
-            .into_iter()
-            .partition(|e| e.key.starts_with(PREFIX));
-        let intent = crate::kv::Listing {
-            revision,
-            entries: intent,
-        };
+        // The intent, the reported sets and the version key (not the status
+        // and health keys, which can be many): three reads, and the watch
+        // resumes after the earliest, so nothing between them is missed (an
+        // event seen twice changes nothing the second time).
+        let mut lists = Vec::with_capacity(3);
+        for prefix in [PREFIX, reported::PREFIX, VERSION_KEY] {
+            match self.source.store.list(prefix).await {
+                Ok(l) => lists.push(l),
+                Err(e) => return self.store_failed("cannot list the store", &e),
+            }
+        }
+        let revision = lists.iter().map(|l| l.revision).min().unwrap_or(0);
+        let mut lists = lists.into_iter();
+        let intent = lists.next().expect("three lists");
+        let rest: Vec<crate::kv::Entry> = lists.flat_map(|l| l.entries).collect();
         match objects::from_listing_since(intent, Some(&self.source.mirror)) {
             Ok(fresh) => {
                 let missed = self.source.mirror.differences(&fresh);
