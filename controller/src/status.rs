@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dpu_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub use crate::agentstatus::AgentStatus;
 use crate::agentstatus::AgentStatusError;
@@ -138,9 +138,8 @@ pub struct StatusHandle {
 #[derive(Debug)]
 struct Shared {
     doc: Mutex<StatusDoc>,
-    changed: Notify,
-    /// Bumped on every change, for writers other than the file's.
-    generation: tokio::sync::watch::Sender<u64>,
+    /// Bumped on every change, for the writers (the file's, the store's).
+    generation: watch::Sender<u64>,
     path: PathBuf,
 }
 
@@ -153,8 +152,7 @@ impl StatusHandle {
         StatusHandle {
             inner: Arc::new(Shared {
                 doc: Mutex::new(doc),
-                changed: Notify::new(),
-                generation: tokio::sync::watch::channel(0).0,
+                generation: watch::channel(0).0,
                 path: state_dir.join(STATUS_FILE),
             }),
         }
@@ -167,13 +165,12 @@ impl StatusHandle {
 
     pub fn update<R>(&self, f: impl FnOnce(&mut StatusDoc) -> R) -> R {
         let r = f(&mut self.lock());
-        self.inner.changed.notify_one();
         self.inner.generation.send_modify(|g| *g += 1);
         r
     }
 
     /// Changes whenever the document does.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.generation.subscribe()
     }
 
@@ -286,11 +283,15 @@ impl StatusHandle {
     /// Writes the document after each burst of changes until `shutdown`, then
     /// once more.
     pub async fn run_writer(self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.subscribe();
+        // A change made before this task first ran is written too.
+        changes.mark_changed();
         loop {
             tokio::select! {
-                _ = self.inner.changed.notified() => {}
+                _ = changes.changed() => {}
                 _ = shutdown_requested(&mut shutdown) => break,
             }
+            changes.borrow_and_update();
             tokio::time::sleep(DEBOUNCE).await;
             let me = self.clone();
             match tokio::task::spawn_blocking(move || me.write_now()).await {

@@ -6,7 +6,10 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::etcd_args;
 use test_support::etcd::TestEtcd;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dpu-controller");
 
@@ -130,21 +133,6 @@ fn the_intent_commands_work_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     session(&["--state-dir".into(), dir.path().display().to_string()]);
     assert!(dir.path().join("store/log.jsonl").is_file());
-}
-
-/// The store options that name the test's etcd.
-fn etcd_args(etcd: &TestEtcd) -> Vec<String> {
-    let path = |p: &Path| p.display().to_string();
-    vec![
-        "--etcd".into(),
-        etcd.url.clone(),
-        "--etcd-ca".into(),
-        path(&etcd.ca),
-        "--etcd-cert".into(),
-        path(&etcd.cert),
-        "--etcd-key".into(),
-        path(&etcd.key),
-    ]
 }
 
 #[test]

@@ -39,19 +39,6 @@ fn apply(store: &[String], text: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-fn etcd_args(etcd: &TestEtcd) -> Vec<String> {
-    vec![
-        "--etcd".into(),
-        etcd.url.clone(),
-        "--etcd-ca".into(),
-        etcd.ca.display().to_string(),
-        "--etcd-cert".into(),
-        etcd.cert.display().to_string(),
-        "--etcd-key".into(),
-        etcd.key.display().to_string(),
-    ]
-}
-
 /// The agent's snapshot holds the directory's objects; an object applied by
 /// another process arrives as an increment, and its delete as one too.
 async fn directory_and_apply_reach_the_agent(lab: &Lab, server: &Server, store: &[String]) {

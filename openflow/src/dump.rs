@@ -64,11 +64,11 @@ pub struct Counters {
 }
 
 /// Whether a multipart reply says more parts follow.
-fn more_follows(msg: &[u8]) -> bool {
+pub(crate) fn more_follows(msg: &[u8]) -> bool {
     msg.get(11).is_some_and(|f| f & 1 != 0)
 }
 
-fn protocol(what: impl std::fmt::Display) -> Error {
+pub(crate) fn protocol(what: impl std::fmt::Display) -> Error {
     Error::Protocol(what.to_string())
 }
 
@@ -220,9 +220,37 @@ async fn describe_groups(
         let xid = first.wrapping_add(i as u32);
         out.extend_from_slice(&codec::group_request(xid, OFPMP_GROUP_DESC, *id));
     }
+    ask(conn, out, first, ids.len(), "group descriptions", |msg| {
+        if msg.len() > usize::from(u16::MAX) {
+            return on_desc(Described::Oversized(msg));
+        }
+        let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
+        let (kind, _, body) = codec::parse_multipart(msg).map_err(bad)?;
+        if kind != OFPMP_GROUP_DESC {
+            return Err(protocol(format!(
+                "multipart type {kind} in the group descriptions"
+            )));
+        }
+        on_desc(Described::Body(body))
+    })
+    .await
+}
+
+/// Sends `requests` (`n` multipart requests with consecutive xids from
+/// `first`) and a barrier, and hands every reply part to `on_reply` until the
+/// barrier reply. Replies may be longer than 64 KiB (one group of thousands of
+/// buckets, its lengths wrapped): they are framed by the next message.
+pub(crate) async fn ask(
+    conn: &mut Connection,
+    mut requests: Vec<u8>,
+    first: u32,
+    n: usize,
+    what: &str,
+    mut on_reply: impl FnMut(&[u8]) -> Result<(), Error>,
+) -> Result<(), Error> {
     let barrier = conn.next_xid();
-    out.extend_from_slice(&codec::barrier_request(barrier));
-    let ours = |x: u32| (x.wrapping_sub(first) as usize) < ids.len();
+    requests.extend_from_slice(&codec::barrier_request(barrier));
+    let ours = |x: u32| (x.wrapping_sub(first) as usize) < n;
     let follows = |h: &[u8]| {
         h[0] == codec::OFP_VERSION
             && match h[1] {
@@ -233,15 +261,15 @@ async fn describe_groups(
             }
     };
     let mut finished = 0;
-    conn.exchange_framed(&out, Some(follows), |msg| {
+    conn.exchange_framed(&requests, Some(follows), |msg| {
         let x = xid_of(msg);
         if x == barrier && msg[1] == msg_type::BARRIER_REPLY {
-            return if finished == ids.len() {
+            return if finished == n {
                 Ok(Step::Done)
             } else {
-                Err(protocol(
-                    "the barrier after the group descriptions was answered first",
-                ))
+                Err(protocol(format!(
+                    "the barrier after the {what} was answered first"
+                )))
             };
         }
         if !ours(x) {
@@ -251,31 +279,16 @@ async fn describe_groups(
             msg_type::MULTIPART_REPLY => {}
             msg_type::ERROR => {
                 return Err(protocol(format!(
-                    "the switch refused the group descriptions: {}",
+                    "the switch refused the {what}: {}",
                     error_name(msg)
                 )))
             }
-            other => {
-                return Err(protocol(format!(
-                    "message type {other} in the group descriptions"
-                )))
-            }
+            other => return Err(protocol(format!("message type {other} in the {what}"))),
         }
         if !more_follows(msg) {
             finished += 1;
         }
-        if msg.len() > usize::from(u16::MAX) {
-            on_desc(Described::Oversized(msg))?;
-            return Ok(Step::More);
-        }
-        let bad = |e: codec::CodecError| protocol(format!("the group descriptions: {e}"));
-        let (kind, _, body) = codec::parse_multipart(msg).map_err(bad)?;
-        if kind != OFPMP_GROUP_DESC {
-            return Err(protocol(format!(
-                "multipart type {kind} in the group descriptions"
-            )));
-        }
-        on_desc(Described::Body(body))?;
+        on_reply(msg)?;
         Ok(Step::More)
     })
     .await

@@ -27,9 +27,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::codec::{self, msg_type, FlowCounts, GroupStats};
+use crate::codec::{self, FlowCounts, GroupStats};
 use crate::codec::{OFPMP_FLOW_DESC, OFPMP_GROUP_DESC, OFPMP_GROUP_STATS};
-use crate::conn::{error_name, xid_of, Connection, Step};
+use crate::conn::{xid_of, Connection};
+use crate::dump::{ask, protocol};
 use crate::Error;
 
 /// The counters of some groups, from [`Connection::group_counters`].
@@ -41,73 +42,6 @@ pub struct GroupCounters {
     /// Each group's bucket ids in the switch's order (the order of
     /// [`GroupStats::buckets`]).
     pub bucket_ids: BTreeMap<u32, Vec<u32>>,
-}
-
-fn protocol(what: impl std::fmt::Display) -> Error {
-    Error::Protocol(what.to_string())
-}
-
-/// Whether a multipart reply says more parts follow.
-fn more_follows(msg: &[u8]) -> bool {
-    msg.get(11).is_some_and(|f| f & 1 != 0)
-}
-
-/// Sends `requests` (`n` multipart requests with consecutive xids from
-/// `first`) and a barrier, and hands every reply part to `on_reply` until the
-/// barrier reply. Replies may be longer than 64 KiB (one group of thousands of
-/// buckets, its lengths wrapped): they are framed by the next message.
-async fn ask(
-    conn: &mut Connection,
-    mut requests: Vec<u8>,
-    first: u32,
-    n: usize,
-    what: &str,
-    mut on_reply: impl FnMut(&[u8]) -> Result<(), Error>,
-) -> Result<(), Error> {
-    let barrier = conn.next_xid();
-    requests.extend_from_slice(&codec::barrier_request(barrier));
-    let ours = |x: u32| (x.wrapping_sub(first) as usize) < n;
-    let follows = |h: &[u8]| {
-        h[0] == codec::OFP_VERSION
-            && match h[1] {
-                msg_type::MULTIPART_REPLY | msg_type::ERROR => ours(xid_of(h)),
-                msg_type::BARRIER_REPLY => xid_of(h) == barrier,
-                msg_type::ECHO_REQUEST => true,
-                _ => false,
-            }
-    };
-    let mut finished = 0;
-    conn.exchange_framed(&requests, Some(follows), |msg| {
-        let x = xid_of(msg);
-        if x == barrier && msg[1] == msg_type::BARRIER_REPLY {
-            return if finished == n {
-                Ok(Step::Done)
-            } else {
-                Err(protocol(format!(
-                    "the barrier after the {what} was answered first"
-                )))
-            };
-        }
-        if !ours(x) {
-            return Ok(Step::More);
-        }
-        match msg[1] {
-            msg_type::MULTIPART_REPLY => {}
-            msg_type::ERROR => {
-                return Err(protocol(format!(
-                    "the switch refused the {what}: {}",
-                    error_name(msg)
-                )))
-            }
-            other => return Err(protocol(format!("message type {other} in the {what}"))),
-        }
-        if !more_follows(msg) {
-            finished += 1;
-        }
-        on_reply(msg)?;
-        Ok(Step::More)
-    })
-    .await
 }
 
 impl Connection {

@@ -44,8 +44,12 @@ pub struct Leadership {
 }
 
 enum Guard {
-    /// Held, not read: the flock is released when it drops.
-    Local(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>),
+    /// Held, not read: the flock is released when it drops; the sender keeps
+    /// `lost` open (an embedded store's leadership is never lost).
+    Local(
+        #[allow(dead_code)] nix::fcntl::Flock<std::fs::File>,
+        #[allow(dead_code)] watch::Sender<bool>,
+    ),
     Etcd {
         client: Box<Client>,
         lease: i64,
@@ -56,7 +60,7 @@ enum Guard {
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Guard::Local(_) => f.write_str("Guard::Local"),
+            Guard::Local(..) => f.write_str("Guard::Local"),
             Guard::Etcd { lease, .. } => write!(f, "Guard::Etcd {{ lease: {lease:x} }}"),
         }
     }
@@ -77,7 +81,7 @@ impl Leadership {
     pub fn lease(&self) -> Option<i64> {
         match &self.guard {
             Guard::Etcd { lease, .. } => Some(*lease),
-            Guard::Local(_) => None,
+            Guard::Local(..) => None,
         }
     }
 
@@ -126,14 +130,12 @@ impl Store {
                 // A fresh key: a previous leader's fence no longer holds.
                 s.txn(Txn::new().delete(LOCAL_KEY))?;
                 let rev = s.txn(Txn::new().put(LOCAL_KEY, id))?.revision;
-                let (_tx, lost) = watch::channel(false);
-                // The flock is held for the life of the process: never lost.
-                std::mem::forget(_tx);
+                let (never_lost, lost) = watch::channel(false);
                 Ok(Leadership {
                     key: LOCAL_KEY.into(),
                     rev,
                     lost,
-                    guard: Guard::Local(flock),
+                    guard: Guard::Local(flock, never_lost),
                 })
             }
             Store::Etcd(s) => s.campaign(id).await,

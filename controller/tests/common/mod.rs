@@ -386,3 +386,18 @@ impl Agent {
             .unwrap();
     }
 }
+
+/// The command-line options that name a test etcd as the store.
+pub fn etcd_args(etcd: &test_support::etcd::TestEtcd) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--etcd-ca".into(),
+        path(&etcd.ca),
+        "--etcd-cert".into(),
+        path(&etcd.cert),
+        "--etcd-key".into(),
+        path(&etcd.key),
+    ]
+}
