@@ -143,10 +143,10 @@ pub struct FileArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create a one-time token that lets a DPU enroll as --node. Prints only the
-    /// token; the controller keeps only its hash.
+    /// token; the store keeps only its hash.
     Create {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, value_name = "NAME")]
         node: String,
         /// How long the token can be used: 30s, 15m, 1h, 7d (at most 30d).
@@ -155,15 +155,15 @@ pub enum TokenCommand {
     },
     /// List tokens: id, node, state (unused, used, expired), times. Never secrets.
     List {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
     /// Delete a token, used or not.
     Delete {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, value_name = "ID")]
         id: String,
     },
@@ -173,16 +173,16 @@ pub enum TokenCommand {
 pub enum NodeCommand {
     /// List node records: state, current certificate, enrollment, connection.
     List {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a node: its certificates are refused from now on and a running
-    /// controller ends its session. Re-admit it with a new token.
+    /// Revoke a node: its certificates are refused from now on and every
+    /// running controller replica ends its session. Re-admit it with a new token.
     Revoke {
-        #[arg(long, value_name = "DIR")]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long, value_name = "NAME")]
         node: String,
     },
@@ -211,8 +211,13 @@ pub enum CaCommand {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("what").required(true).args(["node", "host_shim", "server"])))]
 pub struct IssueArgs {
+    /// Where the CA is (`<DIR>/pki`); a --node certificate is recorded in the
+    /// embedded store here unless --etcd names the store.
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// The store on etcd, where a --node certificate is recorded.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
     /// A node certificate for NAME (CN and DNS SAN, role node), for client and
     /// server auth.
     #[arg(long, value_name = "NAME")]

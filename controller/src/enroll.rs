@@ -1,13 +1,18 @@
 //! The `Enrollment` gRPC service: a DPU trades a bootstrap token and a CSR for
 //! its node certificate (`Enroll`), then renews it over mTLS (`Renew`).
 //!
-//! Every check runs before anything on disk changes, so a refused request
+//! Every check runs before anything in the store changes, so a refused request
 //! changes nothing. The token's secret is checked before anything else about
-//! the request is looked at. On success `Enroll` claims the token (of
-//! concurrent callers one wins the rename), then signs and records the
-//! certificate under the node lock, and only then marks the token used; if
-//! recording fails the token is put back (a rename: it needs no space). See
-//! `tokens` for what a crash leaves.
+//! the request is looked at. On success `Enroll` signs the certificate, then
+//! records it in the node's record and marks the token used in one store
+//! transaction, which holds only if neither key changed since it was read: of
+//! concurrent enrollments with one token exactly one lands, and a failure
+//! leaves the token unused. A certificate whose transaction did not land is
+//! never handed out.
+//!
+//! A replica without the CA's private key (`pki/ca.key`) serves agents and
+//! verifies certificates, but refuses Enroll and Renew with `unavailable`, so
+//! that the DPU tries another controller.
 //!
 //! Before any of that, `EnrollService` limits failed attempts per source
 //! address and per token id (`limits`), and logs refusals at a bounded rate
@@ -16,7 +21,6 @@
 mod limits;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +30,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::csr::{Csr, CsrError, MAX_CSR_BYTES};
 use crate::escape::escape_peer;
+use crate::kv::{KvError, Store};
 use crate::nodes::{CertEntry, NodeError, NodeRecord, NodeStore, Revoked};
 use crate::pki::{peer_identity, Ca, PkiError, Signed};
 use crate::timeutil::unix_now;
@@ -73,13 +78,15 @@ pub enum EnrollError {
     SourceLimited { from: String, secs: u64 },
     #[error("too many failed attempts with token {id}; retry in {secs} s")]
     TokenLimited { id: String, secs: u64 },
-    /// Reading or writing the state directory, or signing, failed.
+    /// Reading or writing the store, or signing, failed.
     #[error("{0}")]
     Internal(String),
-    /// Recording the certificate failed after the token was claimed; the token
-    /// was put back.
-    #[error("{0}; the token was put back")]
-    NotRecorded(String),
+    /// The store cannot be reached: nothing was recorded, the token is unused.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This replica holds no CA key.
+    #[error("this controller holds no CA key ({0}), so it issues no certificates")]
+    NoCaKey(String),
 }
 
 impl EnrollError {
@@ -114,9 +121,14 @@ impl EnrollError {
                     "the controller failed to complete the request; see its log",
                 )
             }
-            EnrollError::NotRecorded(_) => {
-                return Status::internal(
-                    "the controller failed to complete the request (see its log); the token is still unused, so try again",
+            EnrollError::Unavailable(_) => {
+                return Status::unavailable(
+                    "the controller's store is unavailable; nothing was recorded and the token is still unused, so try again",
+                )
+            }
+            EnrollError::NoCaKey(_) => {
+                return Status::unavailable(
+                    "this controller replica holds no CA key and issues no certificates; try another controller",
                 )
             }
         };
@@ -135,6 +147,8 @@ impl EnrollError {
                         | TokenRefusal::WrongSecret { .. }
                 )
                 | EnrollError::Internal(_)
+                | EnrollError::Unavailable(_)
+                | EnrollError::NoCaKey(_)
                 | EnrollError::SourceLimited { .. }
                 | EnrollError::TokenLimited { .. }
         )
@@ -172,6 +186,7 @@ impl From<NodeError> for EnrollError {
                 message,
             },
             e @ NodeError::TooManyCerts { .. } => EnrollError::Limit(e.to_string()),
+            NodeError::Kv(e) => e.into(),
             e => EnrollError::Internal(e.to_string()),
         }
     }
@@ -185,6 +200,16 @@ impl From<TokenError> for EnrollError {
                 name: shown_name(&name),
                 message,
             },
+            TokenError::Kv(e) => e.into(),
+            e => EnrollError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<KvError> for EnrollError {
+    fn from(e: KvError) -> Self {
+        match e {
+            e @ KvError::Unavailable(_) => EnrollError::Unavailable(e.to_string()),
             e => EnrollError::Internal(e.to_string()),
         }
     }
@@ -217,138 +242,106 @@ fn entry(signed: &Signed) -> CertEntry {
     }
 }
 
-/// Enrollment and renewal against one state directory; blocking (file locks).
+/// Enrollment and renewal against the store.
 #[derive(Debug)]
 pub struct Enroller {
     tokens: TokenStore,
     nodes: NodeStore,
-    ca: Ca,
+    store: Store,
+    /// The CA's certificate, handed to every enrolled DPU.
+    ca_pem: String,
+    /// `None` on a replica that was not given the CA's key.
+    ca: Result<Ca, String>,
     cert_ttl: Duration,
 }
 
 impl Enroller {
-    /// Also settles tokens a crash left claimed (see `settle_claimed`).
-    pub fn new(state_dir: &Path, ca: Ca, cert_ttl: Duration) -> Self {
-        let e = Enroller {
-            tokens: TokenStore::new(state_dir),
-            nodes: NodeStore::new(state_dir),
+    /// `ca` is the CA with its key, or why this replica has none (then it
+    /// refuses Enroll and Renew with `unavailable`).
+    pub fn new(store: Store, ca_pem: String, ca: Result<Ca, String>, cert_ttl: Duration) -> Self {
+        Enroller {
+            tokens: TokenStore::new(store.clone()),
+            nodes: NodeStore::new(store.clone()),
+            store,
+            ca_pem,
             ca,
             cert_ttl,
-        };
-        e.settle_claimed();
-        e
-    }
-
-    /// A token left claimed by a crash is used if its node's record names it
-    /// (the certificate was recorded), else put back. One that cannot be
-    /// settled stays claimed, which admits no one.
-    pub fn settle_claimed(&self) {
-        let claimed = match self.tokens.claimed() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("cannot read the claimed tokens: {e}");
-                return;
-            }
-        };
-        for t in claimed {
-            let (id, node) = (&t.id, &t.node);
-            let result = match self.nodes.load(node) {
-                Ok(Some(r)) if r.token_id.as_deref() == Some(id.as_str()) => self
-                    .tokens
-                    .finish(id, unix_now())
-                    .map(|()| "used: its node's record has the certificate"),
-                Ok(_) => self
-                    .tokens
-                    .restore(id)
-                    .map(|()| "put back: no certificate was recorded with it"),
-                Err(e) => {
-                    tracing::warn!(token = %id, node = %node, "cannot settle a claimed token: {e}");
-                    continue;
-                }
-            };
-            match result {
-                Ok(what) => {
-                    tracing::info!(token = %id, node = %node, "token left claimed by an interrupted enrollment {what}")
-                }
-                Err(e) => {
-                    tracing::warn!(token = %id, node = %node, "cannot settle a claimed token: {e}")
-                }
-            }
         }
     }
 
     pub fn ca_pem(&self) -> &str {
-        &self.ca.cert_pem
+        &self.ca_pem
+    }
+
+    fn ca(&self) -> Result<&Ca, EnrollError> {
+        self.ca
+            .as_ref()
+            .map_err(|why| EnrollError::NoCaKey(why.clone()))
     }
 
     /// First boot: a certificate for `node` if `token` is an unused, unexpired
     /// token for it and the CSR names exactly `node`.
-    pub fn enroll(&self, node: &str, token: &str, csr_pem: &str) -> Result<Signed, EnrollError> {
+    pub async fn enroll(
+        &self,
+        node: &str,
+        token: &str,
+        csr_pem: &str,
+    ) -> Result<Signed, EnrollError> {
         let now = unix_now();
         check_name(node)?;
         let token = Token::parse(token.trim())?;
-        self.tokens.check(&token, node, now)?;
+        let (record, token_rev) = self.tokens.check(&token, node, now).await?;
         let csr = Csr::parse(csr_pem)?;
         csr.check_names(node)?;
+        let ca = self.ca()?;
 
-        self.tokens.claim(&token.id)?;
-        let recorded = self.nodes.modify(node, |record| {
-            let mut r = record.unwrap_or_else(|| NodeRecord::new(node, now));
+        for _ in 0..crate::nodes::MAX_ATTEMPTS {
+            let (current, node_rev) = self.nodes.get(node).await?;
+            let mut r = current.unwrap_or_else(|| NodeRecord::new(node, now));
             r.readmit(&token.id, now);
-            let signed = self
-                .ca
-                .sign_node_key(node, csr.public_key(), self.cert_ttl)?;
+            let signed = ca.sign_node_key(node, csr.public_key(), self.cert_ttl)?;
             r.add_cert(entry(&signed), now)?;
-            Ok::<_, EnrollError>((r, signed))
-        });
-        match recorded {
-            Ok(signed) => {
-                if let Err(e) = self.tokens.finish(&token.id, unix_now()) {
-                    // The certificate is recorded: the token stays claimed
-                    // (admits no one) until the next start marks it used.
-                    tracing::error!(node, token = %token.id, "cannot mark the token used: {e}");
-                }
-                Ok(signed)
+            let (cmp, key, used) = TokenStore::consume(&record, token_rev, now);
+            let txn = NodeStore::put_if(&r, node_rev).when(cmp).put(key, used);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(signed);
             }
-            Err(e) => match self.tokens.restore(&token.id) {
-                Err(re) => {
-                    tracing::error!(node, token = %token.id, "cannot put the token back after a failed enrollment: {re}");
-                    Err(e)
-                }
-                Ok(()) => match e {
-                    EnrollError::Internal(m) => Err(EnrollError::NotRecorded(m)),
-                    e => Err(e),
-                },
-            },
+            // Either the token was consumed meanwhile, or only the node's
+            // record changed (a renewal, a revocation): read it again.
+            if !self.tokens.unchanged_since(&token.id, token_rev).await? {
+                return Err(TokenRefusal::Used { id: token.id }.into());
+            }
         }
+        Err(NodeError::Contended(node.to_string()).into())
     }
 
     /// Before expiry: a new certificate for the key in the CSR, for the node
     /// the client certificate (`peer`, DER) names, unless it is revoked.
-    pub fn renew(&self, peer: Option<&[u8]>, csr_pem: &str) -> Result<Signed, EnrollError> {
+    pub async fn renew(&self, peer: Option<&[u8]>, csr_pem: &str) -> Result<Signed, EnrollError> {
         let der = peer.ok_or(EnrollError::NoClientCert)?;
         let id = peer_identity(der)?;
         let [node] = id.names.as_slice() else {
             return Err(EnrollError::NotANodeCert(id.names));
         };
         check_name(node)?;
-        // Told before anything else about the request; checked again under the lock.
-        if let Some(r) = self.nodes.load(node)? {
+        // Told before anything else about the request; checked again in the change.
+        if let Some(r) = self.nodes.load(node).await? {
             r.admits(&id.serial)?;
         }
         let csr = Csr::parse(csr_pem)?;
         csr.check_names(node)?;
+        let ca = self.ca()?;
         let now = unix_now();
-        self.nodes.modify(node, |record| {
-            // A certificate from before node records existed has none yet.
-            let mut r = record.unwrap_or_else(|| NodeRecord::new(node, now));
-            r.admits(&id.serial)?;
-            let signed = self
-                .ca
-                .sign_node_key(node, csr.public_key(), self.cert_ttl)?;
-            r.add_cert(entry(&signed), now)?;
-            Ok::<_, EnrollError>((r, signed))
-        })
+        self.nodes
+            .modify(node, |record| {
+                // A certificate from before node records existed has none yet.
+                let mut r = record.unwrap_or_else(|| NodeRecord::new(node, now));
+                r.admits(&id.serial)?;
+                let signed = ca.sign_node_key(node, csr.public_key(), self.cert_ttl)?;
+                r.add_cert(entry(&signed), now)?;
+                Ok::<_, EnrollError>((r, signed))
+            })
+            .await
     }
 }
 
@@ -400,7 +393,11 @@ impl EnrollService {
                     serial: s.info.serial,
                 }))
             }
-            Err(e @ (EnrollError::Internal(_) | EnrollError::NotRecorded(_))) => {
+            Err(
+                e @ (EnrollError::Internal(_)
+                | EnrollError::Unavailable(_)
+                | EnrollError::NoCaKey(_)),
+            ) => {
                 // Only after the token's secret or a client certificate was
                 // proven (or the controller's own files fail): not rate-bound.
                 let reason = escape_peer(&e.to_string(), MAX_LOGGED_REASON);
@@ -455,12 +452,6 @@ impl EnrollService {
     }
 }
 
-fn task_failed(e: tokio::task::JoinError) -> Result<Signed, EnrollError> {
-    Err(EnrollError::Internal(format!(
-        "the enrollment task failed: {e}"
-    )))
-}
-
 #[tonic::async_trait]
 impl Enrollment for EnrollService {
     async fn enroll(
@@ -477,12 +468,10 @@ impl Enrollment for EnrollService {
             Ok(p) => p,
             Err(l) => return self.answer("enrollment", &node, peer, Err(limited(l))),
         };
-        let enroller = self.enroller.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            enroller.enroll(&req.node, &req.token, &req.csr_pem)
-        })
-        .await
-        .unwrap_or_else(task_failed);
+        let result = self
+            .enroller
+            .enroll(&req.node, &req.token, &req.csr_pem)
+            .await;
         let outcome = match &result {
             Ok(_) => Outcome::Issued,
             Err(e) if e.secret_proven() => Outcome::FailedWithSecret,
@@ -506,10 +495,7 @@ impl Enrollment for EnrollService {
             .map(|id| id.names.join(","))
             .unwrap_or_default();
         let csr_pem = request.into_inner().csr_pem;
-        let enroller = self.enroller.clone();
-        let result = tokio::task::spawn_blocking(move || enroller.renew(der.as_deref(), &csr_pem))
-            .await
-            .unwrap_or_else(task_failed);
+        let result = self.enroller.renew(der.as_deref(), &csr_pem).await;
         self.answer("renewal", &node, peer, result)
     }
 }
@@ -520,7 +506,6 @@ mod tests {
     use crate::pki::{init_ca, load_ca};
     use crate::tokens::TokenState;
     use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
-    use std::fs;
 
     fn csr(node: &str) -> String {
         let key = KeyPair::generate().unwrap();
@@ -531,13 +516,16 @@ mod tests {
         params.serialize_request(&key).unwrap().pem().unwrap()
     }
 
-    fn enroller(state: &Path) -> Enroller {
+    /// An enroller on an embedded store in `state`, with a CA there.
+    fn enroller(state: &std::path::Path) -> Enroller {
         init_ca(state, false).unwrap();
-        Enroller::new(state, load_ca(state).unwrap(), DEFAULT_CERT_TTL)
+        let store = Store::Local(crate::kv::LocalStore::open(&state.join("store")).unwrap());
+        let ca = load_ca(state).unwrap();
+        Enroller::new(store, ca.cert_pem.clone(), Ok(ca), DEFAULT_CERT_TTL)
     }
 
-    fn state_of(tokens: &TokenStore, id: &str) -> TokenState {
-        let list = tokens.list(unix_now()).unwrap();
+    async fn state_of(tokens: &TokenStore, id: &str) -> TokenState {
+        let list = tokens.list(unix_now()).await.unwrap();
         list.iter().find(|(r, _)| r.id == id).unwrap().1
     }
 
@@ -562,82 +550,108 @@ mod tests {
         assert!(text.contains(&format!("\"{}…\"", "x".repeat(MAX_SHOWN_NAME))));
     }
 
-    #[test]
-    fn a_failure_to_record_puts_the_token_back_unchanged() {
+    #[tokio::test]
+    async fn a_failure_to_record_leaves_the_token_unused() {
         let dir = tempfile::tempdir().unwrap();
         let e = enroller(dir.path());
         let (token, _) = e
             .tokens
             .create("dpu-1", DEFAULT_CERT_TTL, unix_now())
+            .await
             .unwrap();
-        let record = dir.path().join(format!("tokens/{}.json", token.id));
-        let before = fs::read(&record).unwrap();
-        // The node record cannot be written: a directory is in its place.
-        fs::create_dir_all(dir.path().join("nodes/dpu-1.json")).unwrap();
+        let before = e.store.get(&crate::tokens::key(&token.id)).await.unwrap().1;
+        // The node's record cannot be read: something else wrote its key.
+        let bad = crate::kv::Txn::new().put("nodes/dpu-1", "not json");
+        e.store.txn(bad).await.unwrap();
         let err = e
             .enroll("dpu-1", &token.to_string(), &csr("dpu-1"))
+            .await
             .unwrap_err();
-        assert!(matches!(err, EnrollError::NotRecorded(_)), "{err:?}");
-        assert!(err.status().message().contains("the token is still unused"));
-        assert_eq!(fs::read(&record).unwrap(), before, "the very same record");
-        assert_eq!(state_of(&e.tokens, &token.id), TokenState::Unused);
+        assert!(matches!(err, EnrollError::Internal(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("store key nodes/dpu-1: not a node record"),
+            "{err}"
+        );
+        let after = e.store.get(&crate::tokens::key(&token.id)).await.unwrap().1;
+        assert_eq!(after, before, "the very same record");
+        assert_eq!(state_of(&e.tokens, &token.id).await, TokenState::Unused);
 
-        fs::remove_dir(dir.path().join("nodes/dpu-1.json")).unwrap();
-        e.enroll("dpu-1", &token.to_string(), &csr("dpu-1"))
+        e.store
+            .txn(crate::kv::Txn::new().delete("nodes/dpu-1"))
+            .await
             .unwrap();
-        assert_eq!(state_of(&e.tokens, &token.id), TokenState::Used);
-        assert!(e.tokens.claimed().unwrap().is_empty());
-        let again = e.enroll("dpu-1", &token.to_string(), &csr("dpu-1"));
+        e.enroll("dpu-1", &token.to_string(), &csr("dpu-1"))
+            .await
+            .unwrap();
+        assert_eq!(state_of(&e.tokens, &token.id).await, TokenState::Used);
+        let record = e.nodes.load("dpu-1").await.unwrap().unwrap();
+        assert_eq!(record.token_id.as_deref(), Some(token.id.as_str()));
+        assert_eq!(record.certs.len(), 1);
+        let again = e.enroll("dpu-1", &token.to_string(), &csr("dpu-1")).await;
         assert!(matches!(
             again,
             Err(EnrollError::Token(TokenRefusal::Used { .. }))
         ));
     }
 
-    /// What a crash between claiming a token and finishing leaves, settled
-    /// at the next start: never usable twice, usable again if no certificate
-    /// was recorded with it.
-    #[test]
-    fn tokens_left_claimed_by_a_crash_are_settled_at_start() {
+    /// Of eight enrollments with one token at once, exactly one gets a
+    /// certificate, and exactly one certificate is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_token_enrolls_once_under_concurrency() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path();
-        let e = enroller(state);
-        let now = unix_now();
-        // Crashed before the node record was written.
-        let (lost, _) = e.tokens.create("dpu-1", DEFAULT_CERT_TTL, now).unwrap();
-        e.tokens.claim(&lost.id).unwrap();
-        // Crashed after the node record was written (it names the token).
-        let (done, _) = e.tokens.create("dpu-2", DEFAULT_CERT_TTL, now).unwrap();
-        e.tokens.claim(&done.id).unwrap();
-        e.nodes
-            .modify("dpu-2", |r| {
-                let mut r = r.unwrap_or_else(|| NodeRecord::new("dpu-2", now));
-                r.readmit(&done.id, now);
-                Ok::<_, NodeError>((r, ()))
+        let e = Arc::new(enroller(dir.path()));
+        let (token, _) = e
+            .tokens
+            .create("dpu-1", DEFAULT_CERT_TTL, unix_now())
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (e, t) = (e.clone(), token.to_string());
+                tokio::spawn(async move { e.enroll("dpu-1", &t, &csr("dpu-1")).await })
             })
-            .unwrap();
-        // Meanwhile neither admits anyone.
-        for t in [&lost, &done] {
-            let node = if t == &lost { "dpu-1" } else { "dpu-2" };
-            let r = e.enroll(node, &t.to_string(), &csr(node));
-            assert!(
-                matches!(r, Err(EnrollError::Token(TokenRefusal::Used { .. }))),
-                "{r:?}"
-            );
+            .collect();
+        let mut issued = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => issued += 1,
+                Err(EnrollError::Token(TokenRefusal::Used { .. })) => {}
+                Err(other) => panic!("unexpected: {other:?}"),
+            }
         }
-        assert_eq!(state_of(&e.tokens, &lost.id), TokenState::Claimed);
+        assert_eq!(issued, 1);
+        let record = e.nodes.load("dpu-1").await.unwrap().unwrap();
+        assert_eq!(record.certs.len(), 1);
+    }
 
-        let restarted = Enroller::new(state, load_ca(state).unwrap(), DEFAULT_CERT_TTL);
-        assert_eq!(state_of(&e.tokens, &lost.id), TokenState::Unused);
-        assert_eq!(state_of(&e.tokens, &done.id), TokenState::Used);
-        assert!(e.tokens.claimed().unwrap().is_empty());
-        restarted
-            .enroll("dpu-1", &lost.to_string(), &csr("dpu-1"))
+    /// A replica given no CA key refuses with `unavailable` and writes nothing.
+    #[tokio::test]
+    async fn a_replica_without_the_ca_key_issues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = enroller(dir.path());
+        let e = Enroller::new(
+            full.store.clone(),
+            full.ca_pem.clone(),
+            Err("no pki/ca.key".into()),
+            DEFAULT_CERT_TTL,
+        );
+        let (token, _) = e
+            .tokens
+            .create("dpu-1", DEFAULT_CERT_TTL, unix_now())
+            .await
             .unwrap();
-        let r = restarted.enroll("dpu-2", &done.to_string(), &csr("dpu-2"));
-        assert!(matches!(
-            r,
-            Err(EnrollError::Token(TokenRefusal::Used { .. }))
-        ));
+        let err = e
+            .enroll("dpu-1", &token.to_string(), &csr("dpu-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status().code(), Code::Unavailable, "{err}");
+        assert!(err.status().message().contains("holds no CA key"));
+        assert_eq!(state_of(&e.tokens, &token.id).await, TokenState::Unused);
+        assert!(e.nodes.load("dpu-1").await.unwrap().is_none());
+        // The replica with the key enrolls it with the same token.
+        full.enroll("dpu-1", &token.to_string(), &csr("dpu-1"))
+            .await
+            .unwrap();
     }
 }

@@ -1,13 +1,17 @@
 //! `dpu-controller token …`, `node …` and `issue --node`: bootstrap tokens and
-//! node records from the command line. Each function returns what to print.
+//! node records from the command line, in the store named by --state-dir (the
+//! embedded one) or --etcd, so they work from any machine that reaches the
+//! store. Each function returns what to print.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::cli::StoreArgs;
+use crate::kv::{KvError, Store};
 use crate::nodes::{CertEntry, NodeError, NodeRecord, NodeStore, Revoked};
-use crate::pki::{load_ca, write_issued, PkiError, PkiPaths};
+use crate::pki::{load_ca, write_issued, PkiError, PkiPaths, RESERVED_NAMES};
 use crate::status::read_status;
 use crate::statuscmd::pid_alive;
 use crate::timeutil::{rfc3339, unix_now};
@@ -21,11 +25,13 @@ pub enum CmdError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }
 
 impl CmdError {
     /// 2 for what the operator asked wrongly, 4 for a missing or unusable CA,
-    /// 1 for the rest (I/O).
+    /// 1 for the rest (the store, I/O).
     pub fn exit_code(&self) -> u8 {
         match self {
             CmdError::Token(TokenError::BadName { .. } | TokenError::NoSuchToken(_)) => 2,
@@ -43,22 +49,43 @@ impl CmdError {
 }
 
 /// `token create`: the token text, the only place its secret ever appears.
-pub fn token_create(state_dir: &Path, node: &str, ttl: Duration) -> Result<String, CmdError> {
-    let paths = PkiPaths::new(state_dir);
-    if !paths.ca_cert.exists() {
-        // A token for a state directory without a CA could never be used.
-        return Err(PkiError::NoCa(paths.dir).into());
+pub async fn token_create(
+    store: &StoreArgs,
+    node: &str,
+    ttl: Duration,
+) -> Result<String, CmdError> {
+    match &store.state_dir {
+        Some(state_dir) if store.etcd.options().is_none() => {
+            let paths = PkiPaths::new(state_dir);
+            if !paths.ca_cert.exists() {
+                // A token for a state directory without a CA could never be used.
+                return Err(PkiError::NoCa(paths.dir).into());
+            }
+            // Nor could one for a name no node may have (the controller's own).
+            load_ca(state_dir)?.check_node_name(node)?;
+        }
+        // On etcd the CA is on the replicas: the names every controller keeps.
+        _ => {
+            if let Some(r) = RESERVED_NAMES.iter().find(|r| r.eq_ignore_ascii_case(node)) {
+                return Err(PkiError::BadName {
+                    name: node.to_string(),
+                    message: format!("{r:?} is a name of the controller itself"),
+                }
+                .into());
+            }
+        }
     }
-    // Nor could one for a name no node may have (the controller's own).
-    load_ca(state_dir)?.check_node_name(node)?;
-    let (token, _) = TokenStore::new(state_dir).create(node, ttl, unix_now())?;
+    let store = store.open().await?;
+    let (token, _) = TokenStore::new(store).create(node, ttl, unix_now()).await?;
     Ok(format!("{token}\n"))
 }
 
 /// `token list`: id, node, state and times; never secrets (only their hashes
 /// are stored, and those are not shown either).
-pub fn token_list(state_dir: &Path, json: bool) -> Result<String, CmdError> {
-    let tokens = TokenStore::new(state_dir).list(unix_now())?;
+pub async fn token_list(store: &StoreArgs, json: bool) -> Result<String, CmdError> {
+    let tokens = TokenStore::new(store.open().await?)
+        .list(unix_now())
+        .await?;
     if json {
         let items: Vec<Value> = tokens
             .iter()
@@ -92,23 +119,37 @@ pub fn token_list(state_dir: &Path, json: bool) -> Result<String, CmdError> {
     Ok(table(&rows))
 }
 
-pub fn token_delete(state_dir: &Path, id: &str) -> Result<String, CmdError> {
-    TokenStore::new(state_dir).delete(id)?;
+pub async fn token_delete(store: &StoreArgs, id: &str) -> Result<String, CmdError> {
+    TokenStore::new(store.open().await?).delete(id).await?;
     Ok(format!("token {id} deleted\n"))
 }
 
-/// `node list`: every node record, with `connected` from `status.json` when a
-/// controller is running.
-pub fn node_list(state_dir: &Path, json: bool) -> Result<String, CmdError> {
-    let records = NodeStore::new(state_dir).list()?;
-    let status = read_status(state_dir)
-        .ok()
-        .filter(|s| pid_alive(s.controller_pid));
-    let connected = |node: &str| {
-        status
-            .as_ref()
-            .map(|s| s.nodes.get(node).is_some_and(|n| n.connected))
-    };
+/// Which nodes are connected: from `status.json` when a controller runs on
+/// this state directory, from every replica's status in the store on etcd.
+async fn connected_nodes(args: &StoreArgs, store: &Store) -> Option<Vec<String>> {
+    let doc = match (&args.state_dir, store) {
+        (_, Store::Etcd(_)) => crate::statussync::read(store).await.ok(),
+        (Some(dir), Store::Local(_)) => read_status(dir)
+            .ok()
+            .filter(|s| pid_alive(s.controller_pid)),
+        (None, _) => None,
+    }?;
+    Some(
+        doc.nodes
+            .iter()
+            .filter(|(_, n)| n.connected)
+            .map(|(k, _)| k.clone())
+            .collect(),
+    )
+}
+
+/// `node list`: every node record, with `connected` when a controller's
+/// status says.
+pub async fn node_list(args: &StoreArgs, json: bool) -> Result<String, CmdError> {
+    let store = args.open().await?;
+    let records = NodeStore::new(store.clone()).list().await?;
+    let status = connected_nodes(args, &store).await;
+    let connected = |node: &str| status.as_ref().map(|s| s.iter().any(|n| n == node));
     if json {
         let items: Vec<Value> = records
             .iter()
@@ -162,59 +203,82 @@ fn state(r: &NodeRecord) -> &'static str {
     }
 }
 
-/// `node revoke`: the node's certificates are refused from now on; a running
-/// controller ends its session within a second.
-pub fn node_revoke(state_dir: &Path, node: &str) -> Result<String, CmdError> {
+/// `node revoke`: the node's certificates are refused from now on; every
+/// running replica ends its sessions within a second.
+pub async fn node_revoke(store: &StoreArgs, node: &str) -> Result<String, CmdError> {
     let now = unix_now();
-    let (was_revoked, count) = NodeStore::new(state_dir).modify(node, |record| {
-        let mut r = record.ok_or_else(|| NodeError::Unknown(node.to_string()))?;
-        let was_revoked = r.revoked;
-        let before = r.revoked_serials.len();
-        r.revoke(now);
-        let count = r.revoked_serials.len().saturating_sub(before);
-        Ok::<_, NodeError>((r, (was_revoked, count)))
-    })?;
-    let dir = state_dir.display();
+    let nodes = NodeStore::new(store.open().await?);
+    let (was_revoked, count) = nodes
+        .modify(node, |record| {
+            let mut r = record.ok_or_else(|| NodeError::Unknown(node.to_string()))?;
+            let was_revoked = r.revoked;
+            let before = r.revoked_serials.len();
+            r.revoke(now);
+            let count = r.revoked_serials.len().saturating_sub(before);
+            Ok::<_, NodeError>((r, (was_revoked, count)))
+        })
+        .await?;
     Ok(if was_revoked {
         format!("node {node} was already revoked\n")
     } else {
         format!(
-            "node {node} revoked ({count} unexpired certificate(s)); a running controller ends its session within a second\n\
-             to re-admit it: dpu-controller token create --state-dir {dir} --node {node}, then let it enroll\n"
+            "node {node} revoked ({count} unexpired certificate(s)); every running controller replica ends its session within a second\n\
+             to re-admit it: dpu-controller token create {} --node {node}, then let it enroll\n",
+            store_flags(store)
         )
     })
 }
 
-/// `issue --node`: a certificate and key for `node`, recorded like an
-/// enrolled one. Refused for a revoked node (re-admission is by token).
-pub fn issue_node(
+/// The store options as the operator gave them, for hints.
+fn store_flags(store: &StoreArgs) -> String {
+    match (&store.state_dir, store.etcd.options()) {
+        (_, Some(o)) => format!("--etcd {} (and its TLS options)", o.endpoints.join(",")),
+        (Some(d), None) => format!("--state-dir {}", d.display()),
+        (None, None) => String::new(),
+    }
+}
+
+/// `issue --node`: a certificate and key for `node`, signed with the CA in
+/// `state_dir` and recorded like an enrolled one in the store (`etcd`, else
+/// the embedded one in `state_dir`). Refused for a revoked node (re-admission
+/// is by token).
+pub async fn issue_node(
     state_dir: &Path,
+    etcd: Option<crate::kv::EtcdOptions>,
     node: &str,
     days: u32,
     out: &Path,
 ) -> Result<Vec<PathBuf>, CmdError> {
     let ca = load_ca(state_dir)?;
+    let store = match etcd {
+        Some(o) => Store::Etcd(crate::kv::EtcdStore::connect(o).await?),
+        None => Store::Local(crate::kv::LocalStore::open(
+            &state_dir.join(crate::cli::STORE_DIR),
+        )?),
+    };
     let now = unix_now();
-    let issued = NodeStore::new(state_dir).modify(node, |record| {
-        let mut r = record.unwrap_or_else(|| NodeRecord::new(node, now));
-        if r.revoked {
-            return Err(CmdError::Node(
-                Revoked::Node {
-                    node: node.to_string(),
-                }
-                .into(),
-            ));
-        }
-        let issued = ca.issue_node(node, days)?;
-        r.add_cert(
-            CertEntry {
-                serial: issued.info.serial.clone(),
-                not_after_unix: issued.info.not_after_unix,
-            },
-            now,
-        )?;
-        Ok((r, issued))
-    })?;
+    let issued = NodeStore::new(store)
+        .modify(node, |record| {
+            let mut r = record.unwrap_or_else(|| NodeRecord::new(node, now));
+            if r.revoked {
+                return Err(CmdError::Node(
+                    Revoked::Node {
+                        node: node.to_string(),
+                    }
+                    .into(),
+                ));
+            }
+            let issued = ca.issue_node(node, days)?;
+            r.add_cert(
+                CertEntry {
+                    serial: issued.info.serial.clone(),
+                    not_after_unix: issued.info.not_after_unix,
+                },
+                now,
+            )?;
+            Ok((r, issued))
+        })
+        .await?;
     Ok(write_issued(out, node, &issued, &ca)?)
 }
 

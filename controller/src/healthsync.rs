@@ -4,11 +4,11 @@
 //!
 //! A session's claim is counted at once by its own replica (`Hub`), and this
 //! task writes it to `health/<node>` (a revoked node's is deleted). The task
-//! watches `health/` and counts each claim it sees on this replica too (the
-//! same claim again changes nothing). It lists first and watches from the
-//! listing's revision; a compacted watch, or a failed one, lists again (so a
-//! delete in the gap is seen) after a backoff. While the store is down, claims
-//! made here still count here, and are written once it is back.
+//! follows `health/` (`kv::follow`: a listing, then a watch; a compacted or
+//! failed watch lists again, so a delete in the gap is seen) and counts each
+//! claim it sees on this replica too (the same claim again changes nothing).
+//! While the store is down, claims made here still count here, and are
+//! written once it is back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::hub::Hub;
-use crate::kv::{KvError, Store, Txn, Watch, WatchItem};
+use crate::kv::follow::{Followed, Follower};
+use crate::kv::{KvError, Listing, Store, Txn};
 use crate::shutdown::shutdown_requested;
 use crate::verdicts::{claim_from_value, claim_value, Claim, PREFIX};
 
@@ -39,10 +40,9 @@ fn count(hub: &Hub, node: &str, value: Option<&str>) {
     hub.count_claim(node, claim);
 }
 
-/// Lists `health/`, counts every claim (and forgets the nodes that have none
-/// any more), and watches from there.
-async fn resync(store: &Store, hub: &Hub, known: &mut Vec<String>) -> Result<Watch, KvError> {
-    let listing = store.list(PREFIX).await?;
+/// Counts every claim of a listing, and forgets the nodes that have none any
+/// more.
+fn resync(hub: &Hub, listing: &Listing, known: &mut Vec<String>) {
     let mut now = Vec::new();
     for e in &listing.entries {
         let Some(node) = e.key.strip_prefix(PREFIX) else {
@@ -55,7 +55,6 @@ async fn resync(store: &Store, hub: &Hub, known: &mut Vec<String>) -> Result<Wat
         count(hub, gone, None);
     }
     *known = now;
-    store.watch(PREFIX, listing.revision + 1).await
 }
 
 async fn write(store: &Store, pending: &BTreeMap<String, Claim>) -> Result<(), KvError> {
@@ -75,19 +74,16 @@ pub async fn run(store: Store, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool
     let inbox = hub.claims_out();
     let mut unsent: BTreeMap<String, Claim> = BTreeMap::new();
     let mut known: Vec<String> = Vec::new();
-    let mut watch: Option<Watch> = None;
+    let mut follower = Follower::new(store.clone(), PREFIX, "the health verdicts", None);
+    // When to try writing unsent claims again (the store did not answer).
+    let mut write_at: Option<tokio::time::Instant> = None;
     let mut wait = RETRY_MIN;
-    let mut retry_at = Some(tokio::time::Instant::now());
     loop {
         tokio::select! {
             _ = inbox.arrived() => {}
-            item = async {
-                match watch.as_mut() {
-                    Some(w) => w.items.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => match item {
-                Some(Ok(WatchItem::Events(events))) => {
+            followed = follower.next() => match followed {
+                Followed::Listing(l) => resync(&hub, &l, &mut known),
+                Followed::Events(events) => {
                     for e in events {
                         if let Some(node) = e.key.strip_prefix(PREFIX) {
                             count(&hub, node, e.value.as_deref());
@@ -101,53 +97,26 @@ pub async fn run(store: Store, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool
                         }
                     }
                 }
-                Some(Ok(WatchItem::Progress(_))) => {}
-                Some(Ok(WatchItem::Compacted(_))) => {
-                    watch = None;
-                    retry_at = Some(tokio::time::Instant::now());
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the health watch failed; retrying");
-                    watch = None;
-                    retry_at = Some(tokio::time::Instant::now() + wait);
-                    wait = (wait * 2).min(RETRY_MAX);
-                }
-                None => {
-                    watch = None;
-                    retry_at = Some(tokio::time::Instant::now() + wait);
-                    wait = (wait * 2).min(RETRY_MAX);
-                }
             },
             _ = async {
-                match retry_at {
+                match write_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
-            } => {
-                match resync(&store, &hub, &mut known).await {
-                    Ok(w) => {
-                        watch = Some(w);
-                        retry_at = None;
-                        wait = RETRY_MIN;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the health verdicts from the store; retrying");
-                        retry_at = Some(tokio::time::Instant::now() + wait);
-                        wait = (wait * 2).min(RETRY_MAX);
-                    }
-                }
-            }
+            } => write_at = None,
             _ = shutdown_requested(&mut shutdown) => return,
         }
         unsent.extend(inbox.take());
-        if !unsent.is_empty() {
+        if !unsent.is_empty() && write_at.is_none() {
             match write(&store, &unsent).await {
-                Ok(()) => unsent.clear(),
+                Ok(()) => {
+                    unsent.clear();
+                    wait = RETRY_MIN;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot write health verdicts to the store; they count here, and are written when it answers");
-                    if retry_at.is_none() && watch.is_none() {
-                        retry_at = Some(tokio::time::Instant::now() + wait);
-                    }
+                    write_at = Some(tokio::time::Instant::now() + wait);
+                    wait = (wait * 2).min(RETRY_MAX);
                 }
             }
         }

@@ -35,7 +35,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::escape::escape_peer;
-use crate::nodes::NodeStore;
+use crate::nodes::NodeRecord;
 use crate::pki::{peer_identity, PeerIdentity};
 use crate::reported::{check_report, ReportInbox, ReportedSet, RevisionGate};
 use crate::session::{Published, SessionCore};
@@ -94,8 +94,11 @@ pub struct Hub {
     shutdown: watch::Receiver<bool>,
     /// Reported sets on their way to the intent task.
     reports: Arc<ReportInbox>,
-    /// Revocation records.
-    nodes: NodeStore,
+    /// The node records, as the store has them (`revocation` keeps this
+    /// current from a watch).
+    /// A record the store holds but that cannot be read is kept as why: it
+    /// refuses new sessions of its node (revocation fails closed).
+    records: Mutex<HashMap<String, Result<NodeRecord, String>>>,
     /// node → its current session.
     sessions: Mutex<HashMap<String, Registered>>,
     next_id: AtomicU64,
@@ -123,7 +126,7 @@ impl Hub {
         status: StatusHandle,
         shutdown: watch::Receiver<bool>,
         reports: Arc<ReportInbox>,
-        nodes: NodeStore,
+        records: Vec<crate::nodes::Held>,
     ) -> Self {
         let first = intent.borrow().clone();
         Hub {
@@ -133,7 +136,7 @@ impl Hub {
             status,
             shutdown,
             reports,
-            nodes,
+            records: Mutex::new(records.into_iter().collect()),
             sessions: Mutex::new(HashMap::new()),
             verdicts: Mutex::new(Verdicts::default()),
             refusal_logged: Mutex::new(HashMap::new()),
@@ -325,8 +328,76 @@ impl Hub {
         }
     }
 
-    pub fn nodes(&self) -> &NodeStore {
-        &self.nodes
+    /// A node's record changed in the store (`None`: deleted). Sessions it no
+    /// longer admits end; a revoked node's reports are dropped.
+    pub fn set_record(&self, node: &str, record: Option<Result<NodeRecord, String>>) {
+        {
+            let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            match &record {
+                Some(r) if records.get(node) == Some(r) => return,
+                Some(r) => {
+                    records.insert(node.to_string(), r.clone());
+                }
+                None => {
+                    if records.remove(node).is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        // Only after the record is in place (see `admitted`).
+        let Some(Ok(record)) = record else { return };
+        if record.revoked
+            && (self.reporting_nodes().contains(node)
+                || self.live_sessions().iter().any(|s| s.node == node))
+        {
+            self.revoke_node(node);
+        }
+        for s in self.live_sessions().into_iter().filter(|s| s.node == node) {
+            if let Err(revoked) = record.admits(&s.serial) {
+                tracing::warn!(node, session = s.id, "ending the session: {revoked}");
+                self.end_session(node, s.id, Status::permission_denied(revoked.to_string()));
+            }
+        }
+    }
+
+    /// Every record, as a re-list read them: changed ones act as in
+    /// `set_record`, and records no longer listed are forgotten.
+    pub fn set_records(&self, records: Vec<crate::nodes::Held>) {
+        let gone: Vec<String> = {
+            let held = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let listed: BTreeSet<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+            held.keys()
+                .filter(|n| !listed.contains(n.as_str()))
+                .cloned()
+                .collect()
+        };
+        for node in gone {
+            self.set_record(&node, None);
+        }
+        for (node, r) in records {
+            self.set_record(&node, Some(r));
+        }
+    }
+
+    /// Whether `node`'s record admits the certificate `serial`. A session is
+    /// registered before this is asked, and `set_record` updates the record
+    /// before it looks at sessions, so a revocation is never missed between
+    /// the two.
+    fn admitted(&self, node: &str, serial: &str) -> Result<(), Status> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        match records.get(node) {
+            None => Ok(()),
+            Some(Ok(r)) => r
+                .admits(serial)
+                .map_err(|e| Status::permission_denied(e.to_string())),
+            Some(Err(why)) => {
+                tracing::error!(node, "cannot check revocation: {why}");
+                Err(Status::unavailable(format!(
+                    "cannot check whether node {node} is revoked; try again"
+                )))
+            }
+        }
     }
 
     /// The published intent, for tasks that follow it.
@@ -366,25 +437,13 @@ impl Hub {
         self.intent.clone()
     }
 
-    /// Refuses a certificate whose node is revoked, or whose serial is. A
-    /// record that cannot be read refuses too: revocation fails closed.
+    /// Refuses a certificate whose node is revoked, or whose serial is.
     fn check_admitted(&self, peer: &PeerIdentity) -> Result<(), Status> {
         for name in &peer.names {
             if dpu_model::check_name(name).is_err() {
                 continue; // never a node; Hello cannot name it
             }
-            match self.nodes.load(name) {
-                Ok(None) => {}
-                Ok(Some(record)) => record
-                    .admits(&peer.serial)
-                    .map_err(|e| Status::permission_denied(e.to_string()))?,
-                Err(e) => {
-                    tracing::error!(node = %name, "cannot check revocation: {e}");
-                    return Err(Status::unavailable(format!(
-                        "cannot check whether node {name} is revoked; try again"
-                    )));
-                }
-            }
+            self.admitted(name, &peer.serial)?;
         }
         Ok(())
     }
@@ -485,6 +544,12 @@ async fn run_session(
     let agent_version = escape_peer(&hello.agent_version, MAX_AGENT_VERSION_LEN);
     let node = hello.node.clone();
     let (id, ended) = hub.register(&node, &identity.serial);
+    // Again, now that the session is registered (see `Hub::admitted`).
+    if let Err(status) = hub.admitted(&node, &identity.serial) {
+        tracing::warn!(?peer, node, "session refused: {}", status.message());
+        hub.unregister(&node, id);
+        return end_with(&tx, status);
+    }
     tracing::info!(node, session = id, ?peer, hello_version = hello.last_applied_version, agent = %agent_version, "agent connected");
     hub.status.update_node(&node, |n| {
         n.connected = true;

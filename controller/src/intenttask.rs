@@ -244,12 +244,13 @@ async fn start_reported(
         }
     }
     let mut sets = reported_of(&listing.entries);
-    let nodes = crate::nodes::NodeStore::new(state_dir);
-    let revoked: Vec<String> = sets
-        .keys()
-        .filter(|n| matches!(nodes.load(n), Ok(Some(r)) if r.revoked))
-        .cloned()
-        .collect();
+    let nodes = crate::nodes::NodeStore::new(store.clone());
+    let mut revoked = Vec::new();
+    for node in sets.keys() {
+        if matches!(nodes.load(node).await, Ok(Some(r)) if r.revoked) {
+            revoked.push(node.clone());
+        }
+    }
     if !revoked.is_empty() {
         let mut txn = Txn::new();
         for node in &revoked {
@@ -397,11 +398,17 @@ pub async fn lead(
             }
         };
         wait = RETRY_MIN;
-        tracing::info!(key = %l.key, rev = l.rev, id = %id, "this replica leads: it imports the intent directory and compacts the store");
+        tracing::info!(key = %l.key, rev = l.rev, id = %id, "this replica leads: it imports the intent directory, compacts the store and cleans up tokens and node records");
         status.record_leader(true);
         leader.send_replace(Some(l.fence()));
         let mut compact = tokio::time::interval(COMPACT_EVERY);
         compact.tick().await;
+        // The first round soon after winning, then every hour.
+        let mut cleanup = tokio::time::interval_at(
+            tokio::time::Instant::now() + CLEANUP_AFTER_WIN,
+            crate::cleanup::EVERY,
+        );
+        let fence = l.fence();
         loop {
             tokio::select! {
                 _ = l.lost() => {
@@ -411,6 +418,13 @@ pub async fn lead(
                     break;
                 }
                 _ = compact.tick() => compact_history(&store).await,
+                _ = cleanup.tick() => {
+                    match crate::cleanup::run_once(&store, &fence, crate::timeutil::unix_now()).await {
+                        Ok(c) if c == crate::cleanup::Cleaned::default() => {}
+                        Ok(c) => tracing::info!(tokens = c.tokens, records = c.records, "cleaned up used and expired tokens and expired certificate entries"),
+                        Err(e) => tracing::warn!(error = %e, "cannot clean up tokens and node records"),
+                    }
+                }
                 _ = shutdown_requested(&mut shutdown) => {
                     leader.send_replace(None);
                     l.resign().await;
@@ -420,6 +434,9 @@ pub async fn lead(
         }
     }
 }
+
+/// The leader's first token and record clean-up, after it won.
+const CLEANUP_AFTER_WIN: Duration = Duration::from_secs(30);
 
 /// The leader compacts at most this often ...
 pub const COMPACT_EVERY: Duration = Duration::from_secs(300);

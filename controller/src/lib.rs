@@ -29,6 +29,7 @@
 
 pub mod agentstatus;
 pub mod authz;
+pub mod cleanup;
 pub mod cli;
 pub mod csr;
 pub mod diag;
@@ -46,6 +47,7 @@ pub mod kv;
 pub mod load;
 pub mod manifest;
 pub mod merge;
+pub mod migrate;
 pub mod nodes;
 pub mod objects;
 pub mod pki;

@@ -48,7 +48,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Issue(a) => {
             let written = match (&a.node, &a.host_shim, &a.name) {
-                (Some(node), _, _) => enrollcmd::issue_node(&a.state_dir, node, a.days, &a.out)?,
+                (Some(node), _, _) => store_command(enrollcmd::issue_node(
+                    &a.state_dir,
+                    a.etcd.options(),
+                    node,
+                    a.days,
+                    &a.out,
+                ))?,
                 (None, Some(name), _) => {
                     let ca = pki::load_ca(&a.state_dir)?;
                     let issued = ca.issue_host_shim(name, a.days)?;
@@ -128,21 +134,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => print!(
             "{}",
             match command {
-                TokenCommand::Create {
-                    state_dir,
-                    node,
-                    ttl,
-                } => enrollcmd::token_create(&state_dir, &node, ttl)?,
-                TokenCommand::List { state_dir, json } => enrollcmd::token_list(&state_dir, json)?,
-                TokenCommand::Delete { state_dir, id } => enrollcmd::token_delete(&state_dir, &id)?,
+                TokenCommand::Create { store, node, ttl } => {
+                    store_command(enrollcmd::token_create(&store, &node, ttl))?
+                }
+                TokenCommand::List { store, json } => {
+                    store_command(enrollcmd::token_list(&store, json))?
+                }
+                TokenCommand::Delete { store, id } => {
+                    store_command(enrollcmd::token_delete(&store, &id))?
+                }
             }
         ),
         Command::Node { command } => print!(
             "{}",
             match command {
-                NodeCommand::List { state_dir, json } => enrollcmd::node_list(&state_dir, json)?,
-                NodeCommand::Revoke { state_dir, node } => {
-                    enrollcmd::node_revoke(&state_dir, &node)?
+                NodeCommand::List { store, json } =>
+                    store_command(enrollcmd::node_list(&store, json))?,
+                NodeCommand::Revoke { store, node } => {
+                    store_command(enrollcmd::node_revoke(&store, &node))?
                 }
             }
         ),
@@ -151,9 +160,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Runs a command on the store on a runtime of its own.
-fn store_command<T>(
-    f: impl std::future::Future<Output = Result<T, objects::ObjectError>>,
-) -> anyhow::Result<T> {
+fn store_command<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,20 +1,30 @@
 //! Node records: which certificates each node holds and whether it is revoked.
 //!
-//! `<state-dir>/nodes/<node>.json`, one per node. The CLI (`issue --node`, `node
-//! revoke`) and the running server (Enroll, Renew) both change them, so every
-//! read-modify-write holds an exclusive flock on `nodes/.lock`; readers need no
-//! lock because every write is an atomic rename. The rules (revocation,
-//! re-admission, the bound on live certificates) are pure methods of
-//! `NodeRecord`.
+//! The store keeps `nodes/<node>`, one record per node. The CLI (`issue
+//! --node`, `node revoke`) and every replica (Enroll, Renew) change them; each
+//! change is a read-modify-write whose transaction holds only if the record is
+//! still the one read ([`NodeStore::modify`] reads again and retries when it
+//! is not), so no change is lost between processes or replicas. Every replica
+//! watches `nodes/` (`revocation`), so a revocation made anywhere ends the
+//! node's sessions everywhere. The rules (revocation, re-admission, the bound
+//! on live certificates) are pure methods of `NodeRecord`.
+//!
+//! Controllers before the store kept `<state-dir>/nodes/<node>.json`;
+//! [`read_files`] reads them for the one-time move into the store.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{ensure_private_dir, lock_exclusive, write_atomic, SECRET_MODE};
+use crate::kv::{Cmp, KvError, Revision, Store, Txn};
+
+/// Where node records live in the store: `nodes/<node>`.
+pub const PREFIX: &str = "nodes/";
+
+/// How many times a read-modify-write is tried when the record changes under it.
+pub const MAX_ATTEMPTS: usize = 16;
 
 /// A node may hold at most this many unexpired certificates; a renewing agent
 /// needs two at a time. The bound keeps every live serial in the record, so a
@@ -58,31 +68,27 @@ pub enum Revoked {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// A record is not a node record.
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A key under `nodes/` is not a node record.
+    #[error("store key {key}: not a node record: {message}")]
+    Corrupt { key: String, message: String },
+    /// A node file of an older controller could not be read.
     #[error("{path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    File { path: PathBuf, message: String },
     #[error("invalid node name {name:?}: {message}")]
     BadName { name: String, message: String },
     /// `node revoke` of a node without a record.
-    #[error("no node {0:?} (no record in nodes/; see `dpu-controller node list`)")]
+    #[error("no node {0:?} (no record in the store; see `dpu-controller node list`)")]
     Unknown(String),
     #[error("node {node} has {count} unexpired certificates (at most {MAX_LIVE_CERTS}); wait until older ones expire, or revoke the node")]
     TooManyCerts { node: String, count: usize },
     #[error(transparent)]
     Revoked(#[from] Revoked),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NodeError + '_ {
-    move |source| NodeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    /// Others kept changing the record for `MAX_ATTEMPTS` tries.
+    #[error("the record of node {0} kept changing under this change; try again")]
+    Contended(String),
 }
 
 impl NodeRecord {
@@ -157,103 +163,159 @@ impl NodeRecord {
 
     /// Drops entries of certificates that have expired: the TLS handshake
     /// refuses those anyway.
-    fn prune(&mut self, now: i64) {
+    pub fn prune(&mut self, now: i64) {
         self.certs.retain(|c| c.not_after_unix > now);
         self.revoked_serials.retain(|c| c.not_after_unix > now);
     }
 }
 
-/// The node records of a state directory.
+/// A node and its record as a replica holds it in memory: one the store has
+/// but that cannot be read is kept as why (`revocation`).
+pub type Held = (String, Result<NodeRecord, String>);
+
+pub fn key(node: &str) -> String {
+    format!("{PREFIX}{node}")
+}
+
+/// A record as stored, checked to be the one of its key.
+pub fn parse(key: &str, value: &str) -> Result<NodeRecord, NodeError> {
+    let record: NodeRecord = serde_json::from_str(value).map_err(|e| NodeError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })?;
+    if PREFIX.to_string() + &record.node != key {
+        return Err(NodeError::Corrupt {
+            key: key.to_string(),
+            message: format!("the record is for node {:?}", record.node),
+        });
+    }
+    Ok(record)
+}
+
+impl NodeRecord {
+    /// The record's value in the store.
+    pub fn stored(&self) -> String {
+        serde_json::to_string(self).expect("a node record serializes")
+    }
+}
+
+/// The node records in the store.
 #[derive(Debug, Clone)]
 pub struct NodeStore {
-    dir: PathBuf,
+    store: Store,
 }
 
 impl NodeStore {
-    pub fn new(state_dir: &Path) -> Self {
-        NodeStore {
-            dir: state_dir.join("nodes"),
-        }
+    pub fn new(store: Store) -> Self {
+        NodeStore { store }
     }
 
-    /// The record's path; `node` must have passed `check_name` (no '/').
-    pub fn path(&self, node: &str) -> PathBuf {
-        self.dir.join(format!("{node}.json"))
-    }
-
-    pub fn load(&self, node: &str) -> Result<Option<NodeRecord>, NodeError> {
+    /// The record of `node` and the revision it was last written at (0: none).
+    pub async fn get(&self, node: &str) -> Result<(Option<NodeRecord>, Revision), NodeError> {
         check_name(node)?;
-        let path = self.path(node);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        let record: NodeRecord =
-            serde_json::from_slice(&bytes).map_err(|e| NodeError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        if record.node != node {
-            return Err(NodeError::Corrupt {
-                path,
-                message: format!("the record is for node {:?}", record.node),
-            });
+        let k = key(node);
+        let (_, entry) = self.store.get(&k).await?;
+        match entry {
+            None => Ok((None, 0)),
+            Some(e) => Ok((Some(parse(&k, &e.value)?), e.mod_revision)),
         }
-        Ok(Some(record))
     }
 
-    /// Every record, by node name.
-    pub fn list(&self) -> Result<Vec<NodeRecord>, NodeError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&self.dir)(e)),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let name = entry.map_err(io_err(&self.dir))?.file_name();
-            let node = name.to_str().and_then(|n| n.strip_suffix(".json"));
-            if let Some(node) = node.filter(|n| dpu_model::check_name(n).is_ok()) {
-                names.push(node.to_string());
-            }
-        }
-        names.sort();
-        let mut out = Vec::new();
-        for n in names {
-            out.extend(self.load(&n)?);
-        }
-        Ok(out)
+    pub async fn load(&self, node: &str) -> Result<Option<NodeRecord>, NodeError> {
+        Ok(self.get(node).await?.0)
     }
 
-    /// Read-modify-write of one record under the lock. `change` gets the current
-    /// record (if any) and returns the new one; when it fails nothing is written.
-    pub fn modify<T, E>(
+    /// Every record, by node name, and the store's revision they were read at.
+    pub async fn list_at(&self) -> Result<(Revision, Vec<NodeRecord>), NodeError> {
+        let listing = self.store.list(PREFIX).await?;
+        let records = listing
+            .entries
+            .iter()
+            .map(|e| parse(&e.key, &e.value))
+            .collect::<Result<_, _>>()?;
+        Ok((listing.revision, records))
+    }
+
+    pub async fn list(&self) -> Result<Vec<NodeRecord>, NodeError> {
+        Ok(self.list_at().await?.1)
+    }
+
+    /// The transaction that writes `record` if the node's key is still at
+    /// `revision` (0: it has no record).
+    pub fn put_if(record: &NodeRecord, revision: Revision) -> Txn {
+        let k = key(&record.node);
+        Txn::new()
+            .when(Cmp::ModRevision(k.clone(), revision))
+            .put(k, record.stored())
+    }
+
+    /// Read-modify-write of one record. `change` gets the current record (if
+    /// any) and returns the new one; when it fails nothing is written. If the
+    /// record changed between the read and the write, it is read again and
+    /// `change` runs again (at most [`MAX_ATTEMPTS`] times).
+    pub async fn modify<T, E>(
         &self,
         node: &str,
-        change: impl FnOnce(Option<NodeRecord>) -> Result<(NodeRecord, T), E>,
+        mut change: impl FnMut(Option<NodeRecord>) -> Result<(NodeRecord, T), E>,
     ) -> Result<T, E>
     where
         E: From<NodeError>,
     {
-        check_name(node)?;
-        let _lock = self.lock()?;
-        let current = self.load(node)?;
-        let (record, out) = change(current.clone())?;
-        if current.as_ref() != Some(&record) {
-            let path = self.path(node);
-            let mut bytes = serde_json::to_vec_pretty(&record).expect("a node record serializes");
-            bytes.push(b'\n');
-            write_atomic(&path, &bytes, SECRET_MODE).map_err(io_err(&path))?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (current, revision) = self.get(node).await?;
+            let (record, out) = change(current.clone())?;
+            if current.as_ref() == Some(&record) {
+                return Ok(out);
+            }
+            let done = self
+                .store
+                .txn(Self::put_if(&record, revision))
+                .await
+                .map_err(NodeError::from)?;
+            if done.succeeded {
+                return Ok(out);
+            }
         }
-        Ok(out)
+        Err(NodeError::Contended(node.to_string()).into())
     }
+}
 
-    fn lock(&self) -> Result<Flock<fs::File>, NodeError> {
-        ensure_private_dir(&self.dir).map_err(io_err(&self.dir))?;
-        let path = self.dir.join(".lock");
-        lock_exclusive(&path).map_err(io_err(&path))
+/// The node files of a controller from before the store
+/// (`<state-dir>/nodes/<node>.json`), by node name.
+pub fn read_files(state_dir: &Path) -> Result<Vec<NodeRecord>, NodeError> {
+    let dir = state_dir.join("nodes");
+    let file_err = |path: &Path, e: &dyn std::fmt::Display| NodeError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(file_err(&dir, &e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| file_err(&dir, &e))?.path();
+        let node = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"));
+        if node.is_some_and(|n| dpu_model::check_name(n).is_ok()) {
+            paths.push(path);
+        }
     }
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = fs::read(&path).map_err(|e| file_err(&path, &e))?;
+        let record: NodeRecord = serde_json::from_slice(&bytes).map_err(|e| file_err(&path, &e))?;
+        if path.file_stem().and_then(|s| s.to_str()) != Some(record.node.as_str()) {
+            let message = format!("the record is for node {:?}", record.node);
+            return Err(file_err(&path, &message));
+        }
+        out.push(record);
+    }
+    Ok(out)
 }
 
 fn check_name(node: &str) -> Result<(), NodeError> {
@@ -266,7 +328,6 @@ fn check_name(node: &str) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn cert(serial: &str, not_after_unix: i64) -> CertEntry {
         CertEntry {
@@ -312,40 +373,64 @@ mod tests {
         assert_eq!(r.certs.len(), 1);
     }
 
-    #[test]
-    fn modify_is_serialized_and_a_failed_change_writes_nothing() {
+    /// Eight writers at once, two of them in another process's view of the
+    /// store (a second handle, as `node revoke` has): no change is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_changes_are_all_kept_and_a_failed_change_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(NodeStore::new(dir.path()));
-        let threads: Vec<_> = (0..8)
+        let open = || Store::Local(crate::kv::LocalStore::open(&dir.path().join("s")).unwrap());
+        let (a, b) = (NodeStore::new(open()), NodeStore::new(open()));
+        let tasks: Vec<_> = (0..8)
             .map(|i| {
-                let store = store.clone();
-                std::thread::spawn(move || {
+                let store = if i % 4 == 0 { b.clone() } else { a.clone() };
+                tokio::spawn(async move {
                     store
                         .modify("dpu-1", |r| {
                             let mut r = r.unwrap_or_else(|| NodeRecord::new("dpu-1", 0));
                             r.add_cert(cert(&format!("{i:02x}"), i64::MAX), 0)?;
                             Ok::<_, NodeError>((r, ()))
                         })
+                        .await
                         .unwrap()
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        for t in tasks {
+            t.await.unwrap();
         }
-        let r = store.load("dpu-1").unwrap().unwrap();
-        assert_eq!(r.certs.len(), 8, "no update was lost");
-        let before = fs::read(store.path("dpu-1")).unwrap();
-        let e = store.modify("dpu-1", |r| {
-            r.unwrap().revoke(0);
-            Err::<(NodeRecord, ()), _>(NodeError::Unknown("x".into()))
-        });
+        let (r, rev) = a.get("dpu-1").await.unwrap();
+        assert_eq!(r.unwrap().certs.len(), 8, "no update was lost");
+        let e = a
+            .modify("dpu-1", |r| {
+                r.unwrap().revoke(0);
+                Err::<(NodeRecord, ()), _>(NodeError::Unknown("x".into()))
+            })
+            .await;
         assert!(e.is_err());
-        assert_eq!(fs::read(store.path("dpu-1")).unwrap(), before);
+        assert_eq!(a.get("dpu-1").await.unwrap().1, rev, "nothing written");
         assert!(matches!(
-            store.load("../etc"),
+            a.load("../etc").await,
             Err(NodeError::BadName { .. })
         ));
-        assert_eq!(store.list().unwrap().len(), 1);
+        assert_eq!(b.list().await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn old_node_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("nodes");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("dpu-1.json"), NodeRecord::new("dpu-1", 5).stored()).unwrap();
+        fs::write(d.join(".lock"), "").unwrap();
+        assert_eq!(
+            read_files(dir.path()).unwrap(),
+            [NodeRecord::new("dpu-1", 5)]
+        );
+        fs::write(d.join("dpu-2.json"), NodeRecord::new("dpu-1", 5).stored()).unwrap();
+        let e = read_files(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("dpu-2.json: the record is for node \"dpu-1\""),
+            "{e}"
+        );
     }
 }

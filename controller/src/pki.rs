@@ -39,6 +39,9 @@ pub enum PkiError {
     /// There is no CA to sign with.
     #[error("no CA in {0}; run `dpu-controller ca init --state-dir <dir>` first")]
     NoCa(PathBuf),
+    /// A replica without the CA key has no serving certificate.
+    #[error("{0}")]
+    NoServerCert(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -451,20 +454,50 @@ pub struct ServerIdentity {
     pub key_pem: String,
 }
 
+/// The CA as this replica has it: its certificate always; the CA itself (its
+/// key) only where it was provisioned, else why not. A replica without the key
+/// serves and verifies, but issues no certificates.
+pub fn load_ca_for_serving(state_dir: &Path) -> Result<(String, Result<Ca, String>), PkiError> {
+    let paths = PkiPaths::new(state_dir);
+    if !paths.ca_cert.exists() {
+        return Err(PkiError::NoCa(paths.dir));
+    }
+    if !paths.ca_key.exists() {
+        let cert_pem = fs::read_to_string(&paths.ca_cert).map_err(io_err(&paths.ca_cert))?;
+        let why = format!("no {}", paths.ca_key.display());
+        return Ok((cert_pem, Err(why)));
+    }
+    let ca = load_ca(state_dir)?;
+    Ok((ca.cert_pem.clone(), Ok(ca)))
+}
+
 pub fn ensure_server_cert(
     state_dir: &Path,
     server_name: &str,
     listen: SocketAddr,
 ) -> Result<ServerIdentity, PkiError> {
-    let ca = load_ca(state_dir)?;
+    let (ca_pem, ca) = load_ca_for_serving(state_dir)?;
     let paths = PkiPaths::new(state_dir);
     if paths.server_cert.exists() && paths.server_key.exists() {
         let cert_pem =
             fs::read_to_string(&paths.server_cert).map_err(io_err(&paths.server_cert))?;
         let key_pem = fs::read_to_string(&paths.server_key).map_err(io_err(&paths.server_key))?;
-        if not_after(&cert_pem)? > OffsetDateTime::now_utc() + RENEW_BEFORE {
+        let expires = not_after(&cert_pem)?;
+        let now = OffsetDateTime::now_utc();
+        let keep = match &ca {
+            _ if expires > now + RENEW_BEFORE => true,
+            Err(why) if expires > now => {
+                tracing::warn!(
+                    "{} expires at {expires}, and this replica cannot issue a new one ({why}): provision a new one with `dpu-controller issue --server` where the CA key is",
+                    paths.server_cert.display()
+                );
+                true
+            }
+            _ => false,
+        };
+        if keep {
             return Ok(ServerIdentity {
-                ca_pem: ca.cert_pem,
+                ca_pem,
                 cert_pem,
                 key_pem,
             });
@@ -474,6 +507,13 @@ pub fn ensure_server_cert(
             paths.server_cert.display()
         );
     }
+    let ca = ca.map_err(|why| {
+        PkiError::NoServerCert(format!(
+            "no usable {} and {}, and this replica cannot issue one ({why}); provision them (dpu-controller issue --server --name NAME --san IP --out DIR where the CA key is)",
+            paths.server_cert.display(),
+            paths.server_key.display()
+        ))
+    })?;
     let mut sans = vec!["localhost".to_string()];
     if !listen.ip().is_unspecified() {
         sans.push(listen.ip().to_string());

@@ -33,8 +33,7 @@ use crate::fsutil::ensure_private_dir;
 use crate::hub::{ControlService, Hub};
 use crate::intenttask::{self, StartError};
 use crate::kv::{EtcdStore, LocalStore, Store};
-use crate::nodes::NodeStore;
-use crate::pki::{ensure_server_cert, load_ca, PkiError};
+use crate::pki::{ensure_server_cert, load_ca_for_serving, PkiError};
 use crate::reported::ReportInbox;
 use crate::shutdown::shutdown_requested;
 use crate::status::StatusHandle;
@@ -144,7 +143,10 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         )));
     }
     let identity = ensure_server_cert(state, &opts.server_name, opts.listen)?;
-    let enroller = Arc::new(Enroller::new(state, load_ca(state)?, opts.enroll_cert_ttl));
+    let (ca_pem, ca) = load_ca_for_serving(state)?;
+    if let Err(why) = &ca {
+        tracing::warn!("this replica holds no CA key ({why}): it serves agents and verifies their certificates, but refuses Enroll and Renew (unavailable), so DPUs enroll through a replica that has it");
+    }
     let status = StatusHandle::new(state);
 
     let store = match &opts.etcd {
@@ -152,6 +154,19 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Some(o) => Store::Etcd(EtcdStore::connect(o.clone()).await?),
     };
     let backend = store.describe();
+    crate::migrate::enrollment_files(&store, state)
+        .await
+        .map_err(|e| match e {
+            crate::migrate::MigrateError::Kv(e) => ServeError::Kv(e),
+            e => ServeError::Config(e.to_string()),
+        })?;
+    let enroller = Arc::new(Enroller::new(
+        store.clone(),
+        ca_pem,
+        ca,
+        opts.enroll_cert_ttl,
+    ));
+    let (_, records) = crate::revocation::load(&store).await?;
     let from = opts
         .intent_dir
         .as_ref()
@@ -221,7 +236,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         status.clone(),
         shutdown_rx.clone(),
         reports.clone(),
-        NodeStore::new(state),
+        records,
     ));
     // Exactly what tonic's `ServerTlsConfig` with `client_auth_optional(true)`
     // built: a certificate that is presented must chain to the CA.
@@ -260,7 +275,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         hub.clone(),
         shutdown_rx.clone(),
     ));
-    let revocations = tokio::spawn(crate::revocation::watch_revocations(
+    let revocations = tokio::spawn(crate::revocation::run(
+        source.store.clone(),
         hub,
         shutdown_rx.clone(),
     ));

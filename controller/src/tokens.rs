@@ -1,23 +1,17 @@
 //! Bootstrap tokens: one-time secrets that let a DPU enroll as one node.
 //!
-//! A token reads `dpub.<16 hex id>.<64 hex secret>`. `<state-dir>/tokens/<id>.json`
-//! holds an unused token's node, expiry and the SHA-256 of its secret, never the
-//! secret. A refused request leaves the file where it was.
+//! A token reads `dpub.<16 hex id>.<64 hex secret>`. The store keeps
+//! `tokens/<id>`: the token's node, expiry and the SHA-256 of its secret,
+//! never the secret, and `used_unix` once an enrollment consumed it.
 //!
-//! Every change of an enrolling token's state is one `rename(2)` of its record,
-//! which is atomic and needs no free space, so a full disk cannot strand it:
+//! An enrollment consumes its token in the same store transaction that records
+//! the node's certificate (`enroll::Enroller::enroll`), on the condition that
+//! the token's key is still the one the check read: of concurrent enrollments
+//! with one token exactly one lands, and there is no state in between for a
+//! crash to leave behind. A refused request writes nothing.
 //!
-//! - `claim`: `tokens/<id>.json` → `tokens/claimed/<id>.json`. Of concurrent
-//!   enrollments with one token exactly one wins; a claimed token admits no one.
-//! - `restore` (the certificate could not be issued or recorded): back to
-//!   `tokens/<id>.json`, unchanged, so the token is usable again.
-//! - `finish` (the certificate is recorded in the node's record):
-//!   `tokens/claimed/<id>.json` → `tokens/used/<id>.json`; only then is
-//!   `used_unix` added, best effort.
-//!
-//! After a crash between `claim` and `restore`/`finish`, the token stays
-//! claimed, so it is never usable twice; the server settles it at its next
-//! start (`Enroller::new`): used if the node record names it, else unused.
+//! Controllers before the store kept one file per token under
+//! `<state-dir>/tokens/`; [`import_files`] moves them into the store once.
 
 use std::fmt;
 use std::fs;
@@ -29,8 +23,11 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::fsutil::{ensure_private_dir, write_atomic, SECRET_MODE};
+use crate::kv::{Cmp, KvError, Revision, Store, Txn};
 use crate::timeutil::rfc3339;
+
+/// Where token records live in the store: `tokens/<id>`.
+pub const PREFIX: &str = "tokens/";
 
 pub const TOKEN_PREFIX: &str = "dpub";
 const ID_BYTES: usize = 8;
@@ -65,7 +62,7 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Whether `id` can be a token id (and so a file name under `tokens/`).
+/// Whether `id` can be a token id (and so a key under `tokens/`).
 pub fn valid_id(id: &str) -> bool {
     is_lower_hex(id, 2 * ID_BYTES)
 }
@@ -120,7 +117,7 @@ impl Token {
     }
 }
 
-/// `tokens/<id>.json`: what the controller keeps of a token.
+/// `tokens/<id>`: what the controller keeps of a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRecord {
@@ -130,17 +127,31 @@ pub struct TokenRecord {
     pub secret_sha256: String,
     pub created_unix: i64,
     pub expires_unix: i64,
-    /// When an enrollment consumed it (records under `tokens/used/` only).
+    /// When an enrollment consumed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_unix: Option<i64>,
+}
+
+impl TokenRecord {
+    pub fn state(&self, now: i64) -> TokenState {
+        if self.used_unix.is_some() {
+            TokenState::Used
+        } else if self.expires_unix <= now {
+            TokenState::Expired
+        } else {
+            TokenState::Unused
+        }
+    }
+
+    /// The record's value in the store.
+    pub fn stored(&self) -> String {
+        serde_json::to_string(self).expect("a token record serializes")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
     Unused,
-    /// An enrollment with it is under way, or was cut short by a crash (the
-    /// server settles it when it starts). It admits no one.
-    Claimed,
     Used,
     Expired,
 }
@@ -149,7 +160,6 @@ impl TokenState {
     pub fn as_str(self) -> &'static str {
         match self {
             TokenState::Unused => "unused",
-            TokenState::Claimed => "claimed",
             TokenState::Used => "used",
             TokenState::Expired => "expired",
         }
@@ -184,73 +194,55 @@ pub enum TokenError {
     /// The token does not admit the request.
     #[error(transparent)]
     Refused(#[from] TokenRefusal),
-    /// A token file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    /// A token file is not a token record.
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A key under `tokens/` is not a token record.
+    #[error("store key {key}: not a token record: {message}")]
+    Corrupt { key: String, message: String },
+    /// A token file of an older controller could not be read.
     #[error("{path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
+    File { path: PathBuf, message: String },
     /// The node name is not acceptable.
     #[error("invalid node name {name:?}: {message}")]
     BadName { name: String, message: String },
-    /// `token delete` of an id that has no file.
+    /// `token delete` of an id the store does not have.
     #[error("no token {0}")]
     NoSuchToken(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TokenError + '_ {
-    move |source| TokenError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The token files of a state directory.
+/// The token records in the store.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
-    dir: PathBuf,
-    used: PathBuf,
-    claimed: PathBuf,
+    store: Store,
+}
+
+pub fn key(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+fn parse(key: &str, value: &str) -> Result<TokenRecord, TokenError> {
+    let r: TokenRecord = serde_json::from_str(value).map_err(|e| TokenError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })?;
+    if PREFIX.to_string() + &r.id != key {
+        return Err(TokenError::Corrupt {
+            key: key.to_string(),
+            message: format!("the record is for token {:?}", r.id),
+        });
+    }
+    Ok(r)
 }
 
 impl TokenStore {
-    pub fn new(state_dir: &Path) -> Self {
-        let dir = state_dir.join("tokens");
-        TokenStore {
-            used: dir.join("used"),
-            claimed: dir.join("claimed"),
-            dir,
-        }
-    }
-
-    fn unused_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    fn used_path(&self, id: &str) -> PathBuf {
-        self.used.join(format!("{id}.json"))
-    }
-
-    fn claimed_path(&self, id: &str) -> PathBuf {
-        self.claimed.join(format!("{id}.json"))
-    }
-
-    /// Where a token's record may be, in the order `check` looks.
-    fn paths(&self, id: &str) -> [(PathBuf, TokenState); 3] {
-        [
-            (self.unused_path(id), TokenState::Unused),
-            (self.claimed_path(id), TokenState::Claimed),
-            (self.used_path(id), TokenState::Used),
-        ]
+    pub fn new(store: Store) -> Self {
+        TokenStore { store }
     }
 
     /// A new token for `node`, valid for `ttl` from `now`. The record is written
     /// before the token is returned; the secret exists only in the return value.
-    pub fn create(
+    pub async fn create(
         &self,
         node: &str,
         ttl: Duration,
@@ -260,84 +252,94 @@ impl TokenStore {
             name: node.to_string(),
             message,
         })?;
-        for d in [&self.dir, &self.used] {
-            ensure_private_dir(d).map_err(io_err(d))?;
-        }
-        let token = loop {
-            let t = Token::generate();
-            if self.paths(&t.id).iter().all(|(p, _)| !p.exists()) {
-                break t;
+        loop {
+            let token = Token::generate();
+            let record = TokenRecord {
+                id: token.id.clone(),
+                node: node.to_string(),
+                secret_sha256: hex::encode(token.secret_sha256()),
+                created_unix: now,
+                expires_unix: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+                used_unix: None,
+            };
+            let k = key(&token.id);
+            let done = self
+                .store
+                .txn(
+                    Txn::new()
+                        .when(Cmp::CreateRevision(k.clone(), 0))
+                        .put(k, record.stored()),
+                )
+                .await?;
+            // Otherwise the id exists already (2^-64): another one.
+            if done.succeeded {
+                return Ok((token, record));
             }
-        };
-        let record = TokenRecord {
-            id: token.id.clone(),
-            node: node.to_string(),
-            secret_sha256: hex::encode(token.secret_sha256()),
-            created_unix: now,
-            expires_unix: now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
-            used_unix: None,
-        };
-        write_record(&self.unused_path(&token.id), &record)?;
-        Ok((token, record))
+        }
     }
 
-    /// Every token record, by id, with its state at `now`.
-    pub fn list(&self, now: i64) -> Result<Vec<(TokenRecord, TokenState)>, TokenError> {
+    /// Every token record, with its state at `now`, oldest first.
+    pub async fn list(&self, now: i64) -> Result<Vec<(TokenRecord, TokenState)>, TokenError> {
+        let listing = self.store.list(PREFIX).await?;
         let mut out = Vec::new();
-        for (dir, state) in [
-            (&self.dir, TokenState::Unused),
-            (&self.claimed, TokenState::Claimed),
-            (&self.used, TokenState::Used),
-        ] {
-            for path in json_files(dir)? {
-                let r = read_record(&path)?;
-                let state = if state == TokenState::Unused && r.expires_unix <= now {
-                    TokenState::Expired
-                } else {
-                    state
-                };
-                out.push((r, state));
-            }
+        for e in &listing.entries {
+            let r = parse(&e.key, &e.value)?;
+            let state = r.state(now);
+            out.push((r, state));
         }
         out.sort_by(|a, b| (a.0.created_unix, &a.0.id).cmp(&(b.0.created_unix, &b.0.id)));
         Ok(out)
     }
 
     /// Removes a token's record, used or not.
-    pub fn delete(&self, id: &str) -> Result<(), TokenError> {
+    pub async fn delete(&self, id: &str) -> Result<(), TokenError> {
         if !valid_id(id) {
             return Err(TokenError::NoSuchToken(id.to_string()));
         }
-        for (path, _) in self.paths(id) {
-            match fs::remove_file(&path) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
+        let k = key(id);
+        let (_, entry) = self.store.get(&k).await?;
+        let Some(entry) = entry else {
+            return Err(TokenError::NoSuchToken(id.to_string()));
+        };
+        let done = self
+            .store
+            .txn(
+                Txn::new()
+                    .when(Cmp::CreateRevision(k.clone(), entry.create_revision))
+                    .delete(k),
+            )
+            .await?;
+        if !done.succeeded {
+            // Deleted (or deleted and made again, 2^-64) meanwhile.
+            return Err(TokenError::NoSuchToken(id.to_string()));
         }
-        Err(TokenError::NoSuchToken(id.to_string()))
+        Ok(())
     }
 
-    /// Checks that `token` lets a DPU enroll as `node` at `now`. Changes nothing.
-    pub fn check(&self, token: &Token, node: &str, now: i64) -> Result<TokenRecord, TokenError> {
+    /// Checks that `token` lets a DPU enroll as `node` at `now`. Changes
+    /// nothing. Returns the record and the revision it was read at: the
+    /// enrollment that consumes the token holds only while the key is
+    /// unchanged since.
+    pub async fn check(
+        &self,
+        token: &Token,
+        node: &str,
+        now: i64,
+    ) -> Result<(TokenRecord, Revision), TokenError> {
         let id = token.id.clone();
-        let mut found = None;
-        for (path, state) in self.paths(&id) {
-            if let Some(r) = read_optional(&path)? {
-                found = Some((r, state));
-                break;
-            }
-        }
-        let Some((record, state)) = found else {
+        let k = key(&id);
+        let (_, entry) = self.store.get(&k).await?;
+        let Some(entry) = entry else {
             // The same work as for a wrong secret.
             std::hint::black_box(token.matches(UNKNOWN_SHA256));
             return Err(TokenRefusal::Unknown { id }.into());
         };
+        let record = parse(&k, &entry.value)?;
         // The secret first: without it, nothing about the token is told.
         if !token.matches(&record.secret_sha256) {
             return Err(TokenRefusal::WrongSecret { id }.into());
         }
-        if state != TokenState::Unused {
+        if record.used_unix.is_some() {
             return Err(TokenRefusal::Used { id }.into());
         }
         if record.expires_unix <= now {
@@ -352,100 +354,71 @@ impl TokenStore {
             }
             .into());
         }
-        Ok(record)
+        Ok((record, entry.mod_revision))
     }
 
-    /// Claims an unused token for one enrollment: renames its record into
-    /// `tokens/claimed/`. Of concurrent callers exactly one succeeds; the
-    /// others get `Used`. Durable (directories synced) when it returns, so a
-    /// certificate recorded after it can never meet an unused token.
-    pub fn claim(&self, id: &str) -> Result<(), TokenError> {
-        for d in [&self.used, &self.claimed] {
-            ensure_private_dir(d).map_err(io_err(d))?;
-        }
-        let (from, to) = (self.unused_path(id), self.claimed_path(id));
-        match fs::rename(&from, &to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(TokenRefusal::Used { id: id.to_string() }.into())
-            }
-            Err(e) => return Err(io_err(&from)(e)),
-        }
-        if let Err(e) = sync_dir(&self.dir).and_then(|()| sync_dir(&self.claimed)) {
-            // Not known to be durable: give it back rather than go on.
-            self.restore(id)?;
-            return Err(e);
-        }
-        Ok(())
+    /// The comparison and write that consume a token checked at `revision`,
+    /// for the enrollment's transaction.
+    pub fn consume(record: &TokenRecord, revision: Revision, now: i64) -> (Cmp, String, String) {
+        let mut used = record.clone();
+        used.used_unix = Some(now);
+        let k = key(&record.id);
+        (Cmp::ModRevision(k.clone(), revision), k, used.stored())
     }
 
-    /// Gives back a claimed token (its enrollment failed): renames the record,
-    /// untouched since `claim`, back to `tokens/<id>.json`. Needs no space.
-    pub fn restore(&self, id: &str) -> Result<(), TokenError> {
-        let (from, to) = (self.claimed_path(id), self.unused_path(id));
-        fs::rename(&from, &to).map_err(io_err(&from))?;
-        sync_dir(&self.dir)?;
-        sync_dir(&self.claimed)
-    }
-
-    /// Marks a claimed token used (its certificate is recorded): renames the
-    /// record into `tokens/used/`, then adds `used_unix` if there is room.
-    pub fn finish(&self, id: &str, now: i64) -> Result<(), TokenError> {
-        let (from, to) = (self.claimed_path(id), self.used_path(id));
-        fs::rename(&from, &to).map_err(io_err(&from))?;
-        sync_dir(&self.claimed)?;
-        sync_dir(&self.used)?;
-        // When it was used is for `token list`; the rename above is what counts.
-        if let Ok(mut r) = read_record(&to) {
-            r.used_unix = Some(now);
-            if let Err(e) = write_record(&to, &r) {
-                tracing::warn!(token = id, "cannot record when the token was used: {e}");
-            }
-        }
-        Ok(())
-    }
-
-    /// The records of claimed tokens (for settling them at start).
-    pub fn claimed(&self) -> Result<Vec<TokenRecord>, TokenError> {
-        json_files(&self.claimed)?
-            .iter()
-            .map(|p| read_record(p))
-            .collect()
+    /// Whether token `id` is still as it was at `revision` (an enrollment's
+    /// transaction failed: was it the token or the node record that changed?).
+    pub async fn unchanged_since(&self, id: &str, revision: Revision) -> Result<bool, TokenError> {
+        let (_, entry) = self.store.get(&key(id)).await?;
+        Ok(entry.is_some_and(|e| e.mod_revision == revision))
     }
 }
 
 /// What an unknown id's secret is compared with (no secret has this digest).
 const UNKNOWN_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn sync_dir(dir: &Path) -> Result<(), TokenError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+/// Token files of a controller from before the store: `tokens/<id>.json`
+/// (unused), `tokens/claimed/` (an enrollment cut short by a crash),
+/// `tokens/used/`. Each record becomes `tokens/<id>` unless the store has that
+/// id already. A claimed token is used if `enrolled_with(node)` names it (its
+/// certificate was recorded), else unused, as the old controller settled it.
+pub fn read_files(
+    state_dir: &Path,
+    enrolled_with: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<TokenRecord>, TokenError> {
+    let dir = state_dir.join("tokens");
+    let mut out = Vec::new();
+    for (sub, used) in [("", false), ("claimed", false), ("used", true)] {
+        let d = dir.join(sub);
+        for path in json_files(&d)? {
+            let bytes = fs::read(&path).map_err(|e| file_err(&path, e))?;
+            let mut r: TokenRecord =
+                serde_json::from_slice(&bytes).map_err(|e| TokenError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let settled_used =
+                sub == "claimed" && enrolled_with(&r.node).as_deref() == Some(r.id.as_str());
+            if (used || settled_used) && r.used_unix.is_none() {
+                r.used_unix = Some(r.created_unix);
+            }
+            if !valid_id(&r.id) || path.file_stem().and_then(|s| s.to_str()) != Some(&r.id) {
+                return Err(TokenError::File {
+                    path,
+                    message: format!("the record is for token {:?}", r.id),
+                });
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
-fn write_record(path: &Path, record: &TokenRecord) -> Result<(), TokenError> {
-    let mut bytes = serde_json::to_vec_pretty(record).expect("a token record serializes");
-    bytes.push(b'\n');
-    write_atomic(path, &bytes, SECRET_MODE).map_err(io_err(path))
-}
-
-fn read_record(path: &Path) -> Result<TokenRecord, TokenError> {
-    read_optional(path)?
-        .ok_or_else(|| io_err(path)(io::Error::new(io::ErrorKind::NotFound, "no such file")))
-}
-
-fn read_optional(path: &Path) -> Result<Option<TokenRecord>, TokenError> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| TokenError::Corrupt {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+fn file_err(path: &Path, e: io::Error) -> TokenError {
+    TokenError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// `<id>.json` files directly in `dir` (none if `dir` does not exist).
@@ -453,11 +426,11 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, TokenError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(dir)(e)),
+        Err(e) => return Err(file_err(dir, e)),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.map_err(io_err(dir))?.path();
+        let path = entry.map_err(|e| file_err(dir, e))?.path();
         let is_record = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -474,7 +447,6 @@ fn json_files(dir: &Path) -> Result<Vec<PathBuf>, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -504,84 +476,147 @@ mod tests {
         }
     }
 
-    #[test]
-    fn check_refuses_without_changing_anything_and_consume_is_once() {
+    fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::new(dir.path());
-        let now = 1_000_000;
-        let (t, rec) = store.create("dpu-1", HOUR, now).unwrap();
-        let path = store.unused_path(&t.id);
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(&hex::encode(t.secret)), "no secret on disk");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let mode = fs::metadata(&store.dir).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o700);
+        let s = crate::kv::LocalStore::open(&dir.path().join("store")).unwrap();
+        (dir, Store::Local(s))
+    }
 
-        let refusal = |r: Result<TokenRecord, TokenError>| match r {
+    #[tokio::test]
+    async fn check_refuses_without_changing_anything_and_a_token_is_consumed_once() {
+        let (_dir, kv) = store();
+        let store = TokenStore::new(kv.clone());
+        let now = 1_000_000;
+        let (t, rec) = store.create("dpu-1", HOUR, now).await.unwrap();
+        let stored = kv.get(&key(&t.id)).await.unwrap().1.unwrap();
+        assert!(
+            !stored.value.contains(&hex::encode(t.secret)),
+            "no secret in the store"
+        );
+        assert_eq!(parse(&stored.key, &stored.value).unwrap(), rec);
+
+        let refusal = |r: Result<(TokenRecord, Revision), TokenError>| match r {
             Err(TokenError::Refused(r)) => r.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert_eq!(store.check(&t, "dpu-1", now).unwrap(), rec);
+        assert_eq!(
+            store.check(&t, "dpu-1", now).await.unwrap(),
+            (rec.clone(), stored.mod_revision)
+        );
         let mut wrong = t.clone();
         wrong.secret[0] ^= 1;
         assert_eq!(
-            refusal(store.check(&wrong, "dpu-1", now)),
+            refusal(store.check(&wrong, "dpu-1", now).await),
             format!("wrong secret for token {}", t.id)
         );
         assert_eq!(
-            refusal(store.check(&t, "dpu-2", now)),
+            refusal(store.check(&t, "dpu-2", now).await),
             format!("token {} is for node \"dpu-1\", not \"dpu-2\"", t.id)
         );
-        assert!(refusal(store.check(&t, "dpu-1", now + 3600)).contains("expired at"));
+        assert!(refusal(store.check(&t, "dpu-1", now + 3600).await).contains("expired at"));
         let other = Token::generate();
         assert_eq!(
-            refusal(store.check(&other, "dpu-1", now)),
+            refusal(store.check(&other, "dpu-1", now).await),
             format!("unknown token {}", other.id)
         );
-        assert_eq!(fs::read_to_string(&path).unwrap(), text, "unchanged");
+        let after = kv.get(&key(&t.id)).await.unwrap().1.unwrap();
+        assert_eq!(after, stored, "unchanged");
+        assert_eq!(store.list(now).await.unwrap()[0].1, TokenState::Unused);
+        assert_eq!(
+            store.list(now + 3600).await.unwrap()[0].1,
+            TokenState::Expired
+        );
 
-        // A claimed token admits no one, and is claimed once.
-        store.claim(&t.id).unwrap();
+        // Consuming holds only once: a second transaction from the same check
+        // finds the key changed.
+        let consume = |rev| {
+            let (cmp, k, v) = TokenStore::consume(&rec, rev, now + 5);
+            Txn::new().when(cmp).put(k, v)
+        };
+        assert!(
+            kv.txn(consume(stored.mod_revision))
+                .await
+                .unwrap()
+                .succeeded
+        );
+        assert!(
+            !kv.txn(consume(stored.mod_revision))
+                .await
+                .unwrap()
+                .succeeded
+        );
+        assert!(!store
+            .unchanged_since(&t.id, stored.mod_revision)
+            .await
+            .unwrap());
         let used = format!("token {} was already used", t.id);
-        assert_eq!(refusal(store.check(&t, "dpu-1", now)), used);
-        assert!(matches!(
-            store.claim(&t.id),
-            Err(TokenError::Refused(TokenRefusal::Used { .. }))
-        ));
-        let list = store.list(now).unwrap();
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].1, TokenState::Claimed);
-        assert_eq!(store.claimed().unwrap(), std::slice::from_ref(&rec));
-        // Restoring puts back the very same bytes.
-        store.restore(&t.id).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), text);
-        assert_eq!(store.check(&t, "dpu-1", now).unwrap(), rec);
-        assert_eq!(store.list(now).unwrap()[0].1, TokenState::Unused);
-        assert_eq!(store.list(now + 3600).unwrap()[0].1, TokenState::Expired);
-        assert!(store.claimed().unwrap().is_empty());
-
-        store.claim(&t.id).unwrap();
-        store.finish(&t.id, now + 5).unwrap();
-        assert_eq!(refusal(store.check(&t, "dpu-1", now)), used);
-        let list = store.list(now).unwrap();
+        assert_eq!(refusal(store.check(&t, "dpu-1", now).await), used);
+        let list = store.list(now).await.unwrap();
         assert_eq!(list[0].1, TokenState::Used);
         assert_eq!(list[0].0.used_unix, Some(now + 5));
-        assert!(store.restore(&t.id).is_err(), "a used token stays used");
+
+        store.delete(&t.id).await.unwrap();
         assert!(matches!(
-            store.claim(&t.id),
-            Err(TokenError::Refused(TokenRefusal::Used { .. }))
-        ));
-        store.delete(&t.id).unwrap();
-        assert!(matches!(
-            store.delete(&t.id),
+            store.delete(&t.id).await,
             Err(TokenError::NoSuchToken(_))
         ));
         assert!(matches!(
-            store.create("Bad_Name", HOUR, now),
+            store.delete("../x").await,
+            Err(TokenError::NoSuchToken(_))
+        ));
+        assert!(matches!(
+            store.create("Bad_Name", HOUR, now).await,
             Err(TokenError::BadName { .. })
         ));
+        // A value that is not a record is named by its key.
+        kv.txn(Txn::new().put(key(&other.id), "{}")).await.unwrap();
+        let e = store.list(now).await.unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "store key tokens/{}: not a token record",
+                other.id
+            )),
+            "{e}"
+        );
+    }
+
+    /// The files of a controller from before the store, claimed ones settled
+    /// the way it settled them.
+    #[test]
+    fn old_token_files_are_read_and_claimed_ones_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = |id: &str, node: &str| TokenRecord {
+            id: id.into(),
+            node: node.into(),
+            secret_sha256: "00".repeat(32),
+            created_unix: 10,
+            expires_unix: 20,
+            used_unix: None,
+        };
+        let write = |sub: &str, r: &TokenRecord| {
+            let d = dir.path().join("tokens").join(sub);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join(format!("{}.json", r.id)), r.stored()).unwrap();
+        };
+        write("", &rec("00000000000000aa", "n1"));
+        write("claimed", &rec("00000000000000bb", "n2"));
+        write("claimed", &rec("00000000000000cc", "n3"));
+        write("used", &rec("00000000000000dd", "n4"));
+        let got = read_files(dir.path(), |node| {
+            (node == "n2").then(|| "00000000000000bb".to_string())
+        })
+        .unwrap();
+        let states: Vec<(String, TokenState)> =
+            got.iter().map(|r| (r.id.clone(), r.state(0))).collect();
+        assert_eq!(
+            states,
+            [
+                ("00000000000000aa".to_string(), TokenState::Unused),
+                ("00000000000000bb".to_string(), TokenState::Used),
+                ("00000000000000cc".to_string(), TokenState::Unused),
+                ("00000000000000dd".to_string(), TokenState::Used),
+            ]
+        );
+        assert_eq!(read_files(&dir.path().join("none"), |_| None).unwrap(), []);
     }
 }

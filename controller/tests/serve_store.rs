@@ -101,6 +101,52 @@ async fn the_embedded_store_takes_applies_from_another_process() {
         "{st:#}"
     );
     assert_eq!(st["store"]["state"], "ok");
+
+    // A node record that cannot be read refuses new sessions of its node
+    // (revocation fails closed); fixed, the node is admitted again.
+    let kv = dpu_controller::kv::LocalStore::open(&lab.state.join("store")).unwrap();
+    let put = |v: &str| {
+        kv.txn(dpu_controller::kv::Txn::new().put("nodes/dpu-1", v))
+            .unwrap()
+    };
+    let (_, good) = kv.get("nodes/dpu-1").unwrap();
+    let good = good.map(|e| e.value).expect("issue --node recorded dpu-1");
+    put("{not a record");
+    let id = || Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ca = lab.read("ca.pem");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ch = channel(server.port, &ca, id()).await.unwrap();
+        match open(ch, "dpu-1", 0).await {
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert_eq!(
+                    e.message(),
+                    "cannot check whether node dpu-1 is revoked; try again"
+                );
+                break;
+            }
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "a corrupt record still admits"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(server
+        .log()
+        .contains("store key nodes/dpu-1: not a node record"));
+    put(&good);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ch = channel(server.port, &ca, id()).await.unwrap();
+        if let Ok(mut agent) = open(ch, "dpu-1", 0).await {
+            agent.update().await;
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never admitted again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,4 +473,120 @@ async fn an_agent_a_little_behind_gets_an_increment_not_a_snapshot() {
         (snap.version, st["intent_version"].as_u64().unwrap())
     );
     assert_eq!(keys(&u), ["Workload/extra-6"]);
+}
+
+/// Tokens and node records live in the store, so the CLI works against etcd
+/// from anywhere and every replica acts on them:
+/// - a replica without the CA key (B) refuses Enroll with `unavailable`,
+///   and the same token then enrolls through A, which has it;
+/// - a revocation made with `node revoke --etcd` ends the node's session held
+///   on B within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_and_revocation_across_replicas() {
+    use dpu_proto::v1::enrollment_client::EnrollmentClient;
+    let lab = Lab::new();
+    let etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
+    let store = etcd_args(&etcd);
+    let extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    let a = Server::start_with(&lab, &extra);
+    wait_state(&lab.state, "A leading", |v| v["store"]["leader"] == true);
+    // B: the CA certificate and a serving certificate, but no CA key.
+    let b_state = lab.state.with_file_name("state-b");
+    std::fs::create_dir_all(&b_state).unwrap();
+    let copy = Command::new("cp")
+        .args(["-a", &format!("{}/pki", s(&lab.state)), s(&b_state)])
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::remove_file(b_state.join("pki/ca.key")).unwrap();
+    let b = Server::start_at(&lab, &b_state, &extra);
+    wait_state(&b_state, "B serving", |v| v["store"]["state"] == "ok");
+    assert!(
+        b.log().contains("this replica holds no CA key"),
+        "{}",
+        b.log()
+    );
+
+    // A token made from the command line, against etcd only.
+    let mut args = vec!["token", "create", "--node", "dpu-7"];
+    args.extend(extra.iter().copied());
+    let token = cli_ok(&args).trim().to_string();
+    let ca = lab.read("ca.pem");
+    let (key, csr) = test_support::pki::csr("dpu-7", &["dpu-7"]);
+    let request = || pb::EnrollRequest {
+        node: "dpu-7".into(),
+        token: token.clone(),
+        csr_pem: csr.clone(),
+    };
+    let ch = channel(b.port, &ca, None).await.unwrap();
+    let refused = EnrollmentClient::new(ch)
+        .enroll(request())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("holds no CA key"), "{refused:?}");
+    let ch = channel(a.port, &ca, None).await.unwrap();
+    let answer = EnrollmentClient::new(ch)
+        .enroll(request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut args = vec!["token", "list", "--json"];
+    args.extend(extra.iter().copied());
+    let tokens: serde_json::Value = serde_json::from_str(&cli_ok(&args)).unwrap();
+    assert_eq!(tokens[0]["state"], "used", "{tokens:#}");
+
+    // The enrolled node's session on B (which verifies, though it cannot issue).
+    let id = Some((answer.cert_pem.clone(), key.serialize_pem()));
+    let ch = channel(b.port, &ca, id.clone()).await.unwrap();
+    let mut agent = open(ch, "dpu-7", 0).await.unwrap();
+    let snap = agent.update().await;
+    agent.ack(snap.version, &snap.nonce).await;
+    let mut args = vec!["node", "list", "--json"];
+    args.extend(extra.iter().copied());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let nodes: serde_json::Value = serde_json::from_str(&cli_ok(&args)).unwrap();
+        let n = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "dpu-7");
+        let n = n.unwrap_or_else(|| panic!("no dpu-7 in {nodes:#}"));
+        assert_eq!(n["state"], "enrolled");
+        if n["connected"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{nodes:#}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // Revoked from the command line, against etcd: B ends the session.
+    let mut args = vec!["node", "revoke", "--node", "dpu-7"];
+    args.extend(extra.iter().copied());
+    let revoked_at = std::time::Instant::now();
+    let out = cli_ok(&args);
+    assert!(out.contains("revoked"), "{out}");
+    let ended = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), agent.next()).await {
+            Err(_) => panic!("the session on B outlived the revocation by 2 s"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    let took = revoked_at.elapsed();
+    println!("revocation through the store ended the session on B in {took:?}");
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended:?}");
+    assert!(
+        ended.message().contains("node dpu-7 is revoked"),
+        "{ended:?}"
+    );
+    assert!(took < std::time::Duration::from_secs(2));
+    // And a new session is refused on either replica.
+    for port in [a.port, b.port] {
+        let ch = channel(port, &ca, id.clone()).await.unwrap();
+        let e = open(ch, "dpu-7", 0).await.err().expect("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    }
 }

@@ -24,6 +24,7 @@
 
 pub mod election;
 pub mod etcd;
+pub mod follow;
 pub mod local;
 
 use std::fmt;
