@@ -490,7 +490,13 @@ struct Task {
     reported_changed: BTreeMap<String, ReportedSet>,
     /// Sets agents reported that are not in the store yet (it failed).
     unsent: BTreeMap<String, ReportedSet>,
+    /// Since when this follower's pending intent has not matched the
+    /// leader's digest (that one), and whether that was logged.
+    unmatched: Option<(Instant, String, bool)>,
 }
+
+/// A follower whose intent has not matched the leader's this long says so.
+const UNMATCHED_WARN: Duration = Duration::from_secs(30);
 
 impl Task {
     fn new(
@@ -501,6 +507,7 @@ impl Task {
         Task {
             leader,
             reported_changed: BTreeMap::new(),
+            unmatched: None,
             unsent: BTreeMap::new(),
             source,
             watch: None,
@@ -623,11 +630,51 @@ impl Task {
         )
         .await
         {
-            Ok(p) => p,
+            Ok(Some(p)) => {
+                self.unmatched = None;
+                Some(p)
+            }
+            Ok(None) => {
+                self.note_unmatched(effective);
+                None
+            }
             Err(e) => {
                 self.store_failed("cannot write the intent version", &e);
                 None
             }
+        }
+    }
+
+    /// A follower waits for the leader to write its intent's digest. If the
+    /// leader's digest stays another one, the replicas merge differently
+    /// (different controller versions, say): this replica keeps serving its
+    /// last version, and says so once.
+    fn note_unmatched(&mut self, effective: &Effective) {
+        let Some(mine) = effective.pending_digest() else {
+            self.unmatched = None;
+            return;
+        };
+        let theirs = self.source.version_key.as_ref().map(|(_, d)| d.as_str());
+        if self.leader.borrow().is_some() || theirs.is_none() || theirs == Some(mine) {
+            return;
+        }
+        let theirs = theirs.unwrap_or_default().to_string();
+        // A new digest from the leader starts the wait again: under churn a
+        // follower may trail the leader's writes without being different.
+        if self.unmatched.as_ref().is_none_or(|(_, d, _)| *d != theirs) {
+            self.unmatched = Some((Instant::now(), theirs.clone(), false));
+        }
+        let Some((since, _, logged)) = self.unmatched.as_mut() else {
+            return;
+        };
+        if !*logged && since.elapsed() >= UNMATCHED_WARN {
+            *logged = true;
+            tracing::warn!(
+                mine,
+                leader = %theirs,
+                "this replica's intent has not matched the leader's for {} s: it keeps serving its last version; replicas that merge the same store differently run different controller versions?",
+                UNMATCHED_WARN.as_secs()
+            );
         }
     }
 
