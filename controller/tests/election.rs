@@ -1,8 +1,10 @@
 //! Leader election and fenced writes on both stores: one leader at a time, a
 //! waiting replica takes over when the leader goes, and the old leader's
 //! writes fail once it has lost (its fence no longer holds). On etcd, a lease
-//! revoked behind the leader's back is noticed, as a leader paused past its
-//! lease would find.
+//! revoked behind the leader's back (as when a leader is paused past its TTL)
+//! lets another replica win while the old one still believes it leads: both
+//! write at once and exactly one write lands, the new leader's; the old one
+//! then notices.
 
 use std::time::Duration;
 
@@ -93,15 +95,28 @@ async fn a_leader_whose_lease_is_gone_knows_it_and_cannot_write() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!fenced_put(&s, l.fence(), "late").await);
+    // Another campaign wins at once, before A has noticed: two replicas that
+    // both believe they lead write at the same moment, and exactly one write
+    // lands, the new leader's.
+    let b = Store::Etcd(EtcdStore::connect(options(&etcd)).await.unwrap());
+    let l2 = tokio::time::timeout(Duration::from_secs(5), b.campaign("replica-b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !l.is_lost(),
+        "A has not noticed yet: it still believes it leads"
+    );
+    let (a_landed, b_landed) = tokio::join!(
+        fenced_put(&s, l.fence(), "a"),
+        fenced_put(&b, l2.fence(), "b")
+    );
+    assert_eq!((a_landed, b_landed), (false, true));
+    let (_, guard) = s.get("intent/.guard").await.unwrap();
+    assert_eq!(guard.unwrap().value, "b");
     tokio::time::timeout(Duration::from_secs(10), l.lost())
         .await
         .expect("the leader notices within a third of its TTL or so");
     assert!(l.is_lost());
-    // Another campaign wins at once.
-    let l2 = tokio::time::timeout(Duration::from_secs(5), s.campaign("replica-b"))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(fenced_put(&s, l2.fence(), "b").await);
+    assert!(!fenced_put(&s, l.fence(), "late").await);
 }
