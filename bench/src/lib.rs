@@ -5,6 +5,7 @@ pub mod lb;
 
 pub mod churn;
 pub mod cold;
+pub mod fleet;
 pub mod guard;
 pub mod intent;
 pub mod machine;

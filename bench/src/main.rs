@@ -35,11 +35,32 @@ enum Scenario {
 enum Cmd {
     /// Run the scenarios and write the results (needs root and Open vSwitch).
     All(Box<AllArgs>),
+    /// N simulated agents against one real controller (bench/README.md, "Fleet").
+    Fleet(FleetArgs),
     /// Redraw results.md and the charts from OUT/results.json.
     Report {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Where fleet.json and fleet.md go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Simulated agents, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
+    nodes: Vec<usize>,
+    /// Services (10 endpoints each), one run each with every --nodes.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    services: Vec<usize>,
+    /// Milliseconds a simulated agent takes to apply an update before it ACKs.
+    #[arg(long, default_value_t = 5)]
+    apply_ms: u64,
+    /// The controller binary (release).
+    #[arg(long, default_value = "target/release/dpu-controller")]
+    controller: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +214,14 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::All(a) => run_all(&a),
         Cmd::Report { out } => redraw(&out),
+        Cmd::Fleet(a) => dpu_bench::fleet::run(&dpu_bench::fleet::FleetOptions {
+            nodes: a.nodes,
+            services: a.services,
+            apply: Duration::from_millis(a.apply_ms),
+            controller: a.controller,
+            out: a.out,
+        })
+        .map(|_| ()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
