@@ -84,8 +84,12 @@ pub struct FleetRow {
     pub change_p50_ms: f64,
     pub change_p99_ms: f64,
     pub change_max_ms: f64,
-    /// Agents sent an update with nothing in it for the change.
+    /// Agents sent an update with nothing in it for the change (the
+    /// controller tells such versions at most every second, in one).
     pub change_empty: usize,
+    /// Of those, how many came before the last agent that needed the change
+    /// had ACKed it.
+    pub change_empty_early: usize,
     pub change_bytes: u64,
     pub controller_cpu_change_s: f64,
     pub controller_peak_rss_mib: f64,
@@ -484,24 +488,29 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(2500));
     let cpu1 = cpu_seconds(pid);
     let rss = peak_rss_mib(pid);
     let mut lat = Vec::new();
-    let (mut empty, mut change_bytes) = (0, 0u64);
+    let mut empties = Vec::new();
+    let mut change_bytes = 0u64;
     {
         let l = log.lock().unwrap_or_else(|e| e.into_inner());
         for (node, u) in &l.updates {
             for g in u.iter().skip(counts[node]) {
                 change_bytes += g.bytes as u64;
+                let ms = g.acked.saturating_duration_since(t0).as_secs_f64() * 1000.0;
                 if g.empty {
-                    empty += 1;
+                    empties.push(ms);
                 } else {
-                    lat.push(g.acked.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                    lat.push(ms);
                 }
             }
         }
     }
+    let last = lat.iter().copied().fold(0.0, f64::max);
+    let empty = empties.len();
+    let empty_early = empties.iter().filter(|ms| **ms <= last).count();
     lat.sort_by(f64::total_cmp);
     let _ = stop_tx.send(true);
     runtime.block_on(async {
@@ -520,6 +529,7 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         change_p99_ms: percentile(&lat, 0.99),
         change_max_ms: lat.last().copied().unwrap_or(0.0),
         change_empty: empty,
+        change_empty_early: empty_early,
         change_bytes,
         controller_cpu_change_s: cpu1 - cpu0,
         controller_peak_rss_mib: rss,
@@ -549,13 +559,13 @@ fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
         "# Fleet: simulated agents against one controller (embedded store)\n\n\
          Each agent: its own certificate and mTLS session, every update validated with the agent's code, ACK after {} ms. \
          One change: one Workload leaves its Services (10 nodes need it).\n\n\
-         | agents | Services | cold: all ACKed (s) | cold bytes | change: agents updated | p50 (ms) | p99 (ms) | max (ms) | empty updates sent | change bytes | controller CPU for the change (s) | controller peak RSS (MiB) |\n\
+         | agents | Services | cold: all ACKed (s) | cold bytes | change: agents updated | p50 (ms) | p99 (ms) | max (ms) | empty updates (before the last ACK) | change bytes | controller CPU for the change (s) | controller peak RSS (MiB) |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         apply.as_millis()
     );
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.0} |\n",
+            "| {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {} ({}) | {} | {:.2} | {:.0} |\n",
             r.nodes,
             r.services,
             r.cold_s,
@@ -565,6 +575,7 @@ fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
             r.change_p99_ms,
             r.change_max_ms,
             r.change_empty,
+            r.change_empty_early,
             r.change_bytes,
             r.controller_cpu_change_s,
             r.controller_peak_rss_mib

@@ -36,6 +36,8 @@ pub struct Effective {
     summaries: BTreeMap<String, ReportedSummary>,
     /// What the versions number (`Update.store_id`): the store's cluster id.
     store_id: Arc<str>,
+    /// The intent in force, for the next version's base.
+    in_force: Option<Arc<Intent>>,
 }
 
 /// (node, reason) for each reported workload left out of the intent.
@@ -65,6 +67,7 @@ impl Effective {
             pending: None,
             summaries: BTreeMap::new(),
             store_id: format!("{cluster_id}/rev").into(),
+            in_force: None,
         };
         for (node, set) in reported {
             e.set_reported(&node, set);
@@ -117,12 +120,13 @@ impl Effective {
     /// Puts the pending intent in force at `version`.
     pub fn publish(&mut self, version: u64) -> Option<Published> {
         let (digest, intent) = self.pending.take()?;
+        let base = (self.version, self.in_force.replace(intent.clone()));
         self.version = version;
         self.digest = digest;
-        Some(Published {
-            version,
-            intent,
-            store_id: self.store_id.clone(),
+        let p = Published::new(version, intent, self.store_id.clone());
+        Some(match base {
+            (v, Some(old)) if v != 0 => p.after(v, old),
+            _ => p,
         })
     }
 

@@ -655,8 +655,17 @@ async fn drive(
     // A version only the switch refused is sent again, with backoff: the switch
     // may take it later. A refusal of the intent itself is not retried.
     let mut retry = SwitchRetry::default();
+    // Versions that changed nothing for this node, told at most every
+    // QUIET_FLUSH in one empty update (`SessionCore::on_version_quietly`).
+    let mut quiet_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            _ = sleep_until_or_never(quiet_due), if quiet_due.is_some() => {
+                quiet_due = None;
+                if let Some(update) = core.flush() {
+                    send(hub, node, tx, update).await?;
+                }
+            }
             _ = sleep_until_or_never(retry.at), if retry.at.is_some() => {
                 retry.at = None;
                 let current = intent.borrow().clone();
@@ -694,8 +703,11 @@ async fn drive(
                     return Err(Status::unavailable("the controller is shutting down"));
                 }
                 let current = intent.borrow_and_update().clone();
-                if let Some(update) = core.on_version(&current) {
+                if let Some(update) = core.on_version_quietly(&current) {
+                    quiet_due = None;
                     send(hub, node, tx, update).await?;
+                } else if core.is_quiet() && quiet_due.is_none() {
+                    quiet_due = Some(tokio::time::Instant::now() + crate::session::QUIET_FLUSH);
                 }
             }
             msg = inbound.message() => match msg? {

@@ -6,13 +6,13 @@
 //! version and nonce. `hub` drives it from the gRPC stream.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dpu_model::{key_to_proto, object_to_proto, Intent, Object, ObjectKey};
 use dpu_proto::v1 as pb;
 use rand::RngCore;
 
-use crate::view::{diff, node_view, View};
+use crate::view::{changed_keys, delta_in, diff, view_in, Scope, ScopeIndex};
 
 /// One version of the whole intent, as published to sessions.
 #[derive(Debug, Clone)]
@@ -22,15 +22,75 @@ pub struct Published {
     /// Which numbering `version` belongs to (`Update.store_id`): the store's
     /// cluster id, as `<cluster id>/rev` (versions are its revisions).
     pub store_id: Arc<str>,
+    /// The version published before this one and what changed since, so that
+    /// a session at that version costs the change, not the intent.
+    pub base: Option<Arc<Base>>,
+    /// Every node's scope is worked out from this, built once per version
+    /// when the first session asks.
+    scopes: Arc<OnceLock<ScopeIndex>>,
+}
+
+/// The version before a [`Published`] one.
+#[derive(Debug)]
+pub struct Base {
+    pub version: u64,
+    pub intent: Arc<Intent>,
+    /// The keys whose objects differ, in key order.
+    pub changed: Vec<ObjectKey>,
+}
+
+impl Published {
+    pub fn new(version: u64, intent: Arc<Intent>, store_id: Arc<str>) -> Self {
+        Published {
+            version,
+            intent,
+            store_id,
+            base: None,
+            scopes: Arc::default(),
+        }
+    }
+
+    /// This version, published after `base_version` whose intent was `base`.
+    pub fn after(mut self, base_version: u64, base: Arc<Intent>) -> Self {
+        let changed = changed_keys(&base, &self.intent);
+        self.base = Some(Arc::new(Base {
+            version: base_version,
+            intent: base,
+            changed,
+        }));
+        self
+    }
+
+    /// What `node` takes part in at this version.
+    pub fn scope(&self, node: &str) -> Scope {
+        self.scopes
+            .get_or_init(|| ScopeIndex::build(&self.intent))
+            .scope(&self.intent, node)
+    }
 }
 
 /// How many sent-but-unanswered updates are remembered for matching replies.
 const MAX_OUTSTANDING: usize = 64;
 
+/// What the agent has (or will have): a version, its intent and the node's
+/// scope in it. Sessions at one version share the intent.
 #[derive(Debug)]
 struct Sent {
     version: u64,
-    view: View,
+    intent: Arc<Intent>,
+    scope: Scope,
+    store_id: Arc<str>,
+}
+
+impl Sent {
+    fn of(p: &Published, node: &str) -> Self {
+        Sent {
+            version: p.version,
+            intent: p.intent.clone(),
+            scope: p.scope(node),
+            store_id: p.store_id.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -42,7 +102,18 @@ pub struct SessionCore {
     need_snapshot: bool,
     /// (version, nonce) of updates not yet answered, oldest first.
     outstanding: VecDeque<(u64, String)>,
+    /// The version of the last update sent (or the agent's, when it needed
+    /// none): the base of the next increment. Behind `sent` while versions
+    /// that changed nothing for the node are held back (`quiet`).
+    told: u64,
+    /// `sent` is ahead of `told` by versions that changed nothing here.
+    quiet: bool,
 }
+
+/// Versions that change nothing for a node are told to it at most this often
+/// (one empty update for all of them), so a change elsewhere in the fleet
+/// costs the node nothing at the time.
+pub const QUIET_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SessionCore {
     pub fn new(node: &str) -> Self {
@@ -51,6 +122,8 @@ impl SessionCore {
             sent: None,
             need_snapshot: false,
             outstanding: VecDeque::new(),
+            told: 0,
+            quiet: false,
         }
     }
 
@@ -73,10 +146,8 @@ impl SessionCore {
         // none (an older agent) or another one gets a snapshot.
         let same = hello_store_id == &*current.store_id;
         if hello_version != 0 && hello_version == current.version && same && !nack_pending {
-            self.sent = Some(Sent {
-                version: current.version,
-                view: node_view(&current.intent, &self.node),
-            });
+            self.sent = Some(Sent::of(current, &self.node));
+            self.told = current.version;
             return None;
         }
         let earlier = earlier.filter(|e| {
@@ -87,10 +158,8 @@ impl SessionCore {
                 && e.store_id == current.store_id
         });
         if let Some(e) = earlier {
-            self.sent = Some(Sent {
-                version: e.version,
-                view: node_view(&e.intent, &self.node),
-            });
+            self.sent = Some(Sent::of(e, &self.node));
+            self.told = e.version;
             return self.on_version(current);
         }
         Some(self.snapshot(current))
@@ -100,43 +169,91 @@ impl SessionCore {
     /// empty, so the agent's version still advances), or a snapshot when one is
     /// owed. Nothing if this version was already sent.
     pub fn on_version(&mut self, current: &Published) -> Option<pb::Update> {
+        self.next(current, false)
+    }
+
+    /// As [`SessionCore::on_version`], but a version that changes nothing for
+    /// this node is not sent: it is held back (`is_quiet`) until
+    /// [`SessionCore::flush`] or the next version that does change something,
+    /// which then covers it.
+    pub fn on_version_quietly(&mut self, current: &Published) -> Option<pb::Update> {
+        self.next(current, true)
+    }
+
+    /// Whether versions are held back (see `on_version_quietly`).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// The empty update that tells the agent the versions held back, if any.
+    pub fn flush(&mut self) -> Option<pb::Update> {
+        if !std::mem::take(&mut self.quiet) || self.need_snapshot {
+            return None;
+        }
+        let sent = self.sent.as_ref()?;
+        let (version, store_id) = (sent.version, sent.store_id.clone());
+        Some(self.update(version, &store_id, self.told, false, &[], &[]))
+    }
+
+    fn next(&mut self, current: &Published, quietly: bool) -> Option<pb::Update> {
         let sent = match &self.sent {
             Some(s) if s.version == current.version => return None,
             Some(s) if !self.need_snapshot => s,
             _ => return Some(self.snapshot(current)),
         };
-        let base = sent.version;
-        let view = node_view(&current.intent, &self.node);
-        let delta = diff(&sent.view, &view);
-        let update = self.update(current, base, false, &delta.upserts, &delta.deletes);
+        let scope = current.scope(&self.node);
+        // From the version just before, with the same scope: only what
+        // changed is looked at. Otherwise both views are worked out.
+        let delta = match &current.base {
+            Some(b) if b.version == sent.version && sent.scope == scope => {
+                delta_in(&b.intent, &current.intent, &b.changed, &scope)
+            }
+            _ => diff(
+                &view_in(&sent.intent, &sent.scope),
+                &view_in(&current.intent, &scope),
+            ),
+        };
         self.sent = Some(Sent {
             version: current.version,
-            view,
+            intent: current.intent.clone(),
+            scope,
+            store_id: current.store_id.clone(),
         });
-        Some(update)
+        if quietly && delta.upserts.is_empty() && delta.deletes.is_empty() {
+            self.quiet = true;
+            return None;
+        }
+        self.quiet = false;
+        Some(self.update(
+            current.version,
+            &current.store_id,
+            self.told,
+            false,
+            &delta.upserts,
+            &delta.deletes,
+        ))
     }
 
     fn snapshot(&mut self, current: &Published) -> pb::Update {
-        let view = node_view(&current.intent, &self.node);
-        let objects: Vec<Object> = view.values().cloned().collect();
-        let update = self.update(current, 0, true, &objects, &[]);
+        let sent = Sent::of(current, &self.node);
+        let objects: Vec<Object> = view_in(&sent.intent, &sent.scope).into_values().collect();
+        let update = self.update(current.version, &current.store_id, 0, true, &objects, &[]);
         self.need_snapshot = false;
-        self.sent = Some(Sent {
-            version: current.version,
-            view,
-        });
+        self.quiet = false;
+        self.sent = Some(sent);
         update
     }
 
     fn update(
         &mut self,
-        current: &Published,
+        version: u64,
+        store_id: &str,
         base_version: u64,
         snapshot: bool,
         upserts: &[Object],
         deletes: &[ObjectKey],
     ) -> pb::Update {
-        let version = current.version;
+        self.told = version;
         let mut nonce = [0u8; 16];
         rand::rng().fill_bytes(&mut nonce);
         let nonce = hex::encode(nonce);
@@ -151,7 +268,7 @@ impl SessionCore {
             base_version,
             upserts: upserts.iter().map(object_to_proto).collect(),
             deletes: deletes.iter().map(key_to_proto).collect(),
-            store_id: current.store_id.to_string(),
+            store_id: store_id.to_string(),
         }
     }
 
@@ -226,11 +343,7 @@ mod tests {
             node: "dpu-1".into(),
             port: port.into(),
         }));
-        Published {
-            version,
-            intent: Arc::new(i),
-            store_id: STORE.into(),
-        }
+        Published::new(version, Arc::new(i), STORE.into())
     }
 
     const STORE: &str = "c1/l1";
@@ -340,5 +453,75 @@ mod tests {
         assert!(!u.snapshot, "and only that one");
         assert_eq!(keys(&u), ["Workload/w"]);
         assert!(s.on_ack(4, &u.nonce));
+    }
+
+    /// From the version just before (the usual case) a session sends what
+    /// changed, worked out from the changed keys; the same update as from
+    /// whole views, which is what a session further behind gets.
+    #[test]
+    fn an_increment_from_the_base_equals_one_from_whole_views() {
+        let (p1, p2) = (published(1, "a", false), published(2, "b", true));
+        let chained =
+            Published::new(2, p2.intent.clone(), STORE.into()).after(1, p1.intent.clone());
+        assert_eq!(
+            chained
+                .base
+                .as_ref()
+                .unwrap()
+                .changed
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>(),
+            ["Vpc/green", "Workload/w"]
+        );
+        let mut fast = SessionCore::new("dpu-1");
+        let mut slow = SessionCore::new("dpu-1");
+        fast.start(0, STORE, false, &p1, None).unwrap();
+        slow.start(0, STORE, false, &p1, None).unwrap();
+        let a = fast.on_version(&chained).unwrap();
+        let b = slow.on_version(&p2).unwrap();
+        assert_eq!((a.base_version, a.snapshot), (1, false));
+        assert_eq!(keys(&a), keys(&b));
+        assert_eq!(keys(&a), ["Workload/w"], "green holds nothing of dpu-1");
+        assert_eq!(a.deletes, b.deletes);
+    }
+
+    /// Versions that change nothing for the node are held back; the next one
+    /// that does is based on the last version sent, and a flush tells the
+    /// agent the held ones in one empty update.
+    #[test]
+    fn versions_that_change_nothing_here_are_held_back_then_flushed() {
+        let mut s = SessionCore::new("dpu-1");
+        let p1 = published(1, "a", false);
+        assert!(s.start(0, STORE, false, &p1, None).unwrap().snapshot);
+        assert!(s.flush().is_none(), "nothing held");
+        // Version 2 adds a VPC dpu-1 is not in.
+        let p2 = published(2, "a", true);
+        assert!(s.on_version_quietly(&p2).is_none());
+        assert!(s.is_quiet());
+        // Version 3 changes dpu-1's workload: sent on top of version 1.
+        let p3 = published(3, "b", true);
+        let u = s.on_version_quietly(&p3).unwrap();
+        assert_eq!((u.version, u.base_version), (3, 1));
+        assert_eq!(keys(&u), ["Workload/w"]);
+        assert!(!s.is_quiet() && s.flush().is_none());
+        // Version 4 changes nothing here again; the flush says so.
+        let p4 = published(4, "b", false);
+        assert!(s.on_version_quietly(&p4).is_none());
+        let f = s.flush().unwrap();
+        assert_eq!((f.version, f.base_version, f.snapshot), (4, 3, false));
+        assert!(f.upserts.is_empty() && f.deletes.is_empty());
+        assert!(s.on_ack(4, &f.nonce));
+        // After a NACK a snapshot is owed: nothing is flushed meanwhile.
+        let p5 = published(5, "b", true);
+        assert!(s.on_version_quietly(&p5).is_none());
+        let u = s.on_version(&published(6, "c", true)).unwrap();
+        assert!(s.on_nack(6, &u.nonce));
+        assert!(s.flush().is_none());
+        assert!(
+            s.on_version_quietly(&published(7, "c", false))
+                .unwrap()
+                .snapshot
+        );
     }
 }

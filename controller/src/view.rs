@@ -6,7 +6,7 @@
 //! VPCs: Subnets, Workloads (remote ones too, for tunnels), Services, and the
 //! probes of those Services.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dpu_model::{Intent, Object, ObjectKey};
 
@@ -14,50 +14,232 @@ use dpu_model::{Intent, Object, ObjectKey};
 /// before the things in them).
 pub type View = BTreeMap<ObjectKey, Object>;
 
-/// The node's share of the intent.
-pub fn node_view(intent: &Intent, node: &str) -> View {
-    let mut vpcs: BTreeSet<&str> = intent
-        .workloads
-        .values()
-        .filter(|w| w.node == node)
-        .map(|w| w.vpc.as_str())
-        .chain(
-            intent
-                .subnets
-                .values()
-                .filter(|s| s.node_blocks.iter().any(|b| b.node == node))
-                .map(|s| s.vpc.as_str()),
-        )
-        .collect();
-    // The node that owns an EIP takes part in its Service's VPC, and a node
-    // that has a service gateway (scenario 4) in every VPC of its backends: it
-    // validates and routes into them. Those VPCs bring their own Services, so
-    // this runs until nothing is added.
-    let mut services: BTreeSet<&str> = BTreeSet::new();
-    loop {
-        let before = (vpcs.len(), services.len());
-        for s in intent.services.values() {
-            if vpcs.contains(s.vpc.as_str()) || s.eip_node.as_deref() == Some(node) {
-                services.insert(s.name.as_str());
-                vpcs.insert(s.vpc.as_str());
-                vpcs.extend(s.backends.iter().map(|b| b.vpc.as_str()));
-            }
-        }
-        if (vpcs.len(), services.len()) == before {
-            break;
-        }
-    }
-    intent
-        .objects()
-        .filter(|o| match o {
-            Object::NetworkProbe(p) => services.contains(p.service.as_str()),
+/// What a node takes part in: its VPCs, and the Services it has (those of
+/// its VPCs, and those whose EIP it owns).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub vpcs: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Whether `o` is in a view with this scope.
+    pub fn holds(&self, o: &Object) -> bool {
+        match o {
+            Object::NetworkProbe(p) => self.services.contains(&p.service),
             // Every agent knows every DPU: where to tunnel to, and that a
             // tunnel must go when its node does.
             Object::Node(_) => true,
-            other => other.vpc().is_some_and(|v| vpcs.contains(v)),
-        })
-        .map(|o| (o.key(), o))
-        .collect()
+            other => other.vpc().is_some_and(|v| self.vpcs.contains(v)),
+        }
+    }
+}
+
+/// What every node's [`Scope`] is worked out from, built once per version so
+/// that a node's scope costs its own VPCs and Services, not the whole intent.
+#[derive(Debug, Default)]
+pub struct ScopeIndex {
+    /// node → the VPCs it hosts a Workload of or holds a Subnet block in.
+    base: HashMap<String, BTreeSet<String>>,
+    /// node → the Services whose EIP it owns.
+    eip: HashMap<String, Vec<String>>,
+    /// VPC → its Services.
+    by_vpc: HashMap<String, Vec<String>>,
+}
+
+impl ScopeIndex {
+    pub fn build(intent: &Intent) -> Self {
+        let mut ix = ScopeIndex::default();
+        for w in intent.workloads.values() {
+            ix.base
+                .entry(w.node.clone())
+                .or_default()
+                .insert(w.vpc.clone());
+        }
+        for s in intent.subnets.values() {
+            for b in &s.node_blocks {
+                ix.base
+                    .entry(b.node.clone())
+                    .or_default()
+                    .insert(s.vpc.clone());
+            }
+        }
+        for s in intent.services.values() {
+            ix.by_vpc
+                .entry(s.vpc.clone())
+                .or_default()
+                .push(s.name.clone());
+            if let Some(n) = &s.eip_node {
+                ix.eip.entry(n.clone()).or_default().push(s.name.clone());
+            }
+        }
+        ix
+    }
+
+    /// `node`'s scope in `intent` (the intent this index was built from). A
+    /// Service brings its VPC and the VPCs of its backends (a service gateway
+    /// routes into them), and those VPCs bring their own Services, until
+    /// nothing is added.
+    pub fn scope(&self, intent: &Intent, node: &str) -> Scope {
+        let mut scope = Scope::default();
+        let mut queue: Vec<String> = self
+            .base
+            .get(node)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        let take = |name: &String, scope: &mut Scope, queue: &mut Vec<String>| {
+            if !scope.services.insert(name.clone()) {
+                return;
+            }
+            if let Some(s) = intent.services.get(name) {
+                queue.push(s.vpc.clone());
+                queue.extend(s.backends.iter().map(|b| b.vpc.clone()));
+            }
+        };
+        for name in self.eip.get(node).into_iter().flatten() {
+            take(name, &mut scope, &mut queue);
+        }
+        while let Some(vpc) = queue.pop() {
+            if !scope.vpcs.insert(vpc.clone()) {
+                continue;
+            }
+            for name in self.by_vpc.get(&vpc).into_iter().flatten() {
+                take(name, &mut scope, &mut queue);
+            }
+        }
+        scope
+    }
+}
+
+/// The node's scope, without an index at hand.
+pub fn node_scope(intent: &Intent, node: &str) -> Scope {
+    ScopeIndex::build(intent).scope(intent, node)
+}
+
+/// The objects of `intent` in `scope`. Only those are copied.
+pub fn view_in(intent: &Intent, scope: &Scope) -> View {
+    let mut v = View::new();
+    let mut put = |o: Object| {
+        v.insert(o.key(), o);
+    };
+    for (n, o) in &intent.vpcs {
+        if scope.vpcs.contains(n) {
+            put(Object::Vpc(o.clone()));
+        }
+    }
+    for o in intent
+        .subnets
+        .values()
+        .filter(|o| scope.vpcs.contains(&o.vpc))
+    {
+        put(Object::Subnet(o.clone()));
+    }
+    for o in intent
+        .workloads
+        .values()
+        .filter(|o| scope.vpcs.contains(&o.vpc))
+    {
+        put(Object::Workload(dpu_model::Workload::clone(o)));
+    }
+    for o in intent
+        .services
+        .values()
+        .filter(|o| scope.vpcs.contains(&o.vpc))
+    {
+        put(Object::Service(dpu_model::Service::clone(o)));
+    }
+    for o in intent
+        .probes
+        .values()
+        .filter(|o| scope.services.contains(&o.service))
+    {
+        put(Object::NetworkProbe(o.clone()));
+    }
+    for o in intent.nodes.values() {
+        put(Object::Node(o.clone()));
+    }
+    v
+}
+
+/// The node's share of the intent.
+pub fn node_view(intent: &Intent, node: &str) -> View {
+    view_in(intent, &node_scope(intent, node))
+}
+
+/// The keys whose objects differ between `old` and `new` (added, removed or
+/// changed), in key order. Shared objects (the same `Arc`) are not compared.
+pub fn changed_keys(old: &Intent, new: &Intent) -> Vec<ObjectKey> {
+    fn walk<T>(
+        kind: dpu_model::Kind,
+        old: &BTreeMap<String, T>,
+        new: &BTreeMap<String, T>,
+        same: impl Fn(&T, &T) -> bool,
+        out: &mut Vec<ObjectKey>,
+    ) {
+        let mut keys: Vec<&String> = old
+            .iter()
+            .filter(|(k, o)| new.get(*k).is_none_or(|n| !same(o, n)))
+            .map(|(k, _)| k)
+            .collect();
+        keys.extend(new.keys().filter(|k| !old.contains_key(*k)));
+        keys.sort();
+        out.extend(keys.into_iter().map(|k| ObjectKey::new(kind, k)));
+    }
+    use dpu_model::Kind;
+    let arc_same =
+        |a: &std::sync::Arc<_>, b: &std::sync::Arc<_>| std::sync::Arc::ptr_eq(a, b) || a == b;
+    let mut out = Vec::new();
+    walk(Kind::Vpc, &old.vpcs, &new.vpcs, |a, b| a == b, &mut out);
+    walk(
+        Kind::Subnet,
+        &old.subnets,
+        &new.subnets,
+        |a, b| a == b,
+        &mut out,
+    );
+    walk(
+        Kind::Workload,
+        &old.workloads,
+        &new.workloads,
+        arc_same,
+        &mut out,
+    );
+    walk(
+        Kind::Service,
+        &old.services,
+        &new.services,
+        |a, b| std::sync::Arc::ptr_eq(a, b) || a == b,
+        &mut out,
+    );
+    walk(
+        Kind::NetworkProbe,
+        &old.probes,
+        &new.probes,
+        |a, b| a == b,
+        &mut out,
+    );
+    walk(Kind::Node, &old.nodes, &new.nodes, |a, b| a == b, &mut out);
+    out.sort();
+    out
+}
+
+/// What turns the view of `old` into that of `new` for a node whose scope is
+/// `scope` in both, given the keys that changed between them: the cost is the
+/// changed keys, not the intent.
+pub fn delta_in(old: &Intent, new: &Intent, changed: &[ObjectKey], scope: &Scope) -> Delta {
+    let mut d = Delta::default();
+    for k in changed {
+        match new.get(k).filter(|o| scope.holds(o)) {
+            Some(o) => d.upserts.push(o),
+            None => {
+                if old.get(k).is_some_and(|o| scope.holds(&o)) {
+                    d.deletes.push(k.clone());
+                }
+            }
+        }
+    }
+    d.deletes.reverse();
+    d
 }
 
 /// What turns `old` into `new`: objects to add or replace, and keys to remove.
@@ -197,5 +379,89 @@ mod tests {
         assert_eq!(d.deletes.first().unwrap().kind, Kind::NetworkProbe);
         assert_eq!(d.deletes.last().unwrap().kind, Kind::Vpc);
         assert_eq!(d.deletes.len(), old.len());
+    }
+
+    /// The increment a session sends from the keys that changed equals the
+    /// diff of the two whole views, whenever the node's scope stayed the same
+    /// (otherwise the session diffs whole views).
+    #[test]
+    fn an_increment_from_the_changed_keys_equals_the_diff_of_whole_views() {
+        let mut i = intent();
+        let vpcs: Vec<String> = i.vpcs.keys().cloned().collect();
+        let nodes = ["dpu-1", "dpu-2", "dpu-3", "dpu-9"];
+        let probe = i.probes.values().next().cloned();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut same, mut moved) = (0, 0);
+        for step in 0..400 {
+            let old = i.clone();
+            let workloads: Vec<String> = i.workloads.keys().cloned().collect();
+            let services: Vec<String> = i.services.keys().cloned().collect();
+            match next(6) {
+                0 => {
+                    let w = &workloads[next(workloads.len())];
+                    let w = std::sync::Arc::make_mut(i.workloads.get_mut(w).unwrap());
+                    w.port = format!("p{step}");
+                }
+                1 => {
+                    let w = &workloads[next(workloads.len())];
+                    let vpc = vpcs[next(vpcs.len())].clone();
+                    std::sync::Arc::make_mut(i.workloads.get_mut(w).unwrap()).vpc = vpc;
+                }
+                2 => {
+                    let w = &workloads[next(workloads.len())];
+                    let node = nodes[next(3)].to_string();
+                    std::sync::Arc::make_mut(i.workloads.get_mut(w).unwrap()).node = node;
+                }
+                3 => {
+                    let s = &services[next(services.len())];
+                    let s = std::sync::Arc::make_mut(i.services.get_mut(s).unwrap());
+                    s.eip_node = match s.eip_node {
+                        None => Some(nodes[next(nodes.len())].to_string()),
+                        Some(_) => None,
+                    };
+                }
+                4 => {
+                    let s = &services[next(services.len())];
+                    let s = std::sync::Arc::make_mut(i.services.get_mut(s).unwrap());
+                    s.cluster_ips.reverse();
+                    let n = 1.min(s.backends.len());
+                    s.backends.rotate_left(n);
+                }
+                _ => match (i.probes.is_empty(), &probe) {
+                    (true, Some(p)) => i.upsert(Object::NetworkProbe(p.clone())),
+                    _ => i.probes.clear(),
+                },
+            }
+            let changed = changed_keys(&old, &i);
+            for n in nodes {
+                let scope = node_scope(&i, n);
+                if node_scope(&old, n) != scope {
+                    moved += 1;
+                    continue;
+                }
+                same += 1;
+                let want = diff(&node_view(&old, n), &node_view(&i, n));
+                let got = delta_in(&old, &i, &changed, &scope);
+                assert_eq!(got, want, "step {step}, node {n}, changed {changed:?}");
+            }
+        }
+        assert!(same > 800 && moved > 20, "same {same}, moved {moved}");
+    }
+
+    #[test]
+    fn changed_keys_are_the_differing_objects_only() {
+        let i = intent();
+        assert!(changed_keys(&i, &i.clone()).is_empty());
+        let mut j = i.clone();
+        std::sync::Arc::make_mut(j.workloads.get_mut("web-1").unwrap()).port = "x".into();
+        j.probes.clear();
+        let k: Vec<String> = changed_keys(&i, &j).iter().map(|k| k.to_string()).collect();
+        assert_eq!(k, ["Workload/web-1", "NetworkProbe/web-http"]);
     }
 }
