@@ -227,12 +227,13 @@ async fn an_ipv6_connection_is_traced_through_the_v6_group() {
             gid & dpu_agent::compile::pipeline::V6_GROUP_BIT,
             dpu_agent::compile::pipeline::V6_GROUP_BIT
         );
-        let group = web.ports[0].groups.iter().find(|g| g.id == gid).unwrap();
-        let b = &web.backends[group.buckets[&bucket]];
+        let group = web.groups.iter().find(|g| g.id == gid).unwrap();
+        assert_eq!(group.port, 0);
+        let b = web.backend(group.buckets.get(bucket).unwrap()).unwrap();
         assert!(b.ip.is_ipv6(), "{text}");
         assert_eq!(tables(&t)[..4], [0, 10, 30, 40], "{text}");
         assert!(text.contains("cookie Service web"), "{text}");
-        if b.workload.as_deref() == Some("web-2") {
+        if b.workload == Some("web-2") {
             assert!(
                 text.contains(&format!(
                     "verdict: Service web → backend [{}]:8080, delivered to port dpu:tunnel",
@@ -320,15 +321,15 @@ async fn a_connection_to_a_cluster_ip_is_traced_to_a_backend() {
                 _ => None,
             })
             .expect("a group step");
-        let http = web.ports.iter().find(|p| p.name == "http").unwrap();
+        let http = web.ports().find(|p| p.name == "http").unwrap();
         let group = http
             .groups
             .iter()
             .find(|g| g.id == gid)
             .expect("web's group");
-        let backend = &web.backends[group.buckets[&bucket]];
+        let backend = web.backend(group.buckets.get(bucket).unwrap()).unwrap();
         chosen.insert(backend.ip);
-        let workload = backend.workload.as_deref().unwrap();
+        let workload = backend.workload.unwrap();
         let expect = [
             " 0 Classify: in_port=1, priority 100, cookie Workload client".to_string(),
             "10 SpoofGuard: ".to_string(),
@@ -443,12 +444,12 @@ async fn explain_reads_the_real_switch_and_finds_what_was_broken() {
 
     // Remove web-1's bucket from group 1 on the switch only.
     let web = &lab.lb.services["web"];
-    let http = web.ports.iter().find(|p| p.name == "http").unwrap();
+    let http = web.ports().find(|p| p.name == "http").unwrap();
     let g1 = &http.groups[0];
     let (bucket, _) = g1
         .buckets
         .iter()
-        .find(|(_, &bi)| web.backends[bi].ip == "10.0.1.11".parse::<IpAddr>().unwrap())
+        .find(|&(_, bi)| web.backend(bi).unwrap().ip == "10.0.1.11".parse::<IpAddr>().unwrap())
         .unwrap();
     lab.ovs
         .ofctl(&[

@@ -298,9 +298,9 @@ fn service_status(
         .services
         .values()
         .map(|v| {
-            let troubled = v.backends.iter().any(|b| b.state != BackendState::Serving);
-            let c = counters.and_then(|c| c.get(&*v.name)).unwrap_or(&none);
-            (troubled, c.new_connections, &*v.name)
+            let troubled = v.backends().any(|b| b.state != BackendState::Serving);
+            let c = counters.and_then(|c| c.get(v.name())).unwrap_or(&none);
+            (troubled, c.new_connections, v.name())
         })
         .collect();
     all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(b.2)));
@@ -311,16 +311,15 @@ fn service_status(
         .map(|(_, _, name)| {
             let v = &lb.services[*name];
             let c = counters.and_then(|c| c.get(*name)).unwrap_or(&none);
-            let mut backends: Vec<(usize, &super::lb_index::BackendView)> =
-                v.backends.iter().enumerate().collect();
+            let mut backends: Vec<(usize, super::lb_index::BackendView)> =
+                v.backends().enumerate().collect();
             backends.sort_by_key(|(_, b)| b.state == BackendState::Serving);
             pb::ServiceStatus {
-                name: v.name.to_string(),
-                vips: v.vips.iter().map(|ip| ip.to_string()).collect(),
-                backends: v.backends.len() as u32,
+                name: v.name().to_string(),
+                vips: v.vips().iter().map(|ip| ip.to_string()).collect(),
+                backends: v.backends().len() as u32,
                 serving: v
-                    .backends
-                    .iter()
+                    .backends()
                     .filter(|b| b.state == BackendState::Serving)
                     .count() as u32,
                 backend_status: backends
@@ -331,7 +330,7 @@ fn service_status(
                         pb::BackendStatus {
                             vpc: b.vpc.to_string(),
                             ip: b.ip.to_string(),
-                            workload: b.workload.clone().unwrap_or_default(),
+                            workload: b.workload.unwrap_or_default().to_string(),
                             weight: b.weight,
                             state: b.state.as_str().to_string(),
                             new_connections: p,

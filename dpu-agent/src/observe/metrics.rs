@@ -390,14 +390,14 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
         let backend_labels = |b: &BackendView| {
             l([
                 ("service", &**name),
-                ("backend_vpc", &b.vpc),
+                ("backend_vpc", b.vpc),
                 ("backend_ip", &b.ip.to_string()),
-                ("workload", b.workload.as_deref().unwrap_or("")),
+                ("workload", b.workload.unwrap_or("")),
             ])
         };
-        for b in view.backends.iter().filter(|_| x.per_backend) {
-            let mut labels = backend_labels(b);
-            labels.push(("state", state_label(b)));
+        for b in view.backends().filter(|_| x.per_backend) {
+            let mut labels = backend_labels(&b);
+            labels.push(("state", state_label(&b)));
             state.push(labels, 1u64);
         }
         // No entry: the switch has no flow or group of this Service, so it
@@ -405,14 +405,14 @@ fn service_families(x: &Input<'_>) -> Vec<Family> {
         let Some(c) = x.counters.and_then(|m| m.get(&**name)) else {
             continue;
         };
-        let svc = l([("service", name), ("vpc", &view.vpc)]);
+        let svc = l([("service", name), ("vpc", view.vpc())]);
         packets.push(svc.clone(), c.packets);
         bytes.push(svc.clone(), c.bytes);
         new_conns.push(svc, c.new_connections);
         for (&i, &(p, b)) in c.backends.iter().filter(|_| x.per_backend) {
-            if let Some(b_view) = view.backends.get(i) {
-                be_conns.push(backend_labels(b_view), p);
-                be_bytes.push(backend_labels(b_view), b);
+            if let Some(b_view) = view.backend(i) {
+                be_conns.push(backend_labels(&b_view), p);
+                be_bytes.push(backend_labels(&b_view), b);
             }
         }
     }

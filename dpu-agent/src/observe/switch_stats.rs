@@ -168,8 +168,7 @@ impl Plan {
 fn installed_groups<'a>(services: impl IntoIterator<Item = &'a ServiceView>) -> Vec<u32> {
     services
         .into_iter()
-        .flat_map(|s| s.ports.iter())
-        .flat_map(|p| p.groups.iter())
+        .flat_map(|s| s.groups.iter())
         .filter(|g| g.installed)
         .map(|g| g.id)
         .collect()

@@ -254,8 +254,8 @@ fn world() -> World {
             packets: 10,
             bytes: 1000,
         });
-        for g in v.ports.iter().flat_map(|p| &p.groups) {
-            let ids: Vec<u32> = g.buckets.keys().copied().collect();
+        for g in v.groups.iter() {
+            let ids: Vec<u32> = g.buckets.ids().collect();
             sw.groups.push(GroupCounter {
                 id: g.id,
                 packets: 3 * ids.len() as u64,
@@ -413,11 +413,10 @@ fn backends_carry_their_state_and_bucket_counters() {
     // its buckets, and the Service's decisions are the sum over backends.
     let web_view = &w.lb.services["web"];
     let buckets = web_view
-        .ports
+        .groups
         .iter()
-        .flat_map(|p| &p.groups)
-        .flat_map(|g| g.buckets.values())
-        .filter(|&&i| i == 0)
+        .flat_map(|g| g.buckets.backends())
+        .filter(|&i| i == 0)
         .count() as u64;
     assert!(buckets > 0);
     has(

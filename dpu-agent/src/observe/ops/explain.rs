@@ -38,8 +38,8 @@ pub async fn offload(ctx: &Ctx, service: Option<&str>) -> Result<String, OpsErro
             let lb = ctx.agent.lb().await?;
             super::show::check_service(&lb, name)?;
             let view = &lb.services[name];
-            let mut addrs = view.vips.clone();
-            addrs.extend(view.backends.iter().map(|b| b.ip));
+            let mut addrs = view.vips();
+            addrs.extend(view.backends().map(|b| b.ip));
             Some(addrs)
         }
     };

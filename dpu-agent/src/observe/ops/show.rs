@@ -50,7 +50,8 @@ pub async fn service(ctx: &Ctx, name: &str) -> Result<String, OpsError> {
     let lb = ctx.agent.lb().await?;
     check_service(&lb, name)?;
     let view = &lb.services[name];
-    let (counters, offload) = tokio::join!(counters(ctx, &lb, name), offload(ctx, &view.vips));
+    let vips = view.vips();
+    let (counters, offload) = tokio::join!(counters(ctx, &lb, name), offload(ctx, &vips));
     Ok(service::render(view, &counters, &offload))
 }
 

@@ -154,12 +154,11 @@ pub fn check(g: &Gathered<'_>) -> Report {
 
 /// `10.96.0.10:80/tcp, 10.96.0.10:53/udp`.
 fn answers_on(s: &ServiceView) -> String {
-    s.vips
-        .iter()
+    s.vips()
+        .into_iter()
         .flat_map(|vip| {
-            s.ports
-                .iter()
-                .map(move |p| format!("{}/{}", addr(*vip, p.port), p.protocol))
+            s.ports()
+                .map(move |p| format!("{}/{}", addr(vip, p.port), p.protocol))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -208,26 +207,26 @@ fn intent_hop<'a>(g: &Gathered<'a>, hops: &mut Vec<Hop>) -> Option<(&'a Intent, 
         Status::Ok,
         format!(
             "in intent version {version}: VPC {}, {}",
-            view.vpc, view.scenario
+            view.vpc(),
+            view.scenario()
         ),
     ));
     Some((intent, view))
 }
 
 fn allocation(_g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
-    let gateway = s.scenario == "EIP service gateway";
-    if !gateway && !intent.vpcs.contains_key(&*s.vpc) {
+    let gateway = s.scenario() == "EIP service gateway";
+    if !gateway && !intent.vpcs.contains_key(s.vpc()) {
         return hop(
             "allocation",
             Status::Broken,
-            format!("its VPC {} is not in the intent: it has no zone", s.vpc),
+            format!("its VPC {} is not in the intent: it has no zone", s.vpc()),
         );
     }
     let missing: Vec<&str> = s
-        .ports
-        .iter()
+        .ports()
         .filter(|p| p.groups.is_empty())
-        .map(|p| p.name.as_str())
+        .map(|p| p.name)
         .collect();
     if !missing.is_empty() {
         return hop(
@@ -237,8 +236,7 @@ fn allocation(_g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
         );
     }
     let groups: Vec<String> = s
-        .ports
-        .iter()
+        .ports()
         .map(|p| {
             let ids: Vec<String> = p
                 .groups
@@ -259,7 +257,7 @@ fn allocation(_g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
     let zone = if gateway {
         "the gateway zone".to_string()
     } else {
-        format!("VPC {}", s.vpc)
+        format!("VPC {}", s.vpc())
     };
     hop(
         "allocation",
@@ -282,7 +280,7 @@ fn arp_token(ip: IpAddr) -> String {
 }
 
 fn arp(g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
-    if s.scenario == "EIP service gateway" {
+    if s.scenario() == "EIP service gateway" {
         return hop(
             "arp",
             Status::Ok,
@@ -291,7 +289,7 @@ fn arp(g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
     }
     let cluster_ips = intent
         .services
-        .get(&*s.name)
+        .get(s.name())
         .map(|x| x.cluster_ips.clone())
         .unwrap_or_default();
     if cluster_ips.is_empty() {
@@ -346,8 +344,8 @@ fn service_lb(g: &Gathered<'_>, s: &ServiceView) -> Hop {
     };
     let mut found = Vec::new();
     let mut missing = Vec::new();
-    for vip in &s.vips {
-        for p in &s.ports {
+    for vip in &s.vips() {
+        for p in s.ports() {
             let (proto, dst) = match vip {
                 IpAddr::V4(a) => (p.protocol.to_string(), format!("nw_dst={a}")),
                 IpAddr::V6(a) => (format!("{}6", p.protocol), format!("ipv6_dst={a}")),
@@ -389,7 +387,7 @@ fn service_lb(g: &Gathered<'_>, s: &ServiceView) -> Hop {
 }
 
 fn backend_name(b: &BackendView) -> String {
-    match &b.workload {
+    match b.workload {
         Some(w) => format!("backend {} ({w})", b.ip),
         None => format!("backend {}", b.ip),
     }
@@ -403,8 +401,8 @@ fn groups(g: &Gathered<'_>, s: &ServiceView) -> Hop {
     let mut ok = Vec::new();
     let mut problems = Vec::new();
     let mut details = Vec::new();
-    for p in &s.ports {
-        for gv in &p.groups {
+    for p in s.ports() {
+        for gv in p.groups {
             if gv.buckets.is_empty() {
                 // No backend to give a bucket: no group is installed, and the
                 // backends hop says why.
@@ -419,18 +417,18 @@ fn groups(g: &Gathered<'_>, s: &ServiceView) -> Hop {
             };
             let have: BTreeSet<u32> = on_switch.iter().copied().collect();
             let mut bad = false;
-            for (bid, &bi) in &gv.buckets {
-                if !have.contains(bid) {
+            for (bid, bi) in gv.buckets.iter() {
+                if !have.contains(&bid) {
                     bad = true;
                     details.push(format!(
                         "{}: bucket {bid} missing on the switch (group {}, port {})",
-                        backend_name(&s.backends[bi]),
+                        backend_name(&s.backend(bi).expect("a bucket's backend")),
                         gv.id,
                         p.name
                     ));
                 }
             }
-            for bid in have.iter().filter(|b| !gv.buckets.contains_key(b)) {
+            for bid in have.iter().filter(|&&b| !gv.buckets.contains(b)) {
                 bad = true;
                 details.push(format!(
                     "group {}: bucket {bid} on the switch is no backend's",
@@ -496,7 +494,7 @@ fn backend_reason(g: &Gathered<'_>, intent: &Intent, b: &BackendView) -> String 
 }
 
 fn not_ready(g: &Gathered<'_>, intent: &Intent, b: &BackendView) -> String {
-    let Some(w) = b.workload.as_ref().and_then(|w| intent.workloads.get(w)) else {
+    let Some(w) = b.workload.and_then(|w| intent.workloads.get(w)) else {
         return "not ready".into();
     };
     if w.node == g.node {
@@ -526,28 +524,23 @@ fn not_ready(g: &Gathered<'_>, intent: &Intent, b: &BackendView) -> String {
 fn backends(g: &Gathered<'_>, intent: &Intent, s: &ServiceView) -> Hop {
     let mut details = Vec::new();
     let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for b in &s.backends {
-        let reason = backend_reason(g, intent, b);
+    for b in s.backends() {
+        let reason = backend_reason(g, intent, &b);
         *by_state.entry(b.state.as_str()).or_default() += 1;
-        let w = b
-            .workload
-            .as_ref()
-            .map(|w| format!(" ({w})"))
-            .unwrap_or_default();
+        let w = b.workload.map(|w| format!(" ({w})")).unwrap_or_default();
         details.push(format!(
             "backend {}/{}{w}, weight {}: {reason}",
             b.vpc, b.ip, b.weight
         ));
     }
     let serving = by_state.get("serving").copied().unwrap_or(0);
-    let total = s.backends.len();
+    let total = s.backends().len();
     let (status, reason) = if total == 0 {
         (Status::Broken, "the Service has no backend".to_string())
     } else if serving == 0 {
         let first = s
-            .backends
-            .iter()
-            .map(|b| format!("{}: {}", backend_name(b), backend_reason(g, intent, b)))
+            .backends()
+            .map(|b| format!("{}: {}", backend_name(&b), backend_reason(g, intent, &b)))
             .next()
             .unwrap_or_default();
         let why = if total == 1 {

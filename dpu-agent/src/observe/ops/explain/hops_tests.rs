@@ -150,11 +150,11 @@ fn a_bucket_missing_on_the_switch_names_its_backend() {
     let b = fixture::basic();
     let mut sw = healthy_switch(&b);
     let web = &b.lb.services["web"];
-    let g1 = &web.ports[0].groups[0];
-    let (&gone, _) = g1
+    let g1 = &web.port(0).unwrap().groups[0];
+    let (gone, _) = g1
         .buckets
         .iter()
-        .find(|(_, &bi)| web.backends[bi].ip.to_string() == "10.0.1.12")
+        .find(|&(_, bi)| web.backend(bi).unwrap().ip.to_string() == "10.0.1.12")
         .unwrap();
     sw.groups.get_mut(&g1.id).unwrap().retain(|&id| id != gone);
     let r = report(&b, "web", Ok(&sw));
@@ -162,7 +162,8 @@ fn a_bucket_missing_on_the_switch_names_its_backend() {
         r.verdict,
         format!(
             "BROKEN at groups: backend 10.0.1.12 (web-2): bucket {gone} missing on the switch (group {}, port {})",
-            g1.id, web.ports[0].name
+            g1.id,
+            web.port(0).unwrap().name
         )
     );
 

@@ -11,7 +11,7 @@ use dpu_model::{
 
 use crate::compile::flows::{Bucket, DesiredState, FlowBody, FlowKey, Group, HashField};
 use crate::compile::pipeline::cookie::{Category, Cookie};
-use crate::observe::lb_index::{BackendState, BackendView, GroupView, PortView, ServiceView};
+use crate::observe::lb_index::{BackendState, BackendStatus, GroupView, ServiceView};
 use crate::observe::{Installed, LbIndex};
 use ::openflow::ir::Field;
 
@@ -125,14 +125,44 @@ fn backend(
     weight: u32,
     state: BackendState,
     local: bool,
-) -> BackendView {
-    BackendView {
-        vpc: "blue".into(),
-        ip: ip.parse().unwrap(),
-        workload: workload.map(Into::into),
-        weight,
-        state,
-        local,
+) -> (Backend, BackendStatus) {
+    (
+        Backend {
+            vpc: "blue".into(),
+            ip: ip.parse().unwrap(),
+            workload: workload.map(Into::into),
+            weight,
+        },
+        BackendStatus { state, local },
+    )
+}
+
+/// A ClusterIP Service of VPC `blue` on `vip`, as the LB index holds it.
+fn view(
+    name: &str,
+    vip: &str,
+    ports: Vec<ServicePort>,
+    backends: Vec<(Backend, BackendStatus)>,
+    affinity_timeout: Option<u32>,
+    groups: Vec<GroupView>,
+) -> ServiceView {
+    let (backends, status): (Vec<Backend>, Vec<BackendStatus>) = backends.into_iter().unzip();
+    ServiceView {
+        service: Arc::new(Service {
+            name: name.into(),
+            vpc: "blue".into(),
+            cluster_ips: vec![vip.parse().unwrap()],
+            ports,
+            backends,
+            affinity_timeout,
+            eip: None,
+            scenario: AccessScenario::ClusterIp,
+            external_traffic_local: false,
+            eip_node: None,
+        }),
+        cookie: service_cookie(name).value(0),
+        status: status.into(),
+        groups: groups.into(),
     }
 }
 
@@ -140,45 +170,32 @@ fn backend(
 /// and 12 for web-1 and 21 for web-2; a third backend unhealthy) and Service
 /// `db` (no ports).
 pub fn lb() -> LbIndex {
-    let web = ServiceView {
-        name: "web".into(),
-        vpc: "blue".into(),
-        scenario: "ClusterIP",
-        vips: vec!["10.96.0.10".parse().unwrap()],
-        ports: vec![PortView {
+    let web = view(
+        "web",
+        "10.96.0.10",
+        vec![ServicePort {
             name: "http".into(),
-            protocol: "tcp",
+            protocol: Protocol::Tcp,
             port: 80,
             target_port: 8080,
-            groups: vec![GroupView {
-                id: 5,
-                v6: false,
-                local: false,
-                installed: true,
-                buckets: BTreeMap::from([(11, 0), (12, 0), (21, 1)]),
-                mismatch: false,
-            }],
         }],
-        backends: vec![
+        vec![
             backend("10.0.0.5", Some("web-1"), 2, BackendState::Serving, true),
             backend("10.0.0.6", Some("web-2"), 1, BackendState::Serving, false),
             backend("10.0.0.7", None, 1, BackendState::Unhealthy, false),
         ],
-        cookie: service_cookie("web").value(0),
-        affinity_timeout: Some(10800),
-        external_traffic_local: false,
-    };
-    let db = ServiceView {
-        name: "db".into(),
-        vpc: "blue".into(),
-        scenario: "ClusterIP",
-        vips: vec!["10.96.0.20".parse().unwrap()],
-        ports: vec![],
-        backends: vec![],
-        cookie: service_cookie("db").value(0),
-        affinity_timeout: None,
-        external_traffic_local: false,
-    };
+        Some(10800),
+        vec![GroupView {
+            id: 5,
+            port: 0,
+            v6: false,
+            local: false,
+            installed: true,
+            buckets: [(11, 0), (12, 0), (21, 1)].into_iter().collect(),
+            mismatch: false,
+        }],
+    );
+    let db = view("db", "10.96.0.20", vec![], vec![], None, vec![]);
     LbIndex {
         version: 7,
         groups: BTreeMap::from([(5, ("web".into(), 0))]),

@@ -70,7 +70,7 @@ impl Owners {
         // Learned entries carry a cookie per Service, VIP, port and backend.
         for view in lb.services.values() {
             for (c, _) in view.affinity_cookies() {
-                m.insert(c, view.name.to_string());
+                m.insert(c, view.name().to_string());
             }
         }
         Owners(m)
@@ -114,7 +114,7 @@ impl Filter<'_> {
             || lb
                 .groups
                 .get(&g.id)
-                .is_some_and(|(s, _)| *s == self.view.name)
+                .is_some_and(|(s, _)| **s == *self.view.name())
     }
 }
 
@@ -179,7 +179,7 @@ pub fn render(
         ),
         Some(f) => format!(
             "Service {}: {}, {} (of {}, {} installed at version {}, round {})\n",
-            f.view.name,
+            f.view.name(),
             count(flows.len(), "flow"),
             count(groups.len(), "group"),
             count(state.flows.len(), "flow"),
@@ -258,7 +258,7 @@ fn flow_line(out: &mut String, k: &FlowKey, b: &FlowBody, round: u16, owners: &O
 fn group_lines(out: &mut String, g: &Group, lb: &LbIndex, owners: &Owners) {
     let known = lb.groups.get(&g.id).and_then(|(s, pi)| {
         let view = lb.services.get(s)?;
-        let port = view.ports.get(*pi)?;
+        let port = view.port(*pi)?;
         let gv = port.groups.iter().find(|v| v.id == g.id)?;
         Some((view, port, gv))
     });
@@ -279,7 +279,7 @@ fn group_lines(out: &mut String, g: &Group, lb: &LbIndex, owners: &Owners) {
         out,
         "  group {}: Service {} port {} {}/{} {}{}, {buckets}",
         g.id,
-        view.name,
+        view.name(),
         port.name,
         port.protocol,
         port.port,
@@ -306,8 +306,8 @@ fn group_lines(out: &mut String, g: &Group, lb: &LbIndex, owners: &Owners) {
 }
 
 fn backend_of(gv: &GroupView, bucket: u32, view: &ServiceView) -> Option<String> {
-    let b = view.backends.get(*gv.buckets.get(&bucket)?)?;
-    Some(match &b.workload {
+    let b = view.backend(gv.buckets.get(bucket)?)?;
+    Some(match b.workload {
         Some(w) => format!("{}/{} (workload {w})", b.vpc, b.ip),
         None => format!("{}/{}", b.vpc, b.ip),
     })
@@ -415,7 +415,7 @@ groups
     #[test]
     fn a_group_whose_buckets_differ_shows_actions() {
         let mut lb = fixtures::lb();
-        lb.services.get_mut("web").unwrap().ports[0].groups[0].mismatch = true;
+        lb.services.get_mut("web").unwrap().groups[0].mismatch = true;
         let got = render(&fixtures::installed(), &lb, &owners(), Some("web")).unwrap();
         assert!(
             got.contains("(its bucket ids differ from the applied intent's; showing actions)\n    bucket 11: actions=set_field:0xa000005->reg3"),

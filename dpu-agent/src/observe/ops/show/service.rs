@@ -60,9 +60,11 @@ pub fn render(
 ) -> String {
     let mut out = format!(
         "Service {} (VPC {}, {})\n",
-        view.name, view.vpc, view.scenario
+        view.name(),
+        view.vpc(),
+        view.scenario()
     );
-    let vips: Vec<String> = view.vips.iter().map(ToString::to_string).collect();
+    let vips: Vec<String> = view.vips().iter().map(ToString::to_string).collect();
     let vips = if vips.is_empty() {
         "none".to_string()
     } else {
@@ -70,10 +72,10 @@ pub fn render(
     };
     let _ = writeln!(out, "  VIPs: {vips}");
     let affinity = view
-        .affinity_timeout
+        .affinity_timeout()
         .map_or("none".to_string(), |t| format!("ClientIP, {t} s"));
     let _ = writeln!(out, "  session affinity: {affinity}");
-    if view.external_traffic_local {
+    if view.external_traffic_local() {
         out.push_str("  externalTrafficPolicy: Local (traffic from outside the VPC stays on this DPU's backends)\n");
     }
     let _ = writeln!(
@@ -84,10 +86,10 @@ pub fn render(
     );
 
     out.push_str("\nports\n");
-    if view.ports.is_empty() {
+    if view.ports().len() == 0 {
         out.push_str("  none\n");
     }
-    for p in &view.ports {
+    for p in view.ports() {
         let _ = writeln!(
             out,
             "  {} {}/{} -> {}",
@@ -96,19 +98,18 @@ pub fn render(
         if p.groups.is_empty() {
             out.push_str("    no group (none allocated yet)\n");
         }
-        for g in &p.groups {
+        for g in p.groups {
             let _ = writeln!(out, "    {}", group_line(g));
         }
     }
 
     out.push_str("\nbackends\n");
-    if view.backends.is_empty() {
+    if view.backends().len() == 0 {
         out.push_str("  none\n");
     } else {
         let per_backend = counters.as_ref().ok().map(|c| &c.backends);
         let rows: Vec<Vec<String>> = view
-            .backends
-            .iter()
+            .backends()
             .enumerate()
             .map(|(i, b)| {
                 let (conns, bytes) = match per_backend {
@@ -121,7 +122,7 @@ pub fn render(
                 vec![
                     b.vpc.to_string(),
                     b.ip.to_string(),
-                    b.workload.clone().unwrap_or_else(|| "-".into()),
+                    b.workload.unwrap_or("-").to_string(),
                     b.weight.to_string(),
                     b.state.as_str().into(),
                     if b.local { "yes" } else { "no" }.into(),
@@ -144,12 +145,7 @@ pub fn render(
             ],
             &rows,
         ));
-        if view
-            .ports
-            .iter()
-            .flat_map(|p| &p.groups)
-            .any(|g| g.mismatch)
-        {
+        if view.groups.iter().any(|g| g.mismatch) {
             out.push_str(
                 "  (a group's buckets differ from the applied intent's: its counters are not split by backend)\n",
             );
@@ -293,9 +289,9 @@ offloaded: 0 of 3 datapath flows for its VIPs
     fn groups_say_why_they_are_not_installed() {
         let mut lb = fixtures::lb();
         let web = lb.services.get_mut("web").unwrap();
-        web.ports[0].groups[0].installed = false;
-        web.ports[0].groups[0].buckets.clear();
-        web.ports[0].groups[0].local = true;
+        web.groups[0].installed = false;
+        web.groups[0].buckets.clear();
+        web.groups[0].local = true;
         let got = render(
             &lb.services["web"],
             &Ok(ServiceCounters::default()),

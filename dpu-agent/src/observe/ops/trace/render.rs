@@ -74,7 +74,8 @@ impl Names<'_> {
                     .map(|(_, b)| {
                         format!(
                             "affinity entry of Service {} (backend {})",
-                            s.name, s.backends[b].ip
+                            s.name(),
+                            s.backend(b).expect("an affinity cookie's backend").ip
                         )
                     })
             })
@@ -92,10 +93,10 @@ impl Names<'_> {
     /// (`<vpc>/<proto>/<ip>:<port>`, or `gateway/...` behind a gateway).
     fn endpoint(&self, object: u64) -> Option<String> {
         for s in self.lb.services.values() {
-            for p in &s.ports {
-                for b in &s.backends {
+            for p in s.ports() {
+                for b in s.backends() {
                     let (ip, port) = (b.ip, p.target_port);
-                    let key = |gw| endpoint_key(gw, &s.vpc, &b.vpc, p.protocol, ip, port);
+                    let key = |gw| endpoint_key(gw, s.vpc(), b.vpc, p.protocol, ip, port);
                     if [false, true]
                         .into_iter()
                         .any(|gw| cookie::object_hash(&key(gw)) == object)
@@ -116,7 +117,7 @@ impl Names<'_> {
             return (format!("a group the agent does not know{b}"), None);
         };
         let s = &self.lb.services[svc];
-        let p = &s.ports[*pi];
+        let p = s.port(*pi).expect("a group's port");
         let head = format!("Service {svc} port {}", p.name);
         let Some(bucket) = bucket else {
             return (format!("{head} → no bucket chosen"), None);
@@ -125,13 +126,12 @@ impl Names<'_> {
             .groups
             .iter()
             .find(|g| g.id == id)
-            .and_then(|g| g.buckets.get(&bucket))
-            .map(|&bi| &s.backends[bi]);
+            .and_then(|g| g.buckets.get(bucket))
+            .map(|bi| s.backend(bi).expect("a bucket's backend"));
         match backend {
             Some(b) => {
                 let w = b
                     .workload
-                    .as_ref()
                     .map(|w| format!(" (workload {w})"))
                     .unwrap_or_default();
                 (
