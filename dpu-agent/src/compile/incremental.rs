@@ -20,7 +20,7 @@
 //! A change of facts, zones, VPCs or nodes rebuilds everything (not the hot
 //! path); so does the first compile and one after a refused bundle.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -65,18 +65,50 @@ pub enum Step {
     Incremental { parts: usize },
 }
 
-/// (VPC name, Service name): a Service with a backend at an address in a VPC.
-type BackendUser = (Arc<str>, Arc<str>);
+/// A Service the compiler tracks: the intent's own `Arc` (not a copy of what
+/// the aggregate parts and the backend index read of it), found by name.
+#[derive(Debug, Clone)]
+struct Tracked(Arc<Service>);
 
-/// Per-Service inputs of the aggregate parts, to update their counts when the
-/// Service changes or goes.
-#[derive(Debug, Clone, Default)]
-struct ServiceFacts {
-    node_vpc: Option<String>,
-    gateway_vpcs: Option<BTreeSet<String>>,
-    /// (VPC, address) of its backends, sorted, without repeats; the VPC names
-    /// are shared ([`IncrementalCompiler::vpc_names`]), not one string each.
-    backends: Box<[(Arc<str>, IpAddr)]>,
+impl Tracked {
+    /// The VPC its NodeClusterIP entry is for.
+    fn node_vpc(&self) -> Option<&str> {
+        (self.0.scenario == AccessScenario::NodeClusterIp).then_some(self.0.vpc.as_str())
+    }
+
+    /// Behind a service gateway: its backends' VPCs, without repeats.
+    fn gateway_vpcs(&self) -> Option<BTreeSet<&str>> {
+        (self.0.scenario == AccessScenario::EipServiceGateway)
+            .then(|| self.0.backends.iter().map(|b| b.vpc.as_str()).collect())
+    }
+
+    /// Its backends' addresses, without repeats.
+    fn addresses(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.0.backends.iter().map(|b| b.ip).collect();
+        ips.sort_unstable();
+        ips.dedup();
+        ips
+    }
+}
+
+impl PartialEq for Tracked {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for Tracked {}
+
+impl std::hash::Hash for Tracked {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.name.as_str().hash(h);
+    }
+}
+
+impl std::borrow::Borrow<str> for Tracked {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,13 +133,13 @@ pub struct IncrementalCompiler {
     shape: EnvShape,
     /// The Services each backend (VPC, address) belongs to: those to
     /// recompile when the backend's readiness changes.
-    /// By address: the Services with a backend there, few per address.
-    by_backend: FastMap<IpAddr, Vec<BackendUser>>,
-    /// The VPC names the backend index holds, one allocation each.
-    vpc_names: HashSet<Arc<str>>,
+    /// By address: the Services with a backend there (in any VPC), few per
+    /// address, each once; the intent's `Arc`s, not names.
+    by_backend: FastMap<IpAddr, Vec<Arc<Service>>>,
     zones: BTreeMap<String, u16>,
     pods: Vec<Workload>,
-    services: HashMap<Arc<str>, ServiceFacts>,
+    /// The Services as last compiled, by name.
+    services: HashSet<Tracked, BuildHasherDefault<FastHasher>>,
     /// NodeClusterIP Services per VPC.
     node_vpcs: BTreeMap<String, usize>,
     /// Gateway Services per backend VPC, and their number.
@@ -146,9 +178,8 @@ impl IncrementalCompiler {
         self.valid = false;
         match piece {
             Piece::BackendIndex => {
-                self.services = HashMap::new();
+                self.services = HashSet::default();
                 self.by_backend = FastMap::default();
-                self.vpc_names = HashSet::new();
             }
             Piece::Owners => {
                 self.flow_owners = FastMap::default();
@@ -232,7 +263,7 @@ impl IncrementalCompiler {
             || changed
                 .iter()
                 .any(|k| matches!(k.kind, Kind::Workload | Kind::Subnet));
-        let mut affected: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut affected: BTreeSet<String> = BTreeSet::new();
         if base_changed {
             let base = compile_base(&with_pods(intent, pods), alloc, facts);
             self.pods = pods.to_vec();
@@ -250,8 +281,8 @@ impl IncrementalCompiler {
                     let users = self.by_backend.get(ip).into_iter().flatten();
                     affected.extend(
                         users
-                            .filter(|(v, _)| **v == **vpc)
-                            .map(|(_, service)| service.clone()),
+                            .filter(|s| s.backends.iter().any(|b| b.ip == *ip && b.vpc == *vpc))
+                            .map(|s| s.name.clone()),
                     );
                 }
                 self.ready = Arc::new(base.ready);
@@ -263,10 +294,10 @@ impl IncrementalCompiler {
             .filter(|k| k.kind == Kind::Service)
             .map(|k| k.name.as_str())
             .collect();
-        services.extend(affected.iter().map(|s| &**s));
+        services.extend(affected.iter().map(String::as_str));
         let (node_before, gateway_before) = (self.node_vpc_set(), self.gateway_set());
         for name in services {
-            parts += self.service_changed(name, intent.services.get(name).map(|s| &**s), &env);
+            parts += self.service_changed(name, intent.services.get(name), &env);
         }
         let (node_after, gateway_after) = (self.node_vpc_set(), self.gateway_set());
         let subnets_changed = changed.iter().any(|k| k.kind == Kind::Subnet);
@@ -284,25 +315,21 @@ impl IncrementalCompiler {
     }
 
     /// Records what the aggregate parts and the backend index need of `s`.
-    fn track(&mut self, key: Arc<str>, s: &Service) {
-        let f = service_facts(s, &mut self.vpc_names);
-        if let Some(vpc) = &f.node_vpc {
-            *self.node_vpcs.entry(vpc.clone()).or_default() += 1;
+    fn track(&mut self, s: &Arc<Service>) {
+        let t = Tracked(s.clone());
+        if let Some(vpc) = t.node_vpc() {
+            *self.node_vpcs.entry(vpc.to_string()).or_default() += 1;
         }
-        if let Some(vpcs) = &f.gateway_vpcs {
+        if let Some(vpcs) = t.gateway_vpcs() {
             self.gateways += 1;
             for v in vpcs {
-                *self.gateway_vpcs.entry(v.clone()).or_default() += 1;
+                *self.gateway_vpcs.entry(v.to_string()).or_default() += 1;
             }
         }
-        for (vpc, ip) in &f.backends {
-            let users = self.by_backend.entry(*ip).or_default();
-            let entry = (vpc.clone(), key.clone());
-            if let Err(at) = users.binary_search(&entry) {
-                users.insert(at, entry);
-            }
+        for ip in t.addresses() {
+            self.by_backend.entry(ip).or_default().push(s.clone());
         }
-        self.services.insert(key, f);
+        self.services.insert(t);
     }
 
     fn node_vpc_set(&self) -> Vec<String> {
@@ -318,30 +345,35 @@ impl IncrementalCompiler {
 
     /// Recompiles one Service's parts (`s` is `None` when it is gone); returns
     /// how many parts it touched.
-    fn service_changed(&mut self, name: &str, s: Option<&Service>, env: &PartEnv<'_>) -> usize {
+    fn service_changed(
+        &mut self,
+        name: &str,
+        s: Option<&Arc<Service>>,
+        env: &PartEnv<'_>,
+    ) -> usize {
         let key: Arc<str> = Arc::from(name);
-        if let Some(old) = self.services.remove(&key) {
-            for (vpc, ip) in &old.backends {
-                if let Some(users) = self.by_backend.get_mut(ip) {
-                    users.retain(|(v, s)| !(v == vpc && *s == key));
+        if let Some(old) = self.services.take(name) {
+            for ip in old.addresses() {
+                if let Some(users) = self.by_backend.get_mut(&ip) {
+                    users.retain(|s| !Arc::ptr_eq(s, &old.0));
                     if users.is_empty() {
-                        self.by_backend.remove(ip);
+                        self.by_backend.remove(&ip);
                     }
                 }
             }
-            if let Some(vpc) = old.node_vpc {
-                dec(&mut self.node_vpcs, &vpc);
+            if let Some(vpc) = old.node_vpc() {
+                dec(&mut self.node_vpcs, vpc);
             }
-            if let Some(vpcs) = old.gateway_vpcs {
+            if let Some(vpcs) = old.gateway_vpcs() {
                 self.gateways -= 1;
                 for v in vpcs {
-                    dec(&mut self.gateway_vpcs, &v);
+                    dec(&mut self.gateway_vpcs, v);
                 }
             }
         }
         let mut new: BTreeMap<Part, DesiredState> = BTreeMap::new();
         if let Some(s) = s {
-            self.track(key.clone(), s);
+            self.track(s);
             new.extend(service_parts(s, env, &self.ready));
         }
         let mut touched = 0;
@@ -375,12 +407,11 @@ impl IncrementalCompiler {
         let mut parts: BTreeMap<Part, DesiredState> = BTreeMap::new();
         self.services.clear();
         self.by_backend.clear();
-        self.vpc_names.clear();
         self.node_vpcs.clear();
         self.gateway_vpcs.clear();
         self.gateways = 0;
         for s in intent.services.values() {
-            self.track(Arc::from(s.name.as_str()), s);
+            self.track(s);
             parts.extend(service_parts(s, &env, &base.ready));
         }
         for users in self.by_backend.values_mut() {
@@ -648,27 +679,6 @@ fn dec(m: &mut BTreeMap<String, usize>, k: &str) {
         if *n == 0 {
             m.remove(k);
         }
-    }
-}
-
-fn service_facts(s: &Service, vpc_names: &mut HashSet<Arc<str>>) -> ServiceFacts {
-    let mut name = |vpc: &str| match vpc_names.get(vpc) {
-        Some(n) => n.clone(),
-        None => {
-            let n: Arc<str> = Arc::from(vpc);
-            vpc_names.insert(n.clone());
-            n
-        }
-    };
-    let mut backends: Vec<(Arc<str>, IpAddr)> =
-        s.backends.iter().map(|b| (name(&b.vpc), b.ip)).collect();
-    backends.sort();
-    backends.dedup();
-    ServiceFacts {
-        node_vpc: (s.scenario == AccessScenario::NodeClusterIp).then(|| s.vpc.clone()),
-        gateway_vpcs: (s.scenario == AccessScenario::EipServiceGateway)
-            .then(|| s.backends.iter().map(|b| b.vpc.clone()).collect()),
-        backends: backends.into_boxed_slice(),
     }
 }
 
