@@ -115,9 +115,10 @@ impl std::borrow::Borrow<str> for Tracked {
 pub struct IncrementalCompiler {
     /// `None` until the first compile, and after [`Self::invalidate`].
     valid: bool,
-    parts: BTreeMap<Part, PartState>,
-    flow_owners: FastMap<FlowKey, Vec<Part>>,
-    group_owners: FastMap<u32, Vec<Part>>,
+    parts: PartTable,
+    /// The parts that emit each flow and group, by their ids in `parts`.
+    flow_owners: FastMap<FlowKey, Owners>,
+    group_owners: FastMap<u32, Owners>,
     merged: Compiled,
     /// Every distinct action list the parts hold, so equal ones are one
     /// allocation: bucket actions of a backend shared by many Services, the
@@ -185,7 +186,7 @@ impl IncrementalCompiler {
                 self.flow_owners = FastMap::default();
                 self.group_owners = FastMap::default();
             }
-            Piece::Parts => self.parts = BTreeMap::new(),
+            Piece::Parts => self.parts = PartTable::default(),
             Piece::Merged => self.merged = Compiled::default(),
             Piece::Actions => self.actions = ActionInterner::default(),
         }
@@ -429,25 +430,28 @@ impl IncrementalCompiler {
         self.group_owners.clear();
         let mut desired = DesiredState::default();
         self.actions = ActionInterner::default();
-        let mut kept: BTreeMap<Part, PartState> = BTreeMap::new();
+        let mut kept = PartTable::default();
+        // In `Part` order, so each owner list is pushed to in order.
         for (part, d) in parts {
             let d = intern(&desired, &mut self.actions, d);
+            let at = kept.id(&part);
             for (k, b) in d.flows.iter() {
                 self.flow_owners
                     .entry(k.clone())
-                    .or_insert_with(one_owner)
-                    .push(part.clone());
+                    .or_default()
+                    .insert(usize::MAX, at);
                 desired.flows.entry(k.clone()).or_insert_with(|| b.clone());
             }
             for (id, g) in d.groups.iter() {
                 self.group_owners
                     .entry(*id)
-                    .or_insert_with(one_owner)
-                    .push(part.clone());
+                    .or_default()
+                    .insert(usize::MAX, at);
                 desired.groups.insert(*id, g.clone());
             }
-            kept.insert(part, d);
+            *kept.state_mut(at) = d;
         }
+        kept.shrink_to_fit();
         self.parts = kept;
         self.merged = Compiled {
             desired,
@@ -467,34 +471,39 @@ impl IncrementalCompiler {
     /// one has.
     fn replace(&mut self, part: Part, new: DesiredState) {
         let new = intern(&self.merged.desired, &mut self.actions, new);
-        let old = if new.flows.0.is_empty() && new.groups.0.is_empty() {
-            self.parts.remove(&part).unwrap_or_default()
-        } else {
-            self.parts.insert(part.clone(), new).unwrap_or_default()
-        };
-        let new = self.parts.get(&part);
-        let empty = PartState::default();
-        let new = new.unwrap_or(&empty);
+        let gone = new.flows.0.is_empty() && new.groups.0.is_empty();
+        if gone && self.parts.get(&part).is_none() {
+            return;
+        }
+        // Its id stays until the owner lists no longer name it (below).
+        let me = self.parts.id(&part);
+        let old = std::mem::replace(self.parts.state_mut(me), new);
+        let parts = &self.parts;
+        let new = parts.state(me);
+        let before = |o: &u32| parts.part(*o) < &part;
         let mut flows: BTreeSet<&FlowKey> = BTreeSet::new();
         for k in old.flows.keys() {
             if !new.flows.contains_key(k) {
                 let owners = self.flow_owners.get_mut(k).expect("an owner per key");
-                owners.retain(|p| *p != part);
+                owners.remove(me);
             }
             flows.insert(k);
         }
         for k in new.flows.keys() {
             if !old.flows.contains_key(k) {
-                let owners = self.flow_owners.entry(k.clone()).or_insert_with(one_owner);
-                let at = owners.partition_point(|p| *p < part);
-                owners.insert(at, part.clone());
+                let owners = self.flow_owners.entry(k.clone()).or_default();
+                let at = owners.as_slice().partition_point(before);
+                owners.insert(at, me);
             }
             flows.insert(k);
         }
         for k in flows {
             let body: Option<FlowBody> = match self.flow_owners.get(k) {
-                Some(o) if !o.is_empty() => self.parts[&o[0]].flows.get(k).cloned(),
-                _ => None,
+                Some(o) => o
+                    .as_slice()
+                    .first()
+                    .and_then(|&first| parts.state(first).flows.get(k).cloned()),
+                None => None,
             };
             if body.is_none() {
                 self.flow_owners.remove(k);
@@ -512,27 +521,27 @@ impl IncrementalCompiler {
         for id in old.groups.keys() {
             if !new.groups.contains_key(id) {
                 if let Some(o) = self.group_owners.get_mut(id) {
-                    o.retain(|p| *p != part);
+                    o.remove(me);
                 }
             }
             groups.insert(*id);
         }
         for id in new.groups.keys() {
             if !old.groups.contains_key(id) {
-                let owners = self.group_owners.entry(*id).or_insert_with(one_owner);
-                let at = owners.partition_point(|p| *p < part);
-                owners.insert(at, part.clone());
+                let owners = self.group_owners.entry(*id).or_default();
+                let at = owners.as_slice().partition_point(before);
+                owners.insert(at, me);
             }
             groups.insert(*id);
         }
         for id in groups {
             // The last part to emit a group id wins, as a map insert would.
             let g: Option<Arc<Group>> = match self.group_owners.get(&id) {
-                Some(o) if !o.is_empty() => self.parts[o.last().expect("not empty")]
-                    .groups
-                    .get(&id)
-                    .cloned(),
-                _ => None,
+                Some(o) => o
+                    .as_slice()
+                    .last()
+                    .and_then(|&last| parts.state(last).groups.get(&id).cloned()),
+                None => None,
             };
             if g.is_none() {
                 self.group_owners.remove(&id);
@@ -546,6 +555,134 @@ impl IncrementalCompiler {
                 self.changes.groups.insert(id);
             }
         }
+        if gone {
+            self.parts.remove(me);
+        }
+    }
+}
+
+/// The parts' outputs, each under a small id (its slot) that the owner lists
+/// hold instead of the `Part` itself (24 bytes, and a name to compare).
+#[derive(Debug, Default)]
+struct PartTable {
+    ids: FastMap<Part, u32>,
+    /// By id; a free slot holds an empty state.
+    slots: Vec<(Part, PartState)>,
+    free: Vec<u32>,
+}
+
+impl PartTable {
+    fn get(&self, part: &Part) -> Option<&PartState> {
+        self.ids.get(part).map(|&id| self.state(id))
+    }
+
+    /// `part`'s id, given it (with an empty state) if it has none.
+    fn id(&mut self, part: &Part) -> u32 {
+        if let Some(&id) = self.ids.get(part) {
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = (part.clone(), PartState::default());
+                id
+            }
+            None => {
+                let id = u32::try_from(self.slots.len()).expect("fewer than 2^32 parts");
+                self.slots.push((part.clone(), PartState::default()));
+                id
+            }
+        };
+        self.ids.insert(part.clone(), id);
+        id
+    }
+
+    fn part(&self, id: u32) -> &Part {
+        &self.slots[id as usize].0
+    }
+
+    fn state(&self, id: u32) -> &PartState {
+        &self.slots[id as usize].1
+    }
+
+    fn state_mut(&mut self, id: u32) -> &mut PartState {
+        &mut self.slots[id as usize].1
+    }
+
+    /// Frees `id`: no owner list may name it any more.
+    fn remove(&mut self, id: u32) {
+        let (part, _) = std::mem::replace(
+            &mut self.slots[id as usize],
+            (Part::Base, PartState::default()),
+        );
+        self.ids.remove(&part);
+        self.free.push(id);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.slots.shrink_to_fit();
+        self.ids.shrink_to_fit();
+    }
+}
+
+/// The ids of the parts that emit one flow or group, sorted in `Part` order:
+/// most have one or two, held inline (16 bytes in all).
+#[derive(Debug, Clone, Default)]
+enum Owners {
+    #[default]
+    None,
+    One(u32),
+    Two([u32; 2]),
+    /// Boxed: a `Vec` inline would make every list 32 bytes.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u32>>),
+}
+
+impl Owners {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Owners::None => &[],
+            Owners::One(a) => std::slice::from_ref(a),
+            Owners::Two(ab) => ab,
+            Owners::Many(v) => v,
+        }
+    }
+
+    fn of(v: &[u32]) -> Owners {
+        match *v {
+            [] => Owners::None,
+            [a] => Owners::One(a),
+            [a, b] => Owners::Two([a, b]),
+            _ => Owners::Many(Box::new(v.to_vec())),
+        }
+    }
+
+    /// Puts `id` at `at` (at most the length: past it, at the end).
+    fn insert(&mut self, at: usize, id: u32) {
+        match self {
+            Owners::None => *self = Owners::One(id),
+            Owners::Many(v) => v.insert(at.min(v.len()), id),
+            _ => {
+                let mut v = self.as_slice().to_vec();
+                v.insert(at.min(v.len()), id);
+                *self = Owners::of(&v);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Owners::Many(v) = self {
+            v.retain(|&o| o != id);
+            if v.len() > 2 {
+                return;
+            }
+        }
+        let v: Vec<u32> = self
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|&o| o != id)
+            .collect();
+        *self = Owners::of(&v);
     }
 }
 
@@ -667,12 +804,6 @@ impl<K: Ord, V> Sorted<K, V> {
     }
 }
 
-/// An owner list with room for one part: most flows and groups have one, and
-/// `Vec`'s first growth would reserve four.
-fn one_owner() -> Vec<Part> {
-    Vec::with_capacity(1)
-}
-
 fn dec(m: &mut BTreeMap<String, usize>, k: &str) {
     if let Some(n) = m.get_mut(k) {
         *n -= 1;
@@ -696,5 +827,43 @@ pub fn with_pods(intent: &Intent, pods: &[Workload]) -> Intent {
         services: BTreeMap::new(),
         probes: BTreeMap::new(),
         nodes: intent.nodes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_list_is_16_bytes_and_stays_sorted_as_it_changes() {
+        assert_eq!(std::mem::size_of::<Owners>(), 16);
+        let mut o = Owners::default();
+        for (at, id) in [(0, 5), (0, 3), (2, 9), (1, 4), (usize::MAX, 11)] {
+            o.insert(at, id);
+        }
+        assert_eq!(o.as_slice(), [3, 4, 5, 9, 11]);
+        for id in [4, 11, 3] {
+            o.remove(id);
+        }
+        assert!(matches!(o, Owners::Two([5, 9])), "{o:?}");
+        o.remove(5);
+        o.remove(9);
+        assert!(o.as_slice().is_empty());
+    }
+
+    #[test]
+    fn a_freed_part_id_is_given_again() {
+        let mut t = PartTable::default();
+        let web = Part::Service("web".into());
+        let db = Part::Service("db".into());
+        let (a, b) = (t.id(&web), t.id(&db));
+        assert_ne!(a, b);
+        assert_eq!(t.id(&web), a);
+        t.remove(a);
+        assert!(t.get(&web).is_none());
+        let gw = t.id(&Part::Gateway);
+        assert_eq!(gw, a);
+        assert_eq!(t.part(gw), &Part::Gateway);
+        assert_eq!(t.part(b), &db);
     }
 }
