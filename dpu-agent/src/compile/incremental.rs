@@ -453,6 +453,11 @@ impl IncrementalCompiler {
         }
         kept.shrink_to_fit();
         self.parts = kept;
+        // Built in part order, the maps' nodes are partly empty; built again
+        // from their sorted entries, they are full (and so is every copy of
+        // them: the reconciler's installed view).
+        desired.flows = std::mem::take(&mut desired.flows).into_iter().collect();
+        desired.groups = std::mem::take(&mut desired.groups).into_iter().collect();
         self.merged = Compiled {
             desired,
             pending_ports: base.pending_ports,
