@@ -227,7 +227,7 @@ impl DesiredState {
                 priority,
                 if matches.is_empty() { "*" } else { &matches },
                 v.actions,
-                v.cookie.category
+                v.cookie.category()
             );
         }
         if !self.groups.is_empty() {
@@ -239,7 +239,7 @@ impl DesiredState {
                 "group_id={} type=select selection_method=hash fields({})  [{:?}]",
                 g.id,
                 g.hash_field_text(),
-                g.owner.category
+                g.owner.category()
             );
             for b in &g.buckets {
                 let _ = writeln!(out, "  bucket {}: {}", b.id, b.actions);

@@ -324,29 +324,68 @@ pub mod cookie {
         Probe = 11,
     }
 
-    /// A cookie without its round; the reconciler stamps the round.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub struct Cookie {
-        pub category: Category,
-        pub object: u64,
+    impl Category {
+        const ALL: [Category; 11] = [
+            Category::Pipeline,
+            Category::Vpc,
+            Category::Subnet,
+            Category::Workload,
+            Category::Service,
+            Category::Endpoint,
+            Category::AffinityLearned,
+            Category::Node,
+            Category::Gateway,
+            Category::Uplink,
+            Category::Probe,
+        ];
+
+        /// The category numbered `n`.
+        pub fn from_u8(n: u8) -> Option<Category> {
+            Category::ALL.into_iter().find(|c| *c as u8 == n)
+        }
     }
+
+    /// A cookie without its round; the reconciler stamps the round. Held as
+    /// its value in round 0 (8 bytes, where a category and a `u64` took 16:
+    /// every flow of every part carries one); it orders as (category,
+    /// object).
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct Cookie(u64);
 
     impl Cookie {
         pub fn new(category: Category, object_key: &str) -> Self {
-            Cookie {
-                category,
-                object: object_hash(object_key),
-            }
+            Cookie::of(category, object_hash(object_key))
+        }
+
+        /// The cookie of `category` and `object` (its low 40 bits).
+        pub fn of(category: Category, object: u64) -> Self {
+            Cookie(((category as u64) << CATEGORY_SHIFT) | (object & OBJECT_MASK))
+        }
+
+        pub fn category(self) -> Category {
+            Category::from_u8((self.0 >> CATEGORY_SHIFT) as u8).expect("made from a Category")
+        }
+
+        /// The hash of the owning object's key (40 bits).
+        pub fn object(self) -> u64 {
+            self.0 & OBJECT_MASK
         }
 
         pub fn value(self, round: u16) -> u64 {
-            (u64::from(round) << ROUND_SHIFT)
-                | ((self.category as u64) << CATEGORY_SHIFT)
-                | (self.object & OBJECT_MASK)
+            (u64::from(round) << ROUND_SHIFT) | self.0
         }
 
         /// Mask that selects this category and object in any round.
         pub const SELECT_MASK: u64 = CATEGORY_MASK | OBJECT_MASK;
+    }
+
+    impl std::fmt::Debug for Cookie {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Cookie")
+                .field("category", &self.category())
+                .field("object", &self.object())
+                .finish()
+        }
     }
 
     pub fn round_of(cookie: u64) -> u16 {
@@ -396,5 +435,29 @@ mod tests {
         assert_eq!(cookie::round_of(v), 0xabcd);
         assert_eq!(v & cookie::Cookie::SELECT_MASK, c.value(0));
         assert_eq!((v & cookie::CATEGORY_MASK) >> cookie::CATEGORY_SHIFT, 5);
+    }
+
+    #[test]
+    fn a_cookie_is_8_bytes_and_keeps_its_category_and_object() {
+        use cookie::{Category, Cookie};
+        assert_eq!(std::mem::size_of::<Cookie>(), 8);
+        for n in 0..=255u8 {
+            if let Some(c) = Category::from_u8(n) {
+                assert_eq!(c as u8, n);
+                let k = Cookie::of(c, 0xff12_3456_789a);
+                assert_eq!((k.category(), k.object()), (c, 0x0012_3456_789a));
+            }
+        }
+        assert_eq!(Category::from_u8(11), Some(Category::Probe));
+        assert_eq!(Category::from_u8(0), None);
+        let (a, b) = (
+            Cookie::of(Category::Vpc, cookie::OBJECT_MASK),
+            Cookie::of(Category::Subnet, 0),
+        );
+        assert!(a < b, "by category, then object");
+        assert_eq!(
+            format!("{a:?}"),
+            "Cookie { category: Vpc, object: 1099511627775 }"
+        );
     }
 }

@@ -687,10 +687,10 @@ mod tests {
         let mut sw = FakeSwitch::default();
         // Entries of backends 1 and 2, and one an older release learned under
         // the Service's own cookie.
-        let old_style = Cookie {
-            category: Category::AffinityLearned,
-            object: Cookie::new(Category::Service, "web").object,
-        };
+        let old_style = Cookie::of(
+            Category::AffinityLearned,
+            Cookie::new(Category::Service, "web").object(),
+        );
         sw.summary.cookies = [learned(1), learned(2), old_style.value(0), 3 << ROUND_SHIFT].into();
         let r = Reconciler::start(sw.clone()).await.unwrap();
         // Nothing changed meanwhile, or a backend was added: only the old-style

@@ -80,9 +80,9 @@ impl Owners {
     /// the name is not known.
     pub fn label(&self, c: Cookie) -> String {
         match self.0.get(&c.value(0)) {
-            Some(name) if name.is_empty() => format!("{:?}", c.category),
-            Some(name) => format!("{:?} {name}", c.category),
-            None => format!("{:?} #{:010x}", c.category, c.object),
+            Some(name) if name.is_empty() => format!("{:?}", c.category()),
+            Some(name) => format!("{:?} {name}", c.category()),
+            None => format!("{:?} #{:010x}", c.category(), c.object()),
         }
     }
 }
@@ -98,7 +98,7 @@ struct Filter<'a> {
 
 impl Filter<'_> {
     fn keeps_flow(&self, body: &FlowBody) -> bool {
-        match body.cookie.category {
+        match body.cookie.category() {
             Category::Endpoint => self.endpoints.contains(&body.cookie.value(0)),
             Category::AffinityLearned => self
                 .view
@@ -464,6 +464,6 @@ groups
         let c = Cookie::new(Category::Endpoint, "blue/tcp/10.0.0.5:8080");
         assert_eq!(o.label(c), "Endpoint blue/tcp/10.0.0.5:8080");
         let c = Cookie::new(Category::Endpoint, "blue/tcp/10.0.0.99:8080");
-        assert_eq!(o.label(c), format!("Endpoint #{:010x}", c.object));
+        assert_eq!(o.label(c), format!("Endpoint #{:010x}", c.object()));
     }
 }
