@@ -17,7 +17,7 @@
 //! evaluated, so Services select them exactly like declared ones, and the
 //! cross-object rules run over the union.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use dpu_model::{
@@ -133,6 +133,7 @@ fn resolve_inner(
         intent.upsert(Object::Workload(w.clone()));
     }
     let mut service_origins = BTreeMap::new();
+    let labels = LabelIndex::build(&intent.workloads);
     for loc in located.values().filter(|l| l.doc.kind == Kind::Service) {
         let Spec::Service(spec) = &loc.doc.spec else {
             continue;
@@ -140,6 +141,7 @@ fn resolve_inner(
         let backends = match resolve_backends(
             spec,
             &intent.workloads,
+            &labels,
             &declared_workloads,
             &loc.doc.source,
         ) {
@@ -394,6 +396,39 @@ fn is_gateway(spec: &ServiceSpec) -> bool {
     spec.scenario == Some(ScenarioSpec::EipServiceGateway)
 }
 
+/// The Workloads by label pair, each list in name order. A selector picks
+/// only Workloads that have every one of its pairs, so its candidates are
+/// those of its rarest pair: a Service costs the Workloads that share its
+/// labels, not every Workload.
+struct LabelIndex(HashMap<(String, String), Vec<std::sync::Arc<Workload>>>);
+
+impl LabelIndex {
+    fn build(workloads: &BTreeMap<String, std::sync::Arc<Workload>>) -> Self {
+        let mut ix: HashMap<(String, String), Vec<std::sync::Arc<Workload>>> = HashMap::new();
+        for w in workloads.values() {
+            for (k, v) in &w.labels {
+                ix.entry((k.clone(), v.clone()))
+                    .or_default()
+                    .push(w.clone());
+            }
+        }
+        LabelIndex(ix)
+    }
+
+    /// The Workloads that may match `spec`'s selector, in name order.
+    fn candidates(&self, spec: &ServiceSpec) -> &[std::sync::Arc<Workload>] {
+        spec.selector
+            .iter()
+            .map(|(k, v)| {
+                self.0
+                    .get(&(k.clone(), v.clone()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())
+            .unwrap_or(&[])
+    }
+}
+
 /// A backend on its way into the resolved list.
 struct Pending {
     ip: String,
@@ -411,13 +446,14 @@ struct Pending {
 fn resolve_backends(
     spec: &ServiceSpec,
     workloads: &BTreeMap<String, std::sync::Arc<Workload>>,
+    labels: &LabelIndex,
     declared: &BTreeSet<String>,
     source: &Source,
 ) -> Result<Vec<(pb::Backend, Origin)>, Vec<IntentError>> {
     let mut errors = Vec::new();
     let err = |field: String, msg: String| IntentError::at(source, None, Some(field), msg);
     let mut pending: Vec<Pending> = Vec::new();
-    for w in workloads.values().filter(|w| selects(spec, w)) {
+    for w in labels.candidates(spec).iter().filter(|w| selects(spec, w)) {
         pending.push(Pending {
             ip: w.ip.to_string(),
             vpc: w.vpc.clone(),
