@@ -123,7 +123,7 @@ impl EnrollError {
             }
             EnrollError::Unavailable(_) => {
                 return Status::unavailable(
-                    "the controller's store is unavailable; nothing was recorded and the token is still unused, so try again",
+                    "the controller's store is unavailable; nothing was recorded (a bootstrap token stays unused), so try again",
                 )
             }
             EnrollError::NoCaKey(_) => {
