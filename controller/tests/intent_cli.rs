@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::etcd_args;
-use test_support::etcd::TestEtcd;
+use test_support::etcd::{TestEtcd, TestEtcdCluster};
 
 mod common;
 
@@ -201,4 +201,32 @@ fn an_apply_larger_than_etcd_allows_is_refused_whole_with_the_flag_to_raise() {
         "{err}"
     );
     assert_eq!(ok(&run(&store, &["get"], None)), "");
+}
+
+/// With one member of three down (the first one listed), every command still
+/// works, every time: a new process' first request used to go to the dead
+/// member, which the client counts as ready because it fails at once, and
+/// fail with `tcp connect error`.
+#[test]
+fn the_commands_work_with_one_etcd_member_of_three_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut etcd = TestEtcdCluster::start(dir.path(), 3);
+    let path = |p: &Path| p.display().to_string();
+    let store = vec![
+        "--etcd".into(),
+        etcd.endpoints(),
+        "--etcd-ca".into(),
+        path(&etcd.ca),
+        "--etcd-cert".into(),
+        path(&etcd.cert),
+        "--etcd-key".into(),
+        path(&etcd.key),
+    ];
+    etcd.kill(0);
+    let out = ok(&run(&store, &["apply", "-f", &examples()], None));
+    assert_eq!(out.lines().count(), 8, "{out}");
+    for _ in 0..5 {
+        let web = ok(&run(&store, &["get", "service", "web", "-o", "json"], None));
+        assert!(web.contains("\"YusurService\""), "{web}");
+    }
 }

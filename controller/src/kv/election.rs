@@ -147,11 +147,13 @@ impl super::EtcdStore {
     async fn campaign(&self, id: &str) -> Result<Leadership, KvError> {
         let mut c = self.client();
         let ttl = LEADER_TTL.as_secs() as i64;
-        let lease = c
-            .lease_grant(ttl, None)
-            .await
-            .map_err(super::etcd::error)?
-            .id();
+        let lease = super::etcd::again(|| {
+            let mut c = self.client();
+            async move { c.lease_grant(ttl, None).await }
+        })
+        .await
+        .map_err(super::etcd::error)?
+        .id();
         let (lost_tx, lost) = watch::channel(false);
         let keeper = tokio::spawn(keep_alive(self.client(), lease, lost_tx));
         let name = format!("{}election", self.prefix());

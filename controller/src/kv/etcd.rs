@@ -8,10 +8,14 @@
 //! `--max-request-bytes` per response).
 //!
 //! A request that cannot reach etcd, or is not answered within
-//! [`super::REQUEST_TIMEOUT`], is [`KvError::Unavailable`].
+//! [`super::REQUEST_TIMEOUT`], is [`KvError::Unavailable`]. One that could
+//! not connect to the member the client picked is tried again ([`again`]), so
+//! a member down among several costs nothing.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -23,6 +27,56 @@ use super::{
     Cmp, Entry, Event, EventKind, KvError, Listing, Op, Revision, Txn, TxnResult, Watch, WatchItem,
     REQUEST_TIMEOUT, WATCH_BUFFER,
 };
+
+/// How long [`again`] waits before it tries a request again.
+const CONNECT_RETRY: Duration = Duration::from_millis(50);
+
+/// Runs a request until it is sent: a request that failed to connect (it
+/// never reached etcd, so it cannot have been applied) is made again,
+/// [`CONNECT_RETRY`] apart, for up to [`REQUEST_TIMEOUT`] in all. The client
+/// spreads requests over every endpoint and counts a member it cannot
+/// connect to as ready, since it fails at once: with one member of three
+/// down, a request would fail now and then, and a new process (the CLI),
+/// whose connections to the live members are still being made, would send
+/// its first request to the dead member every time. Any other error, or an
+/// answer, is returned as it is.
+pub(super) async fn again<T, F, Fut>(mut request: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match request().await {
+            Err(e)
+                if not_connected(&e) && tokio::time::Instant::now() + CONNECT_RETRY < deadline =>
+            {
+                tokio::time::sleep(CONNECT_RETRY).await
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether `e` says the request could not connect (tonic's `ConnectError`
+/// in the status' source chain): a refused or failed connection, or a failed
+/// TLS handshake.
+fn not_connected(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
 
 /// Keys per page of a listing.
 pub const PAGE: i64 = 1_000;
@@ -144,25 +198,33 @@ impl EtcdStore {
 
     /// The cluster id etcd puts in every response header, as 16 hex digits.
     pub async fn cluster_id(&self) -> Result<String, KvError> {
-        let mut c = Client::clone(&self.client);
-        let resp = c
-            .get(self.full(""), Some(GetOptions::new().with_count_only()))
-            .await
-            .map_err(error)?;
+        let key = self.full("");
+        let resp = again(|| {
+            let mut c = self.client();
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await
+        .map_err(error)?;
         let id = resp.header().map_or(0, |h| h.cluster_id());
         Ok(format!("{id:016x}"))
     }
 
     pub async fn get(&self, key: &str) -> Result<(Revision, Option<Entry>), KvError> {
-        let mut c = Client::clone(&self.client);
-        let resp = c.get(self.full(key), None).await.map_err(error)?;
+        let key = self.full(key);
+        let resp = again(|| {
+            let mut c = self.client();
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(error)?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let entry = resp.kvs().first().map(|kv| self.relative(kv)).transpose()?;
         Ok((rev, entry))
     }
 
     pub async fn list(&self, prefix: &str) -> Result<Listing, KvError> {
-        let mut c = Client::clone(&self.client);
         let full = self.full(prefix);
         let end = prefix_end(full.as_bytes());
         let mut from = full.into_bytes();
@@ -173,7 +235,13 @@ impl EtcdStore {
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let resp = c.get(from.clone(), Some(opts)).await.map_err(error)?;
+            let resp = again(|| {
+                let mut c = self.client();
+                let (from, opts) = (from.clone(), opts.clone());
+                async move { c.get(from, Some(opts)).await }
+            })
+            .await
+            .map_err(error)?;
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
@@ -214,11 +282,15 @@ impl EtcdStore {
                 ),
             })
             .collect();
-        let mut c = Client::clone(&self.client);
-        let resp = c
-            .txn(etcd_client::Txn::new().when(cmps).and_then(ops))
-            .await
-            .map_err(error)?;
+        let resp = again(|| {
+            let mut c = self.client();
+            let txn = etcd_client::Txn::new()
+                .when(cmps.clone())
+                .and_then(ops.clone());
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(error)?;
         Ok(TxnResult {
             succeeded: resp.succeeded(),
             revision: resp.header().map_or(0, |h| h.revision()),
@@ -226,15 +298,18 @@ impl EtcdStore {
     }
 
     pub async fn watch(&self, prefix: &str, from: Revision) -> Result<Watch, KvError> {
-        let mut c = Client::clone(&self.client);
         let mut opts = WatchOptions::new().with_prefix().with_progress_notify();
         if from > 0 {
             opts = opts.with_start_revision(from);
         }
-        let mut stream = c
-            .watch(self.full(prefix), Some(opts))
-            .await
-            .map_err(error)?;
+        let key = self.full(prefix);
+        let mut stream = again(|| {
+            let mut c = self.client();
+            let (key, opts) = (key.clone(), opts.clone());
+            async move { c.watch(key, Some(opts)).await }
+        })
+        .await
+        .map_err(error)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.clone();
         tokio::spawn(async move {
@@ -324,8 +399,12 @@ impl EtcdStore {
     }
 
     pub async fn compact(&self, revision: Revision) -> Result<(), KvError> {
-        let mut c = Client::clone(&self.client);
-        c.compact(revision, None).await.map_err(error)?;
+        again(|| {
+            let mut c = self.client();
+            async move { c.compact(revision, None).await }
+        })
+        .await
+        .map_err(error)?;
         Ok(())
     }
 }
