@@ -698,13 +698,19 @@ pub fn start_controller_process(
     extra: &[String],
     log: &Path,
 ) -> Result<Child> {
+    let mut args = vec!["--intent-dir".to_string(), intent.display().to_string()];
+    args.extend_from_slice(extra);
+    start_serve(state, addr, &args, log)
+}
+
+/// Starts `dpu-controller serve --state-dir STATE --listen ADDR ARGS` (no
+/// intent directory unless `args` names one) and waits until it listens.
+pub fn start_serve(state: &Path, addr: &str, args: &[String], log: &Path) -> Result<Child> {
     let mut c = Command::new(bin("dpu-controller")?);
     c.args(["serve", "--state-dir"])
         .arg(state)
-        .arg("--intent-dir")
-        .arg(intent)
         .args(["--listen", addr])
-        .args(extra);
+        .args(args);
     let mut child = spawn_logged(c, log)?;
     let mut exited = false;
     let r = wait_until("the controller to listen", Duration::from_secs(20), || {

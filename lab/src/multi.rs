@@ -229,14 +229,24 @@ impl MultiLab {
 
     /// Starts the agent of DPU `index` on its bridge.
     pub fn start_agent(&mut self, index: usize) -> Result<()> {
+        let controller = self.controller_addr.clone();
+        self.start_agent_with(index, &[controller])
+    }
+
+    /// Starts the agent of DPU `index` with `controllers` (at least one) as its
+    /// `controller.endpoints`, in that order: replicas of one store.
+    pub fn start_agent_with(&mut self, index: usize, controllers: &[String]) -> Result<()> {
+        let (first, standby) = controllers
+            .split_first()
+            .ok_or_else(|| anyhow!("an agent needs a controller"))?;
         let node = node_name(index);
         let pki = self.path("pki");
         let dpu = self.fabric.dpu(index)?;
         let cfg = agent_config_text(&AgentFiles {
             node: &node,
-            state: &self.path(&format!("agent-state-{node}")),
-            controller_addr: &self.controller_addr,
-            standby_addrs: &[],
+            state: &self.agent_state(index),
+            controller_addr: first,
+            standby_addrs: standby,
             ca: &pki.join("ca.pem"),
             cert: &pki.join(format!("{node}.pem")),
             key: &pki.join(format!("{node}.key")),
@@ -265,6 +275,11 @@ impl MultiLab {
             .get_mut(index)
             .ok_or_else(|| anyhow!("no DPU {index}"))? = Some(child);
         Ok(())
+    }
+
+    /// DPU `index`'s agent's state directory.
+    pub fn agent_state(&self, index: usize) -> PathBuf {
+        self.path(&format!("agent-state-{}", node_name(index)))
     }
 
     pub fn agent_log(&self, index: usize) -> String {
@@ -360,8 +375,7 @@ impl MultiLab {
 
     /// DPU `index`'s agent's operator socket.
     pub fn ops_socket(&self, index: usize) -> PathBuf {
-        let node = node_name(index);
-        crate::fixture::ops_socket_of(&self.path(&format!("agent-state-{node}")), &node)
+        crate::fixture::ops_socket_of(&self.agent_state(index), &node_name(index))
     }
 
     /// Packets counted by DPU `dpu`'s flows whose text contains every one of
