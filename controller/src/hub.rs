@@ -116,6 +116,10 @@ pub struct Hub {
     claims_out: Arc<ClaimInbox>,
 }
 
+/// How long a session waits for this replica to reach the version an agent
+/// already has (it came from a replica further along) before refusing it.
+pub const CATCH_UP: Duration = Duration::from_secs(5);
+
 /// How many published versions the hub keeps for agents a little behind. Each
 /// holds a whole intent, so few: at 10k Services one is ~13 MiB.
 pub const RECENT_VERSIONS: usize = 4;
@@ -618,7 +622,25 @@ async fn drive(
     let mut core = SessionCore::new(node);
     // Revisions count per agent process; a new session starts over.
     let mut gate = RevisionGate::default();
-    let current = intent.borrow_and_update().clone();
+    let mut current = intent.borrow_and_update().clone();
+    // An agent ahead in this very numbering came from a replica whose watch
+    // is further along: wait for this one to catch up rather than send a
+    // version that goes backwards; if it does not, the agent tries another.
+    if hello.last_applied_version > current.version && hello.store_id == *current.store_id {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        while current.version < hello.last_applied_version {
+            match tokio::time::timeout_at(deadline, intent.changed()).await {
+                Ok(Ok(())) => current = intent.borrow_and_update().clone(),
+                Ok(Err(_)) => return Err(Status::unavailable("the controller is shutting down")),
+                Err(_) => {
+                    return Err(Status::unavailable(format!(
+                        "this controller is at version {}, behind the agent's {}; try another controller",
+                        current.version, hello.last_applied_version
+                    )))
+                }
+            }
+        }
+    }
     if hello.last_applied_version > current.version {
         tracing::warn!(
             node,

@@ -590,3 +590,54 @@ async fn enrollment_and_revocation_across_replicas() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     }
 }
+
+/// An agent that comes from a replica further along (its version, in this
+/// store's numbering, is ahead of this replica's) is never sent a version
+/// that goes backwards: the replica waits for its store to catch up, and
+/// refuses the session (`UNAVAILABLE`, so the agent tries another) if it does
+/// not within `CATCH_UP`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_ahead_of_this_replica_is_never_sent_a_version_backwards() {
+    let lab = Lab::new();
+    let server = Server::start(&lab);
+    let id = || Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ca = lab.read("ca.pem");
+    let ch = channel(server.port, &ca, id()).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    drop(agent);
+
+    // One version ahead, and the store gets there meanwhile: the update is
+    // at or past the agent's version.
+    let ch = channel(server.port, &ca, id()).await.unwrap();
+    let ahead = snap.version + 1;
+    let mut agent = open_at(ch, "dpu-1", ahead, &snap.store_id).await.unwrap();
+    write_manifest(&lab.intent, "40-extra.yaml", &workload(7));
+    let u = agent.update().await;
+    assert!(u.version >= ahead, "{} < {ahead}", u.version);
+    drop(agent);
+
+    // Far ahead: refused after the wait, with nothing sent.
+    let ch = channel(server.port, &ca, id()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut agent = open_at(ch, "dpu-1", u.version + 1000, &snap.store_id)
+        .await
+        .unwrap();
+    let e = match agent.next().await {
+        Err(e) => e,
+        Ok(other) => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("behind the agent's"), "{e:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= dpu_controller::hub::CATCH_UP && waited < dpu_controller::hub::CATCH_UP * 3,
+        "{waited:?}"
+    );
+    // Another numbering (a replaced store) is not "ahead": a snapshot at once.
+    let ch = channel(server.port, &ca, id()).await.unwrap();
+    let mut agent = open_at(ch, "dpu-1", u.version + 1000, "other/rev")
+        .await
+        .unwrap();
+    assert!(agent.update().await.snapshot);
+}
