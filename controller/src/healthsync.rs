@@ -23,7 +23,7 @@ use crate::shutdown::shutdown_requested;
 use crate::verdicts::{claim_from_value, claim_value, Claim, PREFIX};
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Counts a claim read from the store, unless its node is revoked here.
 fn count(hub: &Hub, node: &str, value: Option<&str>) {

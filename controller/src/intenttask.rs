@@ -42,7 +42,7 @@ pub const RELIST_EVERY: Duration = Duration::from_secs(60);
 /// After the store failed, the first retry waits this long ...
 const RETRY_MIN: Duration = Duration::from_secs(1);
 /// ... doubling up to this.
-const RETRY_MAX: Duration = Duration::from_secs(30);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where the intent comes from.
 #[derive(Debug)]
