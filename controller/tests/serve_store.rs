@@ -641,3 +641,91 @@ async fn an_agent_ahead_of_this_replica_is_never_sent_a_version_backwards() {
         .unwrap();
     assert!(agent.update().await.snapshot);
 }
+
+/// Compaction beyond a replica's watch revision, with a delete inside the
+/// gap. The replica is paused (SIGSTOP) while 600 other writes (38 MB) fill
+/// what its watch stream can buffer, so etcd puts its watcher aside; then an
+/// object is deleted and the history compacted past the delete. When the
+/// replica runs again etcd tells its watch the revision is gone: it re-lists,
+/// marks and sweeps, and the agent connected to it gets the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_inside_a_compacted_gap_reaches_the_agent() {
+    use dpu_controller::kv::{EtcdOptions, EtcdStore, Store, Txn};
+    let lab = Lab::new();
+    let etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
+    let store = etcd_args(&etcd);
+    let extra: Vec<&str> = store.iter().map(String::as_str).collect();
+    let server = Server::start_with(&lab, &extra);
+    wait_state(&lab.state, "leading", |v| v["store"]["leader"] == true);
+    let id = Some((lab.read("dpu-1.pem"), lab.read("dpu-1.key")));
+    let ch = channel(server.port, &lab.read("ca.pem"), id).await.unwrap();
+    let mut agent = open(ch, "dpu-1", 0).await.unwrap();
+    let snap = agent.update().await;
+    agent.ack(snap.version, &snap.nonce).await;
+    let out = apply(&store, &workload(8));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let u = agent.update().await;
+    assert!(keys(&u).contains(&"Workload/extra-8".to_string()));
+    agent.ack(u.version, &u.nonce).await;
+
+    let kv = Store::Etcd(
+        EtcdStore::connect(EtcdOptions {
+            endpoints: vec![etcd.url.clone()],
+            ca: etcd.ca.clone(),
+            cert: etcd.cert.clone(),
+            key: etcd.key.clone(),
+            prefix: "/dpu/".into(),
+        })
+        .await
+        .unwrap(),
+    );
+    let pid = server.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // More events than etcd queues for one watcher (128), and more bytes than
+    // the sockets and HTTP/2 windows hold.
+    let value = "x".repeat(64 << 10);
+    for i in 0..600 {
+        kv.txn(Txn::new().put(format!("fill/{i}"), value.clone()))
+            .await
+            .unwrap();
+    }
+    let mut args = vec!["delete", "Workload", "extra-8"];
+    args.extend(extra.iter().copied());
+    cli_ok(&args);
+    let (rev, _) = kv.get("intent/.guard").await.unwrap();
+    kv.compact(rev).await.unwrap();
+    kv.txn(Txn::new().delete_prefix("fill/")).await.unwrap();
+    signal("-CONT");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(u) = tokio::time::timeout(left, agent.update()).await else {
+            panic!("the delete never reached the agent: {}", server.log());
+        };
+        agent.ack(u.version, &u.nonce).await;
+        let gone = u.deletes.iter().any(|k| k.name == "extra-8")
+            || (u.snapshot && !keys(&u).contains(&"Workload/extra-8".to_string()));
+        if gone {
+            break;
+        }
+    }
+    let compacted = "the watch's revision was compacted; re-listing";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !server.log().contains(compacted) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch was not compacted (etcd kept up with it): {}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
