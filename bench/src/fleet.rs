@@ -55,6 +55,26 @@ pub struct FleetOptions {
     /// `dpu-controller`, release build.
     pub controller: PathBuf,
     pub out: PathBuf,
+    /// Churn rates (changes per second), each for `churn_for`.
+    pub rates: Vec<u32>,
+    pub churn_for: Duration,
+}
+
+/// One churn rate: a Workload relabelled in each VPC in turn (each change
+/// needed by the 10 nodes of its VPC), written to the store directly.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnRow {
+    pub rate: u32,
+    pub changes: usize,
+    /// From the write to each needing agent's ACK of an update with it.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The p99 of the first and the second half of the changes: growth.
+    pub p99_first_half_ms: f64,
+    pub p99_second_half_ms: f64,
+    /// Changes no needing agent ACKed within 10 s.
+    pub lost: usize,
 }
 
 /// One agent's record of one update.
@@ -93,6 +113,7 @@ pub struct FleetRow {
     pub change_bytes: u64,
     pub controller_cpu_change_s: f64,
     pub controller_peak_rss_mib: f64,
+    pub churn: Vec<ChurnRow>,
 }
 
 /// The manifests of `nodes` nodes and `services` Services, as one YAML stream,
@@ -136,18 +157,8 @@ pub fn manifests(nodes: usize, services: usize, changed: Option<(usize, usize)>)
             } else {
                 k % GROUPS
             };
-            doc(
-                &mut out,
-                "Workload",
-                format!("{{name: w-{v}-{k}, labels: {{app: g{group}}}}}"),
-                format!(
-                    "{{kind: VM, vpc: vpc-{v}, ip: 10.0.0.{}, mac: \"02:00:00:00:{:02x}:{:02x}\", node: {}, port: w-{v}-{k}}}",
-                    10 + k,
-                    k / 256,
-                    k % 256,
-                    node_name(node)
-                ),
-            );
+            out.push_str("---\n");
+            out.push_str(&workload_doc(v, k, group));
         }
     }
     for s in 0..services {
@@ -166,6 +177,19 @@ pub fn manifests(nodes: usize, services: usize, changed: Option<(usize, usize)>)
         );
     }
     out
+}
+
+/// Workload `k` of VPC `v` (on its node), labelled for group `group`: one
+/// YAML document.
+pub fn workload_doc(v: usize, k: usize, group: usize) -> String {
+    let node = v * NODES_PER_VPC + k % NODES_PER_VPC;
+    format!(
+        "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {{name: w-{v}-{k}, labels: {{app: g{group}}}}}\nspec: {{kind: VM, vpc: vpc-{v}, ip: 10.0.0.{}, mac: \"02:00:00:00:{:02x}:{:02x}\", node: {}, port: w-{v}-{k}}}\n",
+        10 + k,
+        k / 256,
+        k % 256,
+        node_name(node)
+    )
 }
 
 pub fn node_name(n: usize) -> String {
@@ -490,7 +514,6 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     }
     std::thread::sleep(Duration::from_millis(2500));
     let cpu1 = cpu_seconds(pid);
-    let rss = peak_rss_mib(pid);
     let mut lat = Vec::new();
     let mut empties = Vec::new();
     let mut change_bytes = 0u64;
@@ -512,6 +535,11 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     let empty = empties.len();
     let empty_early = empties.iter().filter(|ms| **ms <= last).count();
     lat.sort_by(f64::total_cmp);
+    let mut churn = Vec::new();
+    for &rate in &opts.rates {
+        churn.push(run_churn(&state, nodes, rate, opts.churn_for, &log)?);
+    }
+    let peak_rss = peak_rss_mib(pid);
     let _ = stop_tx.send(true);
     runtime.block_on(async {
         for t in tasks {
@@ -532,8 +560,101 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         change_empty_early: empty_early,
         change_bytes,
         controller_cpu_change_s: cpu1 - cpu0,
-        controller_peak_rss_mib: rss,
+        controller_peak_rss_mib: peak_rss,
+        churn,
     };
+    Ok(row)
+}
+
+/// Changes at `rate` per second for `time`, each a Workload of the next VPC
+/// changing its label group, written to the embedded store as `apply`
+/// writes (the object and the guard, in one transaction).
+fn run_churn(
+    state: &Path,
+    nodes: usize,
+    rate: u32,
+    time: Duration,
+    log: &Mutex<Log>,
+) -> Result<ChurnRow> {
+    use dpu_controller::kv::{LocalStore, Txn};
+    let store = LocalStore::open(&state.join("store"))?;
+    // Whole VPCs only: every node of a changed Workload exists.
+    let vpcs = (nodes / NODES_PER_VPC).max(1);
+    let count = (u64::from(rate) * time.as_secs()).max(1) as usize;
+    let gap = Duration::from_secs(1) / rate.max(1);
+    let start = Instant::now();
+    // (when, the VPC it changed)
+    let mut made: Vec<(Instant, usize)> = Vec::with_capacity(count);
+    for i in 0..count {
+        let due = start + gap * i as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // Each change moves one Workload out of its label group (its
+        // Services lose it), or back on the next pass.
+        let v = i % vpcs;
+        let j = i / vpcs;
+        let span = NODES_PER_VPC * WORKLOADS_PER_NODE - NODES_PER_VPC;
+        let k = NODES_PER_VPC + j % span;
+        let group = if (j / span).is_multiple_of(2) {
+            GROUPS
+        } else {
+            k % GROUPS
+        };
+        let value = serde_json::json!({
+            "source": "apply:fleet-churn",
+            "manifest": workload_doc(v, k, group),
+        });
+        store.txn(
+            Txn::new()
+                .put(format!("intent/Workload/w-{v}-{k}"), value.to_string())
+                .put("intent/.guard", "fleet-churn"),
+        )?;
+        made.push((Instant::now(), v));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let l = log.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all = Vec::new();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut lost = 0;
+    for (i, (at, v)) in made.iter().enumerate() {
+        let mut lags = Vec::new();
+        for n in (v * NODES_PER_VPC..(v + 1) * NODES_PER_VPC).filter(|n| *n < nodes) {
+            let got = l
+                .updates
+                .get(&node_name(n))
+                .and_then(|u| u.iter().find(|g| !g.empty && g.acked >= *at));
+            match got {
+                Some(g) if g.acked.duration_since(*at) < Duration::from_secs(10) => {
+                    lags.push(g.acked.duration_since(*at).as_secs_f64() * 1000.0)
+                }
+                _ => {}
+            }
+        }
+        if lags.is_empty() {
+            lost += 1;
+        }
+        if i < made.len() / 2 {
+            first.extend(lags.iter().copied());
+        } else {
+            second.extend(lags.iter().copied());
+        }
+        all.extend(lags);
+    }
+    for v in [&mut all, &mut first, &mut second] {
+        v.sort_by(f64::total_cmp);
+    }
+    let row = ChurnRow {
+        rate,
+        changes: made.len(),
+        p50_ms: percentile(&all, 0.5),
+        p99_ms: percentile(&all, 0.99),
+        max_ms: all.last().copied().unwrap_or(0.0),
+        p99_first_half_ms: percentile(&first, 0.99),
+        p99_second_half_ms: percentile(&second, 0.99),
+        lost,
+    };
+    eprintln!("  churn {row:?}");
     Ok(row)
 }
 
@@ -580,6 +701,28 @@ fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
             r.controller_cpu_change_s,
             r.controller_peak_rss_mib
         ));
+    }
+    md.push_str(
+        "\n## Churn\n\nA Workload of the next VPC relabelled at each step, written to the store directly; the lag is from the write to each agent of that VPC ACKing an update with something in it.\n\n\
+         | agents | Services | changes/s | changes | p50 (ms) | p99 (ms) | max (ms) | p99 first half / second half (ms) | not in force within 10 s |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        for c in &r.churn {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {} |\n",
+                r.nodes,
+                r.services,
+                c.rate,
+                c.changes,
+                c.p50_ms,
+                c.p99_ms,
+                c.max_ms,
+                c.p99_first_half_ms,
+                c.p99_second_half_ms,
+                c.lost
+            ));
+        }
     }
     std::fs::write(out.join("fleet.md"), md)?;
     Ok(())

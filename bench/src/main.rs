@@ -61,6 +61,12 @@ struct FleetArgs {
     /// The controller binary (release).
     #[arg(long, default_value = "target/release/dpu-controller")]
     controller: PathBuf,
+    /// Churn rates, changes per second (none: no churn).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    rates: Vec<u32>,
+    /// Seconds of churn per rate.
+    #[arg(long, default_value_t = 60)]
+    churn_seconds: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +226,8 @@ fn main() -> ExitCode {
             apply: Duration::from_millis(a.apply_ms),
             controller: a.controller,
             out: a.out,
+            rates: a.rates,
+            churn_for: Duration::from_secs(a.churn_seconds),
         })
         .map(|_| ()),
     };
