@@ -43,6 +43,9 @@ const WORKLOADS_PER_NODE: usize = 10;
 const GROUPS: usize = 10;
 /// How long an agent waits for everything, at most.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A churn change no needing agent ACKed within this long counts as not in
+/// force.
+const IN_FORCE_WITHIN: Duration = Duration::from_secs(10);
 /// A simulated agent sends its Status this often, as the agent does.
 const STATUS_PERIOD: Duration = Duration::from_secs(10);
 
@@ -612,7 +615,8 @@ fn run_churn(
         )?;
         made.push((Instant::now(), v));
     }
-    std::thread::sleep(Duration::from_secs(3));
+    // Long enough for the last change to count as in force or not.
+    std::thread::sleep(IN_FORCE_WITHIN);
     let l = log.lock().unwrap_or_else(|e| e.into_inner());
     let mut all = Vec::new();
     let (mut first, mut second) = (Vec::new(), Vec::new());
@@ -625,7 +629,7 @@ fn run_churn(
                 .get(&node_name(n))
                 .and_then(|u| u.iter().find(|g| !g.empty && g.acked >= *at));
             match got {
-                Some(g) if g.acked.duration_since(*at) < Duration::from_secs(10) => {
+                Some(g) if g.acked.duration_since(*at) < IN_FORCE_WITHIN => {
                     lags.push(g.acked.duration_since(*at).as_secs_f64() * 1000.0)
                 }
                 _ => {}

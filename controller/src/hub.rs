@@ -338,7 +338,16 @@ impl Hub {
         {
             let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
             match &record {
-                Some(r) if records.get(node) == Some(r) => return,
+                Some(r) if records.get(node) == Some(r) => {
+                    drop(records);
+                    // Unchanged, but a revoked node's reports may have come
+                    // back meanwhile (written by a replica that had not seen
+                    // the revocation yet, or in force at start).
+                    if matches!(r, Ok(r) if r.revoked) && self.reporting_nodes().contains(node) {
+                        self.revoke_node(node);
+                    }
+                    return;
+                }
                 Some(r) => {
                     records.insert(node.to_string(), r.clone());
                 }
@@ -680,10 +689,12 @@ async fn drive(
     // Versions that changed nothing for this node, told at most every
     // QUIET_FLUSH in one empty update (`SessionCore::on_version_quietly`).
     let mut quiet_due: Option<tokio::time::Instant> = None;
+    let mut quiet_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = sleep_until_or_never(quiet_due), if quiet_due.is_some() => {
                 quiet_due = None;
+                quiet_since = None;
                 if let Some(update) = core.flush() {
                     send(hub, node, tx, update).await?;
                 }
@@ -727,9 +738,14 @@ async fn drive(
                 let current = intent.borrow_and_update().clone();
                 if let Some(update) = core.on_version_quietly(&current) {
                     quiet_due = None;
+                    quiet_since = None;
                     send(hub, node, tx, update).await?;
-                } else if core.is_quiet() && quiet_due.is_none() {
-                    quiet_due = Some(tokio::time::Instant::now() + crate::session::QUIET_FLUSH);
+                } else if core.is_quiet() {
+                    // Told once versions stop coming for QUIET_FLUSH, and at
+                    // least every QUIET_MAX while they keep coming.
+                    let now = tokio::time::Instant::now();
+                    let since = *quiet_since.get_or_insert(now);
+                    quiet_due = Some((now + crate::session::QUIET_FLUSH).min(since + crate::session::QUIET_MAX));
                 }
             }
             msg = inbound.message() => match msg? {

@@ -110,10 +110,12 @@ pub struct SessionCore {
     quiet: bool,
 }
 
-/// Versions that change nothing for a node are told to it at most this often
-/// (one empty update for all of them), so a change elsewhere in the fleet
-/// costs the node nothing at the time.
+/// Versions that change nothing for a node are told to it (one empty update
+/// for all of them) once no version came for this long, so a change elsewhere
+/// in the fleet costs the node nothing at the time ...
 pub const QUIET_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... and at least this often while versions keep coming (churn elsewhere).
+pub const QUIET_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl SessionCore {
     pub fn new(node: &str) -> Self {
