@@ -163,7 +163,18 @@ fn a_backend_found_dead_by_its_own_dpu_leaves_the_groups_of_every_dpu() -> Resul
             .dump_groups(d.bridge())
             .is_ok_and(|g| g.iter().any(|l| l.contains(WEB2_BUCKET)))
     };
-    assert!(web2_bucket(&lab), "dpu-1 balances to web-2 at first");
+    // The ACK can come before dpu-1's Geneve tunnel port has its ofport; until
+    // then web-2 (remote) is unreachable there and has no bucket.
+    wait_until(
+        "dpu-1 to balance to web-2 at first",
+        Duration::from_secs(15),
+        || web2_bucket(&lab),
+    )
+    .map_err(|e| {
+        let log = lab.agent_log(0);
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        e.context(format!("dpu-1's log, newest first:\n{}", tail.join("\n")))
+    })?;
     let both = lab.client("client", &format!("{VIP}:80"), "tcp", 40)?;
     assert!(both.failed == 0 && both.count_for("web-2") > 0, "{both:?}");
 
