@@ -166,9 +166,8 @@ async fn refresh(source: &mut IntentSource, effective: &mut Effective) -> Result
     let fresh =
         objects::from_listing_since(source.store.list(PREFIX).await?, Some(&source.mirror))?;
     if fresh.differences(&source.mirror) > 0 {
-        let previous = effective.manifests().intent.clone();
-        let m =
-            Manifests::resolve_since(fresh.docs(), Some(&previous)).map_err(StartError::Invalid)?;
+        let previous = effective.manifests().clone();
+        let m = Manifests::resolve_after(fresh.docs(), &previous).map_err(StartError::Invalid)?;
         effective.set_manifests(m);
     }
     source.mirror = fresh;
@@ -884,6 +883,9 @@ impl Task {
     }
 }
 
+/// At most this many more watch items are taken into one round.
+const DRAIN_MAX: usize = 1024;
+
 /// Pends forever without a watch.
 async fn next_item(watch: &mut Option<Watch>) -> Option<Result<WatchItem, KvError>> {
     match watch {
@@ -917,8 +919,8 @@ fn run_round(
 ) -> Round {
     let outcome = reloader.map(|r| r.poll());
     let resolved = docs.map(|docs| {
-        let previous = effective.manifests().intent.clone();
-        Manifests::resolve_since(docs, Some(&previous)).map(|m| effective.set_manifests(m))
+        let previous = effective.manifests().clone();
+        Manifests::resolve_after(docs, &previous).map(|m| effective.set_manifests(m))
     });
     let mut reported_changes = 0;
     for (node, set) in reports {
@@ -997,7 +999,19 @@ pub async fn run(
         // Only the leader reads the directory (and imports it).
         let poll = matches!(wake, Wake::Poll) && task.leader.borrow().is_some();
         match wake {
-            Wake::Watch(item) => task.on_watch(item).await,
+            Wake::Watch(item) => {
+                task.on_watch(item).await;
+                // What else the watch holds joins this round: under churn one
+                // round takes every change that came while the last one ran,
+                // rather than a round (a resolve, a version) each.
+                for _ in 0..DRAIN_MAX {
+                    let Some(item) = task.watch.as_mut().and_then(|w| w.items.try_recv().ok())
+                    else {
+                        break;
+                    };
+                    task.on_watch(Some(item)).await;
+                }
+            }
             Wake::Relist => task.relist().await,
             Wake::Poll | Wake::Reports => {}
         }

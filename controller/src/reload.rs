@@ -16,7 +16,7 @@ use crate::diag::IntentError;
 use crate::load::{fingerprint, Contents, Fingerprint, LoadError};
 use crate::manifest::Doc;
 use crate::objects::{parse_inputs, Input};
-use crate::resolve::{resolve, resolve_since};
+use crate::resolve::{resolve, resolve_after, resolve_since};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -55,6 +55,19 @@ impl Manifests {
         previous: Option<&Intent>,
     ) -> Result<Self, Vec<IntentError>> {
         let intent = resolve_since(&docs, previous)?;
+        Ok(Manifests {
+            docs: Arc::new(docs),
+            intent: Arc::new(intent),
+        })
+    }
+}
+
+impl Manifests {
+    /// [`Manifests::resolve_since`] `previous`, reusing what did not change
+    /// (see [`resolve_after`]): the same result and errors, at the cost of
+    /// what changed.
+    pub fn resolve_after(docs: Vec<Doc>, previous: &Manifests) -> Result<Self, Vec<IntentError>> {
+        let intent = resolve_after(&docs, &previous.docs, &previous.intent)?;
         Ok(Manifests {
             docs: Arc::new(docs),
             intent: Arc::new(intent),

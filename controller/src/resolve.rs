@@ -63,7 +63,31 @@ pub fn resolve(docs: &[Doc]) -> Result<Intent, Vec<IntentError>> {
 /// untouched one and its file. Without `previous`, or when both or neither
 /// changed, the model's choice stands (the name that sorts later).
 pub fn resolve_since(docs: &[Doc], previous: Option<&Intent>) -> Result<Intent, Vec<IntentError>> {
-    resolve_inner(docs, &[], previous)
+    resolve_inner(docs, &[], previous, None)
+}
+
+/// At most this many Workloads changed since the last good resolve for
+/// [`resolve_after`] to reuse what it can; more, and everything is resolved
+/// again (checking each Service against each changed Workload would cost more).
+const REUSE_MAX_CHANGED: usize = 256;
+
+/// [`resolve_since`] after a good resolve of `previous_docs` to `previous`:
+/// what cannot have changed is taken from `previous` rather than built again.
+/// An object whose document is the same (kind, name, labels, spec) is reused;
+/// a Service is reused too when no Workload it could select or names (old or
+/// new) changed. The result is the same as resolving everything: the
+/// cross-object rules still run over the whole intent, and any error at all
+/// resolves everything again, so errors are exactly [`resolve_since`]'s. A
+/// change costs the objects it touches, not the whole intent.
+pub fn resolve_after(
+    docs: &[Doc],
+    previous_docs: &[Doc],
+    previous: &Intent,
+) -> Result<Intent, Vec<IntentError>> {
+    match resolve_inner(docs, &[], Some(previous), Some((previous_docs, previous))) {
+        Ok(intent) => Ok(intent),
+        Err(_) => resolve_inner(docs, &[], Some(previous), None),
+    }
 }
 
 /// Resolves the documents together with `extra` Workloads that come from
@@ -73,14 +97,30 @@ pub fn resolve_since(docs: &[Doc], previous: Option<&Intent>) -> Result<Intent, 
 /// may not take the name of a declared one; explicit `backends[].workload`
 /// references still name declared Workloads only.
 pub fn resolve_with(docs: &[Doc], extra: &[Workload]) -> Result<Intent, Vec<IntentError>> {
-    resolve_inner(docs, extra, None)
+    resolve_inner(docs, extra, None, None)
 }
+
+/// The last good resolve: its documents and the intent they gave.
+type Reuse<'a> = (&'a [Doc], &'a Intent);
 
 fn resolve_inner(
     docs: &[Doc],
     extra: &[Workload],
     previous: Option<&Intent>,
+    reuse: Option<Reuse<'_>>,
 ) -> Result<Intent, Vec<IntentError>> {
+    let before: HashMap<(Kind, &str), &Doc> = reuse
+        .map(|(docs, _)| {
+            docs.iter()
+                .map(|d| ((d.kind, d.name.as_str()), d))
+                .collect()
+        })
+        .unwrap_or_default();
+    let unchanged = |key: &ObjectKey, doc: &Doc| {
+        before
+            .get(&(key.kind, key.name.as_str()))
+            .is_some_and(|b| b.labels == doc.labels && b.spec == doc.spec)
+    };
     let mut errors = Vec::new();
     let mut located: BTreeMap<ObjectKey, Located<'_>> = BTreeMap::new();
     for doc in docs {
@@ -115,7 +155,12 @@ fn resolve_inner(
         .filter(|k| k.kind == Kind::Workload)
         .map(|k| k.name.clone())
         .collect();
-    for loc in located.values().filter(|l| l.doc.kind != Kind::Service) {
+    for (key, loc) in located.iter().filter(|(_, l)| l.doc.kind != Kind::Service) {
+        if let Some((_, prev)) = reuse.filter(|_| unchanged(key, loc.doc)) {
+            if copy_object(prev, key, &mut intent) {
+                continue;
+            }
+        }
         match object_from_proto(&plain_object(loc.doc)) {
             Ok(o) => intent.upsert(o),
             Err(e) => errors.push(map_error(&e, loc)),
@@ -132,16 +177,25 @@ fn resolve_inner(
         }
         intent.upsert(Object::Workload(w.clone()));
     }
+    let changed = reuse.and_then(|(_, prev)| changed_workloads(prev, &intent));
     let mut service_origins = BTreeMap::new();
-    let labels = LabelIndex::build(&intent.workloads);
-    for loc in located.values().filter(|l| l.doc.kind == Kind::Service) {
+    // Built when a Service is first resolved (with reuse, maybe never).
+    let mut labels: Option<LabelIndex> = None;
+    for (key, loc) in located.iter().filter(|(_, l)| l.doc.kind == Kind::Service) {
         let Spec::Service(spec) = &loc.doc.spec else {
             continue;
         };
+        if let (Some((_, prev)), Some(changed)) = (reuse, &changed) {
+            let untouched = || !changed.iter().any(|w| touches(spec, w));
+            if unchanged(key, loc.doc) && untouched() && copy_object(prev, key, &mut intent) {
+                continue;
+            }
+        }
+        let labels = labels.get_or_insert_with(|| LabelIndex::build(&intent.workloads));
         let backends = match resolve_backends(
             spec,
             &intent.workloads,
-            &labels,
+            labels,
             &declared_workloads,
             &loc.doc.source,
         ) {
@@ -192,6 +246,61 @@ fn resolve_inner(
         errors.sort();
         Err(errors)
     }
+}
+
+/// Puts `previous`'s object `key` into `intent` (shared, not copied, for
+/// Workloads and Services); false if `previous` has none.
+fn copy_object(previous: &Intent, key: &ObjectKey, intent: &mut Intent) -> bool {
+    fn copy<T: Clone>(
+        from: &BTreeMap<String, T>,
+        name: &str,
+        to: &mut BTreeMap<String, T>,
+    ) -> bool {
+        from.get(name)
+            .map(|o| to.insert(name.to_string(), o.clone()))
+            .is_some()
+    }
+    let name = key.name.as_str();
+    match key.kind {
+        Kind::Vpc => copy(&previous.vpcs, name, &mut intent.vpcs),
+        Kind::Subnet => copy(&previous.subnets, name, &mut intent.subnets),
+        Kind::Workload => copy(&previous.workloads, name, &mut intent.workloads),
+        Kind::Service => copy(&previous.services, name, &mut intent.services),
+        Kind::NetworkProbe => copy(&previous.probes, name, &mut intent.probes),
+        Kind::Node => copy(&previous.nodes, name, &mut intent.nodes),
+    }
+}
+
+/// The Workloads that differ between `previous` and `now` (added, removed or
+/// changed; both versions of a changed one), or None past
+/// [`REUSE_MAX_CHANGED`].
+fn changed_workloads(previous: &Intent, now: &Intent) -> Option<Vec<std::sync::Arc<Workload>>> {
+    let mut out = Vec::new();
+    let differs = |a: &std::sync::Arc<Workload>, b: Option<&std::sync::Arc<Workload>>| {
+        b.is_none_or(|b| !std::sync::Arc::ptr_eq(a, b) && a != b)
+    };
+    for (name, w) in &now.workloads {
+        if differs(w, previous.workloads.get(name)) {
+            out.push(w.clone());
+            out.extend(previous.workloads.get(name).cloned());
+        }
+    }
+    for (name, w) in &previous.workloads {
+        if !now.workloads.contains_key(name) {
+            out.push(w.clone());
+        }
+    }
+    (out.len() <= REUSE_MAX_CHANGED).then_some(out)
+}
+
+/// Whether the Service's backends can depend on `w`: its selector picks it,
+/// or an explicit backend names it.
+fn touches(spec: &ServiceSpec, w: &Workload) -> bool {
+    selects(spec, w)
+        || spec
+            .backends
+            .iter()
+            .any(|b| b.workload.as_deref() == Some(w.name.as_str()))
 }
 
 /// Whether `new`'s object changed since `previous` (or is new there) while
@@ -396,31 +505,49 @@ fn is_gateway(spec: &ServiceSpec) -> bool {
     spec.scenario == Some(ScenarioSpec::EipServiceGateway)
 }
 
-/// The Workloads by label pair, each list in name order. A selector picks
-/// only Workloads that have every one of its pairs, so its candidates are
-/// those of its rarest pair: a Service costs the Workloads that share its
-/// labels, not every Workload.
-struct LabelIndex(HashMap<(String, String), Vec<std::sync::Arc<Workload>>>);
+/// The Workloads by label pair, each list in name order, once per VPC and once
+/// across VPCs. A selector picks only Workloads that have every one of its
+/// pairs (in its own VPC, unless it is a service gateway's), so its candidates
+/// are those of its rarest pair there: a Service costs the Workloads of its VPC
+/// that share its labels, not every Workload with those labels.
+struct LabelIndex {
+    in_vpc: HashMap<String, Pairs>,
+    any_vpc: Pairs,
+}
+
+type Pairs = HashMap<(String, String), Vec<std::sync::Arc<Workload>>>;
 
 impl LabelIndex {
     fn build(workloads: &BTreeMap<String, std::sync::Arc<Workload>>) -> Self {
-        let mut ix: HashMap<(String, String), Vec<std::sync::Arc<Workload>>> = HashMap::new();
+        let mut ix = LabelIndex {
+            in_vpc: HashMap::new(),
+            any_vpc: HashMap::new(),
+        };
         for w in workloads.values() {
+            let vpc = ix.in_vpc.entry(w.vpc.clone()).or_default();
             for (k, v) in &w.labels {
-                ix.entry((k.clone(), v.clone()))
-                    .or_default()
-                    .push(w.clone());
+                let pair = (k.clone(), v.clone());
+                vpc.entry(pair.clone()).or_default().push(w.clone());
+                ix.any_vpc.entry(pair).or_default().push(w.clone());
             }
         }
-        LabelIndex(ix)
+        ix
     }
 
     /// The Workloads that may match `spec`'s selector, in name order.
     fn candidates(&self, spec: &ServiceSpec) -> &[std::sync::Arc<Workload>] {
+        let pairs = if is_gateway(spec) {
+            Some(&self.any_vpc)
+        } else {
+            self.in_vpc.get(&spec.vpc)
+        };
+        let Some(pairs) = pairs else {
+            return &[];
+        };
         spec.selector
             .iter()
             .map(|(k, v)| {
-                self.0
+                pairs
                     .get(&(k.clone(), v.clone()))
                     .map_or(&[][..], Vec::as_slice)
             })

@@ -574,3 +574,79 @@ fn an_ipv6_cluster_ip_brings_the_ipv6_address_of_each_workload() {
     assert_eq!(ips("ds"), ["10.1.1.90", "fd00:1::90"]);
     assert_eq!(ips("ds4"), ["10.1.1.90"]);
 }
+
+/// `resolve_after` reuses what did not change, and gives exactly what
+/// resolving everything gives: the same intent, or the same errors. Each edit
+/// is made after the good set; what a Service selects or names changes in most.
+#[test]
+fn resolving_after_a_change_equals_resolving_everything() {
+    let edits: [(&str, &str, &str); 9] = [
+        // A selected Workload relabelled out of its Service.
+        (
+            "i/20-workloads.yaml",
+            "  name: web-1\n  labels:\n    app: web",
+            "  name: web-1\n  labels:\n    app: other",
+        ),
+        // A Workload relabelled into a Service.
+        (
+            "i/20-workloads.yaml",
+            "  name: db-1\n  labels:\n    app: db",
+            "  name: db-1\n  labels:\n    app: web",
+        ),
+        // The Workload an explicit backend names moves its address.
+        ("i/20-workloads.yaml", "ip: 10.1.2.10", "ip: 10.1.2.11"),
+        // A Workload in another VPC with the selected label changes: nothing
+        // of blue's Service depends on it.
+        ("i/20-workloads.yaml", "ip: 10.1.3.10", "ip: 10.1.3.11"),
+        // A selected Workload gets an IPv6 address.
+        (
+            "i/20-workloads.yaml",
+            "  ip: 10.1.1.10\n",
+            "  ip: 10.1.1.10\n  ipv6: fd00::10\n",
+        ),
+        // A Service's own spec changes.
+        ("i/30-services.yaml", "weight: 3", "weight: 5"),
+        // A Workload disappears from under an explicit backend: an error.
+        ("i/20-workloads.yaml", "  name: web-2\n", "  name: web-9\n"),
+        // Two Workloads on one address: a cross-object error.
+        ("i/20-workloads.yaml", "ip: 10.1.1.20", "ip: 10.1.1.10"),
+        // Nothing changes.
+        ("i/20-workloads.yaml", "", ""),
+    ];
+    let before_docs = docs_of(&GOOD);
+    let before = resolve(&before_docs).unwrap();
+    for (file, from, to) in edits {
+        let mut texts: Vec<(&str, String)> =
+            GOOD.iter().map(|(f, t)| (*f, t.to_string())).collect();
+        let text = &mut texts.iter_mut().find(|(f, _)| *f == file).unwrap().1;
+        assert!(text.contains(from), "{from:?} is in {file}");
+        *text = text.replacen(from, to, 1);
+        let files: Vec<(&str, &str)> = texts.iter().map(|(f, t)| (*f, t.as_str())).collect();
+        let docs = docs_of(&files);
+        let after = resolve_after(&docs, &before_docs, &before);
+        let everything = resolve_since(&docs, Some(&before));
+        assert_eq!(after, everything, "after {from:?} -> {to:?} in {file}");
+        if let Ok(intent) = after {
+            // What did not change is shared with the previous intent.
+            let shared = intent
+                .services
+                .iter()
+                .filter(|(n, s)| {
+                    before
+                        .services
+                        .get(*n)
+                        .is_some_and(|b| std::sync::Arc::ptr_eq(b, s))
+                })
+                .count();
+            let equal = intent
+                .services
+                .iter()
+                .filter(|(n, s)| before.services.get(*n) == Some(*s))
+                .count();
+            assert_eq!(
+                shared, equal,
+                "every unchanged Service is reused ({from:?})"
+            );
+        }
+    }
+}

@@ -25,7 +25,18 @@ pub enum StoreError {
 /// A digest of the resolved intent. The domain types are ordered maps all the way
 /// down, so their debug form is canonical.
 pub fn intent_digest(intent: &Intent) -> String {
-    hex::encode(Sha256::digest(format!("{intent:?}").as_bytes()))
+    // The debug form goes straight into the hash (the same bytes as hashing
+    // `format!("{intent:?}")`, without the string: tens of MB at 10k Services).
+    struct Hashing(Sha256);
+    impl std::fmt::Write for Hashing {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.update(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = Hashing(Sha256::new());
+    std::fmt::write(&mut h, format_args!("{intent:?}")).expect("hashing cannot fail");
+    hex::encode(h.0.finalize())
 }
 
 #[cfg(test)]
@@ -47,5 +58,10 @@ mod tests {
         assert_eq!(intent_digest(&intent(1)), intent_digest(&intent(1)));
         assert_ne!(intent_digest(&intent(1)), intent_digest(&intent(2)));
         assert_eq!(intent_digest(&intent(1)).len(), 64);
+        // The digest of the debug form, as replicas of earlier releases
+        // compute it: they give the same intent the same version.
+        let i = intent(7);
+        let old = hex::encode(Sha256::digest(format!("{i:?}").as_bytes()));
+        assert_eq!(intent_digest(&i), old);
     }
 }
