@@ -34,8 +34,7 @@ fn main() {
     let after = parse_file("a.yaml", &manifests(nodes, services, Some((0, 3)))).expect("parses");
     let first = Manifests::resolve_since(before.clone(), None).expect("resolves");
     let reported = BTreeMap::new();
-    let base = merge(&first.docs, &first.intent, &reported).intent;
-    let base = Arc::new(base);
+    let base = merge(&first.docs, &first.intent, &reported, None).intent;
     let mut stages: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     for _ in 0..5 {
         let mut time = |name, f: &mut dyn FnMut()| {
@@ -63,9 +62,9 @@ fn main() {
         );
         let mut merged = None;
         time("3 merge", &mut || {
-            merged = Some(merge(&m.docs, &m.intent, &reported))
+            merged = Some(merge(&m.docs, &m.intent, &reported, None))
         });
-        let merged = Arc::new(merged.expect("merged").intent);
+        let merged = merged.expect("merged").intent;
         time("4 intent_digest", &mut || {
             intent_digest(&merged);
         });

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use dpu_model::Intent;
 
+use crate::manifest::Doc;
 use crate::merge::merge;
 use crate::reload::Manifests;
 use crate::reported::{replace_set, ReportedSet, MAX_REPORTED_ERRORS};
@@ -38,6 +39,9 @@ pub struct Effective {
     store_id: Arc<str>,
     /// The intent in force, for the next version's base.
     in_force: Option<Arc<Intent>>,
+    /// The documents and the result of the last merge, which the next one
+    /// reuses what it can of.
+    last_merge: Option<(Arc<Vec<Doc>>, Arc<Intent>)>,
 }
 
 /// (node, reason) for each reported workload left out of the intent.
@@ -68,6 +72,7 @@ impl Effective {
             summaries: BTreeMap::new(),
             store_id: format!("{cluster_id}/rev").into(),
             in_force: None,
+            last_merge: None,
         };
         for (node, set) in reported {
             e.set_reported(&node, set);
@@ -137,7 +142,17 @@ impl Effective {
         if !self.stale {
             return Commit::default();
         }
-        let merged = merge(&self.manifests.docs, &self.manifests.intent, &self.reported);
+        let previous = self
+            .last_merge
+            .as_ref()
+            .map(|(docs, intent)| (docs.as_slice(), &**intent));
+        let merged = merge(
+            &self.manifests.docs,
+            &self.manifests.intent,
+            &self.reported,
+            previous,
+        );
+        self.last_merge = Some((self.manifests.docs.clone(), merged.intent.clone()));
         let digest = intent_digest(&merged.intent);
         self.stale = false;
 
@@ -168,7 +183,7 @@ impl Effective {
             summaries.insert(node, summary);
         }
         self.summaries = summaries;
-        self.pending = (digest != self.digest).then(|| (digest, Arc::new(merged.intent)));
+        self.pending = (digest != self.digest).then_some((digest, merged.intent));
         Commit { newly_dropped }
     }
 }

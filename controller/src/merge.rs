@@ -20,13 +20,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use dpu_model::limits::MAX_OBJECTS;
 use dpu_model::{Intent, Workload};
 
 use crate::manifest::{Doc, ServiceSpec, Spec};
 use crate::reported::ReportedSet;
-use crate::resolve::{resolve_with, selects, SELECTED};
+use crate::resolve::{resolve_with, resolve_with_after, selects, SELECTED};
 
 /// What became of one node's reported workloads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,14 +40,22 @@ pub struct NodeMerge {
 
 #[derive(Debug, Clone)]
 pub struct Merged {
-    pub intent: Intent,
+    /// `base` itself when no reported workload joins it.
+    pub intent: Arc<Intent>,
     /// Every node that reported a set.
     pub nodes: BTreeMap<String, NodeMerge>,
 }
 
 /// Merges the reported sets into the manifests. `docs` are the manifest
 /// documents and `base` what they resolve to on their own (both valid).
-pub fn merge(docs: &[Doc], base: &Intent, reported: &BTreeMap<String, ReportedSet>) -> Merged {
+/// `previous`, the documents and the result of the last merge, lets the
+/// resolve reuse what did not change (`resolve_with_after`).
+pub fn merge(
+    docs: &[Doc],
+    base: &Arc<Intent>,
+    reported: &BTreeMap<String, ReportedSet>,
+    previous: Option<(&[Doc], &Intent)>,
+) -> Merged {
     let mut nodes: BTreeMap<String, NodeMerge> = reported
         .keys()
         .map(|n| (n.clone(), NodeMerge::default()))
@@ -66,8 +75,12 @@ pub fn merge(docs: &[Doc], base: &Intent, reported: &BTreeMap<String, ReportedSe
             break base.clone();
         }
         let extra: Vec<Workload> = kept.iter().map(|(_, w)| (*w).clone()).collect();
-        let errors = match resolve_with(docs, &extra) {
-            Ok(intent) => break intent,
+        let resolved = match previous {
+            Some((docs_then, then)) => resolve_with_after(docs, &extra, docs_then, then),
+            None => resolve_with(docs, &extra),
+        };
+        let errors = match resolved {
+            Ok(intent) => break Arc::new(intent),
             Err(errors) => errors,
         };
         let names: BTreeSet<&str> = kept.iter().map(|(_, w)| w.name.as_str()).collect();
@@ -138,6 +151,40 @@ pub fn merge(docs: &[Doc], base: &Intent, reported: &BTreeMap<String, ReportedSe
     Merged { intent, nodes }
 }
 
+/// Who holds a name, an address or a port already; said only when a
+/// reported workload collides with it.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    /// A manifest Workload's name.
+    ManifestName,
+    /// A name another node reported.
+    ReportedName(&'a str),
+    Gateway(&'a str),
+    ClusterIp(&'a str),
+    Workload(&'a str),
+    /// (workload, node).
+    ReportedWorkload(&'a str, &'a str),
+}
+
+impl std::fmt::Display for Owner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::ManifestName => {
+                write!(f, "a manifest Workload has this name (the manifest wins)")
+            }
+            Owner::ReportedName(node) => {
+                write!(f, "node {node} already reports a Workload with this name")
+            }
+            Owner::Gateway(subnet) => write!(f, "the gateway of Subnet/{subnet}"),
+            Owner::ClusterIp(service) => write!(f, "a cluster IP of YusurService/{service}"),
+            Owner::Workload(name) => write!(f, "Workload/{name}"),
+            Owner::ReportedWorkload(name, node) => {
+                write!(f, "Workload/{name} (reported by {node})")
+            }
+        }
+    }
+}
+
 /// The collisions that the manifests must win, checked before resolution (the
 /// model's rules would blame whichever object sorts later). Returns what is
 /// left, as (node, workload) in node then name order.
@@ -146,44 +193,33 @@ fn precheck<'a>(
     reported: &'a BTreeMap<String, ReportedSet>,
     nodes: &mut BTreeMap<String, NodeMerge>,
 ) -> Vec<(&'a str, &'a Workload)> {
-    let mut names: HashMap<&str, String> = base
+    if reported.values().all(|s| s.workloads.is_empty()) {
+        return Vec::new();
+    }
+    let mut names: HashMap<&str, Owner<'a>> = base
         .workloads
         .keys()
-        .map(|n| {
-            let owner = "a manifest Workload has this name (the manifest wins)".to_string();
-            (n.as_str(), owner)
-        })
+        .map(|n| (n.as_str(), Owner::ManifestName))
         .collect();
-    let mut ips: HashMap<(&str, IpAddr), String> = HashMap::new();
+    let mut ips: HashMap<(&str, IpAddr), Owner<'a>> = HashMap::new();
     for s in base.subnets.values() {
-        ips.insert(
-            (&s.vpc, s.gateway),
-            format!("the gateway of Subnet/{}", s.name),
-        );
+        ips.insert((&s.vpc, s.gateway), Owner::Gateway(&s.name));
     }
     for s in base.services.values() {
         for ip in &s.cluster_ips {
-            ips.insert(
-                (&s.vpc, *ip),
-                format!("a cluster IP of YusurService/{}", s.name),
-            );
+            ips.insert((&s.vpc, *ip), Owner::ClusterIp(&s.name));
         }
     }
     for w in base.workloads.values() {
-        ips.insert((&w.vpc, IpAddr::V4(w.ip)), format!("Workload/{}", w.name));
+        ips.insert((&w.vpc, IpAddr::V4(w.ip)), Owner::Workload(&w.name));
         if let Some(v6) = w.ipv6 {
-            ips.insert((&w.vpc, IpAddr::V6(v6)), format!("Workload/{}", w.name));
+            ips.insert((&w.vpc, IpAddr::V6(v6)), Owner::Workload(&w.name));
         }
     }
-    let mut ports: HashMap<(&str, &str), String> = base
+    let mut ports: HashMap<(&str, &str), &str> = base
         .workloads
         .values()
-        .map(|w| {
-            (
-                (w.node.as_str(), w.port.as_str()),
-                format!("Workload/{}", w.name),
-            )
-        })
+        .map(|w| ((w.node.as_str(), w.port.as_str()), w.name.as_str()))
         .collect();
     let mut room = MAX_OBJECTS.saturating_sub(base.len());
 
@@ -201,7 +237,7 @@ fn precheck<'a>(
                 ))
             } else if let Some(owner) = ports.get(&(w.node.as_str(), w.port.as_str())) {
                 Some(format!(
-                    "Workload/{}: spec.port: port {} on node {} is already bound to {owner}",
+                    "Workload/{}: spec.port: port {} on node {} is already bound to Workload/{owner}",
                     w.name, w.port, w.node
                 ))
             } else if room == 0 {
@@ -218,15 +254,12 @@ fn precheck<'a>(
                 }
                 continue;
             }
-            names.insert(
-                &w.name,
-                format!("node {node} already reports a Workload with this name"),
-            );
+            names.insert(&w.name, Owner::ReportedName(node));
             ips.insert(
                 (&w.vpc, IpAddr::V4(w.ip)),
-                format!("Workload/{} (reported by {node})", w.name),
+                Owner::ReportedWorkload(&w.name, node),
             );
-            ports.insert((&w.node, &w.port), format!("Workload/{}", w.name));
+            ports.insert((&w.node, &w.port), &w.name);
             room -= 1;
             kept.push((node.as_str(), w));
         }

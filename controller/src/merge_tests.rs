@@ -43,7 +43,7 @@ fn run_with(docs: Vec<Doc>, reports: &[(&str, Vec<pb::Workload>)]) -> Merged {
             (node.to_string(), set)
         })
         .collect();
-    let m = merge(&docs, &base, &sets);
+    let m = merge(&docs, &Arc::new(base.clone()), &sets, None);
     assert!(validate(&m.intent).is_empty(), "the merge is valid");
     // The manifests are all there, untouched.
     for (name, w) in &base.workloads {
@@ -66,7 +66,7 @@ fn backend(ip: [u8; 4], weight: u32, workload: Option<&str>) -> Backend {
 #[test]
 fn no_reports_is_the_manifest_intent() {
     let m = run(&[]);
-    assert_eq!(m.intent, resolve(&docs()).unwrap());
+    assert_eq!(*m.intent, resolve(&docs()).unwrap());
     assert!(m.nodes.is_empty());
 }
 
@@ -250,8 +250,8 @@ fn a_node_cannot_report_pods_into_a_vpc_where_it_holds_no_block() {
     let evil = pod("evil", "dpu-3", "10.1.1.66", "web");
     let sets: BTreeMap<String, ReportedSet> =
         [("dpu-3".to_string(), check_report("dpu-3", &[evil]))].into();
-    let m = merge(&docs, &base, &sets);
-    assert_eq!(m.intent, base, "nothing of the report is in the intent");
+    let m = merge(&docs, &Arc::new(base.clone()), &sets, None);
+    assert_eq!(*m.intent, base, "nothing of the report is in the intent");
     assert_eq!(
         m.nodes["dpu-3"].dropped,
         ["Workload/evil: spec.vpc: node dpu-3 has no block in any Subnet of Vpc/blue (spec.nodeBlocks); a node reports pods only where it holds a block"]
@@ -279,4 +279,56 @@ fn labels_of_an_allowed_pod_select_it_only_within_what_its_node_already_has() {
         .map(|k| k.to_string())
         .collect();
     assert_eq!(added, ["Workload/red-pod"]);
+}
+
+/// A merge that reuses the last one's result gives what a merge from scratch
+/// gives, whatever changed in between: reported pods added, relabelled,
+/// removed or colliding, and the manifests themselves.
+#[test]
+fn a_merge_after_the_last_one_equals_a_merge_from_scratch() {
+    let sets = |ws: &[pb::Workload]| -> BTreeMap<String, ReportedSet> {
+        let mut by_node: BTreeMap<String, Vec<pb::Workload>> = BTreeMap::new();
+        for w in ws {
+            by_node.entry(w.node.clone()).or_default().push(w.clone());
+        }
+        by_node
+            .into_iter()
+            .map(|(n, ws)| {
+                let set = check_report(&n, &ws);
+                (n, set)
+            })
+            .collect()
+    };
+    let a = pod("pod-a", "dpu-1", "10.1.1.30", "web");
+    let b = pod("pod-b", "dpu-1", "10.1.1.31", "db");
+    let mut a_relabelled = a.clone();
+    a_relabelled.labels = [("app".to_string(), "db".to_string())].into();
+    // On web-1's address: dropped.
+    let clash = pod("pod-c", "dpu-1", "10.1.1.10", "web");
+    let mut moved_docs = docs();
+    let web1 = moved_docs
+        .iter_mut()
+        .find(|d| d.name == "web-1")
+        .expect("the sample has web-1");
+    web1.labels.insert("app".into(), "db".into());
+    let steps: Vec<(Vec<Doc>, Vec<pb::Workload>)> = vec![
+        (docs(), vec![a.clone()]),
+        (docs(), vec![a.clone(), b.clone()]),
+        (docs(), vec![a_relabelled.clone(), b.clone()]),
+        (docs(), vec![b.clone(), clash]),
+        (moved_docs.clone(), vec![a.clone(), b.clone()]),
+        (moved_docs, vec![]),
+        (docs(), vec![a]),
+    ];
+    let mut last: Option<(Vec<Doc>, Arc<Intent>)> = None;
+    for (i, (docs, ws)) in steps.into_iter().enumerate() {
+        let base = Arc::new(resolve(&docs).unwrap());
+        let reported = sets(&ws);
+        let fresh = merge(&docs, &base, &reported, None);
+        let previous = last.as_ref().map(|(d, m)| (d.as_slice(), &**m));
+        let again = merge(&docs, &base, &reported, previous);
+        assert_eq!(again.intent, fresh.intent, "step {i}");
+        assert_eq!(again.nodes, fresh.nodes, "step {i}");
+        last = Some((docs, again.intent));
+    }
 }

@@ -90,6 +90,21 @@ pub fn resolve_after(
     }
 }
 
+/// [`resolve_with`] after a good merge of `previous_docs` (with the extra
+/// Workloads of then) to `previous`, reusing what did not change as
+/// [`resolve_after`] does: the same result and errors.
+pub fn resolve_with_after(
+    docs: &[Doc],
+    extra: &[Workload],
+    previous_docs: &[Doc],
+    previous: &Intent,
+) -> Result<Intent, Vec<IntentError>> {
+    match resolve_inner(docs, extra, None, Some((previous_docs, previous))) {
+        Ok(intent) => Ok(intent),
+        Err(_) => resolve_inner(docs, extra, None, None),
+    }
+}
+
 /// Resolves the documents together with `extra` Workloads that come from
 /// elsewhere and already passed their field rules. Selectors see them like any
 /// declared Workload, and the cross-object rules run over the union. Errors about
