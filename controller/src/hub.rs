@@ -266,6 +266,22 @@ impl Hub {
         nodes
     }
 
+    /// Whether `node` is one of [`Hub::reporting_nodes`].
+    fn is_reporting(&self, node: &str) -> bool {
+        let v = self.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+        v.has_claim(node) || self.reports.is_reporter(node)
+    }
+
+    /// `node`'s session now running, if any.
+    fn session_of(&self, node: &str) -> Option<LiveSession> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(node).map(|r| LiveSession {
+            node: node.to_string(),
+            id: r.id,
+            serial: r.serial.clone(),
+        })
+    }
+
     /// Hands a reported set to the intent task, unless a newer session of the
     /// node has taken over (its agent reports for itself). True if handed on.
     fn submit_report(&self, node: &str, id: u64, set: ReportedSet) -> bool {
@@ -343,7 +359,7 @@ impl Hub {
                     // Unchanged, but a revoked node's reports may have come
                     // back meanwhile (written by a replica that had not seen
                     // the revocation yet, or in force at start).
-                    if matches!(r, Ok(r) if r.revoked) && self.reporting_nodes().contains(node) {
+                    if matches!(r, Ok(r) if r.revoked) && self.is_reporting(node) {
                         self.revoke_node(node);
                     }
                     return;
@@ -360,13 +376,11 @@ impl Hub {
         }
         // Only after the record is in place (see `admitted`).
         let Some(Ok(record)) = record else { return };
-        if record.revoked
-            && (self.reporting_nodes().contains(node)
-                || self.live_sessions().iter().any(|s| s.node == node))
-        {
+        let session = self.session_of(node);
+        if record.revoked && (session.is_some() || self.is_reporting(node)) {
             self.revoke_node(node);
         }
-        for s in self.live_sessions().into_iter().filter(|s| s.node == node) {
+        if let Some(s) = session {
             if let Err(revoked) = record.admits(&s.serial) {
                 tracing::warn!(node, session = s.id, "ending the session: {revoked}");
                 self.end_session(node, s.id, Status::permission_denied(revoked.to_string()));

@@ -182,6 +182,14 @@ impl ReportInbox {
         *self.reporters.lock().unwrap_or_else(|e| e.into_inner()) = nodes.into_iter().collect();
     }
 
+    /// Whether `node` is one of [`ReportInbox::reporters`].
+    pub fn is_reporter(&self, node: &str) -> bool {
+        self.reporters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node)
+    }
+
     pub fn reporters(&self) -> BTreeSet<String> {
         self.reporters
             .lock()

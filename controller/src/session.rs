@@ -12,7 +12,7 @@ use dpu_model::{key_to_proto, object_to_proto, Intent, Object, ObjectKey};
 use dpu_proto::v1 as pb;
 use rand::RngCore;
 
-use crate::view::{changed_keys, delta_in, diff, view_in, Scope, ScopeIndex};
+use crate::view::{changes, delta_in, diff, view_in, Changed, Scope, ScopeIndex};
 
 /// One version of the whole intent, as published to sessions.
 #[derive(Debug, Clone)]
@@ -35,8 +35,8 @@ pub struct Published {
 pub struct Base {
     pub version: u64,
     pub intent: Arc<Intent>,
-    /// The keys whose objects differ, in key order.
-    pub changed: Vec<ObjectKey>,
+    /// The keys whose objects differ, in key order, with their holders.
+    pub changed: Vec<Changed>,
 }
 
 impl Published {
@@ -52,7 +52,7 @@ impl Published {
 
     /// This version, published after `base_version` whose intent was `base`.
     pub fn after(mut self, base_version: u64, base: Arc<Intent>) -> Self {
-        let changed = changed_keys(&base, &self.intent);
+        let changed = changes(&base, &self.intent);
         self.base = Some(Arc::new(Base {
             version: base_version,
             intent: base,
@@ -62,10 +62,10 @@ impl Published {
     }
 
     /// What `node` takes part in at this version.
-    pub fn scope(&self, node: &str) -> Scope {
+    pub fn scope(&self, node: &str) -> Arc<Scope> {
         self.scopes
             .get_or_init(|| ScopeIndex::build(&self.intent))
-            .scope(&self.intent, node)
+            .shared_scope(&self.intent, node)
     }
 }
 
@@ -78,7 +78,7 @@ const MAX_OUTSTANDING: usize = 64;
 struct Sent {
     version: u64,
     intent: Arc<Intent>,
-    scope: Scope,
+    scope: Arc<Scope>,
     store_id: Arc<str>,
 }
 
@@ -208,7 +208,7 @@ impl SessionCore {
         // changed is looked at. Otherwise both views are worked out.
         let delta = match &current.base {
             Some(b) if b.version == sent.version && sent.scope == scope => {
-                delta_in(&b.intent, &current.intent, &b.changed, &scope)
+                delta_in(&current.intent, &b.changed, &scope)
             }
             _ => diff(
                 &view_in(&sent.intent, &sent.scope),
@@ -472,7 +472,7 @@ mod tests {
                 .unwrap()
                 .changed
                 .iter()
-                .map(|k| k.to_string())
+                .map(|c| c.key.to_string())
                 .collect::<Vec<_>>(),
             ["Vpc/green", "Workload/w"]
         );

@@ -147,6 +147,10 @@ impl Verdicts {
     }
 
     /// The nodes with a claim.
+    pub fn has_claim(&self, node: &str) -> bool {
+        self.claims.contains_key(node)
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = &String> {
         self.claims.keys()
     }

@@ -33,6 +33,71 @@ impl Scope {
             other => other.vpc().is_some_and(|v| self.vpcs.contains(v)),
         }
     }
+
+    /// [`Scope::holds`] of `intent`'s object `k`, read in place (no copy of
+    /// the object); None if `intent` has no such object.
+    pub fn holds_key(&self, intent: &Intent, k: &ObjectKey) -> Option<bool> {
+        Holder::of(intent, k).map(|h| h.in_scope(self))
+    }
+}
+
+/// What decides whether a scope holds an object: its VPC, its Service (a
+/// probe), or nothing (a DPU node, which every scope holds). See
+/// [`Scope::holds`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Vpc(String),
+    Service(String),
+    Everyone,
+}
+
+impl Holder {
+    /// The holder of `intent`'s object `k`; None if there is no such object.
+    pub fn of(intent: &Intent, k: &ObjectKey) -> Option<Holder> {
+        use dpu_model::Kind;
+        let name = &k.name;
+        let vpc = |v: &str| Holder::Vpc(v.to_string());
+        match k.kind {
+            Kind::Vpc => intent.vpcs.get(name).map(|o| vpc(&o.name)),
+            Kind::Subnet => intent.subnets.get(name).map(|o| vpc(&o.vpc)),
+            Kind::Workload => intent.workloads.get(name).map(|o| vpc(&o.vpc)),
+            Kind::Service => intent.services.get(name).map(|o| vpc(&o.vpc)),
+            Kind::NetworkProbe => intent
+                .probes
+                .get(name)
+                .map(|p| Holder::Service(p.service.clone())),
+            Kind::Node => intent.nodes.get(name).map(|_| Holder::Everyone),
+        }
+    }
+
+    pub fn in_scope(&self, scope: &Scope) -> bool {
+        match self {
+            Holder::Vpc(v) => scope.vpcs.contains(v),
+            Holder::Service(s) => scope.services.contains(s),
+            Holder::Everyone => true,
+        }
+    }
+}
+
+/// A key that changed between two versions, with who held it in each
+/// (None: absent there), worked out once per version for every session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub key: ObjectKey,
+    pub old: Option<Holder>,
+    pub new: Option<Holder>,
+}
+
+/// [`changed_keys`], each with its holders in `old` and `new`.
+pub fn changes(old: &Intent, new: &Intent) -> Vec<Changed> {
+    changed_keys(old, new)
+        .into_iter()
+        .map(|key| Changed {
+            old: Holder::of(old, &key),
+            new: Holder::of(new, &key),
+            key,
+        })
+        .collect()
 }
 
 /// What every node's [`Scope`] is worked out from, built once per version so
@@ -45,6 +110,9 @@ pub struct ScopeIndex {
     eip: HashMap<String, Vec<String>>,
     /// VPC → its Services.
     by_vpc: HashMap<String, Vec<String>>,
+    /// Scopes already worked out, by the VPCs a node starts from (nodes that
+    /// own no EIP): the nodes of one VPC share one scope.
+    shared: std::sync::Mutex<HashMap<Vec<String>, std::sync::Arc<Scope>>>,
 }
 
 impl ScopeIndex {
@@ -74,6 +142,24 @@ impl ScopeIndex {
             }
         }
         ix
+    }
+
+    /// [`ScopeIndex::scope`], shared with every node that starts from the same
+    /// VPCs and owns no EIP.
+    pub fn shared_scope(&self, intent: &Intent, node: &str) -> std::sync::Arc<Scope> {
+        if self.eip.contains_key(node) {
+            return std::sync::Arc::new(self.scope(intent, node));
+        }
+        let start: Vec<String> = self
+            .base
+            .get(node)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared
+            .entry(start)
+            .or_insert_with(|| std::sync::Arc::new(self.scope(intent, node)))
+            .clone()
     }
 
     /// `node`'s scope in `intent` (the intent this index was built from). A
@@ -226,16 +312,15 @@ pub fn changed_keys(old: &Intent, new: &Intent) -> Vec<ObjectKey> {
 /// What turns the view of `old` into that of `new` for a node whose scope is
 /// `scope` in both, given the keys that changed between them: the cost is the
 /// changed keys, not the intent.
-pub fn delta_in(old: &Intent, new: &Intent, changed: &[ObjectKey], scope: &Scope) -> Delta {
+pub fn delta_in(new: &Intent, changed: &[Changed], scope: &Scope) -> Delta {
     let mut d = Delta::default();
-    for k in changed {
-        match new.get(k).filter(|o| scope.holds(o)) {
-            Some(o) => d.upserts.push(o),
-            None => {
-                if old.get(k).is_some_and(|o| scope.holds(&o)) {
-                    d.deletes.push(k.clone());
-                }
-            }
+    // A few set lookups a key; only what the node holds is copied out of the
+    // intent.
+    for c in changed {
+        if c.new.as_ref().is_some_and(|h| h.in_scope(scope)) {
+            d.upserts.extend(new.get(&c.key));
+        } else if c.old.as_ref().is_some_and(|h| h.in_scope(scope)) {
+            d.deletes.push(c.key.clone());
         }
     }
     d.deletes.reverse();
@@ -278,6 +363,41 @@ mod tests {
 
     fn names(v: &View) -> Vec<String> {
         v.keys().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn nodes_that_start_from_the_same_vpcs_share_one_scope() {
+        let mut i = intent();
+        std::sync::Arc::make_mut(i.services.get_mut("red-web").unwrap()).eip_node =
+            Some("dpu-1".into());
+        let ix = ScopeIndex::build(&i);
+        for node in ["dpu-1", "dpu-2", "dpu-3", "dpu-9"] {
+            assert_eq!(*ix.shared_scope(&i, node), ix.scope(&i, node), "{node}");
+            assert_eq!(*ix.shared_scope(&i, node), node_scope(&i, node), "{node}");
+        }
+        // dpu-2 starts from blue alone, every time; dpu-1 owns an EIP and
+        // has its own.
+        let blue = ix.shared_scope(&i, "dpu-2");
+        assert!(std::sync::Arc::ptr_eq(&blue, &ix.shared_scope(&i, "dpu-2")));
+        assert!(!std::sync::Arc::ptr_eq(
+            &blue,
+            &ix.shared_scope(&i, "dpu-1")
+        ));
+        assert!(ix.shared_scope(&i, "dpu-1").vpcs.contains("red"));
+    }
+
+    #[test]
+    fn holding_a_key_in_place_agrees_with_holding_its_object() {
+        let i = intent();
+        for node in ["dpu-1", "dpu-2", "dpu-3", "dpu-9"] {
+            let scope = node_scope(&i, node);
+            for k in i.keys() {
+                let o = i.get(&k).expect("listed");
+                assert_eq!(scope.holds_key(&i, &k), Some(scope.holds(&o)), "{node} {k}");
+            }
+            let gone = ObjectKey::new(Kind::Service, "no-such");
+            assert_eq!(scope.holds_key(&i, &gone), None);
+        }
     }
 
     #[test]
@@ -438,7 +558,7 @@ mod tests {
                     _ => i.probes.clear(),
                 },
             }
-            let changed = changed_keys(&old, &i);
+            let changed = changes(&old, &i);
             for n in nodes {
                 let scope = node_scope(&i, n);
                 if node_scope(&old, n) != scope {
@@ -447,7 +567,7 @@ mod tests {
                 }
                 same += 1;
                 let want = diff(&node_view(&old, n), &node_view(&i, n));
-                let got = delta_in(&old, &i, &changed, &scope);
+                let got = delta_in(&i, &changed, &scope);
                 assert_eq!(got, want, "step {step}, node {n}, changed {changed:?}");
             }
         }
