@@ -5,7 +5,6 @@
 //! `cargo run --release -p dpu-bench --example change_cost [N S]`
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dpu_bench::fleet::manifests;
