@@ -539,8 +539,13 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     let empty_early = empties.iter().filter(|ms| **ms <= last).count();
     lat.sort_by(f64::total_cmp);
     let mut churn = Vec::new();
+    // The changes go on from where the last rate stopped: starting over would
+    // write values the store already holds (no new intent, nothing to ACK).
+    let mut made = 0;
     for &rate in &opts.rates {
-        churn.push(run_churn(&state, nodes, rate, opts.churn_for, &log)?);
+        let row = run_churn(&state, nodes, rate, opts.churn_for, made, &log)?;
+        made += row.changes;
+        churn.push(row);
     }
     let peak_rss = peak_rss_mib(pid);
     let _ = stop_tx.send(true);
@@ -571,12 +576,14 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
 
 /// Changes at `rate` per second for `time`, each a Workload of the next VPC
 /// changing its label group, written to the embedded store as `apply`
-/// writes (the object and the guard, in one transaction).
+/// writes (the object and the guard, in one transaction), going on after the
+/// `before` changes this run made already.
 fn run_churn(
     state: &Path,
     nodes: usize,
     rate: u32,
     time: Duration,
+    before: usize,
     log: &Mutex<Log>,
 ) -> Result<ChurnRow> {
     use dpu_controller::kv::{LocalStore, Txn};
@@ -594,9 +601,11 @@ fn run_churn(
             std::thread::sleep(wait);
         }
         // Each change moves one Workload out of its label group (its
-        // Services lose it), or back on the next pass.
-        let v = i % vpcs;
-        let j = i / vpcs;
+        // Services lose it), or back on the next pass: change `before + i`
+        // of the run, so that every change changes something.
+        let n = before + i;
+        let v = n % vpcs;
+        let j = n / vpcs;
         let span = NODES_PER_VPC * WORKLOADS_PER_NODE - NODES_PER_VPC;
         let k = NODES_PER_VPC + j % span;
         let group = if (j / span).is_multiple_of(2) {
