@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Mode of key files and other secrets.
 pub const SECRET_MODE: u32 = 0o600;
@@ -15,6 +15,32 @@ pub const SECRET_MODE: u32 = 0o600;
 pub const PUBLIC_MODE: u32 = 0o644;
 /// Mode of the state directory and its subdirectories.
 pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// The `<stem>.json` files of `dir` whose stem `accept` takes, sorted; none
+/// if `dir` does not exist. An error is (the path, the error).
+pub fn json_files(
+    dir: &Path,
+    accept: impl Fn(&str) -> bool,
+) -> Result<Vec<PathBuf>, (PathBuf, io::Error)> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err((dir.to_path_buf(), e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| (dir.to_path_buf(), e))?.path();
+        let stem = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"));
+        if stem.is_some_and(&accept) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 /// Creates `dir` (and its parents) if needed and makes it mode 0700.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {

@@ -27,6 +27,15 @@ pub enum MigrateError {
     Files(String),
 }
 
+/// The node and token keys the store holds.
+async fn stored_keys(store: &Store) -> Result<BTreeSet<String>, MigrateError> {
+    let mut present = BTreeSet::new();
+    for prefix in [nodes::PREFIX, tokens::PREFIX] {
+        present.extend(store.list(prefix).await?.entries.into_iter().map(|e| e.key));
+    }
+    Ok(present)
+}
+
 /// Moves what there is; nothing to do when neither directory exists.
 pub async fn enrollment_files(store: &Store, state_dir: &Path) -> Result<(), MigrateError> {
     let files = |e: &dyn std::fmt::Display| MigrateError::Files(e.to_string());
@@ -56,13 +65,14 @@ pub async fn enrollment_files(store: &Store, state_dir: &Path) -> Result<(), Mig
             .map(|r| (tokens::key(&r.id), r.stored())),
     );
     let mut moved = 0;
+    let mut present = stored_keys(store).await?;
     for chunk in items.chunks(CHUNK) {
         // Twice at most: a failed transaction means someone wrote one of
-        // these keys meanwhile; the second round skips what exists.
-        for _ in 0..2 {
-            let mut present = BTreeSet::new();
-            for prefix in [nodes::PREFIX, tokens::PREFIX] {
-                present.extend(store.list(prefix).await?.entries.into_iter().map(|e| e.key));
+        // these keys meanwhile; the second round reads the store again and
+        // skips what exists.
+        for attempt in 0..2 {
+            if attempt > 0 {
+                present = stored_keys(store).await?;
             }
             let mut txn = Txn::new();
             let mut n = 0;

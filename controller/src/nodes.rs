@@ -13,7 +13,6 @@
 //! [`read_files`] reads them for the one-time move into the store.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -288,23 +287,8 @@ pub fn read_files(state_dir: &Path) -> Result<Vec<NodeRecord>, NodeError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let entries = match fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(file_err(&dir, &e)),
-    };
-    let mut paths = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| file_err(&dir, &e))?.path();
-        let node = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"));
-        if node.is_some_and(|n| dpu_model::check_name(n).is_ok()) {
-            paths.push(path);
-        }
-    }
-    paths.sort();
+    let paths = crate::fsutil::json_files(&dir, |n| dpu_model::check_name(n).is_ok())
+        .map_err(|(path, e)| file_err(&path, &e))?;
     let mut out = Vec::new();
     for path in paths {
         let bytes = fs::read(&path).map_err(|e| file_err(&path, &e))?;

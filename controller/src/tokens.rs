@@ -423,25 +423,7 @@ fn file_err(path: &Path, e: io::Error) -> TokenError {
 
 /// `<id>.json` files directly in `dir` (none if `dir` does not exist).
 fn json_files(dir: &Path) -> Result<Vec<PathBuf>, TokenError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(file_err(dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| file_err(dir, e))?.path();
-        let is_record = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-            .is_some_and(valid_id);
-        if is_record {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::fsutil::json_files(dir, valid_id).map_err(|(path, e)| file_err(&path, e))
 }
 
 #[cfg(test)]

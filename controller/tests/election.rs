@@ -6,9 +6,11 @@
 //! write at once and exactly one write lands, the new leader's; the old one
 //! then notices.
 
+mod common;
+
 use std::time::Duration;
 
-use dpu_controller::kv::{EtcdOptions, EtcdStore, LocalStore, Store, Txn};
+use dpu_controller::kv::{EtcdStore, LocalStore, Store, Txn};
 use test_support::etcd::TestEtcd;
 
 async fn fenced_put(s: &Store, fence: dpu_controller::kv::Cmp, v: &str) -> bool {
@@ -53,22 +55,20 @@ async fn the_embedded_store_has_one_leader_at_a_time() {
     one_leader_at_a_time(&a, b).await;
 }
 
-fn options(etcd: &TestEtcd) -> EtcdOptions {
-    EtcdOptions {
-        endpoints: vec![etcd.url.clone()],
-        ca: etcd.ca.clone(),
-        cert: etcd.cert.clone(),
-        key: etcd.key.clone(),
-        prefix: "/dpu/".into(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_has_one_leader_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = TestEtcd::start(dir.path());
-    let a = Store::Etcd(EtcdStore::connect(options(&etcd)).await.unwrap());
-    let b = Store::Etcd(EtcdStore::connect(options(&etcd)).await.unwrap());
+    let a = Store::Etcd(
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
+    );
+    let b = Store::Etcd(
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
+    );
     one_leader_at_a_time(&a, b).await;
 }
 
@@ -76,7 +76,11 @@ async fn etcd_has_one_leader_at_a_time() {
 async fn a_leader_whose_lease_is_gone_knows_it_and_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let etcd = TestEtcd::start(dir.path());
-    let s = Store::Etcd(EtcdStore::connect(options(&etcd)).await.unwrap());
+    let s = Store::Etcd(
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
+    );
     let mut l = s.campaign("replica-a").await.unwrap();
     assert!(l.key.starts_with("election/"), "{}", l.key);
     // The lease revoked behind its back (as etcd does when a leader was
@@ -98,7 +102,11 @@ async fn a_leader_whose_lease_is_gone_knows_it_and_cannot_write() {
     // Another campaign wins at once, before A has noticed: two replicas that
     // both believe they lead write at the same moment, and exactly one write
     // lands, the new leader's.
-    let b = Store::Etcd(EtcdStore::connect(options(&etcd)).await.unwrap());
+    let b = Store::Etcd(
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
+    );
     let l2 = tokio::time::timeout(Duration::from_secs(5), b.campaign("replica-b"))
         .await
         .unwrap()

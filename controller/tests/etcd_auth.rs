@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use dpu_controller::kv::{EtcdOptions, EtcdStore, Store};
+use dpu_controller::kv::{EtcdStore, Store};
 use test_support::etcd::TestEtcd;
 
 /// `etcdctl` with the test client certificate, and `user` (name:password)
@@ -96,15 +96,9 @@ async fn a_controller_user_limited_to_its_prefix_is_enough() {
 
     // Compaction, the leader's duty, is allowed to it too.
     let s = Store::Etcd(
-        EtcdStore::connect(EtcdOptions {
-            endpoints: vec![etcd.url.clone()],
-            ca: etcd.ca.clone(),
-            cert: etcd.cert.clone(),
-            key: etcd.key.clone(),
-            prefix: "/dpu/".into(),
-        })
-        .await
-        .unwrap(),
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
     );
     let (rev, _) = s.get("intent/.guard").await.unwrap();
     s.compact(rev - 1).await.unwrap();

@@ -212,17 +212,7 @@ fn an_apply_larger_than_etcd_allows_is_refused_whole_with_the_flag_to_raise() {
 fn the_commands_work_with_one_etcd_member_of_three_down() {
     let dir = tempfile::tempdir().unwrap();
     let mut etcd = TestEtcdCluster::start(dir.path(), 3);
-    let path = |p: &Path| p.display().to_string();
-    let store = vec![
-        "--etcd".into(),
-        etcd.endpoints(),
-        "--etcd-ca".into(),
-        path(&etcd.ca),
-        "--etcd-cert".into(),
-        path(&etcd.cert),
-        "--etcd-key".into(),
-        path(&etcd.key),
-    ];
+    let store = common::cluster_args(&etcd);
     etcd.kill(0);
     // One member down, not an election in progress: if member 0 led, a
     // request in flight meanwhile is refused with `leader changed` (what

@@ -2,6 +2,8 @@
 //! (`kv::local`, files in a temporary directory) and etcd (a real `etcd`
 //! started for the test, over mutual TLS). See `src/kv/mod.rs`.
 
+mod common;
+
 use std::time::Duration;
 
 use dpu_controller::kv::{
@@ -13,15 +15,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn etcd_store(etcd: &TestEtcd, prefix: &str) -> Store {
     Store::Etcd(
-        EtcdStore::connect(EtcdOptions {
-            endpoints: vec![etcd.url.clone()],
-            ca: etcd.ca.clone(),
-            cert: etcd.cert.clone(),
-            key: etcd.key.clone(),
-            prefix: prefix.into(),
-        })
-        .await
-        .expect("connect to the test etcd"),
+        EtcdStore::connect(common::etcd_options(etcd, prefix))
+            .await
+            .expect("connect to the test etcd"),
     )
 }
 

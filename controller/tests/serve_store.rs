@@ -650,7 +650,7 @@ async fn an_agent_ahead_of_this_replica_is_never_sent_a_version_backwards() {
 /// marks and sweeps, and the agent connected to it gets the delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_inside_a_compacted_gap_reaches_the_agent() {
-    use dpu_controller::kv::{EtcdOptions, EtcdStore, Store, Txn};
+    use dpu_controller::kv::{EtcdStore, Store, Txn};
     let lab = Lab::new();
     let etcd = TestEtcd::start(&lab.state.with_file_name("etcd"));
     let store = etcd_args(&etcd);
@@ -673,15 +673,9 @@ async fn a_delete_inside_a_compacted_gap_reaches_the_agent() {
     agent.ack(u.version, &u.nonce).await;
 
     let kv = Store::Etcd(
-        EtcdStore::connect(EtcdOptions {
-            endpoints: vec![etcd.url.clone()],
-            ca: etcd.ca.clone(),
-            cert: etcd.cert.clone(),
-            key: etcd.key.clone(),
-            prefix: "/dpu/".into(),
-        })
-        .await
-        .unwrap(),
+        EtcdStore::connect(common::etcd_options(&etcd, "/dpu/"))
+            .await
+            .unwrap(),
     );
     let pid = server.child.id().to_string();
     let signal = |sig: &str| {

@@ -389,15 +389,38 @@ impl Agent {
 
 /// The command-line options that name a test etcd as the store.
 pub fn etcd_args(etcd: &test_support::etcd::TestEtcd) -> Vec<String> {
+    store_args(&etcd.url, &etcd.ca, &etcd.cert, &etcd.key)
+}
+
+/// [`etcd_args`] for every member of a cluster.
+pub fn cluster_args(etcd: &test_support::etcd::TestEtcdCluster) -> Vec<String> {
+    store_args(&etcd.endpoints(), &etcd.ca, &etcd.cert, &etcd.key)
+}
+
+fn store_args(endpoints: &str, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
     let path = |p: &Path| p.display().to_string();
     vec![
         "--etcd".into(),
-        etcd.url.clone(),
+        endpoints.into(),
         "--etcd-ca".into(),
-        path(&etcd.ca),
+        path(ca),
         "--etcd-cert".into(),
-        path(&etcd.cert),
+        path(cert),
         "--etcd-key".into(),
-        path(&etcd.key),
+        path(key),
     ]
+}
+
+/// The controller's etcd client options for `etcd`, under `prefix`.
+pub fn etcd_options(
+    etcd: &test_support::etcd::TestEtcd,
+    prefix: &str,
+) -> dpu_controller::kv::EtcdOptions {
+    dpu_controller::kv::EtcdOptions {
+        endpoints: vec![etcd.url.clone()],
+        ca: etcd.ca.clone(),
+        cert: etcd.cert.clone(),
+        key: etcd.key.clone(),
+        prefix: prefix.into(),
+    }
 }
