@@ -6,8 +6,9 @@
 //! change get it at the time, and every churn change is in force everywhere
 //! it is needed.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 #[test]
 fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
@@ -20,36 +21,23 @@ fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
         controller.display()
     );
     let out = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpu-bench"))
-        .args([
-            "fleet",
-            "--nodes",
-            "20",
-            "--services",
-            "200",
-            "--rates",
-            "5",
-            "--churn-seconds",
-            "4",
-            "--controller",
-        ])
-        .arg(&controller)
-        .arg("--out")
-        .arg(out.path())
-        .spawn()
-        .expect("dpu-bench runs");
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dpu-bench fleet ran for more than 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut args: Vec<std::ffi::OsString> = [
+        "fleet",
+        "--nodes",
+        "20",
+        "--services",
+        "200",
+        "--rates",
+        "5",
+        "--churn-seconds",
+        "4",
+        "--controller",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.extend([controller.into(), "--out".into(), out.path().into()]);
+    let status = common::run_bench(&args, Duration::from_secs(300), "dpu-bench fleet");
     assert!(status.success(), "dpu-bench fleet failed: {status}");
 
     let json = std::fs::read_to_string(out.path().join("fleet.json")).unwrap();

@@ -3,7 +3,8 @@
 //! Needs root, Open vSwitch, iptables, nftables and the workspace binaries
 //! (`cargo build --workspace --bins`); a missing one fails the test, never skips it.
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use dpu_bench::results::Results;
@@ -13,23 +14,10 @@ fn quick_run_writes_results_that_parse() {
     dpu_lab::prereq::assert_root_and_ovs();
     let out = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dpu-bench"))
-        .args(["all", "--quick", "--out"])
-        .arg(out.path())
-        .spawn()
-        .expect("dpu-bench runs");
     // Bounded: the quick mode takes under 2 minutes on a quiet machine.
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dpu-bench --quick ran for more than 10 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut args: Vec<std::ffi::OsString> = vec!["all".into(), "--quick".into(), "--out".into()];
+    args.push(out.path().into());
+    let status = common::run_bench(&args, Duration::from_secs(600), "dpu-bench --quick");
     assert!(status.success(), "dpu-bench all --quick failed: {status}");
     eprintln!("quick run took {:.0} s", started.elapsed().as_secs_f64());
 
