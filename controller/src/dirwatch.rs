@@ -36,9 +36,11 @@ impl DirWatch {
     pub fn start(dir: &Path) -> Self {
         let changed = Arc::new(Notify::new());
         let wake = changed.clone();
-        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // An error (an overflowed queue, say) may hide a change: poll.
-            wake.notify_one();
+            if event.map_or(true, |e| wakes(&e.kind)) {
+                wake.notify_one();
+            }
         })
         .and_then(|mut w| w.watch(dir, RecursiveMode::NonRecursive).map(|()| w));
         let watcher = match watcher {
@@ -78,6 +80,19 @@ impl DirWatch {
     }
 }
 
+/// Whether an event may mean a changed manifest. Reads are not: inotify
+/// reports every open and close of a file, and the poll reads the files it
+/// finds changed, so waking on those would make each poll wake the next (one
+/// poll every `DEBOUNCE`, for ever).
+fn wakes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +115,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), w.changed())
             .await
             .expect("the write woke the watch");
+        // Reading the file, as the poll does, is no change.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(10), w.changed()).await;
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("x.yaml")).unwrap(),
+            "a: 1\n"
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), w.changed())
+                .await
+                .is_err(),
+            "reading a manifest woke the watch"
+        );
     }
 
     #[test]

@@ -18,12 +18,14 @@ async fn a_written_manifest_reaches_the_agent_without_waiting_for_a_poll() {
     let snap = agent.update().await;
     agent.ack(snap.version, &snap.nonce).await;
 
-    // Five changes at random points of the poll's 5 s period. By polling alone
-    // each would wait 2.5 s on average, and all five would come within 1 s
-    // with a chance of 0.2^5.
+    // Eight changes at scattered points of the poll's 5 s period. By polling
+    // alone each would wait 2.5 s on average (uniform over 0–5 s): six or more
+    // of eight within 1 s and none over 3 s has a chance of about 3 in 10,000.
+    // One or two slow pickups are allowed: on a loaded CI machine a round (the
+    // import, a store write, a resolve) has taken just over 1 s.
     let mut took = Vec::new();
-    for i in 0..5u32 {
-        tokio::time::sleep(Duration::from_millis(300 + 370 * u64::from(i))).await;
+    for i in 0..8u32 {
+        tokio::time::sleep(Duration::from_millis(300 + 370 * u64::from(i % 5))).await;
         let doc = format!(
             "apiVersion: dpu.yusur.io/v1alpha1\nkind: Workload\nmetadata: {{name: extra-{i}, labels: {{app: other}}}}\nspec: {{kind: VM, vpc: blue, ip: 10.1.1.{}, mac: \"02:00:00:00:09:{i:02x}\", node: dpu-1, port: extra-{i}}}\n",
             150 + i
@@ -40,9 +42,10 @@ async fn a_written_manifest_reaches_the_agent_without_waiting_for_a_poll() {
         agent.ack(u.version, &u.nonce).await;
     }
     eprintln!("manifest written → update at the agent: {took:?}");
+    let quick = took.iter().filter(|t| **t < Duration::from_secs(1)).count();
     assert!(
-        took.iter().all(|t| *t < Duration::from_secs(1)),
-        "{took:?}: picked up by the poll, not by the watch"
+        quick >= 6 && took.iter().all(|t| *t < Duration::from_secs(3)),
+        "{took:?}: only {quick} of 8 within 1 s: picked up by the poll, not by the watch"
     );
     assert!(server.log().contains("new intent version"));
 }
