@@ -33,7 +33,7 @@ use dpu_proto::v1 as pb;
 use dpu_proto::v1::agent_control_client::AgentControlClient;
 use dpu_proto::v1::agent_message::Msg;
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
@@ -61,11 +61,14 @@ pub struct FleetOptions {
     /// Churn rates (changes per second), each for `churn_for`.
     pub rates: Vec<u32>,
     pub churn_for: Duration,
+    /// 1: one replica on the embedded store; more: that many replicas on a
+    /// 3-member etcd cluster, and the reconnect storm.
+    pub replicas: usize,
 }
 
 /// One churn rate: a Workload relabelled in each VPC in turn (each change
 /// needed by the 10 nodes of its VPC), written to the store directly.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChurnRow {
     pub rate: u32,
     pub changes: usize,
@@ -95,12 +98,23 @@ struct Log {
     updates: BTreeMap<String, Vec<Got>>,
     /// Refusals (a NACK), which a valid intent never gets.
     nacks: Vec<String>,
+    /// node → (when the replica first spoke on a session, its port), for
+    /// each session.
+    served: BTreeMap<String, Vec<(Instant, u16)>>,
+    /// Sessions that ended in an error (a killed replica's agents, say).
+    ended: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetRow {
     pub nodes: usize,
     pub services: usize,
+    /// 1: the embedded store; more: that many replicas on 3-member etcd.
+    #[serde(default = "one")]
+    pub replicas: usize,
+    /// How long each simulated agent took to apply an update.
+    #[serde(default = "five")]
+    pub apply_ms: u64,
     pub cold_s: f64,
     pub cold_bytes: u64,
     pub change_affected: usize,
@@ -117,6 +131,36 @@ pub struct FleetRow {
     pub controller_cpu_change_s: f64,
     pub controller_peak_rss_mib: f64,
     pub churn: Vec<ChurnRow>,
+    /// With several replicas: the reconnect storm.
+    #[serde(default)]
+    pub storm: Option<StormRow>,
+}
+
+/// Rows written before these fields existed.
+fn one() -> usize {
+    1
+}
+fn five() -> u64 {
+    5
+}
+
+/// The reconnect storm (several replicas): the leading replica killed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StormRow {
+    pub killed_replica: usize,
+    /// Whether it led (another replica leads afterwards).
+    pub killed_led: bool,
+    /// The agents it served, of all.
+    pub agents_held: usize,
+    pub agents_total: usize,
+    /// From the kill until the last of its agents was served by another
+    /// replica, and the p50 and p99 over them.
+    pub all_served_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Agents of the other replicas that started a session after the kill
+    /// (none should).
+    pub others_reconnected: usize,
 }
 
 /// The manifests of `nodes` nodes and `services` Services, as one YAML stream,
@@ -224,6 +268,7 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        crate::guard::forget_pid(self.child.id());
     }
 }
 
@@ -233,17 +278,21 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn start_controller(bin: &Path, state: &Path, log: &Path) -> Result<Controller> {
+fn start_controller(bin: &Path, state: &Path, store: &[String], log: &Path) -> Result<Controller> {
     let port = free_port()?;
     let child = Command::new(bin)
         .args(["serve", "--state-dir"])
         .arg(state)
+        .args(store)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)
         .spawn()
         .context("starting dpu-controller serve")?;
+    // Stopped by pid also after a panic or a signal (the release profile
+    // aborts, and runs no Drop).
+    crate::guard::track_pid(child.id());
     let c = Controller { child, port };
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -253,6 +302,181 @@ fn start_controller(bin: &Path, state: &Path, log: &Path) -> Result<Controller> 
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(c)
+}
+
+/// The control plane under test: one replica on the embedded store, or
+/// several replicas on a 3-member etcd cluster (Debian's `etcd-server`, mutual
+/// TLS on loopback, killed by pid). Field order is drop order: the replicas,
+/// then etcd.
+struct Plane {
+    replicas: Vec<Option<Controller>>,
+    states: Vec<PathBuf>,
+    ports: Vec<u16>,
+    etcd: Option<test_support::etcd::TestEtcdCluster>,
+    /// How `apply` reaches the store.
+    store: Vec<String>,
+    bin: PathBuf,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Plane {
+    /// The CA, `intent` applied, and every replica serving; with several,
+    /// replica 0 leads (it starts first).
+    fn start(bin: &Path, dir: &Path, replicas: usize, intent: &Path) -> Result<Plane> {
+        let s = |p: &Path| p.display().to_string();
+        let states: Vec<PathBuf> = (0..replicas.max(1))
+            .map(|i| dir.join(format!("state-{i}")))
+            .collect();
+        controller_cmd(bin, &["ca", "init", "--state-dir", &s(&states[0])])?;
+        // The same CA (and key) on every replica.
+        for state in &states[1..] {
+            std::fs::create_dir_all(state.join("pki"))?;
+            for f in std::fs::read_dir(states[0].join("pki"))? {
+                let f = f?;
+                std::fs::copy(f.path(), state.join("pki").join(f.file_name()))?;
+            }
+        }
+        let (etcd, store) = if replicas > 1 {
+            let etcd_dir = dir.join("etcd");
+            std::fs::create_dir_all(&etcd_dir)?;
+            // One apply writes the whole intent in one transaction: etcd's
+            // limits raised as controller/README.md ("The store") says.
+            let etcd = test_support::etcd::TestEtcdCluster::start_with(
+                &etcd_dir,
+                3,
+                &["--max-txn-ops=50000", "--max-request-bytes=67108864"],
+            );
+            for i in 0..etcd.size() {
+                if let Some(pid) = etcd.pid(i) {
+                    crate::guard::track_pid(pid);
+                }
+            }
+            let store = vec![
+                "--etcd".into(),
+                etcd.endpoints(),
+                "--etcd-ca".into(),
+                s(&etcd.ca),
+                "--etcd-cert".into(),
+                s(&etcd.cert),
+                "--etcd-key".into(),
+                s(&etcd.key),
+            ];
+            (Some(etcd), store)
+        } else {
+            (None, vec!["--state-dir".into(), s(&states[0])])
+        };
+        let mut plane = Plane {
+            replicas: Vec::new(),
+            states,
+            ports: Vec::new(),
+            etcd,
+            store,
+            bin: bin.to_path_buf(),
+        };
+        plane.apply(intent)?;
+        let serve_store: Vec<String> = if plane.etcd.is_some() {
+            plane.store.clone()
+        } else {
+            Vec::new()
+        };
+        for i in 0..plane.states.len() {
+            let log = dir.join(format!("serve-{i}.log"));
+            let c = start_controller(bin, &plane.states[i], &serve_store, &log)?;
+            plane.ports.push(c.port);
+            plane.replicas.push(Some(c));
+            if i == 0 && replicas > 1 {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while plane.leader() != Some(0) {
+                    if Instant::now() > deadline {
+                        bail!("replica 0 did not lead within 30 s; see {}", log.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        Ok(plane)
+    }
+
+    /// Stops the replicas, then etcd, by pid.
+    fn stop(&mut self) {
+        self.replicas.clear();
+        if let Some(mut etcd) = self.etcd.take() {
+            let pids: Vec<u32> = (0..etcd.size()).filter_map(|i| etcd.pid(i)).collect();
+            etcd.stop_all();
+            for pid in pids {
+                crate::guard::forget_pid(pid);
+            }
+        }
+    }
+
+    /// `dpu-controller apply -f FILE` on this plane's store.
+    fn apply(&self, file: &Path) -> Result<()> {
+        let mut args = vec!["apply".to_string()];
+        args.extend(self.store.iter().cloned());
+        args.extend(["-f".into(), file.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        controller_cmd(&self.bin, &args).map(drop)
+    }
+
+    /// The running replica that says it leads (its status).
+    fn leader(&self) -> Option<usize> {
+        (0..self.states.len()).find(|&i| {
+            self.replicas.get(i).is_some_and(Option::is_some)
+                && controller_cmd(
+                    &self.bin,
+                    &[
+                        "status",
+                        "--state-dir",
+                        &self.states[i].display().to_string(),
+                        "--json",
+                    ],
+                )
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v["store"]["leader"] == true)
+        })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.replicas
+            .iter()
+            .flatten()
+            .map(|c| c.child.id())
+            .collect()
+    }
+
+    /// The replicas' CPU seconds, summed.
+    fn cpu_seconds(&self) -> f64 {
+        self.pids().into_iter().map(cpu_seconds).sum()
+    }
+
+    /// The largest peak RSS of the replicas.
+    fn peak_rss_mib(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .map(peak_rss_mib)
+            .fold(0.0, f64::max)
+    }
+
+    /// A store client for churn, which writes as `apply` does.
+    fn writer(&self, runtime: &tokio::runtime::Runtime) -> Result<dpu_controller::kv::Store> {
+        use dpu_controller::kv::{EtcdOptions, EtcdStore, LocalStore, Store};
+        Ok(match &self.etcd {
+            None => Store::Local(LocalStore::open(&self.states[0].join("store"))?),
+            Some(etcd) => Store::Etcd(runtime.block_on(EtcdStore::connect(EtcdOptions {
+                endpoints: etcd.urls.clone(),
+                ca: etcd.ca.clone(),
+                cert: etcd.cert.clone(),
+                key: etcd.key.clone(),
+                prefix: dpu_controller::kv::etcd::DEFAULT_PREFIX.into(),
+            }))?),
+        })
+    }
 }
 
 /// utime + stime of `pid`, in seconds.
@@ -274,18 +498,78 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// One simulated agent: a session, until `stop`.
+/// What a simulated agent keeps across its sessions, as the agent does.
+#[derive(Default)]
+struct AgentState {
+    intent: Intent,
+    index: Index,
+    version: u64,
+    /// The `store_id` of the update `version` came with (Hello says it).
+    store_id: String,
+}
+
+/// One simulated agent, until `stop`: a session on `ports[0]`, and when a
+/// session ends, the next port in turn, with the agent's own rotation and
+/// backoff (`dpu_agent::control::rotation`, the agent's default 200 ms to
+/// 10 s, jittered).
 async fn agent(
     node: String,
-    port: u16,
+    ports: Vec<u16>,
     ca: String,
     identity: (String, String),
     apply: Duration,
     log: Arc<Mutex<Log>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<()> {
+) {
+    use dpu_agent::control::rotation::{jittered, Rotation};
+    let mut rotation = Rotation::new(
+        ports.len(),
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    );
+    let mut state = AgentState::default();
+    use std::hash::BuildHasher;
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0u64.. {
+        let port = ports[rotation.current()];
+        let started = Instant::now();
+        let ended = session(
+            &node, port, &ca, &identity, apply, &log, &mut state, &mut stop,
+        )
+        .await;
+        match ended {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .ended
+                .push(format!("{node} on port {port}: {e:#}")),
+        }
+        let r = (seed.hash_one((&node, attempt)) % 1000) as f64 / 1000.0;
+        let wait = jittered(rotation.failed(started.elapsed()), r);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One session on `port`: Ok(true) when told to stop, Ok(false) when the
+/// controller ended it.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    node: &str,
+    port: u16,
+    ca: &str,
+    identity: &(String, String),
+    apply: Duration,
+    log: &Mutex<Log>,
+    state: &mut AgentState,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<bool> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca))
+        .ca_certificate(Certificate::from_pem(ca))
         .identity(Identity::from_pem(&identity.0, &identity.1))
         .domain_name("dpu-controller");
     let channel = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?
@@ -293,23 +577,23 @@ async fn agent(
         .connect_timeout(Duration::from_secs(30))
         .connect()
         .await
-        .with_context(|| format!("{node}: connecting"))?;
+        .context("connecting")?;
     let (tx, rx) = mpsc::channel(16);
     let send = |m: Msg| {
         let tx = tx.clone();
         async move { tx.send(pb::AgentMessage { msg: Some(m) }).await.is_ok() }
     };
     send(Msg::Hello(pb::Hello {
-        node: node.clone(),
-        last_applied_version: 0,
+        node: node.to_string(),
+        last_applied_version: state.version,
         agent_version: "dpu-bench fleet".into(),
-        store_id: String::new(),
+        store_id: state.store_id.clone(),
     }))
     .await;
     let mut inbound = AgentControlClient::new(channel)
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .with_context(|| format!("{node}: session"))?
+        .context("session")?
         .into_inner();
     let status = |version: u64, services: usize| pb::Status {
         applied_version: version,
@@ -317,45 +601,64 @@ async fn agent(
         services: services as u32,
         ..Default::default()
     };
-    send(Msg::Status(status(0, 0))).await;
+    send(Msg::Status(status(
+        state.version,
+        state.intent.services.len(),
+    )))
+    .await;
     send(Msg::LocalWorkloads(pb::LocalWorkloads {
         revision: 1,
         workloads: Vec::new(),
     }))
     .await;
     send(Msg::Health(pb::Health::default())).await;
-    let (mut intent, mut index) = (Intent::default(), Index::default());
-    let mut version = 0;
     let mut ticker = tokio::time::interval(STATUS_PERIOD);
     ticker.tick().await;
+    let mut served = false;
     loop {
         let msg = tokio::select! {
-            m = inbound.message() => m.with_context(|| format!("{node}: stream"))?,
+            m = inbound.message() => m.context("stream")?,
             _ = ticker.tick() => {
-                send(Msg::Status(status(version, intent.services.len()))).await;
+                send(Msg::Status(status(state.version, state.intent.services.len()))).await;
                 continue;
             }
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(true),
         };
-        let Some(msg) = msg else { return Ok(()) };
+        let Some(msg) = msg else { return Ok(false) };
+        if !served {
+            // The replica's first word on this session (an update, or the
+            // health it sends right after deciding the agent is up to date).
+            served = true;
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .served
+                .entry(node.to_string())
+                .or_default()
+                .push((Instant::now(), port));
+        }
         let Some(pb::controller_message::Msg::Update(u)) = msg.msg else {
             continue;
         };
         let bytes = u.encoded_len();
         let empty = u.upserts.is_empty() && u.deletes.is_empty() && !u.snapshot;
-        match apply_update(&mut intent, &mut index, version, &u, &node) {
+        match apply_update(&mut state.intent, &mut state.index, state.version, &u, node) {
             Ok(_) => {
                 tokio::time::sleep(apply).await;
-                version = u.version;
+                state.version = u.version;
+                state.store_id = u.store_id.clone();
                 send(Msg::Ack(pb::Ack {
-                    version,
+                    version: state.version,
                     nonce: u.nonce.clone(),
                 }))
                 .await;
-                send(Msg::Status(status(version, intent.services.len()))).await;
+                send(Msg::Status(status(
+                    state.version,
+                    state.intent.services.len(),
+                )))
+                .await;
                 let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                l.updates.entry(node.clone()).or_default().push(Got {
-                    version,
+                l.updates.entry(node.to_string()).or_default().push(Got {
+                    version: state.version,
                     acked: Instant::now(),
                     bytes,
                     empty,
@@ -416,18 +719,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// One (nodes, services) point.
 pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<FleetRow> {
     let dir = tempfile::tempdir()?;
-    let state = dir.path().join("state");
     let bin = &opts.controller;
-    let s = |p: &Path| p.display().to_string();
-    controller_cmd(bin, &["ca", "init", "--state-dir", &s(&state)])?;
     let intent = dir.path().join("intent.yaml");
     std::fs::write(&intent, manifests(nodes, services, None))?;
-    controller_cmd(
-        bin,
-        &["apply", "--state-dir", &s(&state), "-f", &s(&intent)],
-    )?;
+    let mut plane = Plane::start(bin, dir.path(), opts.replicas, &intent)?;
     // Certificates, signed in-process with the controller's CA.
-    let ca = dpu_controller::pki::load_ca(&state)?;
+    let ca = dpu_controller::pki::load_ca(&plane.states[0])?;
     let ids: Vec<(String, String)> = (0..nodes)
         .map(|n| {
             ca.issue_node(&node_name(n), 2)
@@ -436,23 +733,24 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         .collect::<Result<_, _>>()?;
     let ca_pem = ca.cert_pem.clone();
 
-    let controller = start_controller(bin, &state, &dir.path().join("serve.log"))?;
-    let pid = controller.child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let log = Arc::new(Mutex::new(Log::default()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // Cold: every agent at once.
+    // Cold: every agent at once. Agent n lists the replicas starting with
+    // replica n % replicas, so that each holds its share of them.
     let started = Instant::now();
     let tasks: Vec<_> = ids
         .into_iter()
         .enumerate()
         .map(|(n, id)| {
+            let mut ports = plane.ports.clone();
+            ports.rotate_left(n % plane.ports.len());
             runtime.spawn(agent(
                 node_name(n),
-                controller.port,
+                ports,
                 ca_pem.clone(),
                 id,
                 opts.apply,
@@ -488,11 +786,8 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     // One change: a Workload of VPC 0 leaves its Services.
     let change = dir.path().join("change.yaml");
     std::fs::write(&change, manifests(nodes, services, Some((0, 0))))?;
-    let cpu0 = cpu_seconds(pid);
-    controller_cmd(
-        bin,
-        &["apply", "--state-dir", &s(&state), "-f", &s(&change)],
-    )?;
+    let cpu0 = plane.cpu_seconds();
+    plane.apply(&change)?;
     let t0 = Instant::now();
     // Wait until the nodes of VPC 0 ACKed something newer, then a little
     // longer for any others that are sent something.
@@ -516,7 +811,7 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(Duration::from_millis(2500));
-    let cpu1 = cpu_seconds(pid);
+    let cpu1 = plane.cpu_seconds();
     let mut lat = Vec::new();
     let mut empties = Vec::new();
     let mut change_bytes = 0u64;
@@ -542,22 +837,31 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     // The changes go on from where the last rate stopped: starting over would
     // write values the store already holds (no new intent, nothing to ACK).
     let mut made = 0;
+    let writer = plane.writer(&runtime)?;
     for &rate in &opts.rates {
-        let row = run_churn(&state, nodes, rate, opts.churn_for, made, &log)?;
+        let row = run_churn(&writer, &runtime, nodes, rate, opts.churn_for, made, &log)?;
         made += row.changes;
         churn.push(row);
     }
-    let peak_rss = peak_rss_mib(pid);
+    let peak_rss = plane.peak_rss_mib();
+    let storm = if plane.replicas.len() > 1 {
+        Some(run_storm(&mut plane, nodes, &log)?)
+    } else {
+        None
+    };
     let _ = stop_tx.send(true);
     runtime.block_on(async {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
     });
-    drop(controller);
+    drop(writer);
+    drop(plane);
     let row = FleetRow {
         nodes,
         services,
+        replicas: opts.replicas.max(1),
+        apply_ms: opts.apply.as_millis() as u64,
         cold_s,
         cold_bytes,
         change_affected: lat.len(),
@@ -570,24 +874,90 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
         controller_cpu_change_s: cpu1 - cpu0,
         controller_peak_rss_mib: peak_rss,
         churn,
+        storm,
     };
     Ok(row)
 }
 
+/// The reconnect storm: the leading replica, holding its share of the
+/// agents, is killed (SIGKILL); how long until each of its agents has a
+/// session on another replica that has spoken to it (sent the update it
+/// lacked, or the health message it sends once it finds the agent up to date).
+fn run_storm(plane: &mut Plane, nodes: usize, log: &Mutex<Log>) -> Result<StormRow> {
+    let victim = plane.leader().unwrap_or(0);
+    let port = plane.ports[victim];
+    let held: Vec<String> = {
+        let l = log.lock().unwrap_or_else(|e| e.into_inner());
+        l.served
+            .iter()
+            .filter(|(_, s)| s.last().is_some_and(|(_, p)| *p == port))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let led = plane.leader() == Some(victim);
+    let killed = Instant::now();
+    drop(plane.replicas[victim].take());
+    let deadline = killed + Duration::from_secs(120);
+    let mut served: Vec<f64> = loop {
+        {
+            let l = log.lock().unwrap_or_else(|e| e.into_inner());
+            let again: Vec<f64> = held
+                .iter()
+                .filter_map(|n| {
+                    l.served
+                        .get(n)?
+                        .iter()
+                        .find(|(at, p)| *at > killed && *p != port)
+                })
+                .map(|(at, _)| at.duration_since(killed).as_secs_f64() * 1000.0)
+                .collect();
+            if again.len() == held.len() {
+                break again;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not every agent of the killed replica was served again within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    served.sort_by(f64::total_cmp);
+    // The agents of the other replicas keep their sessions.
+    let others_reconnected = {
+        let l = log.lock().unwrap_or_else(|e| e.into_inner());
+        l.served
+            .iter()
+            .filter(|(n, _)| !held.contains(n))
+            .filter(|(_, s)| s.iter().any(|(at, _)| *at > killed))
+            .count()
+    };
+    let row = StormRow {
+        killed_replica: victim,
+        killed_led: led,
+        agents_held: held.len(),
+        agents_total: nodes,
+        all_served_ms: served.last().copied().unwrap_or(0.0),
+        p50_ms: percentile(&served, 0.5),
+        p99_ms: percentile(&served, 0.99),
+        others_reconnected,
+    };
+    eprintln!("  storm {row:?}");
+    Ok(row)
+}
+
 /// Changes at `rate` per second for `time`, each a Workload of the next VPC
-/// changing its label group, written to the embedded store as `apply`
-/// writes (the object and the guard, in one transaction), going on after the
-/// `before` changes this run made already.
+/// changing its label group, written to the store as `apply` writes (the
+/// object and the guard, in one transaction), going on after the `before`
+/// changes this run made already.
 fn run_churn(
-    state: &Path,
+    store: &dpu_controller::kv::Store,
+    runtime: &tokio::runtime::Runtime,
     nodes: usize,
     rate: u32,
     time: Duration,
     before: usize,
     log: &Mutex<Log>,
 ) -> Result<ChurnRow> {
-    use dpu_controller::kv::{LocalStore, Txn};
-    let store = LocalStore::open(&state.join("store"))?;
+    use dpu_controller::kv::Txn;
     // Whole VPCs only: every node of a changed Workload exists.
     let vpcs = (nodes / NODES_PER_VPC).max(1);
     let count = (u64::from(rate) * time.as_secs()).max(1) as usize;
@@ -617,10 +987,12 @@ fn run_churn(
             "source": "apply:fleet-churn",
             "manifest": workload_doc(v, k, group),
         });
-        store.txn(
-            Txn::new()
-                .put(format!("intent/Workload/w-{v}-{k}"), value.to_string())
-                .put("intent/.guard", "fleet-churn"),
+        runtime.block_on(
+            store.txn(
+                Txn::new()
+                    .put(format!("intent/Workload/w-{v}-{k}"), value.to_string())
+                    .put("intent/.guard", "fleet-churn"),
+            ),
         )?;
         made.push((Instant::now(), v));
     }
@@ -681,27 +1053,126 @@ pub fn run(opts: &FleetOptions) -> Result<Vec<FleetRow>> {
             let row = run_one(opts, nodes, services)?;
             eprintln!("  {row:?}");
             rows.push(row);
-            write(&opts.out, &rows, opts.apply)?;
+            write(&opts.out, &rows)?;
         }
     }
     Ok(rows)
 }
 
-fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
+/// `out/fleet.md` and the charts again from `out/fleet.json`.
+pub fn redraw(out: &Path) -> Result<()> {
+    let path = out.join("fleet.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: Vec<FleetRow> =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    write(out, &rows)
+}
+
+/// The charts against N (one replica; a line per Service count), when the
+/// rows hold at least two N: (file name, SVG).
+pub fn charts(rows: &[FleetRow]) -> Vec<(String, String)> {
+    let one: Vec<&FleetRow> = rows.iter().filter(|r| r.replicas == 1).collect();
+    let mut ns: Vec<usize> = one.iter().map(|r| r.nodes).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let mut services: Vec<usize> = one.iter().map(|r| r.services).collect();
+    services.sort_unstable();
+    services.dedup();
+    if ns.len() < 2 {
+        return Vec::new();
+    }
+    let cats: Vec<String> = ns.iter().map(|n| format!("{n}")).collect();
+    let series = |what: &str, f: &dyn Fn(&FleetRow) -> f64| -> Vec<crate::svg::Series> {
+        services
+            .iter()
+            .map(|&sv| crate::svg::Series {
+                name: format!("{what}, {sv} Services"),
+                values: ns
+                    .iter()
+                    .map(|&n| {
+                        one.iter()
+                            .find(|r| r.nodes == n && r.services == sv)
+                            .map(|r| f(r))
+                    })
+                    .collect(),
+                dashed: false,
+                color: None,
+                missing: Vec::new(),
+            })
+            .collect()
+    };
+    let x = "simulated agents (N)";
+    vec![
+        (
+            "fleet-change.svg".into(),
+            crate::svg::lines(
+                "One endpoint change: store to every needing agent's ACK",
+                "p99, milliseconds",
+                x,
+                &cats,
+                &series("p99", &|r| r.change_p99_ms),
+                Some((500.0, "target p99 500 ms (1k agents, 10k)")),
+            ),
+        ),
+        (
+            "fleet-cpu.svg".into(),
+            crate::svg::lines(
+                "Controller CPU for one change",
+                "CPU seconds",
+                x,
+                &cats,
+                &series("CPU", &|r| r.controller_cpu_change_s),
+                None,
+            ),
+        ),
+        (
+            "fleet-rss.svg".into(),
+            crate::svg::lines(
+                "Controller peak RSS",
+                "MiB",
+                x,
+                &cats,
+                &series("peak RSS", &|r| r.controller_peak_rss_mib),
+                Some((2048.0, "target 2 GiB")),
+            ),
+        ),
+        (
+            "fleet-cold.svg".into(),
+            crate::svg::lines(
+                "Cold fleet: all agents at once, until all ACKed",
+                "seconds",
+                x,
+                &cats,
+                &series("cold", &|r| r.cold_s),
+                None,
+            ),
+        ),
+    ]
+}
+
+fn write(out: &Path, rows: &[FleetRow]) -> Result<()> {
     std::fs::write(out.join("fleet.json"), serde_json::to_string_pretty(rows)?)?;
+    let charts = charts(rows);
+    for (name, svg) in &charts {
+        std::fs::write(out.join(name), svg)?;
+    }
+    let apply = rows.first().map_or(5, |r| r.apply_ms);
     let mut md = format!(
-        "# Fleet: simulated agents against one controller (embedded store)\n\n\
+        "# Fleet: simulated agents against the controller\n\n\
          Each agent: its own certificate and mTLS session, every update validated with the agent's code, ACK after {} ms. \
-         One change: one Workload leaves its Services (10 nodes need it).\n\n\
-         | agents | Services | cold: all ACKed (s) | cold bytes | change: agents updated | p50 (ms) | p99 (ms) | max (ms) | empty updates (before the last ACK) | change bytes | controller CPU for the change (s) | controller peak RSS (MiB) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        apply.as_millis()
+         One change: one Workload leaves its Services (10 nodes need it). \
+         Replicas 1: one controller on the embedded store; 3: three replicas on a 3-member etcd cluster, each agent listing all three (a third of them first on each), CPU summed over the replicas and RSS the largest one's.\n\n\
+         | agents | Services | replicas | cold: all ACKed (s) | cold bytes | change: agents updated | p50 (ms) | p99 (ms) | max (ms) | empty updates (before the last ACK) | change bytes | controller CPU for the change (s) | controller peak RSS (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        apply
     );
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {} ({}) | {} | {:.2} | {:.0} |\n",
+            "| {} | {} | {} | {:.2} | {} | {} | {:.1} | {:.1} | {:.1} | {} ({}) | {} | {:.2} | {:.0} |\n",
             r.nodes,
             r.services,
+            r.replicas,
             r.cold_s,
             r.cold_bytes,
             r.change_affected,
@@ -717,15 +1188,16 @@ fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
     }
     md.push_str(
         "\n## Churn\n\nA Workload of the next VPC relabelled at each step, written to the store directly; the lag is from the write to each agent of that VPC ACKing an update with something in it.\n\n\
-         | agents | Services | changes/s | changes | p50 (ms) | p99 (ms) | max (ms) | p99 first half / second half (ms) | not in force within 10 s |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | agents | Services | replicas | changes/s | changes | p50 (ms) | p99 (ms) | max (ms) | p99 first half / second half (ms) | not in force within 10 s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         for c in &r.churn {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {} |\n",
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {} |\n",
                 r.nodes,
                 r.services,
+                r.replicas,
                 c.rate,
                 c.changes,
                 c.p50_ms,
@@ -735,6 +1207,36 @@ fn write(out: &Path, rows: &[FleetRow], apply: Duration) -> Result<()> {
                 c.p99_second_half_ms,
                 c.lost
             ));
+        }
+    }
+    if rows.iter().any(|r| r.storm.is_some()) {
+        md.push_str(
+            "\n## Reconnect storm\n\nThe leading replica killed (SIGKILL) with its share of the agents; from the kill until each of them had a session on another replica that had spoken to it (the update it lacked, or the health message that follows finding it up to date). The agents use the agent's own rotation and backoff.\n\n\
+             | agents | Services | replicas | killed replica led | its agents | all served again (ms) | p50 (ms) | p99 (ms) | other agents that reconnected |\n\
+             |---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in rows {
+            if let Some(st) = &r.storm {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} | {} of {} | {:.0} | {:.0} | {:.0} | {} |\n",
+                    r.nodes,
+                    r.services,
+                    r.replicas,
+                    if st.killed_led { "yes" } else { "no" },
+                    st.agents_held,
+                    st.agents_total,
+                    st.all_served_ms,
+                    st.p50_ms,
+                    st.p99_ms,
+                    st.others_reconnected
+                ));
+            }
+        }
+    }
+    if !charts.is_empty() {
+        md.push_str("\n## Against N (one replica)\n\n");
+        for (name, _) in &charts {
+            md.push_str(&format!("![{name}]({name})\n"));
         }
     }
     std::fs::write(out.join("fleet.md"), md)?;

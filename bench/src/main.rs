@@ -67,6 +67,14 @@ struct FleetArgs {
     /// Seconds of churn per rate.
     #[arg(long, default_value_t = 60)]
     churn_seconds: u64,
+    /// 1: one replica on the embedded store. More: that many replicas on a
+    /// 3-member etcd cluster (Debian's etcd-server), and the reconnect storm
+    /// (the leading replica killed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=9))]
+    replicas: u64,
+    /// Run nothing: write fleet.md and the charts again from OUT/fleet.json.
+    #[arg(long)]
+    redraw: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,6 +228,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::All(a) => run_all(&a),
         Cmd::Report { out } => redraw(&out),
+        Cmd::Fleet(a) if a.redraw => dpu_bench::fleet::redraw(&a.out),
         Cmd::Fleet(a) => dpu_bench::fleet::run(&dpu_bench::fleet::FleetOptions {
             nodes: a.nodes,
             services: a.services,
@@ -228,6 +237,7 @@ fn main() -> ExitCode {
             out: a.out,
             rates: a.rates,
             churn_for: Duration::from_secs(a.churn_seconds),
+            replicas: a.replicas as usize,
         })
         .map(|_| ()),
     };

@@ -56,9 +56,22 @@ pub struct IntentSource {
     /// Each node's reported set as last read from the store
     /// (`reported/<node>`), with its mod revision.
     pub reported: BTreeMap<String, (Revision, ReportedSet)>,
-    /// [`VERSION_KEY`] as last read: its mod revision (the version) and the
-    /// digest of the intent it versions.
-    pub version_key: Option<(Revision, String)>,
+    /// [`VERSION_KEY`] as last read.
+    pub version_key: Option<VersionKey>,
+}
+
+/// What [`VERSION_KEY`] says: the version, the digest of the intent it
+/// versions, and the store revision that intent was resolved at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionKey {
+    /// Its mod revision: the version.
+    pub revision: Revision,
+    pub digest: String,
+    /// Every intent and reported-set event up to this revision, and none
+    /// after it, made that intent (`None`: written by a controller from
+    /// before this was recorded). A follower applies events up to here
+    /// before its round, so that it resolves what the leader resolved.
+    pub upto: Option<Revision>,
 }
 
 /// The leader writes the digest of each new intent here; the revision of that
@@ -68,11 +81,17 @@ pub const VERSION_KEY: &str = "meta/version";
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct VersionValue {
     digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    upto: Option<Revision>,
 }
 
-fn version_of(e: &crate::kv::Entry) -> Option<(Revision, String)> {
+fn version_of(e: &crate::kv::Entry) -> Option<VersionKey> {
     match serde_json::from_str::<VersionValue>(&e.value) {
-        Ok(v) => Some((e.mod_revision, v.digest)),
+        Ok(v) => Some(VersionKey {
+            revision: e.mod_revision,
+            digest: v.digest,
+            upto: v.upto,
+        }),
         Err(err) => {
             tracing::warn!("ignoring the store key {VERSION_KEY}: {err}");
             None
@@ -83,28 +102,31 @@ fn version_of(e: &crate::kv::Entry) -> Option<(Revision, String)> {
 /// Puts `effective`'s pending intent in force at the version the store holds
 /// for it: the key's revision when its digest is this intent's; otherwise the
 /// leader writes the digest (fenced, and only over the key as last read) and
-/// uses the revision of its write. A follower waits for the leader's write,
-/// which its watch brings. `Ok(None)`: not yet.
+/// uses the revision of its write, saying it resolved the store at `upto`. A
+/// follower waits for the leader's write, which its watch brings.
+/// `Ok(None)`: not yet.
 pub async fn settle(
     store: &Store,
-    version_key: &mut Option<(Revision, String)>,
+    version_key: &mut Option<VersionKey>,
     fence: Option<Cmp>,
+    upto: Revision,
     effective: &mut Effective,
 ) -> Result<Option<Published>, KvError> {
     let Some(digest) = effective.pending_digest().map(str::to_string) else {
         return Ok(None);
     };
-    if let Some((rev, d)) = version_key.as_ref() {
-        if *d == digest {
-            return Ok(effective.publish(*rev as u64));
+    if let Some(v) = version_key.as_ref() {
+        if v.digest == digest {
+            return Ok(effective.publish(v.revision as u64));
         }
     }
     let Some(fence) = fence else {
         return Ok(None);
     };
-    let seen = version_key.as_ref().map_or(0, |(r, _)| *r);
+    let seen = version_key.as_ref().map_or(0, |v| v.revision);
     let value = serde_json::to_string(&VersionValue {
         digest: digest.clone(),
+        upto: Some(upto),
     })
     .expect("serializes");
     let r = store
@@ -119,7 +141,11 @@ pub async fn settle(
         // Another write came first (or leadership went): the watch brings it.
         return Ok(None);
     }
-    *version_key = Some((r.revision, digest));
+    *version_key = Some(VersionKey {
+        revision: r.revision,
+        digest,
+        upto: Some(upto),
+    });
     Ok(effective.publish(r.revision as u64))
 }
 
@@ -134,7 +160,16 @@ pub async fn first_version(
     let mut logged = false;
     loop {
         let fence = leader.borrow().clone();
-        if let Some(p) = settle(&source.store, &mut source.version_key, fence, effective).await? {
+        let upto = source.mirror.revision;
+        if let Some(p) = settle(
+            &source.store,
+            &mut source.version_key,
+            fence,
+            upto,
+            effective,
+        )
+        .await?
+        {
             return Ok(p);
         }
         if !logged {
@@ -153,7 +188,7 @@ pub async fn first_version(
         if source
             .version_key
             .as_ref()
-            .is_some_and(|(_, d)| Some(d.as_str()) != effective.pending_digest())
+            .is_some_and(|v| Some(v.digest.as_str()) != effective.pending_digest())
         {
             refresh(source, effective).await?;
         }
@@ -465,6 +500,8 @@ enum Wake {
     Reports,
     Watch(Option<Result<WatchItem, KvError>>),
     Relist,
+    /// Held events waited [`HOLD_MAX`] for the leader.
+    Held,
 }
 
 /// The task's own state between rounds.
@@ -492,7 +529,34 @@ struct Task {
     /// Since when this follower's pending intent has not matched the
     /// leader's digest (that one), and whether that was logged.
     unmatched: Option<(Instant, String, bool)>,
+    /// The store revision the mirror and the reported sets stand at: every
+    /// intent and reported-set event up to it is applied, none after it.
+    applied: Revision,
+    /// A follower's intent and reported-set events after the leader's last
+    /// `upto`, held back (in revision order) until the leader versions them,
+    /// so that its rounds end where the leader's did and its digest can meet
+    /// the leader's. Under churn, rounds that end elsewhere never match.
+    held: Vec<crate::kv::Event>,
+    /// When the leader last let held events go (or the first was held):
+    /// after [`HOLD_MAX`] without a version, the follower applies them all.
+    held_since: Option<Instant>,
+    /// The revision of the last intent or reported-set change in the mirror
+    /// (an event applied, or the guard and sets a list found): what says
+    /// whether this replica stands where the leader's version does.
+    last_change: Revision,
 }
+
+/// The revision of the last change the source holds: the guard (every
+/// intent write moves it, deletes too) or a reported set.
+fn last_change(source: &IntentSource) -> Revision {
+    let reported = source.reported.values().map(|(r, _)| *r).max();
+    reported.unwrap_or(0).max(source.mirror.guard)
+}
+
+/// A follower holds events back for the leader's version at most this long
+/// (the leader died, or refused the intent, and versions nothing): then it
+/// applies them, as it would without a leader to follow.
+const HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// A follower whose intent has not matched the leader's this long says so.
 const UNMATCHED_WARN: Duration = Duration::from_secs(30);
@@ -504,6 +568,10 @@ impl Task {
         leader: watch::Receiver<Option<Cmp>>,
     ) -> Self {
         Task {
+            applied: source.mirror.revision,
+            last_change: last_change(&source),
+            held: Vec::new(),
+            held_since: None,
             leader,
             reported_changed: BTreeMap::new(),
             unmatched: None,
@@ -608,6 +676,10 @@ impl Task {
         }
         self.source.reported = fresh;
         self.source.mirror.revision = self.source.mirror.revision.max(revision);
+        self.applied = self.applied.max(revision);
+        self.last_change = self.last_change.max(last_change(&self.source));
+        // What the lists hold, held events up to their revision hold too.
+        self.held.retain(|e| e.mod_revision > revision);
         if self.watch.is_none() {
             let from = revision + 1;
             match self.source.store.watch("", from).await {
@@ -625,6 +697,7 @@ impl Task {
             &self.source.store,
             &mut self.source.version_key,
             fence,
+            self.applied,
             effective,
         )
         .await
@@ -653,7 +726,7 @@ impl Task {
             self.unmatched = None;
             return;
         };
-        let theirs = self.source.version_key.as_ref().map(|(_, d)| d.as_str());
+        let theirs = self.source.version_key.as_ref().map(|v| v.digest.as_str());
         if self.leader.borrow().is_some() || theirs.is_none() || theirs == Some(mine) {
             return;
         }
@@ -748,7 +821,6 @@ impl Task {
     async fn on_watch(&mut self, item: Option<Result<WatchItem, KvError>>) {
         match item {
             Some(Ok(WatchItem::Events(events))) => {
-                self.reported_events(&events);
                 for e in events.iter().filter(|e| e.key == VERSION_KEY) {
                     self.source.version_key = e.value.as_ref().and_then(|v| {
                         version_of(&crate::kv::Entry {
@@ -759,19 +831,14 @@ impl Task {
                         })
                     });
                 }
-                let intent: Vec<crate::kv::Event> = events
+                let relevant = events
                     .into_iter()
-                    .filter(|e| e.key.starts_with(PREFIX))
-                    .collect();
-                if intent.is_empty() {
-                    return;
+                    .filter(|e| e.key.starts_with(PREFIX) || e.key.starts_with(reported::PREFIX));
+                if self.held.is_empty() {
+                    self.held_since = Some(Instant::now());
                 }
-                let errors = self.source.mirror.apply_events(&intent);
-                if errors.is_empty() {
-                    self.mirror_changed = true;
-                } else {
-                    self.refuse_store(&errors);
-                }
+                // Applied by `release_held`, once per round.
+                self.held.extend(relevant);
             }
             Some(Ok(WatchItem::Progress(rev))) => {
                 self.source.mirror.revision = self.source.mirror.revision.max(rev);
@@ -797,6 +864,88 @@ impl Task {
                     &KvError::Unavailable("watch closed".into()),
                 );
             }
+        }
+    }
+
+    /// Applies the held events this replica may apply now: all of them when
+    /// it leads, when the leader does not say what it resolved, when none was
+    /// let go for [`HOLD_MAX`], or when it stands where the leader's last
+    /// version did; else (behind or ahead of the leader) those up to the
+    /// leader's `upto`.
+    fn release_held(&mut self) {
+        if self.held.is_empty() {
+            self.held_since = None;
+            return;
+        }
+        let n = self.releasable();
+        if n == 0 {
+            return;
+        }
+        let ready: Vec<crate::kv::Event> = self.held.drain(..n).collect();
+        self.held_since = (!self.held.is_empty()).then(Instant::now);
+        self.apply_events(ready);
+    }
+
+    /// How many held events may be applied now (see [`Self::release_held`]).
+    fn releasable(&self) -> usize {
+        if self.held.is_empty() {
+            return 0;
+        }
+        let bound = if self.leader.borrow().is_some()
+            || self.held_since.is_some_and(|t| t.elapsed() >= HOLD_MAX)
+        {
+            None
+        } else {
+            match self.source.version_key.as_ref().and_then(|v| v.upto) {
+                // In step with the leader's last version (nothing it did not
+                // have applied here, nothing it had still held): what comes
+                // now the leader most likely resolves in one round too, so
+                // this one resolves it alongside and meets the leader's
+                // version as soon as it is written (a change does not wait
+                // for two rounds one after the other).
+                Some(upto)
+                    if self.last_change <= upto
+                        && self.held.first().is_some_and(|e| e.mod_revision > upto) =>
+                {
+                    None
+                }
+                bound => bound,
+            }
+        };
+        match bound {
+            None => self.held.len(),
+            Some(upto) => self
+                .held
+                .iter()
+                .take_while(|e| e.mod_revision <= upto)
+                .count(),
+        }
+    }
+
+    /// When held events are let go whatever the leader says.
+    fn held_deadline(&self) -> Option<Instant> {
+        self.held_since.map(|t| t + HOLD_MAX)
+    }
+
+    /// Intent and reported-set events, in revision order, into the mirror.
+    fn apply_events(&mut self, events: Vec<crate::kv::Event>) {
+        if let Some(last) = events.last() {
+            self.applied = self.applied.max(last.mod_revision);
+            self.last_change = self.last_change.max(last.mod_revision);
+        }
+        self.reported_events(&events);
+        let intent: Vec<crate::kv::Event> = events
+            .into_iter()
+            .filter(|e| e.key.starts_with(PREFIX))
+            .collect();
+        if intent.is_empty() {
+            return;
+        }
+        let errors = self.source.mirror.apply_events(&intent);
+        if errors.is_empty() {
+            self.mirror_changed = true;
+        } else {
+            self.refuse_store(&errors);
         }
     }
 
@@ -973,6 +1122,13 @@ pub async fn run(
     task.relist().await;
     loop {
         let has_dir = task.source.importer.is_some();
+        // Held events that may go now (the round just published the
+        // leader's version they follow) go at once; else at the deadline.
+        let held_deadline = if task.releasable() > 0 {
+            Some(Instant::now())
+        } else {
+            task.held_deadline()
+        };
         let wake = tokio::select! {
             _ = ticker.tick(), if has_dir => Wake::Poll,
             _ = async { dir_watch.as_ref().expect("has_dir").changed().await }, if has_dir => {
@@ -994,6 +1150,7 @@ pub async fn run(
                 Wake::Poll
             }
             _ = retry_due(task.retry_at) => Wake::Relist,
+            _ = retry_due(held_deadline) => Wake::Held,
             _ = shutdown_requested(&mut shutdown) => return,
         };
         // Only the leader reads the directory (and imports it).
@@ -1013,8 +1170,12 @@ pub async fn run(
                 }
             }
             Wake::Relist => task.relist().await,
-            Wake::Poll | Wake::Reports => {}
+            Wake::Poll | Wake::Reports | Wake::Held => {}
         }
+        // Once per round, after every event this wake brought: so that a
+        // follower behind the leader's version resolves exactly that version
+        // before it goes on (a leader follows no one: it applies all).
+        task.release_held();
         // The blocking part, on a blocking thread.
         let docs = std::mem::take(&mut task.mirror_changed).then(|| task.source.mirror.docs());
         task.send_reports(reports.take()).await;
@@ -1095,10 +1256,10 @@ mod tests {
     use super::*;
     use crate::kv::{LocalStore, Txn};
 
-    const VPC: &str =
+    pub(super) const VPC: &str =
         "apiVersion: dpu.yusur.io/v1alpha1\nkind: Vpc\nmetadata: {name: a}\nspec: {vni: 1}\n";
 
-    fn task(store: Store, mirror: Current, dir: &std::path::Path) -> Task {
+    pub(super) fn task(store: Store, mirror: Current, dir: &std::path::Path) -> Task {
         let source = IntentSource {
             store,
             importer: None,
@@ -1260,7 +1421,7 @@ mod version_tests {
         );
         theirs.commit();
         let (mut key, lead) = (None, Some(Cmp::CreateRevision("nothing".into(), 0)));
-        let p = settle(&other, &mut key, lead, &mut theirs)
+        let p = settle(&other, &mut key, lead, now.revision, &mut theirs)
             .await
             .unwrap()
             .unwrap();
@@ -1274,5 +1435,133 @@ mod version_tests {
         .unwrap();
         assert_eq!(mine.version, p.version);
         assert!(mine.intent.vpcs.contains_key("b"));
+    }
+
+    fn put(key: &str, manifest: &str, rev: Revision) -> crate::kv::Event {
+        let value = serde_json::json!({"source": "apply:test", "manifest": manifest});
+        crate::kv::Event {
+            kind: crate::kv::EventKind::Put,
+            key: key.into(),
+            value: Some(value.to_string()),
+            mod_revision: rev,
+        }
+    }
+
+    fn version(rev: Revision, upto: Option<Revision>) -> crate::kv::Event {
+        let value = serde_json::to_string(&VersionValue {
+            digest: format!("d{rev}"),
+            upto,
+        })
+        .unwrap();
+        crate::kv::Event {
+            kind: crate::kv::EventKind::Put,
+            key: VERSION_KEY.into(),
+            value: Some(value),
+            mod_revision: rev,
+        }
+    }
+
+    fn vpc_names(t: &Task) -> Vec<String> {
+        t.source
+            .mirror
+            .objects
+            .keys()
+            .filter_map(|k| k.strip_prefix("intent/Vpc/"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A follower in step with the leader's last version applies what comes
+    /// at once (the leader resolves it alongside); once it is ahead of the
+    /// leader, or behind, it applies events only as far as the leader's next
+    /// version says it resolved (`upto`), so that its round resolves what the
+    /// leader's did and the digests meet; what it holds for HOLD_MAX without
+    /// a version, it applies anyway.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_applies_events_only_as_far_as_the_leader_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::Local(LocalStore::open(&dir.path().join("store")).unwrap());
+        apply_text(&store, dir.path(), super::tests::VPC).await;
+        let mirror = objects::current(&store).await.unwrap();
+        let r0 = mirror.revision;
+        let mut t = super::tests::task(store, mirror, dir.path());
+        let vpc = |name: &str, vni: u32| {
+            super::tests::VPC
+                .replace("name: a", &format!("name: {name}"))
+                .replace("vni: 1", &format!("vni: {vni}"))
+        };
+        let events = |evs: Vec<crate::kv::Event>| Some(Ok(WatchItem::Events(evs)));
+
+        // Each `on_watch` then `release_held`, as a round does.
+        // In step (the leader versioned r0): b and c go in at once.
+        t.on_watch(events(vec![version(r0 + 1, Some(r0))])).await;
+        t.release_held();
+        t.on_watch(events(vec![
+            put("intent/Vpc/b", &vpc("b", 2), r0 + 2),
+            put("intent/Vpc/c", &vpc("c", 3), r0 + 3),
+        ]))
+        .await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c"]);
+        assert_eq!(t.applied, r0 + 3);
+
+        // The leader versioned b only: this replica is ahead, and holds d and
+        // e until a version covers them.
+        t.on_watch(events(vec![version(r0 + 4, Some(r0 + 2))]))
+            .await;
+        t.release_held();
+        t.mirror_changed = false;
+        t.on_watch(events(vec![
+            put("intent/Vpc/d", &vpc("d", 4), r0 + 5),
+            put("intent/Vpc/e", &vpc("e", 5), r0 + 6),
+        ]))
+        .await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c"], "held until versioned");
+        assert!(!t.mirror_changed);
+
+        // The leader's next round ended at d: d goes in, e stays held (this
+        // round resolves what the leader's did).
+        t.on_watch(events(vec![version(r0 + 7, Some(r0 + 5))]))
+            .await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d"]);
+        assert_eq!(t.applied, r0 + 5);
+        assert!(t.mirror_changed);
+        assert_eq!(t.held.len(), 1);
+
+        // In step again: at the next round e goes in, ahead of the leader's
+        // next version.
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d", "e"]);
+
+        // The leader's version ends before e again, and then no version
+        // comes: f waits HOLD_MAX, then goes in.
+        t.on_watch(events(vec![version(r0 + 8, Some(r0 + 5))]))
+            .await;
+        t.release_held();
+        t.on_watch(events(vec![put("intent/Vpc/f", &vpc("f", 6), r0 + 9)]))
+            .await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d", "e"]);
+        let deadline = t.held_deadline().expect("f is held");
+        tokio::time::advance(HOLD_MAX - Duration::from_millis(10)).await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d", "e"], "within HOLD_MAX");
+        tokio::time::sleep_until(deadline).await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(t.held_deadline(), None);
+
+        // A leader that does not say `upto` (an older controller) holds
+        // nothing back.
+        t.on_watch(events(vec![
+            version(r0 + 10, None),
+            put("intent/Vpc/g", &vpc("g", 7), r0 + 11),
+        ]))
+        .await;
+        t.release_held();
+        assert_eq!(vpc_names(&t), ["a", "b", "c", "d", "e", "f", "g"]);
+        assert_eq!(t.applied, r0 + 11);
     }
 }

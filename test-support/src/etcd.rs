@@ -159,6 +159,12 @@ impl TestEtcdCluster {
     /// Starts `size` members (data, certificates and logs under `dir`) and
     /// waits until every one listens and one of them leads.
     pub fn start(dir: &Path, size: usize) -> TestEtcdCluster {
+        Self::start_with(dir, size, &[])
+    }
+
+    /// [`Self::start`], each member with `extra` arguments too (limits such
+    /// as `--max-txn-ops`).
+    pub fn start_with(dir: &Path, size: usize, extra: &[&str]) -> TestEtcdCluster {
         assert!(size > 0, "a cluster has members");
         let files = TlsFiles::write(dir);
         let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
@@ -197,7 +203,12 @@ impl TestEtcdCluster {
             urls.push(url);
             members.push(Member {
                 child: None,
-                args: [args, files.server_args()].concat(),
+                args: [
+                    args,
+                    files.server_args(),
+                    extra.iter().map(|a| a.to_string()).collect(),
+                ]
+                .concat(),
                 client_port,
                 log: mdir.join("etcd.log"),
                 pid_file: mdir.join("etcd.pid"),
