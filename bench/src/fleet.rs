@@ -81,6 +81,12 @@ pub struct ChurnRow {
     pub p99_second_half_ms: f64,
     /// Changes no needing agent ACKed within 10 s.
     pub lost: usize,
+    /// With several replicas: the p99 of the agents the leader serves, and
+    /// of those the followers serve.
+    #[serde(default)]
+    pub p99_on_leader_ms: Option<f64>,
+    #[serde(default)]
+    pub p99_on_followers_ms: Option<f64>,
 }
 
 /// One agent's record of one update.
@@ -839,7 +845,18 @@ pub fn run_one(opts: &FleetOptions, nodes: usize, services: usize) -> Result<Fle
     let mut made = 0;
     let writer = plane.writer(&runtime)?;
     for &rate in &opts.rates {
-        let row = run_churn(&writer, &runtime, nodes, rate, opts.churn_for, made, &log)?;
+        let leader = (plane.replicas.len() > 1)
+            .then(|| plane.leader().map(|i| plane.ports[i]))
+            .flatten();
+        let row = run_churn(
+            &writer,
+            &runtime,
+            (nodes, leader),
+            rate,
+            opts.churn_for,
+            made,
+            &log,
+        )?;
         made += row.changes;
         churn.push(row);
     }
@@ -947,11 +964,12 @@ fn run_storm(plane: &mut Plane, nodes: usize, log: &Mutex<Log>) -> Result<StormR
 /// Changes at `rate` per second for `time`, each a Workload of the next VPC
 /// changing its label group, written to the store as `apply` writes (the
 /// object and the guard, in one transaction), going on after the `before`
-/// changes this run made already.
+/// changes this run made already. `leader`: the leading replica's port,
+/// with several.
 fn run_churn(
     store: &dpu_controller::kv::Store,
     runtime: &tokio::runtime::Runtime,
-    nodes: usize,
+    (nodes, leader): (usize, Option<u16>),
     rate: u32,
     time: Duration,
     before: usize,
@@ -1002,16 +1020,27 @@ fn run_churn(
     let mut all = Vec::new();
     let (mut first, mut second) = (Vec::new(), Vec::new());
     let mut lost = 0;
+    let (mut on_leader, mut on_followers) = (Vec::new(), Vec::new());
     for (i, (at, v)) in made.iter().enumerate() {
         let mut lags = Vec::new();
         for n in (v * NODES_PER_VPC..(v + 1) * NODES_PER_VPC).filter(|n| *n < nodes) {
+            let node = node_name(n);
             let got = l
                 .updates
-                .get(&node_name(n))
+                .get(&node)
                 .and_then(|u| u.iter().find(|g| !g.empty && g.acked >= *at));
             match got {
                 Some(g) if g.acked.duration_since(*at) < IN_FORCE_WITHIN => {
-                    lags.push(g.acked.duration_since(*at).as_secs_f64() * 1000.0)
+                    let ms = g.acked.duration_since(*at).as_secs_f64() * 1000.0;
+                    lags.push(ms);
+                    if let Some(port) = leader {
+                        let served_by = l.served.get(&node).and_then(|s| s.last()).map(|s| s.1);
+                        if served_by == Some(port) {
+                            on_leader.push(ms);
+                        } else {
+                            on_followers.push(ms);
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -1026,7 +1055,13 @@ fn run_churn(
         }
         all.extend(lags);
     }
-    for v in [&mut all, &mut first, &mut second] {
+    for v in [
+        &mut all,
+        &mut first,
+        &mut second,
+        &mut on_leader,
+        &mut on_followers,
+    ] {
         v.sort_by(f64::total_cmp);
     }
     let row = ChurnRow {
@@ -1038,6 +1073,8 @@ fn run_churn(
         p99_first_half_ms: percentile(&first, 0.99),
         p99_second_half_ms: percentile(&second, 0.99),
         lost,
+        p99_on_leader_ms: leader.map(|_| percentile(&on_leader, 0.99)),
+        p99_on_followers_ms: leader.map(|_| percentile(&on_followers, 0.99)),
     };
     eprintln!("  churn {row:?}");
     Ok(row)
@@ -1188,13 +1225,13 @@ fn write(out: &Path, rows: &[FleetRow]) -> Result<()> {
     }
     md.push_str(
         "\n## Churn\n\nA Workload of the next VPC relabelled at each step, written to the store directly; the lag is from the write to each agent of that VPC ACKing an update with something in it.\n\n\
-         | agents | Services | replicas | changes/s | changes | p50 (ms) | p99 (ms) | max (ms) | p99 first half / second half (ms) | not in force within 10 s |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | agents | Services | replicas | changes/s | changes | p50 (ms) | p99 (ms) | max (ms) | p99 first half / second half (ms) | not in force within 10 s | p99 of the leader's / the followers' agents (ms) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         for c in &r.churn {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {} |\n",
+                "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {} | {} |\n",
                 r.nodes,
                 r.services,
                 r.replicas,
@@ -1205,7 +1242,11 @@ fn write(out: &Path, rows: &[FleetRow]) -> Result<()> {
                 c.max_ms,
                 c.p99_first_half_ms,
                 c.p99_second_half_ms,
-                c.lost
+                c.lost,
+                match (c.p99_on_leader_ms, c.p99_on_followers_ms) {
+                    (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
+                    _ => "–".into(),
+                }
             ));
         }
     }

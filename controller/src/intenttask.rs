@@ -555,8 +555,12 @@ fn last_change(source: &IntentSource) -> Revision {
 
 /// A follower holds events back for the leader's version at most this long
 /// (the leader died, or refused the intent, and versions nothing): then it
-/// applies them, as it would without a leader to follow.
-const HOLD_MAX: Duration = Duration::from_secs(2);
+/// applies them, as it would without a leader to follow. Without the leader's
+/// version a follower publishes nothing either way, so this only bounds how
+/// long its status may lag; a dead leader is replaced within the lease, and a
+/// slow one (a loaded machine) must not be given up on early: a follower
+/// that applies past the leader's round has to wait for a later one.
+const HOLD_MAX: Duration = crate::kv::LEADER_TTL;
 
 /// A follower whose intent has not matched the leader's this long says so.
 const UNMATCHED_WARN: Duration = Duration::from_secs(30);
