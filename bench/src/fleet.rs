@@ -1,5 +1,5 @@
-//! The fleet scenario: N simulated agents against one real `dpu-controller`
-//! (issue 19). Each simulated agent has its own node certificate (signed by
+//! The fleet scenario: N simulated agents against a real `dpu-controller`,
+//! or several replicas of it on a 3-member etcd cluster (issue 19). Each simulated agent has its own node certificate (signed by
 //! the controller's CA), its own mutual-TLS gRPC session, says Hello, Status,
 //! LocalWorkloads and Health as the agent does, decodes and validates every
 //! update with the agent's own code (`dpu_agent::state::update::apply_update`,
@@ -18,7 +18,10 @@
 //!   written with `dpu-controller apply`; from `apply`'s return to each
 //!   agent's ACK of the next version: p50, p99 and max over the agents whose
 //!   update had something in it, and how many got an empty one;
-//! - the controller's CPU seconds for the change, its peak RSS.
+//! - the controller's CPU seconds for the change, its peak RSS;
+//! - **churn** at each rate, written to the store;
+//! - with several replicas, the **reconnect storm**: the leader killed, and
+//!   how long until each of its agents is served by another replica.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -708,7 +711,11 @@ fn wait_all(log: &Mutex<Log>, nodes: usize, at_least: u64) -> Result<Instant> {
             }
         }
         if Instant::now() > deadline {
-            bail!("not every agent ACKed within {CONVERGE_TIMEOUT:?}");
+            let l = log.lock().unwrap_or_else(|e| e.into_inner());
+            bail!(
+                "not every agent ACKed within {CONVERGE_TIMEOUT:?}; the last sessions that ended: {:?}",
+                &l.ended[l.ended.len().saturating_sub(5)..]
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -933,7 +940,11 @@ fn run_storm(plane: &mut Plane, nodes: usize, log: &Mutex<Log>) -> Result<StormR
             }
         }
         if Instant::now() > deadline {
-            bail!("not every agent of the killed replica was served again within 120 s");
+            let l = log.lock().unwrap_or_else(|e| e.into_inner());
+            bail!(
+                "not every agent of the killed replica was served again within 120 s; the last sessions that ended: {:?}",
+                &l.ended[l.ended.len().saturating_sub(5)..]
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
