@@ -173,9 +173,27 @@ impl Lab {
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
-        let c = self.start_controller_at(&self.controller_addr, "controller")?;
-        self.controller = Some(c);
-        Ok(())
+        // The port was free when the lab was made; something else (another
+        // test's listener) may have bound it since. Before the agent knows
+        // the address, take another one then.
+        for attempt in 1.. {
+            let addr = self.controller_addr.clone();
+            match self.start_controller_at(&addr, "controller") {
+                Ok(c) => {
+                    self.controller = Some(c);
+                    return Ok(());
+                }
+                Err(e)
+                    if attempt < 3
+                        && self.agent.is_none()
+                        && format!("{e:#}").contains("Address already in use") =>
+                {
+                    self.controller_addr = format!("127.0.0.1:{}", free_port()?);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// A free loopback address the agent lists as its next controller endpoint
@@ -349,8 +367,9 @@ impl Lab {
         );
         r.map_err(|e| {
             anyhow!(
-                "{e}; last node status: {last}\nagent log:\n{}",
-                tail(&self.agent_log())
+                "{e}; last node status: {last}\nagent log:\n{}\ncontroller log:\n{}",
+                tail(&self.agent_log()),
+                tail(&self.controller_log())
             )
         })?;
         self.intent_version()
@@ -711,11 +730,25 @@ pub fn start_serve(state: &Path, addr: &str, args: &[String], log: &Path) -> Res
         .arg(state)
         .args(["--listen", addr])
         .args(args);
+    // The log is appended to: only what this process writes counts.
+    let mark = fs::metadata(log).map_or(0, |m| m.len()) as usize;
     let mut child = spawn_logged(c, log)?;
     let mut exited = false;
+    // Its own line, written once it has bound `addr`: a connection alone could
+    // reach another process that took the port first (a port found free is
+    // free only until someone binds it), and this one would then have exited.
+    let ready = format!("serving agents over mTLS listen={addr} ");
     let r = wait_until("the controller to listen", Duration::from_secs(20), || {
         exited = !child.is_running();
-        exited || std::net::TcpStream::connect(addr).is_ok()
+        let bound = fs::read(log)
+            .ok()
+            .and_then(|b| {
+                String::from_utf8_lossy(b.get(mark..)?)
+                    .contains(&ready)
+                    .then_some(())
+            })
+            .is_some();
+        exited || (bound && std::net::TcpStream::connect(addr).is_ok())
     });
     if exited || r.is_err() {
         bail!(

@@ -433,3 +433,20 @@ fn a_vnic_ip_is_reached_through_its_ports_workload_and_may_answer_from_it() -> R
     assert_eq!(lab.intent_version()?, v, "nothing applied");
     Ok(())
 }
+
+/// The lab's controller port is bound by something else before the controller
+/// starts (a port found free stays free only until someone binds it, and
+/// tests run in parallel): the controller is not taken to be up because
+/// something answers there; it is started on another port, which the agent
+/// is then given, and they converge.
+#[test]
+fn a_controller_port_taken_before_the_controller_starts_is_replaced() -> Result<()> {
+    let mut lab = backends_lab("port", 1, &web_service(""))?;
+    let taken = lab.controller_addr.clone();
+    let _squatter = std::net::TcpListener::bind(&taken)?;
+    lab.start_controller()?;
+    assert_ne!(lab.controller_addr, taken, "started on the taken port?");
+    lab.start_agent()?;
+    lab.wait_converged()?;
+    Ok(())
+}
