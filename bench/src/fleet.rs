@@ -1150,53 +1150,57 @@ pub fn charts(rows: &[FleetRow]) -> Vec<(String, String)> {
             })
             .collect()
     };
-    let x = "simulated agents (N)";
-    vec![
+    type Metric = fn(&FleetRow) -> f64;
+    type Target = Option<(f64, &'static str)>;
+    // (file, title, y axis, series, value, target)
+    let charts: [(&str, &str, &str, &str, Metric, Target); 4] = [
         (
-            "fleet-change.svg".into(),
-            crate::svg::lines(
-                "One endpoint change: store to every needing agent's ACK",
-                "p99, milliseconds",
-                x,
-                &cats,
-                &series("p99", &|r| r.change_p99_ms),
-                Some((500.0, "target p99 500 ms (1k agents, 10k)")),
-            ),
+            "fleet-change.svg",
+            "One endpoint change: store to every needing agent's ACK",
+            "p99, milliseconds",
+            "p99",
+            |r| r.change_p99_ms,
+            Some((500.0, "target p99 500 ms (1k agents, 10k)")),
         ),
         (
-            "fleet-cpu.svg".into(),
-            crate::svg::lines(
-                "Controller CPU for one change",
-                "CPU seconds",
-                x,
-                &cats,
-                &series("CPU", &|r| r.controller_cpu_change_s),
-                None,
-            ),
+            "fleet-cpu.svg",
+            "Controller CPU for one change",
+            "CPU seconds",
+            "CPU",
+            |r| r.controller_cpu_change_s,
+            None,
         ),
         (
-            "fleet-rss.svg".into(),
-            crate::svg::lines(
-                "Controller peak RSS",
-                "MiB",
-                x,
-                &cats,
-                &series("peak RSS", &|r| r.controller_peak_rss_mib),
-                Some((2048.0, "target 2 GiB")),
-            ),
+            "fleet-rss.svg",
+            "Controller peak RSS",
+            "MiB",
+            "peak RSS",
+            |r| r.controller_peak_rss_mib,
+            Some((2048.0, "target 2 GiB")),
         ),
         (
-            "fleet-cold.svg".into(),
-            crate::svg::lines(
-                "Cold fleet: all agents at once, until all ACKed",
-                "seconds",
-                x,
-                &cats,
-                &series("cold", &|r| r.cold_s),
-                None,
-            ),
+            "fleet-cold.svg",
+            "Cold fleet: all agents at once, until all ACKed",
+            "seconds",
+            "cold",
+            |r| r.cold_s,
+            None,
         ),
-    ]
+    ];
+    charts
+        .into_iter()
+        .map(|(file, title, y, what, f, target)| {
+            let svg = crate::svg::lines(
+                title,
+                y,
+                "simulated agents (N)",
+                &cats,
+                &series(what, &f),
+                target,
+            );
+            (file.to_string(), svg)
+        })
+        .collect()
 }
 
 fn write(out: &Path, rows: &[FleetRow]) -> Result<()> {

@@ -12,8 +12,9 @@ mod common;
 
 use std::time::Duration;
 
-#[test]
-fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
+/// `dpu-bench fleet ARGS` against the workspace's `dpu-controller`, bounded
+/// to 5 minutes: its output directory and the rows of its fleet.json.
+fn run_fleet(args: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
     let controller = dpu_lab::traffic::bin_dir()
         .expect("the workspace binaries")
         .join("dpu-controller");
@@ -23,8 +24,25 @@ fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
         controller.display()
     );
     let out = tempfile::tempdir().unwrap();
-    let mut args: Vec<std::ffi::OsString> = [
-        "fleet",
+    let mut all: Vec<std::ffi::OsString> = vec!["fleet".into()];
+    all.extend(args.iter().map(Into::into));
+    all.extend([
+        "--controller".into(),
+        controller.into(),
+        "--out".into(),
+        out.path().into(),
+    ]);
+    let what = format!("dpu-bench fleet {}", args.join(" "));
+    let status = common::run_bench(&all, Duration::from_secs(300), &what);
+    assert!(status.success(), "{what} failed: {status}");
+    let json = std::fs::read_to_string(out.path().join("fleet.json")).unwrap();
+    let rows = serde_json::from_str(&json).expect("fleet.json parses");
+    (out, rows)
+}
+
+#[test]
+fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
+    let (out, rows) = run_fleet(&[
         "--nodes",
         "20",
         "--services",
@@ -33,17 +51,7 @@ fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
         "5",
         "--churn-seconds",
         "4",
-        "--controller",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    args.extend([controller.into(), "--out".into(), out.path().into()]);
-    let status = common::run_bench(&args, Duration::from_secs(300), "dpu-bench fleet");
-    assert!(status.success(), "dpu-bench fleet failed: {status}");
-
-    let json = std::fs::read_to_string(out.path().join("fleet.json")).unwrap();
-    let rows: serde_json::Value = serde_json::from_str(&json).expect("fleet.json parses");
+    ]);
     let row = &rows[0];
     eprintln!("fleet quick: {row}");
     assert_eq!(
@@ -73,17 +81,7 @@ fn a_quick_fleet_converges_and_tells_only_the_nodes_that_need_a_change() {
 /// others (the bound: 30 s) while the others keep their sessions.
 #[test]
 fn three_replicas_on_etcd_survive_the_leader_killed_under_a_third_of_the_fleet() {
-    let controller = dpu_lab::traffic::bin_dir()
-        .expect("the workspace binaries")
-        .join("dpu-controller");
-    assert!(
-        controller.exists(),
-        "{} is missing: cargo build --workspace --bins",
-        controller.display()
-    );
-    let out = tempfile::tempdir().unwrap();
-    let mut args: Vec<std::ffi::OsString> = [
-        "fleet",
+    let (out, rows) = run_fleet(&[
         "--replicas",
         "3",
         "--nodes",
@@ -94,24 +92,7 @@ fn three_replicas_on_etcd_survive_the_leader_killed_under_a_third_of_the_fleet()
         "5",
         "--churn-seconds",
         "3",
-        "--controller",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    args.extend([controller.into(), "--out".into(), out.path().into()]);
-    let status = common::run_bench(
-        &args,
-        Duration::from_secs(300),
-        "dpu-bench fleet --replicas 3",
-    );
-    assert!(
-        status.success(),
-        "dpu-bench fleet --replicas 3 failed: {status}"
-    );
-
-    let json = std::fs::read_to_string(out.path().join("fleet.json")).unwrap();
-    let rows: serde_json::Value = serde_json::from_str(&json).expect("fleet.json parses");
+    ]);
     let row = &rows[0];
     eprintln!("fleet 3 replicas: {row}");
     assert_eq!(row["replicas"].as_u64(), Some(3), "{row}");
