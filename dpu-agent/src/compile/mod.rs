@@ -3,6 +3,7 @@
 //! which the golden files under `tests/golden/` pin down.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -837,11 +838,38 @@ pub fn endpoint_key(
     ip: IpAddr,
     target_port: u16,
 ) -> String {
-    let v6 = if ip.is_ipv6() { "6" } else { "" };
-    if gateway {
-        format!("gateway/{backend_vpc}/{protocol}{v6}/{ip}:{target_port}")
-    } else {
-        format!("{service_vpc}/{protocol}{v6}/{ip}:{target_port}")
+    EndpointKey {
+        gateway,
+        service_vpc,
+        backend_vpc,
+        protocol,
+        ip,
+        target_port,
+    }
+    .to_string()
+}
+
+/// [`endpoint_key`] as a value that writes it: the compiler hashes it into
+/// the cookie as it is written ([`Cookie::of_key`]), without a `String` per
+/// endpoint flow.
+struct EndpointKey<'a> {
+    gateway: bool,
+    service_vpc: &'a str,
+    backend_vpc: &'a str,
+    protocol: &'a str,
+    ip: IpAddr,
+    target_port: u16,
+}
+
+impl fmt::Display for EndpointKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v6 = if self.ip.is_ipv6() { "6" } else { "" };
+        let (protocol, ip, port) = (self.protocol, self.ip, self.target_port);
+        if self.gateway {
+            write!(f, "gateway/{}/{protocol}{v6}/{ip}:{port}", self.backend_vpc)
+        } else {
+            write!(f, "{}/{protocol}{v6}/{ip}:{port}", self.service_vpc)
+        }
     }
 }
 
@@ -1393,6 +1421,56 @@ fn compile_service(
     }
 }
 
+/// Whether `set` holds (`vpc`, `ip`), looked up without a `String` made of
+/// `vpc` (two per backend and port of a compile, before).
+fn holds(set: &BTreeSet<(String, IpAddr)>, vpc: &str, ip: IpAddr) -> bool {
+    !set.is_empty() && set.contains(&(vpc, ip) as &dyn VpcAddr)
+}
+
+/// A (VPC, address) pair, owned or borrowed, as a `BTreeSet<(String,
+/// IpAddr)>` can look it up: both order as the tuple does.
+trait VpcAddr {
+    fn key(&self) -> (&str, IpAddr);
+}
+
+impl VpcAddr for (String, IpAddr) {
+    fn key(&self) -> (&str, IpAddr) {
+        (&self.0, self.1)
+    }
+}
+
+impl VpcAddr for (&str, IpAddr) {
+    fn key(&self) -> (&str, IpAddr) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn VpcAddr + 'a> for (String, IpAddr) {
+    fn borrow(&self) -> &(dyn VpcAddr + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn VpcAddr + '_ {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+
+impl Eq for dyn VpcAddr + '_ {}
+
+impl PartialOrd for dyn VpcAddr + '_ {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for dyn VpcAddr + '_ {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&o.key())
+    }
+}
+
 /// What every port of a Service shares.
 struct ServiceCtx<'a> {
     alloc: &'a Allocations,
@@ -1424,7 +1502,7 @@ fn compile_service_port(
     let mut members = Vec::new();
     // (backend, the registers its buckets load) for AffinityLearn.
     let mut learn_for: Vec<(&dpu_model::Backend, Match)> = Vec::new();
-    let ready = |b: &&&dpu_model::Backend| !x.unready.contains(&(b.vpc.clone(), b.ip));
+    let ready = |b: &&&dpu_model::Backend| !holds(x.unready, &b.vpc, b.ip);
     for b in backends.iter().filter(|b| b.weight > 0).filter(ready) {
         let Some(bzone) = x.alloc.zone(&b.vpc) else {
             continue;
@@ -1444,7 +1522,7 @@ fn compile_service_port(
             a = a.set_reg(reg::TARGET_ZONE, u32::from(bzone));
         }
         let a = Arc::new(a.resubmit(next.id).shrink());
-        members.push((*b, a, x.local.contains(&(b.vpc.clone(), b.ip))));
+        members.push((*b, a, holds(x.local, &b.vpc, b.ip)));
         // What a bucket of this backend loaded: AffinityLearn matches it, so
         // each backend's entries carry a cookie of their own.
         let mut chosen = Match::new()
@@ -1474,16 +1552,16 @@ fn compile_service_port(
                         dst: mark::TARGET_ZONE,
                     }]),
                 )),
-                Cookie::new(
+                Cookie::of_key(
                     Category::Endpoint,
-                    &endpoint_key(
-                        true,
-                        &s.vpc,
-                        &b.vpc,
-                        port.protocol.as_str(),
-                        b.ip,
-                        port.target_port,
-                    ),
+                    EndpointKey {
+                        gateway: true,
+                        service_vpc: &s.vpc,
+                        backend_vpc: &b.vpc,
+                        protocol: port.protocol.as_str(),
+                        ip: b.ip,
+                        target_port: port.target_port,
+                    },
                 ),
             );
         } else {
@@ -1496,16 +1574,16 @@ fn compile_service_port(
                     Some(Nat::dst(b.ip, port.target_port)),
                     label::record(),
                 )),
-                Cookie::new(
+                Cookie::of_key(
                     Category::Endpoint,
-                    &endpoint_key(
-                        false,
-                        &s.vpc,
-                        &b.vpc,
-                        port.protocol.as_str(),
-                        b.ip,
-                        port.target_port,
-                    ),
+                    EndpointKey {
+                        gateway: false,
+                        service_vpc: &s.vpc,
+                        backend_vpc: &b.vpc,
+                        protocol: port.protocol.as_str(),
+                        ip: b.ip,
+                        target_port: port.target_port,
+                    },
                 ),
             );
         }
@@ -1658,5 +1736,61 @@ fn compile_service_port(
             };
             d.add(SERVICE_LB, 105, ext, act, c);
         }
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_cookie_hashed_as_written_is_the_cookie_of_its_key() {
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        for (gateway, ip, protocol) in [(false, v4, "tcp"), (true, v4, "udp"), (false, v6, "tcp")] {
+            let key = endpoint_key(gateway, "svc-vpc", "be-vpc", protocol, ip, 8080);
+            let written = EndpointKey {
+                gateway,
+                service_vpc: "svc-vpc",
+                backend_vpc: "be-vpc",
+                protocol,
+                ip,
+                target_port: 8080,
+            };
+            assert_eq!(written.to_string(), key);
+            assert_eq!(
+                Cookie::of_key(Category::Endpoint, &written),
+                Cookie::new(Category::Endpoint, &key)
+            );
+        }
+        assert_eq!(
+            endpoint_key(false, "a", "b", "tcp", v6, 53),
+            "a/tcp6/fd00::7:53"
+        );
+        assert_eq!(
+            endpoint_key(true, "a", "b", "udp", v4, 53),
+            "gateway/b/udp/10.0.0.7:53"
+        );
+    }
+
+    #[test]
+    fn a_vpc_and_address_are_found_without_an_owned_key() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let set: BTreeSet<(String, IpAddr)> = [
+            ("a".to_string(), ip("10.0.0.1")),
+            ("b".to_string(), ip("10.0.0.1")),
+            ("b".to_string(), ip("10.0.0.3")),
+        ]
+        .into();
+        for vpc in ["a", "b", "c", ""] {
+            for addr in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+                assert_eq!(
+                    holds(&set, vpc, ip(addr)),
+                    set.contains(&(vpc.to_string(), ip(addr))),
+                    "{vpc} {addr}"
+                );
+            }
+        }
+        assert!(!holds(&BTreeSet::new(), "a", ip("10.0.0.1")));
     }
 }
