@@ -1,7 +1,10 @@
 //! Atomic, ordered bundles: a [`Bundle`] is encoded whole before anything is
 //! sent (a change that cannot be encoded refuses it unsent), then
 //! [`Connection::apply`] opens the bundle, streams every message into it
-//! without waiting per message, and asks for a barrier. OVS reports a message
+//! without waiting per message, and asks for a barrier.
+//! [`Connection::apply_changes`] does the same with changes it encodes part
+//! by part while the switch takes the parts before (a change that cannot be
+//! encoded discards the bundle). OVS reports a message
 //! it cannot take into the bundle at once, so the barrier reply says whether
 //! all of them are in. Only then does it commit (a commit would apply the
 //! rest); the commit is followed by a barrier, whose reply is the point the
@@ -19,6 +22,10 @@ const BUNDLE_FLAGS: u16 = codec::BUNDLE_ATOMIC | codec::BUNDLE_ORDERED;
 const OPEN_REPLY: u16 = 1;
 const COMMIT_REPLY: u16 = 5;
 const DISCARD_REPLY: u16 = 7;
+/// How many bytes of messages [`Connection::apply_changes`] encodes before it
+/// writes them: a few hundred flow mods, about as much as a unix socket's
+/// buffer holds.
+pub const STREAM_CHUNK: usize = 128 * 1024;
 /// Where the bundle id and the inner message's xid sit in a BUNDLE_ADD_MESSAGE.
 const BUNDLE_ID_AT: usize = 8;
 const INNER_XID_AT: usize = 16 + 4;
@@ -89,9 +96,10 @@ impl Bundle {
         self.ops == 0
     }
 
-    /// Gives message `i` xid `first_xid + i` (inside and out) and the bundle id.
-    fn number(&mut self, bundle_id: u32, first_xid: u32) {
-        for (i, &(at, _)) in self.messages.iter().enumerate() {
+    /// Gives message `from + i` xid `first_xid + i` (inside and out) and the
+    /// bundle id; the messages before `from` were numbered and written.
+    fn number(&mut self, from: usize, bundle_id: u32, first_xid: u32) {
+        for (i, &(at, _)) in self.messages[from..].iter().enumerate() {
             let xid = first_xid.wrapping_add(i as u32).to_be_bytes();
             let m = &mut self.stream[at..];
             m[4..8].copy_from_slice(&xid);
@@ -148,13 +156,53 @@ impl Connection {
     /// `Ok` carries the errors the switch sent beside a bundle it committed
     /// all the same (normally none).
     pub async fn apply(&mut self, bundle: &mut Bundle) -> Result<Refusals, Error> {
+        self.apply_filled(bundle, |_| Ok(false)).await
+    }
+
+    /// [`Self::apply`] of `changes`, encoded while they are sent: each
+    /// [`STREAM_CHUNK`] of messages is written as soon as it is encoded, so
+    /// the switch takes one part into the bundle while the next is encoded
+    /// (one after the other, the switch waited for the whole encoding). The
+    /// bundle is committed only when every change is in it, so it stays
+    /// atomic: a change that cannot be encoded discards what was sent, and
+    /// the error ([`Error::Unencodable`]) names its index.
+    pub async fn apply_changes<'a, I>(&mut self, changes: I) -> Result<Refusals, Error>
+    where
+        I: IntoIterator<Item = Change<'a>>,
+    {
+        let mut changes = changes.into_iter().peekable();
+        let mut bundle = Bundle::new();
+        self.apply_filled(&mut bundle, |b| {
+            while b.bytes() < STREAM_CHUNK {
+                let Some(change) = changes.next() else {
+                    return Ok(false);
+                };
+                b.push(change).map_err(|e| Error::Unencodable {
+                    op: b.ops(),
+                    reason: e.to_string(),
+                })?;
+            }
+            Ok(changes.peek().is_some())
+        })
+        .await
+    }
+
+    /// The bundle protocol, for `bundle` and whatever `fill` adds to it: it
+    /// is called for the first part before anything is sent (an empty
+    /// bundle sends nothing), then after each part is written, with the
+    /// written bytes dropped (the messages' ops are kept, for errors); it
+    /// says whether more is to come.
+    async fn apply_filled(
+        &mut self,
+        bundle: &mut Bundle,
+        mut fill: impl FnMut(&mut Bundle) -> Result<bool, Error>,
+    ) -> Result<Refusals, Error> {
+        let mut more = fill(bundle)?;
         if bundle.is_empty() {
             return Ok(Refusals::default());
         }
         let bundle_id = self.next_bundle;
         self.next_bundle = self.next_bundle.wrapping_add(1);
-        let first_xid = self.next_xids(bundle.messages() as u32);
-        bundle.number(bundle_id, first_xid);
         let (open, barrier, commit, last_barrier, discard) = (
             self.next_xid(),
             self.next_xid(),
@@ -176,36 +224,58 @@ impl Connection {
         )
         .await?;
 
-        // Every message, then a barrier: its reply comes after every error about
-        // a message that did not make it into the bundle.
+        // Every message, in parts, then a barrier: its reply comes after every
+        // error about a message that did not make it into the bundle. The
+        // messages' xids follow on from `first_xid`, part after part.
         let mut refused = Refusals::default();
-        let len = bundle.stream.len();
-        bundle
-            .stream
-            .extend_from_slice(&codec::barrier_request(barrier));
-        let sent = self
-            .exchange(&bundle.stream, |msg| match msg[1] {
-                msg_type::ERROR => {
-                    bundle.note(&mut refused, first_xid, msg);
-                    Ok(Step::More)
+        let mut first_xid = None;
+        let mut numbered = 0;
+        loop {
+            let xid = self.next_xids((bundle.messages() - numbered) as u32);
+            let first_xid = *first_xid.get_or_insert(xid);
+            bundle.number(numbered, bundle_id, xid);
+            numbered = bundle.messages();
+            if more {
+                let sent = self
+                    .write_reading(&bundle.stream, |msg| {
+                        if msg[1] == msg_type::ERROR {
+                            bundle.note(&mut refused, first_xid, msg);
+                        }
+                        Ok(Step::More)
+                    })
+                    .await;
+                sent?;
+                bundle.stream.clear();
+                match fill(bundle) {
+                    Ok(m) => more = m,
+                    Err(e) => {
+                        self.discard(bundle_id, discard).await?;
+                        return Err(e);
+                    }
                 }
-                msg_type::BARRIER_REPLY if xid_of(msg) == barrier => Ok(Step::Done),
-                _ => Ok(Step::More),
-            })
-            .await;
-        bundle.stream.truncate(len);
-        sent?;
-        if !refused.is_empty() {
-            self.exchange(
-                &codec::bundle_control(discard, bundle_id, BundleCtrl::Discard, BUNDLE_FLAGS),
-                |msg| match (msg[1], xid_of(msg) == discard) {
-                    (msg_type::BUNDLE_CONTROL, true) => bundle_reply(msg, bundle_id, DISCARD_REPLY),
-                    // The switch may have dropped the bundle itself already.
-                    (msg_type::ERROR, true) => Ok(Step::Done),
+                continue;
+            }
+            let len = bundle.stream.len();
+            bundle
+                .stream
+                .extend_from_slice(&codec::barrier_request(barrier));
+            let sent = self
+                .exchange(&bundle.stream, |msg| match msg[1] {
+                    msg_type::ERROR => {
+                        bundle.note(&mut refused, first_xid, msg);
+                        Ok(Step::More)
+                    }
+                    msg_type::BARRIER_REPLY if xid_of(msg) == barrier => Ok(Step::Done),
                     _ => Ok(Step::More),
-                },
-            )
-            .await?;
+                })
+                .await;
+            bundle.stream.truncate(len);
+            sent?;
+            break;
+        }
+        let first_xid = first_xid.expect("numbered at least once");
+        if !refused.is_empty() {
+            self.discard(bundle_id, discard).await?;
             return Err(Error::Bundle(BundleRefused {
                 refusals: refused,
                 commit: None,
@@ -245,5 +315,19 @@ impl Connection {
                 "no answer to the commit before the barrier after it".into(),
             )),
         }
+    }
+
+    /// Discards bundle `bundle_id` (with transaction id `xid`).
+    async fn discard(&mut self, bundle_id: u32, xid: u32) -> Result<(), Error> {
+        self.exchange(
+            &codec::bundle_control(xid, bundle_id, BundleCtrl::Discard, BUNDLE_FLAGS),
+            |msg| match (msg[1], xid_of(msg) == xid) {
+                (msg_type::BUNDLE_CONTROL, true) => bundle_reply(msg, bundle_id, DISCARD_REPLY),
+                // The switch may have dropped the bundle itself already.
+                (msg_type::ERROR, true) => Ok(Step::Done),
+                _ => Ok(Step::More),
+            },
+        )
+        .await
     }
 }

@@ -306,6 +306,18 @@ impl Connection {
             .await
     }
 
+    /// Writes all of `out`, handing `on_msg` what the switch sends meanwhile,
+    /// and returns once it is written, whether or not `on_msg` said
+    /// [`Step::Done`]: for a stream written in parts, whose replies are read
+    /// with the next part.
+    pub(crate) async fn write_reading<F>(&mut self, out: &[u8], on_msg: F) -> Result<(), Error>
+    where
+        F: FnMut(&[u8]) -> Result<Step, Error>,
+    {
+        self.exchange_until(out, None::<fn(&[u8]) -> bool>, true, on_msg)
+            .await
+    }
+
     /// [`Self::exchange`], reading multipart replies whose length wrapped (see
     /// [`Reader::next_message`]); `follows` tells the header of a message that
     /// may follow one. Such a reply reaches `on_msg` longer than 64 KiB.
@@ -313,6 +325,21 @@ impl Connection {
         &mut self,
         out: &[u8],
         follows: Option<P>,
+        on_msg: F,
+    ) -> Result<(), Error>
+    where
+        F: FnMut(&[u8]) -> Result<Step, Error>,
+        P: Fn(&[u8]) -> bool,
+    {
+        self.exchange_until(out, follows, false, on_msg).await
+    }
+
+    /// The exchange; with `written_ends`, it ends once `out` is written.
+    async fn exchange_until<F, P>(
+        &mut self,
+        out: &[u8],
+        follows: Option<P>,
+        written_ends: bool,
         mut on_msg: F,
     ) -> Result<(), Error>
     where
@@ -358,7 +385,7 @@ impl Connection {
                     _ => done = on_msg(msg)? == Step::Done,
                 }
             }
-            if done && pos == out.len() {
+            if (done || written_ends) && pos == out.len() {
                 if echo_pos < echo.len() {
                     wr.write_all(&echo[echo_pos..])
                         .await

@@ -31,6 +31,15 @@ pub enum Error {
     /// was applied.
     #[error("the switch rejected the bundle: {0}")]
     Bundle(BundleRefused),
+    /// A change of [`crate::Connection::apply_changes`] could not be encoded:
+    /// the bundle was discarded, nothing in it applied.
+    #[error("change {op} of the bundle cannot be encoded: {reason}")]
+    Unencodable {
+        /// Its index among the changes.
+        op: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// One error the switch sent about a message of a bundle.

@@ -51,7 +51,7 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use bundle::Bundle;
+pub use bundle::{Bundle, STREAM_CHUNK};
 pub use conn::{Connection, Step};
 pub use dump::{Counters, Dump, OversizedGroup, DESCRIBE_ALL_MAX_BUCKETS};
 pub use error::{BundleRefused, Error, Refusal, Refusals};

@@ -354,3 +354,162 @@ async fn a_bundle_carries_each_change_encoded_and_numbered() {
         assert!(got == want, "message {i} differs");
     }
 }
+
+/// `n` flows as [`bundle`] makes them, as changes.
+fn flows<'a>(n: usize, m: &'a [Match], drop: &'a Actions) -> impl Iterator<Item = Change<'a>> {
+    (0..n).map(move |i| FlowMod::add(0, 100, 0x1000 + i as u64, &m[i], drop).into())
+}
+
+fn matches(n: usize) -> Vec<Match> {
+    (0..n)
+        .map(|i| Match::new().reg(Field::Reg0, i as u32 + 1))
+        .collect()
+}
+
+/// `apply_changes` writes its changes part by part as it encodes them: the
+/// switch gets the very messages `apply` sends for the same bundle, in order
+/// and numbered on from one part to the next.
+#[tokio::test]
+async fn changes_are_written_part_by_part_numbered_on_from_the_part_before() {
+    const N: usize = 5000;
+    let (m, act) = (matches(N), Actions::drop());
+    let whole = bundle(N);
+    assert!(
+        whole.bytes() > 3 * crate::bundle::STREAM_CHUNK,
+        "{} bytes: several parts",
+        whole.bytes()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (path, l) = socket(dir.path());
+    let switch = tokio::spawn(async move {
+        let mut s = accept(&l).await;
+        let adds = take_bundle(&mut s).await;
+        commit(&mut s).await;
+        adds
+    });
+    let mut conn = Connection::connect(&path).await.unwrap();
+    assert!(conn
+        .apply_changes(flows(N, &m, &act))
+        .await
+        .unwrap()
+        .is_empty());
+    let adds = switch.await.unwrap();
+    assert_eq!(adds.len(), N);
+    let first = xid(&adds[0]);
+    let bundle_id = u32::from_be_bytes(adds[0][8..12].try_into().unwrap());
+    for (i, got) in adds.iter().enumerate() {
+        let inner = flows(N, &m, &act).nth(i).unwrap().encode(0).unwrap();
+        let want = codec::bundle_add(first.wrapping_add(i as u32), bundle_id, 3, &inner[0]);
+        assert!(*got == want, "message {i} differs");
+    }
+}
+
+/// A change that cannot be encoded, after parts were written, discards the
+/// bundle (nothing of it applied) and is named by its index; one that is
+/// first sends nothing at all.
+#[tokio::test]
+async fn a_change_that_cannot_be_encoded_discards_what_was_sent() {
+    const N: usize = 4000;
+    let (m, act) = (matches(2 * N), Actions::drop());
+    let hash = [crate::ir::HashField::whole(Field::IpSrc)];
+    let bad_actions = Actions::drop();
+    // A bucket id OpenFlow reserves.
+    let bad = codec::GroupMod {
+        id: 9,
+        hash_fields: &hash,
+        buckets: vec![(0xffff_ffff, &bad_actions)],
+    };
+    assert!(Change::from(bad.clone()).encode(0).is_err());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (path, l) = socket(dir.path());
+    let switch = tokio::spawn(async move {
+        let mut s = accept(&l).await;
+        open_bundle(&mut s).await;
+        let mut adds = 0;
+        loop {
+            let msg = read_msg(&mut s).await.unwrap();
+            if msg[1] == msg_type::BUNDLE_ADD_MESSAGE {
+                adds += 1;
+                continue;
+            }
+            assert_eq!(
+                (msg[1], bundle_ctrl_type(&msg)),
+                (msg_type::BUNDLE_CONTROL, 6)
+            );
+            send(&mut s, &bundle_reply(&msg, 7)).await;
+            break;
+        }
+        // Nothing after the discard: no commit. Then the next connection,
+        // for a bundle whose first change is the bad one: nothing at all.
+        let after = read_msg(&mut s).await;
+        let mut s = accept(&l).await;
+        (adds, after, read_msg(&mut s).await)
+    });
+    let mut conn = Connection::connect(&path).await.unwrap();
+    let changes = flows(N, &m, &act)
+        .chain([Change::from(bad.clone())])
+        .chain(flows(2 * N, &m, &act).skip(N));
+    let e = conn.apply_changes(changes).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Unencodable { op, .. } if *op == N),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!(
+            "change {N} of the bundle cannot be encoded: group 9"
+        )),
+        "{e}"
+    );
+    drop(conn);
+    let mut conn = Connection::connect(&path).await.unwrap();
+    let e = conn
+        .apply_changes([Change::from(bad)].into_iter().chain(flows(N, &m, &act)))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, Error::Unencodable { op: 0, .. }), "{e}");
+    drop(conn);
+    let (adds, after, second) = switch.await.unwrap();
+    assert!(
+        adds > 0 && adds <= N,
+        "{adds} messages sent before the discard"
+    );
+    assert!(after.is_none());
+    assert!(second.is_none(), "the second bundle was not even opened");
+}
+
+/// A message the switch refuses in a later part is named by its own op.
+#[tokio::test]
+async fn a_refusal_in_a_later_part_names_its_op() {
+    const N: usize = 5000;
+    let (m, act) = (matches(N), Actions::drop());
+    let dir = tempfile::tempdir().unwrap();
+    let (path, l) = socket(dir.path());
+    tokio::spawn(async move {
+        let mut s = accept(&l).await;
+        open_bundle(&mut s).await;
+        let mut adds = 0;
+        loop {
+            let msg = read_msg(&mut s).await.unwrap();
+            if msg[1] == msg_type::BARRIER_REQUEST {
+                send(&mut s, &barrier_reply(&msg)).await;
+                break;
+            }
+            adds += 1;
+            if adds == 4321 {
+                send(&mut s, &error(&msg, 2, 9)).await;
+            }
+        }
+        let discard = read_msg(&mut s).await.unwrap();
+        assert_eq!(bundle_ctrl_type(&discard), 6);
+        send(&mut s, &bundle_reply(&discard, 7)).await;
+        let _ = read_msg(&mut s).await;
+    });
+    let mut conn = Connection::connect(&path).await.unwrap();
+    let e = conn.apply_changes(flows(N, &m, &act)).await.unwrap_err();
+    let Error::Bundle(refused) = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(refused.refusals.first[0].op, Some(4320));
+    assert_eq!(refused.commit, None);
+}

@@ -22,7 +22,7 @@ pub use ::openflow::codec;
 pub(crate) use ::openflow::{Counters, DESCRIBE_ALL_MAX_BUCKETS};
 
 use ::openflow::codec::{Change, CodecError, FlowMod, GroupDesc, GroupMod};
-use ::openflow::{Bundle, Connection, Dump, OversizedGroup};
+use ::openflow::{Connection, Dump, OversizedGroup};
 
 use super::ofctl::render_bundle;
 use super::{
@@ -277,17 +277,6 @@ fn op_label(ops: &[BundleOp], i: usize) -> String {
     }
 }
 
-/// Every op encoded into one bundle; an op that cannot be encoded refuses it.
-fn encode(ops: &[BundleOp]) -> Result<Bundle, OpenFlowError> {
-    let mut bundle = Bundle::with_capacity(ops.len());
-    for op in ops {
-        bundle
-            .push(change(op))
-            .map_err(|e| OpenFlowError::Rejected(format!("{}: {e}", op_text(op))))?;
-    }
-    Ok(bundle)
-}
-
 /// The crate's error as the agent's; a refusal names the ops of `ops`.
 fn from_crate(target: &str, e: ::openflow::Error, ops: &[BundleOp]) -> OpenFlowError {
     match e {
@@ -298,6 +287,10 @@ fn from_crate(target: &str, e: ::openflow::Error, ops: &[BundleOp]) -> OpenFlowE
         ::openflow::Error::Protocol(p) => OpenFlowError::Protocol(p),
         ::openflow::Error::Refused(what) => OpenFlowError::Rejected(what),
         ::openflow::Error::Bundle(r) => OpenFlowError::Rejected(r.describe(|i| op_label(ops, i))),
+        ::openflow::Error::Unencodable { op, reason } => match ops.get(op) {
+            Some(o) => OpenFlowError::Rejected(format!("{}: {reason}", op_text(o))),
+            None => OpenFlowError::Rejected(format!("op {op}: {reason}")),
+        },
     }
 }
 
@@ -402,9 +395,10 @@ impl OpenFlowBackend for NativeBackend {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let mut bundle = encode(ops)?;
-        let encoded = started.elapsed();
-        let r = self.call(ops, async |c| c.apply(&mut bundle).await).await;
+        // Encoded part by part while the switch takes the parts before.
+        let r = self
+            .call(ops, async |c| c.apply_changes(ops.iter().map(change)).await)
+            .await;
         if let Ok(late) = &r {
             if !late.is_empty() {
                 // Committed all the same: the switch says the bundle is in.
@@ -413,9 +407,6 @@ impl OpenFlowBackend for NativeBackend {
         }
         tracing::debug!(
             ops = ops.len(),
-            messages = bundle.messages(),
-            bytes = bundle.bytes(),
-            encode_ms = encoded.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             ok = r.is_ok(),
             "bundle applied natively"

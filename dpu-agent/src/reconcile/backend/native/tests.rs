@@ -117,12 +117,19 @@ async fn a_connection_the_switch_closed_while_idle_is_replaced_without_an_error(
 }
 
 /// An op the codec cannot encode (here a match on `nw_dst` without `ip`,
-/// which the types allow and OpenFlow does not) refuses the bundle before
-/// anything is sent: the socket does not even exist, and the error is not
-/// about reaching it.
+/// which the types allow and OpenFlow does not) refuses the bundle, named by
+/// its op. The bundle is encoded while it is sent, a part at a time
+/// (`openflow::STREAM_CHUNK`); an op in the first part refuses it before
+/// anything is sent (one in a later part discards it: `openflow`'s tests).
 #[tokio::test]
 async fn an_op_that_cannot_be_encoded_refuses_the_bundle_unsent() {
-    let mut b = backend(Path::new("/nonexistent/br0.mgmt"));
+    let dir = tempfile::tempdir().unwrap();
+    let (path, l) = socket(dir.path());
+    let switch = tokio::spawn(async move {
+        let mut s = accept(&l).await;
+        read_msg(&mut s).await
+    });
+    let mut b = backend(&path);
     let mut bad = ops(3);
     if let BundleOp::AddFlow { key, .. } = &mut bad[1] {
         let m = Match::new().exact(Field::IpDst, std::net::Ipv4Addr::new(10, 0, 0, 2));
@@ -135,6 +142,8 @@ async fn an_op_that_cannot_be_encoded_refuses_the_bundle_unsent() {
         text.contains("flow add table=0,priority=100,cookie=0x1001,nw_dst=10.0.0.2 actions=drop: "),
         "{text}"
     );
+    drop(b);
+    assert_eq!(switch.await.unwrap(), None, "nothing was sent");
     assert!(text.contains("prerequisites"), "{text}");
 }
 
