@@ -43,7 +43,8 @@ struct EncodingSwitch(Arc<Mutex<Encoded>>);
 impl OpenFlowBackend for EncodingSwitch {
     async fn apply(&mut self, ops: &[BundleOp]) -> Result<(), OpenFlowError> {
         let t = Instant::now();
-        // As `NativeBackend` encodes a bundle: one buffer of every message.
+        // The encoding `NativeBackend` does (it writes each 128 KiB part to
+        // the switch as soon as it is encoded; here all of it is kept).
         let mut bundle = openflow::Bundle::with_capacity(ops.len());
         for op in ops {
             bundle
