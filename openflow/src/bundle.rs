@@ -236,15 +236,13 @@ impl Connection {
             bundle.number(numbered, bundle_id, xid);
             numbered = bundle.messages();
             if more {
-                let sent = self
-                    .write_reading(&bundle.stream, |msg| {
-                        if msg[1] == msg_type::ERROR {
-                            bundle.note(&mut refused, first_xid, msg);
-                        }
-                        Ok(Step::More)
-                    })
-                    .await;
-                sent?;
+                self.write_reading(&bundle.stream, |msg| {
+                    if msg[1] == msg_type::ERROR {
+                        bundle.note(&mut refused, first_xid, msg);
+                    }
+                    Ok(Step::More)
+                })
+                .await?;
                 bundle.stream.clear();
                 match fill(bundle) {
                     Ok(m) => more = m,

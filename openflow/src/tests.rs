@@ -10,14 +10,47 @@ use crate::{Bundle, Connection, Error};
 
 /// A bundle of `n` flows `reg0=i+1 actions=drop` with cookies 0x1000 + i.
 fn bundle(n: usize) -> Bundle {
-    let drop = Actions::drop();
+    let (m, act) = (matches(n), Actions::drop());
     let mut b = Bundle::with_capacity(n);
-    for i in 0..n {
-        let m = Match::new().reg(Field::Reg0, i as u32 + 1);
-        b.push(FlowMod::add(0, 100, 0x1000 + i as u64, &m, &drop))
-            .unwrap();
+    for change in flows(n, &m, &act) {
+        b.push(change).unwrap();
     }
     b
+}
+
+/// The flows of [`bundle`], as changes; `m` from [`matches`].
+fn flows<'a>(n: usize, m: &'a [Match], act: &'a Actions) -> impl Iterator<Item = Change<'a>> {
+    (0..n).map(move |i| FlowMod::add(0, 100, 0x1000 + i as u64, &m[i], act).into())
+}
+
+fn matches(n: usize) -> Vec<Match> {
+    (0..n)
+        .map(|i| Match::new().reg(Field::Reg0, i as u32 + 1))
+        .collect()
+}
+
+/// The switch's side of a bundle whose `nth` add (from 1) it refuses: it
+/// answers the barrier after the adds and the discard that must follow, and
+/// returns whatever came after the discard (nothing, or it was committed).
+async fn refusing_switch(l: tokio::net::UnixListener, nth: usize) -> Option<Vec<u8>> {
+    let mut s = accept(&l).await;
+    open_bundle(&mut s).await;
+    let mut adds = 0;
+    loop {
+        let m = read_msg(&mut s).await.unwrap();
+        if m[1] == msg_type::BARRIER_REQUEST {
+            send(&mut s, &barrier_reply(&m)).await;
+            break;
+        }
+        adds += 1;
+        if adds == nth {
+            send(&mut s, &error(&m, 2, 9)).await;
+        }
+    }
+    let discard = read_msg(&mut s).await.unwrap();
+    assert_eq!(bundle_ctrl_type(&discard), 6);
+    send(&mut s, &bundle_reply(&discard, 7)).await;
+    read_msg(&mut s).await
 }
 
 #[tokio::test]
@@ -98,26 +131,7 @@ async fn echo_requests_are_answered_in_the_middle_of_a_bundle() {
 async fn a_message_refused_while_adding_names_its_op_and_discards_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let (path, l) = socket(dir.path());
-    let switch = tokio::spawn(async move {
-        let mut s = accept(&l).await;
-        open_bundle(&mut s).await;
-        let mut adds = 0;
-        loop {
-            let m = read_msg(&mut s).await.unwrap();
-            if m[1] == msg_type::BARRIER_REQUEST {
-                send(&mut s, &barrier_reply(&m)).await;
-                break;
-            }
-            adds += 1;
-            if adds == 3 {
-                send(&mut s, &error(&m, 2, 9)).await;
-            }
-        }
-        let discard = read_msg(&mut s).await.unwrap();
-        assert_eq!(bundle_ctrl_type(&discard), 6);
-        send(&mut s, &bundle_reply(&discard, 7)).await;
-        read_msg(&mut s).await
-    });
+    let switch = tokio::spawn(refusing_switch(l, 3));
     let mut conn = Connection::connect(&path).await.unwrap();
     let e = conn.apply(&mut bundle(5)).await.unwrap_err();
     let Error::Bundle(refused) = &e else {
@@ -355,17 +369,6 @@ async fn a_bundle_carries_each_change_encoded_and_numbered() {
     }
 }
 
-/// `n` flows as [`bundle`] makes them, as changes.
-fn flows<'a>(n: usize, m: &'a [Match], drop: &'a Actions) -> impl Iterator<Item = Change<'a>> {
-    (0..n).map(move |i| FlowMod::add(0, 100, 0x1000 + i as u64, &m[i], drop).into())
-}
-
-fn matches(n: usize) -> Vec<Match> {
-    (0..n)
-        .map(|i| Match::new().reg(Field::Reg0, i as u32 + 1))
-        .collect()
-}
-
 /// `apply_changes` writes its changes part by part as it encodes them: the
 /// switch gets the very messages `apply` sends for the same bundle, in order
 /// and numbered on from one part to the next.
@@ -397,8 +400,8 @@ async fn changes_are_written_part_by_part_numbered_on_from_the_part_before() {
     assert_eq!(adds.len(), N);
     let first = xid(&adds[0]);
     let bundle_id = u32::from_be_bytes(adds[0][8..12].try_into().unwrap());
-    for (i, got) in adds.iter().enumerate() {
-        let inner = flows(N, &m, &act).nth(i).unwrap().encode(0).unwrap();
+    for (i, (got, change)) in adds.iter().zip(flows(N, &m, &act)).enumerate() {
+        let inner = change.encode(0).unwrap();
         let want = codec::bundle_add(first.wrapping_add(i as u32), bundle_id, 3, &inner[0]);
         assert!(*got == want, "message {i} differs");
     }
@@ -485,26 +488,7 @@ async fn a_refusal_in_a_later_part_names_its_op() {
     let (m, act) = (matches(N), Actions::drop());
     let dir = tempfile::tempdir().unwrap();
     let (path, l) = socket(dir.path());
-    tokio::spawn(async move {
-        let mut s = accept(&l).await;
-        open_bundle(&mut s).await;
-        let mut adds = 0;
-        loop {
-            let msg = read_msg(&mut s).await.unwrap();
-            if msg[1] == msg_type::BARRIER_REQUEST {
-                send(&mut s, &barrier_reply(&msg)).await;
-                break;
-            }
-            adds += 1;
-            if adds == 4321 {
-                send(&mut s, &error(&msg, 2, 9)).await;
-            }
-        }
-        let discard = read_msg(&mut s).await.unwrap();
-        assert_eq!(bundle_ctrl_type(&discard), 6);
-        send(&mut s, &bundle_reply(&discard, 7)).await;
-        let _ = read_msg(&mut s).await;
-    });
+    tokio::spawn(refusing_switch(l, 4321));
     let mut conn = Connection::connect(&path).await.unwrap();
     let e = conn.apply_changes(flows(N, &m, &act)).await.unwrap_err();
     let Error::Bundle(refused) = &e else {
