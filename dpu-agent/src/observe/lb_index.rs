@@ -369,6 +369,18 @@ impl LbInputs {
         }
     }
 
+    /// Copies the intent and the allocations out of the loop's shared
+    /// `Arc`s, the two the loop changes in place (`Arc::make_mut`): while a
+    /// build held them, the loop's next update copied them itself, in that
+    /// update's time (at 30k Services 5-10 ms, once per build, every
+    /// [`LB_REFRESH`](super::collect::LB_REFRESH) under churn). Called first
+    /// on the build's thread, so the loop copies only if it changes state
+    /// during this copy, not during the whole build.
+    pub fn unshare(&mut self) {
+        self.intent.intent = Arc::new(Intent::clone(&self.intent.intent));
+        self.alloc = Arc::new(Allocations::clone(&self.alloc));
+    }
+
     pub fn build(&self) -> LbIndex {
         let intent = self.intent.with_pods();
         LbIndex::build(&Inputs {
@@ -631,6 +643,41 @@ mod tests {
         assert!(
             Arc::ptr_eq(&kept.groups[&5], &view.groups[&5]),
             "shared, not copied"
+        );
+    }
+
+    #[test]
+    fn an_index_build_lets_the_loops_intent_and_allocations_go_and_reads_the_same() {
+        let intent = crate::observe::ops::show::fixtures::sample_intent();
+        let web = intent.services.keys().next().expect("a Service").clone();
+        let intent = Arc::new(intent);
+        let mut alloc = Allocations::default();
+        alloc.groups.insert("web/0".into(), 7);
+        let alloc = Arc::new(alloc);
+        let mut inputs = LbInputs {
+            intent: super::super::IntentSnapshot {
+                version: 3,
+                intent: intent.clone(),
+                pods: Vec::new(),
+            },
+            alloc: alloc.clone(),
+            ..LbInputs::default()
+        };
+        inputs.unshare();
+        assert_eq!(
+            Arc::strong_count(&intent),
+            1,
+            "the loop's intent is its own"
+        );
+        assert_eq!(Arc::strong_count(&alloc), 1, "the loop's allocations too");
+        assert_eq!(*inputs.intent.intent, *intent);
+        assert_eq!(*inputs.alloc, *alloc);
+        assert!(
+            Arc::ptr_eq(
+                &inputs.intent.intent.services["web"],
+                &intent.services["web"]
+            ),
+            "the Services themselves are shared, not copied"
         );
     }
 }

@@ -191,6 +191,7 @@ impl Agent {
             LbReply::Build(generation, inputs) => {
                 let lb = tokio::task::spawn_blocking(move || {
                     let mut inputs = inputs;
+                    inputs.unshare();
                     inputs.keep_installed_groups_only();
                     Arc::new(inputs.build())
                 })

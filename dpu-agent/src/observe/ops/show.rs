@@ -8,7 +8,7 @@ mod service;
 mod text;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 use std::time::Duration;
 
