@@ -673,10 +673,7 @@ mod tests {
         assert_eq!(*inputs.intent.intent, *intent);
         assert_eq!(*inputs.alloc, *alloc);
         assert!(
-            Arc::ptr_eq(
-                &inputs.intent.intent.services["web"],
-                &intent.services["web"]
-            ),
+            Arc::ptr_eq(&inputs.intent.intent.services[&web], &intent.services[&web]),
             "the Services themselves are shared, not copied"
         );
     }
