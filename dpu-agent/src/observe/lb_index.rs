@@ -369,16 +369,23 @@ impl LbInputs {
         }
     }
 
-    /// Copies the intent and the allocations out of the loop's shared
-    /// `Arc`s, the two the loop changes in place (`Arc::make_mut`): while a
-    /// build held them, the loop's next update copied them itself, in that
-    /// update's time (at 30k Services 5-10 ms, once per build, every
+    /// Lets go of the loop's shared state before a build: copies the intent
+    /// (with this node's pods in, the copy the build needs anyway) and the
+    /// allocations out of the loop's `Arc`s, the two the loop changes in
+    /// place (`Arc::make_mut`), and keeps only the installed view's groups
+    /// ([`Self::keep_installed_groups_only`]). While a build held them, the
+    /// loop's next update copied them itself, in that update's time (at 30k
+    /// Services 5-10 ms, once per build, every
     /// [`LB_REFRESH`](super::collect::LB_REFRESH) under churn). Called first
     /// on the build's thread, so the loop copies only if it changes state
     /// during this copy, not during the whole build.
     pub fn unshare(&mut self) {
-        self.intent.intent = Arc::new(Intent::clone(&self.intent.intent));
+        let intent = self.intent.with_pods().into_owned();
+        self.intent.intent = Arc::new(intent);
+        // In the intent now: `build` must not add them again.
+        self.intent.pods.clear();
         self.alloc = Arc::new(Allocations::clone(&self.alloc));
+        self.keep_installed_groups_only();
     }
 
     pub fn build(&self) -> LbIndex {

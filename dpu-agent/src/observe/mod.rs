@@ -192,7 +192,6 @@ impl Agent {
                 let lb = tokio::task::spawn_blocking(move || {
                     let mut inputs = inputs;
                     inputs.unshare();
-                    inputs.keep_installed_groups_only();
                     Arc::new(inputs.build())
                 })
                 .await
